@@ -6,10 +6,10 @@ IMAGE="${1:-labssh/busybox:latest}"
 if docker image inspect "$IMAGE" >/dev/null 2>&1 && [ -z "${FORCE:-}" ]; then
   echo "image $IMAGE already present"; exit 0
 fi
-BUSYBOX="$(command -v busybox || true)"
-[ -x /bin/busybox ] && BUSYBOX=/bin/busybox
-if [ -z "$BUSYBOX" ] || ! file "$BUSYBOX" 2>/dev/null | grep -q static; then
-  BUSYBOX=/bin/busybox
+# Debian's busybox-static puts a statically linked busybox at /bin/busybox.
+BUSYBOX=/bin/busybox
+if [ ! -x "$BUSYBOX" ]; then
+  echo "$BUSYBOX is missing: apt-get install busybox-static" >&2; exit 1
 fi
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT

@@ -1,1 +1,107 @@
+//! labssh controller: the registry of backend agents, placement of users'
+//! containers on them, and the environment catalogue, served over gRPC.
+//!
+//! It keeps no database. Agents hold a long-lived Attach stream, register
+//! with their full container inventory and heartbeat; after a restart the
+//! controller's state is rebuilt from those streams within one heartbeat.
 
+pub mod catalogue;
+pub mod config;
+pub mod placement;
+pub mod registry;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use labssh_proto::pb::controller_server::ControllerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+pub use config::{Config, ConfigError, EnvironmentConfig};
+
+use registry::Registry;
+use service::ControllerService;
+
+/// HTTP/2 pings find agent connections whose peer vanished without a FIN
+/// (a powered-off node), so their stream tasks end instead of lingering.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered this long closes the connection.
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the controller's gRPC service on `listener` until `shutdown`
+/// resolves, then ends every agent stream and returns once in-flight calls
+/// have finished.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let addr = listener
+        .local_addr()
+        .context("controller listener has no local address")?;
+
+    let stop = CancellationToken::new();
+    let registry = Arc::new(Registry::new(&config));
+    let service = ControllerService::new(&config, registry.clone(), stop.clone());
+    let sweeper = tokio::spawn(sweep(registry, config.heartbeat_interval(), stop.clone()));
+
+    // Placement replies are small and latency-bound; do not let Nagle hold
+    // them back (tonic ignores its own nodelay setting for custom incoming).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            info!("controller shutting down");
+            // Agent streams never end on their own; end them so the server's
+            // graceful shutdown can finish.
+            stop.cancel();
+        }
+    };
+
+    info!(
+        %addr,
+        environments = ?config.environment_names(),
+        default_environment = %config.default_environment,
+        "controller serving gRPC"
+    );
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .add_service(ControllerServer::new(service))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await;
+    stop.cancel();
+    let _ = sweeper.await;
+    served.context("controller gRPC server failed")?;
+    info!(%addr, "controller stopped");
+    Ok(())
+}
+
+/// Logs agents as they go silent, once per heartbeat interval. Placement
+/// checks liveness itself, so this is for operators only.
+async fn sweep(registry: Arc<Registry>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {
+                registry.sweep(Instant::now());
+            }
+        }
+    }
+    debug!("agent sweep stopped");
+}

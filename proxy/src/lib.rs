@@ -1,1 +1,19 @@
+//! labssh proxy: an SSH server that authenticates students and splices each
+//! of their SSH channels to a stream into their own container.
+//!
+//! Per connection: authenticate (users file, with a Redis cache of validated
+//! credentials) → ask the controller where the user's container lives → one
+//! gRPC stream per session channel to that node's agent.
 
+pub mod config;
+pub mod credential_cache;
+mod handler;
+pub mod host_key;
+pub mod login_name;
+mod server;
+mod session_channel;
+mod upstream;
+pub mod users;
+
+pub use config::{Config, ConfigError};
+pub use server::run;

@@ -1,1 +1,31 @@
+//! Helpers for labssh's integration tests: real Redis, real Docker, the
+//! stock OpenSSH client and a real pseudo-terminal. Kept out of the
+//! production crates so release builds never compile them.
 
+pub mod docker;
+pub mod pty;
+pub mod redis_server;
+pub mod ssh;
+
+use std::sync::Once;
+
+/// Logs from the code under test, shown for failing tests (`RUST_LOG` to tune).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,russh=warn,h2=warn,hyper=warn,tower=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u32 = rand::thread_rng().gen();
+    format!("{prefix}{n:08x}")
+}

@@ -1,0 +1,297 @@
+//! Docker implementation of [`Backend`], through bollard.
+
+mod container_spec;
+mod exec;
+mod hijack;
+mod home_archive;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bollard::{body_full, Docker, API_DEFAULT_VERSION};
+use labssh_proto::pb;
+
+pub use container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_USER};
+
+use super::{
+    Backend, BackendError, ContainerInfo, ContainerState, Ensured, KeyedLock, Process, SpawnSpec,
+};
+use crate::config::Config;
+use crate::names;
+use container_spec::{container_name, volume_labels, volume_name, ContainerPlan};
+
+/// bollard's request timeout; container creation on a busy node can take a while.
+const DOCKER_TIMEOUT_SECS: u64 = 120;
+/// Where home directories live; see [`crate::backend::home_dir`].
+const HOME_PARENT: &str = "/home";
+/// Homes are private: other students never share a container, but operators' tools might.
+const HOME_MODE: u32 = 0o700;
+
+/// Containers on the local Docker engine.
+pub struct DockerBackend {
+    /// API client, version negotiated with the daemon.
+    docker: Docker,
+    /// Unix socket path, for the exec connections the agent hijacks itself.
+    socket: String,
+    /// This agent's name, written into labels.
+    agent: String,
+    /// Object name prefix.
+    prefix: String,
+    /// Container command when the environment gives none.
+    keepalive_cmd: Vec<String>,
+    /// Serializes ensure per container name.
+    locks: KeyedLock,
+}
+
+impl DockerBackend {
+    /// Connects to the Docker socket from `config` and negotiates the API version.
+    pub async fn connect(config: &Config) -> Result<DockerBackend, BackendError> {
+        let socket = config.docker_socket_path();
+        let unreachable = |e: DockerError| BackendError::Runtime {
+            action: "connecting to Docker",
+            message: format!("{socket}: {}", docker_message(&e)),
+        };
+        let docker = Docker::connect_with_unix(&socket, DOCKER_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(unreachable)?
+            .negotiate_version()
+            .await
+            .map_err(unreachable)?;
+        tracing::info!(socket = %socket, api = %docker.client_version(), "connected to Docker");
+        Ok(DockerBackend {
+            docker,
+            socket,
+            agent: config.name.clone(),
+            prefix: config.container_prefix.clone(),
+            keepalive_cmd: config.keepalive_cmd.clone(),
+            locks: KeyedLock::default(),
+        })
+    }
+
+    /// The bollard client, for callers that need more than the trait offers.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<Ensured, BackendError> {
+        match self.docker.inspect_image(&env.image).await {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
+            Err(e) => {
+                return Err(BackendError::Runtime {
+                    action: "looking up the image",
+                    message: docker_message(&e),
+                })
+            }
+        }
+        // Creating an existing volume returns it unchanged.
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume_name(&self.prefix, user)),
+                labels: Some(volume_labels(&self.agent, &self.prefix, user)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
+        let body = ContainerPlan {
+            agent: &self.agent,
+            prefix: &self.prefix,
+            user,
+            env,
+            default_keepalive: &self.keepalive_cmd,
+        }
+        .create_body();
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
+            Err(e) => return Err(BackendError::CreateFailed(docker_message(&e))),
+        };
+        tracing::info!(container = name, image = %env.image, "created container");
+        if !env.run_as_root {
+            self.fix_home(&created.id, user, env).await;
+        }
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            // A container that never ran is removed, so the next login recreates it from
+            // the catalogue as it is then instead of failing the same way forever.
+            let force = RemoveContainerOptionsBuilder::new().force(true).build();
+            if let Err(rm) = self.docker.remove_container(&created.id, Some(force)).await {
+                tracing::warn!(container = name, error = %rm, "cannot remove container that failed to start");
+            }
+            return Err(BackendError::StartFailed(docker_message(&e)));
+        }
+        Ok(Ensured {
+            container_id: created.id,
+            name: name.to_owned(),
+            created: true,
+            started: true,
+        })
+    }
+
+    /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
+    /// image's /etc/passwd has no such user.
+    async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
+        let archive = home_archive::directory(user, env.uid, env.gid, HOME_MODE);
+        let options = UploadToContainerOptionsBuilder::new()
+            .path(HOME_PARENT)
+            .copy_uidgid("true")
+            .no_overwrite_dir_non_dir("true")
+            .build();
+        if let Err(e) = self
+            .docker
+            .upload_to_container(container, Some(options), body_full(archive.into()))
+            .await
+        {
+            tracing::warn!(container, user, error = %docker_message(&e), "cannot set up home directory");
+        }
+    }
+
+    fn image_missing(&self, env: &pb::Environment) -> BackendError {
+        BackendError::ImageNotAvailable {
+            image: env.image.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    async fn ensure(&self, user: &str, env: &pb::Environment) -> Result<Ensured, BackendError> {
+        if !names::is_valid_user(user) {
+            return Err(BackendError::InvalidName {
+                what: "user",
+                name: user.to_owned(),
+            });
+        }
+        if !names::is_valid_env(&env.name) {
+            return Err(BackendError::InvalidName {
+                what: "environment",
+                name: env.name.clone(),
+            });
+        }
+        let name = container_name(&self.prefix, user, &env.name);
+        let _guard = self.locks.lock(&name).await;
+        let existing = match self.docker.inspect_container(&name, None).await {
+            Ok(existing) => existing,
+            Err(e) if status_of(&e) == Some(404) => return self.create(&name, user, env).await,
+            Err(e) => {
+                return Err(BackendError::Runtime {
+                    action: "looking up the container",
+                    message: docker_message(&e),
+                })
+            }
+        };
+        // "a-b" + "c" and "a" + "b-c" share a name; the labels tell them apart.
+        let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        if label(LABEL_USER) != Some(user) || label(LABEL_ENV) != Some(env.name.as_str()) {
+            return Err(BackendError::NameTaken(name));
+        }
+        let id = existing.id.clone().unwrap_or_else(|| name.clone());
+        let state = existing.state.as_ref();
+        let running = state.and_then(|s| s.running) == Some(true);
+        let paused = state.and_then(|s| s.paused) == Some(true);
+        let started = if running && paused {
+            self.docker
+                .unpause_container(&id)
+                .await
+                .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
+            true
+        } else if running {
+            false
+        } else {
+            let status = state.and_then(|s| s.status);
+            if status == Some(ContainerStateStatusEnum::REMOVING) {
+                return Err(BackendError::StartFailed(
+                    "the container is being removed; try again".to_owned(),
+                ));
+            }
+            self.docker
+                .start_container(&id, None)
+                .await
+                .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
+            tracing::info!(container = %name, "started container");
+            true
+        };
+        Ok(Ensured {
+            container_id: id,
+            name,
+            created: false,
+            started,
+        })
+    }
+
+    async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError> {
+        if spec.argv.is_empty() {
+            return Err(BackendError::SpawnFailed("empty command".to_owned()));
+        }
+        exec::spawn(&self.docker, &self.socket, container, spec).await
+    }
+
+    async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+        let filters = [(
+            "label".to_owned(),
+            vec![format!("{LABEL_AGENT}={}", self.agent)],
+        )]
+        .into_iter()
+        .collect();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action: "listing containers",
+                message: docker_message(&e),
+            })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let state = match c.state {
+                    Some(ContainerSummaryStateEnum::RUNNING)
+                    | Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Running,
+                    Some(ContainerSummaryStateEnum::REMOVING) => return None,
+                    _ => ContainerState::Stopped,
+                };
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                Some(ContainerInfo {
+                    name,
+                    user: labels.get(LABEL_USER)?.clone(),
+                    environment: labels.get(LABEL_ENV)?.clone(),
+                    state,
+                })
+            })
+            .collect())
+    }
+}
+
+/// Docker's own message for an error response, else bollard's description.
+fn docker_message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}

@@ -1,0 +1,58 @@
+//! The environment catalogue, as last received from the controller.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use labssh_proto::pb;
+
+/// Environments by name; replaced whole on every Welcome.
+#[derive(Default)]
+pub struct Catalogue {
+    /// `None` until the first Welcome, so errors can say the controller was never reached.
+    environments: RwLock<Option<HashMap<String, pb::Environment>>>,
+}
+
+impl Catalogue {
+    /// Replaces the catalogue with the controller's latest list.
+    pub fn replace(&self, environments: Vec<pb::Environment>) {
+        let map = environments
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        *self.environments.write().unwrap_or_else(|e| e.into_inner()) = Some(map);
+    }
+
+    /// The named environment, or a message for the student.
+    pub fn get(&self, name: &str) -> Result<pb::Environment, String> {
+        let environments = self.environments.read().unwrap_or_else(|e| e.into_inner());
+        match environments.as_ref() {
+            None => Err(
+                "this agent has not received the environment catalogue from the controller yet"
+                    .to_owned(),
+            ),
+            Some(map) => map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("unknown environment '{name}'")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        let c = Catalogue::default();
+        assert!(c.get("default").unwrap_err().contains("not received"));
+        c.replace(vec![pb::Environment {
+            name: "default".into(),
+            ..Default::default()
+        }]);
+        assert_eq!(c.get("default").unwrap().name, "default");
+        assert_eq!(c.get("gpu").unwrap_err(), "unknown environment 'gpu'");
+        c.replace(Vec::new());
+        assert!(c.get("default").is_err());
+    }
+}

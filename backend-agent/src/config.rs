@@ -1,0 +1,320 @@
+//! The agent's TOML configuration.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Agents are usually named after their node; this default is only good for one-node trials.
+const DEFAULT_NAME: &str = "agent-1";
+/// Loopback, so a forgotten config never exposes the agent to the network.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
+/// The controller's default listen address in the same trial setup.
+const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7000";
+/// Roughly what a 2-core, 8 GB node holds with idle student shells.
+const DEFAULT_CAPACITY: u32 = 100;
+/// Short and recognisable in `docker ps`.
+const DEFAULT_CONTAINER_PREFIX: &str = "labssh";
+/// Sleeps without busy-looping and exits at once on `docker stop`.
+const DEFAULT_KEEPALIVE: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done",
+];
+/// Catches containers that students or operators stop or remove behind the agent's back,
+/// without polling Docker often.
+const DEFAULT_INVENTORY_REFRESH_SECS: u64 = 10;
+
+/// Agent configuration, read from TOML; every key has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unique, stable name of this agent (usually the node name); labels its containers.
+    pub name: String,
+    /// Address the binary binds the Agent gRPC service to.
+    pub listen: String,
+    /// Endpoint proxies dial; empty means `http://<listener's local address>`.
+    pub advertise: String,
+    /// Controller gRPC endpoint (http or https URL).
+    pub controller: String,
+    /// Maximum number of containers this node holds.
+    pub capacity: u32,
+    /// Docker socket path (or `unix://` URL); empty means `$DOCKER_HOST` or the default socket.
+    pub docker_socket: String,
+    /// Prefix of container (`{prefix}-{user}-{env}`) and volume (`{prefix}-home-{user}`) names.
+    pub container_prefix: String,
+    /// Container command used when the environment gives none; it only keeps the container up.
+    pub keepalive_cmd: Vec<String>,
+    /// How often the container inventory is re-read from the runtime.
+    pub inventory_refresh_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: DEFAULT_NAME.to_owned(),
+            listen: DEFAULT_LISTEN.to_owned(),
+            advertise: String::new(),
+            controller: DEFAULT_CONTROLLER.to_owned(),
+            capacity: DEFAULT_CAPACITY,
+            docker_socket: String::new(),
+            container_prefix: DEFAULT_CONTAINER_PREFIX.to_owned(),
+            keepalive_cmd: DEFAULT_KEEPALIVE.iter().map(|s| (*s).to_owned()).collect(),
+            inventory_refresh_secs: DEFAULT_INVENTORY_REFRESH_SECS,
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("{}{message}", origin(path))]
+    Parse {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// The parser's message, which names the offending key and line.
+        message: String,
+    },
+    /// Values parsed but do not make sense; one entry per problem.
+    #[error("{}{}", origin(path), Problems(problems))]
+    Invalid {
+        /// The file, when the text came from one.
+        path: Option<PathBuf>,
+        /// Each problem, starting with the key's name.
+        problems: Vec<String>,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("invalid config file {}: ", p.display()),
+        None => "invalid config: ".to_owned(),
+    }
+}
+
+struct Problems<'a>(&'a [String]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a TOML file; errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: Some(path.to_owned()),
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: Some(path.to_owned()),
+                problems,
+            },
+            other => other,
+        })
+    }
+
+    /// Checks every value and reports all problems at once, each with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !is_agent_name(&self.name) {
+            problems.push(format!(
+                "name: {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}",
+                self.name
+            ));
+        }
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen: {:?} is not an address like 127.0.0.1:7001",
+                self.listen
+            ));
+        }
+        if !self.advertise.is_empty() && !is_http_url(&self.advertise) {
+            problems.push(format!(
+                "advertise: {:?} must be empty or an http(s) URL",
+                self.advertise
+            ));
+        }
+        if !is_http_url(&self.controller) {
+            problems.push(format!(
+                "controller: {:?} must be an http:// or https:// URL",
+                self.controller
+            ));
+        }
+        if self.capacity == 0 {
+            problems.push("capacity: must be greater than 0".to_owned());
+        }
+        if !self.docker_socket.is_empty()
+            && !self
+                .docker_socket
+                .strip_prefix("unix://")
+                .unwrap_or(&self.docker_socket)
+                .starts_with('/')
+        {
+            problems.push(format!(
+                "docker_socket: {:?} must be empty, an absolute path or a unix:// URL",
+                self.docker_socket
+            ));
+        }
+        if !is_prefix(&self.container_prefix) {
+            problems.push(format!(
+                "container_prefix: {:?} must match [a-z0-9][a-z0-9_.-]*",
+                self.container_prefix
+            ));
+        }
+        if self.keepalive_cmd.is_empty() || self.keepalive_cmd[0].is_empty() {
+            problems.push("keepalive_cmd: must name a program".to_owned());
+        }
+        if self.inventory_refresh_secs == 0 {
+            problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                path: None,
+                problems,
+            })
+        }
+    }
+
+    /// The Docker socket path to use: the configured one, `$DOCKER_HOST` when it is a unix
+    /// URL, or Docker's default.
+    pub fn docker_socket_path(&self) -> String {
+        let configured = if self.docker_socket.is_empty() {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| h.starts_with("unix://"))
+                .unwrap_or_else(|| "/var/run/docker.sock".to_owned())
+        } else {
+            self.docker_socket.clone()
+        };
+        configured
+            .strip_prefix("unix://")
+            .map(str::to_owned)
+            .unwrap_or(configured)
+    }
+}
+
+fn is_agent_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn is_prefix(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let c = Config::from_toml_str(
+            r#"
+            name = "node-7"
+            listen = "0.0.0.0:7001"
+            advertise = "http://10.0.0.7:7001"
+            controller = "https://ctl:7000"
+            capacity = 30
+            docker_socket = "unix:///run/docker.sock"
+            container_prefix = "lab"
+            keepalive_cmd = ["/bin/sleep", "infinity"]
+            inventory_refresh_secs = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.name, "node-7");
+        assert_eq!(c.capacity, 30);
+        assert_eq!(c.docker_socket_path(), "/run/docker.sock");
+        assert_eq!(c.keepalive_cmd, ["/bin/sleep", "infinity"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml_str("capcity = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("capcity"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let e = Config::from_toml_str(
+            r#"
+            name = "-bad"
+            controller = "ftp://x"
+            capacity = 0
+            container_prefix = "Lab"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for key in ["name:", "controller:", "capacity:", "container_prefix:"] {
+            assert!(e.contains(key), "{key} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "capacity = 0\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("agent.toml") && e.contains("capacity"), "{e}");
+        let e = Config::load(dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+}

@@ -1,0 +1,149 @@
+//! What the agent reports in heartbeats: its containers and open sessions.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use labssh_proto::pb;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{ContainerInfo, ContainerState, SharedBackend};
+
+/// The agent's view of its node, shared by the service and the controller link.
+pub struct Inventory {
+    /// Maximum containers, from the config.
+    capacity: u32,
+    /// Containers as last read from the runtime, patched by ensures since.
+    containers: Mutex<Containers>,
+    /// Open Session streams.
+    sessions: AtomicU32,
+    /// Signalled when the report changed enough to send a heartbeat at once.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Containers {
+    list: Vec<ContainerInfo>,
+    /// Bumped by every local change, so a refresh that raced with one is dropped.
+    version: u64,
+}
+
+impl Inventory {
+    /// An empty inventory for a node that holds `capacity` containers.
+    pub fn new(capacity: u32) -> Inventory {
+        Inventory {
+            capacity,
+            containers: Mutex::default(),
+            sessions: AtomicU32::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, Containers> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status sent in Register and Heartbeat messages.
+    pub fn status(&self) -> pb::AgentStatus {
+        let containers = self.containers();
+        pb::AgentStatus {
+            capacity: self.capacity,
+            containers: containers.list.len() as u32,
+            sessions: self.sessions.load(Ordering::Relaxed),
+            inventory: containers.list.iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Records a container an ensure just created or started, and asks for a heartbeat.
+    pub fn note_running(&self, name: &str, user: &str, environment: &str) {
+        let mut containers = self.containers();
+        containers.version += 1;
+        let info = ContainerInfo {
+            name: name.to_owned(),
+            user: user.to_owned(),
+            environment: environment.to_owned(),
+            state: ContainerState::Running,
+        };
+        match containers.list.iter_mut().find(|c| c.name == name) {
+            Some(slot) => *slot = info,
+            None => containers.list.push(info),
+        }
+        drop(containers);
+        self.changed.notify_one();
+    }
+
+    /// Reads the runtime's list and replaces ours, unless an ensure changed ours meanwhile
+    /// (then the next refresh will).
+    pub async fn refresh(&self, backend: &SharedBackend) {
+        let before = self.containers().version;
+        match backend.inventory().await {
+            Ok(mut list) => {
+                list.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut containers = self.containers();
+                if containers.version == before && containers.list != list {
+                    containers.list = list;
+                    containers.version += 1;
+                    drop(containers);
+                    self.changed.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read container inventory"),
+        }
+    }
+
+    /// Resolves when the report changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Counts an open session until the guard is dropped.
+    pub fn open_session(self: &Arc<Self>) -> SessionGuard {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        SessionGuard(self.clone())
+    }
+}
+
+/// Keeps a session counted while it lives.
+pub struct SessionGuard(Arc<Inventory>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Re-reads the inventory every `every` until `shutdown`.
+pub async fn refresh_loop(
+    inventory: Arc<Inventory>,
+    backend: SharedBackend,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => inventory.refresh(&backend).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counts_containers_and_sessions() {
+        let inv = Arc::new(Inventory::new(5));
+        inv.note_running("p-a-x", "a", "x");
+        inv.note_running("p-a-x", "a", "x");
+        let guard = inv.open_session();
+        let s = inv.status();
+        assert_eq!((s.capacity, s.containers, s.sessions), (5, 1, 1));
+        assert_eq!(s.inventory[0].user, "a");
+        drop(guard);
+        assert_eq!(inv.status().sessions, 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! One Session stream: start → ensure the container → spawn → relay → exit status.
+
+mod relay;
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use labssh_proto::pb;
+use pb::session_input::Msg as In;
+use pb::session_output::Msg as Out;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::backend::{self, PtySpec, SpawnSpec};
+use crate::service::Shared;
+
+/// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
+pub type OutputSender = mpsc::Sender<Result<pb::SessionOutput, Status>>;
+
+/// Runs a session to its end. Every way out drops `tx`, which ends the response stream.
+pub async fn run<S>(shared: Arc<Shared>, mut inbound: S, tx: OutputSender)
+where
+    S: Stream<Item = Result<pb::SessionInput, Status>> + Send + Unpin + 'static,
+{
+    let _counted = shared.inventory.open_session();
+    let first = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        _ = tx.closed() => return,
+        first = inbound.next() => first,
+    };
+    let start = match first {
+        Some(Ok(pb::SessionInput {
+            msg: Some(In::Start(start)),
+        })) => start,
+        Some(Ok(_)) => {
+            return send_error(&tx, "the first message of a session must be start".into()).await
+        }
+        Some(Err(_)) | None => return, // the proxy left before saying anything
+    };
+    tracing::debug!(user = %start.user, env = %start.environment, "session start");
+
+    // Ensure is not abandoned when the proxy leaves: another login may be waiting on it.
+    let ensured = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        ensured = shared.ensure(&start.user, &start.environment) => ensured,
+    };
+    let (env, ensured) = match ensured {
+        Ok(ok) => ok,
+        Err(failure) => return send_error(&tx, failure.message).await,
+    };
+
+    let shell = backend::shell(&env).to_owned();
+    let argv = if !start.argv.is_empty() {
+        start.argv.clone()
+    } else if !start.command.is_empty() {
+        vec![shell, "-c".to_owned(), start.command.clone()]
+    } else {
+        vec![shell, "-l".to_owned()]
+    };
+    let pty = start.pty.as_ref().map(|p| PtySpec {
+        term: p.term.clone(),
+        cols: clamp(p.cols),
+        rows: clamp(p.rows),
+    });
+    let mut extra_env: Vec<_> = start.env.clone().into_iter().collect();
+    extra_env.sort();
+    let spec = SpawnSpec::for_user(&start.user, &env, argv, extra_env, pty);
+    let process = match shared.backend.spawn(&ensured.container_id, spec).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(user = %start.user, error = %e, "spawn failed");
+            return send_error(&tx, e.to_string()).await;
+        }
+    };
+    let started = pb::SessionOutput {
+        msg: Some(Out::Started(pb::Started {
+            container: ensured.name.clone(),
+            container_started: ensured.created || ensured.started,
+        })),
+    };
+    if tx.send(Ok(started)).await.is_err() {
+        relay::hang_up(process.control).await;
+        return;
+    }
+    relay::relay(process, inbound, tx, &shared.shutdown).await;
+}
+
+async fn send_error(tx: &OutputSender, message: String) {
+    let error = pb::SessionOutput {
+        msg: Some(Out::Error(pb::SessionError { message })),
+    };
+    let _ = tx.send(Ok(error)).await;
+}
+
+/// Terminal sizes arrive as u32; anything beyond u16 is nonsense anyway.
+fn clamp(v: u32) -> u16 {
+    v.min(u16::MAX as u32) as u16
+}

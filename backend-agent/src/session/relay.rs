@@ -1,0 +1,210 @@
+//! Moving bytes between a Session stream and a running process.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use labssh_proto::pb;
+use pb::session_input::Msg as In;
+use pb::session_output::Msg as Out;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::{clamp, OutputSender};
+use crate::backend::{Output, Process, ProcessControl};
+
+/// Stdin chunks queued for the process; beyond this the proxy's stream is not read.
+const STDIN_BUFFER: usize = 16;
+/// Time a process gets to exit after HUP before it is killed.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
+
+enum StdinOp {
+    Data(Bytes),
+    Eof,
+}
+
+/// Why relaying stopped.
+enum Ended {
+    /// The process closed its output; report its exit.
+    OutputClosed,
+    /// The proxy went away (stream error, response dropped).
+    ProxyGone,
+    /// The agent is shutting down.
+    Shutdown,
+}
+
+/// Relays until the process ends (then sends its exit status) or the proxy or agent
+/// goes away (then hangs the process up).
+pub async fn relay<S>(process: Process, inbound: S, tx: OutputSender, shutdown: &CancellationToken)
+where
+    S: Stream<Item = Result<pb::SessionInput, Status>> + Send + Unpin + 'static,
+{
+    let Process {
+        stdin,
+        mut output,
+        control,
+    } = process;
+    let gone = CancellationToken::new();
+    let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_BUFFER);
+    let _writer = AbortOnDrop(tokio::spawn(write_stdin(stdin, stdin_rx)));
+    let _reader = AbortOnDrop(tokio::spawn(read_input(
+        inbound,
+        stdin_tx,
+        control.clone(),
+        gone.clone(),
+    )));
+
+    let ended = loop {
+        let chunk = tokio::select! {
+            _ = shutdown.cancelled() => break Ended::Shutdown,
+            _ = gone.cancelled() => break Ended::ProxyGone,
+            _ = tx.closed() => break Ended::ProxyGone,
+            chunk = output.next() => chunk,
+        };
+        let msg = match chunk {
+            Some(Output::Stdout(b)) => Out::Stdout(b.to_vec()),
+            Some(Output::Stderr(b)) => Out::Stderr(b.to_vec()),
+            None => break Ended::OutputClosed,
+        };
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => break Ended::Shutdown,
+            _ = gone.cancelled() => break Ended::ProxyGone,
+            sent = tx.send(Ok(pb::SessionOutput { msg: Some(msg) })) => sent,
+        };
+        if sent.is_err() {
+            break Ended::ProxyGone;
+        }
+    };
+    drop(output);
+
+    if let Ended::OutputClosed = ended {
+        let status = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            _ = gone.cancelled() => None,
+            _ = tx.closed() => None,
+            status = control.wait() => Some(status),
+        };
+        match status {
+            Some(Ok(status)) => {
+                let exit = pb::SessionOutput {
+                    msg: Some(Out::Exit(status.into())),
+                };
+                let _ = tx.send(Ok(exit)).await;
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read exit status");
+                let error = pb::SessionOutput {
+                    msg: Some(Out::Error(pb::SessionError {
+                        message: e.to_string(),
+                    })),
+                };
+                let _ = tx.send(Ok(error)).await;
+                return;
+            }
+            None => {}
+        }
+    }
+    tracing::debug!(
+        reason = if matches!(ended, Ended::Shutdown) {
+            "shutdown"
+        } else {
+            "proxy gone"
+        },
+        "hanging up session"
+    );
+    drop(tx); // end the stream now; the clean-up below may take a moment
+    hang_up(control).await;
+}
+
+/// Sends HUP, and KILL if the process outlives the grace period.
+pub async fn hang_up(control: Arc<dyn ProcessControl>) {
+    if let Err(e) = control.signal("HUP").await {
+        tracing::debug!(error = %e, "cannot send HUP");
+    }
+    if tokio::time::timeout(HANGUP_GRACE, control.wait())
+        .await
+        .is_err()
+    {
+        if let Err(e) = control.signal("KILL").await {
+            tracing::warn!(error = %e, "cannot kill hung-up process");
+        }
+    }
+}
+
+/// Reads the proxy's messages: stdin to the writer, resize and signal to the process.
+/// Cancels `gone` when the stream fails; a clean end counts as EOF on stdin.
+async fn read_input<S>(
+    mut inbound: S,
+    stdin: mpsc::Sender<StdinOp>,
+    control: Arc<dyn ProcessControl>,
+    gone: CancellationToken,
+) where
+    S: Stream<Item = Result<pb::SessionInput, Status>> + Unpin,
+{
+    loop {
+        let msg = match inbound.next().await {
+            Some(Ok(input)) => input.msg,
+            Some(Err(status)) => {
+                tracing::debug!(%status, "session input failed");
+                gone.cancel();
+                return;
+            }
+            None => {
+                let _ = stdin.send(StdinOp::Eof).await;
+                return;
+            }
+        };
+        match msg {
+            // A writer that stopped (process closed stdin) makes sends fail; the data is
+            // dropped, as a pipe's reader would never see it either.
+            Some(In::Stdin(data)) => {
+                let _ = stdin.send(StdinOp::Data(data.into())).await;
+            }
+            Some(In::Eof(_)) => {
+                let _ = stdin.send(StdinOp::Eof).await;
+            }
+            Some(In::Resize(size)) if size.cols > 0 && size.rows > 0 => {
+                if let Err(e) = control.resize(clamp(size.cols), clamp(size.rows)).await {
+                    tracing::debug!(error = %e, "resize failed");
+                }
+            }
+            Some(In::Signal(name)) => {
+                if let Err(e) = control.signal(&name).await {
+                    tracing::debug!(error = %e, "signal failed");
+                }
+            }
+            Some(In::Start(_)) => tracing::debug!("ignoring a second start"),
+            Some(In::Resize(_)) | None => {}
+        }
+    }
+}
+
+/// Writes stdin in order; EOF (or the channel closing) half-closes it.
+async fn write_stdin(mut stdin: Pin<Box<dyn AsyncWrite + Send>>, mut ops: mpsc::Receiver<StdinOp>) {
+    while let Some(op) = ops.recv().await {
+        match op {
+            StdinOp::Data(data) => {
+                if stdin.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            StdinOp::Eof => break,
+        }
+    }
+    let _ = stdin.shutdown().await;
+}
+
+/// Aborts a helper task when the session ends by any path.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

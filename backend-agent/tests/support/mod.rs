@@ -1,0 +1,206 @@
+//! Helpers for the agent's Docker tests: the test image, unique names, clean-up.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use labssh_agent::backend::{Backend, ExitStatus, Output, Process, PtySpec, SpawnSpec};
+use labssh_agent::{Config, DockerBackend};
+use labssh_proto::pb;
+use rand::Rng;
+
+/// The image built by scripts/build-busybox-image.sh.
+pub const IMAGE: &str = "labssh/busybox:latest";
+/// Generous bound on any single step, so a broken test fails instead of hanging.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Builds the test image once per test binary if Docker does not have it.
+pub fn ensure_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !present {
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/build-busybox-image.sh"
+            );
+            let status = Command::new("bash")
+                .arg(script)
+                .status()
+                .expect("run image script");
+            assert!(status.success(), "building {IMAGE} failed");
+        }
+    });
+}
+
+fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A unique prefix and agent name; removes their containers and volumes when dropped,
+/// also when the test fails.
+pub struct Scratch {
+    /// Container/volume name prefix, unique to this test.
+    pub prefix: String,
+    /// Agent name, unique to this test.
+    pub agent: String,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        ensure_image();
+        let tag: u32 = rand::thread_rng().gen();
+        Scratch {
+            prefix: format!("labsshtest{tag:08x}"),
+            agent: format!("test-agent-{tag:08x}"),
+        }
+    }
+
+    /// A config using this scratch's names.
+    pub fn config(&self) -> Config {
+        Config {
+            name: self.agent.clone(),
+            container_prefix: self.prefix.clone(),
+            ..Config::default()
+        }
+    }
+
+    /// A connected Docker backend.
+    pub async fn backend(&self) -> Arc<DockerBackend> {
+        Arc::new(
+            DockerBackend::connect(&self.config())
+                .await
+                .expect("connect to Docker"),
+        )
+    }
+
+    /// Names of this test's containers.
+    pub fn containers(&self) -> Vec<String> {
+        docker_cli(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.prefix),
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let ids = docker_cli(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.prefix),
+        ]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids);
+            docker_cli(&args);
+        }
+        let vols = docker_cli(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.prefix),
+        ]);
+        for v in vols.split_whitespace() {
+            docker_cli(&["volume", "rm", "-f", v]);
+        }
+    }
+}
+
+/// The environment most tests use: busybox as uid/gid 1000 with some limits.
+pub fn environment() -> pb::Environment {
+    pb::Environment {
+        name: "default".into(),
+        image: IMAGE.into(),
+        memory_bytes: 64 << 20,
+        nano_cpus: 500_000_000,
+        pids_limit: 64,
+        uid: 1000,
+        gid: 1000,
+        shell: "/bin/sh".into(),
+        env: HashMap::from([("LAB".to_owned(), "yes".to_owned())]),
+        ..Default::default()
+    }
+}
+
+/// Runs `sh -c script` as `user` without a pty, with stdin closed; returns stdout,
+/// stderr and the exit status.
+pub async fn run_script(
+    backend: &dyn Backend,
+    container: &str,
+    user: &str,
+    script: &str,
+) -> (String, String, ExitStatus) {
+    let env = environment();
+    let argv = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    let spec = SpawnSpec::for_user(user, &env, argv, Vec::new(), None);
+    let process = tokio::time::timeout(STEP, backend.spawn(container, spec))
+        .await
+        .expect("spawn in time")
+        .expect("spawn");
+    collect(process).await
+}
+
+/// Drains a process's output (stdin closed at once) and waits for it.
+pub async fn collect(process: Process) -> (String, String, ExitStatus) {
+    let Process {
+        stdin,
+        mut output,
+        control,
+    } = process;
+    drop(stdin);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    tokio::time::timeout(STEP, async {
+        while let Some(chunk) = output.next().await {
+            match chunk {
+                Output::Stdout(b) => out.extend_from_slice(&b),
+                Output::Stderr(b) => err.extend_from_slice(&b),
+            }
+        }
+    })
+    .await
+    .expect("output ends in time");
+    let status = tokio::time::timeout(STEP, control.wait())
+        .await
+        .expect("exit in time")
+        .expect("exit status");
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        status,
+    )
+}
+
+/// A pty spec.
+pub fn pty(cols: u16, rows: u16) -> PtySpec {
+    PtySpec {
+        term: "xterm".into(),
+        cols,
+        rows,
+    }
+}

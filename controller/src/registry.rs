@@ -1,0 +1,398 @@
+//! The agents the controller knows: who they are, where proxies reach them,
+//! what they last reported and whether they are alive.
+//!
+//! Nothing is persisted. After a controller restart every agent reconnects
+//! and registers with its full inventory, which rebuilds the placement state.
+//!
+//! All state sits behind one `std::sync::Mutex`: critical sections are short
+//! map updates and never await, and one lock keeps the agents and the
+//! placer's pending assignments consistent with each other.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use labssh_proto::pb;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::placement::{AgentLoad, Inventory, PlaceError, Placer};
+
+/// The agents, their liveness and the placer, shared by every rpc.
+#[derive(Debug)]
+pub struct Registry {
+    /// Agents by name plus placement state; see the module docs on locking.
+    state: Mutex<State>,
+    /// Silence after which a connected agent counts as dead.
+    dead_after: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Every agent ever registered since start-up, live or dead, by name.
+    agents: BTreeMap<String, Agent>,
+    /// Generation handed to the next registration; never reused.
+    next_generation: u64,
+    /// Consistent hashing and recent placements.
+    placer: Placer,
+}
+
+/// What the registry knows about one agent.
+#[derive(Debug)]
+struct Agent {
+    /// gRPC endpoint proxies use to reach it.
+    endpoint: String,
+    /// Which registration this entry belongs to; only that registration's
+    /// stream may update it or mark it dead.
+    generation: u64,
+    /// The last status reported (register or heartbeat).
+    status: pb::AgentStatus,
+    /// `status.inventory` indexed for placement.
+    inventory: Inventory,
+    /// When anything was last heard on its stream.
+    last_seen: Instant,
+    /// False once its stream ended; it stays listed as dead.
+    connected: bool,
+    /// Set when the sweep has logged it dead for silence, so that is logged
+    /// once, and its return is logged too.
+    silent: bool,
+}
+
+impl Agent {
+    fn is_live(&self, now: Instant, dead_after: Duration) -> bool {
+        self.connected && now.saturating_duration_since(self.last_seen) < dead_after
+    }
+}
+
+/// Proof of one agent registration, held by the task serving its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The agent's name.
+    name: String,
+    /// Distinguishes this registration from earlier and later ones of the
+    /// same name.
+    generation: u64,
+}
+
+impl Registration {
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The agent registered again on another stream; this one is stale.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agent '{0}' registered again on another stream")]
+pub struct Superseded(pub String);
+
+/// Where a placement landed, with what the caller needs to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Name of the agent.
+    pub agent: String,
+    /// Its gRPC endpoint.
+    pub endpoint: String,
+    /// True when it already holds the container.
+    pub existing: bool,
+}
+
+impl Registry {
+    /// An empty registry with the configuration's timing and placement knob.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            state: Mutex::new(State {
+                agents: BTreeMap::new(),
+                next_generation: 1,
+                placer: Placer::new(config.load_epsilon),
+            }),
+            dead_after: config.dead_after(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data, still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an agent's registration, replacing any earlier one of the
+    /// same name.
+    pub fn register(
+        &self,
+        name: &str,
+        endpoint: &str,
+        status: pb::AgentStatus,
+        now: Instant,
+    ) -> Registration {
+        let mut state = self.lock();
+        let generation = state.next_generation;
+        state.next_generation += 1;
+        let agent = Agent {
+            endpoint: endpoint.to_string(),
+            generation,
+            inventory: Inventory::from_proto(&status.inventory),
+            status,
+            last_seen: now,
+            connected: true,
+            silent: false,
+        };
+        info!(
+            agent = name,
+            endpoint,
+            capacity = agent.status.capacity,
+            containers = agent.status.containers,
+            "agent registered"
+        );
+        if let Some(old) = state.agents.insert(name.to_string(), agent) {
+            if old.is_live(now, self.dead_after) {
+                info!(agent = name, old_endpoint = %old.endpoint, "agent re-registered; replacing its earlier stream");
+            }
+        }
+        Registration {
+            name: name.to_string(),
+            generation,
+        }
+    }
+
+    /// Records a heartbeat. Fails when the registration was replaced, so the
+    /// stale stream can be closed.
+    pub fn heartbeat(
+        &self,
+        registration: &Registration,
+        status: pb::AgentStatus,
+        now: Instant,
+    ) -> Result<(), Superseded> {
+        let mut state = self.lock();
+        let agent = current(&mut state, registration)?;
+        agent.inventory = Inventory::from_proto(&status.inventory);
+        agent.status = status;
+        touch(agent, &registration.name, now);
+        Ok(())
+    }
+
+    /// Records that something other than a heartbeat was heard.
+    pub fn touch(&self, registration: &Registration, now: Instant) -> Result<(), Superseded> {
+        let mut state = self.lock();
+        touch(current(&mut state, registration)?, &registration.name, now);
+        Ok(())
+    }
+
+    /// Marks the agent dead because its stream ended, unless a newer
+    /// registration has taken its place.
+    pub fn disconnect(&self, registration: &Registration, reason: &str) {
+        let mut state = self.lock();
+        if let Ok(agent) = current(&mut state, registration) {
+            agent.connected = false;
+            warn!(agent = %registration.name, endpoint = %agent.endpoint, reason, "agent dead: stream ended");
+        }
+    }
+
+    /// Logs agents that went silent since the last sweep and returns their
+    /// names. Placement checks liveness itself; this only makes deaths
+    /// visible promptly in the logs.
+    pub fn sweep(&self, now: Instant) -> Vec<String> {
+        let mut state = self.lock();
+        let mut newly_dead = Vec::new();
+        for (name, agent) in &mut state.agents {
+            if agent.connected && !agent.silent && !agent.is_live(now, self.dead_after) {
+                agent.silent = true;
+                let silent_ms = now.saturating_duration_since(agent.last_seen).as_millis();
+                warn!(agent = %name, endpoint = %agent.endpoint, silent_ms, "agent dead: missed heartbeats");
+                newly_dead.push(name.clone());
+            }
+        }
+        newly_dead
+    }
+
+    /// Chooses the agent for (user, environment) among the live ones.
+    /// `environment` must already be resolved against the catalogue.
+    pub fn place(&self, user: &str, environment: &str, now: Instant) -> Result<Placed, PlaceError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let live: Vec<AgentLoad<'_>> = state
+            .agents
+            .iter()
+            .filter(|(_, a)| a.is_live(now, self.dead_after))
+            .map(|(name, a)| AgentLoad {
+                name,
+                capacity: a.status.capacity,
+                containers: a.status.containers,
+                inventory: &a.inventory,
+            })
+            .collect();
+        let placement = state.placer.place(&live, user, environment, now)?;
+        let endpoint = state.agents[&placement.agent].endpoint.clone();
+        Ok(Placed {
+            agent: placement.agent,
+            endpoint,
+            existing: placement.existing,
+        })
+    }
+
+    /// Every known agent, live or dead, sorted by name.
+    pub fn agents(&self, now: Instant) -> Vec<pb::AgentInfo> {
+        let state = self.lock();
+        state
+            .agents
+            .iter()
+            .map(|(name, a)| pb::AgentInfo {
+                name: name.clone(),
+                endpoint: a.endpoint.clone(),
+                live: a.is_live(now, self.dead_after),
+                status: Some(a.status.clone()),
+                last_seen_ms: now
+                    .saturating_duration_since(a.last_seen)
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+}
+
+/// The registry entry of `registration`, unless a newer registration of the
+/// same name replaced it.
+fn current<'a>(
+    state: &'a mut State,
+    registration: &Registration,
+) -> Result<&'a mut Agent, Superseded> {
+    state
+        .agents
+        .get_mut(&registration.name)
+        .filter(|a| a.generation == registration.generation)
+        .ok_or_else(|| Superseded(registration.name.clone()))
+}
+
+fn touch(agent: &mut Agent, name: &str, now: Instant) {
+    agent.last_seen = now;
+    if agent.silent {
+        agent.silent = false;
+        info!(agent = name, endpoint = %agent.endpoint, "agent heard from again; live");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
+        pb::AgentStatus {
+            capacity,
+            containers: inventory.len() as u32,
+            sessions: 0,
+            inventory: inventory
+                .iter()
+                .map(|(user, env)| pb::ContainerInfo {
+                    user: user.to_string(),
+                    environment: env.to_string(),
+                    state: pb::ContainerState::Running.into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn registry() -> Registry {
+        // 1 s heartbeats, dead after 3 s.
+        Registry::new(&Config::default())
+    }
+
+    #[test]
+    fn inventory_from_register_makes_placement_sticky() {
+        let registry = registry();
+        let now = Instant::now();
+        registry.register("a", "http://a:7001", status(10, &[]), now);
+        registry.register(
+            "b",
+            "http://b:7001",
+            status(10, &[("alice", "default")]),
+            now,
+        );
+        let placed = registry.place("alice", "default", now).unwrap();
+        assert_eq!(
+            placed,
+            Placed {
+                agent: "b".to_string(),
+                endpoint: "http://b:7001".to_string(),
+                existing: true
+            }
+        );
+    }
+
+    #[test]
+    fn silent_agents_are_dead_until_heard_from() {
+        let registry = registry();
+        let t0 = Instant::now();
+        let reg = registry.register("a", "http://a:7001", status(10, &[]), t0);
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(registry.place("bob", "default", t1).is_ok());
+        assert!(registry.sweep(t1).is_empty());
+
+        let t2 = t0 + Duration::from_secs(3);
+        assert_eq!(
+            registry.place("bob", "default", t2),
+            Err(PlaceError::NoLiveAgents)
+        );
+        assert_eq!(registry.sweep(t2), ["a"]);
+        assert!(registry.sweep(t2).is_empty(), "logged once");
+        let agents = registry.agents(t2);
+        assert_eq!(agents.len(), 1);
+        assert!(!agents[0].live);
+        assert_eq!(agents[0].last_seen_ms, 3_000);
+
+        registry.heartbeat(&reg, status(10, &[]), t2).unwrap();
+        assert!(registry.agents(t2)[0].live);
+        assert!(registry.place("bob", "default", t2).is_ok());
+    }
+
+    #[test]
+    fn disconnected_agents_stay_listed_as_dead() {
+        let registry = registry();
+        let now = Instant::now();
+        let reg = registry.register("a", "http://a:7001", status(10, &[]), now);
+        registry.disconnect(&reg, "test");
+        let agents = registry.agents(now);
+        assert_eq!(agents.len(), 1);
+        assert!(!agents[0].live);
+        assert_eq!(
+            registry.place("bob", "default", now),
+            Err(PlaceError::NoLiveAgents)
+        );
+    }
+
+    #[test]
+    fn stale_registration_cannot_touch_the_new_one() {
+        let registry = registry();
+        let now = Instant::now();
+        let old = registry.register("a", "http://old:7001", status(10, &[]), now);
+        let new = registry.register("a", "http://new:7001", status(10, &[]), now);
+        assert_eq!(
+            registry.heartbeat(&old, status(0, &[]), now),
+            Err(Superseded("a".to_string()))
+        );
+        registry.disconnect(&old, "old stream closed");
+        let agents = registry.agents(now);
+        assert_eq!(agents.len(), 1);
+        assert!(agents[0].live);
+        assert_eq!(agents[0].endpoint, "http://new:7001");
+        assert_eq!(agents[0].status.as_ref().unwrap().capacity, 10);
+        registry.heartbeat(&new, status(5, &[]), now).unwrap();
+        assert_eq!(registry.agents(now)[0].status.as_ref().unwrap().capacity, 5);
+    }
+
+    #[test]
+    fn heartbeat_inventory_is_used() {
+        let registry = registry();
+        let now = Instant::now();
+        let a = registry.register("a", "http://a:7001", status(10, &[]), now);
+        registry.register("b", "http://b:7001", status(10, &[]), now);
+        registry.place("carol", "default", now).unwrap();
+        // Wherever that put carol, a reported inventory wins over the pending
+        // placement (say, her container was created before a restart).
+        registry
+            .heartbeat(&a, status(10, &[("carol", "default")]), now)
+            .unwrap();
+        let again = registry.place("carol", "default", now).unwrap();
+        assert_eq!(again.agent, "a");
+        assert!(again.existing);
+    }
+}

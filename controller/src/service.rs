@@ -1,0 +1,302 @@
+//! The `labssh.v1.Controller` gRPC service: agent streams, placement and
+//! listings, as thin translations onto the registry and the catalogue.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use labssh_proto::pb;
+use pb::agent_message::Msg;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::http::Uri;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::placement::PlaceError;
+use crate::registry::{Registration, Registry};
+
+/// How long a new Attach stream may take to send its `register`; a client
+/// that opens the stream and says nothing should not hold a task forever.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards one agent. Only the Welcome and a final error are
+/// ever sent, so this never fills.
+const OUTBOUND_BUFFER: usize = 4;
+/// Longest agent name accepted; it appears in logs and replies to proxies.
+const MAX_AGENT_NAME_LEN: usize = 253;
+
+/// The gRPC service. Cheap to clone; every clone shares one registry.
+#[derive(Debug, Clone)]
+pub struct ControllerService {
+    /// Agents and placement state.
+    registry: Arc<Registry>,
+    /// The environments, pushed to agents and listed to proxies.
+    catalogue: Arc<Catalogue>,
+    /// Told to agents in `Welcome`.
+    heartbeat_interval_ms: u32,
+    /// Cancelled at shutdown; ends every agent stream so the server can drain.
+    shutdown: CancellationToken,
+}
+
+impl ControllerService {
+    /// A service over `registry`, configured by a validated `config`.
+    pub fn new(config: &Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+        Self {
+            registry,
+            catalogue: Arc::new(Catalogue::new(config)),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            shutdown,
+        }
+    }
+
+    fn welcome(&self) -> pb::ControllerMessage {
+        pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Welcome(pb::Welcome {
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+                environments: self.catalogue.environments().to_vec(),
+            })),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no register message received in time"))??;
+        let register = match first {
+            Some(pb::AgentMessage {
+                msg: Some(Msg::Register(register)),
+            }) => register,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on an Attach stream must be register",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "the Attach stream ended before register",
+                ))
+            }
+        };
+        check_agent_name(&register.name)?;
+        let endpoint = advertised_endpoint(&register.endpoint, peer)
+            .map_err(|why| Status::invalid_argument(format!("register.endpoint: {why}")))?;
+
+        let registration = self.registry.register(
+            &register.name,
+            &endpoint,
+            register.status.unwrap_or_default(),
+            Instant::now(),
+        );
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        tx.try_send(Ok(self.welcome()))
+            .expect("a new channel has room for the welcome");
+        tokio::spawn(serve_agent(
+            self.registry.clone(),
+            registration,
+            inbound,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn place(
+        &self,
+        request: Request<pb::PlaceRequest>,
+    ) -> Result<Response<pb::PlaceReply>, Status> {
+        let pb::PlaceRequest { user, environment } = request.into_inner();
+        if user.is_empty() {
+            return Err(Status::invalid_argument("user must not be empty"));
+        }
+        let environment = self.catalogue.resolve(&environment)?;
+        let placed = self
+            .registry
+            .place(&user, environment, Instant::now())
+            .inspect_err(|e| match e {
+                // Operators must hear about a full cluster; the rest is routine.
+                PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
+                _ => debug!(%user, environment, "placement failed: {e}"),
+            })?;
+        debug!(%user, environment, agent = %placed.agent, existing = placed.existing, "placed");
+        Ok(Response::new(pb::PlaceReply {
+            agent_name: placed.agent,
+            agent_endpoint: placed.endpoint,
+            environment: environment.to_string(),
+            existing: placed.existing,
+        }))
+    }
+
+    async fn list_environments(
+        &self,
+        _request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsReply>, Status> {
+        Ok(Response::new(pb::ListEnvironmentsReply {
+            environments: self.catalogue.environments().to_vec(),
+            default_environment: self.catalogue.default_environment().to_string(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsReply>, Status> {
+        Ok(Response::new(pb::ListAgentsReply {
+            agents: self.registry.agents(Instant::now()),
+        }))
+    }
+}
+
+/// Reads one agent's heartbeats until its stream ends, it is replaced, or
+/// the controller shuts down; then marks it dead. Dropping `tx` on return
+/// ends the agent's response stream.
+async fn serve_agent(
+    registry: Arc<Registry>,
+    registration: Registration,
+    mut inbound: Streaming<pb::AgentMessage>,
+    tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    shutdown: CancellationToken,
+) {
+    let reason = loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => {
+                // The agent reconnects to the next controller and registers
+                // afresh; nothing to mark.
+                debug!(agent = registration.name(), "closing agent stream for shutdown");
+                return;
+            }
+            _ = tx.closed() => break "agent stopped reading",
+            message = inbound.message() => message,
+        };
+        let now = Instant::now();
+        let result = match message {
+            Ok(Some(pb::AgentMessage {
+                msg: Some(Msg::Heartbeat(heartbeat)),
+            })) => registry.heartbeat(&registration, heartbeat.status.unwrap_or_default(), now),
+            Ok(Some(pb::AgentMessage {
+                msg: Some(Msg::Register(_)),
+            })) => {
+                // Closing is the safe answer: the agent reconnects with a
+                // fresh stream, where register is legal.
+                let _ = tx.try_send(Err(Status::invalid_argument(
+                    "register is only allowed as the first message",
+                )));
+                break "register sent twice";
+            }
+            // A message kind newer than this controller: still a sign of life.
+            Ok(Some(pb::AgentMessage { msg: None })) => registry.touch(&registration, now),
+            Ok(None) => break "stream closed by agent",
+            Err(status) => {
+                debug!(agent = registration.name(), %status, "agent stream failed");
+                break "stream failed";
+            }
+        };
+        if let Err(superseded) = result {
+            info!(agent = registration.name(), "closing stale agent stream");
+            let _ = tx.try_send(Err(Status::aborted(superseded.to_string())));
+            // The new registration owns the entry; do not mark it dead.
+            return;
+        }
+    };
+    registry.disconnect(&registration, reason);
+}
+
+fn check_agent_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("register.name must not be empty"));
+    }
+    if name.len() > MAX_AGENT_NAME_LEN || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Status::invalid_argument(format!(
+            "register.name {name:?} must be at most {MAX_AGENT_NAME_LEN} bytes without spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The endpoint proxies should use for an agent. An agent listening on all
+/// interfaces often reports `http://0.0.0.0:7001`; that host is replaced by
+/// the address its Attach stream came from, which is routable from here.
+fn advertised_endpoint(endpoint: &str, peer: Option<SocketAddr>) -> Result<String, String> {
+    let uri: Uri = endpoint
+        .parse()
+        .map_err(|e| format!("{endpoint:?} is not a URI: {e}"))?;
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(format!("{endpoint:?} must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
+    let unspecified = authority
+        .host()
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    match (unspecified, peer) {
+        (true, Some(peer)) => {
+            let host = match peer.ip().to_canonical() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            };
+            let port = authority
+                .port()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let path = uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .filter(|p| *p != "/")
+                .unwrap_or("");
+            Ok(format!("{scheme}://{host}{port}{path}"))
+        }
+        _ => Ok(endpoint.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let peer: SocketAddr = "10.0.0.5:43210".parse().unwrap();
+        let ok = |e: &str, p| advertised_endpoint(e, p).unwrap();
+        assert_eq!(
+            ok("http://10.0.0.7:7001", Some(peer)),
+            "http://10.0.0.7:7001"
+        );
+        assert_eq!(ok("http://node-1:7001", Some(peer)), "http://node-1:7001");
+        assert_eq!(
+            ok("http://0.0.0.0:7001", Some(peer)),
+            "http://10.0.0.5:7001"
+        );
+        assert_eq!(ok("https://[::]:7001", Some(peer)), "https://10.0.0.5:7001");
+        assert_eq!(ok("http://0.0.0.0:7001", None), "http://0.0.0.0:7001");
+        let v6: SocketAddr = "[fd00::5]:1".parse().unwrap();
+        assert_eq!(ok("http://0.0.0.0:7001", Some(v6)), "http://[fd00::5]:7001");
+        assert!(advertised_endpoint("", None).is_err());
+        assert!(advertised_endpoint("10.0.0.7:7001", None).is_err());
+        assert!(advertised_endpoint("ftp://x:1", None).is_err());
+    }
+
+    #[test]
+    fn agent_names() {
+        assert!(check_agent_name("node-1").is_ok());
+        assert!(check_agent_name("").is_err());
+        assert!(check_agent_name("a b").is_err());
+        assert!(check_agent_name(&"a".repeat(254)).is_err());
+    }
+}

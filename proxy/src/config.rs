@@ -1,0 +1,245 @@
+//! Proxy configuration: TOML with serde defaults; unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default SSH listen address: a non-privileged port for a first run.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
+/// Long enough that a class logging in twice a minute mostly hits the cache,
+/// short enough that a revoked password stops working within minutes.
+pub const DEFAULT_AUTH_CACHE_TTL_SECS: u64 = 300;
+/// Placements rarely change; a few seconds spares the controller a round trip
+/// per channel while a dead agent is noticed quickly.
+pub const DEFAULT_PLACEMENT_CACHE_SECS: u64 = 10;
+/// Constant delay for failed authentication, so timing reveals nothing about
+/// which part was wrong, while a mistyped password is not punished for long.
+pub const DEFAULT_AUTH_REJECTION_MS: u64 = 300;
+/// Bound on how long a student waits for the controller before seeing an error.
+pub const DEFAULT_CONTROLLER_TIMEOUT_SECS: u64 = 10;
+/// Creating a container from a cold image can take a while on a busy node.
+pub const DEFAULT_SESSION_START_TIMEOUT_SECS: u64 = 60;
+/// Idle SSH connections are dropped after this long (matches russh's default).
+pub const DEFAULT_INACTIVITY_TIMEOUT_SECS: u64 = 3600;
+
+/// Configuration of one proxy replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SSH listen address (used by the binary; `run` takes a bound listener).
+    pub listen: String,
+    /// Host key files (OpenSSH format). The first is generated if missing, so
+    /// every replica pointed at the same files shares one identity.
+    pub host_keys: Vec<PathBuf>,
+    /// TOML users file with argon2 password hashes and authorized keys;
+    /// re-read when it changes.
+    pub users_file: PathBuf,
+    /// Controller gRPC endpoint, e.g. `http://127.0.0.1:7000`.
+    pub controller: String,
+    /// Redis URL for the shared credential cache; empty means an in-process cache.
+    pub redis_url: String,
+    /// File holding the HMAC key for cached credentials; generated if missing.
+    /// Replicas sharing a Redis must share this key.
+    pub cache_key_file: PathBuf,
+    /// Lifetime of a cached validated credential.
+    pub auth_cache_ttl_secs: u64,
+    /// Lifetime of a cached placement answer.
+    pub placement_cache_secs: u64,
+    /// Delay applied to every failed authentication.
+    pub auth_rejection_ms: u64,
+    /// Timeout for controller calls.
+    pub controller_timeout_secs: u64,
+    /// Timeout for an agent to ensure the container and start the process.
+    pub session_start_timeout_secs: u64,
+    /// Idle connection timeout.
+    pub inactivity_timeout_secs: u64,
+    /// Client `env` requests accepted (exact names, or prefixes ending in `*`).
+    pub accept_env: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.to_string(),
+            host_keys: vec![PathBuf::from("host_ed25519_key")],
+            users_file: PathBuf::from("users.toml"),
+            controller: "http://127.0.0.1:7000".to_string(),
+            redis_url: String::new(),
+            cache_key_file: PathBuf::from("cache.key"),
+            auth_cache_ttl_secs: DEFAULT_AUTH_CACHE_TTL_SECS,
+            placement_cache_secs: DEFAULT_PLACEMENT_CACHE_SECS,
+            auth_rejection_ms: DEFAULT_AUTH_REJECTION_MS,
+            controller_timeout_secs: DEFAULT_CONTROLLER_TIMEOUT_SECS,
+            session_start_timeout_secs: DEFAULT_SESSION_START_TIMEOUT_SECS,
+            inactivity_timeout_secs: DEFAULT_INACTIVITY_TIMEOUT_SECS,
+            accept_env: vec![
+                "LANG".into(),
+                "LC_*".into(),
+                "TZ".into(),
+                "COLORTERM".into(),
+            ],
+        }
+    }
+}
+
+/// A configuration that could not be read or is invalid. The message names
+/// the file and every offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown keys / wrong types.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// One or more values are invalid; each entry names its key.
+    #[error("invalid proxy configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<proxy config>"),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reports every invalid value, each with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen: {:?} is not an address like 127.0.0.1:2222",
+                self.listen
+            ));
+        }
+        if self.host_keys.is_empty() {
+            problems.push("host_keys: at least one host key file is required".into());
+        }
+        if self.users_file.as_os_str().is_empty() {
+            problems.push("users_file: must not be empty".into());
+        }
+        if !(self.controller.starts_with("http://") || self.controller.starts_with("https://")) {
+            problems.push(format!(
+                "controller: {:?} must be an http:// or https:// URL",
+                self.controller
+            ));
+        }
+        if !self.redis_url.is_empty() {
+            if let Err(e) = redis::Client::open(self.redis_url.as_str()) {
+                problems.push(format!("redis_url: {e}"));
+            }
+        }
+        for (key, value) in [
+            ("controller_timeout_secs", self.controller_timeout_secs),
+            (
+                "session_start_timeout_secs",
+                self.session_start_timeout_secs,
+            ),
+            ("inactivity_timeout_secs", self.inactivity_timeout_secs),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        for (i, name) in self.accept_env.iter().enumerate() {
+            let stem = name.strip_suffix('*').unwrap_or(name);
+            if stem.is_empty() || !stem.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                problems.push(format!(
+                    "accept_env[{i}]: {name:?} is not a variable name or NAME_* prefix"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Whether a client `env` request for `name` is accepted.
+    pub fn env_allowed(&self, name: &str) -> bool {
+        self.accept_env
+            .iter()
+            .any(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pat,
+            })
+    }
+
+    pub(crate) fn auth_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.auth_cache_ttl_secs)
+    }
+    pub(crate) fn placement_cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.placement_cache_secs)
+    }
+    pub(crate) fn controller_timeout(&self) -> Duration {
+        Duration::from_secs(self.controller_timeout_secs)
+    }
+    pub(crate) fn session_start_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_start_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("listen = \"127.0.0.1:2222\"\nbogus_key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus_key"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let err = Config::from_toml_str(
+            "listen = \"nowhere\"\ncontroller = \"tcp://x\"\ncontroller_timeout_secs = 0\naccept_env = [\"BAD-NAME\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "listen:",
+            "controller:",
+            "controller_timeout_secs:",
+            "accept_env[0]:",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn env_allow_list_matches_names_and_prefixes() {
+        let c = Config::default();
+        assert!(c.env_allowed("LANG"));
+        assert!(c.env_allowed("LC_ALL"));
+        assert!(!c.env_allowed("LD_PRELOAD"));
+        assert!(!c.env_allowed("LANGUAGE_X"));
+    }
+}

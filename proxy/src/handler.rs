@@ -1,0 +1,288 @@
+//! The russh `Handler`: a thin adapter. Authentication decisions are made
+//! here; each accepted session channel is handed to its own task
+//! ([`crate::session_channel`]) which owns that channel's whole life.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use russh::keys::PublicKey;
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, Pty};
+
+use crate::credential_cache::Lookup;
+use crate::login_name::LoginName;
+use crate::server::Shared;
+use crate::session_channel::{self, ChannelContext};
+
+/// Most clients try a handful of keys; more than this per connection is
+/// someone scanning.
+const MAX_SESSION_CHANNELS: usize = 64;
+
+/// One SSH connection.
+pub(crate) struct Connection {
+    /// Replica-wide state.
+    shared: Arc<Shared>,
+    /// The client's address, for logs.
+    peer: String,
+    /// Connection number, for logs.
+    id: u64,
+    /// Set once authentication succeeds.
+    login: Option<LoginName>,
+    /// Session channels opened so far.
+    channels: usize,
+}
+
+impl Connection {
+    pub(crate) fn new(shared: Arc<Shared>, peer: Option<SocketAddr>, id: u64) -> Self {
+        let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        tracing::debug!(conn = id, %peer, "connection accepted");
+        Connection {
+            shared,
+            peer,
+            id,
+            login: None,
+            channels: 0,
+        }
+    }
+
+    fn parse_login(&self, login: &str, method: &str) -> Option<LoginName> {
+        match LoginName::parse(login) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(conn = self.id, peer = %self.peer, method, login = %login.escape_debug(), "login refused: {e}");
+                None
+            }
+        }
+    }
+
+    fn accept(&mut self, login: LoginName, method: &str, cache: &str, started: Instant) -> Auth {
+        tracing::info!(
+            conn = self.id,
+            peer = %self.peer,
+            user = %login.user,
+            environment = login.environment.as_deref().unwrap_or("(default)"),
+            method,
+            cache,
+            auth_ms = started.elapsed().as_millis() as u64,
+            "authenticated"
+        );
+        self.login = Some(login);
+        Auth::Accept
+    }
+
+    fn reject(&self, login: &LoginName, method: &str, why: &str) -> Auth {
+        // The reason stays in the log; the client learns only "denied".
+        tracing::warn!(conn = self.id, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
+        Auth::reject()
+    }
+
+    fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
+        self.shared
+            .users
+            .current()
+            .get(user)
+            .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
+    }
+
+    async fn check_password(&mut self, login: LoginName, password: &str, method: &str) -> Auth {
+        let started = Instant::now();
+        let users = self.shared.users.current();
+        let Some(hash) = users.get(&login.user).and_then(|u| u.password_hash.clone()) else {
+            return self.reject(&login, method, "no such user or no password set");
+        };
+        let lookup = self.shared.cache.lookup(&login.user, password, &hash).await;
+        if lookup == Lookup::Hit {
+            return self.accept(login, method, lookup.as_str(), started);
+        }
+        let (pw, h) = (password.to_string(), hash.clone());
+        let ok = tokio::task::spawn_blocking(move || crate::users::verify_password(&pw, &h))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return self.reject(&login, method, "wrong password");
+        }
+        self.shared.cache.store(&login.user, password, &hash).await;
+        self.accept(login, method, lookup.as_str(), started)
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = anyhow::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let Some(login) = self.parse_login(user, "password") else {
+            return Ok(Auth::reject());
+        };
+        Ok(self.check_password(login, password, "password").await)
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Ok(login) = LoginName::parse(user) else {
+            return Ok(Auth::reject());
+        };
+        if self.key_allowed(&login.user, offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let started = Instant::now();
+        let Some(login) = self.parse_login(user, "publickey") else {
+            return Ok(Auth::reject());
+        };
+        if self.key_allowed(&login.user, key.public_key) {
+            Ok(self.accept(login, "publickey", "n/a", started))
+        } else {
+            Ok(self.reject(&login, "publickey", "key not authorized"))
+        }
+    }
+
+    /// Keyboard-interactive asks for the password, and is also how a student
+    /// with a malformed username gets told what is wrong with it: the SSH
+    /// protocol has no other way to show text before authentication.
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let login = match LoginName::parse(user) {
+            Ok(l) => l,
+            Err(e) => {
+                if response.is_some() {
+                    return Ok(Auth::reject());
+                }
+                tracing::warn!(conn = self.id, peer = %self.peer, login = %user.escape_debug(), "login refused: {e}");
+                return Ok(Auth::Partial {
+                    name: Cow::Borrowed("labssh"),
+                    instructions: Cow::Owned(format!("labssh: {e}")),
+                    prompts: Cow::Borrowed(&[]),
+                });
+            }
+        };
+        match response {
+            None => Ok(Auth::Partial {
+                name: Cow::Borrowed(""),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Owned(vec![(Cow::Borrowed("Password: "), false)]),
+            }),
+            Some(mut answers) => {
+                let password = answers
+                    .next()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                Ok(self
+                    .check_password(login, &password, "keyboard-interactive")
+                    .await)
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        if self.channels >= MAX_SESSION_CHANNELS {
+            tracing::warn!(conn = self.id, user = %login.user, "too many session channels");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
+        self.channels += 1;
+        reply.accept().await;
+        let ctx = ChannelContext {
+            shared: self.shared.clone(),
+            login,
+            conn: self.id,
+            handle: session.handle(),
+        };
+        tokio::spawn(session_channel::run(channel, ctx));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _px_w: u32,
+        _px_h: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The channel task applies the same allow-list to what it forwards.
+        if self.shared.config.env_allowed(name) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // No subsystem is offered yet (SFTP comes with the file-transfer work).
+        tracing::info!(conn = self.id, subsystem = name, "subsystem refused");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}

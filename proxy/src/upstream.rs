@@ -1,0 +1,164 @@
+//! gRPC clients towards the controller and the agents.
+//!
+//! One HTTP/2 connection per proxy–agent pair carries every session stream
+//! to that agent; placements are cached for a few seconds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use labssh_proto::pb;
+use pb::agent_client::AgentClient;
+use pb::controller_client::ControllerClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// A dead endpoint should fail a login quickly, not after TCP's minutes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Keeps idle proxy–agent connections alive through middleboxes and notices
+/// a dead peer.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Where a user's container lives.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Agent name, for logs.
+    pub agent: String,
+    /// Agent gRPC endpoint.
+    pub endpoint: String,
+    /// Resolved environment name.
+    pub environment: String,
+}
+
+/// Why a placement failed; the message is shown to the student.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("{0}")]
+    UnknownEnvironment(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("the lab controller is not reachable right now; please try again in a minute")]
+    ControllerDown,
+    #[error("placement failed: {0}")]
+    Other(String),
+}
+
+/// Connections to the controller and agents, shared by all SSH connections.
+pub struct Upstream {
+    /// Controller client (one lazily-connected HTTP/2 channel).
+    controller: ControllerClient<Channel>,
+    /// Timeout for controller calls.
+    controller_timeout: Duration,
+    /// Agent clients by endpoint.
+    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    /// Cached placements by (user, requested environment).
+    placements: Mutex<HashMap<(String, String), (Instant, Placement)>>,
+    /// How long a placement stays cached.
+    placement_ttl: Duration,
+}
+
+fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(uri.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
+}
+
+impl Upstream {
+    /// Builds the clients; nothing connects until first use.
+    pub fn new(
+        controller_uri: &str,
+        controller_timeout: Duration,
+        placement_ttl: Duration,
+    ) -> anyhow::Result<Upstream> {
+        let channel = endpoint(controller_uri)
+            .map_err(|e| anyhow::anyhow!("controller: {controller_uri:?}: {e}"))?
+            .connect_lazy();
+        Ok(Upstream {
+            controller: ControllerClient::new(channel),
+            controller_timeout,
+            agents: Mutex::new(HashMap::new()),
+            placements: Mutex::new(HashMap::new()),
+            placement_ttl,
+        })
+    }
+
+    /// Asks the controller where (user, env) lives, or answers from cache.
+    pub async fn place(&self, user: &str, environment: &str) -> Result<Placement, PlaceError> {
+        let key = (user.to_string(), environment.to_string());
+        if let Some((at, p)) = self.placements.lock().expect("lock").get(&key) {
+            if at.elapsed() < self.placement_ttl {
+                return Ok(p.clone());
+            }
+        }
+        let mut client = self.controller.clone();
+        let request = pb::PlaceRequest {
+            user: user.to_string(),
+            environment: environment.to_string(),
+        };
+        let reply = match tokio::time::timeout(self.controller_timeout, client.place(request)).await
+        {
+            Err(_) => return Err(PlaceError::ControllerDown),
+            Ok(Err(status)) => {
+                return Err(match status.code() {
+                    tonic::Code::NotFound => {
+                        PlaceError::UnknownEnvironment(status.message().into())
+                    }
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                        if !status.message().is_empty() && !is_transport_error(&status) =>
+                    {
+                        PlaceError::NoCapacity(status.message().into())
+                    }
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                        PlaceError::ControllerDown
+                    }
+                    _ => PlaceError::Other(status.message().into()),
+                })
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let placement = Placement {
+            agent: reply.agent_name,
+            endpoint: reply.agent_endpoint,
+            environment: reply.environment,
+        };
+        self.placements
+            .lock()
+            .expect("lock")
+            .insert(key, (Instant::now(), placement.clone()));
+        Ok(placement)
+    }
+
+    /// Drops a cached placement, e.g. after its agent failed.
+    pub fn forget_placement(&self, user: &str, environment: &str) {
+        self.placements
+            .lock()
+            .expect("lock")
+            .remove(&(user.to_string(), environment.to_string()));
+    }
+
+    /// The client for an agent endpoint (shared HTTP/2 connection).
+    pub fn agent(&self, uri: &str) -> Result<AgentClient<Channel>, String> {
+        let mut agents = self.agents.lock().expect("lock");
+        if let Some(c) = agents.get(uri) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(uri)
+            .map_err(|e| format!("bad agent endpoint {uri:?}: {e}"))?
+            .connect_lazy();
+        let client = AgentClient::new(channel);
+        agents.insert(uri.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// tonic reports connection failures as `Unavailable` with a transport
+/// message; those mean "controller down", not "no agent".
+fn is_transport_error(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    status
+        .source()
+        .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
+        || status.message().contains("transport error")
+        || status.message().contains("tcp connect error")
+}

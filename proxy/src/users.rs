@@ -1,0 +1,310 @@
+//! The users file: TOML with argon2 password hashes and authorized keys.
+//!
+//! ```toml
+//! [users.alice]
+//! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! authorized_keys = ["ssh-ed25519 AAAAC3... alice@laptop"]
+//! ```
+//!
+//! The file is re-read whenever its size, inode or modification time change,
+//! so `labssh user add` takes effect on a running proxy at the next login.
+//! A file that fails to parse is reported and the previous contents stay in
+//! force, so a half-edited file never locks the class out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use russh::keys::PublicKey;
+use serde::{Deserialize, Serialize};
+
+/// On-disk form of the users file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    /// Accounts by login name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
+}
+
+/// On-disk form of one account.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRecord {
+    /// PHC-format argon2 hash; absent means password login is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// OpenSSH `authorized_keys` lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+}
+
+/// One account, parsed for authentication.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// PHC-format argon2 hash, if password login is enabled.
+    pub password_hash: Option<String>,
+    /// Keys allowed to log in.
+    pub keys: Vec<PublicKey>,
+}
+
+/// Errors reading or writing the users file.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Identifies one version of the file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// Inode, which changes when the file is replaced by rename.
+    ino: u64,
+    /// Size in bytes.
+    len: u64,
+    /// Modification time in nanoseconds.
+    mtime_ns: i128,
+}
+
+/// Accounts by login name, as parsed from one version of the file.
+pub type UserMap = Arc<HashMap<String, User>>;
+
+/// The users file, reloaded on change.
+pub struct Users {
+    /// Path of the TOML file.
+    path: PathBuf,
+    /// The last successfully parsed contents and the stamp they came from.
+    loaded: Mutex<(Option<Stamp>, UserMap)>,
+}
+
+impl Users {
+    /// Opens the users file. A missing file is an empty user list (logins
+    /// fail until users are added); a malformed one is an error.
+    pub fn open(path: &Path) -> Result<Users, UsersError> {
+        let users = Users {
+            path: path.to_path_buf(),
+            loaded: Mutex::new((None, Arc::new(HashMap::new()))),
+        };
+        if path.exists() {
+            let (stamp, map) = users.read()?;
+            *users.loaded.lock().expect("users lock") = (Some(stamp), Arc::new(map));
+        } else {
+            tracing::warn!(path = %path.display(), "users file does not exist yet; no one can log in until users are added");
+        }
+        Ok(users)
+    }
+
+    /// The current accounts, re-reading the file if it changed.
+    pub fn current(&self) -> UserMap {
+        let stamp = stamp_of(&self.path);
+        let mut loaded = self.loaded.lock().expect("users lock");
+        if stamp.is_some() && stamp != loaded.0 {
+            match self.read() {
+                Ok((stamp, map)) => {
+                    tracing::info!(path = %self.path.display(), users = map.len(), "users file reloaded");
+                    *loaded = (Some(stamp), Arc::new(map));
+                }
+                Err(e) => {
+                    // Remember the stamp so the error is logged once per change.
+                    tracing::error!("users file not reloaded, keeping the previous version: {e}");
+                    loaded.0 = stamp;
+                }
+            }
+        }
+        loaded.1.clone()
+    }
+
+    fn read(&self) -> Result<(Stamp, HashMap<String, User>), UsersError> {
+        let stamp = stamp_of(&self.path).ok_or_else(|| UsersError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let file = read_file(&self.path)?;
+        let mut map = HashMap::new();
+        for (name, record) in file.users {
+            let mut keys = Vec::new();
+            for (i, line) in record.authorized_keys.iter().enumerate() {
+                match parse_authorized_key(line) {
+                    Ok(key) => keys.push(key),
+                    Err(e) => tracing::warn!(
+                        path = %self.path.display(),
+                        "users.{name}.authorized_keys[{i}] ignored: {e}"
+                    ),
+                }
+            }
+            map.insert(
+                name,
+                User {
+                    password_hash: record.password_hash,
+                    keys,
+                },
+            );
+        }
+        Ok((stamp, map))
+    }
+}
+
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+    })
+}
+
+/// Reads and parses the users file.
+pub fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
+    let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| UsersError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
+/// Writes the users file atomically (temporary file + rename), so a running
+/// proxy never reads half a file.
+pub fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
+    let text = toml::to_string_pretty(file).map_err(|e| UsersError::Invalid(e.to_string()))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = path.with_extension("toml.tmp");
+    let io = |source| UsersError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Parses one `authorized_keys` line (options are not supported).
+pub fn parse_authorized_key(line: &str) -> Result<PublicKey, String> {
+    PublicKey::from_openssh(line.trim()).map_err(|e| format!("not an OpenSSH public key: {e}"))
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// Checks a password against a PHC hash. Slow on purpose: call it from a
+/// blocking thread.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(e) => {
+            tracing::error!("malformed password hash in users file: {e}");
+            false
+        }
+    }
+}
+
+/// Adds or updates a user: a new password hash and/or an extra authorized
+/// key. Used by `labssh user add`.
+pub fn add_user(
+    path: &Path,
+    name: &str,
+    password: Option<&str>,
+    key_line: Option<&str>,
+) -> Result<(), UsersError> {
+    if !crate::login_name::valid_user(name) {
+        return Err(UsersError::Invalid(format!(
+            "{name:?}: {}",
+            crate::login_name::LoginNameError::User
+        )));
+    }
+    let mut file = if path.exists() {
+        read_file(path)?
+    } else {
+        UsersFile::default()
+    };
+    let record = file.users.entry(name.to_string()).or_default();
+    if let Some(password) = password {
+        if password.is_empty() {
+            return Err(UsersError::Invalid("password must not be empty".into()));
+        }
+        record.password_hash = Some(hash_password(password)?);
+    }
+    if let Some(line) = key_line {
+        let key = parse_authorized_key(line).map_err(UsersError::Invalid)?;
+        let exists = record.authorized_keys.iter().any(|l| {
+            parse_authorized_key(l)
+                .map(|k| k.key_data() == key.key_data())
+                .unwrap_or(false)
+        });
+        if !exists {
+            record.authorized_keys.push(line.trim().to_string());
+        }
+    }
+    write_file(path, &file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_user_then_reload_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let users = Users::open(&path).unwrap();
+        assert!(users.current().is_empty());
+
+        add_user(&path, "alice", Some("s3cret"), None).unwrap();
+        let snapshot = users.current();
+        let alice = snapshot.get("alice").expect("alice after reload");
+        let hash = alice.password_hash.as_deref().unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("s3cret", hash));
+        assert!(!verify_password("wrong", hash));
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("s3cret"));
+
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnr8Zs2q3JYsUXtSRu7Q6ibJ2oJL6Uq8fJ7t0U6oZ4V bob@laptop";
+        add_user(&path, "bob", None, Some(key)).unwrap();
+        add_user(&path, "bob", None, Some(key)).unwrap();
+        let snapshot = users.current();
+        assert_eq!(snapshot["bob"].keys.len(), 1);
+        assert!(snapshot["bob"].password_hash.is_none());
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_previous_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        add_user(&path, "alice", Some("pw"), None).unwrap();
+        let users = Users::open(&path).unwrap();
+        std::fs::write(&path, "[users.alice\nbroken").unwrap();
+        assert!(users.current().contains_key("alice"));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = add_user(&dir.path().join("u.toml"), "Bad Name", Some("x"), None).unwrap_err();
+        assert!(err.to_string().contains("invalid username"), "{err}");
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs and starts what labssh and its tests need on a Debian machine:
+# the Docker engine, Redis, the OpenSSH client and busybox-static (for the
+# test image). Safe to run again: it only does what is missing.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+command -v file >/dev/null 2>&1 || need+=(file)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup-host: installing ${need[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Docker engine: start dockerd if nothing answers on its socket.
+if ! docker info >/dev/null 2>&1; then
+  echo "setup-host: starting dockerd"
+  $SUDO sh -c 'nohup dockerd >/var/log/labssh-dockerd.log 2>&1 &'
+  for _ in $(seq 1 120); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup-host: dockerd did not start; see /var/log/labssh-dockerd.log" >&2
+    tail -n 20 /var/log/labssh-dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+
+# Redis on its default port, for `labssh up --redis redis://127.0.0.1:6379/`.
+# (The tests start their own throwaway instances as well.)
+if ! redis-cli -p 6379 ping >/dev/null 2>&1; then
+  echo "setup-host: starting redis-server on 127.0.0.1:6379"
+  redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --daemonize yes >/dev/null
+fi
+echo "setup-host: docker $(docker version --format '{{.Server.Version}}'), $(redis-server --version | cut -d' ' -f3), $(ssh -V 2>&1)"

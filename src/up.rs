@@ -1,0 +1,141 @@
+//! `labssh up`: an all-in-one cluster on this machine.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use labssh::cluster::{Cluster, ClusterConfig};
+use tokio::net::TcpListener;
+
+use crate::signals::shutdown_signal;
+
+/// The agent needs a moment to reach the controller; past this something is
+/// wrong (usually Docker).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// State directory: host key, users file, configuration files.
+    #[arg(long, default_value = "labssh-dev")]
+    dir: PathBuf,
+    /// SSH listen address.
+    #[arg(long, default_value = labssh_proxy::config::DEFAULT_LISTEN)]
+    listen: String,
+    /// Image of the default environment (overrides controller.toml).
+    #[arg(long)]
+    image: Option<String>,
+    /// Redis URL for the shared credential cache (default: in-process cache).
+    #[arg(long)]
+    redis: Option<String>,
+}
+
+const CONTROLLER_TOML: &str = r#"# labssh controller configuration (written by `labssh up`; edit freely).
+default_environment = "default"
+
+[environments.default]
+image = "labssh/busybox:latest"
+description = "Default lab shell"
+memory_mb = 512
+cpus = 1.0
+pids_limit = 256
+uid = 1000
+gid = 1000
+shell = "/bin/sh"
+"#;
+
+const AGENT_TOML: &str = r#"# labssh agent configuration (written by `labssh up`; edit freely).
+# `labssh up` points the agent at its own controller on a free loopback port.
+name = "local"
+capacity = 300
+container_prefix = "labssh"
+"#;
+
+fn proxy_toml(dir: &Path) -> String {
+    format!(
+        r#"# labssh proxy configuration (written by `labssh up`; edit freely).
+host_keys = ["{dir}/host_ed25519_key"]
+users_file = "{dir}/users.toml"
+cache_key_file = "{dir}/cache.key"
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Reads `dir/name`, writing `default` there first if it does not exist.
+fn config_file(dir: &Path, name: &str, default: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.exists() {
+        std::fs::write(&path, default).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+
+    let mut controller =
+        labssh_controller::Config::load(config_file(&dir, "controller.toml", CONTROLLER_TOML)?)?;
+    if let Some(image) = &args.image {
+        let default = controller.default_environment.clone();
+        if let Some(env) = controller.environments.get_mut(&default) {
+            env.image = image.clone();
+        }
+    }
+    controller.validate()?;
+    let agent = labssh_agent::Config::load(config_file(&dir, "agent.toml", AGENT_TOML)?)?;
+    let mut proxy =
+        labssh_proxy::Config::load(&config_file(&dir, "proxy.toml", &proxy_toml(&dir))?)?;
+    if let Some(redis) = &args.redis {
+        proxy.redis_url = redis.clone();
+    }
+    proxy.listen = args.listen.clone();
+    proxy.validate()?;
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
+    let users_file = proxy.users_file.clone();
+    let images: Vec<String> = controller
+        .environments
+        .iter()
+        .map(|(name, env)| format!("{name} ({})", env.image))
+        .collect();
+    let mut cluster = Cluster::start(
+        ClusterConfig {
+            controller,
+            agents: vec![agent],
+            proxy,
+        },
+        listener,
+    )
+    .await?;
+    cluster.wait_ready(1, READY_TIMEOUT).await?;
+
+    let addr = cluster.ssh_addr;
+    println!("labssh is up: SSH on {addr}, state in {}", dir.display());
+    println!("  environments: {}", images.join(", "));
+    println!(
+        "  add a student:  labssh user add alice --users {}",
+        users_file.display()
+    );
+    println!(
+        "  log in:         ssh -p {} alice@{}     (alice+ENV@ for another environment)",
+        addr.port(),
+        addr.ip()
+    );
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        (name, result) = cluster.any_stopped() => {
+            return Err(match result {
+                Ok(()) => anyhow::anyhow!("{name} stopped unexpectedly"),
+                Err(e) => e.context(format!("{name} failed")),
+            });
+        }
+    }
+    cluster.shutdown().await?;
+    println!("labssh stopped");
+    Ok(())
+}

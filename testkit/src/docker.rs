@@ -1,0 +1,82 @@
+//! Test images and cleanup of the containers a test created.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The small image the tests run; built locally since no registry is reachable.
+pub const TEST_IMAGE: &str = "labssh/busybox:latest";
+
+fn scripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts")
+}
+
+/// Builds `labssh/busybox:latest` if it is missing (serialised across tests).
+pub fn ensure_test_image() -> anyhow::Result<()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let status = Command::new("bash")
+        .arg(scripts_dir().join("build-busybox-image.sh"))
+        .arg(TEST_IMAGE)
+        .status()?;
+    anyhow::ensure!(status.success(), "building {TEST_IMAGE} failed");
+    Ok(())
+}
+
+/// Runs `docker` and returns stdout; errors carry stderr.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes every container and volume with this prefix when dropped, so a
+/// failing test leaves nothing behind.
+pub struct Cleanup {
+    /// The agent's `container_prefix`.
+    pub prefix: String,
+}
+
+impl Cleanup {
+    /// Names of containers whose name starts with the prefix.
+    pub fn containers(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.prefix),
+            "--format",
+            "{{.Names}}",
+        ])
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let names = self.containers();
+        if !names.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(names.iter().map(String::as_str));
+            let _ = docker(&args);
+        }
+        if let Ok(vols) = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={}-home-", self.prefix),
+        ]) {
+            for v in vols.lines() {
+                let _ = docker(&["volume", "rm", "-f", v]);
+            }
+        }
+    }
+}

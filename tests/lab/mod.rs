@@ -1,0 +1,157 @@
+//! A whole lab for one test: controller, agent and proxy in-process on
+//! loopback, the real Docker engine, optionally a real Redis, and the stock
+//! OpenSSH client.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use labssh::cluster::{Cluster, ClusterConfig};
+use labssh_testkit::docker::{ensure_test_image, Cleanup, TEST_IMAGE};
+use labssh_testkit::redis_server::RedisServer;
+use labssh_testkit::ssh::{Auth, Ssh};
+use tokio::net::TcpListener;
+
+pub const ALICE_PW: &str = "alice-correct-horse";
+pub const BOB_PW: &str = "bob-battery-staple";
+
+/// Options for [`Lab::start`].
+#[derive(Default)]
+pub struct LabOptions {
+    /// Start a Redis and use it as the credential cache.
+    pub redis: bool,
+    /// Number of agents (default 1).
+    pub agents: Option<usize>,
+    /// Point the proxy at this controller URL instead (e.g. a dead one).
+    pub controller_override: Option<String>,
+}
+
+pub struct Lab {
+    pub cluster: Option<Cluster>,
+    pub ssh: Ssh,
+    pub redis: Option<RedisServer>,
+    pub users_file: std::path::PathBuf,
+    pub cleanup: Cleanup,
+    pub dir: tempfile::TempDir,
+}
+
+/// The catalogue every test lab uses.
+pub fn controller_toml() -> String {
+    format!(
+        r#"
+heartbeat_interval_ms = 200
+default_environment = "default"
+
+[environments.default]
+image = "{TEST_IMAGE}"
+memory_mb = 256
+cpus = 1.0
+pids_limit = 128
+uid = 1000
+gid = 1000
+
+[environments.admin]
+image = "{TEST_IMAGE}"
+description = "root shell, for labs that need it"
+run_as_root = true
+cap_add = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
+
+[environments.broken]
+image = "labssh/this-image-does-not-exist:never"
+"#
+    )
+}
+
+impl Lab {
+    pub async fn start(options: LabOptions) -> Lab {
+        labssh_testkit::init_tracing();
+        tokio::task::spawn_blocking(ensure_test_image)
+            .await
+            .unwrap()
+            .expect("test image");
+        let prefix = labssh_testkit::unique("lt");
+        let cleanup = Cleanup {
+            prefix: prefix.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let users_file = dir.path().join("users.toml");
+        labssh_proxy::users::add_user(&users_file, "alice", Some(ALICE_PW), None).unwrap();
+        labssh_proxy::users::add_user(&users_file, "bob", Some(BOB_PW), None).unwrap();
+
+        let redis = options
+            .redis
+            .then(|| RedisServer::start().expect("redis-server"));
+        let controller = labssh_controller::Config::from_toml_str(&controller_toml()).unwrap();
+        let agents = (0..options.agents.unwrap_or(1))
+            .map(|i| labssh_agent::Config {
+                name: format!("agent{i}"),
+                container_prefix: if i == 0 {
+                    prefix.clone()
+                } else {
+                    format!("{prefix}a{i}")
+                },
+                ..Default::default()
+            })
+            .collect();
+        let proxy = labssh_proxy::Config {
+            host_keys: vec![dir.path().join("host_ed25519_key")],
+            users_file: users_file.clone(),
+            cache_key_file: dir.path().join("cache.key"),
+            redis_url: redis.as_ref().map(|r| r.url()).unwrap_or_default(),
+            auth_rejection_ms: 50,
+            controller_timeout_secs: 5,
+            ..Default::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent_count = options.agents.unwrap_or(1);
+        let mut cluster = Cluster::start(
+            ClusterConfig {
+                controller,
+                agents,
+                proxy,
+            },
+            listener,
+        )
+        .await
+        .expect("cluster start");
+        cluster
+            .wait_ready(agent_count, Duration::from_secs(30))
+            .await
+            .expect("agents register");
+        let ssh = Ssh::new(cluster.ssh_addr).unwrap();
+        Lab {
+            cluster: Some(cluster),
+            ssh,
+            redis,
+            users_file,
+            cleanup,
+            dir,
+        }
+    }
+
+    pub fn alice() -> Auth {
+        Auth::Password(ALICE_PW.into())
+    }
+
+    pub fn bob() -> Auth {
+        Auth::Password(BOB_PW.into())
+    }
+
+    /// `docker inspect` of a user's container in this lab.
+    pub fn container_id(&self, user: &str, env: &str) -> Option<String> {
+        labssh_testkit::docker::docker(&[
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &format!("{}-{user}-{env}", self.cleanup.prefix),
+        ])
+        .ok()
+        .map(|s| s.trim().to_string())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
