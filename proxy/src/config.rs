@@ -20,8 +20,23 @@ pub const DEFAULT_AUTH_REJECTION_MS: u64 = 300;
 pub const DEFAULT_CONTROLLER_TIMEOUT_SECS: u64 = 10;
 /// Creating a container from a cold image can take a while on a busy node.
 pub const DEFAULT_SESSION_START_TIMEOUT_SECS: u64 = 60;
-/// Idle SSH connections are dropped after this long (matches russh's default).
+/// Idle SSH connections are dropped after this long.
 pub const DEFAULT_INACTIVITY_TIMEOUT_SECS: u64 = 3600;
+/// A class of 300 with a few sessions each, with room to spare; beyond this
+/// new connections are refused so a flood cannot exhaust the replica.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// PROXY protocol v2 from load balancers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    /// Addresses or CIDRs of balancers allowed to send a header; empty
+    /// means PROXY protocol is off.
+    pub trusted: Vec<String>,
+    /// Whether trusted peers must send a header (true behind HAProxy with
+    /// `send-proxy-v2`); if false, one without is served with its own address.
+    pub required: bool,
+}
 
 /// Configuration of one proxy replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +71,12 @@ pub struct Config {
     pub inactivity_timeout_secs: u64,
     /// Client `env` requests accepted (exact names, or prefixes ending in `*`).
     pub accept_env: Vec<String>,
+    /// Most simultaneous SSH connections this replica accepts.
+    pub max_connections: usize,
+    /// PROXY protocol from load balancers.
+    pub proxy_protocol: ProxyProtocolConfig,
+    /// Brute-force limits (shared through Redis when configured).
+    pub rate_limit: crate::rate_limit::RateLimitConfig,
 }
 
 impl Default for Config {
@@ -79,6 +100,9 @@ impl Default for Config {
                 "TZ".into(),
                 "COLORTERM".into(),
             ],
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            proxy_protocol: ProxyProtocolConfig::default(),
+            rate_limit: Default::default(),
         }
     }
 }
@@ -173,6 +197,19 @@ impl Config {
                     "accept_env[{i}]: {name:?} is not a variable name or NAME_* prefix"
                 ));
             }
+        }
+        problems.extend(self.rate_limit.problems());
+        if self.max_connections == 0 {
+            problems.push("max_connections: must be greater than 0".into());
+        }
+        if let Err(p) = crate::proxy_protocol::parse_trusted(&self.proxy_protocol.trusted) {
+            problems.extend(p);
+        }
+        if self.proxy_protocol.required && self.proxy_protocol.trusted.is_empty() {
+            problems.push(
+                "proxy_protocol.required: needs proxy_protocol.trusted to name the balancers"
+                    .into(),
+            );
         }
         if problems.is_empty() {
             Ok(())

@@ -10,18 +10,16 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use hmac::{Hmac, Mac};
 use rand::RngCore;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::Sha256;
-use tokio::sync::Mutex as AsyncMutex;
+
+use crate::redis_link::RedisLink;
 
 /// Redis key prefix; the version lets the entry format change safely.
 const KEY_PREFIX: &str = "labssh:auth:v1:";
-/// A login must never wait long on a sick Redis: past this, verify directly.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
-/// After Redis fails, don't try to reconnect on every login.
-const REDIS_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Bound on the in-process cache so a flood of distinct logins can't grow it
 /// without limit.
 const MEMORY_MAX_ENTRIES: usize = 100_000;
@@ -52,18 +50,7 @@ enum Store {
     /// Per-replica cache: key → expiry.
     Memory(Mutex<HashMap<String, Instant>>),
     /// Shared cache in Redis.
-    Redis {
-        /// Client used to (re)connect.
-        client: redis::Client,
-        /// Live connection, or the time of the last failed attempt.
-        conn: AsyncMutex<RedisState>,
-    },
-}
-
-enum RedisState {
-    Connected(ConnectionManager),
-    Down { since: Instant },
-    Untried,
+    Redis(Arc<RedisLink>),
 }
 
 /// Validated-credential cache.
@@ -88,22 +75,19 @@ impl CredentialCache {
 
     /// A Redis-backed cache. Connects lazily: a Redis that is down at start
     /// must not keep the proxy from serving.
-    pub fn redis(url: &str, key: Vec<u8>, ttl: Duration) -> redis::RedisResult<Self> {
-        Ok(CredentialCache {
+    pub fn redis(link: Arc<RedisLink>, key: Vec<u8>, ttl: Duration) -> Self {
+        CredentialCache {
             key,
             ttl,
-            store: Store::Redis {
-                client: redis::Client::open(url)?,
-                conn: AsyncMutex::new(RedisState::Untried),
-            },
-        })
+            store: Store::Redis(link),
+        }
     }
 
     /// Name of the backing store, for logs.
     pub fn kind(&self) -> &'static str {
         match self.store {
             Store::Memory(_) => "memory",
-            Store::Redis { .. } => "redis",
+            Store::Redis(_) => "redis",
         }
     }
 
@@ -128,28 +112,11 @@ impl CredentialCache {
                     _ => Lookup::Miss,
                 }
             }
-            Store::Redis { .. } => {
-                let Some(mut conn) = self.redis_conn().await else {
-                    return Lookup::Unavailable;
-                };
-                let res = tokio::time::timeout(
-                    REDIS_TIMEOUT,
-                    redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut conn),
-                )
-                .await;
-                match res {
-                    Ok(Ok(1)) => Lookup::Hit,
-                    Ok(Ok(_)) => Lookup::Miss,
-                    Ok(Err(e)) => {
-                        self.redis_failed(&e.to_string()).await;
-                        Lookup::Unavailable
-                    }
-                    Err(_) => {
-                        self.redis_failed("timed out").await;
-                        Lookup::Unavailable
-                    }
-                }
-            }
+            Store::Redis(link) => match link.query::<i64>(redis::cmd("EXISTS").arg(&key)).await {
+                Some(1) => Lookup::Hit,
+                Some(_) => Lookup::Miss,
+                None => Lookup::Unavailable,
+            },
         }
     }
 
@@ -168,80 +135,12 @@ impl CredentialCache {
                 }
                 map.insert(key, now + self.ttl);
             }
-            Store::Redis { .. } => {
-                let Some(mut conn) = self.redis_conn().await else {
-                    return;
-                };
+            Store::Redis(link) => {
                 let ttl = self.ttl.as_secs().max(1);
-                let res = tokio::time::timeout(
-                    REDIS_TIMEOUT,
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(1)
-                        .arg("EX")
-                        .arg(ttl)
-                        .query_async::<()>(&mut conn),
-                )
-                .await;
-                match res {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => self.redis_failed(&e.to_string()).await,
-                    Err(_) => self.redis_failed("timed out").await,
-                }
+                let _: Option<()> = link
+                    .query(redis::cmd("SET").arg(&key).arg(1).arg("EX").arg(ttl))
+                    .await;
             }
-        }
-    }
-
-    async fn redis_conn(&self) -> Option<ConnectionManager> {
-        let Store::Redis { client, conn } = &self.store else {
-            return None;
-        };
-        let mut state = conn.lock().await;
-        match &*state {
-            RedisState::Connected(c) => return Some(c.clone()),
-            RedisState::Down { since } if since.elapsed() < REDIS_RETRY_AFTER => return None,
-            _ => {}
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        match tokio::time::timeout(
-            REDIS_TIMEOUT * 2,
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        {
-            Ok(Ok(c)) => {
-                tracing::info!("connected to Redis credential cache");
-                *state = RedisState::Connected(c.clone());
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!("Redis credential cache unavailable, verifying directly: {e}");
-                *state = RedisState::Down {
-                    since: Instant::now(),
-                };
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "Redis credential cache unavailable, verifying directly: connect timed out"
-                );
-                *state = RedisState::Down {
-                    since: Instant::now(),
-                };
-                None
-            }
-        }
-    }
-
-    async fn redis_failed(&self, why: &str) {
-        if let Store::Redis { conn, .. } = &self.store {
-            tracing::warn!("Redis credential cache error, verifying directly: {why}");
-            *conn.lock().await = RedisState::Down {
-                since: Instant::now(),
-            };
         }
     }
 }
@@ -296,12 +195,8 @@ mod tests {
     #[tokio::test]
     async fn redis_down_is_unavailable_not_an_error() {
         // Port 1 on loopback: nothing listens, connection refused at once.
-        let cache = CredentialCache::redis(
-            "redis://127.0.0.1:1/",
-            b"k".to_vec(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let link = Arc::new(RedisLink::new("redis://127.0.0.1:1/").unwrap());
+        let cache = CredentialCache::redis(link, b"k".to_vec(), Duration::from_secs(60));
         assert_eq!(cache.lookup("alice", "pw", "$h").await, Lookup::Unavailable);
         cache.store("alice", "pw", "$h").await;
         assert_eq!(cache.lookup("alice", "pw", "$h").await, Lookup::Unavailable);

@@ -15,6 +15,7 @@ use russh::{Channel, ChannelId, Pty};
 
 use crate::credential_cache::Lookup;
 use crate::login_name::LoginName;
+use crate::rate_limit::Verdict;
 use crate::server::Shared;
 use crate::session_channel::{self, ChannelContext};
 
@@ -28,6 +29,9 @@ pub(crate) struct Connection {
     shared: Arc<Shared>,
     /// The client's address, for logs.
     peer: String,
+    /// The client's IP (from the PROXY header when behind a balancer), for
+    /// brute-force limits.
+    ip: Option<std::net::IpAddr>,
     /// Connection number, for logs.
     id: u64,
     /// Set once authentication succeeds.
@@ -37,12 +41,14 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, peer: Option<SocketAddr>, id: u64) -> Self {
-        let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    pub(crate) fn new(shared: Arc<Shared>, client: Option<SocketAddr>, id: u64) -> Self {
+        let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let ip = client.map(|c| c.ip());
         tracing::debug!(conn = id, %peer, "connection accepted");
         Connection {
             shared,
             peer,
+            ip,
             id,
             login: None,
             channels: 0,
@@ -90,12 +96,25 @@ impl Connection {
 
     async fn check_password(&mut self, login: LoginName, password: &str, method: &str) -> Auth {
         let started = Instant::now();
+        let limiter = &self.shared.limiter;
+        let user_failures = match limiter.check(self.ip, &login.user).await {
+            Verdict::Allowed { user_failures } => user_failures,
+            Verdict::Blocked(why) => {
+                // Still counted, so a scanner that keeps going stays blocked.
+                limiter.failure(self.ip, &login.user).await;
+                return self.reject(&login, method, &format!("blocked before checking: {why}"));
+            }
+        };
         let users = self.shared.users.current();
         let Some(hash) = users.get(&login.user).and_then(|u| u.password_hash.clone()) else {
+            limiter.failure(self.ip, &login.user).await;
             return self.reject(&login, method, "no such user or no password set");
         };
         let lookup = self.shared.cache.lookup(&login.user, password, &hash).await;
         if lookup == Lookup::Hit {
+            if user_failures > 0 {
+                limiter.success(&login.user).await;
+            }
             return self.accept(login, method, lookup.as_str(), started);
         }
         let (pw, h) = (password.to_string(), hash.clone());
@@ -103,7 +122,11 @@ impl Connection {
             .await
             .unwrap_or(false);
         if !ok {
+            limiter.failure(self.ip, &login.user).await;
             return self.reject(&login, method, "wrong password");
+        }
+        if user_failures > 0 {
+            limiter.success(&login.user).await;
         }
         self.shared.cache.store(&login.user, password, &hash).await;
         self.accept(login, method, lookup.as_str(), started)

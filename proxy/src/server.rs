@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::server::Server as _;
 use russh::{MethodKind, MethodSet};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
 use crate::credential_cache::{self, CredentialCache};
 use crate::handler::Connection;
+use crate::proxy_protocol::{self, Peer, Policy};
+use crate::rate_limit::RateLimiter;
+use crate::redis_link::RedisLink;
 use crate::upstream::Upstream;
 use crate::users::Users;
 
@@ -31,28 +34,19 @@ pub(crate) struct Shared {
     pub users: Users,
     /// Validated-credential cache (Redis or in-process).
     pub cache: CredentialCache,
+    /// Brute-force limits.
+    pub limiter: RateLimiter,
     /// Controller and agent clients.
     pub upstream: Upstream,
     /// Source of connection ids for logs.
     pub next_id: AtomicU64,
 }
 
-struct ProxyServer {
-    shared: Arc<Shared>,
-}
-
-impl russh::server::Server for ProxyServer {
-    type Handler = Connection;
-
-    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        Connection::new(self.shared.clone(), peer, id)
-    }
-
-    fn handle_session_error(&mut self, error: anyhow::Error) {
-        tracing::debug!("ssh connection ended with error: {error:#}");
-    }
-}
+/// How long shutdown waits for connections to take their leave.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Back-off after a failed accept (e.g. out of file descriptors), so the
+/// loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves SSH on an already-bound listener until `shutdown` resolves; then
 /// disconnects every client with a message and returns.
@@ -65,12 +59,18 @@ pub async fn run(
     let keys = crate::host_key::load_host_keys(&config.host_keys)?;
     let users = Users::open(&config.users_file)?;
     let cache_key = credential_cache::load_or_create_key(&config.cache_key_file)?;
-    let cache = if config.redis_url.is_empty() {
-        CredentialCache::memory(cache_key, config.auth_cache_ttl())
+    let redis = if config.redis_url.is_empty() {
+        None
     } else {
-        CredentialCache::redis(&config.redis_url, cache_key, config.auth_cache_ttl())
-            .map_err(|e| anyhow::anyhow!("redis_url: {e}"))?
+        Some(Arc::new(
+            RedisLink::new(&config.redis_url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?,
+        ))
     };
+    let cache = match &redis {
+        None => CredentialCache::memory(cache_key, config.auth_cache_ttl()),
+        Some(link) => CredentialCache::redis(link.clone(), cache_key, config.auth_cache_ttl()),
+    };
+    let limiter = RateLimiter::new(config.rate_limit.clone(), redis);
     let upstream = Upstream::new(
         &config.controller,
         config.controller_timeout(),
@@ -98,30 +98,124 @@ pub async fn run(
         ..Default::default()
     };
 
+    let policy = Policy {
+        trusted: proxy_protocol::parse_trusted(&config.proxy_protocol.trusted)
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+        required: config.proxy_protocol.required,
+    };
+    let max_connections = config.max_connections;
     let local = listener.local_addr()?;
     tracing::info!(
         listen = %local,
         controller = %config.controller,
         cache = cache.kind(),
         users_file = %config.users_file.display(),
+        proxy_protocol_from = ?config.proxy_protocol.trusted,
+        max_connections,
         "proxy listening for SSH"
     );
     let shared = Arc::new(Shared {
         config,
         users,
         cache,
+        limiter,
         upstream,
         next_id: AtomicU64::new(1),
     });
-    let mut server = ProxyServer { shared };
-    let running = server.run_on_socket(Arc::new(ssh_config), &listener);
-    let handle = running.handle();
-    tokio::select! {
-        res = running => res?,
-        _ = shutdown => {
-            tracing::info!(listen = %local, "proxy shutting down; disconnecting clients");
-            handle.shutdown("labssh proxy is shutting down".into());
+    let ssh_config = Arc::new(ssh_config);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max_connections, "connection refused: too many connections");
+                    continue;
+                };
+                let conn = Accepted {
+                    shared: shared.clone(),
+                    ssh_config: ssh_config.clone(),
+                    policy: policy.clone(),
+                    stop: stop_rx.clone(),
+                };
+                tokio::spawn(async move {
+                    conn.serve(stream, peer).await;
+                    drop(slot);
+                });
+            }
         }
     }
+    tracing::info!(listen = %local, "proxy shutting down; disconnecting clients");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN_GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within {DRAIN_GRACE:?}");
+    }
     Ok(())
+}
+
+/// What a connection task needs.
+struct Accepted {
+    /// Replica-wide state.
+    shared: Arc<Shared>,
+    /// russh server configuration.
+    ssh_config: Arc<russh::server::Config>,
+    /// PROXY protocol policy.
+    policy: Policy,
+    /// Becomes true on shutdown.
+    stop: watch::Receiver<bool>,
+}
+
+impl Accepted {
+    async fn serve(mut self, mut stream: TcpStream, socket_peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Peer::Client(client) = match self.policy.accept(&mut stream, socket_peer).await {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::warn!("connection refused: {e}");
+                return;
+            }
+        };
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let handler = Connection::new(self.shared.clone(), Some(client), id);
+        let session =
+            match russh::server::run_stream(self.ssh_config.clone(), stream, handler).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(conn = id, %client, "ssh handshake failed: {e:#}");
+                    return;
+                }
+            };
+        let handle = session.handle();
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    tracing::debug!(conn = id, %client, "ssh connection ended with error: {e:#}");
+                }
+            }
+            _ = async { let _ = self.stop.wait_for(|stop| *stop).await; } => {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "labssh proxy is shutting down".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
+        }
+    }
 }
