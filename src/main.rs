@@ -64,6 +64,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,russh=warn,h2=warn,tower=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for people: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::User { command } => user::run(command),

@@ -146,25 +146,37 @@ impl CredentialCache {
 }
 
 /// Loads the HMAC key, generating a random one (mode 0600) on first run.
+/// Replicas starting together agree on one key: the loser of the creation
+/// race reads the winner's.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => hex::decode(text.trim()).map_err(|e| {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let text = std::fs::read_to_string(path)?;
+        hex::decode(text.trim()).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{}: not a hex key: {e}", path.display()),
             )
-        }),
+        })
+    };
+    let with_path =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    match read() {
+        Ok(key) => Ok(key),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = vec![0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut key);
-            crate::host_key::write_private(path, hex::encode(&key).as_bytes())?;
-            tracing::info!(path = %path.display(), "generated credential-cache key");
-            Ok(key)
+            match crate::host_key::write_private(path, hex::encode(&key).as_bytes()) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "generated credential-cache key");
+                    Ok(key)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    read().map_err(with_path)
+                }
+                Err(e) => Err(with_path(e)),
+            }
         }
-        Err(e) => Err(std::io::Error::new(
-            e.kind(),
-            format!("{}: {e}", path.display()),
-        )),
+        Err(e) => Err(with_path(e)),
     }
 }
 
@@ -190,6 +202,22 @@ mod tests {
         let key = cache.entry_key("alice", "hunter2", "$h");
         assert!(!key.contains("hunter2") && !key.contains("alice"));
         assert_ne!(key, cache.entry_key("alic", "ehunter2", "$h"));
+    }
+
+    #[test]
+    fn replicas_starting_together_share_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.key");
+        let keys: Vec<Vec<u8>> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || load_or_create_key(&path).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(keys.iter().all(|k| k == &keys[0] && k.len() == 32));
     }
 
     #[tokio::test]

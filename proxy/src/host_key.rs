@@ -18,8 +18,17 @@ pub fn load_host_keys(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Privat
     let mut keys = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         if i == 0 && !path.exists() {
-            keys.push(generate(path)?);
-            continue;
+            match generate(path) {
+                Ok(key) => {
+                    keys.push(key);
+                    continue;
+                }
+                // Another replica sharing the file won the race: use its key.
+                Err(e) if path.exists() => {
+                    tracing::debug!("host key created concurrently: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let key = russh::keys::load_secret_key(path, None)
             .map_err(|e| anyhow::anyhow!("host key {}: {e}", path.display()))?;
@@ -51,19 +60,31 @@ fn generate(path: &Path) -> anyhow::Result<PrivateKey> {
     Ok(key)
 }
 
-/// Creates a file readable only by its owner. Fails if it already exists, so
-/// two replicas starting together never overwrite each other's key.
+/// Creates a file readable only by its owner, atomically: it is written
+/// under a temporary name and hard-linked into place, which fails if the
+/// file exists. Two replicas starting together never overwrite each other's
+/// key, and neither ever reads a half-written one.
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut suffix = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut suffix);
+    let tmp = dir.join(format!(".tmp-{}", hex::encode(suffix)));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 #[cfg(test)]
@@ -85,6 +106,25 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn replicas_starting_together_share_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host_ed25519_key");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || load_host_keys(&[path]).unwrap())
+            })
+            .collect();
+        let keys: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for k in &keys {
+            assert_eq!(
+                k[0].public_key().key_data(),
+                keys[0][0].public_key().key_data()
+            );
+        }
     }
 
     #[test]

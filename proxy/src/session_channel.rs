@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::login_name::LoginName;
 use crate::server::Shared;
+use crate::upstream::Placement;
 
 /// Exit status for failures of the gateway itself, as ssh uses for its own.
 const GATEWAY_FAILURE_STATUS: u32 = 255;
@@ -102,68 +103,22 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
 
     let user = ctx.login.user.clone();
     let requested_env = ctx.login.environment.clone().unwrap_or_default();
-    let placement = match ctx.shared.upstream.place(&user, &requested_env).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
-            return fail(e.to_string()).await;
-        }
-    };
-    let mut agent = match ctx.shared.upstream.agent(&placement.endpoint) {
-        Ok(a) => a,
-        Err(e) => return fail(e).await,
-    };
-
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let start = pb::Start {
         user: user.clone(),
-        environment: placement.environment.clone(),
+        environment: String::new(),
         command,
         argv: Vec::new(),
         env: req.env,
         pty: req.pty,
     };
-    let _ = tx
-        .send(pb::SessionInput {
-            msg: Some(In::Start(start)),
-        })
-        .await;
-    let timeout = ctx.shared.config.session_start_timeout();
-    let opened = tokio::time::timeout(timeout, async {
-        let mut outputs = agent
-            .session(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
-        match outputs.next().await {
-            Some(Ok(pb::SessionOutput {
-                msg: Some(Out::Started(started)),
-            })) => Ok((outputs, started)),
-            Some(Ok(pb::SessionOutput {
-                msg: Some(Out::Error(e)),
-            })) => Err(e.message),
-            Some(Ok(_)) => Err("unexpected reply from the container's node".to_string()),
-            Some(Err(s)) => Err(s.message().to_string()),
-            None => Err("the container's node closed the session".to_string()),
-        }
-    })
-    .await;
-    let (mut outputs, started) = match opened {
-        Ok(Ok(o)) => o,
-        Ok(Err(message)) => {
-            tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start failed: {message}");
-            ctx.shared.upstream.forget_placement(&user, &requested_env);
-            return fail(format!("could not start your session: {message}")).await;
-        }
-        Err(_) => {
-            tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start timed out");
-            ctx.shared.upstream.forget_placement(&user, &requested_env);
-            return fail(format!(
-                "your container did not start within {} s; please try again",
-                timeout.as_secs()
-            ))
-            .await;
-        }
+    let Opened {
+        tx,
+        mut outputs,
+        started,
+        placement,
+    } = match open(&ctx, &requested_env, start).await {
+        Ok(o) => o,
+        Err(message) => return fail(message).await,
     };
     tracing::info!(
         conn = ctx.conn,
@@ -286,6 +241,105 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         }
     }
     tracing::debug!(conn = ctx.conn, channel = ?id, "channel closed");
+}
+
+/// A started process and the stream to it.
+struct Opened {
+    /// Input towards the agent (stdin, resize, signals, EOF).
+    tx: mpsc::Sender<pb::SessionInput>,
+    /// Output from the agent.
+    outputs: tonic::Streaming<pb::SessionOutput>,
+    /// The agent's start report.
+    started: pb::Started,
+    /// Where it runs.
+    placement: Placement,
+}
+
+/// Why opening the agent stream failed.
+enum StartFailure {
+    /// The agent could not be reached: worth one retry with a fresh placement
+    /// (the cached one may name an agent that just died).
+    Unreachable(String),
+    /// The agent answered with an error the student must read.
+    Refused(String),
+}
+
+/// Places the user and starts the process, retrying once on a fresh
+/// placement when the agent is unreachable. Errors are student-facing.
+async fn open(
+    ctx: &ChannelContext,
+    requested_env: &str,
+    mut start: pb::Start,
+) -> Result<Opened, String> {
+    let user = &ctx.login.user;
+    let upstream = &ctx.shared.upstream;
+    let timeout = ctx.shared.config.session_start_timeout();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let placement = upstream.place(user, requested_env).await.map_err(|e| {
+            tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
+            e.to_string()
+        })?;
+        let mut agent = upstream.agent(&placement.endpoint)?;
+        start.environment = placement.environment.clone();
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let _ = tx
+            .send(pb::SessionInput {
+                msg: Some(In::Start(start.clone())),
+            })
+            .await;
+        let opened = tokio::time::timeout(timeout, async {
+            let mut outputs = agent
+                .session(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| StartFailure::Unreachable(s.message().to_string()))?
+                .into_inner();
+            match outputs.next().await {
+                Some(Ok(pb::SessionOutput {
+                    msg: Some(Out::Started(started)),
+                })) => Ok((outputs, started)),
+                Some(Ok(pb::SessionOutput {
+                    msg: Some(Out::Error(e)),
+                })) => Err(StartFailure::Refused(e.message)),
+                Some(Ok(_)) => Err(StartFailure::Refused(
+                    "unexpected reply from the container's node".into(),
+                )),
+                Some(Err(s)) => Err(StartFailure::Unreachable(s.message().to_string())),
+                None => Err(StartFailure::Unreachable(
+                    "the container's node closed the session".into(),
+                )),
+            }
+        })
+        .await;
+        match opened {
+            Ok(Ok((outputs, started))) => {
+                return Ok(Opened {
+                    tx,
+                    outputs,
+                    started,
+                    placement,
+                })
+            }
+            Ok(Err(StartFailure::Unreachable(message))) if attempt == 1 => {
+                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "agent unreachable, placing again: {message}");
+                upstream.forget_placement(user, requested_env);
+            }
+            Ok(Err(StartFailure::Unreachable(message) | StartFailure::Refused(message))) => {
+                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start failed: {message}");
+                upstream.forget_placement(user, requested_env);
+                return Err(format!("could not start your session: {message}"));
+            }
+            Err(_) => {
+                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start timed out");
+                upstream.forget_placement(user, requested_env);
+                return Err(format!(
+                    "your container did not start within {} s; please try again",
+                    timeout.as_secs()
+                ));
+            }
+        }
+    }
 }
 
 enum Ending {

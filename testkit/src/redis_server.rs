@@ -18,6 +18,12 @@ impl RedisServer {
     /// Starts redis-server without persistence and waits until it answers.
     pub fn start() -> anyhow::Result<RedisServer> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_on(port)
+    }
+
+    /// Starts redis-server on a given port (e.g. to bring one back after
+    /// [`RedisServer::stop`]).
+    pub fn start_on(port: u16) -> anyhow::Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

@@ -1,0 +1,429 @@
+//! Scale-out and faults with real processes: HAProxy (PROXY protocol v2) in
+//! front of two proxy replicas, three agents, one controller, Redis — each a
+//! separate process on loopback, driven with the stock `ssh` client.
+
+mod lab;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use labssh_testkit::docker::{docker, ensure_test_image, Cleanup};
+use labssh_testkit::process::{free_port, Proc};
+use labssh_testkit::redis_server::RedisServer;
+use labssh_testkit::ssh::{stderr, stdout, Auth, Ssh};
+
+const PW: &str = "class-of-2026";
+const AGENTS: usize = 3;
+const USERS: usize = 20;
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn labssh(role: &str, config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labssh"));
+    cmd.arg(role).arg("--config").arg(config);
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    controller_port: u16,
+    controller: Proc,
+    agents: Vec<Proc>,
+    proxies: Vec<Proc>,
+    _haproxy: Proc,
+    haproxy_port: u16,
+    prefixes: Vec<String>,
+    redis: RedisServer,
+}
+
+impl Fleet {
+    fn controller_config(&self) -> std::path::PathBuf {
+        self.dir.path().join("controller.toml")
+    }
+
+    fn start_controller(dir: &Path, port: u16) -> Proc {
+        let mut p = Proc::start(
+            "controller",
+            labssh("controller", &dir.join("controller.toml")),
+            dir,
+        )
+        .unwrap();
+        p.wait_port(port, STARTUP).unwrap();
+        p
+    }
+
+    /// Which agent holds a user's container (by the container's label).
+    fn agent_of(&self, user: &str) -> Option<String> {
+        for prefix in &self.prefixes {
+            if let Ok(label) = docker(&[
+                "inspect",
+                "-f",
+                "{{index .Config.Labels \"labssh.agent\"}}",
+                &format!("{prefix}-{user}-default"),
+            ]) {
+                return Some(label.trim().to_string());
+            }
+        }
+        None
+    }
+
+    fn logins_on(&self, proxy: usize) -> usize {
+        self.proxies[proxy]
+            .log_text()
+            .matches("authenticated")
+            .count()
+    }
+}
+
+async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
+    labssh_testkit::init_tracing();
+    tokio::task::spawn_blocking(ensure_test_image)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("LABSSH_KEEP_LOGS").is_some() {
+        dir.disable_cleanup(true);
+    }
+    let d = dir.path();
+    // Logs of every process stay in this directory for a failing run.
+    eprintln!("fleet logs in {}", d.display());
+    let redis = RedisServer::start().unwrap();
+    let base = labssh_testkit::unique("so");
+    let prefixes: Vec<String> = (0..AGENTS).map(|i| format!("{base}a{i}")).collect();
+    let cleanups = prefixes
+        .iter()
+        .map(|p| Cleanup { prefix: p.clone() })
+        .collect();
+
+    let users = d.join("users.toml");
+    for i in 1..=USERS {
+        labssh_proxy::users::add_user(&users, &format!("user{i:02}"), Some(PW), None).unwrap();
+    }
+    for name in ["late1", "late2", "late3", "late4"] {
+        labssh_proxy::users::add_user(&users, name, Some(PW), None).unwrap();
+    }
+
+    let controller_port = free_port();
+    std::fs::write(
+        d.join("controller.toml"),
+        format!(
+            "listen = \"127.0.0.1:{controller_port}\"\n{}",
+            lab::controller_toml()
+        ),
+    )
+    .unwrap();
+    let controller = Fleet::start_controller(d, controller_port);
+
+    let mut agents = Vec::new();
+    for (i, prefix) in prefixes.iter().enumerate() {
+        let port = free_port();
+        let cfg = d.join(format!("agent{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "name = \"a{i}\"\nlisten = \"127.0.0.1:{port}\"\nadvertise = \"http://127.0.0.1:{port}\"\n\
+                 controller = \"http://127.0.0.1:{controller_port}\"\ncapacity = 100\ncontainer_prefix = \"{prefix}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut p = Proc::start(&format!("agent{i}"), labssh("agent", &cfg), d).unwrap();
+        p.wait_port(port, STARTUP).unwrap();
+        agents.push(p);
+    }
+
+    let mut proxies = Vec::new();
+    let mut proxy_ports = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let cfg = d.join(format!("proxy{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nhost_keys = [\"{dir}/host_ed25519_key\"]\n\
+                 users_file = \"{dir}/users.toml\"\ncache_key_file = \"{dir}/cache.key\"\n\
+                 controller = \"http://127.0.0.1:{controller_port}\"\nredis_url = \"{redis}\"\n\
+                 auth_rejection_ms = 50\ncontroller_timeout_secs = 3\n\
+                 [proxy_protocol]\ntrusted = [\"127.0.0.1/32\"]\nrequired = true\n",
+                dir = d.display(),
+                redis = redis.url(),
+            ),
+        )
+        .unwrap();
+        proxies.push(Proc::start(&format!("proxy{i}"), labssh("proxy", &cfg), d).unwrap());
+        proxy_ports.push(port);
+    }
+    for (p, port) in proxies.iter_mut().zip(&proxy_ports) {
+        p.wait_port(*port, STARTUP).unwrap();
+    }
+
+    let haproxy_port = free_port();
+    let cfg = d.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 120s\n  timeout server 120s\n\
+             frontend ssh\n  bind 127.0.0.1:{haproxy_port}\n  default_backend proxies\n\
+             backend proxies\n  balance roundrobin\n  option tcp-check\n  tcp-check connect default\n  tcp-check expect rstring ^SSH-2\\.0-\n\
+             \x20 default-server send-proxy-v2 check-send-proxy check inter 300ms fall 1 rise 2\n\
+             \x20 server p0 127.0.0.1:{}\n  server p1 127.0.0.1:{}\n",
+            proxy_ports[0], proxy_ports[1]
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let mut haproxy = Proc::start("haproxy", cmd, d).expect("haproxy (apt-get install haproxy)");
+    haproxy.wait_port(haproxy_port, STARTUP).unwrap();
+
+    let fleet = Fleet {
+        dir,
+        controller_port,
+        controller,
+        agents,
+        proxies,
+        _haproxy: haproxy,
+        haproxy_port,
+        prefixes,
+        redis,
+    };
+    // Let every agent register and HAProxy mark both replicas up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (fleet, cleanups)
+}
+
+fn pw() -> Auth {
+    Auth::Password(PW.into())
+}
+
+/// Logs in until it works or `within` runs out; returns how long it took.
+async fn login_until_ok(ssh: &Ssh, user: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let out = ssh.run(user, &pw(), &["echo ok"]).await.unwrap();
+        if stdout(&out) == "ok\n" {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{user} could not log in within {within:?}: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_behind_haproxy_survive_faults() {
+    let (mut fleet, _cleanup) = start_fleet().await;
+    let ssh = Ssh::new(format!("127.0.0.1:{}", fleet.haproxy_port).parse().unwrap()).unwrap();
+
+    // 1. Twenty users log in through HAProxy, five at a time.
+    for chunk in (1..=USERS).collect::<Vec<_>>().chunks(5) {
+        let runs = chunk.iter().map(|i| {
+            let user = format!("user{i:02}");
+            let ssh = &ssh;
+            async move {
+                let out = ssh.run(&user, &pw(), &["hostname"]).await.unwrap();
+                assert_eq!(
+                    stdout(&out),
+                    format!("{user}-default\n"),
+                    "{user}: {}",
+                    stderr(&out)
+                );
+            }
+        });
+        futures::future::join_all(runs).await;
+    }
+    let (on0, on1) = (fleet.logins_on(0), fleet.logins_on(1));
+    assert!(
+        on0 > 0 && on1 > 0,
+        "logins spread over both replicas: {on0} / {on1}"
+    );
+    assert_eq!(on0 + on1, USERS, "every login authenticated once");
+    let mut per_agent = std::collections::HashMap::new();
+    let mut placement = std::collections::HashMap::new();
+    for i in 1..=USERS {
+        let user = format!("user{i:02}");
+        let agent = fleet
+            .agent_of(&user)
+            .unwrap_or_else(|| panic!("{user} has no container"));
+        *per_agent.entry(agent.clone()).or_insert(0) += 1;
+        placement.insert(user, agent);
+    }
+    // Consistent hashing with bounded loads: every agent used, none above
+    // ceil((1 + 0.25) * 20 / 3) = 9.
+    assert_eq!(per_agent.len(), AGENTS, "{per_agent:?}");
+    assert!(per_agent.values().all(|&n| n <= 9), "{per_agent:?}");
+    // The client's real address reaches the proxies through PROXY protocol:
+    // a client bound to 127.0.0.2 shows up as such, although every TCP
+    // connection the proxies see comes from HAProxy on 127.0.0.1.
+    for _ in 0..2 {
+        let out = ssh
+            .command_with("user01", &pw(), &["-b", "127.0.0.2"], &["true"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    for p in 0..2 {
+        let log = fleet.proxies[p].log_text();
+        assert!(log.contains("peer=127.0.0.2:"), "proxy{p}: {log}");
+    }
+
+    // 2. The controller restarts with sessions open: none drops, new logins
+    //    work within 5 s, and placements stay sticky.
+    let long = |user: String| {
+        let ssh = &ssh;
+        async move {
+            ssh.run(&user, &pw(), &["sleep 4; echo survived"])
+                .await
+                .unwrap()
+        }
+    };
+    let sessions = tokio::spawn({
+        let ssh = Ssh::new(format!("127.0.0.1:{}", fleet.haproxy_port).parse().unwrap()).unwrap();
+        async move {
+            let a = ssh
+                .run("user01", &pw(), &["sleep 4; echo survived"])
+                .await
+                .unwrap();
+            let b = ssh
+                .run("user02", &pw(), &["sleep 4; echo survived"])
+                .await
+                .unwrap();
+            (a, b)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fleet.controller.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.controller = Fleet::start_controller(fleet.dir.path(), fleet.controller_port);
+    let took = login_until_ok(&ssh, "late1", Duration::from_secs(5)).await;
+    eprintln!("new login worked {took:?} after the controller restart");
+    let (a, b) = sessions.await.unwrap();
+    assert_eq!(stdout(&a), "survived\n", "{}", stderr(&a));
+    assert_eq!(stdout(&b), "survived\n", "{}", stderr(&b));
+    for i in 1..=USERS {
+        let user = format!("user{i:02}");
+        if i % 4 == 0 {
+            let out = ssh.run(&user, &pw(), &["true"]).await.unwrap();
+            assert_eq!(out.status.code(), Some(0), "{user}: {}", stderr(&out));
+            assert_eq!(
+                fleet.agent_of(&user).as_ref(),
+                placement.get(&user),
+                "{user} moved"
+            );
+        }
+    }
+    let _ = fleet.controller_config();
+
+    // 3. An agent dies: only its sessions end; its users are re-placed.
+    let victim = "a0";
+    let on_victim = placement
+        .iter()
+        .find(|(_, a)| *a == victim)
+        .map(|(u, _)| u.clone())
+        .unwrap();
+    let elsewhere = placement
+        .iter()
+        .find(|(_, a)| *a != victim)
+        .map(|(u, _)| u.clone())
+        .unwrap();
+    let (victim_session, other_session) = tokio::join!(long(on_victim.clone()), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fleet.agents[0].kill();
+        long(elsewhere.clone()).await
+    });
+    assert_ne!(
+        stdout(&victim_session),
+        "survived\n",
+        "the dead agent's session cannot survive"
+    );
+    assert_eq!(
+        stdout(&other_session),
+        "survived\n",
+        "{}",
+        stderr(&other_session)
+    );
+    let out = ssh.run(&on_victim, &pw(), &["hostname"]).await.unwrap();
+    assert_eq!(
+        stdout(&out),
+        format!("{on_victim}-default\n"),
+        "re-placed: {}",
+        stderr(&out)
+    );
+    let new_home = fleet.agent_of(&on_victim);
+    assert!(new_home.is_some());
+
+    // 4. A proxy dies mid-session: sessions on the other replica continue;
+    //    once HAProxy's check drops the dead one, every new login works.
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let ssh =
+                Ssh::new(format!("127.0.0.1:{}", fleet.haproxy_port).parse().unwrap()).unwrap();
+            let user = format!("user{:02}", 5 + i * 2);
+            tokio::spawn(async move {
+                ssh.run(&user, &pw(), &["sleep 3; echo survived"])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fleet.proxies[0].kill();
+    let mut survived = 0;
+    for run in runs {
+        let out = run.await.unwrap();
+        if stdout(&out) == "survived\n" {
+            survived += 1;
+        } else {
+            assert_eq!(
+                out.status.code(),
+                Some(255),
+                "a dropped session is an ssh error"
+            );
+        }
+    }
+    assert!(
+        (1..4).contains(&survived),
+        "only the killed replica's sessions drop: {survived}/4"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for i in 1..=10 {
+        let user = format!("user{:02}", 10 + i);
+        let out = ssh.run(&user, &pw(), &["echo ok"]).await.unwrap();
+        assert_eq!(
+            stdout(&out),
+            "ok\n",
+            "login {i} after the proxy died: {}",
+            stderr(&out)
+        );
+    }
+
+    // 5. Redis stops: logins go on. It comes back: the cache is used again.
+    let redis_port = fleet.redis.port;
+    fleet.redis.stop();
+    let out = ssh.run("late2", &pw(), &["echo ok"]).await.unwrap();
+    assert_eq!(stdout(&out), "ok\n", "with Redis down: {}", stderr(&out));
+    fleet.redis = RedisServer::start_on(redis_port).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ssh.run("late3", &pw(), &["echo ok"]).await.unwrap();
+        assert_eq!(stdout(&out), "ok\n", "{}", stderr(&out));
+        let cached = fleet
+            .redis
+            .cli(&["--scan", "--pattern", "labssh:auth:*"])
+            .unwrap();
+        if !cached.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cache was not used again after Redis returned"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(fleet.proxies[1].running() && fleet.controller.running());
+}
