@@ -24,6 +24,8 @@ pub struct LabOptions {
     pub agents: Option<usize>,
     /// Point the proxy at this controller URL instead (e.g. a dead one).
     pub controller_override: Option<String>,
+    /// Brute-force limits for the proxy (default: the proxy's defaults).
+    pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
 }
 
 pub struct Lab {
@@ -100,6 +102,7 @@ impl Lab {
             redis_url: redis.as_ref().map(|r| r.url()).unwrap_or_default(),
             auth_rejection_ms: 50,
             controller_timeout_secs: 5,
+            rate_limit: options.rate_limit.clone().unwrap_or_default(),
             ..Default::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,116 @@
+//! Brute-force protection: one address hammering wrong passwords is blocked,
+//! while a legitimate student elsewhere logs in normally throughout.
+
+mod lab;
+
+use lab::{Lab, LabOptions};
+use labssh_proxy::rate_limit::RateLimitConfig;
+use labssh_testkit::ssh::{stderr, stdout, Auth};
+
+/// russh offers the password method once per connection, so each wrong
+/// password is one ssh process.
+const TRIES_PER_CONNECTION: usize = 1;
+const CONNECTIONS: usize = 1000;
+const PARALLEL: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_wrong_passwords_are_blocked_without_hurting_others() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        rate_limit: Some(RateLimitConfig {
+            max_failures_per_address: 20,
+            max_failures_per_user: 50,
+            window_secs: 300,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let attacker = ["-b", "127.0.0.2"];
+    let student = ["-b", "127.0.0.3"];
+    let tries = TRIES_PER_CONNECTION.to_string();
+
+    let attack = async {
+        for wave in 0..CONNECTIONS / PARALLEL {
+            let runs = (0..PARALLEL).map(|_| {
+                let mut cmd = lab.ssh.command_with(
+                    "alice",
+                    &Auth::Password("not-her-password".into()),
+                    &[
+                        &attacker[..],
+                        &["-o", &format!("NumberOfPasswordPrompts={tries}")],
+                    ]
+                    .concat(),
+                    &["true"],
+                );
+                async move { cmd.output().await.unwrap() }
+            });
+            for out in futures::future::join_all(runs).await {
+                assert_eq!(
+                    out.status.code(),
+                    Some(255),
+                    "wave {wave}: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    };
+    let student_logins = async {
+        let mut ok = 0;
+        for _ in 0..10 {
+            let out = lab
+                .ssh
+                .command_with("bob", &Lab::bob(), &student, &["echo in"])
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(
+                stdout(&out),
+                "in\n",
+                "bob during the attack: {}",
+                stderr(&out)
+            );
+            ok += 1;
+        }
+        ok
+    };
+    let ((), ok) = tokio::join!(attack, student_logins);
+    assert_eq!(ok, 10);
+
+    let redis = lab.redis.as_ref().unwrap();
+    let count: u64 = redis
+        .cli(&["GET", "labssh:rl:v1:addr:127.0.0.2"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        count,
+        (CONNECTIONS * TRIES_PER_CONNECTION) as u64,
+        "every attempt was counted"
+    );
+    // Blocked means blocked before any check: even alice's real password is
+    // refused from the attacking address...
+    let out = lab
+        .ssh
+        .command_with("alice", &Lab::alice(), &attacker, &["true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
+    // ...and alice herself is blocked too (per-user limit, 1000 > 50), while
+    // bob, from any address, is not.
+    let out = lab
+        .ssh
+        .command_with("alice", &Lab::alice(), &student, &["true"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let out = lab
+        .ssh
+        .run("bob", &Lab::bob(), &["echo still-in"])
+        .await
+        .unwrap();
+    assert_eq!(stdout(&out), "still-in\n", "{}", stderr(&out));
+    lab.stop().await;
+}
