@@ -21,6 +21,7 @@ async fn a_thousand_wrong_passwords_are_blocked_without_hurting_others() {
             max_failures_per_address: 20,
             max_failures_per_user: 50,
             window_secs: 300,
+            exempt_addresses: Vec::new(),
         }),
         ..Default::default()
     })

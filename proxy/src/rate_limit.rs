@@ -31,16 +31,21 @@ pub struct RateLimitConfig {
     pub max_failures_per_user: u32,
     /// Counting window, and the back-off after the last failure.
     pub window_secs: u64,
+    /// Addresses or CIDRs never blocked per address (e.g. the campus NAT a
+    /// whole class shares); the per-user limit still applies to them.
+    pub exempt_addresses: Vec<String>,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        // A student who mistypes a few times is never blocked; a script
-        // trying a wordlist is stopped after a few dozen guesses.
+        // A student who mistypes a few times is never blocked, nor is a
+        // class of 300 sharing one NAT address where some mistype; a script
+        // trying a wordlist is stopped after ten guesses per account.
         RateLimitConfig {
-            max_failures_per_address: 30,
+            max_failures_per_address: 100,
             max_failures_per_user: 10,
             window_secs: 300,
+            exempt_addresses: Vec::new(),
         }
     }
 }
@@ -51,8 +56,22 @@ impl RateLimitConfig {
         if self.window_secs == 0 {
             p.push("rate_limit.window_secs: must be greater than 0".into());
         }
+        for (i, entry) in self.exempt_addresses.iter().enumerate() {
+            if parse_net(entry).is_none() {
+                p.push(format!(
+                    "rate_limit.exempt_addresses[{i}]: {entry:?} is not an address or CIDR"
+                ));
+            }
+        }
         p
     }
+}
+
+fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
+    entry
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| entry.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// Whether an attempt may proceed to the password check.
@@ -73,6 +92,8 @@ pub struct RateLimiter {
     redis: Option<Arc<RedisLink>>,
     /// Per-replica counters: key → (count, expiry).
     local: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Networks exempt from the per-address limit.
+    exempt: Vec<ipnet::IpNet>,
 }
 
 fn addr_key(ip: IpAddr) -> String {
@@ -85,7 +106,13 @@ fn user_key(user: &str) -> String {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig, redis: Option<Arc<RedisLink>>) -> Self {
+        let exempt = config
+            .exempt_addresses
+            .iter()
+            .filter_map(|e| parse_net(e))
+            .collect();
         RateLimiter {
+            exempt,
             config,
             redis,
             local: Mutex::new(HashMap::new()),
@@ -117,8 +144,17 @@ impl RateLimiter {
         }
     }
 
+    /// The address to count, unless it is exempt.
+    fn counted(&self, ip: Option<IpAddr>) -> Option<IpAddr> {
+        ip.filter(|ip| {
+            let ip = ip.to_canonical();
+            !self.exempt.iter().any(|net| net.contains(&ip))
+        })
+    }
+
     /// May this attempt be checked at all?
     pub async fn check(&self, ip: Option<IpAddr>, user: &str) -> Verdict {
+        let ip = self.counted(ip);
         let keys = [ip.map(addr_key), Some(user_key(user))];
         let counts = self.counts(&keys).await;
         self.judge(counts[0], counts[1], ip, user)
@@ -146,6 +182,7 @@ impl RateLimiter {
 
     /// Counts a failed (or blocked) attempt.
     pub async fn failure(&self, ip: Option<IpAddr>, user: &str) {
+        let ip = self.counted(ip);
         let keys: Vec<String> = ip
             .map(addr_key)
             .into_iter()
@@ -200,6 +237,7 @@ mod tests {
                 max_failures_per_address: addr,
                 max_failures_per_user: user,
                 window_secs: 60,
+                exempt_addresses: vec!["198.51.100.0/24".into()],
             },
             None,
         )
@@ -268,6 +306,7 @@ mod tests {
                 max_failures_per_address: 2,
                 max_failures_per_user: 0,
                 window_secs: 60,
+                exempt_addresses: Vec::new(),
             },
             Some(link),
         );
