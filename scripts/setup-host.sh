@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what labssh and its tests need on a Debian machine:
-# the Docker engine, Redis, the OpenSSH client and busybox-static (for the
-# test image). Safe to run again: it only does what is missing.
+# the Docker engine, Redis, the OpenSSH client, busybox-static (for the
+# test image) and Prometheus (for the telemetry tests). Safe to run again: it
+# only does what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -17,6 +18,7 @@ command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null 2>&1 || need+=(file)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.rs scrapes with it
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   $SUDO apt-get update -qq

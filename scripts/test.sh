@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build-busybox-image.sh labssh/busybox:latest
 cargo test --workspace --all-targets "$@"
+# The end-to-end tests again with every environment on Docker exec, the fallback
+# for containers without the in-container helper (the run above uses the helper).
+LABSSH_TEST_SPAWN=exec cargo test -p labssh --test e2e "$@"

@@ -22,6 +22,9 @@ pub struct ClusterConfig {
     pub agents: Vec<labssh_agent::Config>,
     /// Proxy configuration.
     pub proxy: labssh_proxy::Config,
+    /// When set, mTLS between the roles with certificates from this
+    /// directory (created by [`crate::certs::ensure`] if missing).
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// A running cluster. Dropping it without [`Cluster::shutdown`] aborts the
@@ -37,6 +40,8 @@ pub struct Cluster {
     shutdown: watch::Sender<bool>,
     /// Role tasks with their names.
     tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    /// Certificate used for admin calls to the controller (the proxy's).
+    admin_tls: labssh_proto::tls::TlsFiles,
 }
 
 fn shutdown_future(
@@ -63,9 +68,21 @@ impl Cluster {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = Vec::new();
 
+        let mut config = config;
+        if let Some(dir) = &config.tls_dir {
+            crate::certs::ensure(dir, &[])?;
+            config.controller.tls = crate::certs::files(dir, "controller");
+            for agent in &mut config.agents {
+                agent.tls = crate::certs::files(dir, "agent");
+            }
+            config.proxy.tls = crate::certs::files(dir, "proxy");
+        }
+        let scheme = config.proxy.tls.scheme();
+        let admin_tls = config.proxy.tls.clone();
+
         let controller_listener = loopback().await?;
         let controller_addr = controller_listener.local_addr()?;
-        let controller_url = format!("http://{controller_addr}");
+        let controller_url = format!("{scheme}://{controller_addr}");
         tasks.push((
             "controller".to_string(),
             tokio::spawn(labssh_controller::run(
@@ -80,7 +97,7 @@ impl Cluster {
             let listener = loopback().await?;
             let addr = listener.local_addr()?;
             agent.controller = controller_url.clone();
-            agent.advertise = format!("http://{addr}");
+            agent.advertise = format!("{scheme}://{addr}");
             agent.listen = addr.to_string();
             agent_addrs.push(addr);
             tasks.push((
@@ -112,6 +129,7 @@ impl Cluster {
             agent_addrs,
             shutdown,
             tasks,
+            admin_tls,
         })
     }
 
@@ -119,7 +137,7 @@ impl Cluster {
     /// `timeout` (naming any role that already stopped).
     pub async fn wait_ready(&mut self, agents: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        let url = format!("http://{}", self.controller_addr);
+        let client = self.controller_client()?;
         loop {
             for (name, task) in &mut self.tasks {
                 if task.is_finished() {
@@ -131,14 +149,10 @@ impl Cluster {
                     }
                 }
             }
-            if let Ok(mut client) =
-                pb::controller_client::ControllerClient::connect(url.clone()).await
-            {
-                if let Ok(reply) = client.list_agents(pb::ListAgentsRequest {}).await {
-                    let live = reply.into_inner().agents.iter().filter(|a| a.live).count();
-                    if live >= agents {
-                        return Ok(());
-                    }
+            if let Ok(reply) = client.clone().list_agents(pb::ListAgentsRequest {}).await {
+                let live = reply.into_inner().agents.iter().filter(|a| a.live).count();
+                if live >= agents {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
@@ -146,6 +160,25 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A controller client for admin calls (mTLS with the proxy's
+    /// certificate when the cluster uses TLS).
+    pub fn controller_client(
+        &self,
+    ) -> anyhow::Result<pb::controller_client::ControllerClient<tonic::transport::Channel>> {
+        let tls = &self.admin_tls;
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
+            "{}://{}",
+            tls.scheme(),
+            self.controller_addr
+        ))?;
+        if tls.enabled() {
+            endpoint = endpoint.tls_config(tls.client(labssh_proto::tls::CONTROLLER_NAME)?)?;
+        }
+        Ok(pb::controller_client::ControllerClient::new(
+            endpoint.connect_lazy(),
+        ))
     }
 
     /// Resolves when any role stops on its own (an error, usually).

@@ -4,4 +4,5 @@
 //! `labssh-agent`); this crate wires them together, as one binary and as an
 //! in-process [`cluster::Cluster`] used by `labssh up` and the tests.
 
+pub mod certs;
 pub mod cluster;

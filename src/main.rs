@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run controller, one agent on the local Docker and a proxy, in one process.
     Up(up::UpArgs),
+    /// Create a cluster CA and certificates for mTLS between the roles.
+    Certs(labssh::certs::CertsArgs),
     /// Manage the users file.
     User {
         #[command(subcommand)]
@@ -56,32 +58,57 @@ enum Command {
     },
 }
 
+/// Telemetry of a long-running command: its service name (unless
+/// `OTEL_SERVICE_NAME` says otherwise) and `labssh up --otlp`.
+fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
+    let (name, otlp) = match command {
+        Command::Up(args) => ("labssh", args.otlp.clone()),
+        Command::Proxy { .. } => ("labssh-proxy", None),
+        Command::Controller { .. } => ("labssh-controller", None),
+        Command::Agent { .. } => ("labssh-agent", None),
+        Command::User { .. } | Command::Certs(_) => ("labssh", None),
+    };
+    let mut options = labssh_telemetry::Options::new(name);
+    options.otlp_endpoint = otlp;
+    options
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,russh=warn,h2=warn,tower=warn,hyper=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for people: log files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Long-running commands start telemetry inside the runtime (OTLP needs it).
+    let one_shot = matches!(cli.command, Command::User { .. } | Command::Certs(_));
+    if one_shot {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,russh=warn,h2=warn,tower=warn,hyper=warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            // Colour only for people: log files and journald get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
         Command::User { command } => user::run(command),
+        Command::Certs(args) => labssh::certs::run(args),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 rt.block_on(async move {
-                    match command {
+                    let telemetry = labssh_telemetry::init(telemetry_options(&command))?;
+                    let result = match command {
                         Command::Up(args) => up::run(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent { config } => roles::agent(&config).await,
-                        Command::User { .. } => unreachable!("handled above"),
-                    }
+                        Command::User { .. } | Command::Certs(_) => {
+                            unreachable!("handled above")
+                        }
+                    };
+                    telemetry.shutdown().await;
+                    result
                 })
             }),
     };

@@ -12,6 +12,9 @@ use crate::signals::shutdown_signal;
 /// The agent needs a moment to reach the controller; past this something is
 /// wrong (usually Docker).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where `/metrics`, `/healthz` and `/readyz` are served: loopback, beside
+/// the node exporter's 9100 convention, for a Prometheus on the same host.
+const DEFAULT_HTTP: &str = "127.0.0.1:9100";
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -27,6 +30,18 @@ pub struct UpArgs {
     /// Redis URL for the shared credential cache (default: in-process cache).
     #[arg(long)]
     redis: Option<String>,
+    /// Plain HTTP/2 between the roles instead of mTLS with certificates
+    /// from DIR/certs (made on first run).
+    #[arg(long)]
+    no_tls: bool,
+    /// Export traces and metrics over OTLP/gRPC to this endpoint, e.g.
+    /// http://127.0.0.1:4317 (default: OTEL_EXPORTER_OTLP_ENDPOINT, else off).
+    #[arg(long)]
+    pub otlp: Option<String>,
+    /// Serve /metrics, /healthz and /readyz for the whole cluster here
+    /// ("" for none).
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    http: String,
 }
 
 const CONTROLLER_TOML: &str = r#"# labssh controller configuration (written by `labssh up`; edit freely).
@@ -95,6 +110,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
+    let health = labssh_telemetry::Health::new();
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_addr = if args.http.is_empty() {
+        None
+    } else {
+        let http = TcpListener::bind(&args.http)
+            .await
+            .with_context(|| format!("--http: cannot listen on {}", args.http))?;
+        let addr = http.local_addr()?;
+        tokio::spawn(labssh_telemetry::http::serve(http, health.clone(), async {
+            let _ = http_stopped.await;
+        }));
+        Some(addr)
+    };
     let users_file = proxy.users_file.clone();
     let images: Vec<String> = controller
         .environments
@@ -106,11 +135,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             controller,
             agents: vec![agent],
             proxy,
+            tls_dir: (!args.no_tls).then(|| dir.join("certs")),
         },
         listener,
     )
     .await?;
     cluster.wait_ready(1, READY_TIMEOUT).await?;
+    health.set_ready(true);
 
     let addr = cluster.ssh_addr;
     println!("labssh is up: SSH on {addr}, state in {}", dir.display());
@@ -124,6 +155,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         addr.port(),
         addr.ip()
     );
+    if let Some(addr) = http_addr {
+        println!("  metrics:        http://{addr}/metrics   (/healthz, /readyz)");
+    }
     println!("Press Ctrl-C to stop.");
 
     tokio::select! {
@@ -135,7 +169,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             });
         }
     }
+    health.set_ready(false);
     cluster.shutdown().await?;
+    let _ = http_stop.send(());
     println!("labssh stopped");
     Ok(())
 }

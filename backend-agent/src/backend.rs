@@ -1,10 +1,14 @@
 //! The container runtime behind the agent.
 //!
 //! Everything that creates containers or starts processes in them goes through
-//! [`Backend`], so Docker exec can be swapped for an in-container helper and a
-//! Kubernetes implementation can sit beside Docker.
+//! [`Backend`], so a Kubernetes implementation can sit beside Docker. Processes start
+//! through labssh-init, the helper running as PID 1 in containers (see [`helper`]),
+//! with the runtime's exec as the fallback; sessions see the same [`Process`] either
+//! way.
 
 pub mod docker;
+pub mod helper;
+mod init_binary;
 mod keyed_lock;
 
 use std::pin::Pin;
@@ -14,9 +18,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use labssh_proto::pb;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use docker::DockerBackend;
+pub use docker::{DockerBackend, SpawnPath};
 pub(crate) use keyed_lock::KeyedLock;
 
 /// A container runtime on one node.
@@ -32,7 +36,27 @@ pub trait Backend: Send + Sync + 'static {
 
     /// This agent's containers, running or stopped.
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError>;
+
+    /// Opens a TCP connection to `host:port` as seen from inside the running container
+    /// (its network namespace and name resolution), for port forwarding.
+    async fn connect_tcp(
+        &self,
+        container: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let _ = container;
+        Err(BackendError::ConnectFailed {
+            target: format!("{host}:{port}"),
+            message: "this container runtime cannot forward ports".to_owned(),
+        })
+    }
 }
+
+/// A byte stream both ways, such as a forwarded TCP connection.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
 
 /// What [`Backend::ensure`] found or did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +317,14 @@ pub enum BackendError {
     /// The signal name is not one SSH defines.
     #[error("unknown signal '{0}'")]
     UnknownSignal(String),
+    /// A TCP connection inside the container could not be opened.
+    #[error("cannot connect to {target} in the container: {message}")]
+    ConnectFailed {
+        /// `host:port` as asked.
+        target: String,
+        /// Why.
+        message: String,
+    },
     /// Any other runtime failure.
     #[error("container runtime error while {action}: {message}")]
     Runtime {

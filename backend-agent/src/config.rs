@@ -21,6 +21,9 @@ const DEFAULT_KEEPALIVE: [&str; 3] = [
     "-c",
     "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done",
 ];
+/// tmpfs on most hosts: the per-container sockets go away with a reboot, as do the
+/// containers' processes.
+const DEFAULT_HELPER_DIR: &str = "/run/labssh";
 /// Catches containers that students or operators stop or remove behind the agent's back,
 /// without polling Docker often.
 const DEFAULT_INVENTORY_REFRESH_SECS: u64 = 10;
@@ -47,6 +50,20 @@ pub struct Config {
     pub keepalive_cmd: Vec<String>,
     /// How often the container inventory is re-read from the runtime.
     pub inventory_refresh_secs: u64,
+    /// The statically linked labssh-init mounted into containers as their init; empty
+    /// means `labssh-init` beside the agent's executable, else the one built with the
+    /// agent. Without one, containers are created for Docker exec.
+    pub init_binary: String,
+    /// Host directory with one sub-directory per container holding its helper's
+    /// socket, and the copy of labssh-init that containers mount.
+    pub helper_dir: String,
+    /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
+    /// and `/readyz` (used by the binary); empty means none.
+    pub http: String,
+    /// mTLS: this agent's certificate and the cluster CA. Clients (proxies)
+    /// must present a certificate from that CA, and the controller is
+    /// verified against it. Empty means plain HTTP/2.
+    pub tls: labssh_proto::tls::TlsFiles,
 }
 
 impl Default for Config {
@@ -61,6 +78,10 @@ impl Default for Config {
             container_prefix: DEFAULT_CONTAINER_PREFIX.to_owned(),
             keepalive_cmd: DEFAULT_KEEPALIVE.iter().map(|s| (*s).to_owned()).collect(),
             inventory_refresh_secs: DEFAULT_INVENTORY_REFRESH_SECS,
+            init_binary: String::new(),
+            helper_dir: DEFAULT_HELPER_DIR.to_owned(),
+            http: String::new(),
+            tls: Default::default(),
         }
     }
 }
@@ -142,7 +163,7 @@ impl Config {
 
     /// Checks every value and reports all problems at once, each with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = self.tls.problems("tls");
         if !is_agent_name(&self.name) {
             problems.push(format!(
                 "name: {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}",
@@ -190,6 +211,18 @@ impl Config {
         }
         if self.keepalive_cmd.is_empty() || self.keepalive_cmd[0].is_empty() {
             problems.push("keepalive_cmd: must name a program".to_owned());
+        }
+        if !self.init_binary.is_empty() && !self.init_binary.starts_with('/') {
+            problems.push(format!(
+                "init_binary: {:?} must be empty or an absolute path",
+                self.init_binary
+            ));
+        }
+        if !self.helper_dir.starts_with('/') {
+            problems.push(format!(
+                "helper_dir: {:?} must be an absolute path",
+                self.helper_dir
+            ));
         }
         if self.inventory_refresh_secs == 0 {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
@@ -271,6 +304,8 @@ mod tests {
             container_prefix = "lab"
             keepalive_cmd = ["/bin/sleep", "infinity"]
             inventory_refresh_secs = 3
+            init_binary = "/usr/local/lib/labssh/labssh-init"
+            helper_dir = "/run/lab"
             "#,
         )
         .unwrap();
@@ -278,6 +313,8 @@ mod tests {
         assert_eq!(c.capacity, 30);
         assert_eq!(c.docker_socket_path(), "/run/docker.sock");
         assert_eq!(c.keepalive_cmd, ["/bin/sleep", "infinity"]);
+        assert_eq!(c.init_binary, "/usr/local/lib/labssh/labssh-init");
+        assert_eq!(c.helper_dir, "/run/lab");
     }
 
     #[test]
@@ -296,11 +333,20 @@ mod tests {
             controller = "ftp://x"
             capacity = 0
             container_prefix = "Lab"
+            init_binary = "labssh-init"
+            helper_dir = "run"
             "#,
         )
         .unwrap_err()
         .to_string();
-        for key in ["name:", "controller:", "capacity:", "container_prefix:"] {
+        for key in [
+            "name:",
+            "controller:",
+            "capacity:",
+            "container_prefix:",
+            "init_binary:",
+            "helper_dir:",
+        ] {
             assert!(e.contains(key), "{key} missing from {e}");
         }
     }

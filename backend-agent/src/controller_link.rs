@@ -44,6 +44,8 @@ pub struct ControllerLink {
     pub endpoint: String,
     /// Controller URL.
     pub controller: String,
+    /// mTLS material; the controller is verified as `labssh-controller`.
+    pub tls: labssh_proto::tls::TlsFiles,
     /// Updated from every Welcome.
     pub catalogue: Arc<Catalogue>,
     /// Source of the status in Register and Heartbeat.
@@ -98,6 +100,18 @@ impl ControllerLink {
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT),
             Err(e) => return Ended::BeforeWelcome(format!("bad controller URL: {e}")),
+        };
+        let endpoint = if self.tls.enabled() {
+            let tls = match self.tls.client(labssh_proto::tls::CONTROLLER_NAME) {
+                Ok(t) => t,
+                Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
+            };
+            match endpoint.tls_config(tls) {
+                Ok(e) => e,
+                Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
+            }
+        } else {
+            endpoint
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
@@ -172,8 +186,10 @@ impl ControllerLink {
     }
 
     fn heartbeat(&self, outbox: &mpsc::Sender<pb::AgentMessage>) {
+        let status = self.inventory.status();
+        labssh_telemetry::metrics::agent_status(&self.name, &status);
         let heartbeat = pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
-            status: Some(self.inventory.status()),
+            status: Some(status),
         });
         // A full outbox means the controller is behind; the next heartbeat carries the
         // whole status anyway.

@@ -68,7 +68,7 @@ pub async fn run_with_backend(
         if local.ip().is_unspecified() {
             tracing::warn!(%local, "listening on a wildcard address; set `advertise` so proxies can reach this agent");
         }
-        format!("http://{local}")
+        format!("{}://{local}", config.tls.scheme())
     } else {
         config.advertise.clone()
     };
@@ -89,6 +89,7 @@ pub async fn run_with_backend(
         name: config.name.clone(),
         endpoint,
         controller: config.controller.clone(),
+        tls: config.tls.clone(),
         catalogue: catalogue.clone(),
         inventory: inventory.clone(),
         backend: backend.clone(),
@@ -96,6 +97,7 @@ pub async fn run_with_backend(
     tasks.spawn(link.run(stop.clone()));
 
     let shared = Arc::new(service::Shared {
+        name: config.name.clone(),
         backend,
         catalogue,
         inventory,
@@ -108,7 +110,13 @@ pub async fn run_with_backend(
             let _ = stream.set_nodelay(true);
         })
     });
-    let serve = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if config.tls.enabled() {
+        server = server
+            .tls_config(config.tls.server()?)
+            .context("tls: bad certificate or key")?;
+    }
+    let serve = server
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)

@@ -21,6 +21,8 @@ const SESSION_OUTPUT_BUFFER: usize = 32;
 
 /// State shared by all rpcs; lives as long as the agent.
 pub struct Shared {
+    /// This agent's name, the `agent` label of its metrics.
+    pub name: String,
     /// The container runtime.
     pub backend: SharedBackend,
     /// Environments from the controller.
@@ -109,10 +111,14 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<Streaming<pb::SessionInput>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let (tx, rx) = mpsc::channel(SESSION_OUTPUT_BUFFER);
+        // A child of the proxy's `start` span: one SSH connection, one trace.
+        let span = tracing::info_span!("agent.session", agent = %self.shared.name);
+        labssh_telemetry::grpc::set_parent(&span, request.metadata());
         let inbound = request.into_inner();
-        self.shared
-            .tasks
-            .spawn(session::run(self.shared.clone(), inbound, tx));
+        self.shared.tasks.spawn(tracing::Instrument::instrument(
+            session::run(self.shared.clone(), inbound, tx),
+            span,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

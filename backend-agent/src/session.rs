@@ -3,13 +3,17 @@
 mod relay;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use labssh_proto::pb;
+use labssh_telemetry::metrics::{self as telemetry, Component};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
 use tokio::sync::mpsc;
 use tonic::Status;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::backend::{self, PtySpec, SpawnSpec};
 use crate::service::Shared;
@@ -40,14 +44,37 @@ where
     tracing::debug!(user = %start.user, env = %start.environment, "session start");
 
     // Ensure is not abandoned when the proxy leaves: another login may be waiting on it.
+    let ensure_span = tracing::info_span!(
+        "ensure",
+        user = %start.user,
+        environment = %start.environment,
+        outcome = Empty,
+        container = Empty
+    );
+    let ensuring = Instant::now();
     let ensured = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        ensured = shared.ensure(&start.user, &start.environment) => ensured,
+        ensured = shared.ensure(&start.user, &start.environment).instrument(ensure_span.clone()) => ensured,
     };
     let (env, ensured) = match ensured {
         Ok(ok) => ok,
-        Err(failure) => return send_error(&tx, failure.message).await,
+        Err(failure) => {
+            ensure_span.record("outcome", "failed");
+            telemetry::error(Component::Agent, "ensure_failed");
+            return send_error(&tx, failure.message).await;
+        }
     };
+    let outcome = if ensured.created {
+        "created"
+    } else if ensured.started {
+        "started"
+    } else {
+        "found"
+    };
+    telemetry::container_ensure(&shared.name, outcome, ensuring.elapsed());
+    ensure_span.record("outcome", outcome);
+    ensure_span.record("container", ensured.name.as_str());
+    drop(ensure_span);
 
     let shell = backend::shell(&env).to_owned();
     let argv = if !start.argv.is_empty() {
@@ -65,9 +92,21 @@ where
     let mut extra_env: Vec<_> = start.env.clone().into_iter().collect();
     extra_env.sort();
     let spec = SpawnSpec::for_user(&start.user, &env, argv, extra_env, pty);
-    let process = match shared.backend.spawn(&ensured.container_id, spec).await {
-        Ok(p) => p,
+    let spawn_span = tracing::info_span!("spawn", path = Empty, pty = start.pty.is_some());
+    let spawning = Instant::now();
+    let (spawned, path) =
+        telemetry::with_spawn_path(shared.backend.spawn(&ensured.container_id, spec))
+            .instrument(spawn_span.clone())
+            .await;
+    spawn_span.record("path", path);
+    drop(spawn_span);
+    let process = match spawned {
+        Ok(p) => {
+            telemetry::spawn(&shared.name, path, spawning.elapsed());
+            p
+        }
         Err(e) => {
+            telemetry::error(Component::Agent, "spawn_failed");
             tracing::warn!(user = %start.user, error = %e, "spawn failed");
             return send_error(&tx, e.to_string()).await;
         }

@@ -1,4 +1,6 @@
-//! The Docker backend against the real engine.
+//! The Docker backend against the real engine. Tests that run processes run twice,
+//! through the in-container helper and through Docker exec (`<test>::helper`,
+//! `<test>::exec`), and check that the expected path was taken.
 
 mod support;
 
@@ -9,7 +11,7 @@ use labssh_agent::backend::{
     Backend, BackendError, ContainerState, ExitStatus, Output, Process, SpawnSpec,
 };
 use labssh_proto::pb;
-use support::{environment, pty, run_script, Scratch, STEP};
+use support::{environment, ensure_on, pty, run_script, Scratch, STEP};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
@@ -85,11 +87,28 @@ async fn concurrent_ensures_create_exactly_one_container() {
     assert_eq!(scratch.containers().len(), 1);
 }
 
-#[tokio::test]
-async fn processes_run_as_the_environment_user_in_a_writable_home() {
+/// Runs an `async fn(path: &str)` test on both spawn paths, as `<name>::helper` and
+/// `<name>::exec`.
+macro_rules! on_both_paths {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn helper() {
+                super::$name("helper").await
+            }
+            #[tokio::test]
+            async fn exec() {
+                super::$name("exec").await
+            }
+        }
+    };
+}
+
+on_both_paths!(processes_run_as_the_environment_user_in_a_writable_home);
+async fn processes_run_as_the_environment_user_in_a_writable_home(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
-    let c = backend.ensure("carol", &environment()).await.unwrap();
+    let c = ensure_on(&backend, "carol", path).await;
 
     let (out, _, status) = run_script(&*backend, &c.container_id, "carol", "id -u; id -g").await;
     assert_eq!(
@@ -117,11 +136,11 @@ async fn processes_run_as_the_environment_user_in_a_writable_home() {
     assert_eq!(out, "hi\n1000:1000 700\n");
 }
 
-#[tokio::test]
-async fn exit_codes_and_stderr_propagate() {
+on_both_paths!(exit_codes_and_stderr_propagate);
+async fn exit_codes_and_stderr_propagate(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
-    let c = backend.ensure("dave", &environment()).await.unwrap();
+    let c = ensure_on(&backend, "dave", path).await;
     let (out, err, status) = run_script(
         &*backend,
         &c.container_id,
@@ -134,12 +153,12 @@ async fn exit_codes_and_stderr_propagate() {
     assert_eq!(status, ExitStatus::Code(7));
 }
 
-#[tokio::test]
-async fn stdin_eof_ends_cat() {
+on_both_paths!(stdin_eof_ends_cat);
+async fn stdin_eof_ends_cat(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = environment();
-    let c = backend.ensure("erin", &env).await.unwrap();
+    let c = ensure_on(&backend, "erin", path).await;
     let spec = SpawnSpec::for_user("erin", &env, vec!["cat".into()], Vec::new(), None);
     let Process {
         mut stdin,
@@ -160,12 +179,12 @@ async fn stdin_eof_ends_cat() {
     drop(stdin);
 }
 
-#[tokio::test]
-async fn pty_reports_the_requested_size_and_follows_resize() {
+on_both_paths!(pty_reports_the_requested_size_and_follows_resize);
+async fn pty_reports_the_requested_size_and_follows_resize(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = environment();
-    let c = backend.ensure("frank", &env).await.unwrap();
+    let c = ensure_on(&backend, "frank", path).await;
     let spec = SpawnSpec::for_user(
         "frank",
         &env,
@@ -213,12 +232,12 @@ async fn read_until(
     .unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"));
 }
 
-#[tokio::test]
-async fn signals_reach_the_process() {
+on_both_paths!(signals_reach_the_process);
+async fn signals_reach_the_process(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = environment();
-    let c = backend.ensure("gina", &env).await.unwrap();
+    let c = ensure_on(&backend, "gina", path).await;
     let spec = SpawnSpec::for_user(
         "gina",
         &env,
@@ -266,12 +285,15 @@ async fn missing_image_gives_a_clear_error() {
     assert!(scratch.containers().is_empty());
 }
 
-#[tokio::test]
-async fn start_failure_carries_dockers_message_and_leaves_nothing_behind() {
+// Docker itself fails to start an exec container; a helper container starts and its
+// helper exits when the command cannot run.
+on_both_paths!(start_failure_carries_dockers_message_and_leaves_nothing_behind);
+async fn start_failure_carries_dockers_message_and_leaves_nothing_behind(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = pb::Environment {
         keepalive_cmd: vec!["/no/such/binary".into()],
+        spawn: path.into(),
         ..environment()
     };
     let err = backend.ensure("ivan", &env).await.unwrap_err();
@@ -301,12 +323,12 @@ async fn names_that_collide_are_told_apart_by_labels() {
     assert!(matches!(err, BackendError::NameTaken(_)), "{err}");
 }
 
-#[tokio::test]
-async fn terminal_output_is_passed_through_byte_for_byte() {
+on_both_paths!(terminal_output_is_passed_through_byte_for_byte);
+async fn terminal_output_is_passed_through_byte_for_byte(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = environment();
-    let c = backend.ensure("judy", &env).await.unwrap();
+    let c = ensure_on(&backend, "judy", path).await;
     // Leading bytes 0..=2 look like Docker's frame headers to a guessing decoder.
     let argv = vec!["printf".into(), "\\001\\002\\000xyz".into()];
     let spec = SpawnSpec::for_user("judy", &env, argv, Vec::new(), Some(pty(80, 24)));
@@ -316,11 +338,11 @@ async fn terminal_output_is_passed_through_byte_for_byte() {
     assert_eq!(status, ExitStatus::Code(0));
 }
 
-#[tokio::test]
-async fn large_output_arrives_complete_and_in_order() {
+on_both_paths!(large_output_arrives_complete_and_in_order);
+async fn large_output_arrives_complete_and_in_order(path: &str) {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
-    let c = backend.ensure("kate", &environment()).await.unwrap();
+    let c = ensure_on(&backend, "kate", path).await;
     let (out, err, status) = run_script(
         &*backend,
         &c.container_id,

@@ -66,6 +66,12 @@ pub struct Config {
     pub default_environment: String,
     /// The environment catalogue, by name.
     pub environments: BTreeMap<String, EnvironmentConfig>,
+    /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
+    /// and `/readyz` (used by the binary); empty means none.
+    pub http: String,
+    /// mTLS: the controller's certificate, and the CA its clients (agents,
+    /// proxies) must be signed by. Empty means plain HTTP/2.
+    pub tls: labssh_proto::tls::TlsFiles,
 }
 
 /// One environment a student can choose with `user+NAME@host`.
@@ -97,6 +103,9 @@ pub struct EnvironmentConfig {
     pub keepalive_cmd: Vec<String>,
     /// Extra environment variables for every process.
     pub env: BTreeMap<String, String>,
+    /// How processes start: "helper" (labssh-init in the container, fast) or "exec"
+    /// (Docker exec); empty means "helper". Applies to containers created afterwards.
+    pub spawn: String,
 }
 
 /// Why a configuration could not be used.
@@ -161,6 +170,8 @@ impl Default for Config {
             load_epsilon: DEFAULT_LOAD_EPSILON,
             default_environment: DEFAULT_ENVIRONMENT.to_string(),
             environments: BTreeMap::from([(DEFAULT_ENVIRONMENT.to_string(), default_env)]),
+            http: String::new(),
+            tls: Default::default(),
         }
     }
 }
@@ -180,6 +191,7 @@ impl Default for EnvironmentConfig {
             shell: DEFAULT_SHELL.to_string(),
             keepalive_cmd: Vec::new(),
             env: BTreeMap::new(),
+            spawn: String::new(),
         }
     }
 }
@@ -215,7 +227,7 @@ impl Config {
     /// `uid = 0` without `run_as_root = true` is an error rather than a
     /// warning: it would run students as root while the config claims not to.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = self.tls.problems("tls");
         if self.heartbeat_interval_ms == 0 {
             problems.push("heartbeat_interval_ms: must be > 0".to_string());
         }
@@ -282,6 +294,7 @@ impl EnvironmentConfig {
             keepalive_cmd: self.keepalive_cmd.clone(),
             env: self.env.clone().into_iter().collect(),
             description: self.description.clone(),
+            spawn: self.spawn.clone(),
         }
     }
 
@@ -356,6 +369,13 @@ impl EnvironmentConfig {
             problems.push(format!(
                 "{}: the program (first element) must not be empty",
                 key("keepalive_cmd")
+            ));
+        }
+        if !matches!(self.spawn.as_str(), "" | "helper" | "exec") {
+            problems.push(format!(
+                "{}: {:?} must be \"helper\" or \"exec\"",
+                key("spawn"),
+                self.spawn
             ));
         }
         for (var, value) in &self.env {
@@ -447,6 +467,7 @@ mod tests {
             shell = "/bin/bash"
             keepalive_cmd = ["sleep", "infinity"]
             env = { CUDA_VISIBLE_DEVICES = "0" }
+            spawn = "exec"
             "#,
         )
         .unwrap();
@@ -457,6 +478,7 @@ mod tests {
         assert_eq!(gpu.memory_bytes, 0);
         assert_eq!(gpu.uid, DEFAULT_UID);
         assert_eq!(gpu.env["CUDA_VISIBLE_DEVICES"], "0");
+        assert_eq!(gpu.spawn, "exec");
         let default = config.environments["default"].to_proto("default");
         assert_eq!(default.memory_bytes, 512 * 1024 * 1024);
         assert_eq!(default.pids_limit, 256);
@@ -531,6 +553,16 @@ mod tests {
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
         let text = config.validate().unwrap_err().to_string();
         assert!(text.contains("11 problems"), "{text}");
+    }
+
+    #[test]
+    fn spawn_is_helper_or_exec() {
+        let mut config = Config::default();
+        config.environments.get_mut("default").unwrap().spawn = "docker".to_string();
+        assert_eq!(
+            problems(&config),
+            [r#"environments.default.spawn: "docker" must be "helper" or "exec""#]
+        );
     }
 
     #[test]

@@ -77,7 +77,13 @@ pub async fn run(
         default_environment = %config.default_environment,
         "controller serving gRPC"
     );
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if config.tls.enabled() {
+        server = server
+            .tls_config(config.tls.server()?)
+            .context("tls: bad certificate or key")?;
+    }
+    let served = server
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(ControllerServer::new(service))
@@ -90,8 +96,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Logs agents as they go silent, once per heartbeat interval. Placement
-/// checks liveness itself, so this is for operators only.
+/// Logs agents as they go silent and records the agent gauges, once per
+/// heartbeat interval. Placement checks liveness itself, so this is for
+/// operators only.
 async fn sweep(registry: Arc<Registry>, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -99,7 +106,9 @@ async fn sweep(registry: Arc<Registry>, every: Duration, stop: CancellationToken
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {
-                registry.sweep(Instant::now());
+                let now = Instant::now();
+                registry.sweep(now);
+                labssh_telemetry::metrics::controller_agents(&registry.agents(now));
             }
         }
     }

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http::Uri;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::field::Empty;
 use tracing::{debug, info, warn};
 
 use crate::catalogue::Catalogue;
@@ -117,19 +118,39 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::PlaceRequest>,
     ) -> Result<Response<pb::PlaceReply>, Status> {
+        // A child of the proxy's `place` span: one SSH connection, one trace.
+        let span = tracing::info_span!(
+            "controller.place",
+            user = Empty,
+            environment = Empty,
+            agent = Empty,
+            outcome = Empty
+        );
+        labssh_telemetry::grpc::set_parent(&span, request.metadata());
+        let _entered = span.enter();
         let pb::PlaceRequest { user, environment } = request.into_inner();
         if user.is_empty() {
             return Err(Status::invalid_argument("user must not be empty"));
         }
-        let environment = self.catalogue.resolve(&environment)?;
+        span.record("user", user.as_str());
+        let environment = self
+            .catalogue
+            .resolve(&environment)
+            .inspect_err(|e| placement_outcome(&span, place_error_outcome(e)))?;
+        span.record("environment", environment);
         let placed = self
             .registry
             .place(&user, environment, Instant::now())
-            .inspect_err(|e| match e {
-                // Operators must hear about a full cluster; the rest is routine.
-                PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
-                _ => debug!(%user, environment, "placement failed: {e}"),
+            .inspect_err(|e| {
+                placement_outcome(&span, place_error_outcome(e));
+                match e {
+                    // Operators must hear about a full cluster; the rest is routine.
+                    PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
+                    _ => debug!(%user, environment, "placement failed: {e}"),
+                }
             })?;
+        placement_outcome(&span, if placed.existing { "existing" } else { "new" });
+        span.record("agent", placed.agent.as_str());
         debug!(%user, environment, agent = %placed.agent, existing = placed.existing, "placed");
         Ok(Response::new(pb::PlaceReply {
             agent_name: placed.agent,
@@ -211,6 +232,21 @@ async fn serve_agent(
         }
     };
     registry.disconnect(&registration, reason);
+}
+
+/// Counts a placement answer and notes it on the rpc's span.
+fn placement_outcome(span: &tracing::Span, outcome: &'static str) {
+    labssh_telemetry::metrics::placement(outcome);
+    span.record("outcome", outcome);
+}
+
+/// The `labssh_placements_total` outcome of a failed placement.
+fn place_error_outcome(e: &PlaceError) -> &'static str {
+    match e {
+        PlaceError::UnknownEnvironment { .. } => "unknown_environment",
+        PlaceError::NoLiveAgents => "no_live_agents",
+        PlaceError::AllFull => "all_full",
+    }
 }
 
 fn check_agent_name(name: &str) -> Result<(), Status> {

@@ -1,1 +1,54 @@
-fn main() {}
+//! `labssh-loadtest`: the operators' load generator.
+//!
+//! `sweep` opens 1…300 parallel SSH connections per level and times every
+//! phase; `soak` holds interactive pty sessions and measures echo latency;
+//! `throughput` pushes and pulls bytes through sessions. Any SSH server can
+//! be a target, so labssh can be measured beside plain OpenSSH or another
+//! gateway in the same run.
+
+mod attempt;
+mod cli;
+mod client;
+mod level;
+mod levels;
+mod output;
+mod phases;
+mod plot;
+mod progress;
+mod size;
+mod soak;
+mod stop;
+mod summary;
+mod sweep;
+mod table;
+mod target;
+mod throughput;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(cli::EXIT_SETUP);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::EXIT_SETUP)
+        }
+    }
+}

@@ -8,3 +8,5 @@ pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("labssh.v1");
 }
+
+pub mod tls;

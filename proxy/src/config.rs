@@ -77,6 +77,12 @@ pub struct Config {
     pub proxy_protocol: ProxyProtocolConfig,
     /// Brute-force limits (shared through Redis when configured).
     pub rate_limit: crate::rate_limit::RateLimitConfig,
+    /// mTLS towards the controller and agents: this proxy's certificate and
+    /// the cluster CA. Empty means plain HTTP/2.
+    pub tls: labssh_proto::tls::TlsFiles,
+    /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
+    /// and `/readyz` (used by the binary); empty means none.
+    pub http: String,
 }
 
 impl Default for Config {
@@ -103,6 +109,8 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             proxy_protocol: ProxyProtocolConfig::default(),
             rate_limit: Default::default(),
+            tls: Default::default(),
+            http: String::new(),
         }
     }
 }
@@ -199,6 +207,7 @@ impl Config {
             }
         }
         problems.extend(self.rate_limit.problems());
+        problems.extend(self.tls.problems("tls"));
         if self.max_connections == 0 {
             problems.push("max_connections: must be greater than 0".into());
         }

@@ -7,11 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use labssh_telemetry::metrics::{self as telemetry, Phase};
 use russh::keys::PublicKey;
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, Pty};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::credential_cache::Lookup;
 use crate::login_name::LoginName;
@@ -38,6 +41,30 @@ pub(crate) struct Connection {
     login: Option<LoginName>,
     /// Session channels opened so far.
     channels: usize,
+    /// The connection's trace (`ssh`, see [`connection_span`]); every phase
+    /// span is its child. Lives as long as the connection.
+    span: tracing::Span,
+    /// When the connection was accepted: start of the accept phase and of
+    /// the login time.
+    accepted: Instant,
+    /// The accept phase (version and key exchange), closed at the first
+    /// authentication request.
+    accept_phase: Option<tracing::Span>,
+    /// Counts the connection as open until it is dropped.
+    _open: telemetry::Active,
+}
+
+/// The root span of one SSH connection: one connection, one trace.
+pub(crate) fn connection_span(socket_peer: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        "ssh",
+        socket_peer = %socket_peer,
+        peer = Empty,
+        conn = Empty,
+        user = Empty,
+        environment = Empty,
+        method = Empty
+    )
 }
 
 impl Connection {
@@ -45,6 +72,11 @@ impl Connection {
         let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let ip = client.map(|c| c.ip());
         tracing::debug!(conn = id, %peer, "connection accepted");
+        // The accept loop runs this inside the connection's `ssh` span.
+        let span = tracing::Span::current();
+        span.record("peer", peer.as_str());
+        span.record("conn", id);
+        let accept_phase = Some(tracing::info_span!(parent: &span, "accept"));
         Connection {
             shared,
             peer,
@@ -52,7 +84,32 @@ impl Connection {
             id,
             login: None,
             channels: 0,
+            span,
+            accepted: Instant::now(),
+            accept_phase,
+            _open: telemetry::connection_opened(),
         }
+    }
+
+    /// The first authentication request ends the accept phase.
+    fn auth_requested(&mut self) {
+        if let Some(span) = self.accept_phase.take() {
+            telemetry::setup_phase(Phase::Accept, self.accepted.elapsed());
+            drop(span);
+        }
+    }
+
+    /// The span of one authentication attempt.
+    fn auth_span(&self, method: &'static str, user: &str) -> tracing::Span {
+        tracing::info_span!(
+            parent: &self.span,
+            "auth",
+            method,
+            user,
+            cache = Empty,
+            authenticator_seconds = Empty,
+            result = Empty
+        )
     }
 
     fn parse_login(&self, login: &str, method: &str) -> Option<LoginName> {
@@ -65,7 +122,20 @@ impl Connection {
         }
     }
 
-    fn accept(&mut self, login: LoginName, method: &str, cache: &str, started: Instant) -> Auth {
+    fn accept(
+        &mut self,
+        login: LoginName,
+        method: &'static str,
+        cache: &str,
+        started: Instant,
+    ) -> Auth {
+        telemetry::auth_attempt(method, true);
+        telemetry::setup_phase(Phase::Auth, started.elapsed());
+        tracing::Span::current().record("result", "accepted");
+        self.span.record("user", login.user.as_str());
+        self.span
+            .record("environment", login.environment.as_deref().unwrap_or(""));
+        self.span.record("method", method);
         tracing::info!(
             conn = self.id,
             peer = %self.peer,
@@ -80,7 +150,9 @@ impl Connection {
         Auth::Accept
     }
 
-    fn reject(&self, login: &LoginName, method: &str, why: &str) -> Auth {
+    fn reject(&self, login: &LoginName, method: &'static str, why: &str) -> Auth {
+        telemetry::auth_attempt(method, false);
+        tracing::Span::current().record("result", "rejected");
         // The reason stays in the log; the client learns only "denied".
         tracing::warn!(conn = self.id, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
         Auth::reject()
@@ -94,7 +166,13 @@ impl Connection {
             .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
     }
 
-    async fn check_password(&mut self, login: LoginName, password: &str, method: &str) -> Auth {
+    /// Runs inside the attempt's `auth` span.
+    async fn check_password(
+        &mut self,
+        login: LoginName,
+        password: &str,
+        method: &'static str,
+    ) -> Auth {
         let started = Instant::now();
         let limiter = &self.shared.limiter;
         let user_failures = match limiter.check(self.ip, &login.user).await {
@@ -111,6 +189,8 @@ impl Connection {
             return self.reject(&login, method, "no such user or no password set");
         };
         let lookup = self.shared.cache.lookup(&login.user, password, &hash).await;
+        telemetry::auth_cache_lookup(lookup.as_str());
+        tracing::Span::current().record("cache", lookup.as_str());
         if lookup == Lookup::Hit {
             if user_failures > 0 {
                 limiter.success(&login.user).await;
@@ -118,9 +198,11 @@ impl Connection {
             return self.accept(login, method, lookup.as_str(), started);
         }
         let (pw, h) = (password.to_string(), hash.clone());
+        let verifying = Instant::now();
         let ok = tokio::task::spawn_blocking(move || crate::users::verify_password(&pw, &h))
             .await
             .unwrap_or(false);
+        tracing::Span::current().record("authenticator_seconds", verifying.elapsed().as_secs_f64());
         if !ok {
             limiter.failure(self.ip, &login.user).await;
             return self.reject(&login, method, "wrong password");
@@ -136,11 +218,21 @@ impl Connection {
 impl russh::server::Handler for Connection {
     type Error = anyhow::Error;
 
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        self.auth_requested();
+        Ok(Auth::reject())
+    }
+
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        self.auth_requested();
         let Some(login) = self.parse_login(user, "password") else {
             return Ok(Auth::reject());
         };
-        Ok(self.check_password(login, password, "password").await)
+        let span = self.auth_span("password", &login.user);
+        Ok(self
+            .check_password(login, password, "password")
+            .instrument(span)
+            .await)
     }
 
     async fn auth_publickey_offered(
@@ -148,6 +240,7 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.auth_requested();
         let Ok(login) = LoginName::parse(user) else {
             return Ok(Auth::reject());
         };
@@ -163,10 +256,12 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.auth_requested();
         let started = Instant::now();
         let Some(login) = self.parse_login(user, "publickey") else {
             return Ok(Auth::reject());
         };
+        let _span = self.auth_span("publickey", &login.user).entered();
         if self.key_allowed(&login.user, key.public_key) {
             Ok(self.accept(login, "publickey", "n/a", started))
         } else {
@@ -183,6 +278,7 @@ impl russh::server::Handler for Connection {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.auth_requested();
         let login = match LoginName::parse(user) {
             Ok(l) => l,
             Err(e) => {
@@ -208,8 +304,10 @@ impl russh::server::Handler for Connection {
                     .next()
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .unwrap_or_default();
+                let span = self.auth_span("keyboard-interactive", &login.user);
                 Ok(self
                     .check_password(login, &password, "keyboard-interactive")
+                    .instrument(span)
                     .await)
             }
         }
@@ -241,6 +339,9 @@ impl russh::server::Handler for Connection {
             login,
             conn: self.id,
             handle: session.handle(),
+            span: self.span.clone(),
+            // Login time is measured to the connection's first process only.
+            accepted: (self.channels == 1).then_some(self.accepted),
         };
         tokio::spawn(session_channel::run(channel, ctx));
         Ok(())

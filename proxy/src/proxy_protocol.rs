@@ -73,7 +73,15 @@ impl Policy {
         if !self.trusts(&peer) {
             return Ok(Peer::Client(peer));
         }
-        match tokio::time::timeout(HEADER_TIMEOUT, self.read_header(stream, peer)).await {
+        match tokio::time::timeout(
+            HEADER_TIMEOUT,
+            tracing::Instrument::instrument(
+                self.read_header(stream, peer),
+                tracing::info_span!("proxy_header"),
+            ),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) if !self.required => Ok(Peer::Client(peer)),
             Err(_) => Err(ProxyHeaderError::Timeout(peer)),

@@ -73,6 +73,7 @@ pub async fn run(
     let limiter = RateLimiter::new(config.rate_limit.clone(), redis);
     let upstream = Upstream::new(
         &config.controller,
+        config.tls.clone(),
         config.controller_timeout(),
         config.placement_cache_ttl(),
     )?;
@@ -148,10 +149,13 @@ pub async fn run(
                     policy: policy.clone(),
                     stop: stop_rx.clone(),
                 };
-                tokio::spawn(async move {
+                // One connection, one trace: its phases are children of this span.
+                let span = crate::handler::connection_span(peer);
+                let serve = async move {
                     conn.serve(stream, peer).await;
                     drop(slot);
-                });
+                };
+                tokio::spawn(tracing::Instrument::instrument(serve, span));
             }
         }
     }

@@ -7,22 +7,26 @@
 //! stderr and exit status 255, never as a silently dropped channel.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use labssh_proto::pb;
+use labssh_telemetry::metrics::{self as telemetry, Component, Direction, Phase};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::login_name::LoginName;
 use crate::server::Shared;
-use crate::upstream::Placement;
+use crate::upstream::{PlaceError, Placement};
 
 /// Exit status for failures of the gateway itself, as ssh uses for its own.
 const GATEWAY_FAILURE_STATUS: u32 = 255;
@@ -41,6 +45,11 @@ pub(crate) struct ChannelContext {
     pub conn: u64,
     /// Connection handle, for exit-signal.
     pub handle: Handle,
+    /// The connection's `ssh` span, parent of this channel's `session` span.
+    pub span: tracing::Span,
+    /// When the connection was accepted, for the connection's first channel
+    /// only: its start ends the student's login time.
+    pub accepted: Option<Instant>,
 }
 
 /// The pieces of the `start` message gathered from channel requests.
@@ -90,6 +99,13 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         }
     };
     let newline = if req.pty.is_some() { "\r\n" } else { "\n" };
+    let session_span = tracing::info_span!(
+        parent: &ctx.span,
+        "session",
+        channel = ?id,
+        kind = if command.is_empty() { "shell" } else { "exec" },
+        pty = req.pty.is_some()
+    );
     let fail = |message: String| {
         let write = &write;
         async move {
@@ -116,10 +132,23 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         mut outputs,
         started,
         placement,
-    } = match open(&ctx, &requested_env, start).await {
+    } = match open(&ctx, &requested_env, start)
+        .instrument(session_span.clone())
+        .await
+    {
         Ok(o) => o,
         Err(message) => return fail(message).await,
     };
+    let started_at = Instant::now();
+    if let Some(accepted) = ctx.accepted {
+        telemetry::login(started_at.duration_since(accepted));
+    }
+    let _forwarding = telemetry::forwarding_started("session");
+    let first_byte = Mutex::new(Some(
+        tracing::info_span!(parent: &session_span, "first_byte"),
+    ));
+    let to_container = AtomicU64::new(0);
+    let to_client = AtomicU64::new(0);
     tracing::info!(
         conn = ctx.conn,
         %user,
@@ -132,10 +161,15 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
 
     // Client → agent. Runs on its own so a process that is blocked writing
     // output can never stall delivery of its input, and vice versa.
+    let counted = &to_container;
     let upstream = async move {
         while let Some(msg) = read.wait().await {
             let input = match msg {
-                ChannelMsg::Data { data } => In::Stdin(data.to_vec()),
+                ChannelMsg::Data { data } => {
+                    counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    telemetry::forwarded_bytes(Direction::ToContainer, data.len());
+                    In::Stdin(data.to_vec())
+                }
                 ChannelMsg::Eof => In::Eof(pb::Eof {}),
                 ChannelMsg::WindowChange {
                     col_width,
@@ -165,16 +199,26 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
 
     // Agent → client, honouring the client's SSH window.
     let write = &write;
+    let sent = |n: usize| {
+        if let Some(span) = first_byte.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            telemetry::setup_phase(Phase::FirstByte, started_at.elapsed());
+            drop(span);
+        }
+        to_client.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::forwarded_bytes(Direction::ToClient, n);
+    };
     let downstream = async {
         while let Some(item) = outputs.next().await {
             match item {
                 Ok(pb::SessionOutput { msg: Some(msg) }) => match msg {
                     Out::Stdout(b) => {
+                        sent(b.len());
                         if write.data_bytes(Bytes::from(b)).await.is_err() {
                             return Ending::ClientGone;
                         }
                     }
                     Out::Stderr(b) => {
+                        sent(b.len());
                         if write.extended_data_bytes(1, Bytes::from(b)).await.is_err() {
                             return Ending::ClientGone;
                         }
@@ -206,6 +250,31 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         }
     };
 
+    let close_span = tracing::info_span!(
+        parent: &session_span,
+        "close",
+        ending = ending.as_str(),
+        exit_status = Empty,
+        exit_signal = Empty,
+        bytes_to_container = to_container.load(Ordering::Relaxed),
+        bytes_to_client = to_client.load(Ordering::Relaxed)
+    );
+    match &ending {
+        Ending::Exited(pb::ExitStatus {
+            status: Some(pb::exit_status::Status::Code(code)),
+            ..
+        }) => {
+            close_span.record("exit_status", code);
+        }
+        Ending::Exited(pb::ExitStatus {
+            status: Some(pb::exit_status::Status::Signal(name)),
+            ..
+        }) => {
+            close_span.record("exit_signal", name.as_str());
+        }
+        Ending::Failed(_) => telemetry::error(Component::Proxy, "session_lost"),
+        _ => {}
+    }
     match ending {
         Ending::Exited(status) => {
             let _ = write.eof().await;
@@ -240,6 +309,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
             let _ = write.close().await;
         }
     }
+    drop(close_span);
     tracing::debug!(conn = ctx.conn, channel = ?id, "channel closed");
 }
 
@@ -277,10 +347,34 @@ async fn open(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let placement = upstream.place(user, requested_env).await.map_err(|e| {
-            tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
-            e.to_string()
-        })?;
+        let place_span = tracing::info_span!(
+            "place",
+            environment = %requested_env,
+            attempt,
+            cached = false,
+            agent = Empty
+        );
+        let placing = Instant::now();
+        let placement = upstream
+            .place(user, requested_env)
+            .instrument(place_span.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
+                telemetry::error(Component::Proxy, place_error_kind(&e));
+                e.to_string()
+            })?;
+        telemetry::setup_phase(Phase::Place, placing.elapsed());
+        place_span.record("agent", placement.agent.as_str());
+        drop(place_span);
+        let start_span = tracing::info_span!(
+            "start",
+            agent = %placement.agent,
+            attempt,
+            container = Empty,
+            container_started = Empty
+        );
+        let starting = Instant::now();
         let mut agent = upstream.agent(&placement.endpoint)?;
         start.environment = placement.environment.clone();
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
@@ -291,7 +385,7 @@ async fn open(
             .await;
         let opened = tokio::time::timeout(timeout, async {
             let mut outputs = agent
-                .session(ReceiverStream::new(rx))
+                .session(labssh_telemetry::grpc::request(ReceiverStream::new(rx)))
                 .await
                 .map_err(|s| StartFailure::Unreachable(s.message().to_string()))?
                 .into_inner();
@@ -311,7 +405,23 @@ async fn open(
                 )),
             }
         })
+        .instrument(start_span.clone())
         .await;
+        match &opened {
+            Ok(Ok((_, started))) => {
+                telemetry::setup_phase(Phase::Start, starting.elapsed());
+                start_span.record("container", started.container.as_str());
+                start_span.record("container_started", started.container_started);
+            }
+            Ok(Err(StartFailure::Unreachable(_))) => {
+                telemetry::error(Component::Proxy, "agent_unreachable")
+            }
+            Ok(Err(StartFailure::Refused(_))) => {
+                telemetry::error(Component::Proxy, "session_start_failed")
+            }
+            Err(_) => telemetry::error(Component::Proxy, "session_start_timeout"),
+        }
+        drop(start_span);
         match opened {
             Ok(Ok((outputs, started))) => {
                 return Ok(Opened {
@@ -338,6 +448,27 @@ async fn open(
                     timeout.as_secs()
                 ));
             }
+        }
+    }
+}
+
+/// The `errors_total` kind of a failed placement.
+fn place_error_kind(e: &PlaceError) -> &'static str {
+    match e {
+        PlaceError::UnknownEnvironment(_) => "place_unknown_environment",
+        PlaceError::NoCapacity(_) => "place_no_capacity",
+        PlaceError::ControllerDown => "place_controller_down",
+        _ => "place_failed",
+    }
+}
+
+impl Ending {
+    /// How the channel ended, for its `close` span.
+    fn as_str(&self) -> &'static str {
+        match self {
+            Ending::Exited(_) => "exited",
+            Ending::Failed(_) => "failed",
+            Ending::ClientGone => "client_gone",
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use labssh_proto::pb;
+use labssh_proto::tls::{TlsFiles, AGENT_NAME, CONTROLLER_NAME};
 use pb::agent_client::AgentClient;
 use pb::controller_client::ControllerClient;
 use tonic::transport::{Channel, Endpoint};
@@ -54,24 +55,34 @@ pub struct Upstream {
     placements: Mutex<HashMap<(String, String), (Instant, Placement)>>,
     /// How long a placement stays cached.
     placement_ttl: Duration,
+    /// mTLS material for both controller and agents.
+    tls: TlsFiles,
 }
 
-fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(uri.to_string())?
+/// An endpoint with our timeouts, and mTLS verifying the server as
+/// `server_name` when TLS is configured.
+fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endpoint> {
+    let endpoint = Endpoint::from_shared(uri.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(HTTP2_KEEPALIVE)
         .keep_alive_while_idle(true)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    if tls.enabled() {
+        Ok(endpoint.tls_config(tls.client(server_name)?)?)
+    } else {
+        Ok(endpoint)
+    }
 }
 
 impl Upstream {
     /// Builds the clients; nothing connects until first use.
     pub fn new(
         controller_uri: &str,
+        tls: TlsFiles,
         controller_timeout: Duration,
         placement_ttl: Duration,
     ) -> anyhow::Result<Upstream> {
-        let channel = endpoint(controller_uri)
+        let channel = endpoint(controller_uri, &tls, CONTROLLER_NAME)
             .map_err(|e| anyhow::anyhow!("controller: {controller_uri:?}: {e}"))?
             .connect_lazy();
         Ok(Upstream {
@@ -80,6 +91,7 @@ impl Upstream {
             agents: Mutex::new(HashMap::new()),
             placements: Mutex::new(HashMap::new()),
             placement_ttl,
+            tls,
         })
     }
 
@@ -88,6 +100,7 @@ impl Upstream {
         let key = (user.to_string(), environment.to_string());
         if let Some((at, p)) = self.placements.lock().expect("lock").get(&key) {
             if at.elapsed() < self.placement_ttl {
+                tracing::Span::current().record("cached", true);
                 return Ok(p.clone());
             }
         }
@@ -96,7 +109,11 @@ impl Upstream {
             user: user.to_string(),
             environment: environment.to_string(),
         };
-        let reply = match tokio::time::timeout(self.controller_timeout, client.place(request)).await
+        let reply = match tokio::time::timeout(
+            self.controller_timeout,
+            client.place(labssh_telemetry::grpc::request(request)),
+        )
+        .await
         {
             Err(_) => return Err(PlaceError::ControllerDown),
             Ok(Err(status)) => {
@@ -143,7 +160,7 @@ impl Upstream {
         if let Some(c) = agents.get(uri) {
             return Ok(c.clone());
         }
-        let channel = endpoint(uri)
+        let channel = endpoint(uri, &self.tls, AGENT_NAME)
             .map_err(|e| format!("bad agent endpoint {uri:?}: {e}"))?
             .connect_lazy();
         let client = AgentClient::new(channel);

@@ -7,6 +7,7 @@ pub mod process;
 pub mod pty;
 pub mod redis_server;
 pub mod ssh;
+pub mod telemetry;
 
 use std::sync::Once;
 

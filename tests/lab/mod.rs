@@ -24,6 +24,8 @@ pub struct LabOptions {
     pub agents: Option<usize>,
     /// Point the proxy at this controller URL instead (e.g. a dead one).
     pub controller_override: Option<String>,
+    /// mTLS between the roles, with certificates made for this lab.
+    pub tls: bool,
     /// Brute-force limits for the proxy (default: the proxy's defaults).
     pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
 }
@@ -37,8 +39,15 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
 }
 
+/// How the lab's environments start processes: `LABSSH_TEST_SPAWN=exec` runs the whole
+/// suite on Docker exec instead of the in-container helper (scripts/test.sh does both).
+pub fn spawn_path() -> String {
+    std::env::var("LABSSH_TEST_SPAWN").unwrap_or_else(|_| "helper".into())
+}
+
 /// The catalogue every test lab uses.
 pub fn controller_toml() -> String {
+    let spawn = spawn_path();
     format!(
         r#"
 heartbeat_interval_ms = 200
@@ -46,6 +55,7 @@ default_environment = "default"
 
 [environments.default]
 image = "{TEST_IMAGE}"
+spawn = "{spawn}"
 memory_mb = 256
 cpus = 1.0
 pids_limit = 128
@@ -54,12 +64,14 @@ gid = 1000
 
 [environments.admin]
 image = "{TEST_IMAGE}"
+spawn = "{spawn}"
 description = "root shell, for labs that need it"
 run_as_root = true
 cap_add = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 
 [environments.broken]
 image = "labssh/this-image-does-not-exist:never"
+spawn = "{spawn}"
 "#
     )
 }
@@ -112,6 +124,7 @@ impl Lab {
                 controller,
                 agents,
                 proxy,
+                tls_dir: options.tls.then(|| dir.path().join("certs")),
             },
             listener,
         )

@@ -2,8 +2,10 @@
 
 mod container_spec;
 mod exec;
+mod helper_container;
 mod hijack;
 mod home_archive;
+mod routes;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -13,16 +15,23 @@ use bollard::query_parameters::{
     UploadToContainerOptionsBuilder,
 };
 use bollard::{body_full, Docker, API_DEFAULT_VERSION};
+use bollard::models::ImageInspect;
 use labssh_proto::pb;
+use tokio::time::Instant;
 
-pub use container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_USER};
+pub use container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_SPAWN, LABEL_USER};
+pub use routes::SpawnPath;
 
+use super::helper::HelperError;
+use super::init_binary::{self, HelperSetup};
 use super::{
-    Backend, BackendError, ContainerInfo, ContainerState, Ensured, KeyedLock, Process, SpawnSpec,
+    Backend, BackendError, ContainerInfo, ContainerState, Duplex, Ensured, KeyedLock, Process,
+    SpawnSpec,
 };
 use crate::config::Config;
 use crate::names;
-use container_spec::{container_name, volume_labels, volume_name, ContainerPlan};
+use container_spec::{container_name, volume_labels, volume_name, ContainerPlan, HelperPlan};
+use routes::{Route, Routes};
 
 /// bollard's request timeout; container creation on a busy node can take a while.
 const DOCKER_TIMEOUT_SECS: u64 = 120;
@@ -45,6 +54,10 @@ pub struct DockerBackend {
     keepalive_cmd: Vec<String>,
     /// Serializes ensure per container name.
     locks: KeyedLock,
+    /// labssh-init and the socket directories; `None` creates containers for exec.
+    helper: Option<HelperSetup>,
+    /// How processes start in each known container.
+    routes: Routes,
 }
 
 impl DockerBackend {
@@ -68,7 +81,55 @@ impl DockerBackend {
             prefix: config.container_prefix.clone(),
             keepalive_cmd: config.keepalive_cmd.clone(),
             locks: KeyedLock::default(),
+            helper: HelperSetup::prepare(config),
+            routes: Routes::default(),
         })
+    }
+
+    /// How processes would start in `container` now (an id or name).
+    pub async fn spawn_path(&self, container: &str) -> Result<SpawnPath, BackendError> {
+        Ok(self.route(container).await?.path())
+    }
+
+    /// [`Backend::spawn`] through the given path, for comparing the two (the benchmark)
+    /// and testing the fallback. Asking for the helper of a container without one fails.
+    pub async fn spawn_via(
+        &self,
+        container: &str,
+        spec: SpawnSpec,
+        path: SpawnPath,
+    ) -> Result<Process, BackendError> {
+        match path {
+            SpawnPath::Exec => exec::spawn(&self.docker, &self.socket, container, spec).await,
+            SpawnPath::Helper => {
+                let route = self.route(container).await?;
+                let socket = route.helper.ok_or_else(|| {
+                    BackendError::SpawnFailed(format!("container {container} has no helper"))
+                })?;
+                socket
+                    .spawn(&spec, route.ready_by)
+                    .await
+                    .map_err(|e| BackendError::SpawnFailed(e.to_string()))
+            }
+        }
+    }
+
+    /// The known route of a container, else the one its labels and mounts say.
+    async fn route(&self, container: &str) -> Result<Route, BackendError> {
+        if let Some(route) = self.routes.get(container) {
+            return Ok(route);
+        }
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action: "looking up the container",
+                message: docker_message(&e),
+            })?;
+        let route = helper_container::route_of(&inspect, Instant::now());
+        self.routes.set_if_unknown(container, route.clone());
+        Ok(route)
     }
 
     /// The bollard client, for callers that need more than the trait offers.
@@ -82,8 +143,8 @@ impl DockerBackend {
         user: &str,
         env: &pb::Environment,
     ) -> Result<Ensured, BackendError> {
-        match self.docker.inspect_image(&env.image).await {
-            Ok(_) => {}
+        let image = match self.docker.inspect_image(&env.image).await {
+            Ok(image) => image,
             Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
             Err(e) => {
                 return Err(BackendError::Runtime {
@@ -91,7 +152,7 @@ impl DockerBackend {
                     message: docker_message(&e),
                 })
             }
-        }
+        };
         // Creating an existing volume returns it unchanged.
         self.docker
             .create_volume(VolumeCreateRequest {
@@ -101,12 +162,18 @@ impl DockerBackend {
             })
             .await
             .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
+        let helper_dir = self.helper_dir(name, env);
+        let helper = match (&self.helper, &helper_dir) {
+            (Some(setup), Some(dir)) => Some(helper_plan(setup, dir, &image)),
+            _ => None,
+        };
         let body = ContainerPlan {
             agent: &self.agent,
             prefix: &self.prefix,
             user,
             env,
             default_keepalive: &self.keepalive_cmd,
+            helper,
         }
         .create_body();
         let options = CreateContainerOptionsBuilder::new().name(name).build();
@@ -115,18 +182,23 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
             Err(e) => return Err(BackendError::CreateFailed(docker_message(&e))),
         };
-        tracing::info!(container = name, image = %env.image, "created container");
+        let path = if helper_dir.is_some() { "helper" } else { "exec" };
+        tracing::info!(container = name, image = %env.image, spawn = path, "created container");
         if !env.run_as_root {
             self.fix_home(&created.id, user, env).await;
         }
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
+        let started = match self.docker.start_container(&created.id, None).await {
+            Ok(()) => self.after_start(&created.id, helper_dir.as_deref()).await,
+            Err(e) => Err(BackendError::StartFailed(docker_message(&e))),
+        };
+        if let Err(e) = started {
             // A container that never ran is removed, so the next login recreates it from
             // the catalogue as it is then instead of failing the same way forever.
             let force = RemoveContainerOptionsBuilder::new().force(true).build();
             if let Err(rm) = self.docker.remove_container(&created.id, Some(force)).await {
                 tracing::warn!(container = name, error = %rm, "cannot remove container that failed to start");
             }
-            return Err(BackendError::StartFailed(docker_message(&e)));
+            return Err(e);
         }
         Ok(Ensured {
             container_id: created.id,
@@ -140,9 +212,11 @@ impl DockerBackend {
     /// image's /etc/passwd has no such user.
     async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
         let archive = home_archive::directory(user, env.uid, env.gid, HOME_MODE);
+        // Without copyUIDGID Docker keeps the archive's owner; with it, it would chown to
+        // the container's user, which is root for a helper container.
         let options = UploadToContainerOptionsBuilder::new()
             .path(HOME_PARENT)
-            .copy_uidgid("true")
+            .copy_uidgid("false")
             .no_overwrite_dir_non_dir("true")
             .build();
         if let Err(e) = self
@@ -152,6 +226,39 @@ impl DockerBackend {
         {
             tracing::warn!(container, user, error = %docker_message(&e), "cannot set up home directory");
         }
+    }
+
+    /// The directory to share with a new container, when it gets the helper.
+    fn helper_dir(&self, name: &str, env: &pb::Environment) -> Option<std::path::PathBuf> {
+        if env.spawn == SpawnPath::Exec.name() {
+            return None;
+        }
+        match self.helper.as_ref()?.container_dir(name) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!(container = name, error = %e, "cannot create the helper directory; this container uses Docker exec");
+                None
+            }
+        }
+    }
+
+    /// Records how processes start in a container Docker just started, and waits for its
+    /// helper; fails if the container stopped at once (its command could not start).
+    async fn after_start(
+        &self,
+        id: &str,
+        helper_dir: Option<&std::path::Path>,
+    ) -> Result<(), BackendError> {
+        let helper = helper_dir.map(super::helper::HelperSocket::in_dir);
+        if let Some(socket) = &helper {
+            helper_container::wait_ready(&self.docker, id, socket)
+                .await
+                .map_err(BackendError::StartFailed)?;
+        }
+        // Ready (or given up on): from now on a missing socket means no helper.
+        let ready_by = Instant::now();
+        self.routes.set(id, Route { helper, ready_by });
+        Ok(())
     }
 
     fn image_missing(&self, env: &pb::Environment) -> BackendError {
@@ -196,6 +303,8 @@ impl Backend for DockerBackend {
             return Err(BackendError::NameTaken(name));
         }
         let id = existing.id.clone().unwrap_or_else(|| name.clone());
+        let route = helper_container::route_of(&existing, Instant::now());
+        let helper_dir = route.helper.as_ref().and_then(|s| s.path.parent());
         let state = existing.state.as_ref();
         let running = state.and_then(|s| s.running) == Some(true);
         let paused = state.and_then(|s| s.paused) == Some(true);
@@ -204,8 +313,10 @@ impl Backend for DockerBackend {
                 .unpause_container(&id)
                 .await
                 .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
+            self.routes.set_if_unknown(&id, route);
             true
         } else if running {
+            self.routes.set_if_unknown(&id, route);
             false
         } else {
             let status = state.and_then(|s| s.status);
@@ -214,11 +325,18 @@ impl Backend for DockerBackend {
                     "the container is being removed; try again".to_owned(),
                 ));
             }
+            if let Some(dir) = helper_dir {
+                // Gone after a reboot (/run is tmpfs); Docker cannot mount a missing one.
+                if let Err(e) = init_binary::create_private_dir(dir) {
+                    tracing::warn!(container = %name, error = %e, "cannot create the helper directory");
+                }
+            }
             self.docker
                 .start_container(&id, None)
                 .await
                 .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
             tracing::info!(container = %name, "started container");
+            self.after_start(&id, helper_dir).await?;
             true
         };
         Ok(Ensured {
@@ -233,7 +351,50 @@ impl Backend for DockerBackend {
         if spec.argv.is_empty() {
             return Err(BackendError::SpawnFailed("empty command".to_owned()));
         }
-        exec::spawn(&self.docker, &self.socket, container, spec).await
+        let route = self.route(container).await?;
+        if let Some(socket) = &route.helper {
+            match socket.spawn(&spec, route.ready_by).await {
+                Ok(process) => {
+                    labssh_telemetry::metrics::note_spawn_path(SpawnPath::Helper.name());
+                    tracing::info!(container, spawn = "helper", "process started");
+                    return Ok(process);
+                }
+                Err(HelperError::Failed(message)) => {
+                    return Err(BackendError::SpawnFailed(message))
+                }
+                Err(HelperError::Unavailable(why)) => {
+                    tracing::warn!(container, reason = %why, "the container's helper does not answer; using Docker exec until it restarts");
+                    self.routes.fall_back_to_exec(container);
+                }
+            }
+        }
+        let process = exec::spawn(&self.docker, &self.socket, container, spec).await?;
+        labssh_telemetry::metrics::note_spawn_path(SpawnPath::Exec.name());
+        tracing::info!(container, spawn = "exec", "process started");
+        Ok(process)
+    }
+
+    async fn connect_tcp(
+        &self,
+        container: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let target = format!("{host}:{port}");
+        let failed = |message: String| BackendError::ConnectFailed {
+            target: target.clone(),
+            message,
+        };
+        let route = self.route(container).await?;
+        let socket = route.helper.ok_or_else(|| {
+            failed("the container has no labssh helper (it predates it, or its environment uses spawn = \"exec\"); it gets one when recreated".to_owned())
+        })?;
+        let stream = socket
+            .connect_tcp(host, port, route.ready_by)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tracing::debug!(container, target = %target, "TCP connection opened through the helper");
+        Ok(Box::new(stream))
     }
 
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {
@@ -255,6 +416,8 @@ impl Backend for DockerBackend {
                 action: "listing containers",
                 message: docker_message(&e),
             })?;
+        let ids = list.iter().filter_map(|c| c.id.clone()).collect();
+        self.routes.retain(&ids);
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -278,6 +441,22 @@ impl Backend for DockerBackend {
                 })
             })
             .collect())
+    }
+}
+
+/// The helper part of a new container's plan: the image's own command and user.
+fn helper_plan<'a>(
+    setup: &'a HelperSetup,
+    dir: &'a std::path::Path,
+    image: &ImageInspect,
+) -> HelperPlan<'a> {
+    let config = image.config.as_ref();
+    HelperPlan {
+        init: &setup.init,
+        dir,
+        image_entrypoint: config.and_then(|c| c.entrypoint.clone()).unwrap_or_default(),
+        image_cmd: config.and_then(|c| c.cmd.clone()).unwrap_or_default(),
+        image_user: config.and_then(|c| c.user.clone()).unwrap_or_default(),
     }
 }
 

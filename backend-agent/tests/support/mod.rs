@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use labssh_agent::backend::{Backend, ExitStatus, Output, Process, PtySpec, SpawnSpec};
+use labssh_agent::backend::{
+    Backend, Ensured, ExitStatus, Output, Process, PtySpec, SpawnPath, SpawnSpec,
+};
 use labssh_agent::{Config, DockerBackend};
 use labssh_proto::pb;
 use rand::Rng;
@@ -40,7 +42,82 @@ pub fn ensure_image() {
     });
 }
 
-fn docker_cli(args: &[&str]) -> String {
+/// A busybox image whose ENTRYPOINT and CMD serve a page with httpd on port 8080 as
+/// USER nobody, built once (from the test image) if missing.
+pub const HTTPD_IMAGE: &str = "labssh/busybox-httpd:test";
+/// What [`HTTPD_IMAGE`] serves.
+pub const HTTPD_PAGE: &str = "served by the image command";
+
+/// Builds [`HTTPD_IMAGE`] if Docker does not have it.
+pub fn ensure_httpd_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        ensure_image();
+        if image_present(HTTPD_IMAGE) {
+            return;
+        }
+        let script = format!(
+            r#"set -e
+c=$(docker create {IMAGE})
+trap 'docker rm -f "$c" >/dev/null' EXIT
+docker export "$c" | docker import \
+  --change 'ENV PATH=/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'USER nobody' \
+  --change 'ENTRYPOINT ["/bin/sh", "-c"]' \
+  --change 'CMD ["mkdir -p /tmp/www && echo {HTTPD_PAGE} > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]' \
+  - {HTTPD_IMAGE} >/dev/null"#
+        );
+        let status = Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .expect("run docker");
+        assert!(status.success(), "building {HTTPD_IMAGE} failed");
+    });
+}
+
+/// The Debian image built by scripts/build-debian-image.sh (a minute or two with
+/// debootstrap when missing).
+pub const DEBIAN_IMAGE: &str = "labssh/debian:bookworm";
+
+/// Builds [`DEBIAN_IMAGE`] if Docker does not have it.
+pub fn ensure_debian_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if image_present(DEBIAN_IMAGE) {
+            return;
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/build-debian-image.sh"
+        );
+        let status = Command::new("bash")
+            .arg(script)
+            .arg(DEBIAN_IMAGE)
+            .status()
+            .expect("run image script");
+        assert!(status.success(), "building {DEBIAN_IMAGE} failed");
+    });
+}
+
+fn image_present(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A container's log, stdout and stderr.
+pub fn docker_logs(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Runs the docker CLI; returns stdout.
+pub fn docker_cli(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -129,6 +206,15 @@ impl Drop for Scratch {
         for v in vols.split_whitespace() {
             docker_cli(&["volume", "rm", "-f", v]);
         }
+        // The helper directories of this test's containers.
+        let helper_dir = std::path::PathBuf::from(Config::default().helper_dir);
+        if let Ok(entries) = std::fs::read_dir(&helper_dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&self.prefix) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +232,36 @@ pub fn environment() -> pb::Environment {
         env: HashMap::from([("LAB".to_owned(), "yes".to_owned())]),
         ..Default::default()
     }
+}
+
+/// [`environment`] with processes started through `path` ("helper" or "exec").
+pub fn environment_on(path: &str) -> pb::Environment {
+    pb::Environment {
+        spawn: path.into(),
+        ..environment()
+    }
+}
+
+/// Ensures `user`'s container of [`environment_on`]`(path)` and checks that processes
+/// will start through that path (so a missing labssh-init fails loudly here).
+pub async fn ensure_on(backend: &DockerBackend, user: &str, path: &str) -> Ensured {
+    let ensured = backend
+        .ensure(user, &environment_on(path))
+        .await
+        .expect("ensure");
+    let actual = backend.spawn_path(&ensured.container_id).await.unwrap();
+    assert_eq!(
+        actual.name(),
+        path,
+        "container {} would not use the {path} path (is labssh-init built?)",
+        ensured.name
+    );
+    ensured
+}
+
+/// Waits for a container's helper route to be the one given.
+pub async fn assert_path(backend: &DockerBackend, container: &str, path: SpawnPath) {
+    assert_eq!(backend.spawn_path(container).await.unwrap(), path);
 }
 
 /// Runs `sh -c script` as `user` without a pty, with stdin closed; returns stdout,

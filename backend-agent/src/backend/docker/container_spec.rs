@@ -1,6 +1,7 @@
 //! What a student's container looks like in Docker: names, labels and create options.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use bollard::models::{
     ContainerCreateBody, HostConfig, Mount, MountType, RestartPolicy, RestartPolicyNameEnum,
@@ -17,6 +18,25 @@ pub const LABEL_ENV: &str = "labssh.env";
 pub const LABEL_AGENT: &str = "labssh.agent";
 /// Label holding the name prefix, so operators can find one deployment's objects.
 pub const LABEL_PREFIX: &str = "labssh.prefix";
+/// Label saying how processes start in the container: "helper" or "exec".
+pub const LABEL_SPAWN: &str = "labssh.spawn";
+
+/// Where labssh-init is mounted (read-only) in a helper container.
+pub const INIT_PATH: &str = "/.labssh/init";
+/// Where the directory shared with the agent is mounted in a helper container.
+pub const RUN_DIR: &str = "/.labssh/run";
+/// What the helper needs for itself and takes away from every child: entering the
+/// working directory before switching user, as runc does (DAC_READ_SEARCH), switching
+/// to the student's ids (SETUID, SETGID), signalling processes of other users (KILL)
+/// and removing these from children's bounding set (SETPCAP). Docker's names and the
+/// kernel's numbers.
+const HELPER_CAPS: [(&str, u32); 5] = [
+    ("DAC_READ_SEARCH", 2),
+    ("KILL", 5),
+    ("SETGID", 6),
+    ("SETUID", 7),
+    ("SETPCAP", 8),
+];
 
 /// Keepalive commands exit on TERM at once; a short timeout keeps stops quick when they
 /// do not.
@@ -81,34 +101,97 @@ pub struct ContainerPlan<'a> {
     pub user: &'a str,
     /// The environment from the catalogue.
     pub env: &'a pb::Environment,
-    /// Used when the environment has no keepalive command.
+    /// Used when the environment has no keepalive command (Docker exec containers).
     pub default_keepalive: &'a [String],
+    /// Set for a container run by labssh-init.
+    pub helper: Option<HelperPlan<'a>>,
+}
+
+/// What makes a container a helper container.
+pub struct HelperPlan<'a> {
+    /// labssh-init on this host.
+    pub init: &'a Path,
+    /// The directory on this host shared with the container.
+    pub dir: &'a Path,
+    /// The image's ENTRYPOINT.
+    pub image_entrypoint: Vec<String>,
+    /// The image's CMD.
+    pub image_cmd: Vec<String>,
+    /// The image's USER; empty is root.
+    pub image_user: String,
 }
 
 impl ContainerPlan<'_> {
     /// The Docker create request: the environment's limits, all capabilities dropped
-    /// except the granted ones, no-new-privileges, and the home volume mounted.
+    /// except the granted ones, no-new-privileges, and the home volume mounted. A
+    /// helper container runs labssh-init as root with the helper's capabilities added
+    /// (it takes them from every child), the image's own command (or the environment's
+    /// keepalive command) as its child, and the shared directory and the binary
+    /// mounted.
     pub fn create_body(&self) -> ContainerCreateBody {
         let env = self.env;
-        let cmd = if env.keepalive_cmd.is_empty() {
-            self.default_keepalive.to_vec()
-        } else {
-            env.keepalive_cmd.clone()
-        };
         let positive = |v: i64| (v > 0).then_some(v);
+        let mut cap_add = env.cap_add.clone();
+        let mut mounts = vec![Mount {
+            target: Some(home_dir(self.user)),
+            source: Some(volume_name(self.prefix, self.user)),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }];
+        let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
+        let (entrypoint, cmd, user) = match &self.helper {
+            None => {
+                labels.insert(LABEL_SPAWN.to_owned(), "exec".to_owned());
+                let cmd = if env.keepalive_cmd.is_empty() {
+                    self.default_keepalive.to_vec()
+                } else {
+                    env.keepalive_cmd.clone()
+                };
+                // The keepalive command must run as given, not as arguments to the
+                // image's entrypoint.
+                (Vec::new(), cmd, None)
+            }
+            Some(helper) => {
+                labels.insert(LABEL_SPAWN.to_owned(), "helper".to_owned());
+                let mut drop = Vec::new();
+                for (name, number) in HELPER_CAPS {
+                    if !env.cap_add.iter().any(|c| same_capability(c, name)) {
+                        cap_add.push(name.to_owned());
+                        drop.push(number.to_string());
+                    }
+                }
+                mounts.push(bind(helper.init, INIT_PATH, true));
+                mounts.push(bind(helper.dir, RUN_DIR, false));
+                let main = if env.keepalive_cmd.is_empty() {
+                    [&helper.image_entrypoint[..], &helper.image_cmd[..]].concat()
+                } else {
+                    env.keepalive_cmd.clone()
+                };
+                let entrypoint = [
+                    INIT_PATH,
+                    "--socket",
+                    &format!("{RUN_DIR}/{}", crate::backend::helper::SOCKET_NAME),
+                    "--user",
+                    &helper.image_user,
+                    "--drop-caps",
+                    &drop.join(","),
+                    "--",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                // labssh-init runs as root to start processes as any user; the image's
+                // USER is for its command.
+                (entrypoint, main, Some("0:0".to_owned()))
+            }
+        };
         let host_config = HostConfig {
             memory: positive(env.memory_bytes),
             nano_cpus: positive(env.nano_cpus),
             pids_limit: positive(env.pids_limit),
             cap_drop: Some(vec!["ALL".to_owned()]),
-            cap_add: (!env.cap_add.is_empty()).then(|| env.cap_add.clone()),
+            cap_add: (!cap_add.is_empty()).then_some(cap_add),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
-            mounts: Some(vec![Mount {
-                target: Some(home_dir(self.user)),
-                source: Some(volume_name(self.prefix, self.user)),
-                typ: Some(MountType::VOLUME),
-                ..Default::default()
-            }]),
+            mounts: Some(mounts),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
@@ -119,21 +202,31 @@ impl ContainerPlan<'_> {
         ContainerCreateBody {
             image: Some(env.image.clone()),
             hostname: Some(hostname(self.user, &env.name)),
-            // The keepalive command must run as given, not as arguments to the image's
-            // entrypoint.
-            entrypoint: Some(Vec::new()),
+            user,
+            entrypoint: Some(entrypoint),
             cmd: Some(cmd),
-            labels: Some(container_labels(
-                self.agent,
-                self.prefix,
-                self.user,
-                &env.name,
-            )),
+            labels: Some(labels),
             stop_timeout: Some(STOP_TIMEOUT_SECS),
             host_config: Some(host_config),
             ..Default::default()
         }
     }
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.to_owned()),
+        source: Some(source.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// Docker accepts capability names with or without `CAP_`, in any case.
+fn same_capability(given: &str, name: &str) -> bool {
+    let given = given.to_ascii_uppercase();
+    given.strip_prefix("CAP_").unwrap_or(&given) == name
 }
 
 #[cfg(test)]
@@ -157,6 +250,7 @@ mod tests {
             user: "bob",
             env: &env,
             default_keepalive: &keepalive,
+            helper: None,
         }
         .create_body();
         assert_eq!(body.cmd.as_ref(), Some(&keepalive));
@@ -171,5 +265,59 @@ mod tests {
         let mount = &hc.mounts.unwrap()[0];
         assert_eq!(mount.source.as_deref(), Some("lab-home-bob"));
         assert_eq!(mount.target.as_deref(), Some("/home/bob"));
+        assert_eq!(labels[LABEL_SPAWN], "exec");
+        assert_eq!(body.entrypoint, Some(Vec::new()));
+    }
+
+    #[test]
+    fn helper_container_wraps_the_image_command() {
+        let env = pb::Environment {
+            name: "web".into(),
+            image: "img:1".into(),
+            cap_add: vec!["cap_setuid".into(), "NET_BIND_SERVICE".into()],
+            ..Default::default()
+        };
+        let helper = HelperPlan {
+            init: Path::new("/run/labssh/labssh-init"),
+            dir: Path::new("/run/labssh/lab-bob-web"),
+            image_entrypoint: vec!["/entry.sh".into()],
+            image_cmd: vec!["httpd".into(), "-f".into()],
+            image_user: "www".into(),
+        };
+        let body = ContainerPlan {
+            agent: "a1",
+            prefix: "lab",
+            user: "bob",
+            env: &env,
+            default_keepalive: &[],
+            helper: Some(helper),
+        }
+        .create_body();
+        let entrypoint = body.entrypoint.unwrap();
+        assert_eq!(entrypoint[0], INIT_PATH);
+        let arg = |name: &str| {
+            let i = entrypoint.iter().position(|a| a == name).unwrap();
+            entrypoint[i + 1].clone()
+        };
+        assert_eq!(arg("--user"), "www");
+        assert_eq!(arg("--socket"), "/.labssh/run/helper.sock");
+        // SETUID was granted by the environment, so children keep it.
+        assert_eq!(arg("--drop-caps"), "2,5,6,8");
+        assert_eq!(entrypoint.last().unwrap(), "--");
+        assert_eq!(body.cmd.unwrap(), ["/entry.sh", "httpd", "-f"]);
+        assert_eq!(body.user.as_deref(), Some("0:0"));
+        assert_eq!(body.labels.unwrap()[LABEL_SPAWN], "helper");
+        let hc = body.host_config.unwrap();
+        let caps = hc.cap_add.unwrap();
+        for cap in ["cap_setuid", "NET_BIND_SERVICE", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP"] {
+            assert!(caps.contains(&cap.to_owned()), "{cap} in {caps:?}");
+        }
+        assert!(!caps.contains(&"SETUID".to_owned()));
+        let mounts = hc.mounts.unwrap();
+        let init = mounts.iter().find(|m| m.target.as_deref() == Some(INIT_PATH)).unwrap();
+        assert_eq!(init.read_only, Some(true));
+        let run = mounts.iter().find(|m| m.target.as_deref() == Some(RUN_DIR)).unwrap();
+        assert_eq!(run.source.as_deref(), Some("/run/labssh/lab-bob-web"));
+        assert_eq!(run.read_only, Some(false));
     }
 }

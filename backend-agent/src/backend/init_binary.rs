@@ -1,0 +1,199 @@
+//! Finding labssh-init on this host and installing the copy containers mount.
+//!
+//! Containers bind-mount `<helper_dir>/labssh-init`, a copy the agent refreshes at
+//! start-up (by rename, so running containers keep the file they started with). The
+//! path stays valid across agent upgrades and `cargo clean`, so a stopped container
+//! can always be started again.
+
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// Name of the binary beside the agent's executable and in the helper directory.
+pub const INIT_NAME: &str = "labssh-init";
+/// Only root may reach the sockets; root in a container reaches only its own.
+const DIR_MODE: u32 = 0o700;
+/// The binary must be executable by whatever user a container's root maps to.
+const BINARY_MODE: u32 = 0o755;
+
+/// Where the helper lives on this host, once set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSetup {
+    /// The directory holding one sub-directory per container.
+    pub dir: PathBuf,
+    /// The installed copy of labssh-init that containers mount.
+    pub init: PathBuf,
+}
+
+impl HelperSetup {
+    /// Finds labssh-init and installs it; `None` (after a warning that says why and
+    /// what to do) when containers must be created for Docker exec instead.
+    pub fn prepare(config: &Config) -> Option<HelperSetup> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            tracing::warn!(
+                "the agent does not run as root, so containers cannot share a socket directory with it; sessions use Docker exec"
+            );
+            return None;
+        }
+        let source = match find(config) {
+            Ok(path) => path,
+            Err(why) => {
+                tracing::warn!("{why}; sessions use Docker exec (set `init_binary` to use the in-container helper)");
+                return None;
+            }
+        };
+        let dir = PathBuf::from(&config.helper_dir);
+        match install(&source, &dir) {
+            Ok(init) => {
+                tracing::info!(source = %source.display(), installed = %init.display(), "in-container helper ready");
+                Some(HelperSetup { dir, init })
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot install labssh-init; sessions use Docker exec");
+                None
+            }
+        }
+    }
+
+    /// The directory shared with one container, created if missing (it must exist
+    /// whenever Docker starts the container).
+    pub fn container_dir(&self, container_name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.dir.join(container_name);
+        create_private_dir(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// Creates a directory (and its parents) only root may enter; fine if it exists.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// The configured binary, or the first usable one of: beside the agent's executable,
+/// the one built with the agent.
+fn find(config: &Config) -> Result<PathBuf, String> {
+    if !config.init_binary.is_empty() {
+        let path = PathBuf::from(&config.init_binary);
+        return check(&path).map(|()| path).map_err(|why| format!("init_binary {}: {why}", config.init_binary));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(INIT_NAME)));
+    let built = option_env!("LABSSH_INIT_BUILT").map(PathBuf::from);
+    let mut tried = Vec::new();
+    for path in beside.into_iter().chain(built) {
+        match check(&path) {
+            Ok(()) => return Ok(path),
+            Err(why) => tried.push(format!("{}: {why}", path.display())),
+        }
+    }
+    Err(format!("no usable labssh-init ({})", tried.join("; ")))
+}
+
+/// The binary must run in any image: a static ELF file (no program interpreter).
+fn check(path: &Path) -> Result<(), String> {
+    let mut header = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut header))
+        .map_err(|e| e.to_string())?;
+    match elf_interpreter(&header) {
+        Some(false) => Ok(()),
+        Some(true) => Err("dynamically linked; it would not run in images without its libc (build it with `+crt-static`)".to_owned()),
+        None => Err("not a 64-bit little-endian ELF executable".to_owned()),
+    }
+}
+
+/// Whether an ELF64 image asks for a program interpreter (is dynamically linked);
+/// `None` if it is not one this code reads. Program headers are expected within the
+/// bytes given (they follow the ELF header in practice).
+fn elf_interpreter(image: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if image.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(image.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(image.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(image.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    let mut interp = false;
+    for i in 0..phnum {
+        interp |= u32_at(phoff + i * phentsize)? == PT_INTERP;
+    }
+    Some(interp)
+}
+
+/// Copies `source` to `<dir>/labssh-init` unless an identical copy is there.
+fn install(source: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    create_private_dir(dir)?;
+    let target = dir.join(INIT_NAME);
+    let bytes = std::fs::read(source)?;
+    if std::fs::read(&target).is_ok_and(|old| old == bytes) {
+        return Ok(target);
+    }
+    // Several agents (tests) may install at once: unique temporary names, atomic rename.
+    let tmp = dir.join(format!(".{INIT_NAME}.{}.{}", std::process::id(), rand::random::<u32>()));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(BINARY_MODE))?;
+    std::fs::rename(&tmp, &target).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_and_dynamic_elf_are_told_apart() {
+        let mut image = vec![0u8; 0x40 + 2 * 56];
+        image[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        image[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
+        image[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        image[0x38..0x3a].copy_from_slice(&2u16.to_le_bytes());
+        image[0x40..0x44].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        assert_eq!(elf_interpreter(&image), Some(false));
+        image[0x40 + 56..0x44 + 56].copy_from_slice(&3u32.to_le_bytes()); // PT_INTERP
+        assert_eq!(elf_interpreter(&image), Some(true));
+        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);
+        image.truncate(0x50);
+        assert_eq!(elf_interpreter(&image), None, "program headers cut off");
+    }
+
+    #[test]
+    fn the_built_helper_is_static() {
+        if let Some(path) = option_env!("LABSSH_INIT_BUILT") {
+            check(Path::new(path)).unwrap();
+        }
+        // The agent's own test binary is dynamically linked.
+        let exe = std::env::current_exe().unwrap();
+        assert!(check(&exe).unwrap_err().contains("dynamically linked"));
+    }
+
+    #[test]
+    fn install_replaces_only_a_different_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        std::fs::write(&source, b"one").unwrap();
+        let helper_dir = dir.path().join("helpers");
+        let installed = install(&source, &helper_dir).unwrap();
+        assert_eq!(std::fs::read(&installed).unwrap(), b"one");
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let first = inode(&installed);
+        install(&source, &helper_dir).unwrap();
+        assert_eq!(inode(&installed), first, "identical copy kept");
+        std::fs::write(&source, b"two").unwrap();
+        install(&source, &helper_dir).unwrap();
+        assert_eq!(std::fs::read(&installed).unwrap(), b"two");
+        let mode = std::fs::metadata(&helper_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, DIR_MODE);
+    }
+}

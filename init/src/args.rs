@@ -1,0 +1,117 @@
+//! The command line the agent gives labssh-init as the container's entrypoint.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::creds;
+
+/// Where the agent mounts the shared directory, and so the socket's usual path.
+const DEFAULT_SOCKET: &str = "/.labssh/run/helper.sock";
+
+pub const USAGE: &str = "\
+usage: labssh-init [--socket PATH] [--user USER[:GROUP]] [--drop-caps N,N,...] [--] [COMMAND [ARG]...]
+
+PID 1 of a labssh container: reaps orphans, forwards signals to COMMAND (the image's
+entrypoint and cmd) and exits with it; without COMMAND it runs until stopped. Serves
+the agent on a unix socket (only peers outside the container's PID namespace).
+
+  --socket PATH      socket to listen on (default /.labssh/run/helper.sock)
+  --user SPEC        run COMMAND as this user, as the image's USER would
+  --drop-caps LIST   capability numbers every child loses (the helper's own)";
+
+/// Parsed options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The unix socket to listen on.
+    pub socket: PathBuf,
+    /// The image's USER for the main command; empty is root.
+    pub user: String,
+    /// Capabilities the helper holds only for itself, taken from every child.
+    pub drop_caps: Vec<u32>,
+    /// The main command; empty means none.
+    pub command: Vec<OsString>,
+}
+
+/// What the command line asks for.
+pub enum Parsed {
+    /// Run.
+    Run(Options),
+    /// Print this and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String> {
+    let mut opts = Options {
+        socket: PathBuf::from(DEFAULT_SOCKET),
+        user: String::new(),
+        drop_caps: Vec::new(),
+        command: Vec::new(),
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value"))
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        match text.as_ref() {
+            "--socket" => opts.socket = PathBuf::from(value("--socket")?),
+            "--user" => opts.user = value("--user")?,
+            "--drop-caps" => opts.drop_caps = creds::parse_caps(&value("--drop-caps")?)?,
+            "--help" | "-h" => return Ok(Parsed::Print(USAGE.to_owned())),
+            "--version" => {
+                return Ok(Parsed::Print(format!(
+                    "labssh-init {} (protocol {})",
+                    env!("CARGO_PKG_VERSION"),
+                    crate::wire::VERSION
+                )))
+            }
+            "--" => {
+                opts.command.extend(args);
+                break;
+            }
+            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
+            _ => {
+                opts.command.push(arg);
+                opts.command.extend(args);
+                break;
+            }
+        }
+    }
+    Ok(Parsed::Run(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Options, String> {
+        match parse(args.iter().map(OsString::from))? {
+            Parsed::Run(o) => Ok(o),
+            Parsed::Print(p) => Err(p),
+        }
+    }
+
+    #[test]
+    fn options_then_command() {
+        let o = run(&["--socket", "/s", "--user", "www", "--drop-caps", "6,7", "--", "-x", "y"])
+            .unwrap();
+        assert_eq!(o.socket, PathBuf::from("/s"));
+        assert_eq!(o.user, "www");
+        assert_eq!(o.drop_caps, vec![6, 7]);
+        assert_eq!(o.command, vec![OsString::from("-x"), OsString::from("y")]);
+        let o = run(&["httpd", "-f"]).unwrap();
+        assert_eq!(o.command.len(), 2);
+        assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(run(&[]).unwrap().command.is_empty());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(run(&["--user"]).unwrap_err().contains("--user"));
+        assert!(run(&["--version"]).unwrap_err().contains("labssh-init"));
+    }
+}

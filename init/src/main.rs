@@ -1,0 +1,35 @@
+//! labssh-init: PID 1 of every labssh container.
+//!
+//! The agent mounts this static binary read-only into each container it creates and
+//! makes it the entrypoint. It reaps orphans, forwards signals to the image's own
+//! entrypoint and cmd (run as its child), and exits with it. On a unix socket in a
+//! directory shared with the agent it spawns session processes (with a terminal or
+//! pipes) and opens TCP connections inside the container, so starting a shell costs a
+//! fork and an exec instead of a `docker exec`. Only peers outside the container's PID
+//! namespace (the agent) are served. See `wire.rs` for the protocol.
+
+mod args;
+mod child;
+mod connect;
+mod creds;
+mod resolve;
+mod server;
+mod session;
+mod signals;
+mod sys;
+mod wire;
+
+fn main() {
+    let opts = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args::Parsed::Run(opts)) => opts,
+        Ok(args::Parsed::Print(text)) => {
+            println!("{text}");
+            return;
+        }
+        Err(message) => {
+            eprintln!("labssh-init: {message}\n{}", args::USAGE);
+            std::process::exit(2);
+        }
+    };
+    std::process::exit(server::run(opts));
+}

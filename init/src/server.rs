@@ -1,0 +1,500 @@
+//! The helper's event loop: signals, the main command, the agent's socket and every
+//! session, in one thread with poll(2).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::args::Options;
+use crate::child::{self, Plan, Stdio};
+use crate::connect;
+use crate::creds::Creds;
+use crate::session::{Session, Source};
+use crate::signals::{self, Signals};
+use crate::sys;
+use crate::wire::{self, Exit, Request};
+
+/// How long a new connection may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// When the container stops, how long hung-up sessions get before they are killed.
+/// Docker's stop timeout for labssh containers is 2 s; stay well inside it.
+const STOP_GRACE: Duration = Duration::from_millis(1000);
+/// After the kill, how long exit statuses may take to reach the agent.
+const FINAL_GRACE: Duration = Duration::from_millis(300);
+
+/// A connection that has not sent its request yet.
+struct Pending {
+    /// The agent's connection.
+    conn: OwnedFd,
+    /// Bytes so far.
+    inbuf: Vec<u8>,
+    /// When it is dropped if still silent.
+    deadline: Instant,
+}
+
+/// A forked process: the child, its program, stdin, stdout (or the terminal), stderr
+/// (none with a terminal).
+type StartedProcess = (child::Started, String, OwnedFd, OwnedFd, Option<OwnedFd>);
+
+/// Why a poll result matters.
+#[derive(Clone, Copy)]
+enum Token {
+    Signals,
+    Listener,
+    Pending(usize),
+    Session(usize, Source),
+}
+
+/// Deadlines once the container stops.
+struct Stopping {
+    /// When sessions still running get killed; `None` once they were.
+    kill_at: Option<Instant>,
+    /// When the helper leaves even if exits are still unreported.
+    last: Instant,
+}
+
+/// The whole helper state.
+struct Server {
+    /// Command-line options.
+    opts: Options,
+    /// The helper's environment at start: the container's; base of every child's.
+    base_env: Vec<Vec<u8>>,
+    /// Signals as a descriptor.
+    signals: Signals,
+    /// The agent's socket; closed once the container stops.
+    listener: Option<UnixListener>,
+    /// The image's command, while it runs.
+    main: Option<libc::pid_t>,
+    /// Exit code the helper ends with.
+    exit_code: i32,
+    /// Connections waiting for their request.
+    pending: Vec<Pending>,
+    /// Spawned processes.
+    sessions: Vec<Session>,
+    /// The container is stopping.
+    stopping: Option<Stopping>,
+    /// Write end of the main command's stdin, held open so a shell or interpreter
+    /// there waits for input forever, as with `docker run -i`.
+    _main_stdin: Option<OwnedFd>,
+}
+
+/// Runs the helper until the container stops; returns the exit code.
+pub fn run(opts: Options) -> i32 {
+    match start(opts) {
+        Ok(mut server) => server.serve(),
+        Err(message) => {
+            crate::log!("{message}");
+            1
+        }
+    }
+}
+
+fn start(opts: Options) -> Result<Server, String> {
+    let signals = Signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    // SAFETY: getpid and prctl with integer arguments.
+    unsafe {
+        if libc::getpid() != 1 {
+            // Not PID 1 (a test, or `docker run --init`): adopt orphans anyway.
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        }
+    }
+    let listener = listen(&opts.socket)?;
+    let base_env: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
+            entry
+        })
+        .collect();
+    let mut server = Server {
+        opts,
+        base_env,
+        signals,
+        listener: Some(listener),
+        main: None,
+        exit_code: 0,
+        pending: Vec::new(),
+        sessions: Vec::new(),
+        stopping: None,
+        _main_stdin: None,
+    };
+    if !server.opts.command.is_empty() {
+        server.start_main()?;
+    }
+    Ok(server)
+}
+
+/// Binds the socket, replacing one left by an earlier run of the container.
+fn listen(path: &PathBuf) -> Result<UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    // Only root may connect; the peer check below is what keeps root in the
+    // container out.
+    let c_path = sys::cstring(&path.to_string_lossy());
+    // SAFETY: chmod on a valid C string.
+    unsafe { libc::chmod(c_path.as_ptr(), 0o600) };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+impl Server {
+    fn start_main(&mut self) -> Result<(), String> {
+        let creds = Creds::for_image_user(&self.opts.user)?;
+        let argv: Vec<Vec<u8>> = self.opts.command.iter().cloned().map(OsString::into_vec).collect();
+        let plan = Plan::new(&argv, &self.base_env, None, creds, &self.opts.drop_caps, false)?;
+        let (stdin_read, stdin_write) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let pid = plan
+            .spawn(Stdio::StdinOnly(stdin_read))
+            .map_err(|e| e.to_string())?;
+        self.main = Some(pid);
+        self._main_stdin = Some(stdin_write);
+        Ok(())
+    }
+
+    fn serve(&mut self) -> i32 {
+        let mut pollfds: Vec<libc::pollfd> = Vec::new();
+        let mut tokens: Vec<Token> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if let Some(code) = self.finished(now) {
+                return code;
+            }
+            pollfds.clear();
+            tokens.clear();
+            let mut add = |fd: i32, events: libc::c_short, token: Token| {
+                pollfds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                tokens.push(token);
+            };
+            add(self.signals.raw_fd(), libc::POLLIN, Token::Signals);
+            if let Some(listener) = &self.listener {
+                add(listener.as_raw_fd(), libc::POLLIN, Token::Listener);
+            }
+            for (i, p) in self.pending.iter().enumerate() {
+                add(p.conn.as_raw_fd(), libc::POLLIN, Token::Pending(i));
+            }
+            for (i, s) in self.sessions.iter().enumerate() {
+                for (fd, events, source) in s.interest().fds {
+                    add(fd, events, Token::Session(i, source));
+                }
+            }
+            let timeout = self.next_deadline().map_or(-1, |d| {
+                d.saturating_duration_since(now).as_millis().min(60_000) as libc::c_int + 1
+            });
+            // SAFETY: pollfds is a valid array of its length.
+            let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as _, timeout) };
+            if n == -1 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                crate::log!("poll: {}", io::Error::last_os_error());
+                return 1;
+            }
+            let mut accept = false;
+            let mut signals = false;
+            let mut pending_ready = Vec::new();
+            for (pfd, token) in pollfds.iter().zip(&tokens) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match *token {
+                    Token::Signals => signals = true,
+                    Token::Listener => accept = true,
+                    Token::Pending(i) => pending_ready.push(i),
+                    Token::Session(i, source) => self.sessions[i].ready(source, pfd.revents),
+                }
+            }
+            // Indices above stay valid until here: nothing was added or removed.
+            for i in pending_ready.into_iter().rev() {
+                self.read_pending(i);
+            }
+            if signals {
+                self.handle_signals();
+            }
+            if accept {
+                self.accept();
+            }
+            let now = Instant::now();
+            for s in &mut self.sessions {
+                s.tick(now);
+            }
+            self.sessions.retain(|s| !s.done());
+            self.pending.retain(|p| p.deadline > now);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let sessions = self.sessions.iter().filter_map(Session::deadline);
+        let pending = self.pending.iter().map(|p| p.deadline);
+        let stopping = self.stopping.iter().flat_map(|s| [s.kill_at, Some(s.last)]);
+        sessions.chain(pending).chain(stopping.flatten()).min()
+    }
+
+    /// The exit code once the helper should leave.
+    fn finished(&mut self, now: Instant) -> Option<i32> {
+        let stopping = self.stopping.as_mut()?;
+        if stopping.kill_at.is_some_and(|t| t <= now) {
+            stopping.kill_at = None;
+            for s in &self.sessions {
+                s.signal_group(libc::SIGKILL);
+            }
+        }
+        (self.sessions.is_empty() || now >= stopping.last).then_some(self.exit_code)
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            let conn: OwnedFd = match listener.accept() {
+                Ok((stream, _)) => stream.into(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    crate::log!("accept: {e}");
+                    return;
+                }
+            };
+            // A peer outside the container's PID namespace (the agent) reads as pid 0.
+            // Anything inside gets the connection closed and nothing else.
+            match sys::peer_pid(&conn) {
+                Ok(0) => {}
+                Ok(pid) => {
+                    crate::log!("refused a connection from pid {pid} inside the container");
+                    continue;
+                }
+                Err(e) => {
+                    crate::log!("cannot check a peer: {e}");
+                    continue;
+                }
+            }
+            if sys::set_nonblocking(&conn, true).is_err() {
+                continue;
+            }
+            self.pending.push(Pending {
+                conn,
+                inbuf: Vec::new(),
+                deadline: Instant::now() + REQUEST_TIMEOUT,
+            });
+        }
+    }
+
+    fn read_pending(&mut self, i: usize) {
+        let p = &mut self.pending[i];
+        let mut buf = [0u8; 4096];
+        match sys::retry(|| sys::read(&p.conn, &mut buf)) {
+            Ok(0) => {
+                self.pending.swap_remove(i);
+                return;
+            }
+            Ok(n) => p.inbuf.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                self.pending.swap_remove(i);
+                return;
+            }
+        }
+        let request = match wire::split_frame(&p.inbuf) {
+            Ok(None) => return,
+            Ok(Some((kind, payload, used))) => {
+                let request = Request::decode(kind, payload);
+                p.inbuf.drain(..used);
+                request
+            }
+            Err(e) => Err(e),
+        };
+        let Pending { conn, inbuf, .. } = self.pending.swap_remove(i);
+        match request {
+            Ok(Request::Spawn(spawn)) => self.spawn(conn, inbuf, spawn),
+            Ok(Request::Connect(request)) => connect::start(conn, request),
+            Err(message) => connect::reply_error(&conn, &message),
+        }
+    }
+
+    fn spawn(&mut self, conn: OwnedFd, inbuf: Vec<u8>, request: wire::Spawn) {
+        if self.stopping.is_some() {
+            return connect::reply_error(&conn, "the container is stopping");
+        }
+        match self.start_process(&request) {
+            Ok((started, program, stdin, out, err)) => {
+                let pid = started.pid;
+                match Session::new(conn, inbuf, started, program, stdin, out, err) {
+                    Ok(session) => self.sessions.push(session),
+                    Err(e) => {
+                        // The connection is closed without a reply; the agent reports it.
+                        crate::log!("cannot relay for pid {pid}: {e}");
+                        sys::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            Err(e) => connect::reply_error(&conn, &e.to_string()),
+        }
+    }
+
+    /// Forks the process a request asks for: (child, program, stdin, stdout or
+    /// terminal, stderr).
+    fn start_process(&self, request: &wire::Spawn) -> io::Result<StartedProcess> {
+        let env = overlay_env(&self.base_env, &request.env);
+        let argv: Vec<Vec<u8>> = request.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let creds = Creds::for_ids(request.uid, request.gid);
+        let plan = Plan::new(
+            &argv,
+            &env,
+            Some(request.cwd.as_bytes()),
+            creds,
+            &self.opts.drop_caps,
+            true,
+        )
+        .map_err(io::Error::other)?;
+        let context = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        let spawned = |e: child::SpawnError| io::Error::other(e.to_string());
+        match request.pty {
+            Some((cols, rows)) => {
+                let (master, slave) = child::open_pty(request.uid, cols, rows)
+                    .map_err(context("cannot open a terminal"))?;
+                let stdin = master.try_clone()?;
+                let started = plan.start(Stdio::Pty(slave)).map_err(spawned)?;
+                Ok((started, plan.program(), stdin, master, None))
+            }
+            None => {
+                let (in_r, in_w) = sys::pipe()?;
+                let (out_r, out_w) = sys::pipe()?;
+                let (err_r, err_w) = sys::pipe()?;
+                let stdio = Stdio::Pipes {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                };
+                let started = plan.start(stdio).map_err(spawned)?;
+                Ok((started, plan.program(), in_w, out_r, Some(err_r)))
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        for signo in self.signals.drain() {
+            match signo {
+                libc::SIGCHLD => self.reap(),
+                _ => self.forward(signo),
+            }
+        }
+    }
+
+    fn forward(&mut self, signo: libc::c_int) {
+        match self.main {
+            Some(pid) => {
+                sys::kill(pid, signo);
+                if signo == libc::SIGTERM {
+                    // `docker stop`: the container is going away; end sessions now so
+                    // their exit reaches the agent before everything is killed.
+                    self.hang_up_sessions();
+                }
+            }
+            None if signals::is_stop_signal(signo) => self.stop(0),
+            None => {}
+        }
+    }
+
+    fn reap(&mut self) {
+        let now = Instant::now();
+        loop {
+            let mut status = 0;
+            // SAFETY: status is a valid int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            let exit = decode_status(status);
+            if Some(pid) == self.main {
+                self.main = None;
+                let code = match exit {
+                    Exit::Code(code) => code,
+                    Exit::Signal { signo, .. } => 128 + signo,
+                };
+                self.stop(code);
+            } else if let Some(s) = self.sessions.iter_mut().find(|s| s.pid == pid) {
+                s.exited(exit, now);
+            }
+            // Anything else was an orphan (or a connection worker): reaped, forgotten.
+        }
+    }
+
+    fn hang_up_sessions(&self) {
+        for s in &self.sessions {
+            s.signal_group(libc::SIGHUP);
+        }
+    }
+
+    /// The main command is gone (or there is none and a stop signal came): no new
+    /// sessions; running ones are hung up, killed after a grace period, and their exits
+    /// reported.
+    fn stop(&mut self, code: i32) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.exit_code = code;
+        let now = Instant::now();
+        self.stopping = Some(Stopping {
+            kill_at: Some(now + STOP_GRACE),
+            last: now + STOP_GRACE + FINAL_GRACE,
+        });
+        self.listener = None;
+        let _ = std::fs::remove_file(&self.opts.socket);
+        self.pending.clear();
+        self.hang_up_sessions();
+    }
+}
+
+/// `base` with `overrides` laid over it, both `KEY=VALUE`.
+fn overlay_env(base: &[Vec<u8>], overrides: &[String]) -> Vec<Vec<u8>> {
+    let key = |e: &[u8]| e.iter().position(|&b| b == b'=').map(|i| e[..i].to_vec());
+    let mut env: Vec<Vec<u8>> = base.to_vec();
+    for entry in overrides {
+        let entry = entry.as_bytes();
+        let Some(k) = key(entry) else { continue };
+        match env.iter_mut().find(|e| key(e).as_deref() == Some(&k[..])) {
+            Some(slot) => *slot = entry.to_vec(),
+            None => env.push(entry.to_vec()),
+        }
+    }
+    env
+}
+
+fn decode_status(status: libc::c_int) -> Exit {
+    if libc::WIFSIGNALED(status) {
+        Exit::Signal {
+            signo: libc::WTERMSIG(status),
+            core_dumped: libc::WCOREDUMP(status),
+        }
+    } else {
+        Exit::Code(libc::WEXITSTATUS(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_env_overrides_the_container_env() {
+        let base = vec![b"PATH=/bin".to_vec(), b"HOME=/root".to_vec()];
+        let env = overlay_env(&base, &["HOME=/home/a".into(), "TERM=xterm".into()]);
+        assert_eq!(
+            env,
+            vec![
+                b"PATH=/bin".to_vec(),
+                b"HOME=/home/a".to_vec(),
+                b"TERM=xterm".to_vec()
+            ]
+        );
+    }
+}

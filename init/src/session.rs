@@ -1,0 +1,443 @@
+//! One spawned process and the agent connection that controls it.
+//!
+//! Every descriptor is non-blocking and driven by the server's poll loop. Output is
+//! read only while less than [`OUT_HIGH`] bytes wait for the agent, so a slow agent
+//! (a slow SSH client behind it) holds the process back instead of growing the
+//! helper. Stdin is bounded by the credit the agent gets back through WINDOW frames.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::child;
+use crate::sys;
+use crate::wire::{self, kind, Exit};
+
+/// Output waiting for the agent beyond which the process's output is not read.
+const OUT_HIGH: usize = 64 * 1024;
+/// Size of one read of process output, and so the largest output frame.
+const READ_CHUNK: usize = 16 * 1024;
+/// Stdin held beyond the granted window before the agent counts as misbehaving.
+const STDIN_SLACK: usize = 64 * 1024;
+/// Stdin credit returned in batches of at least this much (or when stdin drains).
+const WINDOW_BATCH: u32 = wire::STDIN_WINDOW / 4;
+/// After a hangup, how long the process gets before it is killed.
+const HANGUP_GRACE: Duration = Duration::from_secs(2);
+/// After a terminal's process exits, how long output may still come from processes it
+/// left holding the terminal; it normally ends at once.
+const PTY_DRAIN: Duration = Duration::from_millis(200);
+
+/// What to poll a session's descriptors for.
+pub struct Interest {
+    /// (descriptor, events) pairs.
+    pub fds: Vec<(RawFd, libc::c_short, Source)>,
+}
+
+/// Which of a session's descriptors a poll result is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The agent's connection.
+    Conn,
+    /// The child's report on its exec.
+    Report,
+    /// The process's stdin (or the terminal, for writing).
+    Stdin,
+    /// The process's stdout (or the terminal).
+    Stdout,
+    /// The process's stderr.
+    Stderr,
+}
+
+/// A running (or just exited) process and its agent connection.
+pub struct Session {
+    /// The agent's connection; lives as long as the session.
+    conn: OwnedFd,
+    /// Bytes from the agent not yet parsed into frames.
+    inbuf: Vec<u8>,
+    /// Frames for the agent not yet written.
+    outbuf: Vec<u8>,
+    /// The process; the leader of its own session and process group.
+    pub pid: libc::pid_t,
+    /// Until the exec is confirmed: the child's report and the program's name. Nothing
+    /// else is polled meanwhile, and STARTED goes out only after.
+    starting: Option<(child::Started, String)>,
+    /// Where stdin goes: the pipe, or a second descriptor of the terminal.
+    stdin: Option<OwnedFd>,
+    /// Stdin received but not yet written.
+    stdin_buf: Vec<u8>,
+    /// The agent ended stdin; close it once `stdin_buf` is written.
+    stdin_eof: bool,
+    /// Stdin bytes passed on (or discarded) and not yet granted back.
+    window_owed: u32,
+    /// Stdout pipe, or the terminal.
+    out: Option<OwnedFd>,
+    /// Stderr pipe; `None` with a terminal.
+    err: Option<OwnedFd>,
+    /// The process has a terminal (`out` is its master side).
+    pty: bool,
+    /// How the process ended, once reaped.
+    pub status: Option<Exit>,
+    /// The agent went away: output is discarded and the process has been hung up.
+    agent_gone: bool,
+    /// EXIT is queued; nothing follows it.
+    exit_queued: bool,
+    /// When a hung-up process gets killed.
+    kill_at: Option<Instant>,
+    /// When to stop waiting for the terminal after the process exited.
+    drain_until: Option<Instant>,
+}
+
+impl Session {
+    /// A session for a forked child; STARTED (or ERROR) follows its exec.
+    pub fn new(
+        conn: OwnedFd,
+        inbuf: Vec<u8>,
+        started: child::Started,
+        program: String,
+        stdin: OwnedFd,
+        out: OwnedFd,
+        err: Option<OwnedFd>,
+    ) -> io::Result<Session> {
+        for fd in [Some(&stdin), Some(&out), err.as_ref()].into_iter().flatten() {
+            sys::set_nonblocking(fd, true)?;
+        }
+        let mut session = Session {
+            conn,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            pid: started.pid,
+            starting: Some((started, program)),
+            pty: err.is_none(),
+            stdin: Some(stdin),
+            stdin_buf: Vec::new(),
+            stdin_eof: false,
+            window_owed: 0,
+            out: Some(out),
+            err,
+            status: None,
+            agent_gone: false,
+            exit_queued: false,
+            kill_at: None,
+            drain_until: None,
+        };
+        session.inbuf = inbuf;
+        session.parse_frames();
+        Ok(session)
+    }
+
+    /// The descriptors to poll and for what.
+    pub fn interest(&self) -> Interest {
+        let mut fds = Vec::with_capacity(4);
+        if let Some((started, _)) = &self.starting {
+            fds.push((started.report.as_raw_fd(), libc::POLLIN, Source::Report));
+            return Interest { fds };
+        }
+        if !self.agent_gone {
+            let mut events = 0;
+            if self.stdin_buf.len() <= wire::STDIN_WINDOW as usize + STDIN_SLACK {
+                events |= libc::POLLIN;
+            }
+            if !self.outbuf.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push((self.conn.as_raw_fd(), events, Source::Conn));
+        }
+        if let Some(stdin) = &self.stdin {
+            if !self.stdin_buf.is_empty() {
+                fds.push((stdin.as_raw_fd(), libc::POLLOUT, Source::Stdin));
+            }
+        }
+        let room = self.agent_gone || self.outbuf.len() < OUT_HIGH;
+        if room {
+            if let Some(out) = &self.out {
+                fds.push((out.as_raw_fd(), libc::POLLIN, Source::Stdout));
+            }
+            if let Some(err) = &self.err {
+                fds.push((err.as_raw_fd(), libc::POLLIN, Source::Stderr));
+            }
+        }
+        Interest { fds }
+    }
+
+    /// Handles poll results for one of the descriptors.
+    pub fn ready(&mut self, source: Source, revents: libc::c_short) {
+        match source {
+            Source::Conn => {
+                if revents & libc::POLLOUT != 0 {
+                    self.flush();
+                }
+                if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                    self.read_conn();
+                }
+            }
+            Source::Report => self.check_start(),
+            Source::Stdin => self.write_stdin(),
+            Source::Stdout | Source::Stderr => self.read_output(source),
+        }
+        self.queue_exit();
+        self.flush();
+    }
+
+    /// Reports the exec: STARTED, or ERROR and nothing more.
+    fn check_start(&mut self) {
+        let Some((started, program)) = &self.starting else {
+            return;
+        };
+        match started.outcome(program) {
+            None => {}
+            Some(Ok(())) => {
+                self.starting = None;
+                let pid = (self.pid as u32).to_be_bytes();
+                wire::put_frame(&mut self.outbuf, kind::STARTED, &pid);
+            }
+            Some(Err(e)) => {
+                self.starting = None;
+                wire::put_frame(&mut self.outbuf, kind::ERROR, e.to_string().as_bytes());
+                self.exit_queued = true;
+                self.stdin = None;
+                self.out = None;
+                self.err = None;
+            }
+        }
+    }
+
+    fn read_conn(&mut self) {
+        let mut buf = [0u8; READ_CHUNK];
+        match sys::retry(|| sys::read(&self.conn, &mut buf)) {
+            Ok(0) => self.hang_up(),
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&buf[..n]);
+                self.parse_frames();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.hang_up(),
+        }
+    }
+
+    fn parse_frames(&mut self) {
+        let mut used = 0;
+        loop {
+            let (frame_kind, payload, len) = match wire::split_frame(&self.inbuf[used..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    crate::log!("session {}: {e}; hanging up", self.pid);
+                    self.hang_up();
+                    return;
+                }
+            };
+            let payload = payload.to_vec();
+            used += len;
+            self.apply(frame_kind, &payload);
+        }
+        self.inbuf.drain(..used);
+    }
+
+    fn apply(&mut self, frame_kind: u8, payload: &[u8]) {
+        let mut r = wire::Reader(payload);
+        match frame_kind {
+            kind::STDIN if self.stdin.is_some() && !self.stdin_eof => {
+                self.stdin_buf.extend_from_slice(payload);
+                self.write_stdin();
+            }
+            kind::STDIN => self.grant(payload.len() as u32), // nobody reads it any more
+            kind::EOF => {
+                // With a terminal EOF is ignored, as sshd does: there is no half-close.
+                if !self.pty {
+                    self.stdin_eof = true;
+                    self.write_stdin();
+                }
+            }
+            kind::RESIZE => {
+                if let (Ok(cols), Ok(rows), true) = (r.u16(), r.u16(), self.pty) {
+                    let tty = self.out.as_ref().or(self.stdin.as_ref());
+                    if let Some(tty) = tty {
+                        let _ = child::resize(tty, cols, rows);
+                    }
+                }
+            }
+            kind::SIGNAL => {
+                if let (Ok(signo), None) = (r.u8(), self.status) {
+                    if (1..=64).contains(&signo) {
+                        sys::kill(self.pid, signo as libc::c_int);
+                    }
+                }
+            }
+            other => crate::log!("session {}: ignoring frame kind {other:#x}", self.pid),
+        }
+    }
+
+    /// Returns stdin credit to the agent.
+    fn grant(&mut self, n: u32) {
+        self.window_owed = self.window_owed.saturating_add(n);
+        if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0)
+        {
+            if !self.agent_gone {
+                wire::put_frame(&mut self.outbuf, kind::WINDOW, &self.window_owed.to_be_bytes());
+            }
+            self.window_owed = 0;
+        }
+    }
+
+    fn write_stdin(&mut self) {
+        while !self.stdin_buf.is_empty() {
+            let Some(stdin) = &self.stdin else { break };
+            match sys::retry(|| sys::write(stdin, &self.stdin_buf)) {
+                Ok(n) => {
+                    self.stdin_buf.drain(..n);
+                    self.grant(n as u32);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // The process closed its stdin: what is left can never be read.
+                Err(_) => self.stdin = None,
+            }
+        }
+        if self.stdin.is_none() && !self.stdin_buf.is_empty() {
+            let n = self.stdin_buf.len() as u32;
+            self.stdin_buf.clear();
+            self.grant(n);
+        }
+        if self.stdin_eof && self.stdin_buf.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    fn read_output(&mut self, source: Source) {
+        let fd = match source {
+            Source::Stdout => &self.out,
+            _ => &self.err,
+        };
+        let Some(fd) = fd else { return };
+        let mut buf = [0u8; READ_CHUNK];
+        match sys::retry(|| sys::read(fd, &mut buf)) {
+            Ok(n) if n > 0 => {
+                if !self.agent_gone {
+                    let k = if source == Source::Stdout {
+                        kind::STDOUT
+                    } else {
+                        kind::STDERR
+                    };
+                    wire::put_frame(&mut self.outbuf, k, &buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // End of file, or EIO from a terminal nobody holds any more.
+            _ => self.close_output(source),
+        }
+    }
+
+    fn close_output(&mut self, source: Source) {
+        match source {
+            Source::Stdout => self.out = None,
+            _ => self.err = None,
+        }
+        if self.pty && self.out.is_none() {
+            self.stdin = None; // the same terminal
+        }
+    }
+
+    /// Writes queued frames until the socket is full.
+    pub fn flush(&mut self) {
+        while !self.outbuf.is_empty() && !self.agent_gone {
+            match sys::send(&self.conn, &self.outbuf) {
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.hang_up(),
+            }
+        }
+    }
+
+    /// The agent is gone: hang the process's group up like a dropped terminal, kill it
+    /// if it lingers, and discard its output from now on.
+    fn hang_up(&mut self) {
+        if self.agent_gone {
+            return;
+        }
+        self.agent_gone = true;
+        self.outbuf = Vec::new();
+        self.stdin = None;
+        self.stdin_buf = Vec::new();
+        if self.status.is_none() {
+            self.signal_group(libc::SIGHUP);
+            self.kill_at = Some(Instant::now() + HANGUP_GRACE);
+        } else {
+            self.out = None;
+            self.err = None;
+        }
+    }
+
+    /// Signals the process's whole group (it leads its own), then wakes it if stopped.
+    pub fn signal_group(&self, signo: libc::c_int) {
+        if self.status.is_none() {
+            sys::kill(-self.pid, signo);
+            sys::kill(-self.pid, libc::SIGCONT);
+        }
+    }
+
+    /// Records the process's exit (from the reaper).
+    pub fn exited(&mut self, status: Exit, now: Instant) {
+        self.status = Some(status);
+        self.kill_at = None;
+        if self.agent_gone {
+            // Nobody will read the rest; do not wait for processes it left behind.
+            self.out = None;
+            self.err = None;
+        } else if self.pty && self.out.is_some() {
+            self.drain_until = Some(now + PTY_DRAIN);
+        }
+        self.queue_exit();
+        self.flush();
+    }
+
+    /// Acts on deadlines that passed.
+    pub fn tick(&mut self, now: Instant) {
+        if self.kill_at.is_some_and(|t| t <= now) {
+            self.kill_at = None;
+            self.signal_group(libc::SIGKILL);
+        }
+        if self.drain_until.is_some_and(|t| t <= now) {
+            self.drain_until = None;
+            // Drain what is already there, then let go of the terminal.
+            while self.out.is_some() && !self.agent_gone && self.outbuf.len() < OUT_HIGH {
+                let before = self.outbuf.len();
+                self.read_output(Source::Stdout);
+                if self.outbuf.len() == before {
+                    break;
+                }
+            }
+            self.close_output(Source::Stdout);
+            self.queue_exit();
+            self.flush();
+        }
+    }
+
+    /// The next deadline, for the poll timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.kill_at, self.drain_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn queue_exit(&mut self) {
+        if self.exit_queued || self.out.is_some() || self.err.is_some() {
+            return;
+        }
+        let Some(status) = self.status else { return };
+        self.exit_queued = true;
+        if !self.agent_gone {
+            wire::put_frame(&mut self.outbuf, kind::EXIT, &status.encode());
+        }
+    }
+
+    /// Everything is said: the session can be dropped, closing the connection.
+    pub fn done(&self) -> bool {
+        self.status.is_some()
+            && self.out.is_none()
+            && self.err.is_none()
+            && (self.agent_gone || (self.exit_queued && self.outbuf.is_empty()))
+    }
+}

@@ -1,0 +1,107 @@
+//! Mutual TLS between proxy, controller and agents.
+//!
+//! Every role holds a certificate signed by the cluster's own CA
+//! (`labssh certs` makes them). Servers require a client certificate from
+//! that CA, so a student's container that reaches an agent or controller
+//! port still cannot say anything to it. Clients verify servers by a fixed
+//! name ([`CONTROLLER_NAME`], [`AGENT_NAME`]) rather than by address, so the
+//! same certificate serves whatever address a node has.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Name in the controller's certificate that clients verify.
+pub const CONTROLLER_NAME: &str = "labssh-controller";
+/// Name in every agent's certificate that clients verify.
+pub const AGENT_NAME: &str = "labssh-agent";
+/// Name in the proxies' certificates.
+pub const PROXY_NAME: &str = "labssh-proxy";
+
+/// PEM files of one role. All three empty means TLS is off (plain
+/// HTTP/2, for a single box or tests); all three set means mTLS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFiles {
+    /// The cluster CA certificate; peers must be signed by it.
+    pub ca: PathBuf,
+    /// This role's certificate chain.
+    pub cert: PathBuf,
+    /// This role's private key.
+    pub key: PathBuf,
+}
+
+/// Why TLS material could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct TlsError {
+    /// The file that could not be read.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub source: std::io::Error,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl TlsFiles {
+    /// Whether mTLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.ca.as_os_str().is_empty()
+    }
+
+    /// Problems with the settings, each named under `section` (e.g. "tls").
+    pub fn problems(&self, section: &str) -> Vec<String> {
+        let fields = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
+        let set = fields
+            .iter()
+            .filter(|(_, p)| !p.as_os_str().is_empty())
+            .count();
+        if set == 0 {
+            return Vec::new();
+        }
+        let mut problems = Vec::new();
+        for (name, path) in fields {
+            if path.as_os_str().is_empty() {
+                problems.push(format!(
+                    "{section}.{name}: required when any of {section}.ca/cert/key is set"
+                ));
+            } else if !path.is_file() {
+                problems.push(format!(
+                    "{section}.{name}: {} does not exist",
+                    path.display()
+                ));
+            }
+        }
+        problems
+    }
+
+    /// `http` or `https`, for building endpoint URLs.
+    pub fn scheme(&self) -> &'static str {
+        if self.enabled() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Server side: our identity, and client certificates required.
+    pub fn server(&self) -> Result<ServerTlsConfig, TlsError> {
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
+            .client_ca_root(Certificate::from_pem(read(&self.ca)?)))
+    }
+
+    /// Client side: verify the server as `server_name`, present our identity.
+    pub fn client(&self, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca)?))
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
+            .domain_name(server_name))
+    }
+}
