@@ -6,6 +6,7 @@
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
+mod admin;
 mod roles;
 mod signals;
 mod up;
@@ -50,11 +51,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a backend agent on this node.
+    /// Run a backend agent on this node (`--config`), or manage one.
     Agent {
-        /// Agent configuration (TOML).
+        #[command(subcommand)]
+        action: Option<admin::AgentAction>,
+        /// Agent configuration (TOML), to run the agent.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -102,7 +105,17 @@ fn main() -> ExitCode {
                         Command::Up(args) => up::run(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
-                        Command::Agent { config } => roles::agent(&config).await,
+                        Command::Agent {
+                            action: Some(action),
+                            ..
+                        } => admin::run(action).await,
+                        Command::Agent {
+                            config: Some(config),
+                            ..
+                        } => roles::agent(&config).await,
+                        Command::Agent { .. } => Err(anyhow::anyhow!(
+                            "give --config FILE to run an agent, or a command: drain NAME, resume NAME"
+                        )),
                         Command::User { .. } | Command::Certs(_) => {
                             unreachable!("handled above")
                         }

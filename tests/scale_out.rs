@@ -354,8 +354,54 @@ async fn replicas_behind_haproxy_survive_faults() {
         "re-placed: {}",
         stderr(&out)
     );
+    assert!(
+        stderr(&out).contains("node 'a0', which is down"),
+        "the student is told their old container is out of reach: {}",
+        stderr(&out)
+    );
     let new_home = fleet.agent_of(&on_victim);
     assert!(new_home.is_some());
+
+    // Draining an agent (`labssh agent drain`): no new containers there,
+    // while its existing users still land on it.
+    let drain = |verb: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_labssh"))
+            .args(["agent", verb, "a1", "--controller"])
+            .arg(format!("http://127.0.0.1:{}", fleet.controller_port))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(drain("drain").contains("agent a1 is draining"));
+    let out = ssh.run("late4", &pw(), &["true"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        fleet.agent_of("late4").as_deref(),
+        Some("a2"),
+        "new user avoids the drained agent"
+    );
+    if let Some(user) = placement
+        .iter()
+        .find(|(_, a)| *a == "a1")
+        .map(|(u, _)| u.clone())
+    {
+        let out = ssh.run(&user, &pw(), &["true"]).await.unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(fleet.agent_of(&user).as_deref(), Some("a1"));
+    }
+    assert!(drain("resume").contains("takes new placements again"));
+    let out = Command::new(env!("CARGO_BIN_EXE_labssh"))
+        .args(["agent", "drain", "nosuch", "--controller"])
+        .arg(format!("http://127.0.0.1:{}", fleet.controller_port))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent 'nosuch'"));
 
     // 4. A proxy dies mid-session: sessions on the other replica continue;
     //    once HAProxy's check drops the dead one, every new login works.

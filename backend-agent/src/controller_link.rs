@@ -161,6 +161,9 @@ impl ControllerLink {
                             ticks = heartbeat_ticks(interval);
                         }
                     }
+                    Ok(Some(pb::ControllerMessage {
+                        msg: Some(pb::controller_message::Msg::SetDraining(set)),
+                    })) => self.inventory.set_draining(set.draining),
                     Ok(Some(_)) => {} // a newer controller's message this agent does not know
                     Ok(None) => return Ended::AfterWelcome("controller closed the stream".to_owned()),
                     Err(status) => return Ended::AfterWelcome(format!("stream failed: {status}")),

@@ -18,6 +18,8 @@ pub struct Inventory {
     containers: Mutex<Containers>,
     /// Open Session streams.
     sessions: AtomicU32,
+    /// Set by the controller's drain; reported in every status.
+    draining: std::sync::atomic::AtomicBool,
     /// Signalled when the report changed enough to send a heartbeat at once.
     changed: Notify,
 }
@@ -36,6 +38,7 @@ impl Inventory {
             capacity,
             containers: Mutex::default(),
             sessions: AtomicU32::new(0),
+            draining: Default::default(),
             changed: Notify::new(),
         }
     }
@@ -52,6 +55,15 @@ impl Inventory {
             containers: containers.list.len() as u32,
             sessions: self.sessions.load(Ordering::Relaxed),
             inventory: containers.list.iter().map(Into::into).collect(),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records the controller's drain request and reports it at once.
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Ordering::Relaxed) != draining {
+            tracing::info!(draining, "drain state changed by the controller");
+            self.changed.notify_one();
         }
     }
 

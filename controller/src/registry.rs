@@ -56,11 +56,25 @@ struct Agent {
     /// Set when the sweep has logged it dead for silence, so that is logged
     /// once, and its return is logged too.
     silent: bool,
+    /// An operator's drain request since this controller started; until
+    /// then the agent's own report (`status.draining`) counts, so a drain
+    /// survives a controller restart.
+    drain_requested: Option<bool>,
+    /// The agent's stream, for telling it about drains.
+    outbound: Option<Outbound>,
 }
+
+/// Messages to one agent's Attach stream. Weak, so the registry never keeps
+/// a stream open after its serving task (the only strong sender) is gone.
+pub type Outbound = tokio::sync::mpsc::WeakSender<Result<pb::ControllerMessage, tonic::Status>>;
 
 impl Agent {
     fn is_live(&self, now: Instant, dead_after: Duration) -> bool {
         self.connected && now.saturating_duration_since(self.last_seen) < dead_after
+    }
+
+    fn draining(&self) -> bool {
+        self.drain_requested.unwrap_or(self.status.draining)
     }
 }
 
@@ -95,6 +109,8 @@ pub struct Placed {
     pub endpoint: String,
     /// True when it already holds the container.
     pub existing: bool,
+    /// Something the student should be told (see `PlaceReply.notice`).
+    pub notice: String,
 }
 
 impl Registry {
@@ -127,7 +143,10 @@ impl Registry {
         let mut state = self.lock();
         let generation = state.next_generation;
         state.next_generation += 1;
+        let drain_requested = state.agents.get(name).and_then(|a| a.drain_requested);
         let agent = Agent {
+            drain_requested,
+            outbound: None,
             endpoint: endpoint.to_string(),
             generation,
             inventory: Inventory::from_proto(&status.inventory),
@@ -170,6 +189,36 @@ impl Registry {
         Ok(())
     }
 
+    /// Remembers the stream of a registration, for drain messages.
+    pub fn set_outbound(&self, registration: &Registration, outbound: Outbound) {
+        let mut state = self.lock();
+        if let Ok(agent) = current(&mut state, registration) {
+            agent.outbound = Some(outbound);
+        }
+    }
+
+    /// Drains (or resumes) an agent; returns its new state, or `None` for an
+    /// unknown agent. The agent is told, so it reports the state back to a
+    /// controller that restarts.
+    pub fn drain(&self, name: &str, drain: bool) -> Option<bool> {
+        let mut state = self.lock();
+        let agent = state.agents.get_mut(name)?;
+        agent.drain_requested = Some(drain);
+        if let Some(outbound) = agent.outbound.as_ref().and_then(|o| o.upgrade()) {
+            let _ = outbound.try_send(Ok(pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::SetDraining(pb::SetDraining {
+                    draining: drain,
+                })),
+            }));
+        }
+        info!(
+            agent = name,
+            draining = drain,
+            "drain state set by an operator"
+        );
+        Some(drain)
+    }
+
     /// Records that something other than a heartbeat was heard.
     pub fn touch(&self, registration: &Registration, now: Instant) -> Result<(), Superseded> {
         let mut state = self.lock();
@@ -209,10 +258,24 @@ impl Registry {
     pub fn place(&self, user: &str, environment: &str, now: Instant) -> Result<Placed, PlaceError> {
         let mut guard = self.lock();
         let state = &mut *guard;
+        // A draining agent keeps serving the containers it holds...
+        if let Some((name, agent)) = state.agents.iter().find(|(_, a)| {
+            a.draining()
+                && a.is_live(now, self.dead_after)
+                && a.inventory.state(user, environment).is_some()
+        }) {
+            return Ok(Placed {
+                agent: name.clone(),
+                endpoint: agent.endpoint.clone(),
+                existing: true,
+                notice: String::new(),
+            });
+        }
+        // ...but takes no new ones.
         let live: Vec<AgentLoad<'_>> = state
             .agents
             .iter()
-            .filter(|(_, a)| a.is_live(now, self.dead_after))
+            .filter(|(_, a)| a.is_live(now, self.dead_after) && !a.draining())
             .map(|(name, a)| AgentLoad {
                 name,
                 capacity: a.status.capacity,
@@ -222,10 +285,30 @@ impl Registry {
             .collect();
         let placement = state.placer.place(&live, user, environment, now)?;
         let endpoint = state.agents[&placement.agent].endpoint.clone();
+        // A new container while the old one sits on a dead node: say so,
+        // since the student's files there are out of reach until it returns.
+        let notice = if placement.existing {
+            String::new()
+        } else {
+            state
+                .agents
+                .iter()
+                .find(|(_, a)| {
+                    !a.is_live(now, self.dead_after) && a.inventory.state(user, environment).is_some()
+                })
+                .map(|(dead, _)| {
+                    format!(
+                        "your previous container is on node '{dead}', which is down; you are on a fresh one on '{}'. Files in your home directory on '{dead}' are back when that node is.",
+                        placement.agent
+                    )
+                })
+                .unwrap_or_default()
+        };
         Ok(Placed {
             agent: placement.agent,
             endpoint,
             existing: placement.existing,
+            notice,
         })
     }
 
@@ -239,6 +322,7 @@ impl Registry {
                 name: name.clone(),
                 endpoint: a.endpoint.clone(),
                 live: a.is_live(now, self.dead_after),
+                draining: a.draining(),
                 status: Some(a.status.clone()),
                 last_seen_ms: now
                     .saturating_duration_since(a.last_seen)
@@ -280,6 +364,7 @@ mod tests {
             capacity,
             containers: inventory.len() as u32,
             sessions: 0,
+            draining: false,
             inventory: inventory
                 .iter()
                 .map(|(user, env)| pb::ContainerInfo {
@@ -313,9 +398,95 @@ mod tests {
             Placed {
                 agent: "b".to_string(),
                 endpoint: "http://b:7001".to_string(),
-                existing: true
+                existing: true,
+                notice: String::new(),
             }
         );
+    }
+
+    #[test]
+    fn a_draining_agent_keeps_its_users_but_takes_no_new_ones() {
+        let registry = registry();
+        let now = Instant::now();
+        registry.register(
+            "a",
+            "http://a:7001",
+            status(100, &[("alice", "default")]),
+            now,
+        );
+        registry.register("b", "http://b:7001", status(100, &[]), now);
+        assert_eq!(registry.drain("a", true), Some(true));
+        assert_eq!(registry.drain("nobody", true), None);
+        assert_eq!(registry.place("alice", "default", now).unwrap().agent, "a");
+        for i in 0..50 {
+            assert_eq!(
+                registry
+                    .place(&format!("u{i}"), "default", now)
+                    .unwrap()
+                    .agent,
+                "b"
+            );
+        }
+        assert!(registry
+            .agents(now)
+            .iter()
+            .any(|a| a.name == "a" && a.draining));
+        // Resumed: new users may land on it again.
+        registry.drain("a", false);
+        let spread: std::collections::HashSet<String> = (50..150)
+            .map(|i| {
+                registry
+                    .place(&format!("u{i}"), "default", now)
+                    .unwrap()
+                    .agent
+            })
+            .collect();
+        assert!(spread.contains("a"), "{spread:?}");
+    }
+
+    #[test]
+    fn a_drain_survives_a_controller_restart_through_the_agents_report() {
+        let registry = registry();
+        let now = Instant::now();
+        let mut reported = status(100, &[]);
+        reported.draining = true;
+        registry.register("a", "http://a:7001", reported, now);
+        registry.register("b", "http://b:7001", status(100, &[]), now);
+        for i in 0..20 {
+            assert_eq!(
+                registry
+                    .place(&format!("u{i}"), "default", now)
+                    .unwrap()
+                    .agent,
+                "b"
+            );
+        }
+    }
+
+    #[test]
+    fn a_user_whose_container_is_on_a_dead_node_is_told() {
+        let registry = registry();
+        let now = Instant::now();
+        let a = registry.register(
+            "a",
+            "http://a:7001",
+            status(100, &[("alice", "default")]),
+            now,
+        );
+        registry.register("b", "http://b:7001", status(100, &[]), now);
+        registry.disconnect(&a, "test");
+        let placed = registry.place("alice", "default", now).unwrap();
+        assert_eq!(placed.agent, "b");
+        assert!(
+            placed.notice.contains("node 'a', which is down"),
+            "{}",
+            placed.notice
+        );
+        assert!(registry
+            .place("bob", "default", now)
+            .unwrap()
+            .notice
+            .is_empty());
     }
 
     #[test]

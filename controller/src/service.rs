@@ -104,6 +104,7 @@ impl pb::controller_server::Controller for ControllerService {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         tx.try_send(Ok(self.welcome()))
             .expect("a new channel has room for the welcome");
+        self.registry.set_outbound(&registration, tx.downgrade());
         tokio::spawn(serve_agent(
             self.registry.clone(),
             registration,
@@ -157,6 +158,7 @@ impl pb::controller_server::Controller for ControllerService {
             agent_endpoint: placed.endpoint,
             environment: environment.to_string(),
             existing: placed.existing,
+            notice: placed.notice,
         }))
     }
 
@@ -177,6 +179,32 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(pb::ListAgentsReply {
             agents: self.registry.agents(Instant::now()),
         }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        let pb::DrainRequest { agent, drain } = request.into_inner();
+        match self.registry.drain(&agent, drain) {
+            Some(draining) => Ok(Response::new(pb::DrainReply { agent, draining })),
+            None => {
+                let known: Vec<String> = self
+                    .registry
+                    .agents(Instant::now())
+                    .into_iter()
+                    .map(|a| a.name)
+                    .collect();
+                Err(Status::not_found(format!(
+                    "unknown agent '{agent}'; known agents: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )))
+            }
+        }
     }
 }
 

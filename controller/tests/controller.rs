@@ -74,6 +74,7 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
         capacity,
         containers: inventory.len() as u32,
         sessions: 0,
+        draining: false,
         inventory: inventory
             .iter()
             .map(|(user, environment)| pb::ContainerInfo {
@@ -211,6 +212,7 @@ async fn agent_lifecycle_and_placement() {
             agent_endpoint: "http://127.0.0.1:7001".to_string(),
             environment: "default".to_string(),
             existing: true,
+            notice: String::new(),
         }
     );
 

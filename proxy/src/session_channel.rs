@@ -139,6 +139,10 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         Ok(o) => o,
         Err(message) => return fail(message).await,
     };
+    if !placement.notice.is_empty() {
+        let text = format!("labssh: {}{newline}", placement.notice);
+        let _ = write.extended_data_bytes(1, Bytes::from(text)).await;
+    }
     let started_at = Instant::now();
     if let Some(accepted) = ctx.accepted {
         telemetry::login(started_at.duration_since(accepted));

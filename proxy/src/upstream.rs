@@ -28,6 +28,9 @@ pub struct Placement {
     pub endpoint: String,
     /// Resolved environment name.
     pub environment: String,
+    /// A message for the student from the controller (e.g. their previous
+    /// container is on a node that is down); empty when none.
+    pub notice: String,
 }
 
 /// Why a placement failed; the message is shown to the student.
@@ -138,6 +141,7 @@ impl Upstream {
             agent: reply.agent_name,
             endpoint: reply.agent_endpoint,
             environment: reply.environment,
+            notice: reply.notice,
         };
         self.placements
             .lock()
