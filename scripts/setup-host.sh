@@ -17,6 +17,8 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null 2>&1 || need+=(file)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.rs scrapes with it
 if [ "${#need[@]}" -gt 0 ]; then

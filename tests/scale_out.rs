@@ -120,11 +120,13 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
     for (i, prefix) in prefixes.iter().enumerate() {
         let port = free_port();
         let cfg = d.join(format!("agent{i}.toml"));
+        // These agents get SIGKILLed, which leaves no chance to remove
+        // firewall rules; the isolation test covers the firewall.
         std::fs::write(
             &cfg,
             format!(
                 "name = \"a{i}\"\nlisten = \"127.0.0.1:{port}\"\nadvertise = \"http://127.0.0.1:{port}\"\n\
-                 controller = \"http://127.0.0.1:{controller_port}\"\ncapacity = 100\ncontainer_prefix = \"{prefix}\"\n"
+                 controller = \"http://127.0.0.1:{controller_port}\"\ncapacity = 100\ncontainer_prefix = \"{prefix}\"\nfirewall = false\n"
             ),
         )
         .unwrap();

@@ -64,6 +64,15 @@ pub struct Config {
     /// must present a certificate from that CA, and the controller is
     /// verified against it. Empty means plain HTTP/2.
     pub tls: labssh_proto::tls::TlsFiles,
+    /// Reject connections from containers (arriving on `container_bridge`)
+    /// to this agent's port, the controller's port and `firewall_ports`,
+    /// with iptables rules installed at start and removed at shutdown.
+    pub firewall: bool,
+    /// The host interface containers' traffic arrives on.
+    pub container_bridge: String,
+    /// More host ports containers must not reach (e.g. Redis, the proxies'
+    /// metrics), besides the agent's and the controller's.
+    pub firewall_ports: Vec<u16>,
 }
 
 impl Default for Config {
@@ -82,6 +91,9 @@ impl Default for Config {
             helper_dir: DEFAULT_HELPER_DIR.to_owned(),
             http: String::new(),
             tls: Default::default(),
+            firewall: true,
+            container_bridge: "docker0".to_owned(),
+            firewall_ports: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 mod catalogue;
 pub mod config;
 mod controller_link;
+mod firewall;
 mod inventory;
 mod names;
 mod service;
@@ -64,6 +65,16 @@ pub async fn run_with_backend(
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
+    let _firewall = config.firewall.then(|| {
+        let mut ports = vec![local.port()];
+        if let Some(port) = url_port(&config.controller) {
+            ports.push(port);
+        }
+        ports.extend(&config.firewall_ports);
+        ports.sort_unstable();
+        ports.dedup();
+        firewall::Firewall::protect(&config.name, &config.container_bridge, &ports)
+    });
     let endpoint = if config.advertise.is_empty() {
         if local.ip().is_unspecified() {
             tracing::warn!(%local, "listening on a wildcard address; set `advertise` so proxies can reach this agent");
@@ -143,4 +154,11 @@ pub async fn run_with_backend(
     served.context("gRPC server failed")?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The port of an `http(s)://host:port` URL.
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
 }
