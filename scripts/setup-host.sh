@@ -14,6 +14,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)   # the load generator's baseline
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 command -v file >/dev/null 2>&1 || need+=(file)
@@ -23,8 +24,18 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.rs scrapes with it
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
+  # Packages must not start their services (sshd on :22, a second dockerd):
+  # this script starts exactly what the tests need, below.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod +x "$policy"
+    created_policy=1
+  fi
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ -n "$created_policy" ]; then $SUDO rm -f "$policy"; fi
 fi
 
 # Docker engine: start dockerd if nothing answers on its socket.
