@@ -17,7 +17,10 @@ fn main() {
     let init_dir = manifest_dir.join("../init");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", init_dir.join("src").display());
-    println!("cargo:rerun-if-changed={}", init_dir.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        init_dir.join("Cargo.toml").display()
+    );
     println!("cargo:rerun-if-env-changed=LABSSH_SKIP_INIT_BUILD");
     if env::var_os("LABSSH_SKIP_INIT_BUILD").is_some() {
         return;
@@ -32,7 +35,14 @@ fn main() {
         .arg("build")
         .arg("--manifest-path")
         .arg(init_dir.join("Cargo.toml"))
-        .args(["-p", "labssh-init", "--profile", "init", "--target", &target])
+        .args([
+            "-p",
+            "labssh-init",
+            "--profile",
+            "init",
+            "--target",
+            &target,
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's settings are not the init's: no inherited flags, wrappers
@@ -76,7 +86,12 @@ fn main() {
 /// layout is not that.
 fn shared_target_dir(out_dir: &Path) -> PathBuf {
     match out_dir.ancestors().nth(4) {
-        Some(target) if out_dir.ancestors().nth(2).is_some_and(|b| b.ends_with("build")) => {
+        Some(target)
+            if out_dir
+                .ancestors()
+                .nth(2)
+                .is_some_and(|b| b.ends_with("build")) =>
+        {
             target.join("labssh-init")
         }
         _ => out_dir.join("labssh-init"),

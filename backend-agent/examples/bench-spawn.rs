@@ -66,8 +66,7 @@ async fn main() {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let prefix = format!("labsshbench{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -76,7 +75,9 @@ async fn main() {
         container_prefix: prefix.clone(),
         ..Config::default()
     };
-    let backend = DockerBackend::connect(&config).await.expect("connect to Docker");
+    let backend = DockerBackend::connect(&config)
+        .await
+        .expect("connect to Docker");
     let env = pb::Environment {
         name: "bench".into(),
         image: settings.image.clone(),
@@ -94,13 +95,28 @@ async fn main() {
 }
 
 async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Result<(), String> {
-    let c = backend.ensure("bench", env).await.map_err(|e| e.to_string())?;
-    if backend.spawn_path(&c.container_id).await.map_err(|e| e.to_string())? != SpawnPath::Helper {
-        return Err("the container has no helper: is labssh-init built? (see the agent's warning)".into());
+    let c = backend
+        .ensure("bench", env)
+        .await
+        .map_err(|e| e.to_string())?;
+    if backend
+        .spawn_path(&c.container_id)
+        .await
+        .map_err(|e| e.to_string())?
+        != SpawnPath::Helper
+    {
+        return Err(
+            "the container has no helper: is labssh-init built? (see the agent's warning)".into(),
+        );
     }
     let id = c.container_id.as_str();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("container {} ({}), {cpus} CPUs, {}", c.name, env.image, docker_version());
+    println!(
+        "container {} ({}), {cpus} CPUs, {}",
+        c.name,
+        env.image,
+        docker_version()
+    );
     // Warm both paths up (page cache, Docker's connection pool).
     for path in [SpawnPath::Helper, SpawnPath::Exec] {
         for _ in 0..3 {
@@ -120,7 +136,11 @@ async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Re
         for _ in 0..s.sequential {
             samples.push(spawn_true(backend, id, path).await?);
         }
-        let row = Row::new(format!("{} sequential", path.name()), samples, started.elapsed());
+        let row = Row::new(
+            format!("{} sequential", path.name()),
+            samples,
+            started.elapsed(),
+        );
         row.print();
         rows.push(row);
     }
@@ -141,7 +161,10 @@ async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Re
         rows.push(row);
     }
     println!("\nexec / helper");
-    for (name, helper, exec) in [("sequential", &rows[0], &rows[1]), ("parallel", &rows[2], &rows[3])] {
+    for (name, helper, exec) in [
+        ("sequential", &rows[0], &rows[1]),
+        ("parallel", &rows[2], &rows[3]),
+    ] {
         println!(
             "  {name:<11} p50 {:>6.1}x   p99 {:>6.1}x   max {:>6.1}x   throughput {:>6.1}x",
             exec.p50 / helper.p50,
@@ -159,7 +182,11 @@ async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Re
         open.push(open_shell(backend, id).await?);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    println!("  {:>3} pty shells open         {:>6} kB", s.sessions, rss_kb(pid)?);
+    println!(
+        "  {:>3} pty shells open         {:>6} kB",
+        s.sessions,
+        rss_kb(pid)?
+    );
     drop(open);
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("  after they closed           {:>6} kB", rss_kb(pid)?);
@@ -167,7 +194,11 @@ async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Re
 }
 
 /// Spawns `true`, drains it and waits for its status; returns the time taken.
-async fn spawn_true(backend: &DockerBackend, id: &str, path: SpawnPath) -> Result<Duration, String> {
+async fn spawn_true(
+    backend: &DockerBackend,
+    id: &str,
+    path: SpawnPath,
+) -> Result<Duration, String> {
     let env = pb::Environment {
         uid: 1000,
         gid: 1000,
@@ -179,13 +210,19 @@ async fn spawn_true(backend: &DockerBackend, id: &str, path: SpawnPath) -> Resul
         stdin,
         mut output,
         control,
-    } = backend.spawn_via(id, spec, path).await.map_err(|e| e.to_string())?;
+    } = backend
+        .spawn_via(id, spec, path)
+        .await
+        .map_err(|e| e.to_string())?;
     drop(stdin);
     while output.next().await.is_some() {}
     let status = control.wait().await.map_err(|e| e.to_string())?;
     let took = started.elapsed();
     if status != ExitStatus::Code(0) {
-        return Err(format!("`true` through {} ended with {status:?}", path.name()));
+        return Err(format!(
+            "`true` through {} ended with {status:?}",
+            path.name()
+        ));
     }
     Ok(took)
 }
@@ -203,7 +240,10 @@ async fn open_shell(backend: &DockerBackend, id: &str) -> Result<Process, String
         rows: 24,
     };
     let spec = SpawnSpec::for_user("bench", &env, vec!["/bin/sh".into()], Vec::new(), Some(pty));
-    backend.spawn_via(id, spec, SpawnPath::Helper).await.map_err(|e| e.to_string())
+    backend
+        .spawn_via(id, spec, SpawnPath::Helper)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// One line of the table.
@@ -226,7 +266,9 @@ impl Row {
     fn new(label: String, mut samples: Vec<Duration>, wall: Duration) -> Row {
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let at = |q: f64| ms(samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]);
+        let at = |q: f64| {
+            ms(samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1])
+        };
         Row {
             label,
             n: samples.len(),
@@ -257,7 +299,8 @@ fn init_pid(id: &str) -> Result<u32, String> {
 }
 
 fn rss_kb(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -267,7 +310,11 @@ fn rss_kb(pid: u32) -> Result<u64, String> {
 
 fn docker_version() -> String {
     std::process::Command::new("docker")
-        .args(["version", "-f", "Docker {{.Server.Version}} (API {{.Server.APIVersion}})"])
+        .args([
+            "version",
+            "-f",
+            "Docker {{.Server.Version}} (API {{.Server.APIVersion}})",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()

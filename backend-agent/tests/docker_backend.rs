@@ -11,7 +11,7 @@ use labssh_agent::backend::{
     Backend, BackendError, ContainerState, ExitStatus, Output, Process, SpawnSpec,
 };
 use labssh_proto::pb;
-use support::{environment, ensure_on, pty, run_script, Scratch, STEP};
+use support::{ensure_on, environment, pty, run_script, Scratch, STEP};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test]

@@ -86,6 +86,13 @@ impl Controller for FakeController {
     ) -> Result<Response<pb::ListAgentsReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn drain(
+        &self,
+        _: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake controller.

@@ -47,7 +47,10 @@ async fn the_image_entrypoint_still_serves() {
     // The image's ENTRYPOINT + CMD run as its USER; the helper only wraps them.
     let mut page = String::new();
     for _ in 0..50 {
-        match backend.connect_tcp(&c.container_id, "localhost", 8080).await {
+        match backend
+            .connect_tcp(&c.container_id, "localhost", 8080)
+            .await
+        {
             Ok(mut conn) => {
                 conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
                 tokio::time::timeout(STEP, conn.read_to_string(&mut page))
@@ -63,7 +66,8 @@ async fn the_image_entrypoint_still_serves() {
     assert!(page.contains(support::HTTPD_PAGE), "{page:?}");
     let (ps, _, _) = run_script(&*backend, &c.container_id, "web", "ps -o user,comm").await;
     assert!(
-        ps.lines().any(|l| l.split_whitespace().eq(["nobody", "httpd"])),
+        ps.lines()
+            .any(|l| l.split_whitespace().eq(["nobody", "httpd"])),
         "{ps}"
     );
     assert!(ps.lines().any(|l| l.contains("init")), "{ps}");
@@ -75,8 +79,14 @@ async fn tcp_connections_report_what_went_wrong() {
     let backend = scratch.backend().await;
     let c = ensure_on(&backend, "tcp", "helper").await;
     let refused = backend.connect_tcp(&c.container_id, "127.0.0.1", 1).await;
-    let err = refused.err().expect("nothing listens on port 1").to_string();
-    assert!(err.contains("127.0.0.1:1") && err.contains("refused"), "{err}");
+    let err = refused
+        .err()
+        .expect("nothing listens on port 1")
+        .to_string();
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("refused"),
+        "{err}"
+    );
     let unknown = backend
         .connect_tcp(&c.container_id, "no-such-host.invalid", 80)
         .await;
@@ -93,7 +103,10 @@ async fn tcp_connections_report_what_went_wrong() {
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     let mut conn = None;
     for _ in 0..50 {
-        match backend.connect_tcp(&c.container_id, "tcp-default", 9000).await {
+        match backend
+            .connect_tcp(&c.container_id, "tcp-default", 9000)
+            .await
+        {
             Ok(stream) => {
                 conn = Some(stream);
                 break;
@@ -151,8 +164,20 @@ async fn stopping_the_container_ends_sessions_with_exit_signal() {
     let backend = scratch.backend().await;
     let env = environment();
     let c = ensure_on(&backend, "stan", "helper").await;
-    let sleeper = SpawnSpec::for_user("stan", &env, vec!["sleep".into(), "600".into()], Vec::new(), None);
-    let shell = SpawnSpec::for_user("stan", &env, vec!["/bin/sh".into()], Vec::new(), Some(pty(80, 24)));
+    let sleeper = SpawnSpec::for_user(
+        "stan",
+        &env,
+        vec!["sleep".into(), "600".into()],
+        Vec::new(),
+        None,
+    );
+    let shell = SpawnSpec::for_user(
+        "stan",
+        &env,
+        vec!["/bin/sh".into()],
+        Vec::new(),
+        Some(pty(80, 24)),
+    );
     let sleeper = backend.spawn(&c.container_id, sleeper).await.unwrap();
     let shell = backend.spawn(&c.container_id, shell).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -170,7 +195,11 @@ async fn stopping_the_container_ends_sessions_with_exit_signal() {
     // Well within the stop timeout: nothing had to be killed by Docker.
     let code = docker_cli(&["inspect", "-f", "{{.State.ExitCode}}", &c.container_id]);
     assert_eq!(code.trim(), "143", "the main command ended by TERM");
-    assert!(stopped.elapsed() < Duration::from_secs(2), "{:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
 
     // The next login starts it again, helper and all.
     let again = backend.ensure("stan", &env).await.unwrap();
@@ -193,7 +222,11 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
     let c = backend.ensure("mallory", &root_env).await.unwrap();
     assert_path(&backend, &c.container_id, SpawnPath::Helper).await;
     let probe = build_peer_probe();
-    docker_cli(&["cp", probe.to_str().unwrap(), &format!("{}:/tmp/probe", c.container_id)]);
+    docker_cli(&[
+        "cp",
+        probe.to_str().unwrap(),
+        &format!("{}:/tmp/probe", c.container_id),
+    ]);
 
     // Root in the container reaches the socket; the peer check closes the connection
     // before a single byte, and nothing runs.
@@ -214,7 +247,10 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
         "ls /tmp/pwned 2>&1; true",
     )
     .await;
-    assert!(out.contains("No such file"), "the probe ran something: {out}");
+    assert!(
+        out.contains("No such file"),
+        "the probe ran something: {out}"
+    );
     let log = support::docker_logs(&c.container_id);
     assert!(log.contains("refused a connection from pid"), "{log}");
     // The agent is still served.
@@ -234,7 +270,10 @@ fn build_peer_probe() -> std::path::PathBuf {
             .arg(source)
             .status()
             .expect("run gcc");
-        assert!(status.success(), "gcc -static failed (libc6-dev installed?)");
+        assert!(
+            status.success(),
+            "gcc -static failed (libc6-dev installed?)"
+        );
     }
     out
 }
@@ -274,8 +313,15 @@ async fn both_paths_give_processes_the_same_identity() {
         let mut seen = String::new();
         for env in envs(spawn) {
             let c = backend.ensure("ida", &env).await.unwrap();
-            assert_eq!(backend.spawn_path(&c.container_id).await.unwrap().name(), spawn);
-            let argv = vec!["/bin/sh".into(), "-c".into(), "id -u; grep Cap /proc/self/status".into()];
+            assert_eq!(
+                backend.spawn_path(&c.container_id).await.unwrap().name(),
+                spawn
+            );
+            let argv = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "id -u; grep Cap /proc/self/status".into(),
+            ];
             let spec = SpawnSpec::for_user("ida", &env, argv, Vec::new(), None);
             let (out, _, _) = collect(backend.spawn(&c.container_id, spec).await.unwrap()).await;
             seen.push_str(&out);
@@ -302,7 +348,10 @@ async fn debian_works_on_both_paths() {
             ..environment()
         };
         let c = backend.ensure("dora", &env).await.unwrap();
-        assert_eq!(backend.spawn_path(&c.container_id).await.unwrap().name(), spawn);
+        assert_eq!(
+            backend.spawn_path(&c.container_id).await.unwrap().name(),
+            spawn
+        );
         let argv = vec![
             "/bin/bash".into(),
             "-lc".into(),
@@ -313,7 +362,13 @@ async fn debian_works_on_both_paths() {
         assert_eq!(status, ExitStatus::Code(0), "{spawn}: {err}");
         assert_eq!(out, "5 1000 /home/dora\n12\n42\n", "{spawn}");
 
-        let spec = SpawnSpec::for_user("dora", &env, vec!["/bin/bash".into()], Vec::new(), Some(pty(91, 27)));
+        let spec = SpawnSpec::for_user(
+            "dora",
+            &env,
+            vec!["/bin/bash".into()],
+            Vec::new(),
+            Some(pty(91, 27)),
+        );
         let Process {
             mut stdin,
             mut output,
@@ -328,8 +383,15 @@ async fn debian_works_on_both_paths() {
         })
         .await
         .unwrap();
-        assert!(seen.contains("27 91") && seen.contains("/dev/pts/"), "{spawn}: {seen}");
-        assert_eq!(control.wait().await.unwrap(), ExitStatus::Code(4), "{spawn}");
+        assert!(
+            seen.contains("27 91") && seen.contains("/dev/pts/"),
+            "{spawn}: {seen}"
+        );
+        assert_eq!(
+            control.wait().await.unwrap(),
+            ExitStatus::Code(4),
+            "{spawn}"
+        );
     }
 }
 
@@ -344,7 +406,10 @@ async fn a_silent_helper_falls_back_to_docker_exec() {
         .join("helper.sock");
     std::fs::remove_file(&socket).unwrap();
     let (out, _, status) = run_script(&*backend, &c.container_id, "fred", "echo still here").await;
-    assert_eq!((out.as_str(), status), ("still here\n", ExitStatus::Code(0)));
+    assert_eq!(
+        (out.as_str(), status),
+        ("still here\n", ExitStatus::Code(0))
+    );
     assert_path(&backend, &c.container_id, SpawnPath::Exec).await;
 }
 
@@ -394,8 +459,13 @@ async fn fifty_sessions_at_once_each_get_their_own_output() {
         let backend = backend.clone();
         let id = c.container_id.clone();
         async move {
-            let (out, _, status) =
-                run_script(&*backend, &id, "pam", &format!("echo session-{i}; exit {}", i % 7)).await;
+            let (out, _, status) = run_script(
+                &*backend,
+                &id,
+                "pam",
+                &format!("echo session-{i}; exit {}", i % 7),
+            )
+            .await;
             assert_eq!(out, format!("session-{i}\n"));
             assert_eq!(status, ExitStatus::Code(i % 7));
         }

@@ -96,8 +96,18 @@ mod tests {
 
     #[test]
     fn options_then_command() {
-        let o = run(&["--socket", "/s", "--user", "www", "--drop-caps", "6,7", "--", "-x", "y"])
-            .unwrap();
+        let o = run(&[
+            "--socket",
+            "/s",
+            "--user",
+            "www",
+            "--drop-caps",
+            "6,7",
+            "--",
+            "-x",
+            "y",
+        ])
+        .unwrap();
         assert_eq!(o.socket, PathBuf::from("/s"));
         assert_eq!(o.user, "www");
         assert_eq!(o.drop_caps, vec![6, 7]);

@@ -77,7 +77,11 @@ impl Started {
         let step = if report[0] == STEP_EXEC {
             format!("cannot execute {program}")
         } else {
-            STEPS.get(report[0] as usize).copied().unwrap_or("spawn").to_owned()
+            STEPS
+                .get(report[0] as usize)
+                .copied()
+                .unwrap_or("spawn")
+                .to_owned()
         };
         Some(Err(SpawnError { step, errno }))
     }
@@ -407,7 +411,11 @@ mod tests {
             true,
         )
         .unwrap();
-        let paths: Vec<_> = plan.candidates.iter().map(|c| c.to_str().unwrap()).collect();
+        let paths: Vec<_> = plan
+            .candidates
+            .iter()
+            .map(|c| c.to_str().unwrap())
+            .collect();
         assert_eq!(paths, ["/a/ls", "./ls", "/b/ls"]);
         let plan = Plan::new(&[b"./x".to_vec()], &[], None, creds.clone(), &[], true).unwrap();
         assert_eq!(plan.candidates.len(), 1);

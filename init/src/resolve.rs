@@ -32,7 +32,10 @@ pub fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if ips.is_empty() {
         return Err(format!("cannot resolve {host:?} in the container"));
     }
-    Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect())
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
 }
 
 /// Addresses /etc/hosts gives `host`, in file order.

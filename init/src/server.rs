@@ -77,6 +77,8 @@ struct Server {
     sessions: Vec<Session>,
     /// The container is stopping.
     stopping: Option<Stopping>,
+    /// Connections refused by the peer check, for rate-limiting their log lines.
+    refused: u64,
     /// Write end of the main command's stdin, held open so a shell or interpreter
     /// there waits for input forever, as with `docker run -i`.
     _main_stdin: Option<OwnedFd>,
@@ -102,7 +104,6 @@ fn start(opts: Options) -> Result<Server, String> {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         }
     }
-    let listener = listen(&opts.socket)?;
     let base_env: Vec<Vec<u8>> = std::env::vars_os()
         .map(|(k, v)| {
             let mut entry = k.into_vec();
@@ -115,25 +116,29 @@ fn start(opts: Options) -> Result<Server, String> {
         opts,
         base_env,
         signals,
-        listener: Some(listener),
+        listener: None,
         main: None,
         exit_code: 0,
         pending: Vec::new(),
         sessions: Vec::new(),
         stopping: None,
+        refused: 0,
         _main_stdin: None,
     };
+    // The command first: if it cannot start, the helper exits without ever having
+    // answered, and the agent reports the container's log instead of a dead helper.
     if !server.opts.command.is_empty() {
         server.start_main()?;
     }
+    server.listener = Some(listen(&server.opts.socket)?);
     Ok(server)
 }
 
 /// Binds the socket, replacing one left by an earlier run of the container.
 fn listen(path: &PathBuf) -> Result<UnixListener, String> {
     let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     // Only root may connect; the peer check below is what keeps root in the
     // container out.
     let c_path = sys::cstring(&path.to_string_lossy());
@@ -148,8 +153,21 @@ fn listen(path: &PathBuf) -> Result<UnixListener, String> {
 impl Server {
     fn start_main(&mut self) -> Result<(), String> {
         let creds = Creds::for_image_user(&self.opts.user)?;
-        let argv: Vec<Vec<u8>> = self.opts.command.iter().cloned().map(OsString::into_vec).collect();
-        let plan = Plan::new(&argv, &self.base_env, None, creds, &self.opts.drop_caps, false)?;
+        let argv: Vec<Vec<u8>> = self
+            .opts
+            .command
+            .iter()
+            .cloned()
+            .map(OsString::into_vec)
+            .collect();
+        let plan = Plan::new(
+            &argv,
+            &self.base_env,
+            None,
+            creds,
+            &self.opts.drop_caps,
+            false,
+        )?;
         let (stdin_read, stdin_write) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
         let pid = plan
             .spawn(Stdio::StdinOnly(stdin_read))
@@ -269,7 +287,15 @@ impl Server {
             match sys::peer_pid(&conn) {
                 Ok(0) => {}
                 Ok(pid) => {
-                    crate::log!("refused a connection from pid {pid} inside the container");
+                    // Logged at powers of two: a process retrying in a loop cannot
+                    // fill the node's disk through the container log.
+                    self.refused += 1;
+                    if self.refused.is_power_of_two() {
+                        crate::log!(
+                            "refused a connection from pid {pid} inside the container ({} so far)",
+                            self.refused
+                        );
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -355,7 +381,9 @@ impl Server {
             true,
         )
         .map_err(io::Error::other)?;
-        let context = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        let context = |what: &'static str| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
         let spawned = |e: child::SpawnError| io::Error::other(e.to_string());
         match request.pty {
             Some((cols, rows)) => {

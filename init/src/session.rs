@@ -98,7 +98,10 @@ impl Session {
         out: OwnedFd,
         err: Option<OwnedFd>,
     ) -> io::Result<Session> {
-        for fd in [Some(&stdin), Some(&out), err.as_ref()].into_iter().flatten() {
+        for fd in [Some(&stdin), Some(&out), err.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             sys::set_nonblocking(fd, true)?;
         }
         let mut session = Session {
@@ -270,10 +273,13 @@ impl Session {
     /// Returns stdin credit to the agent.
     fn grant(&mut self, n: u32) {
         self.window_owed = self.window_owed.saturating_add(n);
-        if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0)
-        {
+        if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0) {
             if !self.agent_gone {
-                wire::put_frame(&mut self.outbuf, kind::WINDOW, &self.window_owed.to_be_bytes());
+                wire::put_frame(
+                    &mut self.outbuf,
+                    kind::WINDOW,
+                    &self.window_owed.to_be_bytes(),
+                );
             }
             self.window_owed = 0;
         }
@@ -398,7 +404,8 @@ impl Session {
             self.kill_at = None;
             self.signal_group(libc::SIGKILL);
         }
-        if self.drain_until.is_some_and(|t| t <= now) {
+        // (Output waits for STARTED, which waits for the exec report.)
+        if self.starting.is_none() && self.drain_until.is_some_and(|t| t <= now) {
             self.drain_until = None;
             // Drain what is already there, then let go of the terminal.
             while self.out.is_some() && !self.agent_gone && self.outbuf.len() < OUT_HIGH {

@@ -128,13 +128,7 @@ pub fn send_with_fd(sock: &impl AsRawFd, frame: &[u8], fd: RawFd) -> io::Result<
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-        let sent = retry(|| {
-            cvt_size(libc::sendmsg(
-                sock.as_raw_fd(),
-                &msg,
-                libc::MSG_NOSIGNAL,
-            ))
-        })?;
+        let sent = retry(|| cvt_size(libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
         // The descriptor went with the first byte; finish the frame plainly.
         write_all(sock, &frame[sent..])
     }

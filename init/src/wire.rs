@@ -367,7 +367,9 @@ mod tests {
         .encode();
         frame[5] = 0xff; // version
         let (kind, payload, _) = split_frame(&frame).unwrap().unwrap();
-        assert!(Request::decode(kind, payload).unwrap_err().contains("version"));
+        assert!(Request::decode(kind, payload)
+            .unwrap_err()
+            .contains("version"));
         // A list claiming more entries than the frame could hold.
         let mut p = VERSION.to_be_bytes().to_vec();
         p.extend_from_slice(&[0; 13]);

@@ -11,6 +11,9 @@ const HEIGHT: u32 = 600;
 /// Height of each target's panel in the phase breakdown.
 const PANEL_HEIGHT: u32 = 360;
 
+/// Half a bar's width, in level slots.
+const BAR_HALF_WIDTH: f64 = 0.35;
+
 /// Target colours, in target order.
 const TARGET_COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
@@ -157,17 +160,24 @@ pub fn phases(results: &[LevelStats]) -> anyhow::Result<String> {
         let height = PANEL_HEIGHT * names.len().max(1) as u32;
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         draw(root.fill(&WHITE))?;
+        // Levels are categories, evenly spaced like seed 000's Fig. 5, so a
+        // level of 1 next to 100 still gets a readable bar.
         let mut levels: Vec<u32> = results.iter().map(|s| s.level).collect();
         levels.sort_unstable();
         levels.dedup();
-        let gap = levels
-            .windows(2)
-            .map(|w| (w[1] - w[0]) as f64)
-            .fold(f64::INFINITY, f64::min);
-        let half_width = if gap.is_finite() { gap * 0.35 } else { 0.4 };
-        let (x0, x1) = level_range(results);
-        let lowest = levels.first().copied().unwrap_or(1) as f64;
-        let (x0, x1) = (x0.min(lowest - 1.2 * half_width), x1 + half_width);
+        let slot = |level: u32| levels.iter().position(|l| *l == level).unwrap_or(0) as f64;
+        let (x0, x1) = (-0.6, levels.len().max(1) as f64 - 0.4);
+        let label = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
+                levels
+                    .get(i as usize)
+                    .map(u32::to_string)
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
         // The same y scale in every panel, so targets compare by eye.
         let y_max = results
             .iter()
@@ -189,14 +199,16 @@ pub fn phases(results: &[LevelStats]) -> anyhow::Result<String> {
                     .configure_mesh()
                     .x_desc("parallel connections")
                     .y_desc("ms (mean)")
-                    .x_label_formatter(&|x| format!("{x:.0}"))
+                    .disable_x_mesh()
+                    .x_labels(levels.len().max(1))
+                    .x_label_formatter(&label)
                     .y_label_formatter(&|y| format!("{y:.0}"))
                     .draw(),
             )?;
             let rows: Vec<(f64, [f64; 7])> = results
                 .iter()
                 .filter(|s| s.target == *target)
-                .filter_map(|s| segments(s).map(|seg| (s.level as f64, seg)))
+                .filter_map(|s| segments(s).map(|seg| (slot(s.level), seg)))
                 .collect();
             for (k, (label, colour)) in SEGMENTS.iter().enumerate() {
                 let colour = *colour;
@@ -204,7 +216,7 @@ pub fn phases(results: &[LevelStats]) -> anyhow::Result<String> {
                     let low: f64 = seg[..k].iter().sum();
                     let high = low + seg[k];
                     Rectangle::new(
-                        [(x - half_width, low), (x + half_width, high)],
+                        [(x - BAR_HALF_WIDTH, low), (x + BAR_HALF_WIDTH, high)],
                         colour.filled(),
                     )
                 });

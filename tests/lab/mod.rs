@@ -171,3 +171,19 @@ impl Lab {
         }
     }
 }
+
+impl Drop for Lab {
+    /// Removes the helper directories of this lab's containers (the containers go with
+    /// `cleanup`).
+    fn drop(&mut self) {
+        let helper_dir = labssh_agent::Config::default().helper_dir;
+        if let Ok(entries) = std::fs::read_dir(helper_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with(&self.cleanup.prefix) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+}

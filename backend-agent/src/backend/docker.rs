@@ -9,13 +9,13 @@ mod routes;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
+use bollard::models::ImageInspect;
 use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
 };
 use bollard::{body_full, Docker, API_DEFAULT_VERSION};
-use bollard::models::ImageInspect;
 use labssh_proto::pb;
 use tokio::time::Instant;
 
@@ -182,7 +182,11 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
             Err(e) => return Err(BackendError::CreateFailed(docker_message(&e))),
         };
-        let path = if helper_dir.is_some() { "helper" } else { "exec" };
+        let path = if helper_dir.is_some() {
+            "helper"
+        } else {
+            "exec"
+        };
         tracing::info!(container = name, image = %env.image, spawn = path, "created container");
         if !env.run_as_root {
             self.fix_home(&created.id, user, env).await;
@@ -197,6 +201,8 @@ impl DockerBackend {
             let force = RemoveContainerOptionsBuilder::new().force(true).build();
             if let Err(rm) = self.docker.remove_container(&created.id, Some(force)).await {
                 tracing::warn!(container = name, error = %rm, "cannot remove container that failed to start");
+            } else if let Some(dir) = &helper_dir {
+                let _ = std::fs::remove_dir_all(dir);
             }
             return Err(e);
         }
@@ -418,6 +424,14 @@ impl Backend for DockerBackend {
             })?;
         let ids = list.iter().filter_map(|c| c.id.clone()).collect();
         self.routes.retain(&ids);
+        if let Some(setup) = &self.helper {
+            let names = list
+                .iter()
+                .flat_map(|c| c.names.iter().flatten())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .collect();
+            helper_container::prune_dirs(&self.docker, &setup.dir, &self.prefix, &names).await;
+        }
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -454,7 +468,9 @@ fn helper_plan<'a>(
     HelperPlan {
         init: &setup.init,
         dir,
-        image_entrypoint: config.and_then(|c| c.entrypoint.clone()).unwrap_or_default(),
+        image_entrypoint: config
+            .and_then(|c| c.entrypoint.clone())
+            .unwrap_or_default(),
         image_cmd: config.and_then(|c| c.cmd.clone()).unwrap_or_default(),
         image_user: config.and_then(|c| c.user.clone()).unwrap_or_default(),
     }

@@ -4,9 +4,9 @@
 //! Runtime-neutral: all it needs is the socket's path on this host. One connection per
 //! process or TCP connection; the protocol is `init/src/wire.rs`, compiled in here too.
 
+mod process;
 #[path = "../../../init/src/wire.rs"]
 mod wire;
-mod process;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -230,7 +230,9 @@ async fn read_frame_with_fd(stream: &UnixStream) -> io::Result<(u8, Vec<u8>, Opt
         }
         stream.readable().await?;
         let mut chunk = [0u8; 4096];
-        let read = stream.try_io(Interest::READABLE, || recv_with_fd(stream.as_raw_fd(), &mut chunk));
+        let read = stream.try_io(Interest::READABLE, || {
+            recv_with_fd(stream.as_raw_fd(), &mut chunk)
+        });
         match read {
             Ok((0, _)) => {
                 return Err(io::Error::new(
@@ -275,8 +277,7 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count = ((*cmsg).cmsg_len as usize
-                    - (data as usize - cmsg as usize))
+                let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
                     / std::mem::size_of::<RawFd>();
                 for i in 0..count {
                     let raw = std::ptr::read_unaligned(data.add(i));

@@ -80,7 +80,9 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 fn find(config: &Config) -> Result<PathBuf, String> {
     if !config.init_binary.is_empty() {
         let path = PathBuf::from(&config.init_binary);
-        return check(&path).map(|()| path).map_err(|why| format!("init_binary {}: {why}", config.init_binary));
+        return check(&path)
+            .map(|()| path)
+            .map_err(|why| format!("init_binary {}: {why}", config.init_binary));
     }
     let beside = std::env::current_exe()
         .ok()
@@ -139,7 +141,11 @@ fn install(source: &Path, dir: &Path) -> std::io::Result<PathBuf> {
         return Ok(target);
     }
     // Several agents (tests) may install at once: unique temporary names, atomic rename.
-    let tmp = dir.join(format!(".{INIT_NAME}.{}.{}", std::process::id(), rand::random::<u32>()));
+    let tmp = dir.join(format!(
+        ".{INIT_NAME}.{}.{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&tmp, &bytes)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(BINARY_MODE))?;
     std::fs::rename(&tmp, &target).inspect_err(|_| {

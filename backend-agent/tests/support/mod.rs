@@ -210,7 +210,11 @@ impl Drop for Scratch {
         let helper_dir = std::path::PathBuf::from(Config::default().helper_dir);
         if let Ok(entries) = std::fs::read_dir(&helper_dir) {
             for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(&self.prefix) {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.prefix)
+                {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -253,7 +257,7 @@ pub async fn ensure_on(backend: &DockerBackend, user: &str, path: &str) -> Ensur
     assert_eq!(
         actual.name(),
         path,
-        "container {} would not use the {path} path (is labssh-init built?)",
+        "container {} would not use the {path} path (is labssh-init built? do the tests run as root?)",
         ensured.name
     );
     ensured

@@ -309,14 +309,27 @@ mod tests {
         assert_eq!(body.labels.unwrap()[LABEL_SPAWN], "helper");
         let hc = body.host_config.unwrap();
         let caps = hc.cap_add.unwrap();
-        for cap in ["cap_setuid", "NET_BIND_SERVICE", "DAC_READ_SEARCH", "KILL", "SETGID", "SETPCAP"] {
+        for cap in [
+            "cap_setuid",
+            "NET_BIND_SERVICE",
+            "DAC_READ_SEARCH",
+            "KILL",
+            "SETGID",
+            "SETPCAP",
+        ] {
             assert!(caps.contains(&cap.to_owned()), "{cap} in {caps:?}");
         }
         assert!(!caps.contains(&"SETUID".to_owned()));
         let mounts = hc.mounts.unwrap();
-        let init = mounts.iter().find(|m| m.target.as_deref() == Some(INIT_PATH)).unwrap();
+        let init = mounts
+            .iter()
+            .find(|m| m.target.as_deref() == Some(INIT_PATH))
+            .unwrap();
         assert_eq!(init.read_only, Some(true));
-        let run = mounts.iter().find(|m| m.target.as_deref() == Some(RUN_DIR)).unwrap();
+        let run = mounts
+            .iter()
+            .find(|m| m.target.as_deref() == Some(RUN_DIR))
+            .unwrap();
         assert_eq!(run.source.as_deref(), Some("/run/labssh/lab-bob-web"));
         assert_eq!(run.read_only, Some(false));
     }

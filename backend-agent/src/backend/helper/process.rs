@@ -37,7 +37,13 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
     let credit = Arc::new(Semaphore::new(wire::STDIN_WINDOW as usize));
     let (output_tx, output_rx) = mpsc::channel(OUTPUT_BUFFER);
     let (outcome_tx, outcome_rx) = watch::channel(None);
-    tokio::spawn(read_frames(read, buf, output_tx, credit.clone(), outcome_tx));
+    tokio::spawn(read_frames(
+        read,
+        buf,
+        output_tx,
+        credit.clone(),
+        outcome_tx,
+    ));
     let (stdin, stdin_rx) = tokio::io::duplex(STDIN_PIPE);
     tokio::spawn(write_stdin(stdin_rx, write.clone(), credit));
     Process {
@@ -102,7 +108,11 @@ impl ProcessControl for HelperProcess {
         if self.ended() {
             return Ok(()); // the helper reaped it; its pid may already be someone else's
         }
-        tracing::debug!(pid = self.pid, signal = name, "signalling through the helper");
+        tracing::debug!(
+            pid = self.pid,
+            signal = name,
+            "signalling through the helper"
+        );
         self.send(kind::SIGNAL, &[number as u8]).await
     }
 
@@ -144,7 +154,9 @@ async fn read_frames(
             Ok(None) => {
                 buf.reserve(READ_CHUNK);
                 match read.read_buf(&mut buf).await {
-                    Ok(0) => break gone("the helper went away (was the container stopped?)".into()),
+                    Ok(0) => {
+                        break gone("the helper went away (was the container stopped?)".into())
+                    }
                     Ok(_) => continue,
                     Err(e) => break gone(format!("reading from the helper: {e}")),
                 }
