@@ -38,8 +38,20 @@ impl Firewall {
         let mut installed = Vec::new();
         for port in ports {
             let rule: Vec<String> = [
-                "INPUT", "-i", bridge, "-p", "tcp", "--dport", &port.to_string(), "-m", "comment",
-                "--comment", &format!("{COMMENT_PREFIX} {agent}"), "-j", "REJECT", "--reject-with",
+                "INPUT",
+                "-i",
+                bridge,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-m",
+                "comment",
+                "--comment",
+                &format!("{COMMENT_PREFIX} {agent}"),
+                "-j",
+                "REJECT",
+                "--reject-with",
                 "tcp-reset",
             ]
             .iter()
