@@ -272,6 +272,13 @@ async fn replicas_behind_haproxy_survive_faults() {
     for p in 0..2 {
         let log = fleet.proxies[p].log_text();
         assert!(log.contains("peer=127.0.0.2:"), "proxy{p}: {log}");
+        // user01 was validated once in the first round; through the shared
+        // Redis, each replica then finds the credential in the cache.
+        assert!(
+            log.lines()
+                .any(|l| l.contains("user=user01") && l.contains("cache=\"hit\"")),
+            "proxy{p} has a cache hit for user01: {log}"
+        );
     }
 
     // 2. The controller restarts with sessions open: none drops, new logins
