@@ -95,6 +95,23 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
         ),
     )
     .unwrap();
+    // A rule left behind by an earlier, killed run of this agent: the agent
+    // removes it when it starts.
+    let stale = Command::new("iptables")
+        .args([
+            "-w", "5", "-I", "INPUT", "-i", "docker0", "-p", "tcp", "--dport", "9", "-m", "comment",
+        ])
+        .args([
+            "--comment",
+            "labssh-agent iso",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])
+        .status()
+        .unwrap();
+    assert!(stale.success());
     let mut controller = Proc::start(
         "controller",
         labssh("controller", &d.join("controller.toml")),
@@ -107,6 +124,19 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
     let mut proxy = Proc::start("proxy", labssh("proxy", &d.join("proxy.toml")), d).unwrap();
     proxy.wait_port(sport, STARTUP).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let rules_now = String::from_utf8_lossy(
+        &Command::new("iptables")
+            .args(["-S", "INPUT"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !rules_now.contains("--dport 9 "),
+        "stale rule removed at start: {rules_now}"
+    );
 
     // From the host, both ports answer on the gateway address.
     for port in [cport, aport] {

@@ -35,6 +35,7 @@ impl Firewall {
     /// Rejects TCP from `bridge` (the containers' interface) to `ports`.
     /// Failure is logged, not fatal: mTLS still guards the ports.
     pub fn protect(agent: &str, bridge: &str, ports: &[u16]) -> Firewall {
+        remove_stale(agent);
         let mut installed = Vec::new();
         for port in ports {
             let rule: Vec<String> = [
@@ -72,6 +73,37 @@ impl Firewall {
             }
         }
         Firewall { rules: installed }
+    }
+}
+
+/// Removes rules an earlier run of this agent left behind (it was killed
+/// before it could clean up), so they never accumulate.
+fn remove_stale(agent: &str) {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "5", "-S", "INPUT"])
+        .output()
+    else {
+        return;
+    };
+    let marker = format!("--comment \"{COMMENT_PREFIX} {agent}\"");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        if !line.contains(&marker) {
+            continue;
+        }
+        // `iptables -S` quotes the comment; split it back into one argument.
+        let (before, after) = rule.split_once(&marker).expect("marker is in the line");
+        let mut args = vec!["-D".to_string()];
+        args.extend(before.split_whitespace().map(str::to_string));
+        args.push("--comment".into());
+        args.push(format!("{COMMENT_PREFIX} {agent}"));
+        args.extend(after.split_whitespace().map(str::to_string));
+        match iptables(&args) {
+            Ok(()) => tracing::info!("removed a firewall rule left by an earlier run: {line}"),
+            Err(e) => tracing::warn!("could not remove stale firewall rule {line:?}: {e}"),
+        }
     }
 }
 
