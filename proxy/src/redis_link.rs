@@ -81,33 +81,27 @@ impl RedisLink {
     /// Runs one command with the link's timeout; failures open the breaker.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Option<T> {
         let mut conn = self.conn().await?;
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string()).await;
-                None
-            }
-            Err(_) => {
-                self.failed("timed out").await;
-                None
-            }
-        }
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
     /// Runs a pipeline with the link's timeout; failures open the breaker.
     pub async fn pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Option<T> {
         let mut conn = self.conn().await?;
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(&e.to_string()).await;
-                None
-            }
-            Err(_) => {
-                self.failed("timed out").await;
-                None
-            }
-        }
+        self.bounded(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    /// Awaits a Redis call for at most [`REDIS_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let why = match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        self.failed(&why).await;
+        None
     }
 
     async fn failed(&self, why: &str) {
