@@ -566,5 +566,13 @@ async fn labssh_up_serves_metrics_and_health_and_exports_over_otlp() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Stop it as an operator would, so the agent removes its firewall rules.
+    up.terminate();
+    for _ in 0..200 {
+        if !up.running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     up.kill();
 }
