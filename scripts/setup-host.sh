@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what labssh and its tests need on a Debian machine:
 # the Docker engine, Redis, the OpenSSH client, busybox-static (for the
-# test image) and Prometheus (for the telemetry tests). Safe to run again: it
+# test image), Prometheus and HAProxy (for the telemetry and scale-out tests). Safe to run again: it
 # only does what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -22,6 +22,10 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.rs scrapes with it
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.rs balances with it
+command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
+# labssh-init links statically against glibc.
+[ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   # Packages must not start their services (sshd on :22, a second dockerd):
