@@ -35,8 +35,9 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
     let mut endpoint = Endpoint::from_shared(args.controller.clone())
         .with_context(|| format!("--controller {:?}", args.controller))?;
     if let Some(dir) = &args.tls_dir {
-        endpoint =
-            endpoint.tls_config(labssh::certs::files(dir, "proxy").client(CONTROLLER_NAME)?)?;
+        endpoint = labssh::certs::files(dir, "proxy")
+            .secure(endpoint, CONTROLLER_NAME)
+            .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
     }
     let channel = endpoint
         .connect()

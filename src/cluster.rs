@@ -168,14 +168,14 @@ impl Cluster {
         &self,
     ) -> anyhow::Result<pb::controller_client::ControllerClient<tonic::transport::Channel>> {
         let tls = &self.admin_tls;
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
+        let endpoint = tonic::transport::Endpoint::from_shared(format!(
             "{}://{}",
             tls.scheme(),
             self.controller_addr
         ))?;
-        if tls.enabled() {
-            endpoint = endpoint.tls_config(tls.client(labssh_proto::tls::CONTROLLER_NAME)?)?;
-        }
+        let endpoint = tls
+            .secure(endpoint, labssh_proto::tls::CONTROLLER_NAME)
+            .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
         Ok(pb::controller_client::ControllerClient::new(
             endpoint.connect_lazy(),
         ))

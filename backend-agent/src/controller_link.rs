@@ -101,17 +101,12 @@ impl ControllerLink {
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT),
             Err(e) => return Ended::BeforeWelcome(format!("bad controller URL: {e}")),
         };
-        let endpoint = if self.tls.enabled() {
-            let tls = match self.tls.client(labssh_proto::tls::CONTROLLER_NAME) {
-                Ok(t) => t,
-                Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
-            };
-            match endpoint.tls_config(tls) {
-                Ok(e) => e,
-                Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
-            }
-        } else {
-            endpoint
+        let endpoint = match self
+            .tls
+            .secure(endpoint, labssh_proto::tls::CONTROLLER_NAME)
+        {
+            Ok(e) => e,
+            Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,

@@ -121,12 +121,10 @@ pub async fn run_with_backend(
             let _ = stream.set_nodelay(true);
         })
     });
-    let mut server = tonic::transport::Server::builder();
-    if config.tls.enabled() {
-        server = server
-            .tls_config(config.tls.server()?)
-            .context("tls: bad certificate or key")?;
-    }
+    let server = config
+        .tls
+        .server_builder()
+        .map_err(|e| anyhow::anyhow!("tls: bad certificate or key: {e}"))?;
     let serve = server
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

@@ -77,12 +77,10 @@ pub async fn run(
         default_environment = %config.default_environment,
         "controller serving gRPC"
     );
-    let mut server = tonic::transport::Server::builder();
-    if config.tls.enabled() {
-        server = server
-            .tls_config(config.tls.server()?)
-            .context("tls: bad certificate or key")?;
-    }
+    let server = config
+        .tls
+        .server_builder()
+        .map_err(|e| anyhow::anyhow!("tls: bad certificate or key: {e}"))?;
     let served = server
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))

@@ -10,7 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+/// Any failure to apply TLS material: an unreadable file, or one tonic
+/// rejects.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Name in the controller's certificate that clients verify.
 pub const CONTROLLER_NAME: &str = "labssh-controller";
@@ -95,6 +99,24 @@ impl TlsFiles {
         Ok(ServerTlsConfig::new()
             .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
             .client_ca_root(Certificate::from_pem(read(&self.ca)?)))
+    }
+
+    /// A gRPC server builder, with mTLS when it is configured.
+    pub fn server_builder(&self) -> Result<Server, ApplyError> {
+        let builder = Server::builder();
+        if !self.enabled() {
+            return Ok(builder);
+        }
+        Ok(builder.tls_config(self.server()?)?)
+    }
+
+    /// `endpoint` verifying the server as `server_name` and presenting our
+    /// identity when mTLS is configured; unchanged otherwise.
+    pub fn secure(&self, endpoint: Endpoint, server_name: &str) -> Result<Endpoint, ApplyError> {
+        if !self.enabled() {
+            return Ok(endpoint);
+        }
+        Ok(endpoint.tls_config(self.client(server_name)?)?)
     }
 
     /// Client side: verify the server as `server_name`, present our identity.

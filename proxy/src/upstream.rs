@@ -70,11 +70,8 @@ fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endp
         .http2_keep_alive_interval(HTTP2_KEEPALIVE)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    if tls.enabled() {
-        Ok(endpoint.tls_config(tls.client(server_name)?)?)
-    } else {
-        Ok(endpoint)
-    }
+    tls.secure(endpoint, server_name)
+        .map_err(|e| anyhow::anyhow!("tls: {e}"))
 }
 
 impl Upstream {
