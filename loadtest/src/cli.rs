@@ -166,6 +166,24 @@ pub fn check_unique_names(targets: &[Target]) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl CommonArgs {
+    /// What every subcommand does first: checks the target names, prepares
+    /// the output directory and resolves each target (address, credentials).
+    pub async fn prepare(&self) -> anyhow::Result<Vec<std::sync::Arc<crate::client::Endpoint>>> {
+        check_unique_names(&self.targets)?;
+        if let Some(dir) = &self.out {
+            crate::output::prepare(dir)?;
+        }
+        let mut endpoints = Vec::new();
+        for target in &self.targets {
+            endpoints.push(std::sync::Arc::new(
+                crate::client::Endpoint::prepare(target, self.phase_timeout).await?,
+            ));
+        }
+        Ok(endpoints)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,16 +80,7 @@ enum Outcome {
 
 pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    crate::cli::check_unique_names(&common.targets)?;
-    if let Some(dir) = &common.out {
-        crate::output::prepare(dir)?;
-    }
-    let mut endpoints = Vec::new();
-    for target in &common.targets {
-        endpoints.push(Arc::new(
-            Endpoint::prepare(target, common.phase_timeout).await?,
-        ));
-    }
+    let endpoints = common.prepare().await?;
     let mut reports = Vec::new();
     for endpoint in &endpoints {
         if stop.is_stopped() {

@@ -82,16 +82,7 @@ impl TargetInfo {
 
 pub async fn run(args: SweepArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    crate::cli::check_unique_names(&common.targets)?;
-    if let Some(dir) = &common.out {
-        crate::output::prepare(dir)?;
-    }
-    let mut endpoints = Vec::new();
-    for target in &common.targets {
-        endpoints.push(Arc::new(
-            Endpoint::prepare(target, common.phase_timeout).await?,
-        ));
-    }
+    let endpoints = common.prepare().await?;
     let levels = &args.levels.0;
     let command: Arc<str> = Arc::from(args.command.as_str());
     let started_at = std::time::SystemTime::now()

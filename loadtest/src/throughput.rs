@@ -41,16 +41,7 @@ struct ThroughputReport {
 
 pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    crate::cli::check_unique_names(&common.targets)?;
-    if let Some(dir) = &common.out {
-        crate::output::prepare(dir)?;
-    }
-    let mut endpoints = Vec::new();
-    for target in &common.targets {
-        endpoints.push(Arc::new(
-            Endpoint::prepare(target, common.phase_timeout).await?,
-        ));
-    }
+    let endpoints = common.prepare().await?;
     let directions: &[Direction] = match args.direction {
         Direction::Push => &[Direction::Push],
         Direction::Pull => &[Direction::Pull],
