@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Forwarded bytes are moved, not copied: `bytes::Bytes` for their payloads.
+    tonic_prost_build::configure()
+        .bytes(".labssh.v1.ForwardInput.data")
+        .bytes(".labssh.v1.ForwardOutput.data")
+        .compile_fds(fds)?;
     Ok(())
 }

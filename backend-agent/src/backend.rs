@@ -11,6 +11,7 @@ pub mod helper;
 mod init_binary;
 mod keyed_lock;
 
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -50,6 +51,54 @@ pub trait Backend: Send + Sync + 'static {
             target: format!("{host}:{port}"),
             message: "this container runtime cannot forward ports".to_owned(),
         })
+    }
+
+    /// Resolves `host` as the running container would (its /etc/hosts, its resolver),
+    /// so forwarding policy can judge addresses before anything connects. IP literals
+    /// come back as they are.
+    async fn resolve(
+        &self,
+        container: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, BackendError> {
+        let _ = container;
+        Err(BackendError::ConnectFailed {
+            target: format!("{host}:{port}"),
+            message: "this container runtime cannot resolve names in containers".to_owned(),
+        })
+    }
+
+    /// The container's own addresses on its networks (not loopback): forwarding to
+    /// them reaches the container itself.
+    async fn container_addresses(&self, container: &str) -> Result<Vec<IpAddr>, BackendError> {
+        let _ = container;
+        Ok(Vec::new())
+    }
+
+    /// Listens on `addr` inside the running container's network namespace, for
+    /// `ssh -R`. Port 0 picks a free port; the listener's `local_addr` tells which.
+    async fn listen_tcp(
+        &self,
+        container: &str,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener, BackendError> {
+        let _ = container;
+        Err(BackendError::ListenFailed {
+            address: addr.to_string(),
+            message: "this container runtime cannot listen in containers".to_owned(),
+        })
+    }
+
+    /// The first of `candidates` (absolute paths inside the container) that is an
+    /// executable file in the running container, symlinks resolved inside it.
+    async fn find_executable(
+        &self,
+        container: &str,
+        candidates: &[&str],
+    ) -> Result<Option<String>, BackendError> {
+        let _ = (container, candidates);
+        Ok(None)
     }
 }
 
@@ -322,6 +371,14 @@ pub enum BackendError {
     ConnectFailed {
         /// `host:port` as asked.
         target: String,
+        /// Why.
+        message: String,
+    },
+    /// Listening inside the container failed.
+    #[error("cannot listen on {address} in the container: {message}")]
+    ListenFailed {
+        /// The address asked for.
+        address: String,
         /// Why.
         message: String,
     },

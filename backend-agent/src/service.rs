@@ -122,6 +122,24 @@ impl pb::agent_server::Agent for AgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    type ForwardStream = ReceiverStream<Result<pb::ForwardOutput, Status>>;
+
+    async fn forward(
+        &self,
+        _request: Request<Streaming<pb::ForwardInput>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        Err(Status::unimplemented("forwarding is being built"))
+    }
+
+    type ListenStream = ReceiverStream<Result<pb::ListenEvent, Status>>;
+
+    async fn listen(
+        &self,
+        _request: Request<pb::ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        Err(Status::unimplemented("forwarding is being built"))
+    }
+
     async fn ensure(
         &self,
         request: Request<pb::EnsureRequest>,

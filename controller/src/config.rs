@@ -106,6 +106,36 @@ pub struct EnvironmentConfig {
     /// How processes start: "helper" (labssh-init in the container, fast) or "exec"
     /// (Docker exec); empty means "helper". Applies to containers created afterwards.
     pub spawn: String,
+    /// Port forwarding (`ssh -L`, `-D`, `-R`): `[environments.NAME.forwarding]`.
+    pub forwarding: ForwardingConfig,
+}
+
+/// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
+/// on, to and from the student's own container only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `ssh -L` and `ssh -D`.
+    pub local: bool,
+    /// `ssh -R`: listening inside the container.
+    pub remote: bool,
+    /// Destinations besides the container itself, `"HOST:PORT"` (HOST a name, an
+    /// address, a CIDR block or `*`; PORT a number, `A-B` or `*`). The agent's host,
+    /// other containers and link-local addresses stay unreachable whatever this says.
+    pub allow: Vec<String>,
+    /// `ssh -R` may listen on all the container's addresses, not only loopback.
+    pub gateway_ports: bool,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            local: true,
+            remote: true,
+            allow: Vec::new(),
+            gateway_ports: false,
+        }
+    }
 }
 
 /// Why a configuration could not be used.
@@ -192,6 +222,7 @@ impl Default for EnvironmentConfig {
             keepalive_cmd: Vec::new(),
             env: BTreeMap::new(),
             spawn: String::new(),
+            forwarding: ForwardingConfig::default(),
         }
     }
 }
@@ -295,6 +326,12 @@ impl EnvironmentConfig {
             env: self.env.clone().into_iter().collect(),
             description: self.description.clone(),
             spawn: self.spawn.clone(),
+            forwarding: Some(pb::ForwardingPolicy {
+                local: self.forwarding.local,
+                remote: self.forwarding.remote,
+                allow: self.forwarding.allow.clone(),
+                gateway_ports: self.forwarding.gateway_ports,
+            }),
         }
     }
 
@@ -377,6 +414,10 @@ impl EnvironmentConfig {
                 key("spawn"),
                 self.spawn
             ));
+        }
+        let (_, bad_rules) = labssh_proto::forwarding::parse_all(&self.forwarding.allow);
+        for problem in bad_rules {
+            problems.push(format!("{}: {problem}", key("forwarding.allow")));
         }
         for (var, value) in &self.env {
             if var.is_empty() || var.contains('=') || var.contains('\0') {

@@ -9,4 +9,5 @@ pub mod pb {
     tonic::include_proto!("labssh.v1");
 }
 
+pub mod forwarding;
 pub mod tls;

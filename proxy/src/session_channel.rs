@@ -124,6 +124,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         environment: String::new(),
         command,
         argv: Vec::new(),
+        subsystem: String::new(),
         env: req.env,
         pty: req.pty,
     };
