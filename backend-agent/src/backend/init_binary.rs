@@ -1,9 +1,10 @@
-//! Finding labssh-init on this host and installing the copy containers mount.
+//! Finding labssh-init and labssh-sftp on this host and installing the copies
+//! containers mount.
 //!
-//! Containers bind-mount `<helper_dir>/labssh-init`, a copy the agent refreshes at
-//! start-up (by rename, so running containers keep the file they started with). The
-//! path stays valid across agent upgrades and `cargo clean`, so a stopped container
-//! can always be started again.
+//! Containers bind-mount `<helper_dir>/labssh-init` and `<helper_dir>/labssh-sftp`,
+//! copies the agent refreshes at start-up (by rename, so running containers keep the
+//! files they started with). The paths stay valid across agent upgrades and
+//! `cargo clean`, so a stopped container can always be started again.
 
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,6 +14,8 @@ use crate::config::Config;
 
 /// Name of the binary beside the agent's executable and in the helper directory.
 pub const INIT_NAME: &str = "labssh-init";
+/// Name of the SFTP server beside the agent's executable and in the helper directory.
+pub const SFTP_NAME: &str = "labssh-sftp";
 /// Only root may reach the sockets; root in a container reaches only its own.
 const DIR_MODE: u32 = 0o700;
 /// The binary must be executable by whatever user a container's root maps to.
@@ -25,11 +28,55 @@ pub struct HelperSetup {
     pub dir: PathBuf,
     /// The installed copy of labssh-init that containers mount.
     pub init: PathBuf,
+    /// The installed copy of labssh-sftp that containers mount, if there is one.
+    pub sftp: Option<PathBuf>,
 }
 
+/// Finds labssh-init and labssh-sftp and installs them: the helper setup (see
+/// [`HelperSetup::prepare`]) and the SFTP server containers mount, which does not need
+/// the helper.
+pub fn prepare(config: &Config) -> (Option<HelperSetup>, Option<PathBuf>) {
+    match HelperSetup::prepare(config) {
+        Some(setup) => {
+            let sftp = setup.sftp.clone();
+            (Some(setup), sftp)
+        }
+        // The helper gave up before looking at the SFTP server.
+        None => (None, prepare_sftp(config)),
+    }
+}
+
+/// Finds labssh-sftp and installs it in the helper directory; `None` (after a warning)
+/// when containers get no built-in SFTP server.
+pub fn prepare_sftp(config: &Config) -> Option<PathBuf> {
+    let source = match find(&config.sftp_binary, "sftp_binary", SFTP_NAME, SFTP_BUILT) {
+        Ok(path) => path,
+        Err(why) => {
+            tracing::warn!("{why}; containers get no built-in SFTP server (set `sftp_binary`)");
+            return None;
+        }
+    };
+    let dir = Path::new(&config.helper_dir);
+    match install(&source, dir, SFTP_NAME) {
+        Ok(sftp) => {
+            tracing::info!(source = %source.display(), installed = %sftp.display(), "built-in SFTP server ready");
+            Some(sftp)
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot install labssh-sftp; containers get no built-in SFTP server");
+            None
+        }
+    }
+}
+
+/// Where the build put the binaries, if it built them.
+const INIT_BUILT: Option<&str> = option_env!("LABSSH_INIT_BUILT");
+const SFTP_BUILT: Option<&str> = option_env!("LABSSH_SFTP_BUILT");
+
 impl HelperSetup {
-    /// Finds labssh-init and installs it; `None` (after a warning that says why and
-    /// what to do) when containers must be created for Docker exec instead.
+    /// Finds labssh-init and installs it, then labssh-sftp; `None` (after a warning
+    /// that says why and what to do) when containers must be created for Docker exec
+    /// instead.
     pub fn prepare(config: &Config) -> Option<HelperSetup> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -38,7 +85,7 @@ impl HelperSetup {
             );
             return None;
         }
-        let source = match find(config) {
+        let source = match find(&config.init_binary, "init_binary", INIT_NAME, INIT_BUILT) {
             Ok(path) => path,
             Err(why) => {
                 tracing::warn!("{why}; sessions use Docker exec (set `init_binary` to use the in-container helper)");
@@ -46,10 +93,11 @@ impl HelperSetup {
             }
         };
         let dir = PathBuf::from(&config.helper_dir);
-        match install(&source, &dir) {
+        match install(&source, &dir, INIT_NAME) {
             Ok(init) => {
                 tracing::info!(source = %source.display(), installed = %init.display(), "in-container helper ready");
-                Some(HelperSetup { dir, init })
+                let sftp = prepare_sftp(config);
+                Some(HelperSetup { dir, init, sftp })
             }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot install labssh-init; sessions use Docker exec");
@@ -75,19 +123,19 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// The configured binary, or the first usable one of: beside the agent's executable,
-/// the one built with the agent.
-fn find(config: &Config) -> Result<PathBuf, String> {
-    if !config.init_binary.is_empty() {
-        let path = PathBuf::from(&config.init_binary);
+/// The configured binary (`configured`, from the config key `key`), or the first
+/// usable one of: `name` beside the agent's executable, the one built with the agent.
+fn find(configured: &str, key: &str, name: &str, built: Option<&str>) -> Result<PathBuf, String> {
+    if !configured.is_empty() {
+        let path = PathBuf::from(configured);
         return check(&path)
             .map(|()| path)
-            .map_err(|why| format!("init_binary {}: {why}", config.init_binary));
+            .map_err(|why| format!("{key} {configured}: {why}"));
     }
     let beside = std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.join(INIT_NAME)));
-    let built = option_env!("LABSSH_INIT_BUILT").map(PathBuf::from);
+        .and_then(|exe| Some(exe.parent()?.join(name)));
+    let built = built.map(PathBuf::from);
     let mut tried = Vec::new();
     for path in beside.into_iter().chain(built) {
         match check(&path) {
@@ -95,7 +143,7 @@ fn find(config: &Config) -> Result<PathBuf, String> {
             Err(why) => tried.push(format!("{}: {why}", path.display())),
         }
     }
-    Err(format!("no usable labssh-init ({})", tried.join("; ")))
+    Err(format!("no usable {name} ({})", tried.join("; ")))
 }
 
 /// The binary must run in any image: a static ELF file (no program interpreter).
@@ -132,17 +180,17 @@ fn elf_interpreter(image: &[u8]) -> Option<bool> {
     Some(interp)
 }
 
-/// Copies `source` to `<dir>/labssh-init` unless an identical copy is there.
-fn install(source: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+/// Copies `source` to `<dir>/<name>` unless an identical copy is there.
+fn install(source: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     create_private_dir(dir)?;
-    let target = dir.join(INIT_NAME);
+    let target = dir.join(name);
     let bytes = std::fs::read(source)?;
     if std::fs::read(&target).is_ok_and(|old| old == bytes) {
         return Ok(target);
     }
     // Several agents (tests) may install at once: unique temporary names, atomic rename.
     let tmp = dir.join(format!(
-        ".{INIT_NAME}.{}.{}",
+        ".{name}.{}.{}",
         std::process::id(),
         rand::random::<u32>()
     ));
@@ -175,8 +223,8 @@ mod tests {
     }
 
     #[test]
-    fn the_built_helper_is_static() {
-        if let Some(path) = option_env!("LABSSH_INIT_BUILT") {
+    fn the_built_helpers_are_static() {
+        for path in [INIT_BUILT, SFTP_BUILT].into_iter().flatten() {
             check(Path::new(path)).unwrap();
         }
         // The agent's own test binary is dynamically linked.
@@ -190,16 +238,43 @@ mod tests {
         let source = dir.path().join("src");
         std::fs::write(&source, b"one").unwrap();
         let helper_dir = dir.path().join("helpers");
-        let installed = install(&source, &helper_dir).unwrap();
+        let installed = install(&source, &helper_dir, INIT_NAME).unwrap();
+        assert_eq!(installed, helper_dir.join(INIT_NAME));
         assert_eq!(std::fs::read(&installed).unwrap(), b"one");
         let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         let first = inode(&installed);
-        install(&source, &helper_dir).unwrap();
+        install(&source, &helper_dir, INIT_NAME).unwrap();
         assert_eq!(inode(&installed), first, "identical copy kept");
         std::fs::write(&source, b"two").unwrap();
-        install(&source, &helper_dir).unwrap();
+        install(&source, &helper_dir, INIT_NAME).unwrap();
         assert_eq!(std::fs::read(&installed).unwrap(), b"two");
         let mode = std::fs::metadata(&helper_dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, DIR_MODE);
+    }
+
+    #[test]
+    fn a_configured_binary_must_be_static() {
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let err = find(exe, "sftp_binary", SFTP_NAME, None).unwrap_err();
+        assert!(
+            err.starts_with("sftp_binary ") && err.contains("dynamically linked"),
+            "{err}"
+        );
+        let err = find(
+            "",
+            "sftp_binary",
+            SFTP_NAME,
+            Some("/nonexistent/labssh-sftp"),
+        )
+        .unwrap_err();
+        assert!(err.contains("no usable labssh-sftp"), "{err}");
+        assert!(err.contains("/nonexistent/labssh-sftp"), "{err}");
+        if let Some(built) = SFTP_BUILT {
+            assert_eq!(
+                find("", "sftp_binary", SFTP_NAME, Some(built)).unwrap(),
+                Path::new(built)
+            );
+        }
     }
 }

@@ -23,6 +23,8 @@ pub const LABEL_SPAWN: &str = "labssh.spawn";
 
 /// Where labssh-init is mounted (read-only) in a helper container.
 pub const INIT_PATH: &str = "/.labssh/init";
+/// Where the built-in SFTP server (labssh-sftp) is mounted (read-only) in containers.
+pub const SFTP_SERVER_PATH: &str = "/.labssh/sftp-server";
 /// Where the directory shared with the agent is mounted in a helper container.
 pub const RUN_DIR: &str = "/.labssh/run";
 /// What the helper needs for itself and takes away from every child: entering the
@@ -105,6 +107,8 @@ pub struct ContainerPlan<'a> {
     pub default_keepalive: &'a [String],
     /// Set for a container run by labssh-init.
     pub helper: Option<HelperPlan<'a>>,
+    /// labssh-sftp on this host, mounted at [`SFTP_SERVER_PATH`] in every container.
+    pub sftp: Option<&'a Path>,
 }
 
 /// What makes a container a helper container.
@@ -127,7 +131,7 @@ impl ContainerPlan<'_> {
     /// helper container runs labssh-init as root with the helper's capabilities added
     /// (it takes them from every child), the image's own command (or the environment's
     /// keepalive command) as its child, and the shared directory and the binary
-    /// mounted.
+    /// mounted. Any container gets the built-in SFTP server mounted, when there is one.
     pub fn create_body(&self) -> ContainerCreateBody {
         let env = self.env;
         let positive = |v: i64| (v > 0).then_some(v);
@@ -138,6 +142,9 @@ impl ContainerPlan<'_> {
             typ: Some(MountType::VOLUME),
             ..Default::default()
         }];
+        if let Some(sftp) = self.sftp {
+            mounts.push(bind(sftp, SFTP_SERVER_PATH, true));
+        }
         let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
         let (entrypoint, cmd, user) = match &self.helper {
             None => {
@@ -251,6 +258,7 @@ mod tests {
             env: &env,
             default_keepalive: &keepalive,
             helper: None,
+            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
         }
         .create_body();
         assert_eq!(body.cmd.as_ref(), Some(&keepalive));
@@ -262,9 +270,21 @@ mod tests {
         assert_eq!(hc.memory, Some(64 << 20));
         assert_eq!(hc.pids_limit, None);
         assert_eq!(hc.cap_add, Some(vec!["CHOWN".to_owned()]));
-        let mount = &hc.mounts.unwrap()[0];
+        let mounts = hc.mounts.unwrap();
+        let mount = &mounts[0];
         assert_eq!(mount.source.as_deref(), Some("lab-home-bob"));
         assert_eq!(mount.target.as_deref(), Some("/home/bob"));
+        // The SFTP server is mounted in exec containers too, read-only.
+        let sftp = mounts
+            .iter()
+            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
+            .expect("sftp server mounted");
+        assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
+        assert_eq!(sftp.typ, Some(MountType::BIND));
+        assert_eq!(sftp.read_only, Some(true));
+        assert!(!mounts
+            .iter()
+            .any(|m| m.target.as_deref() == Some(INIT_PATH)));
         assert_eq!(labels[LABEL_SPAWN], "exec");
         assert_eq!(body.entrypoint, Some(Vec::new()));
     }
@@ -291,6 +311,7 @@ mod tests {
             env: &env,
             default_keepalive: &[],
             helper: Some(helper),
+            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
         }
         .create_body();
         let entrypoint = body.entrypoint.unwrap();
@@ -332,5 +353,32 @@ mod tests {
             .unwrap();
         assert_eq!(run.source.as_deref(), Some("/run/labssh/lab-bob-web"));
         assert_eq!(run.read_only, Some(false));
+        let sftp = mounts
+            .iter()
+            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
+            .expect("sftp server mounted");
+        assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
+        assert_eq!(sftp.read_only, Some(true));
+    }
+
+    #[test]
+    fn without_an_sftp_server_nothing_is_mounted_for_it() {
+        let env = pb::Environment {
+            name: "plain".into(),
+            image: "img:1".into(),
+            ..Default::default()
+        };
+        let body = ContainerPlan {
+            agent: "a1",
+            prefix: "lab",
+            user: "bob",
+            env: &env,
+            default_keepalive: &[],
+            helper: None,
+            sftp: None,
+        }
+        .create_body();
+        let mounts = body.host_config.unwrap().mounts.unwrap();
+        assert_eq!(mounts.len(), 1, "only the home volume: {mounts:?}");
     }
 }
