@@ -54,6 +54,10 @@ pub struct Config {
     /// means `labssh-init` beside the agent's executable, else the one built with the
     /// agent. Without one, containers are created for Docker exec.
     pub init_binary: String,
+    /// The statically linked labssh-sftp mounted read-only into every container at
+    /// `/.labssh/sftp-server`, for images without an SFTP server; empty means
+    /// `labssh-sftp` beside the agent's executable, else the one built with the agent.
+    pub sftp_binary: String,
     /// Host directory with one sub-directory per container holding its helper's
     /// socket, and the copy of labssh-init that containers mount.
     pub helper_dir: String,
@@ -73,6 +77,10 @@ pub struct Config {
     /// More host ports containers must not reach (e.g. Redis, the proxies'
     /// metrics), besides the agent's and the controller's.
     pub firewall_ports: Vec<u16>,
+    /// Addresses and CIDR blocks port forwarding never reaches, whatever an
+    /// environment allows (e.g. the cluster's service network). This host's own
+    /// addresses, container networks and link-local addresses are always refused.
+    pub forward_deny: Vec<String>,
 }
 
 impl Default for Config {
@@ -88,12 +96,14 @@ impl Default for Config {
             keepalive_cmd: DEFAULT_KEEPALIVE.iter().map(|s| (*s).to_owned()).collect(),
             inventory_refresh_secs: DEFAULT_INVENTORY_REFRESH_SECS,
             init_binary: String::new(),
+            sftp_binary: String::new(),
             helper_dir: DEFAULT_HELPER_DIR.to_owned(),
             http: String::new(),
             tls: Default::default(),
             firewall: true,
             container_bridge: "docker0".to_owned(),
             firewall_ports: Vec::new(),
+            forward_deny: Vec::new(),
         }
     }
 }
@@ -230,6 +240,12 @@ impl Config {
                 self.init_binary
             ));
         }
+        if !self.sftp_binary.is_empty() && !self.sftp_binary.starts_with('/') {
+            problems.push(format!(
+                "sftp_binary: {:?} must be empty or an absolute path",
+                self.sftp_binary
+            ));
+        }
         if !self.helper_dir.starts_with('/') {
             problems.push(format!(
                 "helper_dir: {:?} must be an absolute path",
@@ -238,6 +254,11 @@ impl Config {
         }
         if self.inventory_refresh_secs == 0 {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
+        }
+        for entry in &self.forward_deny {
+            if let Err(e) = crate::forward::policy::parse_net(entry) {
+                problems.push(format!("forward_deny: {e}"));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -317,6 +338,7 @@ mod tests {
             keepalive_cmd = ["/bin/sleep", "infinity"]
             inventory_refresh_secs = 3
             init_binary = "/usr/local/lib/labssh/labssh-init"
+            sftp_binary = "/usr/local/lib/labssh/labssh-sftp"
             helper_dir = "/run/lab"
             "#,
         )
@@ -326,6 +348,7 @@ mod tests {
         assert_eq!(c.docker_socket_path(), "/run/docker.sock");
         assert_eq!(c.keepalive_cmd, ["/bin/sleep", "infinity"]);
         assert_eq!(c.init_binary, "/usr/local/lib/labssh/labssh-init");
+        assert_eq!(c.sftp_binary, "/usr/local/lib/labssh/labssh-sftp");
         assert_eq!(c.helper_dir, "/run/lab");
     }
 
@@ -346,6 +369,7 @@ mod tests {
             capacity = 0
             container_prefix = "Lab"
             init_binary = "labssh-init"
+            sftp_binary = "labssh-sftp"
             helper_dir = "run"
             "#,
         )
@@ -357,6 +381,7 @@ mod tests {
             "capacity:",
             "container_prefix:",
             "init_binary:",
+            "sftp_binary:",
             "helper_dir:",
         ] {
             assert!(e.contains(key), "{key} missing from {e}");

@@ -1,5 +1,6 @@
-//! CONNECT: a TCP connection opened inside the container's network namespace and
-//! handed to the agent as a descriptor, so the bytes never pass through the helper.
+//! CONNECT and LOOKUP: a TCP connection opened inside the container's network
+//! namespace and handed to the agent as a descriptor, so the bytes never pass through
+//! the helper; and a name resolved as the container would.
 //!
 //! Resolving and connecting can block for seconds, so each request runs in a forked
 //! copy of the helper (the helper has no threads, which keeps `fork` safe for spawns).
@@ -9,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::sys;
-use crate::wire::{self, kind, Connect};
+use crate::wire::{self, kind, Connect, Lookup};
 
 /// How long one address gets to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -17,19 +18,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers `request` on `conn` from a forked worker; the helper reaps it like any
 /// orphan. The parent's copy of `conn` is closed when this returns.
 pub fn start(conn: OwnedFd, request: Connect) {
+    in_worker(conn, |conn| match open(&request) {
+        Ok(stream) => send_fd(conn, kind::CONNECTED, &stream),
+        Err(message) => reply_error(conn, &message),
+    });
+}
+
+/// Answers a LOOKUP from a forked worker, like [`start`].
+pub fn lookup(conn: OwnedFd, request: Lookup) {
+    in_worker(conn, |conn| {
+        match crate::resolve::lookup(&request.host, request.port) {
+            Ok(addrs) => {
+                let mut frame = Vec::new();
+                wire::put_frame(&mut frame, kind::ADDRESSES, &wire::encode_addresses(&addrs));
+                let _ = sys::write_all(conn, &frame);
+            }
+            Err(message) => reply_error(conn, &message),
+        }
+    });
+}
+
+/// Runs `work` on `conn` (made blocking) in a forked copy of the helper, which then
+/// leaves; the parent only closes its copy of `conn`.
+pub fn in_worker(conn: OwnedFd, work: impl FnOnce(&OwnedFd)) {
     // SAFETY: the helper is single-threaded; the child leaves with _exit.
     match unsafe { libc::fork() } {
-        -1 => reply_error(&conn, "cannot fork a connection worker"),
+        -1 => reply_error(&conn, "cannot fork a worker in the container"),
         0 => {
             let _ = sys::set_nonblocking(&conn, false);
-            match open(&request) {
-                Ok(stream) => {
-                    let mut frame = Vec::new();
-                    wire::put_frame(&mut frame, kind::CONNECTED, &[]);
-                    let _ = sys::send_with_fd(&conn, &frame, stream.as_raw_fd());
-                }
-                Err(message) => reply_error(&conn, &message),
-            }
+            work(&conn);
             // SAFETY: leaves the worker without running the helper's destructors.
             unsafe { libc::_exit(0) };
         }
@@ -37,20 +54,32 @@ pub fn start(conn: OwnedFd, request: Connect) {
     }
 }
 
+/// Sends a frame of `kind` with no payload and `fd` attached; best effort.
+pub fn send_fd(conn: &OwnedFd, kind: u8, fd: &impl AsRawFd) {
+    let mut frame = Vec::new();
+    wire::put_frame(&mut frame, kind, &[]);
+    let _ = sys::send_with_fd(conn, &frame, fd.as_raw_fd());
+}
+
 fn open(request: &Connect) -> Result<TcpStream, String> {
     let target = format!("{}:{}", request.host, request.port);
     let addrs = crate::resolve::lookup(&request.host, request.port)?;
-    let mut last = String::new();
+    // The first address's failure is reported: the most preferred one, and for
+    // `localhost` the IPv4 one ("refused") rather than an IPv6 one a container
+    // without IPv6 cannot even try.
+    let mut first = None;
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
-            Err(e) => last = format!("{target} ({addr}): {e}"),
+            Err(e) => {
+                first.get_or_insert_with(|| format!("{target} ({addr}): {e}"));
+            }
         }
     }
-    Err(last)
+    Err(first.unwrap_or_else(|| format!("{target}: no address to connect to")))
 }
 
 /// Sends an ERROR frame on a blocking write; best effort.

@@ -4,14 +4,16 @@
 //! makes it the entrypoint. It reaps orphans, forwards signals to the image's own
 //! entrypoint and cmd (run as its child), and exits with it. On a unix socket in a
 //! directory shared with the agent it spawns session processes (with a terminal or
-//! pipes) and opens TCP connections inside the container, so starting a shell costs a
-//! fork and an exec instead of a `docker exec`. Only peers outside the container's PID
-//! namespace (the agent) are served. See `wire.rs` for the protocol.
+//! pipes), so starting a shell costs a fork and an exec instead of a `docker exec`, and
+//! opens TCP connections, resolves names and listens inside the container for port
+//! forwarding. Only peers outside the container's PID namespace (the agent) are
+//! served. See `wire.rs` for the protocol.
 
 mod args;
 mod child;
 mod connect;
 mod creds;
+mod listen;
 mod resolve;
 mod server;
 mod session;

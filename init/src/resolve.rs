@@ -16,18 +16,29 @@ const TYPE_AAAA: u16 = 28;
 
 /// The addresses of `host`, paired with `port`.
 pub fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let hosts = std::fs::read_to_string(HOSTS).unwrap_or_default();
+    let conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+    lookup_with(&hosts, &conf, host, port)
+}
+
+/// [`lookup`] with the contents of /etc/hosts and /etc/resolv.conf given (the agent
+/// reads them from the container and queries DNS from inside its network).
+pub fn lookup_with(
+    hosts: &str,
+    resolv_conf: &str,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let hosts = std::fs::read_to_string(HOSTS).unwrap_or_default();
-    let mut ips = from_hosts(&hosts, host);
+    let mut ips = from_hosts(hosts, host);
     if ips.is_empty() && host.eq_ignore_ascii_case("localhost") {
         ips = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
     }
     if ips.is_empty() {
-        let conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-        ips = from_dns(&nameservers(&conf), host);
+        ips = from_dns(&nameservers(resolv_conf), host);
     }
     if ips.is_empty() {
         return Err(format!("cannot resolve {host:?} in the container"));
@@ -166,6 +177,27 @@ mod tests {
             vec!["172.17.0.2".parse::<IpAddr>().unwrap()]
         );
         assert!(from_hosts(hosts, "db").is_empty());
+    }
+
+    #[test]
+    fn files_are_given() {
+        // No nameservers: nothing leaves the test.
+        let hosts = "10.1.2.3 web web.lab\n::1 localhost\n";
+        assert_eq!(
+            lookup_with(hosts, "", "web.lab", 8080).unwrap(),
+            vec!["10.1.2.3:8080".parse().unwrap()]
+        );
+        // The file's localhost wins over the built-in pair.
+        assert_eq!(
+            lookup_with(hosts, "", "localhost", 1).unwrap(),
+            vec!["[::1]:1".parse().unwrap()]
+        );
+        assert_eq!(
+            lookup_with("", "", "localhost", 1).unwrap(),
+            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:1".parse().unwrap()]
+        );
+        let err = lookup_with(hosts, "", "db", 1).unwrap_err();
+        assert_eq!(err, "cannot resolve \"db\" in the container");
     }
 
     #[test]

@@ -342,6 +342,8 @@ impl Server {
         match request {
             Ok(Request::Spawn(spawn)) => self.spawn(conn, inbuf, spawn),
             Ok(Request::Connect(request)) => connect::start(conn, request),
+            Ok(Request::Lookup(request)) => connect::lookup(conn, request),
+            Ok(Request::Listen(request)) => crate::listen::start(conn, request),
             Err(message) => connect::reply_error(&conn, &message),
         }
     }

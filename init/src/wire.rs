@@ -5,13 +5,18 @@
 //!
 //! Every message is a frame: a big-endian `u32` length of what follows, a kind byte,
 //! then the payload. A connection carries exactly one request, the agent's first frame
-//! ([`kind::SPAWN`] or [`kind::CONNECT`]), and then that request's traffic:
+//! ([`kind::SPAWN`], [`kind::CONNECT`], [`kind::LOOKUP`] or [`kind::LISTEN`]), and then
+//! that request's traffic:
 //!
 //! ```text
 //! agent → helper: SPAWN, then STDIN* / EOF / RESIZE / SIGNAL in any order
 //! helper → agent: STARTED | ERROR, then STDOUT* / STDERR* / WINDOW*, then EXIT
 //! agent → helper: CONNECT
 //! helper → agent: CONNECTED (with the socket as SCM_RIGHTS) | ERROR
+//! agent → helper: LOOKUP
+//! helper → agent: ADDRESSES | ERROR
+//! agent → helper: LISTEN
+//! helper → agent: LISTENING (with the listening socket as SCM_RIGHTS) | ERROR
 //! ```
 //!
 //! Stdin is credit-based: the agent sends at most [`STDIN_WINDOW`] bytes more than the
@@ -21,10 +26,14 @@
 //!
 //! Running containers keep the labssh-init they were created with while agents are
 //! upgraded, so requests carry [`VERSION`] and the helper refuses versions it does not
-//! speak; the agent then falls back to Docker exec.
+//! speak; the agent then falls back to Docker exec. Request kinds added later (LOOKUP,
+//! LISTEN) keep the version: a helper that predates one answers ERROR starting with
+//! [`UNEXPECTED_KIND`], which the agent recognises.
 
 // Each side uses a different half of this file.
 #![allow(dead_code)]
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Protocol version in every request.
 pub const VERSION: u16 = 1;
@@ -36,6 +45,11 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const STDIN_WINDOW: u32 = 256 * 1024;
 /// Name of the socket in the directory the agent shares with the container.
 pub const SOCKET_NAME: &str = "helper.sock";
+/// How the ERROR answer to a request kind the helper does not know begins (every
+/// helper version has answered this way).
+pub const UNEXPECTED_KIND: &str = "unexpected request kind";
+/// Most addresses in one ADDRESSES frame.
+pub const MAX_ADDRESSES: usize = 64;
 
 /// Frame kinds. Below 0x80 the agent sends, from 0x80 the helper does.
 pub mod kind {
@@ -51,6 +65,10 @@ pub mod kind {
     pub const RESIZE: u8 = 0x05;
     /// Deliver a signal: number `u8`.
     pub const SIGNAL: u8 = 0x06;
+    /// Resolve a name inside the container: [`super::Lookup`].
+    pub const LOOKUP: u8 = 0x07;
+    /// Listen on a TCP address inside the container: [`super::Listen`].
+    pub const LISTEN: u8 = 0x08;
 
     /// The process runs: its pid in the container, `u32`.
     pub const STARTED: u8 = 0x81;
@@ -66,6 +84,10 @@ pub mod kind {
     pub const CONNECTED: u8 = 0x86;
     /// The helper passed this many more stdin bytes on: `u32`.
     pub const WINDOW: u8 = 0x87;
+    /// What a LOOKUP resolved to: see [`super::encode_addresses`].
+    pub const ADDRESSES: u8 = 0x88;
+    /// The socket listens; it travels with this frame.
+    pub const LISTENING: u8 = 0x89;
 }
 
 /// A process to start.
@@ -94,6 +116,24 @@ pub struct Connect {
     pub port: u16,
 }
 
+/// A name to resolve as the container would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// Name or address literal.
+    pub host: String,
+    /// TCP port, paired with every address in the answer.
+    pub port: u16,
+}
+
+/// A TCP address to listen on inside the container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// An IPv4 or IPv6 address literal (names are not resolved).
+    pub host: String,
+    /// TCP port; 0 lets the kernel pick.
+    pub port: u16,
+}
+
 /// The first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -101,6 +141,10 @@ pub enum Request {
     Spawn(Spawn),
     /// Open a TCP connection.
     Connect(Connect),
+    /// Resolve a name.
+    Lookup(Lookup),
+    /// Open a listening socket.
+    Listen(Listen),
 }
 
 /// How a process ended.
@@ -168,6 +212,16 @@ impl Request {
                 put_str(&mut p, &c.host);
                 kind::CONNECT
             }
+            Request::Lookup(l) => {
+                p.extend_from_slice(&l.port.to_be_bytes());
+                put_str(&mut p, &l.host);
+                kind::LOOKUP
+            }
+            Request::Listen(l) => {
+                p.extend_from_slice(&l.port.to_be_bytes());
+                put_str(&mut p, &l.host);
+                kind::LISTEN
+            }
         };
         let mut frame = Vec::with_capacity(p.len() + HEADER_LEN);
         put_frame(&mut frame, kind, &p);
@@ -210,7 +264,17 @@ impl Request {
                 let host = r.string()?;
                 Request::Connect(Connect { host, port })
             }
-            other => return Err(format!("unexpected request kind {other:#x}")),
+            kind::LOOKUP => {
+                let port = r.u16()?;
+                let host = r.string()?;
+                Request::Lookup(Lookup { host, port })
+            }
+            kind::LISTEN => {
+                let port = r.u16()?;
+                let host = r.string()?;
+                Request::Listen(Listen { host, port })
+            }
+            other => return Err(format!("{UNEXPECTED_KIND} {other:#x}")),
         };
         if !r.0.is_empty() {
             return Err("trailing bytes after the request".to_owned());
@@ -245,6 +309,63 @@ impl Exit {
             other => Err(format!("unknown exit kind {other}")),
         }
     }
+}
+
+/// The payload of an ADDRESSES frame: a `u32` count, then per address a family byte
+/// (4 or 6), the address's bytes, the port (`u16`) and, for IPv6, the scope id
+/// (`u32`). At most [`MAX_ADDRESSES`] are kept.
+pub fn encode_addresses(addrs: &[SocketAddr]) -> Vec<u8> {
+    let addrs = &addrs[..addrs.len().min(MAX_ADDRESSES)];
+    let mut p = Vec::with_capacity(4 + addrs.len() * 23);
+    p.extend_from_slice(&(addrs.len() as u32).to_be_bytes());
+    for addr in addrs {
+        match addr {
+            SocketAddr::V4(a) => {
+                p.push(4);
+                p.extend_from_slice(&a.ip().octets());
+                p.extend_from_slice(&a.port().to_be_bytes());
+            }
+            SocketAddr::V6(a) => {
+                p.push(6);
+                p.extend_from_slice(&a.ip().octets());
+                p.extend_from_slice(&a.port().to_be_bytes());
+                p.extend_from_slice(&a.scope_id().to_be_bytes());
+            }
+        }
+    }
+    p
+}
+
+/// Decodes an ADDRESSES frame's payload.
+pub fn decode_addresses(payload: &[u8]) -> Result<Vec<SocketAddr>, String> {
+    let mut r = Reader(payload);
+    let n = r.u32()? as usize;
+    if n > MAX_ADDRESSES {
+        return Err(format!("{n} addresses in one answer"));
+    }
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let addr = match r.u8()? {
+            4 => {
+                let b = r.take(4)?;
+                let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                SocketAddr::V4(SocketAddrV4::new(ip, r.u16()?))
+            }
+            6 => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(r.take(16)?);
+                let port = r.u16()?;
+                let scope = r.u32()?;
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(b), port, 0, scope))
+            }
+            other => return Err(format!("unknown address family {other}")),
+        };
+        addrs.push(addr);
+    }
+    if !r.0.is_empty() {
+        return Err("trailing bytes after the addresses".to_owned());
+    }
+    Ok(addrs)
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -342,6 +463,88 @@ mod tests {
             host: "localhost".into(),
             port: 3389,
         }));
+        round_trip(Request::Lookup(Lookup {
+            host: "db.lab".into(),
+            port: 5432,
+        }));
+        round_trip(Request::Lookup(Lookup {
+            host: String::new(),
+            port: 0,
+        }));
+        round_trip(Request::Listen(Listen {
+            host: "127.0.0.1".into(),
+            port: 0,
+        }));
+        round_trip(Request::Listen(Listen {
+            host: "::".into(),
+            port: 65535,
+        }));
+    }
+
+    #[test]
+    fn request_kinds_stay_apart() {
+        // The same fields under different kinds must not decode as each other.
+        let lookup = Request::Lookup(Lookup {
+            host: "h".into(),
+            port: 1,
+        })
+        .encode();
+        let listen = Request::Listen(Listen {
+            host: "h".into(),
+            port: 1,
+        })
+        .encode();
+        let connect = Request::Connect(Connect {
+            host: "h".into(),
+            port: 1,
+        })
+        .encode();
+        let kinds: Vec<u8> = [&lookup, &listen, &connect]
+            .iter()
+            .map(|f| split_frame(f).unwrap().unwrap().0)
+            .collect();
+        assert_eq!(kinds, vec![kind::LOOKUP, kind::LISTEN, kind::CONNECT]);
+        assert_eq!(&lookup[5..], &listen[5..]);
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_recognisably() {
+        // What every helper answers to a kind it predates; the agent matches on it.
+        let p = VERSION.to_be_bytes();
+        let err = Request::decode(0x7f, &p).unwrap_err();
+        assert!(err.starts_with(UNEXPECTED_KIND), "{err}");
+        assert_eq!(err, "unexpected request kind 0x7f");
+        // A known kind with a truncated payload is a different error.
+        let err = Request::decode(kind::LISTEN, &p).unwrap_err();
+        assert!(!err.starts_with(UNEXPECTED_KIND), "{err}");
+    }
+
+    #[test]
+    fn addresses_round_trip() {
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:80".parse().unwrap(),
+            "[::1]:22".parse().unwrap(),
+            "172.17.0.2:0".parse().unwrap(),
+            SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 443, 0, 3)),
+        ];
+        let p = encode_addresses(&addrs);
+        assert_eq!(decode_addresses(&p).unwrap(), addrs);
+        assert_eq!(decode_addresses(&encode_addresses(&[])).unwrap(), vec![]);
+        // Truncated, trailing, bad family, absurd count.
+        assert!(decode_addresses(&p[..p.len() - 1]).is_err());
+        let mut long = p.clone();
+        long.push(0);
+        assert!(decode_addresses(&long).is_err());
+        let mut bad = p.clone();
+        bad[4] = 5;
+        assert!(decode_addresses(&bad).is_err());
+        assert!(decode_addresses(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        // More than the limit are cut, not refused.
+        let many = vec![addrs[0]; MAX_ADDRESSES + 5];
+        assert_eq!(
+            decode_addresses(&encode_addresses(&many)).unwrap().len(),
+            MAX_ADDRESSES
+        );
     }
 
     #[test]

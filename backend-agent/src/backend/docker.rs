@@ -5,6 +5,9 @@ mod exec;
 mod helper_container;
 mod hijack;
 mod home_archive;
+#[path = "netns.rs"]
+mod netns;
+mod passwd;
 mod routes;
 
 use async_trait::async_trait;
@@ -17,9 +20,12 @@ use bollard::query_parameters::{
 };
 use bollard::{body_full, Docker, API_DEFAULT_VERSION};
 use labssh_proto::pb;
+use std::net::{IpAddr, SocketAddr};
 use tokio::time::Instant;
 
-pub use container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_SPAWN, LABEL_USER};
+pub use container_spec::{
+    LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_SPAWN, LABEL_USER, SFTP_SERVER_PATH,
+};
 pub use routes::SpawnPath;
 
 use super::helper::HelperError;
@@ -56,6 +62,8 @@ pub struct DockerBackend {
     locks: KeyedLock,
     /// labssh-init and the socket directories; `None` creates containers for exec.
     helper: Option<HelperSetup>,
+    /// labssh-sftp as installed for containers to mount; `None` mounts none.
+    sftp: Option<std::path::PathBuf>,
     /// How processes start in each known container.
     routes: Routes,
 }
@@ -74,6 +82,7 @@ impl DockerBackend {
             .await
             .map_err(unreachable)?;
         tracing::info!(socket = %socket, api = %docker.client_version(), "connected to Docker");
+        let (helper, sftp) = init_binary::prepare(config);
         Ok(DockerBackend {
             docker,
             socket,
@@ -81,7 +90,8 @@ impl DockerBackend {
             prefix: config.container_prefix.clone(),
             keepalive_cmd: config.keepalive_cmd.clone(),
             locks: KeyedLock::default(),
-            helper: HelperSetup::prepare(config),
+            helper,
+            sftp,
             routes: Routes::default(),
         })
     }
@@ -132,6 +142,26 @@ impl DockerBackend {
         Ok(route)
     }
 
+    /// A running container entered from the agent itself (its network namespace and
+    /// root, through its first process): for containers without a helper, and when the
+    /// helper does not answer. The error is student-readable.
+    async fn enter(&self, container: &str) -> Result<netns::Container, String> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| format!("cannot look the container up: {}", docker_message(&e)))?;
+        let pid = inspect
+            .state
+            .as_ref()
+            .filter(|s| s.running == Some(true))
+            .and_then(|s| s.pid)
+            .and_then(|pid| u32::try_from(pid).ok())
+            .filter(|&pid| pid > 0)
+            .ok_or("the container is not running")?;
+        netns::Container::open(pid, inspect.id.as_deref().unwrap_or_default())
+    }
+
     /// The bollard client, for callers that need more than the trait offers.
     pub fn docker(&self) -> &Docker {
         &self.docker
@@ -174,6 +204,7 @@ impl DockerBackend {
             env,
             default_keepalive: &self.keepalive_cmd,
             helper,
+            sftp: self.sftp.as_deref(),
         }
         .create_body();
         let options = CreateContainerOptionsBuilder::new().name(name).build();
@@ -190,6 +221,16 @@ impl DockerBackend {
         tracing::info!(container = name, image = %env.image, spawn = path, "created container");
         if !env.run_as_root {
             self.fix_home(&created.id, user, env).await;
+            let home = super::home_dir(user);
+            passwd::ensure_entries(
+                &self.docker,
+                &created.id,
+                user,
+                (env.uid, env.gid),
+                &home,
+                super::shell(env),
+            )
+            .await;
         }
         let started = match self.docker.start_container(&created.id, None).await {
             Ok(()) => self.after_start(&created.id, helper_dir.as_deref()).await,
@@ -392,15 +433,107 @@ impl Backend for DockerBackend {
             message,
         };
         let route = self.route(container).await?;
-        let socket = route.helper.ok_or_else(|| {
-            failed("the container has no labssh helper (it predates it, or its environment uses spawn = \"exec\"); it gets one when recreated".to_owned())
-        })?;
-        let stream = socket
-            .connect_tcp(host, port, route.ready_by)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tracing::debug!(container, target = %target, "TCP connection opened through the helper");
+        if let Some(socket) = &route.helper {
+            match socket.connect_tcp(host, port, route.ready_by).await {
+                Ok(stream) => {
+                    tracing::debug!(container, target = %target, "TCP connection opened through the helper");
+                    return Ok(Box::new(stream));
+                }
+                Err(HelperError::Failed(message)) => return Err(failed(message)),
+                Err(HelperError::Unavailable(why)) => entering_instead(container, "connect", &why),
+            }
+        }
+        let inside = self.enter(container).await.map_err(failed)?;
+        let addrs = inside.resolve(host, port).await.map_err(failed)?;
+        let stream = inside.connect(&addrs, &target).await.map_err(failed)?;
+        tracing::debug!(container, target = %target, "TCP connection opened from the agent");
         Ok(Box::new(stream))
+    }
+
+    async fn resolve(
+        &self,
+        container: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, BackendError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let failed = |message: String| BackendError::ConnectFailed {
+            target: format!("{host}:{port}"),
+            message,
+        };
+        let route = self.route(container).await?;
+        if let Some(socket) = &route.helper {
+            match socket.lookup(host, port, route.ready_by).await {
+                Ok(addrs) => return Ok(addrs),
+                Err(HelperError::Failed(message)) => return Err(failed(message)),
+                Err(HelperError::Unavailable(why)) => entering_instead(container, "resolve", &why),
+            }
+        }
+        let inside = self.enter(container).await.map_err(failed)?;
+        inside.resolve(host, port).await.map_err(failed)
+    }
+
+    async fn container_addresses(&self, container: &str) -> Result<Vec<IpAddr>, BackendError> {
+        let inspect = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action: "looking up the container",
+                message: docker_message(&e),
+            })?;
+        let networks = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        Ok(netns::usable_addresses(networks.values().flat_map(|net| {
+            [&net.ip_address, &net.global_ipv6_address]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+        })))
+    }
+
+    async fn listen_tcp(
+        &self,
+        container: &str,
+        addr: SocketAddr,
+    ) -> Result<tokio::net::TcpListener, BackendError> {
+        let failed = |message: String| BackendError::ListenFailed {
+            address: addr.to_string(),
+            message,
+        };
+        let route = self.route(container).await?;
+        if let Some(socket) = &route.helper {
+            match socket.listen_tcp(addr, route.ready_by).await {
+                Ok(listener) => return Ok(listener),
+                Err(HelperError::Failed(message)) => return Err(failed(message)),
+                Err(HelperError::Unavailable(why)) => entering_instead(container, "listen", &why),
+            }
+        }
+        let inside = self.enter(container).await.map_err(failed)?;
+        inside.listen(addr).await.map_err(failed)
+    }
+
+    async fn find_executable(
+        &self,
+        container: &str,
+        candidates: &[&str],
+    ) -> Result<Option<String>, BackendError> {
+        // The agent looks itself on both paths: through /proc, with symlinks resolved
+        // inside the container's root.
+        let inside = self
+            .enter(container)
+            .await
+            .map_err(|message| BackendError::Runtime {
+                action: "looking for a program in the container",
+                message,
+            })?;
+        let candidates = candidates.iter().map(|c| (*c).to_owned()).collect();
+        Ok(inside.find_executable(candidates).await)
     }
 
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {
@@ -474,6 +607,12 @@ fn helper_plan<'a>(
         image_cmd: config.and_then(|c| c.cmd.clone()).unwrap_or_default(),
         image_user: config.and_then(|c| c.user.clone()).unwrap_or_default(),
     }
+}
+
+/// The helper could not serve a network request (it is not answering, or predates
+/// the request); the agent enters the container itself for this one.
+fn entering_instead(container: &str, what: &str, why: &str) {
+    tracing::info!(container, request = what, reason = %why, "the container's helper cannot serve this; the agent enters the container itself");
 }
 
 /// Docker's own message for an error response, else bollard's description.

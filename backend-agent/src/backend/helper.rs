@@ -1,21 +1,23 @@
 //! The agent's side of labssh-init, the helper running as PID 1 in containers created
-//! for it: spawning processes and opening TCP connections over its unix socket.
+//! for it: spawning processes, opening TCP connections, resolving names and listening
+//! inside the container, over its unix socket.
 //!
 //! Runtime-neutral: all it needs is the socket's path on this host. One connection per
-//! process or TCP connection; the protocol is `init/src/wire.rs`, compiled in here too.
+//! request; the protocol is `init/src/wire.rs`, compiled in here too.
 
 mod process;
 #[path = "../../../init/src/wire.rs"]
 mod wire;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use super::{Process, RunAs, SpawnSpec};
 
@@ -25,7 +27,7 @@ pub use wire::SOCKET_NAME;
 /// chdir; this only bounds a helper that is wedged.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A CONNECT waits for the TCP handshake inside the container (the helper gives up
-/// after 10 s per address).
+/// after 10 s per address); a LOOKUP for DNS (2 s per query and nameserver).
 const CONNECT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// First pause between connection attempts while a just-started helper binds its
 /// socket; doubles up to the cap.
@@ -39,7 +41,8 @@ const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug)]
 pub enum HelperError {
     /// Nothing usable answers: no helper (yet), an old one speaking another protocol
-    /// version, or a stopped container. Nothing was started; Docker exec may be tried.
+    /// version or predating the request, or a stopped container. Nothing was started;
+    /// Docker exec (or the agent itself) may be tried.
     Unavailable(String),
     /// The helper tried and failed (e.g. the program does not exist): final.
     Failed(String),
@@ -118,25 +121,90 @@ impl HelperSocket {
             host: host.to_owned(),
             port,
         });
-        let stream = self.request(&request, ready_by).await?;
-        let (kind, payload, fd) =
-            tokio::time::timeout(CONNECT_REPLY_TIMEOUT, read_frame_with_fd(&stream))
-                .await
-                .map_err(|_| HelperError::Failed(format!("connecting to {host}:{port} timed out")))?
-                .map_err(|e| unavailable("reading the helper's answer", &e))?;
-        match (kind, fd) {
-            (wire::kind::CONNECTED, Some(fd)) => {
+        let timed_out = format!("connecting to {host}:{port} timed out");
+        let answer = self
+            .ask(&request, ready_by, CONNECT_REPLY_TIMEOUT, &timed_out)
+            .await?;
+        match answer {
+            (wire::kind::CONNECTED, _, Some(fd)) => {
                 let std_stream = std::net::TcpStream::from(fd);
                 std_stream
                     .set_nonblocking(true)
                     .and_then(|()| TcpStream::from_std(std_stream))
                     .map_err(|e| HelperError::Failed(format!("cannot use the connection: {e}")))
             }
-            (wire::kind::ERROR, _) => Err(refusal(&payload)),
-            (other, _) => Err(HelperError::Failed(format!(
-                "unexpected answer {other:#x} from the helper"
-            ))),
+            (kind, _, _) => Err(unexpected(kind)),
         }
+    }
+
+    /// Resolves `host` as the container does (its /etc/hosts, then DNS to the
+    /// nameservers of its /etc/resolv.conf); every address comes with `port`.
+    pub async fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+        ready_by: tokio::time::Instant,
+    ) -> Result<Vec<SocketAddr>, HelperError> {
+        let request = wire::Request::Lookup(wire::Lookup {
+            host: host.to_owned(),
+            port,
+        });
+        let timed_out = format!("looking up {host} timed out");
+        let answer = self
+            .ask(&request, ready_by, CONNECT_REPLY_TIMEOUT, &timed_out)
+            .await?;
+        match answer {
+            (wire::kind::ADDRESSES, payload, _) => wire::decode_addresses(&payload)
+                .map_err(|e| HelperError::Failed(format!("bad answer from the helper: {e}"))),
+            (kind, _, _) => Err(unexpected(kind)),
+        }
+    }
+
+    /// A socket listening on `addr` inside the container's network namespace; the
+    /// agent accepts on it directly. Port 0 lets the kernel pick; `local_addr` tells.
+    pub async fn listen_tcp(
+        &self,
+        addr: SocketAddr,
+        ready_by: tokio::time::Instant,
+    ) -> Result<TcpListener, HelperError> {
+        let request = wire::Request::Listen(wire::Listen {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+        let timed_out = format!("listening on {addr} timed out");
+        let answer = self
+            .ask(&request, ready_by, REPLY_TIMEOUT, &timed_out)
+            .await?;
+        match answer {
+            (wire::kind::LISTENING, _, Some(fd)) => {
+                let std_listener = std::net::TcpListener::from(fd);
+                std_listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(std_listener))
+                    .map_err(|e| HelperError::Failed(format!("cannot use the listener: {e}")))
+            }
+            (kind, _, _) => Err(unexpected(kind)),
+        }
+    }
+
+    /// Sends a request answered by a single frame (and maybe a descriptor) and reads
+    /// that answer; an ERROR frame becomes the error.
+    async fn ask(
+        &self,
+        request: &wire::Request,
+        ready_by: tokio::time::Instant,
+        timeout: Duration,
+        timed_out: &str,
+    ) -> Result<(u8, Vec<u8>, Option<OwnedFd>), HelperError> {
+        let stream = self.request(request, ready_by).await?;
+        let (kind, payload, fd) = tokio::time::timeout(timeout, read_frame_with_fd(&stream))
+            .await
+            .map_err(|_| HelperError::Failed(timed_out.to_owned()))?
+            .map_err(|e| unavailable("reading the helper's answer", &e))?;
+        if kind == wire::kind::ERROR {
+            return Err(refusal(&payload));
+        }
+        Ok((kind, payload, fd))
     }
 
     /// Connects (retrying until `ready_by`) and sends the request frame.
@@ -192,14 +260,25 @@ fn unavailable(what: &str, e: &io::Error) -> HelperError {
 }
 
 /// An ERROR frame: a version refusal means this helper predates (or postdates) the
-/// agent, and Docker exec may still serve.
+/// agent, and Docker exec may still serve; so does a helper that predates the request.
 fn refusal(payload: &[u8]) -> HelperError {
     let message = String::from_utf8_lossy(payload).into_owned();
     if message.starts_with("protocol version") {
         HelperError::Unavailable(message)
+    } else if message.starts_with(wire::UNEXPECTED_KIND) {
+        HelperError::Unavailable(format!(
+            "this container's labssh-init is older than the agent and cannot do this ({message}); it is updated when the container is recreated"
+        ))
     } else {
         HelperError::Failed(message)
     }
+}
+
+/// An answer of the wrong kind, or without the descriptor it should carry.
+fn unexpected(kind: u8) -> HelperError {
+    HelperError::Failed(format!(
+        "unexpected answer {kind:#x} from the helper (or its descriptor is missing)"
+    ))
 }
 
 /// Reads one frame, keeping bytes past it in `buf`.
@@ -291,5 +370,108 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
         Ok((n as usize, fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A fake helper that reads one request and answers with `frames` (or just hangs
+    /// up when there are none); returns the request it got.
+    fn fake_helper(
+        dir: &Path,
+        frames: Vec<u8>,
+    ) -> (HelperSocket, tokio::task::JoinHandle<wire::Request>) {
+        let socket = HelperSocket::in_dir(dir);
+        let listener = UnixListener::bind(&socket.path).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = BytesMut::new();
+            let (kind, payload) = read_frame(&mut conn, &mut buf).await.unwrap();
+            conn.write_all(&frames).await.unwrap();
+            wire::Request::decode(kind, &payload).unwrap()
+        });
+        (socket, task)
+    }
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn lookups_bring_addresses_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<SocketAddr> =
+            vec!["10.0.0.9:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
+        let mut frames = Vec::new();
+        wire::put_frame(
+            &mut frames,
+            wire::kind::ADDRESSES,
+            &wire::encode_addresses(&addrs),
+        );
+        let (socket, served) = fake_helper(dir.path(), frames);
+        assert_eq!(socket.lookup("db", 80, soon()).await.unwrap(), addrs);
+        assert_eq!(
+            served.await.unwrap(),
+            wire::Request::Lookup(wire::Lookup {
+                host: "db".into(),
+                port: 80
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_helper_predating_the_request_is_unavailable_not_silent() {
+        // What every labssh-init before LOOKUP and LISTEN answers to them.
+        let dir = tempfile::tempdir().unwrap();
+        let mut frames = Vec::new();
+        wire::put_frame(
+            &mut frames,
+            wire::kind::ERROR,
+            b"unexpected request kind 0x8",
+        );
+        let (socket, _served) = fake_helper(dir.path(), frames);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), socket.listen_tcp(addr, soon())).await {
+            Ok(Err(HelperError::Unavailable(m))) => {
+                assert!(m.contains("older than the agent"), "{m}")
+            }
+            Ok(other) => panic!("{:?}", other.map(|_| ())),
+            Err(_) => panic!("no answer in time"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_and_hang_ups_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frames = Vec::new();
+        wire::put_frame(
+            &mut frames,
+            wire::kind::ERROR,
+            b"cannot resolve \"x\" in the container",
+        );
+        let (socket, _served) = fake_helper(dir.path(), frames);
+        match socket.lookup("x", 1, soon()).await {
+            Err(HelperError::Failed(m)) => assert!(m.contains("cannot resolve"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A helper that closes without answering.
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _served) = fake_helper(dir.path(), Vec::new());
+        match socket.lookup("x", 1, soon()).await {
+            Err(HelperError::Unavailable(m)) => assert!(m.contains("closed"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // An answer of the wrong kind.
+        let dir = tempfile::tempdir().unwrap();
+        let mut frames = Vec::new();
+        wire::put_frame(&mut frames, wire::kind::CONNECTED, &[]);
+        let (socket, _served) = fake_helper(dir.path(), frames);
+        match socket.lookup("x", 1, soon()).await {
+            Err(HelperError::Failed(m)) => assert!(m.contains("unexpected answer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -79,13 +79,11 @@ docker export "$c" | docker import \
 /// debootstrap when missing).
 pub const DEBIAN_IMAGE: &str = "labssh/debian:bookworm";
 
-/// Builds [`DEBIAN_IMAGE`] if Docker does not have it.
+/// Builds [`DEBIAN_IMAGE`] if Docker does not have it, or has an older version (the
+/// script checks).
 pub fn ensure_debian_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        if image_present(DEBIAN_IMAGE) {
-            return;
-        }
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../scripts/build-debian-image.sh"

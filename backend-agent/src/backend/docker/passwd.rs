@@ -1,0 +1,179 @@
+//! Gives the student a name inside the container: an /etc/passwd (and /etc/group)
+//! entry for the environment's uid and gid when the image has none.
+//!
+//! Programs look their user up: bash prints "I have no name!", and OpenSSH's
+//! sftp-server refuses to start ("No user found for uid"). The files are read and
+//! written with Docker's archive API, done by the daemon, so it works in images
+//! without a shell and with every capability dropped.
+
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::{body_full, Docker};
+use futures::TryStreamExt;
+use std::io::Read;
+
+/// Adds `user` (uid, gid, home, shell) to the container's /etc/passwd and a group for
+/// gid to /etc/group, unless entries with those ids exist. Best effort: failures are
+/// logged, the container works without them.
+pub async fn ensure_entries(
+    docker: &Docker,
+    container: &str,
+    user: &str,
+    (uid, gid): (u32, u32),
+    home: &str,
+    shell: &str,
+) {
+    let (Ok(passwd), Ok(group)) = (
+        read_file(docker, container, "/etc/passwd").await,
+        read_file(docker, container, "/etc/group").await,
+    ) else {
+        tracing::debug!(
+            container,
+            "/etc/passwd or /etc/group is not a plain file; left alone"
+        );
+        return;
+    };
+    let new_passwd = with_entry(
+        passwd.as_deref(),
+        2,
+        uid,
+        &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"),
+        "root:x:0:0:root:/root:/bin/sh",
+    );
+    let new_group = with_entry(
+        group.as_deref(),
+        2,
+        gid,
+        &format!("{user}:x:{gid}:"),
+        "root:x:0:",
+    );
+    let mut files = Vec::new();
+    if let Some(p) = new_passwd {
+        files.push(("passwd", p));
+    }
+    if let Some(g) = new_group {
+        files.push(("group", g));
+    }
+    if files.is_empty() {
+        return;
+    }
+    let archive = match archive(&files) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(container, error = %e, "cannot build /etc/passwd archive");
+            return;
+        }
+    };
+    let options = UploadToContainerOptionsBuilder::new().path("/etc").build();
+    if let Err(e) = docker
+        .upload_to_container(container, Some(options), body_full(archive.into()))
+        .await
+    {
+        tracing::warn!(container, user, error = %e, "cannot add the student to /etc/passwd");
+    }
+}
+
+/// The file's text; `Ok(None)` when the container has no such file, `Err` when it is
+/// something this must not overwrite (a symlink, say) or cannot be read.
+async fn read_file(docker: &Docker, container: &str, path: &str) -> Result<Option<String>, ()> {
+    let options = DownloadFromContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    let chunks: Vec<bytes::Bytes> = match docker
+        .download_from_container(container, Some(options))
+        .try_collect()
+        .await
+    {
+        Ok(c) => c,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let tar_bytes: Vec<u8> = chunks.concat();
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut entries = archive.entries().map_err(|_| ())?;
+    let mut entry = entries.next().ok_or(())?.map_err(|_| ())?;
+    if !entry.header().entry_type().is_file() {
+        return Err(());
+    }
+    let mut text = String::new();
+    entry.read_to_string(&mut text).map_err(|_| ())?;
+    Ok(Some(text))
+}
+
+/// `existing` with `line` appended when no entry has `id` in field `field` (0-based);
+/// `None` when nothing needs to change. A missing file starts with `root_line`.
+fn with_entry(
+    existing: Option<&str>,
+    field: usize,
+    id: u32,
+    line: &str,
+    root_line: &str,
+) -> Option<String> {
+    let text = existing.unwrap_or("");
+    let id = id.to_string();
+    let present = text
+        .lines()
+        .any(|l| l.split(':').nth(field) == Some(id.as_str()));
+    if present {
+        return None;
+    }
+    let mut out = String::from(text);
+    if existing.is_none() || !text.lines().any(|l| l.starts_with("root:")) {
+        out.push_str(root_line);
+        out.push('\n');
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(line);
+    out.push('\n');
+    Some(out)
+}
+
+/// A tar of regular files, root-owned, mode 0644.
+fn archive(files: &[(&str, String)]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, text) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        header.set_cksum();
+        builder.append_data(&mut header, name, text.as_bytes())?;
+    }
+    builder.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_added_once() {
+        let base = "root:x:0:0:root:/root:/bin/bash\nstaff:x:50:50::/:/bin/sh\n";
+        let line = "alice:x:1000:1000:alice:/home/alice:/bin/bash";
+        let out = with_entry(Some(base), 2, 1000, line, "root").unwrap();
+        assert_eq!(out, format!("{base}{line}\n"));
+        assert_eq!(with_entry(Some(&out), 2, 1000, line, "root"), None);
+        // uid taken by someone else already: they keep it (the image knows best).
+        assert_eq!(with_entry(Some(base), 2, 50, line, "root"), None);
+        // No file at all: root first.
+        let out = with_entry(None, 2, 1000, line, "root:x:0:0:root:/root:/bin/sh").unwrap();
+        assert!(out.starts_with("root:x:0:0:"), "{out}");
+        // No trailing newline in the image's file.
+        let out = with_entry(Some("root:x:0:0::/:/bin/sh"), 2, 1000, line, "r").unwrap();
+        assert_eq!(out, format!("root:x:0:0::/:/bin/sh\n{line}\n"));
+        let tar = archive(&[("passwd", out)]).unwrap();
+        assert!(tar.len() >= 1024);
+    }
+}

@@ -1,0 +1,601 @@
+//! Entering a running container from the agent itself, for containers without a
+//! helper (`spawn = "exec"`, or created before labssh-init) and when the helper does
+//! not answer.
+//!
+//! The agent runs as root on the host. It opens the container's first process's
+//! `/proc/PID` once, checks that this process is the container's (its cgroup names the
+//! container id, so a recycled pid cannot lead elsewhere), and from that directory
+//! takes:
+//!
+//! - the network namespace (`ns/net`): a short-lived thread of its own joins it with
+//!   `setns` (which changes only the calling thread, never a tokio worker) and creates
+//!   the socket there. A socket stays in the namespace it was made in, so the agent
+//!   then connects, binds and accepts on it from anywhere;
+//! - the root directory (`root`): the container's files are opened beneath it with
+//!   `openat2(RESOLVE_IN_ROOT)`, so absolute symlinks and `..` inside the container
+//!   resolve inside it, never on the host. Kernels without openat2 (before 5.6) get
+//!   the same resolution done one component at a time in user space.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+// Name lookup as labssh-init does it, so both paths resolve alike.
+#[path = "../../../init/src/resolve.rs"]
+#[allow(dead_code)]
+mod resolve;
+
+/// How long one address gets to accept a connection (as in labssh-init).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pending connections a listener holds (as in labssh-init).
+const BACKLOG: u32 = 128;
+/// Files read from a container (hosts, resolv.conf) are small; more is ignored.
+const MAX_FILE: u64 = 1 << 20;
+/// Symlinks followed in one path, as the kernel allows.
+const MAX_LINKS: usize = 40;
+/// How often openat2 is retried when a rename raced with the lookup.
+const OPENAT2_RETRIES: usize = 8;
+
+/// A running container as the host sees it: its network namespace and root.
+#[derive(Clone)]
+pub struct Container {
+    /// `/proc/PID/ns/net`.
+    net: Arc<OwnedFd>,
+    /// `/proc/PID/root`, an `O_PATH` directory.
+    root: Arc<OwnedFd>,
+}
+
+impl Container {
+    /// The container whose first process has host pid `pid`, checked to belong to the
+    /// container with the full id `id`. Errors are student-readable.
+    pub fn open(pid: u32, id: &str) -> Result<Container, String> {
+        let gone = |e: io::Error| {
+            format!(
+                "cannot enter the container (it may have just stopped): {}",
+                os_text(&e)
+            )
+        };
+        let proc_dir = open_at(
+            None,
+            &format!("/proc/{pid}"),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(gone)?;
+        let cgroup = open_at(Some(&proc_dir), "cgroup", libc::O_RDONLY)
+            .and_then(|fd| read_limited(fd, MAX_FILE))
+            .map_err(gone)?;
+        if id.len() < 12 || !cgroup.contains(id) {
+            return Err("cannot enter the container: its process changed (it may have just restarted); try again".to_owned());
+        }
+        let net = open_at(Some(&proc_dir), "ns/net", libc::O_RDONLY).map_err(gone)?;
+        let root =
+            open_at(Some(&proc_dir), "root", libc::O_PATH | libc::O_DIRECTORY).map_err(gone)?;
+        Ok(Container {
+            net: Arc::new(net),
+            root: Arc::new(root),
+        })
+    }
+
+    /// Runs `f` on a new thread that first joins the container's network namespace;
+    /// the thread ends with `f`.
+    async fn in_netns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let net = Arc::clone(&self.net);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("labssh-netns".into())
+            .spawn(move || {
+                // SAFETY: setns with a namespace descriptor; it changes only this
+                // thread, which ends when `f` returns.
+                let joined = unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) };
+                let result = if joined == 0 {
+                    f()
+                } else {
+                    Err(io::Error::last_os_error())
+                };
+                let _ = tx.send(result);
+            })?;
+        rx.await
+            .unwrap_or_else(|_| Err(io::Error::other("the namespace thread failed")))
+    }
+
+    /// A TCP socket of `addr`'s family, created inside the container's network.
+    async fn socket(&self, addr: SocketAddr) -> io::Result<TcpSocket> {
+        let domain = match addr {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        };
+        let fd = self
+            .in_netns(move || {
+                let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                // SAFETY: socket(2) with constant arguments.
+                let fd = unsafe { libc::socket(domain, flags, 0) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a descriptor we just created and own alone.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .await?;
+        Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
+    }
+
+    /// Resolves `host` as the container would: address literals, its /etc/hosts
+    /// (`localhost` even without one), then DNS to the nameservers of its
+    /// /etc/resolv.conf, queried from inside its network. Every address gets `port`.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let root = Arc::clone(&self.root);
+        let host = host.to_owned();
+        self.in_netns(move || {
+            let hosts = read_file(&root, "/etc/hosts").unwrap_or_default();
+            let resolv = read_file(&root, "/etc/resolv.conf").unwrap_or_default();
+            Ok(resolve::lookup_with(&hosts, &resolv, &host, port))
+        })
+        .await
+        .map_err(|e| format!("cannot look names up in the container: {}", os_text(&e)))?
+    }
+
+    /// A TCP connection from inside the container to the first of `addrs` that
+    /// accepts within [`CONNECT_TIMEOUT`]; `target` is what the student asked for.
+    pub async fn connect(&self, addrs: &[SocketAddr], target: &str) -> Result<TcpStream, String> {
+        // The first failure is reported, as labssh-init does.
+        let mut first = None;
+        for &addr in addrs {
+            let attempt = async {
+                let socket = self.socket(addr).await?;
+                match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
+                    Ok(connected) => connected,
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    )),
+                }
+            };
+            match attempt.await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    first.get_or_insert_with(|| format!("{target} ({addr}): {}", os_text(&e)));
+                }
+            }
+        }
+        Err(first.unwrap_or_else(|| format!("{target}: no address to connect to")))
+    }
+
+    /// A socket listening on `addr` inside the container's network, made as
+    /// labssh-init makes it: SO_REUSEADDR, IPv6 sockets only for IPv6, backlog 128.
+    /// The error is the system's reason, e.g. "Address already in use".
+    pub async fn listen(&self, addr: SocketAddr) -> Result<TcpListener, String> {
+        let listen = async {
+            let socket = self.socket(addr).await?;
+            socket.set_reuseaddr(true)?;
+            if addr.is_ipv6() {
+                set_v6_only(&socket)?;
+            }
+            socket.bind(addr)?;
+            socket.listen(BACKLOG)
+        };
+        listen.await.map_err(|e| os_text(&e))
+    }
+
+    /// The first of `candidates` (absolute paths in the container) that is a regular
+    /// file with an execute bit, symlinks resolved inside the container.
+    pub async fn find_executable(&self, candidates: Vec<String>) -> Option<String> {
+        let root = Arc::clone(&self.root);
+        tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .find(|path| is_executable(&root, path))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// The text of an OS error without Rust's "(os error N)" suffix.
+pub fn os_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+/// Sets IPV6_V6ONLY, so `[::]` and `0.0.0.0` are separate listeners.
+fn set_v6_only(socket: &TcpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a valid int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `openat(dir or AT_FDCWD, path, flags | O_CLOEXEC)`.
+fn open_at(dir: Option<&OwnedFd>, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let path = c_path(path.as_bytes())?;
+    let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: a valid directory descriptor (or AT_FDCWD) and a NUL-terminated path.
+    let fd = unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+/// `struct open_how` of linux/openat2.h (libc's cannot be built outside libc).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// An `O_PATH` descriptor of `path` (absolute, inside the container whose root is
+/// `root`), every symlink and `..` resolved inside that root.
+fn open_in_root(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    if !path.starts_with('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an absolute path",
+        ));
+    }
+    match openat2_in_root(root, path) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+            // No openat2 (or a seccomp filter refusing it): the same, step by step.
+            walk_in_root(root, path.as_bytes())
+        }
+        other => other,
+    }
+}
+
+fn openat2_in_root(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    let relative = path.trim_start_matches('/');
+    let c = c_path(if relative.is_empty() {
+        b"."
+    } else {
+        relative.as_bytes()
+    })?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    for _ in 0..OPENAT2_RETRIES {
+        // SAFETY: openat2 with a valid directory descriptor, a NUL-terminated path and
+        // an open_how of the size given.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel returned a new descriptor we now own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// [`open_in_root`] without openat2: one component at a time with `O_NOFOLLOW`,
+/// symlinks read and resolved here (absolute ones from `root`), `..` taken from the
+/// directories already walked and never above `root`.
+fn walk_in_root(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
+    // Components still to walk, the next one last.
+    let mut pending: Vec<Vec<u8>> = components(path);
+    // The directories walked below root; the current one is the last.
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        match &name[..] {
+            b"." => continue,
+            b".." => {
+                dirs.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let parent = dirs.last().unwrap_or(root);
+        let c = c_path(&name)?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                parent.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mode = fstat(&fd)?.st_mode & libc::S_IFMT;
+        if mode == libc::S_IFLNK {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = read_link(&fd)?;
+            if target.first() == Some(&b'/') {
+                dirs.clear();
+            }
+            pending.extend(components(&target));
+        } else if mode == libc::S_IFDIR {
+            dirs.push(fd);
+        } else if pending.is_empty() {
+            return Ok(fd);
+        } else {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+    }
+    match dirs.pop() {
+        Some(dir) => Ok(dir),
+        None => root.try_clone(),
+    }
+}
+
+/// The non-empty components of a path, last first (so `pop` yields them in order).
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+    // SAFETY: stat is plain data, filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a valid stat buffer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The target of the symlink `fd` (an `O_PATH | O_NOFOLLOW` descriptor) refers to.
+fn read_link(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: an empty path reads the link `fd` itself; buf is valid for its length.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Whether `path` is, inside the root, a regular file with an execute bit.
+fn is_executable(root: &OwnedFd, path: &str) -> bool {
+    match open_in_root(root, path).and_then(|fd| fstat(&fd)) {
+        Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_mode & 0o111 != 0,
+        Err(e) => {
+            tracing::debug!(path, error = %e, "not an executable in the container");
+            false
+        }
+    }
+}
+
+/// A small regular file of the container as text. Anything else (a FIFO, a device)
+/// is refused before it is opened for reading, so it cannot block or stream forever.
+fn read_file(root: &OwnedFd, path: &str) -> io::Result<String> {
+    let fd = open_in_root(root, path)?;
+    if fstat(&fd)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    // Reopening the O_PATH descriptor opens that very inode, whatever the path now is.
+    let reopened = open_at(
+        None,
+        &format!("/proc/self/fd/{}", fd.as_raw_fd()),
+        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+    )?;
+    read_limited(reopened, MAX_FILE)
+}
+
+fn read_limited(fd: OwnedFd, limit: u64) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    File::from(fd).take(limit).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The addresses among `texts` (Docker's network settings), deduplicated, loopback and
+/// unspecified ones left out.
+pub fn usable_addresses<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = texts
+        .into_iter()
+        .filter_map(|t| t.trim().parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// A little container root: /bin/busybox (executable), /bin/sh → /bin/busybox
+    /// (absolute), /usr/bin/env → ../../bin/busybox, /etc/hosts, /notes (not
+    /// executable), /escape → /etc/host-secret (absolute: must stay inside),
+    /// /up → ../../../../../outside (relative: must stay inside), /loop → /loop.
+    fn fake_root() -> (tempfile::TempDir, OwnedFd) {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("root");
+        for dir in ["bin", "usr/bin", "etc"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::write(root.join("bin/busybox"), b"#!").unwrap();
+        std::fs::set_permissions(
+            root.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+        symlink("../../bin/busybox", root.join("usr/bin/env")).unwrap();
+        std::fs::write(root.join("etc/hosts"), b"10.0.0.2 box\n").unwrap();
+        std::fs::write(root.join("notes"), b"x").unwrap();
+        // Files beside the root that the links would reach if they escaped.
+        std::fs::write(outer.path().join("outside"), b"escaped").unwrap();
+        symlink(outer.path().join("outside"), root.join("escape")).unwrap();
+        symlink("../../../../../../outside", root.join("up")).unwrap();
+        symlink("/loop", root.join("loop")).unwrap();
+        let fd = open_at(
+            None,
+            root.to_str().unwrap(),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .unwrap();
+        (outer, fd)
+    }
+
+    /// Both ways of opening must agree on every case.
+    fn check(open: impl Fn(&OwnedFd, &str) -> io::Result<OwnedFd>) {
+        let (_dir, root) = fake_root();
+        let kind = |path: &str| {
+            open(&root, path)
+                .and_then(|fd| fstat(&fd))
+                .map(|st| (st.st_mode & libc::S_IFMT, st.st_mode & 0o111 != 0))
+        };
+        assert_eq!(kind("/bin/sh").unwrap(), (libc::S_IFREG, true));
+        assert_eq!(kind("/usr/bin/env").unwrap(), (libc::S_IFREG, true));
+        assert_eq!(kind("/bin/../bin/./sh").unwrap(), (libc::S_IFREG, true));
+        assert_eq!(kind("/notes").unwrap(), (libc::S_IFREG, false));
+        assert_eq!(kind("/bin").unwrap().0, libc::S_IFDIR);
+        assert_eq!(kind("/").unwrap().0, libc::S_IFDIR);
+        assert_eq!(kind("/../../bin/sh").unwrap(), (libc::S_IFREG, true));
+        // Links that would leave the root resolve inside it, where nothing is.
+        assert_eq!(kind("/escape").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(kind("/up").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            kind("/missing").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind("/notes/x").unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+        assert_eq!(kind("/loop").unwrap_err().raw_os_error(), Some(libc::ELOOP));
+        assert_eq!(read_file(&root, "/etc/hosts").unwrap(), "10.0.0.2 box\n");
+    }
+
+    #[test]
+    fn openat2_stays_inside_the_root() {
+        check(openat2_in_root);
+    }
+
+    #[test]
+    fn the_fallback_walk_stays_inside_the_root() {
+        check(|root, path| walk_in_root(root, path.as_bytes()));
+    }
+
+    #[test]
+    fn executables_and_files() {
+        let (_dir, root) = fake_root();
+        assert!(is_executable(&root, "/bin/sh"));
+        assert!(!is_executable(&root, "/notes"));
+        assert!(!is_executable(&root, "/bin"));
+        assert!(!is_executable(&root, "/missing"));
+        assert!(
+            !is_executable(&root, "bin/sh"),
+            "relative paths are refused"
+        );
+        assert!(read_file(&root, "/bin").is_err());
+    }
+
+    #[test]
+    fn fifos_are_not_read() {
+        let (dir, root) = fake_root();
+        let fifo = dir.path().join("root/etc/resolv.conf");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // Opening a FIFO for reading would block until a writer came.
+        let err = read_file(&root, "/etc/resolv.conf").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn addresses_from_docker() {
+        assert_eq!(
+            usable_addresses([
+                "172.17.0.2",
+                "",
+                "172.17.0.2",
+                "fd00::2",
+                "::",
+                "127.0.0.1",
+                "x"
+            ]),
+            vec![
+                "172.17.0.2".parse::<IpAddr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn os_errors_read_plainly() {
+        let e = io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert_eq!(os_text(&e), "Address already in use");
+    }
+
+    #[test]
+    fn pid_reuse_is_caught() {
+        // This test's own process is in no container with such an id.
+        let err = Container::open(std::process::id(), &"0".repeat(64))
+            .err()
+            .expect("not that container");
+        assert!(err.contains("its process changed"), "{err}");
+        let err = Container::open(u32::MAX - 1, &"0".repeat(64))
+            .err()
+            .expect("no such process");
+        assert!(err.contains("may have just stopped"), "{err}");
+    }
+}
