@@ -7,6 +7,7 @@ mod catalogue;
 pub mod config;
 mod controller_link;
 mod firewall;
+mod forward;
 mod inventory;
 mod names;
 mod service;
@@ -85,6 +86,11 @@ pub async fn run_with_backend(
     };
     tracing::info!(agent = %config.name, listen = %local, advertise = %endpoint, controller = %config.controller, "agent listening");
 
+    let forward_deny = config
+        .forward_deny
+        .iter()
+        .filter_map(|d| forward::policy::parse_net(d).ok())
+        .collect::<Vec<_>>();
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let catalogue = Arc::new(catalogue::Catalogue::default());
@@ -114,6 +120,8 @@ pub async fn run_with_backend(
         inventory,
         shutdown: stop.clone(),
         tasks: tasks.clone(),
+        guard: forward::policy::Guard::from_host(&forward_deny),
+        pending: Default::default(),
     });
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|stream| {
@@ -127,6 +135,10 @@ pub async fn run_with_backend(
         .map_err(|e| anyhow::anyhow!("tls: bad certificate or key: {e}"))?;
     let serve = server
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        // As the proxy's side: a stalled stream holds at most its own window, and
+        // the connection's is many streams' worth.
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(128 << 20))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(AgentServer::new(service::AgentService::new(shared)))

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::{BackendError, Ensured, SharedBackend};
 use crate::catalogue::Catalogue;
+use crate::forward;
 use crate::inventory::Inventory;
 use crate::names;
 use crate::session;
@@ -33,6 +34,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Session tasks, so shutdown can wait for their cleanup.
     pub tasks: TaskTracker,
+    /// Addresses forwarding never reaches, whatever the catalogue says.
+    pub guard: forward::policy::Guard,
+    /// `ssh -R` connections accepted and not yet attached.
+    pub pending: Arc<forward::Pending>,
 }
 
 /// Why an ensure for a request failed, in words for the student and as a gRPC code.
@@ -126,18 +131,35 @@ impl pb::agent_server::Agent for AgentService {
 
     async fn forward(
         &self,
-        _request: Request<Streaming<pb::ForwardInput>>,
+        request: Request<Streaming<pb::ForwardInput>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        Err(Status::unimplemented("forwarding is being built"))
+        let (tx, rx) = mpsc::channel(forward::OUTPUT_BUFFER);
+        let span = tracing::info_span!("agent.forward", agent = %self.shared.name);
+        labssh_telemetry::grpc::set_parent(&span, request.metadata());
+        let inbound = request.into_inner();
+        self.shared.tasks.spawn(tracing::Instrument::instrument(
+            forward::run(self.shared.clone(), inbound, tx),
+            span,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type ListenStream = ReceiverStream<Result<pb::ListenEvent, Status>>;
 
     async fn listen(
         &self,
-        _request: Request<pb::ListenRequest>,
+        request: Request<pb::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        Err(Status::unimplemented("forwarding is being built"))
+        // Small: each event is one accepted connection the proxy attaches at once.
+        let (tx, rx) = mpsc::channel(16);
+        let span = tracing::info_span!("agent.listen", agent = %self.shared.name);
+        labssh_telemetry::grpc::set_parent(&span, request.metadata());
+        let request = request.into_inner();
+        self.shared.tasks.spawn(tracing::Instrument::instrument(
+            forward::listen(self.shared.clone(), request, tx),
+            span,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn ensure(

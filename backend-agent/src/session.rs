@@ -77,7 +77,12 @@ where
     drop(ensure_span);
 
     let shell = backend::shell(&env).to_owned();
-    let argv = if !start.argv.is_empty() {
+    let argv = if !start.subsystem.is_empty() {
+        match subsystem_argv(&shared, &ensured.container_id, &start.subsystem).await {
+            Ok(argv) => argv,
+            Err(message) => return send_error(&tx, message).await,
+        }
+    } else if !start.argv.is_empty() {
         start.argv.clone()
     } else if !start.command.is_empty() {
         vec![shell, "-c".to_owned(), start.command.clone()]
@@ -122,6 +127,40 @@ where
         return;
     }
     relay::relay(process, inbound, tx, &shared.shutdown).await;
+}
+
+/// Where OpenSSH's sftp-server lives in the common distributions.
+const SFTP_SERVERS: [&str; 5] = [
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+    "/usr/libexec/sftp-server",
+    "/usr/lib/sftp-server",
+];
+
+/// The program serving a subsystem: for "sftp", the image's own sftp-server when it
+/// has one, else the built-in server mounted into the container.
+async fn subsystem_argv(
+    shared: &Shared,
+    container: &str,
+    name: &str,
+) -> Result<Vec<String>, String> {
+    if name != "sftp" {
+        return Err(format!("unknown subsystem '{name}'; only sftp is offered"));
+    }
+    let mut candidates = SFTP_SERVERS.to_vec();
+    candidates.push(crate::backend::docker::SFTP_SERVER_PATH);
+    match shared.backend.find_executable(container, &candidates).await {
+        Ok(Some(path)) => {
+            tracing::debug!(container, server = %path, "sftp subsystem");
+            Ok(vec![path])
+        }
+        Ok(None) => Err(
+            "this container has no SFTP server (the image has no sftp-server, and the container predates labssh's built-in one; it gets one when recreated)"
+                .to_owned(),
+        ),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 async fn send_error(tx: &OutputSender, message: String) {

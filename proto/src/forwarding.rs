@@ -51,6 +51,11 @@ impl Rule {
         }
     }
 
+    /// Whether the rule's host is `*` (it then never opens networks that need naming).
+    pub fn is_wildcard_host(&self) -> bool {
+        self.host == HostPattern::Any
+    }
+
     /// Whether this rule lets anything through on `port`, whatever the address
     /// (used for `ssh -R` listening ports).
     pub fn covers_port(&self, port: u16) -> bool {

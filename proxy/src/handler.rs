@@ -17,6 +17,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::credential_cache::Lookup;
+use crate::forwarding::{self, ForwardContext, RemoteForwards};
 use crate::login_name::LoginName;
 use crate::rate_limit::Verdict;
 use crate::server::Shared;
@@ -25,6 +26,9 @@ use crate::session_channel::{self, ChannelContext};
 /// Most clients try a handful of keys; more than this per connection is
 /// someone scanning.
 const MAX_SESSION_CHANNELS: usize = 64;
+/// Forwarded connections (`ssh -L`, `-D`) open at once on one SSH connection; a
+/// browser behind `ssh -D` opens a few dozen.
+const MAX_FORWARDS: usize = 256;
 
 /// One SSH connection.
 pub(crate) struct Connection {
@@ -50,6 +54,12 @@ pub(crate) struct Connection {
     /// The accept phase (version and key exchange), closed at the first
     /// authentication request.
     accept_phase: Option<tracing::Span>,
+    /// Slots for forwarded connections open at once.
+    forward_slots: Arc<tokio::sync::Semaphore>,
+    /// `ssh -R` listeners; dropping the connection closes them.
+    remote: Arc<RemoteForwards>,
+    /// Client-to-container bytes the forwards may hold in the proxy.
+    forward_budget: Arc<tokio::sync::Semaphore>,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
 }
@@ -87,6 +97,11 @@ impl Connection {
             span,
             accepted: Instant::now(),
             accept_phase,
+            forward_slots: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS)),
+            remote: Arc::default(),
+            forward_budget: Arc::new(tokio::sync::Semaphore::new(
+                forwarding::CONNECTION_BUDGET_KIB,
+            )),
             _open: telemetry::connection_opened(),
         }
     }
@@ -156,6 +171,18 @@ impl Connection {
         // The reason stays in the log; the client learns only "denied".
         tracing::warn!(conn = self.id, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
         Auth::reject()
+    }
+
+    /// What forwarding tasks need, once authenticated.
+    fn forward_context(&self, session: &Session) -> Option<ForwardContext> {
+        Some(ForwardContext {
+            shared: self.shared.clone(),
+            login: self.login.clone()?,
+            conn: self.id,
+            handle: session.handle(),
+            span: self.span.clone(),
+            budget: self.forward_budget.clone(),
+        })
     }
 
     fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
@@ -404,9 +431,83 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No subsystem is offered yet (SFTP comes with the file-transfer work).
-        tracing::info!(conn = self.id, subsystem = name, "subsystem refused");
-        session.channel_failure(channel)?;
+        // The channel task starts it; the agent picks the image's sftp-server or the
+        // built-in one.
+        if name == "sftp" {
+            session.channel_success(channel)?;
+        } else {
+            tracing::info!(
+                conn = self.id,
+                subsystem = name,
+                "unknown subsystem refused"
+            );
+            session.channel_failure(channel)?;
+        }
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(ctx) = self.forward_context(session) else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let Ok(slot) = self.forward_slots.clone().try_acquire_owned() else {
+            tracing::warn!(conn = self.id, "too many forwarded connections");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        let (host, originator) = (
+            host_to_connect.to_owned(),
+            format!("{originator_address}:{originator_port}"),
+        );
+        tokio::spawn(async move {
+            forwarding::direct_tcpip(ctx, channel, reply, host, port_to_connect, originator).await;
+            drop(slot);
+        });
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(ctx) = self.forward_context(session) else {
+            return Ok(false);
+        };
+        // Runs on the connection's loop: the reply must carry the bound port.
+        match forwarding::tcpip_forward(ctx, self.remote.clone(), address.to_owned(), *port).await {
+            Ok(bound) => {
+                *port = bound;
+                Ok(true)
+            }
+            Err(message) => {
+                tracing::info!(conn = self.id, %address, port = *port, "remote forward refused: {message}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.remote.cancel(address, port))
     }
 }

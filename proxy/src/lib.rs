@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod credential_cache;
+mod forwarding;
 mod handler;
 pub mod host_key;
 pub mod login_name;

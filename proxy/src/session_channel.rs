@@ -63,6 +63,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let mut req = StartRequest::default();
+    let mut subsystem = String::new();
     let command = loop {
         match read.wait().await {
             Some(ChannelMsg::RequestPty {
@@ -94,6 +95,11 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
             Some(ChannelMsg::Exec { command, .. }) => {
                 break String::from_utf8_lossy(&command).into_owned()
             }
+            // The handler already refused anything but sftp.
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
+                subsystem = name;
+                break String::new();
+            }
             Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
         }
@@ -103,7 +109,13 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         parent: &ctx.span,
         "session",
         channel = ?id,
-        kind = if command.is_empty() { "shell" } else { "exec" },
+        kind = if !subsystem.is_empty() {
+            "subsystem"
+        } else if command.is_empty() {
+            "shell"
+        } else {
+            "exec"
+        },
         pty = req.pty.is_some()
     );
     let fail = |message: String| {
@@ -124,7 +136,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         environment: String::new(),
         command,
         argv: Vec::new(),
-        subsystem: String::new(),
+        subsystem,
         env: req.env,
         pty: req.pty,
     };

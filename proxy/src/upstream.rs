@@ -15,6 +15,12 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A dead endpoint should fail a login quickly, not after TCP's minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 flow control per stream: what one session or forward may have in flight
+/// from the agent; enough for full speed on a LAN.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+/// Per connection: unread data of every stream counts against it, so it is many
+/// streams' worth; one student's stalled forward cannot stop the others'.
+pub const CONNECTION_WINDOW: u32 = 128 << 20;
 /// Keeps idle proxy–agent connections alive through middleboxes and notices
 /// a dead peer.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
@@ -68,6 +74,8 @@ fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endp
     let endpoint = Endpoint::from_shared(uri.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(HTTP2_KEEPALIVE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     tls.secure(endpoint, server_name)

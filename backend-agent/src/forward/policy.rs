@@ -1,0 +1,499 @@
+//! Where a student's forwarded connections may go, and where `ssh -R` may listen.
+//!
+//! Two layers. The environment's policy (from the controller's catalogue) says whether
+//! forwarding is on and which destinations besides the container itself are allowed.
+//! Under it, the agent's own guard refuses, whatever the catalogue says: this host's
+//! addresses (agent, controller, Redis and proxies may listen there), the container
+//! networks (other students' containers), link-local and multicast addresses, and the
+//! operator's `forward_deny` blocks. The host's other networks (the LAN) are refused
+//! unless an allow rule names them explicitly; a `*` rule never opens them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use labssh_proto::forwarding::{self, canonical, in_net, Rule};
+use labssh_proto::pb;
+
+/// Ports below this need root to listen on, as with sshd.
+const PRIVILEGED_PORTS: u16 = 1024;
+
+/// An environment's forwarding policy, parsed.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Environment name, for messages.
+    env: String,
+    local: bool,
+    remote: bool,
+    gateway_ports: bool,
+    run_as_root: bool,
+    rules: Vec<Rule>,
+    /// The rules as written, for messages.
+    rule_text: Vec<String>,
+}
+
+/// A network block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    /// Any address in it.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Net {
+    fn contains(&self, addr: IpAddr) -> bool {
+        in_net(addr, self.addr, self.prefix)
+    }
+}
+
+/// What the agent refuses whatever the catalogue says.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// This host's own addresses.
+    host_addresses: Vec<IpAddr>,
+    /// Networks of container bridges on this host.
+    container_nets: Vec<Net>,
+    /// The host's other networks: only explicit rules open them.
+    host_nets: Vec<Net>,
+    /// The operator's `forward_deny`.
+    denied: Vec<Net>,
+}
+
+/// A refusal, in words for the student.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl Policy {
+    /// The policy of `env`; absent means on, to the container itself only.
+    pub fn of(env: &pb::Environment) -> Policy {
+        let p = env.forwarding.clone().unwrap_or(pb::ForwardingPolicy {
+            local: true,
+            remote: true,
+            allow: Vec::new(),
+            gateway_ports: false,
+        });
+        // The controller validated the rules; a bad one here is skipped, never widened.
+        let (rules, problems) = forwarding::parse_all(&p.allow);
+        for problem in problems {
+            tracing::warn!(environment = %env.name, "ignoring forwarding rule: {problem}");
+        }
+        Policy {
+            env: env.name.clone(),
+            local: p.local,
+            remote: p.remote,
+            gateway_ports: p.gateway_ports,
+            run_as_root: env.run_as_root,
+            rules,
+            rule_text: p.allow,
+        }
+    }
+
+    /// Refuses `ssh -L`/`-D` outright when the environment turns it off.
+    pub fn check_local_enabled(&self) -> Result<(), Refused> {
+        if self.local {
+            Ok(())
+        } else {
+            Err(Refused(format!(
+                "port forwarding (ssh -L, ssh -D) is turned off in environment '{}'",
+                self.env
+            )))
+        }
+    }
+
+    /// Judges one resolved address of a destination the student asked for as `name`.
+    /// `own` are the container's own addresses.
+    pub fn check_destination(
+        &self,
+        guard: &Guard,
+        own: &[IpAddr],
+        name: &str,
+        target: SocketAddr,
+    ) -> Result<(), Refused> {
+        self.check_local_enabled()?;
+        let ip = canonical(target.ip());
+        let port = target.port();
+        if is_self(ip, own) {
+            return Ok(());
+        }
+        if let Some(why) = guard.hard_refusal(ip) {
+            return Err(Refused(format!(
+                "forwarding to {name}:{port} ({ip}) is not allowed: {why}"
+            )));
+        }
+        let on_host_net = guard.host_nets.iter().any(|n| n.contains(ip));
+        let allowed = self
+            .rules
+            .iter()
+            .any(|r| r.allows(name, ip, port) && (!on_host_net || !r.is_wildcard_host()));
+        if allowed {
+            return Ok(());
+        }
+        let allowed_list = if self.rule_text.is_empty() {
+            "only your own container (localhost)".to_owned()
+        } else {
+            format!(
+                "your own container (localhost) and {}",
+                self.rule_text.join(", ")
+            )
+        };
+        Err(Refused(format!(
+            "forwarding to {name}:{port} is not allowed in environment '{}'; allowed: {allowed_list}",
+            self.env
+        )))
+    }
+
+    /// Where `ssh -R` with bind address `host` and `port` listens in the container:
+    /// loopback unless the environment allows gateway ports.
+    pub fn listen_address(
+        &self,
+        own: &[IpAddr],
+        host: &str,
+        port: u32,
+    ) -> Result<SocketAddr, Refused> {
+        if !self.remote {
+            return Err(Refused(format!(
+                "remote forwarding (ssh -R) is turned off in environment '{}'",
+                self.env
+            )));
+        }
+        let port =
+            u16::try_from(port).map_err(|_| Refused(format!("port {port} is not a TCP port")))?;
+        if port != 0 && port < PRIVILEGED_PORTS && !self.run_as_root {
+            return Err(Refused(format!(
+                "port {port} is privileged; use a port from {PRIVILEGED_PORTS} up"
+            )));
+        }
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let ip = match host {
+            "localhost" | "127.0.0.1" => loopback,
+            "::1" | "[::1]" => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            _ if !self.gateway_ports => loopback,
+            "" | "*" | "0.0.0.0" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            other => {
+                let ip: IpAddr = other
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .map_err(|_| {
+                        Refused(format!(
+                            "listen address {other:?} must be localhost, *, or one of the container's addresses"
+                        ))
+                    })?;
+                if !is_self(canonical(ip), own) {
+                    return Err(Refused(format!(
+                        "{ip} is not one of your container's addresses"
+                    )));
+                }
+                ip
+            }
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+}
+
+/// Loopback, unspecified (which means the local host) or one of the container's own
+/// addresses: the container itself.
+fn is_self(ip: IpAddr, own: &[IpAddr]) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || own.iter().any(|o| canonical(*o) == ip)
+}
+
+impl Guard {
+    /// Reads this host's interfaces; `deny` are the operator's extra blocks.
+    pub fn from_host(deny: &[Net]) -> Guard {
+        let mut guard = Guard {
+            denied: deny.to_vec(),
+            ..Guard::default()
+        };
+        match host_interfaces() {
+            Ok(interfaces) => {
+                for (name, addr, prefix) in interfaces {
+                    guard.add_interface(&name, addr, prefix);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this host's addresses; forwarding to private networks is refused")
+            }
+        }
+        guard
+    }
+
+    /// Notes one address of one host interface.
+    pub fn add_interface(&mut self, name: &str, addr: IpAddr, prefix: u8) {
+        let addr = canonical(addr);
+        if addr.is_loopback() {
+            return; // a container's loopback is its own
+        }
+        self.host_addresses.push(addr);
+        let net = Net { addr, prefix };
+        if is_container_bridge(name) {
+            self.container_nets.push(net);
+        } else if !is_link_local(addr) {
+            self.host_nets.push(net);
+        }
+    }
+
+    /// Why `ip` is refused whatever the catalogue allows, if it is.
+    fn hard_refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        if self.host_addresses.contains(&ip) {
+            return Some("that is the lab server itself");
+        }
+        if self.container_nets.iter().any(|n| n.contains(ip)) {
+            return Some(
+                "that is the containers' network; other students' containers are off limits",
+            );
+        }
+        if is_link_local(ip) || ip.is_multicast() || is_broadcast(ip) {
+            return Some("link-local, multicast and broadcast addresses are off limits");
+        }
+        if self.denied.iter().any(|n| n.contains(ip)) {
+            return Some("the lab's operators closed that network to forwarding");
+        }
+        // A container bridge also answers on the network's first address and others
+        // Docker may add later; with no interface list, all private space is closed.
+        if self.host_addresses.is_empty() && is_private(ip) {
+            return Some(
+                "private networks are closed while the lab server's own addresses are unknown",
+            );
+        }
+        None
+    }
+}
+
+/// Docker's default and user-defined bridges, and common CNI bridges.
+fn is_container_bridge(name: &str) -> bool {
+    [
+        "docker", "br-", "veth", "cni", "cbr", "flannel", "cali", "weave", "podman", "lxc",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Parses `forward_deny` entries ("10.0.0.0/8", "192.0.2.7").
+pub fn parse_net(text: &str) -> Result<Net, String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an address or CIDR block"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
+    };
+    Ok(Net { addr, prefix })
+}
+
+/// (interface name, address, prefix length) of every address on this host.
+fn host_interfaces() -> std::io::Result<Vec<(String, IpAddr, u8)>> {
+    let mut list = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed by freeifaddrs below; every
+    // pointer read is checked for null and points into that list.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
+                .to_string_lossy()
+                .into_owned();
+            let (addr, prefix) = match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                    (
+                        IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                        u32::from_be(m.sin_addr.s_addr).count_ones() as u8,
+                    )
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
+                    let ones: u32 = m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum();
+                    (IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)), ones as u8)
+                }
+                _ => continue,
+            };
+            list.push((name, addr, prefix));
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(allow: &[&str]) -> pb::Environment {
+        pb::Environment {
+            name: "default".into(),
+            forwarding: Some(pb::ForwardingPolicy {
+                local: true,
+                remote: true,
+                allow: allow.iter().map(|s| s.to_string()).collect(),
+                gateway_ports: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn guard() -> Guard {
+        let mut g = Guard::default();
+        g.add_interface("lo", "127.0.0.1".parse().unwrap(), 8);
+        g.add_interface("eth0", "10.0.0.5".parse().unwrap(), 24);
+        g.add_interface("docker0", "172.17.0.1".parse().unwrap(), 16);
+        g.add_interface("br-1234", "172.18.0.1".parse().unwrap(), 16);
+        g.denied.push(parse_net("192.0.2.0/24").unwrap());
+        g
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_is_the_container_itself_only() {
+        let p = Policy::of(&pb::Environment {
+            name: "x".into(),
+            ..Default::default()
+        });
+        let own: Vec<IpAddr> = vec!["172.17.0.9".parse().unwrap()];
+        let g = guard();
+        assert!(p
+            .check_destination(&g, &own, "localhost", sa("127.0.0.1:3389"))
+            .is_ok());
+        assert!(p.check_destination(&g, &own, "::1", sa("[::1]:22")).is_ok());
+        assert!(p
+            .check_destination(&g, &own, "me", sa("172.17.0.9:80"))
+            .is_ok());
+        let e = p
+            .check_destination(&g, &own, "example.org", sa("93.184.216.34:443"))
+            .unwrap_err();
+        assert!(e.0.contains("only your own container"), "{e:?}");
+    }
+
+    #[test]
+    fn hard_limits_hold_even_for_star() {
+        let p = Policy::of(&env(&["*:*"]));
+        let own: Vec<IpAddr> = vec!["172.17.0.9".parse().unwrap()];
+        let g = guard();
+        for (target, why) in [
+            ("172.17.0.10:22", "containers' network"),
+            ("172.18.3.4:22", "containers' network"),
+            ("172.17.0.1:7001", "lab server itself"),
+            ("10.0.0.5:6379", "lab server itself"),
+            ("169.254.169.254:80", "link-local"),
+            ("192.0.2.7:80", "operators closed"),
+        ] {
+            let e = p.check_destination(&g, &own, "x", sa(target)).unwrap_err();
+            assert!(e.0.contains(why), "{target}: {e:?}");
+        }
+        // The LAN needs an explicit rule; * does not open it.
+        let e = p
+            .check_destination(&g, &own, "x", sa("10.0.0.7:22"))
+            .unwrap_err();
+        assert!(e.0.contains("not allowed in environment"), "{e:?}");
+        assert!(p
+            .check_destination(&g, &own, "x", sa("93.184.216.34:443"))
+            .is_ok());
+        let p = Policy::of(&env(&["10.0.0.7:22"]));
+        assert!(p
+            .check_destination(&g, &own, "x", sa("10.0.0.7:22"))
+            .is_ok());
+        assert!(p
+            .check_destination(&g, &own, "x", sa("10.0.0.7:23"))
+            .is_err());
+    }
+
+    #[test]
+    fn turned_off_says_so() {
+        let mut e = env(&[]);
+        e.forwarding.as_mut().unwrap().local = false;
+        e.forwarding.as_mut().unwrap().remote = false;
+        let p = Policy::of(&e);
+        let err = p
+            .check_destination(&guard(), &[], "localhost", sa("127.0.0.1:1"))
+            .unwrap_err();
+        assert!(err.0.contains("turned off"), "{err:?}");
+        assert!(p
+            .listen_address(&[], "localhost", 8080)
+            .unwrap_err()
+            .0
+            .contains("turned off"));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let p = Policy::of(&env(&[]));
+        let own: Vec<IpAddr> = vec!["172.17.0.9".parse().unwrap()];
+        assert_eq!(
+            p.listen_address(&own, "localhost", 8080).unwrap(),
+            sa("127.0.0.1:8080")
+        );
+        // Without gateway ports, everything binds loopback (like sshd's default).
+        assert_eq!(p.listen_address(&own, "", 0).unwrap(), sa("127.0.0.1:0"));
+        assert!(p
+            .listen_address(&own, "localhost", 80)
+            .unwrap_err()
+            .0
+            .contains("privileged"));
+        assert!(p.listen_address(&own, "localhost", 70000).is_err());
+        let mut e = env(&[]);
+        e.forwarding.as_mut().unwrap().gateway_ports = true;
+        let p = Policy::of(&e);
+        assert_eq!(
+            p.listen_address(&own, "*", 9000).unwrap(),
+            sa("0.0.0.0:9000")
+        );
+        assert_eq!(
+            p.listen_address(&own, "172.17.0.9", 9000).unwrap(),
+            sa("172.17.0.9:9000")
+        );
+        assert!(p.listen_address(&own, "172.17.0.10", 9000).is_err());
+    }
+
+    #[test]
+    fn deny_entries_parse() {
+        assert_eq!(parse_net("10.0.0.0/8").unwrap().prefix, 8);
+        assert_eq!(parse_net("192.0.2.7").unwrap().prefix, 32);
+        assert!(parse_net("10.0.0.0/40").is_err());
+        assert!(parse_net("nonsense").is_err());
+        // This host has at least one non-loopback address in any test setup.
+        let g = Guard::from_host(&[]);
+        assert!(!g.host_addresses.is_empty());
+    }
+}
