@@ -24,6 +24,7 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.rs scrapes with it
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.rs balances with it
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
+command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 # labssh-init links statically against glibc.
 [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then

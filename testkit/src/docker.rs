@@ -23,6 +23,22 @@ pub fn ensure_test_image() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Debian image with OpenSSH's sftp-server, scp and rsync.
+pub const DEBIAN_IMAGE: &str = "labssh/debian:bookworm";
+
+/// Builds [`DEBIAN_IMAGE`] with debootstrap (about a minute) if it is missing or
+/// older than the script; serialised across tests.
+pub fn ensure_debian_image() -> anyhow::Result<()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let status = Command::new("bash")
+        .arg(scripts_dir().join("build-debian-image.sh"))
+        .arg(DEBIAN_IMAGE)
+        .status()?;
+    anyhow::ensure!(status.success(), "building {DEBIAN_IMAGE} failed");
+    Ok(())
+}
+
 /// Runs `docker` and returns stdout; errors carry stderr.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker").args(args).output()?;

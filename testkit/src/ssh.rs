@@ -119,6 +119,35 @@ impl Ssh {
         cmd
     }
 
+    /// An ssh_config naming this server `lab` (port, throwaway host keys, and the
+    /// key `identity`), for tools that run ssh themselves: `scp -F FILE`, `sftp -F
+    /// FILE`, `rsync -e "ssh -F FILE"`. A key, because `sftp -b` never asks for a
+    /// password.
+    pub fn config_file(&self, identity: &Path) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("ssh_config");
+        std::fs::write(
+            &path,
+            format!(
+                "Host lab\n  HostName {}\n  Port {}\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 20\n  PreferredAuthentications publickey\n  IdentitiesOnly yes\n  IdentityFile {}\n  BatchMode yes\n",
+                self.addr.ip(),
+                self.addr.port(),
+                identity.display()
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// `program args...` (scp, sftp, rsync), for use with [`Ssh::config_file`].
+    pub fn tool(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
     fn askpass(&self, cmd: &mut Command, password: &str) {
         cmd.env("SSH_ASKPASS", self.dir.path().join("askpass"))
             .env("SSH_ASKPASS_REQUIRE", "force")
@@ -148,6 +177,11 @@ impl Ssh {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Runs a command built by this module, bounded by [`SSH_TIMEOUT`].
+pub async fn output(cmd: Command) -> anyhow::Result<Output> {
+    run_with_timeout(cmd, None).await
 }
 
 async fn run_with_timeout(mut cmd: Command, stdin: Option<Vec<u8>>) -> anyhow::Result<Output> {

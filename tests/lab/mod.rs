@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use labssh::cluster::{Cluster, ClusterConfig};
-use labssh_testkit::docker::{ensure_test_image, Cleanup, TEST_IMAGE};
+use labssh_testkit::docker::{ensure_test_image, Cleanup, DEBIAN_IMAGE, TEST_IMAGE};
 use labssh_testkit::redis_server::RedisServer;
 use labssh_testkit::ssh::{Auth, Ssh};
 use tokio::net::TcpListener;
@@ -72,6 +72,33 @@ cap_add = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 [environments.broken]
 image = "labssh/this-image-does-not-exist:never"
 spawn = "{spawn}"
+
+# Forwarding allowed anywhere the agent's own limits permit.
+[environments.open]
+image = "{TEST_IMAGE}"
+spawn = "{spawn}"
+uid = 1000
+gid = 1000
+[environments.open.forwarding]
+allow = ["*:*"]
+
+# Forwarding turned off.
+[environments.closed]
+image = "{TEST_IMAGE}"
+spawn = "{spawn}"
+uid = 1000
+gid = 1000
+[environments.closed.forwarding]
+local = false
+remote = false
+
+# A real Debian with OpenSSH's sftp-server, scp and rsync (ensure_debian_image).
+[environments.debian]
+image = "{DEBIAN_IMAGE}"
+spawn = "{spawn}"
+shell = "/bin/bash"
+uid = 1000
+gid = 1000
 "#
     )
 }

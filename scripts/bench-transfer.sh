@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# File transfer and tunnel throughput, labssh beside a plain OpenSSH sshd on this
+# machine, in the same run (BENCHMARKS.md, "Transfers"):
+#   scp up     scp (SFTP protocol) of SIZE_MB from here to the server
+#   scp down   the same file back (written to /dev/null)
+#   ssh -L     SIZE_MB pushed through a local forward to a discard server (inside the
+#              student's container for labssh; on loopback for sshd)
+# and the peak RSS (VmHWM) of the labssh proxy and agent during each transfer.
+#
+#   bash scripts/bench-transfer.sh
+#   SIZE_MB=256 ROUNDS=1 bash scripts/bench-transfer.sh
+#
+# labssh runs as three processes (controller, agent, proxy), mTLS between them as
+# deployed (MTLS=0 turns it off). The container is Debian, so scp uses the same
+# OpenSSH sftp-server binary sshd uses; BUILTIN=1 also measures labssh's built-in
+# SFTP server (busybox image). The same client key, cipher and file for both.
+#
+# Settings (environment):
+#   SIZE_MB    megabytes per transfer                 (1024)
+#   ROUNDS     repetitions, interleaved labssh/sshd   (3)
+#   MTLS       1: mTLS between proxy, controller, agent (1)
+#   BUILTIN    1: also labssh's built-in SFTP server   (0)
+#   CIPHER     ssh cipher for every client            (the client's default)
+#   PORT_BASE  first of the ports used                (42300)
+#   PROFILE    cargo profile                          (release)
+#
+# Needs root (a system user for sshd), Docker and openssh-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE_MB="${SIZE_MB:-1024}"
+ROUNDS="${ROUNDS:-3}"
+MTLS="${MTLS:-1}"
+BUILTIN="${BUILTIN:-0}"
+CIPHER="${CIPHER:-}"
+PORT_BASE="${PORT_BASE:-42300}"
+PROFILE="${PROFILE:-release}"
+SSHD=/usr/sbin/sshd
+IMAGE=labssh/debian:bookworm
+PREFIX=lbxfer
+SSHD_USER=lbxfer
+
+P_CONTROLLER=$PORT_BASE
+P_AGENT=$((PORT_BASE + 1))
+P_PROXY=$((PORT_BASE + 2))
+P_SSHD=$((PORT_BASE + 3))
+P_DISCARD=$((PORT_BASE + 4))    # inside the container, and on loopback for sshd
+P_LOCAL=$((PORT_BASE + 5))      # the ssh -L listening port
+
+say() { echo "bench-transfer: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: the sshd baseline needs a system user"
+[ -x "$SSHD" ] || die "$SSHD is missing: apt-get install openssh-server"
+docker info >/dev/null 2>&1 || die "Docker does not answer (bash scripts/setup-host.sh starts it)"
+command -v python3 >/dev/null || die "python3 is missing"
+for port in "$P_CONTROLLER" "$P_AGENT" "$P_PROXY" "$P_SSHD" "$P_DISCARD" "$P_LOCAL"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    die "port $port is taken; choose another PORT_BASE"
+  fi
+done
+
+bash scripts/build-debian-image.sh "$IMAGE" >&2
+[ "$BUILTIN" = 1 ] && bash scripts/build-busybox-image.sh labssh/busybox:latest >/dev/null
+say "building labssh ($PROFILE)"
+cargo build --profile "$PROFILE" -p labssh --bin labssh
+case "$PROFILE" in dev) BIN=target/debug ;; *) BIN="target/$PROFILE" ;; esac
+BIN="$(cd "$BIN" && pwd)"
+
+WORK="$(mktemp -d /var/tmp/labssh-xfer.XXXXXX)"
+chmod 755 "$WORK"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  docker ps -aq --filter "label=labssh.prefix=$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker volume ls -q --filter "label=labssh.prefix=$PREFIX" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  userdel -r "$SSHD_USER" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+  local port=$1 pid=$2 log=$3
+  for _ in $(seq 1 600); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "the server for port $port exited:"; tail -n 20 "$log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  say "nothing listens on port $port after 60 s:"; tail -n 20 "$log" >&2; exit 1
+}
+
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"
+
+# --- labssh: controller, agent, proxy ---------------------------------------------
+tls() {  # role
+  [ "$MTLS" = 1 ] || return 0
+  printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
+    "$WORK/certs/ca.pem" "$WORK/certs/$1.pem" "$WORK/certs/$1.key"
+}
+scheme=http
+if [ "$MTLS" = 1 ]; then
+  "$BIN/labssh" certs --dir "$WORK/certs" >/dev/null
+  scheme=https
+fi
+cat > "$WORK/controller.toml" <<TOML
+listen = "127.0.0.1:$P_CONTROLLER"
+default_environment = "debian"
+[environments.debian]
+image = "$IMAGE"
+shell = "/bin/bash"
+uid = 1000
+gid = 1000
+memory_mb = 0
+cpus = 0.0
+[environments.busybox]
+image = "labssh/busybox:latest"
+uid = 1000
+gid = 1000
+memory_mb = 0
+cpus = 0.0
+$(tls controller)
+TOML
+cat > "$WORK/agent.toml" <<TOML
+name = "xfer"
+listen = "127.0.0.1:$P_AGENT"
+advertise = "$scheme://127.0.0.1:$P_AGENT"
+controller = "$scheme://127.0.0.1:$P_CONTROLLER"
+container_prefix = "$PREFIX"
+firewall = false
+$(tls agent)
+TOML
+"$BIN/labssh" user add student --key "$WORK/id.pub" --users "$WORK/users.toml" >/dev/null
+cat > "$WORK/proxy.toml" <<TOML
+listen = "127.0.0.1:$P_PROXY"
+host_keys = ["$WORK/host_key"]
+users_file = "$WORK/users.toml"
+cache_key_file = "$WORK/cache.key"
+controller = "$scheme://127.0.0.1:$P_CONTROLLER"
+session_start_timeout_secs = 300
+$(tls proxy)
+TOML
+start() {  # name port command...
+  local name=$1 port=$2; shift 2
+  "$@" >"$WORK/$name.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_port "$port" "$pid" "$WORK/$name.log"
+  echo "$pid"
+}
+say "starting labssh (controller, agent, proxy; mTLS=$MTLS)"
+start controller "$P_CONTROLLER" "$BIN/labssh" controller --config "$WORK/controller.toml" >/dev/null
+AGENT_PID=$(start agent "$P_AGENT" "$BIN/labssh" agent --config "$WORK/agent.toml")
+PROXY_PID=$(start proxy "$P_PROXY" "$BIN/labssh" proxy --config "$WORK/proxy.toml")
+
+# --- sshd -------------------------------------------------------------------------
+id "$SSHD_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$SSHD_USER"
+usermod -p '*' "$SSHD_USER"
+mkdir -p "/home/$SSHD_USER/.ssh" /run/sshd
+cp "$WORK/id.pub" "/home/$SSHD_USER/.ssh/authorized_keys"
+chown -R "$SSHD_USER" "/home/$SSHD_USER/.ssh"
+cat > "$WORK/sshd_config" <<EOF
+Port $P_SSHD
+ListenAddress 127.0.0.1
+HostKey $WORK/host_key
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PidFile none
+AllowUsers $SSHD_USER
+UseDNS no
+Subsystem sftp /usr/lib/openssh/sftp-server
+LogLevel ERROR
+EOF
+say "starting sshd on 127.0.0.1:$P_SSHD"
+start sshd "$P_SSHD" "$SSHD" -D -e -f "$WORK/sshd_config" >/dev/null
+
+# --- clients ----------------------------------------------------------------------
+cat > "$WORK/ssh_config" <<EOF
+Host labssh labssh-builtin sshd
+  HostName 127.0.0.1
+  IdentityFile $WORK/id
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  BatchMode yes
+Host labssh
+  Port $P_PROXY
+  User student
+Host labssh-builtin
+  Port $P_PROXY
+  User student+busybox
+Host sshd
+  Port $P_SSHD
+  User $SSHD_USER
+EOF
+[ -n "$CIPHER" ] && sed -i "1a\\  Ciphers $CIPHER" "$WORK/ssh_config"
+ssh_() { ssh -F "$WORK/ssh_config" "$@"; }
+
+# The discard server: reads to EOF, answers with the byte count.
+cat > "$WORK/discard.py" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        n += len(b)
+    c.sendall(b"%d\n" % n)
+    c.close()
+PY
+# The pusher: sends SIZE bytes, waits for the count, prints seconds.
+cat > "$WORK/push.py" <<'PY'
+import os, socket, sys, time
+port, size = int(sys.argv[1]), int(sys.argv[2])
+block = os.urandom(1 << 20)
+s = socket.create_connection(("127.0.0.1", port))
+t = time.monotonic()
+left = size
+while left > 0:
+    n = min(left, len(block))
+    s.sendall(block[:n])
+    left -= n
+s.shutdown(socket.SHUT_WR)
+got = s.makefile().readline().strip()
+elapsed = time.monotonic() - t
+if got != str(size):
+    sys.exit("discard server counted %r, expected %d" % (got, size))
+print("%.3f" % elapsed)
+PY
+
+say "preparing a $SIZE_MB MB file and the containers"
+head -c "$((SIZE_MB << 20))" /dev/urandom > "$WORK/payload"
+ssh_ labssh true   # creates the container
+ssh_ labssh "cat > /tmp/discard.py" < "$WORK/discard.py"
+[ "$BUILTIN" = 1 ] && ssh_ labssh-builtin true
+# Servers live as long as these sessions.
+ssh_ labssh "exec python3 /tmp/discard.py $P_DISCARD" >/dev/null 2>&1 &
+pids+=($!)
+python3 "$WORK/discard.py" "$P_DISCARD" >/dev/null 2>&1 &
+pids+=($!)
+sleep 1
+
+# Peak RSS (kB) of a process since the last reset; resetting needs Linux 4.0+.
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+reset_hwm() { echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
+now() { date +%s.%N; }
+
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+record() {  # target test seconds
+  local mbps
+  mbps=$(awk -v s="$3" -v m="$SIZE_MB" 'BEGIN { printf "%.1f", m / s }')
+  local p a
+  if [ "$1" = sshd ]; then p=-; a=-; else p=$(hwm "$PROXY_PID"); a=$(hwm "$AGENT_PID"); fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$mbps" "$p" "$a" >> "$RESULTS"
+  say "$(printf '%-15s %-9s %7.2f s %8s MB/s  proxy %s kB  agent %s kB' "$1" "$2" "$3" "$mbps" "$p" "$a")"
+}
+
+targets=(labssh sshd)
+[ "$BUILTIN" = 1 ] && targets+=(labssh-builtin)
+for round in $(seq 1 "$ROUNDS"); do
+  say "round $round of $ROUNDS"
+  for t in "${targets[@]}"; do
+    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
+    s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
+    record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
+    s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" /dev/null; e=$(now)
+    record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    ssh_ "$t" rm -f payload
+    [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
+    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
+    ssh_ -N -o ExitOnForwardFailure=yes -L "$P_LOCAL:127.0.0.1:$P_DISCARD" "$t" &
+    fwd=$!
+    for _ in $(seq 1 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$P_LOCAL") 2>/dev/null && break
+      sleep 0.1
+    done
+    secs=$(python3 "$WORK/push.py" "$P_LOCAL" "$((SIZE_MB << 20))")
+    kill "$fwd" 2>/dev/null || true; wait "$fwd" 2>/dev/null || true
+    record "$t" "ssh -L" "$secs"
+  done
+done
+
+say "summary (median of $ROUNDS; labssh ÷ sshd throughput)"
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for target, test, secs, mbps, p, a in rows:
+    by.setdefault((target, test), []).append((float(mbps), p, a))
+tests = ["scp up", "scp down", "ssh -L"]
+print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for test in tests:
+    s = by.get(("sshd", test))
+    l = by.get(("labssh", test))
+    b = by.get(("labssh-builtin", test))
+    if not s or not l:
+        continue
+    sm = statistics.median(x[0] for x in s)
+    lm = statistics.median(x[0] for x in l)
+    bm = "%.1f" % statistics.median(x[0] for x in b) if b else "-"
+    peak_p = max(int(x[1]) for x in l + (b or []))
+    peak_a = max(int(x[2]) for x in l + (b or []))
+    print("| %s | %.1f | %.1f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, bm, peak_p / 1024, peak_a / 1024))
+PY
