@@ -2,7 +2,7 @@
 # File transfer and tunnel throughput, labssh beside a plain OpenSSH sshd on this
 # machine, in the same run (BENCHMARKS.md, "Transfers"):
 #   scp up     scp (SFTP protocol) of SIZE_MB from here to the server
-#   scp down   the same file back (written to /dev/null)
+#   scp down   the same file back (compared with the original)
 #   ssh -L     SIZE_MB pushed through a local forward to a discard server (inside the
 #              student's container for labssh; on loopback for sshd)
 # and the peak RSS (VmHWM) of the labssh proxy and agent during each transfer.
@@ -278,12 +278,15 @@ for round in $(seq 1 "$ROUNDS"); do
     s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
     record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
     reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" /dev/null; e=$(now)
+    s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
+    cmp -s "$WORK/payload" "$WORK/download" || die "$t: downloaded file differs"
+    rm -f "$WORK/download"
     record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
     ssh_ "$t" rm -f payload
     [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
     reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    ssh_ -N -o ExitOnForwardFailure=yes -L "$P_LOCAL:127.0.0.1:$P_DISCARD" "$t" &
+    # Not through ssh_: $! must be ssh itself, so the kill below ends the forward.
+    ssh -F "$WORK/ssh_config" -N -o ExitOnForwardFailure=yes -L "$P_LOCAL:127.0.0.1:$P_DISCARD" "$t" &
     fwd=$!
     for _ in $(seq 1 100); do
       (exec 3<>"/dev/tcp/127.0.0.1/$P_LOCAL") 2>/dev/null && break
