@@ -35,7 +35,11 @@ async fn users_land_in_their_own_persistent_containers() {
         text.contains("home=/home/alice user=alice logname=alice pwd=/home/alice"),
         "{text}"
     );
-    assert!(text.contains(" 1000 "), "home owned by uid 1000: {text}");
+    // The agent gives uid 1000 the student's name in the container's /etc/passwd.
+    assert!(
+        text.contains(" alice    alice ") || text.contains(" 1000 "),
+        "home owned by uid 1000 (alice): {text}"
+    );
     let first_id = lab
         .container_id("alice", "default")
         .expect("alice's container");
