@@ -71,7 +71,10 @@ async fn student_mistakes_get_clear_messages() {
     assert_eq!(out.status.code(), Some(255));
     let err = stderr(&out);
     assert!(err.contains("unknown environment 'nope'"), "{err}");
-    assert!(err.contains("admin, broken, closed, debian, default, open"), "{err}");
+    assert!(
+        err.contains("admin, broken, closed, debian, default, open"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 
     // The container cannot start (its image is missing): the student is told why.
