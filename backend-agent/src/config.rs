@@ -256,7 +256,7 @@ impl Config {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
         }
         for entry in &self.forward_deny {
-            if let Err(e) = crate::forward::policy::parse_net(entry) {
+            if let Err(e) = labssh_proto::net::parse_net(entry) {
                 problems.push(format!("forward_deny: {e}"));
             }
         }

@@ -89,7 +89,7 @@ pub async fn run_with_backend(
     let forward_deny = config
         .forward_deny
         .iter()
-        .filter_map(|d| forward::policy::parse_net(d).ok())
+        .filter_map(|d| labssh_proto::net::parse_net(d).ok())
         .collect::<Vec<_>>();
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -10,4 +10,5 @@ pub mod pb {
 }
 
 pub mod forwarding;
+pub mod net;
 pub mod tls;

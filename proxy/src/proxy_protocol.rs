@@ -152,10 +152,7 @@ pub fn parse_trusted(entries: &[String]) -> Result<Vec<IpNet>, Vec<String>> {
     let mut nets = Vec::new();
     let mut problems = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        let parsed = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
+        match labssh_proto::net::parse_net(entry) {
             Ok(net) => nets.push(net),
             Err(_) => problems.push(format!(
                 "proxy_protocol.trusted[{i}]: {entry:?} is not an address or CIDR like 10.0.0.0/8"

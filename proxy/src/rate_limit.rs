@@ -68,10 +68,7 @@ impl RateLimitConfig {
 }
 
 fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
-    entry
-        .parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| entry.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+    labssh_proto::net::parse_net(entry).ok()
 }
 
 /// Whether an attempt may proceed to the password check.

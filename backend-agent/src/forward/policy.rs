@@ -10,7 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use labssh_proto::forwarding::{self, canonical, in_net, Rule};
+use labssh_proto::forwarding::{self, Rule};
+use labssh_proto::net::{canonical, contains, IpNet};
 use labssh_proto::pb;
 
 /// Ports below this need root to listen on, as with sshd.
@@ -30,32 +31,17 @@ pub struct Policy {
     rule_text: Vec<String>,
 }
 
-/// A network block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    /// Any address in it.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Net {
-    fn contains(&self, addr: IpAddr) -> bool {
-        in_net(addr, self.addr, self.prefix)
-    }
-}
-
 /// What the agent refuses whatever the catalogue says.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     /// This host's own addresses.
     host_addresses: Vec<IpAddr>,
     /// Networks of container bridges on this host.
-    container_nets: Vec<Net>,
+    container_nets: Vec<IpNet>,
     /// The host's other networks: only explicit rules open them.
-    host_nets: Vec<Net>,
+    host_nets: Vec<IpNet>,
     /// The operator's `forward_deny`.
-    denied: Vec<Net>,
+    denied: Vec<IpNet>,
 }
 
 /// A refusal, in words for the student.
@@ -119,7 +105,7 @@ impl Policy {
                 "forwarding to {name}:{port} ({ip}) is not allowed: {why}"
             )));
         }
-        let on_host_net = guard.host_nets.iter().any(|n| n.contains(ip));
+        let on_host_net = guard.host_nets.iter().any(|n| contains(n, ip));
         let allowed = self
             .rules
             .iter()
@@ -198,7 +184,7 @@ fn is_self(ip: IpAddr, own: &[IpAddr]) -> bool {
 
 impl Guard {
     /// Reads this host's interfaces; `deny` are the operator's extra blocks.
-    pub fn from_host(deny: &[Net]) -> Guard {
+    pub fn from_host(deny: &[IpNet]) -> Guard {
         let mut guard = Guard {
             denied: deny.to_vec(),
             ..Guard::default()
@@ -223,7 +209,9 @@ impl Guard {
             return; // a container's loopback is its own
         }
         self.host_addresses.push(addr);
-        let net = Net { addr, prefix };
+        let Ok(net) = IpNet::new(addr, prefix) else {
+            return;
+        };
         if is_container_bridge(name) {
             self.container_nets.push(net);
         } else if !is_link_local(addr) {
@@ -236,7 +224,7 @@ impl Guard {
         if self.host_addresses.contains(&ip) {
             return Some("that is the lab server itself");
         }
-        if self.container_nets.iter().any(|n| n.contains(ip)) {
+        if self.container_nets.iter().any(|n| contains(n, ip)) {
             return Some(
                 "that is the containers' network; other students' containers are off limits",
             );
@@ -244,7 +232,7 @@ impl Guard {
         if is_link_local(ip) || ip.is_multicast() || is_broadcast(ip) {
             return Some("link-local, multicast and broadcast addresses are off limits");
         }
-        if self.denied.iter().any(|n| n.contains(ip)) {
+        if self.denied.iter().any(|n| contains(n, ip)) {
             return Some("the lab's operators closed that network to forwarding");
         }
         // A container bridge also answers on the network's first address and others
@@ -285,29 +273,6 @@ fn is_private(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
-}
-
-/// Parses `forward_deny` entries ("10.0.0.0/8", "192.0.2.7").
-pub fn parse_net(text: &str) -> Result<Net, String> {
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not an address or CIDR block"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        None => max,
-        Some(p) => p
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{text:?}: prefix length must be 0 to {max}"))?,
-    };
-    Ok(Net { addr, prefix })
 }
 
 /// (interface name, address, prefix length) of every address on this host.
@@ -357,6 +322,7 @@ fn host_interfaces() -> std::io::Result<Vec<(String, IpAddr, u8)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use labssh_proto::net::parse_net;
 
     fn env(allow: &[&str]) -> pb::Environment {
         pb::Environment {
@@ -487,11 +453,7 @@ mod tests {
     }
 
     #[test]
-    fn deny_entries_parse() {
-        assert_eq!(parse_net("10.0.0.0/8").unwrap().prefix, 8);
-        assert_eq!(parse_net("192.0.2.7").unwrap().prefix, 32);
-        assert!(parse_net("10.0.0.0/40").is_err());
-        assert!(parse_net("nonsense").is_err());
+    fn this_hosts_addresses_are_known() {
         // This host has at least one non-loopback address in any test setup.
         let g = Guard::from_host(&[]);
         assert!(!g.host_addresses.is_empty());
