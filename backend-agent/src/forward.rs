@@ -120,6 +120,15 @@ impl From<Refused> for Failure {
     }
 }
 
+impl From<Failure> for pb::ForwardError {
+    fn from(f: Failure) -> Self {
+        pb::ForwardError {
+            message: f.message,
+            prohibited: f.prohibited,
+        }
+    }
+}
+
 fn failed(message: impl Into<String>) -> Failure {
     Failure {
         message: message.into(),
@@ -156,13 +165,9 @@ where
             if !f.prohibited {
                 telemetry::error(Component::Agent, "forward_failed");
             }
-            let error = pb::ForwardError {
-                message: f.message,
-                prohibited: f.prohibited,
-            };
             let _ = tx
                 .send(Ok(pb::ForwardOutput {
-                    msg: Some(Out::Error(error)),
+                    msg: Some(Out::Error(f.into())),
                 }))
                 .await;
             return;
@@ -205,10 +210,19 @@ async fn open_connection(
         .resolve(container, host, port)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let own = backend
-        .container_addresses(container)
-        .await
-        .unwrap_or_default();
+    // The container's own addresses matter only for a destination that is not
+    // loopback (`-L p:localhost:q`, the common case, needs no Docker call).
+    let own = if addresses
+        .iter()
+        .all(|a| a.ip().is_loopback() || a.ip().is_unspecified())
+    {
+        Vec::new()
+    } else {
+        backend
+            .container_addresses(container)
+            .await
+            .unwrap_or_default()
+    };
     let mut refusal = None;
     let mut last_error = None;
     for addr in &addresses {
@@ -346,13 +360,9 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
     let refuse = |f: Failure| {
         let tx = &tx;
         async move {
-            let error = pb::ForwardError {
-                message: f.message,
-                prohibited: f.prohibited,
-            };
             let _ = tx
                 .send(Ok(pb::ListenEvent {
-                    msg: Some(pb::listen_event::Msg::Error(error)),
+                    msg: Some(pb::listen_event::Msg::Error(f.into())),
                 }))
                 .await;
         }
