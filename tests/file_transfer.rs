@@ -8,23 +8,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabOptions};
+use lab::{pattern, Lab, LabOptions};
 use labssh_testkit::ssh::{output, stderr, stdout};
 use tokio::io::AsyncWriteExt;
-
-/// Pseudo-random file contents (xorshift), `len` bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// An ssh_config for alice with a fresh key (added to the users file).
 fn key_config(lab: &Lab) -> std::path::PathBuf {
@@ -33,20 +19,36 @@ fn key_config(lab: &Lab) -> std::path::PathBuf {
     lab.ssh.config_file(&key).unwrap()
 }
 
-/// `sftp -b -` with `batch` as its commands; panics with the output on failure.
-async fn sftp_batch(lab: &Lab, cfg: &Path, login: &str, cwd: &Path, batch: &str) -> String {
+/// `sftp -b -` as `login`, in `cwd`, reading its commands from stdin (piped).
+fn sftp(lab: &Lab, cfg: &Path, login: &str, cwd: &Path) -> tokio::process::Child {
     let cfg = cfg.display().to_string();
     let target = format!("{login}@lab");
     let mut cmd = lab.ssh.tool("sftp", &["-F", &cfg, "-b", "-", &target]);
     cmd.current_dir(cwd).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    cmd.spawn().unwrap()
+}
+
+/// Runs `batch` through [`sftp`] and returns its output.
+async fn sftp_run(
+    lab: &Lab,
+    cfg: &Path,
+    login: &str,
+    cwd: &Path,
+    batch: &str,
+) -> std::process::Output {
+    let mut child = sftp(lab, cfg, login, cwd);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(batch.as_bytes()).await.unwrap();
     drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+    tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
         .await
         .expect("sftp finished")
-        .unwrap();
+        .unwrap()
+}
+
+/// `sftp -b -` with `batch` as its commands; panics with the output on failure.
+async fn sftp_batch(lab: &Lab, cfg: &Path, login: &str, cwd: &Path, batch: &str) -> String {
+    let out = sftp_run(lab, cfg, login, cwd, batch).await;
     assert!(
         out.status.success(),
         "sftp {login} failed: {}\n{}",
@@ -72,11 +74,7 @@ fn processes(lab: &Lab, user: &str, env: &str) -> String {
 /// Starts an interactive sftp and reports which server program runs in the container
 /// while it is connected.
 async fn sftp_server_in_use(lab: &Lab, cfg: &Path, login: &str, user: &str, env: &str) -> String {
-    let cfg = cfg.display().to_string();
-    let target = format!("{login}@lab");
-    let mut cmd = lab.ssh.tool("sftp", &["-F", &cfg, "-b", "-", &target]);
-    cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = sftp(lab, cfg, login, lab.dir.path());
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"pwd\n").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -115,18 +113,14 @@ async fn sftp_round_trip(lab: &Lab, cfg: &Path, login: &str, tag: &str) {
     assert!(back == data, "{login}: sftp get returned different bytes");
     // Everything removed again, and a missing file is an error the client reports.
     let work2 = tempfile::tempdir().unwrap();
-    let cfg_s = cfg.display().to_string();
-    let target = format!("{login}@lab");
-    let mut cmd = lab.ssh.tool("sftp", &["-F", &cfg_s, "-b", "-", &target]);
-    cmd.current_dir(work2.path()).stdin(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(format!("get {tag}-moved.bin\n").as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
+    let out = sftp_run(
+        lab,
+        cfg,
+        login,
+        work2.path(),
+        &format!("get {tag}-moved.bin\n"),
+    )
+    .await;
     assert!(!out.status.success(), "getting a removed file succeeded");
     assert!(
         stderr(&out).contains("not found") || stderr(&out).contains("No such file"),

@@ -9,7 +9,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabOptions};
+use lab::{connect_when_up, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::telemetry::prometheus::Exposition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,11 +154,7 @@ async fn a_client_gone_mid_transfer_leaves_no_tasks_or_sockets() {
 
     // 1. The ssh client is killed mid-transfer (the student closes the laptop).
     let mut client = start_client();
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect(("127.0.0.1", local)).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drop(connect_when_up(local).await);
     let streams: Vec<TcpStream> =
         futures::future::join_all((0..3).map(|_| mid_transfer(local, 8 << 20))).await;
     let during = counts(&lab, ECHO);
@@ -179,11 +175,7 @@ async fn a_client_gone_mid_transfer_leaves_no_tasks_or_sockets() {
     // 2. The local application drops its connection mid-transfer; the ssh client
     // stays, and its other forward keeps working.
     let mut client = start_client();
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect(("127.0.0.1", local)).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drop(connect_when_up(local).await);
     let s = mid_transfer(local, 8 << 20).await;
     drop(s);
     let mut ok = TcpStream::connect(("127.0.0.1", local)).await.unwrap();

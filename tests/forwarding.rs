@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, LabOptions};
+use lab::{connect_when_up, pattern, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
 use sha2::{Digest, Sha256};
@@ -77,21 +77,6 @@ async fn forward(lab: &Lab, login: &str, options: &[&str], local_port: u16) -> C
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in
-/// repeating patterns.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Sends `total` bytes through an echo service at `addr` while reading the echo
@@ -409,6 +394,35 @@ fn bridge_gateway() -> String {
         .to_string()
 }
 
+/// Runs `command` in a session that also forwards a local port to `target`, makes
+/// one connection through the forward (which must be refused) and returns the
+/// session's output: the refusal appears on stderr, the session carries on.
+async fn refused_in_session(
+    lab: &Lab,
+    login: &str,
+    target: &str,
+    command: &str,
+) -> std::process::Output {
+    let local = free_port();
+    let spec = format!("{local}:{target}");
+    let child = lab
+        .ssh
+        .command_with(
+            login,
+            &Lab::alice(),
+            &["-o", "LogLevel=INFO", "-L", &spec],
+            &[command],
+        )
+        .spawn()
+        .unwrap();
+    drop(connect_when_up(local).await);
+    refused_through(local).await;
+    tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .expect("the session ends")
+        .unwrap()
+}
+
 /// A client connection through `ssh -L` must fail (the channel is refused: the
 /// client closes the local connection at once).
 async fn refused_through(local_port: u16) {
@@ -482,29 +496,14 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
     // Both with the default policy and with one that allows everything.
     for login in ["alice", "alice+open"] {
         for (what, ip, port) in &targets {
-            let local = free_port();
-            let spec = format!("{local}:{ip}:{port}");
             // The session runs a command and stays up while the forward is refused.
-            let child = lab
-                .ssh
-                .command_with(
-                    login,
-                    &Lab::alice(),
-                    &["-o", "LogLevel=INFO", "-L", &spec],
-                    &["sleep 3; echo session-alive"],
-                )
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + STEP;
-            while TcpStream::connect(("127.0.0.1", local)).await.is_err() {
-                assert!(Instant::now() < deadline, "local port never opened");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            refused_through(local).await;
-            let out = tokio::time::timeout(STEP, child.wait_with_output())
-                .await
-                .unwrap()
-                .unwrap();
+            let out = refused_in_session(
+                &lab,
+                login,
+                &format!("{ip}:{port}"),
+                "sleep 3; echo session-alive",
+            )
+            .await;
             let (out_text, err_text) = (stdout(&out), stderr(&out));
             assert_eq!(out_text, "session-alive\n", "{login} → {what}: {err_text}");
             assert!(out.status.success(), "{login} → {what}: {err_text}");
@@ -516,25 +515,7 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
         }
     }
     // The default policy names what is allowed.
-    let local = free_port();
-    let spec = format!("{local}:198.51.100.7:443");
-    let child = lab
-        .ssh
-        .command_with(
-            "alice",
-            &Lab::alice(),
-            &["-o", "LogLevel=INFO", "-L", &spec],
-            &["sleep 2; echo ok"],
-        )
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect(("127.0.0.1", local)).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    refused_through(local).await;
-    let out = child.wait_with_output().await.unwrap();
+    let out = refused_in_session(&lab, "alice", "198.51.100.7:443", "sleep 2; echo ok").await;
     let err_text = stderr(&out);
     assert!(
         err_text
@@ -549,14 +530,7 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
         .command_with("bob", &Lab::bob(), &["-N", "-L", &spec], &[])
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + STEP;
-    let mut s = loop {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", local)).await {
-            break s;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut s = connect_when_up(local).await;
     s.write_all(b"bob\n").await.unwrap();
     s.shutdown().await.unwrap();
     let mut back = Vec::new();
@@ -572,25 +546,7 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarding_turned_off_is_refused_with_a_reason() {
     let lab = Lab::start(LabOptions::default()).await;
-    let local = free_port();
-    let spec = format!("{local}:localhost:22");
-    let child = lab
-        .ssh
-        .command_with(
-            "alice+closed",
-            &Lab::alice(),
-            &["-o", "LogLevel=INFO", "-L", &spec],
-            &["sleep 2; echo up"],
-        )
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect(("127.0.0.1", local)).await.is_err() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    refused_through(local).await;
-    let out = child.wait_with_output().await.unwrap();
+    let out = refused_in_session(&lab, "alice+closed", "localhost:22", "sleep 2; echo up").await;
     assert_eq!(stdout(&out), "up\n");
     assert!(
         stderr(&out).contains("turned off in environment 'closed'"),

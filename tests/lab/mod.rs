@@ -103,6 +103,37 @@ gid = 1000
     )
 }
 
+/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in
+/// repeating patterns.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A connection to 127.0.0.1:`port` once something accepts there (an `ssh -L`
+/// coming up); panics after 30 s.
+pub async fn connect_when_up(port: u16) -> tokio::net::TcpStream {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing accepted on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Lab {
     pub async fn start(options: LabOptions) -> Lab {
         labssh_testkit::init_tracing();
