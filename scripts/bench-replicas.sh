@@ -31,6 +31,7 @@ P_HAPROXY=$((PORT_BASE + 3)); P1=$((PORT_BASE + 4)); P2=$((PORT_BASE + 5)); P3=$
 
 say() { echo "bench-replicas: $*" >&2; }
 die() { say "$*"; exit 1; }
+source scripts/bench-lib.sh
 command -v haproxy >/dev/null || die "haproxy is missing: bash scripts/setup-host.sh"
 command -v redis-server >/dev/null || die "redis-server is missing: bash scripts/setup-host.sh"
 docker info >/dev/null 2>&1 || die "Docker does not answer (bash scripts/setup-host.sh starts it)"
@@ -56,18 +57,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start() {  # name port command...
-  local name=$1 port=$2; shift 2
-  "$@" >"$WORK/$name.log" 2>&1 &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { say "$name exited:"; tail -n 20 "$WORK/$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  die "$name does not listen on $port"
-}
+START_TIMEOUT=30
 
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
 say "adding $USERS students"

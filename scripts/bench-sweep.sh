@@ -58,6 +58,7 @@ P_DX=$((PORT_BASE + 2))
 
 say() { echo "bench-sweep: $*" >&2; }
 die() { say "$*"; exit 1; }
+source scripts/bench-lib.sh
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the sshd baselines need system users"
 [ -x "$SSHD" ] || die "$SSHD is missing: apt-get install openssh-server"
@@ -101,18 +102,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits until something accepts on the port, while the process lives.
-wait_port() {
-  local port=$1 pid=$2 log=$3
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      say "the server for port $port exited:"; tail -n 20 "$log" >&2; exit 1
-    fi
-    sleep 0.1
-  done
-  say "nothing listens on port $port after 60 s:"; tail -n 20 "$log" >&2; exit 1
-}
 
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"

@@ -49,6 +49,7 @@ P_LOCAL=$((PORT_BASE + 5))      # the ssh -L listening port
 
 say() { echo "bench-transfer: $*" >&2; }
 die() { say "$*"; exit 1; }
+source scripts/bench-lib.sh
 
 [ "$(id -u)" -eq 0 ] || die "run as root: the sshd baseline needs a system user"
 [ -x "$SSHD" ] || die "$SSHD is missing: apt-get install openssh-server"
@@ -80,18 +81,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-wait_port() {
-  local port=$1 pid=$2 log=$3
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      say "the server for port $port exited:"; tail -n 20 "$log" >&2; exit 1
-    fi
-    sleep 0.1
-  done
-  say "nothing listens on port $port after 60 s:"; tail -n 20 "$log" >&2; exit 1
-}
 
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"
@@ -144,18 +133,12 @@ controller = "$scheme://127.0.0.1:$P_CONTROLLER"
 session_start_timeout_secs = 300
 $(tls proxy)
 TOML
-start() {  # name port command...
-  local name=$1 port=$2; shift 2
-  "$@" >"$WORK/$name.log" 2>&1 &
-  local pid=$!
-  pids+=("$pid")
-  wait_port "$port" "$pid" "$WORK/$name.log"
-  echo "$pid"
-}
 say "starting labssh (controller, agent, proxy; mTLS=$MTLS)"
-start controller "$P_CONTROLLER" "$BIN/labssh" controller --config "$WORK/controller.toml" >/dev/null
-AGENT_PID=$(start agent "$P_AGENT" "$BIN/labssh" agent --config "$WORK/agent.toml")
-PROXY_PID=$(start proxy "$P_PROXY" "$BIN/labssh" proxy --config "$WORK/proxy.toml")
+start controller "$P_CONTROLLER" "$BIN/labssh" controller --config "$WORK/controller.toml"
+start agent "$P_AGENT" "$BIN/labssh" agent --config "$WORK/agent.toml"
+AGENT_PID=$STARTED_PID
+start proxy "$P_PROXY" "$BIN/labssh" proxy --config "$WORK/proxy.toml"
+PROXY_PID=$STARTED_PID
 
 # --- sshd -------------------------------------------------------------------------
 id "$SSHD_USER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$SSHD_USER"
@@ -178,7 +161,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 LogLevel ERROR
 EOF
 say "starting sshd on 127.0.0.1:$P_SSHD"
-start sshd "$P_SSHD" "$SSHD" -D -e -f "$WORK/sshd_config" >/dev/null
+start sshd "$P_SSHD" "$SSHD" -D -e -f "$WORK/sshd_config"
 
 # --- clients ----------------------------------------------------------------------
 cat > "$WORK/ssh_config" <<EOF

@@ -1,0 +1,27 @@
+# Shared by the bench-*.sh scripts (sourced). They define say/die, the array `pids`
+# (killed on exit) and the directory WORK (logs).
+
+# Waits until something accepts on 127.0.0.1:PORT while process PID lives; gives up
+# after SECONDS (default 60) and shows the end of LOG.
+wait_port() {
+  local port=$1 pid=$2 log=$3 seconds=${4:-60}
+  for _ in $(seq 1 $((seconds * 10))); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "the server for port $port exited:"; tail -n 20 "$log" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+  say "nothing listens on port $port after $seconds s:"; tail -n 20 "$log" >&2; exit 1
+}
+
+# start NAME PORT COMMAND...: runs COMMAND in the background with its output in
+# $WORK/NAME.log, remembers it for the exit trap and waits for PORT. The process id
+# is left in STARTED_PID (not printed: a $(start …) subshell would lose `pids`).
+start() {
+  local name=$1 port=$2 seconds=${START_TIMEOUT:-60}; shift 2
+  "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  pids+=("$STARTED_PID")
+  wait_port "$port" "$STARTED_PID" "$WORK/$name.log" "$seconds"
+}
