@@ -72,6 +72,25 @@ async fn ensure_creates_with_labels_and_limits_then_reuses() {
     assert_eq!(inventory[0].state, ContainerState::Running);
 }
 
+/// Two deployments (or two test labs) on one engine whose agents share a name: each
+/// agent's inventory holds only its own prefix's containers.
+#[tokio::test]
+async fn inventory_ignores_another_prefix_with_the_same_agent_name() {
+    let ours = Scratch::new();
+    let mut theirs = Scratch::new();
+    theirs.agent = ours.agent.clone();
+    let (our_backend, their_backend) = (ours.backend().await, theirs.backend().await);
+    let env = environment();
+    our_backend.ensure("alice", &env).await.unwrap();
+    their_backend.ensure("bob", &env).await.unwrap();
+
+    let users = |list: Vec<labssh_agent::backend::ContainerInfo>| {
+        list.into_iter().map(|c| c.user).collect::<Vec<_>>()
+    };
+    assert_eq!(users(our_backend.inventory().await.unwrap()), ["alice"]);
+    assert_eq!(users(their_backend.inventory().await.unwrap()), ["bob"]);
+}
+
 #[tokio::test]
 async fn concurrent_ensures_create_exactly_one_container() {
     let scratch = Scratch::new();

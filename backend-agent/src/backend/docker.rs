@@ -537,9 +537,14 @@ impl Backend for DockerBackend {
     }
 
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+        // Both labels: agents of two deployments on one Docker engine (or two test
+        // labs on one machine) may share a name, but not a prefix.
         let filters = [(
             "label".to_owned(),
-            vec![format!("{LABEL_AGENT}={}", self.agent)],
+            vec![
+                format!("{LABEL_AGENT}={}", self.agent),
+                format!("{LABEL_PREFIX}={}", self.prefix),
+            ],
         )]
         .into_iter()
         .collect();
