@@ -5,10 +5,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["proto"])?;
-    // Forwarded bytes are moved, not copied: `bytes::Bytes` for their payloads.
+    // Forwarded bytes and session I/O are moved, not copied: `bytes::Bytes` for their
+    // payloads (decoding slices the received buffer).
     tonic_prost_build::configure()
         .bytes(".labssh.v1.ForwardInput.data")
         .bytes(".labssh.v1.ForwardOutput.data")
+        .bytes(".labssh.v1.SessionInput.stdin")
+        .bytes(".labssh.v1.SessionOutput.stdout")
+        .bytes(".labssh.v1.SessionOutput.stderr")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use labssh_proto::pb;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 pub use docker::{DockerBackend, SpawnPath};
 pub(crate) use keyed_lock::KeyedLock;
@@ -242,12 +242,66 @@ impl EnvVars {
 /// A started process: its stdin, its output and a handle to control it.
 pub struct Process {
     /// The process's stdin; `shutdown()` delivers EOF, as does dropping it.
-    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdin: Stdin,
     /// Output in the order it was produced; ends when the process closes its output
     /// (normally when it exits). With a pty everything arrives as stdout.
     pub output: BoxStream<'static, Output>,
     /// Resize, signal and wait; shareable between tasks.
     pub control: Arc<dyn ProcessControl>,
+}
+
+/// A process's stdin. Writes take [`Bytes`], so a backend can pass what the proxy sent
+/// on to the process without copying it (the helper writes it to its socket as is).
+pub struct Stdin(Box<dyn StdinSink>);
+
+/// Where a [`Stdin`] writes. Dropping a sink without `shutdown` must still deliver EOF.
+#[async_trait]
+pub trait StdinSink: Send {
+    /// Writes all of `data`, waiting while the process does not read.
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()>;
+    /// Delivers EOF.
+    async fn shutdown(&mut self) -> std::io::Result<()>;
+}
+
+impl Stdin {
+    /// A stdin writing to `sink`.
+    pub fn new(sink: impl StdinSink + 'static) -> Stdin {
+        Stdin(Box::new(sink))
+    }
+
+    /// A stdin writing to a byte stream (Docker exec's attached connection, say).
+    pub fn from_writer(writer: impl AsyncWrite + Send + 'static) -> Stdin {
+        Stdin::new(WriterSink(Box::pin(writer)))
+    }
+
+    /// Writes all of `data`, handing it on without a copy where the backend can.
+    pub async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write(data).await
+    }
+
+    /// Writes a copy of all of `data`.
+    pub async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(Bytes::copy_from_slice(data)).await
+    }
+
+    /// Delivers EOF.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+/// A [`StdinSink`] over a byte stream.
+struct WriterSink(Pin<Box<dyn AsyncWrite + Send>>);
+
+#[async_trait]
+impl StdinSink for WriterSink {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.0.shutdown().await
+    }
 }
 
 /// One chunk of process output.

@@ -12,7 +12,6 @@ use labssh_agent::backend::{
 };
 use labssh_proto::pb;
 use support::{ensure_on, environment, pty, run_script, Scratch, STEP};
-use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn ensure_creates_with_labels_and_limits_then_reuses() {

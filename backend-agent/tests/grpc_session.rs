@@ -279,7 +279,7 @@ async fn sessions_run_commands_and_heartbeats_report_them() {
     let mut client = agent.client().await;
     let script = "echo out; echo err >&2; read line; echo got $line; exit 3";
     let (tx, outputs) = open_session(&mut client, start("kim", "default", script)).await;
-    tx.send(input(In::Stdin(b"hello\n".to_vec()))).unwrap();
+    tx.send(input(In::Stdin(b"hello\n"[..].into()))).unwrap();
     tx.send(input(In::Eof(pb::Eof {}))).unwrap();
     let outputs = drain(outputs).await;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

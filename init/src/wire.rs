@@ -161,10 +161,15 @@ pub enum Exit {
     },
 }
 
+/// The header of a frame of `kind` with `payload_len` bytes of payload.
+pub fn frame_header(kind: u8, payload_len: usize) -> [u8; HEADER_LEN] {
+    let [a, b, c, d] = (payload_len as u32 + 1).to_be_bytes();
+    [a, b, c, d, kind]
+}
+
 /// Appends one frame to `out`.
 pub fn put_frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32 + 1).to_be_bytes());
-    out.push(kind);
+    out.extend_from_slice(&frame_header(kind, payload.len()));
     out.extend_from_slice(payload);
 }
 

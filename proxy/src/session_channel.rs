@@ -185,7 +185,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
                 ChannelMsg::Data { data } => {
                     counted.fetch_add(data.len() as u64, Ordering::Relaxed);
                     telemetry::forwarded_bytes(Direction::ToContainer, data.len());
-                    In::Stdin(data.to_vec())
+                    In::Stdin(Bytes::copy_from_slice(&data))
                 }
                 ChannelMsg::Eof => In::Eof(pb::Eof {}),
                 ChannelMsg::WindowChange {
@@ -230,13 +230,13 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
                 Ok(pb::SessionOutput { msg: Some(msg) }) => match msg {
                     Out::Stdout(b) => {
                         sent(b.len());
-                        if write.data_bytes(Bytes::from(b)).await.is_err() {
+                        if write.data_bytes(b).await.is_err() {
                             return Ending::ClientGone;
                         }
                     }
                     Out::Stderr(b) => {
                         sent(b.len());
-                        if write.extended_data_bytes(1, Bytes::from(b)).await.is_err() {
+                        if write.extended_data_bytes(1, b).await.is_err() {
                             return Ending::ClientGone;
                         }
                     }

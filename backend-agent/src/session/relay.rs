@@ -1,6 +1,5 @@
 //! Moving bytes between a Session stream and a running process.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,14 +8,13 @@ use futures::{Stream, StreamExt};
 use labssh_proto::pb;
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{clamp, OutputSender};
-use crate::backend::{Output, Process, ProcessControl};
+use crate::backend::{Output, Process, ProcessControl, Stdin};
 
 /// Stdin chunks queued for the process; beyond this the proxy's stream is not read.
 const STDIN_BUFFER: usize = 16;
@@ -67,8 +65,8 @@ where
             chunk = output.next() => chunk,
         };
         let msg = match chunk {
-            Some(Output::Stdout(b)) => Out::Stdout(b.to_vec()),
-            Some(Output::Stderr(b)) => Out::Stderr(b.to_vec()),
+            Some(Output::Stdout(b)) => Out::Stdout(b),
+            Some(Output::Stderr(b)) => Out::Stderr(b),
             None => break Ended::OutputClosed,
         };
         let sent = tokio::select! {
@@ -164,7 +162,7 @@ async fn read_input<S>(
             // A writer that stopped (process closed stdin) makes sends fail; the data is
             // dropped, as a pipe's reader would never see it either.
             Some(In::Stdin(data)) => {
-                let _ = stdin.send(StdinOp::Data(data.into())).await;
+                let _ = stdin.send(StdinOp::Data(data)).await;
             }
             Some(In::Eof(_)) => {
                 let _ = stdin.send(StdinOp::Eof).await;
@@ -186,11 +184,11 @@ async fn read_input<S>(
 }
 
 /// Writes stdin in order; EOF (or the channel closing) half-closes it.
-async fn write_stdin(mut stdin: Pin<Box<dyn AsyncWrite + Send>>, mut ops: mpsc::Receiver<StdinOp>) {
+async fn write_stdin(mut stdin: Stdin, mut ops: mpsc::Receiver<StdinOp>) {
     while let Some(op) = ops.recv().await {
         match op {
             StdinOp::Data(data) => {
-                if stdin.write_all(&data).await.is_err() {
+                if stdin.send(data).await.is_err() {
                     return;
                 }
             }

@@ -10,7 +10,7 @@ use bollard::models::ExecConfig;
 use bollard::Docker;
 
 use super::{docker_message, hijack};
-use crate::backend::{BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec};
+use crate::backend::{BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec, Stdin};
 use crate::signal;
 
 /// First pause between exec inspections while waiting for an exit; doubles up to the cap.
@@ -69,7 +69,7 @@ pub async fn spawn(
         control.initial_resize(cols, rows).await;
     }
     Ok(Process {
-        stdin: Box::pin(hijacked.stdin),
+        stdin: Stdin::from_writer(hijacked.stdin),
         output: hijacked.output,
         control,
     })

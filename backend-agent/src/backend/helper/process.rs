@@ -1,30 +1,29 @@
 //! A process the helper started, as a [`Process`]: output and exit come from a reader
-//! task, stdin goes through a writer task that respects the helper's credit.
+//! task, stdin is written straight to the connection within the helper's credit.
 
+use std::io;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::wire::{self, kind};
-use crate::backend::{BackendError, ExitStatus, Output, Process, ProcessControl};
+use crate::backend::{BackendError, ExitStatus, Output, Process, ProcessControl, Stdin, StdinSink};
 use crate::signal;
 
 /// Output chunks buffered between the reader task and the session; beyond this the
 /// socket is not read and the helper stops reading the process.
 const OUTPUT_BUFFER: usize = 8;
-/// Stdin bytes buffered between the session and the writer task.
-const STDIN_PIPE: usize = 64 * 1024;
 /// Largest stdin frame.
-const STDIN_CHUNK: usize = 16 * 1024;
+const STDIN_CHUNK: usize = 64 * 1024;
 /// One read from the socket.
-const READ_CHUNK: usize = 32 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 /// How the process ended, as far as the agent knows: `None` while it runs.
 type Outcome = Option<Result<ExitStatus, BackendError>>;
@@ -44,10 +43,13 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
         credit.clone(),
         outcome_tx,
     ));
-    let (stdin, stdin_rx) = tokio::io::duplex(STDIN_PIPE);
-    tokio::spawn(write_stdin(stdin_rx, write.clone(), credit));
+    let stdin = HelperStdin {
+        write: write.clone(),
+        credit,
+        ended: false,
+    };
     Process {
-        stdin: Box::pin(stdin),
+        stdin: Stdin::new(stdin),
         output: ReceiverStream::new(output_rx).boxed(),
         control: Arc::new(HelperProcess {
             pid,
@@ -146,10 +148,10 @@ async fn read_frames(
     };
     let result = loop {
         let frame = match wire::split_frame(&buf) {
-            Ok(Some((k, payload, used))) => {
-                let frame = (k, Bytes::copy_from_slice(payload));
-                buf.advance(used);
-                frame
+            Ok(Some((k, _, used))) => {
+                // Split off, not copied: the payload is handed on as it lies.
+                let frame = buf.split_to(used).freeze();
+                (k, frame.slice(wire::HEADER_LEN..))
             }
             Ok(None) => {
                 buf.reserve(READ_CHUNK);
@@ -200,31 +202,66 @@ fn decode_exit(payload: &[u8]) -> Result<ExitStatus, BackendError> {
     })
 }
 
-/// Sends what the session writes to stdin as STDIN frames within the granted credit;
-/// its end (shutdown or drop) becomes EOF.
-async fn write_stdin(
-    mut stdin: DuplexStream,
+/// The process's stdin: what the session writes goes out as STDIN frames within the
+/// credit the helper granted, the payload handed to the socket as it came (header and
+/// payload in one vectored write, no copy). Shutdown, or drop, sends EOF.
+struct HelperStdin {
+    /// The connection's write half, shared with the control calls.
     write: Arc<Mutex<OwnedWriteHalf>>,
+    /// Stdin bytes the helper will take.
     credit: Arc<Semaphore>,
-) {
-    let mut chunk = vec![0u8; STDIN_CHUNK];
-    let mut frame = Vec::with_capacity(STDIN_CHUNK + wire::HEADER_LEN);
-    loop {
-        let n = match stdin.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        match credit.acquire_many(n as u32).await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return, // the process ended
+    /// EOF was sent.
+    ended: bool,
+}
+
+#[async_trait]
+impl StdinSink for HelperStdin {
+    async fn write(&mut self, mut data: Bytes) -> io::Result<()> {
+        if self.ended {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stdin was closed",
+            ));
         }
-        frame.clear();
-        wire::put_frame(&mut frame, kind::STDIN, &chunk[..n]);
-        if write.lock().await.write_all(&frame).await.is_err() {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(STDIN_CHUNK));
+            match self.credit.acquire_many(piece.len() as u32).await {
+                Ok(permit) => permit.forget(),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the process ended",
+                    ))
+                }
+            }
+            let header = wire::frame_header(kind::STDIN, piece.len());
+            let mut frame = Buf::chain(&header[..], piece);
+            self.write.lock().await.write_all_buf(&mut frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        if std::mem::replace(&mut self.ended, true) {
+            return Ok(());
+        }
+        let frame = wire::frame_header(kind::EOF, 0);
+        self.write.lock().await.write_all(&frame).await
+    }
+}
+
+impl Drop for HelperStdin {
+    fn drop(&mut self) {
+        if self.ended {
             return;
         }
+        // EOF on drop, as a pipe's writer closing; the write half may be busy.
+        let write = self.write.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let frame = wire::frame_header(kind::EOF, 0);
+                let _ = write.lock().await.write_all(&frame).await;
+            });
+        }
     }
-    frame.clear();
-    wire::put_frame(&mut frame, kind::EOF, &[]);
-    let _ = write.lock().await.write_all(&frame).await;
 }
