@@ -10,6 +10,7 @@
 //! served. See `wire.rs` for the protocol.
 
 mod args;
+mod buffer;
 mod child;
 mod connect;
 mod creds;

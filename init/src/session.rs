@@ -9,14 +9,16 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::buffer::Buffer;
 use crate::child;
 use crate::sys;
 use crate::wire::{self, kind, Exit};
 
 /// Output waiting for the agent beyond which the process's output is not read.
 const OUT_HIGH: usize = 64 * 1024;
-/// Size of one read of process output, and so the largest output frame.
-const READ_CHUNK: usize = 16 * 1024;
+/// Size of one read of process output (and so the largest output frame), and of one
+/// read from the agent's connection.
+const READ_CHUNK: usize = 64 * 1024;
 /// Stdin held beyond the granted window before the agent counts as misbehaving.
 const STDIN_SLACK: usize = 64 * 1024;
 /// Stdin credit returned in batches of at least this much (or when stdin drains).
@@ -53,9 +55,9 @@ pub struct Session {
     /// The agent's connection; lives as long as the session.
     conn: OwnedFd,
     /// Bytes from the agent not yet parsed into frames.
-    inbuf: Vec<u8>,
+    inbuf: Buffer,
     /// Frames for the agent not yet written.
-    outbuf: Vec<u8>,
+    outbuf: Buffer,
     /// The process; the leader of its own session and process group.
     pub pid: libc::pid_t,
     /// Until the exec is confirmed: the child's report and the program's name. Nothing
@@ -64,7 +66,7 @@ pub struct Session {
     /// Where stdin goes: the pipe, or a second descriptor of the terminal.
     stdin: Option<OwnedFd>,
     /// Stdin received but not yet written.
-    stdin_buf: Vec<u8>,
+    stdin_buf: Buffer,
     /// The agent ended stdin; close it once `stdin_buf` is written.
     stdin_eof: bool,
     /// Stdin bytes passed on (or discarded) and not yet granted back.
@@ -106,13 +108,13 @@ impl Session {
         }
         let mut session = Session {
             conn,
-            inbuf: Vec::new(),
-            outbuf: Vec::new(),
+            inbuf: Buffer::from(inbuf),
+            outbuf: Buffer::default(),
             pid: started.pid,
             starting: Some((started, program)),
             pty: err.is_none(),
             stdin: Some(stdin),
-            stdin_buf: Vec::new(),
+            stdin_buf: Buffer::default(),
             stdin_eof: false,
             window_owed: 0,
             out: Some(out),
@@ -123,7 +125,6 @@ impl Session {
             kill_at: None,
             drain_until: None,
         };
-        session.inbuf = inbuf;
         session.parse_frames();
         Ok(session)
     }
@@ -191,11 +192,11 @@ impl Session {
             Some(Ok(())) => {
                 self.starting = None;
                 let pid = (self.pid as u32).to_be_bytes();
-                wire::put_frame(&mut self.outbuf, kind::STARTED, &pid);
+                self.outbuf.put_frame(kind::STARTED, &pid);
             }
             Some(Err(e)) => {
                 self.starting = None;
-                wire::put_frame(&mut self.outbuf, kind::ERROR, e.to_string().as_bytes());
+                self.outbuf.put_frame(kind::ERROR, e.to_string().as_bytes());
                 self.exit_queued = true;
                 self.stdin = None;
                 self.out = None;
@@ -205,11 +206,11 @@ impl Session {
     }
 
     fn read_conn(&mut self) {
-        let mut buf = [0u8; READ_CHUNK];
-        match sys::retry(|| sys::read(&self.conn, &mut buf)) {
+        let spare = &mut self.inbuf.spare(READ_CHUNK)[..READ_CHUNK];
+        match sys::retry(|| sys::read(&self.conn, spare)) {
             Ok(0) => self.hang_up(),
             Ok(n) => {
-                self.inbuf.extend_from_slice(&buf[..n]);
+                self.inbuf.commit(n);
                 self.parse_frames();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -218,9 +219,10 @@ impl Session {
     }
 
     fn parse_frames(&mut self) {
-        let mut used = 0;
+        // Taken out while frames are applied, so payloads are used where they lie.
+        let mut inbuf = std::mem::take(&mut self.inbuf);
         loop {
-            let (frame_kind, payload, len) = match wire::split_frame(&self.inbuf[used..]) {
+            let (frame_kind, payload, len) = match wire::split_frame(inbuf.as_slice()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -229,18 +231,30 @@ impl Session {
                     return;
                 }
             };
-            let payload = payload.to_vec();
-            used += len;
-            self.apply(frame_kind, &payload);
+            self.apply(frame_kind, payload);
+            inbuf.consume(len);
         }
-        self.inbuf.drain(..used);
+        self.inbuf = inbuf;
     }
 
     fn apply(&mut self, frame_kind: u8, payload: &[u8]) {
         let mut r = wire::Reader(payload);
         match frame_kind {
             kind::STDIN if self.stdin.is_some() && !self.stdin_eof => {
-                self.stdin_buf.extend_from_slice(payload);
+                // Straight to the process when nothing waits before it; only what the
+                // pipe does not take now is kept.
+                let mut rest = payload;
+                if let (true, Some(stdin)) = (self.stdin_buf.is_empty(), &self.stdin) {
+                    match sys::retry(|| sys::write(stdin, rest)) {
+                        Ok(n) => {
+                            rest = &rest[n..];
+                            self.grant(n as u32);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => self.stdin = None, // what is left is discarded below
+                    }
+                }
+                self.stdin_buf.extend(rest);
                 self.write_stdin();
             }
             kind::STDIN => self.grant(payload.len() as u32), // nobody reads it any more
@@ -275,11 +289,8 @@ impl Session {
         self.window_owed = self.window_owed.saturating_add(n);
         if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0) {
             if !self.agent_gone {
-                wire::put_frame(
-                    &mut self.outbuf,
-                    kind::WINDOW,
-                    &self.window_owed.to_be_bytes(),
-                );
+                self.outbuf
+                    .put_frame(kind::WINDOW, &self.window_owed.to_be_bytes());
             }
             self.window_owed = 0;
         }
@@ -288,9 +299,9 @@ impl Session {
     fn write_stdin(&mut self) {
         while !self.stdin_buf.is_empty() {
             let Some(stdin) = &self.stdin else { break };
-            match sys::retry(|| sys::write(stdin, &self.stdin_buf)) {
+            match sys::retry(|| sys::write(stdin, self.stdin_buf.as_slice())) {
                 Ok(n) => {
-                    self.stdin_buf.drain(..n);
+                    self.stdin_buf.consume(n);
                     self.grant(n as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -299,9 +310,9 @@ impl Session {
             }
         }
         if self.stdin.is_none() && !self.stdin_buf.is_empty() {
-            let n = self.stdin_buf.len() as u32;
-            self.stdin_buf.clear();
-            self.grant(n);
+            let n = self.stdin_buf.len();
+            self.stdin_buf.consume(n);
+            self.grant(n as u32);
         }
         if self.stdin_eof && self.stdin_buf.is_empty() {
             self.stdin = None;
@@ -314,8 +325,11 @@ impl Session {
             _ => &self.err,
         };
         let Some(fd) = fd else { return };
-        let mut buf = [0u8; READ_CHUNK];
-        match sys::retry(|| sys::read(fd, &mut buf)) {
+        // Read in place, behind room for the frame header; a departed agent's output
+        // is read the same way and not kept.
+        let spare = self.outbuf.spare(wire::HEADER_LEN + READ_CHUNK);
+        let (header, body) = spare.split_at_mut(wire::HEADER_LEN);
+        match sys::retry(|| sys::read(fd, &mut body[..READ_CHUNK])) {
             Ok(n) if n > 0 => {
                 if !self.agent_gone {
                     let k = if source == Source::Stdout {
@@ -323,7 +337,8 @@ impl Session {
                     } else {
                         kind::STDERR
                     };
-                    wire::put_frame(&mut self.outbuf, k, &buf[..n]);
+                    header.copy_from_slice(&wire::frame_header(k, n));
+                    self.outbuf.commit(wire::HEADER_LEN + n);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -345,9 +360,9 @@ impl Session {
     /// Writes queued frames until the socket is full.
     pub fn flush(&mut self) {
         while !self.outbuf.is_empty() && !self.agent_gone {
-            match sys::send(&self.conn, &self.outbuf) {
+            match sys::send(&self.conn, self.outbuf.as_slice()) {
                 Ok(n) => {
-                    self.outbuf.drain(..n);
+                    self.outbuf.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -363,9 +378,9 @@ impl Session {
             return;
         }
         self.agent_gone = true;
-        self.outbuf = Vec::new();
+        self.outbuf = Buffer::default();
         self.stdin = None;
-        self.stdin_buf = Vec::new();
+        self.stdin_buf = Buffer::default();
         if self.status.is_none() {
             self.signal_group(libc::SIGHUP);
             self.kill_at = Some(Instant::now() + HANGUP_GRACE);
@@ -436,7 +451,7 @@ impl Session {
         let Some(status) = self.status else { return };
         self.exit_queued = true;
         if !self.agent_gone {
-            wire::put_frame(&mut self.outbuf, kind::EXIT, &status.encode());
+            self.outbuf.put_frame(kind::EXIT, &status.encode());
         }
     }
 
