@@ -5,7 +5,8 @@
 #   scp down   the same file back (compared with the original)
 #   ssh -L     SIZE_MB pushed through a local forward to a discard server (inside the
 #              student's container for labssh; on loopback for sshd)
-# and the peak RSS (VmHWM) of the labssh proxy and agent during each transfer.
+# and the peak RSS (VmHWM) of the labssh proxy and agent during each transfer, and the
+# CPU time the whole machine was busy per GB moved (client, servers and kernel).
 #
 #   bash scripts/bench-transfer.sh
 #   SIZE_MB=256 ROUNDS=1 bash scripts/bench-transfer.sh
@@ -240,16 +241,20 @@ sleep 1
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 reset_hwm() { echo 5 > "/proc/$1/clear_refs" 2>/dev/null || true; }
 now() { date +%s.%N; }
+# CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal), in
+# ticks of 1/100 s: what a transfer costs, client included, whatever else the run shows.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-record() {  # target test seconds
-  local mbps
+record() {  # target test seconds busy-ticks
+  local mbps cpu
   mbps=$(awk -v s="$3" -v m="$SIZE_MB" 'BEGIN { printf "%.1f", m / s }')
+  cpu=$(awk -v t="$4" -v m="$SIZE_MB" 'BEGIN { printf "%.2f", t / 100 / (m / 1024) }')
   local p a
   if [ "$1" = sshd ]; then p=-; a=-; else p=$(hwm "$PROXY_PID"); a=$(hwm "$AGENT_PID"); fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$mbps" "$p" "$a" >> "$RESULTS"
-  say "$(printf '%-15s %-9s %7.2f s %8s MB/s  proxy %s kB  agent %s kB' "$1" "$2" "$3" "$mbps" "$p" "$a")"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$mbps" "$p" "$a" "$cpu" >> "$RESULTS"
+  say "$(printf '%-15s %-9s %7.2f s %8s MB/s  %5s CPU s/GB  proxy %s kB  agent %s kB' "$1" "$2" "$3" "$mbps" "$cpu" "$p" "$a")"
 }
 
 targets=(labssh sshd)
@@ -258,13 +263,14 @@ for round in $(seq 1 "$ROUNDS"); do
   say "round $round of $ROUNDS"
   for t in "${targets[@]}"; do
     reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
-    record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    c=$(busy); s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
+    record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')" "$(( $(busy) - c ))"
     reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
+    c=$(busy); s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
+    c=$(( $(busy) - c ))
     cmp -s "$WORK/payload" "$WORK/download" || die "$t: downloaded file differs"
     rm -f "$WORK/download"
-    record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')" "$c"
     ssh_ "$t" rm -f payload
     [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
     reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
@@ -275,9 +281,11 @@ for round in $(seq 1 "$ROUNDS"); do
       (exec 3<>"/dev/tcp/127.0.0.1/$P_LOCAL") 2>/dev/null && break
       sleep 0.1
     done
+    c=$(busy)
     secs=$(python3 "$WORK/push.py" "$P_LOCAL" "$((SIZE_MB << 20))")
+    c=$(( $(busy) - c ))
     kill "$fwd" 2>/dev/null || true; wait "$fwd" 2>/dev/null || true
-    record "$t" "ssh -L" "$secs"
+    record "$t" "ssh -L" "$secs" "$c"
   done
 done
 
@@ -286,11 +294,11 @@ python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for target, test, secs, mbps, p, a in rows:
-    by.setdefault((target, test), []).append((float(mbps), p, a))
+for target, test, secs, mbps, p, a, cpu in rows:
+    by.setdefault((target, test), []).append((float(mbps), p, a, float(cpu)))
 tests = ["scp up", "scp down", "ssh -L"]
-print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | sshd CPU s/GB | labssh CPU s/GB | labssh ÷ sshd CPU | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for test in tests:
     s = by.get(("sshd", test))
     l = by.get(("labssh", test))
@@ -299,8 +307,10 @@ for test in tests:
         continue
     sm = statistics.median(x[0] for x in s)
     lm = statistics.median(x[0] for x in l)
+    sc = statistics.median(x[3] for x in s)
+    lc = statistics.median(x[3] for x in l)
     bm = "%.1f" % statistics.median(x[0] for x in b) if b else "-"
     peak_p = max(int(x[1]) for x in l + (b or []))
     peak_a = max(int(x[2]) for x in l + (b or []))
-    print("| %s | %.1f | %.1f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, bm, peak_p / 1024, peak_a / 1024))
+    print("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, sc, lc, lc / sc, bm, peak_p / 1024, peak_a / 1024))
 PY
