@@ -244,17 +244,27 @@ now() { date +%s.%N; }
 # CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal), in
 # ticks of 1/100 s: what a transfer costs, client included, whatever else the run shows.
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# CPU ticks the labssh proxy and agent used (the gateway's own cost).
+gateway() { awk '{t += $14 + $15} END {print t}' "/proc/$PROXY_PID/stat" "/proc/$AGENT_PID/stat"; }
+# Starts measuring a transfer: peak RSS reset, CPU counters noted.
+mark() { reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"; C0=$(busy); G0=$(gateway); }
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
-record() {  # target test seconds busy-ticks
-  local mbps cpu
+record() {  # target test seconds (after mark)
+  local busy_ticks=$(( $(busy) - C0 )) gateway_ticks=$(( $(gateway) - G0 ))
+  local mbps cpu gw
+  per_gb() { awk -v t="$1" -v m="$SIZE_MB" 'BEGIN { printf "%.2f", t / 100 / (m / 1024) }'; }
   mbps=$(awk -v s="$3" -v m="$SIZE_MB" 'BEGIN { printf "%.1f", m / s }')
-  cpu=$(awk -v t="$4" -v m="$SIZE_MB" 'BEGIN { printf "%.2f", t / 100 / (m / 1024) }')
+  cpu=$(per_gb "$busy_ticks")
   local p a
-  if [ "$1" = sshd ]; then p=-; a=-; else p=$(hwm "$PROXY_PID"); a=$(hwm "$AGENT_PID"); fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$mbps" "$p" "$a" "$cpu" >> "$RESULTS"
-  say "$(printf '%-15s %-9s %7.2f s %8s MB/s  %5s CPU s/GB  proxy %s kB  agent %s kB' "$1" "$2" "$3" "$mbps" "$cpu" "$p" "$a")"
+  if [ "$1" = sshd ]; then
+    p=-; a=-; gw=-
+  else
+    p=$(hwm "$PROXY_PID"); a=$(hwm "$AGENT_PID"); gw=$(per_gb "$gateway_ticks")
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$mbps" "$p" "$a" "$cpu" "$gw" >> "$RESULTS"
+  say "$(printf '%-15s %-9s %7.2f s %8s MB/s  machine %5s CPU s/GB (proxy+agent %s)  proxy %s kB  agent %s kB' "$1" "$2" "$3" "$mbps" "$cpu" "$gw" "$p" "$a")"
 }
 
 targets=(labssh sshd)
@@ -262,18 +272,15 @@ targets=(labssh sshd)
 for round in $(seq 1 "$ROUNDS"); do
   say "round $round of $ROUNDS"
   for t in "${targets[@]}"; do
-    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    c=$(busy); s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
-    record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')" "$(( $(busy) - c ))"
-    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
-    c=$(busy); s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
-    c=$(( $(busy) - c ))
+    mark; s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
+    record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    mark; s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
+    record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
     cmp -s "$WORK/payload" "$WORK/download" || die "$t: downloaded file differs"
     rm -f "$WORK/download"
-    record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')" "$c"
     ssh_ "$t" rm -f payload
     [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
-    reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"
+    mark
     # Not through ssh_: $! must be ssh itself, so the kill below ends the forward.
     ssh -F "$WORK/ssh_config" -N -o ExitOnForwardFailure=yes -L "$P_LOCAL:127.0.0.1:$P_DISCARD" "$t" &
     fwd=$!
@@ -281,11 +288,9 @@ for round in $(seq 1 "$ROUNDS"); do
       (exec 3<>"/dev/tcp/127.0.0.1/$P_LOCAL") 2>/dev/null && break
       sleep 0.1
     done
-    c=$(busy)
     secs=$(python3 "$WORK/push.py" "$P_LOCAL" "$((SIZE_MB << 20))")
-    c=$(( $(busy) - c ))
+    record "$t" "ssh -L" "$secs"
     kill "$fwd" 2>/dev/null || true; wait "$fwd" 2>/dev/null || true
-    record "$t" "ssh -L" "$secs" "$c"
   done
 done
 
@@ -294,10 +299,10 @@ python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for target, test, secs, mbps, p, a, cpu in rows:
-    by.setdefault((target, test), []).append((float(mbps), p, a, float(cpu)))
+for target, test, secs, mbps, p, a, cpu, gw in rows:
+    by.setdefault((target, test), []).append((float(mbps), p, a, float(cpu), gw))
 tests = ["scp up", "scp down", "ssh -L"]
-print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | sshd CPU s/GB | labssh CPU s/GB | labssh ÷ sshd CPU | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
+print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | machine CPU s/GB, sshd | machine CPU s/GB, labssh | of which proxy+agent | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for test in tests:
     s = by.get(("sshd", test))
@@ -312,5 +317,6 @@ for test in tests:
     bm = "%.1f" % statistics.median(x[0] for x in b) if b else "-"
     peak_p = max(int(x[1]) for x in l + (b or []))
     peak_a = max(int(x[2]) for x in l + (b or []))
-    print("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, sc, lc, lc / sc, bm, peak_p / 1024, peak_a / 1024))
+    lg = statistics.median(float(x[4]) for x in l)
+    print("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, sc, lc, lg, bm, peak_p / 1024, peak_a / 1024))
 PY

@@ -21,6 +21,9 @@ pub const STREAM_WINDOW: u32 = 1 << 20;
 /// Per connection: unread data of every stream counts against it, so it is many
 /// streams' worth; one student's stalled forward cannot stop the others'.
 pub const CONNECTION_WINDOW: u32 = 128 << 20;
+/// Largest HTTP/2 frame the agents may send us: 64 KiB carries a 32 KiB read with its
+/// gRPC header in one frame (HTTP/2's default is 16 KiB).
+const MAX_FRAME_SIZE: u32 = 64 << 10;
 /// Keeps idle proxy–agent connections alive through middleboxes and notices
 /// a dead peer.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
@@ -76,6 +79,7 @@ fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endp
         .http2_keep_alive_interval(HTTP2_KEEPALIVE)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     tls.secure(endpoint, server_name)
