@@ -75,12 +75,7 @@ struct HelperProcess {
 
 impl HelperProcess {
     async fn send(&self, frame_kind: u8, payload: &[u8]) -> Result<(), BackendError> {
-        let mut frame = Vec::with_capacity(payload.len() + wire::HEADER_LEN);
-        wire::put_frame(&mut frame, frame_kind, payload);
-        self.write
-            .lock()
-            .await
-            .write_all(&frame)
+        send_frame(&self.write, frame_kind, Bytes::copy_from_slice(payload))
             .await
             .map_err(|e| BackendError::Runtime {
                 action: "talking to the helper",
@@ -234,9 +229,7 @@ impl StdinSink for HelperStdin {
                     ))
                 }
             }
-            let header = wire::frame_header(kind::STDIN, piece.len());
-            let mut frame = Buf::chain(&header[..], piece);
-            self.write.lock().await.write_all_buf(&mut frame).await?;
+            send_frame(&self.write, kind::STDIN, piece).await?;
         }
         Ok(())
     }
@@ -245,9 +238,26 @@ impl StdinSink for HelperStdin {
         if std::mem::replace(&mut self.ended, true) {
             return Ok(());
         }
-        let frame = wire::frame_header(kind::EOF, 0);
-        self.write.lock().await.write_all(&frame).await
+        send_frame(&self.write, kind::EOF, Bytes::new()).await
     }
+}
+
+/// Writes one frame, header and payload in one vectored write, on a task of its own:
+/// a caller that goes away mid-frame (a session ending) cannot leave half a frame on
+/// the connection to garble the frames after it (the hang-up signal, say).
+async fn send_frame(
+    write: &Arc<Mutex<OwnedWriteHalf>>,
+    frame_kind: u8,
+    payload: Bytes,
+) -> io::Result<()> {
+    let write = write.clone();
+    let header = Bytes::copy_from_slice(&wire::frame_header(frame_kind, payload.len()));
+    tokio::spawn(async move {
+        let mut frame = Buf::chain(header, payload);
+        write.lock().await.write_all_buf(&mut frame).await
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 impl Drop for HelperStdin {
