@@ -72,7 +72,7 @@ async fn student_mistakes_get_clear_messages() {
     let err = stderr(&out);
     assert!(err.contains("unknown environment 'nope'"), "{err}");
     assert!(
-        err.contains("admin, broken, closed, debian, default, open"),
+        err.contains("admin, bare, broken, closed, debian, default, open"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");

@@ -204,6 +204,31 @@ async fn busybox_gets_the_built_in_sftp_server() {
     lab.stop().await;
 }
 
+/// An image with nothing in it (no shell, no libraries, as distroless images are):
+/// sftp and modern scp still work through the built-in server, and a shell login is
+/// told plainly that the image has no shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_with_nothing_in_it_still_serves_sftp_and_scp() {
+    tokio::task::spawn_blocking(labssh_testkit::docker::ensure_bare_image)
+        .await
+        .unwrap()
+        .expect("bare image");
+    let lab = Lab::start(LabOptions::default()).await;
+    let cfg = key_config(&lab);
+    let login = "alice+bare";
+    sftp_round_trip(&lab, &cfg, login, "bare").await;
+    scp_round_trip(&lab, &cfg, login, false).await;
+    let out = lab.ssh.run(login, &Lab::alice(), &["true"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("labssh: could not start your session")
+            && stderr(&out).contains("cannot execute /bin/sh: No such file or directory"),
+        "{}",
+        stderr(&out)
+    );
+    lab.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debian_uses_its_own_sftp_server_scp_and_rsync() {
     tokio::task::spawn_blocking(labssh_testkit::docker::ensure_debian_image)

@@ -39,6 +39,47 @@ pub fn ensure_debian_image() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An image with nothing in it but empty `/tmp` and `/etc` directories: no shell, no
+/// libraries, no sftp-server, like a distroless image with its program left out.
+pub const BARE_IMAGE: &str = "labssh/bare:latest";
+
+/// Imports [`BARE_IMAGE`] if it is missing (serialised across tests).
+pub fn ensure_bare_image() -> anyhow::Result<()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if docker(&["image", "inspect", BARE_IMAGE]).is_ok() {
+        return Ok(());
+    }
+    let root = tempfile::tempdir()?;
+    for dir in ["tmp", "etc"] {
+        std::fs::create_dir(root.path().join(dir))?;
+    }
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-c", "."])
+        .output()?;
+    anyhow::ensure!(tar.status.success(), "tar of an empty root failed");
+    let mut import = Command::new("docker")
+        .args(["import", "-", BARE_IMAGE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    {
+        use std::io::Write;
+        import
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(&tar.stdout)?;
+    }
+    anyhow::ensure!(
+        import.wait()?.success(),
+        "docker import of {BARE_IMAGE} failed"
+    );
+    Ok(())
+}
+
 /// Runs `docker` and returns stdout; errors carry stderr.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("docker").args(args).output()?;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use labssh::cluster::{Cluster, ClusterConfig};
-use labssh_testkit::docker::{ensure_test_image, Cleanup, DEBIAN_IMAGE, TEST_IMAGE};
+use labssh_testkit::docker::{ensure_test_image, Cleanup, BARE_IMAGE, DEBIAN_IMAGE, TEST_IMAGE};
 use labssh_testkit::redis_server::RedisServer;
 use labssh_testkit::ssh::{Auth, Ssh};
 use tokio::net::TcpListener;
@@ -91,6 +91,13 @@ gid = 1000
 [environments.closed.forwarding]
 local = false
 remote = false
+
+# Nothing in the image at all: no shell, no sftp-server (ensure_bare_image).
+[environments.bare]
+image = "{BARE_IMAGE}"
+spawn = "{spawn}"
+uid = 1000
+gid = 1000
 
 # A real Debian with OpenSSH's sftp-server, scp and rsync (ensure_debian_image).
 [environments.debian]
