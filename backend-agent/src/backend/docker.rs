@@ -13,7 +13,10 @@ mod routes;
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
 use bollard::models::ImageInspect;
-use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, VolumeCreateRequest};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummaryStateEnum,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     UploadToContainerOptionsBuilder,
@@ -129,17 +132,21 @@ impl DockerBackend {
         if let Some(route) = self.routes.get(container) {
             return Ok(route);
         }
-        let inspect = self
-            .docker
+        let inspect = self.inspect(container).await?;
+        let route = helper_container::route_of(&inspect, Instant::now());
+        self.routes.set_if_unknown(container, route.clone());
+        Ok(route)
+    }
+
+    /// Docker's description of a container (id or name).
+    async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse, BackendError> {
+        self.docker
             .inspect_container(container, None)
             .await
             .map_err(|e| BackendError::Runtime {
                 action: "looking up the container",
                 message: docker_message(&e),
-            })?;
-        let route = helper_container::route_of(&inspect, Instant::now());
-        self.routes.set_if_unknown(container, route.clone());
-        Ok(route)
+            })
     }
 
     /// A running container entered from the agent itself (its network namespace and
@@ -477,14 +484,7 @@ impl Backend for DockerBackend {
     }
 
     async fn container_addresses(&self, container: &str) -> Result<Vec<IpAddr>, BackendError> {
-        let inspect = self
-            .docker
-            .inspect_container(container, None)
-            .await
-            .map_err(|e| BackendError::Runtime {
-                action: "looking up the container",
-                message: docker_message(&e),
-            })?;
+        let inspect = self.inspect(container).await?;
         let networks = inspect
             .network_settings
             .and_then(|n| n.networks)
