@@ -2,6 +2,7 @@
 //! through the in-container helper and through Docker exec (`<test>::helper`,
 //! `<test>::exec`), and check that the expected path was taken.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -103,23 +104,6 @@ async fn concurrent_ensures_create_exactly_one_container() {
         .count();
     assert_eq!(created, 1);
     assert_eq!(scratch.containers().len(), 1);
-}
-
-/// Runs an `async fn(path: &str)` test on both spawn paths, as `<name>::helper` and
-/// `<name>::exec`.
-macro_rules! on_both_paths {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn helper() {
-                super::$name("helper").await
-            }
-            #[tokio::test]
-            async fn exec() {
-                super::$name("exec").await
-            }
-        }
-    };
 }
 
 on_both_paths!(processes_run_as_the_environment_user_in_a_writable_home);

@@ -3,6 +3,7 @@
 //! engine, on a helper container and on a `spawn = "exec"` container (where the agent
 //! enters the container's namespaces itself).
 
+#[macro_use]
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,22 +13,6 @@ use labssh_agent::backend::{Backend, BackendError, ExitStatus, Process, SpawnSpe
 use labssh_agent::{Config, DockerBackend};
 use support::{collect, docker_cli, ensure_on, environment, run_script, Scratch, STEP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Runs the async fn `$name(path)` as one test per path.
-macro_rules! on_both_paths {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn helper() {
-                super::$name("helper").await
-            }
-            #[tokio::test]
-            async fn exec() {
-                super::$name("exec").await
-            }
-        }
-    };
-}
 
 on_both_paths!(listeners_accept_connections_from_inside);
 on_both_paths!(a_taken_port_says_why);

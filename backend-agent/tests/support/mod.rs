@@ -1,6 +1,24 @@
 //! Helpers for the agent's Docker tests: the test image, unique names, clean-up.
 #![allow(dead_code)] // each test binary uses a different subset
 
+/// Runs an `async fn(path: &str)` test on both spawn paths, as `<name>::helper` and
+/// `<name>::exec` (test files take it with `#[macro_use] mod support;`).
+#[allow(unused_macros)]
+macro_rules! on_both_paths {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn helper() {
+                super::$name("helper").await
+            }
+            #[tokio::test]
+            async fn exec() {
+                super::$name("exec").await
+            }
+        }
+    };
+}
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
