@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, pattern, Lab, LabOptions};
+use lab::{connect_when_up, pattern, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
 use sha2::{Digest, Sha256};
@@ -234,15 +234,8 @@ async fn dynamic_forward_works_as_a_socks_proxy() {
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
 
     for host in ["localhost", "127.0.0.1"] {
-        let mut s = socks5_connect(proxy, host, 7778).await;
-        s.write_all(b"through socks\n").await.unwrap();
-        s.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        tokio::time::timeout(STEP, s.read_to_end(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, b"through socks\n");
+        let s = socks5_connect(proxy, host, 7778).await;
+        assert_eq!(round_trip(s, b"through socks\n").await, b"through socks\n");
     }
     // A destination that fails is a closed SOCKS connection (OpenSSH may reply
     // before the channel opens), not a hang, and the proxy goes on.
@@ -261,15 +254,12 @@ async fn dynamic_forward_works_as_a_socks_proxy() {
         .expect("a failed SOCKS CONNECT ends promptly");
         assert!(outcome, "SOCKS CONNECT {host}:{port} did not fail");
     }
-    let mut s = socks5_connect(proxy, "localhost", 7778).await;
-    s.write_all(b"again\n").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, b"again\n", "still works afterwards");
+    let s = socks5_connect(proxy, "localhost", 7778).await;
+    assert_eq!(
+        round_trip(s, b"again\n").await,
+        b"again\n",
+        "still works afterwards"
+    );
     let _ = client.kill().await;
     lab.stop().await;
 }
@@ -530,15 +520,8 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
         .command_with("bob", &Lab::bob(), &["-N", "-L", &spec], &[])
         .spawn()
         .unwrap();
-    let mut s = connect_when_up(local).await;
-    s.write_all(b"bob\n").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, b"bob\n");
+    let s = connect_when_up(local).await;
+    assert_eq!(round_trip(s, b"bob\n").await, b"bob\n");
     let _ = bob.kill().await;
     lab.stop().await;
 }

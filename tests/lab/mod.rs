@@ -125,6 +125,20 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Sends `message` on `s`, shuts its write side and returns what comes back until
+/// EOF (an echo server's answer); panics after 30 s.
+pub async fn round_trip(mut s: tokio::net::TcpStream, message: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(message).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut back))
+        .await
+        .expect("the answer within 30 s")
+        .unwrap();
+    back
+}
+
 /// A connection to 127.0.0.1:`port` once something accepts there (an `ssh -L`
 /// coming up); panics after 30 s.
 pub async fn connect_when_up(port: u16) -> tokio::net::TcpStream {
