@@ -282,15 +282,7 @@ impl Handler for Fs {
 
     async fn realpath(&mut self, id: u32, path: String) -> Reply<Name> {
         let resolved = real_path(&self::path(&path)).map_err(status)?;
-        let name = resolved.to_string_lossy().into_owned();
-        Ok(Name {
-            id,
-            files: vec![Entry {
-                longname: name.clone(),
-                filename: name,
-                attrs: FileAttributes::default(),
-            }],
-        })
+        Ok(one_name(id, &resolved))
     }
 
     async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Reply<Status> {
@@ -300,15 +292,7 @@ impl Handler for Fs {
 
     async fn readlink(&mut self, id: u32, path: String) -> Reply<Name> {
         let target = fs::read_link(self::path(&path)).map_err(status)?;
-        let name = target.to_string_lossy().into_owned();
-        Ok(Name {
-            id,
-            files: vec![Entry {
-                longname: name.clone(),
-                filename: name,
-                attrs: FileAttributes::default(),
-            }],
-        })
+        Ok(one_name(id, &target))
     }
 
     /// OpenSSH sends the two paths in the reverse of the draft's order: the link's
@@ -372,15 +356,7 @@ impl Handler for Fs {
             "expand-path@openssh.com" => {
                 let expanded = expand_tilde(&args.string()?)?;
                 let resolved = real_path(&path(&expanded)).map_err(status)?;
-                let name = resolved.to_string_lossy().into_owned();
-                Ok(Packet::Name(Name {
-                    id,
-                    files: vec![Entry {
-                        longname: name.clone(),
-                        filename: name,
-                        attrs: FileAttributes::default(),
-                    }],
-                }))
+                Ok(Packet::Name(one_name(id, &resolved)))
             }
             _ => Err(StatusCode::OpUnsupported.into()),
         }
@@ -626,6 +602,20 @@ impl Args<'_> {
 
     fn path(&mut self) -> Reply<PathBuf> {
         Ok(path(&self.string()?))
+    }
+}
+
+/// A NAME reply holding one path (realpath, readlink, expand-path), without
+/// attributes, as OpenSSH's server sends it.
+fn one_name(id: u32, path: &Path) -> Name {
+    let name = path.to_string_lossy().into_owned();
+    Name {
+        id,
+        files: vec![Entry {
+            longname: name.clone(),
+            filename: name,
+            attrs: FileAttributes::default(),
+        }],
     }
 }
 
