@@ -25,3 +25,15 @@ start() {
   pids+=("$STARTED_PID")
   wait_port "$port" "$STARTED_PID" "$WORK/$name.log" "$seconds"
 }
+
+# Stops what `start` started: every process in `pids`, then waits for them.
+stop_started() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# remove_lab PREFIX: removes the containers and home volumes of the agent prefix.
+remove_lab() {
+  docker ps -aq --filter "label=labssh.prefix=$1" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  docker volume ls -q --filter "label=labssh.prefix=$1" | xargs -r docker volume rm >/dev/null 2>&1 || true
+}

@@ -48,10 +48,8 @@ BIN="$(cd "$BIN" && pwd)"
 WORK="$(mktemp -d /tmp/labssh-replicas.XXXXXX)"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  docker ps -aq --filter "label=labssh.prefix=$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  docker volume ls -q --filter "label=labssh.prefix=$PREFIX" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  stop_started
+  remove_lab "$PREFIX"
   rm -rf "$WORK"
 }
 trap cleanup EXIT

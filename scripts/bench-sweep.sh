@@ -85,15 +85,13 @@ WORK="$(mktemp -d /tmp/labssh-bench.XXXXXX)"
 chmod 755 "$WORK"   # sshd reads authorized_keys as the logging-in user
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_started
   if [ "$KEEP" = 1 ]; then
     say "kept $WORK, the users $DX_USER* and the containers"
     return
   fi
   docker ps -aq --filter "label=$DX_LABEL" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  docker ps -aq --filter "label=labssh.prefix=$LABSSH_PREFIX" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  docker volume ls -q --filter "label=labssh.prefix=$LABSSH_PREFIX" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  remove_lab "$LABSSH_PREFIX"
   for i in $(seq 1 "$USERS"); do
     userdel "$(printf "%s%0${width}d" "$DX_USER" "$i")" 2>/dev/null || true
   done

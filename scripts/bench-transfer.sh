@@ -73,10 +73,8 @@ WORK="$(mktemp -d /var/tmp/labssh-xfer.XXXXXX)"
 chmod 755 "$WORK"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  docker ps -aq --filter "label=labssh.prefix=$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1 || true
-  docker volume ls -q --filter "label=labssh.prefix=$PREFIX" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  stop_started
+  remove_lab "$PREFIX"
   userdel -r "$SSHD_USER" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
