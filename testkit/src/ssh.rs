@@ -112,11 +112,7 @@ impl Ssh {
         }
         cmd.arg(format!("{login}@{}", self.addr.ip()));
         cmd.args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.kill_on_drop(true);
-        cmd
+        captured(cmd)
     }
 
     /// An ssh_config naming this server `lab` (port, throwaway host keys, and the
@@ -141,11 +137,7 @@ impl Ssh {
     pub fn tool(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(program);
         cmd.args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd.kill_on_drop(true);
-        cmd
+        captured(cmd)
     }
 
     fn askpass(&self, cmd: &mut Command, password: &str) {
@@ -207,4 +199,13 @@ pub fn stdout(out: &Output) -> String {
 /// Stderr as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `cmd` with no stdin, its output captured, and killed if the test drops it.
+fn captured(mut cmd: Command) -> Command {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    cmd
 }
