@@ -1,0 +1,1 @@
+//! See main.rs; this module's tests are added with its fix.
