@@ -8,9 +8,14 @@ use async_trait::async_trait;
 use bollard::exec::ResizeExecOptions;
 use bollard::models::ExecConfig;
 use bollard::Docker;
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
 
 use super::{docker_message, hijack};
-use crate::backend::{BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec, Stdin};
+use crate::backend::{
+    BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec, Stdin, StdinSink,
+};
 use crate::signal;
 
 /// First pause between exec inspections while waiting for an exit; doubles up to the cap.
@@ -58,21 +63,45 @@ pub async fn spawn(
         .map_err(|e| BackendError::SpawnFailed(docker_message(&e)))?;
     let version = docker.client_version().to_string();
     let hijacked = hijack::start_exec(socket, &version, &exec.id, tty, console_size).await?;
+    // With a terminal EOF is ignored, as sshd and the helper do: closing Docker's stdin
+    // stream of a tty exec can end the process before its output is read. The stream
+    // stays open as long as the process's control does.
+    let (stdin, tty_stdin) = if tty {
+        let shared = Arc::new(tokio::sync::Mutex::new(hijacked.stdin));
+        (Stdin::new(TtyStdin(shared.clone())), Some(shared))
+    } else {
+        (Stdin::from_writer(hijacked.stdin), None)
+    };
     let control = Arc::new(DockerProcess {
         docker: docker.clone(),
         exec_id: exec.id,
         container: container.to_owned(),
         user,
         signalled: Mutex::new(Vec::new()),
+        _tty_stdin: tty_stdin,
     });
     if let Some((rows, cols)) = console_size {
         control.initial_resize(cols, rows).await;
     }
     Ok(Process {
-        stdin: Stdin::from_writer(hijacked.stdin),
+        stdin,
         output: hijacked.output,
         control,
     })
+}
+
+/// Stdin of a tty exec: written through, never shut.
+struct TtyStdin(Arc<tokio::sync::Mutex<OwnedWriteHalf>>);
+
+#[async_trait]
+impl StdinSink for TtyStdin {
+    async fn write(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.lock().await.write_all(&data).await
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Control handle of one exec.
@@ -88,6 +117,8 @@ struct DockerProcess {
     /// Signals delivered so far, to tell "killed by a signal" from an exit code of
     /// 128+n (Docker reports both the same way).
     signalled: Mutex<Vec<libc::c_int>>,
+    /// A tty exec's stdin stream, kept open while the process is controlled.
+    _tty_stdin: Option<Arc<tokio::sync::Mutex<OwnedWriteHalf>>>,
 }
 
 impl DockerProcess {
@@ -285,6 +316,7 @@ async fn run_to_completion(
         container: container.to_owned(),
         user: user.to_owned(),
         signalled: Mutex::new(Vec::new()),
+        _tty_stdin: None,
     };
     let code = match process.wait().await? {
         ExitStatus::Code(code) => code as i64,
