@@ -271,10 +271,13 @@ impl Plan {
             if !ok {
                 return (STEP_STDIO, errno());
             }
-            // While still root with CAP_SETPCAP: no child may regain these.
+            // While still root with CAP_SETPCAP: no child may regain these. The helper
+            // dropped them from its own bounding set at start; again here, so a child
+            // never depends on that having worked.
             creds::drop_from_bounding_set(&self.drop_caps);
-            // Like runc: enter the directory with the helper's rights first (root may
-            // not search a student's home), else again as the user (who may).
+            // Enter the directory as root first (a directory only root may enter), else
+            // again as the user (a student's 0700 home, which root without
+            // CAP_DAC_READ_SEARCH may not search).
             let mut in_cwd = match &self.cwd {
                 Some(cwd) => libc::chdir(cwd.as_ptr()) == 0,
                 None => true,
@@ -285,7 +288,21 @@ impl Plan {
             if let (false, Some(cwd)) = (in_cwd, &self.cwd) {
                 in_cwd = libc::chdir(cwd.as_ptr()) == 0;
                 if !in_cwd {
-                    return (STEP_CHDIR, errno());
+                    // As sshd does: say so and start in / (root without
+                    // CAP_DAC_OVERRIDE in a home another environment gave the student).
+                    let reason = chdir_failure_text(errno());
+                    for part in [
+                        &b"Could not chdir to home directory "[..],
+                        cwd.as_bytes(),
+                        b": ",
+                        reason,
+                        b"\n",
+                    ] {
+                        libc::write(2, part.as_ptr().cast(), part.len());
+                    }
+                    if libc::chdir(c"/".as_ptr()) != 0 {
+                        return (STEP_CHDIR, errno());
+                    }
                 }
             }
             if let Err(e) = creds::drop_from_process(&self.drop_caps) {
@@ -304,6 +321,16 @@ impl Plan {
             }
             (STEP_EXEC, result)
         }
+    }
+}
+
+/// Why a chdir failed, without allocating (the forked child may not).
+fn chdir_failure_text(errno: i32) -> &'static [u8] {
+    match errno {
+        libc::EACCES => b"Permission denied",
+        libc::ENOENT => b"No such file or directory",
+        libc::ENOTDIR => b"Not a directory",
+        _ => b"cannot enter it",
     }
 }
 

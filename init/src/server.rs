@@ -97,6 +97,10 @@ pub fn run(opts: Options) -> i32 {
 
 fn start(opts: Options) -> Result<Server, String> {
     let signals = Signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    // What the helper holds only for itself leaves the bounding set before anything
+    // else runs, so no process in the container can ever regain it; the helper keeps
+    // it in its own effective set.
+    crate::creds::drop_from_bounding_set(&opts.drop_caps);
     // SAFETY: getpid and prctl with integer arguments.
     unsafe {
         if libc::getpid() != 1 {
