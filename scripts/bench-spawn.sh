@@ -14,7 +14,7 @@
 # Arguments go to the benchmark: --sequential N (100), --parallel N (50),
 # --rounds N (3 parallel batches per path), --sessions N (50), --image IMAGE.
 #
-# Needs root (the agent shares a directory under /run/labssh with the container)
+# Needs root (the agent reaches the helper through the container's init in /proc)
 # and Docker. Nothing is timed as a test; the numbers are only printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -320,13 +320,11 @@ fn docker_version() -> String {
         .unwrap_or_default()
 }
 
-/// Removes the benchmark's container, volume and helper directory.
+/// Removes the benchmark's container and volume.
 fn cleanup(prefix: &str) {
     let sh = format!(
         "docker ps -aq --filter label=labssh.prefix={prefix} | xargs -r docker rm -f >/dev/null; \
-         docker volume ls -q --filter label=labssh.prefix={prefix} | xargs -r docker volume rm -f >/dev/null; \
-         rm -rf {}/{prefix}-*",
-        Config::default().helper_dir
+         docker volume ls -q --filter label=labssh.prefix={prefix} | xargs -r docker volume rm -f >/dev/null"
     );
     let _ = std::process::Command::new("sh").args(["-c", &sh]).status();
 }

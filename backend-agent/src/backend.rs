@@ -10,6 +10,7 @@ pub mod docker;
 pub mod helper;
 mod init_binary;
 mod keyed_lock;
+mod netns;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -112,7 +113,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
 pub struct Ensured {
     /// The runtime's id for the container.
     pub container_id: String,
-    /// The container's name, `{prefix}-{user}-{env}`.
+    /// The container's name, `{prefix}-{user}.{env}` (`{prefix}-{user}-{env}` for
+    /// containers made before that).
     pub name: String,
     /// The container did not exist and was created.
     pub created: bool,

@@ -44,7 +44,7 @@ pub struct Config {
     pub capacity: u32,
     /// Docker socket path (or `unix://` URL); empty means `$DOCKER_HOST` or the default socket.
     pub docker_socket: String,
-    /// Prefix of container (`{prefix}-{user}-{env}`) and volume (`{prefix}-home-{user}`) names.
+    /// Prefix of container (`{prefix}-{user}.{env}`) and volume (`{prefix}-home-{user}`) names.
     pub container_prefix: String,
     /// Container command used when the environment gives none; it only keeps the container up.
     pub keepalive_cmd: Vec<String>,
@@ -58,8 +58,8 @@ pub struct Config {
     /// `/.labssh/sftp-server`, for images without an SFTP server; empty means
     /// `labssh-sftp` beside the agent's executable, else the one built with the agent.
     pub sftp_binary: String,
-    /// Host directory with one sub-directory per container holding its helper's
-    /// socket, and the copy of labssh-init that containers mount.
+    /// Host directory holding the copies of labssh-init and labssh-sftp that containers
+    /// mount (the helper's socket is on a tmpfs inside each container).
     pub helper_dir: String,
     /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
     /// and `/readyz` (used by the binary); empty means none.

@@ -292,7 +292,7 @@ async fn sessions_run_commands_and_heartbeats_report_them() {
     }
     match &outputs[0] {
         Out::Started(s) => {
-            assert_eq!(s.container, format!("{}-kim-default", scratch.prefix));
+            assert_eq!(s.container, format!("{}-kim.default", scratch.prefix));
             assert!(s.container_started);
         }
         other => panic!("expected Started, got {other:?}"),
@@ -371,7 +371,7 @@ async fn a_vanished_proxy_gets_its_process_hung_up() {
         Some(Out::Started(_))
     ));
     heartbeat_where(&mut received, |s| s.sessions == 1).await;
-    let container = format!("{}-lou-default", scratch.prefix);
+    let container = format!("{}-lou.default", scratch.prefix);
     let sleeping = || {
         let out = std::process::Command::new("docker")
             .args(["exec", &container, "ps", "-o", "args"])

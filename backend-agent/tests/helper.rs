@@ -395,22 +395,83 @@ async fn debian_works_on_both_paths() {
     }
 }
 
+/// When the container was last started.
+fn started_at(container: &str) -> String {
+    docker_cli(&["inspect", "-f", "{{.State.StartedAt}}", container])
+}
+
 #[tokio::test]
-async fn a_silent_helper_falls_back_to_docker_exec() {
+async fn a_helper_whose_socket_is_gone_is_restored_never_bypassed() {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let c = ensure_on(&backend, "fred", "helper").await;
-    // Its socket gone, as if the helper had died or the directory were wiped.
-    let socket = std::path::Path::new(&Config::default().helper_dir)
-        .join(&c.name)
-        .join("helper.sock");
-    std::fs::remove_file(&socket).unwrap();
+    let before = started_at(&c.container_id);
+    // Its socket gone, as if root in the container had deleted it.
+    docker_cli(&["exec", &c.container_id, "rm", "/.labssh/run/helper.sock"]);
     let (out, _, status) = run_script(&*backend, &c.container_id, "fred", "echo still here").await;
     assert_eq!(
         (out.as_str(), status),
         ("still here\n", ExitStatus::Code(0))
     );
-    assert_path(&backend, &c.container_id, SpawnPath::Exec).await;
+    // Served by the helper again, after a restart; never by Docker exec.
+    assert_path(&backend, &c.container_id, SpawnPath::Helper).await;
+    assert_ne!(started_at(&c.container_id), before, "not restarted");
+    let (out, _, _) = run_script(
+        &*backend,
+        &c.container_id,
+        "fred",
+        "test -S /.labssh/run/helper.sock && echo back",
+    )
+    .await;
+    assert_eq!(out, "back\n");
+}
+
+/// A helper container as agents before the socket's tmpfs made them: the socket in a
+/// host directory the container could write, no generation label.
+#[tokio::test]
+async fn containers_of_the_older_layout_are_recreated_with_their_home() {
+    let scratch = Scratch::new();
+    let backend = scratch.backend().await;
+    let env = environment();
+    let old = format!("{}-lucy-default", scratch.prefix);
+    let volume = format!("{}-home-lucy", scratch.prefix);
+    let dir = tempfile::tempdir().unwrap();
+    docker_cli(&[
+        "run",
+        "-d",
+        "--name",
+        &old,
+        "--label",
+        "labssh.user=lucy",
+        "--label",
+        "labssh.env=default",
+        "--label",
+        &format!("labssh.agent={}", scratch.agent),
+        "--label",
+        &format!("labssh.prefix={}", scratch.prefix),
+        "--label",
+        "labssh.spawn=helper",
+        "-v",
+        &format!("{volume}:/home/lucy"),
+        "-v",
+        &format!("{}:/.labssh/run", dir.path().display()),
+        support::IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /home/lucy/notes; sleep 3600",
+    ]);
+    let found = backend.ensure("lucy", &env).await.unwrap();
+    assert!(found.created, "{found:?}");
+    assert_ne!(found.name, old);
+    assert!(
+        !docker_cli(&["ps", "-a", "--format", "{{.Names}}"])
+            .lines()
+            .any(|n| n == old),
+        "the old container is still there"
+    );
+    assert_path(&backend, &found.container_id, SpawnPath::Helper).await;
+    let (out, _, _) = run_script(&*backend, &found.container_id, "lucy", "cat ~/notes").await;
+    assert_eq!(out, "kept\n");
 }
 
 #[tokio::test]

@@ -9,9 +9,12 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use labssh_agent::backend::SpawnPath;
 use labssh_agent::backend::{Backend, BackendError, ExitStatus, Process, SpawnSpec};
-use labssh_agent::{Config, DockerBackend};
-use support::{collect, docker_cli, ensure_on, environment, run_script, Scratch, STEP};
+use labssh_agent::DockerBackend;
+use support::{
+    assert_path, collect, docker_cli, ensure_on, environment, run_script, Scratch, STEP,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 on_both_paths!(listeners_accept_connections_from_inside);
@@ -295,17 +298,14 @@ fn which_on_host(program: &str) -> String {
     panic!("{program} is not on the host's PATH");
 }
 
-/// A helper container whose socket vanished (its directory was cleaned, say): every
-/// network operation still works, from the agent.
+/// A helper container whose socket vanished (root in it deleted it, say): every
+/// network operation still works, through the helper, restored.
 #[tokio::test]
-async fn a_silent_helper_is_bypassed() {
+async fn a_helper_whose_socket_vanished_is_restored() {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let c = ensure_on(&backend, "sid", "helper").await;
-    let socket = std::path::Path::new(&Config::default().helper_dir)
-        .join(&c.name)
-        .join(labssh_agent::backend::helper::SOCKET_NAME);
-    std::fs::remove_file(&socket).expect("the helper's socket exists");
+    docker_cli(&["exec", &c.container_id, "rm", "/.labssh/run/helper.sock"]);
 
     let own = backend
         .resolve(&c.container_id, "sid-default", 1)
@@ -319,7 +319,7 @@ async fn a_silent_helper_is_bypassed() {
     let port = listener.local_addr().unwrap().port();
     let accept = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.unwrap();
-        conn.write_all(b"via the namespace\n").await.unwrap();
+        conn.write_all(b"via the restored helper\n").await.unwrap();
     });
     let mut conn = connect_when_up(&backend, &c.container_id, "localhost", port).await;
     let mut got = String::new();
@@ -327,6 +327,7 @@ async fn a_silent_helper_is_bypassed() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got, "via the namespace\n");
+    assert_eq!(got, "via the restored helper\n");
+    assert_path(&backend, &c.container_id, SpawnPath::Helper).await;
     accept.await.unwrap();
 }

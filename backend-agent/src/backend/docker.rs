@@ -5,9 +5,8 @@ mod exec;
 mod helper_container;
 mod hijack;
 mod home_archive;
-#[path = "netns.rs"]
-mod netns;
 mod passwd;
+mod restore;
 mod routes;
 
 use async_trait::async_trait;
@@ -27,20 +26,22 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::time::Instant;
 
 pub use container_spec::{
-    LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_SPAWN, LABEL_USER, SFTP_SERVER_PATH,
+    container_name, legacy_container_name, LABEL_AGENT, LABEL_ENV, LABEL_GENERATION, LABEL_PREFIX,
+    LABEL_SPAWN, LABEL_USER, RUN_DIR, SFTP_SERVER_PATH,
 };
 pub use routes::SpawnPath;
 
-use super::helper::HelperError;
 use super::init_binary::{self, HelperSetup};
+use super::netns;
 use super::{
     Backend, BackendError, ContainerInfo, ContainerState, Duplex, Ensured, KeyedLock, Process,
     SpawnSpec,
 };
 use crate::config::Config;
 use crate::names;
-use container_spec::{container_name, volume_labels, volume_name, ContainerPlan, HelperPlan};
-use routes::{Route, Routes};
+use container_spec::{volume_labels, volume_name, ContainerPlan, HelperPlan};
+use restore::{Answer, Ask};
+use routes::{Owner, Route, Routes};
 
 /// bollard's request timeout; container creation on a busy node can take a while.
 const DOCKER_TIMEOUT_SECS: u64 = 120;
@@ -63,7 +64,8 @@ pub struct DockerBackend {
     keepalive_cmd: Vec<String>,
     /// Serializes ensure per container name.
     locks: KeyedLock,
-    /// labssh-init and the socket directories; `None` creates containers for exec.
+    /// labssh-init as installed for containers to mount; `None` creates containers for
+    /// exec.
     helper: Option<HelperSetup>,
     /// labssh-sftp as installed for containers to mount; `None` mounts none.
     sftp: Option<std::path::PathBuf>,
@@ -99,13 +101,15 @@ impl DockerBackend {
         })
     }
 
-    /// How processes would start in `container` now (an id or name).
+    /// How processes start in `container` (an id or name).
     pub async fn spawn_path(&self, container: &str) -> Result<SpawnPath, BackendError> {
-        Ok(self.route(container).await?.path())
+        Ok(self.route(container).await?.path)
     }
 
     /// [`Backend::spawn`] through the given path, for comparing the two (the benchmark)
-    /// and testing the fallback. Asking for the helper of a container without one fails.
+    /// and the tests. Never used for students: Docker exec in a helper container would
+    /// hand out the capabilities only its labssh-init may hold. Asking for the helper of
+    /// a container without one fails.
     pub async fn spawn_via(
         &self,
         container: &str,
@@ -127,14 +131,14 @@ impl DockerBackend {
         }
     }
 
-    /// The known route of a container, else the one its labels and mounts say.
+    /// The known route of a container, else the one Docker's description gives.
     async fn route(&self, container: &str) -> Result<Route, BackendError> {
         if let Some(route) = self.routes.get(container) {
             return Ok(route);
         }
         let inspect = self.inspect(container).await?;
-        let route = helper_container::route_of(&inspect, Instant::now());
-        self.routes.set_if_unknown(container, route.clone());
+        let route = helper_container::route_of(&inspect, Instant::now(), None);
+        self.routes.set(container, route.clone());
         Ok(route)
     }
 
@@ -150,8 +154,8 @@ impl DockerBackend {
     }
 
     /// A running container entered from the agent itself (its network namespace and
-    /// root, through its first process): for containers without a helper, and when the
-    /// helper does not answer. The error is student-readable.
+    /// root, through its first process): for containers without a helper, and for
+    /// looking at any container's files. The error is student-readable.
     async fn enter(&self, container: &str) -> Result<netns::Container, String> {
         let inspect = self
             .docker
@@ -199,10 +203,14 @@ impl DockerBackend {
             })
             .await
             .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
-        let helper_dir = self.helper_dir(name, env);
-        let helper = match (&self.helper, &helper_dir) {
-            (Some(setup), Some(dir)) => Some(helper_plan(setup, dir, &image)),
+        let helper = match (&self.helper, env.spawn == SpawnPath::Exec.name()) {
+            (Some(setup), false) => Some(helper_plan(setup, &image)),
             _ => None,
+        };
+        let path = if helper.is_some() {
+            SpawnPath::Helper
+        } else {
+            SpawnPath::Exec
         };
         let body = ContainerPlan {
             agent: &self.agent,
@@ -220,12 +228,7 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
             Err(e) => return Err(BackendError::CreateFailed(docker_message(&e))),
         };
-        let path = if helper_dir.is_some() {
-            "helper"
-        } else {
-            "exec"
-        };
-        tracing::info!(container = name, image = %env.image, spawn = path, "created container");
+        tracing::info!(container = name, image = %env.image, spawn = path.name(), "created container");
         if !env.run_as_root {
             self.fix_home(&created.id, user, env).await;
             let home = super::home_dir(user);
@@ -239,18 +242,19 @@ impl DockerBackend {
             )
             .await;
         }
+        let owner = Owner {
+            user: user.to_owned(),
+            env: std::sync::Arc::new(env.clone()),
+        };
         let started = match self.docker.start_container(&created.id, None).await {
-            Ok(()) => self.after_start(&created.id, helper_dir.as_deref()).await,
+            Ok(()) => self.after_start(&created.id, Some(owner)).await,
             Err(e) => Err(BackendError::StartFailed(docker_message(&e))),
         };
         if let Err(e) = started {
             // A container that never ran is removed, so the next login recreates it from
             // the catalogue as it is then instead of failing the same way forever.
-            let force = RemoveContainerOptionsBuilder::new().force(true).build();
-            if let Err(rm) = self.docker.remove_container(&created.id, Some(force)).await {
+            if let Err(rm) = self.remove(&created.id).await {
                 tracing::warn!(container = name, error = %rm, "cannot remove container that failed to start");
-            } else if let Some(dir) = &helper_dir {
-                let _ = std::fs::remove_dir_all(dir);
             }
             return Err(e);
         }
@@ -260,6 +264,19 @@ impl DockerBackend {
             created: true,
             started: true,
         })
+    }
+
+    /// Removes a container (its home volume stays) and forgets its route.
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        let force = RemoveContainerOptionsBuilder::new().force(true).build();
+        self.routes.remove(id);
+        self.docker
+            .remove_container(id, Some(force))
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action: "removing the container",
+                message: docker_message(&e),
+            })
     }
 
     /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
@@ -282,37 +299,64 @@ impl DockerBackend {
         }
     }
 
-    /// The directory to share with a new container, when it gets the helper.
-    fn helper_dir(&self, name: &str, env: &pb::Environment) -> Option<std::path::PathBuf> {
-        if env.spawn == SpawnPath::Exec.name() {
-            return None;
-        }
-        match self.helper.as_ref()?.container_dir(name) {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                tracing::warn!(container = name, error = %e, "cannot create the helper directory; this container uses Docker exec");
-                None
-            }
-        }
-    }
-
     /// Records how processes start in a container Docker just started, and waits for its
     /// helper; fails if the container stopped at once (its command could not start).
-    async fn after_start(
-        &self,
-        id: &str,
-        helper_dir: Option<&std::path::Path>,
-    ) -> Result<(), BackendError> {
-        let helper = helper_dir.map(super::helper::HelperSocket::in_dir);
-        if let Some(socket) = &helper {
-            helper_container::wait_ready(&self.docker, id, socket)
-                .await
-                .map_err(BackendError::StartFailed)?;
+    async fn after_start(&self, id: &str, owner: Option<Owner>) -> Result<Route, BackendError> {
+        let inspect = self.inspect(id).await?;
+        let mut route = helper_container::route_of(&inspect, Instant::now(), owner);
+        if route.path == SpawnPath::Helper {
+            match &route.helper {
+                Some(socket) => {
+                    helper_container::wait_ready(&self.docker, id, socket)
+                        .await
+                        .map_err(BackendError::StartFailed)?;
+                }
+                None => {
+                    return Err(BackendError::StartFailed(
+                        helper_container::stopped(&self.docker, id)
+                            .await
+                            .unwrap_or_else(|| "its labssh-init cannot be reached".to_owned()),
+                    ))
+                }
+            }
         }
-        // Ready (or given up on): from now on a missing socket means no helper.
-        let ready_by = Instant::now();
-        self.routes.set(id, Route { helper, ready_by });
-        Ok(())
+        // Ready (or given up on): from now on a missing socket means a helper to restore.
+        route.ready_by = Instant::now();
+        self.routes.set(id, route.clone());
+        Ok(route)
+    }
+
+    /// The container of `user` and `env`: by its name, else by the name containers had
+    /// before; `None` if there is neither. A container by the old name that belongs to
+    /// someone else (the old names could collide) is not theirs.
+    async fn find(
+        &self,
+        name: &str,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<Option<ContainerInspectResponse>, BackendError> {
+        let legacy = legacy_container_name(&self.prefix, user, &env.name);
+        for candidate in [name, legacy.as_str()] {
+            let existing = match self.docker.inspect_container(candidate, None).await {
+                Ok(existing) => existing,
+                Err(e) if status_of(&e) == Some(404) => continue,
+                Err(e) => {
+                    return Err(BackendError::Runtime {
+                        action: "looking up the container",
+                        message: docker_message(&e),
+                    })
+                }
+            };
+            let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
+            let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+            if label(LABEL_USER) == Some(user) && label(LABEL_ENV) == Some(env.name.as_str()) {
+                return Ok(Some(existing));
+            }
+            if candidate == name {
+                return Err(BackendError::NameTaken(name.to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     fn image_missing(&self, env: &pb::Environment) -> BackendError {
@@ -340,38 +384,36 @@ impl Backend for DockerBackend {
         }
         let name = container_name(&self.prefix, user, &env.name);
         let _guard = self.locks.lock(&name).await;
-        let existing = match self.docker.inspect_container(&name, None).await {
-            Ok(existing) => existing,
-            Err(e) if status_of(&e) == Some(404) => return self.create(&name, user, env).await,
-            Err(e) => {
-                return Err(BackendError::Runtime {
-                    action: "looking up the container",
-                    message: docker_message(&e),
-                })
-            }
+        let Some(existing) = self.find(&name, user, env).await? else {
+            return self.create(&name, user, env).await;
         };
-        // "a-b" + "c" and "a" + "b-c" share a name; the labels tell them apart.
-        let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
-        let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
-        if label(LABEL_USER) != Some(user) || label(LABEL_ENV) != Some(env.name.as_str()) {
-            return Err(BackendError::NameTaken(name));
-        }
         let id = existing.id.clone().unwrap_or_else(|| name.clone());
-        let route = helper_container::route_of(&existing, Instant::now());
-        let helper_dir = route.helper.as_ref().and_then(|s| s.path.parent());
+        if helper_container::is_outdated(&existing) {
+            tracing::warn!(container = %id, "recreating a container of an older layout (its helper's socket directory was writable from inside); the home volume is kept");
+            self.remove(&id).await?;
+            return self.create(&name, user, env).await;
+        }
+        let found_name = existing
+            .name
+            .as_deref()
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_else(|| name.clone());
+        let owner = Owner {
+            user: user.to_owned(),
+            env: std::sync::Arc::new(env.clone()),
+        };
         let state = existing.state.as_ref();
         let running = state.and_then(|s| s.running) == Some(true);
         let paused = state.and_then(|s| s.paused) == Some(true);
-        let started = if running && paused {
-            self.docker
-                .unpause_container(&id)
-                .await
-                .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
-            self.routes.set_if_unknown(&id, route);
-            true
-        } else if running {
-            self.routes.set_if_unknown(&id, route);
-            false
+        let started = if running {
+            if paused {
+                self.docker
+                    .unpause_container(&id)
+                    .await
+                    .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
+            }
+            self.refresh_route(&id, &existing, owner);
+            paused
         } else {
             let status = state.and_then(|s| s.status);
             if status == Some(ContainerStateStatusEnum::REMOVING) {
@@ -379,23 +421,17 @@ impl Backend for DockerBackend {
                     "the container is being removed; try again".to_owned(),
                 ));
             }
-            if let Some(dir) = helper_dir {
-                // Gone after a reboot (/run is tmpfs); Docker cannot mount a missing one.
-                if let Err(e) = init_binary::create_private_dir(dir) {
-                    tracing::warn!(container = %name, error = %e, "cannot create the helper directory");
-                }
-            }
             self.docker
                 .start_container(&id, None)
                 .await
                 .map_err(|e| BackendError::StartFailed(docker_message(&e)))?;
-            tracing::info!(container = %name, "started container");
-            self.after_start(&id, helper_dir).await?;
+            tracing::info!(container = %found_name, "started container");
+            self.after_start(&id, Some(owner)).await?;
             true
         };
         Ok(Ensured {
             container_id: id,
-            name,
+            name: found_name,
             created: false,
             started,
         })
@@ -405,25 +441,19 @@ impl Backend for DockerBackend {
         if spec.argv.is_empty() {
             return Err(BackendError::SpawnFailed("empty command".to_owned()));
         }
-        let route = self.route(container).await?;
-        if let Some(socket) = &route.helper {
-            match socket.spawn(&spec, route.ready_by).await {
-                Ok(process) => {
-                    labssh_telemetry::metrics::note_spawn_path(SpawnPath::Helper.name());
-                    tracing::info!(container, spawn = "helper", "process started");
-                    return Ok(process);
-                }
-                Err(HelperError::Failed(message)) => {
-                    return Err(BackendError::SpawnFailed(message))
-                }
-                Err(HelperError::Unavailable(why)) => {
-                    tracing::warn!(container, reason = %why, "the container's helper does not answer; using Docker exec until it restarts");
-                    self.routes.fall_back_to_exec(container);
-                }
+        let spawned = self.via_helper(container, Ask::Spawn(&spec)).await;
+        let path = match spawned {
+            Ok(Some(Answer::Process(process))) => {
+                labssh_telemetry::metrics::note_spawn_path(SpawnPath::Helper.name());
+                tracing::info!(container, spawn = "helper", "process started");
+                return Ok(process);
             }
-        }
+            Err(e) => return Err(BackendError::SpawnFailed(e.to_string())),
+            Ok(Some(_)) => return Err(mismatched()),
+            Ok(None) => SpawnPath::Exec,
+        };
         let process = exec::spawn(&self.docker, &self.socket, container, spec).await?;
-        labssh_telemetry::metrics::note_spawn_path(SpawnPath::Exec.name());
+        labssh_telemetry::metrics::note_spawn_path(path.name());
         tracing::info!(container, spawn = "exec", "process started");
         Ok(process)
     }
@@ -439,16 +469,16 @@ impl Backend for DockerBackend {
             target: target.clone(),
             message,
         };
-        let route = self.route(container).await?;
-        if let Some(socket) = &route.helper {
-            match socket.connect_tcp(host, port, route.ready_by).await {
-                Ok(stream) => {
-                    tracing::debug!(container, target = %target, "TCP connection opened through the helper");
-                    return Ok(Box::new(stream));
-                }
-                Err(HelperError::Failed(message)) => return Err(failed(message)),
-                Err(HelperError::Unavailable(why)) => entering_instead(container, "connect", &why),
-            }
+        let connected = self
+            .via_helper(container, Ask::Connect(host, port))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(answer) = connected {
+            let Answer::Stream(stream) = answer else {
+                return Err(mismatched());
+            };
+            tracing::debug!(container, target = %target, "TCP connection opened through the helper");
+            return Ok(Box::new(stream));
         }
         let inside = self.enter(container).await.map_err(failed)?;
         let addrs = inside.resolve(host, port).await.map_err(failed)?;
@@ -471,13 +501,14 @@ impl Backend for DockerBackend {
             target: format!("{host}:{port}"),
             message,
         };
-        let route = self.route(container).await?;
-        if let Some(socket) = &route.helper {
-            match socket.lookup(host, port, route.ready_by).await {
-                Ok(addrs) => return Ok(addrs),
-                Err(HelperError::Failed(message)) => return Err(failed(message)),
-                Err(HelperError::Unavailable(why)) => entering_instead(container, "resolve", &why),
-            }
+        let found = self
+            .via_helper(container, Ask::Lookup(host, port))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match found {
+            Some(Answer::Addresses(addrs)) => return Ok(addrs),
+            Some(_) => return Err(mismatched()),
+            None => {}
         }
         let inside = self.enter(container).await.map_err(failed)?;
         inside.resolve(host, port).await.map_err(failed)
@@ -506,13 +537,14 @@ impl Backend for DockerBackend {
             address: addr.to_string(),
             message,
         };
-        let route = self.route(container).await?;
-        if let Some(socket) = &route.helper {
-            match socket.listen_tcp(addr, route.ready_by).await {
-                Ok(listener) => return Ok(listener),
-                Err(HelperError::Failed(message)) => return Err(failed(message)),
-                Err(HelperError::Unavailable(why)) => entering_instead(container, "listen", &why),
-            }
+        let listening = self
+            .via_helper(container, Ask::Listen(addr))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match listening {
+            Some(Answer::Listener(listener)) => return Ok(listener),
+            Some(_) => return Err(mismatched()),
+            None => {}
         }
         let inside = self.enter(container).await.map_err(failed)?;
         inside.listen(addr).await.map_err(failed)
@@ -597,15 +629,10 @@ impl Backend for DockerBackend {
 }
 
 /// The helper part of a new container's plan: the image's own command and user.
-fn helper_plan<'a>(
-    setup: &'a HelperSetup,
-    dir: &'a std::path::Path,
-    image: &ImageInspect,
-) -> HelperPlan<'a> {
+fn helper_plan<'a>(setup: &'a HelperSetup, image: &ImageInspect) -> HelperPlan<'a> {
     let config = image.config.as_ref();
     HelperPlan {
         init: &setup.init,
-        dir,
         image_entrypoint: config
             .and_then(|c| c.entrypoint.clone())
             .unwrap_or_default(),
@@ -614,10 +641,13 @@ fn helper_plan<'a>(
     }
 }
 
-/// The helper could not serve a network request (it is not answering, or predates
-/// the request); the agent enters the container itself for this one.
-fn entering_instead(container: &str, what: &str, why: &str) {
-    tracing::info!(container, request = what, reason = %why, "the container's helper cannot serve this; the agent enters the container itself");
+/// The helper answered a different kind of request than was asked: never happens, as
+/// [`Ask`] and [`Answer`] pair up one to one.
+fn mismatched() -> BackendError {
+    BackendError::Runtime {
+        action: "asking the helper",
+        message: "its answer does not fit the request".to_owned(),
+    }
 }
 
 /// Docker's own message for an error response, else bollard's description.

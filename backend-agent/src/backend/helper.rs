@@ -2,8 +2,16 @@
 //! for it: spawning processes, opening TCP connections, resolving names and listening
 //! inside the container, over its unix socket.
 //!
-//! Runtime-neutral: all it needs is the socket's path on this host. One connection per
-//! request; the protocol is `init/src/wire.rs`, compiled in here too.
+//! The socket lives on a small tmpfs private to the container, at [`SOCKET_PATH`].
+//! Root in a root environment can delete, rename or replace anything there, so the
+//! agent trusts no path: it reaches the socket through the container's init process
+//! (`/proc/PID/root`, a descriptor bound to that process, so a recycled pid leads
+//! nowhere), resolves the path inside the container's root with no symlink followed
+//! at all, requires a socket at the end, and before it sends a byte checks that the
+//! listener is that init process (SO_PEERCRED). Anything else is [`HelperError::Tampered`]:
+//! refused, logged, and the container's helper restored by the caller.
+//!
+//! One connection per request; the protocol is `init/src/wire.rs`, compiled in here too.
 
 mod process;
 #[path = "../../../init/src/wire.rs"]
@@ -12,16 +20,21 @@ mod wire;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
+use super::netns;
 use super::{Process, RunAs, SpawnSpec};
 
 pub use wire::SOCKET_NAME;
+
+/// Where labssh-init listens inside every container created for it: on the tmpfs the
+/// agent mounts at `/.labssh/run`.
+pub const SOCKET_PATH: &str = "/.labssh/run/helper.sock";
 
 /// The helper answers a spawn once the exec succeeded: a fork and an exec, or a failed
 /// chdir; this only bounds a helper that is wedged.
@@ -34,41 +47,89 @@ const CONNECT_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_START: Duration = Duration::from_millis(2);
 /// Longest pause between connection attempts.
 const RETRY_MAX: Duration = Duration::from_millis(100);
-/// Unix socket paths longer than this do not fit in `sockaddr_un`.
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Why the helper could not do what was asked.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelperError {
-    /// Nothing usable answers: no helper (yet), an old one speaking another protocol
-    /// version or predating the request, or a stopped container. Nothing was started;
-    /// Docker exec (or the agent itself) may be tried.
+    /// Nothing usable answers: no socket (yet), the container's init has gone, an old
+    /// helper speaking another protocol version or predating the request. Nothing was
+    /// started; the helper must be restored before it can serve.
+    #[error("{0}")]
     Unavailable(String),
+    /// What answers at the socket's path is not the container's own labssh-init: a
+    /// symlink, something that is not a socket, or a socket another process made.
+    /// Not a byte was sent to it.
+    #[error("{0}")]
+    Tampered(String),
     /// The helper tried and failed (e.g. the program does not exist): final.
+    #[error("{0}")]
     Failed(String),
 }
 
-impl std::fmt::Display for HelperError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HelperError::Unavailable(m) | HelperError::Failed(m) => f.write_str(m),
-        }
+/// Why a connection to the helper could not be made.
+#[derive(Debug)]
+enum ConnectError {
+    /// Nothing listens there yet: the helper of a container that just started is about
+    /// to bind its socket.
+    Absent(io::Error),
+    /// Anything else; final for this attempt.
+    Helper(HelperError),
+}
+
+/// One container's helper, reached through the container's init process.
+#[derive(Debug, Clone)]
+pub struct HelperSocket {
+    /// `/proc/PID` of the container's init, `O_PATH`: bound to that process, so lookups
+    /// through it fail once it has exited, whoever gets its pid next.
+    proc_dir: Arc<OwnedFd>,
+    /// The init's pid as this agent sees it, which SO_PEERCRED must report for the
+    /// socket's listener.
+    pid: u32,
+    /// The socket's absolute path inside the container: [`SOCKET_PATH`], but for tests.
+    path: Arc<str>,
+}
+
+impl PartialEq for HelperSocket {
+    fn eq(&self, other: &Self) -> bool {
+        self.pid == other.pid
     }
 }
 
-/// One container's helper socket on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HelperSocket {
-    /// `<dir>/helper.sock`, where `<dir>` is mounted into the container.
-    pub path: PathBuf,
-}
+impl Eq for HelperSocket {}
 
 impl HelperSocket {
-    /// The socket in the directory shared with a container.
-    pub fn in_dir(dir: &Path) -> HelperSocket {
+    /// The helper of the container with the full id `container_id`, whose init has
+    /// host pid `pid` (checked: its cgroup names the container). Errors are
+    /// student-readable.
+    pub fn of_init(pid: u32, container_id: &str) -> Result<HelperSocket, String> {
+        Ok(HelperSocket {
+            proc_dir: Arc::new(netns::open_process(pid, container_id)?),
+            pid,
+            path: Arc::from(SOCKET_PATH),
+        })
+    }
+
+    /// A socket in `dir` (absolute) served by this very process, for the unit tests'
+    /// fake helpers.
+    #[cfg(test)]
+    fn in_this_process(dir: &std::path::Path) -> HelperSocket {
+        let pid = std::process::id();
+        let proc_dir = netns::open_at(
+            None,
+            &format!("/proc/{pid}"),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .unwrap();
         HelperSocket {
-            path: dir.join(SOCKET_NAME),
+            proc_dir: Arc::new(proc_dir),
+            pid,
+            path: Arc::from(dir.join(SOCKET_NAME).to_str().unwrap()),
         }
+    }
+
+    /// The container's init, as this agent sees it.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Starts `spec` through the helper. Keeps trying to connect until `ready_by`
@@ -207,7 +268,8 @@ impl HelperSocket {
         Ok((kind, payload, fd))
     }
 
-    /// Connects (retrying until `ready_by`) and sends the request frame.
+    /// Connects (retrying until `ready_by` while nothing listens yet) and sends the
+    /// request frame.
     async fn request(
         &self,
         request: &wire::Request,
@@ -217,18 +279,14 @@ impl HelperSocket {
         let mut stream = loop {
             match self.connect().await {
                 Ok(stream) => break stream,
-                // The socket is not there yet, or is an earlier run's: the helper of a
-                // container that just started is about to bind it.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                    ) && tokio::time::Instant::now() + pause < ready_by =>
-                {
+                Err(ConnectError::Absent(_)) if tokio::time::Instant::now() + pause < ready_by => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(RETRY_MAX);
                 }
-                Err(e) => return Err(unavailable("connecting to the helper", &e)),
+                Err(ConnectError::Absent(e)) => {
+                    return Err(unavailable("connecting to the helper", &e))
+                }
+                Err(ConnectError::Helper(e)) => return Err(e),
             }
         };
         stream
@@ -238,20 +296,81 @@ impl HelperSocket {
         Ok(stream)
     }
 
-    /// Connects and hangs up at once: does the helper accept connections yet?
-    pub async fn probe(&self) -> io::Result<()> {
-        self.connect().await.map(drop)
+    /// Connects and hangs up at once: is the container's own helper listening? `Ok(false)`
+    /// while nothing listens yet.
+    pub async fn probe(&self) -> Result<bool, HelperError> {
+        match self.connect().await {
+            Ok(_) => Ok(true),
+            Err(ConnectError::Absent(_)) => Ok(false),
+            Err(ConnectError::Helper(e)) => Err(e),
+        }
     }
 
-    async fn connect(&self) -> io::Result<UnixStream> {
-        if self.path.as_os_str().len() <= MAX_SOCKET_PATH {
-            return UnixStream::connect(&self.path).await;
+    /// A connection to the socket at [`SOCKET_PATH`] in the container, once it is sure
+    /// to be the container's init's.
+    async fn connect(&self) -> Result<UnixStream, ConnectError> {
+        let file = self.socket_file()?;
+        // Connecting through the descriptor reaches that very inode, whatever the path
+        // names by now.
+        let stream = UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::ConnectionRefused => ConnectError::Absent(e),
+                _ => ConnectError::Helper(unavailable("connecting to the helper", &e)),
+            })?;
+        let peer = stream
+            .peer_cred()
+            .map_err(|e| ConnectError::Helper(unavailable("checking the helper", &e)))?
+            .pid();
+        if peer != Some(self.pid as i32) {
+            return Err(ConnectError::Helper(HelperError::Tampered(format!(
+                "the socket at {} was made by pid {}, not by the container's labssh-init (pid {})",
+                self.path,
+                peer.map_or("unknown".to_owned(), |p| p.to_string()),
+                self.pid
+            ))));
         }
-        // Too long for sockaddr_un: reach it through the directory's descriptor.
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
-        let dir = std::fs::File::open(dir)?;
-        let short = format!("/proc/self/fd/{}/{SOCKET_NAME}", dir.as_raw_fd());
-        UnixStream::connect(short).await
+        Ok(stream)
+    }
+
+    /// An `O_PATH` descriptor of the socket file, found beneath the init's root without
+    /// following a single symlink.
+    fn socket_file(&self) -> Result<OwnedFd, ConnectError> {
+        let gone = |e: io::Error| {
+            ConnectError::Helper(HelperError::Unavailable(format!(
+                "the container's init (pid {}) has gone: {}",
+                self.pid,
+                netns::os_text(&e)
+            )))
+        };
+        let root = netns::open_at(
+            Some(&self.proc_dir),
+            "root",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(gone)?;
+        let tampered =
+            |why: &str| ConnectError::Helper(HelperError::Tampered(format!("{} {why}", self.path)));
+        let file = match netns::open_no_symlinks(&root, &self.path) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(ConnectError::Absent(e))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(tampered("is, or lies under, a symlink"))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(tampered("lies under something that is not a directory"))
+            }
+            Err(e) => return Err(ConnectError::Helper(unavailable("finding the helper", &e))),
+        };
+        // O_PATH | O_NOFOLLOW opens a symlink at the end of the path as itself.
+        match netns::file_type(&file) {
+            Ok(libc::S_IFSOCK) => Ok(file),
+            Ok(libc::S_IFLNK) => Err(tampered("is, or lies under, a symlink")),
+            Ok(_) => Err(tampered("is not a socket")),
+            Err(e) => Err(ConnectError::Helper(unavailable("finding the helper", &e))),
+        }
     }
 }
 
@@ -376,6 +495,7 @@ fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedF
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use tokio::net::UnixListener;
 
     /// A fake helper that reads one request and answers with `frames` (or just hangs
@@ -384,8 +504,8 @@ mod tests {
         dir: &Path,
         frames: Vec<u8>,
     ) -> (HelperSocket, tokio::task::JoinHandle<wire::Request>) {
-        let socket = HelperSocket::in_dir(dir);
-        let listener = UnixListener::bind(&socket.path).unwrap();
+        let socket = HelperSocket::in_this_process(dir);
+        let listener = UnixListener::bind(&*socket.path).unwrap();
         let task = tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
             let mut buf = BytesMut::new();
@@ -394,6 +514,68 @@ mod tests {
             wire::Request::decode(kind, &payload).unwrap()
         });
         (socket, task)
+    }
+
+    #[tokio::test]
+    async fn only_a_socket_of_the_expected_process_is_spoken_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = HelperSocket::in_this_process(dir.path());
+        // Nothing there yet: still starting.
+        assert_eq!(socket.probe().await, Ok(false));
+        // A regular file.
+        std::fs::write(&*socket.path, b"").unwrap();
+        let err = socket.probe().await.unwrap_err();
+        assert!(
+            matches!(&err, HelperError::Tampered(m) if m.contains("is not a socket")),
+            "{err:?}"
+        );
+        std::fs::remove_file(&*socket.path).unwrap();
+        // A symlink to a real listener elsewhere.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("other.sock");
+        let _other = UnixListener::bind(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &*socket.path).unwrap();
+        let err = socket.probe().await.unwrap_err();
+        assert!(
+            matches!(&err, HelperError::Tampered(m) if m.contains("symlink")),
+            "{err:?}"
+        );
+        std::fs::remove_file(&*socket.path).unwrap();
+        // A symlinked directory on the way.
+        let linked = HelperSocket {
+            path: Arc::from(dir.path().join("via/helper.sock").to_str().unwrap()),
+            ..socket.clone()
+        };
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("via")).unwrap();
+        std::fs::rename(&target, elsewhere.path().join(SOCKET_NAME)).unwrap();
+        let err = linked.probe().await.unwrap_err();
+        assert!(
+            matches!(&err, HelperError::Tampered(m) if m.contains("symlink")),
+            "{err:?}"
+        );
+        // A real socket, but its listener is not the process expected.
+        let _listener = UnixListener::bind(&*socket.path).unwrap();
+        assert_eq!(socket.probe().await, Ok(true));
+        let impostor = HelperSocket {
+            pid: 1,
+            ..socket.clone()
+        };
+        let err = impostor.probe().await.unwrap_err();
+        assert!(
+            matches!(&err, HelperError::Tampered(m) if m.contains(&format!("made by pid {}", std::process::id()))),
+            "{err:?}"
+        );
+        // And a request is refused the same way, before anything is sent.
+        let err = impostor.lookup("x", 1, soon()).await.unwrap_err();
+        assert!(matches!(err, HelperError::Tampered(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_socket_path_is_where_init_is_told_to_listen() {
+        assert_eq!(
+            SOCKET_PATH,
+            format!("{}/{SOCKET_NAME}", crate::backend::docker::RUN_DIR)
+        );
     }
 
     fn soon() -> tokio::time::Instant {

@@ -105,18 +105,10 @@ impl HelperSetup {
             }
         }
     }
-
-    /// The directory shared with one container, created if missing (it must exist
-    /// whenever Docker starts the container).
-    pub fn container_dir(&self, container_name: &str) -> std::io::Result<PathBuf> {
-        let dir = self.dir.join(container_name);
-        create_private_dir(&dir)?;
-        Ok(dir)
-    }
 }
 
 /// Creates a directory (and its parents) only root may enter; fine if it exists.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)

@@ -1,6 +1,6 @@
-//! Entering a running container from the agent itself, for containers without a
-//! helper (`spawn = "exec"`, or created before labssh-init) and when the helper does
-//! not answer.
+//! Entering a running container from the agent itself: for containers without a
+//! helper (`spawn = "exec"`, or created before labssh-init), for looking at a
+//! container's files, and for finding a helper's socket safely (see `helper.rs`).
 //!
 //! The agent runs as root on the host. It opens the container's first process's
 //! `/proc/PID` once, checks that this process is the container's (its cgroup names the
@@ -55,24 +55,13 @@ impl Container {
     /// The container whose first process has host pid `pid`, checked to belong to the
     /// container with the full id `id`. Errors are student-readable.
     pub fn open(pid: u32, id: &str) -> Result<Container, String> {
+        let proc_dir = open_process(pid, id)?;
         let gone = |e: io::Error| {
             format!(
                 "cannot enter the container (it may have just stopped): {}",
                 os_text(&e)
             )
         };
-        let proc_dir = open_at(
-            None,
-            &format!("/proc/{pid}"),
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(gone)?;
-        let cgroup = open_at(Some(&proc_dir), "cgroup", libc::O_RDONLY)
-            .and_then(|fd| read_limited(fd, MAX_FILE))
-            .map_err(gone)?;
-        if id.len() < 12 || !cgroup.contains(id) {
-            return Err("cannot enter the container: its process changed (it may have just restarted); try again".to_owned());
-        }
         let net = open_at(Some(&proc_dir), "ns/net", libc::O_RDONLY).map_err(gone)?;
         let root =
             open_at(Some(&proc_dir), "root", libc::O_PATH | libc::O_DIRECTORY).map_err(gone)?;
@@ -203,6 +192,105 @@ impl Container {
     }
 }
 
+/// `/proc/PID` (an `O_PATH` directory) of the process with host pid `pid`, checked to be
+/// in the container with the full id `id`: its cgroup names the container, so a pid the
+/// container's process left behind and another process took cannot lead elsewhere. The
+/// descriptor stays bound to that process. Errors are student-readable.
+pub fn open_process(pid: u32, id: &str) -> Result<OwnedFd, String> {
+    let gone = |e: io::Error| {
+        format!(
+            "cannot enter the container (it may have just stopped): {}",
+            os_text(&e)
+        )
+    };
+    let proc_dir = open_at(
+        None,
+        &format!("/proc/{pid}"),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .map_err(gone)?;
+    let cgroup = open_at(Some(&proc_dir), "cgroup", libc::O_RDONLY)
+        .and_then(|fd| read_limited(fd, MAX_FILE))
+        .map_err(gone)?;
+    if id.len() < 12 || !cgroup.contains(id) {
+        return Err("cannot enter the container: its process changed (it may have just restarted); try again".to_owned());
+    }
+    Ok(proc_dir)
+}
+
+/// An `O_PATH` descriptor of `path` (absolute) beneath `root` with no symlink followed:
+/// one on the way is `ELOOP`, one at the end is opened as itself (the caller sees a
+/// symlink, not what it points to). For paths whose every directory the agent expects
+/// Docker to have made, so that nothing a student made can redirect it.
+pub fn open_no_symlinks(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
+    let relative = path.trim_start_matches('/');
+    if !path.starts_with('/') || relative.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an absolute path to a file",
+        ));
+    }
+    let c = c_path(relative.as_bytes())?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    match openat2(root, &c, &how) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+            walk_no_symlinks(root, relative.as_bytes())
+        }
+        other => other,
+    }
+}
+
+/// [`open_no_symlinks`] without openat2: one component at a time, each opened with
+/// `O_NOFOLLOW`, a symlink refused unless it is the last; `..` is refused as well.
+fn walk_no_symlinks(root: &OwnedFd, relative: &[u8]) -> io::Result<OwnedFd> {
+    let mut current: Option<OwnedFd> = None;
+    let mut parts = relative
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".");
+    let mut next = parts.next();
+    while let Some(name) = next {
+        if name == b".." {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let parent = current.as_ref().unwrap_or(root);
+        let c = c_path(name)?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                parent.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        next = parts.next();
+        // As openat2 with O_PATH | O_NOFOLLOW: a symlink at the end is opened as itself.
+        match file_type(&fd)? {
+            libc::S_IFLNK if next.is_some() => {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP))
+            }
+            libc::S_IFDIR => {}
+            _ if next.is_some() => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            _ => {}
+        }
+        current = Some(fd);
+    }
+    current.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// The `S_IFMT` bits of what `fd` refers to.
+pub fn file_type(fd: &OwnedFd) -> io::Result<libc::mode_t> {
+    Ok(fstat(fd)?.st_mode & libc::S_IFMT)
+}
+
 /// The text of an OS error without Rust's "(os error N)" suffix.
 pub fn os_text(e: &io::Error) -> String {
     let text = e.to_string();
@@ -232,7 +320,7 @@ fn set_v6_only(socket: &TcpSocket) -> io::Result<()> {
 }
 
 /// `openat(dir or AT_FDCWD, path, flags | O_CLOEXEC)`.
-fn open_at(dir: Option<&OwnedFd>, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+pub fn open_at(dir: Option<&OwnedFd>, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     let path = c_path(path.as_bytes())?;
     let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: a valid directory descriptor (or AT_FDCWD) and a NUL-terminated path.
@@ -286,6 +374,11 @@ fn openat2_in_root(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
+    openat2(root, &c, &how)
+}
+
+/// `openat2(root, path, how)`, retried when a rename raced with the lookup.
+fn openat2(root: &OwnedFd, c: &CString, how: &OpenHow) -> io::Result<OwnedFd> {
     for _ in 0..OPENAT2_RETRIES {
         // SAFETY: openat2 with a valid directory descriptor, a NUL-terminated path and
         // an open_how of the size given.
@@ -294,7 +387,7 @@ fn openat2_in_root(root: &OwnedFd, path: &str) -> io::Result<OwnedFd> {
                 libc::SYS_openat2,
                 root.as_raw_fd(),
                 c.as_ptr(),
-                &how as *const OpenHow,
+                how as *const OpenHow,
                 std::mem::size_of::<OpenHow>(),
             )
         };
@@ -533,6 +626,43 @@ mod tests {
     #[test]
     fn the_fallback_walk_stays_inside_the_root() {
         check(|root, path| walk_in_root(root, path.as_bytes()));
+    }
+
+    #[test]
+    fn no_symlink_is_followed_either_way() {
+        let (dir, root) = fake_root();
+        symlink("usr", dir.path().join("root/linkdir")).unwrap();
+        for open in [
+            |root: &OwnedFd, path: &str| open_no_symlinks(root, path),
+            |root: &OwnedFd, path: &str| {
+                walk_no_symlinks(root, path.trim_start_matches('/').as_bytes())
+            },
+        ] {
+            let kind = |path: &str| open(&root, path).and_then(|fd| file_type(&fd));
+            assert_eq!(kind("/bin/busybox").unwrap(), libc::S_IFREG);
+            assert_eq!(kind("/etc").unwrap(), libc::S_IFDIR);
+            // Symlinks at the end are themselves, wherever they point.
+            for link in ["/bin/sh", "/usr/bin/env", "/escape", "/up", "/loop"] {
+                assert_eq!(kind(link).unwrap(), libc::S_IFLNK, "{link}");
+            }
+            // A symlinked directory on the way is refused.
+            assert_eq!(
+                kind("/linkdir/bin/env").unwrap_err().raw_os_error(),
+                Some(libc::ELOOP)
+            );
+            assert_eq!(
+                kind("/missing").unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+            assert_eq!(
+                kind("/notes/x").unwrap_err().raw_os_error(),
+                Some(libc::ENOTDIR)
+            );
+        }
+        assert!(
+            open_no_symlinks(&root, "bin/sh").is_err(),
+            "relative paths are refused"
+        );
     }
 
     #[test]

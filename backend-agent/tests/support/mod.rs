@@ -222,19 +222,6 @@ impl Drop for Scratch {
         for v in vols.split_whitespace() {
             docker_cli(&["volume", "rm", "-f", v]);
         }
-        // The helper directories of this test's containers.
-        let helper_dir = std::path::PathBuf::from(Config::default().helper_dir);
-        if let Ok(entries) = std::fs::read_dir(&helper_dir) {
-            for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(&self.prefix)
-                {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
     }
 }
 

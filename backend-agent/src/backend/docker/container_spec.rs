@@ -20,25 +20,30 @@ pub const LABEL_AGENT: &str = "labssh.agent";
 pub const LABEL_PREFIX: &str = "labssh.prefix";
 /// Label saying how processes start in the container: "helper" or "exec".
 pub const LABEL_SPAWN: &str = "labssh.spawn";
+/// Label with the container layout's generation, [`GENERATION`]. Helper containers
+/// without it (or with an older one) are recreated at the next login, home kept.
+pub const LABEL_GENERATION: &str = "labssh.generation";
+/// 2: the helper's socket on a tmpfs private to the container (before, a host directory
+/// the container could write), no CAP_DAC_READ_SEARCH for labssh-init.
+pub const GENERATION: &str = "2";
 
 /// Where labssh-init is mounted (read-only) in a helper container.
 pub const INIT_PATH: &str = "/.labssh/init";
 /// Where the built-in SFTP server (labssh-sftp) is mounted (read-only) in containers.
 pub const SFTP_SERVER_PATH: &str = "/.labssh/sftp-server";
-/// Where the directory shared with the agent is mounted in a helper container.
+/// Where the tmpfs holding the helper's socket is mounted in a helper container.
 pub const RUN_DIR: &str = "/.labssh/run";
-/// What the helper needs for itself and takes away from every child: entering the
-/// working directory before switching user, as runc does (DAC_READ_SEARCH), switching
-/// to the student's ids (SETUID, SETGID), signalling processes of other users (KILL)
-/// and removing these from children's bounding set (SETPCAP). Docker's names and the
-/// kernel's numbers.
-const HELPER_CAPS: [(&str, u32); 5] = [
-    ("DAC_READ_SEARCH", 2),
-    ("KILL", 5),
-    ("SETGID", 6),
-    ("SETUID", 7),
-    ("SETPCAP", 8),
-];
+/// The tmpfs holds one socket: room for it and little else, so not even root in the
+/// container can fill anything through it; only root may enter it.
+const RUN_DIR_OPTIONS: &str = "size=64k,nr_inodes=16,mode=0700,noexec,nosuid,nodev";
+/// What labssh-init needs for itself and takes away from everything else in the
+/// container: switching to the student's ids (SETUID, SETGID), signalling sessions of
+/// other users (KILL) and removing these from the bounding set at start (SETPCAP), so
+/// no process it starts can ever hold them. Docker hands them to PID 1 only because a
+/// container's bounding set is fixed at creation; the agent never uses Docker exec in
+/// such a container, which would hand them out again. Docker's names and the kernel's
+/// numbers.
+const HELPER_CAPS: [(&str, u32); 4] = [("KILL", 5), ("SETGID", 6), ("SETUID", 7), ("SETPCAP", 8)];
 
 /// Keepalive commands exit on TERM at once; a short timeout keeps stops quick when they
 /// do not.
@@ -46,8 +51,14 @@ const STOP_TIMEOUT_SECS: i64 = 2;
 /// Linux host names are at most 64 bytes; stay within the DNS label limit.
 const MAX_HOSTNAME_LEN: usize = 63;
 
-/// Container name: `{prefix}-{user}-{env}`.
+/// Container name: `{prefix}-{user}.{env}`. User names never contain a `.`, so the name
+/// tells user and environment apart (with `-`, "a-b" + "c" and "a" + "b-c" met).
 pub fn container_name(prefix: &str, user: &str, env: &str) -> String {
+    format!("{prefix}-{user}.{env}")
+}
+
+/// The name containers had before [`container_name`]; such containers keep working.
+pub fn legacy_container_name(prefix: &str, user: &str, env: &str) -> String {
     format!("{prefix}-{user}-{env}")
 }
 
@@ -75,6 +86,7 @@ pub fn container_labels(
         (LABEL_ENV, env),
         (LABEL_AGENT, agent),
         (LABEL_PREFIX, prefix),
+        (LABEL_GENERATION, GENERATION),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -115,8 +127,6 @@ pub struct ContainerPlan<'a> {
 pub struct HelperPlan<'a> {
     /// labssh-init on this host.
     pub init: &'a Path,
-    /// The directory on this host shared with the container.
-    pub dir: &'a Path,
     /// The image's ENTRYPOINT.
     pub image_entrypoint: Vec<String>,
     /// The image's CMD.
@@ -129,9 +139,10 @@ impl ContainerPlan<'_> {
     /// The Docker create request: the environment's limits, all capabilities dropped
     /// except the granted ones, no-new-privileges, and the home volume mounted. A
     /// helper container runs labssh-init as root with the helper's capabilities added
-    /// (it takes them from every child), the image's own command (or the environment's
-    /// keepalive command) as its child, and the shared directory and the binary
-    /// mounted. Any container gets the built-in SFTP server mounted, when there is one.
+    /// (it takes them from everything else at once), the image's own command (or the
+    /// environment's keepalive command) as its child, the binary mounted and a private
+    /// tmpfs for its socket. Any container gets the built-in SFTP server mounted, when
+    /// there is one.
     pub fn create_body(&self) -> ContainerCreateBody {
         let env = self.env;
         let positive = |v: i64| (v > 0).then_some(v);
@@ -146,6 +157,7 @@ impl ContainerPlan<'_> {
             mounts.push(bind(sftp, SFTP_SERVER_PATH, true));
         }
         let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
+        let mut tmpfs = None;
         let (entrypoint, cmd, user) = match &self.helper {
             None => {
                 labels.insert(LABEL_SPAWN.to_owned(), "exec".to_owned());
@@ -168,7 +180,10 @@ impl ContainerPlan<'_> {
                     }
                 }
                 mounts.push(bind(helper.init, INIT_PATH, true));
-                mounts.push(bind(helper.dir, RUN_DIR, false));
+                tmpfs = Some(HashMap::from([(
+                    RUN_DIR.to_owned(),
+                    RUN_DIR_OPTIONS.to_owned(),
+                )]));
                 let main = if env.keepalive_cmd.is_empty() {
                     [&helper.image_entrypoint[..], &helper.image_cmd[..]].concat()
                 } else {
@@ -177,7 +192,7 @@ impl ContainerPlan<'_> {
                 let entrypoint = [
                     INIT_PATH,
                     "--socket",
-                    &format!("{RUN_DIR}/{}", crate::backend::helper::SOCKET_NAME),
+                    crate::backend::helper::SOCKET_PATH,
                     "--user",
                     &helper.image_user,
                     "--drop-caps",
@@ -199,6 +214,7 @@ impl ContainerPlan<'_> {
             cap_add: (!cap_add.is_empty()).then_some(cap_add),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             mounts: Some(mounts),
+            tmpfs,
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
@@ -299,7 +315,6 @@ mod tests {
         };
         let helper = HelperPlan {
             init: Path::new("/run/labssh/labssh-init"),
-            dir: Path::new("/run/labssh/lab-bob-web"),
             image_entrypoint: vec!["/entry.sh".into()],
             image_cmd: vec!["httpd".into(), "-f".into()],
             image_user: "www".into(),
@@ -323,17 +338,18 @@ mod tests {
         assert_eq!(arg("--user"), "www");
         assert_eq!(arg("--socket"), "/.labssh/run/helper.sock");
         // SETUID was granted by the environment, so children keep it.
-        assert_eq!(arg("--drop-caps"), "2,5,6,8");
+        assert_eq!(arg("--drop-caps"), "5,6,8");
         assert_eq!(entrypoint.last().unwrap(), "--");
         assert_eq!(body.cmd.unwrap(), ["/entry.sh", "httpd", "-f"]);
         assert_eq!(body.user.as_deref(), Some("0:0"));
-        assert_eq!(body.labels.unwrap()[LABEL_SPAWN], "helper");
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_SPAWN], "helper");
+        assert_eq!(labels[LABEL_GENERATION], GENERATION);
         let hc = body.host_config.unwrap();
         let caps = hc.cap_add.unwrap();
         for cap in [
             "cap_setuid",
             "NET_BIND_SERVICE",
-            "DAC_READ_SEARCH",
             "KILL",
             "SETGID",
             "SETPCAP",
@@ -341,24 +357,41 @@ mod tests {
             assert!(caps.contains(&cap.to_owned()), "{cap} in {caps:?}");
         }
         assert!(!caps.contains(&"SETUID".to_owned()));
+        // What the shocker technique needs is never granted.
+        assert!(!caps.iter().any(|c| same_capability(c, "DAC_READ_SEARCH")));
         let mounts = hc.mounts.unwrap();
         let init = mounts
             .iter()
             .find(|m| m.target.as_deref() == Some(INIT_PATH))
             .unwrap();
         assert_eq!(init.read_only, Some(true));
-        let run = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(RUN_DIR))
-            .unwrap();
-        assert_eq!(run.source.as_deref(), Some("/run/labssh/lab-bob-web"));
-        assert_eq!(run.read_only, Some(false));
+        // The socket's directory is no host directory but a small private tmpfs.
+        assert!(!mounts.iter().any(|m| m.target.as_deref() == Some(RUN_DIR)));
+        let tmpfs = hc.tmpfs.unwrap();
+        assert!(tmpfs[RUN_DIR].contains("size=64k"), "{tmpfs:?}");
+        assert!(tmpfs[RUN_DIR].contains("mode=0700"), "{tmpfs:?}");
         let sftp = mounts
             .iter()
             .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
             .expect("sftp server mounted");
         assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
         assert_eq!(sftp.read_only, Some(true));
+    }
+
+    #[test]
+    fn container_names_tell_user_and_environment_apart() {
+        assert_ne!(
+            container_name("lab", "a-b", "c"),
+            container_name("lab", "a", "b-c")
+        );
+        assert_eq!(
+            container_name("lab", "alice", "default"),
+            "lab-alice.default"
+        );
+        assert_eq!(
+            legacy_container_name("lab", "alice", "default"),
+            "lab-alice-default"
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@ use bollard::Docker;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::container_spec::{LABEL_SPAWN, RUN_DIR};
-use super::routes::Route;
-use crate::backend::helper::HelperSocket;
+use super::container_spec::{GENERATION, LABEL_GENERATION, LABEL_SPAWN};
+use super::routes::{Owner, Route, SpawnPath};
+use crate::backend::helper::{HelperError, HelperSocket};
 
 /// How long a freshly started helper may take to accept connections. It binds its
 /// socket a few milliseconds after Docker starts it; this covers a node under load.
@@ -26,45 +26,109 @@ const PROBE_START: Duration = Duration::from_millis(1);
 const PROBE_MAX: Duration = Duration::from_millis(50);
 /// Log lines shown when the container stopped right after starting.
 const LOG_TAIL: &str = "5";
-/// A directory is made just before its container is created; only older ones without
-/// a container are left over from removed containers.
+/// Host directories older agents shared with containers are left over only by
+/// containers removed since; recent ones may still belong to another agent's create.
 const PRUNE_AFTER: Duration = Duration::from_secs(600);
 
-/// The route of an existing container, from its labels and mounts: a helper container
-/// has the shared directory mounted at [`RUN_DIR`].
-pub fn route_of(inspect: &ContainerInspectResponse, ready_by: Instant) -> Route {
-    let helper_label = inspect
+fn label<'a>(inspect: &'a ContainerInspectResponse, key: &str) -> Option<&'a str> {
+    inspect
         .config
-        .as_ref()
-        .and_then(|c| c.labels.as_ref())
-        .and_then(|l| l.get(LABEL_SPAWN))
-        .is_some_and(|v| v == "helper");
-    let shared_dir =
-        inspect.mounts.iter().flatten().find_map(|m| {
-            (m.destination.as_deref() == Some(RUN_DIR)).then_some(m.source.as_deref()?)
-        });
-    let helper = match (helper_label, shared_dir) {
-        (true, Some(dir)) => Some(HelperSocket::in_dir(std::path::Path::new(dir))),
-        _ => None,
-    };
-    Route { helper, ready_by }
+        .as_ref()?
+        .labels
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
-/// Waits until the container's helper accepts connections. Fails with what the
-/// container printed if it stopped instead (its command could not start, say); gives up
-/// quietly after [`START_TIMEOUT`], leaving the spawn to fall back to Docker exec.
-pub async fn wait_ready(docker: &Docker, id: &str, socket: &HelperSocket) -> Result<(), String> {
+/// How processes start in the container Docker describes.
+pub fn spawn_path_of(inspect: &ContainerInspectResponse) -> SpawnPath {
+    match label(inspect, LABEL_SPAWN) {
+        Some("helper") => SpawnPath::Helper,
+        _ => SpawnPath::Exec,
+    }
+}
+
+/// A helper container of an older layout: its socket directory was a host directory
+/// the container could write, and its labssh-init held CAP_DAC_READ_SEARCH. It must be
+/// recreated (home kept) before it serves again.
+pub fn is_outdated(inspect: &ContainerInspectResponse) -> bool {
+    spawn_path_of(inspect) == SpawnPath::Helper
+        && label(inspect, LABEL_GENERATION) != Some(GENERATION)
+}
+
+/// The host pid of a running container's first process.
+pub fn init_pid(inspect: &ContainerInspectResponse) -> Option<u32> {
+    let state = inspect.state.as_ref()?;
+    if state.running != Some(true) {
+        return None;
+    }
+    state
+        .pid
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|&p| p > 0)
+}
+
+/// The route of an existing container, from its labels and state. A helper container
+/// that is not running (or of an older layout) has no helper to reach: restoring it is
+/// the caller's business.
+pub fn route_of(
+    inspect: &ContainerInspectResponse,
+    ready_by: Instant,
+    owner: Option<Owner>,
+) -> Route {
+    let name = inspect
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_owned();
+    let path = spawn_path_of(inspect);
+    let helper = match (path, init_pid(inspect), inspect.id.as_deref()) {
+        (SpawnPath::Helper, Some(pid), Some(id)) if !is_outdated(inspect) => {
+            match HelperSocket::of_init(pid, id) {
+                Ok(socket) => Some(socket),
+                Err(why) => {
+                    tracing::debug!(container = %name, reason = %why, "cannot reach the container's init");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Route {
+        name,
+        path,
+        helper,
+        ready_by,
+        owner,
+    }
+}
+
+/// Waits until the container's own helper accepts connections: `Ok(true)`. Fails with
+/// what the container printed if it stopped instead (its command could not start,
+/// say); `Ok(false)` after [`START_TIMEOUT`], or at once if what listens is not the
+/// helper.
+pub async fn wait_ready(docker: &Docker, id: &str, socket: &HelperSocket) -> Result<bool, String> {
     let started = Instant::now();
     let mut next_check = started + STATE_CHECK_INTERVAL;
     let mut pause = PROBE_START;
     loop {
-        if socket.probe().await.is_ok() {
-            tracing::debug!(
-                container = id,
-                waited_ms = started.elapsed().as_millis() as u64,
-                "helper ready"
-            );
-            return Ok(());
+        match socket.probe().await {
+            Ok(true) => {
+                tracing::debug!(
+                    container = id,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "helper ready"
+                );
+                return Ok(true);
+            }
+            Ok(false) => {}
+            Err(HelperError::Tampered(why)) => {
+                tracing::warn!(container = id, reason = %why, "refused a socket that is not the container's labssh-init");
+                return Ok(false);
+            }
+            // The init has gone: the container stopped; say why below.
+            Err(_) => next_check = Instant::now(),
         }
         let now = Instant::now();
         if now >= started + START_TIMEOUT {
@@ -72,7 +136,7 @@ pub async fn wait_ready(docker: &Docker, id: &str, socket: &HelperSocket) -> Res
                 container = id,
                 "labssh-init did not open its socket in time"
             );
-            return Ok(());
+            return Ok(false);
         }
         if now >= next_check {
             next_check = now + STATE_CHECK_INTERVAL;
@@ -86,7 +150,7 @@ pub async fn wait_ready(docker: &Docker, id: &str, socket: &HelperSocket) -> Res
 }
 
 /// Why the container is not running, if it is not.
-async fn stopped(docker: &Docker, id: &str) -> Option<String> {
+pub async fn stopped(docker: &Docker, id: &str) -> Option<String> {
     let inspect = docker.inspect_container(id, None).await.ok()?;
     let state = inspect.state?;
     if state.running == Some(true) {
@@ -110,8 +174,8 @@ async fn stopped(docker: &Docker, id: &str) -> Option<String> {
     })
 }
 
-/// Removes the shared directories of this prefix's containers that no longer exist
-/// (removed by an operator or a test), leaving `live` ones and recent ones alone.
+/// Removes the host directories older agents shared with this prefix's containers once
+/// those containers no longer exist, leaving `live` ones and recent ones alone.
 pub async fn prune_dirs(docker: &Docker, helper_dir: &Path, prefix: &str, live: &HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(helper_dir) else {
         return;

@@ -1,10 +1,12 @@
 //! Which way processes start in each container: through its helper, or with Docker
-//! exec (containers created before the helper existed, environments with
-//! `spawn = "exec"`, and helpers that stopped answering).
+//! exec (containers created before the helper existed, and environments with
+//! `spawn = "exec"`). A container created with the helper never falls back to Docker
+//! exec: a helper that is gone is restored, never bypassed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use labssh_proto::pb;
 use tokio::time::Instant;
 
 use crate::backend::helper::HelperSocket;
@@ -29,22 +31,29 @@ impl SpawnPath {
 }
 
 /// What the agent knows about one container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// The container's helper socket; `None` for Docker exec.
+    /// The container's name.
+    pub name: String,
+    /// How processes start in it.
+    pub path: SpawnPath,
+    /// A helper container's helper, reached through its init; `None` when there is
+    /// nothing to reach (Docker exec, or a helper that must be restored first).
     pub helper: Option<HelperSocket>,
     /// Until when a missing socket means "still starting" rather than "no helper".
     pub ready_by: Instant,
+    /// Whose container it is and what it was made from, when an ensure told: what
+    /// recreating it takes, should restarting not bring its helper back.
+    pub owner: Option<Owner>,
 }
 
-impl Route {
-    /// The path this route takes.
-    pub fn path(&self) -> SpawnPath {
-        match self.helper {
-            Some(_) => SpawnPath::Helper,
-            None => SpawnPath::Exec,
-        }
-    }
+/// The student and environment a container was ensured for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    /// The student.
+    pub user: String,
+    /// The environment as the catalogue had it at that ensure.
+    pub env: Arc<pb::Environment>,
 }
 
 /// Routes by container id; filled by ensure and by lookups of unknown containers.
@@ -60,24 +69,14 @@ impl Routes {
         self.lock().get(id).cloned()
     }
 
-    /// Records a route, replacing what was known (the container was just created or
-    /// started, so an earlier fallback no longer applies).
+    /// Records a route, replacing what was known.
     pub fn set(&self, id: &str, route: Route) {
         self.lock().insert(id.to_owned(), route);
     }
 
-    /// Records a route unless one is known: a fallback decided earlier sticks while the
-    /// container keeps running.
-    pub fn set_if_unknown(&self, id: &str, route: Route) {
-        self.lock().entry(id.to_owned()).or_insert(route);
-    }
-
-    /// The container's helper does not answer: use Docker exec until it is started
-    /// again.
-    pub fn fall_back_to_exec(&self, id: &str) {
-        if let Some(route) = self.lock().get_mut(id) {
-            route.helper = None;
-        }
+    /// Forgets one container (it was removed).
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 
     /// Forgets containers that no longer exist.
