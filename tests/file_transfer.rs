@@ -60,7 +60,7 @@ async fn sftp_batch(lab: &Lab, cfg: &Path, login: &str, cwd: &Path, batch: &str)
 
 /// Command lines of the processes in `user`'s `env` container.
 fn processes(lab: &Lab, user: &str, env: &str) -> String {
-    let name = format!("{}-{user}-{env}", lab.cleanup.prefix);
+    let name = lab.container_name(user, env);
     labssh_testkit::docker::docker(&[
         "exec",
         &name,

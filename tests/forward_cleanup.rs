@@ -31,7 +31,7 @@ struct Counts {
 }
 
 fn container_conns(lab: &Lab, port: u16) -> usize {
-    let name = format!("{}-alice-default", lab.cleanup.prefix);
+    let name = lab.container_name("alice", "default");
     let tcp =
         labssh_testkit::docker::docker(&["exec", &name, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
             .unwrap_or_default();

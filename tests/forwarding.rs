@@ -29,7 +29,7 @@ fn background(lab: &Lab, login: &str, command: &str) -> Child {
 
 /// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp and tcp6).
 fn listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) -> bool {
-    let name = format!("{}-{user}-{env}", lab.cleanup.prefix);
+    let name = lab.container_name(user, env);
     let tcp =
         labssh_testkit::docker::docker(&["exec", &name, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
             .unwrap_or_default();
@@ -42,7 +42,7 @@ fn listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) -> bool {
 
 /// Waits until TCP `port` listens inside `user`'s `env` container.
 async fn wait_listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) {
-    let name = format!("{}-{user}-{env}", lab.cleanup.prefix);
+    let name = lab.container_name(user, env);
     let deadline = Instant::now() + STEP;
     loop {
         if listening_in_container(lab, user, env, port) {
@@ -322,7 +322,7 @@ async fn remote_forward_reaches_a_server_on_the_test_side_and_can_be_cancelled()
     // Listening is on the container's loopback only (sshd's GatewayPorts=no).
     let tcp = labssh_testkit::docker::docker(&[
         "exec",
-        &format!("{}-alice-default", lab.cleanup.prefix),
+        &lab.container_name("alice", "default"),
         "cat",
         "/proc/net/tcp",
     ])
@@ -444,7 +444,7 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
         "inspect",
         "-f",
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &format!("{}-bob-default", lab.cleanup.prefix),
+        &lab.container_name("bob", "default"),
     ])
     .unwrap()
     .trim()

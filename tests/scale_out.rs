@@ -56,13 +56,21 @@ impl Fleet {
     /// Which agent holds a user's container (by the container's label).
     fn agent_of(&self, user: &str) -> Option<String> {
         for prefix in &self.prefixes {
-            if let Ok(label) = docker(&[
-                "inspect",
-                "-f",
-                "{{index .Config.Labels \"labssh.agent\"}}",
-                &format!("{prefix}-{user}-default"),
-            ]) {
-                return Some(label.trim().to_string());
+            let label = docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=labssh.prefix={prefix}"),
+                "--filter",
+                &format!("label=labssh.user={user}"),
+                "--filter",
+                "label=labssh.env=default",
+                "--format",
+                "{{.Label \"labssh.agent\"}}",
+            ])
+            .unwrap_or_default();
+            if let Some(agent) = label.lines().next().filter(|l| !l.is_empty()) {
+                return Some(agent.to_string());
             }
         }
         None

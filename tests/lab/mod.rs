@@ -232,37 +232,33 @@ impl Lab {
         Auth::Password(BOB_PW.into())
     }
 
-    /// `docker inspect` of a user's container in this lab.
+    /// The id of a user's container in this lab, found by its labels (whatever the
+    /// agent names it).
     pub fn container_id(&self, user: &str, env: &str) -> Option<String> {
-        labssh_testkit::docker::docker(&[
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            &format!("{}-{user}-{env}", self.cleanup.prefix),
+        let id = labssh_testkit::docker::docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.cleanup.prefix),
+            "--filter",
+            &format!("label=labssh.user={user}"),
+            "--filter",
+            &format!("label=labssh.env={env}"),
         ])
-        .ok()
-        .map(|s| s.trim().to_string())
+        .ok()?;
+        let id = id.trim();
+        (!id.is_empty()).then(|| id.to_owned())
+    }
+
+    /// The name Docker knows (or will know) a user's container by.
+    pub fn container_name(&self, user: &str, env: &str) -> String {
+        labssh_agent::backend::docker::container_name(&self.cleanup.prefix, user, env)
     }
 
     pub async fn stop(mut self) {
         if let Some(cluster) = self.cluster.take() {
             cluster.shutdown().await.expect("clean shutdown");
-        }
-    }
-}
-
-impl Drop for Lab {
-    /// Removes the helper directories of this lab's containers (the containers go with
-    /// `cleanup`).
-    fn drop(&mut self) {
-        let helper_dir = labssh_agent::Config::default().helper_dir;
-        if let Ok(entries) = std::fs::read_dir(helper_dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with(&self.cleanup.prefix) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
         }
     }
 }
