@@ -21,6 +21,8 @@ struct Helper {
     name: &'static str,
     /// Workspace directory of the package.
     dir: &'static str,
+    /// Workspace directories of the crates of ours it uses.
+    uses: &'static [&'static str],
     /// Cargo profile (defined in the workspace's Cargo.toml).
     profile: &'static str,
     /// Set to skip the build.
@@ -35,6 +37,7 @@ const HELPERS: [Helper; 2] = [
     Helper {
         name: "labssh-init",
         dir: "init",
+        uses: &["helper-proto"],
         profile: "init",
         skip_var: "LABSSH_SKIP_INIT_BUILD",
         built_var: "LABSSH_INIT_BUILT",
@@ -43,6 +46,7 @@ const HELPERS: [Helper; 2] = [
     Helper {
         name: "labssh-sftp",
         dir: "sftp",
+        uses: &[],
         profile: "sftp",
         skip_var: "LABSSH_SKIP_SFTP_BUILD",
         built_var: "LABSSH_SFTP_BUILT",
@@ -60,14 +64,14 @@ fn main() {
 fn build(helper: &Helper) {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let package_dir = manifest_dir.join("..").join(helper.dir);
-    println!(
-        "cargo:rerun-if-changed={}",
-        package_dir.join("src").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        package_dir.join("Cargo.toml").display()
-    );
+    for dir in std::iter::once(helper.dir).chain(helper.uses.iter().copied()) {
+        let dir = manifest_dir.join("..").join(dir);
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
     println!("cargo:rerun-if-env-changed={}", helper.skip_var);
     if env::var_os(helper.skip_var).is_some() {
         return;

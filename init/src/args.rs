@@ -65,7 +65,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
                 return Ok(Parsed::Print(format!(
                     "labssh-init {} (protocol {})",
                     env!("CARGO_PKG_VERSION"),
-                    crate::wire::VERSION
+                    labssh_helper_proto::wire::VERSION
                 )))
             }
             "--" => {

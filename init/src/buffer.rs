@@ -5,7 +5,7 @@
 //! partial write is never shifted, except to reclaim the front when the end runs out
 //! of room and the front has more free space than there is content to move.
 
-use crate::wire;
+use labssh_helper_proto::wire;
 
 /// See the module documentation.
 #[derive(Default)]

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::sys;
-use crate::wire::{self, kind, Connect, Lookup};
+use labssh_helper_proto::wire::{self, kind, Connect, Lookup};
 
 /// How long one address gets to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +27,7 @@ pub fn start(conn: OwnedFd, request: Connect) {
 /// Answers a LOOKUP from a forked worker, like [`start`].
 pub fn lookup(conn: OwnedFd, request: Lookup) {
     in_worker(conn, |conn| {
-        match crate::resolve::lookup(&request.host, request.port) {
+        match labssh_helper_proto::resolve::lookup(&request.host, request.port) {
             Ok(addrs) => {
                 let mut frame = Vec::new();
                 wire::put_frame(&mut frame, kind::ADDRESSES, &wire::encode_addresses(&addrs));
@@ -63,7 +63,7 @@ pub fn send_fd(conn: &OwnedFd, kind: u8, fd: &impl AsRawFd) {
 
 fn open(request: &Connect) -> Result<TcpStream, String> {
     let target = format!("{}:{}", request.host, request.port);
-    let addrs = crate::resolve::lookup(&request.host, request.port)?;
+    let addrs = labssh_helper_proto::resolve::lookup(&request.host, request.port)?;
     // The first address's failure is reported: the most preferred one, and for
     // `localhost` the IPv4 one ("refused") rather than an IPv6 one a container
     // without IPv6 cannot even try.

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::connect;
 use crate::sys;
-use crate::wire::{kind, Listen};
+use labssh_helper_proto::wire::{kind, Listen};
 
 /// Pending connections the kernel holds for the agent.
 const BACKLOG: libc::c_int = 128;

@@ -7,7 +7,7 @@
 //! pipes), so starting a shell costs a fork and an exec instead of a `docker exec`, and
 //! opens TCP connections, resolves names and listens inside the container for port
 //! forwarding. Only peers outside the container's PID namespace (the agent) are
-//! served. See `wire.rs` for the protocol.
+//! served. See `labssh_helper_proto::wire` for the protocol.
 
 mod args;
 mod buffer;
@@ -15,12 +15,10 @@ mod child;
 mod connect;
 mod creds;
 mod listen;
-mod resolve;
 mod server;
 mod session;
 mod signals;
 mod sys;
-mod wire;
 
 fn main() {
     let opts = match args::parse(std::env::args_os().skip(1)) {

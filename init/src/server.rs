@@ -16,7 +16,7 @@ use crate::creds::Creds;
 use crate::session::{Session, Source};
 use crate::signals::{self, Signals};
 use crate::sys;
-use crate::wire::{self, Exit, Request};
+use labssh_helper_proto::wire::{self, Exit, Request};
 
 /// How long a new connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

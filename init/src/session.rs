@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::buffer::Buffer;
 use crate::child;
 use crate::sys;
-use crate::wire::{self, kind, Exit};
+use labssh_helper_proto::wire::{self, kind, Exit};
 
 /// Output waiting for the agent beyond which the process's output is not read.
 const OUT_HIGH: usize = 64 * 1024;

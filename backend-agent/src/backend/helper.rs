@@ -11,11 +11,9 @@
 //! listener is that init process (SO_PEERCRED). Anything else is [`HelperError::Tampered`]:
 //! refused, logged, and the container's helper restored by the caller.
 //!
-//! One connection per request; the protocol is `init/src/wire.rs`, compiled in here too.
+//! One connection per request; the protocol is `labssh_helper_proto::wire`.
 
 mod process;
-#[path = "../../../init/src/wire.rs"]
-mod wire;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +24,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+use labssh_helper_proto::wire;
 
 use super::netns;
 use super::{Process, RunAs, SpawnSpec};

@@ -27,9 +27,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 // Name lookup as labssh-init does it, so both paths resolve alike.
-#[path = "../../../init/src/resolve.rs"]
-#[allow(dead_code)]
-mod resolve;
+use labssh_helper_proto::resolve;
 
 /// How long one address gets to accept a connection (as in labssh-init).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

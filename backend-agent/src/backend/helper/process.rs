@@ -13,9 +13,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::wire::{self, kind};
 use crate::backend::{BackendError, ExitStatus, Output, Process, ProcessControl, Stdin, StdinSink};
 use crate::signal;
+use labssh_helper_proto::wire::{self, kind};
 
 /// Output chunks buffered between the reader task and the session; beyond this the
 /// socket is not read and the helper stops reading the process.

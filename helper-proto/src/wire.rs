@@ -1,7 +1,7 @@
 //! The protocol on the helper's unix socket, spoken by labssh-init and the agent.
 //!
-//! This one file is compiled into both (the agent includes it with `#[path]`), so the
-//! two sides cannot drift apart; it uses nothing but `std`.
+//! Both sides use this one module, so they cannot drift apart; it uses nothing but
+//! `std`.
 //!
 //! Every message is a frame: a big-endian `u32` length of what follows, a kind byte,
 //! then the payload. A connection carries exactly one request, the agent's first frame
@@ -30,9 +30,6 @@
 //! LISTEN) keep the version: a helper that predates one answers ERROR starting with
 //! [`UNEXPECTED_KIND`], which the agent recognises.
 
-// Each side uses a different half of this file.
-#![allow(dead_code)]
-
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// Protocol version in every request.
@@ -43,7 +40,7 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_FRAME: usize = 1 << 20;
 /// Stdin bytes in flight before the agent must wait for WINDOW.
 pub const STDIN_WINDOW: u32 = 256 * 1024;
-/// Name of the socket in the directory the agent shares with the container.
+/// Name of the socket in the helper's directory in the container.
 pub const SOCKET_NAME: &str = "helper.sock";
 /// How the ERROR answer to a request kind the helper does not know begins (every
 /// helper version has answered this way).

@@ -1,0 +1,9 @@
+//! What the labssh agent and labssh-init, the helper running as PID 1 in every
+//! container, share: the wire protocol on the helper's socket ([`wire`]) and name
+//! resolution as a container sees it ([`resolve`]), so the agent entering a container
+//! itself resolves exactly as the helper does.
+//!
+//! std only: labssh-init is a static binary that needs nothing from the image.
+
+pub mod resolve;
+pub mod wire;
