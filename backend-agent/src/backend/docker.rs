@@ -1,10 +1,10 @@
 //! Docker implementation of [`Backend`], through bollard.
 
+mod archive;
 mod container_spec;
 mod exec;
 mod helper_container;
 mod hijack;
-mod home_archive;
 mod passwd;
 mod restore;
 mod routes;
@@ -282,7 +282,13 @@ impl DockerBackend {
     /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
     /// image's /etc/passwd has no such user.
     async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
-        let archive = home_archive::directory(user, env.uid, env.gid, HOME_MODE);
+        let archive = match archive::directory(user, env.uid, env.gid, HOME_MODE) {
+            Ok(archive) => archive,
+            Err(e) => {
+                tracing::warn!(container, user, error = %e, "cannot set up home directory");
+                return;
+            }
+        };
         // Without copyUIDGID Docker keeps the archive's owner; with it, it would chown to
         // the container's user, which is root for a helper container.
         let options = UploadToContainerOptionsBuilder::new()
