@@ -229,3 +229,36 @@ async fn a_socket_of_the_students_own_making_gets_not_a_byte() {
     );
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_root_student_cannot_fill_the_host_through_the_helpers_directory() {
+    if !helper_path() {
+        return;
+    }
+    let lab = Lab::start(LabOptions::default()).await;
+    // Before, /.labssh/run was a directory of the host's /run (a tmpfs the host needs).
+    let out = as_root(
+        &lab,
+        "dd if=/dev/zero of=/.labssh/run/fill bs=1M count=16 2>&1; echo rc=$?; \
+         ls -l /.labssh/run/fill | awk '{print \"size=\" $5}'; rm -f /.labssh/run/fill; \
+         i=0; while [ $i -lt 100 ] && touch /.labssh/run/f$i 2>/dev/null; do i=$((i+1)); done; \
+         echo files=$i; rm -f /.labssh/run/f*",
+    )
+    .await;
+    assert!(out.contains("No space left on device"), "{out}");
+    let size: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("size="))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(size <= 64 * 1024, "{out}");
+    let files: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("files="))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(files < 16, "{out}");
+    // The helper still serves.
+    assert_eq!(as_root(&lab, "echo fine").await, "fine\n");
+    lab.stop().await;
+}
