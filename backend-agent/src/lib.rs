@@ -66,6 +66,7 @@ pub async fn run_with_backend(
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
+    config.tls.warn_if_off("agent");
     let _firewall = config.firewall.then(|| {
         let mut ports = vec![local.port()];
         if let Some(port) = url_port(&config.controller) {
@@ -144,7 +145,11 @@ pub async fn run_with_backend(
         .max_frame_size(Some(64 << 10))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .add_service(AgentServer::new(service::AgentService::new(shared)))
+        // Every call's role is checked here, before any method sees it.
+        .add_service(labssh_proto::roles::Guard::new(
+            AgentServer::new(service::AgentService::new(shared)),
+            config.tls.enabled(),
+        ))
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
     tokio::pin!(serve);
