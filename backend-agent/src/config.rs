@@ -33,6 +33,8 @@ const DEFAULT_INVENTORY_REFRESH_SECS: u64 = 10;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Unique, stable name of this agent (usually the node name); labels its containers.
+    /// With mTLS the controller accepts it only from a certificate issued for this name
+    /// (`labssh certs --role agent --name NAME`).
     pub name: String,
     /// Address the binary binds the Agent gRPC service to.
     pub listen: String,
