@@ -85,7 +85,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/host_key"
 
 # --- labssh: controller, agent, proxy ---------------------------------------------
-tls() {  # role
+tls() {  # ROLE-NAME, as `labssh certs` names the files
   [ "$MTLS" = 1 ] || return 0
   printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
     "$WORK/certs/ca.pem" "$WORK/certs/$1.pem" "$WORK/certs/$1.key"
@@ -93,6 +93,7 @@ tls() {  # role
 scheme=http
 if [ "$MTLS" = 1 ]; then
   "$BIN/labssh" certs --dir "$WORK/certs" >/dev/null
+  "$BIN/labssh" certs --dir "$WORK/certs" --role agent --name xfer >/dev/null
   scheme=https
 fi
 cat > "$WORK/controller.toml" <<TOML
@@ -111,7 +112,7 @@ uid = 1000
 gid = 1000
 memory_mb = 0
 cpus = 0.0
-$(tls controller)
+$(tls controller-local)
 TOML
 cat > "$WORK/agent.toml" <<TOML
 name = "xfer"
@@ -120,7 +121,7 @@ advertise = "$scheme://127.0.0.1:$P_AGENT"
 controller = "$scheme://127.0.0.1:$P_CONTROLLER"
 container_prefix = "$PREFIX"
 firewall = false
-$(tls agent)
+$(tls agent-xfer)
 TOML
 "$BIN/labssh" user add student --key "$WORK/id.pub" --users "$WORK/users.toml" >/dev/null
 cat > "$WORK/proxy.toml" <<TOML
@@ -130,7 +131,7 @@ users_file = "$WORK/users.toml"
 cache_key_file = "$WORK/cache.key"
 controller = "$scheme://127.0.0.1:$P_CONTROLLER"
 session_start_timeout_secs = 300
-$(tls proxy)
+$(tls proxy-local)
 TOML
 say "starting labssh (controller, agent, proxy; mTLS=$MTLS)"
 start controller "$P_CONTROLLER" "$BIN/labssh" controller --config "$WORK/controller.toml"

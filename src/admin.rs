@@ -1,10 +1,11 @@
 //! Operator commands against a running controller: `labssh agent drain`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use labssh_proto::pb;
-use labssh_proto::tls::CONTROLLER_NAME;
+use labssh_proto::roles::Role;
+use labssh_proto::tls::{TlsFiles, CONTROLLER_NAME};
 use tonic::transport::Endpoint;
 
 #[derive(clap::Subcommand)]
@@ -22,9 +23,55 @@ pub struct DrainArgs {
     /// Controller gRPC endpoint (https:// when the cluster uses mTLS).
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     controller: String,
-    /// Directory from `labssh certs`, for mTLS (its proxy certificate is used).
+    /// Directory from `labssh certs`, for mTLS: an admin certificate in it is
+    /// used (`labssh certs --role admin --name NAME` issues one).
     #[arg(long)]
     tls_dir: Option<PathBuf>,
+    /// Which admin certificate in --tls-dir: admin-NAME.pem (default: the
+    /// only one there).
+    #[arg(long, requires = "tls_dir")]
+    tls_name: Option<String>,
+}
+
+/// The admin certificate to present from `dir`.
+fn admin_files(dir: &Path, name: Option<&str>) -> anyhow::Result<TlsFiles> {
+    if let Some(name) = name {
+        let files = labssh::certs::files(dir, Role::Admin, name);
+        if !files.cert.is_file() {
+            bail!(
+                "--tls-name {name}: {} does not exist; issue it with `labssh certs --dir {} --role admin --name {name}`",
+                files.cert.display(),
+                dir.display()
+            );
+        }
+        return Ok(files);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("--tls-dir {}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            Some(
+                file.strip_prefix("admin-")?
+                    .strip_suffix(".pem")?
+                    .to_string(),
+            )
+        })
+        .collect();
+    names.sort();
+    match names.as_slice() {
+        [one] => Ok(labssh::certs::files(dir, Role::Admin, one)),
+        [] => bail!(
+            "--tls-dir {}: no admin certificate there; issue one with `labssh certs --dir {} --role admin --name NAME`",
+            dir.display(),
+            dir.display()
+        ),
+        several => bail!(
+            "--tls-dir {} has several admin certificates ({}); choose one with --tls-name",
+            dir.display(),
+            several.join(", ")
+        ),
+    }
 }
 
 pub async fn run(action: AgentAction) -> anyhow::Result<()> {
@@ -35,7 +82,7 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
     let mut endpoint = Endpoint::from_shared(args.controller.clone())
         .with_context(|| format!("--controller {:?}", args.controller))?;
     if let Some(dir) = &args.tls_dir {
-        endpoint = labssh::certs::files(dir, "proxy")
+        endpoint = admin_files(dir, args.tls_name.as_deref())?
             .secure(endpoint, CONTROLLER_NAME)
             .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
     }

@@ -23,7 +23,9 @@ pub struct ClusterConfig {
     /// Proxy configuration.
     pub proxy: labssh_proxy::Config,
     /// When set, mTLS between the roles with certificates from this
-    /// directory (created by [`crate::certs::ensure`] if missing).
+    /// directory (issued by [`crate::certs::issue`] if missing): the
+    /// controller's, proxy's and admin's named `local`, each agent's named
+    /// after it.
     pub tls_dir: Option<std::path::PathBuf>,
 }
 
@@ -40,7 +42,7 @@ pub struct Cluster {
     shutdown: watch::Sender<bool>,
     /// Role tasks with their names.
     tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
-    /// Certificate used for admin calls to the controller (the proxy's).
+    /// Certificate used for admin calls to the controller (an admin's).
     admin_tls: labssh_proto::tls::TlsFiles,
 }
 
@@ -69,16 +71,18 @@ impl Cluster {
         let mut tasks = Vec::new();
 
         let mut config = config;
+        let mut admin_tls = labssh_proto::tls::TlsFiles::default();
         if let Some(dir) = &config.tls_dir {
-            crate::certs::ensure(dir, &[])?;
-            config.controller.tls = crate::certs::files(dir, "controller");
+            use crate::certs::{issue, DEFAULT_NAME};
+            use labssh_proto::roles::Role;
+            config.controller.tls = issue(dir, Role::Controller, DEFAULT_NAME, &[])?.files;
             for agent in &mut config.agents {
-                agent.tls = crate::certs::files(dir, "agent");
+                agent.tls = issue(dir, Role::Agent, &agent.name, &[])?.files;
             }
-            config.proxy.tls = crate::certs::files(dir, "proxy");
+            config.proxy.tls = issue(dir, Role::Proxy, DEFAULT_NAME, &[])?.files;
+            admin_tls = issue(dir, Role::Admin, DEFAULT_NAME, &[])?.files;
         }
         let scheme = config.proxy.tls.scheme();
-        let admin_tls = config.proxy.tls.clone();
 
         let controller_listener = loopback().await?;
         let controller_addr = controller_listener.local_addr()?;
@@ -162,8 +166,8 @@ impl Cluster {
         }
     }
 
-    /// A controller client for admin calls (mTLS with the proxy's
-    /// certificate when the cluster uses TLS).
+    /// A controller client for admin calls (mTLS with an admin certificate
+    /// when the cluster uses TLS).
     pub fn controller_client(
         &self,
     ) -> anyhow::Result<pb::controller_client::ControllerClient<tonic::transport::Channel>> {

@@ -1,12 +1,14 @@
 //! mTLS between proxy, controller and agents: the whole path works with
 //! certificates from `labssh certs`, and a client without a certificate from
-//! the cluster CA cannot talk to an agent or the controller.
+//! the cluster CA cannot talk to an agent or the controller. (What each role
+//! may call is tested in `tests/escape/roles.rs`.)
 
 mod lab;
 
 use lab::{Lab, LabOptions};
 use labssh_proto::pb;
-use labssh_proto::tls::{TlsFiles, AGENT_NAME, CONTROLLER_NAME};
+use labssh_proto::roles::{server_name, Role};
+use labssh_proto::tls::{TlsFiles, CONTROLLER_NAME};
 use labssh_testkit::ssh::{stderr, stdout};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -64,25 +66,24 @@ async fn roles_require_certificates_from_the_cluster_ca() {
 
     let cluster = lab.cluster.as_ref().unwrap();
     let certs = lab.dir.path().join("certs");
-    let files = |role: &str| TlsFiles {
-        ca: certs.join("ca.pem"),
-        cert: certs.join(format!("{role}.pem")),
-        key: certs.join(format!("{role}.key")),
-    };
+    let files = |role: Role| labssh::certs::files(&certs, role, "local");
     let controller = format!("https://{}", cluster.controller_addr);
     let agent = format!("https://{}", cluster.agent_addrs[0]);
+    let agent_name = server_name(Role::Agent, "agent0");
+    let agent_name = agent_name.as_str();
 
-    // With the proxy's certificate: accepted.
-    let proxy_tls = files("proxy");
+    // With the right roles' certificates (an admin lists agents, a proxy
+    // ensures a container): accepted.
     assert_eq!(
         controller_call(
             controller.clone(),
-            Some(proxy_tls.client(CONTROLLER_NAME).unwrap())
+            Some(files(Role::Admin).client(CONTROLLER_NAME).unwrap())
         )
         .await,
         Ok(1)
     );
-    agent_call(agent.clone(), Some(proxy_tls.client(AGENT_NAME).unwrap()))
+    let proxy_tls = files(Role::Proxy);
+    agent_call(agent.clone(), Some(proxy_tls.client(agent_name).unwrap()))
         .await
         .unwrap();
 
@@ -98,7 +99,7 @@ async fn roles_require_certificates_from_the_cluster_ca() {
             .await
             .is_err()
     );
-    assert!(agent_call(agent.clone(), Some(anonymous(AGENT_NAME)))
+    assert!(agent_call(agent.clone(), Some(anonymous(agent_name)))
         .await
         .is_err());
 
@@ -109,11 +110,10 @@ async fn roles_require_certificates_from_the_cluster_ca() {
 
     // A certificate from another CA: refused.
     let other = tempfile::tempdir().unwrap();
-    labssh::certs::ensure(other.path(), &[]).unwrap();
+    labssh::certs::ensure(other.path(), "local", &[]).unwrap();
     let foreign = TlsFiles {
         ca: certs.join("ca.pem"),
-        cert: other.path().join("proxy.pem"),
-        key: other.path().join("proxy.key"),
+        ..labssh::certs::files(other.path(), Role::Admin, "local")
     };
     let err = controller_call(
         controller.clone(),
@@ -123,7 +123,7 @@ async fn roles_require_certificates_from_the_cluster_ca() {
     .unwrap_err();
     assert!(!err.is_empty());
     assert!(
-        agent_call(agent.clone(), Some(foreign.client(AGENT_NAME).unwrap()))
+        agent_call(agent.clone(), Some(foreign.client(agent_name).unwrap()))
             .await
             .is_err()
     );
@@ -138,36 +138,125 @@ async fn roles_require_certificates_from_the_cluster_ca() {
     lab.stop().await;
 }
 
+fn labssh_certs(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
 #[test]
 fn certs_command_is_idempotent_and_names_every_role() {
     let dir = tempfile::tempdir().unwrap();
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
-            .args(["certs", "--dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
-    let first = run();
+    let d = dir.path().to_str().unwrap();
+    let first = labssh_certs(&["--dir", d]);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-    let second = run();
+    let ca_key = std::fs::read(dir.path().join("ca.key")).unwrap();
+    assert_eq!(mode(&dir.path().join("ca.key")), 0o600, "ca.key is private");
+    let second = labssh_certs(&["--dir", d]);
     assert!(second.status.success());
     assert_eq!(
         std::fs::read(dir.path().join("ca.pem")).unwrap(),
         ca,
         "CA kept"
     );
-    for role in ["controller", "agent", "proxy"] {
-        assert!(String::from_utf8_lossy(&first.stdout).contains(role));
-        let key = dir.path().join(format!("{role}.key"));
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&key).unwrap().permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600, "{role}.key is private");
+    assert_eq!(std::fs::read(dir.path().join("ca.key")).unwrap(), ca_key);
+    for role in Role::ALL {
+        assert!(String::from_utf8_lossy(&first.stdout).contains(role.as_str()));
+        let files = labssh::certs::files(dir.path(), role, "local");
+        assert_eq!(mode(&files.key), 0o600, "{role} key is private");
     }
+    assert!(String::from_utf8_lossy(&second.stdout).contains("kept"));
+}
+
+/// One more certificate for a named node and role, from the same CA, naming
+/// its role and node in a way servers read.
+#[test]
+fn certs_command_issues_one_certificate_per_node_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = labssh_certs(&[
+        "--dir", d, "--role", "agent", "--name", "node7", "--san", "10.0.0.7",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node7.agent.labssh"), "{text}");
+    let files = labssh::certs::files(dir.path(), Role::Agent, "node7");
+    assert_eq!(mode(&files.key), 0o600);
+    let pem = std::fs::read_to_string(&files.cert).unwrap();
+    let der = pem_body(&pem);
+    assert_eq!(
+        labssh_proto::roles::Peer::from_certificate(&der).unwrap(),
+        labssh_proto::roles::Peer {
+            role: Role::Agent,
+            name: "node7".into()
+        }
+    );
+    // Only that one: no other role was issued.
+    assert!(!labssh::certs::files(dir.path(), Role::Proxy, "local")
+        .cert
+        .exists());
+
+    // Bad input gets a clear error and writes nothing.
+    for (args, needle) in [
+        (vec!["--role", "root", "--name", "x"], "not a role"),
+        (vec!["--role", "agent"], "--name"),
+        (vec!["--role", "agent", "--name", "a..b"], "--name"),
+        (
+            vec!["--role", "agent", "--name", "Node7"],
+            "differs only in case",
+        ),
+        (
+            vec![
+                "--role",
+                "agent",
+                "--name",
+                "node8",
+                "--san",
+                "node1.agent.labssh",
+            ],
+            "reserved",
+        ),
+        (
+            vec![
+                "--role",
+                "agent",
+                "--name",
+                "node8",
+                "--san",
+                "labssh-controller",
+            ],
+            "reserved",
+        ),
+    ] {
+        let mut all = vec!["--dir", d];
+        all.extend(args.iter().copied());
+        let out = labssh_certs(&all);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(!labssh::certs::files(dir.path(), Role::Agent, "node8")
+        .cert
+        .exists());
+}
+
+/// The DER inside a one-certificate PEM.
+fn pem_body(pem: &str) -> Vec<u8> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+    pem.contents
 }

@@ -33,6 +33,8 @@ const DEFAULT_INVENTORY_REFRESH_SECS: u64 = 10;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Unique, stable name of this agent (usually the node name); labels its containers.
+    /// With mTLS the controller accepts it only from a certificate issued for this name
+    /// (`labssh certs --role agent --name NAME`).
     pub name: String,
     /// Address the binary binds the Agent gRPC service to.
     pub listen: String,
@@ -69,14 +71,21 @@ pub struct Config {
     /// verified against it. Empty means plain HTTP/2.
     pub tls: labssh_proto::tls::TlsFiles,
     /// Reject connections from containers (arriving on `container_bridge`)
-    /// to this agent's port, the controller's port and `firewall_ports`,
-    /// with iptables rules installed at start and removed at shutdown.
+    /// to this agent's port, the controller's port and `firewall_ports` on
+    /// this host, and all traffic to `cluster_networks` and the controller's
+    /// address, with iptables and ip6tables rules installed at start and
+    /// removed at shutdown.
     pub firewall: bool,
     /// The host interface containers' traffic arrives on.
     pub container_bridge: String,
     /// More host ports containers must not reach (e.g. Redis, the proxies'
     /// metrics), besides the agent's and the controller's.
     pub firewall_ports: Vec<u16>,
+    /// Cluster addresses and CIDR blocks (other nodes, the controller, Redis,
+    /// the proxies) containers may not reach at all, on this host or routed
+    /// beyond it, IPv4 and IPv6; the controller's address (from `controller`)
+    /// is added by itself. Needs `firewall`.
+    pub cluster_networks: Vec<String>,
     /// Addresses and CIDR blocks port forwarding never reaches, whatever an
     /// environment allows (e.g. the cluster's service network). This host's own
     /// addresses, container networks and link-local addresses are always refused.
@@ -103,6 +112,7 @@ impl Default for Config {
             firewall: true,
             container_bridge: "docker0".to_owned(),
             firewall_ports: Vec::new(),
+            cluster_networks: Vec::new(),
             forward_deny: Vec::new(),
         }
     }
@@ -255,6 +265,11 @@ impl Config {
         if self.inventory_refresh_secs == 0 {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
         }
+        for entry in &self.cluster_networks {
+            if let Err(e) = labssh_proto::net::parse_net(entry) {
+                problems.push(format!("cluster_networks: {e}"));
+            }
+        }
         for entry in &self.forward_deny {
             if let Err(e) = labssh_proto::net::parse_net(entry) {
                 problems.push(format!("forward_deny: {e}"));
@@ -340,9 +355,11 @@ mod tests {
             init_binary = "/usr/local/lib/labssh/labssh-init"
             sftp_binary = "/usr/local/lib/labssh/labssh-sftp"
             helper_dir = "/run/lab"
+            cluster_networks = ["10.0.0.0/24", "fd00:1::/64", "192.0.2.7"]
             "#,
         )
         .unwrap();
+        assert_eq!(c.cluster_networks.len(), 3);
         assert_eq!(c.name, "node-7");
         assert_eq!(c.capacity, 30);
         assert_eq!(c.docker_socket_path(), "/run/docker.sock");
@@ -371,6 +388,7 @@ mod tests {
             init_binary = "labssh-init"
             sftp_binary = "labssh-sftp"
             helper_dir = "run"
+            cluster_networks = ["10.0.0.0/33"]
             "#,
         )
         .unwrap_err()
@@ -383,6 +401,7 @@ mod tests {
             "init_binary:",
             "sftp_binary:",
             "helper_dir:",
+            "cluster_networks:",
         ] {
             assert!(e.contains(key), "{key} missing from {e}");
         }

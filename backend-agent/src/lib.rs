@@ -66,16 +66,17 @@ pub async fn run_with_backend(
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
-    let _firewall = config.firewall.then(|| {
-        let mut ports = vec![local.port()];
-        if let Some(port) = url_port(&config.controller) {
-            ports.push(port);
-        }
-        ports.extend(&config.firewall_ports);
-        ports.sort_unstable();
-        ports.dedup();
-        firewall::Firewall::protect(&config.name, &config.container_bridge, &ports)
-    });
+    config.tls.warn_if_off("agent");
+    let firewall = if config.firewall {
+        let plan = firewall_plan(&config, local).await;
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || firewall::Firewall::protect(plan))
+                .await
+                .context("installing the container firewall")?,
+        ))
+    } else {
+        None
+    };
     let endpoint = if config.advertise.is_empty() {
         if local.ip().is_unspecified() {
             tracing::warn!(%local, "listening on a wildcard address; set `advertise` so proxies can reach this agent");
@@ -112,6 +113,9 @@ pub async fn run_with_backend(
         backend: backend.clone(),
     };
     tasks.spawn(link.run(stop.clone()));
+    if let Some(firewall) = &firewall {
+        tasks.spawn(repair_firewall(firewall.clone(), stop.clone()));
+    }
 
     let shared = Arc::new(service::Shared {
         name: config.name.clone(),
@@ -144,7 +148,11 @@ pub async fn run_with_backend(
         .max_frame_size(Some(64 << 10))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .add_service(AgentServer::new(service::AgentService::new(shared)))
+        // Every call's role is checked here, before any method sees it.
+        .add_service(labssh_proto::roles::Guard::new(
+            AgentServer::new(service::AgentService::new(shared)),
+            config.tls.enabled(),
+        ))
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
     tokio::pin!(serve);
@@ -164,14 +172,101 @@ pub async fn run_with_backend(
     {
         tracing::warn!("some sessions did not finish hanging up");
     }
+    if let Some(firewall) = firewall {
+        tokio::task::spawn_blocking(move || firewall.remove())
+            .await
+            .context("removing the container firewall")?;
+    }
     served.context("gRPC server failed")?;
     tracing::info!("agent stopped");
     Ok(())
 }
 
-/// The port of an `http(s)://host:port` URL.
-fn url_port(url: &str) -> Option<u16> {
+/// What the container firewall refuses: this agent's port, the controller's
+/// and `firewall_ports` on this host; `cluster_networks` and the controller's
+/// addresses everywhere.
+async fn firewall_plan(config: &Config, local: std::net::SocketAddr) -> firewall::Plan {
+    let mut ports = vec![local.port()];
+    ports.extend(&config.firewall_ports);
+    let mut networks: Vec<labssh_proto::net::IpNet> = config
+        .cluster_networks
+        .iter()
+        .filter_map(|n| labssh_proto::net::parse_net(n).ok())
+        .collect();
+    if let Some((host, port)) = url_host_port(&config.controller) {
+        ports.extend(port);
+        match tokio::net::lookup_host((host.as_str(), port.unwrap_or(0))).await {
+            Ok(addrs) => networks.extend(
+                addrs
+                    .map(|a| a.ip().to_canonical())
+                    // Containers cannot reach this host's loopback at all.
+                    .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+                    .map(labssh_proto::net::IpNet::from),
+            ),
+            Err(e) => tracing::warn!(
+                controller = %config.controller,
+                "cannot resolve the controller's address to firewall it from containers: {e}"
+            ),
+        }
+    }
+    firewall::Plan::new(
+        &config.name,
+        local,
+        &config.container_bridge,
+        &ports,
+        &networks,
+    )
+}
+
+/// How often the firewall rules are checked for having been flushed.
+const FIREWALL_REPAIR_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Puts back firewall rules that vanished (a firewall reload, an operator's flush).
+async fn repair_firewall(firewall: Arc<firewall::Firewall>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(FIREWALL_REPAIR_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                let firewall = firewall.clone();
+                let _ = tokio::task::spawn_blocking(move || firewall.repair()).await;
+            }
+        }
+    }
+}
+
+/// The host and port of an `http(s)://host[:port]/...` URL; IPv6 hosts
+/// without their brackets.
+fn url_host_port(url: &str) -> Option<(String, Option<u16>)> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
-    authority.rsplit_once(':')?.1.parse().ok()
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_string(), port.parse().ok())),
+        None => Some((authority.to_string(), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_host_port;
+
+    #[test]
+    fn controller_urls() {
+        let hp = |u: &str| url_host_port(u).unwrap();
+        assert_eq!(hp("http://10.0.0.2:7000"), ("10.0.0.2".into(), Some(7000)));
+        assert_eq!(
+            hp("https://[fd00::2]:7000/"),
+            ("fd00::2".into(), Some(7000))
+        );
+        assert_eq!(hp("https://ctl.lab/x"), ("ctl.lab".into(), None));
+        assert!(url_host_port("nonsense").is_none());
+    }
 }

@@ -43,6 +43,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    config.tls.warn_if_off("controller");
     let addr = listener
         .local_addr()
         .context("controller listener has no local address")?;
@@ -84,7 +85,11 @@ pub async fn run(
     let served = server
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_service(ControllerServer::new(service))
+        // Every call's role is checked here, before any method sees it.
+        .add_service(labssh_proto::roles::Guard::new(
+            ControllerServer::new(service),
+            config.tls.enabled(),
+        ))
         .serve_with_incoming_shutdown(incoming, signal)
         .await;
     stop.cancel();

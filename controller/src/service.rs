@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use labssh_proto::pb;
+use labssh_proto::roles::Peer;
 use pb::agent_message::Msg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -40,6 +41,9 @@ pub struct ControllerService {
     heartbeat_interval_ms: u32,
     /// Cancelled at shutdown; ends every agent stream so the server can drain.
     shutdown: CancellationToken,
+    /// mTLS is on: every caller has a [`Peer`] from its certificate, and an
+    /// agent may register only under the name in it.
+    mtls: bool,
 }
 
 impl ControllerService {
@@ -50,6 +54,7 @@ impl ControllerService {
             catalogue: Arc::new(Catalogue::new(config)),
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             shutdown,
+            mtls: config.tls.enabled(),
         }
     }
 
@@ -72,6 +77,7 @@ impl pb::controller_server::Controller for ControllerService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let peer = request.remote_addr();
+        let certified = request.extensions().get::<Peer>().cloned();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -92,6 +98,10 @@ impl pb::controller_server::Controller for ControllerService {
             }
         };
         check_agent_name(&register.name)?;
+        if self.mtls {
+            check_certified_name(certified.as_ref(), &register.name)
+                .inspect_err(|e| warn!(?peer, "refused a registration: {}", e.message()))?;
+        }
         let endpoint = advertised_endpoint(&register.endpoint, peer)
             .map_err(|why| Status::invalid_argument(format!("register.endpoint: {why}")))?;
 
@@ -277,6 +287,22 @@ fn place_error_outcome(e: &PlaceError) -> &'static str {
     }
 }
 
+/// An agent's certificate names its node: it may register as that node only,
+/// so a compromised node cannot take over another's placements.
+fn check_certified_name(certified: Option<&Peer>, name: &str) -> Result<(), Status> {
+    match certified {
+        Some(peer) if peer.name == name => Ok(()),
+        Some(peer) => Err(Status::permission_denied(format!(
+            "this {} certificate is for the node {:?}; it may register only as {:?}, not as {name:?}",
+            peer.role, peer.name, peer.name
+        ))),
+        // The role guard hands every allowed call its peer; none means it did not run.
+        None => Err(Status::permission_denied(
+            "register requires an agent certificate naming the node",
+        )),
+    }
+}
+
 fn check_agent_name(name: &str) -> Result<(), Status> {
     if name.is_empty() {
         return Err(Status::invalid_argument("register.name must not be empty"));
@@ -354,6 +380,19 @@ mod tests {
         assert!(advertised_endpoint("", None).is_err());
         assert!(advertised_endpoint("10.0.0.7:7001", None).is_err());
         assert!(advertised_endpoint("ftp://x:1", None).is_err());
+    }
+
+    #[test]
+    fn certified_names() {
+        let peer = |name: &str| Peer {
+            role: labssh_proto::roles::Role::Agent,
+            name: name.into(),
+        };
+        assert!(check_certified_name(Some(&peer("node1")), "node1").is_ok());
+        let refused = check_certified_name(Some(&peer("node1")), "node2").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("node1") && refused.message().contains("node2"));
+        assert!(check_certified_name(None, "node1").is_err());
     }
 
     #[test]

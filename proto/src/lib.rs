@@ -11,4 +11,5 @@ pub mod pb {
 
 pub mod forwarding;
 pub mod net;
+pub mod roles;
 pub mod tls;

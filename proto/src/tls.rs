@@ -1,11 +1,13 @@
 //! Mutual TLS between proxy, controller and agents.
 //!
-//! Every role holds a certificate signed by the cluster's own CA
+//! Every node holds a certificate per role signed by the cluster's own CA
 //! (`labssh certs` makes them). Servers require a client certificate from
 //! that CA, so a student's container that reaches an agent or controller
-//! port still cannot say anything to it. Clients verify servers by a fixed
-//! name ([`CONTROLLER_NAME`], [`AGENT_NAME`]) rather than by address, so the
-//! same certificate serves whatever address a node has.
+//! port still cannot say anything to it, and [`crate::roles`] decides what
+//! each certificate's role may call. Clients verify servers by name
+//! ([`CONTROLLER_NAME`], [`crate::roles::server_name`] for agents) rather
+//! than by address, so the same certificate serves whatever address a node
+//! has.
 
 use std::path::{Path, PathBuf};
 
@@ -18,10 +20,6 @@ pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Name in the controller's certificate that clients verify.
 pub const CONTROLLER_NAME: &str = "labssh-controller";
-/// Name in every agent's certificate that clients verify.
-pub const AGENT_NAME: &str = "labssh-agent";
-/// Name in the proxies' certificates.
-pub const PROXY_NAME: &str = "labssh-proxy";
 
 /// PEM files of one role. All three empty means TLS is off (plain
 /// HTTP/2, for a single box or tests); all three set means mTLS.
@@ -83,6 +81,18 @@ impl TlsFiles {
             }
         }
         problems
+    }
+
+    /// Logs, once at a role's start, that without mTLS anyone who reaches
+    /// its ports may call every RPC.
+    pub fn warn_if_off(&self, role: &str) {
+        if !self.enabled() {
+            tracing::warn!(
+                role,
+                "mTLS is off: there are no roles, and anything that reaches the gRPC ports may call \
+                 every RPC; set [tls] (labssh certs) outside a single trusted box"
+            );
+        }
     }
 
     /// `http` or `https`, for building endpoint URLs.

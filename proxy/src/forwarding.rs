@@ -92,7 +92,7 @@ impl ForwardContext {
             .place(&self.login.user, &env)
             .await
             .map_err(|e| e.to_string())?;
-        let agent = upstream.agent(&placement.endpoint)?;
+        let agent = upstream.agent(&placement)?;
         Ok((placement, agent))
     }
 

@@ -16,7 +16,7 @@ pub mod rate_limit;
 mod redis_link;
 mod server;
 mod session_channel;
-mod upstream;
+pub mod upstream;
 pub mod users;
 
 pub use config::{Config, ConfigError};

@@ -392,7 +392,7 @@ async fn open(
             container_started = Empty
         );
         let starting = Instant::now();
-        let mut agent = upstream.agent(&placement.endpoint)?;
+        let mut agent = upstream.agent(&placement)?;
         start.environment = placement.environment.clone();
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let _ = tx

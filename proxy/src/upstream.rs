@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use labssh_proto::pb;
-use labssh_proto::tls::{TlsFiles, AGENT_NAME, CONTROLLER_NAME};
+use labssh_proto::roles::{self, Role};
+use labssh_proto::tls::{TlsFiles, CONTROLLER_NAME};
 use pb::agent_client::AgentClient;
 use pb::controller_client::ControllerClient;
 use tonic::transport::{Channel, Endpoint};
@@ -61,8 +62,8 @@ pub struct Upstream {
     controller: ControllerClient<Channel>,
     /// Timeout for controller calls.
     controller_timeout: Duration,
-    /// Agent clients by endpoint.
-    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    /// Agent clients by (endpoint, agent name): the name is what TLS verifies.
+    agents: Mutex<HashMap<(String, String), AgentClient<Channel>>>,
     /// Cached placements by (user, requested environment).
     placements: Mutex<HashMap<(String, String), (Instant, Placement)>>,
     /// How long a placement stays cached.
@@ -94,6 +95,7 @@ impl Upstream {
         controller_timeout: Duration,
         placement_ttl: Duration,
     ) -> anyhow::Result<Upstream> {
+        tls.warn_if_off("proxy");
         let channel = endpoint(controller_uri, &tls, CONTROLLER_NAME)
             .map_err(|e| anyhow::anyhow!("controller: {controller_uri:?}: {e}"))?
             .connect_lazy();
@@ -167,17 +169,22 @@ impl Upstream {
             .remove(&(user.to_string(), environment.to_string()));
     }
 
-    /// The client for an agent endpoint (shared HTTP/2 connection).
-    pub fn agent(&self, uri: &str) -> Result<AgentClient<Channel>, String> {
+    /// The client for the agent `placement` names (shared HTTP/2
+    /// connection). With mTLS the server must hold that agent's own
+    /// certificate (`NAME.agent.labssh`), so another node's cannot pose as it.
+    pub fn agent(&self, placement: &Placement) -> Result<AgentClient<Channel>, String> {
+        let key = (placement.endpoint.clone(), placement.agent.clone());
         let mut agents = self.agents.lock().expect("lock");
-        if let Some(c) = agents.get(uri) {
+        if let Some(c) = agents.get(&key) {
             return Ok(c.clone());
         }
-        let channel = endpoint(uri, &self.tls, AGENT_NAME)
+        let uri = &placement.endpoint;
+        let server_name = roles::server_name(Role::Agent, &placement.agent);
+        let channel = endpoint(uri, &self.tls, &server_name)
             .map_err(|e| format!("bad agent endpoint {uri:?}: {e}"))?
             .connect_lazy();
         let client = AgentClient::new(channel);
-        agents.insert(uri.to_string(), client.clone());
+        agents.insert(key, client.clone());
         Ok(client)
     }
 }
