@@ -122,6 +122,7 @@ impl Connection {
             method,
             user,
             cache = Empty,
+            delay_ms = Empty,
             authenticator_seconds = Empty,
             result = Empty
         )
@@ -202,14 +203,17 @@ impl Connection {
     ) -> Auth {
         let started = Instant::now();
         let limiter = &self.shared.limiter;
-        let user_failures = match limiter.check(self.ip, &login.user).await {
-            Verdict::Allowed { user_failures } => user_failures,
+        let (delay, failures) = match limiter.check(self.ip, &login.user).await {
+            Verdict::Allowed { delay, failures } => (delay, failures),
+            // Not counted: knocking while blocked must not prolong the block.
             Verdict::Blocked(why) => {
-                // Still counted, so a scanner that keeps going stays blocked.
-                limiter.failure(self.ip, &login.user).await;
-                return self.reject(&login, method, &format!("blocked before checking: {why}"));
+                return self.reject(&login, method, &format!("blocked before checking: {why}"))
             }
         };
+        if !delay.is_zero() {
+            tracing::Span::current().record("delay_ms", delay.as_millis() as u64);
+            tokio::time::sleep(delay).await;
+        }
         let users = self.shared.users.current();
         let Some(hash) = users.get(&login.user).and_then(|u| u.password_hash.clone()) else {
             limiter.failure(self.ip, &login.user).await;
@@ -219,8 +223,8 @@ impl Connection {
         telemetry::auth_cache_lookup(lookup.as_str());
         tracing::Span::current().record("cache", lookup.as_str());
         if lookup == Lookup::Hit {
-            if user_failures > 0 {
-                limiter.success(&login.user).await;
+            if failures {
+                limiter.success(self.ip, &login.user).await;
             }
             return self.accept(login, method, lookup.as_str(), started);
         }
@@ -234,8 +238,8 @@ impl Connection {
             limiter.failure(self.ip, &login.user).await;
             return self.reject(&login, method, "wrong password");
         }
-        if user_failures > 0 {
-            limiter.success(&login.user).await;
+        if failures {
+            limiter.success(self.ip, &login.user).await;
         }
         self.shared.cache.store(&login.user, password, &hash).await;
         self.accept(login, method, lookup.as_str(), started)

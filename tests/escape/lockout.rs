@@ -1,1 +1,188 @@
-//! See main.rs; this module's tests are added with its fix.
+//! Nobody can lock another student out (finding 3): wrong passwords are refused per
+//! user *and* source address, only slow the user down elsewhere, and attempts while
+//! refused never prolong the refusal; key logins never feel any of it.
+//!
+//! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
+//! loopback, so each is a distinct client address to the proxy's limits.
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use labssh_proxy::rate_limit::RateLimitConfig;
+use labssh_testkit::ssh::{stderr, stdout, Auth};
+
+use crate::lab::{Lab, LabOptions};
+
+/// More wrong passwords than the default limit of 10 per user and address.
+const WRONG_TRIES: usize = 12;
+/// `ssh -b from user@lab 'echo in'`.
+async fn login(lab: &Lab, user: &str, auth: &Auth, from: &str) -> Output {
+    labssh_testkit::ssh::output(
+        lab.ssh
+            .command_with(user, auth, &["-b", from], &["echo in"]),
+    )
+    .await
+    .expect("ssh")
+}
+
+fn logged_in(out: &Output) -> bool {
+    stdout(out) == "in\n"
+}
+
+/// `n` wrong passwords for `user` from `from`, all at once; each must be refused.
+async fn wrong_passwords(lab: &Lab, user: &str, from: &str, n: usize) {
+    let wrong = Auth::Password("not-the-password".into());
+    let tries = (0..n).map(|_| login(lab, user, &wrong, from));
+    for out in futures::future::join_all(tries).await {
+        assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    }
+}
+
+fn limits(per_address: u32, per_user: u32, window_secs: u64, exempt: &[&str]) -> RateLimitConfig {
+    RateLimitConfig {
+        max_failures_per_address: per_address,
+        max_failures_per_user: per_user,
+        window_secs,
+        exempt_addresses: exempt.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// (a) Wrong passwords for bob from one address block that address for bob, never
+/// bob himself from where he is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_passwords_from_elsewhere_do_not_lock_bob_out() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        rate_limit: Some(RateLimitConfig::default()),
+        ..Default::default()
+    })
+    .await;
+    wrong_passwords(&lab, "bob", "127.0.0.2", WRONG_TRIES).await;
+
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.3").await;
+    assert!(
+        logged_in(&out),
+        "bob's own password from his own address after {WRONG_TRIES} wrong ones from \
+         another: {}",
+        stderr(&out)
+    );
+    // The pair (bob, attacker's address) is what is refused, right password or not.
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.2").await;
+    assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
+    lab.stop().await;
+}
+
+/// (b) A NAT a whole class shares is exempt: the attacker may sit behind it too, so
+/// failures from it only slow bob's attempts there, and his right password works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_passwords_behind_an_exempt_nat_do_not_lock_bob_out_there() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        rate_limit: Some(limits(100, 10, 300, &["127.0.0.4/32"])),
+        ..Default::default()
+    })
+    .await;
+    wrong_passwords(&lab, "bob", "127.0.0.4", WRONG_TRIES).await;
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.4").await;
+    assert!(
+        logged_in(&out),
+        "bob's password from the exempt NAT after {WRONG_TRIES} wrong ones from it: {}",
+        stderr(&out)
+    );
+    lab.stop().await;
+}
+
+/// (c) Attempts while blocked are not counted and do not re-arm the window: the
+/// block ends `window_secs` after the first failure however often the attacker
+/// knocks. With Redis and with the per-replica fallback.
+async fn knocking_while_blocked_does_not_extend_the_block(redis: bool) {
+    const WINDOW: Duration = Duration::from_secs(4);
+    // The attacker stops knocking this long before the window ends, and bob tries
+    // this long after it: before the fix the last knock re-armed the window to
+    // `WINDOW` after itself, well past bob's attempt.
+    const KNOCK_UNTIL: Duration = Duration::from_millis(3_500);
+    const BOB_AT: Duration = Duration::from_millis(4_500);
+    let lab = Lab::start(LabOptions {
+        redis,
+        rate_limit: Some(limits(3, 3, WINDOW.as_secs(), &[])),
+        ..Default::default()
+    })
+    .await;
+    let first_failure = Instant::now();
+    wrong_passwords(&lab, "bob", "127.0.0.2", 3).await;
+    // Blocked now, even for the right password, from that address.
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.2").await;
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "blocked after 3 failures: {}",
+        stdout(&out)
+    );
+    let mut knocks = 0;
+    while first_failure.elapsed() < KNOCK_UNTIL {
+        wrong_passwords(&lab, "bob", "127.0.0.2", 1).await;
+        knocks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(knocks > 0, "the attacker never knocked while blocked");
+    tokio::time::sleep(BOB_AT.saturating_sub(first_failure.elapsed())).await;
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.2").await;
+    assert!(
+        logged_in(&out),
+        "bob's password {:?} after the first failure ({knocks} knocks while blocked, \
+         window {WINDOW:?}): {}",
+        first_failure.elapsed(),
+        stderr(&out)
+    );
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn knocking_while_blocked_does_not_extend_the_block_in_redis() {
+    knocking_while_blocked_does_not_extend_the_block(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn knocking_while_blocked_does_not_extend_the_block_without_redis() {
+    knocking_while_blocked_does_not_extend_the_block(false).await;
+}
+
+/// (d) Key logins never consult the limiter: bob's key works from an address where
+/// his password is blocked, while his password is under attack from everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_login_works_while_the_password_is_under_attack() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        rate_limit: Some(limits(5, 3, 300, &[])),
+        ..Default::default()
+    })
+    .await;
+    let (key, public) = lab.ssh.keygen("bob_key").unwrap();
+    labssh_proxy::users::add_user(&lab.users_file, "bob", None, Some(&public)).unwrap();
+    let attack = async {
+        for from in ["127.0.0.2", "127.0.0.3"] {
+            wrong_passwords(&lab, "bob", from, WRONG_TRIES).await;
+        }
+    };
+    let keys = async {
+        let mut ins = 0;
+        for from in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
+            let out = login(&lab, "bob", &Auth::Key(key.clone()), from).await;
+            assert!(
+                logged_in(&out),
+                "bob's key from {from} during the attack: {}",
+                stderr(&out)
+            );
+            ins += 1;
+        }
+        ins
+    };
+    let ((), ins) = tokio::join!(attack, keys);
+    assert_eq!(ins, 3);
+    // After it too, from the address whose password attempts are blocked.
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.2").await;
+    assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
+    let out = login(&lab, "bob", &Auth::Key(key), "127.0.0.2").await;
+    assert!(logged_in(&out), "bob's key after: {}", stderr(&out));
+    lab.stop().await;
+}
