@@ -215,29 +215,42 @@ impl Connection {
             tokio::time::sleep(delay).await;
         }
         let users = self.shared.users.current();
-        let Some(hash) = users.get(&login.user).and_then(|u| u.password_hash.clone()) else {
-            limiter.failure(self.ip, &login.user).await;
-            return self.reject(&login, method, "no such user or no password set");
+        let stored = users.get(&login.user).and_then(|u| u.password_hash.clone());
+        // An unknown user, or one without a password, takes the same steps as a
+        // wrong password (cache lookup, one argon2 verification) against a dummy
+        // hash, so the time taken does not tell which accounts exist.
+        let checked = stored
+            .clone()
+            .or_else(|| crate::users::dummy_hash().map(str::to_owned));
+        let lookup = match &checked {
+            Some(hash) => self.shared.cache.lookup(&login.user, password, hash).await,
+            None => Lookup::Miss,
         };
-        let lookup = self.shared.cache.lookup(&login.user, password, &hash).await;
         telemetry::auth_cache_lookup(lookup.as_str());
         tracing::Span::current().record("cache", lookup.as_str());
-        if lookup == Lookup::Hit {
+        if let (Lookup::Hit, Some(_)) = (lookup, &stored) {
             if failures {
                 limiter.success(self.ip, &login.user).await;
             }
             return self.accept(login, method, lookup.as_str(), started);
         }
-        let (pw, h) = (password.to_string(), hash.clone());
+        let (pw, h) = (password.to_string(), stored.clone());
         let verifying = Instant::now();
-        let ok = tokio::task::spawn_blocking(move || crate::users::verify_password(&pw, &h))
-            .await
-            .unwrap_or(false);
+        let ok =
+            tokio::task::spawn_blocking(move || crate::users::password_matches(h.as_deref(), &pw))
+                .await
+                .unwrap_or(false);
         tracing::Span::current().record("authenticator_seconds", verifying.elapsed().as_secs_f64());
-        if !ok {
+        let known = stored.is_some();
+        let Some(hash) = stored.filter(|_| ok) else {
             limiter.failure(self.ip, &login.user).await;
-            return self.reject(&login, method, "wrong password");
-        }
+            let why = if known {
+                "wrong password"
+            } else {
+                "no such user or no password set"
+            };
+            return self.reject(&login, method, why);
+        };
         if failures {
             limiter.success(self.ip, &login.user).await;
         }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -223,6 +223,46 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     }
 }
 
+/// A hash of a random password nobody knows, made once (on first use) with
+/// the same parameters as [`hash_password`]: what a password for an unknown
+/// user is checked against, so that costs what a wrong password costs.
+pub fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let secret: [u8; 32] = rand::random();
+            hash_password(&hex::encode(secret))
+                .map_err(|e| tracing::error!("no dummy hash for unknown users: {e}"))
+                .ok()
+        })
+        .as_deref()
+}
+
+/// Whether `password` matches the stored `hash`. Without one (an unknown
+/// user, or one without a password) the answer is no, after the same argon2
+/// verification against [`dummy_hash`]. Slow on purpose: call it from a
+/// blocking thread.
+pub fn password_matches(hash: Option<&str>, password: &str) -> bool {
+    matches_with(hash, password, verify_password)
+}
+
+fn matches_with(
+    hash: Option<&str>,
+    password: &str,
+    verify: impl FnOnce(&str, &str) -> bool,
+) -> bool {
+    match hash {
+        Some(hash) => verify(password, hash),
+        None => {
+            if let Some(dummy) = dummy_hash() {
+                // The work is the point; its answer is not.
+                std::hint::black_box(verify(password, dummy));
+            }
+            false
+        }
+    }
+}
+
 /// Adds or updates a user: a new password hash and/or an extra authorized
 /// key. Used by `labssh user add`.
 pub fn add_user(
@@ -299,6 +339,43 @@ mod tests {
         let users = Users::open(&path).unwrap();
         std::fs::write(&path, "[users.alice\nbroken").unwrap();
         assert!(users.current().contains_key("alice"));
+    }
+
+    #[test]
+    fn an_unknown_user_costs_one_verification_against_a_dummy_hash() {
+        let verified = std::cell::RefCell::new(Vec::new());
+        let counting = |password: &str, hash: &str| {
+            verified
+                .borrow_mut()
+                .push((password.to_owned(), hash.to_owned()));
+            verify_password(password, hash)
+        };
+        assert!(!matches_with(None, "guess", counting));
+        let calls = verified.borrow().clone();
+        assert_eq!(calls.len(), 1, "one verification for an unknown user");
+        assert_eq!(
+            calls[0],
+            ("guess".to_owned(), dummy_hash().unwrap().to_owned())
+        );
+
+        let real = hash_password("right").unwrap();
+        assert!(matches_with(Some(&real), "right", counting));
+        assert!(!matches_with(Some(&real), "wrong", counting));
+        assert_eq!(verified.borrow().len(), 3, "one each for a known user");
+        assert!(!password_matches(None, "right"));
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_parameters_of_real_ones() {
+        let real = hash_password("x").unwrap();
+        let (real, dummy) = (
+            PasswordHash::new(&real).unwrap(),
+            PasswordHash::new(dummy_hash().unwrap()).unwrap(),
+        );
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy_hash(), dummy_hash(), "made once");
     }
 
     #[test]
