@@ -1,10 +1,12 @@
 //! Nobody can lock another student out (finding 3): wrong passwords are refused per
 //! user *and* source address, only slow the user down elsewhere, and attempts while
-//! refused never prolong the refusal; key logins never feel any of it.
+//! refused never prolong the refusal; key logins never feel any of it. Also the
+//! proxy's share of finding 6: `users.toml` stays 0600.
 //!
 //! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
 //! loopback, so each is a distinct client address to the proxy's limits.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -185,4 +187,45 @@ async fn key_login_works_while_the_password_is_under_attack() {
     let out = login(&lab, "bob", &Auth::Key(key), "127.0.0.2").await;
     assert!(logged_in(&out), "bob's key after: {}", stderr(&out));
     lab.stop().await;
+}
+
+/// `labssh user add` keeps the users file 0600 (it holds password hashes), and
+/// makes a new one 0600.
+#[test]
+fn user_add_keeps_the_users_file_private() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    let add = |name: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
+            .args(["user", "add", name, "--password-stdin", "--users"])
+            .arg(&users)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("labssh");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"pw-of-someone\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mode = || std::fs::metadata(&users).unwrap().permissions().mode() & 0o7777;
+    add("alice");
+    assert_eq!(mode(), 0o600, "a new users file: {:o}", mode());
+    add("bob");
+    assert_eq!(mode(), 0o600, "after a second user add: {:o}", mode());
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(
+        text.contains("[users.alice]") && text.contains("[users.bob]"),
+        "{text}"
+    );
 }
