@@ -3,6 +3,7 @@
 //! ([`crate::session_channel`]) which owns that channel's whole life.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use crate::login_name::LoginName;
 use crate::rate_limit::Verdict;
 use crate::server::Shared;
 use crate::session_channel::{self, ChannelContext};
+use crate::set_env::EnvRequests;
 
 /// Most clients try a handful of keys; more than this per connection is
 /// someone scanning.
@@ -45,6 +47,9 @@ pub(crate) struct Connection {
     login: Option<LoginName>,
     /// Session channels opened so far.
     channels: usize,
+    /// The `env` requests of each open session channel (at most
+    /// [`MAX_SESSION_CHANNELS`]); an entry goes when its channel closes.
+    env: HashMap<ChannelId, EnvRequests>,
     /// The connection's trace (`ssh`, see [`connection_span`]); every phase
     /// span is its child. Lives as long as the connection.
     span: tracing::Span,
@@ -94,6 +99,7 @@ impl Connection {
             id,
             login: None,
             channels: 0,
+            env: HashMap::new(),
             span,
             accepted: Instant::now(),
             accept_phase,
@@ -377,6 +383,7 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         self.channels += 1;
+        self.env.insert(channel.id(), EnvRequests::default());
         reply.accept().await;
         let ctx = ChannelContext {
             shared: self.shared.clone(),
@@ -411,15 +418,37 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: ChannelId,
         name: &str,
-        _value: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The channel task applies the same allow-list to what it forwards.
-        if self.shared.config.env_allowed(name) {
-            session.channel_success(channel)?;
-        } else {
+        // The channel task applies the same rule to what it forwards.
+        let Some(requests) = self.env.get_mut(&channel) else {
             session.channel_failure(channel)?;
+            return Ok(());
+        };
+        match requests.offer(&self.shared.config, name, value) {
+            Ok(()) => session.channel_success(channel)?,
+            Err(refusal) => {
+                if requests.first_to_log(refusal) {
+                    tracing::warn!(
+                        conn = self.id,
+                        peer = %self.peer,
+                        ?channel,
+                        "env request refused ({refusal}); later ones on this channel are refused without a log line"
+                    );
+                }
+                session.channel_failure(channel)?;
+            }
         }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.env.remove(&channel);
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::login_name::LoginName;
 use crate::server::Shared;
+use crate::set_env::EnvRequests;
 use crate::upstream::{PlaceError, Placement};
 
 /// Exit status for failures of the gateway itself, as ssh uses for its own.
@@ -63,6 +64,8 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let mut req = StartRequest::default();
+    // The handler answered each env request by the same rule.
+    let mut env_requests = EnvRequests::default();
     let mut subsystem = String::new();
     let command = loop {
         match read.wait().await {
@@ -87,7 +90,10 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
                 variable_value,
                 ..
             }) => {
-                if ctx.shared.config.env_allowed(&variable_name) {
+                if env_requests
+                    .offer(&ctx.shared.config, &variable_name, &variable_value)
+                    .is_ok()
+                {
                     req.env.insert(variable_name, variable_value);
                 }
             }

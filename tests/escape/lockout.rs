@@ -1,7 +1,8 @@
 //! Nobody can lock another student out (finding 3): wrong passwords are refused per
 //! user *and* source address, only slow the user down elsewhere, and attempts while
 //! refused never prolong the refusal; key logins never feel any of it. Also the
-//! proxy's share of finding 6: `users.toml` stays 0600.
+//! proxy's share of finding 4 (bounded `SetEnv`) and of finding 6 (`users.toml`
+//! stays 0600).
 //!
 //! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
 //! loopback, so each is a distinct client address to the proxy's limits.
@@ -186,6 +187,39 @@ async fn key_login_works_while_the_password_is_under_attack() {
     assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
     let out = login(&lab, "bob", &Auth::Key(key), "127.0.0.2").await;
     assert!(logged_in(&out), "bob's key after: {}", stderr(&out));
+    lab.stop().await;
+}
+
+/// `SetEnv` is bounded: 64 variables per channel, names up to 256 bytes and values
+/// up to 16 KiB; the rest are refused and the session is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn set_env_is_bounded() {
+    let lab = Lab::start(LabOptions::default()).await;
+    let big = format!("LC_LABSSH_BIG={}", "v".repeat(16 * 1024 + 1));
+    let long_name = format!("LC_LABSSH_{}=x", "N".repeat(256));
+    // The oversized ones first: they are refused for their size, not the count.
+    let mut entries = vec![big, long_name];
+    entries.extend((0..200).map(|i| format!("LC_LABSSH_{i}=x")));
+    let set_env = format!("SetEnv={}", entries.join(" "));
+    let out = labssh_testkit::ssh::output(lab.ssh.command_with(
+        "bob",
+        &Lab::bob(),
+        &["-o", &set_env],
+        &["env | grep ^LC_LABSSH_ | cut -d= -f1 | sort"],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    let mut want: Vec<String> = (0..64).map(|i| format!("LC_LABSSH_{i}")).collect();
+    want.sort();
+    assert_eq!(
+        got.len(),
+        64,
+        "variables applied: {got:?}\nstderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(got, want);
     lab.stop().await;
 }
 
