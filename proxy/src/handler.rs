@@ -28,8 +28,8 @@ use crate::set_env::EnvRequests;
 /// Most clients try a handful of keys; more than this per connection is
 /// someone scanning.
 const MAX_SESSION_CHANNELS: usize = 64;
-/// Forwarded connections (`ssh -L`, `-D`) open at once on one SSH connection; a
-/// browser behind `ssh -D` opens a few dozen.
+/// Forwarded connections (`ssh -L`, `-D`, and those accepted for `ssh -R`) open
+/// at once on one SSH connection; a browser behind `ssh -D` opens a few dozen.
 const MAX_FORWARDS: usize = 256;
 
 /// One SSH connection.
@@ -189,6 +189,7 @@ impl Connection {
             handle: session.handle(),
             span: self.span.clone(),
             budget: self.forward_budget.clone(),
+            slots: self.forward_slots.clone(),
         })
     }
 

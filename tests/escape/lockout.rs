@@ -1,23 +1,31 @@
 //! Nobody can lock another student out (finding 3): wrong passwords are refused per
 //! user *and* source address, only slow the user down elsewhere, and attempts while
 //! refused never prolong the refusal; key logins never feel any of it. Also the
-//! proxy's share of finding 4 (bounded `SetEnv`) and of finding 6 (`users.toml`
-//! stays 0600).
+//! proxy's share of finding 4 (bounded `SetEnv`, a bound on every wait for the
+//! client) and of finding 6 (`users.toml` stays 0600).
 //!
 //! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
 //! loopback, so each is a distinct client address to the proxy's limits.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use labssh_proxy::rate_limit::RateLimitConfig;
+use labssh_telemetry::metrics::render;
 use labssh_testkit::ssh::{stderr, stdout, Auth};
+use labssh_testkit::telemetry::prometheus::Exposition;
+use russh::client;
+use tokio::io::AsyncReadExt;
 
 use crate::lab::{Lab, LabOptions};
 
 /// More wrong passwords than the default limit of 10 per user and address.
 const WRONG_TRIES: usize = 12;
+/// How long a test waits for something the proxy must do within its own bound
+/// (30 s for a client's channel confirmation): generous, for a loaded machine.
+const BOUND: Duration = Duration::from_secs(75);
 /// `ssh -b from user@lab 'echo in'`.
 async fn login(lab: &Lab, user: &str, auth: &Auth, from: &str) -> Output {
     labssh_testkit::ssh::output(
@@ -220,6 +228,122 @@ async fn set_env_is_bounded() {
         stderr(&out)
     );
     assert_eq!(got, want);
+    lab.stop().await;
+}
+
+/// A `forwarded-tcpip` channel the client was offered and never answered.
+type Unanswered = (russh::Channel<client::Msg>, client::ChannelOpenHandle);
+
+/// A russh client that asks for `tcpip-forward` and then never answers the
+/// `forwarded-tcpip` channels the proxy opens to it.
+#[derive(Default, Clone)]
+struct Silent {
+    /// The unanswered opens, kept so they are never rejected by being dropped.
+    pending: Arc<Mutex<Vec<Unanswered>>>,
+}
+
+impl client::Handler for Silent {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.pending.lock().unwrap().push((channel, reply));
+        Ok(())
+    }
+}
+
+fn errors(kind: &str) -> f64 {
+    Exposition::parse(&render()).unwrap().sum(
+        "labssh_errors_total",
+        &[("component", "proxy"), ("kind", kind)],
+    )
+}
+
+/// The proxy waits a bounded time for the client to confirm a `forwarded-tcpip`
+/// channel: then the connection accepted in the container is closed and counted, and
+/// the client's connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unconfirmed_remote_forward_is_closed_within_the_bound() {
+    const CONNECTIONS: usize = 8;
+    let lab = Lab::start(LabOptions::default()).await;
+    let addr = lab.cluster.as_ref().unwrap().ssh_addr;
+    let silent = Silent::default();
+    let mut handle = client::connect(Arc::new(client::Config::default()), addr, silent.clone())
+        .await
+        .unwrap();
+    let auth = handle
+        .authenticate_password("bob", crate::lab::BOB_PW)
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let port = handle.tcpip_forward("127.0.0.1", 0).await.unwrap();
+    assert_ne!(port, 0);
+    let timeouts_before = errors("forward_open_timeout");
+
+    // Connections to the listener from inside bob's own container (his own `ssh -L`).
+    let started = Instant::now();
+    let mut inside = Vec::new();
+    for i in 0..CONNECTIONS {
+        let channel = handle
+            .channel_open_direct_tcpip("127.0.0.1", port, "127.0.0.1", 40_000 + i as u32)
+            .await
+            .unwrap();
+        inside.push(channel.into_stream());
+    }
+    for (i, mut stream) in inside.into_iter().enumerate() {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(BOUND.saturating_sub(started.elapsed()), async {
+            stream.read(&mut buf).await
+        })
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "connection {i} inside the container not closed {:?} after the forward \
+             was announced: {read:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        silent.pending.lock().unwrap().len() >= CONNECTIONS,
+        "the proxy announced every connection"
+    );
+    // Each waiting task ended by counting its timeout: none is left behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors("forward_open_timeout") - timeouts_before < CONNECTIONS as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "timeouts counted: {}",
+            errors("forward_open_timeout") - timeouts_before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client's connection is still served.
+    let mut session = handle.channel_open_session().await.unwrap();
+    session.exec(true, "echo still-in").await.unwrap();
+    let mut out = Vec::new();
+    while let Some(msg) = session.wait().await {
+        match msg {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "still-in\n");
     lab.stop().await;
 }
 
