@@ -65,6 +65,9 @@ pub(crate) struct Connection {
     remote: Arc<RemoteForwards>,
     /// Client-to-container bytes the forwards may hold in the proxy.
     forward_budget: Arc<tokio::sync::Semaphore>,
+    /// Set once a login succeeds; the connection's task disconnects a client
+    /// that has not logged in within the login grace.
+    logged_in: tokio::sync::watch::Sender<bool>,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
 }
@@ -83,7 +86,12 @@ pub(crate) fn connection_span(socket_peer: SocketAddr) -> tracing::Span {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, client: Option<SocketAddr>, id: u64) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        client: Option<SocketAddr>,
+        id: u64,
+        logged_in: tokio::sync::watch::Sender<bool>,
+    ) -> Self {
         let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let ip = client.map(|c| c.ip());
         tracing::debug!(conn = id, %peer, "connection accepted");
@@ -108,6 +116,7 @@ impl Connection {
             forward_budget: Arc::new(tokio::sync::Semaphore::new(
                 forwarding::CONNECTION_BUDGET_KIB,
             )),
+            logged_in,
             _open: telemetry::connection_opened(),
         }
     }
@@ -169,6 +178,7 @@ impl Connection {
             "authenticated"
         );
         self.login = Some(login);
+        self.logged_in.send_replace(true);
         Auth::Accept
     }
 

@@ -1,8 +1,9 @@
-//! Nobody can lock another student out (finding 3): wrong passwords are refused per
-//! user *and* source address, only slow the user down elsewhere, and attempts while
-//! refused never prolong the refusal; key logins never feel any of it. Also the
-//! proxy's share of finding 4 (bounded `SetEnv`, a bound on every wait for the
-//! client) and of finding 6 (`users.toml` stays 0600).
+//! The proxy's authentication and limits. Nobody can lock another student out
+//! (finding 3): wrong passwords are refused per user *and* source address, only slow
+//! the user down elsewhere, and attempts while refused never prolong the refusal; key
+//! logins never feel any of it. And the proxy's share of finding 4 (bounded `SetEnv`,
+//! a bound on every wait for the client, a login grace time) and of finding 6
+//! (`users.toml` stays 0600).
 //!
 //! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
 //! loopback, so each is a distinct client address to the proxy's limits.
@@ -26,6 +27,7 @@ const WRONG_TRIES: usize = 12;
 /// How long a test waits for something the proxy must do within its own bound
 /// (30 s for a client's channel confirmation): generous, for a loaded machine.
 const BOUND: Duration = Duration::from_secs(75);
+
 /// `ssh -b from user@lab 'echo in'`.
 async fn login(lab: &Lab, user: &str, auth: &Auth, from: &str) -> Output {
     labssh_testkit::ssh::output(
@@ -344,6 +346,40 @@ async fn an_unconfirmed_remote_forward_is_closed_within_the_bound() {
         }
     }
     assert_eq!(String::from_utf8_lossy(&out), "still-in\n");
+    lab.stop().await;
+}
+
+/// A client that connects and never authenticates is disconnected after
+/// `login_grace_secs`, so idle connections cannot hold the replica's slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_never_authenticates_is_disconnected() {
+    let lab = Lab::start(LabOptions {
+        proxy: Some(|c| c.login_grace_secs = 5),
+        ..Default::default()
+    })
+    .await;
+    let addr = lab.cluster.as_ref().unwrap().ssh_addr;
+    let started = Instant::now();
+    // One that sends nothing at all, and one that stops after the key exchange.
+    let mut mute = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let handle = client::connect(Arc::new(client::Config::default()), addr, Silent::default())
+        .await
+        .unwrap();
+    let mut banner = Vec::new();
+    let read = tokio::time::timeout(BOUND, mute.read_to_end(&mut banner)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "a silent connection still open {:?} later",
+        started.elapsed()
+    );
+    assert!(String::from_utf8_lossy(&banner).starts_with("SSH-2.0-labssh"));
+    tokio::time::timeout(BOUND.saturating_sub(started.elapsed()), handle)
+        .await
+        .expect("an unauthenticated connection still open")
+        .ok();
+    // Logging in still works as ever.
+    let out = login(&lab, "bob", &Lab::bob(), "127.0.0.1").await;
+    assert!(logged_in(&out), "{}", stderr(&out));
     lab.stop().await;
 }
 
