@@ -1,5 +1,6 @@
 //! Brute-force protection: one address hammering wrong passwords is blocked,
-//! while a legitimate student elsewhere logs in normally throughout.
+//! while legitimate students elsewhere log in normally throughout, the one
+//! under attack included.
 
 mod lab;
 
@@ -84,10 +85,12 @@ async fn a_thousand_wrong_passwords_are_blocked_without_hurting_others() {
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(
-        count,
-        (CONNECTIONS * TRIES_PER_CONNECTION) as u64,
-        "every attempt was counted"
+    // Refused attempts are not counted (so they cannot prolong the block): the
+    // count stops at the limit, plus the attempts of the wave already past the
+    // check when it was reached.
+    assert!(
+        (20..20 + PARALLEL as u64).contains(&count),
+        "counted up to the limit only: {count}"
     );
     // Blocked means blocked before any check: even alice's real password is
     // refused from the attacking address...
@@ -98,15 +101,20 @@ async fn a_thousand_wrong_passwords_are_blocked_without_hurting_others() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(255), "{}", stdout(&out));
-    // ...and alice herself is blocked too (per-user limit, 1000 > 50), while
-    // bob, from any address, is not.
+    // ...while alice herself, from her own address, only waits a little: someone
+    // else's failures never lock a student out. Nor bob, from any address.
     let out = lab
         .ssh
-        .command_with("alice", &Lab::alice(), &student, &["true"])
+        .command_with("alice", &Lab::alice(), &student, &["echo in"])
         .output()
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        stdout(&out),
+        "in\n",
+        "alice from her address: {}",
+        stderr(&out)
+    );
     let out = lab
         .ssh
         .run("bob", &Lab::bob(), &["echo still-in"])

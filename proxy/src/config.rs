@@ -22,6 +22,10 @@ pub const DEFAULT_CONTROLLER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SESSION_START_TIMEOUT_SECS: u64 = 60;
 /// Idle SSH connections are dropped after this long.
 pub const DEFAULT_INACTIVITY_TIMEOUT_SECS: u64 = 3600;
+/// Half OpenSSH's LoginGraceTime (120 s): time
+/// enough to type a password, short enough that connections which never log in
+/// cannot hold the replica's slots for long.
+pub const DEFAULT_LOGIN_GRACE_SECS: u64 = 60;
 /// A class of 300 with a few sessions each, with room to spare; beyond this
 /// new connections are refused so a flood cannot exhaust the replica.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -69,6 +73,9 @@ pub struct Config {
     pub session_start_timeout_secs: u64,
     /// Idle connection timeout.
     pub inactivity_timeout_secs: u64,
+    /// From accepting a connection to a successful login; a client that has
+    /// not logged in by then is disconnected.
+    pub login_grace_secs: u64,
     /// Client `env` requests accepted (exact names, or prefixes ending in `*`).
     pub accept_env: Vec<String>,
     /// Most simultaneous SSH connections this replica accepts.
@@ -100,6 +107,7 @@ impl Default for Config {
             controller_timeout_secs: DEFAULT_CONTROLLER_TIMEOUT_SECS,
             session_start_timeout_secs: DEFAULT_SESSION_START_TIMEOUT_SECS,
             inactivity_timeout_secs: DEFAULT_INACTIVITY_TIMEOUT_SECS,
+            login_grace_secs: DEFAULT_LOGIN_GRACE_SECS,
             accept_env: vec![
                 "LANG".into(),
                 "LC_*".into(),
@@ -193,6 +201,7 @@ impl Config {
                 self.session_start_timeout_secs,
             ),
             ("inactivity_timeout_secs", self.inactivity_timeout_secs),
+            ("login_grace_secs", self.login_grace_secs),
         ] {
             if value == 0 {
                 problems.push(format!("{key}: must be greater than 0"));
@@ -249,6 +258,9 @@ impl Config {
     pub(crate) fn session_start_timeout(&self) -> Duration {
         Duration::from_secs(self.session_start_timeout_secs)
     }
+    pub(crate) fn login_grace(&self) -> Duration {
+        Duration::from_secs(self.login_grace_secs)
+    }
 }
 
 #[cfg(test)]
@@ -266,7 +278,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let err = Config::from_toml_str(
-            "listen = \"nowhere\"\ncontroller = \"tcp://x\"\ncontroller_timeout_secs = 0\naccept_env = [\"BAD-NAME\"]\n",
+            "listen = \"nowhere\"\ncontroller = \"tcp://x\"\ncontroller_timeout_secs = 0\naccept_env = [\"BAD-NAME\"]\nlogin_grace_secs = 0\n",
         )
         .unwrap_err()
         .to_string();
@@ -275,6 +287,7 @@ mod tests {
             "controller:",
             "controller_timeout_secs:",
             "accept_env[0]:",
+            "login_grace_secs:",
         ] {
             assert!(err.contains(key), "{key} missing from {err}");
         }

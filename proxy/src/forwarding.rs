@@ -49,6 +49,11 @@ const INPUT_QUEUE: usize = 16;
 pub(crate) const CONNECTION_BUDGET_KIB: usize = 64 * 1024;
 /// How long an `ssh -R` listener may take to come up (it may create the container).
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the client may take to confirm a `forwarded-tcpip` channel. OpenSSH
+/// answers at once (it only connects locally first); one that has not answered in
+/// this long is not going to, and the connection accepted in the container would
+/// hold an agent stream and socket for ever.
+const CLIENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a forwarding task needs from its connection.
 #[derive(Clone)]
@@ -65,6 +70,9 @@ pub(crate) struct ForwardContext {
     pub span: tracing::Span,
     /// Client-to-container bytes in flight, in KiB ([`CONNECTION_BUDGET_KIB`]).
     pub budget: Arc<Semaphore>,
+    /// Slots for forwarded connections open at once on the SSH connection, both
+    /// directions (`direct-tcpip` and accepted `ssh -R` connections).
+    pub slots: Arc<Semaphore>,
 }
 
 /// SSH's "administratively prohibited" with our own words, which OpenSSH prints.
@@ -382,6 +390,9 @@ pub(crate) async fn tcpip_forward(
     tracing::info!(conn = ctx.conn, user = %ctx.login.user, %address, port = bound, "remote forward listening");
     let accepted = AtomicU64::new(0);
     tokio::spawn(async move {
+        // Logged once per listener, not per connection: a loop in the container
+        // could otherwise fill the log.
+        let mut full_logged = false;
         loop {
             let event = tokio::select! {
                 _ = token.cancelled() => break,
@@ -395,6 +406,14 @@ pub(crate) async fn tcpip_forward(
                 break;
             };
             accepted.fetch_add(1, Ordering::Relaxed);
+            // Not attached, the agent closes it after its attach timeout.
+            let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
+                telemetry::error(Component::Proxy, "forward_limit");
+                if !std::mem::replace(&mut full_logged, true) {
+                    tracing::warn!(conn = ctx.conn, %address, port = bound, "too many forwarded connections; accepted ones are closed until some end");
+                }
+                continue;
+            };
             let attach = In::Attach(pb::ForwardAttach {
                 user: ctx.login.user.clone(),
                 environment: placement.environment.clone(),
@@ -404,37 +423,8 @@ pub(crate) async fn tcpip_forward(
             let mut agent = agent.clone();
             let address = address.clone();
             tokio::spawn(async move {
-                let timeout = ctx.shared.config.session_start_timeout();
-                let stream = match open_stream(&mut agent, attach, timeout).await {
-                    Ok((stream, _)) => stream,
-                    Err(f) => {
-                        tracing::warn!(
-                            conn = ctx.conn,
-                            "accepted connection lost: {}",
-                            f.description()
-                        );
-                        return;
-                    }
-                };
-                let channel = ctx
-                    .handle
-                    .channel_open_forwarded_tcpip(
-                        address,
-                        key_port,
-                        a.originator_address,
-                        a.originator_port,
-                    )
-                    .await;
-                match channel {
-                    // Dropping the stream closes the container's side.
-                    Err(e) => tracing::info!(
-                        conn = ctx.conn,
-                        "client refused a forwarded connection: {e}"
-                    ),
-                    Ok(channel) => {
-                        splice(channel, stream, "forwarded-tcpip", ctx.budget.clone()).await
-                    }
-                }
+                forwarded_tcpip(ctx, &mut agent, attach, address, key_port, a).await;
+                drop(slot);
             });
         }
         tracing::debug!(
@@ -443,4 +433,54 @@ pub(crate) async fn tcpip_forward(
         );
     });
     Ok(bound)
+}
+
+/// One connection accepted in the container for `ssh -R`: attached to a Forward
+/// stream, then announced to the client as a `forwarded-tcpip` channel.
+async fn forwarded_tcpip(
+    ctx: ForwardContext,
+    agent: &mut AgentClient<GrpcChannel>,
+    attach: In,
+    address: String,
+    port: u32,
+    accepted: pb::Accepted,
+) {
+    let timeout = ctx.shared.config.session_start_timeout();
+    let stream = match open_stream(agent, attach, timeout).await {
+        Ok((stream, _)) => stream,
+        Err(f) => {
+            tracing::warn!(
+                conn = ctx.conn,
+                "accepted connection lost: {}",
+                f.description()
+            );
+            return;
+        }
+    };
+    let channel = tokio::time::timeout(
+        CLIENT_CONFIRM_TIMEOUT,
+        ctx.handle.channel_open_forwarded_tcpip(
+            address,
+            port,
+            accepted.originator_address,
+            accepted.originator_port,
+        ),
+    )
+    .await;
+    // Dropping the stream closes the container's side.
+    match channel {
+        Err(_) => {
+            telemetry::error(Component::Proxy, "forward_open_timeout");
+            tracing::warn!(
+                conn = ctx.conn,
+                port,
+                "the client did not confirm a forwarded connection within {CLIENT_CONFIRM_TIMEOUT:?}; closed it"
+            );
+        }
+        Ok(Err(e)) => tracing::info!(
+            conn = ctx.conn,
+            "client refused a forwarded connection: {e}"
+        ),
+        Ok(Ok(channel)) => splice(channel, stream, "forwarded-tcpip", ctx.budget.clone()).await,
+    }
 }

@@ -3,6 +3,7 @@
 //! ([`crate::session_channel`]) which owns that channel's whole life.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,12 +23,13 @@ use crate::login_name::LoginName;
 use crate::rate_limit::Verdict;
 use crate::server::Shared;
 use crate::session_channel::{self, ChannelContext};
+use crate::set_env::EnvRequests;
 
 /// Most clients try a handful of keys; more than this per connection is
 /// someone scanning.
 const MAX_SESSION_CHANNELS: usize = 64;
-/// Forwarded connections (`ssh -L`, `-D`) open at once on one SSH connection; a
-/// browser behind `ssh -D` opens a few dozen.
+/// Forwarded connections (`ssh -L`, `-D`, and those accepted for `ssh -R`) open
+/// at once on one SSH connection; a browser behind `ssh -D` opens a few dozen.
 const MAX_FORWARDS: usize = 256;
 
 /// One SSH connection.
@@ -45,6 +47,9 @@ pub(crate) struct Connection {
     login: Option<LoginName>,
     /// Session channels opened so far.
     channels: usize,
+    /// The `env` requests of each open session channel (at most
+    /// [`MAX_SESSION_CHANNELS`]); an entry goes when its channel closes.
+    env: HashMap<ChannelId, EnvRequests>,
     /// The connection's trace (`ssh`, see [`connection_span`]); every phase
     /// span is its child. Lives as long as the connection.
     span: tracing::Span,
@@ -60,6 +65,9 @@ pub(crate) struct Connection {
     remote: Arc<RemoteForwards>,
     /// Client-to-container bytes the forwards may hold in the proxy.
     forward_budget: Arc<tokio::sync::Semaphore>,
+    /// Set once a login succeeds; the connection's task disconnects a client
+    /// that has not logged in within the login grace.
+    logged_in: tokio::sync::watch::Sender<bool>,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
 }
@@ -78,7 +86,12 @@ pub(crate) fn connection_span(socket_peer: SocketAddr) -> tracing::Span {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, client: Option<SocketAddr>, id: u64) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        client: Option<SocketAddr>,
+        id: u64,
+        logged_in: tokio::sync::watch::Sender<bool>,
+    ) -> Self {
         let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let ip = client.map(|c| c.ip());
         tracing::debug!(conn = id, %peer, "connection accepted");
@@ -94,6 +107,7 @@ impl Connection {
             id,
             login: None,
             channels: 0,
+            env: HashMap::new(),
             span,
             accepted: Instant::now(),
             accept_phase,
@@ -102,6 +116,7 @@ impl Connection {
             forward_budget: Arc::new(tokio::sync::Semaphore::new(
                 forwarding::CONNECTION_BUDGET_KIB,
             )),
+            logged_in,
             _open: telemetry::connection_opened(),
         }
     }
@@ -122,6 +137,7 @@ impl Connection {
             method,
             user,
             cache = Empty,
+            delay_ms = Empty,
             authenticator_seconds = Empty,
             result = Empty
         )
@@ -162,6 +178,7 @@ impl Connection {
             "authenticated"
         );
         self.login = Some(login);
+        self.logged_in.send_replace(true);
         Auth::Accept
     }
 
@@ -182,6 +199,7 @@ impl Connection {
             handle: session.handle(),
             span: self.span.clone(),
             budget: self.forward_budget.clone(),
+            slots: self.forward_slots.clone(),
         })
     }
 
@@ -202,40 +220,56 @@ impl Connection {
     ) -> Auth {
         let started = Instant::now();
         let limiter = &self.shared.limiter;
-        let user_failures = match limiter.check(self.ip, &login.user).await {
-            Verdict::Allowed { user_failures } => user_failures,
+        let (delay, failures) = match limiter.check(self.ip, &login.user).await {
+            Verdict::Allowed { delay, failures } => (delay, failures),
+            // Not counted: knocking while blocked must not prolong the block.
             Verdict::Blocked(why) => {
-                // Still counted, so a scanner that keeps going stays blocked.
-                limiter.failure(self.ip, &login.user).await;
-                return self.reject(&login, method, &format!("blocked before checking: {why}"));
+                return self.reject(&login, method, &format!("blocked before checking: {why}"))
             }
         };
+        if !delay.is_zero() {
+            tracing::Span::current().record("delay_ms", delay.as_millis() as u64);
+            tokio::time::sleep(delay).await;
+        }
         let users = self.shared.users.current();
-        let Some(hash) = users.get(&login.user).and_then(|u| u.password_hash.clone()) else {
-            limiter.failure(self.ip, &login.user).await;
-            return self.reject(&login, method, "no such user or no password set");
+        let stored = users.get(&login.user).and_then(|u| u.password_hash.clone());
+        // An unknown user, or one without a password, takes the same steps as a
+        // wrong password (cache lookup, one argon2 verification) against a dummy
+        // hash, so the time taken does not tell which accounts exist.
+        let checked = stored
+            .clone()
+            .or_else(|| crate::users::dummy_hash().map(str::to_owned));
+        let lookup = match &checked {
+            Some(hash) => self.shared.cache.lookup(&login.user, password, hash).await,
+            None => Lookup::Miss,
         };
-        let lookup = self.shared.cache.lookup(&login.user, password, &hash).await;
         telemetry::auth_cache_lookup(lookup.as_str());
         tracing::Span::current().record("cache", lookup.as_str());
-        if lookup == Lookup::Hit {
-            if user_failures > 0 {
-                limiter.success(&login.user).await;
+        if let (Lookup::Hit, Some(_)) = (lookup, &stored) {
+            if failures {
+                limiter.success(self.ip, &login.user).await;
             }
             return self.accept(login, method, lookup.as_str(), started);
         }
-        let (pw, h) = (password.to_string(), hash.clone());
+        let (pw, h) = (password.to_string(), stored.clone());
         let verifying = Instant::now();
-        let ok = tokio::task::spawn_blocking(move || crate::users::verify_password(&pw, &h))
-            .await
-            .unwrap_or(false);
+        let ok =
+            tokio::task::spawn_blocking(move || crate::users::password_matches(h.as_deref(), &pw))
+                .await
+                .unwrap_or(false);
         tracing::Span::current().record("authenticator_seconds", verifying.elapsed().as_secs_f64());
-        if !ok {
+        let known = stored.is_some();
+        let Some(hash) = stored.filter(|_| ok) else {
             limiter.failure(self.ip, &login.user).await;
-            return self.reject(&login, method, "wrong password");
-        }
-        if user_failures > 0 {
-            limiter.success(&login.user).await;
+            let why = if known {
+                "wrong password"
+            } else {
+                "no such user or no password set"
+            };
+            return self.reject(&login, method, why);
+        };
+        if failures {
+            limiter.success(self.ip, &login.user).await;
         }
         self.shared.cache.store(&login.user, password, &hash).await;
         self.accept(login, method, lookup.as_str(), started)
@@ -360,6 +394,7 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         self.channels += 1;
+        self.env.insert(channel.id(), EnvRequests::default());
         reply.accept().await;
         let ctx = ChannelContext {
             shared: self.shared.clone(),
@@ -394,15 +429,37 @@ impl russh::server::Handler for Connection {
         &mut self,
         channel: ChannelId,
         name: &str,
-        _value: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The channel task applies the same allow-list to what it forwards.
-        if self.shared.config.env_allowed(name) {
-            session.channel_success(channel)?;
-        } else {
+        // The channel task applies the same rule to what it forwards.
+        let Some(requests) = self.env.get_mut(&channel) else {
             session.channel_failure(channel)?;
+            return Ok(());
+        };
+        match requests.offer(&self.shared.config, name, value) {
+            Ok(()) => session.channel_success(channel)?,
+            Err(refusal) => {
+                if requests.first_to_log(refusal) {
+                    tracing::warn!(
+                        conn = self.id,
+                        peer = %self.peer,
+                        ?channel,
+                        "env request refused ({refusal}); later ones on this channel are refused without a log line"
+                    );
+                }
+                session.channel_failure(channel)?;
+            }
         }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.env.remove(&channel);
         Ok(())
     }
 

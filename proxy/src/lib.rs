@@ -16,6 +16,7 @@ pub mod rate_limit;
 mod redis_link;
 mod server;
 mod session_channel;
+mod set_env;
 pub mod upstream;
 pub mod users;
 

@@ -1,17 +1,35 @@
 //! Brute-force protection shared by all replicas through Redis.
 //!
-//! Failed password attempts are counted per source address and per
-//! username over a window. Past a threshold, attempts are refused before any
-//! password check until the window passes with no new failures. A success
-//! clears the username's count. With Redis down each replica counts on its
-//! own, so protection weakens to per-replica but never disappears.
+//! Failed password attempts are counted three ways, each over a window that
+//! starts at its first failure:
+//!
+//! - per source address: past `max_failures_per_address` the address is
+//!   refused before any password check (a scanner), unless it is exempt;
+//! - per user *and* source address: past `max_failures_per_user` that pair is
+//!   refused. This is what stops a guesser on one account, and it refuses only
+//!   the guesser's address: the student logging in from anywhere else is never
+//!   locked out by someone else's failures. From an exempt address (a NAT the
+//!   guesser may share with the student) the pair only slows down;
+//! - per user from all addresses together: only slows down, with a delay
+//!   before the password check that grows with the count and is capped at
+//!   [`SLOWDOWN_MAX`]. It never refuses, so a correct password always gets in.
+//!
+//! Refused attempts are not counted and do not move the window: knocking while
+//! blocked cannot prolong a block, so a block ends `window_secs` after the
+//! failure that started its window. A success clears the user's counts (the
+//! pair's and the user's, not the address's: one student logging in must not
+//! unblock a scanner sharing their NAT). Public-key logins never consult the
+//! limiter. With Redis down each replica counts on its own, the same way, so
+//! protection weakens to per-replica but never disappears.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+// tokio's clock, so tests can move time on; the same as std's outside them.
+use tokio::time::Instant;
 
 use crate::redis_link::RedisLink;
 
@@ -20,19 +38,30 @@ const KEY_PREFIX: &str = "labssh:rl:v1:";
 /// Bound on the local fallback table so a spray of addresses can't grow it
 /// without limit.
 const LOCAL_MAX_ENTRIES: usize = 100_000;
+/// Failures of one user that cost nothing: a student's own typos.
+pub const SLOWDOWN_FREE_FAILURES: u32 = 3;
+/// The first delay past those, doubling with each further failure: a person
+/// barely notices it, a script's guessing rate halves at once.
+pub const SLOWDOWN_FIRST: Duration = Duration::from_millis(250);
+/// The most anyone's failures can make a student wait before their password is
+/// checked, and what each further guess costs a script on one connection.
+pub const SLOWDOWN_MAX: Duration = Duration::from_secs(3);
 
 /// Brute-force limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Failures from one address before it is blocked; 0 disables.
+    /// Failures from one address (any users) before it is refused; 0 disables.
     pub max_failures_per_address: u32,
-    /// Failures for one username before it is blocked; 0 disables.
+    /// Failures for one user from one address before that pair is refused
+    /// (from an exempt address: slowed down only); 0 disables this limit and
+    /// the per-user slow-down.
     pub max_failures_per_user: u32,
-    /// Counting window, and the back-off after the last failure.
+    /// Counting window, from the first failure; also how long a block lasts.
     pub window_secs: u64,
-    /// Addresses or CIDRs never blocked per address (e.g. the campus NAT a
-    /// whole class shares); the per-user limit still applies to them.
+    /// Addresses or CIDRs never refused (e.g. the campus NAT a whole class
+    /// shares): neither per address nor per user and address; failures from
+    /// them still slow attempts for the users concerned.
     pub exempt_addresses: Vec<String>,
 }
 
@@ -40,7 +69,7 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         // A student who mistypes a few times is never blocked, nor is a
         // class of 300 sharing one NAT address where some mistype; a script
-        // trying a wordlist is stopped after ten guesses per account.
+        // trying a wordlist from one address gets ten guesses per account.
         RateLimitConfig {
             max_failures_per_address: 100,
             max_failures_per_user: 10,
@@ -74,11 +103,47 @@ fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
 /// Whether an attempt may proceed to the password check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Go ahead; carries the username's current failure count so a success
-    /// only touches Redis when there is something to clear.
-    Allowed { user_failures: u32 },
-    /// Blocked; the reason is for the log only.
+    /// Go ahead, after waiting `delay` (zero unless the user's password has
+    /// been failing); `failures` says whether a success has counts to clear.
+    Allowed { delay: Duration, failures: bool },
+    /// Refused before any check; the reason is for the log only.
     Blocked(String),
+}
+
+/// How long to wait before checking a password of a user with `failures`
+/// recent failures: nothing for the first few, then doubling up to the cap.
+pub fn slowdown(failures: u32) -> Duration {
+    match failures.saturating_sub(SLOWDOWN_FREE_FAILURES) {
+        0 => Duration::ZERO,
+        over => {
+            let factor = 1u32.checked_shl(over - 1).unwrap_or(u32::MAX);
+            SLOWDOWN_FIRST.saturating_mul(factor).min(SLOWDOWN_MAX)
+        }
+    }
+}
+
+/// The counters one attempt touches.
+struct Keys {
+    /// The source address's, unless it is unknown or exempt.
+    address: Option<String>,
+    /// The (user, source address) pair's, if the address is known.
+    pair: Option<String>,
+    /// The user's, from all addresses.
+    user: String,
+}
+
+impl Keys {
+    fn all(&self) -> impl Iterator<Item = &String> {
+        self.address.iter().chain(&self.pair).chain([&self.user])
+    }
+}
+
+/// Recent failures in each counter.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    address: u32,
+    pair: u32,
+    user: u32,
 }
 
 /// Failure counters.
@@ -87,18 +152,10 @@ pub struct RateLimiter {
     config: RateLimitConfig,
     /// Shared counters, when Redis is configured.
     redis: Option<Arc<RedisLink>>,
-    /// Per-replica counters: key → (count, expiry).
+    /// Per-replica counters: key → (count, end of its window).
     local: Mutex<HashMap<String, (u32, Instant)>>,
-    /// Networks exempt from the per-address limit.
+    /// Networks exempt from refusals.
     exempt: Vec<ipnet::IpNet>,
-}
-
-fn addr_key(ip: IpAddr) -> String {
-    format!("{KEY_PREFIX}addr:{}", ip.to_canonical())
-}
-
-fn user_key(user: &str) -> String {
-    format!("{KEY_PREFIX}user:{user}")
 }
 
 impl RateLimiter {
@@ -120,106 +177,144 @@ impl RateLimiter {
         Duration::from_secs(self.config.window_secs)
     }
 
-    fn judge(&self, addr: u32, user: u32, ip: Option<IpAddr>, name: &str) -> Verdict {
+    fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.exempt.iter().any(|net| net.contains(&ip))
+    }
+
+    fn keys(&self, ip: Option<IpAddr>, user: &str) -> Keys {
+        let ip = ip.map(|ip| ip.to_canonical());
+        Keys {
+            address: ip
+                .filter(|ip| !self.is_exempt(*ip))
+                .map(|ip| format!("{KEY_PREFIX}addr:{ip}")),
+            pair: ip.map(|ip| format!("{KEY_PREFIX}pair:{ip}:{user}")),
+            user: format!("{KEY_PREFIX}user:{user}"),
+        }
+    }
+
+    /// The decision, from the counts alone.
+    fn judge(&self, counts: Counts, ip: Option<IpAddr>, user: &str) -> Verdict {
         let (max_addr, max_user) = (
             self.config.max_failures_per_address,
             self.config.max_failures_per_user,
         );
-        if max_addr > 0 && addr >= max_addr {
+        let exempt = ip.is_some_and(|ip| self.is_exempt(ip));
+        let shown = ip.map(|i| i.to_canonical().to_string()).unwrap_or_default();
+        if !exempt && max_addr > 0 && counts.address >= max_addr {
             return Verdict::Blocked(format!(
-                "address {} has {addr} recent failures (limit {max_addr})",
-                ip.map(|i| i.to_string()).unwrap_or_default()
+                "address {shown} has {} recent failures (limit {max_addr})",
+                counts.address
             ));
         }
-        if max_user > 0 && user >= max_user {
+        if !exempt && max_user > 0 && counts.pair >= max_user {
             return Verdict::Blocked(format!(
-                "user {name} has {user} recent failures (limit {max_user})"
+                "user {user} from {shown} has {} recent failures (limit {max_user})",
+                counts.pair
             ));
         }
+        let delay = if max_user > 0 {
+            slowdown(counts.user.max(counts.pair))
+        } else {
+            Duration::ZERO
+        };
         Verdict::Allowed {
-            user_failures: user,
+            delay,
+            failures: counts.pair > 0 || counts.user > 0,
         }
     }
 
-    /// The address to count, unless it is exempt.
-    fn counted(&self, ip: Option<IpAddr>) -> Option<IpAddr> {
-        ip.filter(|ip| {
-            let ip = ip.to_canonical();
-            !self.exempt.iter().any(|net| net.contains(&ip))
-        })
-    }
-
-    /// May this attempt be checked at all?
+    /// May this attempt be checked at all, and after what delay?
     pub async fn check(&self, ip: Option<IpAddr>, user: &str) -> Verdict {
-        let ip = self.counted(ip);
-        let keys = [ip.map(addr_key), Some(user_key(user))];
+        let keys = self.keys(ip, user);
         let counts = self.counts(&keys).await;
-        self.judge(counts[0], counts[1], ip, user)
+        self.judge(counts, ip, user)
     }
 
-    async fn counts(&self, keys: &[Option<String>; 2]) -> [u32; 2] {
-        if let Some(link) = &self.redis {
-            let mut cmd = redis::cmd("MGET");
-            for k in keys {
-                cmd.arg(k.as_deref().unwrap_or("labssh:rl:v1:none"));
+    async fn counts(&self, keys: &Keys) -> Counts {
+        let all: Vec<&String> = keys.all().collect();
+        let values = match &self.redis {
+            Some(link) => link
+                .query::<Vec<Option<u32>>>(redis::cmd("MGET").arg(&all))
+                .await
+                .filter(|v| v.len() == all.len()),
+            None => None,
+        };
+        let values: Vec<u32> = match values {
+            Some(v) => v.into_iter().map(Option::unwrap_or_default).collect(),
+            None => {
+                let now = Instant::now();
+                let local = self.local.lock().expect("rate limit lock");
+                all.iter()
+                    .map(|k| match local.get(*k) {
+                        Some((n, end)) if *end > now => *n,
+                        _ => 0,
+                    })
+                    .collect()
             }
-            if let Some(values) = link.query::<Vec<Option<u32>>>(&cmd).await {
-                return [values.first(), values.get(1)].map(|v| v.copied().flatten().unwrap_or(0));
-            }
+        };
+        // `all` is address (if any), pair (if any), user, in that order.
+        let mut v = values.into_iter();
+        Counts {
+            address: keys.address.as_ref().and_then(|_| v.next()).unwrap_or(0),
+            pair: keys.pair.as_ref().and_then(|_| v.next()).unwrap_or(0),
+            user: v.next().unwrap_or(0),
         }
-        let now = Instant::now();
-        let local = self.local.lock().expect("rate limit lock");
-        keys.clone().map(|k| {
-            k.and_then(|k| local.get(&k).copied())
-                .filter(|(_, expiry)| *expiry > now)
-                .map(|(n, _)| n)
-                .unwrap_or(0)
-        })
     }
 
-    /// Counts a failed (or blocked) attempt.
+    /// Counts a failed password check (never a refused attempt: that would let
+    /// knocking prolong a block).
     pub async fn failure(&self, ip: Option<IpAddr>, user: &str) {
-        let ip = self.counted(ip);
-        let keys: Vec<String> = ip
-            .map(addr_key)
-            .into_iter()
-            .chain([user_key(user)])
-            .collect();
+        let keys = self.keys(ip, user);
         if let Some(link) = &self.redis {
+            // The window starts with the key and is never moved: SET ... NX
+            // creates it with its expiry only if it is not there. In one
+            // transaction, so the key cannot expire between the two and come
+            // back from INCR without one.
             let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("INCR").arg(k).ignore();
-                pipe.cmd("EXPIRE")
+            pipe.atomic();
+            for k in keys.all() {
+                pipe.cmd("SET")
                     .arg(k)
+                    .arg(0)
+                    .arg("EX")
                     .arg(self.config.window_secs)
+                    .arg("NX")
                     .ignore();
+                pipe.cmd("INCR").arg(k).ignore();
             }
             if link.pipe::<()>(&pipe).await.is_some() {
                 return;
             }
         }
         let now = Instant::now();
-        let expiry = now + self.window();
+        let window_end = now + self.window();
         let mut local = self.local.lock().expect("rate limit lock");
         if local.len() >= LOCAL_MAX_ENTRIES {
-            local.retain(|_, (_, e)| *e > now);
+            local.retain(|_, (_, end)| *end > now);
         }
-        for k in keys {
-            let entry = local.entry(k).or_insert((0, expiry));
+        for k in keys.all() {
+            let entry = local.entry(k.clone()).or_insert((0, window_end));
             if entry.1 <= now {
-                entry.0 = 0;
+                *entry = (0, window_end);
             }
-            *entry = (entry.0.saturating_add(1), expiry);
+            entry.0 = entry.0.saturating_add(1);
         }
     }
 
-    /// A success clears the username's failures (not the address's: one
-    /// student logging in must not unblock a scanner sharing their NAT).
-    pub async fn success(&self, user: &str) {
-        let key = user_key(user);
-        self.local.lock().expect("rate limit lock").remove(&key);
+    /// A success clears the user's failures: from this address, and the
+    /// slow-down from all of them.
+    pub async fn success(&self, ip: Option<IpAddr>, user: &str) {
+        let keys = self.keys(ip, user);
+        let cleared: Vec<&String> = keys.pair.iter().chain([&keys.user]).collect();
+        {
+            let mut local = self.local.lock().expect("rate limit lock");
+            for k in &cleared {
+                local.remove(*k);
+            }
+        }
         if let Some(link) = &self.redis {
-            let _: Option<()> = link.query(redis::cmd("DEL").arg(&key)).await;
+            let _: Option<()> = link.query(redis::cmd("DEL").arg(&cleared)).await;
         }
     }
 }
@@ -228,71 +323,133 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    const WINDOW: Duration = Duration::from_secs(60);
+
     fn limiter(addr: u32, user: u32) -> RateLimiter {
         RateLimiter::new(
             RateLimitConfig {
                 max_failures_per_address: addr,
                 max_failures_per_user: user,
-                window_secs: 60,
+                window_secs: WINDOW.as_secs(),
                 exempt_addresses: vec!["198.51.100.0/24".into()],
             },
             None,
         )
     }
 
-    #[tokio::test]
-    async fn address_is_blocked_after_threshold_others_are_not() {
-        let rl = limiter(3, 100);
-        let bad: IpAddr = "203.0.113.9".parse().unwrap();
-        let good: IpAddr = "198.51.100.1".parse().unwrap();
-        for i in 0..3 {
-            assert!(matches!(
-                rl.check(Some(bad), &format!("u{i}")).await,
-                Verdict::Allowed { .. }
-            ));
-            rl.failure(Some(bad), &format!("u{i}")).await;
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn blocked(v: &Verdict) -> bool {
+        matches!(v, Verdict::Blocked(_))
+    }
+
+    fn delay(v: &Verdict) -> Duration {
+        match v {
+            Verdict::Allowed { delay, .. } => *delay,
+            Verdict::Blocked(why) => panic!("blocked: {why}"),
         }
-        assert!(matches!(
-            rl.check(Some(bad), "alice").await,
-            Verdict::Blocked(_)
-        ));
-        assert!(matches!(
-            rl.check(Some(good), "alice").await,
-            Verdict::Allowed { .. }
-        ));
+    }
+
+    #[test]
+    fn slowdown_grows_from_nothing_to_the_cap() {
+        for n in 0..=SLOWDOWN_FREE_FAILURES {
+            assert_eq!(slowdown(n), Duration::ZERO, "{n}");
+        }
+        let steps: Vec<Duration> = (SLOWDOWN_FREE_FAILURES + 1..SLOWDOWN_FREE_FAILURES + 40)
+            .map(slowdown)
+            .collect();
+        assert_eq!(steps[0], SLOWDOWN_FIRST);
+        assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+        assert!(steps[1] > steps[0]);
+        assert_eq!(*steps.last().unwrap(), SLOWDOWN_MAX);
+        assert_eq!(slowdown(u32::MAX), SLOWDOWN_MAX);
     }
 
     #[tokio::test]
-    async fn user_is_blocked_and_success_clears_it() {
-        let rl = limiter(100, 2);
-        let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        rl.failure(Some(ip), "alice").await;
-        rl.failure(Some(ip), "alice").await;
-        assert!(matches!(
-            rl.check(Some(ip), "alice").await,
-            Verdict::Blocked(_)
-        ));
-        assert!(matches!(
-            rl.check(Some(ip), "bob").await,
-            Verdict::Allowed { .. }
-        ));
-        rl.success("alice").await;
-        assert!(matches!(
-            rl.check(Some(ip), "alice").await,
-            Verdict::Allowed { .. }
-        ));
+    async fn address_is_blocked_after_threshold_others_are_not() {
+        let rl = limiter(3, 100);
+        let (bad, good) = (ip("203.0.113.9"), ip("192.0.2.1"));
+        for i in 0..3 {
+            assert!(!blocked(&rl.check(bad, &format!("u{i}")).await));
+            rl.failure(bad, &format!("u{i}")).await;
+        }
+        assert!(blocked(&rl.check(bad, "alice").await));
+        assert!(!blocked(&rl.check(good, "alice").await));
+    }
+
+    #[tokio::test]
+    async fn a_user_is_refused_only_from_the_failing_address_and_slowed_elsewhere() {
+        let rl = limiter(100, 10);
+        let (attacker, student) = (ip("203.0.113.9"), ip("192.0.2.1"));
+        for _ in 0..50 {
+            rl.failure(attacker, "bob").await;
+        }
+        let v = rl.check(attacker, "bob").await;
+        assert!(blocked(&v), "{v:?}");
+        let v = rl.check(student, "bob").await;
+        assert_eq!(delay(&v), SLOWDOWN_MAX, "slowed, not refused");
+        assert_eq!(delay(&rl.check(attacker, "alice").await), Duration::ZERO);
+        rl.success(student, "bob").await;
+        assert_eq!(delay(&rl.check(student, "bob").await), Duration::ZERO);
+        assert!(
+            blocked(&rl.check(attacker, "bob").await),
+            "bob logging in elsewhere does not unblock the attacker's address"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exempt_address_is_never_refused_only_slowed() {
+        let rl = limiter(3, 3);
+        let nat = ip("198.51.100.7");
+        for _ in 0..50 {
+            rl.failure(nat, "bob").await;
+        }
+        assert_eq!(delay(&rl.check(nat, "bob").await), SLOWDOWN_MAX);
+        assert_eq!(delay(&rl.check(nat, "alice").await), Duration::ZERO);
     }
 
     #[tokio::test]
     async fn zero_disables_a_limit() {
         let rl = limiter(0, 0);
         for _ in 0..50 {
-            rl.failure(None, "alice").await;
+            rl.failure(ip("203.0.113.9"), "alice").await;
         }
-        assert!(matches!(
-            rl.check(None, "alice").await,
-            Verdict::Allowed { .. }
-        ));
+        assert_eq!(
+            delay(&rl.check(ip("203.0.113.9"), "alice").await),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_starts_at_the_first_failure_and_knocking_does_not_move_it() {
+        let rl = limiter(2, 2);
+        let attacker = ip("203.0.113.9");
+        rl.failure(attacker, "bob").await;
+        tokio::time::advance(WINDOW / 2).await;
+        rl.failure(attacker, "bob").await;
+        // Blocked; the attacker keeps knocking (refused, so never counted).
+        let mut knocked = Duration::ZERO;
+        while knocked < WINDOW / 2 - Duration::from_secs(1) {
+            assert!(blocked(&rl.check(attacker, "bob").await));
+            tokio::time::advance(Duration::from_secs(1)).await;
+            knocked += Duration::from_secs(1);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let v = rl.check(attacker, "bob").await;
+        assert!(
+            !blocked(&v),
+            "window after the first failure is over: {v:?}"
+        );
+        // A new failure starts a new window of its own.
+        rl.failure(attacker, "bob").await;
+        assert!(!blocked(&rl.check(attacker, "bob").await));
+        tokio::time::advance(WINDOW - Duration::from_secs(1)).await;
+        rl.failure(attacker, "bob").await;
+        assert!(blocked(&rl.check(attacker, "bob").await));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!blocked(&rl.check(attacker, "bob").await));
     }
 
     #[tokio::test]
@@ -307,9 +464,9 @@ mod tests {
             },
             Some(link),
         );
-        let ip: IpAddr = "203.0.113.9".parse().unwrap();
-        rl.failure(Some(ip), "x").await;
-        rl.failure(Some(ip), "y").await;
-        assert!(matches!(rl.check(Some(ip), "z").await, Verdict::Blocked(_)));
+        let ip = ip("203.0.113.9");
+        rl.failure(ip, "x").await;
+        rl.failure(ip, "y").await;
+        assert!(blocked(&rl.check(ip, "z").await));
     }
 }

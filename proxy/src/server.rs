@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use labssh_telemetry::metrics::{self as telemetry, Component};
 use russh::{MethodKind, MethodSet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -195,21 +196,49 @@ impl Accepted {
             }
         };
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let handler = Connection::new(self.shared.clone(), Some(client), id);
-        let session =
-            match russh::server::run_stream(self.ssh_config.clone(), stream, handler).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(conn = id, %client, "ssh handshake failed: {e:#}");
-                    return;
-                }
-            };
+        let (logged_in, mut login_seen) = watch::channel(false);
+        let handler = Connection::new(self.shared.clone(), Some(client), id, logged_in);
+        let grace = self.shared.config.login_grace();
+        let deadline = tokio::time::Instant::now() + grace;
+        let started = russh::server::run_stream(self.ssh_config.clone(), stream, handler);
+        let session = match tokio::time::timeout_at(deadline, started).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(conn = id, %client, "ssh handshake failed: {e:#}");
+                return;
+            }
+            Err(_) => {
+                telemetry::error(Component::Proxy, "login_grace");
+                tracing::info!(conn = id, %client, "no SSH version within {grace:?}; closed");
+                return;
+            }
+        };
         let handle = session.handle();
+        // Resolves only if the login grace passes without a login.
+        let grace_over = async move {
+            if tokio::time::timeout_at(deadline, login_seen.wait_for(|done| *done))
+                .await
+                .is_ok()
+            {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             result = session => {
                 if let Err(e) = result {
                     tracing::debug!(conn = id, %client, "ssh connection ended with error: {e:#}");
                 }
+            }
+            _ = grace_over => {
+                telemetry::error(Component::Proxy, "login_grace");
+                tracing::info!(conn = id, %client, "not logged in within {grace:?}; disconnected");
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("labssh: no login within {} s", grace.as_secs()),
+                        String::new(),
+                    )
+                    .await;
             }
             _ = async { let _ = self.stop.wait_for(|stop| *stop).await; } => {
                 let _ = handle

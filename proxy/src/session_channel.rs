@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::login_name::LoginName;
 use crate::server::Shared;
+use crate::set_env::EnvRequests;
 use crate::upstream::{PlaceError, Placement};
 
 /// Exit status for failures of the gateway itself, as ssh uses for its own.
@@ -34,6 +35,14 @@ const GATEWAY_FAILURE_STATUS: u32 = 255;
 const INPUT_QUEUE: usize = 32;
 /// After the client closes, how long to wait for the process's exit report.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a channel may wait for its `shell`, `exec` or `subsystem` request.
+/// Clients send it right after the channel opens; one that has not in this long
+/// only holds a channel slot.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a gateway message (a notice, an error) waits for room in the
+/// client's window; a client that never opens it must not keep the channel from
+/// closing.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a channel task needs from its connection.
 pub(crate) struct ChannelContext {
@@ -63,45 +72,63 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let mut req = StartRequest::default();
+    // The handler answered each env request by the same rule.
+    let mut env_requests = EnvRequests::default();
     let mut subsystem = String::new();
-    let command = loop {
-        match read.wait().await {
-            Some(ChannelMsg::RequestPty {
-                term,
-                col_width,
-                row_height,
-                pix_width,
-                pix_height,
-                ..
-            }) => {
-                req.pty = Some(pb::PtyRequest {
+    let gathered = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        loop {
+            match read.wait().await {
+                Some(ChannelMsg::RequestPty {
                     term,
-                    cols: col_width,
-                    rows: row_height,
-                    width_px: pix_width,
-                    height_px: pix_height,
-                });
-            }
-            Some(ChannelMsg::SetEnv {
-                variable_name,
-                variable_value,
-                ..
-            }) => {
-                if ctx.shared.config.env_allowed(&variable_name) {
-                    req.env.insert(variable_name, variable_value);
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    ..
+                }) => {
+                    req.pty = Some(pb::PtyRequest {
+                        term,
+                        cols: col_width,
+                        rows: row_height,
+                        width_px: pix_width,
+                        height_px: pix_height,
+                    });
                 }
+                Some(ChannelMsg::SetEnv {
+                    variable_name,
+                    variable_value,
+                    ..
+                }) => {
+                    if env_requests
+                        .offer(&ctx.shared.config, &variable_name, &variable_value)
+                        .is_ok()
+                    {
+                        req.env.insert(variable_name, variable_value);
+                    }
+                }
+                Some(ChannelMsg::RequestShell { .. }) => return Some(String::new()),
+                Some(ChannelMsg::Exec { command, .. }) => {
+                    return Some(String::from_utf8_lossy(&command).into_owned())
+                }
+                // The handler already refused anything but sftp.
+                Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
+                    subsystem = name;
+                    return Some(String::new());
+                }
+                Some(ChannelMsg::Close) | None => return None,
+                Some(_) => {}
             }
-            Some(ChannelMsg::RequestShell { .. }) => break String::new(),
-            Some(ChannelMsg::Exec { command, .. }) => {
-                break String::from_utf8_lossy(&command).into_owned()
-            }
-            // The handler already refused anything but sftp.
-            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
-                subsystem = name;
-                break String::new();
-            }
-            Some(ChannelMsg::Close) | None => return,
-            Some(_) => {}
+        }
+    })
+    .await;
+    let command = match gathered {
+        Ok(Some(command)) => command,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(conn = ctx.conn, channel = ?id, "no shell, exec or subsystem request within {REQUEST_TIMEOUT:?}; channel closed");
+            telemetry::error(Component::Proxy, "channel_request_timeout");
+            let _ = write.close().await;
+            return;
         }
     };
     let newline = if req.pty.is_some() { "\r\n" } else { "\n" };
@@ -122,7 +149,11 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         let write = &write;
         async move {
             let text = format!("labssh: {message}{newline}");
-            let _ = write.extended_data_bytes(1, Bytes::from(text)).await;
+            let _ = tokio::time::timeout(
+                CLIENT_WRITE_TIMEOUT,
+                write.extended_data_bytes(1, Bytes::from(text)),
+            )
+            .await;
             let _ = write.exit_status(GATEWAY_FAILURE_STATUS).await;
             let _ = write.eof().await;
             let _ = write.close().await;
@@ -154,7 +185,11 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
     };
     if !placement.notice.is_empty() {
         let text = format!("labssh: {}{newline}", placement.notice);
-        let _ = write.extended_data_bytes(1, Bytes::from(text)).await;
+        let _ = tokio::time::timeout(
+            CLIENT_WRITE_TIMEOUT,
+            write.extended_data_bytes(1, Bytes::from(text)),
+        )
+        .await;
     }
     let started_at = Instant::now();
     if let Some(accepted) = ctx.accepted {

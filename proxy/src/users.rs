@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -177,21 +177,67 @@ pub fn read_file(path: &Path) -> Result<UsersFile, UsersError> {
     })
 }
 
-/// Writes the users file atomically (temporary file + rename), so a running
-/// proxy never reads half a file.
+/// Mode of a users file labssh creates: it holds password hashes.
+const USERS_FILE_MODE: u32 = 0o600;
+/// Permission bits never kept from an existing users file: any access for
+/// others (its hashes could be cracked offline) and the special bits.
+const USERS_FILE_STRIPPED: u32 = 0o7007;
+
+/// Writes the users file atomically (a temporary file in the same directory,
+/// renamed over it), so a running proxy never reads half a file. The
+/// temporary file is created 0600; it then takes an existing file's mode,
+/// less any access for others, and its owner, so an update never makes the
+/// hashes readable to more people than before.
 pub fn write_file(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let text = toml::to_string_pretty(file).map_err(|e| UsersError::Invalid(e.to_string()))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let tmp = path.with_extension("toml.tmp");
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let io = |source| UsersError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let existing = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    let mode = existing.as_ref().map_or(USERS_FILE_MODE, |m| {
+        m.permissions().mode() & 0o7777 & !USERS_FILE_STRIPPED
+    });
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".users.")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let handle = tmp.as_file();
+    handle
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
+    if let Some(meta) = &existing {
+        let mine = handle.metadata().map_err(io)?;
+        if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(handle, Some(meta.uid()), Some(meta.gid())).map_err(|e| {
+                UsersError::Invalid(format!(
+                    "{}: cannot keep its owner {}:{} (run as that user or root): {e}",
+                    path.display(),
+                    meta.uid(),
+                    meta.gid()
+                ))
+            })?;
+        }
     }
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    tmp.write_all(text.as_bytes()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    // The rename is durable once the directory is; a failure here loses nothing.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -218,6 +264,46 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
             .is_ok(),
         Err(e) => {
             tracing::error!("malformed password hash in users file: {e}");
+            false
+        }
+    }
+}
+
+/// A hash of a random password nobody knows, made once (on first use) with
+/// the same parameters as [`hash_password`]: what a password for an unknown
+/// user is checked against, so that costs what a wrong password costs.
+pub fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let secret: [u8; 32] = rand::random();
+            hash_password(&hex::encode(secret))
+                .map_err(|e| tracing::error!("no dummy hash for unknown users: {e}"))
+                .ok()
+        })
+        .as_deref()
+}
+
+/// Whether `password` matches the stored `hash`. Without one (an unknown
+/// user, or one without a password) the answer is no, after the same argon2
+/// verification against [`dummy_hash`]. Slow on purpose: call it from a
+/// blocking thread.
+pub fn password_matches(hash: Option<&str>, password: &str) -> bool {
+    matches_with(hash, password, verify_password)
+}
+
+fn matches_with(
+    hash: Option<&str>,
+    password: &str,
+    verify: impl FnOnce(&str, &str) -> bool,
+) -> bool {
+    match hash {
+        Some(hash) => verify(password, hash),
+        None => {
+            if let Some(dummy) = dummy_hash() {
+                // The work is the point; its answer is not.
+                std::hint::black_box(verify(password, dummy));
+            }
             false
         }
     }
@@ -299,6 +385,73 @@ mod tests {
         let users = Users::open(&path).unwrap();
         std::fs::write(&path, "[users.alice\nbroken").unwrap();
         assert!(users.current().contains_key("alice"));
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_users_file_is_created_0600_and_never_widened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        add_user(&path, "alice", Some("pw"), None).unwrap();
+        assert_eq!(mode(&path), 0o600, "a new file");
+        add_user(&path, "bob", Some("pw"), None).unwrap();
+        assert_eq!(mode(&path), 0o600, "after an update");
+        // An operator's group-readable file (the proxy's group) stays so; one an
+        // older labssh left world-readable loses that.
+        for (before, after) in [(0o640, 0o640), (0o644, 0o640), (0o400, 0o400)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(before)).unwrap();
+            add_user(&path, "carol", Some("pw"), None).unwrap();
+            assert_eq!(mode(&path), after, "{before:o}");
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["users.toml"], "no temporary file left behind");
+        let snapshot = Users::open(&path).unwrap().current();
+        assert_eq!(snapshot.len(), 3);
+    }
+
+    #[test]
+    fn an_unknown_user_costs_one_verification_against_a_dummy_hash() {
+        let verified = std::cell::RefCell::new(Vec::new());
+        let counting = |password: &str, hash: &str| {
+            verified
+                .borrow_mut()
+                .push((password.to_owned(), hash.to_owned()));
+            verify_password(password, hash)
+        };
+        assert!(!matches_with(None, "guess", counting));
+        let calls = verified.borrow().clone();
+        assert_eq!(calls.len(), 1, "one verification for an unknown user");
+        assert_eq!(
+            calls[0],
+            ("guess".to_owned(), dummy_hash().unwrap().to_owned())
+        );
+
+        let real = hash_password("right").unwrap();
+        assert!(matches_with(Some(&real), "right", counting));
+        assert!(!matches_with(Some(&real), "wrong", counting));
+        assert_eq!(verified.borrow().len(), 3, "one each for a known user");
+        assert!(!password_matches(None, "right"));
+    }
+
+    #[test]
+    fn the_dummy_hash_has_the_parameters_of_real_ones() {
+        let real = hash_password("x").unwrap();
+        let (real, dummy) = (
+            PasswordHash::new(&real).unwrap(),
+            PasswordHash::new(dummy_hash().unwrap()).unwrap(),
+        );
+        assert_eq!(dummy.algorithm, real.algorithm);
+        assert_eq!(dummy.version, real.version);
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy_hash(), dummy_hash(), "made once");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct LabOptions {
     pub tls: bool,
     /// Brute-force limits for the proxy (default: the proxy's defaults).
     pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
+    /// Changes to the proxy's configuration, made after the lab's own settings.
+    pub proxy: Option<fn(&mut labssh_proxy::Config)>,
 }
 
 pub struct Lab {
@@ -186,7 +188,7 @@ impl Lab {
                 ..Default::default()
             })
             .collect();
-        let proxy = labssh_proxy::Config {
+        let mut proxy = labssh_proxy::Config {
             host_keys: vec![dir.path().join("host_ed25519_key")],
             users_file: users_file.clone(),
             cache_key_file: dir.path().join("cache.key"),
@@ -196,6 +198,9 @@ impl Lab {
             rate_limit: options.rate_limit.clone().unwrap_or_default(),
             ..Default::default()
         };
+        if let Some(change) = options.proxy {
+            change(&mut proxy);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent_count = options.agents.unwrap_or(1);
         let mut cluster = Cluster::start(
