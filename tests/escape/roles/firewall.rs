@@ -366,7 +366,7 @@ async fn containers_reach_no_cluster_address() {
         "inspect",
         "-f",
         "{{.State.Pid}}",
-        &format!("{prefix}-alice-default"),
+        &labssh_agent::backend::docker::container_name(&prefix, "alice", "default"),
     ])
     .unwrap()
     .trim()
