@@ -9,6 +9,7 @@ mod controller_link;
 mod firewall;
 mod forward;
 mod inventory;
+mod limits;
 mod names;
 mod service;
 mod session;
@@ -50,6 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    limits::nofile::raise(&config)?;
     let backend = DockerBackend::connect(&config)
         .await
         .context("cannot use the container runtime")?;
@@ -114,6 +116,14 @@ pub async fn run_with_backend(
     tasks.spawn(link.run(stop.clone()));
 
     let shared = Arc::new(service::Shared {
+        limits: limits::Limits::start(
+            &config,
+            backend.clone(),
+            inventory.clone(),
+            catalogue.clone(),
+            &tasks,
+            stop.clone(),
+        ),
         name: config.name.clone(),
         backend,
         catalogue,

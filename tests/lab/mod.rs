@@ -28,6 +28,10 @@ pub struct LabOptions {
     pub tls: bool,
     /// Brute-force limits for the proxy (default: the proxy's defaults).
     pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
+    /// More catalogue TOML (`[environments.NAME]` tables) for one test.
+    pub catalogue: String,
+    /// Changes every agent's configuration (caps, intervals) for one test.
+    pub agent_config: Option<fn(&mut labssh_agent::Config)>,
 }
 
 pub struct Lab {
@@ -174,16 +178,23 @@ impl Lab {
         let redis = options
             .redis
             .then(|| RedisServer::start().expect("redis-server"));
-        let controller = labssh_controller::Config::from_toml_str(&controller_toml()).unwrap();
+        let catalogue = format!("{}\n{}", controller_toml(), options.catalogue);
+        let controller = labssh_controller::Config::from_toml_str(&catalogue).unwrap();
         let agents = (0..options.agents.unwrap_or(1))
-            .map(|i| labssh_agent::Config {
-                name: format!("agent{i}"),
-                container_prefix: if i == 0 {
-                    prefix.clone()
-                } else {
-                    format!("{prefix}a{i}")
-                },
-                ..Default::default()
+            .map(|i| {
+                let mut agent = labssh_agent::Config {
+                    name: format!("agent{i}"),
+                    container_prefix: if i == 0 {
+                        prefix.clone()
+                    } else {
+                        format!("{prefix}a{i}")
+                    },
+                    ..Default::default()
+                };
+                if let Some(change) = options.agent_config {
+                    change(&mut agent);
+                }
+                agent
             })
             .collect();
         let proxy = labssh_proxy::Config {
