@@ -8,6 +8,7 @@
 //! channel on top of HTTP/2's windows), and writes what the proxy sends before it
 //! reads the next message.
 
+pub mod host_watch;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Accepted connections waiting to be attached, across all listeners.
 const MAX_PENDING: usize = 1024;
+/// How long the agent's own resolver may take for a name an allow rule gives.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends forward output to the proxy.
 pub type OutputSender = mpsc::Sender<Result<pb::ForwardOutput, Status>>;
@@ -208,8 +211,10 @@ where
 /// address reached and the student's forward count.
 type Opened = (Box<dyn Duplex>, String, String, Held);
 
-/// `ssh -L` / `-D`: checks policy against every address the destination resolves to
-/// inside the container, then connects to the first allowed one.
+/// `ssh -L` / `-D`: checks policy against every address the destination resolves to,
+/// then connects to the first allowed one. A name an allow rule gives is resolved by
+/// the agent; any other (localhost, the container's own names, names only `*`
+/// allows) as the container resolves it.
 async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, Failure> {
     let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
     let (env, ensured) = shared
@@ -223,10 +228,15 @@ async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opene
     let host = open.host.trim_start_matches('[').trim_end_matches(']');
     let backend = &shared.backend;
     let container = &ensured.container_id;
-    let addresses = backend
-        .resolve(container, host, port)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let by_agent = policy.names_host(host, port);
+    let addresses = if by_agent {
+        resolve_here(host, port).await?
+    } else {
+        backend
+            .resolve(container, host, port)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+    };
     // The container's own addresses matter only for a destination that is not
     // loopback (`-L p:localhost:q`, the common case, needs no Docker call).
     let own = if addresses
@@ -240,10 +250,11 @@ async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opene
             .await
             .unwrap_or_default()
     };
+    let guard = shared.guard.current();
     let mut refusal = None;
     let mut last_error = None;
     for addr in &addresses {
-        if let Err(r) = policy.check_destination(&shared.guard, &own, host, *addr) {
+        if let Err(r) = policy.check_destination(&guard, &own, host, *addr) {
             tracing::info!(user = %open.user, target = %format!("{host}:{port}"), %addr, "forward refused: {}", r.0);
             refusal.get_or_insert(r);
             continue;
@@ -253,7 +264,7 @@ async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opene
             .await
         {
             Ok(stream) => {
-                tracing::info!(user = %open.user, container = %ensured.name, target = %format!("{host}:{port}"), %addr, originator = %open.originator, "forward opened");
+                tracing::info!(user = %open.user, container = %ensured.name, target = %format!("{host}:{port}"), %addr, resolved_by = if by_agent { "agent" } else { "container" }, originator = %open.originator, "forward opened");
                 return Ok((stream, ensured.name, addr.to_string(), counted));
             }
             Err(e) => last_error = Some(e.to_string()),
@@ -266,6 +277,20 @@ async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opene
         Some(r) => Err(r.into()),
         None => Err(failed(format!(
             "{host}:{port}: the name resolves to no address"
+        ))),
+    }
+}
+
+/// `host:port` by this agent's own resolver (its /etc/hosts and DNS).
+async fn resolve_here(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => Ok(addresses.collect()),
+        Ok(Err(e)) => Err(failed(format!(
+            "{host}:{port}: cannot resolve the name: {e}"
+        ))),
+        Err(_) => Err(failed(format!(
+            "{host}:{port}: the name did not resolve within {} s",
+            RESOLVE_TIMEOUT.as_secs()
         ))),
     }
 }

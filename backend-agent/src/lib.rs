@@ -130,7 +130,7 @@ pub async fn run_with_backend(
         inventory,
         shutdown: stop.clone(),
         tasks: tasks.clone(),
-        guard: forward::policy::Guard::from_host(&forward_deny),
+        guard: forward::host_watch::HostGuard::watch(&forward_deny),
         pending: Default::default(),
     });
     let incoming = TcpListenerStream::new(listener).map(|conn| {

@@ -1,12 +1,17 @@
-//! Finding 4: one student cannot use up what the node shares.
+//! Finding 4: one student cannot use up what the node shares, and finding 6's
+//! forwarding items (names an allow rule gives are resolved by the agent; the hard
+//! guard follows this host's address changes).
 //!
 //! - `caps`: per-student caps on sessions, forwards, `ssh -R` listeners and accepted
 //!   `ssh -R` connections, across all of a student's SSH connections;
 //! - `nofile`: the agent raises its open-file limit at start;
-//! - `disk`: home and writable-layer quotas, measured and enforced at login.
+//! - `disk`: home and writable-layer quotas, measured and enforced at login;
+//! - `forwarding`: allow-list names resolved by the agent, and the guard following
+//!   address changes (both need root: network namespaces, interfaces).
 
 mod caps;
 mod disk;
+mod forwarding;
 mod nofile;
 
 use std::process::Output;
