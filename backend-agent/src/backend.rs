@@ -101,6 +101,28 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (container, candidates);
         Ok(None)
     }
+
+    /// What `user`'s home and their container for `env` use on disk, for the quotas
+    /// `env` sets (`home_quota_mb`, `layer_quota_mb`); `None` for a quota that is off,
+    /// that the runtime enforces itself, or that this runtime cannot measure. Slow (it
+    /// may walk the files): for a background task, never a login's path.
+    async fn disk_usage(
+        &self,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<DiskUsage, BackendError> {
+        let _ = (user, env);
+        Ok(DiskUsage::default())
+    }
+}
+
+/// Disk space measured by [`Backend::disk_usage`], in bytes allocated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// The student's home volume (shared by all their environments).
+    pub home_bytes: Option<u64>,
+    /// The container's writable layer: what it wrote outside the home.
+    pub layer_bytes: Option<u64>,
 }
 
 /// A byte stream both ways, such as a forwarded TCP connection.

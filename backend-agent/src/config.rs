@@ -27,6 +27,25 @@ const DEFAULT_HELPER_DIR: &str = "/run/labssh";
 /// Catches containers that students or operators stop or remove behind the agent's back,
 /// without polling Docker often.
 const DEFAULT_INVENTORY_REFRESH_SECS: u64 = 10;
+/// VS Code Remote opens a handful of exec channels per window; 32 leaves room for
+/// several windows, terminals and file transfers at once.
+const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 32;
+/// A browser through `ssh -L` opens six connections per host, VS Code a few per
+/// window: 64 covers that, and 300 students' worth stays within 65,536 descriptors
+/// (see [`crate::limits::nofile`]).
+const DEFAULT_MAX_FORWARDS_PER_USER: u32 = 64;
+/// `ssh -R` listeners: a few services published back per student.
+const DEFAULT_MAX_LISTENERS_PER_USER: u32 = 8;
+/// Accepted `ssh -R` connections are handed to the client at once; a queue longer
+/// than this means the client is not taking them.
+const DEFAULT_MAX_PENDING_REMOTE_PER_USER: u32 = 16;
+/// 0: raise the open-file limit's soft value to the hard one, whatever that is.
+const DEFAULT_NOFILE: u64 = 0;
+/// A full pass over a class's homes costs seconds of one core; every five minutes
+/// keeps that under 1% while a student over quota is noticed within the hour's lab.
+const DEFAULT_DISK_CHECK_INTERVAL_SECS: u64 = 300;
+/// The open-file limit below which the agent cannot even serve one class.
+pub const MIN_NOFILE: u64 = 1024;
 
 /// Agent configuration, read from TOML; every key has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -90,6 +109,23 @@ pub struct Config {
     /// environment allows (e.g. the cluster's service network). This host's own
     /// addresses, container networks and link-local addresses are always refused.
     pub forward_deny: Vec<String>,
+    /// Sessions (shells, commands, SFTP) one student may have open on this node,
+    /// across all their SSH connections and proxy replicas.
+    pub max_sessions_per_user: u32,
+    /// Forwarded TCP connections (`ssh -L`, `ssh -D` and accepted `ssh -R`
+    /// connections) one student may have open on this node.
+    pub max_forwards_per_user: u32,
+    /// `ssh -R` listeners one student may hold on this node.
+    pub max_listeners_per_user: u32,
+    /// Accepted `ssh -R` connections of one student waiting for their SSH client
+    /// to take them (these count as forwards too).
+    pub max_pending_remote_per_user: u32,
+    /// Open-file limit (RLIMIT_NOFILE) the agent raises itself to at start; 0 means
+    /// the hard limit. Above the hard limit it needs root (CAP_SYS_RESOURCE).
+    pub nofile: u64,
+    /// How often the disk usage of homes and container layers under a quota
+    /// (`home_quota_mb`, `layer_quota_mb` in the catalogue) is measured.
+    pub disk_check_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -114,6 +150,12 @@ impl Default for Config {
             firewall_ports: Vec::new(),
             cluster_networks: Vec::new(),
             forward_deny: Vec::new(),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+            max_forwards_per_user: DEFAULT_MAX_FORWARDS_PER_USER,
+            max_listeners_per_user: DEFAULT_MAX_LISTENERS_PER_USER,
+            max_pending_remote_per_user: DEFAULT_MAX_PENDING_REMOTE_PER_USER,
+            nofile: DEFAULT_NOFILE,
+            disk_check_interval_secs: DEFAULT_DISK_CHECK_INTERVAL_SECS,
         }
     }
 }
@@ -275,6 +317,28 @@ impl Config {
                 problems.push(format!("forward_deny: {e}"));
             }
         }
+        for (key, cap) in [
+            ("max_sessions_per_user", self.max_sessions_per_user),
+            ("max_forwards_per_user", self.max_forwards_per_user),
+            ("max_listeners_per_user", self.max_listeners_per_user),
+            (
+                "max_pending_remote_per_user",
+                self.max_pending_remote_per_user,
+            ),
+        ] {
+            if cap == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.nofile != 0 && self.nofile < MIN_NOFILE {
+            problems.push(format!(
+                "nofile: {} is below the {MIN_NOFILE} the agent needs for itself (0 means the hard limit)",
+                self.nofile
+            ));
+        }
+        if self.disk_check_interval_secs == 0 {
+            problems.push("disk_check_interval_secs: must be greater than 0".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -356,6 +420,12 @@ mod tests {
             sftp_binary = "/usr/local/lib/labssh/labssh-sftp"
             helper_dir = "/run/lab"
             cluster_networks = ["10.0.0.0/24", "fd00:1::/64", "192.0.2.7"]
+            max_sessions_per_user = 10
+            max_forwards_per_user = 20
+            max_listeners_per_user = 2
+            max_pending_remote_per_user = 4
+            nofile = 65536
+            disk_check_interval_secs = 60
             "#,
         )
         .unwrap();
@@ -367,6 +437,16 @@ mod tests {
         assert_eq!(c.init_binary, "/usr/local/lib/labssh/labssh-init");
         assert_eq!(c.sftp_binary, "/usr/local/lib/labssh/labssh-sftp");
         assert_eq!(c.helper_dir, "/run/lab");
+        assert_eq!(
+            (
+                c.max_sessions_per_user,
+                c.max_forwards_per_user,
+                c.max_listeners_per_user,
+                c.max_pending_remote_per_user
+            ),
+            (10, 20, 2, 4)
+        );
+        assert_eq!((c.nofile, c.disk_check_interval_secs), (65536, 60));
     }
 
     #[test]
@@ -389,6 +469,10 @@ mod tests {
             sftp_binary = "labssh-sftp"
             helper_dir = "run"
             cluster_networks = ["10.0.0.0/33"]
+            max_sessions_per_user = 0
+            max_listeners_per_user = 0
+            nofile = 64
+            disk_check_interval_secs = 0
             "#,
         )
         .unwrap_err()
@@ -402,6 +486,10 @@ mod tests {
             "sftp_binary:",
             "helper_dir:",
             "cluster_networks:",
+            "max_sessions_per_user: must be greater than 0",
+            "max_listeners_per_user: must be greater than 0",
+            "nofile: 64 is below",
+            "disk_check_interval_secs:",
         ] {
             assert!(e.contains(key), "{key} missing from {e}");
         }

@@ -8,6 +8,7 @@
 //! channel on top of HTTP/2's windows), and writes what the proxy sends before it
 //! reads the next message.
 
+pub mod host_watch;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::backend::Duplex;
+use crate::limits::caps::{Held, Kind, OverCap};
 use crate::service::Shared;
 use policy::{Policy, Refused};
 
@@ -40,6 +42,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Accepted connections waiting to be attached, across all listeners.
 const MAX_PENDING: usize = 1024;
+/// How long the agent's own resolver may take for a name an allow rule gives.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends forward output to the proxy.
 pub type OutputSender = mpsc::Sender<Result<pb::ForwardOutput, Status>>;
@@ -58,6 +62,10 @@ struct Accepted {
     container: String,
     stream: TcpStream,
     peer: SocketAddr,
+    /// Counts against the student's forwards, for as long as the connection lives.
+    forward: Held,
+    /// Counts against the student's waiting connections until attached.
+    waiting: Held,
 }
 
 impl Pending {
@@ -111,6 +119,15 @@ struct Failure {
     prohibited: bool,
 }
 
+impl From<OverCap> for Failure {
+    fn from(over: OverCap) -> Self {
+        Failure {
+            message: over.to_string(),
+            prohibited: true,
+        }
+    }
+}
+
 impl From<Refused> for Failure {
     fn from(r: Refused) -> Self {
         Failure {
@@ -159,7 +176,8 @@ where
         )),
         Some(Err(_)) | None => return,
     };
-    let (stream, container, address) = match opened {
+    // `_counted` holds the student's forward count until the connection is gone.
+    let (stream, container, address, _counted) = match opened {
         Ok(o) => o,
         Err(f) => {
             if !f.prohibited {
@@ -189,12 +207,16 @@ where
     tracing::debug!(%address, "forward closed");
 }
 
-/// `ssh -L` / `-D`: checks policy against every address the destination resolves to
-/// inside the container, then connects to the first allowed one.
-async fn open_connection(
-    shared: &Shared,
-    open: pb::ForwardOpen,
-) -> Result<(Box<dyn Duplex>, String, String), Failure> {
+/// A forwarded connection and what it holds: the stream, the container's name, the
+/// address reached and the student's forward count.
+type Opened = (Box<dyn Duplex>, String, String, Held);
+
+/// `ssh -L` / `-D`: checks policy against every address the destination resolves to,
+/// then connects to the first allowed one. A name an allow rule gives is resolved by
+/// the agent; any other (localhost, the container's own names, names only `*`
+/// allows) as the container resolves it.
+async fn open_connection(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, Failure> {
+    let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
     let (env, ensured) = shared
         .ensure(&open.user, &open.environment)
         .await
@@ -206,10 +228,15 @@ async fn open_connection(
     let host = open.host.trim_start_matches('[').trim_end_matches(']');
     let backend = &shared.backend;
     let container = &ensured.container_id;
-    let addresses = backend
-        .resolve(container, host, port)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+    let by_agent = policy.names_host(host, port);
+    let addresses = if by_agent {
+        resolve_here(host, port).await?
+    } else {
+        backend
+            .resolve(container, host, port)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+    };
     // The container's own addresses matter only for a destination that is not
     // loopback (`-L p:localhost:q`, the common case, needs no Docker call).
     let own = if addresses
@@ -223,10 +250,11 @@ async fn open_connection(
             .await
             .unwrap_or_default()
     };
+    let guard = shared.guard.current();
     let mut refusal = None;
     let mut last_error = None;
     for addr in &addresses {
-        if let Err(r) = policy.check_destination(&shared.guard, &own, host, *addr) {
+        if let Err(r) = policy.check_destination(&guard, &own, host, *addr) {
             tracing::info!(user = %open.user, target = %format!("{host}:{port}"), %addr, "forward refused: {}", r.0);
             refusal.get_or_insert(r);
             continue;
@@ -236,8 +264,8 @@ async fn open_connection(
             .await
         {
             Ok(stream) => {
-                tracing::info!(user = %open.user, container = %ensured.name, target = %format!("{host}:{port}"), %addr, originator = %open.originator, "forward opened");
-                return Ok((stream, ensured.name, addr.to_string()));
+                tracing::info!(user = %open.user, container = %ensured.name, target = %format!("{host}:{port}"), %addr, resolved_by = if by_agent { "agent" } else { "container" }, originator = %open.originator, "forward opened");
+                return Ok((stream, ensured.name, addr.to_string(), counted));
             }
             Err(e) => last_error = Some(e.to_string()),
         }
@@ -253,11 +281,23 @@ async fn open_connection(
     }
 }
 
-/// `ssh -R`: takes over a connection a Listen call accepted.
-fn attach_connection(
-    shared: &Shared,
-    attach: pb::ForwardAttach,
-) -> Result<(Box<dyn Duplex>, String, String), Failure> {
+/// `host:port` by this agent's own resolver (its /etc/hosts and DNS).
+async fn resolve_here(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => Ok(addresses.collect()),
+        Ok(Err(e)) => Err(failed(format!(
+            "{host}:{port}: cannot resolve the name: {e}"
+        ))),
+        Err(_) => Err(failed(format!(
+            "{host}:{port}: the name did not resolve within {} s",
+            RESOLVE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `ssh -R`: takes over a connection a Listen call accepted; it stops counting as
+/// waiting, and goes on counting as one of the student's forwards.
+fn attach_connection(shared: &Shared, attach: pb::ForwardAttach) -> Result<Opened, Failure> {
     let accepted = shared
         .pending
         .take(attach.connection)
@@ -266,11 +306,16 @@ fn attach_connection(
         // Not theirs: close it rather than hand it to the wrong student.
         return Err(failed("that connection belongs to another session"));
     }
-    Ok((
-        Box::new(accepted.stream),
-        accepted.container,
-        accepted.peer.to_string(),
-    ))
+    let Accepted {
+        stream,
+        container,
+        peer,
+        forward,
+        waiting,
+        ..
+    } = accepted;
+    drop(waiting);
+    Ok((Box::new(stream), container, peer.to_string(), forward))
 }
 
 /// Copies both ways until both directions are finished or either side goes away.
@@ -367,6 +412,14 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
                 .await;
         }
     };
+    // Held for as long as the listener is.
+    let _listening = match shared.limits.caps.acquire(&request.user, Kind::Listener) {
+        Ok(held) => held,
+        Err(over) => {
+            tracing::info!(user = %request.user, cap = over.cap, "remote forward refused: {}", over.kind.key());
+            return refuse(over.into()).await;
+        }
+    };
     let (env, ensured) = match shared.ensure(&request.user, &request.environment).await {
         Ok(ok) => ok,
         Err(f) => return refuse(failed(f.message)).await,
@@ -396,6 +449,8 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
     if tx.send(Ok(listening)).await.is_err() {
         return;
     }
+    // Set while connections are being refused over a cap, so one burst logs once.
+    let mut over_cap = false;
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -411,6 +466,24 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
                 continue;
             }
         };
+        let caps = &shared.limits.caps;
+        let counted = caps
+            .acquire(&request.user, Kind::Forward)
+            .and_then(|f| Ok((f, caps.acquire(&request.user, Kind::PendingRemote)?)));
+        let (forward, waiting) = match counted {
+            Ok(held) => {
+                over_cap = false;
+                held
+            }
+            Err(over) => {
+                // Closing it tells the client in the container at once.
+                if !over_cap {
+                    tracing::warn!(user = %request.user, container = %ensured.name, port, "closing accepted connections: {over}");
+                    over_cap = true;
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let parked = shared.pending.park(Accepted {
             user: request.user.clone(),
@@ -418,6 +491,8 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
             container: ensured.name.clone(),
             stream,
             peer,
+            forward,
+            waiting,
         });
         let Some(connection) = parked else {
             tracing::warn!(container = %ensured.name, "too many connections waiting to be attached; closed one");
@@ -441,6 +516,7 @@ pub async fn listen(shared: Arc<Shared>, request: pb::ListenRequest, tx: EventSe
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::caps::{CapConfig, Caps};
 
     #[tokio::test]
     async fn copy_out_sends_chunks_then_eof_and_stops_when_the_proxy_leaves() {
@@ -502,6 +578,11 @@ mod tests {
             let client = TcpStream::connect(addr).await.unwrap();
             let (server, peer) = listener.accept().await.unwrap();
             let pending = Arc::new(Pending::default());
+            let config = crate::config::Config {
+                max_pending_remote_per_user: 1,
+                ..Default::default()
+            };
+            let caps = Arc::new(Caps::new(CapConfig::from(&config)));
             let id = pending
                 .park(Accepted {
                     user: "alice".into(),
@@ -509,12 +590,22 @@ mod tests {
                     container: "c".into(),
                     stream: server,
                     peer,
+                    forward: caps.acquire("alice", Kind::Forward).unwrap(),
+                    waiting: caps.acquire("alice", Kind::PendingRemote).unwrap(),
                 })
                 .unwrap();
             assert_eq!(pending.len(), 1);
-            assert!(pending.take(id).is_some());
+            assert!(caps.acquire("alice", Kind::PendingRemote).is_err());
+            let taken = pending.take(id).unwrap();
             assert!(pending.take(id).is_none());
             assert!(pending.is_empty());
+            drop(taken);
+            assert_eq!(
+                caps.count("alice", Kind::Forward),
+                0,
+                "released with the connection"
+            );
+            assert_eq!(caps.count("alice", Kind::PendingRemote), 0);
             drop(client);
         });
     }

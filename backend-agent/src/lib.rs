@@ -9,6 +9,7 @@ mod controller_link;
 mod firewall;
 mod forward;
 mod inventory;
+mod limits;
 mod names;
 mod service;
 mod session;
@@ -50,6 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    limits::nofile::raise(&config)?;
     let backend = DockerBackend::connect(&config)
         .await
         .context("cannot use the container runtime")?;
@@ -118,13 +120,21 @@ pub async fn run_with_backend(
     }
 
     let shared = Arc::new(service::Shared {
+        limits: limits::Limits::start(
+            &config,
+            backend.clone(),
+            inventory.clone(),
+            catalogue.clone(),
+            &tasks,
+            stop.clone(),
+        ),
         name: config.name.clone(),
         backend,
         catalogue,
         inventory,
         shutdown: stop.clone(),
         tasks: tasks.clone(),
-        guard: forward::policy::Guard::from_host(&forward_deny),
+        guard: forward::host_watch::HostGuard::watch(&forward_deny),
         pending: Default::default(),
     });
     let incoming = TcpListenerStream::new(listener).map(|conn| {

@@ -13,6 +13,7 @@ use crate::backend::{BackendError, Ensured, SharedBackend};
 use crate::catalogue::Catalogue;
 use crate::forward;
 use crate::inventory::Inventory;
+use crate::limits::Limits;
 use crate::names;
 use crate::session;
 
@@ -34,8 +35,11 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Session tasks, so shutdown can wait for their cleanup.
     pub tasks: TaskTracker,
-    /// Addresses forwarding never reaches, whatever the catalogue says.
-    pub guard: forward::policy::Guard,
+    /// Addresses forwarding never reaches, whatever the catalogue says; follows this
+    /// host's address changes.
+    pub guard: forward::host_watch::HostGuard,
+    /// What one student may hold on this node: caps and disk quotas.
+    pub limits: Arc<Limits>,
     /// `ssh -R` connections accepted and not yet attached.
     pub pending: Arc<forward::Pending>,
 }

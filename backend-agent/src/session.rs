@@ -16,6 +16,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::backend::{self, PtySpec, SpawnSpec};
+use crate::limits::caps::Kind;
 use crate::service::Shared;
 
 /// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
@@ -42,6 +43,24 @@ where
         Some(Err(_)) | None => return, // the proxy left before saying anything
     };
     tracing::debug!(user = %start.user, env = %start.environment, "session start");
+    // Held until the session ends, whichever way.
+    let _counted = match shared.limits.caps.acquire(&start.user, Kind::Session) {
+        Ok(held) => held,
+        Err(over) => {
+            tracing::info!(user = %start.user, cap = over.cap, "session refused: {}", over.kind.key());
+            telemetry::error(Component::Agent, "user_cap");
+            return send_error(&tx, over.to_string()).await;
+        }
+    };
+    // Over a disk quota, shells and commands wait; SFTP stays open to delete files.
+    if start.subsystem.is_empty() {
+        if let Ok(env) = shared.catalogue.get(&start.environment) {
+            if let Err(over) = shared.limits.disk.check(&start.user, &env) {
+                tracing::info!(user = %start.user, environment = %start.environment, "session refused: {over}");
+                return send_error(&tx, over.to_string()).await;
+            }
+        }
+    }
 
     // Ensure is not abandoned when the proxy leaves: another login may be waiting on it.
     let ensure_span = tracing::info_span!(
@@ -127,6 +146,10 @@ where
         return;
     }
     relay::relay(process, inbound, tx, &shared.shutdown).await;
+    if !start.subsystem.is_empty() && shared.limits.disk.check(&start.user, &env).is_err() {
+        // They may have deleted files to get under their quota: measure again now.
+        shared.limits.disk.measure_soon(&start.user, &env.name);
+    }
 }
 
 /// Where OpenSSH's sftp-server lives in the common distributions.

@@ -43,10 +43,17 @@ pub const DEFAULT_UID: u32 = 1_000;
 pub const DEFAULT_GID: u32 = 1_000;
 /// Every image, even busybox, has a POSIX shell here.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
+/// No home quota unless the operator sizes one: a limit nobody chose would lock
+/// students out of their own work.
+pub const DEFAULT_HOME_QUOTA_MB: u64 = 0;
+/// No writable-layer quota unless the operator sizes one, for the same reason.
+pub const DEFAULT_LAYER_QUOTA_MB: u64 = 0;
 
 /// Longest environment name; it ends up in container names and labels,
 /// which have length limits of their own.
 const MAX_ENVIRONMENT_NAME_LEN: usize = 32;
+/// Largest disk quota, in MiB: 1 EiB, so the byte count fits any counter.
+const MAX_QUOTA_MB: u64 = 1 << 40;
 
 /// The controller's whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -108,6 +115,13 @@ pub struct EnvironmentConfig {
     pub spawn: String,
     /// Port forwarding (`ssh -L`, `-D`, `-R`): `[environments.NAME.forwarding]`.
     pub forwarding: ForwardingConfig,
+    /// Disk quota of the student's home volume in MiB; 0 means none. Over it, new
+    /// shell and exec sessions are refused (SFTP stays open to delete files).
+    pub home_quota_mb: u64,
+    /// Disk quota of the container's writable layer (files outside the home) in
+    /// MiB; 0 means none. Enforced by the storage driver where it supports a size
+    /// limit, else measured and enforced like the home quota.
+    pub layer_quota_mb: u64,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -223,6 +237,8 @@ impl Default for EnvironmentConfig {
             env: BTreeMap::new(),
             spawn: String::new(),
             forwarding: ForwardingConfig::default(),
+            home_quota_mb: DEFAULT_HOME_QUOTA_MB,
+            layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
         }
     }
 }
@@ -332,6 +348,8 @@ impl EnvironmentConfig {
                 allow: self.forwarding.allow.clone(),
                 gateway_ports: self.forwarding.gateway_ports,
             }),
+            home_quota_mb: self.home_quota_mb,
+            layer_quota_mb: self.layer_quota_mb,
         }
     }
 
@@ -414,6 +432,17 @@ impl EnvironmentConfig {
                 key("spawn"),
                 self.spawn
             ));
+        }
+        for (field, mb) in [
+            ("home_quota_mb", self.home_quota_mb),
+            ("layer_quota_mb", self.layer_quota_mb),
+        ] {
+            if mb > MAX_QUOTA_MB {
+                problems.push(format!(
+                    "{}: {mb} is too large (at most {MAX_QUOTA_MB}; 0 means no quota)",
+                    key(field)
+                ));
+            }
         }
         let (_, bad_rules) = labssh_proto::forwarding::parse_all(&self.forwarding.allow);
         for problem in bad_rules {
@@ -509,6 +538,8 @@ mod tests {
             keepalive_cmd = ["sleep", "infinity"]
             env = { CUDA_VISIBLE_DEVICES = "0" }
             spawn = "exec"
+            home_quota_mb = 2048
+            layer_quota_mb = 512
             "#,
         )
         .unwrap();
@@ -520,9 +551,11 @@ mod tests {
         assert_eq!(gpu.uid, DEFAULT_UID);
         assert_eq!(gpu.env["CUDA_VISIBLE_DEVICES"], "0");
         assert_eq!(gpu.spawn, "exec");
+        assert_eq!((gpu.home_quota_mb, gpu.layer_quota_mb), (2048, 512));
         let default = config.environments["default"].to_proto("default");
         assert_eq!(default.memory_bytes, 512 * 1024 * 1024);
         assert_eq!(default.pids_limit, 256);
+        assert_eq!((default.home_quota_mb, default.layer_quota_mb), (0, 0));
     }
 
     #[test]
@@ -564,6 +597,7 @@ mod tests {
                 uid: 0,
                 shell: "bash".to_string(),
                 cap_add: vec!["ALL".to_string(), "net admin".to_string()],
+                home_quota_mb: u64::MAX,
                 ..EnvironmentConfig::default()
             },
         );
@@ -584,6 +618,7 @@ mod tests {
             "environments.gpu.shell: \"bash\" must be an absolute path",
             "environments.gpu.cap_add: \"ALL\"",
             "environments.gpu.cap_add: \"net admin\"",
+            "environments.gpu.home_quota_mb: 18446744073709551615 is too large",
         ];
         for want in expected {
             assert!(
@@ -593,7 +628,7 @@ mod tests {
         }
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
         let text = config.validate().unwrap_err().to_string();
-        assert!(text.contains("11 problems"), "{text}");
+        assert!(text.contains("12 problems"), "{text}");
     }
 
     #[test]

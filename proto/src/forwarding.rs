@@ -57,6 +57,12 @@ impl Rule {
     pub fn is_wildcard_host(&self) -> bool {
         self.host == HostPattern::Any
     }
+
+    /// Whether this rule names the host `name` (not by `*` or an address block) and
+    /// covers `port`: the name is then the operator's, and resolved by the agent.
+    pub fn names(&self, name: &str, port: u16) -> bool {
+        matches!(&self.host, HostPattern::Name(_)) && self.allows(name, IpAddr::from([0; 4]), port)
+    }
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16), String> {
@@ -140,8 +146,14 @@ mod tests {
         assert!(r.allows("db.example.org.", ip("192.0.2.1"), 5433));
         assert!(!r.allows("other.example.org", ip("192.0.2.1"), 5432));
 
+        assert!(r.names("db.example.org", 5432));
+        assert!(!r.names("db.example.org", 22));
+        assert!(!r.names("other.example.org", 5432));
+
         let r = Rule::parse("*:*").unwrap();
         assert!(r.allows("anything", ip("2001:db8::1"), 1));
+        assert!(!r.names("anything", 1));
+        assert!(!Rule::parse("0.0.0.0/0:*").unwrap().names("x", 1));
 
         let r = Rule::parse("[2001:db8::/32]:22").unwrap();
         assert!(r.allows("x", ip("2001:db8:1::5"), 22));

@@ -30,6 +30,10 @@ pub struct LabOptions {
     pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
     /// Changes to the proxy's configuration, made after the lab's own settings.
     pub proxy: Option<fn(&mut labssh_proxy::Config)>,
+    /// More catalogue TOML (`[environments.NAME]` tables) for one test.
+    pub catalogue: String,
+    /// Changes every agent's configuration (caps, intervals) for one test.
+    pub agent_config: Option<fn(&mut labssh_agent::Config)>,
 }
 
 pub struct Lab {
@@ -176,16 +180,23 @@ impl Lab {
         let redis = options
             .redis
             .then(|| RedisServer::start().expect("redis-server"));
-        let controller = labssh_controller::Config::from_toml_str(&controller_toml()).unwrap();
+        let catalogue = format!("{}\n{}", controller_toml(), options.catalogue);
+        let controller = labssh_controller::Config::from_toml_str(&catalogue).unwrap();
         let agents = (0..options.agents.unwrap_or(1))
-            .map(|i| labssh_agent::Config {
-                name: format!("agent{i}"),
-                container_prefix: if i == 0 {
-                    prefix.clone()
-                } else {
-                    format!("{prefix}a{i}")
-                },
-                ..Default::default()
+            .map(|i| {
+                let mut agent = labssh_agent::Config {
+                    name: format!("agent{i}"),
+                    container_prefix: if i == 0 {
+                        prefix.clone()
+                    } else {
+                        format!("{prefix}a{i}")
+                    },
+                    ..Default::default()
+                };
+                if let Some(change) = options.agent_config {
+                    change(&mut agent);
+                }
+                agent
             })
             .collect();
         let mut proxy = labssh_proxy::Config {

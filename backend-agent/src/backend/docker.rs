@@ -2,6 +2,7 @@
 
 mod archive;
 mod container_spec;
+mod disk;
 mod exec;
 mod helper_container;
 mod hijack;
@@ -222,6 +223,7 @@ impl DockerBackend {
             sftp: self.sftp.as_deref(),
         }
         .create_body();
+        let body = self.with_layer_quota(body, env).await;
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
@@ -631,6 +633,14 @@ impl Backend for DockerBackend {
                 })
             })
             .collect())
+    }
+
+    async fn disk_usage(
+        &self,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<super::DiskUsage, BackendError> {
+        self.measure_disk(user, env).await
     }
 }
 

@@ -85,6 +85,13 @@ impl Policy {
         }
     }
 
+    /// Whether an allow rule names the host `name` for `port`. Such a name is the
+    /// operator's, so the agent resolves it with its own resolver: the container's
+    /// `/etc/hosts` belongs to a root student, who could point the name anywhere.
+    pub fn names_host(&self, name: &str, port: u16) -> bool {
+        self.rules.iter().any(|r| r.names(name, port))
+    }
+
     /// Judges one resolved address of a destination the student asked for as `name`.
     /// `own` are the container's own addresses.
     pub fn check_destination(
@@ -183,23 +190,24 @@ fn is_self(ip: IpAddr, own: &[IpAddr]) -> bool {
 }
 
 impl Guard {
-    /// Reads this host's interfaces; `deny` are the operator's extra blocks.
-    pub fn from_host(deny: &[IpNet]) -> Guard {
+    /// The guard for this host's interfaces `(name, address, prefix length)`; `deny`
+    /// are the operator's extra blocks. `None` when the interfaces could not be read:
+    /// then all private space is refused.
+    pub fn from_interfaces(deny: &[IpNet], interfaces: Option<&[(String, IpAddr, u8)]>) -> Guard {
         let mut guard = Guard {
             denied: deny.to_vec(),
             ..Guard::default()
         };
-        match host_interfaces() {
-            Ok(interfaces) => {
-                for (name, addr, prefix) in interfaces {
-                    guard.add_interface(&name, addr, prefix);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list this host's addresses; forwarding to private networks is refused")
-            }
+        for (name, addr, prefix) in interfaces.unwrap_or_default() {
+            guard.add_interface(name, *addr, *prefix);
         }
         guard
+    }
+
+    /// Whether `ip` is one of this host's own addresses.
+    #[cfg(test)]
+    pub fn is_host_address(&self, ip: IpAddr) -> bool {
+        self.host_addresses.contains(&canonical(ip))
     }
 
     /// Notes one address of one host interface.
@@ -273,50 +281,6 @@ fn is_private(ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
-}
-
-/// (interface name, address, prefix length) of every address on this host.
-fn host_interfaces() -> std::io::Result<Vec<(String, IpAddr, u8)>> {
-    let mut list = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list freed by freeifaddrs below; every
-    // pointer read is checked for null and points into that list.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_netmask.is_null() {
-                continue;
-            }
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                .to_string_lossy()
-                .into_owned();
-            let (addr, prefix) = match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                    (
-                        IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
-                        u32::from_be(m.sin_addr.s_addr).count_ones() as u8,
-                    )
-                }
-                libc::AF_INET6 => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let m = &*(ifa.ifa_netmask as *const libc::sockaddr_in6);
-                    let ones: u32 = m.sin6_addr.s6_addr.iter().map(|b| b.count_ones()).sum();
-                    (IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)), ones as u8)
-                }
-                _ => continue,
-            };
-            list.push((name, addr, prefix));
-        }
-        libc::freeifaddrs(head);
-    }
-    Ok(list)
 }
 
 #[cfg(test)]
@@ -406,6 +370,33 @@ mod tests {
     }
 
     #[test]
+    fn named_hosts_are_the_agents_to_resolve() {
+        let p = Policy::of(&env(&["license.example.edu:27000", "*:*", "10.0.0.0/8:22"]));
+        assert!(p.names_host("license.example.edu", 27000));
+        assert!(p.names_host("LICENSE.example.edu.", 27000));
+        assert!(
+            !p.names_host("license.example.edu", 22),
+            "only * allows that"
+        );
+        assert!(!p.names_host("localhost", 22));
+        assert!(!p.names_host("db", 22), "an address block names no host");
+    }
+
+    #[test]
+    fn unknown_interfaces_close_private_space() {
+        let p = Policy::of(&env(&["*:*"]));
+        let g = Guard::from_interfaces(&[], None);
+        let e = p
+            .check_destination(&g, &[], "x", sa("10.1.2.3:22"))
+            .unwrap_err();
+        assert!(e.0.contains("private networks are closed"), "{e:?}");
+        let interfaces = [("eth0".to_owned(), "10.0.0.5".parse().unwrap(), 24)];
+        let g = Guard::from_interfaces(&[], Some(&interfaces));
+        assert!(g.is_host_address("10.0.0.5".parse().unwrap()));
+        assert!(g.is_host_address("::ffff:10.0.0.5".parse().unwrap()));
+    }
+
+    #[test]
     fn turned_off_says_so() {
         let mut e = env(&[]);
         e.forwarding.as_mut().unwrap().local = false;
@@ -450,12 +441,5 @@ mod tests {
             sa("172.17.0.9:9000")
         );
         assert!(p.listen_address(&own, "172.17.0.10", 9000).is_err());
-    }
-
-    #[test]
-    fn this_hosts_addresses_are_known() {
-        // This host has at least one non-loopback address in any test setup.
-        let g = Guard::from_host(&[]);
-        assert!(!g.host_addresses.is_empty());
     }
 }
