@@ -78,7 +78,7 @@ async fn until(
 
 /// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp, tcp6).
 fn listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) -> bool {
-    let name = format!("{}-{user}-{env}", lab.cleanup.prefix);
+    let name = lab.container_name(user, env);
     let tcp =
         labssh_testkit::docker::docker(&["exec", &name, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
             .unwrap_or_default();

@@ -276,7 +276,7 @@ async fn listen(
 
 /// `docker exec` in `user`'s container of this lab.
 fn exec(lab: &Lab, user: &str, detach: bool, script: &str) -> String {
-    let name = format!("{}-{user}-default", lab.cleanup.prefix);
+    let name = lab.container_name(user, "default");
     let mut args = vec!["exec"];
     if detach {
         args.push("-d");
