@@ -7,13 +7,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; the tiny race is acceptable
-/// for tests that start the server right away).
+/// Where tests' servers get their ports: outside the range the kernel picks outgoing
+/// connections' local ports from (`ip_local_port_range`), so no connection of any test
+/// (ssh clients, gRPC) can take one between the check here and the server's bind, as a
+/// port from `bind(0)` can be taken.
+fn test_ports() -> std::ops::Range<u16> {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u16>().ok());
+    let (low, high) = (
+        bounds.next().unwrap_or(32768),
+        bounds.next().unwrap_or(60999),
+    );
+    if low >= 11024 {
+        low - 10000..low
+    } else {
+        high.saturating_add(1)..u16::MAX
+    }
+}
+
+/// A loopback port free now, never handed out before in this process, and outside the
+/// ephemeral range (see [`test_ports`]), so the server a test starts on it finds it
+/// still free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ports = test_ports();
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(ports.clone());
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {ports:?}")
 }
 
 /// A child process whose stdout and stderr go to `log`.
