@@ -27,35 +27,6 @@ fn background(lab: &Lab, login: &str, command: &str) -> Child {
         .expect("spawn ssh")
 }
 
-/// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp and tcp6).
-fn listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) -> bool {
-    let name = lab.container_name(user, env);
-    let tcp =
-        labssh_testkit::docker::docker(&["exec", &name, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
-            .unwrap_or_default();
-    let local = format!(":{port:04X}");
-    tcp.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-    })
-}
-
-/// Waits until TCP `port` listens inside `user`'s `env` container.
-async fn wait_listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) {
-    let name = lab.container_name(user, env);
-    let deadline = Instant::now() + STEP;
-    loop {
-        if listening_in_container(lab, user, env, port) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "port {port} never listened in {name}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Starts `ssh -N` with `options` (forwards) and waits until `local_port` accepts.
 async fn forward(lab: &Lab, login: &str, options: &[&str], local_port: u16) -> Child {
     let mut all = vec!["-N", "-o", "ExitOnForwardFailure=yes"];
@@ -126,8 +97,8 @@ async fn local_forward_to_an_echo_server_in_the_container_is_byte_exact() {
         "alice",
         "mkdir -p /tmp/www && echo hello-localhost > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:7780 -h /tmp/www",
     );
-    wait_listening_in_container(&lab, "alice", "default", 7777).await;
-    wait_listening_in_container(&lab, "alice", "default", 7780).await;
+    lab.wait_listening("alice", "default", 7777).await;
+    lab.wait_listening("alice", "default", 7780).await;
     let web_port = free_port();
     let web_spec = format!("{web_port}:localhost:7780");
     let mut web_client = forward(&lab, "alice", &["-L", &web_spec], web_port).await;
@@ -227,7 +198,7 @@ async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> TcpStream {
 async fn dynamic_forward_works_as_a_socks_proxy() {
     let lab = Lab::start(LabOptions::default()).await;
     let _server = background(&lab, "alice", "exec nc -ll -p 7778 -e cat");
-    wait_listening_in_container(&lab, "alice", "default", 7778).await;
+    lab.wait_listening("alice", "default", 7778).await;
     let port = free_port();
     let spec = port.to_string();
     let mut client = forward(&lab, "alice", &["-D", &spec], port).await;
@@ -302,7 +273,7 @@ async fn remote_forward_reaches_a_server_on_the_test_side_and_can_be_cancelled()
         )
         .spawn()
         .unwrap();
-    wait_listening_in_container(&lab, "alice", "default", 9000).await;
+    lab.wait_listening("alice", "default", 9000).await;
 
     let out = lab
         .ssh
@@ -356,7 +327,7 @@ async fn remote_forward_reaches_a_server_on_the_test_side_and_can_be_cancelled()
     );
     let deadline = Instant::now() + STEP;
     loop {
-        if !listening_in_container(&lab, "alice", "default", 9000) {
+        if !lab.listening("alice", "default", 9000) {
             break;
         }
         assert!(
@@ -439,7 +410,7 @@ async fn forwarding_never_reaches_other_students_the_agent_the_controller_redis_
         .command("bob", &Lab::bob(), &["exec nc -ll -p 7779 -e cat"])
         .spawn()
         .unwrap();
-    wait_listening_in_container(&lab, "bob", "default", 7779).await;
+    lab.wait_listening("bob", "default", 7779).await;
     let bob_ip = labssh_testkit::docker::docker(&[
         "inspect",
         "-f",

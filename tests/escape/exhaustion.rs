@@ -75,28 +75,3 @@ async fn until(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
-
-/// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp, tcp6).
-fn listening_in_container(lab: &Lab, user: &str, env: &str, port: u16) -> bool {
-    let name = lab.container_name(user, env);
-    let tcp =
-        labssh_testkit::docker::docker(&["exec", &name, "cat", "/proc/net/tcp", "/proc/net/tcp6"])
-            .unwrap_or_default();
-    let local = format!(":{port:04X}");
-    tcp.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-    })
-}
-
-/// Waits until TCP `port` listens inside `user`'s `env` container.
-async fn wait_listening(lab: &Lab, user: &str, env: &str, port: u16) {
-    let deadline = Instant::now() + STEP;
-    while !listening_in_container(lab, user, env, port) {
-        assert!(
-            Instant::now() < deadline,
-            "port {port} never listened in {user}'s {env} container"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

@@ -272,6 +272,37 @@ impl Lab {
         labssh_agent::backend::docker::container_name(&self.cleanup.prefix, user, env)
     }
 
+    /// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp, tcp6).
+    pub fn listening(&self, user: &str, env: &str, port: u16) -> bool {
+        let name = self.container_name(user, env);
+        let tcp = labssh_testkit::docker::docker(&[
+            "exec",
+            &name,
+            "cat",
+            "/proc/net/tcp",
+            "/proc/net/tcp6",
+        ])
+        .unwrap_or_default();
+        let local = format!(":{port:04X}");
+        tcp.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+        })
+    }
+
+    /// Waits until TCP `port` listens inside `user`'s `env` container; panics after
+    /// 30 s.
+    pub async fn wait_listening(&self, user: &str, env: &str, port: u16) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.listening(user, env, port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} never listened in {user}'s {env} container"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(cluster) = self.cluster.take() {
             cluster.shutdown().await.expect("clean shutdown");

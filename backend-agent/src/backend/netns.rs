@@ -254,21 +254,7 @@ fn walk_no_symlinks(root: &OwnedFd, relative: &[u8]) -> io::Result<OwnedFd> {
         if name == b".." {
             return Err(io::Error::from_raw_os_error(libc::EXDEV));
         }
-        let parent = current.as_ref().unwrap_or(root);
-        let c = c_path(name)?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                parent.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a new descriptor we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_component(current.as_ref().unwrap_or(root), name)?;
         next = parts.next();
         // As openat2 with O_PATH | O_NOFOLLOW: a symlink at the end is opened as itself.
         match file_type(&fd)? {
@@ -419,21 +405,7 @@ fn walk_in_root(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
             }
             _ => {}
         }
-        let parent = dirs.last().unwrap_or(root);
-        let c = c_path(&name)?;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                parent.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel returned a new descriptor we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_component(dirs.last().unwrap_or(root), &name)?;
         let mode = fstat(&fd)?.st_mode & libc::S_IFMT;
         if mode == libc::S_IFLNK {
             links += 1;
@@ -457,6 +429,24 @@ fn walk_in_root(root: &OwnedFd, path: &[u8]) -> io::Result<OwnedFd> {
         Some(dir) => Ok(dir),
         None => root.try_clone(),
     }
+}
+
+/// One path component beneath `parent`, as itself (`O_PATH | O_NOFOLLOW`).
+fn open_component(parent: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    let c = c_path(name)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The non-empty components of a path, last first (so `pop` yields them in order).

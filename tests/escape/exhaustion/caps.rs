@@ -11,7 +11,7 @@ use pb::agent_client::AgentClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{held_session, until, wait_listening, STEP};
+use super::{held_session, until, STEP};
 use crate::lab::{connect_when_up, round_trip, Lab, LabOptions};
 
 async fn lab_with(agent_config: fn(&mut labssh_agent::Config)) -> Lab {
@@ -76,8 +76,8 @@ async fn forwards_are_capped_per_student_across_connections() {
     let _alice_echo =
         held_session(&lab, "alice", &Lab::alice(), "exec nc -ll -p 7777 -e cat").await;
     let _bob_echo = held_session(&lab, "bob", &Lab::bob(), "exec nc -ll -p 7777 -e cat").await;
-    wait_listening(&lab, "alice", "default", 7777).await;
-    wait_listening(&lab, "bob", "default", 7777).await;
+    lab.wait_listening("alice", "default", 7777).await;
+    lab.wait_listening("bob", "default", 7777).await;
     // Two SSH connections forwarding, one open connection through each.
     let mut tunnels = Vec::new();
     let mut open = Vec::new();
@@ -175,7 +175,7 @@ async fn remote_listeners_are_capped_per_student_across_connections() {
         )
         .spawn()
         .unwrap();
-    wait_listening(&lab, "alice", "default", 9301).await;
+    lab.wait_listening("alice", "default", 9301).await;
     let second = |login: &'static str, auth| {
         let lab = &lab;
         async move {
