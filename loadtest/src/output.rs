@@ -145,6 +145,86 @@ mod tests {
         assert!(phases_csv(&[stats]).contains("sshd,2,total,1,9.000"));
     }
 
+    /// Two levels: one with successes and a failure, one where nothing succeeded.
+    fn sample() -> Vec<LevelStats> {
+        let mut busy = LevelStats::new("sshd", 2);
+        for ms in [[1, 2, 3, 4, 5, 6, 7], [3, 5, 7, 11, 13, 17, 19]] {
+            let mut t = Timings::start();
+            for (phase, ms) in Phase::ALL.iter().zip(ms) {
+                t.set(*phase, Duration::from_millis(ms));
+            }
+            t.total = Phase::SEQUENTIAL.iter().map(|p| t.get(*p).unwrap()).sum();
+            busy.record(&Ok(t));
+        }
+        busy.record(&Err(Failure::new(FailureKind::Timeout, Phase::Kex, "slow")));
+        busy.wall = Duration::from_millis(1500);
+        let mut broken = LevelStats::new("docker-exec", 1);
+        broken.record(&Err(Failure::new(
+            FailureKind::Refused,
+            Phase::TcpConnect,
+            "no",
+        )));
+        broken.wall = Duration::from_micros(2500);
+        vec![busy, broken]
+    }
+
+    #[test]
+    fn csv_files_keep_their_columns_and_number_formats() {
+        // Readers (scripts, spreadsheets, BENCHMARKS.md) rely on the header
+        // names, their order, three decimals and empty cells for "nothing measured".
+        const LEVELS_HEADER: &str = "target,level,ok,failed,refused,timeout,auth_failed,\
+            channel_failed,nonzero_exit,handshake_failed,disconnected,other,wall_ms,\
+            connections_per_s,total_p50_ms,total_p99_ms,total_max_ms,total_mean_ms\n";
+        assert_eq!(
+            levels_csv(&sample()),
+            [
+                LEVELS_HEADER,
+                "sshd,2,2,1,0,1,0,0,0,0,0,0,1500.000,1.333,23.007,62.015,62.015,42.500\n",
+                "docker-exec,1,0,1,1,0,0,0,0,0,0,0,2.500,0.000,,,,\n",
+            ]
+            .concat()
+        );
+        assert_eq!(levels_csv(&[]), LEVELS_HEADER);
+        const PHASES_HEADER: &str =
+            "target,level,phase,count,min_ms,mean_ms,p50_ms,p90_ms,p99_ms,max_ms\n";
+        let phases = phases_csv(&sample());
+        let mut lines = phases.split_inclusive('\n');
+        assert_eq!(lines.next(), Some(PHASES_HEADER));
+        let rows: Vec<&str> = lines.collect();
+        assert_eq!(
+            rows[..2],
+            [
+                "sshd,2,tcp_connect,2,1.000,2.000,1.000,3.001,3.001,3.001\n",
+                "sshd,2,kex,2,2.000,3.500,2.000,5.003,5.003,5.003\n",
+            ]
+        );
+        assert_eq!(
+            rows[7],
+            "sshd,2,total,2,22.992,42.500,23.007,62.015,62.015,62.015\n"
+        );
+        assert_eq!(rows[8], "docker-exec,1,tcp_connect,0,,,,,,\n");
+        assert_eq!(rows[15], "docker-exec,1,total,0,,,,,,\n");
+        assert_eq!(rows.len(), 2 * 8);
+        let names: Vec<&str> = rows[..8]
+            .iter()
+            .map(|row| row.split(',').nth(2).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tcp_connect",
+                "kex",
+                "auth",
+                "channel_open",
+                "exec_first_byte",
+                "exec_exit",
+                "close",
+                "total"
+            ]
+        );
+        assert_eq!(phases_csv(&[]), PHASES_HEADER);
+    }
+
     #[test]
     fn a_sweep_writes_every_file() {
         let dir = tempfile::tempdir().unwrap();

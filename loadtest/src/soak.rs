@@ -427,3 +427,41 @@ fn csv(reports: &[SoakReport]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(target: &str, echo_ms: &[u64]) -> SoakReport {
+        let mut echo = PhaseHistogram::new();
+        for ms in echo_ms {
+            echo.record(Duration::from_millis(*ms));
+        }
+        let mut setup = PhaseHistogram::new();
+        setup.record(Duration::from_micros(123_456));
+        SoakReport {
+            target: target.into(),
+            sessions: 3,
+            established: 2,
+            dropped: 1,
+            setup_failed: [("refused".to_string(), 1), ("timeout".to_string(), 0)].into(),
+            keystrokes: 40,
+            echo: Latency::of(&echo),
+            setup: Latency::of(&setup),
+            duration_s: 12.3456,
+            examples: vec!["dropped: no echo".into()],
+        }
+    }
+
+    #[test]
+    fn soak_csv_keeps_its_columns_and_number_formats() {
+        let text = csv(&[report("sshd", &[2, 4]), report("labssh", &[])]);
+        assert_eq!(
+            text,
+            "target,sessions,established,dropped,setup_failed,keystrokes,echo_p50_ms,\
+             echo_p99_ms,echo_max_ms,setup_p50_ms,setup_p99_ms,duration_s\n\
+             sshd,3,2,1,1,40,2.000,4.001,4.001,123.519,123.519,12.346\n\
+             labssh,3,2,1,1,40,,,,123.519,123.519,12.346\n"
+        );
+    }
+}

@@ -326,3 +326,30 @@ fn csv(reports: &[ThroughputReport]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_csv_keeps_its_columns_and_number_formats() {
+        let report = |direction, mb_per_s| ThroughputReport {
+            target: "sshd".into(),
+            direction,
+            sessions: 2,
+            bytes: 4_000_000,
+            ok: 2,
+            failed: 0,
+            seconds: 0.25,
+            mb_per_s,
+            slowest_session_mb_per_s: mb_per_s.map(|r| r / 3.0),
+            examples: Vec::new(),
+        };
+        assert_eq!(
+            csv(&[report("push", Some(32.0)), report("pull", None)]),
+            "target,direction,sessions,bytes,ok,failed,seconds,mb_per_s,slowest_session_mb_per_s\n\
+             sshd,push,2,4000000,2,0,0.250,32.000,10.667\n\
+             sshd,pull,2,4000000,2,0,0.250,,\n"
+        );
+    }
+}
