@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cli::SoakArgs;
+use crate::args::SoakArgs;
 use crate::client::{Endpoint, Session};
 use crate::phases::{Failure, FailureKind, Phase, PhaseHistogram, Timings};
 use crate::stop::Stop;
@@ -80,7 +80,7 @@ enum Outcome {
 
 pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
+    let endpoints = crate::setup::prepare(common).await?;
     let mut reports = Vec::new();
     for endpoint in &endpoints {
         if stop.is_stopped() {
@@ -98,7 +98,7 @@ pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
         .iter()
         .map(|r| r.dropped + r.setup_failed.values().sum::<u64>())
         .sum();
-    Ok(crate::cli::exit_code(stop.is_stopped(), problems))
+    Ok(crate::exit::exit_code(stop.is_stopped(), problems))
 }
 
 async fn soak_target(endpoint: &Arc<Endpoint>, args: &SoakArgs, stop: &Stop) -> SoakReport {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::cli::SweepArgs;
+use crate::args::SweepArgs;
 use crate::client::Endpoint;
 use crate::phases::LevelStats;
 use crate::stop::Stop;
@@ -82,7 +82,7 @@ impl TargetInfo {
 
 pub async fn run(args: SweepArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
+    let endpoints = crate::setup::prepare(common).await?;
     let levels = &args.levels.0;
     let command: Arc<str> = Arc::from(args.command.as_str());
     let started_at = std::time::SystemTime::now()
@@ -171,7 +171,7 @@ pub async fn run(args: SweepArgs, stop: Stop) -> anyhow::Result<u8> {
         return Err(e);
     }
     let failures: u64 = results.iter().map(LevelStats::failed_total).sum();
-    Ok(crate::cli::exit_code(
+    Ok(crate::exit::exit_code(
         interrupted,
         failures + dropped.len() as u64,
     ))

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cli::{Direction, ThroughputArgs};
+use crate::args::{Direction, ThroughputArgs};
 use crate::client::Endpoint;
 use crate::phases::{Failure, FailureKind, Phase, Timings};
 use crate::stop::Stop;
@@ -41,7 +41,7 @@ struct ThroughputReport {
 
 pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
+    let endpoints = crate::setup::prepare(common).await?;
     let directions: &[Direction] = match args.direction {
         Direction::Push => &[Direction::Push],
         Direction::Pull => &[Direction::Pull],
@@ -63,7 +63,7 @@ pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
         println!("results in {}", dir.display());
     }
     let failed: u64 = reports.iter().map(|r| u64::from(r.failed)).sum();
-    Ok(crate::cli::exit_code(stop.is_stopped(), failed))
+    Ok(crate::exit::exit_code(stop.is_stopped(), failed))
 }
 
 async fn measure(
