@@ -17,6 +17,7 @@ mod args;
 mod attempt;
 mod cli;
 mod client;
+mod csv_file;
 mod exit;
 mod level;
 mod levels;

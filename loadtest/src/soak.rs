@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::args::SoakArgs;
 use crate::client::{Endpoint, Session};
+use crate::csv_file::{three_decimals, CsvRow};
 use crate::phases::{Failure, FailureKind, Phase, PhaseHistogram, Timings};
 use crate::stop::Stop;
 use crate::table::{ms, ratio};
@@ -91,7 +92,7 @@ pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     println!("{}", table(&reports));
     if let Some(dir) = &common.out {
         crate::output::write_json(dir, "soak.json", &reports)?;
-        crate::output::write(dir, "soak.csv", &csv(&reports))?;
+        crate::output::write_csv(dir, "soak.csv", reports.iter().map(SoakRow::of))?;
         println!("results in {}", dir.display());
     }
     let problems: u64 = reports
@@ -405,27 +406,64 @@ fn table(reports: &[SoakReport]) -> String {
     out
 }
 
-fn csv(reports: &[SoakReport]) -> String {
-    let cell = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
-    let mut out = String::from("target,sessions,established,dropped,setup_failed,keystrokes,echo_p50_ms,echo_p99_ms,echo_max_ms,setup_p50_ms,setup_p99_ms,duration_s\n");
-    for r in reports {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
-            r.target,
-            r.sessions,
-            r.established,
-            r.dropped,
-            r.setup_failed.values().sum::<u64>(),
-            r.keystrokes,
-            cell(r.echo.p50_ms),
-            cell(r.echo.p99_ms),
-            cell(r.echo.max_ms),
-            cell(r.setup.p50_ms),
-            cell(r.setup.p99_ms),
-            r.duration_s
-        ));
+/// One line of `soak.csv`: one target's soak.
+#[derive(Serialize)]
+struct SoakRow<'a> {
+    target: &'a str,
+    sessions: u32,
+    established: u64,
+    dropped: u64,
+    /// Sessions that never got a shell, of every kind.
+    setup_failed: u64,
+    keystrokes: u64,
+    #[serde(serialize_with = "three_decimals")]
+    echo_p50_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    echo_p99_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    echo_max_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    setup_p50_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    setup_p99_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    duration_s: f64,
+}
+
+impl CsvRow for SoakRow<'_> {
+    const HEADER: &'static [&'static str] = &[
+        "target",
+        "sessions",
+        "established",
+        "dropped",
+        "setup_failed",
+        "keystrokes",
+        "echo_p50_ms",
+        "echo_p99_ms",
+        "echo_max_ms",
+        "setup_p50_ms",
+        "setup_p99_ms",
+        "duration_s",
+    ];
+}
+
+impl SoakRow<'_> {
+    fn of(r: &SoakReport) -> SoakRow<'_> {
+        SoakRow {
+            target: &r.target,
+            sessions: r.sessions,
+            established: r.established,
+            dropped: r.dropped,
+            setup_failed: r.setup_failed.values().sum(),
+            keystrokes: r.keystrokes,
+            echo_p50_ms: r.echo.p50_ms,
+            echo_p99_ms: r.echo.p99_ms,
+            echo_max_ms: r.echo.max_ms,
+            setup_p50_ms: r.setup.p50_ms,
+            setup_p99_ms: r.setup.p99_ms,
+            duration_s: r.duration_s,
+        }
     }
-    out
 }
 
 #[cfg(test)]
@@ -455,7 +493,10 @@ mod tests {
 
     #[test]
     fn soak_csv_keeps_its_columns_and_number_formats() {
-        let text = csv(&[report("sshd", &[2, 4]), report("labssh", &[])]);
+        let reports = [report("sshd", &[2, 4]), report("labssh", &[])];
+        let text = crate::csv_file::text(reports.iter().map(SoakRow::of)).unwrap();
+        let header = crate::csv_file::serde_header(&SoakRow::of(&reports[0]));
+        assert_eq!(header, SoakRow::HEADER);
         assert_eq!(
             text,
             "target,sessions,established,dropped,setup_failed,keystrokes,echo_p50_ms,\

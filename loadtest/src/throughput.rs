@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::args::{Direction, ThroughputArgs};
 use crate::client::Endpoint;
+use crate::csv_file::{three_decimals, CsvRow};
 use crate::phases::{Failure, FailureKind, Phase, Timings};
 use crate::stop::Stop;
 use crate::table::ratio;
@@ -59,7 +60,7 @@ pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
     println!("{}", table(&reports));
     if let Some(dir) = &common.out {
         crate::output::write_json(dir, "throughput.json", &reports)?;
-        crate::output::write(dir, "throughput.csv", &csv(&reports))?;
+        crate::output::write_csv(dir, "throughput.csv", reports.iter().map(ThroughputRow::of))?;
         println!("results in {}", dir.display());
     }
     let failed: u64 = reports.iter().map(|r| u64::from(r.failed)).sum();
@@ -305,26 +306,51 @@ fn table(reports: &[ThroughputReport]) -> String {
     out
 }
 
-fn csv(reports: &[ThroughputReport]) -> String {
-    let mut out = String::from(
-        "target,direction,sessions,bytes,ok,failed,seconds,mb_per_s,slowest_session_mb_per_s\n",
-    );
-    for r in reports {
-        let cell = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{:.3},{},{}\n",
-            r.target,
-            r.direction,
-            r.sessions,
-            r.bytes,
-            r.ok,
-            r.failed,
-            r.seconds,
-            cell(r.mb_per_s),
-            cell(r.slowest_session_mb_per_s)
-        ));
+/// One line of `throughput.csv`: one target in one direction.
+#[derive(Serialize)]
+struct ThroughputRow<'a> {
+    target: &'a str,
+    direction: &'static str,
+    sessions: u32,
+    bytes: u64,
+    ok: u32,
+    failed: u32,
+    #[serde(serialize_with = "three_decimals")]
+    seconds: f64,
+    #[serde(serialize_with = "three_decimals")]
+    mb_per_s: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    slowest_session_mb_per_s: Option<f64>,
+}
+
+impl CsvRow for ThroughputRow<'_> {
+    const HEADER: &'static [&'static str] = &[
+        "target",
+        "direction",
+        "sessions",
+        "bytes",
+        "ok",
+        "failed",
+        "seconds",
+        "mb_per_s",
+        "slowest_session_mb_per_s",
+    ];
+}
+
+impl ThroughputRow<'_> {
+    fn of(r: &ThroughputReport) -> ThroughputRow<'_> {
+        ThroughputRow {
+            target: &r.target,
+            direction: r.direction,
+            sessions: r.sessions,
+            bytes: r.bytes,
+            ok: r.ok,
+            failed: r.failed,
+            seconds: r.seconds,
+            mb_per_s: r.mb_per_s,
+            slowest_session_mb_per_s: r.slowest_session_mb_per_s,
+        }
     }
-    out
 }
 
 #[cfg(test)]
@@ -345,8 +371,11 @@ mod tests {
             slowest_session_mb_per_s: mb_per_s.map(|r| r / 3.0),
             examples: Vec::new(),
         };
+        let reports = [report("push", Some(32.0)), report("pull", None)];
+        let header = crate::csv_file::serde_header(&ThroughputRow::of(&reports[0]));
+        assert_eq!(header, ThroughputRow::HEADER);
         assert_eq!(
-            csv(&[report("push", Some(32.0)), report("pull", None)]),
+            crate::csv_file::text(reports.iter().map(ThroughputRow::of)).unwrap(),
             "target,direction,sessions,bytes,ok,failed,seconds,mb_per_s,slowest_session_mb_per_s\n\
              sshd,push,2,4000000,2,0,0.250,32.000,10.667\n\
              sshd,pull,2,4000000,2,0,0.250,,\n"

@@ -1,6 +1,7 @@
 //! Runs the real `labssh-loadtest` binary against a real OpenSSH `sshd`
 //! started on a free loopback port by the test itself.
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -153,6 +154,24 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A CSV file's rows, each by column name.
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            header
+                .iter()
+                .map(String::from)
+                .zip(r.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
 fn record<'a>(summary: &'a Value, target: &str, level: u64) -> &'a Value {
     summary
         .as_array()
@@ -253,8 +272,24 @@ fn a_sweep_measures_every_level_and_writes_csv_json_and_svg() {
         .nth(1)
         .unwrap()
         .starts_with("sshd,1,1,0,"));
+    // Read by column name, the CSV says what summary.json says.
+    for row in read_csv(&out.path().join("levels.csv")) {
+        let level: u64 = row["level"].parse().unwrap();
+        let r = record(&summary, &row["target"], level);
+        assert_eq!(row["ok"], r["ok"].to_string(), "{row:?}");
+        assert_eq!(row["failed"], "0", "{row:?}");
+        let p50 = r["total"]["p50_ms"].as_f64().unwrap();
+        assert_eq!(row["total_p50_ms"], format!("{p50:.3}"), "{row:?}");
+    }
     let phases_csv = std::fs::read_to_string(out.path().join("phases.csv")).unwrap();
     assert_eq!(phases_csv.lines().count(), 1 + 2 * 8, "{phases_csv}");
+    let phases = read_csv(&out.path().join("phases.csv"));
+    let totals: Vec<&HashMap<String, String>> =
+        phases.iter().filter(|r| r["phase"] == "total").collect();
+    assert_eq!(totals.len(), 2);
+    for row in totals {
+        assert!(row["mean_ms"].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
     for svg in ["latency.svg", "phases.svg"] {
         let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
         assert!(text.starts_with("<svg"), "{svg}");
@@ -400,6 +435,13 @@ fn throughput_moves_every_byte_both_ways() {
         assert_eq!(row["bytes"], 4_000_000);
         assert!(row["mb_per_s"].as_f64().unwrap() > 0.0);
     }
+    let csv = read_csv(&out.path().join("throughput.csv"));
+    assert_eq!(csv.len(), 2);
+    for (row, direction) in csv.iter().zip(["push", "pull"]) {
+        assert_eq!(row["direction"], direction);
+        assert_eq!(row["ok"], "2", "{row:?}");
+        assert!(row["mb_per_s"].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
     assert!(String::from_utf8_lossy(&output.stdout).contains("MB/s"));
 }
 
@@ -432,6 +474,10 @@ fn soak_holds_sessions_and_times_the_echo() {
     let p50 = row["echo"]["p50_ms"].as_f64().unwrap();
     let max = row["echo"]["max_ms"].as_f64().unwrap();
     assert!(0.0 < p50 && p50 <= max, "{row:#}");
+    let csv = read_csv(&out.path().join("soak.csv"));
+    assert_eq!(csv.len(), 1);
+    assert_eq!(csv[0]["established"], "2", "{csv:?}");
+    assert_eq!(csv[0]["echo_p50_ms"], format!("{p50:.3}"), "{csv:?}");
 }
 
 #[test]
