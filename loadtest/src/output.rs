@@ -190,8 +190,8 @@ pub fn write_sweep(dir: &Path, results: &[LevelStats], run: &impl Serialize) -> 
     write_json(dir, "run.json", run)?;
     write_csv(dir, "levels.csv", levels_rows(results))?;
     write_csv(dir, "phases.csv", phases_rows(results))?;
-    write(dir, "latency.svg", &crate::plot::latency(results)?)?;
-    write(dir, "phases.svg", &crate::plot::phases(results)?)?;
+    write(dir, "latency.svg", &crate::plot::latency::svg(results)?)?;
+    write(dir, "phases.svg", &crate::plot::phases::svg(results)?)?;
     Ok(())
 }
 
