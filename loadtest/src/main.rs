@@ -34,6 +34,7 @@ mod sweep;
 mod table;
 mod target;
 mod throughput;
+mod together;
 
 use std::process::ExitCode;
 

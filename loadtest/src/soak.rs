@@ -5,29 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use russh::{Channel, ChannelMsg};
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::args::SoakArgs;
-use crate::client::{Endpoint, Session};
+use crate::client::Endpoint;
 use crate::csv_file::{three_decimals, CsvRow};
-use crate::phases::{Failure, FailureKind, Phase, PhaseHistogram, Timings};
+use crate::phases::{FailureKind, PhaseHistogram};
 use crate::stop::Stop;
 use crate::table::{ms, ratio};
+use session::Outcome;
 
-/// A keystroke whose echo takes longer than this counts the session as dropped.
-const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the shell starts, wait until it has been quiet this long (the prompt is out).
-const SETTLE_QUIET: Duration = Duration::from_millis(300);
-/// …but no longer than this.
-const SETTLE_MAX: Duration = Duration::from_secs(5);
-/// Clear the typed line (Ctrl-U) this often, so it never grows long.
-const KEYSTROKES_PER_LINE: u32 = 40;
-/// Wide enough that a line of keystrokes never wraps.
-const PTY_COLUMNS: u32 = 500;
-const CTRL_U: u8 = 0x15;
+mod session;
 
 /// One target's soak.
 #[derive(Serialize)]
@@ -37,7 +25,7 @@ struct SoakReport {
     /// Sessions that got a shell.
     established: u64,
     /// Established sessions lost before the end (closed, broken, or an echo
-    /// slower than ECHO_TIMEOUT).
+    /// slower than the session's `ECHO_TIMEOUT`).
     dropped: u64,
     /// Sessions that never got a shell, by kind.
     setup_failed: BTreeMap<String, u64>,
@@ -67,18 +55,6 @@ impl Latency {
     }
 }
 
-/// What one session brought back.
-enum Outcome {
-    SetupFailed(Failure),
-    Ran {
-        setup: Duration,
-        echo: PhaseHistogram,
-        keystrokes: u64,
-        /// Why the session ended early, if it did.
-        dropped: Option<String>,
-    },
-}
-
 pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
     let endpoints = crate::setup::prepare(common).await?;
@@ -105,23 +81,15 @@ pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
 async fn soak_target(endpoint: &Arc<Endpoint>, args: &SoakArgs, stop: &Stop) -> SoakReport {
     let progress = crate::progress::bar(args.duration.as_secs().max(1), "s");
     progress.set_message(format!("soak · {}", endpoint.target.name));
-    let (go, ready) = watch::channel(false);
-    let mut sessions = JoinSet::new();
-    for index in 0..args.sessions as usize {
-        let endpoint = endpoint.clone();
-        let user = endpoint.target.users.for_client(index);
-        let mut ready = ready.clone();
-        let (command, duration, interval) = (args.command.clone(), args.duration, args.interval);
-        let stop = stop.clone();
-        sessions.spawn(async move {
-            let _ = ready.wait_for(|go| *go).await;
-            let until = Instant::now() + duration;
-            session(&endpoint, &user, command.as_deref(), until, interval, &stop).await
+    let (command, duration, interval) = (&args.command, args.duration, args.interval);
+    let (mut sessions, started) =
+        crate::together::start(endpoint, args.sessions as usize, |endpoint, user| {
+            let (command, stop) = (command.clone(), stop.clone());
+            async move {
+                let until = Instant::now() + duration;
+                session::run(&endpoint, &user, command.as_deref(), until, interval, &stop).await
+            }
         });
-    }
-    let started = Instant::now();
-    let _ = go.send(true);
-
     let mut report = SoakReport {
         target: endpoint.target.name.clone(),
         sessions: args.sessions,
@@ -176,193 +144,6 @@ async fn soak_target(endpoint: &Arc<Endpoint>, args: &SoakArgs, stop: &Stop) -> 
     report.setup = Latency::of(&setup);
     report.duration_s = started.elapsed().as_secs_f64();
     report
-}
-
-/// One interactive session from login to logout.
-async fn session(
-    endpoint: &Endpoint,
-    user: &str,
-    command: Option<&str>,
-    until: Instant,
-    interval_ms: u64,
-    stop: &Stop,
-) -> Outcome {
-    let mut timings = Timings::start();
-    let (session, mut channel) = match open_shell(endpoint, user, command, &mut timings).await {
-        Ok(opened) => opened,
-        Err(failure) => return Outcome::SetupFailed(failure),
-    };
-    timings.lap(Phase::ExecFirstByte);
-    let setup = timings.total;
-    let mut echo = PhaseHistogram::new();
-    let mut keystrokes = 0u64;
-    // Keystrokes on the current line, cleared with Ctrl-U when it gets long.
-    let mut on_line = 0u32;
-    let mut dropped = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    while Instant::now() < until && !stop.is_stopped() {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.stopped() => break,
-        }
-        if on_line == KEYSTROKES_PER_LINE {
-            if let Err(why) = type_and_settle(&mut channel, CTRL_U).await {
-                dropped = Some(why);
-                break;
-            }
-            on_line = 0;
-        }
-        let key = b'a' + (keystrokes % 26) as u8;
-        match keystroke(&mut channel, key).await {
-            Ok(took) => echo.record(took),
-            Err(why) => {
-                dropped = Some(why);
-                break;
-            }
-        }
-        keystrokes += 1;
-        on_line += 1;
-    }
-    drop(channel);
-    // A slow logout is not the soak's concern; errors mean it is already gone.
-    let _ = session.close(endpoint).await;
-    Outcome::Ran {
-        setup,
-        echo,
-        keystrokes,
-        dropped,
-    }
-}
-
-/// Logs in, asks for a pty and starts the shell (or `command`), then waits
-/// for the prompt to settle.
-async fn open_shell(
-    endpoint: &Endpoint,
-    user: &str,
-    command: Option<&str>,
-    timings: &mut Timings,
-) -> Result<(Session, Channel<russh::client::Msg>), Failure> {
-    let session = endpoint.login(user, timings).await?;
-    let mut channel = session.open_channel(endpoint).await?;
-    timings.lap(Phase::ChannelOpen);
-    let fail = |e: russh::Error| session.failure(Phase::ExecExit, &e);
-    endpoint
-        .phase(
-            Phase::ExecExit,
-            channel.request_pty(true, "xterm", PTY_COLUMNS, 24, 0, 0, &[]),
-        )
-        .await?
-        .map_err(fail)?;
-    match command {
-        Some(command) => endpoint
-            .phase(Phase::ExecExit, channel.exec(true, command))
-            .await?
-            .map_err(fail)?,
-        None => endpoint
-            .phase(Phase::ExecExit, channel.request_shell(true))
-            .await?
-            .map_err(fail)?,
-    }
-    // Two replies (pty, shell) are due; then the prompt.
-    let mut replies = 0;
-    let deadline = Instant::now() + endpoint.phase_timeout;
-    while replies < 2 {
-        let message = tokio::time::timeout_at(deadline.into(), channel.wait())
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    FailureKind::Timeout,
-                    Phase::ExecExit,
-                    "no reply to the pty or shell request",
-                )
-            })?;
-        match message {
-            Some(ChannelMsg::Success) => replies += 1,
-            Some(ChannelMsg::Failure) => {
-                return Err(Failure::new(
-                    FailureKind::ChannelFailed,
-                    Phase::ExecExit,
-                    "the server refused the pty or shell request",
-                ))
-            }
-            Some(
-                ChannelMsg::Data { .. }
-                | ChannelMsg::ExtendedData { .. }
-                | ChannelMsg::WindowAdjusted { .. },
-            ) => {}
-            _ => {
-                return Err(Failure::new(
-                    FailureKind::ChannelFailed,
-                    Phase::ExecExit,
-                    "the shell ended before it started",
-                ))
-            }
-        }
-    }
-    settle(&mut channel, SETTLE_QUIET, SETTLE_MAX)
-        .await
-        .map_err(|why| Failure::new(FailureKind::ChannelFailed, Phase::ExecExit, why))?;
-    Ok((session, channel))
-}
-
-/// Reads and discards output until it has been quiet for `quiet`, at most `max`.
-async fn settle(
-    channel: &mut Channel<russh::client::Msg>,
-    quiet: Duration,
-    max: Duration,
-) -> Result<(), String> {
-    let end = Instant::now() + max;
-    loop {
-        let wait = quiet.min(end.saturating_duration_since(Instant::now()));
-        if wait.is_zero() {
-            return Ok(());
-        }
-        match tokio::time::timeout(wait, channel.wait()).await {
-            Err(_) => return Ok(()),
-            Ok(Some(ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. })) => {}
-            Ok(Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success)) => {}
-            Ok(other) => return Err(ended(other)),
-        }
-    }
-}
-
-fn ended(message: Option<ChannelMsg>) -> String {
-    match message {
-        None => "the connection closed".into(),
-        Some(ChannelMsg::ExitStatus { exit_status }) => format!("the shell exited ({exit_status})"),
-        Some(other) => format!("the session ended ({other:?})"),
-    }
-}
-
-async fn type_and_settle(channel: &mut Channel<russh::client::Msg>, key: u8) -> Result<(), String> {
-    channel
-        .data_bytes(vec![key])
-        .await
-        .map_err(|e| format!("typing: {e}"))?;
-    settle(channel, Duration::from_millis(50), Duration::from_secs(1)).await
-}
-
-/// Types `key` and waits for it to come back.
-async fn keystroke(channel: &mut Channel<russh::client::Msg>, key: u8) -> Result<Duration, String> {
-    let sent = Instant::now();
-    channel
-        .data_bytes(vec![key])
-        .await
-        .map_err(|e| format!("typing: {e}"))?;
-    let deadline = sent + ECHO_TIMEOUT;
-    loop {
-        let message = tokio::time::timeout_at(deadline.into(), channel.wait())
-            .await
-            .map_err(|_| format!("no echo within {ECHO_TIMEOUT:?}"))?;
-        match message {
-            Some(ChannelMsg::Data { data }) if data.contains(&key) => return Ok(sent.elapsed()),
-            Some(ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. }) => {}
-            Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success) => {}
-            other => return Err(ended(other)),
-        }
-    }
 }
 
 fn table(reports: &[SoakReport]) -> String {
