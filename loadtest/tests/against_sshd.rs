@@ -149,6 +149,16 @@ fn loadtest(args: &[&str]) -> Output {
     output
 }
 
+/// Runs the binary with `args`, then `--target` the good sshd target and
+/// `--out` a fresh directory, which it returns with the output.
+fn against_good(sshd: &Sshd, args: &[&str]) -> (Output, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let target = sshd.good("sshd");
+    let mut all = args.to_vec();
+    all.extend(["--target", &target, "--out", out.path().to_str().unwrap()]);
+    (loadtest(&all), out)
+}
+
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -193,17 +203,7 @@ fn failed_total(record: &Value) -> u64 {
 #[test]
 fn a_sweep_measures_every_level_and_writes_csv_json_and_svg() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "sweep",
-        "--levels",
-        "1,3",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["sweep", "--levels", "1,3"]);
     assert_eq!(output.status.code(), Some(0), "the sweep failed");
 
     let summary = read_json(&out.path().join("summary.json"));
@@ -380,19 +380,7 @@ fn failures_are_classified_and_broken_targets_are_dropped() {
 #[test]
 fn a_command_exiting_3_counts_as_nonzero_exit() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "sweep",
-        "--levels",
-        "1,3",
-        "--command",
-        "exit 3",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["sweep", "--levels", "1,3", "--command", "exit 3"]);
     assert_eq!(output.status.code(), Some(1));
     let summary = read_json(&out.path().join("summary.json"));
     for level in [1, 3] {
@@ -411,19 +399,7 @@ fn a_command_exiting_3_counts_as_nonzero_exit() {
 #[test]
 fn throughput_moves_every_byte_both_ways() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "throughput",
-        "--bytes",
-        "4M",
-        "--sessions",
-        "2",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["throughput", "--bytes", "4M", "--sessions", "2"]);
     assert_eq!(output.status.code(), Some(0));
     let report = read_json(&out.path().join("throughput.json"));
     let rows = report.as_array().unwrap();
@@ -448,22 +424,19 @@ fn throughput_moves_every_byte_both_ways() {
 #[test]
 fn soak_holds_sessions_and_times_the_echo() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
     let started = Instant::now();
-    let output = loadtest(&[
-        "soak",
-        "--sessions",
-        "2",
-        "--duration",
-        "2",
-        "--interval",
-        "100",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(
+        &sshd,
+        &[
+            "soak",
+            "--sessions",
+            "2",
+            "--duration",
+            "2",
+            "--interval",
+            "100",
+        ],
+    );
     assert_eq!(output.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(20));
     let report = read_json(&out.path().join("soak.json"));
