@@ -1,27 +1,11 @@
-//! Command line: `sweep`, `soak` and `throughput`, and what they share.
+//! Command line: parses `sweep`, `soak` or `throughput` and hands the
+//! arguments to that subcommand.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use crate::levels::{Levels, DEFAULT_LEVELS};
-use crate::size::ByteSize;
-use crate::target::Target;
-
-/// Every attempt succeeded.
-pub const EXIT_OK: u8 = 0;
-/// The run finished but some attempts failed (the report says which and why).
-pub const EXIT_FAILURES: u8 = 1;
-/// Nothing was measured: bad input or an unusable target (clap also uses 2).
-pub const EXIT_SETUP: u8 = 2;
-/// Stopped by Ctrl-C; what was measured so far is reported.
-pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// A stalled server must show up as a timeout, not a hang; a full 300-client
-/// level against `docker exec` on two cores takes ~40 s, so allow more.
-const DEFAULT_PHASE_TIMEOUT: &str = "60";
+use crate::args::{SoakArgs, SweepArgs, ThroughputArgs};
 
 #[derive(Parser)]
 #[command(
@@ -44,97 +28,6 @@ pub enum Command {
     Throughput(ThroughputArgs),
 }
 
-/// What every subcommand needs: where to connect and where to write.
-#[derive(Args, Clone)]
-pub struct CommonArgs {
-    /// Target: NAME=HOST:PORT[,user=U][,users=PREFIX:COUNT][,password=P|key=FILE].
-    /// Repeat to compare servers; the first one is the baseline of the ratios.
-    #[arg(long = "target", value_name = "SPEC", required = true, value_parser = crate::target::parse)]
-    pub targets: Vec<Target>,
-    /// Seconds each phase (connect, key exchange, auth, open, exec, close) may take.
-    #[arg(long, value_name = "SECONDS", default_value = DEFAULT_PHASE_TIMEOUT, value_parser = parse_seconds)]
-    pub phase_timeout: Duration,
-    /// Directory for CSV, JSON and SVG results (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(Args, Clone)]
-pub struct SweepArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// Parallel connections per level: a list such as 1,10,20 and/or ranges START-END:STEP.
-    #[arg(long, value_name = "LIST", default_value = DEFAULT_LEVELS, value_parser = crate::levels::parse)]
-    pub levels: Levels,
-    /// Command each connection runs.
-    #[arg(long, value_name = "CMD", default_value = "true")]
-    pub command: String,
-    /// Shell command run before each level and target (e.g. remove containers for a cold
-    /// run); it sees LOADTEST_TARGET, LOADTEST_LEVEL and LOADTEST_USERS.
-    #[arg(long, value_name = "CMD")]
-    pub before_level: Option<String>,
-    /// Log every user in once before the first level that uses them (with
-    /// --before-level: before every level), so containers exist when measuring.
-    #[arg(long)]
-    pub warm: bool,
-    /// Keep measuring a target even after every connection of a level failed.
-    #[arg(long)]
-    pub keep_going: bool,
-}
-
-#[derive(Args, Clone)]
-pub struct SoakArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// Interactive sessions held at once.
-    #[arg(long, default_value = "10", value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub sessions: u32,
-    /// How long to hold them, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
-    pub duration: Duration,
-    /// Milliseconds between keystrokes in each session.
-    #[arg(long, value_name = "MS", default_value = "200", value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub interval: u64,
-    /// Run this under the pty instead of the login shell.
-    #[arg(long, value_name = "CMD")]
-    pub command: Option<String>,
-}
-
-#[derive(Args, Clone)]
-pub struct ThroughputArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// Bytes moved per session and direction (suffixes K, M, G; KiB, MiB, GiB).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = crate::size::parse)]
-    pub bytes: ByteSize,
-    /// Sessions (each its own connection) moving bytes at once.
-    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    pub sessions: u32,
-    /// Which way to move the bytes.
-    #[arg(long, value_enum, default_value = "both")]
-    pub direction: Direction,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Direction {
-    /// Client to server: stdin of `cat > /dev/null`.
-    Push,
-    /// Server to client: stdout of `head -c`.
-    Pull,
-    Both,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!("{text}: give between 0 and 86400 seconds"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stop = crate::stop::Stop::on_ctrl_c();
     let code = match cli.command {
@@ -145,56 +38,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// The exit code of a finished run.
-pub fn exit_code(interrupted: bool, failures: u64) -> u8 {
-    if interrupted {
-        EXIT_INTERRUPTED
-    } else if failures > 0 {
-        EXIT_FAILURES
-    } else {
-        EXIT_OK
-    }
-}
-
-/// Rejects two targets with one name: results are keyed by it.
-pub fn check_unique_names(targets: &[Target]) -> anyhow::Result<()> {
-    for (i, target) in targets.iter().enumerate() {
-        if targets[..i].iter().any(|t| t.name == target.name) {
-            anyhow::bail!("--target: the name '{}' is used twice", target.name);
-        }
-    }
-    Ok(())
-}
-
-impl CommonArgs {
-    /// What every subcommand does first: checks the target names, prepares
-    /// the output directory and resolves each target (address, credentials).
-    pub async fn prepare(&self) -> anyhow::Result<Vec<std::sync::Arc<crate::client::Endpoint>>> {
-        check_unique_names(&self.targets)?;
-        if let Some(dir) = &self.out {
-            crate::output::prepare(dir)?;
-        }
-        let mut endpoints = Vec::new();
-        for target in &self.targets {
-            endpoints.push(std::sync::Arc::new(
-                crate::client::Endpoint::prepare(target, self.phase_timeout).await?,
-            ));
-        }
-        Ok(endpoints)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn seconds_accept_fractions_and_reject_nonsense() {
-        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("-3").is_err());
-        assert!(parse_seconds("soon").is_err());
-    }
+    use std::time::Duration;
 
     #[test]
     fn the_cli_definition_is_consistent() {

@@ -1,10 +1,10 @@
 //! One level of a sweep against one target: N clients released at once.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::ProgressBar;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::Endpoint;
@@ -34,21 +34,11 @@ pub async fn run(
     progress: &ProgressBar,
 ) -> LevelRun {
     let mut stats = LevelStats::new(&endpoint.target.name, level);
-    let (go, ready) = watch::channel(false);
-    let mut clients = JoinSet::new();
-    for index in 0..level as usize {
-        let endpoint = endpoint.clone();
-        let command = command.clone();
-        let user = endpoint.target.users.for_client(index);
-        let mut ready = ready.clone();
-        clients.spawn(async move {
-            // Wait until every client exists, so they really start together.
-            let _ = ready.wait_for(|go| *go).await;
-            crate::attempt::run(&endpoint, &user, &command).await
+    let (mut clients, started) =
+        crate::together::start(endpoint, level as usize, |endpoint, user| {
+            let command = command.clone();
+            async move { crate::attempt::run(&endpoint, &user, &command).await }
         });
-    }
-    let started = Instant::now();
-    let _ = go.send(true);
     let deadline = started + endpoint.phase_timeout * LEVEL_DEADLINE_PHASES;
     let mut interrupted = false;
     loop {

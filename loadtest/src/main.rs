@@ -5,16 +5,27 @@
 //! `throughput` pushes and pulls bytes through sessions. Any SSH server can
 //! be a target, so labssh can be measured beside plain OpenSSH or another
 //! gateway in the same run.
+//!
+//! Modules depend one way, downwards, never in a circle: `cli` parses the
+//! command line and hands it to `sweep`, `soak` or `throughput`; those use
+//! `level` and `attempt` (one sweep level, one connection), `setup`,
+//! `output`, `plot`, `table` and `summary`; everything builds on `args`,
+//! `client`, `phases`, `target`, `exit` and `stop`, which import none of
+//! the modules above them.
 
+mod args;
 mod attempt;
 mod cli;
 mod client;
+mod csv_file;
+mod exit;
 mod level;
 mod levels;
 mod output;
 mod phases;
 mod plot;
 mod progress;
+mod setup;
 mod size;
 mod soak;
 mod stop;
@@ -23,6 +34,7 @@ mod sweep;
 mod table;
 mod target;
 mod throughput;
+mod together;
 
 use std::process::ExitCode;
 
@@ -41,14 +53,14 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::from(cli::EXIT_SETUP);
+            return ExitCode::from(exit::EXIT_SETUP);
         }
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(cli::EXIT_SETUP)
+            ExitCode::from(exit::EXIT_SETUP)
         }
     }
 }

@@ -5,28 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use russh::{Channel, ChannelMsg};
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::cli::SoakArgs;
-use crate::client::{Endpoint, Session};
-use crate::phases::{Failure, FailureKind, Phase, PhaseHistogram, Timings};
+use crate::args::SoakArgs;
+use crate::client::Endpoint;
+use crate::csv_file::{three_decimals, CsvRow};
+use crate::phases::{FailureKind, PhaseHistogram};
 use crate::stop::Stop;
 use crate::table::{ms, ratio};
+use session::Outcome;
 
-/// A keystroke whose echo takes longer than this counts the session as dropped.
-const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the shell starts, wait until it has been quiet this long (the prompt is out).
-const SETTLE_QUIET: Duration = Duration::from_millis(300);
-/// …but no longer than this.
-const SETTLE_MAX: Duration = Duration::from_secs(5);
-/// Clear the typed line (Ctrl-U) this often, so it never grows long.
-const KEYSTROKES_PER_LINE: u32 = 40;
-/// Wide enough that a line of keystrokes never wraps.
-const PTY_COLUMNS: u32 = 500;
-const CTRL_U: u8 = 0x15;
+mod session;
 
 /// One target's soak.
 #[derive(Serialize)]
@@ -36,7 +25,7 @@ struct SoakReport {
     /// Sessions that got a shell.
     established: u64,
     /// Established sessions lost before the end (closed, broken, or an echo
-    /// slower than ECHO_TIMEOUT).
+    /// slower than the session's `ECHO_TIMEOUT`).
     dropped: u64,
     /// Sessions that never got a shell, by kind.
     setup_failed: BTreeMap<String, u64>,
@@ -66,21 +55,9 @@ impl Latency {
     }
 }
 
-/// What one session brought back.
-enum Outcome {
-    SetupFailed(Failure),
-    Ran {
-        setup: Duration,
-        echo: PhaseHistogram,
-        keystrokes: u64,
-        /// Why the session ended early, if it did.
-        dropped: Option<String>,
-    },
-}
-
 pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
+    let endpoints = crate::setup::prepare(common).await?;
     let mut reports = Vec::new();
     for endpoint in &endpoints {
         if stop.is_stopped() {
@@ -91,36 +68,28 @@ pub async fn run(args: SoakArgs, stop: Stop) -> anyhow::Result<u8> {
     println!("{}", table(&reports));
     if let Some(dir) = &common.out {
         crate::output::write_json(dir, "soak.json", &reports)?;
-        crate::output::write(dir, "soak.csv", &csv(&reports))?;
+        crate::output::write_csv(dir, "soak.csv", reports.iter().map(SoakRow::of))?;
         println!("results in {}", dir.display());
     }
     let problems: u64 = reports
         .iter()
         .map(|r| r.dropped + r.setup_failed.values().sum::<u64>())
         .sum();
-    Ok(crate::cli::exit_code(stop.is_stopped(), problems))
+    Ok(crate::exit::exit_code(stop.is_stopped(), problems))
 }
 
 async fn soak_target(endpoint: &Arc<Endpoint>, args: &SoakArgs, stop: &Stop) -> SoakReport {
     let progress = crate::progress::bar(args.duration.as_secs().max(1), "s");
     progress.set_message(format!("soak · {}", endpoint.target.name));
-    let (go, ready) = watch::channel(false);
-    let mut sessions = JoinSet::new();
-    for index in 0..args.sessions as usize {
-        let endpoint = endpoint.clone();
-        let user = endpoint.target.users.for_client(index);
-        let mut ready = ready.clone();
-        let (command, duration, interval) = (args.command.clone(), args.duration, args.interval);
-        let stop = stop.clone();
-        sessions.spawn(async move {
-            let _ = ready.wait_for(|go| *go).await;
-            let until = Instant::now() + duration;
-            session(&endpoint, &user, command.as_deref(), until, interval, &stop).await
+    let (command, duration, interval) = (&args.command, args.duration, args.interval);
+    let (mut sessions, started) =
+        crate::together::start(endpoint, args.sessions as usize, |endpoint, user| {
+            let (command, stop) = (command.clone(), stop.clone());
+            async move {
+                let until = Instant::now() + duration;
+                session::run(&endpoint, &user, command.as_deref(), until, interval, &stop).await
+            }
         });
-    }
-    let started = Instant::now();
-    let _ = go.send(true);
-
     let mut report = SoakReport {
         target: endpoint.target.name.clone(),
         sessions: args.sessions,
@@ -177,193 +146,6 @@ async fn soak_target(endpoint: &Arc<Endpoint>, args: &SoakArgs, stop: &Stop) -> 
     report
 }
 
-/// One interactive session from login to logout.
-async fn session(
-    endpoint: &Endpoint,
-    user: &str,
-    command: Option<&str>,
-    until: Instant,
-    interval_ms: u64,
-    stop: &Stop,
-) -> Outcome {
-    let mut timings = Timings::start();
-    let (session, mut channel) = match open_shell(endpoint, user, command, &mut timings).await {
-        Ok(opened) => opened,
-        Err(failure) => return Outcome::SetupFailed(failure),
-    };
-    timings.lap(Phase::ExecFirstByte);
-    let setup = timings.total;
-    let mut echo = PhaseHistogram::new();
-    let mut keystrokes = 0u64;
-    // Keystrokes on the current line, cleared with Ctrl-U when it gets long.
-    let mut on_line = 0u32;
-    let mut dropped = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    while Instant::now() < until && !stop.is_stopped() {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.stopped() => break,
-        }
-        if on_line == KEYSTROKES_PER_LINE {
-            if let Err(why) = type_and_settle(&mut channel, CTRL_U).await {
-                dropped = Some(why);
-                break;
-            }
-            on_line = 0;
-        }
-        let key = b'a' + (keystrokes % 26) as u8;
-        match keystroke(&mut channel, key).await {
-            Ok(took) => echo.record(took),
-            Err(why) => {
-                dropped = Some(why);
-                break;
-            }
-        }
-        keystrokes += 1;
-        on_line += 1;
-    }
-    drop(channel);
-    // A slow logout is not the soak's concern; errors mean it is already gone.
-    let _ = session.close(endpoint).await;
-    Outcome::Ran {
-        setup,
-        echo,
-        keystrokes,
-        dropped,
-    }
-}
-
-/// Logs in, asks for a pty and starts the shell (or `command`), then waits
-/// for the prompt to settle.
-async fn open_shell(
-    endpoint: &Endpoint,
-    user: &str,
-    command: Option<&str>,
-    timings: &mut Timings,
-) -> Result<(Session, Channel<russh::client::Msg>), Failure> {
-    let session = endpoint.login(user, timings).await?;
-    let mut channel = session.open_channel(endpoint).await?;
-    timings.lap(Phase::ChannelOpen);
-    let fail = |e: russh::Error| session.failure(Phase::ExecExit, &e);
-    endpoint
-        .phase(
-            Phase::ExecExit,
-            channel.request_pty(true, "xterm", PTY_COLUMNS, 24, 0, 0, &[]),
-        )
-        .await?
-        .map_err(fail)?;
-    match command {
-        Some(command) => endpoint
-            .phase(Phase::ExecExit, channel.exec(true, command))
-            .await?
-            .map_err(fail)?,
-        None => endpoint
-            .phase(Phase::ExecExit, channel.request_shell(true))
-            .await?
-            .map_err(fail)?,
-    }
-    // Two replies (pty, shell) are due; then the prompt.
-    let mut replies = 0;
-    let deadline = Instant::now() + endpoint.phase_timeout;
-    while replies < 2 {
-        let message = tokio::time::timeout_at(deadline.into(), channel.wait())
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    FailureKind::Timeout,
-                    Phase::ExecExit,
-                    "no reply to the pty or shell request",
-                )
-            })?;
-        match message {
-            Some(ChannelMsg::Success) => replies += 1,
-            Some(ChannelMsg::Failure) => {
-                return Err(Failure::new(
-                    FailureKind::ChannelFailed,
-                    Phase::ExecExit,
-                    "the server refused the pty or shell request",
-                ))
-            }
-            Some(
-                ChannelMsg::Data { .. }
-                | ChannelMsg::ExtendedData { .. }
-                | ChannelMsg::WindowAdjusted { .. },
-            ) => {}
-            _ => {
-                return Err(Failure::new(
-                    FailureKind::ChannelFailed,
-                    Phase::ExecExit,
-                    "the shell ended before it started",
-                ))
-            }
-        }
-    }
-    settle(&mut channel, SETTLE_QUIET, SETTLE_MAX)
-        .await
-        .map_err(|why| Failure::new(FailureKind::ChannelFailed, Phase::ExecExit, why))?;
-    Ok((session, channel))
-}
-
-/// Reads and discards output until it has been quiet for `quiet`, at most `max`.
-async fn settle(
-    channel: &mut Channel<russh::client::Msg>,
-    quiet: Duration,
-    max: Duration,
-) -> Result<(), String> {
-    let end = Instant::now() + max;
-    loop {
-        let wait = quiet.min(end.saturating_duration_since(Instant::now()));
-        if wait.is_zero() {
-            return Ok(());
-        }
-        match tokio::time::timeout(wait, channel.wait()).await {
-            Err(_) => return Ok(()),
-            Ok(Some(ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. })) => {}
-            Ok(Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success)) => {}
-            Ok(other) => return Err(ended(other)),
-        }
-    }
-}
-
-fn ended(message: Option<ChannelMsg>) -> String {
-    match message {
-        None => "the connection closed".into(),
-        Some(ChannelMsg::ExitStatus { exit_status }) => format!("the shell exited ({exit_status})"),
-        Some(other) => format!("the session ended ({other:?})"),
-    }
-}
-
-async fn type_and_settle(channel: &mut Channel<russh::client::Msg>, key: u8) -> Result<(), String> {
-    channel
-        .data_bytes(vec![key])
-        .await
-        .map_err(|e| format!("typing: {e}"))?;
-    settle(channel, Duration::from_millis(50), Duration::from_secs(1)).await
-}
-
-/// Types `key` and waits for it to come back.
-async fn keystroke(channel: &mut Channel<russh::client::Msg>, key: u8) -> Result<Duration, String> {
-    let sent = Instant::now();
-    channel
-        .data_bytes(vec![key])
-        .await
-        .map_err(|e| format!("typing: {e}"))?;
-    let deadline = sent + ECHO_TIMEOUT;
-    loop {
-        let message = tokio::time::timeout_at(deadline.into(), channel.wait())
-            .await
-            .map_err(|_| format!("no echo within {ECHO_TIMEOUT:?}"))?;
-        match message {
-            Some(ChannelMsg::Data { data }) if data.contains(&key) => return Ok(sent.elapsed()),
-            Some(ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. }) => {}
-            Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success) => {}
-            other => return Err(ended(other)),
-        }
-    }
-}
-
 fn table(reports: &[SoakReport]) -> String {
     use std::fmt::Write;
     let mut out = format!(
@@ -405,25 +187,103 @@ fn table(reports: &[SoakReport]) -> String {
     out
 }
 
-fn csv(reports: &[SoakReport]) -> String {
-    let cell = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
-    let mut out = String::from("target,sessions,established,dropped,setup_failed,keystrokes,echo_p50_ms,echo_p99_ms,echo_max_ms,setup_p50_ms,setup_p99_ms,duration_s\n");
-    for r in reports {
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
-            r.target,
-            r.sessions,
-            r.established,
-            r.dropped,
-            r.setup_failed.values().sum::<u64>(),
-            r.keystrokes,
-            cell(r.echo.p50_ms),
-            cell(r.echo.p99_ms),
-            cell(r.echo.max_ms),
-            cell(r.setup.p50_ms),
-            cell(r.setup.p99_ms),
-            r.duration_s
-        ));
+/// One line of `soak.csv`: one target's soak.
+#[derive(Serialize)]
+struct SoakRow<'a> {
+    target: &'a str,
+    sessions: u32,
+    established: u64,
+    dropped: u64,
+    /// Sessions that never got a shell, of every kind.
+    setup_failed: u64,
+    keystrokes: u64,
+    #[serde(serialize_with = "three_decimals")]
+    echo_p50_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    echo_p99_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    echo_max_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    setup_p50_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    setup_p99_ms: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    duration_s: f64,
+}
+
+impl CsvRow for SoakRow<'_> {
+    const HEADER: &'static [&'static str] = &[
+        "target",
+        "sessions",
+        "established",
+        "dropped",
+        "setup_failed",
+        "keystrokes",
+        "echo_p50_ms",
+        "echo_p99_ms",
+        "echo_max_ms",
+        "setup_p50_ms",
+        "setup_p99_ms",
+        "duration_s",
+    ];
+}
+
+impl SoakRow<'_> {
+    fn of(r: &SoakReport) -> SoakRow<'_> {
+        SoakRow {
+            target: &r.target,
+            sessions: r.sessions,
+            established: r.established,
+            dropped: r.dropped,
+            setup_failed: r.setup_failed.values().sum(),
+            keystrokes: r.keystrokes,
+            echo_p50_ms: r.echo.p50_ms,
+            echo_p99_ms: r.echo.p99_ms,
+            echo_max_ms: r.echo.max_ms,
+            setup_p50_ms: r.setup.p50_ms,
+            setup_p99_ms: r.setup.p99_ms,
+            duration_s: r.duration_s,
+        }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(target: &str, echo_ms: &[u64]) -> SoakReport {
+        let mut echo = PhaseHistogram::new();
+        for ms in echo_ms {
+            echo.record(Duration::from_millis(*ms));
+        }
+        let mut setup = PhaseHistogram::new();
+        setup.record(Duration::from_micros(123_456));
+        SoakReport {
+            target: target.into(),
+            sessions: 3,
+            established: 2,
+            dropped: 1,
+            setup_failed: [("refused".to_string(), 1), ("timeout".to_string(), 0)].into(),
+            keystrokes: 40,
+            echo: Latency::of(&echo),
+            setup: Latency::of(&setup),
+            duration_s: 12.3456,
+            examples: vec!["dropped: no echo".into()],
+        }
+    }
+
+    #[test]
+    fn soak_csv_keeps_its_columns_and_number_formats() {
+        let reports = [report("sshd", &[2, 4]), report("labssh", &[])];
+        let text = crate::csv_file::text(reports.iter().map(SoakRow::of)).unwrap();
+        let header = crate::csv_file::serde_header(&SoakRow::of(&reports[0]));
+        assert_eq!(header, SoakRow::HEADER);
+        assert_eq!(
+            text,
+            "target,sessions,established,dropped,setup_failed,keystrokes,echo_p50_ms,\
+             echo_p99_ms,echo_max_ms,setup_p50_ms,setup_p99_ms,duration_s\n\
+             sshd,3,2,1,1,40,2.000,4.001,4.001,123.519,123.519,12.346\n\
+             labssh,3,2,1,1,40,,,,123.519,123.519,12.346\n"
+        );
+    }
 }

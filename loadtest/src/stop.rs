@@ -19,7 +19,7 @@ impl Stop {
             eprintln!("\ninterrupted: stopping and reporting what was measured (Ctrl-C again to quit now)");
             let _ = tx.send(true);
             if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(i32::from(crate::cli::EXIT_INTERRUPTED));
+                std::process::exit(i32::from(crate::exit::EXIT_INTERRUPTED));
             }
         });
         Stop { requested: rx }

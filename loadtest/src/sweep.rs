@@ -6,7 +6,7 @@ use std::sync::Arc;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::cli::SweepArgs;
+use crate::args::SweepArgs;
 use crate::client::Endpoint;
 use crate::phases::LevelStats;
 use crate::stop::Stop;
@@ -82,83 +82,27 @@ impl TargetInfo {
 
 pub async fn run(args: SweepArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
-    let levels = &args.levels.0;
-    let command: Arc<str> = Arc::from(args.command.as_str());
+    let endpoints = crate::setup::prepare(common).await?;
     let started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let baseline = common.targets[0].name.clone();
-
-    let per_target: u64 = levels.iter().map(|l| u64::from(*l)).sum();
+    let per_target: u64 = args.levels.0.iter().map(|l| u64::from(*l)).sum();
     let progress = crate::progress::bar(per_target * endpoints.len() as u64, "connections");
-    let mut results: Vec<LevelStats> = Vec::new();
-    let mut active = vec![true; endpoints.len()];
-    // How many distinct users of each target `--warm` has logged in so far.
-    let mut warmed = vec![0usize; endpoints.len()];
-    let mut dropped: Vec<String> = Vec::new();
-    let mut interrupted = false;
-    let mut fatal: Option<anyhow::Error> = None;
-
-    'levels: for (step, &level) in levels.iter().enumerate() {
-        for (t, endpoint) in endpoints.iter().enumerate() {
-            if !active[t] {
-                continue;
-            }
-            if stop.is_stopped() {
-                interrupted = true;
-                break 'levels;
-            }
-            let name = &endpoint.target.name;
-            if let Err(e) = prepare_level(
-                &args,
-                endpoint,
-                level,
-                &mut warmed[t],
-                &command,
-                &stop,
-                &progress,
-            )
-            .await
-            {
-                fatal = Some(e);
-                break 'levels;
-            }
-            let run = crate::level::run(endpoint, level, &command, &stop, &progress).await;
-            if run.interrupted {
-                interrupted = true;
-                crate::progress::say(
-                    &progress,
-                    format!(
-                        "level {level} of {name} was in progress; its partial figures are left out"
-                    ),
-                );
-                break 'levels;
-            }
-            crate::progress::say(&progress, crate::table::level_line(&run.stats));
-            if !args.keep_going {
-                if let Some(message) = unusable(endpoint, &run.stats) {
-                    active[t] = false;
-                    crate::progress::say(&progress, format!("error: {message}"));
-                    dropped.push(message);
-                    let remaining: u64 = levels[step + 1..].iter().map(|l| u64::from(*l)).sum();
-                    progress.set_length(progress.length().unwrap_or(0).saturating_sub(remaining));
-                }
-            }
-            results.push(run.stats);
-            if let Some(dir) = &common.out {
-                let info = RunInfo::new(&args, started_at, false, &dropped);
-                if let Err(e) = crate::output::write_sweep(dir, &results, &info) {
-                    fatal = Some(e);
-                    break 'levels;
-                }
-            }
-        }
-    }
+    let mut sweep = Sweep::new(endpoints.len());
+    let fatal = sweep
+        .levels(&args, &endpoints, started_at, &stop, &progress)
+        .await
+        .err();
     progress.finish_and_clear();
 
-    println!("{}", crate::table::sweep(&results, &baseline));
+    let Sweep {
+        results,
+        dropped,
+        interrupted,
+        ..
+    } = sweep;
+    println!("{}", crate::table::sweep(&results, &common.targets[0].name));
     for message in &dropped {
         eprintln!("error: {message}");
     }
@@ -171,10 +115,90 @@ pub async fn run(args: SweepArgs, stop: Stop) -> anyhow::Result<u8> {
         return Err(e);
     }
     let failures: u64 = results.iter().map(LevelStats::failed_total).sum();
-    Ok(crate::cli::exit_code(
+    Ok(crate::exit::exit_code(
         interrupted,
         failures + dropped.len() as u64,
     ))
+}
+
+/// A sweep under way: what it measured so far and which targets are left.
+struct Sweep {
+    /// Every finished level of every target, in the order they ran.
+    results: Vec<LevelStats>,
+    /// Per target: still measured (false once dropped as unusable).
+    active: Vec<bool>,
+    /// Per target: how many distinct users `--warm` has logged in so far.
+    warmed: Vec<usize>,
+    /// Why targets were dropped, one message each.
+    dropped: Vec<String>,
+    /// Ctrl-C stopped the run.
+    interrupted: bool,
+}
+
+impl Sweep {
+    fn new(targets: usize) -> Sweep {
+        Sweep {
+            results: Vec::new(),
+            active: vec![true; targets],
+            warmed: vec![0; targets],
+            dropped: Vec::new(),
+            interrupted: false,
+        }
+    }
+
+    /// Runs every level against every target still active, interleaved.
+    /// An error (a failed `--before-level`, unwritable results) ends it.
+    async fn levels(
+        &mut self,
+        args: &SweepArgs,
+        endpoints: &[Arc<Endpoint>],
+        started_at: u64,
+        stop: &Stop,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let levels = &args.levels.0;
+        let command: Arc<str> = Arc::from(args.command.as_str());
+        for (step, &level) in levels.iter().enumerate() {
+            for (t, endpoint) in endpoints.iter().enumerate() {
+                if !self.active[t] {
+                    continue;
+                }
+                if stop.is_stopped() {
+                    self.interrupted = true;
+                    return Ok(());
+                }
+                let warmed = &mut self.warmed[t];
+                prepare_level(args, endpoint, level, warmed, &command, stop, progress).await?;
+                let run = crate::level::run(endpoint, level, &command, stop, progress).await;
+                if run.interrupted {
+                    self.interrupted = true;
+                    let name = &endpoint.target.name;
+                    crate::progress::say(
+                        progress,
+                        format!("level {level} of {name} was in progress; its partial figures are left out"),
+                    );
+                    return Ok(());
+                }
+                crate::progress::say(progress, crate::table::level_line(&run.stats));
+                if !args.keep_going {
+                    if let Some(message) = unusable(endpoint, &run.stats) {
+                        self.active[t] = false;
+                        crate::progress::say(progress, format!("error: {message}"));
+                        self.dropped.push(message);
+                        let remaining: u64 = levels[step + 1..].iter().map(|l| u64::from(*l)).sum();
+                        progress
+                            .set_length(progress.length().unwrap_or(0).saturating_sub(remaining));
+                    }
+                }
+                self.results.push(run.stats);
+                if let Some(dir) = &args.common.out {
+                    let info = RunInfo::new(args, started_at, false, &self.dropped);
+                    crate::output::write_sweep(dir, &self.results, &info)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `--before-level`, then `--warm`, for one target at one level.

@@ -4,20 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use russh::ChannelMsg;
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::cli::{Direction, ThroughputArgs};
+use crate::args::{Direction, ThroughputArgs};
 use crate::client::Endpoint;
-use crate::phases::{Failure, FailureKind, Phase, Timings};
+use crate::csv_file::{three_decimals, CsvRow};
 use crate::stop::Stop;
 use crate::table::ratio;
 
-/// The command that swallows pushed bytes.
-const PUSH_COMMAND: &str = "cat > /dev/null";
+mod transfer;
 
 /// One target, one direction.
 #[derive(Serialize)]
@@ -41,7 +36,7 @@ struct ThroughputReport {
 
 pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
     let common = &args.common;
-    let endpoints = common.prepare().await?;
+    let endpoints = crate::setup::prepare(common).await?;
     let directions: &[Direction] = match args.direction {
         Direction::Push => &[Direction::Push],
         Direction::Pull => &[Direction::Pull],
@@ -59,11 +54,11 @@ pub async fn run(args: ThroughputArgs, stop: Stop) -> anyhow::Result<u8> {
     println!("{}", table(&reports));
     if let Some(dir) = &common.out {
         crate::output::write_json(dir, "throughput.json", &reports)?;
-        crate::output::write(dir, "throughput.csv", &csv(&reports))?;
+        crate::output::write_csv(dir, "throughput.csv", reports.iter().map(ThroughputRow::of))?;
         println!("results in {}", dir.display());
     }
     let failed: u64 = reports.iter().map(|r| u64::from(r.failed)).sum();
-    Ok(crate::cli::exit_code(stop.is_stopped(), failed))
+    Ok(crate::exit::exit_code(stop.is_stopped(), failed))
 }
 
 async fn measure(
@@ -72,40 +67,17 @@ async fn measure(
     args: &ThroughputArgs,
     stop: &Stop,
 ) -> ThroughputReport {
-    let name = if direction == Direction::Push {
-        "push"
-    } else {
-        "pull"
-    };
-    let bytes = args.bytes.0;
+    let mut report = ThroughputReport::new(endpoint, direction, args);
+    let bytes = report.bytes;
     let progress = crate::progress::bar(u64::from(args.sessions), "sessions");
-    progress.set_message(format!("{name} · {}", endpoint.target.name));
-    let (go, ready) = watch::channel(false);
-    let mut sessions = JoinSet::new();
-    for index in 0..args.sessions as usize {
-        let endpoint = endpoint.clone();
-        let user = endpoint.target.users.for_client(index);
-        let mut ready = ready.clone();
-        sessions.spawn(async move {
-            let _ = ready.wait_for(|go| *go).await;
-            transfer(&endpoint, &user, direction, bytes).await
-        });
-    }
-    let _ = go.send(true);
-    let mut report = ThroughputReport {
-        target: endpoint.target.name.clone(),
-        direction: name,
-        sessions: args.sessions,
-        bytes,
-        ok: 0,
-        failed: 0,
-        seconds: 0.0,
-        mb_per_s: None,
-        slowest_session_mb_per_s: None,
-        examples: Vec::new(),
-    };
-    let mut first_start: Option<Instant> = None;
-    let mut last_end: Option<Instant> = None;
+    progress.set_message(format!("{} · {}", report.direction, endpoint.target.name));
+    let (mut sessions, _) = crate::together::start(
+        endpoint,
+        args.sessions as usize,
+        |endpoint, user| async move { transfer::transfer(&endpoint, &user, direction, bytes).await },
+    );
+    // When the first session started moving data and the last one finished.
+    let mut span: Option<(Instant, Instant)> = None;
     loop {
         let joined = tokio::select! {
             joined = sessions.join_next() => joined,
@@ -118,28 +90,15 @@ async fn measure(
         progress.inc(1);
         match joined {
             Ok(Ok((start, end))) => {
-                report.ok += 1;
-                first_start = Some(first_start.map_or(start, |s| s.min(start)));
-                last_end = Some(last_end.map_or(end, |e| e.max(end)));
-                let rate = mb_per_s(bytes, end - start);
-                report.slowest_session_mb_per_s = Some(
-                    report
-                        .slowest_session_mb_per_s
-                        .map_or(rate, |r| r.min(rate)),
-                );
+                report.moved(end - start);
+                span = Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
             }
-            Ok(Err(failure)) => {
-                report.failed += 1;
-                let text = format!(
-                    "{}: {}: {}",
-                    failure.kind.name(),
-                    failure.phase.name(),
-                    failure.detail
-                );
-                if report.examples.len() < 3 && !report.examples.contains(&text) {
-                    report.examples.push(text);
-                }
-            }
+            Ok(Err(failure)) => report.note_failure(format!(
+                "{}: {}: {}",
+                failure.kind.name(),
+                failure.phase.name(),
+                failure.detail
+            )),
             Err(e) => {
                 report.failed += 1;
                 report.examples.push(format!("session task failed: {e}"));
@@ -147,116 +106,55 @@ async fn measure(
         }
     }
     progress.finish_and_clear();
-    if let (Some(start), Some(end)) = (first_start, last_end) {
+    if let Some((start, end)) = span {
         report.seconds = (end - start).as_secs_f64();
         report.mb_per_s = Some(mb_per_s(bytes * u64::from(report.ok), end - start));
     }
     report
 }
 
-fn mb_per_s(bytes: u64, took: Duration) -> f64 {
-    bytes as f64 / 1e6 / took.as_secs_f64().max(1e-9)
+/// How many failure messages a report keeps.
+const EXAMPLES: usize = 3;
+
+impl ThroughputReport {
+    fn new(endpoint: &Endpoint, direction: Direction, args: &ThroughputArgs) -> ThroughputReport {
+        ThroughputReport {
+            target: endpoint.target.name.clone(),
+            direction: if direction == Direction::Push {
+                "push"
+            } else {
+                "pull"
+            },
+            sessions: args.sessions,
+            bytes: args.bytes.0,
+            ok: 0,
+            failed: 0,
+            seconds: 0.0,
+            mb_per_s: None,
+            slowest_session_mb_per_s: None,
+            examples: Vec::new(),
+        }
+    }
+
+    /// A session moved its bytes in `took`.
+    fn moved(&mut self, took: Duration) {
+        self.ok += 1;
+        let rate = mb_per_s(self.bytes, took);
+        self.slowest_session_mb_per_s =
+            Some(self.slowest_session_mb_per_s.map_or(rate, |r| r.min(rate)));
+    }
+
+    /// A session failed; `text` says how (the first few kinds are kept).
+    fn note_failure(&mut self, text: String) {
+        self.failed += 1;
+        if self.examples.len() < EXAMPLES && !self.examples.contains(&text) {
+            self.examples.push(text);
+        }
+    }
 }
 
-/// Moves `bytes` one way through a fresh session; returns when the data
-/// started and finished moving.
-async fn transfer(
-    endpoint: &Endpoint,
-    user: &str,
-    direction: Direction,
-    bytes: u64,
-) -> Result<(Instant, Instant), Failure> {
-    let mut timings = Timings::start();
-    let session = endpoint.login(user, &mut timings).await?;
-    let channel = session.open_channel(endpoint).await?;
-    let command = match direction {
-        Direction::Push => PUSH_COMMAND.to_string(),
-        _ => format!("head -c {bytes} /dev/zero"),
-    };
-    let start = Instant::now();
-    endpoint
-        .phase(Phase::ExecExit, channel.exec(true, command))
-        .await?
-        .map_err(|e| session.failure(Phase::ExecExit, &e))?;
-    let (mut read, write) = channel.split();
-    let too_slow = || {
-        Failure::new(
-            FailureKind::Timeout,
-            Phase::ExecExit,
-            format!(
-                "{bytes} bytes did not move within {:?}; raise --phase-timeout",
-                endpoint.phase_timeout
-            ),
-        )
-    };
-    let writer = async {
-        if direction == Direction::Push {
-            write
-                .data(tokio::io::repeat(0).take(bytes))
-                .await
-                .map_err(|e| session.failure(Phase::ExecExit, &e))?;
-            write
-                .eof()
-                .await
-                .map_err(|e| session.failure(Phase::ExecExit, &e))?;
-        }
-        Ok::<(), Failure>(())
-    };
-    // The reader runs all along: an unread channel would stall the
-    // connection. Output may still arrive after the exit status, so read to
-    // the end of the output too.
-    let reader = async {
-        let mut received = 0u64;
-        let mut status = None;
-        let mut eof = false;
-        while status.is_none() || !eof {
-            match read.wait().await {
-                Some(ChannelMsg::Data { data }) => received += data.len() as u64,
-                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
-                Some(ChannelMsg::Eof) => eof = true,
-                Some(ChannelMsg::Failure) => {
-                    return Err(Failure::new(
-                        FailureKind::ChannelFailed,
-                        Phase::ExecExit,
-                        "the server refused the exec request",
-                    ))
-                }
-                Some(ChannelMsg::Close) | None => break,
-                Some(_) => {}
-            }
-        }
-        match status {
-            Some(0) => Ok(received),
-            Some(code) => Err(Failure::new(
-                FailureKind::NonzeroExit,
-                Phase::ExecExit,
-                format!("exit status {code}"),
-            )),
-            None => Err(Failure::new(
-                FailureKind::ChannelFailed,
-                Phase::ExecExit,
-                "the channel closed without an exit status",
-            )),
-        }
-    };
-    let (written, received) = tokio::time::timeout(endpoint.phase_timeout, async {
-        tokio::join!(writer, reader)
-    })
-    .await
-    .map_err(|_| too_slow())?;
-    written?;
-    let received = received?;
-    let end = Instant::now();
-    if direction == Direction::Pull && received != bytes {
-        return Err(Failure::new(
-            FailureKind::ChannelFailed,
-            Phase::ExecExit,
-            format!("received {received} of {bytes} bytes"),
-        ));
-    }
-    drop((read, write));
-    let _ = session.close(endpoint).await;
-    Ok((start, end))
+fn mb_per_s(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64().max(1e-9)
 }
 
 fn table(reports: &[ThroughputReport]) -> String {
@@ -305,24 +203,79 @@ fn table(reports: &[ThroughputReport]) -> String {
     out
 }
 
-fn csv(reports: &[ThroughputReport]) -> String {
-    let mut out = String::from(
-        "target,direction,sessions,bytes,ok,failed,seconds,mb_per_s,slowest_session_mb_per_s\n",
-    );
-    for r in reports {
-        let cell = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{:.3},{},{}\n",
-            r.target,
-            r.direction,
-            r.sessions,
-            r.bytes,
-            r.ok,
-            r.failed,
-            r.seconds,
-            cell(r.mb_per_s),
-            cell(r.slowest_session_mb_per_s)
-        ));
+/// One line of `throughput.csv`: one target in one direction.
+#[derive(Serialize)]
+struct ThroughputRow<'a> {
+    target: &'a str,
+    direction: &'static str,
+    sessions: u32,
+    bytes: u64,
+    ok: u32,
+    failed: u32,
+    #[serde(serialize_with = "three_decimals")]
+    seconds: f64,
+    #[serde(serialize_with = "three_decimals")]
+    mb_per_s: Option<f64>,
+    #[serde(serialize_with = "three_decimals")]
+    slowest_session_mb_per_s: Option<f64>,
+}
+
+impl CsvRow for ThroughputRow<'_> {
+    const HEADER: &'static [&'static str] = &[
+        "target",
+        "direction",
+        "sessions",
+        "bytes",
+        "ok",
+        "failed",
+        "seconds",
+        "mb_per_s",
+        "slowest_session_mb_per_s",
+    ];
+}
+
+impl ThroughputRow<'_> {
+    fn of(r: &ThroughputReport) -> ThroughputRow<'_> {
+        ThroughputRow {
+            target: &r.target,
+            direction: r.direction,
+            sessions: r.sessions,
+            bytes: r.bytes,
+            ok: r.ok,
+            failed: r.failed,
+            seconds: r.seconds,
+            mb_per_s: r.mb_per_s,
+            slowest_session_mb_per_s: r.slowest_session_mb_per_s,
+        }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_csv_keeps_its_columns_and_number_formats() {
+        let report = |direction, mb_per_s| ThroughputReport {
+            target: "sshd".into(),
+            direction,
+            sessions: 2,
+            bytes: 4_000_000,
+            ok: 2,
+            failed: 0,
+            seconds: 0.25,
+            mb_per_s,
+            slowest_session_mb_per_s: mb_per_s.map(|r| r / 3.0),
+            examples: Vec::new(),
+        };
+        let reports = [report("push", Some(32.0)), report("pull", None)];
+        let header = crate::csv_file::serde_header(&ThroughputRow::of(&reports[0]));
+        assert_eq!(header, ThroughputRow::HEADER);
+        assert_eq!(
+            crate::csv_file::text(reports.iter().map(ThroughputRow::of)).unwrap(),
+            "target,direction,sessions,bytes,ok,failed,seconds,mb_per_s,slowest_session_mb_per_s\n\
+             sshd,push,2,4000000,2,0,0.250,32.000,10.667\n\
+             sshd,pull,2,4000000,2,0,0.250,,\n"
+        );
+    }
 }

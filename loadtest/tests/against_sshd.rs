@@ -1,6 +1,7 @@
 //! Runs the real `labssh-loadtest` binary against a real OpenSSH `sshd`
 //! started on a free loopback port by the test itself.
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -148,9 +149,37 @@ fn loadtest(args: &[&str]) -> Output {
     output
 }
 
+/// Runs the binary with `args`, then `--target` the good sshd target and
+/// `--out` a fresh directory, which it returns with the output.
+fn against_good(sshd: &Sshd, args: &[&str]) -> (Output, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let target = sshd.good("sshd");
+    let mut all = args.to_vec();
+    all.extend(["--target", &target, "--out", out.path().to_str().unwrap()]);
+    (loadtest(&all), out)
+}
+
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A CSV file's rows, each by column name.
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            header
+                .iter()
+                .map(String::from)
+                .zip(r.iter().map(String::from))
+                .collect()
+        })
+        .collect()
 }
 
 fn record<'a>(summary: &'a Value, target: &str, level: u64) -> &'a Value {
@@ -174,17 +203,7 @@ fn failed_total(record: &Value) -> u64 {
 #[test]
 fn a_sweep_measures_every_level_and_writes_csv_json_and_svg() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "sweep",
-        "--levels",
-        "1,3",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["sweep", "--levels", "1,3"]);
     assert_eq!(output.status.code(), Some(0), "the sweep failed");
 
     let summary = read_json(&out.path().join("summary.json"));
@@ -253,8 +272,24 @@ fn a_sweep_measures_every_level_and_writes_csv_json_and_svg() {
         .nth(1)
         .unwrap()
         .starts_with("sshd,1,1,0,"));
+    // Read by column name, the CSV says what summary.json says.
+    for row in read_csv(&out.path().join("levels.csv")) {
+        let level: u64 = row["level"].parse().unwrap();
+        let r = record(&summary, &row["target"], level);
+        assert_eq!(row["ok"], r["ok"].to_string(), "{row:?}");
+        assert_eq!(row["failed"], "0", "{row:?}");
+        let p50 = r["total"]["p50_ms"].as_f64().unwrap();
+        assert_eq!(row["total_p50_ms"], format!("{p50:.3}"), "{row:?}");
+    }
     let phases_csv = std::fs::read_to_string(out.path().join("phases.csv")).unwrap();
     assert_eq!(phases_csv.lines().count(), 1 + 2 * 8, "{phases_csv}");
+    let phases = read_csv(&out.path().join("phases.csv"));
+    let totals: Vec<&HashMap<String, String>> =
+        phases.iter().filter(|r| r["phase"] == "total").collect();
+    assert_eq!(totals.len(), 2);
+    for row in totals {
+        assert!(row["mean_ms"].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
     for svg in ["latency.svg", "phases.svg"] {
         let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
         assert!(text.starts_with("<svg"), "{svg}");
@@ -345,19 +380,7 @@ fn failures_are_classified_and_broken_targets_are_dropped() {
 #[test]
 fn a_command_exiting_3_counts_as_nonzero_exit() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "sweep",
-        "--levels",
-        "1,3",
-        "--command",
-        "exit 3",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["sweep", "--levels", "1,3", "--command", "exit 3"]);
     assert_eq!(output.status.code(), Some(1));
     let summary = read_json(&out.path().join("summary.json"));
     for level in [1, 3] {
@@ -376,19 +399,7 @@ fn a_command_exiting_3_counts_as_nonzero_exit() {
 #[test]
 fn throughput_moves_every_byte_both_ways() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
-    let output = loadtest(&[
-        "throughput",
-        "--bytes",
-        "4M",
-        "--sessions",
-        "2",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(&sshd, &["throughput", "--bytes", "4M", "--sessions", "2"]);
     assert_eq!(output.status.code(), Some(0));
     let report = read_json(&out.path().join("throughput.json"));
     let rows = report.as_array().unwrap();
@@ -400,28 +411,32 @@ fn throughput_moves_every_byte_both_ways() {
         assert_eq!(row["bytes"], 4_000_000);
         assert!(row["mb_per_s"].as_f64().unwrap() > 0.0);
     }
+    let csv = read_csv(&out.path().join("throughput.csv"));
+    assert_eq!(csv.len(), 2);
+    for (row, direction) in csv.iter().zip(["push", "pull"]) {
+        assert_eq!(row["direction"], direction);
+        assert_eq!(row["ok"], "2", "{row:?}");
+        assert!(row["mb_per_s"].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
     assert!(String::from_utf8_lossy(&output.stdout).contains("MB/s"));
 }
 
 #[test]
 fn soak_holds_sessions_and_times_the_echo() {
     let sshd = Sshd::start();
-    let out = tempfile::tempdir().unwrap();
-    let target = sshd.good("sshd");
     let started = Instant::now();
-    let output = loadtest(&[
-        "soak",
-        "--sessions",
-        "2",
-        "--duration",
-        "2",
-        "--interval",
-        "100",
-        "--target",
-        &target,
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let (output, out) = against_good(
+        &sshd,
+        &[
+            "soak",
+            "--sessions",
+            "2",
+            "--duration",
+            "2",
+            "--interval",
+            "100",
+        ],
+    );
     assert_eq!(output.status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(20));
     let report = read_json(&out.path().join("soak.json"));
@@ -432,6 +447,10 @@ fn soak_holds_sessions_and_times_the_echo() {
     let p50 = row["echo"]["p50_ms"].as_f64().unwrap();
     let max = row["echo"]["max_ms"].as_f64().unwrap();
     assert!(0.0 < p50 && p50 <= max, "{row:#}");
+    let csv = read_csv(&out.path().join("soak.csv"));
+    assert_eq!(csv.len(), 1);
+    assert_eq!(csv[0]["established"], "2", "{csv:?}");
+    assert_eq!(csv[0]["echo_p50_ms"], format!("{p50:.3}"), "{csv:?}");
 }
 
 #[test]
