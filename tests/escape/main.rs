@@ -7,7 +7,8 @@
 //! - `exhaustion`: one student cannot use up what the node shares (finding 4);
 //! - `roles`: cluster certificates carry roles, and containers reach no cluster
 //!   address (finding 5);
-//! - the low findings (6) sit with the part they concern.
+//! - `names`: user and environment names that ran together in container names;
+//! - the other low findings (6) sit with the part they concern.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -15,4 +16,5 @@ mod lab;
 mod exhaustion;
 mod helper;
 mod lockout;
+mod names;
 mod roles;
