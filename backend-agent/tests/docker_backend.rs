@@ -40,6 +40,7 @@ async fn names_never_collide_and_old_names_keep_working() {
         ..environment()
     };
     let old_name = format!("{}-olga-old", scratch.prefix);
+    scratch.labelled_volume("olga");
     support::docker_cli(&[
         "run",
         "-d",

@@ -436,6 +436,7 @@ async fn containers_of_the_older_layout_are_recreated_with_their_home() {
     let old = format!("{}-lucy-default", scratch.prefix);
     let volume = format!("{}-home-lucy", scratch.prefix);
     let dir = tempfile::tempdir().unwrap();
+    scratch.labelled_volume("lucy");
     docker_cli(&[
         "run",
         "-d",

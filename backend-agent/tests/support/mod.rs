@@ -183,6 +183,19 @@ impl Scratch {
     }
 
     /// Names of this test's containers.
+    /// `user`'s home volume as an older agent made it, labelled so cleanup finds it.
+    pub fn labelled_volume(&self, user: &str) -> String {
+        let name = format!("{}-home-{user}", self.prefix);
+        docker_cli(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("labssh.prefix={}", self.prefix),
+            &name,
+        ]);
+        name
+    }
+
     pub fn containers(&self) -> Vec<String> {
         docker_cli(&[
             "ps",
