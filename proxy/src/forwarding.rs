@@ -22,7 +22,7 @@ use labssh_telemetry::metrics::{self as telemetry, Component, Direction};
 use pb::agent_client::AgentClient;
 use pb::forward_input::Msg as In;
 use pb::forward_output::Msg as Out;
-use russh::server::{ChannelOpenHandle, Handle, Msg};
+use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,8 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel as GrpcChannel;
 use tracing::Instrument;
 
-use crate::login_name::LoginName;
-use crate::server::Shared;
+use crate::state::Context;
 use crate::upstream::Placement;
 
 /// Messages queued towards the agent per forwarded connection, behind the byte
@@ -55,26 +54,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// hold an agent stream and socket for ever.
 const CLIENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a forwarding task needs from its connection.
-#[derive(Clone)]
-pub(crate) struct ForwardContext {
-    /// Replica-wide state.
-    pub shared: Arc<Shared>,
-    /// The authenticated login.
-    pub login: LoginName,
-    /// Connection number, for logs.
-    pub conn: u64,
-    /// Connection handle, to open `forwarded-tcpip` channels.
-    pub handle: Handle,
-    /// The connection's `ssh` span.
-    pub span: tracing::Span,
-    /// Client-to-container bytes in flight, in KiB ([`CONNECTION_BUDGET_KIB`]).
-    pub budget: Arc<Semaphore>,
-    /// Slots for forwarded connections open at once on the SSH connection, both
-    /// directions (`direct-tcpip` and accepted `ssh -R` connections).
-    pub slots: Arc<Semaphore>,
-}
-
 /// SSH's "administratively prohibited" with our own words, which OpenSSH prints.
 fn prohibited(message: &str) -> ChannelOpenFailure {
     ChannelOpenFailure::Other {
@@ -91,7 +70,7 @@ fn connect_failed(message: &str) -> ChannelOpenFailure {
     }
 }
 
-impl ForwardContext {
+impl Context {
     /// The agent client for the user's container, placing them first.
     async fn agent(&self) -> Result<(Placement, AgentClient<GrpcChannel>), String> {
         let env = self.login.environment.clone().unwrap_or_default();
@@ -102,10 +81,6 @@ impl ForwardContext {
             .map_err(|e| e.to_string())?;
         let agent = upstream.agent(&placement)?;
         Ok((placement, agent))
-    }
-
-    fn environment(&self) -> String {
-        self.login.environment.clone().unwrap_or_default()
     }
 }
 
@@ -161,7 +136,7 @@ async fn open_stream(
 /// `ssh -L` / `ssh -D`: one `direct-tcpip` channel. Accepts the channel only once the
 /// agent connected, so a refusal reaches the client as the channel's open failure.
 pub(crate) async fn direct_tcpip(
-    ctx: ForwardContext,
+    ctx: Context,
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
     host: String,
@@ -336,7 +311,7 @@ impl Drop for RemoteForwards {
 /// `ssh -R`: asks the agent to listen in the container; on success returns the port
 /// bound and keeps announcing accepted connections as `forwarded-tcpip` channels.
 pub(crate) async fn tcpip_forward(
-    ctx: ForwardContext,
+    ctx: Context,
     forwards: Arc<RemoteForwards>,
     address: String,
     port: u32,
@@ -438,7 +413,7 @@ pub(crate) async fn tcpip_forward(
 /// One connection accepted in the container for `ssh -R`: attached to a Forward
 /// stream, then announced to the client as a `forwarded-tcpip` channel.
 async fn forwarded_tcpip(
-    ctx: ForwardContext,
+    ctx: Context,
     agent: &mut AgentClient<GrpcChannel>,
     attach: In,
     address: String,

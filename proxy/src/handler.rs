@@ -18,11 +18,11 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::credential_cache::Lookup;
-use crate::forwarding::{self, ForwardContext, RemoteForwards};
+use crate::forwarding::{self, RemoteForwards};
 use crate::login_name::LoginName;
 use crate::rate_limit::Verdict;
-use crate::server::Shared;
-use crate::session_channel::{self, ChannelContext};
+use crate::session_channel;
+use crate::state::{Context, Shared};
 use crate::set_env::EnvRequests;
 
 /// Most clients try a handful of keys; more than this per connection is
@@ -190,9 +190,9 @@ impl Connection {
         Auth::reject()
     }
 
-    /// What forwarding tasks need, once authenticated.
-    fn forward_context(&self, session: &Session) -> Option<ForwardContext> {
-        Some(ForwardContext {
+    /// What channel and forwarding tasks need, once authenticated.
+    fn context(&self, session: &Session) -> Option<Context> {
+        Some(Context {
             shared: self.shared.clone(),
             login: self.login.clone()?,
             conn: self.id,
@@ -380,14 +380,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
+        let Some(ctx) = self.context(session) else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         };
         if self.channels >= MAX_SESSION_CHANNELS {
-            tracing::warn!(conn = self.id, user = %login.user, "too many session channels");
+            tracing::warn!(conn = self.id, user = %ctx.login.user, "too many session channels");
             reply
                 .reject(russh::ChannelOpenFailure::ResourceShortage)
                 .await;
@@ -396,16 +396,9 @@ impl russh::server::Handler for Connection {
         self.channels += 1;
         self.env.insert(channel.id(), EnvRequests::default());
         reply.accept().await;
-        let ctx = ChannelContext {
-            shared: self.shared.clone(),
-            login,
-            conn: self.id,
-            handle: session.handle(),
-            span: self.span.clone(),
-            // Login time is measured to the connection's first process only.
-            accepted: (self.channels == 1).then_some(self.accepted),
-        };
-        tokio::spawn(session_channel::run(channel, ctx));
+        // Login time is measured to the connection's first process only.
+        let accepted = (self.channels == 1).then_some(self.accepted);
+        tokio::spawn(session_channel::run(channel, ctx, accepted));
         Ok(())
     }
 
@@ -513,7 +506,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(ctx) = self.forward_context(session) else {
+        let Some(ctx) = self.context(session) else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -543,7 +536,7 @@ impl russh::server::Handler for Connection {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let Some(ctx) = self.forward_context(session) else {
+        let Some(ctx) = self.context(session) else {
             return Ok(false);
         };
         // Runs on the connection's loop: the reply must carry the bound port.

@@ -17,6 +17,7 @@ mod redis_link;
 mod server;
 mod session_channel;
 mod set_env;
+mod state;
 pub mod upstream;
 pub mod users;
 

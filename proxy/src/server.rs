@@ -1,4 +1,4 @@
-//! The SSH server: shared state, the russh `Server`, and `run`.
+//! The SSH server: `run`, the accept loop and each connection's task.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use crate::handler::Connection;
 use crate::proxy_protocol::{self, Peer, Policy};
 use crate::rate_limit::RateLimiter;
 use crate::redis_link::RedisLink;
+use crate::state::Shared;
 use crate::upstream::Upstream;
 use crate::users::Users;
 
@@ -26,22 +27,6 @@ const SSH_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Messages buffered per channel before back-pressure reaches TCP; with
 /// 32 KiB packets this bounds a channel's buffer to about 1 MiB.
 const CHANNEL_BUFFER: usize = 32;
-
-/// State shared by every connection of this replica.
-pub(crate) struct Shared {
-    /// The replica's configuration.
-    pub config: Config,
-    /// Accounts, reloaded when the file changes.
-    pub users: Users,
-    /// Validated-credential cache (Redis or in-process).
-    pub cache: CredentialCache,
-    /// Brute-force limits.
-    pub limiter: RateLimiter,
-    /// Controller and agent clients.
-    pub upstream: Upstream,
-    /// Source of connection ids for logs.
-    pub next_id: AtomicU64,
-}
 
 /// How long shutdown waits for connections to take their leave.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,15 +17,14 @@ use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Component, Direction, Phase};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
-use russh::server::{Handle, Msg};
+use russh::server::Msg;
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::login_name::LoginName;
-use crate::server::Shared;
+use crate::state::Context;
 use crate::set_env::EnvRequests;
 use crate::upstream::{PlaceError, Placement};
 
@@ -44,23 +43,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// closing.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a channel task needs from its connection.
-pub(crate) struct ChannelContext {
-    /// Replica-wide state.
-    pub shared: Arc<Shared>,
-    /// The authenticated login.
-    pub login: LoginName,
-    /// Connection number, for logs.
-    pub conn: u64,
-    /// Connection handle, for exit-signal.
-    pub handle: Handle,
-    /// The connection's `ssh` span, parent of this channel's `session` span.
-    pub span: tracing::Span,
-    /// When the connection was accepted, for the connection's first channel
-    /// only: its start ends the student's login time.
-    pub accepted: Option<Instant>,
-}
-
 /// The pieces of the `start` message gathered from channel requests.
 #[derive(Default)]
 struct StartRequest {
@@ -68,7 +50,10 @@ struct StartRequest {
     env: HashMap<String, String>,
 }
 
-pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
+/// Runs one session channel; `accepted` (when the connection was accepted) is
+/// given for the connection's first channel only: its start ends the student's
+/// login time.
+pub(crate) async fn run(channel: Channel<Msg>, ctx: Context, accepted: Option<Instant>) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let mut req = StartRequest::default();
@@ -192,7 +177,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: ChannelContext) {
         .await;
     }
     let started_at = Instant::now();
-    if let Some(accepted) = ctx.accepted {
+    if let Some(accepted) = accepted {
         telemetry::login(started_at.duration_since(accepted));
     }
     let _forwarding = telemetry::forwarding_started("session");
@@ -389,7 +374,7 @@ enum StartFailure {
 /// Places the user and starts the process, retrying once on a fresh
 /// placement when the agent is unreachable. Errors are student-facing.
 async fn open(
-    ctx: &ChannelContext,
+    ctx: &Context,
     requested_env: &str,
     mut start: pb::Start,
 ) -> Result<Opened, String> {
