@@ -25,13 +25,12 @@ use pb::forward_output::Msg as Out;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelMsg, ChannelOpenFailure};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel as GrpcChannel;
 use tracing::Instrument;
 
 use crate::state::Context;
-use crate::upstream::Placement;
+use crate::upstream::{first_answer, with_first, Placement, UpstreamError};
 
 /// Messages queued towards the agent per forwarded connection, behind the byte
 /// budget below.
@@ -70,15 +69,23 @@ fn connect_failed(message: &str) -> ChannelOpenFailure {
     }
 }
 
+/// How a failure to open a forward reaches the client: policy refusals as
+/// "administratively prohibited", everything else as "connect failed".
+fn open_failure(error: &UpstreamError) -> ChannelOpenFailure {
+    match error {
+        UpstreamError::Refused {
+            message,
+            prohibited: true,
+        } => prohibited(message),
+        other => connect_failed(&other.to_string()),
+    }
+}
+
 impl Context {
     /// The agent client for the user's container, placing them first.
-    async fn agent(&self) -> Result<(Placement, AgentClient<GrpcChannel>), String> {
-        let env = self.login.environment.clone().unwrap_or_default();
+    async fn agent(&self) -> Result<(Placement, AgentClient<GrpcChannel>), UpstreamError> {
         let upstream = &self.shared.upstream;
-        let placement = upstream
-            .place(&self.login.user, &env)
-            .await
-            .map_err(|e| e.to_string())?;
+        let placement = upstream.place(&self.login.user, &self.environment()).await?;
         let agent = upstream.agent(&placement)?;
         Ok((placement, agent))
     }
@@ -95,41 +102,10 @@ async fn open_stream(
     agent: &mut AgentClient<GrpcChannel>,
     first: In,
     timeout: Duration,
-) -> Result<(Stream, pb::ForwardOpened), ChannelOpenFailure> {
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-    let _ = tx.send(pb::ForwardInput { msg: Some(first) }).await;
-    let opened = tokio::time::timeout(timeout, async {
-        let mut outputs = agent
-            .forward(labssh_telemetry::grpc::request(ReceiverStream::new(rx)))
-            .await
-            .map_err(|s| {
-                connect_failed(&format!(
-                    "cannot reach your container's node: {}",
-                    s.message()
-                ))
-            })?
-            .into_inner();
-        match outputs.next().await {
-            Some(Ok(pb::ForwardOutput {
-                msg: Some(Out::Opened(opened)),
-            })) => Ok((outputs, opened)),
-            Some(Ok(pb::ForwardOutput {
-                msg: Some(Out::Error(e)),
-            })) if e.prohibited => Err(prohibited(&e.message)),
-            Some(Ok(pb::ForwardOutput {
-                msg: Some(Out::Error(e)),
-            })) => Err(connect_failed(&e.message)),
-            Some(Ok(_)) => Err(connect_failed("unexpected reply from the container's node")),
-            Some(Err(s)) => Err(connect_failed(&format!(
-                "lost the container's node: {}",
-                s.message()
-            ))),
-            None => Err(connect_failed("the container's node closed the connection")),
-        }
-    })
-    .await
-    .map_err(|_| connect_failed("the container did not answer in time"))??;
-    let (outputs, opened) = opened;
+) -> Result<(Stream, pb::ForwardOpened), UpstreamError> {
+    let (tx, inputs) = with_first(pb::ForwardInput { msg: Some(first) }, INPUT_QUEUE);
+    let call = agent.forward(labssh_telemetry::grpc::request(inputs));
+    let (outputs, opened) = first_answer(timeout, call).await?;
     Ok((Stream { tx, outputs }, opened))
 }
 
@@ -151,7 +127,7 @@ pub(crate) async fn direct_tcpip(
     );
     let user = ctx.login.user.clone();
     let opened = async {
-        let (placement, mut agent) = ctx.agent().await.map_err(|m| connect_failed(&m))?;
+        let (placement, mut agent) = ctx.agent().await?;
         let open = In::Open(pb::ForwardOpen {
             user: user.clone(),
             environment: placement.environment.clone(),
@@ -173,7 +149,8 @@ pub(crate) async fn direct_tcpip(
     .await;
     let (stream, opened) = match opened {
         Ok(o) => o,
-        Err(failure) => {
+        Err(error) => {
+            let failure = open_failure(&error);
             tracing::info!(conn = ctx.conn, %user, target = %format!("{host}:{port}"), "forward refused: {}", failure.description());
             if failure.code() != 1 {
                 telemetry::error(Component::Proxy, "forward_failed");
@@ -308,6 +285,17 @@ impl Drop for RemoteForwards {
     }
 }
 
+/// Why an `ssh -R` listener was not opened; logged, the client hears only "no".
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListenError {
+    /// The connection holds [`RemoteForwards::MAX`] listeners already.
+    #[error("too many remote forwards on one connection")]
+    TooMany,
+    /// Placing the student or asking the agent failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
 /// `ssh -R`: asks the agent to listen in the container; on success returns the port
 /// bound and keeps announcing accepted connections as `forwarded-tcpip` channels.
 pub(crate) async fn tcpip_forward(
@@ -315,7 +303,7 @@ pub(crate) async fn tcpip_forward(
     forwards: Arc<RemoteForwards>,
     address: String,
     port: u32,
-) -> Result<u32, String> {
+) -> Result<u32, ListenError> {
     if forwards
         .listeners
         .lock()
@@ -323,7 +311,7 @@ pub(crate) async fn tcpip_forward(
         .len()
         >= RemoteForwards::MAX
     {
-        return Err("too many remote forwards on one connection".to_owned());
+        return Err(ListenError::TooMany);
     }
     let (placement, mut agent) = ctx.agent().await?;
     let request = pb::ListenRequest {
@@ -332,27 +320,9 @@ pub(crate) async fn tcpip_forward(
         host: address.clone(),
         port,
     };
-    let mut events = tokio::time::timeout(LISTEN_TIMEOUT, async {
-        let mut events = agent
-            .listen(labssh_telemetry::grpc::request(request))
-            .await
-            .map_err(|s| format!("cannot reach your container's node: {}", s.message()))?
-            .into_inner();
-        match events.next().await {
-            Some(Ok(pb::ListenEvent {
-                msg: Some(pb::listen_event::Msg::Listening(l)),
-            })) => Ok((events, l.port)),
-            Some(Ok(pb::ListenEvent {
-                msg: Some(pb::listen_event::Msg::Error(e)),
-            })) => Err(e.message),
-            Some(Ok(_)) => Err("unexpected reply from the container's node".to_owned()),
-            Some(Err(s)) => Err(format!("lost the container's node: {}", s.message())),
-            None => Err("the container's node closed the listener".to_owned()),
-        }
-    })
-    .await
-    .map_err(|_| "the container did not answer in time".to_owned())??;
-    let bound = events.1;
+    let call = agent.listen(labssh_telemetry::grpc::request(request));
+    let (mut events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;
+    let bound = listening.port;
     let token = CancellationToken::new();
     // OpenSSH matches forwarded channels by the port it asked for, or the one it was
     // told when it asked for 0.
@@ -371,7 +341,7 @@ pub(crate) async fn tcpip_forward(
         loop {
             let event = tokio::select! {
                 _ = token.cancelled() => break,
-                e = events.0.next() => e,
+                e = events.next() => e,
             };
             let Some(Ok(pb::ListenEvent {
                 msg: Some(pb::listen_event::Msg::Accepted(a)),
@@ -423,11 +393,11 @@ async fn forwarded_tcpip(
     let timeout = ctx.shared.config.session_start_timeout();
     let stream = match open_stream(agent, attach, timeout).await {
         Ok((stream, _)) => stream,
-        Err(f) => {
+        Err(e) => {
             tracing::warn!(
                 conn = ctx.conn,
                 "accepted connection lost: {}",
-                f.description()
+                open_failure(&e).description()
             );
             return;
         }

@@ -20,13 +20,14 @@ use pb::session_output::Msg as Out;
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg, Sig};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use labssh_proto::pb::agent_client::AgentClient;
+use tonic::transport::Channel as GrpcChannel;
 use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::state::Context;
 use crate::set_env::EnvRequests;
-use crate::upstream::{PlaceError, Placement};
+use crate::upstream::{first_answer, with_first, Placement, UpstreamError};
 
 /// Exit status for failures of the gateway itself, as ssh uses for its own.
 const GATEWAY_FAILURE_STATUS: u32 = 255;
@@ -166,7 +167,7 @@ pub(crate) async fn run(channel: Channel<Msg>, ctx: Context, accepted: Option<In
         .await
     {
         Ok(o) => o,
-        Err(message) => return fail(message).await,
+        Err(error) => return fail(student_message(&error)).await,
     };
     if !placement.notice.is_empty() {
         let text = format!("labssh: {}{newline}", placement.notice);
@@ -362,105 +363,72 @@ struct Opened {
     placement: Placement,
 }
 
-/// Why opening the agent stream failed.
-enum StartFailure {
-    /// The agent could not be reached: worth one retry with a fresh placement
-    /// (the cached one may name an agent that just died).
-    Unreachable(String),
-    /// The agent answered with an error the student must read.
-    Refused(String),
+/// How many times a session start is tried: once more after the agent could
+/// not be reached, on a fresh placement (the cached one may name an agent that
+/// just died). Anything else the agent says is its answer.
+const START_ATTEMPTS: u32 = 2;
+/// Pause before that second try: none, the fresh placement is the remedy.
+const RETRY_PAUSE: Duration = Duration::ZERO;
+
+/// After attempt number `attempt` failed with `error`: how long to wait
+/// before the next one, or `None` to give up.
+fn retry_after(attempt: u32, error: &UpstreamError) -> Option<Duration> {
+    (error.agent_unreachable() && attempt < START_ATTEMPTS).then_some(RETRY_PAUSE)
 }
 
-/// Places the user and starts the process, retrying once on a fresh
-/// placement when the agent is unreachable. Errors are student-facing.
+/// Why a start failed, as the log and the student's line say it.
+fn reason(error: &UpstreamError) -> String {
+    match error {
+        UpstreamError::AgentUnreachable(status) | UpstreamError::AgentLost(status) => {
+            status.message().to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The line a student reads when their session could not start.
+fn student_message(error: &UpstreamError) -> String {
+    match error {
+        UpstreamError::AgentUnreachable(_)
+        | UpstreamError::AgentLost(_)
+        | UpstreamError::AgentClosed(_)
+        | UpstreamError::Unexpected
+        | UpstreamError::Refused { .. } => {
+            format!("could not start your session: {}", reason(error))
+        }
+        UpstreamError::TimedOut(timeout) => format!(
+            "your container did not start within {} s; please try again",
+            timeout.as_secs()
+        ),
+        // Placement and configuration errors say it themselves.
+        other => other.to_string(),
+    }
+}
+
+/// Counts a failure in `errors_total` under its kind.
+fn count(error: &UpstreamError) {
+    if let Some(kind) = error.kind() {
+        telemetry::error(Component::Proxy, kind);
+    }
+}
+
+/// Places the user and starts the process, trying again as [`retry_after`]
+/// says.
 async fn open(
     ctx: &Context,
     requested_env: &str,
     mut start: pb::Start,
-) -> Result<Opened, String> {
+) -> Result<Opened, UpstreamError> {
     let user = &ctx.login.user;
     let upstream = &ctx.shared.upstream;
-    let timeout = ctx.shared.config.session_start_timeout();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let place_span = tracing::info_span!(
-            "place",
-            environment = %requested_env,
-            attempt,
-            cached = false,
-            agent = Empty
-        );
-        let placing = Instant::now();
-        let placement = upstream
-            .place(user, requested_env)
-            .instrument(place_span.clone())
-            .await
-            .map_err(|e| {
-                tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
-                telemetry::error(Component::Proxy, place_error_kind(&e));
-                e.to_string()
-            })?;
-        telemetry::setup_phase(Phase::Place, placing.elapsed());
-        place_span.record("agent", placement.agent.as_str());
-        drop(place_span);
-        let start_span = tracing::info_span!(
-            "start",
-            agent = %placement.agent,
-            attempt,
-            container = Empty,
-            container_started = Empty
-        );
-        let starting = Instant::now();
+        let placement = place(ctx, requested_env, attempt).await?;
         let mut agent = upstream.agent(&placement)?;
         start.environment = placement.environment.clone();
-        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-        let _ = tx
-            .send(pb::SessionInput {
-                msg: Some(In::Start(start.clone())),
-            })
-            .await;
-        let opened = tokio::time::timeout(timeout, async {
-            let mut outputs = agent
-                .session(labssh_telemetry::grpc::request(ReceiverStream::new(rx)))
-                .await
-                .map_err(|s| StartFailure::Unreachable(s.message().to_string()))?
-                .into_inner();
-            match outputs.next().await {
-                Some(Ok(pb::SessionOutput {
-                    msg: Some(Out::Started(started)),
-                })) => Ok((outputs, started)),
-                Some(Ok(pb::SessionOutput {
-                    msg: Some(Out::Error(e)),
-                })) => Err(StartFailure::Refused(e.message)),
-                Some(Ok(_)) => Err(StartFailure::Refused(
-                    "unexpected reply from the container's node".into(),
-                )),
-                Some(Err(s)) => Err(StartFailure::Unreachable(s.message().to_string())),
-                None => Err(StartFailure::Unreachable(
-                    "the container's node closed the session".into(),
-                )),
-            }
-        })
-        .instrument(start_span.clone())
-        .await;
-        match &opened {
-            Ok(Ok((_, started))) => {
-                telemetry::setup_phase(Phase::Start, starting.elapsed());
-                start_span.record("container", started.container.as_str());
-                start_span.record("container_started", started.container_started);
-            }
-            Ok(Err(StartFailure::Unreachable(_))) => {
-                telemetry::error(Component::Proxy, "agent_unreachable")
-            }
-            Ok(Err(StartFailure::Refused(_))) => {
-                telemetry::error(Component::Proxy, "session_start_failed")
-            }
-            Err(_) => telemetry::error(Component::Proxy, "session_start_timeout"),
-        }
-        drop(start_span);
-        match opened {
-            Ok(Ok((outputs, started))) => {
+        let error = match start_once(ctx, &mut agent, &placement, &start, attempt).await {
+            Ok((tx, outputs, started)) => {
                 return Ok(Opened {
                     tx,
                     outputs,
@@ -468,34 +436,88 @@ async fn open(
                     placement,
                 })
             }
-            Ok(Err(StartFailure::Unreachable(message))) if attempt == 1 => {
-                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "agent unreachable, placing again: {message}");
-                upstream.forget_placement(user, requested_env);
+            Err(error) => error,
+        };
+        upstream.forget_placement(user, requested_env);
+        let Some(pause) = retry_after(attempt, &error) else {
+            match &error {
+                UpstreamError::TimedOut(_) => {
+                    tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start timed out")
+                }
+                other => {
+                    tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start failed: {}", reason(other))
+                }
             }
-            Ok(Err(StartFailure::Unreachable(message) | StartFailure::Refused(message))) => {
-                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start failed: {message}");
-                upstream.forget_placement(user, requested_env);
-                return Err(format!("could not start your session: {message}"));
-            }
-            Err(_) => {
-                tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "session start timed out");
-                upstream.forget_placement(user, requested_env);
-                return Err(format!(
-                    "your container did not start within {} s; please try again",
-                    timeout.as_secs()
-                ));
-            }
-        }
+            return Err(error);
+        };
+        tracing::warn!(conn = ctx.conn, %user, agent = %placement.agent, "agent unreachable, placing again: {}", reason(&error));
+        tokio::time::sleep(pause).await;
     }
 }
 
-/// The `errors_total` kind of a failed placement.
-fn place_error_kind(e: &PlaceError) -> &'static str {
-    match e {
-        PlaceError::UnknownEnvironment(_) => "place_unknown_environment",
-        PlaceError::NoCapacity(_) => "place_no_capacity",
-        PlaceError::ControllerDown => "place_controller_down",
-        _ => "place_failed",
+/// Asks where the user's container lives, in a `place` span.
+async fn place(
+    ctx: &Context,
+    requested_env: &str,
+    attempt: u32,
+) -> Result<Placement, UpstreamError> {
+    let user = &ctx.login.user;
+    let place_span = tracing::info_span!(
+        "place",
+        environment = %requested_env,
+        attempt,
+        cached = false,
+        agent = Empty
+    );
+    let placing = Instant::now();
+    let placement = ctx
+        .shared
+        .upstream
+        .place(user, requested_env)
+        .instrument(place_span.clone())
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(conn = ctx.conn, %user, environment = %requested_env, "placement failed: {e}");
+            count(e);
+        })?;
+    telemetry::setup_phase(Phase::Place, placing.elapsed());
+    place_span.record("agent", placement.agent.as_str());
+    Ok(placement)
+}
+
+/// One try at starting the process on `placement`'s agent, in a `start` span.
+async fn start_once(
+    ctx: &Context,
+    agent: &mut AgentClient<GrpcChannel>,
+    placement: &Placement,
+    start: &pb::Start,
+    attempt: u32,
+) -> Result<(mpsc::Sender<pb::SessionInput>, tonic::Streaming<pb::SessionOutput>, pb::Started), UpstreamError> {
+    let start_span = tracing::info_span!(
+        "start",
+        agent = %placement.agent,
+        attempt,
+        container = Empty,
+        container_started = Empty
+    );
+    let starting = Instant::now();
+    let first = pb::SessionInput {
+        msg: Some(In::Start(start.clone())),
+    };
+    let (tx, inputs) = with_first(first, INPUT_QUEUE);
+    let timeout = ctx.shared.config.session_start_timeout();
+    let call = agent.session(labssh_telemetry::grpc::request(inputs));
+    match first_answer(timeout, call).instrument(start_span.clone()).await {
+        Ok((outputs, started)) => {
+            telemetry::setup_phase(Phase::Start, starting.elapsed());
+            start_span.record("container", started.container.as_str());
+            start_span.record("container_started", started.container_started);
+            Ok((tx, outputs, started))
+        }
+        Err(error) => {
+            count(&error);
+            Err(error)
+        }
     }
 }
 
