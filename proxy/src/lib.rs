@@ -5,18 +5,18 @@
 //! credentials) → ask the controller where the user's container lives → one
 //! gRPC stream per session channel to that node's agent.
 
+mod auth;
+mod channel;
 pub mod config;
+mod connection;
 pub mod credential_cache;
-mod forwarding;
-mod handler;
+mod forward;
 pub mod host_key;
 pub mod login_name;
 pub mod proxy_protocol;
 pub mod rate_limit;
 mod redis_link;
 mod server;
-mod session_channel;
-mod set_env;
 mod state;
 pub mod upstream;
 pub mod users;

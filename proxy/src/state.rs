@@ -44,6 +44,8 @@ pub(crate) struct Context {
     pub login: LoginName,
     /// Connection number, for logs.
     pub conn: u64,
+    /// The client's address, for logs.
+    pub peer: String,
     /// Connection handle: exit-signal requests, `forwarded-tcpip` channels.
     pub handle: Handle,
     /// The connection's `ssh` span, parent of every channel's and forward's.

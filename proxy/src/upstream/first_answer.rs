@@ -12,7 +12,7 @@ use labssh_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::UpstreamError;
+use super::error::UpstreamError;
 
 /// What the first message on an agent's stream says.
 #[derive(Debug, PartialEq)]
@@ -168,11 +168,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_answer_in_time_is_a_timeout() {
-        let never = first_answer::<pb::ForwardOutput>(
-            Duration::from_secs(5),
-            std::future::pending(),
-        )
-        .await;
+        let never =
+            first_answer::<pb::ForwardOutput>(Duration::from_secs(5), std::future::pending()).await;
         assert!(matches!(never, Err(UpstreamError::TimedOut(t)) if t == Duration::from_secs(5)));
     }
 }
