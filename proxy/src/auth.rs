@@ -23,38 +23,26 @@ use crate::state::Shared;
 mod password;
 
 /// One authentication request, as the client sent it.
-pub(crate) enum Attempt {
+pub(crate) struct Attempt {
+    /// The login name as sent (`alice` or `alice+env`).
+    pub user: String,
+    /// What it offers.
+    pub credential: Credential,
+}
+
+/// What an authentication request offers.
+pub(crate) enum Credential {
     /// The "none" method: what may I use?
     None,
     /// A password.
-    Password {
-        /// The login name as sent (`alice` or `alice+env`).
-        user: String,
-        /// The password.
-        password: String,
-    },
+    Password(String),
     /// A public key offered, not yet proven.
-    KeyOffered {
-        /// The login name as sent.
-        user: String,
-        /// The key.
-        key: PublicKey,
-    },
+    KeyOffered(PublicKey),
     /// A public key whose possession the client proved.
-    Key {
-        /// The login name as sent.
-        user: String,
-        /// The key.
-        key: PublicKey,
-    },
+    Key(PublicKey),
     /// Keyboard-interactive: first without an answer, then with the answer
     /// to the password prompt.
-    KeyboardInteractive {
-        /// The login name as sent.
-        user: String,
-        /// The first answer, once the client sends answers.
-        answer: Option<String>,
-    },
+    KeyboardInteractive(Option<String>),
 }
 
 /// What to tell the client.
@@ -91,18 +79,19 @@ pub(crate) struct Client {
 impl Client {
     /// Decides one attempt.
     pub async fn decide(&self, shared: &Shared, attempt: Attempt) -> Outcome {
-        match attempt {
-            Attempt::None => Outcome::Rejected,
-            Attempt::Password { user, password } => {
-                self.password(shared, &user, &password, "password").await
+        let user = &attempt.user;
+        match attempt.credential {
+            Credential::None => Outcome::Rejected,
+            Credential::Password(password) => {
+                self.password(shared, user, &password, "password").await
             }
-            Attempt::KeyOffered { user, key } => match LoginName::parse(&user) {
+            Credential::KeyOffered(key) => match LoginName::parse(user) {
                 Ok(login) if key_allowed(shared, &login.user, &key) => Outcome::KeyAcceptable,
                 _ => Outcome::Rejected,
             },
-            Attempt::Key { user, key } => self.key(shared, &user, &key),
-            Attempt::KeyboardInteractive { user, answer } => {
-                self.keyboard_interactive(shared, &user, answer).await
+            Credential::Key(key) => self.key(shared, user, &key),
+            Credential::KeyboardInteractive(answer) => {
+                self.keyboard_interactive(shared, user, answer).await
             }
         }
     }

@@ -174,7 +174,7 @@ impl Connection {
                 port,
                 originator,
             } => {
-                self.direct_tcpip(channel, reply, host, port, originator, handle)
+                self.direct_tcpip(channel, reply, (host, port), originator, handle)
                     .await
             }
             Event::TcpipForward {
@@ -221,23 +221,45 @@ impl Connection {
         })
     }
 
+    /// The context for a channel the client opens and what `take` takes for
+    /// it, or `None` once the channel is refused: before a login as
+    /// "administratively prohibited", over a limit (`take` says why) as
+    /// "resource shortage".
+    async fn admit<T>(
+        &self,
+        handle: &Handle,
+        reply: ChannelOpenHandle,
+        take: impl FnOnce(&Context) -> Option<T>,
+    ) -> Option<(Context, ChannelOpenHandle, T)> {
+        let Some(ctx) = self.context(handle) else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return None;
+        };
+        let Some(taken) = take(&ctx) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return None;
+        };
+        Some((ctx, reply, taken))
+    }
+
     async fn session_opened(
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         handle: &Handle,
     ) {
-        let Some(ctx) = self.context(handle) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+        let room = |ctx: &Context| {
+            let room = self.channels < MAX_SESSION_CHANNELS;
+            if !room {
+                tracing::warn!(conn = ctx.conn, user = %ctx.login.user, "too many session channels");
+            }
+            room.then_some(())
+        };
+        let Some((ctx, reply, ())) = self.admit(handle, reply, room).await else {
             return;
         };
-        if self.channels >= MAX_SESSION_CHANNELS {
-            tracing::warn!(conn = ctx.conn, user = %ctx.login.user, "too many session channels");
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return;
-        }
         self.channels += 1;
         // Requests and data come as events; russh's copy of them is not read.
         let (_, write) = channel.split();
@@ -253,22 +275,21 @@ impl Connection {
         &self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        host: String,
-        port: u32,
+        target: (String, u32),
         originator: String,
         handle: &Handle,
     ) {
-        let Some(ctx) = self.context(handle) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
+        let slot = |ctx: &Context| {
+            let slot = self.forward_slots.clone().try_acquire_owned().ok();
+            if slot.is_none() {
+                tracing::warn!(conn = ctx.conn, "too many forwarded connections");
+            }
+            slot
+        };
+        let Some((ctx, reply, slot)) = self.admit(handle, reply, slot).await else {
             return;
         };
-        let Ok(slot) = self.forward_slots.clone().try_acquire_owned() else {
-            tracing::warn!(conn = ctx.conn, "too many forwarded connections");
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return;
-        };
+        let (host, port) = target;
         tokio::spawn(async move {
             forward::direct_tcpip(ctx, channel, reply, host, port, originator).await;
             drop(slot);

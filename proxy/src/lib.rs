@@ -1,9 +1,13 @@
 //! labssh proxy: an SSH server that authenticates students and splices each
 //! of their SSH channels to a stream into their own container.
 //!
-//! Per connection: authenticate (users file, with a Redis cache of validated
-//! credentials) → ask the controller where the user's container lives → one
-//! gRPC stream per session channel to that node's agent.
+//! Per connection ([`connection`]): authenticate ([`auth`]: users file, with a
+//! Redis cache of validated credentials) → for each session channel
+//! ([`channel`]) ask the controller where the user's container lives and open
+//! one gRPC stream to that node's agent ([`upstream`]); each forwarded
+//! connection ([`forward`]) gets its own stream too. Modules depend one way:
+//! server → connection → channel, forward → upstream, with [`state`] below
+//! them all.
 
 mod auth;
 mod channel;

@@ -42,27 +42,20 @@ pub(crate) async fn run(
     inputs: &mut mpsc::Receiver<Input>,
     accepted: Option<Instant>,
 ) -> Closing {
-    let Started {
-        tx,
-        outputs,
-        started,
-        placement,
-        span,
-        newline,
-    } = started;
     let started_at = Instant::now();
     if let Some(accepted) = accepted {
         telemetry::login(started_at.duration_since(accepted));
     }
     let active = telemetry::forwarding_started("session");
+    let (placement, span) = (started.placement, started.span);
     let first_byte = tracing::info_span!(parent: &span, "first_byte");
     tracing::info!(
         conn = session.ctx.conn,
         user = %session.ctx.login.user,
         environment = %placement.environment,
         agent = %placement.agent,
-        container = %started.container,
-        container_started = started.container_started,
+        container = %started.started.container,
+        container_started = started.started.container_started,
         "session started"
     );
     let to_container = AtomicU64::new(0);
@@ -70,12 +63,13 @@ pub(crate) async fn run(
         bytes: AtomicU64::new(0),
         first_byte: Mutex::new(Some((first_byte, started_at))),
     };
+    let (tx, outputs) = (started.tx, started.outputs);
     let ending = splice(session, inputs, tx, outputs, &to_container, &to_client).await;
     Closing::Ended(Ended {
         ending,
         span,
         placement,
-        newline,
+        newline: started.newline,
         to_container: to_container.load(Ordering::Relaxed),
         to_client: to_client.bytes.load(Ordering::Relaxed),
         _active: active,
@@ -196,10 +190,7 @@ mod tests {
             width_px: 0,
             height_px: 0,
         };
-        assert_eq!(
-            to_agent(Input::WindowChange(size)),
-            In::Resize(size)
-        );
+        assert_eq!(to_agent(Input::WindowChange(size)), In::Resize(size));
         assert_eq!(
             to_agent(Input::Signal("INT".into())),
             In::Signal("INT".into())

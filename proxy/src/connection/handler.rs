@@ -9,7 +9,6 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use labssh_proto::pb;
-use russh::keys::PublicKey;
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
 };
@@ -17,7 +16,7 @@ use russh::{Channel, ChannelId, Pty, Sig};
 use tokio::sync::{mpsc, oneshot};
 
 use super::event::Event;
-use crate::auth::{Attempt, Outcome};
+use crate::auth::{Attempt, Credential, Outcome};
 use crate::channel::{signal, Input, Request};
 
 /// Why the handler ended the connection.
@@ -60,7 +59,11 @@ impl Handler {
         Ok(answer.await.ok())
     }
 
-    async fn auth(&self, attempt: Attempt) -> Result<Auth, HandlerError> {
+    async fn auth(&self, user: &str, credential: Credential) -> Result<Auth, HandlerError> {
+        let attempt = Attempt {
+            user: user.to_owned(),
+            credential,
+        };
         let outcome = self.ask(|reply| Event::Auth(attempt, reply)).await?;
         Ok(outcome.map(reply).unwrap_or_else(Auth::reject))
     }
@@ -111,16 +114,13 @@ fn reply(outcome: Outcome) -> Auth {
 impl russh::server::Handler for Handler {
     type Error = HandlerError;
 
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        self.auth(Attempt::None).await
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.auth(user, Credential::None).await
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        self.auth(Attempt::Password {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        })
-        .await
+        let password = Credential::Password(password.to_owned());
+        self.auth(user, password).await
     }
 
     async fn auth_publickey_offered(
@@ -128,11 +128,8 @@ impl russh::server::Handler for Handler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        self.auth(Attempt::KeyOffered {
-            user: user.to_owned(),
-            key: offer.public_key.clone(),
-        })
-        .await
+        let key = Credential::KeyOffered(offer.public_key.clone());
+        self.auth(user, key).await
     }
 
     async fn auth_publickey(
@@ -140,12 +137,8 @@ impl russh::server::Handler for Handler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let key: PublicKey = key.public_key.clone();
-        self.auth(Attempt::Key {
-            user: user.to_owned(),
-            key,
-        })
-        .await
+        let key = Credential::Key(key.public_key.clone());
+        self.auth(user, key).await
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -160,11 +153,8 @@ impl russh::server::Handler for Handler {
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default()
         });
-        self.auth(Attempt::KeyboardInteractive {
-            user: user.to_owned(),
-            answer,
-        })
-        .await
+        self.auth(user, Credential::KeyboardInteractive(answer))
+            .await
     }
 
     async fn channel_open_session(

@@ -40,53 +40,61 @@ pub trait Opening {
     fn answer(self) -> Answer<Self::Ready>;
 }
 
-impl Opening for pb::SessionOutput {
-    type Ready = pb::Started;
-    const STREAM: &'static str = "session";
-    fn answer(self) -> Answer<pb::Started> {
-        use pb::session_output::Msg;
-        match self.msg {
-            Some(Msg::Started(started)) => Answer::Ready(started),
-            Some(Msg::Error(e)) => Answer::Refused {
-                message: e.message,
-                prohibited: false,
-            },
-            _ => Answer::Unexpected,
+impl<T> From<pb::SessionError> for Answer<T> {
+    fn from(e: pb::SessionError) -> Self {
+        Answer::Refused {
+            message: e.message,
+            prohibited: false,
         }
     }
 }
 
-impl Opening for pb::ForwardOutput {
-    type Ready = pb::ForwardOpened;
-    const STREAM: &'static str = "connection";
-    fn answer(self) -> Answer<pb::ForwardOpened> {
-        use pb::forward_output::Msg;
-        match self.msg {
-            Some(Msg::Opened(opened)) => Answer::Ready(opened),
-            Some(Msg::Error(e)) => Answer::Refused {
-                message: e.message,
-                prohibited: e.prohibited,
-            },
-            _ => Answer::Unexpected,
+impl<T> From<pb::ForwardError> for Answer<T> {
+    fn from(e: pb::ForwardError) -> Self {
+        Answer::Refused {
+            message: e.message,
+            prohibited: e.prohibited,
         }
     }
 }
 
-impl Opening for pb::ListenEvent {
-    type Ready = pb::Listening;
-    const STREAM: &'static str = "listener";
-    fn answer(self) -> Answer<pb::Listening> {
-        use pb::listen_event::Msg;
-        match self.msg {
-            Some(Msg::Listening(listening)) => Answer::Ready(listening),
-            Some(Msg::Error(e)) => Answer::Refused {
-                message: e.message,
-                prohibited: e.prohibited,
-            },
-            _ => Answer::Unexpected,
+/// Implements [`Opening`] for the agent's message `$output`, whose oneof
+/// (`pb::$module::Msg`) opens a stream with `$ready` or refuses with `Error`.
+macro_rules! opening {
+    ($output:ty, $module:ident, $ready:ident($ready_ty:ty), $stream:literal) => {
+        impl Opening for $output {
+            type Ready = $ready_ty;
+            const STREAM: &'static str = $stream;
+            fn answer(self) -> Answer<$ready_ty> {
+                use pb::$module::Msg;
+                match self.msg {
+                    Some(Msg::$ready(ready)) => Answer::Ready(ready),
+                    Some(Msg::Error(e)) => e.into(),
+                    _ => Answer::Unexpected,
+                }
+            }
         }
-    }
+    };
 }
+
+opening!(
+    pb::SessionOutput,
+    session_output,
+    Started(pb::Started),
+    "session"
+);
+opening!(
+    pb::ForwardOutput,
+    forward_output,
+    Opened(pb::ForwardOpened),
+    "connection"
+);
+opening!(
+    pb::ListenEvent,
+    listen_event,
+    Listening(pb::Listening),
+    "listener"
+);
 
 /// An agent's stream, open, and what its first answer reported.
 pub type Opened<O> = (tonic::Streaming<O>, <O as Opening>::Ready);
