@@ -218,3 +218,138 @@ fn key_allowed(shared: &Shared, user: &str, key: &PublicKey) -> bool {
         .get(user)
         .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use labssh_proto::tls::TlsFiles;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::credential_cache::CredentialCache;
+    use crate::rate_limit::RateLimiter;
+    use crate::upstream::Upstream;
+    use crate::users::{self, Users};
+
+    const BOB_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnr8Zs2q3JYsUXtSRu7Q6ibJ2oJL6Uq8fJ7t0U6oZ4V bob@laptop";
+
+    /// A replica whose users file holds alice (password "secret") and bob
+    /// (a key, no password).
+    fn shared(dir: &Path) -> Shared {
+        let users_file = dir.join("users.toml");
+        users::add_user(&users_file, "alice", Some("secret"), None).unwrap();
+        users::add_user(&users_file, "bob", None, Some(BOB_KEY)).unwrap();
+        let config = Config::default();
+        let ttl = Duration::from_secs(60);
+        Shared {
+            users: Users::open(&users_file).unwrap(),
+            cache: CredentialCache::memory(vec![7; 32], ttl),
+            limiter: RateLimiter::new(config.rate_limit.clone(), None),
+            upstream: Upstream::new("http://127.0.0.1:1", TlsFiles::default(), ttl, ttl).unwrap(),
+            next_id: AtomicU64::new(1),
+            config,
+        }
+    }
+
+    fn client() -> Client {
+        Client {
+            conn: 1,
+            peer: "192.0.2.1:50000".into(),
+            ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn attempt(user: &str, credential: Credential) -> Attempt {
+        Attempt {
+            user: user.into(),
+            credential,
+        }
+    }
+
+    fn password(p: &str) -> Credential {
+        Credential::Password(p.into())
+    }
+
+    #[tokio::test]
+    async fn passwords_and_keys_decide_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, client) = (shared(dir.path()), client());
+        let decide = |user: &str, credential| client.decide(&shared, attempt(user, credential));
+        let alice = LoginName::parse("alice").unwrap();
+        assert_eq!(
+            decide("alice", password("secret")).await,
+            Outcome::LoggedIn(alice.clone())
+        );
+        // Again, from the credential cache.
+        assert_eq!(
+            decide("alice", password("secret")).await,
+            Outcome::LoggedIn(alice)
+        );
+        assert_eq!(
+            decide("alice+gpu", password("secret")).await,
+            Outcome::LoggedIn(LoginName::parse("alice+gpu").unwrap())
+        );
+        for (user, pw) in [
+            ("alice", "wrong"),
+            ("mallory", "secret"),
+            ("bob", ""),
+            ("Alice", "secret"),
+        ] {
+            assert_eq!(
+                decide(user, password(pw)).await,
+                Outcome::Rejected,
+                "{user}"
+            );
+        }
+        let key = users::parse_authorized_key(BOB_KEY).unwrap();
+        assert_eq!(
+            decide("bob", Credential::KeyOffered(key.clone())).await,
+            Outcome::KeyAcceptable
+        );
+        assert_eq!(
+            decide("bob", Credential::Key(key.clone())).await,
+            Outcome::LoggedIn(LoginName::parse("bob").unwrap())
+        );
+        assert_eq!(
+            decide("alice", Credential::KeyOffered(key.clone())).await,
+            Outcome::Rejected
+        );
+        assert_eq!(
+            decide("alice", Credential::Key(key)).await,
+            Outcome::Rejected
+        );
+        assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
+    }
+
+    #[tokio::test]
+    async fn keyboard_interactive_asks_for_the_password_and_explains_bad_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, client) = (shared(dir.path()), client());
+        let decide = |user: &str, answer: Option<&str>| {
+            let answer = answer.map(str::to_owned);
+            client.decide(
+                &shared,
+                attempt(user, Credential::KeyboardInteractive(answer)),
+            )
+        };
+        assert_eq!(decide("alice", None).await, Outcome::AskPassword);
+        assert_eq!(
+            decide("alice", Some("secret")).await,
+            Outcome::LoggedIn(LoginName::parse("alice").unwrap())
+        );
+        assert_eq!(decide("alice", Some("wrong")).await, Outcome::Rejected);
+        assert_eq!(
+            decide("al!ce", None).await,
+            Outcome::Explain(format!(
+                "labssh: {}",
+                crate::login_name::LoginNameError::User
+            ))
+        );
+        assert_eq!(decide("al!ce", Some("secret")).await, Outcome::Rejected);
+    }
+}
