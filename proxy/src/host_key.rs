@@ -5,16 +5,42 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
 
+/// Why the host keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyError {
+    /// A configured key file could not be read or parsed.
+    #[error("host key {}: {source}", path.display())]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: russh::keys::Error,
+    },
+    /// A new key could not be encoded.
+    #[error("encoding host key: {0}")]
+    Encode(#[source] russh::keys::ssh_key::Error),
+    /// A new key could not be written.
+    #[error("writing host key {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Loads every configured host key; a missing *first* key is generated as
 /// ed25519. Missing later keys are errors (they were configured on purpose).
-pub fn load_host_keys(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<PrivateKey>> {
+pub fn load_host_keys(paths: &[PathBuf]) -> Result<Vec<PrivateKey>, HostKeyError> {
     let mut keys = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         if i == 0 && !path.exists() {
@@ -30,8 +56,11 @@ pub fn load_host_keys(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Privat
                 Err(e) => return Err(e),
             }
         }
-        let key = russh::keys::load_secret_key(path, None)
-            .map_err(|e| anyhow::anyhow!("host key {}: {e}", path.display()))?;
+        let key =
+            russh::keys::load_secret_key(path, None).map_err(|source| HostKeyError::Load {
+                path: path.clone(),
+                source,
+            })?;
         keys.push(key);
     }
     for key in &keys {
@@ -44,15 +73,17 @@ pub fn load_host_keys(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Privat
     Ok(keys)
 }
 
-fn generate(path: &Path) -> anyhow::Result<PrivateKey> {
+fn generate(path: &Path) -> Result<PrivateKey, HostKeyError> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     let pem = key
         .to_openssh(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("encoding host key: {e}"))?;
-    write_private(path, pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("writing host key {}: {e}", path.display()))?;
+        .map_err(HostKeyError::Encode)?;
+    write_private(path, pem.as_bytes()).map_err(|source| HostKeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if let Ok(public) = key.public_key().to_openssh() {
         let _ = std::fs::write(path.with_extension("pub"), format!("{public}\n"));
     }

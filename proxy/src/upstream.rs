@@ -14,6 +14,12 @@ use pb::agent_client::AgentClient;
 use pb::controller_client::ControllerClient;
 use tonic::transport::{Channel, Endpoint};
 
+mod error;
+mod first_answer;
+
+pub use error::{EndpointError, UpstreamError};
+pub(crate) use first_answer::{first_answer, with_first};
+
 /// A dead endpoint should fail a login quickly, not after TCP's minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 flow control per stream: what one session or forward may have in flight
@@ -43,19 +49,6 @@ pub struct Placement {
     pub notice: String,
 }
 
-/// Why a placement failed; the message is shown to the student.
-#[derive(Debug, thiserror::Error)]
-pub enum PlaceError {
-    #[error("{0}")]
-    UnknownEnvironment(String),
-    #[error("{0}")]
-    NoCapacity(String),
-    #[error("the lab controller is not reachable right now; please try again in a minute")]
-    ControllerDown,
-    #[error("placement failed: {0}")]
-    Other(String),
-}
-
 /// Connections to the controller and agents, shared by all SSH connections.
 pub struct Upstream {
     /// Controller client (one lazily-connected HTTP/2 channel).
@@ -74,8 +67,9 @@ pub struct Upstream {
 
 /// An endpoint with our timeouts, and mTLS verifying the server as
 /// `server_name` when TLS is configured.
-fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endpoint> {
-    let endpoint = Endpoint::from_shared(uri.to_string())?
+fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> Result<Endpoint, EndpointError> {
+    let endpoint = Endpoint::from_shared(uri.to_string())
+        .map_err(EndpointError::Uri)?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(HTTP2_KEEPALIVE)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -84,7 +78,7 @@ fn endpoint(uri: &str, tls: &TlsFiles, server_name: &str) -> anyhow::Result<Endp
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     tls.secure(endpoint, server_name)
-        .map_err(|e| anyhow::anyhow!("tls: {e}"))
+        .map_err(EndpointError::Tls)
 }
 
 impl Upstream {
@@ -94,10 +88,13 @@ impl Upstream {
         tls: TlsFiles,
         controller_timeout: Duration,
         placement_ttl: Duration,
-    ) -> anyhow::Result<Upstream> {
+    ) -> Result<Upstream, UpstreamError> {
         tls.warn_if_off("proxy");
         let channel = endpoint(controller_uri, &tls, CONTROLLER_NAME)
-            .map_err(|e| anyhow::anyhow!("controller: {controller_uri:?}: {e}"))?
+            .map_err(|source| UpstreamError::ControllerEndpoint {
+                uri: controller_uri.to_owned(),
+                source,
+            })?
             .connect_lazy();
         Ok(Upstream {
             controller: ControllerClient::new(channel),
@@ -110,7 +107,7 @@ impl Upstream {
     }
 
     /// Asks the controller where (user, env) lives, or answers from cache.
-    pub async fn place(&self, user: &str, environment: &str) -> Result<Placement, PlaceError> {
+    pub async fn place(&self, user: &str, environment: &str) -> Result<Placement, UpstreamError> {
         let key = (user.to_string(), environment.to_string());
         if let Some((at, p)) = self.placements.lock().expect("lock").get(&key) {
             if at.elapsed() < self.placement_ttl {
@@ -129,23 +126,8 @@ impl Upstream {
         )
         .await
         {
-            Err(_) => return Err(PlaceError::ControllerDown),
-            Ok(Err(status)) => {
-                return Err(match status.code() {
-                    tonic::Code::NotFound => {
-                        PlaceError::UnknownEnvironment(status.message().into())
-                    }
-                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                        if !status.message().is_empty() && !is_transport_error(&status) =>
-                    {
-                        PlaceError::NoCapacity(status.message().into())
-                    }
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                        PlaceError::ControllerDown
-                    }
-                    _ => PlaceError::Other(status.message().into()),
-                })
-            }
+            Err(_) => return Err(UpstreamError::ControllerDown(None)),
+            Ok(Err(status)) => return Err(UpstreamError::from_place_status(status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         let placement = Placement {
@@ -172,7 +154,7 @@ impl Upstream {
     /// The client for the agent `placement` names (shared HTTP/2
     /// connection). With mTLS the server must hold that agent's own
     /// certificate (`NAME.agent.labssh`), so another node's cannot pose as it.
-    pub fn agent(&self, placement: &Placement) -> Result<AgentClient<Channel>, String> {
+    pub fn agent(&self, placement: &Placement) -> Result<AgentClient<Channel>, UpstreamError> {
         let key = (placement.endpoint.clone(), placement.agent.clone());
         let mut agents = self.agents.lock().expect("lock");
         if let Some(c) = agents.get(&key) {
@@ -181,7 +163,10 @@ impl Upstream {
         let uri = &placement.endpoint;
         let server_name = roles::server_name(Role::Agent, &placement.agent);
         let channel = endpoint(uri, &self.tls, &server_name)
-            .map_err(|e| format!("bad agent endpoint {uri:?}: {e}"))?
+            .map_err(|source| UpstreamError::AgentEndpoint {
+                uri: uri.clone(),
+                source,
+            })?
             .connect_lazy();
         let client = AgentClient::new(channel);
         agents.insert(key, client.clone());
@@ -189,13 +174,31 @@ impl Upstream {
     }
 }
 
-/// tonic reports connection failures as `Unavailable` with a transport
-/// message; those mean "controller down", not "no agent".
-fn is_transport_error(status: &tonic::Status) -> bool {
-    use std::error::Error;
-    status
-        .source()
-        .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
-        || status.message().contains("transport error")
-        || status.message().contains("tcp connect error")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_controller_nobody_listens_for_is_down() {
+        // A port nothing listens on.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let upstream = Upstream::new(
+            &uri,
+            TlsFiles::default(),
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let error = upstream.place("alice", "").await.unwrap_err();
+        assert!(
+            matches!(error, UpstreamError::ControllerDown(Some(_))),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "the lab controller is not reachable right now; please try again in a minute"
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! Which `env` requests (OpenSSH's `SetEnv`/`SendEnv`) a session channel takes.
 //!
-//! The handler answers each request and the channel task gathers the accepted
-//! ones into the process's environment. Both see the same requests in the same
-//! order and apply [`EnvRequests::offer`], so what the client was told is what
-//! the process gets. OpenSSH's sshd takes any number of any size; here they are
+//! The gathering phase ([`super::gather`]) answers each request by
+//! [`EnvRequests::offer`] and puts the accepted ones into the process's
+//! environment, so what the client was told is what the process gets.
+//! OpenSSH's sshd takes any number of any size; here they are
 //! bounded, so a client cannot make the proxy (or the agent after it) hold an
 //! environment of unbounded size.
 

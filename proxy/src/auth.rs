@@ -1,0 +1,355 @@
+//! Authentication decisions: whether an attempt logs the client in, and how
+//! it is answered.
+//!
+//! Passwords (also the password keyboard-interactive prompts for) pass the
+//! brute-force limits, then the credential cache, then argon2 ([`password`]);
+//! public keys are checked against the users file's authorized keys.
+//! Keyboard-interactive is also how a student with a malformed username is
+//! told what is wrong with it: SSH has no other way to show text before
+//! authentication. The reason for a refusal stays in the log; the client
+//! learns only "denied". The russh handler only translates an [`Outcome`].
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use labssh_telemetry::metrics::{self as telemetry, Phase};
+use russh::keys::PublicKey;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::login_name::LoginName;
+use crate::state::Shared;
+
+mod password;
+
+/// One authentication request, as the client sent it.
+pub(crate) struct Attempt {
+    /// The login name as sent (`alice` or `alice+env`).
+    pub user: String,
+    /// What it offers.
+    pub credential: Credential,
+}
+
+/// What an authentication request offers.
+pub(crate) enum Credential {
+    /// The "none" method: what may I use?
+    None,
+    /// A password.
+    Password(String),
+    /// A public key offered, not yet proven.
+    KeyOffered(PublicKey),
+    /// A public key whose possession the client proved.
+    Key(PublicKey),
+    /// Keyboard-interactive: first without an answer, then with the answer
+    /// to the password prompt.
+    KeyboardInteractive(Option<String>),
+}
+
+/// What to tell the client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Logged in.
+    LoggedIn(LoginName),
+    /// The offered key would do: the client may go on and prove it holds it.
+    KeyAcceptable,
+    /// Denied.
+    Rejected,
+    /// Keyboard-interactive: ask for the password.
+    AskPassword,
+    /// Keyboard-interactive: tell the student why their login name is
+    /// refused; the text is safe to show.
+    Explain(String),
+}
+
+/// The client an attempt comes from: what decisions are logged, limited and
+/// traced by. Lives as long as the connection.
+pub(crate) struct Client {
+    /// Connection number, for logs.
+    pub conn: u64,
+    /// The client's address, for logs.
+    pub peer: String,
+    /// The client's IP (from the PROXY header when behind a balancer), for
+    /// brute-force limits.
+    pub ip: Option<IpAddr>,
+    /// The connection's `ssh` span: the parent of each attempt's `auth` span,
+    /// and where the login is recorded.
+    pub span: tracing::Span,
+}
+
+impl Client {
+    /// Decides one attempt.
+    pub async fn decide(&self, shared: &Shared, attempt: Attempt) -> Outcome {
+        let user = &attempt.user;
+        match attempt.credential {
+            Credential::None => Outcome::Rejected,
+            Credential::Password(password) => {
+                self.password(shared, user, &password, "password").await
+            }
+            Credential::KeyOffered(key) => match LoginName::parse(user) {
+                Ok(login) if key_allowed(shared, &login.user, &key) => Outcome::KeyAcceptable,
+                _ => Outcome::Rejected,
+            },
+            Credential::Key(key) => self.key(shared, user, &key),
+            Credential::KeyboardInteractive(answer) => {
+                self.keyboard_interactive(shared, user, answer).await
+            }
+        }
+    }
+
+    /// A password, for `method`: in its own `auth` span.
+    async fn password(
+        &self,
+        shared: &Shared,
+        user: &str,
+        password: &str,
+        method: &'static str,
+    ) -> Outcome {
+        let Some(login) = self.parse_login(user, method) else {
+            return Outcome::Rejected;
+        };
+        let span = self.auth_span(method, &login.user);
+        self.check_password(shared, login, password, method)
+            .instrument(span)
+            .await
+    }
+
+    fn key(&self, shared: &Shared, user: &str, key: &PublicKey) -> Outcome {
+        let started = Instant::now();
+        let Some(login) = self.parse_login(user, "publickey") else {
+            return Outcome::Rejected;
+        };
+        let _span = self.auth_span("publickey", &login.user).entered();
+        if key_allowed(shared, &login.user, key) {
+            self.accept(login, "publickey", "n/a", started)
+        } else {
+            self.reject(&login, "publickey", "key not authorized")
+        }
+    }
+
+    async fn keyboard_interactive(
+        &self,
+        shared: &Shared,
+        user: &str,
+        answer: Option<String>,
+    ) -> Outcome {
+        if let Err(e) = LoginName::parse(user) {
+            if answer.is_some() {
+                return Outcome::Rejected;
+            }
+            tracing::warn!(conn = self.conn, peer = %self.peer, login = %user.escape_debug(), "login refused: {e}");
+            return Outcome::Explain(format!("labssh: {e}"));
+        }
+        match answer {
+            None => Outcome::AskPassword,
+            Some(password) => {
+                self.password(shared, user, &password, "keyboard-interactive")
+                    .await
+            }
+        }
+    }
+
+    fn parse_login(&self, login: &str, method: &str) -> Option<LoginName> {
+        match LoginName::parse(login) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(conn = self.conn, peer = %self.peer, method, login = %login.escape_debug(), "login refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// The span of one authentication attempt.
+    fn auth_span(&self, method: &'static str, user: &str) -> tracing::Span {
+        tracing::info_span!(
+            parent: &self.span,
+            "auth",
+            method,
+            user,
+            cache = Empty,
+            delay_ms = Empty,
+            authenticator_seconds = Empty,
+            result = Empty
+        )
+    }
+
+    /// Runs inside the attempt's `auth` span.
+    fn accept(
+        &self,
+        login: LoginName,
+        method: &'static str,
+        cache: &str,
+        started: Instant,
+    ) -> Outcome {
+        telemetry::auth_attempt(method, true);
+        telemetry::setup_phase(Phase::Auth, started.elapsed());
+        tracing::Span::current().record("result", "accepted");
+        self.span.record("user", login.user.as_str());
+        self.span
+            .record("environment", login.environment.as_deref().unwrap_or(""));
+        self.span.record("method", method);
+        tracing::info!(
+            conn = self.conn,
+            peer = %self.peer,
+            user = %login.user,
+            environment = login.environment.as_deref().unwrap_or("(default)"),
+            method,
+            cache,
+            auth_ms = started.elapsed().as_millis() as u64,
+            "authenticated"
+        );
+        Outcome::LoggedIn(login)
+    }
+
+    /// Runs inside the attempt's `auth` span.
+    fn reject(&self, login: &LoginName, method: &'static str, why: &str) -> Outcome {
+        telemetry::auth_attempt(method, false);
+        tracing::Span::current().record("result", "rejected");
+        // The reason stays in the log; the client learns only "denied".
+        tracing::warn!(conn = self.conn, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
+        Outcome::Rejected
+    }
+}
+
+/// Whether `key` is one of `user`'s authorized keys.
+fn key_allowed(shared: &Shared, user: &str, key: &PublicKey) -> bool {
+    shared
+        .users
+        .current()
+        .get(user)
+        .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use labssh_proto::tls::TlsFiles;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::credential_cache::CredentialCache;
+    use crate::rate_limit::RateLimiter;
+    use crate::upstream::Upstream;
+    use crate::users::{self, Users};
+
+    const BOB_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnr8Zs2q3JYsUXtSRu7Q6ibJ2oJL6Uq8fJ7t0U6oZ4V bob@laptop";
+
+    /// A replica whose users file holds alice (password "secret") and bob
+    /// (a key, no password).
+    fn shared(dir: &Path) -> Shared {
+        let users_file = dir.join("users.toml");
+        users::add_user(&users_file, "alice", Some("secret"), None).unwrap();
+        users::add_user(&users_file, "bob", None, Some(BOB_KEY)).unwrap();
+        let config = Config::default();
+        let ttl = Duration::from_secs(60);
+        Shared {
+            users: Users::open(&users_file).unwrap(),
+            cache: CredentialCache::memory(vec![7; 32], ttl),
+            limiter: RateLimiter::new(config.rate_limit.clone(), None),
+            upstream: Upstream::new("http://127.0.0.1:1", TlsFiles::default(), ttl, ttl).unwrap(),
+            next_id: AtomicU64::new(1),
+            config,
+        }
+    }
+
+    fn client() -> Client {
+        Client {
+            conn: 1,
+            peer: "192.0.2.1:50000".into(),
+            ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
+            span: tracing::Span::none(),
+        }
+    }
+
+    fn attempt(user: &str, credential: Credential) -> Attempt {
+        Attempt {
+            user: user.into(),
+            credential,
+        }
+    }
+
+    fn password(p: &str) -> Credential {
+        Credential::Password(p.into())
+    }
+
+    #[tokio::test]
+    async fn passwords_and_keys_decide_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, client) = (shared(dir.path()), client());
+        let decide = |user: &str, credential| client.decide(&shared, attempt(user, credential));
+        let alice = LoginName::parse("alice").unwrap();
+        assert_eq!(
+            decide("alice", password("secret")).await,
+            Outcome::LoggedIn(alice.clone())
+        );
+        // Again, from the credential cache.
+        assert_eq!(
+            decide("alice", password("secret")).await,
+            Outcome::LoggedIn(alice)
+        );
+        assert_eq!(
+            decide("alice+gpu", password("secret")).await,
+            Outcome::LoggedIn(LoginName::parse("alice+gpu").unwrap())
+        );
+        for (user, pw) in [
+            ("alice", "wrong"),
+            ("mallory", "secret"),
+            ("bob", ""),
+            ("Alice", "secret"),
+        ] {
+            assert_eq!(
+                decide(user, password(pw)).await,
+                Outcome::Rejected,
+                "{user}"
+            );
+        }
+        let key = users::parse_authorized_key(BOB_KEY).unwrap();
+        assert_eq!(
+            decide("bob", Credential::KeyOffered(key.clone())).await,
+            Outcome::KeyAcceptable
+        );
+        assert_eq!(
+            decide("bob", Credential::Key(key.clone())).await,
+            Outcome::LoggedIn(LoginName::parse("bob").unwrap())
+        );
+        assert_eq!(
+            decide("alice", Credential::KeyOffered(key.clone())).await,
+            Outcome::Rejected
+        );
+        assert_eq!(
+            decide("alice", Credential::Key(key)).await,
+            Outcome::Rejected
+        );
+        assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
+    }
+
+    #[tokio::test]
+    async fn keyboard_interactive_asks_for_the_password_and_explains_bad_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, client) = (shared(dir.path()), client());
+        let decide = |user: &str, answer: Option<&str>| {
+            let answer = answer.map(str::to_owned);
+            client.decide(
+                &shared,
+                attempt(user, Credential::KeyboardInteractive(answer)),
+            )
+        };
+        assert_eq!(decide("alice", None).await, Outcome::AskPassword);
+        assert_eq!(
+            decide("alice", Some("secret")).await,
+            Outcome::LoggedIn(LoginName::parse("alice").unwrap())
+        );
+        assert_eq!(decide("alice", Some("wrong")).await, Outcome::Rejected);
+        assert_eq!(
+            decide("al!ce", None).await,
+            Outcome::Explain(format!(
+                "labssh: {}",
+                crate::login_name::LoginNameError::User
+            ))
+        );
+        assert_eq!(decide("al!ce", Some("secret")).await, Outcome::Rejected);
+    }
+}

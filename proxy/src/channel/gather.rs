@@ -1,0 +1,372 @@
+//! The `Gathering` phase: pty and env requests are answered until `shell`,
+//! `exec` or `subsystem` forms the channel's one `Start`. The env allow-list
+//! and the subsystem check run here and nowhere else in the proxy.
+//!
+//! What else arrives before the start (data, EOF, window changes, signals)
+//! has no process to go to and is dropped; what arrives after it waits in the
+//! queue for the relay.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use labssh_proto::pb;
+use labssh_telemetry::metrics::{self as telemetry, Component};
+
+use super::queue::{Inbox, Request};
+use super::session::Session;
+use super::set_env::{EnvRequests, Refusal};
+use crate::config::Config;
+
+/// How long a channel may wait for its `shell`, `exec` or `subsystem` request.
+/// Clients send it right after the channel opens; one that has not in this long
+/// only holds a channel slot.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The one subsystem there is; the agent picks the image's `sftp-server` or
+/// the built-in one.
+const SFTP: &str = "sftp";
+
+/// What the requests asked for, once one of them starts a process.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Gathered {
+    /// The terminal, if the client asked for one.
+    pub pty: Option<pb::PtyRequest>,
+    /// The accepted `env` requests.
+    pub env: HashMap<String, String>,
+    /// The command of `exec`; empty for a shell or a subsystem.
+    pub command: String,
+    /// The subsystem's name; empty unless one was asked for.
+    pub subsystem: String,
+}
+
+impl Gathered {
+    /// What the channel runs, for its `session` span.
+    pub fn kind(&self) -> &'static str {
+        if !self.subsystem.is_empty() {
+            "subsystem"
+        } else if self.command.is_empty() {
+            "shell"
+        } else {
+            "exec"
+        }
+    }
+
+    /// How lines the gateway writes end: a terminal wants a carriage return.
+    pub fn newline(&self) -> &'static str {
+        if self.pty.is_some() {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    }
+
+    /// The agent's start message for `user`; the environment comes with the
+    /// placement.
+    pub fn into_start(self, user: &str) -> pb::Start {
+        pb::Start {
+            user: user.to_owned(),
+            environment: String::new(),
+            command: self.command,
+            argv: Vec::new(),
+            subsystem: self.subsystem,
+            env: self.env,
+            pty: self.pty,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// An `env` request; `log` is set for the channel's first refusal worth
+    /// a log line.
+    Env {
+        /// Why.
+        refusal: Refusal,
+        /// Whether to log it.
+        log: bool,
+    },
+    /// A subsystem other than `sftp`.
+    Subsystem(String),
+}
+
+/// How a request was answered.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Taken; gathering goes on.
+    Taken,
+    /// Refused; gathering goes on.
+    Refused(Refused),
+    /// This request starts the process: gathering is over.
+    Start(Gathered),
+}
+
+/// The requests so far.
+#[derive(Debug, Default)]
+pub(crate) struct Gathering {
+    /// What the `Start` will carry.
+    gathered: Gathered,
+    /// The count and log state of `env` requests.
+    env_requests: EnvRequests,
+}
+
+impl Gathering {
+    /// Answers one request.
+    pub fn request(&mut self, config: &Config, request: Request) -> Verdict {
+        match request {
+            Request::Pty(pty) => {
+                self.gathered.pty = Some(pty);
+                Verdict::Taken
+            }
+            Request::Env { name, value } => match self.env_requests.offer(config, &name, &value) {
+                Ok(()) => {
+                    self.gathered.env.insert(name, value);
+                    Verdict::Taken
+                }
+                Err(refusal) => Verdict::Refused(Refused::Env {
+                    refusal,
+                    log: self.env_requests.first_to_log(refusal),
+                }),
+            },
+            Request::Shell => self.start(String::new(), String::new()),
+            Request::Exec(command) => self.start(command, String::new()),
+            Request::Subsystem(name) if name == SFTP => self.start(String::new(), name),
+            Request::Subsystem(name) => Verdict::Refused(Refused::Subsystem(name)),
+        }
+    }
+
+    fn start(&mut self, command: String, subsystem: String) -> Verdict {
+        let mut gathered = std::mem::take(&mut self.gathered);
+        gathered.command = command;
+        gathered.subsystem = subsystem;
+        Verdict::Start(gathered)
+    }
+}
+
+/// Runs the phase: `None` when the channel closed first or gave up waiting
+/// (then it is closed).
+pub(crate) async fn run(session: &Session, inbox: &mut Inbox) -> Option<Gathered> {
+    let (conn, channel) = (session.ctx.conn, session.id);
+    let log = |refused: &Refused| match refused {
+        Refused::Env { refusal, log: true } => tracing::warn!(
+            conn,
+            peer = %session.ctx.peer,
+            ?channel,
+            "env request refused ({refusal}); later ones on this channel are refused without a log line"
+        ),
+        Refused::Env { log: false, .. } => {}
+        Refused::Subsystem(name) => {
+            tracing::info!(conn, subsystem = name.as_str(), "unknown subsystem refused")
+        }
+    };
+    let config = &session.ctx.shared.config;
+    match tokio::time::timeout(REQUEST_TIMEOUT, gather(inbox, config, log)).await {
+        Ok(gathered) => gathered,
+        Err(_) => {
+            tracing::info!(
+                conn,
+                ?channel,
+                "no shell, exec or subsystem request within {REQUEST_TIMEOUT:?}; channel closed"
+            );
+            telemetry::error(Component::Proxy, "channel_request_timeout");
+            let _ = session.write.close().await;
+            None
+        }
+    }
+}
+
+/// Answers requests from `inbox` until one starts a process; `None` when the
+/// channel closed first.
+async fn gather(
+    inbox: &mut Inbox,
+    config: &Config,
+    refused: impl Fn(&Refused),
+) -> Option<Gathered> {
+    let mut gathering = Gathering::default();
+    loop {
+        tokio::select! {
+            // Inputs sent before a request are taken before it, so all that
+            // came before the start is dropped and nothing that came after.
+            biased;
+            input = inbox.inputs.recv() => {
+                input?;
+            }
+            pending = inbox.requests.recv() => {
+                let (request, reply) = pending?;
+                match gathering.request(config, request) {
+                    Verdict::Taken => {
+                        let _ = reply.send(true);
+                    }
+                    Verdict::Refused(why) => {
+                        refused(&why);
+                        let _ = reply.send(false);
+                    }
+                    Verdict::Start(gathered) => {
+                        let _ = reply.send(true);
+                        return Some(gathered);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::sync::oneshot;
+
+    use super::super::queue::{queues, Input, Sender};
+    use super::*;
+
+    fn pty() -> pb::PtyRequest {
+        pb::PtyRequest {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+            width_px: 0,
+            height_px: 0,
+        }
+    }
+
+    fn env(name: &str, value: &str) -> Request {
+        Request::Env {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn pty_then_env_then_exec_is_one_start_with_them() {
+        let config = Config::default();
+        let mut g = Gathering::default();
+        assert_eq!(g.request(&config, Request::Pty(pty())), Verdict::Taken);
+        assert_eq!(g.request(&config, env("LANG", "C.UTF-8")), Verdict::Taken);
+        assert_eq!(
+            g.request(&config, env("LD_PRELOAD", "/evil.so")),
+            Verdict::Refused(Refused::Env {
+                refusal: Refusal::NotAccepted,
+                log: false
+            })
+        );
+        let Verdict::Start(gathered) = g.request(&config, Request::Exec("ls -l".into())) else {
+            panic!("exec starts the process");
+        };
+        assert_eq!(gathered.kind(), "exec");
+        assert_eq!(gathered.newline(), "\r\n");
+        let start = gathered.into_start("alice");
+        assert_eq!(start.user, "alice");
+        assert_eq!(start.command, "ls -l");
+        assert_eq!(start.pty, Some(pty()));
+        assert_eq!(
+            start.env,
+            HashMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())])
+        );
+        assert!(start.subsystem.is_empty());
+    }
+
+    #[test]
+    fn only_sftp_is_a_subsystem() {
+        let config = Config::default();
+        let mut g = Gathering::default();
+        assert_eq!(
+            g.request(&config, Request::Subsystem("x11".into())),
+            Verdict::Refused(Refused::Subsystem("x11".into()))
+        );
+        let Verdict::Start(gathered) = g.request(&config, Request::Subsystem("sftp".into())) else {
+            panic!("sftp starts");
+        };
+        assert_eq!(gathered.kind(), "subsystem");
+        assert_eq!(gathered.newline(), "\n");
+        let Verdict::Start(shell) = Gathering::default().request(&config, Request::Shell) else {
+            panic!("shell starts");
+        };
+        assert_eq!(shell.kind(), "shell");
+    }
+
+    #[test]
+    fn env_refusals_for_size_are_logged_once() {
+        let config = Config::default();
+        let mut g = Gathering::default();
+        let big = "v".repeat(super::super::set_env::MAX_VALUE_BYTES + 1);
+        for log in [true, false] {
+            assert_eq!(
+                g.request(&config, env("LANG", &big)),
+                Verdict::Refused(Refused::Env {
+                    refusal: Refusal::ValueTooLong,
+                    log
+                })
+            );
+        }
+    }
+
+    /// Sends `request` and returns how it was answered, once it is.
+    fn ask(sender: &Sender, request: Request) -> oneshot::Receiver<bool> {
+        let (reply, answer) = oneshot::channel();
+        sender.request(request, reply);
+        answer
+    }
+
+    #[tokio::test]
+    async fn what_comes_before_the_start_is_dropped_and_what_follows_waits() {
+        let config = Config::default();
+        let (sender, mut inbox) = queues();
+        // Before exec: data, EOF, a window change and a signal go nowhere.
+        sender
+            .input(Input::Data(Bytes::from_static(b"early")))
+            .await;
+        sender.input(Input::Eof).await;
+        let size = pb::WindowSize {
+            cols: 100,
+            rows: 30,
+            width_px: 0,
+            height_px: 0,
+        };
+        sender.input(Input::WindowChange(size)).await;
+        sender.input(Input::Signal("INT".into())).await;
+        let pty_answer = ask(&sender, Request::Pty(pty()));
+        let exec_answer = ask(&sender, Request::Exec("cat".into()));
+        let gathered = gather(&mut inbox, &config, |_| {}).await.unwrap();
+        assert_eq!(gathered.command, "cat");
+        assert!(pty_answer.await.unwrap());
+        assert!(exec_answer.await.unwrap());
+        assert!(
+            inbox.inputs.try_recv().is_err(),
+            "nothing from before the start is left"
+        );
+        // After exec (the client has its answer): kept in order for the relay.
+        sender.input(Input::WindowChange(size)).await;
+        sender.input(Input::Data(Bytes::from_static(b"late"))).await;
+        assert_eq!(inbox.inputs.recv().await, Some(Input::WindowChange(size)));
+        assert_eq!(
+            inbox.inputs.recv().await,
+            Some(Input::Data(Bytes::from_static(b"late")))
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_are_answered_and_gathering_goes_on() {
+        let config = Config::default();
+        let (sender, mut inbox) = queues();
+        let refused = ask(&sender, Request::Subsystem("nope".into()));
+        let started = ask(&sender, Request::Shell);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let gathered = gather(&mut inbox, &config, |why| {
+            seen.lock().unwrap().push(format!("{why:?}"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(gathered.kind(), "shell");
+        assert!(!refused.await.unwrap());
+        assert!(started.await.unwrap());
+        assert_eq!(seen.into_inner().unwrap(), ["Subsystem(\"nope\")"]);
+    }
+
+    #[tokio::test]
+    async fn a_channel_closed_before_its_start_starts_nothing() {
+        let config = Config::default();
+        let (sender, mut inbox) = queues();
+        sender.input(Input::Data(Bytes::from_static(b"x"))).await;
+        drop(sender);
+        assert_eq!(gather(&mut inbox, &config, |_| {}).await, None);
+    }
+}

@@ -1,0 +1,199 @@
+//! The `Relaying` phase: bytes both ways until the process ends or either
+//! side goes away.
+//!
+//! Client → agent and agent → client run side by side, so a process that is
+//! blocked writing output can never stall delivery of its input, and vice
+//! versa. Towards the client, output is written only within its SSH window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use labssh_proto::pb;
+use labssh_telemetry::metrics::{self as telemetry, Direction, Phase};
+use pb::session_input::Msg as In;
+use pb::session_output::Msg as Out;
+use tokio::sync::mpsc;
+
+use super::close::{Closing, Ended, Ending};
+use super::queue::Input;
+use super::session::Session;
+use super::start::Started;
+
+/// After the client closes, how long to wait for the process's exit report.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The agent's message for one input from the client.
+fn to_agent(input: Input) -> In {
+    match input {
+        Input::Data(data) => In::Stdin(data),
+        Input::Eof => In::Eof(pb::Eof {}),
+        Input::WindowChange(size) => In::Resize(size),
+        Input::Signal(name) => In::Signal(name),
+    }
+}
+
+/// Runs the phase until the session ends; `accepted` ends the student's login
+/// time for the connection's first channel.
+pub(crate) async fn run(
+    session: &Session,
+    started: Started,
+    inputs: &mut mpsc::Receiver<Input>,
+    accepted: Option<Instant>,
+) -> Closing {
+    let started_at = Instant::now();
+    if let Some(accepted) = accepted {
+        telemetry::login(started_at.duration_since(accepted));
+    }
+    let active = telemetry::forwarding_started("session");
+    let (placement, span) = (started.placement, started.span);
+    let first_byte = tracing::info_span!(parent: &span, "first_byte");
+    tracing::info!(
+        conn = session.ctx.conn,
+        user = %session.ctx.login.user,
+        environment = %placement.environment,
+        agent = %placement.agent,
+        container = %started.started.container,
+        container_started = started.started.container_started,
+        "session started"
+    );
+    let to_container = AtomicU64::new(0);
+    let to_client = Counter {
+        bytes: AtomicU64::new(0),
+        first_byte: Mutex::new(Some((first_byte, started_at))),
+    };
+    let (tx, outputs) = (started.tx, started.outputs);
+    let ending = splice(session, inputs, tx, outputs, &to_container, &to_client).await;
+    Closing::Ended(Ended {
+        ending,
+        span,
+        placement,
+        newline: started.newline,
+        to_container: to_container.load(Ordering::Relaxed),
+        to_client: to_client.bytes.load(Ordering::Relaxed),
+        _active: active,
+    })
+}
+
+/// Bytes sent to the client, and the `first_byte` span until the first.
+struct Counter {
+    /// Bytes so far.
+    bytes: AtomicU64,
+    /// The open `first_byte` span and when the process started.
+    first_byte: Mutex<Option<(tracing::Span, Instant)>>,
+}
+
+impl Counter {
+    fn sent(&self, n: usize) {
+        let first = self
+            .first_byte
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((span, started_at)) = first {
+            telemetry::setup_phase(Phase::FirstByte, started_at.elapsed());
+            drop(span);
+        }
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::forwarded_bytes(Direction::ToClient, n);
+    }
+}
+
+/// Both directions, until the agent's stream ends, or the client's side ends
+/// and the exit report has had [`CLOSE_GRACE`] to arrive.
+async fn splice(
+    session: &Session,
+    inputs: &mut mpsc::Receiver<Input>,
+    tx: mpsc::Sender<pb::SessionInput>,
+    mut outputs: tonic::Streaming<pb::SessionOutput>,
+    to_container: &AtomicU64,
+    to_client: &Counter,
+) -> Ending {
+    // Client → agent.
+    let upstream = async move {
+        while let Some(input) = inputs.recv().await {
+            if let Input::Data(data) = &input {
+                to_container.fetch_add(data.len() as u64, Ordering::Relaxed);
+                telemetry::forwarded_bytes(Direction::ToContainer, data.len());
+            }
+            let input = pb::SessionInput {
+                msg: Some(to_agent(input)),
+            };
+            if tx.send(input).await.is_err() {
+                break;
+            }
+        }
+        // Dropping `tx` ends the agent's input stream: it hangs up the process.
+    };
+    // Agent → client, honouring the client's SSH window.
+    let write = &session.write;
+    let downstream = async {
+        while let Some(item) = outputs.next().await {
+            let msg = match item {
+                Ok(pb::SessionOutput { msg: Some(msg) }) => msg,
+                Ok(pb::SessionOutput { msg: None }) => continue,
+                Err(status) => {
+                    return Ending::Failed(format!(
+                        "lost the connection to your container: {}",
+                        status.message()
+                    ))
+                }
+            };
+            let written = match msg {
+                Out::Stdout(b) => {
+                    to_client.sent(b.len());
+                    write.data_bytes(b).await
+                }
+                Out::Stderr(b) => {
+                    to_client.sent(b.len());
+                    write.extended_data_bytes(1, b).await
+                }
+                Out::Exit(status) => return Ending::Exited(status),
+                Out::Error(e) => return Ending::Failed(e.message),
+                Out::Started(_) => Ok(()),
+            };
+            if written.is_err() {
+                return Ending::ClientGone;
+            }
+        }
+        Ending::Failed("lost the connection to your container".into())
+    };
+    tokio::pin!(upstream);
+    tokio::pin!(downstream);
+    tokio::select! {
+        ending = &mut downstream => ending,
+        _ = &mut upstream => {
+            tokio::time::timeout(CLOSE_GRACE, &mut downstream)
+                .await
+                .unwrap_or(Ending::ClientGone)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn inputs_go_to_the_agent_as_they_came() {
+        assert_eq!(
+            to_agent(Input::Data(Bytes::from_static(b"ls\n"))),
+            In::Stdin(Bytes::from_static(b"ls\n"))
+        );
+        assert_eq!(to_agent(Input::Eof), In::Eof(pb::Eof {}));
+        let size = pb::WindowSize {
+            cols: 120,
+            rows: 40,
+            width_px: 0,
+            height_px: 0,
+        };
+        assert_eq!(to_agent(Input::WindowChange(size)), In::Resize(size));
+        assert_eq!(
+            to_agent(Input::Signal("INT".into())),
+            In::Signal("INT".into())
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! One SSH connection's task. It owns the connection's state — the login,
+//! its session channels, its forwards — and handles, one at a time and in
+//! order, every [`Event`] the russh handler ([`handler`]) turns a callback
+//! into. Authentication is decided by [`crate::auth`], each session channel
+//! runs as its own task ([`crate::channel`]), each forward too
+//! ([`crate::forward`]).
+//!
+//! The handler waits while an event is queued, and for the answer where russh
+//! needs one inside the callback; so nothing this task waits on may need the
+//! connection's russh loop. It waits only on authentication (Redis, argon2)
+//! and on a session channel's input queue, which that channel drains without
+//! the loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use labssh_telemetry::metrics::{self as telemetry, Phase};
+use russh::server::{ChannelOpenHandle, Handle, Msg};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::field::Empty;
+
+use crate::auth::{self, Attempt, Outcome};
+use crate::channel;
+use crate::forward::{self, RemoteForwards};
+use crate::login_name::LoginName;
+use crate::state::{Context, Shared};
+
+mod event;
+mod handler;
+
+use event::Event;
+pub(crate) use handler::Handler;
+
+/// Events queued from the handler to the task; the handler waits for room,
+/// which holds the client's connection back as russh's own loop would.
+const EVENT_QUEUE: usize = 32;
+/// Most clients try a handful of keys; more than this per connection is
+/// someone scanning.
+const MAX_SESSION_CHANNELS: usize = 64;
+/// Forwarded connections (`ssh -L`, `-D`, and those accepted for `ssh -R`) open
+/// at once on one SSH connection; a browser behind `ssh -D` opens a few dozen.
+const MAX_FORWARDS: usize = 256;
+
+/// The root span of one SSH connection: one connection, one trace.
+pub(crate) fn span(socket_peer: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        "ssh",
+        socket_peer = %socket_peer,
+        peer = Empty,
+        conn = Empty,
+        user = Empty,
+        environment = Empty,
+        method = Empty
+    )
+}
+
+/// One SSH connection's state; lives as long as its task.
+pub(crate) struct Connection {
+    /// Replica-wide state.
+    shared: Arc<Shared>,
+    /// Who is connected, for authentication, logs and spans.
+    client: auth::Client,
+    /// The handler's events.
+    events: mpsc::Receiver<Event>,
+    /// Set once authentication succeeds.
+    login: Option<LoginName>,
+    /// Session channels opened so far.
+    channels: usize,
+    /// The queues of each open session channel (at most
+    /// [`MAX_SESSION_CHANNELS`]); an entry goes when its channel closes.
+    sessions: HashMap<ChannelId, channel::Sender>,
+    /// When the connection was accepted: start of the accept phase and of
+    /// the login time.
+    accepted: Instant,
+    /// The accept phase (version and key exchange), closed at the first
+    /// authentication request.
+    accept_phase: Option<tracing::Span>,
+    /// Slots for forwarded connections open at once.
+    forward_slots: Arc<Semaphore>,
+    /// `ssh -R` listeners; dropping the connection closes them.
+    remote: Arc<RemoteForwards>,
+    /// Client-to-container bytes the forwards may hold in the proxy.
+    forward_budget: Arc<Semaphore>,
+    /// Set once a login succeeds; the accept loop disconnects a client that
+    /// has not logged in within the login grace.
+    logged_in: watch::Sender<bool>,
+    /// Counts the connection as open until it is dropped.
+    _open: telemetry::Active,
+}
+
+impl Connection {
+    /// The state of a connection just accepted, inside its `ssh` span, and
+    /// the handler to give russh.
+    pub fn new(
+        shared: Arc<Shared>,
+        client: Option<SocketAddr>,
+        id: u64,
+        logged_in: watch::Sender<bool>,
+    ) -> (Connection, Handler) {
+        let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        tracing::debug!(conn = id, %peer, "connection accepted");
+        // The accept loop runs this inside the connection's `ssh` span.
+        let span = tracing::Span::current();
+        span.record("peer", peer.as_str());
+        span.record("conn", id);
+        let accept_phase = Some(tracing::info_span!(parent: &span, "accept"));
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let connection = Connection {
+            shared,
+            client: auth::Client {
+                conn: id,
+                peer,
+                ip: client.map(|c| c.ip()),
+                span,
+            },
+            events,
+            login: None,
+            channels: 0,
+            sessions: HashMap::new(),
+            accepted: Instant::now(),
+            accept_phase,
+            forward_slots: Arc::new(Semaphore::new(MAX_FORWARDS)),
+            remote: Arc::default(),
+            forward_budget: Arc::new(Semaphore::new(forward::CONNECTION_BUDGET_KIB)),
+            logged_in,
+            _open: telemetry::connection_opened(),
+        };
+        (connection, Handler::new(events_tx))
+    }
+
+    /// Handles events until the handler is dropped (the connection ended).
+    pub async fn run(mut self, handle: Handle) {
+        while let Some(event) = self.events.recv().await {
+            self.handle(event, &handle).await;
+        }
+    }
+
+    async fn handle(&mut self, event: Event, handle: &Handle) {
+        match event {
+            Event::Auth(attempt, reply) => {
+                let outcome = self.authenticate(attempt).await;
+                let _ = reply.send(outcome);
+            }
+            Event::SessionOpened { channel, reply } => {
+                self.session_opened(channel, reply, handle).await
+            }
+            Event::Request {
+                channel,
+                request,
+                reply,
+            } => {
+                // A request on no session channel of ours is refused by the
+                // dropped reply.
+                if let Some(session) = self.sessions.get(&channel) {
+                    session.request(request, reply);
+                }
+            }
+            Event::Input { channel, input } => {
+                // Forwarded channels read their own data from russh.
+                if let Some(session) = self.sessions.get(&channel) {
+                    session.input(input).await;
+                }
+            }
+            Event::Closed(channel) => {
+                self.sessions.remove(&channel);
+            }
+            Event::DirectTcpip {
+                channel,
+                reply,
+                host,
+                port,
+                originator,
+            } => {
+                self.direct_tcpip(channel, reply, (host, port), originator, handle)
+                    .await
+            }
+            Event::TcpipForward {
+                address,
+                port,
+                reply,
+            } => self.tcpip_forward(address, port, reply, handle),
+            Event::CancelTcpipForward {
+                address,
+                port,
+                reply,
+            } => {
+                let _ = reply.send(self.remote.cancel(&address, port));
+            }
+        }
+    }
+
+    /// Decides an authentication attempt; the first one ends the accept
+    /// phase.
+    async fn authenticate(&mut self, attempt: Attempt) -> Outcome {
+        if let Some(span) = self.accept_phase.take() {
+            telemetry::setup_phase(Phase::Accept, self.accepted.elapsed());
+            drop(span);
+        }
+        let outcome = self.client.decide(&self.shared, attempt).await;
+        if let Outcome::LoggedIn(login) = &outcome {
+            self.login = Some(login.clone());
+            self.logged_in.send_replace(true);
+        }
+        outcome
+    }
+
+    /// What channel and forwarding tasks need, once authenticated.
+    fn context(&self, handle: &Handle) -> Option<Context> {
+        Some(Context {
+            shared: self.shared.clone(),
+            login: self.login.clone()?,
+            conn: self.client.conn,
+            peer: self.client.peer.clone(),
+            handle: handle.clone(),
+            span: self.client.span.clone(),
+            budget: self.forward_budget.clone(),
+            slots: self.forward_slots.clone(),
+        })
+    }
+
+    /// The context for a channel the client opens and what `take` takes for
+    /// it, or `None` once the channel is refused: before a login as
+    /// "administratively prohibited", over a limit (`take` says why) as
+    /// "resource shortage".
+    async fn admit<T>(
+        &self,
+        handle: &Handle,
+        reply: ChannelOpenHandle,
+        take: impl FnOnce(&Context) -> Option<T>,
+    ) -> Option<(Context, ChannelOpenHandle, T)> {
+        let Some(ctx) = self.context(handle) else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return None;
+        };
+        let Some(taken) = take(&ctx) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return None;
+        };
+        Some((ctx, reply, taken))
+    }
+
+    async fn session_opened(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        handle: &Handle,
+    ) {
+        let room = |ctx: &Context| {
+            let room = self.channels < MAX_SESSION_CHANNELS;
+            if !room {
+                tracing::warn!(conn = ctx.conn, user = %ctx.login.user, "too many session channels");
+            }
+            room.then_some(())
+        };
+        let Some((ctx, reply, ())) = self.admit(handle, reply, room).await else {
+            return;
+        };
+        self.channels += 1;
+        // Requests and data come as events; russh's copy of them is not read.
+        let (_, write) = channel.split();
+        let (sender, inbox) = channel::queues();
+        self.sessions.insert(write.id(), sender);
+        // Login time is measured to the connection's first process only.
+        let accepted = (self.channels == 1).then_some(self.accepted);
+        reply.accept().await;
+        tokio::spawn(channel::run(write, inbox, ctx, accepted));
+    }
+
+    async fn direct_tcpip(
+        &self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        target: (String, u32),
+        originator: String,
+        handle: &Handle,
+    ) {
+        let slot = |ctx: &Context| {
+            let slot = self.forward_slots.clone().try_acquire_owned().ok();
+            if slot.is_none() {
+                tracing::warn!(conn = ctx.conn, "too many forwarded connections");
+            }
+            slot
+        };
+        let Some((ctx, reply, slot)) = self.admit(handle, reply, slot).await else {
+            return;
+        };
+        let (host, port) = target;
+        tokio::spawn(async move {
+            forward::direct_tcpip(ctx, channel, reply, host, port, originator).await;
+            drop(slot);
+        });
+    }
+
+    fn tcpip_forward(
+        &self,
+        address: String,
+        port: u32,
+        reply: oneshot::Sender<Option<u32>>,
+        handle: &Handle,
+    ) {
+        let Some(ctx) = self.context(handle) else {
+            let _ = reply.send(None);
+            return;
+        };
+        let remote = self.remote.clone();
+        tokio::spawn(async move {
+            let conn = ctx.conn;
+            match forward::tcpip_forward(ctx, remote, address.clone(), port).await {
+                Ok(bound) => {
+                    let _ = reply.send(Some(bound));
+                }
+                Err(e) => {
+                    tracing::info!(conn, %address, port, "remote forward refused: {e}");
+                    let _ = reply.send(None);
+                }
+            }
+        });
+    }
+}

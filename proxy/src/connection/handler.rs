@@ -1,0 +1,368 @@
+//! The russh `Handler`: it only translates. Each callback becomes an
+//! [`Event`] for the connection's task; where russh needs an answer inside
+//! the callback (an authentication result, `channel_success`, the port a
+//! `tcpip-forward` bound) the event carries a oneshot and the callback waits
+//! for it. russh runs these callbacks one at a time on the connection's loop,
+//! so the task never waits on anything that needs that loop.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use labssh_proto::pb;
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, Pty, Sig};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::Event;
+use crate::auth::{Attempt, Credential, Outcome};
+use crate::channel::{signal, Input, Request};
+
+/// Why the handler ended the connection.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    /// The SSH protocol failed.
+    #[error(transparent)]
+    Ssh(#[from] russh::Error),
+    /// The connection's task has ended, so nothing can be answered.
+    #[error("the connection's task has ended")]
+    TaskGone,
+}
+
+/// One SSH connection's callbacks, sent to its task.
+pub(crate) struct Handler {
+    /// The connection task's queue.
+    events: mpsc::Sender<Event>,
+}
+
+impl Handler {
+    pub(crate) fn new(events: mpsc::Sender<Event>) -> Self {
+        Handler { events }
+    }
+
+    async fn send(&self, event: Event) -> Result<(), HandlerError> {
+        self.events
+            .send(event)
+            .await
+            .map_err(|_| HandlerError::TaskGone)
+    }
+
+    /// Sends the event `make` builds around a reply, and waits for the reply;
+    /// `None` when the task dropped it unanswered.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Event,
+    ) -> Result<Option<T>, HandlerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
+        Ok(answer.await.ok())
+    }
+
+    async fn auth(&self, user: &str, credential: Credential) -> Result<Auth, HandlerError> {
+        let attempt = Attempt {
+            user: user.to_owned(),
+            credential,
+        };
+        let outcome = self.ask(|reply| Event::Auth(attempt, reply)).await?;
+        Ok(outcome.map(reply).unwrap_or_else(Auth::reject))
+    }
+
+    /// Asks the channel about `request` and answers the client.
+    async fn request(
+        &self,
+        channel: ChannelId,
+        request: Request,
+        session: &mut Session,
+    ) -> Result<(), HandlerError> {
+        let answer = self.ask(|reply| Event::Request {
+            channel,
+            request,
+            reply,
+        });
+        if answer.await?.unwrap_or(false) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn input(&self, channel: ChannelId, input: Input) -> Result<(), HandlerError> {
+        self.send(Event::Input { channel, input }).await
+    }
+}
+
+/// russh's reply for an authentication outcome.
+fn reply(outcome: Outcome) -> Auth {
+    match outcome {
+        Outcome::LoggedIn(_) | Outcome::KeyAcceptable => Auth::Accept,
+        Outcome::Rejected => Auth::reject(),
+        Outcome::AskPassword => Auth::Partial {
+            name: Cow::Borrowed(""),
+            instructions: Cow::Borrowed(""),
+            prompts: Cow::Owned(vec![(Cow::Borrowed("Password: "), false)]),
+        },
+        Outcome::Explain(text) => Auth::Partial {
+            name: Cow::Borrowed("labssh"),
+            instructions: Cow::Owned(text),
+            prompts: Cow::Borrowed(&[]),
+        },
+    }
+}
+
+impl russh::server::Handler for Handler {
+    type Error = HandlerError;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        self.auth(user, Credential::None).await
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let password = Credential::Password(password.to_owned());
+        self.auth(user, password).await
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let key = Credential::KeyOffered(offer.public_key.clone());
+        self.auth(user, key).await
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let key = Credential::Key(key.public_key.clone());
+        self.auth(user, key).await
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let answer = response.map(|mut answers| {
+            answers
+                .next()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        });
+        self.auth(user, Credential::KeyboardInteractive(answer))
+            .await
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(Event::SessionOpened { channel, reply }).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        width_px: u32,
+        height_px: u32,
+        _modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let pty = pb::PtyRequest {
+            term: term.to_owned(),
+            cols,
+            rows,
+            width_px,
+            height_px,
+        };
+        self.request(channel, Request::Pty(pty), session).await
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Env {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        };
+        self.request(channel, request, session).await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.request(channel, Request::Shell, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.request(channel, Request::Exec(command), session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = Request::Subsystem(name.to_owned());
+        self.request(channel, request, session).await
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let data = Bytes::copy_from_slice(data);
+        self.input(channel, Input::Data(data)).await
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.input(channel, Input::Eof).await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        width_px: u32,
+        height_px: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let size = pb::WindowSize {
+            cols,
+            rows,
+            width_px,
+            height_px,
+        };
+        self.input(channel, Input::WindowChange(size)).await
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.input(channel, Input::Signal(signal::name(&signal)))
+            .await
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(Event::Closed(channel)).await
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(Event::DirectTcpip {
+            channel,
+            reply,
+            host: host_to_connect.to_owned(),
+            port: port_to_connect,
+            originator: format!("{originator_address}:{originator_port}"),
+        })
+        .await
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let asked = *port;
+        let bound = self
+            .ask(|reply| Event::TcpipForward {
+                address: address.to_owned(),
+                port: asked,
+                reply,
+            })
+            .await?
+            .flatten();
+        if let Some(bound) = bound {
+            *port = bound;
+        }
+        Ok(bound.is_some())
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let cancelled = self
+            .ask(|reply| Event::CancelTcpipForward {
+                address: address.to_owned(),
+                port,
+                reply,
+            })
+            .await?;
+        Ok(cancelled.unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_become_russh_replies() {
+        assert_eq!(reply(Outcome::KeyAcceptable), Auth::Accept);
+        assert_eq!(reply(Outcome::Rejected), Auth::reject());
+        let Auth::Partial { prompts, .. } = reply(Outcome::AskPassword) else {
+            panic!("a prompt");
+        };
+        assert_eq!(&prompts[..], &[(Cow::Borrowed("Password: "), false)]);
+        let Auth::Partial {
+            name, instructions, ..
+        } = reply(Outcome::Explain("labssh: invalid username".into()))
+        else {
+            panic!("instructions");
+        };
+        assert_eq!(
+            (&*name, &*instructions),
+            ("labssh", "labssh: invalid username")
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! What every part of the proxy may use, below all of them: the replica's
+//! shared state, and what a logged-in connection hands to each of its channel
+//! and forwarding tasks. Nothing here imports the modules that use it, so
+//! dependencies point one way (server → connection → channel, forward →
+//! upstream).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use russh::server::Handle;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::credential_cache::CredentialCache;
+use crate::login_name::LoginName;
+use crate::rate_limit::RateLimiter;
+use crate::upstream::Upstream;
+use crate::users::Users;
+
+/// State shared by every connection of this replica; lives as long as `run`.
+pub(crate) struct Shared {
+    /// The replica's configuration.
+    pub config: Config,
+    /// Accounts, reloaded when the file changes.
+    pub users: Users,
+    /// Validated-credential cache (Redis or in-process).
+    pub cache: CredentialCache,
+    /// Brute-force limits.
+    pub limiter: RateLimiter,
+    /// Controller and agent clients.
+    pub upstream: Upstream,
+    /// Source of connection ids for logs.
+    pub next_id: AtomicU64,
+}
+
+/// What a session channel or a forwarding task needs from its connection,
+/// once the client has logged in. Each task holds its own copy for as long as
+/// it runs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    /// Replica-wide state.
+    pub shared: Arc<Shared>,
+    /// The authenticated login.
+    pub login: LoginName,
+    /// Connection number, for logs.
+    pub conn: u64,
+    /// The client's address, for logs.
+    pub peer: String,
+    /// Connection handle: exit-signal requests, `forwarded-tcpip` channels.
+    pub handle: Handle,
+    /// The connection's `ssh` span, parent of every channel's and forward's.
+    pub span: tracing::Span,
+    /// Client-to-container bytes the connection's forwards may hold in the
+    /// proxy, in KiB (see `forward::CONNECTION_BUDGET_KIB`).
+    pub budget: Arc<Semaphore>,
+    /// Slots for forwarded connections open at once on the SSH connection, both
+    /// directions (`direct-tcpip` and accepted `ssh -R` connections).
+    pub slots: Arc<Semaphore>,
+}
+
+impl Context {
+    /// The environment the login asked for; empty means the default.
+    pub fn environment(&self) -> String {
+        self.login.environment.clone().unwrap_or_default()
+    }
+}
