@@ -9,6 +9,7 @@
 //! | target | input | property |
 //! |---|---|---|
 //! | `login_name` | an SSH login name | parses only names of the safe alphabet, exactly |
+//! | `proxy_header` | a balancer's first bytes | a bounded PROXY v2 header, or a reason |
 //! | `helper_request` | a frame sent to labssh-init | decodes to a request that re-encodes alike |
 //! | `helper_answer` | a frame labssh-init sent back | exit statuses and addresses round-trip |
 //! | `forwarding_rule` | an allow-list entry | refused, or a rule that judges without panic |
@@ -22,12 +23,13 @@ mod net;
 
 pub use config::config;
 pub use helper::{helper_answer, helper_request};
-pub use names::login_name;
+pub use names::{login_name, proxy_header};
 pub use net::{address_block, forwarding_rule};
 
 /// Every target by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, fn(&[u8])); 7] = [
     ("login_name", login_name),
+    ("proxy_header", proxy_header),
     ("helper_request", helper_request),
     ("helper_answer", helper_answer),
     ("forwarding_rule", forwarding_rule),

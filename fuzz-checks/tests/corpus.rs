@@ -8,7 +8,9 @@ use std::path::PathBuf;
 const MUTATIONS: u64 = 4000;
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
@@ -89,8 +91,14 @@ fn every_target_has_a_fuzz_binary_and_seeds() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();
     for (name, _) in labssh_fuzz_checks::TARGETS {
-        assert!(fuzz.join(format!("fuzz_targets/{name}.rs")).is_file(), "{name}");
-        assert!(manifest.contains(&format!("name = \"{name}\"")), "{name} in fuzz/Cargo.toml");
+        assert!(
+            fuzz.join(format!("fuzz_targets/{name}.rs")).is_file(),
+            "{name}"
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name} in fuzz/Cargo.toml"
+        );
         assert!(!seeds(name).is_empty());
     }
 }

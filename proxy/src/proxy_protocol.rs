@@ -97,41 +97,78 @@ impl Policy {
         // Peek first: without `required`, a client that speaks SSH directly
         // must find its bytes still in the stream.
         let mut probe = [0u8; MINIMUM_LENGTH];
-        loop {
+        let len = loop {
             let n = stream.peek(&mut probe).await.map_err(io)?;
             if n == 0 {
                 return Err(ProxyHeaderError::Missing(peer));
             }
-            let seen = &probe[..n];
-            let prefix_len = seen.len().min(PROTOCOL_PREFIX.len());
-            if seen[..prefix_len] != PROTOCOL_PREFIX[..prefix_len] {
-                return if self.required {
-                    Err(ProxyHeaderError::Missing(peer))
-                } else {
-                    Ok(Peer::Client(peer))
-                };
+            match prefix(&probe[..n]) {
+                Prefix::NotProxy if self.required => return Err(ProxyHeaderError::Missing(peer)),
+                Prefix::NotProxy => return Ok(Peer::Client(peer)),
+                Prefix::Header(len) => break len,
+                // Part of a header so far: wait for the rest to arrive.
+                Prefix::Partial => tokio::time::sleep(Duration::from_millis(2)).await,
             }
-            if n == MINIMUM_LENGTH {
-                break;
-            }
-            // Part of a header so far: wait for the rest to arrive.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let len = MINIMUM_LENGTH + u16::from_be_bytes([probe[14], probe[15]]) as usize;
-        if len > MAX_HEADER {
-            return Err(ProxyHeaderError::Malformed {
-                peer,
-                reason: format!("{len} bytes is too long"),
-            });
-        }
+        };
+        let malformed = |reason| ProxyHeaderError::Malformed { peer, reason };
+        let len = len.map_err(malformed)?;
         let mut buf = vec![0u8; len];
         stream.read_exact(&mut buf).await.map_err(io)?;
-        let header = Header::try_from(buf.as_slice()).map_err(|e| ProxyHeaderError::Malformed {
-            peer,
-            reason: e.to_string(),
-        })?;
-        Ok(Peer::Client(client_address(&header).unwrap_or(peer)))
+        let client = decode(&buf).map_err(malformed)?;
+        Ok(Peer::Client(client.unwrap_or(peer)))
     }
+}
+
+/// What the first bytes from a trusted peer say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefix {
+    /// Not a PROXY v2 signature: SSH (or anything else) straight away.
+    NotProxy,
+    /// A signature so far; its fixed part has not all arrived.
+    Partial,
+    /// A v2 header of this many bytes in all, or why it cannot be one we read.
+    Header(Result<usize, String>),
+}
+
+/// Judges up to the first [`MINIMUM_LENGTH`] bytes of a connection.
+pub fn prefix(seen: &[u8]) -> Prefix {
+    let seen = &seen[..seen.len().min(MINIMUM_LENGTH)];
+    let prefix_len = seen.len().min(PROTOCOL_PREFIX.len());
+    if seen[..prefix_len] != PROTOCOL_PREFIX[..prefix_len] {
+        return Prefix::NotProxy;
+    }
+    if seen.len() < MINIMUM_LENGTH {
+        return Prefix::Partial;
+    }
+    let len = MINIMUM_LENGTH + u16::from_be_bytes([seen[14], seen[15]]) as usize;
+    Prefix::Header(if len > MAX_HEADER {
+        Err(format!("{len} bytes is too long"))
+    } else {
+        Ok(len)
+    })
+}
+
+/// The client address a whole header names: `None` for LOCAL (the balancer's own
+/// health check) or a family without addresses.
+pub fn decode(header: &[u8]) -> Result<Option<SocketAddr>, String> {
+    let header = Header::try_from(header).map_err(|e| e.to_string())?;
+    Ok(client_address(&header))
+}
+
+/// The header a balancer sends for `client` (to the unspecified address of its
+/// family): what [`decode`] reads back as `client`. For tests and the fuzz checks.
+pub fn encode(client: SocketAddr) -> Vec<u8> {
+    let to = match client {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (client, to),
+    )
+    .build()
+    .expect("a header of two addresses fits")
 }
 
 /// The original client address of a PROXY command; `None` for LOCAL (the
