@@ -26,8 +26,11 @@ pub use helper::{helper_answer, helper_request};
 pub use names::{login_name, proxy_header};
 pub use net::{address_block, forwarding_rule};
 
+/// One target's check.
+pub type Check = fn(&[u8]);
+
 /// Every target by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("login_name", login_name),
     ("proxy_header", proxy_header),
     ("helper_request", helper_request),
