@@ -9,6 +9,7 @@ pub mod pb {
     tonic::include_proto!("labssh.v1");
 }
 
+pub mod config;
 pub mod forwarding;
 pub mod net;
 pub mod roles;
