@@ -89,11 +89,11 @@ impl Cluster {
         let controller_url = format!("{scheme}://{controller_addr}");
         tasks.push((
             "controller".to_string(),
-            tokio::spawn(labssh_controller::run(
+            tokio::spawn(with_anyhow(labssh_controller::run(
                 controller_listener,
                 config.controller,
                 shutdown_future(&shutdown),
-            )),
+            ))),
         ));
 
         let mut agent_addrs = Vec::new();
@@ -238,4 +238,12 @@ impl Drop for Cluster {
             task.abort();
         }
     }
+}
+
+/// A role's run, its typed error kept as the cause of an `anyhow::Error`.
+async fn with_anyhow<E>(run: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    run.await.map_err(anyhow::Error::from)
 }

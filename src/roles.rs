@@ -44,7 +44,7 @@ pub async fn controller(path: &Path) -> anyhow::Result<()> {
     let config = labssh_controller::Config::load(path)?;
     let listener = bind(&config.listen.to_string(), "listen").await?;
     http(&config.http).await?;
-    labssh_controller::run(listener, config, shutdown_signal()).await
+    Ok(labssh_controller::run(listener, config, shutdown_signal()).await?)
 }
 
 pub async fn agent(path: &Path) -> anyhow::Result<()> {

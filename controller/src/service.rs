@@ -147,13 +147,13 @@ impl pb::controller_server::Controller for ControllerService {
         let environment = self
             .catalogue
             .resolve(&environment)
-            .inspect_err(|e| placement_outcome(&span, place_error_outcome(e)))?;
+            .inspect_err(|e| placement_outcome(&span, e.outcome()))?;
         span.record("environment", environment);
         let placed = self
             .registry
             .place(&user, environment, Instant::now())
             .inspect_err(|e| {
-                placement_outcome(&span, place_error_outcome(e));
+                placement_outcome(&span, e.outcome());
                 match e {
                     // Operators must hear about a full cluster; the rest is routine.
                     PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
@@ -276,15 +276,6 @@ async fn serve_agent(
 fn placement_outcome(span: &tracing::Span, outcome: &'static str) {
     labssh_telemetry::metrics::placement(outcome);
     span.record("outcome", outcome);
-}
-
-/// The `labssh_placements_total` outcome of a failed placement.
-fn place_error_outcome(e: &PlaceError) -> &'static str {
-    match e {
-        PlaceError::UnknownEnvironment { .. } => "unknown_environment",
-        PlaceError::NoLiveAgents => "no_live_agents",
-        PlaceError::AllFull => "all_full",
-    }
 }
 
 /// An agent's certificate names its node: it may register as that node only,

@@ -19,7 +19,7 @@ const PROMPTLY: Duration = Duration::from_secs(5);
 struct Controller {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), labssh_controller::ControllerError>>,
 }
 
 impl Controller {

@@ -12,5 +12,6 @@ pub mod pb {
 pub mod config;
 pub mod forwarding;
 pub mod net;
+pub mod place;
 pub mod roles;
 pub mod tls;

@@ -6,10 +6,24 @@ use std::collections::BTreeMap;
 use labssh_proto::pb;
 use serde::Deserialize;
 
-use super::{
-    DEFAULT_CPUS, DEFAULT_GID, DEFAULT_HOME_QUOTA_MB, DEFAULT_LAYER_QUOTA_MB, DEFAULT_MEMORY_MB,
-    DEFAULT_PIDS_LIMIT, DEFAULT_SHELL, DEFAULT_UID,
-};
+/// Enough for a shell, an editor and a compiler; not enough to starve the node.
+pub const DEFAULT_MEMORY_MB: u64 = 512;
+/// One CPU per student keeps a runaway loop from taking the whole node.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Stops a fork bomb long before the node's PID table fills.
+pub const DEFAULT_PIDS_LIMIT: u32 = 256;
+/// The conventional first non-system user id, so files in the home volume get
+/// a sensible owner.
+pub const DEFAULT_UID: u32 = 1_000;
+/// Matches [`DEFAULT_UID`]'s conventional primary group.
+pub const DEFAULT_GID: u32 = 1_000;
+/// Every image, even busybox, has a POSIX shell here.
+pub const DEFAULT_SHELL: &str = "/bin/sh";
+/// No home quota unless the operator sizes one: a limit nobody chose would lock
+/// students out of their own work.
+pub const DEFAULT_HOME_QUOTA_MB: u64 = 0;
+/// No writable-layer quota unless the operator sizes one, for the same reason.
+pub const DEFAULT_LAYER_QUOTA_MB: u64 = 0;
 
 /// Longest environment name; it ends up in container names and labels,
 /// which have length limits of their own.
