@@ -67,7 +67,8 @@ impl PlaceError {
         Some(error)
     }
 
-    fn code(&self) -> Code {
+    /// The gRPC code it travels with.
+    pub fn code(&self) -> Code {
         match self {
             PlaceError::UnknownEnvironment { .. } => Code::NotFound,
             PlaceError::NoLiveAgents => Code::Unavailable,
