@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 use labssh_proto::pb;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-pub use docker::{DockerBackend, SpawnPath};
+pub use docker::DockerBackend;
 pub(crate) use keyed_lock::KeyedLock;
 
 /// A container runtime on one node.
@@ -263,6 +263,25 @@ impl EnvVars {
     }
 }
 
+/// How a process is started in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnPath {
+    /// Through labssh-init's socket.
+    Helper,
+    /// With Docker exec.
+    Exec,
+}
+
+impl SpawnPath {
+    /// The name used in logs, metrics and the `labssh.spawn` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpawnPath::Helper => "helper",
+            SpawnPath::Exec => "exec",
+        }
+    }
+}
+
 /// A started process: its stdin, its output and a handle to control it.
 pub struct Process {
     /// The process's stdin; `shutdown()` delivers EOF, as does dropping it.
@@ -272,6 +291,8 @@ pub struct Process {
     pub output: BoxStream<'static, Output>,
     /// Resize, signal and wait; shareable between tasks.
     pub control: Arc<dyn ProcessControl>,
+    /// How it was started: the backend says, so metrics never guess.
+    pub path: SpawnPath,
 }
 
 /// A process's stdin. Writes take [`Bytes`], so a backend can pass what the proxy sent

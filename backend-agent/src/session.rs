@@ -118,14 +118,16 @@ where
     let spec = SpawnSpec::for_user(&start.user, &env, argv, extra_env, pty);
     let spawn_span = tracing::info_span!("spawn", path = Empty, pty = start.pty.is_some());
     let spawning = Instant::now();
-    let (spawned, path) =
-        telemetry::with_spawn_path(shared.backend.spawn(&ensured.container_id, spec))
-            .instrument(spawn_span.clone())
-            .await;
-    spawn_span.record("path", path);
-    drop(spawn_span);
+    let spawned = shared
+        .backend
+        .spawn(&ensured.container_id, spec)
+        .instrument(spawn_span.clone())
+        .await;
     let process = match spawned {
         Ok(p) => {
+            // The backend says which way it started the process.
+            let path = p.path.name();
+            spawn_span.record("path", path);
             telemetry::spawn(&shared.name, path, spawning.elapsed());
             p
         }
@@ -135,6 +137,7 @@ where
             return send_error(&tx, e.to_string()).await;
         }
     };
+    drop(spawn_span);
     let started = pb::SessionOutput {
         msg: Some(Out::Started(pb::Started {
             container: ensured.name.clone(),

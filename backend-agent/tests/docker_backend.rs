@@ -222,6 +222,7 @@ async fn stdin_eof_ends_cat(path: &str) {
         mut stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     stdin.write_all(b"hello through stdin\n").await.unwrap();
     let first = tokio::time::timeout(STEP, output.next()).await.unwrap();
@@ -254,6 +255,7 @@ async fn pty_reports_the_requested_size_and_follows_resize(path: &str) {
         mut stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     let mut seen = String::new();
     stdin.write_all(b"echo T$TERM; stty size\n").await.unwrap();
@@ -307,6 +309,7 @@ async fn signals_reach_the_process(path: &str) {
         stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     control.signal("TERM").await.unwrap();

@@ -46,6 +46,7 @@ where
         stdin,
         mut output,
         control,
+        ..
     } = process;
     let gone = CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_BUFFER);

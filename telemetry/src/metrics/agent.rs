@@ -1,7 +1,5 @@
 //! What an agent records: its status, container ensures and spawns.
 
-use std::cell::Cell;
-use std::future::Future;
 use std::time::Duration;
 
 use labssh_proto::pb;
@@ -53,29 +51,4 @@ pub fn spawn(agent: &str, path: &'static str, elapsed: Duration) {
             KeyValue::new("path", path),
         ],
     );
-}
-
-/// The spawn path when the backend does not say: Docker exec.
-pub const DEFAULT_SPAWN_PATH: &str = "exec";
-
-tokio::task_local! {
-    static SPAWN_PATH: Cell<&'static str>;
-}
-
-/// Runs a backend's spawn and returns the path it reported with
-/// [`note_spawn_path`] (or [`DEFAULT_SPAWN_PATH`]).
-pub async fn with_spawn_path<F: Future>(spawn: F) -> (F::Output, &'static str) {
-    SPAWN_PATH
-        .scope(Cell::new(DEFAULT_SPAWN_PATH), async move {
-            let out = spawn.await;
-            (out, SPAWN_PATH.with(Cell::get))
-        })
-        .await
-}
-
-/// Called by a backend inside its spawn to say which path it took
-/// ("helper", "exec"); also recorded on the current span's `path` field.
-pub fn note_spawn_path(path: &'static str) {
-    let _ = SPAWN_PATH.try_with(|p| p.set(path));
-    tracing::Span::current().record("path", path);
 }

@@ -14,7 +14,8 @@ use tokio::net::unix::OwnedWriteHalf;
 
 use super::{docker_message, hijack};
 use crate::backend::{
-    BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec, Stdin, StdinSink,
+    BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnPath, SpawnSpec, Stdin,
+    StdinSink,
 };
 use crate::signal;
 
@@ -87,6 +88,7 @@ pub async fn spawn(
         stdin,
         output: hijacked.output,
         control,
+        path: SpawnPath::Exec,
     })
 }
 
