@@ -14,6 +14,8 @@ mod names;
 mod service;
 mod session;
 mod signal;
+mod state;
+mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -119,7 +121,7 @@ pub async fn run_with_backend(
         tasks.spawn(repair_firewall(firewall.clone(), stop.clone()));
     }
 
-    let shared = Arc::new(service::Shared {
+    let shared = Arc::new(state::Shared {
         limits: limits::Limits::start(
             &config,
             backend.clone(),

@@ -13,8 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::{clamp, OutputSender};
 use crate::backend::{Output, Process, ProcessControl, Stdin};
+
+/// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
+pub type OutputSender = crate::stream::Sender<pb::SessionOutput>;
 
 /// Stdin chunks queued for the process; beyond this the proxy's stream is not read.
 const STDIN_BUFFER: usize = 16;
@@ -206,4 +208,9 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Terminal sizes arrive as u32; anything beyond u16 is nonsense anyway.
+pub fn clamp(v: u32) -> u16 {
+    v.min(u16::MAX as u32) as u16
 }
