@@ -106,11 +106,11 @@ impl Cluster {
             agent_addrs.push(addr);
             tasks.push((
                 format!("agent {}", agent.name),
-                tokio::spawn(labssh_agent::run(
+                tokio::spawn(with_anyhow(labssh_agent::run(
                     listener,
                     agent,
                     shutdown_future(&shutdown),
-                )),
+                ))),
             ));
         }
 

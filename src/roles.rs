@@ -51,5 +51,5 @@ pub async fn agent(path: &Path) -> anyhow::Result<()> {
     let config = labssh_agent::Config::load(path)?;
     let listener = bind(&config.listen, "listen").await?;
     http(&config.http).await?;
-    labssh_agent::run(listener, config, shutdown_signal()).await
+    Ok(labssh_agent::run(listener, config, shutdown_signal()).await?)
 }
