@@ -29,7 +29,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use backend::{Backend, BackendError, DockerBackend, SharedBackend};
+pub use backend::docker::DockerBackend;
+pub use backend::{Backend, BackendError, SharedBackend};
 pub use config::{Config, ConfigError};
 pub use limits::nofile::NofileError;
 

@@ -10,6 +10,7 @@ mod archive;
 mod container_spec;
 mod disk;
 mod ensure;
+mod errors;
 mod exec;
 mod helper_container;
 mod hijack;
@@ -39,6 +40,7 @@ use super::{
     Backend, BackendError, ContainerInfo, DiskUsage, Duplex, Ensured, KeyedLock, Process, SpawnSpec,
 };
 use crate::config::Config;
+use errors::docker_message;
 use inside::{Connect, Listen, Lookup, Spawn};
 use routes::{Route, Routes};
 
@@ -262,20 +264,5 @@ impl Backend for DockerBackend {
         env: &pb::Environment,
     ) -> Result<DiskUsage, BackendError> {
         self.measure_disk(user, env).await
-    }
-}
-
-/// Docker's own message for an error response, else bollard's description.
-fn docker_message(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message.trim().to_owned(),
-        other => other.to_string(),
-    }
-}
-
-fn status_of(e: &DockerError) -> Option<u16> {
-    match e {
-        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
     }
 }

@@ -84,31 +84,8 @@ where
     drop(output);
 
     if let Ended::OutputClosed = ended {
-        let status = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            _ = gone.cancelled() => None,
-            _ = tx.closed() => None,
-            status = control.wait() => Some(status),
-        };
-        match status {
-            Some(Ok(status)) => {
-                let exit = pb::SessionOutput {
-                    msg: Some(Out::Exit(status.into())),
-                };
-                let _ = tx.send(Ok(exit)).await;
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read exit status");
-                let error = pb::SessionOutput {
-                    msg: Some(Out::Error(pb::SessionError {
-                        message: e.to_string(),
-                    })),
-                };
-                let _ = tx.send(Ok(error)).await;
-                return;
-            }
-            None => {}
+        if report_exit(&control, &tx, shutdown, &gone).await {
+            return;
         }
     }
     tracing::debug!(
@@ -121,6 +98,33 @@ where
     );
     drop(tx); // end the stream now; the clean-up below may take a moment
     hang_up(control).await;
+}
+
+/// Waits for the process's exit and tells the proxy how it ended; false when the
+/// proxy or the agent went away first (the process is then hung up).
+async fn report_exit(
+    control: &Arc<dyn ProcessControl>,
+    tx: &OutputSender,
+    shutdown: &CancellationToken,
+    gone: &CancellationToken,
+) -> bool {
+    let status = tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        _ = gone.cancelled() => return false,
+        _ = tx.closed() => return false,
+        status = control.wait() => status,
+    };
+    let msg = match status {
+        Ok(status) => Out::Exit(status.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read exit status");
+            Out::Error(pb::SessionError {
+                message: e.to_string(),
+            })
+        }
+    };
+    let _ = tx.send(Ok(pb::SessionOutput { msg: Some(msg) })).await;
+    true
 }
 
 /// Sends HUP, and KILL if the process outlives the grace period.

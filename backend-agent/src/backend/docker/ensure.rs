@@ -18,8 +18,9 @@ use super::container_spec::{
     container_name, legacy_container_name, volume_labels, volume_name, ContainerPlan, HelperPlan,
     LABEL_ENV, LABEL_USER,
 };
+use super::errors::{docker_message, status_of};
 use super::routes::{Owner, Route, SpawnPath};
-use super::{archive, docker_message, helper_container, passwd, status_of, DockerBackend};
+use super::{archive, helper_container, passwd, DockerBackend};
 use crate::backend::init_binary::HelperSetup;
 use crate::backend::{home_dir, shell, BackendError, Ensured};
 use crate::names;

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::{docker_message, hijack};
+use super::errors::docker_message;
+use super::hijack;
 use crate::backend::{
     BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnPath, SpawnSpec, Stdin,
     StdinSink,

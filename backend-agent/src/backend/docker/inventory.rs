@@ -5,7 +5,8 @@ use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_USER};
-use super::{docker_message, helper_container, DockerBackend};
+use super::errors::docker_message;
+use super::{helper_container, DockerBackend};
 use crate::backend::{BackendError, ContainerInfo, ContainerState};
 
 impl DockerBackend {

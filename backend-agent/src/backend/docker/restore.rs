@@ -7,9 +7,10 @@ use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::RestartContainerOptionsBuilder;
 use tokio::time::Instant;
 
+use super::errors::docker_message;
 use super::helper_container::{self, init_pid};
 use super::routes::{Owner, Route};
-use super::{docker_message, DockerBackend};
+use super::DockerBackend;
 use crate::backend::helper::{HelperError, HelperSocket};
 
 /// Docker's stop timeout for a restart; labssh containers stop at once on TERM.
