@@ -242,17 +242,13 @@ impl Config {
         if self.keepalive_cmd.is_empty() || self.keepalive_cmd[0].is_empty() {
             problems.push("keepalive_cmd: must name a program".to_owned());
         }
-        if !self.init_binary.is_empty() && !self.init_binary.starts_with('/') {
-            problems.push(format!(
-                "init_binary: {:?} must be empty or an absolute path",
-                self.init_binary
-            ));
-        }
-        if !self.sftp_binary.is_empty() && !self.sftp_binary.starts_with('/') {
-            problems.push(format!(
-                "sftp_binary: {:?} must be empty or an absolute path",
-                self.sftp_binary
-            ));
+        for (key, path) in [
+            ("init_binary", &self.init_binary),
+            ("sftp_binary", &self.sftp_binary),
+        ] {
+            if !path.is_empty() && !path.starts_with('/') {
+                problems.push(format!("{key}: {path:?} must be empty or an absolute path"));
+            }
         }
         if !self.helper_dir.starts_with('/') {
             problems.push(format!(
@@ -267,14 +263,14 @@ impl Config {
         if self.inventory_refresh_secs == 0 {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
         }
-        for entry in &self.cluster_networks {
-            if let Err(e) = labssh_proto::net::parse_net(entry) {
-                problems.push(format!("cluster_networks: {e}"));
-            }
-        }
-        for entry in &self.forward_deny {
-            if let Err(e) = labssh_proto::net::parse_net(entry) {
-                problems.push(format!("forward_deny: {e}"));
+        for (key, entries) in [
+            ("cluster_networks", &self.cluster_networks),
+            ("forward_deny", &self.forward_deny),
+        ] {
+            for entry in entries {
+                if let Err(e) = labssh_proto::net::parse_net(entry) {
+                    problems.push(format!("{key}: {e}"));
+                }
             }
         }
         for (key, cap) in [

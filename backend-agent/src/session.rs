@@ -80,10 +80,7 @@ fn admit(shared: &Shared, start: &pb::Start) -> Result<Held, SessionError> {
     let held = shared
         .limits
         .caps
-        .acquire(&start.user, Kind::Session)
-        .inspect_err(|over| {
-            tracing::info!(user = %start.user, cap = over.cap, "session refused: {}", over.kind.key());
-        })?;
+        .admit(&start.user, Kind::Session, "session")?;
     if start.subsystem.is_empty() {
         if let Ok(env) = shared.catalogue.get(&start.environment) {
             shared.limits.disk.check(&start.user, &env).inspect_err(|over| {

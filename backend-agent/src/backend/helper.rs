@@ -411,6 +411,13 @@ mod tests {
         );
     }
 
+    /// One frame of `kind` carrying `payload`, as the helper writes it.
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frames = Vec::new();
+        wire::put_frame(&mut frames, kind, payload);
+        frames
+    }
+
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(5)
     }
@@ -420,13 +427,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<SocketAddr> =
             vec!["10.0.0.9:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ADDRESSES,
-            &wire::encode_addresses(&addrs),
+        let (socket, served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ADDRESSES, &wire::encode_addresses(&addrs)),
         );
-        let (socket, served) = fake_helper(dir.path(), frames);
         assert_eq!(socket.lookup("db", 80, soon()).await.unwrap(), addrs);
         assert_eq!(
             served.await.unwrap(),
@@ -441,13 +445,10 @@ mod tests {
     async fn a_helper_predating_the_request_is_unavailable_not_silent() {
         // What every labssh-init before LOOKUP and LISTEN answers to them.
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ERROR,
-            b"unexpected request kind 0x8",
+        let (socket, _served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ERROR, b"unexpected request kind 0x8"),
         );
-        let (socket, _served) = fake_helper(dir.path(), frames);
         let addr = "127.0.0.1:0".parse().unwrap();
         match tokio::time::timeout(Duration::from_secs(5), socket.listen_tcp(addr, soon())).await {
             Ok(Err(HelperError::Unavailable(m))) => {
@@ -461,13 +462,10 @@ mod tests {
     #[tokio::test]
     async fn refusals_and_hang_ups_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ERROR,
-            b"cannot resolve \"x\" in the container",
+        let (socket, _served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ERROR, b"cannot resolve \"x\" in the container"),
         );
-        let (socket, _served) = fake_helper(dir.path(), frames);
         match socket.lookup("x", 1, soon()).await {
             Err(HelperError::Failed(m)) => assert!(m.contains("cannot resolve"), "{m}"),
             other => panic!("{other:?}"),
@@ -481,9 +479,7 @@ mod tests {
         }
         // An answer of the wrong kind.
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(&mut frames, wire::kind::CONNECTED, &[]);
-        let (socket, _served) = fake_helper(dir.path(), frames);
+        let (socket, _served) = fake_helper(dir.path(), frame(wire::kind::CONNECTED, &[]));
         match socket.lookup("x", 1, soon()).await {
             Err(HelperError::Failed(m)) => assert!(m.contains("unexpected answer"), "{m}"),
             other => panic!("{other:?}"),

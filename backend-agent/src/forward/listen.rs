@@ -78,10 +78,7 @@ async fn bind(
     let held = shared
         .limits
         .caps
-        .acquire(&request.user, Kind::Listener)
-        .inspect_err(|over| {
-            tracing::info!(user = %request.user, cap = over.cap, "remote forward refused: {}", over.kind.key());
-        })?;
+        .admit(&request.user, Kind::Listener, "remote forward")?;
     let (env, ensured) = shared.ensure(&request.user, &request.environment).await?;
     let own: Vec<IpAddr> = shared
         .backend

@@ -297,6 +297,30 @@ fn same_capability(given: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The create request of bob's container on agent a1 with prefix lab.
+    fn bob_body(
+        env: &pb::Environment,
+        default_keepalive: &[String],
+        helper: Option<HelperPlan<'_>>,
+        sftp: Option<&Path>,
+    ) -> ContainerCreateBody {
+        ContainerPlan {
+            agent: "a1",
+            prefix: "lab",
+            user: "bob",
+            env,
+            default_keepalive,
+            helper,
+            sftp,
+        }
+        .create_body()
+    }
+
+    /// The mount at `target`.
+    fn mount_at<'a>(mounts: &'a [Mount], target: &str) -> Option<&'a Mount> {
+        mounts.iter().find(|m| m.target.as_deref() == Some(target))
+    }
+
     #[test]
     fn create_body_carries_limits_and_labels() {
         let env = pb::Environment {
@@ -308,16 +332,12 @@ mod tests {
             ..Default::default()
         };
         let keepalive = vec!["/bin/sleep".to_owned(), "infinity".to_owned()];
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &keepalive,
-            helper: None,
-            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
-        }
-        .create_body();
+        let body = bob_body(
+            &env,
+            &keepalive,
+            None,
+            Some(Path::new("/run/labssh/labssh-sftp")),
+        );
         assert_eq!(body.cmd.as_ref(), Some(&keepalive));
         assert_eq!(body.hostname.as_deref(), Some("bob-gpu"));
         let labels = body.labels.unwrap();
@@ -332,10 +352,7 @@ mod tests {
         assert_eq!(mount.source.as_deref(), Some("lab-home-bob"));
         assert_eq!(mount.target.as_deref(), Some("/home/bob"));
         // The SFTP server is mounted in exec containers too, read-only.
-        let sftp = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
-            .expect("sftp server mounted");
+        let sftp = mount_at(&mounts, SFTP_SERVER_PATH).expect("sftp server mounted");
         assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
         assert_eq!(sftp.typ, Some(MountType::BIND));
         assert_eq!(sftp.read_only, Some(true));
@@ -360,16 +377,12 @@ mod tests {
             image_cmd: vec!["httpd".into(), "-f".into()],
             image_user: "www".into(),
         };
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &[],
-            helper: Some(helper),
-            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
-        }
-        .create_body();
+        let body = bob_body(
+            &env,
+            &[],
+            Some(helper),
+            Some(Path::new("/run/labssh/labssh-sftp")),
+        );
         let entrypoint = body.entrypoint.unwrap();
         assert_eq!(entrypoint[0], INIT_PATH);
         let arg = |name: &str| {
@@ -401,20 +414,14 @@ mod tests {
         // What the shocker technique needs is never granted.
         assert!(!caps.iter().any(|c| same_capability(c, "DAC_READ_SEARCH")));
         let mounts = hc.mounts.unwrap();
-        let init = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(INIT_PATH))
-            .unwrap();
+        let init = mount_at(&mounts, INIT_PATH).unwrap();
         assert_eq!(init.read_only, Some(true));
         // The socket's directory is no host directory but a small private tmpfs.
         assert!(!mounts.iter().any(|m| m.target.as_deref() == Some(RUN_DIR)));
         let tmpfs = hc.tmpfs.unwrap();
         assert!(tmpfs[RUN_DIR].contains("size=64k"), "{tmpfs:?}");
         assert!(tmpfs[RUN_DIR].contains("mode=0700"), "{tmpfs:?}");
-        let sftp = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
-            .expect("sftp server mounted");
+        let sftp = mount_at(&mounts, SFTP_SERVER_PATH).expect("sftp server mounted");
         assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
         assert_eq!(sftp.read_only, Some(true));
     }
@@ -442,16 +449,7 @@ mod tests {
             image: "img:1".into(),
             ..Default::default()
         };
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &[],
-            helper: None,
-            sftp: None,
-        }
-        .create_body();
+        let body = bob_body(&env, &[], None, None);
         let mounts = body.host_config.unwrap().mounts.unwrap();
         assert_eq!(mounts.len(), 1, "only the home volume: {mounts:?}");
     }

@@ -334,6 +334,19 @@ mod tests {
         (outer, fd)
     }
 
+    /// What every way of opening says of a path that is not there, and of one that
+    /// goes through a file as if it were a directory.
+    fn missing_and_not_a_directory<T: std::fmt::Debug>(kind: &impl Fn(&str) -> io::Result<T>) {
+        assert_eq!(
+            kind("/missing").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(
+            kind("/notes/x").unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+    }
+
     /// Both ways of opening must agree on every case.
     fn check(open: impl Fn(&OwnedFd, &str) -> io::Result<OwnedFd>) {
         let (_dir, root) = fake_root();
@@ -352,14 +365,7 @@ mod tests {
         // Links that would leave the root resolve inside it, where nothing is.
         assert_eq!(kind("/escape").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(kind("/up").unwrap_err().kind(), io::ErrorKind::NotFound);
-        assert_eq!(
-            kind("/missing").unwrap_err().kind(),
-            io::ErrorKind::NotFound
-        );
-        assert_eq!(
-            kind("/notes/x").unwrap_err().raw_os_error(),
-            Some(libc::ENOTDIR)
-        );
+        missing_and_not_a_directory(&kind);
         assert_eq!(kind("/loop").unwrap_err().raw_os_error(), Some(libc::ELOOP));
         assert_eq!(read_file(&root, "/etc/hosts").unwrap(), "10.0.0.2 box\n");
     }
@@ -396,14 +402,7 @@ mod tests {
                 kind("/linkdir/bin/env").unwrap_err().raw_os_error(),
                 Some(libc::ELOOP)
             );
-            assert_eq!(
-                kind("/missing").unwrap_err().kind(),
-                io::ErrorKind::NotFound
-            );
-            assert_eq!(
-                kind("/notes/x").unwrap_err().raw_os_error(),
-                Some(libc::ENOTDIR)
-            );
+            missing_and_not_a_directory(&kind);
         }
         assert!(
             open_no_symlinks(&root, "bin/sh").is_err(),
