@@ -18,7 +18,7 @@ use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::backend::{Ensured, Process};
+use crate::backend::{Ensured, Process, SpawnSpec};
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
 use crate::stream;
@@ -155,7 +155,7 @@ async fn ensure(
 async fn spawn(
     shared: &Shared,
     container: &str,
-    spec: crate::backend::SpawnSpec,
+    spec: SpawnSpec,
     start: &pb::Start,
 ) -> Result<Process, SessionError> {
     let span = tracing::info_span!("spawn", path = Empty, pty = start.pty.is_some());

@@ -211,6 +211,25 @@ async fn exit_codes_and_stderr_propagate(path: &str) {
     assert_eq!(status, ExitStatus::Code(7));
 }
 
+on_both_paths!(a_process_says_which_path_started_it);
+async fn a_process_says_which_path_started_it(path: &str) {
+    let scratch = Scratch::new();
+    let backend = scratch.backend().await;
+    let c = ensure_on(&backend, "elsa", path).await;
+    let spec = SpawnSpec::for_user(
+        "elsa",
+        &environment(),
+        vec!["true".into()],
+        Vec::new(),
+        None,
+    );
+    let process = backend.spawn(&c.container_id, spec).await.unwrap();
+    // What the spawn metric and span report: the backend's word, never a default.
+    assert_eq!(process.path.name(), path);
+    let (_, _, status) = support::collect(process).await;
+    assert_eq!(status, ExitStatus::Code(0));
+}
+
 on_both_paths!(stdin_eof_ends_cat);
 async fn stdin_eof_ends_cat(path: &str) {
     let scratch = Scratch::new();
