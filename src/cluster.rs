@@ -89,11 +89,11 @@ impl Cluster {
         let controller_url = format!("{scheme}://{controller_addr}");
         tasks.push((
             "controller".to_string(),
-            tokio::spawn(labssh_controller::run(
+            tokio::spawn(with_anyhow(labssh_controller::run(
                 controller_listener,
                 config.controller,
                 shutdown_future(&shutdown),
-            )),
+            ))),
         ));
 
         let mut agent_addrs = Vec::new();
@@ -106,11 +106,11 @@ impl Cluster {
             agent_addrs.push(addr);
             tasks.push((
                 format!("agent {}", agent.name),
-                tokio::spawn(labssh_agent::run(
+                tokio::spawn(with_anyhow(labssh_agent::run(
                     listener,
                     agent,
                     shutdown_future(&shutdown),
-                )),
+                ))),
             ));
         }
 
@@ -238,4 +238,12 @@ impl Drop for Cluster {
             task.abort();
         }
     }
+}
+
+/// A role's run, its typed error kept as the cause of an `anyhow::Error`.
+async fn with_anyhow<E>(run: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    run.await.map_err(anyhow::Error::from)
 }

@@ -44,12 +44,12 @@ pub async fn controller(path: &Path) -> anyhow::Result<()> {
     let config = labssh_controller::Config::load(path)?;
     let listener = bind(&config.listen.to_string(), "listen").await?;
     http(&config.http).await?;
-    labssh_controller::run(listener, config, shutdown_signal()).await
+    Ok(labssh_controller::run(listener, config, shutdown_signal()).await?)
 }
 
 pub async fn agent(path: &Path) -> anyhow::Result<()> {
     let config = labssh_agent::Config::load(path)?;
     let listener = bind(&config.listen, "listen").await?;
     http(&config.http).await?;
-    labssh_agent::run(listener, config, shutdown_signal()).await
+    Ok(labssh_agent::run(listener, config, shutdown_signal()).await?)
 }

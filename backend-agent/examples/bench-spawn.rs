@@ -210,6 +210,7 @@ async fn spawn_true(
         stdin,
         mut output,
         control,
+        ..
     } = backend
         .spawn_via(id, spec, path)
         .await

@@ -22,20 +22,28 @@ impl Catalogue {
         *self.environments.write().unwrap_or_else(|e| e.into_inner()) = Some(map);
     }
 
-    /// The named environment, or a message for the student.
-    pub fn get(&self, name: &str) -> Result<pb::Environment, String> {
+    /// The named environment.
+    pub fn get(&self, name: &str) -> Result<pb::Environment, CatalogueError> {
         let environments = self.environments.read().unwrap_or_else(|e| e.into_inner());
         match environments.as_ref() {
-            None => Err(
-                "this agent has not received the environment catalogue from the controller yet"
-                    .to_owned(),
-            ),
+            None => Err(CatalogueError::NotReceived),
             Some(map) => map
                 .get(name)
                 .cloned()
-                .ok_or_else(|| format!("unknown environment '{name}'")),
+                .ok_or_else(|| CatalogueError::Unknown(name.to_owned())),
         }
     }
+}
+
+/// Why an environment could not be looked up; the message is for the student.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogueError {
+    /// The controller has not sent its catalogue since the agent started.
+    #[error("this agent has not received the environment catalogue from the controller yet")]
+    NotReceived,
+    /// No environment of that name.
+    #[error("unknown environment '{0}'")]
+    Unknown(String),
 }
 
 #[cfg(test)]
@@ -45,13 +53,20 @@ mod tests {
     #[test]
     fn lookups() {
         let c = Catalogue::default();
-        assert!(c.get("default").unwrap_err().contains("not received"));
+        assert!(c
+            .get("default")
+            .unwrap_err()
+            .to_string()
+            .contains("not received"));
         c.replace(vec![pb::Environment {
             name: "default".into(),
             ..Default::default()
         }]);
         assert_eq!(c.get("default").unwrap().name, "default");
-        assert_eq!(c.get("gpu").unwrap_err(), "unknown environment 'gpu'");
+        assert_eq!(
+            c.get("gpu").unwrap_err().to_string(),
+            "unknown environment 'gpu'"
+        );
         c.replace(Vec::new());
         assert!(c.get("default").is_err());
     }

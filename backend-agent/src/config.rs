@@ -1,8 +1,8 @@
 //! The agent's TOML configuration.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use labssh_proto::config::ConfigRole;
 use serde::Deserialize;
 
 /// Agents are usually named after their node; this default is only good for one-node trials.
@@ -160,54 +160,13 @@ impl Default for Config {
     }
 }
 
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        /// The file that was asked for.
-        path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, has an unknown key or a value of the wrong type.
-    #[error("{}{message}", origin(path))]
-    Parse {
-        /// The file, when the text came from one.
-        path: Option<PathBuf>,
-        /// The parser's message, which names the offending key and line.
-        message: String,
-    },
-    /// Values parsed but do not make sense; one entry per problem.
-    #[error("{}{}", origin(path), Problems(problems))]
-    Invalid {
-        /// The file, when the text came from one.
-        path: Option<PathBuf>,
-        /// Each problem, starting with the key's name.
-        problems: Vec<String>,
-    },
-}
-
-fn origin(path: &Option<PathBuf>) -> String {
-    match path {
-        Some(p) => format!("invalid config file {}: ", p.display()),
-        None => "invalid config: ".to_owned(),
-    }
-}
-
-struct Problems<'a>(&'a [String]);
-
-impl fmt::Display for Problems<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("; "))
-    }
-}
+pub use labssh_proto::config::ConfigError;
 
 impl Config {
     /// Parses TOML text and validates it.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            role: ConfigRole::Agent,
             path: None,
             message: e.to_string(),
         })?;
@@ -217,27 +176,20 @@ impl Config {
 
     /// Reads, parses and validates a TOML file; errors name the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::from_toml_str(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: Some(path.to_owned()),
-                message,
-            },
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
-                path: Some(path.to_owned()),
-                problems,
-            },
-            other => other,
-        })
+        ConfigError::load(ConfigRole::Agent, path.as_ref(), Config::from_toml_str)
     }
 
     /// Checks every value and reports all problems at once, each with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = self.tls.problems("tls");
+        self.check_addresses(&mut problems);
+        self.check_runtime(&mut problems);
+        self.check_limits(&mut problems);
+        ConfigError::check(ConfigRole::Agent, problems)
+    }
+
+    /// The agent's name and where it and the controller are reached.
+    fn check_addresses(&self, problems: &mut Vec<String>) {
         if !is_agent_name(&self.name) {
             problems.push(format!(
                 "name: {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,62}}",
@@ -262,6 +214,10 @@ impl Config {
                 self.controller
             ));
         }
+    }
+
+    /// Capacity, Docker and what goes into containers.
+    fn check_runtime(&self, problems: &mut Vec<String>) {
         if self.capacity == 0 {
             problems.push("capacity: must be greater than 0".to_owned());
         }
@@ -286,17 +242,13 @@ impl Config {
         if self.keepalive_cmd.is_empty() || self.keepalive_cmd[0].is_empty() {
             problems.push("keepalive_cmd: must name a program".to_owned());
         }
-        if !self.init_binary.is_empty() && !self.init_binary.starts_with('/') {
-            problems.push(format!(
-                "init_binary: {:?} must be empty or an absolute path",
-                self.init_binary
-            ));
-        }
-        if !self.sftp_binary.is_empty() && !self.sftp_binary.starts_with('/') {
-            problems.push(format!(
-                "sftp_binary: {:?} must be empty or an absolute path",
-                self.sftp_binary
-            ));
+        for (key, path) in [
+            ("init_binary", &self.init_binary),
+            ("sftp_binary", &self.sftp_binary),
+        ] {
+            if !path.is_empty() && !path.starts_with('/') {
+                problems.push(format!("{key}: {path:?} must be empty or an absolute path"));
+            }
         }
         if !self.helper_dir.starts_with('/') {
             problems.push(format!(
@@ -304,17 +256,21 @@ impl Config {
                 self.helper_dir
             ));
         }
+    }
+
+    /// Refresh intervals, networks and the per-student limits.
+    fn check_limits(&self, problems: &mut Vec<String>) {
         if self.inventory_refresh_secs == 0 {
             problems.push("inventory_refresh_secs: must be greater than 0".to_owned());
         }
-        for entry in &self.cluster_networks {
-            if let Err(e) = labssh_proto::net::parse_net(entry) {
-                problems.push(format!("cluster_networks: {e}"));
-            }
-        }
-        for entry in &self.forward_deny {
-            if let Err(e) = labssh_proto::net::parse_net(entry) {
-                problems.push(format!("forward_deny: {e}"));
+        for (key, entries) in [
+            ("cluster_networks", &self.cluster_networks),
+            ("forward_deny", &self.forward_deny),
+        ] {
+            for entry in entries {
+                if let Err(e) = labssh_proto::net::parse_net(entry) {
+                    problems.push(format!("{key}: {e}"));
+                }
             }
         }
         for (key, cap) in [
@@ -338,14 +294,6 @@ impl Config {
         }
         if self.disk_check_interval_secs == 0 {
             problems.push("disk_check_interval_secs: must be greater than 0".to_owned());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                path: None,
-                problems,
-            })
         }
     }
 

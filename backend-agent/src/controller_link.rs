@@ -59,9 +59,41 @@ enum Ended {
     /// Shutdown was requested.
     Shutdown,
     /// The stream broke after a Welcome (so the next attempt starts with a short delay).
-    AfterWelcome(String),
+    AfterWelcome(LinkError),
     /// It never got as far as a Welcome.
-    BeforeWelcome(String),
+    BeforeWelcome(LinkError),
+}
+
+/// Why the link to the controller broke; logged, and the link tries again.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    /// `controller` is not a URL tonic can dial.
+    #[error("bad controller URL: {0}")]
+    BadUrl(#[source] tonic::transport::Error),
+    /// The `[tls]` files cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[source] labssh_proto::tls::ApplyError),
+    /// The controller cannot be reached.
+    #[error("cannot connect: {}", error_chain(.0))]
+    Connect(#[source] tonic::transport::Error),
+    /// The controller refused the Attach call.
+    #[error("attach refused: {0}")]
+    Refused(#[source] tonic::Status),
+    /// The Attach stream failed before its Welcome.
+    #[error("attach failed: {0}")]
+    Failed(#[source] tonic::Status),
+    /// The Attach stream ended before its Welcome.
+    #[error("stream ended before Welcome")]
+    EndedBeforeWelcome,
+    /// No Welcome came in time.
+    #[error("no Welcome from the controller")]
+    NoWelcome,
+    /// The controller ended the stream.
+    #[error("controller closed the stream")]
+    Closed,
+    /// The stream failed after its Welcome.
+    #[error("stream failed: {0}")]
+    Stream(#[source] tonic::Status),
 }
 
 impl ControllerLink {
@@ -99,18 +131,18 @@ impl ControllerLink {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT),
-            Err(e) => return Ended::BeforeWelcome(format!("bad controller URL: {e}")),
+            Err(e) => return Ended::BeforeWelcome(LinkError::BadUrl(e)),
         };
         let endpoint = match self
             .tls
             .secure(endpoint, labssh_proto::tls::CONTROLLER_NAME)
         {
             Ok(e) => e,
-            Err(e) => return Ended::BeforeWelcome(format!("tls: {e}")),
+            Err(e) => return Ended::BeforeWelcome(LinkError::Tls(e)),
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return Ended::BeforeWelcome(format!("cannot connect: {}", error_chain(&e))),
+            Err(e) => return Ended::BeforeWelcome(LinkError::Connect(e)),
         };
         let mut client = ControllerClient::new(channel);
 
@@ -130,15 +162,15 @@ impl ControllerLink {
         });
         let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
-            Err(status) => return Ended::BeforeWelcome(format!("attach refused: {status}")),
+            Err(status) => return Ended::BeforeWelcome(LinkError::Refused(status)),
         };
         let mut interval = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Welcome(welcome)),
             }))) => self.welcome(welcome),
-            Ok(Ok(_)) => return Ended::BeforeWelcome("stream ended before Welcome".to_owned()),
-            Ok(Err(status)) => return Ended::BeforeWelcome(format!("attach failed: {status}")),
-            Err(_) => return Ended::BeforeWelcome("no Welcome from the controller".to_owned()),
+            Ok(Ok(_)) => return Ended::BeforeWelcome(LinkError::EndedBeforeWelcome),
+            Ok(Err(status)) => return Ended::BeforeWelcome(LinkError::Failed(status)),
+            Err(_) => return Ended::BeforeWelcome(LinkError::NoWelcome),
         };
         tracing::info!(controller = %self.controller, agent = %self.name, "registered with controller");
 
@@ -160,8 +192,8 @@ impl ControllerLink {
                         msg: Some(pb::controller_message::Msg::SetDraining(set)),
                     })) => self.inventory.set_draining(set.draining),
                     Ok(Some(_)) => {} // a newer controller's message this agent does not know
-                    Ok(None) => return Ended::AfterWelcome("controller closed the stream".to_owned()),
-                    Err(status) => return Ended::AfterWelcome(format!("stream failed: {status}")),
+                    Ok(None) => return Ended::AfterWelcome(LinkError::Closed),
+                    Err(status) => return Ended::AfterWelcome(LinkError::Stream(status)),
                 },
                 _ = ticks.tick() => self.heartbeat(&outbox),
                 _ = self.inventory.changed() => self.heartbeat(&outbox),

@@ -23,6 +23,8 @@
 //! The rule set is a pure function of the [`Plan`] ([`rules`]), so further
 //! policy (container-to-container isolation, egress) is more entries there.
 
+pub mod setup;
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Mutex;

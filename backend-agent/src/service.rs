@@ -1,101 +1,36 @@
-//! The Agent gRPC service: a thin adapter from rpcs to the session task and the backend.
+//! The Agent gRPC service: a thin adapter from rpcs to the session, forward and listen
+//! tasks and the backend. Errors become gRPC statuses here and only here.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use labssh_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::backend::{BackendError, Ensured, SharedBackend};
-use crate::catalogue::Catalogue;
-use crate::forward;
-use crate::inventory::Inventory;
-use crate::limits::Limits;
-use crate::names;
+use crate::backend::BackendError;
+use crate::forward::{self, listen};
 use crate::session;
+use crate::state::{EnsureError, Shared};
 
 /// Output messages buffered per session before the process is made to wait; small, so
 /// a slow client holds back the process instead of growing the agent's memory.
 const SESSION_OUTPUT_BUFFER: usize = 32;
 
-/// State shared by all rpcs; lives as long as the agent.
-pub struct Shared {
-    /// This agent's name, the `agent` label of its metrics.
-    pub name: String,
-    /// The container runtime.
-    pub backend: SharedBackend,
-    /// Environments from the controller.
-    pub catalogue: Arc<Catalogue>,
-    /// Containers and session count for heartbeats.
-    pub inventory: Arc<Inventory>,
-    /// Cancelled when the agent shuts down; ends every session.
-    pub shutdown: CancellationToken,
-    /// Session tasks, so shutdown can wait for their cleanup.
-    pub tasks: TaskTracker,
-    /// Addresses forwarding never reaches, whatever the catalogue says; follows this
-    /// host's address changes.
-    pub guard: forward::host_watch::HostGuard,
-    /// What one student may hold on this node: caps and disk quotas.
-    pub limits: Arc<Limits>,
-    /// `ssh -R` connections accepted and not yet attached.
-    pub pending: Arc<forward::Pending>,
-}
-
-/// Why an ensure for a request failed, in words for the student and as a gRPC code.
-pub struct EnsureFailure {
-    /// For the student.
-    pub message: String,
-    /// For the caller's logic.
-    pub code: tonic::Code,
-}
-
-impl From<EnsureFailure> for Status {
-    fn from(f: EnsureFailure) -> Self {
-        Status::new(f.code, f.message)
-    }
-}
-
-impl Shared {
-    /// Validates the request, looks the environment up and ensures the container;
-    /// records a created or started container in the inventory at once.
-    pub async fn ensure(
-        &self,
-        user: &str,
-        environment: &str,
-    ) -> Result<(pb::Environment, Ensured), EnsureFailure> {
-        if !names::is_valid_user(user) {
-            return Err(EnsureFailure {
-                message: format!("invalid user name '{user}'"),
-                code: tonic::Code::InvalidArgument,
-            });
-        }
-        let env = self
-            .catalogue
-            .get(environment)
-            .map_err(|message| EnsureFailure {
-                message,
-                code: tonic::Code::NotFound,
-            })?;
-        let ensured = self.backend.ensure(user, &env).await.map_err(|e| {
-            tracing::warn!(user, environment, error = %e, "ensure failed");
-            let code = match e {
-                BackendError::InvalidName { .. } => tonic::Code::InvalidArgument,
-                BackendError::NameTaken(_) => tonic::Code::AlreadyExists,
-                BackendError::ImageNotAvailable { .. } => tonic::Code::FailedPrecondition,
-                _ => tonic::Code::Unavailable,
-            };
-            EnsureFailure {
-                message: e.to_string(),
-                code,
+impl From<EnsureError> for Status {
+    fn from(e: EnsureError) -> Self {
+        let code = match &e {
+            EnsureError::InvalidUser(_) => Code::InvalidArgument,
+            EnsureError::Environment(_) => Code::NotFound,
+            EnsureError::Backend(BackendError::InvalidName { .. }) => Code::InvalidArgument,
+            EnsureError::Backend(BackendError::NameTaken(_)) => Code::AlreadyExists,
+            EnsureError::Backend(BackendError::ImageNotAvailable { .. }) => {
+                Code::FailedPrecondition
             }
-        })?;
-        if ensured.created || ensured.started {
-            self.inventory.note_running(&ensured.name, user, &env.name);
-        }
-        Ok((env, ensured))
+            EnsureError::Backend(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
     }
 }
 
@@ -109,6 +44,28 @@ impl AgentService {
     pub fn new(shared: Arc<Shared>) -> AgentService {
         AgentService { shared }
     }
+
+    /// Runs `task` for one call on the agent's task tracker, in `span` (a child of
+    /// the proxy's span: one SSH connection, one trace), and answers with the stream
+    /// of what it sends.
+    fn stream<I, T, F>(
+        &self,
+        span: tracing::Span,
+        request: Request<I>,
+        buffer: usize,
+        task: impl FnOnce(Arc<Shared>, I, mpsc::Sender<Result<T, Status>>) -> F,
+    ) -> Response<ReceiverStream<Result<T, Status>>>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(buffer);
+        labssh_telemetry::grpc::set_parent(&span, request.metadata());
+        let run = task(self.shared.clone(), request.into_inner(), tx);
+        self.shared
+            .tasks
+            .spawn(tracing::Instrument::instrument(run, span));
+        Response::new(ReceiverStream::new(rx))
+    }
 }
 
 #[tonic::async_trait]
@@ -119,16 +76,8 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<pb::SessionInput>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (tx, rx) = mpsc::channel(SESSION_OUTPUT_BUFFER);
-        // A child of the proxy's `start` span: one SSH connection, one trace.
         let span = tracing::info_span!("agent.session", agent = %self.shared.name);
-        labssh_telemetry::grpc::set_parent(&span, request.metadata());
-        let inbound = request.into_inner();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(
-            session::run(self.shared.clone(), inbound, tx),
-            span,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.stream(span, request, SESSION_OUTPUT_BUFFER, session::run))
     }
 
     type ForwardStream = ReceiverStream<Result<pb::ForwardOutput, Status>>;
@@ -137,15 +86,8 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<Streaming<pb::ForwardInput>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        let (tx, rx) = mpsc::channel(forward::OUTPUT_BUFFER);
         let span = tracing::info_span!("agent.forward", agent = %self.shared.name);
-        labssh_telemetry::grpc::set_parent(&span, request.metadata());
-        let inbound = request.into_inner();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(
-            forward::run(self.shared.clone(), inbound, tx),
-            span,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.stream(span, request, forward::OUTPUT_BUFFER, forward::run))
     }
 
     type ListenStream = ReceiverStream<Result<pb::ListenEvent, Status>>;
@@ -154,16 +96,8 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         request: Request<pb::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        // Small: each event is one accepted connection the proxy attaches at once.
-        let (tx, rx) = mpsc::channel(16);
         let span = tracing::info_span!("agent.listen", agent = %self.shared.name);
-        labssh_telemetry::grpc::set_parent(&span, request.metadata());
-        let request = request.into_inner();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(
-            forward::listen(self.shared.clone(), request, tx),
-            span,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(self.stream(span, request, listen::EVENT_BUFFER, listen::listen))
     }
 
     async fn ensure(
@@ -180,5 +114,56 @@ impl pb::agent_server::Agent for AgentService {
             created: ensured.created,
             started: ensured.started,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::CatalogueError;
+
+    #[test]
+    fn ensure_errors_map_to_codes_with_the_students_message() {
+        let cases = [
+            (
+                EnsureError::InvalidUser("a b".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                EnsureError::Environment(CatalogueError::Unknown("gpu".into())),
+                Code::NotFound,
+            ),
+            (
+                EnsureError::Backend(BackendError::NameTaken("lab-a.b".into())),
+                Code::AlreadyExists,
+            ),
+            (
+                EnsureError::Backend(BackendError::ImageNotAvailable {
+                    image: "img".into(),
+                    agent: "a1".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                EnsureError::Backend(BackendError::StartFailed("exit 1".into())),
+                Code::Unavailable,
+            ),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
+        }
+        assert_eq!(
+            Status::from(EnsureError::InvalidUser("a b".into())).message(),
+            "invalid user name 'a b'"
+        );
+        assert_eq!(
+            Status::from(EnsureError::Environment(CatalogueError::Unknown(
+                "gpu".into()
+            )))
+            .message(),
+            "unknown environment 'gpu'"
+        );
     }
 }

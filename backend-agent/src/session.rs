@@ -1,69 +1,125 @@
-//! One Session stream: start → ensure the container → spawn → relay → exit status.
+//! One Session stream: start → admit the student → ensure the container → spawn →
+//! relay → exit status. Every way out drops the output sender, which ends the
+//! response stream.
 
+mod command;
+mod refusal;
 mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Component};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
-use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::backend::{self, PtySpec, SpawnSpec};
-use crate::limits::caps::Kind;
-use crate::service::Shared;
+use crate::backend::{Ensured, Process, SpawnSpec};
+use crate::limits::caps::{Held, Kind};
+use crate::state::Shared;
+use crate::stream;
+pub use refusal::SessionError;
+pub use relay::OutputSender;
 
-/// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
-pub type OutputSender = mpsc::Sender<Result<pb::SessionOutput, Status>>;
+/// A session's process, started, and what the rest of the session needs of it.
+struct Started {
+    /// The process.
+    process: Process,
+    /// The environment it runs in.
+    env: pb::Environment,
+    /// What the ensure found or did.
+    ensured: Ensured,
+}
 
-/// Runs a session to its end. Every way out drops `tx`, which ends the response stream.
+/// Runs a session to its end.
 pub async fn run<S>(shared: Arc<Shared>, mut inbound: S, tx: OutputSender)
 where
     S: Stream<Item = Result<pb::SessionInput, Status>> + Send + Unpin + 'static,
 {
     let _counted = shared.inventory.open_session();
-    let first = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        _ = tx.closed() => return,
-        first = inbound.next() => first,
+    let Some(first) = stream::first_message(&shared.shutdown, &mut inbound, &tx).await else {
+        return;
     };
-    let start = match first {
-        Some(Ok(pb::SessionInput {
-            msg: Some(In::Start(start)),
-        })) => start,
-        Some(Ok(_)) => {
-            return send_error(&tx, "the first message of a session must be start".into()).await
-        }
-        Some(Err(_)) | None => return, // the proxy left before saying anything
+    let Some(In::Start(start)) = first.msg else {
+        return refuse(&tx, SessionError::NotStart).await;
     };
     tracing::debug!(user = %start.user, env = %start.environment, "session start");
     // Held until the session ends, whichever way.
-    let _counted = match shared.limits.caps.acquire(&start.user, Kind::Session) {
+    let _held = match admit(&shared, &start) {
         Ok(held) => held,
-        Err(over) => {
-            tracing::info!(user = %start.user, cap = over.cap, "session refused: {}", over.kind.key());
-            telemetry::error(Component::Agent, "user_cap");
-            return send_error(&tx, over.to_string()).await;
-        }
+        Err(e) => return refuse(&tx, e).await,
     };
-    // Over a disk quota, shells and commands wait; SFTP stays open to delete files.
+    let started = match start_process(&shared, &start).await {
+        Some(Ok(started)) => started,
+        Some(Err(e)) => return refuse(&tx, e).await,
+        None => return, // the agent is shutting down
+    };
+    let reply = Out::Started(pb::Started {
+        container: started.ensured.name.clone(),
+        container_started: started.ensured.created || started.ensured.started,
+    });
+    if !stream::answer(&tx, pb::SessionOutput { msg: Some(reply) }).await {
+        relay::hang_up(started.process.control).await;
+        return;
+    }
+    relay::relay(started.process, inbound, tx, &shared.shutdown).await;
+    let disk = &shared.limits.disk;
+    if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {
+        // They may have deleted files to get under their quota: measure again now.
+        disk.measure_soon(&start.user, &started.env.name);
+    }
+}
+
+/// Counts the session against the student's cap; shells and commands wait while they
+/// are over a disk quota, SFTP stays open to delete files.
+fn admit(shared: &Shared, start: &pb::Start) -> Result<Held, SessionError> {
+    let held = shared
+        .limits
+        .caps
+        .admit(&start.user, Kind::Session, "session")?;
     if start.subsystem.is_empty() {
         if let Ok(env) = shared.catalogue.get(&start.environment) {
-            if let Err(over) = shared.limits.disk.check(&start.user, &env) {
+            shared.limits.disk.check(&start.user, &env).inspect_err(|over| {
                 tracing::info!(user = %start.user, environment = %start.environment, "session refused: {over}");
-                return send_error(&tx, over.to_string()).await;
-            }
+            })?;
         }
     }
+    Ok(held)
+}
 
-    // Ensure is not abandoned when the proxy leaves: another login may be waiting on it.
-    let ensure_span = tracing::info_span!(
+/// Ensures the container and starts the process in it; `None` when the agent shuts
+/// down meanwhile.
+async fn start_process(
+    shared: &Shared,
+    start: &pb::Start,
+) -> Option<Result<Started, SessionError>> {
+    let (env, ensured) = match ensure(shared, start).await? {
+        Ok(ok) => ok,
+        Err(e) => return Some(Err(e)),
+    };
+    let started = async {
+        let spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
+        let process = spawn(shared, &ensured.container_id, spec, start).await?;
+        Ok(Started {
+            process,
+            env,
+            ensured,
+        })
+    };
+    Some(started.await)
+}
+
+/// The student's container, timed and traced; `None` when the agent shuts down first.
+/// An ensure is not abandoned when the proxy leaves: another login may wait on it.
+async fn ensure(
+    shared: &Shared,
+    start: &pb::Start,
+) -> Option<Result<(pb::Environment, Ensured), SessionError>> {
+    let span = tracing::info_span!(
         "ensure",
         user = %start.user,
         environment = %start.environment,
@@ -72,15 +128,14 @@ where
     );
     let ensuring = Instant::now();
     let ensured = tokio::select! {
-        _ = shared.shutdown.cancelled() => return,
-        ensured = shared.ensure(&start.user, &start.environment).instrument(ensure_span.clone()) => ensured,
+        _ = shared.shutdown.cancelled() => return None,
+        ensured = shared.ensure(&start.user, &start.environment).instrument(span.clone()) => ensured,
     };
     let (env, ensured) = match ensured {
         Ok(ok) => ok,
-        Err(failure) => {
-            ensure_span.record("outcome", "failed");
-            telemetry::error(Component::Agent, "ensure_failed");
-            return send_error(&tx, failure.message).await;
+        Err(e) => {
+            span.record("outcome", "failed");
+            return Some(Err(e.into()));
         }
     };
     let outcome = if ensured.created {
@@ -91,109 +146,48 @@ where
         "found"
     };
     telemetry::container_ensure(&shared.name, outcome, ensuring.elapsed());
-    ensure_span.record("outcome", outcome);
-    ensure_span.record("container", ensured.name.as_str());
-    drop(ensure_span);
-
-    let shell = backend::shell(&env).to_owned();
-    let argv = if !start.subsystem.is_empty() {
-        match subsystem_argv(&shared, &ensured.container_id, &start.subsystem).await {
-            Ok(argv) => argv,
-            Err(message) => return send_error(&tx, message).await,
-        }
-    } else if !start.argv.is_empty() {
-        start.argv.clone()
-    } else if !start.command.is_empty() {
-        vec![shell, "-c".to_owned(), start.command.clone()]
-    } else {
-        vec![shell, "-l".to_owned()]
-    };
-    let pty = start.pty.as_ref().map(|p| PtySpec {
-        term: p.term.clone(),
-        cols: clamp(p.cols),
-        rows: clamp(p.rows),
-    });
-    let mut extra_env: Vec<_> = start.env.clone().into_iter().collect();
-    extra_env.sort();
-    let spec = SpawnSpec::for_user(&start.user, &env, argv, extra_env, pty);
-    let spawn_span = tracing::info_span!("spawn", path = Empty, pty = start.pty.is_some());
-    let spawning = Instant::now();
-    let (spawned, path) =
-        telemetry::with_spawn_path(shared.backend.spawn(&ensured.container_id, spec))
-            .instrument(spawn_span.clone())
-            .await;
-    spawn_span.record("path", path);
-    drop(spawn_span);
-    let process = match spawned {
-        Ok(p) => {
-            telemetry::spawn(&shared.name, path, spawning.elapsed());
-            p
-        }
-        Err(e) => {
-            telemetry::error(Component::Agent, "spawn_failed");
-            tracing::warn!(user = %start.user, error = %e, "spawn failed");
-            return send_error(&tx, e.to_string()).await;
-        }
-    };
-    let started = pb::SessionOutput {
-        msg: Some(Out::Started(pb::Started {
-            container: ensured.name.clone(),
-            container_started: ensured.created || ensured.started,
-        })),
-    };
-    if tx.send(Ok(started)).await.is_err() {
-        relay::hang_up(process.control).await;
-        return;
-    }
-    relay::relay(process, inbound, tx, &shared.shutdown).await;
-    if !start.subsystem.is_empty() && shared.limits.disk.check(&start.user, &env).is_err() {
-        // They may have deleted files to get under their quota: measure again now.
-        shared.limits.disk.measure_soon(&start.user, &env.name);
-    }
+    span.record("outcome", outcome);
+    span.record("container", ensured.name.as_str());
+    Some(Ok((env, ensured)))
 }
 
-/// Where OpenSSH's sftp-server lives in the common distributions.
-const SFTP_SERVERS: [&str; 5] = [
-    "/usr/lib/openssh/sftp-server",
-    "/usr/libexec/openssh/sftp-server",
-    "/usr/lib/ssh/sftp-server",
-    "/usr/libexec/sftp-server",
-    "/usr/lib/sftp-server",
-];
-
-/// The program serving a subsystem: for "sftp", the image's own sftp-server when it
-/// has one, else the built-in server mounted into the container.
-async fn subsystem_argv(
+/// Starts the process, timed and traced with the path it took (helper or exec).
+async fn spawn(
     shared: &Shared,
     container: &str,
-    name: &str,
-) -> Result<Vec<String>, String> {
-    if name != "sftp" {
-        return Err(format!("unknown subsystem '{name}'; only sftp is offered"));
-    }
-    let mut candidates = SFTP_SERVERS.to_vec();
-    candidates.push(crate::backend::docker::SFTP_SERVER_PATH);
-    match shared.backend.find_executable(container, &candidates).await {
-        Ok(Some(path)) => {
-            tracing::debug!(container, server = %path, "sftp subsystem");
-            Ok(vec![path])
+    spec: SpawnSpec,
+    start: &pb::Start,
+) -> Result<Process, SessionError> {
+    let span = tracing::info_span!("spawn", path = Empty, pty = start.pty.is_some());
+    let spawning = Instant::now();
+    let spawned = shared
+        .backend
+        .spawn(container, spec)
+        .instrument(span.clone())
+        .await;
+    match spawned {
+        Ok(process) => {
+            let path = process.path.name();
+            span.record("path", path);
+            telemetry::spawn(&shared.name, path, spawning.elapsed());
+            Ok(process)
         }
-        Ok(None) => Err(
-            "this container has no SFTP server (the image has no sftp-server, and the container predates labssh's built-in one; it gets one when recreated)"
-                .to_owned(),
-        ),
-        Err(e) => Err(e.to_string()),
+        Err(e) => {
+            tracing::warn!(user = %start.user, error = %e, "spawn failed");
+            Err(SessionError::Spawn(e))
+        }
     }
 }
 
-async fn send_error(tx: &OutputSender, message: String) {
-    let error = pb::SessionOutput {
-        msg: Some(Out::Error(pb::SessionError { message })),
+/// Tells the proxy why the session did not start, counting it where operators care.
+async fn refuse(tx: &OutputSender, error: SessionError) {
+    if let Some(kind) = error.metric_kind() {
+        telemetry::error(Component::Agent, kind);
+    }
+    let message = pb::SessionOutput {
+        msg: Some(Out::Error(pb::SessionError {
+            message: error.to_string(),
+        })),
     };
-    let _ = tx.send(Ok(error)).await;
-}
-
-/// Terminal sizes arrive as u32; anything beyond u16 is nonsense anyway.
-fn clamp(v: u32) -> u16 {
-    v.min(u16::MAX as u32) as u16
+    let _ = stream::answer(tx, message).await;
 }

@@ -211,6 +211,25 @@ async fn exit_codes_and_stderr_propagate(path: &str) {
     assert_eq!(status, ExitStatus::Code(7));
 }
 
+on_both_paths!(a_process_says_which_path_started_it);
+async fn a_process_says_which_path_started_it(path: &str) {
+    let scratch = Scratch::new();
+    let backend = scratch.backend().await;
+    let c = ensure_on(&backend, "elsa", path).await;
+    let spec = SpawnSpec::for_user(
+        "elsa",
+        &environment(),
+        vec!["true".into()],
+        Vec::new(),
+        None,
+    );
+    let process = backend.spawn(&c.container_id, spec).await.unwrap();
+    // What the spawn metric and span report: the backend's word, never a default.
+    assert_eq!(process.path.name(), path);
+    let (_, _, status) = support::collect(process).await;
+    assert_eq!(status, ExitStatus::Code(0));
+}
+
 on_both_paths!(stdin_eof_ends_cat);
 async fn stdin_eof_ends_cat(path: &str) {
     let scratch = Scratch::new();
@@ -222,6 +241,7 @@ async fn stdin_eof_ends_cat(path: &str) {
         mut stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     stdin.write_all(b"hello through stdin\n").await.unwrap();
     let first = tokio::time::timeout(STEP, output.next()).await.unwrap();
@@ -254,6 +274,7 @@ async fn pty_reports_the_requested_size_and_follows_resize(path: &str) {
         mut stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     let mut seen = String::new();
     stdin.write_all(b"echo T$TERM; stty size\n").await.unwrap();
@@ -307,6 +328,7 @@ async fn signals_reach_the_process(path: &str) {
         stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     control.signal("TERM").await.unwrap();

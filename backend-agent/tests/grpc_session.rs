@@ -135,7 +135,7 @@ fn start_controller(
 struct Agent {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), labssh_agent::AgentError>>,
 }
 
 impl Agent {

@@ -100,6 +100,7 @@ async fn tcp_connections_report_what_went_wrong() {
         stdin,
         mut output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     let mut conn = None;
     for _ in 0..50 {
@@ -373,6 +374,7 @@ async fn debian_works_on_both_paths() {
             mut stdin,
             mut output,
             control,
+            ..
         } = backend.spawn(&c.container_id, spec).await.unwrap();
         stdin.write_all(b"stty size; tty; exit 4\n").await.unwrap();
         let mut seen = String::new();
@@ -553,6 +555,7 @@ async fn stdin_beyond_the_window_arrives_complete() {
         mut stdin,
         output,
         control,
+        ..
     } = backend.spawn(&c.container_id, spec).await.unwrap();
     let payload = vec![b'x'; 3_000_000];
     let writer = tokio::spawn(async move {

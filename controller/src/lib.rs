@@ -15,7 +15,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use labssh_proto::pb::controller_server::ControllerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -24,6 +23,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use config::{Config, ConfigError, EnvironmentConfig};
+
+/// Why the controller could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The configuration breaks a rule.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener handed in has no local address.
+    #[error("controller listener has no local address")]
+    Listener(#[source] std::io::Error),
+    /// The certificate or key in `[tls]` cannot be used.
+    #[error("tls: bad certificate or key")]
+    Tls(#[source] labssh_proto::tls::ApplyError),
+    /// The gRPC server failed while serving.
+    #[error("controller gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
 
 use registry::Registry;
 use service::ControllerService;
@@ -41,12 +57,10 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ControllerError> {
     config.validate()?;
     config.tls.warn_if_off("controller");
-    let addr = listener
-        .local_addr()
-        .context("controller listener has no local address")?;
+    let addr = listener.local_addr().map_err(ControllerError::Listener)?;
 
     let stop = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config));
@@ -78,10 +92,7 @@ pub async fn run(
         default_environment = %config.default_environment,
         "controller serving gRPC"
     );
-    let server = config
-        .tls
-        .server_builder()
-        .map_err(|e| anyhow::anyhow!("tls: bad certificate or key: {e}"))?;
+    let server = config.tls.server_builder().map_err(ControllerError::Tls)?;
     let served = server
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
@@ -94,7 +105,7 @@ pub async fn run(
         .await;
     stop.cancel();
     let _ = sweeper.await;
-    served.context("controller gRPC server failed")?;
+    served.map_err(ControllerError::Serve)?;
     info!(%addr, "controller stopped");
     Ok(())
 }

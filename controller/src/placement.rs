@@ -34,35 +34,8 @@ const MIN_VNODES: usize = 64;
 /// bounded-load check keeps placement proportional to capacity beyond it.
 const MAX_VNODES: usize = 2_048;
 
-/// Why no agent could be chosen. The messages are shown to students.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlaceError {
-    /// The requested environment is not in the catalogue.
-    #[error("unknown environment '{requested}'; available: {}", available.join(", "))]
-    UnknownEnvironment {
-        /// What the login asked for.
-        requested: String,
-        /// Every environment in the catalogue, sorted.
-        available: Vec<String>,
-    },
-    /// No agent is connected and heartbeating.
-    #[error("no backend agent is available; try again shortly")]
-    NoLiveAgents,
-    /// Every live agent is at its capacity.
-    #[error("all backend agents are full")]
-    AllFull,
-}
-
-impl From<PlaceError> for tonic::Status {
-    fn from(err: PlaceError) -> Self {
-        let message = err.to_string();
-        match err {
-            PlaceError::UnknownEnvironment { .. } => tonic::Status::not_found(message),
-            PlaceError::NoLiveAgents => tonic::Status::unavailable(message),
-            PlaceError::AllFull => tonic::Status::resource_exhausted(message),
-        }
-    }
-}
+/// Why no agent could be chosen: the `Place` RPC's error, shared with the proxies.
+pub use labssh_proto::place::PlaceError;
 
 /// The containers one agent reported, indexed for placement.
 #[derive(Debug, Clone, Default)]

@@ -16,10 +16,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
 use tracing::{debug, info, warn};
 
+mod refusal;
+
 use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::placement::PlaceError;
 use crate::registry::{Registration, Registry};
+use refusal::{Refusal, MAX_AGENT_NAME_LEN};
 
 /// How long a new Attach stream may take to send its `register`; a client
 /// that opens the stream and says nothing should not hold a task forever.
@@ -27,8 +30,6 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards one agent. Only the Welcome and a final error are
 /// ever sent, so this never fills.
 const OUTBOUND_BUFFER: usize = 4;
-/// Longest agent name accepted; it appears in logs and replies to proxies.
-const MAX_AGENT_NAME_LEN: usize = 253;
 
 /// The gRPC service. Cheap to clone; every clone shares one registry.
 #[derive(Debug, Clone)]
@@ -79,31 +80,14 @@ impl pb::controller_server::Controller for ControllerService {
         let peer = request.remote_addr();
         let certified = request.extensions().get::<Peer>().cloned();
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no register message received in time"))??;
-        let register = match first {
-            Some(pb::AgentMessage {
-                msg: Some(Msg::Register(register)),
-            }) => register,
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message on an Attach stream must be register",
-                ))
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "the Attach stream ended before register",
-                ))
-            }
-        };
+        let register = first_register(&mut inbound).await?;
         check_agent_name(&register.name)?;
         if self.mtls {
             check_certified_name(certified.as_ref(), &register.name)
-                .inspect_err(|e| warn!(?peer, "refused a registration: {}", e.message()))?;
+                .inspect_err(|e| warn!(?peer, "refused a registration: {e}"))?;
         }
-        let endpoint = advertised_endpoint(&register.endpoint, peer)
-            .map_err(|why| Status::invalid_argument(format!("register.endpoint: {why}")))?;
+        let endpoint =
+            advertised_endpoint(&register.endpoint, peer).map_err(Refusal::BadEndpoint)?;
 
         let registration = self.registry.register(
             &register.name,
@@ -141,25 +125,27 @@ impl pb::controller_server::Controller for ControllerService {
         let _entered = span.enter();
         let pb::PlaceRequest { user, environment } = request.into_inner();
         if user.is_empty() {
-            return Err(Status::invalid_argument("user must not be empty"));
+            return Err(Refusal::EmptyUser.into());
         }
         span.record("user", user.as_str());
         let environment = self
             .catalogue
             .resolve(&environment)
-            .inspect_err(|e| placement_outcome(&span, place_error_outcome(e)))?;
+            .inspect_err(|e| placement_outcome(&span, e.outcome()))
+            .map_err(Refusal::from)?;
         span.record("environment", environment);
         let placed = self
             .registry
             .place(&user, environment, Instant::now())
             .inspect_err(|e| {
-                placement_outcome(&span, place_error_outcome(e));
+                placement_outcome(&span, e.outcome());
                 match e {
                     // Operators must hear about a full cluster; the rest is routine.
                     PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
                     _ => debug!(%user, environment, "placement failed: {e}"),
                 }
-            })?;
+            })
+            .map_err(Refusal::from)?;
         placement_outcome(&span, if placed.existing { "existing" } else { "new" });
         span.record("agent", placed.agent.as_str());
         debug!(%user, environment, agent = %placed.agent, existing = placed.existing, "placed");
@@ -199,22 +185,31 @@ impl pb::controller_server::Controller for ControllerService {
         match self.registry.drain(&agent, drain) {
             Some(draining) => Ok(Response::new(pb::DrainReply { agent, draining })),
             None => {
-                let known: Vec<String> = self
+                let known = self
                     .registry
                     .agents(Instant::now())
                     .into_iter()
                     .map(|a| a.name)
                     .collect();
-                Err(Status::not_found(format!(
-                    "unknown agent '{agent}'; known agents: {}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                )))
+                Err(Refusal::UnknownAgent { agent, known }.into())
             }
         }
+    }
+}
+
+/// The `register` an Attach stream must open with.
+async fn first_register(
+    inbound: &mut Streaming<pb::AgentMessage>,
+) -> Result<pb::Register, Refusal> {
+    let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Refusal::RegisterTimeout)??;
+    match first {
+        Some(pb::AgentMessage {
+            msg: Some(Msg::Register(register)),
+        }) => Ok(register),
+        Some(_) => Err(Refusal::NotRegister),
+        None => Err(Refusal::EndedBeforeRegister),
     }
 }
 
@@ -249,9 +244,7 @@ async fn serve_agent(
             })) => {
                 // Closing is the safe answer: the agent reconnects with a
                 // fresh stream, where register is legal.
-                let _ = tx.try_send(Err(Status::invalid_argument(
-                    "register is only allowed as the first message",
-                )));
+                let _ = tx.try_send(Err(Refusal::RegisterTwice.into()));
                 break "register sent twice";
             }
             // A message kind newer than this controller: still a sign of life.
@@ -264,7 +257,7 @@ async fn serve_agent(
         };
         if let Err(superseded) = result {
             info!(agent = registration.name(), "closing stale agent stream");
-            let _ = tx.try_send(Err(Status::aborted(superseded.to_string())));
+            let _ = tx.try_send(Err(Refusal::from(superseded).into()));
             // The new registration owns the entry; do not mark it dead.
             return;
         }
@@ -278,40 +271,28 @@ fn placement_outcome(span: &tracing::Span, outcome: &'static str) {
     span.record("outcome", outcome);
 }
 
-/// The `labssh_placements_total` outcome of a failed placement.
-fn place_error_outcome(e: &PlaceError) -> &'static str {
-    match e {
-        PlaceError::UnknownEnvironment { .. } => "unknown_environment",
-        PlaceError::NoLiveAgents => "no_live_agents",
-        PlaceError::AllFull => "all_full",
-    }
-}
-
 /// An agent's certificate names its node: it may register as that node only,
 /// so a compromised node cannot take over another's placements.
-fn check_certified_name(certified: Option<&Peer>, name: &str) -> Result<(), Status> {
+fn check_certified_name(certified: Option<&Peer>, name: &str) -> Result<(), Refusal> {
     match certified {
         Some(peer) if peer.name == name => Ok(()),
-        Some(peer) => Err(Status::permission_denied(format!(
-            "this {} certificate is for the node {:?}; it may register only as {:?}, not as {name:?}",
-            peer.role, peer.name, peer.name
-        ))),
+        Some(peer) => Err(Refusal::OtherNode {
+            role: peer.role,
+            certified: peer.name.clone(),
+            name: name.to_owned(),
+        }),
         // The role guard hands every allowed call its peer; none means it did not run.
-        None => Err(Status::permission_denied(
-            "register requires an agent certificate naming the node",
-        )),
+        None => Err(Refusal::Uncertified),
     }
 }
 
-fn check_agent_name(name: &str) -> Result<(), Status> {
+fn check_agent_name(name: &str) -> Result<(), Refusal> {
     if name.is_empty() {
-        return Err(Status::invalid_argument("register.name must not be empty"));
+        return Err(Refusal::EmptyAgentName);
     }
     if name.len() > MAX_AGENT_NAME_LEN || name.chars().any(|c| c.is_control() || c.is_whitespace())
     {
-        return Err(Status::invalid_argument(format!(
-            "register.name {name:?} must be at most {MAX_AGENT_NAME_LEN} bytes without spaces or control characters"
-        )));
+        return Err(Refusal::BadAgentName(name.to_owned()));
     }
     Ok(())
 }
@@ -389,7 +370,8 @@ mod tests {
             name: name.into(),
         };
         assert!(check_certified_name(Some(&peer("node1")), "node1").is_ok());
-        let refused = check_certified_name(Some(&peer("node1")), "node2").unwrap_err();
+        let refused =
+            Status::from(check_certified_name(Some(&peer("node1")), "node2").unwrap_err());
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(refused.message().contains("node1") && refused.message().contains("node2"));
         assert!(check_certified_name(None, "node1").is_err());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use labssh_controller::{Config, EnvironmentConfig};
 use labssh_proto::pb;
+use labssh_proto::place::PlaceError;
 use pb::controller_client::ControllerClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -19,7 +20,7 @@ const PROMPTLY: Duration = Duration::from_secs(5);
 struct Controller {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), labssh_controller::ControllerError>>,
 }
 
 impl Controller {
@@ -228,6 +229,14 @@ async fn agent_lifecycle_and_placement() {
         err.message(),
         "unknown environment 'nope'; available: default, gpu"
     );
+    // A proxy reads the error back from the status, not from its text.
+    assert_eq!(
+        PlaceError::from_status(&err),
+        Some(PlaceError::UnknownEnvironment {
+            requested: "nope".into(),
+            available: vec!["default".into(), "gpu".into()],
+        })
+    );
     assert_eq!(
         place(&mut client, "", "").await.unwrap_err().code(),
         Code::InvalidArgument
@@ -272,6 +281,10 @@ async fn agent_lifecycle_and_placement() {
     assert_eq!(
         err.message(),
         "no backend agent is available; try again shortly"
+    );
+    assert_eq!(
+        PlaceError::from_status(&err),
+        Some(PlaceError::NoLiveAgents)
     );
 
     controller.shutdown().await;

@@ -9,7 +9,9 @@ pub mod pb {
     tonic::include_proto!("labssh.v1");
 }
 
+pub mod config;
 pub mod forwarding;
 pub mod net;
+pub mod place;
 pub mod roles;
 pub mod tls;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use labssh_proto::config::ConfigRole;
 use serde::{Deserialize, Serialize};
 
 /// Default SSH listen address: a non-privileged port for a first run.
@@ -125,43 +126,19 @@ impl Default for Config {
 
 /// A configuration that could not be read or is invalid. The message names
 /// the file and every offending key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The TOML did not parse or had unknown keys / wrong types.
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// One or more values are invalid; each entry names its key.
-    #[error("invalid proxy configuration:\n  {}", .0.join("\n  "))]
-    Invalid(Vec<String>),
-}
+pub use labssh_proto::config::ConfigError;
 
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config = Self::from_toml_str(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })?;
-        Ok(config)
+        ConfigError::load(ConfigRole::Proxy, path, Self::from_toml_str)
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<proxy config>"),
+            role: ConfigRole::Proxy,
+            path: None,
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         config.validate()?;
@@ -229,11 +206,7 @@ impl Config {
                     .into(),
             );
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        ConfigError::check(ConfigRole::Proxy, problems)
     }
 
     /// Whether a client `env` request for `name` is accepted.

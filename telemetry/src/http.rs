@@ -47,12 +47,12 @@ impl Health {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on an already-bound listener
-/// until `shutdown` resolves.
+/// until `shutdown` resolves. Fails only when the listener has no address.
 pub async fn serve(
     listener: TcpListener,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "serving /metrics, /healthz and /readyz");
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -5,12 +5,14 @@
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT`; `OTEL_SERVICE_NAME` names the service).
 //! - [`grpc`]: W3C trace context carried in gRPC metadata, so controller and
 //!   agent spans join the proxy's trace.
-//! - [`metrics`]: every labssh metric, defined once. The OpenTelemetry SDK
+//! - [`catalogue`]: every labssh metric family, defined once.
+//! - [`metrics`]: recording them, one module per role. The OpenTelemetry SDK
 //!   holds the only copy of each figure; OTLP export and the Prometheus text
 //!   on `/metrics` are two readers of it.
 //! - [`http`]: the small listener serving `/metrics`, `/healthz` and
 //!   `/readyz`.
 
+pub mod catalogue;
 pub mod grpc;
 pub mod http;
 mod init;
@@ -18,4 +20,4 @@ pub mod metrics;
 pub mod prometheus;
 
 pub use http::Health;
-pub use init::{flush, init, Options, Telemetry};
+pub use init::{flush, init, InitError, Options, Telemetry};

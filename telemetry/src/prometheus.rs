@@ -11,7 +11,7 @@ use std::fmt::Write;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
 
-use crate::metrics::{Family, Kind, FAMILIES};
+use crate::catalogue::{Family, Kind, FAMILIES};
 
 /// `Content-Type` of the text this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -13,22 +13,26 @@
 //!
 //! One connection per request; the protocol is `labssh_helper_proto::wire`.
 
+mod frames;
 mod process;
+mod socket;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use labssh_helper_proto::wire;
 
 use super::netns;
 use super::{Process, RunAs, SpawnSpec};
+use frames::{read_frame, read_frame_with_fd};
+use socket::ConnectError;
 
 pub use wire::SOCKET_NAME;
 
@@ -64,16 +68,6 @@ pub enum HelperError {
     /// The helper tried and failed (e.g. the program does not exist): final.
     #[error("{0}")]
     Failed(String),
-}
-
-/// Why a connection to the helper could not be made.
-#[derive(Debug)]
-enum ConnectError {
-    /// Nothing listens there yet: the helper of a container that just started is about
-    /// to bind its socket.
-    Absent(io::Error),
-    /// Anything else; final for this attempt.
-    Helper(HelperError),
 }
 
 /// One container's helper, reached through the container's init process.
@@ -187,13 +181,9 @@ impl HelperSocket {
             .ask(&request, ready_by, CONNECT_REPLY_TIMEOUT, &timed_out)
             .await?;
         match answer {
-            (wire::kind::CONNECTED, _, Some(fd)) => {
-                let std_stream = std::net::TcpStream::from(fd);
-                std_stream
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpStream::from_std(std_stream))
-                    .map_err(|e| HelperError::Failed(format!("cannot use the connection: {e}")))
-            }
+            (wire::kind::CONNECTED, _, Some(fd)) => nonblocking(fd)
+                .and_then(|fd| TcpStream::from_std(fd.into()))
+                .map_err(|e| HelperError::Failed(format!("cannot use the connection: {e}"))),
             (kind, _, _) => Err(unexpected(kind)),
         }
     }
@@ -237,13 +227,9 @@ impl HelperSocket {
             .ask(&request, ready_by, REPLY_TIMEOUT, &timed_out)
             .await?;
         match answer {
-            (wire::kind::LISTENING, _, Some(fd)) => {
-                let std_listener = std::net::TcpListener::from(fd);
-                std_listener
-                    .set_nonblocking(true)
-                    .and_then(|()| TcpListener::from_std(std_listener))
-                    .map_err(|e| HelperError::Failed(format!("cannot use the listener: {e}")))
-            }
+            (wire::kind::LISTENING, _, Some(fd)) => nonblocking(fd)
+                .and_then(|fd| TcpListener::from_std(fd.into()))
+                .map_err(|e| HelperError::Failed(format!("cannot use the listener: {e}"))),
             (kind, _, _) => Err(unexpected(kind)),
         }
     }
@@ -305,73 +291,12 @@ impl HelperSocket {
             Err(ConnectError::Helper(e)) => Err(e),
         }
     }
+}
 
-    /// A connection to the socket at [`SOCKET_PATH`] in the container, once it is sure
-    /// to be the container's init's.
-    async fn connect(&self) -> Result<UnixStream, ConnectError> {
-        let file = self.socket_file()?;
-        // Connecting through the descriptor reaches that very inode, whatever the path
-        // names by now.
-        let stream = UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::ConnectionRefused => ConnectError::Absent(e),
-                _ => ConnectError::Helper(unavailable("connecting to the helper", &e)),
-            })?;
-        let peer = stream
-            .peer_cred()
-            .map_err(|e| ConnectError::Helper(unavailable("checking the helper", &e)))?
-            .pid();
-        if peer != Some(self.pid as i32) {
-            return Err(ConnectError::Helper(HelperError::Tampered(format!(
-                "the socket at {} was made by pid {}, not by the container's labssh-init (pid {})",
-                self.path,
-                peer.map_or("unknown".to_owned(), |p| p.to_string()),
-                self.pid
-            ))));
-        }
-        Ok(stream)
-    }
-
-    /// An `O_PATH` descriptor of the socket file, found beneath the init's root without
-    /// following a single symlink.
-    fn socket_file(&self) -> Result<OwnedFd, ConnectError> {
-        let gone = |e: io::Error| {
-            ConnectError::Helper(HelperError::Unavailable(format!(
-                "the container's init (pid {}) has gone: {}",
-                self.pid,
-                netns::os_text(&e)
-            )))
-        };
-        let root = netns::open_at(
-            Some(&self.proc_dir),
-            "root",
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(gone)?;
-        let tampered =
-            |why: &str| ConnectError::Helper(HelperError::Tampered(format!("{} {why}", self.path)));
-        let file = match netns::open_no_symlinks(&root, &self.path) {
-            Ok(file) => file,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Err(ConnectError::Absent(e))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(tampered("is, or lies under, a symlink"))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-                return Err(tampered("lies under something that is not a directory"))
-            }
-            Err(e) => return Err(ConnectError::Helper(unavailable("finding the helper", &e))),
-        };
-        // O_PATH | O_NOFOLLOW opens a symlink at the end of the path as itself.
-        match netns::file_type(&file) {
-            Ok(libc::S_IFSOCK) => Ok(file),
-            Ok(libc::S_IFLNK) => Err(tampered("is, or lies under, a symlink")),
-            Ok(_) => Err(tampered("is not a socket")),
-            Err(e) => Err(ConnectError::Helper(unavailable("finding the helper", &e))),
-        }
-    }
+/// A socket the helper passed, made non-blocking for tokio.
+fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
+    rustix::io::ioctl_fionbio(&fd, true)?;
+    Ok(fd)
 }
 
 fn unavailable(what: &str, e: &io::Error) -> HelperError {
@@ -398,98 +323,6 @@ fn unexpected(kind: u8) -> HelperError {
     HelperError::Failed(format!(
         "unexpected answer {kind:#x} from the helper (or its descriptor is missing)"
     ))
-}
-
-/// Reads one frame, keeping bytes past it in `buf`.
-async fn read_frame(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<(u8, Vec<u8>)> {
-    loop {
-        let split = wire::split_frame(buf).map_err(io::Error::other)?;
-        if let Some((kind, payload, used)) = split {
-            let frame = (kind, payload.to_vec());
-            buf.advance(used);
-            return Ok(frame);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the helper closed the connection",
-            ));
-        }
-    }
-}
-
-/// Reads the single frame of a CONNECT answer and the descriptor sent with it.
-async fn read_frame_with_fd(stream: &UnixStream) -> io::Result<(u8, Vec<u8>, Option<OwnedFd>)> {
-    let mut buf = Vec::new();
-    let mut fd = None;
-    loop {
-        if let Some((kind, payload, _)) = wire::split_frame(&buf).map_err(io::Error::other)? {
-            return Ok((kind, payload.to_vec(), fd));
-        }
-        stream.readable().await?;
-        let mut chunk = [0u8; 4096];
-        let read = stream.try_io(Interest::READABLE, || {
-            recv_with_fd(stream.as_raw_fd(), &mut chunk)
-        });
-        match read {
-            Ok((0, _)) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the helper closed the connection",
-                ))
-            }
-            Ok((n, got)) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if got.is_some() {
-                    fd = got;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One `recvmsg`, taking any descriptor passed with the bytes (close-on-exec).
-fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // u64 keeps the control buffer aligned for cmsghdr; room for a few descriptors.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; iov and control outlive the call and their lengths
-    // are given; the kernel writes at most msg_controllen bytes of control data.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut fd = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
-                    / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    // The first is the connection; any others are closed on drop.
-                    let owned = OwnedFd::from_raw_fd(raw);
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        Ok((n as usize, fd))
-    }
 }
 
 #[cfg(test)]
@@ -578,6 +411,13 @@ mod tests {
         );
     }
 
+    /// One frame of `kind` carrying `payload`, as the helper writes it.
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frames = Vec::new();
+        wire::put_frame(&mut frames, kind, payload);
+        frames
+    }
+
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(5)
     }
@@ -587,13 +427,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<SocketAddr> =
             vec!["10.0.0.9:80".parse().unwrap(), "[::1]:80".parse().unwrap()];
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ADDRESSES,
-            &wire::encode_addresses(&addrs),
+        let (socket, served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ADDRESSES, &wire::encode_addresses(&addrs)),
         );
-        let (socket, served) = fake_helper(dir.path(), frames);
         assert_eq!(socket.lookup("db", 80, soon()).await.unwrap(), addrs);
         assert_eq!(
             served.await.unwrap(),
@@ -608,13 +445,10 @@ mod tests {
     async fn a_helper_predating_the_request_is_unavailable_not_silent() {
         // What every labssh-init before LOOKUP and LISTEN answers to them.
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ERROR,
-            b"unexpected request kind 0x8",
+        let (socket, _served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ERROR, b"unexpected request kind 0x8"),
         );
-        let (socket, _served) = fake_helper(dir.path(), frames);
         let addr = "127.0.0.1:0".parse().unwrap();
         match tokio::time::timeout(Duration::from_secs(5), socket.listen_tcp(addr, soon())).await {
             Ok(Err(HelperError::Unavailable(m))) => {
@@ -628,13 +462,10 @@ mod tests {
     #[tokio::test]
     async fn refusals_and_hang_ups_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(
-            &mut frames,
-            wire::kind::ERROR,
-            b"cannot resolve \"x\" in the container",
+        let (socket, _served) = fake_helper(
+            dir.path(),
+            frame(wire::kind::ERROR, b"cannot resolve \"x\" in the container"),
         );
-        let (socket, _served) = fake_helper(dir.path(), frames);
         match socket.lookup("x", 1, soon()).await {
             Err(HelperError::Failed(m)) => assert!(m.contains("cannot resolve"), "{m}"),
             other => panic!("{other:?}"),
@@ -648,9 +479,7 @@ mod tests {
         }
         // An answer of the wrong kind.
         let dir = tempfile::tempdir().unwrap();
-        let mut frames = Vec::new();
-        wire::put_frame(&mut frames, wire::kind::CONNECTED, &[]);
-        let (socket, _served) = fake_helper(dir.path(), frames);
+        let (socket, _served) = fake_helper(dir.path(), frame(wire::kind::CONNECTED, &[]));
         match socket.lookup("x", 1, soon()).await {
             Err(HelperError::Failed(m)) => assert!(m.contains("unexpected answer"), "{m}"),
             other => panic!("{other:?}"),

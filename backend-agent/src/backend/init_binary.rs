@@ -49,24 +49,18 @@ pub fn prepare(config: &Config) -> (Option<HelperSetup>, Option<PathBuf>) {
 /// Finds labssh-sftp and installs it in the helper directory; `None` (after a warning)
 /// when containers get no built-in SFTP server.
 pub fn prepare_sftp(config: &Config) -> Option<PathBuf> {
-    let source = match find(&config.sftp_binary, "sftp_binary", SFTP_NAME, SFTP_BUILT) {
-        Ok(path) => path,
-        Err(why) => {
-            tracing::warn!("{why}; containers get no built-in SFTP server (set `sftp_binary`)");
-            return None;
-        }
-    };
-    let dir = Path::new(&config.helper_dir);
-    match install(&source, dir, SFTP_NAME) {
-        Ok(sftp) => {
-            tracing::info!(source = %source.display(), installed = %sftp.display(), "built-in SFTP server ready");
-            Some(sftp)
-        }
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot install labssh-sftp; containers get no built-in SFTP server");
-            None
-        }
-    }
+    set_up(
+        config,
+        &Binary {
+            key: "sftp_binary",
+            configured: &config.sftp_binary,
+            name: SFTP_NAME,
+            built: SFTP_BUILT,
+            ready: "built-in SFTP server ready",
+            without: "containers get no built-in SFTP server",
+            hint: " (set `sftp_binary`)",
+        },
+    )
 }
 
 /// Where the build put the binaries, if it built them.
@@ -85,24 +79,64 @@ impl HelperSetup {
             );
             return None;
         }
-        let source = match find(&config.init_binary, "init_binary", INIT_NAME, INIT_BUILT) {
-            Ok(path) => path,
-            Err(why) => {
-                tracing::warn!("{why}; sessions use Docker exec (set `init_binary` to use the in-container helper)");
-                return None;
-            }
-        };
-        let dir = PathBuf::from(&config.helper_dir);
-        match install(&source, &dir, INIT_NAME) {
-            Ok(init) => {
-                tracing::info!(source = %source.display(), installed = %init.display(), "in-container helper ready");
-                let sftp = prepare_sftp(config);
-                Some(HelperSetup { dir, init, sftp })
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot install labssh-init; sessions use Docker exec");
-                None
-            }
+        let init = set_up(
+            config,
+            &Binary {
+                key: "init_binary",
+                configured: &config.init_binary,
+                name: INIT_NAME,
+                built: INIT_BUILT,
+                ready: "in-container helper ready",
+                without: "sessions use Docker exec",
+                hint: " (set `init_binary` to use the in-container helper)",
+            },
+        )?;
+        let sftp = prepare_sftp(config);
+        Some(HelperSetup {
+            dir: PathBuf::from(&config.helper_dir),
+            init,
+            sftp,
+        })
+    }
+}
+
+/// A binary containers mount, and what they do without it.
+struct Binary<'a> {
+    /// The config key naming it.
+    key: &'static str,
+    /// Its configured path; empty means look for it.
+    configured: &'a str,
+    /// Its file name, beside the agent and in the helper directory.
+    name: &'static str,
+    /// Where the build put it, if it did.
+    built: Option<&'static str>,
+    /// Logged once it is installed.
+    ready: &'static str,
+    /// What containers do without it.
+    without: &'static str,
+    /// Added when it was not found: how to point the agent at it.
+    hint: &'static str,
+}
+
+/// Finds `binary` and installs it in the helper directory; `None` (after a warning
+/// saying why and what containers do without it) when it cannot be had.
+fn set_up(config: &Config, binary: &Binary<'_>) -> Option<PathBuf> {
+    let source = match find(binary.configured, binary.key, binary.name, binary.built) {
+        Ok(path) => path,
+        Err(why) => {
+            tracing::warn!("{why}; {}{}", binary.without, binary.hint);
+            return None;
+        }
+    };
+    let dir = Path::new(&config.helper_dir);
+    match install(&source, dir, binary.name) {
+        Ok(installed) => {
+            tracing::info!(source = %source.display(), installed = %installed.display(), "{}", binary.ready);
+            Some(installed)
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot install {}; {}", binary.name, binary.without);
+            None
         }
     }
 }

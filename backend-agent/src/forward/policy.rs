@@ -45,7 +45,8 @@ pub struct Guard {
 }
 
 /// A refusal, in words for the student.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct Refused(pub String);
 
 impl Policy {

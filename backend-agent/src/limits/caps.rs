@@ -140,6 +140,14 @@ impl Caps {
         })
     }
 
+    /// [`Caps::acquire`] for opening a `what` ("session", "remote forward"), a
+    /// refusal logged with the key that sets the cap.
+    pub fn admit(self: &Arc<Self>, user: &str, kind: Kind, what: &str) -> Result<Held, OverCap> {
+        self.acquire(user, kind).inspect_err(|over| {
+            tracing::info!(user, cap = over.cap, "{what} refused: {}", over.kind.key());
+        })
+    }
+
     /// How many `kind` `user` holds now.
     #[cfg(test)]
     pub fn count(&self, user: &str, kind: Kind) -> u32 {

@@ -32,7 +32,7 @@ pub struct Limit {
 pub enum NofileError {
     /// The limit could not be read at all.
     #[error("cannot read the open-file limit: {0}")]
-    Read(std::io::Error),
+    Read(#[source] std::io::Error),
     /// `nofile` is above what this process may set.
     #[error("nofile: cannot raise the open-file limit to {target} (it is {soft}, hard limit {hard}, kernel ceiling fs.nr_open {nr_open}); raising the hard limit needs CAP_SYS_RESOURCE: raise LimitNOFILE= in the agent's unit, or lower nofile")]
     Unreachable {

@@ -13,8 +13,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::{clamp, OutputSender};
 use crate::backend::{Output, Process, ProcessControl, Stdin};
+
+/// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
+pub type OutputSender = crate::stream::Sender<pb::SessionOutput>;
 
 /// Stdin chunks queued for the process; beyond this the proxy's stream is not read.
 const STDIN_BUFFER: usize = 16;
@@ -46,6 +48,7 @@ where
         stdin,
         mut output,
         control,
+        ..
     } = process;
     let gone = CancellationToken::new();
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_BUFFER);
@@ -81,31 +84,8 @@ where
     drop(output);
 
     if let Ended::OutputClosed = ended {
-        let status = tokio::select! {
-            _ = shutdown.cancelled() => None,
-            _ = gone.cancelled() => None,
-            _ = tx.closed() => None,
-            status = control.wait() => Some(status),
-        };
-        match status {
-            Some(Ok(status)) => {
-                let exit = pb::SessionOutput {
-                    msg: Some(Out::Exit(status.into())),
-                };
-                let _ = tx.send(Ok(exit)).await;
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read exit status");
-                let error = pb::SessionOutput {
-                    msg: Some(Out::Error(pb::SessionError {
-                        message: e.to_string(),
-                    })),
-                };
-                let _ = tx.send(Ok(error)).await;
-                return;
-            }
-            None => {}
+        if report_exit(&control, &tx, shutdown, &gone).await {
+            return;
         }
     }
     tracing::debug!(
@@ -118,6 +98,33 @@ where
     );
     drop(tx); // end the stream now; the clean-up below may take a moment
     hang_up(control).await;
+}
+
+/// Waits for the process's exit and tells the proxy how it ended; false when the
+/// proxy or the agent went away first (the process is then hung up).
+async fn report_exit(
+    control: &Arc<dyn ProcessControl>,
+    tx: &OutputSender,
+    shutdown: &CancellationToken,
+    gone: &CancellationToken,
+) -> bool {
+    let status = tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        _ = gone.cancelled() => return false,
+        _ = tx.closed() => return false,
+        status = control.wait() => status,
+    };
+    let msg = match status {
+        Ok(status) => Out::Exit(status.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read exit status");
+            Out::Error(pb::SessionError {
+                message: e.to_string(),
+            })
+        }
+    };
+    let _ = tx.send(Ok(pb::SessionOutput { msg: Some(msg) })).await;
+    true
 }
 
 /// Sends HUP, and KILL if the process outlives the grace period.
@@ -205,4 +212,9 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Terminal sizes arrive as u32; anything beyond u16 is nonsense anyway.
+pub fn clamp(v: u32) -> u16 {
+    v.min(u16::MAX as u32) as u16
 }

@@ -308,6 +308,7 @@ pub async fn collect(process: Process) -> (String, String, ExitStatus) {
         stdin,
         mut output,
         control,
+        ..
     } = process;
     drop(stdin);
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -145,8 +145,12 @@ impl ContainerPlan<'_> {
     /// there is one.
     pub fn create_body(&self) -> ContainerCreateBody {
         let env = self.env;
-        let positive = |v: i64| (v > 0).then_some(v);
-        let mut cap_add = env.cap_add.clone();
+        let start = match &self.helper {
+            None => self.exec_start(),
+            Some(helper) => helper_start(env, helper),
+        };
+        let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
+        labels.insert(LABEL_SPAWN.to_owned(), start.spawn.to_owned());
         let mut mounts = vec![Mount {
             target: Some(home_dir(self.user)),
             source: Some(volume_name(self.prefix, self.user)),
@@ -156,65 +160,17 @@ impl ContainerPlan<'_> {
         if let Some(sftp) = self.sftp {
             mounts.push(bind(sftp, SFTP_SERVER_PATH, true));
         }
-        let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
-        let mut tmpfs = None;
-        let (entrypoint, cmd, user) = match &self.helper {
-            None => {
-                labels.insert(LABEL_SPAWN.to_owned(), "exec".to_owned());
-                let cmd = if env.keepalive_cmd.is_empty() {
-                    self.default_keepalive.to_vec()
-                } else {
-                    env.keepalive_cmd.clone()
-                };
-                // The keepalive command must run as given, not as arguments to the
-                // image's entrypoint.
-                (Vec::new(), cmd, None)
-            }
-            Some(helper) => {
-                labels.insert(LABEL_SPAWN.to_owned(), "helper".to_owned());
-                let mut drop = Vec::new();
-                for (name, number) in HELPER_CAPS {
-                    if !env.cap_add.iter().any(|c| same_capability(c, name)) {
-                        cap_add.push(name.to_owned());
-                        drop.push(number.to_string());
-                    }
-                }
-                mounts.push(bind(helper.init, INIT_PATH, true));
-                tmpfs = Some(HashMap::from([(
-                    RUN_DIR.to_owned(),
-                    RUN_DIR_OPTIONS.to_owned(),
-                )]));
-                let main = if env.keepalive_cmd.is_empty() {
-                    [&helper.image_entrypoint[..], &helper.image_cmd[..]].concat()
-                } else {
-                    env.keepalive_cmd.clone()
-                };
-                let entrypoint = [
-                    INIT_PATH,
-                    "--socket",
-                    crate::backend::helper::SOCKET_PATH,
-                    "--user",
-                    &helper.image_user,
-                    "--drop-caps",
-                    &drop.join(","),
-                    "--",
-                ]
-                .map(str::to_owned)
-                .to_vec();
-                // labssh-init runs as root to start processes as any user; the image's
-                // USER is for its command.
-                (entrypoint, main, Some("0:0".to_owned()))
-            }
-        };
+        mounts.extend(start.mounts);
+        let positive = |v: i64| (v > 0).then_some(v);
         let host_config = HostConfig {
             memory: positive(env.memory_bytes),
             nano_cpus: positive(env.nano_cpus),
             pids_limit: positive(env.pids_limit),
             cap_drop: Some(vec!["ALL".to_owned()]),
-            cap_add: (!cap_add.is_empty()).then_some(cap_add),
+            cap_add: (!start.cap_add.is_empty()).then_some(start.cap_add),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             mounts: Some(mounts),
-            tmpfs,
+            tmpfs: start.tmpfs,
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
@@ -225,14 +181,99 @@ impl ContainerPlan<'_> {
         ContainerCreateBody {
             image: Some(env.image.clone()),
             hostname: Some(hostname(self.user, &env.name)),
-            user,
-            entrypoint: Some(entrypoint),
-            cmd: Some(cmd),
+            user: start.user,
+            entrypoint: Some(start.entrypoint),
+            cmd: Some(start.cmd),
             labels: Some(labels),
             stop_timeout: Some(STOP_TIMEOUT_SECS),
             host_config: Some(host_config),
             ..Default::default()
         }
+    }
+
+    /// A container for Docker exec: the keepalive command as PID 1.
+    fn exec_start(&self) -> Start {
+        let env = self.env;
+        let cmd = if env.keepalive_cmd.is_empty() {
+            self.default_keepalive.to_vec()
+        } else {
+            env.keepalive_cmd.clone()
+        };
+        Start {
+            spawn: "exec",
+            // The keepalive command must run as given, not as arguments to the
+            // image's entrypoint.
+            entrypoint: Vec::new(),
+            cmd,
+            user: None,
+            cap_add: env.cap_add.clone(),
+            mounts: Vec::new(),
+            tmpfs: None,
+        }
+    }
+}
+
+/// How a container starts and what that needs besides the common settings.
+struct Start {
+    /// The `labssh.spawn` label: how processes start in it.
+    spawn: &'static str,
+    /// Its entrypoint (empty: none, not the image's).
+    entrypoint: Vec<String>,
+    /// Its command.
+    cmd: Vec<String>,
+    /// Who its first process runs as; `None` keeps the image's USER.
+    user: Option<String>,
+    /// Every capability it holds.
+    cap_add: Vec<String>,
+    /// Mounts besides the home volume and the SFTP server.
+    mounts: Vec<Mount>,
+    /// Its tmpfs mounts.
+    tmpfs: Option<HashMap<String, String>>,
+}
+
+/// A container run by labssh-init: init as root with the helper's capabilities (it
+/// takes them from everything else at once), the image's own command (or the
+/// environment's keepalive command) as its child, the binary mounted and a private
+/// tmpfs for its socket.
+fn helper_start(env: &pb::Environment, helper: &HelperPlan<'_>) -> Start {
+    let mut cap_add = env.cap_add.clone();
+    let mut drop = Vec::new();
+    for (name, number) in HELPER_CAPS {
+        if !env.cap_add.iter().any(|c| same_capability(c, name)) {
+            cap_add.push(name.to_owned());
+            drop.push(number.to_string());
+        }
+    }
+    let main = if env.keepalive_cmd.is_empty() {
+        [&helper.image_entrypoint[..], &helper.image_cmd[..]].concat()
+    } else {
+        env.keepalive_cmd.clone()
+    };
+    let entrypoint = [
+        INIT_PATH,
+        "--socket",
+        crate::backend::helper::SOCKET_PATH,
+        "--user",
+        &helper.image_user,
+        "--drop-caps",
+        &drop.join(","),
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    Start {
+        spawn: "helper",
+        entrypoint,
+        cmd: main,
+        // labssh-init runs as root to start processes as any user; the image's USER
+        // is for its command.
+        user: Some("0:0".to_owned()),
+        cap_add,
+        mounts: vec![bind(helper.init, INIT_PATH, true)],
+        tmpfs: Some(HashMap::from([(
+            RUN_DIR.to_owned(),
+            RUN_DIR_OPTIONS.to_owned(),
+        )])),
     }
 }
 
@@ -256,6 +297,30 @@ fn same_capability(given: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The create request of bob's container on agent a1 with prefix lab.
+    fn bob_body(
+        env: &pb::Environment,
+        default_keepalive: &[String],
+        helper: Option<HelperPlan<'_>>,
+        sftp: Option<&Path>,
+    ) -> ContainerCreateBody {
+        ContainerPlan {
+            agent: "a1",
+            prefix: "lab",
+            user: "bob",
+            env,
+            default_keepalive,
+            helper,
+            sftp,
+        }
+        .create_body()
+    }
+
+    /// The mount at `target`.
+    fn mount_at<'a>(mounts: &'a [Mount], target: &str) -> Option<&'a Mount> {
+        mounts.iter().find(|m| m.target.as_deref() == Some(target))
+    }
+
     #[test]
     fn create_body_carries_limits_and_labels() {
         let env = pb::Environment {
@@ -267,16 +332,12 @@ mod tests {
             ..Default::default()
         };
         let keepalive = vec!["/bin/sleep".to_owned(), "infinity".to_owned()];
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &keepalive,
-            helper: None,
-            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
-        }
-        .create_body();
+        let body = bob_body(
+            &env,
+            &keepalive,
+            None,
+            Some(Path::new("/run/labssh/labssh-sftp")),
+        );
         assert_eq!(body.cmd.as_ref(), Some(&keepalive));
         assert_eq!(body.hostname.as_deref(), Some("bob-gpu"));
         let labels = body.labels.unwrap();
@@ -291,10 +352,7 @@ mod tests {
         assert_eq!(mount.source.as_deref(), Some("lab-home-bob"));
         assert_eq!(mount.target.as_deref(), Some("/home/bob"));
         // The SFTP server is mounted in exec containers too, read-only.
-        let sftp = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
-            .expect("sftp server mounted");
+        let sftp = mount_at(&mounts, SFTP_SERVER_PATH).expect("sftp server mounted");
         assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
         assert_eq!(sftp.typ, Some(MountType::BIND));
         assert_eq!(sftp.read_only, Some(true));
@@ -319,16 +377,12 @@ mod tests {
             image_cmd: vec!["httpd".into(), "-f".into()],
             image_user: "www".into(),
         };
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &[],
-            helper: Some(helper),
-            sftp: Some(Path::new("/run/labssh/labssh-sftp")),
-        }
-        .create_body();
+        let body = bob_body(
+            &env,
+            &[],
+            Some(helper),
+            Some(Path::new("/run/labssh/labssh-sftp")),
+        );
         let entrypoint = body.entrypoint.unwrap();
         assert_eq!(entrypoint[0], INIT_PATH);
         let arg = |name: &str| {
@@ -360,20 +414,14 @@ mod tests {
         // What the shocker technique needs is never granted.
         assert!(!caps.iter().any(|c| same_capability(c, "DAC_READ_SEARCH")));
         let mounts = hc.mounts.unwrap();
-        let init = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(INIT_PATH))
-            .unwrap();
+        let init = mount_at(&mounts, INIT_PATH).unwrap();
         assert_eq!(init.read_only, Some(true));
         // The socket's directory is no host directory but a small private tmpfs.
         assert!(!mounts.iter().any(|m| m.target.as_deref() == Some(RUN_DIR)));
         let tmpfs = hc.tmpfs.unwrap();
         assert!(tmpfs[RUN_DIR].contains("size=64k"), "{tmpfs:?}");
         assert!(tmpfs[RUN_DIR].contains("mode=0700"), "{tmpfs:?}");
-        let sftp = mounts
-            .iter()
-            .find(|m| m.target.as_deref() == Some(SFTP_SERVER_PATH))
-            .expect("sftp server mounted");
+        let sftp = mount_at(&mounts, SFTP_SERVER_PATH).expect("sftp server mounted");
         assert_eq!(sftp.source.as_deref(), Some("/run/labssh/labssh-sftp"));
         assert_eq!(sftp.read_only, Some(true));
     }
@@ -401,16 +449,7 @@ mod tests {
             image: "img:1".into(),
             ..Default::default()
         };
-        let body = ContainerPlan {
-            agent: "a1",
-            prefix: "lab",
-            user: "bob",
-            env: &env,
-            default_keepalive: &[],
-            helper: None,
-            sftp: None,
-        }
-        .create_body();
+        let body = bob_body(&env, &[], None, None);
         let mounts = body.host_config.unwrap().mounts.unwrap();
         assert_eq!(mounts.len(), 1, "only the home volume: {mounts:?}");
     }

@@ -28,7 +28,8 @@ use bollard::query_parameters::InspectContainerOptionsBuilder;
 use labssh_proto::pb;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
-use super::{docker_message, DockerBackend};
+use super::errors::docker_message;
+use super::DockerBackend;
 use crate::backend::{BackendError, DiskUsage};
 
 /// Directories held open at once by one walk; deeper ones are walked afterwards from

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::exec::ResizeExecOptions;
-use bollard::models::ExecConfig;
+use bollard::models::{ExecConfig, ExecInspectResponse};
 use bollard::Docker;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::{docker_message, hijack};
+use super::errors::docker_message;
+use super::hijack;
 use crate::backend::{
-    BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnSpec, Stdin, StdinSink,
+    BackendError, ExitStatus, Process, ProcessControl, RunAs, SpawnPath, SpawnSpec, Stdin,
+    StdinSink,
 };
 use crate::signal;
 
@@ -87,6 +89,7 @@ pub async fn spawn(
         stdin,
         output: hijacked.output,
         control,
+        path: SpawnPath::Exec,
     })
 }
 
@@ -134,6 +137,17 @@ impl DockerProcess {
         }
     }
 
+    /// Docker's view of the exec, while doing `action`.
+    async fn inspect(&self, action: &'static str) -> Result<ExecInspectResponse, BackendError> {
+        self.docker
+            .inspect_exec(&self.exec_id)
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action,
+                message: docker_message(&e),
+            })
+    }
+
     /// The host pid while the process runs; `None` once it has exited. Docker answers
     /// the start request before the process exists, so a signal sent right after spawn
     /// waits (briefly) for it to start rather than getting lost.
@@ -141,12 +155,7 @@ impl DockerProcess {
         let deadline = tokio::time::Instant::now() + START_WAIT;
         let mut pause = WAIT_POLL_START;
         loop {
-            let inspect = self.docker.inspect_exec(&self.exec_id).await.map_err(|e| {
-                BackendError::Runtime {
-                    action: "looking up the process",
-                    message: docker_message(&e),
-                }
-            })?;
+            let inspect = self.inspect("looking up the process").await?;
             match (inspect.running, inspect.pid, inspect.exit_code) {
                 (Some(true), Some(pid), _) if pid > 0 => return Ok(Some(pid as libc::pid_t)),
                 (_, _, Some(_)) => return Ok(None),
@@ -225,12 +234,7 @@ impl ProcessControl for DockerProcess {
     async fn wait(&self) -> Result<ExitStatus, BackendError> {
         let mut pause = WAIT_POLL_START;
         loop {
-            let inspect = self.docker.inspect_exec(&self.exec_id).await.map_err(|e| {
-                BackendError::Runtime {
-                    action: "waiting for the process",
-                    message: docker_message(&e),
-                }
-            })?;
+            let inspect = self.inspect("waiting for the process").await?;
             if inspect.running == Some(false) {
                 if let Some(code) = inspect.exit_code {
                     return Ok(self.exit_status(code));

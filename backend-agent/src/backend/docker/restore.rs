@@ -3,96 +3,20 @@
 //! the home kept) and never bypassed with Docker exec, which would hand a root student
 //! the capabilities only labssh-init may hold.
 
-use std::net::SocketAddr;
-
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::RestartContainerOptionsBuilder;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::errors::docker_message;
 use super::helper_container::{self, init_pid};
-use super::routes::{Owner, Route, SpawnPath};
-use super::{docker_message, DockerBackend};
+use super::routes::{Owner, Route};
+use super::DockerBackend;
 use crate::backend::helper::{HelperError, HelperSocket};
-use crate::backend::{Process, SpawnSpec};
 
 /// Docker's stop timeout for a restart; labssh containers stop at once on TERM.
 const RESTART_TIMEOUT_SECS: i32 = 2;
 
-/// What a helper is asked to do.
-pub(super) enum Ask<'a> {
-    /// Start a process.
-    Spawn(&'a SpawnSpec),
-    /// Open a TCP connection to `host:port`.
-    Connect(&'a str, u16),
-    /// Resolve `host` (every address with the port).
-    Lookup(&'a str, u16),
-    /// Listen on an address.
-    Listen(SocketAddr),
-}
-
-/// What it gives back, one variant per [`Ask`].
-pub(super) enum Answer {
-    /// The started process.
-    Process(Process),
-    /// The connection, made inside the container.
-    Stream(TcpStream),
-    /// What the name resolves to in the container.
-    Addresses(Vec<SocketAddr>),
-    /// The socket listening inside the container.
-    Listener(TcpListener),
-}
-
-impl Ask<'_> {
-    async fn through(
-        &self,
-        socket: &HelperSocket,
-        ready_by: Instant,
-    ) -> Result<Answer, HelperError> {
-        Ok(match *self {
-            Ask::Spawn(spec) => Answer::Process(socket.spawn(spec, ready_by).await?),
-            Ask::Connect(host, port) => {
-                Answer::Stream(socket.connect_tcp(host, port, ready_by).await?)
-            }
-            Ask::Lookup(host, port) => {
-                Answer::Addresses(socket.lookup(host, port, ready_by).await?)
-            }
-            Ask::Listen(addr) => Answer::Listener(socket.listen_tcp(addr, ready_by).await?),
-        })
-    }
-}
-
 impl DockerBackend {
-    /// Asks the container's helper, restoring the helper once when it is gone or what
-    /// answers is not the helper. `Ok(None)`: the container has no helper (it was made
-    /// for Docker exec), so the caller takes the other way.
-    pub(super) async fn via_helper(
-        &self,
-        container: &str,
-        ask: Ask<'_>,
-    ) -> Result<Option<Answer>, HelperError> {
-        let route = self
-            .route(container)
-            .await
-            .map_err(|e| HelperError::Unavailable(e.to_string()))?;
-        if route.path == SpawnPath::Exec {
-            return Ok(None);
-        }
-        if let Some(socket) = &route.helper {
-            match ask.through(socket, route.ready_by).await {
-                Err(HelperError::Tampered(why)) => {
-                    tracing::warn!(container = %route.name, reason = %why, "refused a socket that is not the container's labssh-init; restoring its helper");
-                }
-                Err(HelperError::Unavailable(why)) => {
-                    tracing::warn!(container = %route.name, reason = %why, "the container's helper does not answer; restoring it");
-                }
-                done => return done.map(Some),
-            }
-        }
-        let (socket, ready_by) = self.restore(container, &route).await?;
-        ask.through(&socket, ready_by).await.map(Some)
-    }
-
     /// Records what an ensure saw of a running container, keeping the known helper when
     /// its init is the same process.
     pub(super) fn refresh_route(&self, id: &str, inspect: &ContainerInspectResponse, owner: Owner) {
@@ -115,7 +39,7 @@ impl DockerBackend {
     /// (its init changed), else the container is restarted; should its helper still
     /// not answer, or the container be of an older layout, it is recreated from what
     /// the last ensure saw, home kept.
-    async fn restore(
+    pub(super) async fn restore(
         &self,
         container: &str,
         broken: &Route,

@@ -10,25 +10,7 @@ use labssh_proto::pb;
 use tokio::time::Instant;
 
 use crate::backend::helper::HelperSocket;
-
-/// How a process is started in a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpawnPath {
-    /// Through labssh-init's socket.
-    Helper,
-    /// With Docker exec.
-    Exec,
-}
-
-impl SpawnPath {
-    /// The name used in logs, metrics and the `labssh.spawn` label.
-    pub fn name(self) -> &'static str {
-        match self {
-            SpawnPath::Helper => "helper",
-            SpawnPath::Exec => "exec",
-        }
-    }
-}
+pub use crate::backend::SpawnPath;
 
 /// What the agent knows about one container.
 #[derive(Debug, Clone, PartialEq)]

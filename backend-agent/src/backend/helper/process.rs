@@ -13,7 +13,9 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::backend::{BackendError, ExitStatus, Output, Process, ProcessControl, Stdin, StdinSink};
+use crate::backend::{
+    BackendError, ExitStatus, Output, Process, ProcessControl, SpawnPath, Stdin, StdinSink,
+};
 use crate::signal;
 use labssh_helper_proto::wire::{self, kind};
 
@@ -57,6 +59,7 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
             write,
             outcome: outcome_rx,
         }),
+        path: SpawnPath::Helper,
     }
 }
 

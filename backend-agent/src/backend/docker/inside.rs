@@ -1,0 +1,235 @@
+//! Work inside a student's container, one way for every kind of work: through the
+//! container's helper, restoring a helper that is gone or a socket that is not the
+//! helper's (see `restore.rs`), and only in a container made for Docker exec the other
+//! way: Docker exec for processes, the agent entering the container's namespace for
+//! connections, names and listeners.
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use super::exec;
+use super::routes::SpawnPath;
+use super::DockerBackend;
+use crate::backend::helper::{HelperError, HelperSocket};
+use crate::backend::{BackendError, Process, SpawnSpec};
+
+/// One kind of work done inside a container.
+pub(super) trait Inside {
+    /// What the work gives back.
+    type Output;
+
+    /// Does it through the helper of `container`.
+    async fn through(
+        &self,
+        container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<Self::Output, HelperError>;
+
+    /// Does it in a container without a helper (made for Docker exec).
+    async fn without_helper(
+        self,
+        backend: &DockerBackend,
+        container: &str,
+    ) -> Result<Self::Output, BackendError>;
+
+    /// The error for `message`, in this work's words.
+    fn failed(&self, message: String) -> BackendError;
+}
+
+/// Start a process.
+pub(super) struct Spawn(pub SpawnSpec);
+
+/// Open a TCP connection to `host:port`.
+pub(super) struct Connect<'a> {
+    /// A name or an address, as the student gave it.
+    pub host: &'a str,
+    /// The port.
+    pub port: u16,
+}
+
+/// Resolve a name (every address, with the port).
+pub(super) struct Lookup<'a> {
+    /// The name.
+    pub host: &'a str,
+    /// The port every address gets.
+    pub port: u16,
+}
+
+/// Listen on an address.
+pub(super) struct Listen(pub SocketAddr);
+
+impl DockerBackend {
+    /// Does `work` inside `container`: through its helper when it has one, else the
+    /// other way.
+    pub(super) async fn inside<W: Inside>(
+        &self,
+        container: &str,
+        work: W,
+    ) -> Result<W::Output, BackendError> {
+        match self.via_helper(container, &work).await {
+            Ok(Some(output)) => Ok(output),
+            Ok(None) => work.without_helper(self, container).await,
+            Err(e) => Err(work.failed(e.to_string())),
+        }
+    }
+
+    /// Asks the container's helper, restoring the helper once when it is gone or what
+    /// answers is not the helper. `Ok(None)`: the container has no helper (it was made
+    /// for Docker exec), so the caller takes the other way.
+    async fn via_helper<W: Inside>(
+        &self,
+        container: &str,
+        work: &W,
+    ) -> Result<Option<W::Output>, HelperError> {
+        let route = self
+            .route(container)
+            .await
+            .map_err(|e| HelperError::Unavailable(e.to_string()))?;
+        if route.path == SpawnPath::Exec {
+            return Ok(None);
+        }
+        if let Some(socket) = &route.helper {
+            match work.through(container, socket, route.ready_by).await {
+                Err(HelperError::Tampered(why)) => {
+                    tracing::warn!(container = %route.name, reason = %why, "refused a socket that is not the container's labssh-init; restoring its helper");
+                }
+                Err(HelperError::Unavailable(why)) => {
+                    tracing::warn!(container = %route.name, reason = %why, "the container's helper does not answer; restoring it");
+                }
+                done => return done.map(Some),
+            }
+        }
+        let (socket, ready_by) = self.restore(container, &route).await?;
+        work.through(container, &socket, ready_by).await.map(Some)
+    }
+}
+
+impl Inside for Spawn {
+    type Output = Process;
+
+    async fn through(
+        &self,
+        _container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<Process, HelperError> {
+        socket.spawn(&self.0, ready_by).await
+    }
+
+    async fn without_helper(
+        self,
+        backend: &DockerBackend,
+        container: &str,
+    ) -> Result<Process, BackendError> {
+        exec::spawn(&backend.docker, &backend.socket, container, self.0).await
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::SpawnFailed(message)
+    }
+}
+
+impl Inside for Connect<'_> {
+    type Output = TcpStream;
+
+    async fn through(
+        &self,
+        container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<TcpStream, HelperError> {
+        let stream = socket.connect_tcp(self.host, self.port, ready_by).await?;
+        tracing::debug!(container, target = %format!("{}:{}", self.host, self.port), "TCP connection opened through the helper");
+        Ok(stream)
+    }
+
+    async fn without_helper(
+        self,
+        backend: &DockerBackend,
+        container: &str,
+    ) -> Result<TcpStream, BackendError> {
+        let target = format!("{}:{}", self.host, self.port);
+        let inside = backend.enter(container).await.map_err(|e| self.failed(e))?;
+        let addrs = inside
+            .resolve(self.host, self.port)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let stream = inside
+            .connect(&addrs, &target)
+            .await
+            .map_err(|e| self.failed(e))?;
+        tracing::debug!(container, target = %target, "TCP connection opened from the agent");
+        Ok(stream)
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::ConnectFailed {
+            target: format!("{}:{}", self.host, self.port),
+            message,
+        }
+    }
+}
+
+impl Inside for Lookup<'_> {
+    type Output = Vec<SocketAddr>;
+
+    async fn through(
+        &self,
+        _container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<Vec<SocketAddr>, HelperError> {
+        socket.lookup(self.host, self.port, ready_by).await
+    }
+
+    async fn without_helper(
+        self,
+        backend: &DockerBackend,
+        container: &str,
+    ) -> Result<Vec<SocketAddr>, BackendError> {
+        let inside = backend.enter(container).await.map_err(|e| self.failed(e))?;
+        inside
+            .resolve(self.host, self.port)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::ConnectFailed {
+            target: format!("{}:{}", self.host, self.port),
+            message,
+        }
+    }
+}
+
+impl Inside for Listen {
+    type Output = TcpListener;
+
+    async fn through(
+        &self,
+        _container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<TcpListener, HelperError> {
+        socket.listen_tcp(self.0, ready_by).await
+    }
+
+    async fn without_helper(
+        self,
+        backend: &DockerBackend,
+        container: &str,
+    ) -> Result<TcpListener, BackendError> {
+        let inside = backend.enter(container).await.map_err(|e| self.failed(e))?;
+        inside.listen(self.0).await.map_err(|e| self.failed(e))
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::ListenFailed {
+            address: self.0.to_string(),
+            message,
+        }
+    }
+}

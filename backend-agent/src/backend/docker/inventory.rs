@@ -1,0 +1,72 @@
+//! This agent's containers as Docker lists them, for the controller's inventory; the
+//! routes and helper directories of containers that are gone are forgotten on the way.
+
+use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+
+use super::container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_USER};
+use super::errors::docker_message;
+use super::{helper_container, DockerBackend};
+use crate::backend::{BackendError, ContainerInfo, ContainerState};
+
+impl DockerBackend {
+    /// [`crate::backend::Backend::inventory`] on Docker.
+    pub(super) async fn list(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+        // Both labels: agents of two deployments on one Docker engine (or two test
+        // labs on one machine) may share a name, but not a prefix.
+        let filters = [(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_AGENT}={}", self.agent),
+                format!("{LABEL_PREFIX}={}", self.prefix),
+            ],
+        )]
+        .into_iter()
+        .collect();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| BackendError::Runtime {
+                action: "listing containers",
+                message: docker_message(&e),
+            })?;
+        let ids = list.iter().filter_map(|c| c.id.clone()).collect();
+        self.routes.retain(&ids);
+        if let Some(setup) = &self.helper {
+            let names = list
+                .iter()
+                .flat_map(|c| c.names.iter().flatten())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .collect();
+            helper_container::prune_dirs(&self.docker, &setup.dir, &self.prefix, &names).await;
+        }
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels?;
+                let state = match c.state {
+                    Some(ContainerSummaryStateEnum::RUNNING)
+                    | Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Running,
+                    Some(ContainerSummaryStateEnum::REMOVING) => return None,
+                    _ => ContainerState::Stopped,
+                };
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                Some(ContainerInfo {
+                    name,
+                    user: labels.get(LABEL_USER)?.clone(),
+                    environment: labels.get(LABEL_ENV)?.clone(),
+                    state,
+                })
+            })
+            .collect())
+    }
+}

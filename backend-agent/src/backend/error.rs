@@ -1,0 +1,62 @@
+//! What went wrong in the container runtime, in words a student can read.
+
+/// Why a runtime operation failed. The text is shown to students, so it says what went
+/// wrong in their terms and carries the runtime's own message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The user or environment name cannot be used in a container name.
+    #[error("invalid {what} name '{name}'")]
+    InvalidName {
+        /// "user" or "environment".
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+    },
+    /// The environment's image is not on this node, and nodes do not pull.
+    #[error("image '{image}' is not available on agent '{agent}'")]
+    ImageNotAvailable {
+        /// The image reference.
+        image: String,
+        /// This agent's name.
+        agent: String,
+    },
+    /// A container with the expected name belongs to someone else.
+    #[error("container '{0}' exists but does not belong to this user and environment")]
+    NameTaken(String),
+    /// Creating the container failed.
+    #[error("container could not be created: {0}")]
+    CreateFailed(String),
+    /// Starting the container failed; carries the runtime's message.
+    #[error("container failed to start: {0}")]
+    StartFailed(String),
+    /// Starting the process failed.
+    #[error("could not start the process: {0}")]
+    SpawnFailed(String),
+    /// The signal name is not one SSH defines.
+    #[error("unknown signal '{0}'")]
+    UnknownSignal(String),
+    /// A TCP connection inside the container could not be opened.
+    #[error("cannot connect to {target} in the container: {message}")]
+    ConnectFailed {
+        /// `host:port` as asked.
+        target: String,
+        /// Why.
+        message: String,
+    },
+    /// Listening inside the container failed.
+    #[error("cannot listen on {address} in the container: {message}")]
+    ListenFailed {
+        /// The address asked for.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// Any other runtime failure.
+    #[error("container runtime error while {action}: {message}")]
+    Runtime {
+        /// What the agent was doing.
+        action: &'static str,
+        /// The runtime's message.
+        message: String,
+    },
+}

@@ -1,0 +1,145 @@
+//! Opening one forwarded connection: `ssh -L`/`-D` connect from inside the student's
+//! container to where policy lets them; `ssh -R` attach a connection a Listen call
+//! accepted.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use labssh_proto::pb;
+
+use super::pending::Accepted;
+use super::policy::{Policy, Refused};
+use super::refusal::ForwardError;
+use crate::backend::{Duplex, SharedBackend};
+use crate::limits::caps::{Held, Kind};
+use crate::state::Shared;
+
+/// How long the agent's own resolver may take for a name an allow rule gives.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A forwarded connection and what it holds.
+pub struct Opened {
+    /// The connection, made inside the container (or accepted there).
+    pub stream: Box<dyn Duplex>,
+    /// The container's name.
+    pub container: String,
+    /// The address reached (or that connected, for `ssh -R`).
+    pub address: String,
+    /// Counts against the student's forwards until the connection is gone.
+    pub counted: Held,
+}
+
+/// `ssh -L` / `-D`: checks policy against every address the destination resolves to,
+/// then connects to the first allowed one. A name an allow rule gives is resolved by
+/// the agent; any other (localhost, the container's own names, names only `*`
+/// allows) as the container resolves it.
+pub async fn open(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, ForwardError> {
+    let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
+    let (env, ensured) = shared.ensure(&open.user, &open.environment).await?;
+    let policy = Policy::of(&env);
+    policy.check_local_enabled()?;
+    let port = u16::try_from(open.port).map_err(|_| ForwardError::BadPort(open.port))?;
+    let host = open.host.trim_start_matches('[').trim_end_matches(']');
+    let backend = &shared.backend;
+    let container = &ensured.container_id;
+    let by_agent = policy.names_host(host, port);
+    let addresses = if by_agent {
+        resolve_here(host, port).await?
+    } else {
+        backend.resolve(container, host, port).await?
+    };
+    let own = own_addresses(backend, container, &addresses).await;
+    let guard = shared.guard.current();
+    let mut refusal: Option<Refused> = None;
+    let mut last_error = None;
+    for addr in &addresses {
+        if let Err(r) = policy.check_destination(&guard, &own, host, *addr) {
+            tracing::info!(user = %open.user, target = %format!("{host}:{port}"), %addr, "forward refused: {}", r.0);
+            refusal.get_or_insert(r);
+            continue;
+        }
+        match backend
+            .connect_tcp(container, &addr.ip().to_string(), addr.port())
+            .await
+        {
+            Ok(stream) => {
+                tracing::info!(user = %open.user, container = %ensured.name, target = %format!("{host}:{port}"), %addr, resolved_by = if by_agent { "agent" } else { "container" }, originator = %open.originator, "forward opened");
+                return Ok(Opened {
+                    stream,
+                    container: ensured.name,
+                    address: addr.to_string(),
+                    counted,
+                });
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match (last_error, refusal) {
+        (Some(e), _) => e.into(),
+        (None, Some(r)) => r.into(),
+        (None, None) => ForwardError::NoAddress(format!("{host}:{port}")),
+    })
+}
+
+/// The container's own addresses, which matter only for a destination that is not
+/// loopback (`-L p:localhost:q`, the common case, needs no Docker call).
+async fn own_addresses(
+    backend: &SharedBackend,
+    container: &str,
+    addresses: &[SocketAddr],
+) -> Vec<IpAddr> {
+    if addresses
+        .iter()
+        .all(|a| a.ip().is_loopback() || a.ip().is_unspecified())
+    {
+        return Vec::new();
+    }
+    backend
+        .container_addresses(container)
+        .await
+        .unwrap_or_default()
+}
+
+/// `host:port` by this agent's own resolver (its /etc/hosts and DNS).
+async fn resolve_here(host: &str, port: u16) -> Result<Vec<SocketAddr>, ForwardError> {
+    let target = || format!("{host}:{port}");
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addresses)) => Ok(addresses.collect()),
+        Ok(Err(source)) => Err(ForwardError::Resolve {
+            target: target(),
+            source,
+        }),
+        Err(_) => Err(ForwardError::ResolveTimeout {
+            target: target(),
+            secs: RESOLVE_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// `ssh -R`: takes over a connection a Listen call accepted; it stops counting as
+/// waiting, and goes on counting as one of the student's forwards.
+pub fn attach(shared: &Shared, attach: pb::ForwardAttach) -> Result<Opened, ForwardError> {
+    let accepted = shared
+        .pending
+        .take(attach.connection)
+        .ok_or(ForwardError::Gone)?;
+    if accepted.user != attach.user || accepted.environment != attach.environment {
+        // Not theirs: close it rather than hand it to the wrong student.
+        return Err(ForwardError::NotTheirs);
+    }
+    let Accepted {
+        stream,
+        container,
+        peer,
+        forward,
+        waiting,
+        ..
+    } = accepted;
+    drop(waiting);
+    Ok(Opened {
+        stream: Box::new(stream),
+        container,
+        address: peer.to_string(),
+        counted: forward,
+    })
+}

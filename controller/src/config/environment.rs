@@ -1,0 +1,322 @@
+//! One environment of the catalogue: its image, limits, identity, forwarding
+//! policy and quotas, as configured, checked and sent to agents.
+
+use std::collections::BTreeMap;
+
+use labssh_proto::pb;
+use serde::Deserialize;
+
+/// Enough for a shell, an editor and a compiler; not enough to starve the node.
+pub const DEFAULT_MEMORY_MB: u64 = 512;
+/// One CPU per student keeps a runaway loop from taking the whole node.
+pub const DEFAULT_CPUS: f64 = 1.0;
+/// Stops a fork bomb long before the node's PID table fills.
+pub const DEFAULT_PIDS_LIMIT: u32 = 256;
+/// The conventional first non-system user id, so files in the home volume get
+/// a sensible owner.
+pub const DEFAULT_UID: u32 = 1_000;
+/// Matches [`DEFAULT_UID`]'s conventional primary group.
+pub const DEFAULT_GID: u32 = 1_000;
+/// Every image, even busybox, has a POSIX shell here.
+pub const DEFAULT_SHELL: &str = "/bin/sh";
+/// No home quota unless the operator sizes one: a limit nobody chose would lock
+/// students out of their own work.
+pub const DEFAULT_HOME_QUOTA_MB: u64 = 0;
+/// No writable-layer quota unless the operator sizes one, for the same reason.
+pub const DEFAULT_LAYER_QUOTA_MB: u64 = 0;
+
+/// Longest environment name; it ends up in container names and labels,
+/// which have length limits of their own.
+const MAX_ENVIRONMENT_NAME_LEN: usize = 32;
+/// Largest disk quota, in MiB: 1 EiB, so the byte count fits any counter.
+const MAX_QUOTA_MB: u64 = 1 << 40;
+
+/// One environment a student can choose with `user+NAME@host`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentConfig {
+    /// Container image; required (the default is empty so a missing image is
+    /// reported by [`super::Config::validate`] instead of silently using busybox).
+    pub image: String,
+    /// Human-readable description shown in listings.
+    pub description: String,
+    /// Memory limit in MiB; 0 means unlimited.
+    pub memory_mb: u64,
+    /// CPU limit in CPUs (fractions allowed); 0 means unlimited.
+    pub cpus: f64,
+    /// Maximum number of processes; 0 means unlimited.
+    pub pids_limit: u32,
+    /// Capabilities granted back after dropping ALL, e.g. `"CHOWN"`.
+    pub cap_add: Vec<String>,
+    /// Run student processes as root instead of `uid`/`gid`.
+    pub run_as_root: bool,
+    /// User id student processes run as (unless `run_as_root`).
+    pub uid: u32,
+    /// Group id student processes run as (unless `run_as_root`).
+    pub gid: u32,
+    /// Login shell; also runs `ssh host 'cmd'` as `shell -c cmd`.
+    pub shell: String,
+    /// Command keeping the container alive; empty means the agent's default.
+    pub keepalive_cmd: Vec<String>,
+    /// Extra environment variables for every process.
+    pub env: BTreeMap<String, String>,
+    /// How processes start: "helper" (labssh-init in the container, fast) or "exec"
+    /// (Docker exec); empty means "helper". Applies to containers created afterwards.
+    pub spawn: String,
+    /// Port forwarding (`ssh -L`, `-D`, `-R`): `[environments.NAME.forwarding]`.
+    pub forwarding: ForwardingConfig,
+    /// Disk quota of the student's home volume in MiB; 0 means none. Over it, new
+    /// shell and exec sessions are refused (SFTP stays open to delete files).
+    pub home_quota_mb: u64,
+    /// Disk quota of the container's writable layer (files outside the home) in
+    /// MiB; 0 means none. Enforced by the storage driver where it supports a size
+    /// limit, else measured and enforced like the home quota.
+    pub layer_quota_mb: u64,
+}
+
+/// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
+/// on, to and from the student's own container only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `ssh -L` and `ssh -D`.
+    pub local: bool,
+    /// `ssh -R`: listening inside the container.
+    pub remote: bool,
+    /// Destinations besides the container itself, `"HOST:PORT"` (HOST a name, an
+    /// address, a CIDR block or `*`; PORT a number, `A-B` or `*`). The agent's host,
+    /// other containers and link-local addresses stay unreachable whatever this says.
+    pub allow: Vec<String>,
+    /// `ssh -R` may listen on all the container's addresses, not only loopback.
+    pub gateway_ports: bool,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            local: true,
+            remote: true,
+            allow: Vec::new(),
+            gateway_ports: false,
+        }
+    }
+}
+
+impl Default for EnvironmentConfig {
+    fn default() -> Self {
+        Self {
+            image: String::new(),
+            description: String::new(),
+            memory_mb: DEFAULT_MEMORY_MB,
+            cpus: DEFAULT_CPUS,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            cap_add: Vec::new(),
+            run_as_root: false,
+            uid: DEFAULT_UID,
+            gid: DEFAULT_GID,
+            shell: DEFAULT_SHELL.to_string(),
+            keepalive_cmd: Vec::new(),
+            env: BTreeMap::new(),
+            spawn: String::new(),
+            forwarding: ForwardingConfig::default(),
+            home_quota_mb: DEFAULT_HOME_QUOTA_MB,
+            layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
+        }
+    }
+}
+
+impl EnvironmentConfig {
+    /// The wire form agents receive in `Welcome`.
+    pub fn to_proto(&self, name: &str) -> pb::Environment {
+        pb::Environment {
+            name: name.to_string(),
+            image: self.image.clone(),
+            memory_bytes: self.memory_bytes(),
+            // Rounded so 0.5 CPUs is exactly 500_000_000, not 499_999_999.
+            nano_cpus: (self.cpus * 1e9).round() as i64,
+            pids_limit: self.pids_limit.into(),
+            cap_add: self.cap_add.clone(),
+            run_as_root: self.run_as_root,
+            uid: self.uid,
+            gid: self.gid,
+            shell: self.shell.clone(),
+            keepalive_cmd: self.keepalive_cmd.clone(),
+            env: self.env.clone().into_iter().collect(),
+            description: self.description.clone(),
+            spawn: self.spawn.clone(),
+            forwarding: Some(pb::ForwardingPolicy {
+                local: self.forwarding.local,
+                remote: self.forwarding.remote,
+                allow: self.forwarding.allow.clone(),
+                gateway_ports: self.forwarding.gateway_ports,
+            }),
+            home_quota_mb: self.home_quota_mb,
+            layer_quota_mb: self.layer_quota_mb,
+        }
+    }
+
+    /// The memory limit in bytes; a limit too large to count in bytes is none.
+    fn memory_bytes(&self) -> i64 {
+        self.checked_memory_bytes().unwrap_or(i64::MAX)
+    }
+
+    /// The memory limit in bytes, if it fits.
+    fn checked_memory_bytes(&self) -> Option<i64> {
+        i64::try_from(self.memory_mb)
+            .ok()
+            .and_then(|mb| mb.checked_mul(1024 * 1024))
+    }
+
+    /// Appends this environment's problems, each prefixed with its key.
+    pub(crate) fn check(&self, name: &str, problems: &mut Vec<String>) {
+        if !is_valid_environment_name(name) {
+            problems.push(format!(
+                "environments.{name}: name must match [a-z0-9][a-z0-9_-]{{0,{}}}",
+                MAX_ENVIRONMENT_NAME_LEN - 1
+            ));
+        }
+        let key = |field: &str| format!("environments.{name}.{field}");
+        self.check_resources(&key, problems);
+        self.check_processes(&key, problems);
+        self.check_data(&key, problems);
+    }
+
+    /// The image, CPU and memory limits.
+    fn check_resources(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+        if self.image.trim().is_empty() {
+            problems.push(format!("{}: must not be empty", key("image")));
+        } else if self.image.chars().any(char::is_whitespace) {
+            problems.push(format!(
+                "{}: {:?} must not contain whitespace",
+                key("image"),
+                self.image
+            ));
+        }
+        if !(self.cpus.is_finite() && self.cpus >= 0.0) {
+            problems.push(format!("{}: must be >= 0 (got {})", key("cpus"), self.cpus));
+        } else if self.cpus * 1e9 > i64::MAX as f64 {
+            problems.push(format!("{}: {} is too large", key("cpus"), self.cpus));
+        }
+        if self.checked_memory_bytes().is_none() {
+            problems.push(format!(
+                "{}: {} is too large",
+                key("memory_mb"),
+                self.memory_mb
+            ));
+        }
+    }
+
+    /// What student processes run as and how they start.
+    fn check_processes(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+        for cap in &self.cap_add {
+            if cap.eq_ignore_ascii_case("ALL") || cap.eq_ignore_ascii_case("CAP_ALL") {
+                problems.push(format!(
+                    "{}: \"ALL\" would undo dropping capabilities; list the ones needed",
+                    key("cap_add")
+                ));
+            } else if !is_valid_capability(cap) {
+                problems.push(format!(
+                    "{}: {cap:?} is not a capability name like \"CHOWN\" or \"NET_BIND_SERVICE\"",
+                    key("cap_add")
+                ));
+            }
+        }
+        if self.uid == 0 && !self.run_as_root {
+            problems.push(format!(
+                "{}: 0 is root; set run_as_root = true to run students as root",
+                key("uid")
+            ));
+        }
+        if !self.shell.starts_with('/') {
+            problems.push(format!(
+                "{}: {:?} must be an absolute path",
+                key("shell"),
+                self.shell
+            ));
+        }
+        if self.keepalive_cmd.first().is_some_and(|c| c.is_empty()) {
+            problems.push(format!(
+                "{}: the program (first element) must not be empty",
+                key("keepalive_cmd")
+            ));
+        }
+        if !matches!(self.spawn.as_str(), "" | "helper" | "exec") {
+            problems.push(format!(
+                "{}: {:?} must be \"helper\" or \"exec\"",
+                key("spawn"),
+                self.spawn
+            ));
+        }
+    }
+
+    /// Disk quotas, forwarding rules and environment variables.
+    fn check_data(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+        for (field, mb) in [
+            ("home_quota_mb", self.home_quota_mb),
+            ("layer_quota_mb", self.layer_quota_mb),
+        ] {
+            if mb > MAX_QUOTA_MB {
+                problems.push(format!(
+                    "{}: {mb} is too large (at most {MAX_QUOTA_MB}; 0 means no quota)",
+                    key(field)
+                ));
+            }
+        }
+        let (_, bad_rules) = labssh_proto::forwarding::parse_all(&self.forwarding.allow);
+        for problem in bad_rules {
+            problems.push(format!("{}: {problem}", key("forwarding.allow")));
+        }
+        for (var, value) in &self.env {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                problems.push(format!(
+                    "{}: {var:?} is not a valid variable name",
+                    key("env")
+                ));
+            } else if value.contains('\0') {
+                problems.push(format!(
+                    "{}.{var}: value must not contain a NUL byte",
+                    key("env")
+                ));
+            }
+        }
+    }
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,31}`: safe in container names, labels and the
+/// `user+env` login syntax.
+fn is_valid_environment_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match bytes.split_first() {
+        Some((first, rest)) => {
+            bytes.len() <= MAX_ENVIRONMENT_NAME_LEN
+                && (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && rest.iter().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-'
+                })
+        }
+        None => false,
+    }
+}
+
+/// Capability names as Docker and Kubernetes take them, with or without the
+/// `CAP_` prefix: upper-case letters, digits and underscores.
+fn is_valid_capability(cap: &str) -> bool {
+    let mut chars = cap.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names() {
+        for good in ["default", "gpu", "0", "a-b_c", &"a".repeat(32)] {
+            assert!(is_valid_environment_name(good), "{good}");
+        }
+        for bad in ["", "Gpu", "-a", "_a", "a.b", "a b", "a+b", &"a".repeat(33)] {
+            assert!(!is_valid_environment_name(bad), "{bad}");
+        }
+    }
+}

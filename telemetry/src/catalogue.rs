@@ -1,0 +1,190 @@
+//! The metric catalogue: every labssh metric family, defined once.
+//!
+//! [`FAMILIES`] gives each family's name, help, type and the only labels it
+//! may carry. The instruments are built from it (`metrics`), the Prometheus
+//! encoder renders from it (dropping any label it does not declare), and the
+//! Grafana dashboards are checked against it. No label is ever a student's
+//! identity: a class of 300 would make 300 series of every family.
+
+/// Prometheus metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution; the name ends in `_seconds` (all of ours are times).
+    Histogram,
+}
+
+/// One metric family of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// Prometheus name, also the OpenTelemetry instrument name.
+    pub name: &'static str,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+    /// Prometheus type.
+    pub kind: Kind,
+    /// The labels it may carry; anything else is dropped when rendering.
+    pub labels: &'static [&'static str],
+}
+
+/// Session setup phases timed by the proxy, one histogram per phase in
+/// `labssh_session_setup_seconds`.
+pub const SETUP_SECONDS: &str = "labssh_session_setup_seconds";
+/// TCP accept to process started, what a student waits for.
+pub const LOGIN_SECONDS: &str = "labssh_login_seconds";
+
+/// The catalogue. Order is the order on `/metrics`.
+pub const FAMILIES: &[Family] = &[
+    // Proxy.
+    Family {
+        name: "labssh_proxy_connections_total",
+        help: "SSH connections accepted by the proxy.",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_proxy_connections_active",
+        help: "SSH connections open on the proxy.",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_proxy_sessions_active",
+        help: "Channels whose process (or forwarded connection) is running, on the proxy.",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_auth_attempts_total",
+        help: "Authentication attempts by method and result (accepted, rejected).",
+        kind: Kind::Counter,
+        labels: &["method", "result"],
+    },
+    Family {
+        name: "labssh_auth_cache_lookups_total",
+        help: "Validated-credential cache lookups by result (hit, miss, unavailable).",
+        kind: Kind::Counter,
+        labels: &["result"],
+    },
+    Family {
+        name: SETUP_SECONDS,
+        help: "Session setup time per phase as the proxy sees it: accept (TCP accept to first auth request), auth, place, start (agent stream to process started), first_byte.",
+        kind: Kind::Histogram,
+        labels: &["phase"],
+    },
+    Family {
+        name: LOGIN_SECONDS,
+        help: "TCP accept to the student's process started.",
+        kind: Kind::Histogram,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_forwarded_connections_total",
+        help: "Channels spliced to a container, by kind (session, direct-tcpip, forwarded-tcpip).",
+        kind: Kind::Counter,
+        labels: &["kind"],
+    },
+    Family {
+        name: "labssh_forwarded_bytes_total",
+        help: "Bytes spliced by the proxy, by direction (to_container, to_client).",
+        kind: Kind::Counter,
+        labels: &["direction"],
+    },
+    Family {
+        name: "labssh_errors_total",
+        help: "Failures by component and kind.",
+        kind: Kind::Counter,
+        labels: &["component", "kind"],
+    },
+    // Controller.
+    Family {
+        name: "labssh_placements_total",
+        help: "Placement requests answered by the controller, by outcome (existing, new, unknown_environment, no_live_agents, all_full).",
+        kind: Kind::Counter,
+        labels: &["outcome"],
+    },
+    Family {
+        name: "labssh_controller_agents",
+        help: "Agents known to the controller, by state (live, dead).",
+        kind: Kind::Gauge,
+        labels: &["state"],
+    },
+    Family {
+        name: "labssh_controller_heartbeat_age_seconds",
+        help: "Time since the controller last heard from each agent.",
+        kind: Kind::Gauge,
+        labels: &["agent"],
+    },
+    // Agents.
+    Family {
+        name: "labssh_agent_containers",
+        help: "Containers held by each agent, by state (running, stopped, creating).",
+        kind: Kind::Gauge,
+        labels: &["agent", "state"],
+    },
+    Family {
+        name: "labssh_agent_capacity",
+        help: "Most containers each agent will hold.",
+        kind: Kind::Gauge,
+        labels: &["agent"],
+    },
+    Family {
+        name: "labssh_agent_sessions",
+        help: "Open sessions on each agent (its load).",
+        kind: Kind::Gauge,
+        labels: &["agent"],
+    },
+    Family {
+        name: "labssh_container_ensure_seconds",
+        help: "Time to ensure a student's container, by agent and outcome (found, started, created).",
+        kind: Kind::Histogram,
+        labels: &["agent", "outcome"],
+    },
+    Family {
+        name: "labssh_spawn_seconds",
+        help: "Time to start a process in a container, by agent and path (helper, exec).",
+        kind: Kind::Histogram,
+        labels: &["agent", "path"],
+    },
+];
+
+/// The catalogue entry of `name`.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for f in FAMILIES {
+            assert!(seen.insert(f.name), "{} defined twice", f.name);
+            assert!(f.name.starts_with("labssh_"), "{}", f.name);
+            assert!(
+                f.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                f.name
+            );
+            match f.kind {
+                Kind::Counter => assert!(f.name.ends_with("_total"), "{}", f.name),
+                Kind::Histogram => assert!(f.name.ends_with("_seconds"), "{}", f.name),
+                Kind::Gauge => assert!(!f.name.ends_with("_total"), "{}", f.name),
+            }
+            for label in f.labels {
+                assert!(
+                    !["user", "login", "student", "peer", "container"].contains(label),
+                    "{} has identity label {label}",
+                    f.name
+                );
+            }
+        }
+    }
+}
