@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use labssh_proto::place::PlaceError;
 use labssh_proto::tls::ApplyError;
 
 /// A gRPC endpoint no client can be made for.
@@ -81,22 +82,24 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The placement error a controller's status means.
+    /// The placement error a controller's status means: the controller names its
+    /// refusal in the status (`labssh_proto::place`); anything else that is
+    /// `Unavailable` or late is tonic's own failure to reach it.
     pub(crate) fn from_place_status(status: tonic::Status) -> UpstreamError {
         let message = status.message();
-        match status.code() {
-            tonic::Code::NotFound => UpstreamError::UnknownEnvironment(message.into()),
-            // The controller says why (no live agent, all full); tonic's own
-            // connection failures are `Unavailable` too, and mean it is down.
-            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-                if !message.is_empty() && !is_transport_error(&status) =>
-            {
+        match PlaceError::from_status(&status) {
+            Some(PlaceError::UnknownEnvironment { .. }) => {
+                UpstreamError::UnknownEnvironment(message.into())
+            }
+            Some(PlaceError::NoLiveAgents | PlaceError::AllFull) => {
                 UpstreamError::NoCapacity(message.into())
             }
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                UpstreamError::ControllerDown(Some(status))
-            }
-            _ => UpstreamError::PlaceFailed(status),
+            None => match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    UpstreamError::ControllerDown(Some(status))
+                }
+                _ => UpstreamError::PlaceFailed(status),
+            },
         }
     }
 
@@ -132,39 +135,32 @@ impl UpstreamError {
     }
 }
 
-/// Whether tonic made this status from a failure of its own transport
-/// (connecting, TLS, HTTP/2) rather than received it from the peer.
-fn is_transport_error(status: &tonic::Status) -> bool {
-    use std::error::Error;
-    status
-        .source()
-        .is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn placement_statuses_are_told_apart_by_code() {
-        let unknown = tonic::Status::not_found("unknown environment 'x'; available: default");
+    fn placement_statuses_are_told_apart_by_what_the_controller_names() {
+        let unknown = tonic::Status::from(PlaceError::UnknownEnvironment {
+            requested: "x".into(),
+            available: vec!["default".into()],
+        });
         assert!(matches!(
             UpstreamError::from_place_status(unknown),
             UpstreamError::UnknownEnvironment(m) if m == "unknown environment 'x'; available: default"
         ));
-        let none = tonic::Status::unavailable("no backend agent is available; try again shortly");
-        assert!(matches!(
-            UpstreamError::from_place_status(none),
-            UpstreamError::NoCapacity(_)
-        ));
-        let full = tonic::Status::resource_exhausted("all backend agents are full");
-        assert!(matches!(
-            UpstreamError::from_place_status(full),
-            UpstreamError::NoCapacity(_)
-        ));
-        // Unavailable without a reason, or a deadline, is the controller's.
+        for refusal in [PlaceError::NoLiveAgents, PlaceError::AllFull] {
+            let text = refusal.to_string();
+            assert!(matches!(
+                UpstreamError::from_place_status(tonic::Status::from(refusal)),
+                UpstreamError::NoCapacity(m) if m == text
+            ));
+        }
+        // Unavailable or late without the controller naming a refusal: tonic could
+        // not reach it, whatever the text says.
         for status in [
             tonic::Status::unavailable(""),
+            tonic::Status::unavailable("no backend agent is available; try again shortly"),
             tonic::Status::deadline_exceeded("slow"),
         ] {
             assert!(matches!(
