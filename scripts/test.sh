@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build-busybox-image.sh labssh/busybox:latest
 cargo test --workspace --all-targets "$@"
-# The end-to-end tests again with every environment on Docker exec, the fallback
-# for containers without the in-container helper (the run above uses the helper).
+# The session tests again with every environment on Docker exec, the fallback for
+# containers without the in-container helper (the run above uses the helper).
 # `--workspace`, as above: with `-p labssh` cargo would resolve the dependencies'
 # features for that one package and build every dependency a second time.
-LABSSH_TEST_SPAWN=exec cargo test --workspace --test e2e "$@"
+LABSSH_TEST_SPAWN=exec cargo test --workspace --test e2e "$@" -- sessions::

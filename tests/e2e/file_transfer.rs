@@ -2,13 +2,11 @@
 //! labssh's built-in one in images without it), scp (SFTP and legacy `-O`) and
 //! `rsync -e ssh`.
 
-mod lab;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{pattern, Lab, LabOptions};
+use crate::lab::{pattern, Lab, LabOptions};
 use labssh_testkit::ssh::{output, stderr, stdout};
 use tokio::io::AsyncWriteExt;
 

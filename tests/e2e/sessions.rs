@@ -1,11 +1,9 @@
 //! End to end: the stock `ssh` client → proxy → controller → agent → a real
 //! Docker container, all on loopback.
 
-mod lab;
-
 use std::time::Duration;
 
-use lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabOptions};
 use labssh_testkit::pty::PtyChild;
 use labssh_testkit::ssh::{stderr, stdout, Auth};
 

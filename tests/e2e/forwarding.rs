@@ -2,13 +2,11 @@
 //! container, `ssh -D` (SOCKS), `ssh -R` back to the test, and the policy that keeps
 //! students away from each other, the agent, the controller, Redis and the host.
 
-mod lab;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, pattern, round_trip, Lab, LabOptions};
+use crate::lab::{connect_when_up, pattern, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
 use sha2::{Digest, Sha256};

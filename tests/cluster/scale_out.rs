@@ -2,8 +2,6 @@
 //! front of two proxy replicas, three agents, one controller, Redis — each a
 //! separate process on loopback, driven with the stock `ssh` client.
 
-mod lab;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -118,7 +116,7 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
         d.join("controller.toml"),
         format!(
             "listen = \"127.0.0.1:{controller_port}\"\n{}",
-            lab::controller_toml()
+            crate::lab::controller_toml()
         ),
     )
     .unwrap();

@@ -1,11 +1,9 @@
 //! Bad input gets one clear line, never a panic or a hang, and nobody
 //! else is affected.
 
-mod lab;
-
 use std::time::Duration;
 
-use lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabOptions};
 use labssh_testkit::ssh::{stderr, stdout, Auth, Ssh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,7 +35,7 @@ async fn student_mistakes_get_clear_messages() {
             .ssh
             .command_with(
                 bad,
-                &Auth::KeyboardInteractive(lab::ALICE_PW.into()),
+                &Auth::KeyboardInteractive(crate::lab::ALICE_PW.into()),
                 &["-o", "LogLevel=INFO"],
                 &["true"],
             )
@@ -52,7 +50,7 @@ async fn student_mistakes_get_clear_messages() {
         );
         let out = lab
             .ssh
-            .run(bad, &Auth::Password(lab::ALICE_PW.into()), &["true"])
+            .run(bad, &Auth::Password(crate::lab::ALICE_PW.into()), &["true"])
             .await
             .unwrap();
         assert!(
@@ -133,7 +131,7 @@ async fn controller_down_gives_a_clear_message() {
     labssh_testkit::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let users_file = dir.path().join("users.toml");
-    labssh_proxy::users::add_user(&users_file, "alice", Some(lab::ALICE_PW), None).unwrap();
+    labssh_proxy::users::add_user(&users_file, "alice", Some(crate::lab::ALICE_PW), None).unwrap();
     // A port nothing listens on.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();

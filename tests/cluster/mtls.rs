@@ -3,9 +3,7 @@
 //! the cluster CA cannot talk to an agent or the controller. (What each role
 //! may call is tested in `tests/escape/roles.rs`.)
 
-mod lab;
-
-use lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabOptions};
 use labssh_proto::pb;
 use labssh_proto::roles::{server_name, Role};
 use labssh_proto::tls::{TlsFiles, CONTROLLER_NAME};

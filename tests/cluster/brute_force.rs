@@ -2,9 +2,7 @@
 //! while legitimate students elsewhere log in normally throughout, the one
 //! under attack included.
 
-mod lab;
-
-use lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabOptions};
 use labssh_proxy::rate_limit::RateLimitConfig;
 use labssh_testkit::ssh::{stderr, stdout, Auth};
 

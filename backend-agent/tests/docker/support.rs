@@ -1,8 +1,8 @@
 //! Helpers for the agent's Docker tests: the test image, unique names, clean-up.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code)] // not every helper serves a test on every path
 
 /// Runs an `async fn(path: &str)` test on both spawn paths, as `<name>::helper` and
-/// `<name>::exec` (test files take it with `#[macro_use] mod support;`).
+/// `<name>::exec` (main.rs declares `support` first, with `#[macro_use]`).
 #[allow(unused_macros)]
 macro_rules! on_both_paths {
     ($name:ident) => {

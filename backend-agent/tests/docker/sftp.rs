@@ -3,16 +3,14 @@
 //! stock OpenSSH `sftp` client as the student (through `sftp -D "docker exec ..."`),
 //! in a busybox image that has no sftp-server of its own.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
+use crate::support::{docker_cli, ensure_on, Scratch, STEP};
 use labssh_agent::backend::docker::SFTP_SERVER_PATH;
 use labssh_agent::backend::Backend;
-use support::{docker_cli, ensure_on, Scratch, STEP};
 
-/// The uid/gid of [`support::environment`].
+/// The uid/gid of [`crate::support::environment`].
 const UID_GID: &str = "1000:1000";
 
 /// Bytes that differ at every offset, so a misplaced chunk shows.
@@ -194,7 +192,7 @@ async fn without_labssh_init_the_sftp_server_is_still_mounted() {
     };
     let backend = labssh_agent::DockerBackend::connect(&config).await.unwrap();
     let c = backend
-        .ensure("tomas", &support::environment())
+        .ensure("tomas", &crate::support::environment())
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,6 @@
 //! Students' containers cannot reach the agent's or the controller's ports,
 //! even when those listen on an address routable from the containers.
 
-mod lab;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -25,7 +23,7 @@ async fn reachable_from_container(ssh: &Ssh, ip: &str, port: u16) -> bool {
     let out = ssh
         .run(
             "alice",
-            &Auth::Password(lab::ALICE_PW.into()),
+            &Auth::Password(crate::lab::ALICE_PW.into()),
             &[&format!(
                 "nc -w 2 {ip} {port} </dev/null >/dev/null 2>&1; echo rc=$?"
             )],
@@ -67,15 +65,23 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
     let _cleanup = Cleanup {
         prefix: prefix.clone(),
     };
-    labssh_proxy::users::add_user(&d.join("users.toml"), "alice", Some(lab::ALICE_PW), None)
-        .unwrap();
+    labssh_proxy::users::add_user(
+        &d.join("users.toml"),
+        "alice",
+        Some(crate::lab::ALICE_PW),
+        None,
+    )
+    .unwrap();
 
     // Controller and agent listen on every address, including the bridge
     // gateway that containers can route to.
     let (cport, aport, sport) = (free_port(), free_port(), free_port());
     std::fs::write(
         d.join("controller.toml"),
-        format!("listen = \"0.0.0.0:{cport}\"\n{}", lab::controller_toml()),
+        format!(
+            "listen = \"0.0.0.0:{cport}\"\n{}",
+            crate::lab::controller_toml()
+        ),
     )
     .unwrap();
     std::fs::write(

@@ -1,19 +1,17 @@
 //! The whole agent (`run`) with a fake controller, driven through the Session and
 //! Ensure rpcs.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::support::{environment, Scratch, STEP};
 use futures::{Stream, StreamExt};
 use labssh_proto::pb;
 use labssh_proto::pb::agent_client::AgentClient;
 use labssh_proto::pb::controller_server::{Controller, ControllerServer};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
-use support::{environment, Scratch, STEP};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

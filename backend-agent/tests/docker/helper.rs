@@ -1,19 +1,17 @@
 //! labssh-init, the in-container helper, against the real engine: what it does as
 //! PID 1, what it does for the agent, and who else it refuses.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{
+    assert_path, collect, docker_cli, ensure_on, environment, pty, run_script, Scratch, STEP,
+};
 use futures::StreamExt;
 use labssh_agent::backend::{
     Backend, BackendError, ExitStatus, Output, Process, SpawnPath, SpawnSpec,
 };
 use labssh_agent::{Config, DockerBackend};
 use labssh_proto::pb;
-use support::{
-    assert_path, collect, docker_cli, ensure_on, environment, pty, run_script, Scratch, STEP,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs `sh -c script` as `user` through `path` and returns stdout (asserting exit 0).
@@ -34,11 +32,11 @@ async fn sh_via(
 
 #[tokio::test]
 async fn the_image_entrypoint_still_serves() {
-    support::ensure_httpd_image();
+    crate::support::ensure_httpd_image();
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let env = pb::Environment {
-        image: support::HTTPD_IMAGE.into(),
+        image: crate::support::HTTPD_IMAGE.into(),
         ..environment()
     };
     let c = backend.ensure("web", &env).await.unwrap();
@@ -63,7 +61,7 @@ async fn the_image_entrypoint_still_serves() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    assert!(page.contains(support::HTTPD_PAGE), "{page:?}");
+    assert!(page.contains(crate::support::HTTPD_PAGE), "{page:?}");
     let (ps, _, _) = run_script(&*backend, &c.container_id, "web", "ps -o user,comm").await;
     assert!(
         ps.lines()
@@ -252,7 +250,7 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
         out.contains("No such file"),
         "the probe ran something: {out}"
     );
-    let log = support::docker_logs(&c.container_id);
+    let log = crate::support::docker_logs(&c.container_id);
     assert!(log.contains("refused a connection from pid"), "{log}");
     // The agent is still served.
     let spec = as_root("id -u");
@@ -260,11 +258,11 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
     assert_eq!(out, "0\n");
 }
 
-/// Compiles tests/support/peer_probe.c into a static binary (once).
+/// Compiles tests/docker/peer_probe.c into a static binary (once).
 fn build_peer_probe() -> std::path::PathBuf {
     let out = std::env::temp_dir().join(format!("labssh-peer-probe-{}", std::process::id()));
     if !out.exists() {
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/peer_probe.c");
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/docker/peer_probe.c");
         let status = std::process::Command::new("gcc")
             .args(["-static", "-O2", "-o"])
             .arg(&out)
@@ -337,13 +335,13 @@ async fn both_paths_give_processes_the_same_identity() {
 
 #[tokio::test]
 async fn debian_works_on_both_paths() {
-    support::ensure_debian_image();
+    crate::support::ensure_debian_image();
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     for spawn in ["helper", "exec"] {
         let env = pb::Environment {
             name: format!("deb-{spawn}"),
-            image: support::DEBIAN_IMAGE.into(),
+            image: crate::support::DEBIAN_IMAGE.into(),
             shell: "/bin/bash".into(),
             spawn: spawn.into(),
             ..environment()
@@ -458,7 +456,7 @@ async fn containers_of_the_older_layout_are_recreated_with_their_home() {
         &format!("{volume}:/home/lucy"),
         "-v",
         &format!("{}:/.labssh/run", dir.path().display()),
-        support::IMAGE,
+        crate::support::IMAGE,
         "sh",
         "-c",
         "echo kept > /home/lucy/notes; sleep 3600",

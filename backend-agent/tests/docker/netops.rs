@@ -3,18 +3,15 @@
 //! engine, on a helper container and on a `spawn = "exec"` container (where the agent
 //! enters the container's namespaces itself).
 
-#[macro_use]
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::support::{
+    assert_path, collect, docker_cli, ensure_on, environment, run_script, Scratch, STEP,
+};
 use labssh_agent::backend::SpawnPath;
 use labssh_agent::backend::{Backend, BackendError, ExitStatus, Process, SpawnSpec};
 use labssh_agent::DockerBackend;
-use support::{
-    assert_path, collect, docker_cli, ensure_on, environment, run_script, Scratch, STEP,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 on_both_paths!(listeners_accept_connections_from_inside);

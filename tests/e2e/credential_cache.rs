@@ -1,9 +1,7 @@
 //! Validated credentials are cached in a real Redis under an HMAC, and a
 //! Redis outage never stops logins.
 
-mod lab;
-
-use lab::{Lab, LabOptions};
+use crate::lab::{Lab, LabOptions};
 use labssh_testkit::ssh::{stderr, stdout, Auth};
 
 fn keyspace_hits(info: &str) -> u64 {
@@ -44,11 +42,11 @@ async fn redis_holds_hmacs_and_serves_repeat_logins() {
     let dump = redis.cli(&["--scan"]).unwrap();
     for key in dump.lines() {
         assert!(
-            !key.contains(lab::ALICE_PW) && !key.contains("alice"),
+            !key.contains(crate::lab::ALICE_PW) && !key.contains("alice"),
             "{key}"
         );
         let value = redis.cli(&["GET", key]).unwrap();
-        assert!(!value.contains(lab::ALICE_PW), "{value}");
+        assert!(!value.contains(crate::lab::ALICE_PW), "{value}");
     }
 
     // Second login: answered from the cache.

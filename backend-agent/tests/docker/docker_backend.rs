@@ -2,17 +2,14 @@
 //! through the in-container helper and through Docker exec (`<test>::helper`,
 //! `<test>::exec`), and check that the expected path was taken.
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ensure_on, environment, pty, run_script, Scratch, STEP};
 use futures::StreamExt;
 use labssh_agent::backend::{
     Backend, BackendError, ContainerState, ExitStatus, Output, Process, SpawnSpec,
 };
 use labssh_proto::pb;
-use support::{ensure_on, environment, pty, run_script, Scratch, STEP};
 
 /// Container names used to be `{prefix}-{user}-{env}`, where "a-b" + "c" and "a" +
 /// "b-c" met; now each gets a container, and one of the old name stays in use.
@@ -41,7 +38,7 @@ async fn names_never_collide_and_old_names_keep_working() {
     };
     let old_name = format!("{}-olga-old", scratch.prefix);
     scratch.labelled_volume("olga");
-    support::docker_cli(&[
+    crate::support::docker_cli(&[
         "run",
         "-d",
         "--name",
@@ -58,7 +55,7 @@ async fn names_never_collide_and_old_names_keep_working() {
         "labssh.spawn=exec",
         "-v",
         &format!("{}-home-olga:/home/olga", scratch.prefix),
-        support::IMAGE,
+        crate::support::IMAGE,
         "sleep",
         "3600",
     ]);
@@ -226,7 +223,7 @@ async fn a_process_says_which_path_started_it(path: &str) {
     let process = backend.spawn(&c.container_id, spec).await.unwrap();
     // What the spawn metric and span report: the backend's word, never a default.
     assert_eq!(process.path.name(), path);
-    let (_, _, status) = support::collect(process).await;
+    let (_, _, status) = crate::support::collect(process).await;
     assert_eq!(status, ExitStatus::Code(0));
 }
 
@@ -395,7 +392,7 @@ async fn terminal_output_is_passed_through_byte_for_byte(path: &str) {
     let argv = vec!["printf".into(), "\\001\\002\\000xyz".into()];
     let spec = SpawnSpec::for_user("judy", &env, argv, Vec::new(), Some(pty(80, 24)));
     let process = backend.spawn(&c.container_id, spec).await.unwrap();
-    let (out, _, status) = support::collect(process).await;
+    let (out, _, status) = crate::support::collect(process).await;
     assert_eq!(out.as_bytes(), b"\x01\x02\x00xyz");
     assert_eq!(status, ExitStatus::Code(0));
 }

@@ -1,0 +1,18 @@
+//! The agent against the real Docker engine, in one test binary, one module per area:
+//!
+//! - `docker_backend`: containers (names, labels, limits, homes, inventory) and
+//!   processes on both spawn paths;
+//! - `helper`: labssh-init as PID 1 — its socket, its peer checks, restoring it,
+//!   identities and capabilities, the older container layout;
+//! - `netops`: connecting, resolving and listening inside containers;
+//! - `sftp`: the built-in SFTP server in every container;
+//! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC.
+
+#[macro_use]
+mod support;
+
+mod docker_backend;
+mod grpc_session;
+mod helper;
+mod netops;
+mod sftp;

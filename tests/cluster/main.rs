@@ -1,0 +1,17 @@
+//! The cluster as operators run it: every role a separate `labssh` process, with real
+//! HAProxy, Redis and iptables. One test binary, one module per area:
+//!
+//! - `scale_out`: replicas behind HAProxy, agent and controller faults, draining;
+//! - `isolation`: containers reach neither the agent's nor the controller's ports;
+//! - `mtls`: the whole path over mutual TLS, and what is refused;
+//! - `deploy_configs`: the example configurations load;
+//! - `brute_force`: a thousand wrong passwords from one address, while others log in.
+
+#[path = "../lab/mod.rs"]
+mod lab;
+
+mod brute_force;
+mod deploy_configs;
+mod isolation;
+mod mtls;
+mod scale_out;

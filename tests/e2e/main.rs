@@ -1,0 +1,19 @@
+//! End to end with in-process labs: the stock `ssh` client → proxy → controller →
+//! agent → real Docker containers, all on loopback. One test binary, one module per
+//! area:
+//!
+//! - `sessions`: logins, persistent containers, stdin/stdout/stderr, exit status,
+//!   terminals (also run on the Docker exec path: `LABSSH_TEST_SPAWN=exec`);
+//! - `bad_input`: every mistake a student or operator can make gets one clear line;
+//! - `credential_cache`: a validated login is a cache hit in Redis later;
+//! - `file_transfer`: sftp, scp and rsync;
+//! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart.
+
+#[path = "../lab/mod.rs"]
+mod lab;
+
+mod bad_input;
+mod credential_cache;
+mod file_transfer;
+mod forwarding;
+mod sessions;
