@@ -85,12 +85,18 @@ fn config_file(dir: &Path, name: &str, default: &str) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
-    let dir = std::fs::canonicalize(&args.dir)?;
-
+/// The three roles' configurations from DIR (written on first run), with the
+/// command line's overrides applied and validated.
+fn load_configs(
+    args: &UpArgs,
+    dir: &Path,
+) -> anyhow::Result<(
+    labssh_controller::Config,
+    labssh_agent::Config,
+    labssh_proxy::Config,
+)> {
     let mut controller =
-        labssh_controller::Config::load(config_file(&dir, "controller.toml", CONTROLLER_TOML)?)?;
+        labssh_controller::Config::load(config_file(dir, "controller.toml", CONTROLLER_TOML)?)?;
     if let Some(image) = &args.image {
         let default = controller.default_environment.clone();
         if let Some(env) = controller.environments.get_mut(&default) {
@@ -98,34 +104,74 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     controller.validate()?;
-    let agent = labssh_agent::Config::load(config_file(&dir, "agent.toml", AGENT_TOML)?)?;
-    let mut proxy =
-        labssh_proxy::Config::load(&config_file(&dir, "proxy.toml", &proxy_toml(&dir))?)?;
+    let agent = labssh_agent::Config::load(config_file(dir, "agent.toml", AGENT_TOML)?)?;
+    let mut proxy = labssh_proxy::Config::load(&config_file(dir, "proxy.toml", &proxy_toml(dir))?)?;
     if let Some(redis) = &args.redis {
         proxy.redis_url = redis.clone();
     }
     proxy.listen = args.listen.clone();
     proxy.validate()?;
+    Ok((controller, agent, proxy))
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on `--http`, until `stop` fires; its address.
+async fn serve_http(
+    args: &UpArgs,
+    health: &labssh_telemetry::Health,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if args.http.is_empty() {
+        return Ok(None);
+    }
+    let http = TcpListener::bind(&args.http)
+        .await
+        .with_context(|| format!("--http: cannot listen on {}", args.http))?;
+    let addr = http.local_addr()?;
+    tokio::spawn(labssh_telemetry::http::serve(http, health.clone(), async {
+        let _ = stop.await;
+    }));
+    Ok(Some(addr))
+}
+
+/// What an operator needs to start using the lab.
+fn print_welcome(
+    cluster: &Cluster,
+    dir: &Path,
+    environments: &[String],
+    users_file: &Path,
+    http: Option<std::net::SocketAddr>,
+) {
+    let addr = cluster.ssh_addr;
+    println!("labssh is up: SSH on {addr}, state in {}", dir.display());
+    println!("  environments: {}", environments.join(", "));
+    println!(
+        "  add a student:  labssh user add alice --users {}",
+        users_file.display()
+    );
+    println!(
+        "  log in:         ssh -p {} alice@{}     (alice+ENV@ for another environment)",
+        addr.port(),
+        addr.ip()
+    );
+    if let Some(addr) = http {
+        println!("  metrics:        http://{addr}/metrics   (/healthz, /readyz)");
+    }
+    println!("Press Ctrl-C to stop.");
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let (controller, agent, proxy) = load_configs(&args, &dir)?;
 
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", args.listen))?;
     let health = labssh_telemetry::Health::new();
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http_addr = if args.http.is_empty() {
-        None
-    } else {
-        let http = TcpListener::bind(&args.http)
-            .await
-            .with_context(|| format!("--http: cannot listen on {}", args.http))?;
-        let addr = http.local_addr()?;
-        tokio::spawn(labssh_telemetry::http::serve(http, health.clone(), async {
-            let _ = http_stopped.await;
-        }));
-        Some(addr)
-    };
+    let http_addr = serve_http(&args, &health, http_stopped).await?;
     let users_file = proxy.users_file.clone();
-    let images: Vec<String> = controller
+    let environments: Vec<String> = controller
         .environments
         .iter()
         .map(|(name, env)| format!("{name} ({})", env.image))
@@ -142,23 +188,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     cluster.wait_ready(1, READY_TIMEOUT).await?;
     health.set_ready(true);
-
-    let addr = cluster.ssh_addr;
-    println!("labssh is up: SSH on {addr}, state in {}", dir.display());
-    println!("  environments: {}", images.join(", "));
-    println!(
-        "  add a student:  labssh user add alice --users {}",
-        users_file.display()
-    );
-    println!(
-        "  log in:         ssh -p {} alice@{}     (alice+ENV@ for another environment)",
-        addr.port(),
-        addr.ip()
-    );
-    if let Some(addr) = http_addr {
-        println!("  metrics:        http://{addr}/metrics   (/healthz, /readyz)");
-    }
-    println!("Press Ctrl-C to stop.");
+    print_welcome(&cluster, &dir, &environments, &users_file, http_addr);
 
     tokio::select! {
         _ = shutdown_signal() => {}

@@ -26,11 +26,10 @@
 //!
 //! Running containers keep the labssh-init they were created with while agents are
 //! upgraded, so requests carry [`VERSION`] and the helper refuses versions it does not
-//! speak; the agent then falls back to Docker exec. Request kinds added later (LOOKUP,
-//! LISTEN) keep the version: a helper that predates one answers ERROR starting with
-//! [`UNEXPECTED_KIND`], which the agent recognises.
-
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+//! speak; the agent then restores the helper (a restart mounts the current
+//! labssh-init). Request kinds added later (LOOKUP, LISTEN) keep the version: a helper
+//! that predates one answers ERROR starting with [`UNEXPECTED_KIND`], which the agent
+//! recognises.
 
 /// Protocol version in every request.
 pub const VERSION: u16 = 1;
@@ -47,6 +46,12 @@ pub const SOCKET_NAME: &str = "helper.sock";
 pub const UNEXPECTED_KIND: &str = "unexpected request kind";
 /// Most addresses in one ADDRESSES frame.
 pub const MAX_ADDRESSES: usize = 64;
+
+mod answer;
+mod request;
+
+pub use answer::{decode_addresses, encode_addresses, Exit};
+pub use request::{Connect, Listen, Lookup, Request, Spawn};
 
 /// Frame kinds. Below 0x80 the agent sends, from 0x80 the helper does.
 pub mod kind {
@@ -87,77 +92,6 @@ pub mod kind {
     pub const LISTENING: u8 = 0x89;
 }
 
-/// A process to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spawn {
-    /// Program and arguments; the program is looked up in the `PATH` of `env`.
-    pub argv: Vec<String>,
-    /// `KEY=VALUE` entries laid over the container's own environment.
-    pub env: Vec<String>,
-    /// Working directory; empty keeps the helper's.
-    pub cwd: String,
-    /// User id to run as.
-    pub uid: u32,
-    /// Group id to run as.
-    pub gid: u32,
-    /// A terminal of this size (cols, rows), or pipes.
-    pub pty: Option<(u16, u16)>,
-}
-
-/// A TCP connection to open inside the container's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connect {
-    /// Name or address, resolved inside the container.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-/// A name to resolve as the container would.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lookup {
-    /// Name or address literal.
-    pub host: String,
-    /// TCP port, paired with every address in the answer.
-    pub port: u16,
-}
-
-/// A TCP address to listen on inside the container's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    /// An IPv4 or IPv6 address literal (names are not resolved).
-    pub host: String,
-    /// TCP port; 0 lets the kernel pick.
-    pub port: u16,
-}
-
-/// The first frame of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Start a process.
-    Spawn(Spawn),
-    /// Open a TCP connection.
-    Connect(Connect),
-    /// Resolve a name.
-    Lookup(Lookup),
-    /// Open a listening socket.
-    Listen(Listen),
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// It exited with this code.
-    Code(i32),
-    /// It was killed by this signal.
-    Signal {
-        /// Signal number.
-        signo: i32,
-        /// It dumped core.
-        core_dumped: bool,
-    },
-}
-
 /// The header of a frame of `kind` with `payload_len` bytes of payload.
 pub fn frame_header(kind: u8, payload_len: usize) -> [u8; HEADER_LEN] {
     let [a, b, c, d] = (payload_len as u32 + 1).to_be_bytes();
@@ -186,200 +120,6 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, String> {
         return Ok(None);
     }
     Ok(Some((buf[4], &buf[HEADER_LEN..4 + len], 4 + len)))
-}
-
-impl Request {
-    /// The request as a whole frame.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut p = Vec::new();
-        p.extend_from_slice(&VERSION.to_be_bytes());
-        let kind = match self {
-            Request::Spawn(s) => {
-                p.extend_from_slice(&s.uid.to_be_bytes());
-                p.extend_from_slice(&s.gid.to_be_bytes());
-                let (flag, (cols, rows)) = match s.pty {
-                    Some(size) => (1u8, size),
-                    None => (0, (0, 0)),
-                };
-                p.push(flag);
-                p.extend_from_slice(&cols.to_be_bytes());
-                p.extend_from_slice(&rows.to_be_bytes());
-                put_str(&mut p, &s.cwd);
-                put_list(&mut p, &s.argv);
-                put_list(&mut p, &s.env);
-                kind::SPAWN
-            }
-            Request::Connect(c) => {
-                p.extend_from_slice(&c.port.to_be_bytes());
-                put_str(&mut p, &c.host);
-                kind::CONNECT
-            }
-            Request::Lookup(l) => {
-                p.extend_from_slice(&l.port.to_be_bytes());
-                put_str(&mut p, &l.host);
-                kind::LOOKUP
-            }
-            Request::Listen(l) => {
-                p.extend_from_slice(&l.port.to_be_bytes());
-                put_str(&mut p, &l.host);
-                kind::LISTEN
-            }
-        };
-        let mut frame = Vec::with_capacity(p.len() + HEADER_LEN);
-        put_frame(&mut frame, kind, &p);
-        frame
-    }
-
-    /// Decodes a request frame's kind and payload.
-    pub fn decode(kind: u8, payload: &[u8]) -> Result<Request, String> {
-        let mut r = Reader(payload);
-        let version = r.u16()?;
-        if version != VERSION {
-            return Err(format!(
-                "protocol version {version} is not supported (this labssh-init speaks {VERSION})"
-            ));
-        }
-        let request = match kind {
-            kind::SPAWN => {
-                let uid = r.u32()?;
-                let gid = r.u32()?;
-                let flag = r.u8()?;
-                let cols = r.u16()?;
-                let rows = r.u16()?;
-                let cwd = r.string()?;
-                let argv = r.list()?;
-                let env = r.list()?;
-                if argv.is_empty() {
-                    return Err("empty command".to_owned());
-                }
-                Request::Spawn(Spawn {
-                    argv,
-                    env,
-                    cwd,
-                    uid,
-                    gid,
-                    pty: (flag & 1 == 1).then_some((cols, rows)),
-                })
-            }
-            kind::CONNECT => {
-                let port = r.u16()?;
-                let host = r.string()?;
-                Request::Connect(Connect { host, port })
-            }
-            kind::LOOKUP => {
-                let port = r.u16()?;
-                let host = r.string()?;
-                Request::Lookup(Lookup { host, port })
-            }
-            kind::LISTEN => {
-                let port = r.u16()?;
-                let host = r.string()?;
-                Request::Listen(Listen { host, port })
-            }
-            other => return Err(format!("{UNEXPECTED_KIND} {other:#x}")),
-        };
-        if !r.0.is_empty() {
-            return Err("trailing bytes after the request".to_owned());
-        }
-        Ok(request)
-    }
-}
-
-impl Exit {
-    /// The payload of an EXIT frame.
-    pub fn encode(self) -> [u8; 6] {
-        let (tag, value, core) = match self {
-            Exit::Code(code) => (0u8, code, 0u8),
-            Exit::Signal { signo, core_dumped } => (1, signo, core_dumped as u8),
-        };
-        let v = value.to_be_bytes();
-        [tag, v[0], v[1], v[2], v[3], core]
-    }
-
-    /// Decodes an EXIT frame's payload.
-    pub fn decode(payload: &[u8]) -> Result<Exit, String> {
-        let mut r = Reader(payload);
-        let tag = r.u8()?;
-        let value = r.u32()? as i32;
-        let core = r.u8()?;
-        match tag {
-            0 => Ok(Exit::Code(value)),
-            1 => Ok(Exit::Signal {
-                signo: value,
-                core_dumped: core != 0,
-            }),
-            other => Err(format!("unknown exit kind {other}")),
-        }
-    }
-}
-
-/// The payload of an ADDRESSES frame: a `u32` count, then per address a family byte
-/// (4 or 6), the address's bytes, the port (`u16`) and, for IPv6, the scope id
-/// (`u32`). At most [`MAX_ADDRESSES`] are kept.
-pub fn encode_addresses(addrs: &[SocketAddr]) -> Vec<u8> {
-    let addrs = &addrs[..addrs.len().min(MAX_ADDRESSES)];
-    let mut p = Vec::with_capacity(4 + addrs.len() * 23);
-    p.extend_from_slice(&(addrs.len() as u32).to_be_bytes());
-    for addr in addrs {
-        match addr {
-            SocketAddr::V4(a) => {
-                p.push(4);
-                p.extend_from_slice(&a.ip().octets());
-                p.extend_from_slice(&a.port().to_be_bytes());
-            }
-            SocketAddr::V6(a) => {
-                p.push(6);
-                p.extend_from_slice(&a.ip().octets());
-                p.extend_from_slice(&a.port().to_be_bytes());
-                p.extend_from_slice(&a.scope_id().to_be_bytes());
-            }
-        }
-    }
-    p
-}
-
-/// Decodes an ADDRESSES frame's payload.
-pub fn decode_addresses(payload: &[u8]) -> Result<Vec<SocketAddr>, String> {
-    let mut r = Reader(payload);
-    let n = r.u32()? as usize;
-    if n > MAX_ADDRESSES {
-        return Err(format!("{n} addresses in one answer"));
-    }
-    let mut addrs = Vec::with_capacity(n);
-    for _ in 0..n {
-        let addr = match r.u8()? {
-            4 => {
-                let b = r.take(4)?;
-                let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-                SocketAddr::V4(SocketAddrV4::new(ip, r.u16()?))
-            }
-            6 => {
-                let mut b = [0u8; 16];
-                b.copy_from_slice(r.take(16)?);
-                let port = r.u16()?;
-                let scope = r.u32()?;
-                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(b), port, 0, scope))
-            }
-            other => return Err(format!("unknown address family {other}")),
-        };
-        addrs.push(addr);
-    }
-    if !r.0.is_empty() {
-        return Err("trailing bytes after the addresses".to_owned());
-    }
-    Ok(addrs)
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_list(out: &mut Vec<u8>, items: &[String]) {
-    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
-    for item in items {
-        put_str(out, item);
-    }
 }
 
 /// Reads big-endian fields off the front of a payload.
@@ -435,6 +175,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{SocketAddr, SocketAddrV6};
 
     fn round_trip(request: Request) {
         let frame = request.encode();

@@ -14,6 +14,8 @@ use crate::child;
 use crate::sys;
 use labssh_helper_proto::wire::{self, kind, Exit};
 
+mod input;
+
 /// Output waiting for the agent beyond which the process's output is not read.
 const OUT_HIGH: usize = 64 * 1024;
 /// Size of one read of process output (and so the largest output frame), and of one
@@ -202,120 +204,6 @@ impl Session {
                 self.out = None;
                 self.err = None;
             }
-        }
-    }
-
-    fn read_conn(&mut self) {
-        let spare = &mut self.inbuf.spare(READ_CHUNK)[..READ_CHUNK];
-        match sys::retry(|| sys::read(&self.conn, spare)) {
-            Ok(0) => self.hang_up(),
-            Ok(n) => {
-                self.inbuf.commit(n);
-                self.parse_frames();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.hang_up(),
-        }
-    }
-
-    fn parse_frames(&mut self) {
-        // Taken out while frames are applied, so payloads are used where they lie.
-        let mut inbuf = std::mem::take(&mut self.inbuf);
-        loop {
-            let (frame_kind, payload, len) = match wire::split_frame(inbuf.as_slice()) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    crate::log!("session {}: {e}; hanging up", self.pid);
-                    self.hang_up();
-                    return;
-                }
-            };
-            self.apply(frame_kind, payload);
-            inbuf.consume(len);
-        }
-        self.inbuf = inbuf;
-    }
-
-    fn apply(&mut self, frame_kind: u8, payload: &[u8]) {
-        let mut r = wire::Reader(payload);
-        match frame_kind {
-            kind::STDIN if self.stdin.is_some() && !self.stdin_eof => {
-                // Straight to the process when nothing waits before it; only what the
-                // pipe does not take now is kept.
-                let mut rest = payload;
-                if let (true, Some(stdin)) = (self.stdin_buf.is_empty(), &self.stdin) {
-                    match sys::retry(|| sys::write(stdin, rest)) {
-                        Ok(n) => {
-                            rest = &rest[n..];
-                            self.grant(n as u32);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => self.stdin = None, // what is left is discarded below
-                    }
-                }
-                self.stdin_buf.extend(rest);
-                self.write_stdin();
-            }
-            kind::STDIN => self.grant(payload.len() as u32), // nobody reads it any more
-            kind::EOF => {
-                // With a terminal EOF is ignored, as sshd does: there is no half-close.
-                if !self.pty {
-                    self.stdin_eof = true;
-                    self.write_stdin();
-                }
-            }
-            kind::RESIZE => {
-                if let (Ok(cols), Ok(rows), true) = (r.u16(), r.u16(), self.pty) {
-                    let tty = self.out.as_ref().or(self.stdin.as_ref());
-                    if let Some(tty) = tty {
-                        let _ = child::resize(tty, cols, rows);
-                    }
-                }
-            }
-            kind::SIGNAL => {
-                if let (Ok(signo), None) = (r.u8(), self.status) {
-                    if (1..=64).contains(&signo) {
-                        sys::kill(self.pid, signo as libc::c_int);
-                    }
-                }
-            }
-            other => crate::log!("session {}: ignoring frame kind {other:#x}", self.pid),
-        }
-    }
-
-    /// Returns stdin credit to the agent.
-    fn grant(&mut self, n: u32) {
-        self.window_owed = self.window_owed.saturating_add(n);
-        if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0) {
-            if !self.agent_gone {
-                self.outbuf
-                    .put_frame(kind::WINDOW, &self.window_owed.to_be_bytes());
-            }
-            self.window_owed = 0;
-        }
-    }
-
-    fn write_stdin(&mut self) {
-        while !self.stdin_buf.is_empty() {
-            let Some(stdin) = &self.stdin else { break };
-            match sys::retry(|| sys::write(stdin, self.stdin_buf.as_slice())) {
-                Ok(n) => {
-                    self.stdin_buf.consume(n);
-                    self.grant(n as u32);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // The process closed its stdin: what is left can never be read.
-                Err(_) => self.stdin = None,
-            }
-        }
-        if self.stdin.is_none() && !self.stdin_buf.is_empty() {
-            let n = self.stdin_buf.len();
-            self.stdin_buf.consume(n);
-            self.grant(n as u32);
-        }
-        if self.stdin_eof && self.stdin_buf.is_empty() {
-            self.stdin = None;
         }
     }
 

@@ -22,6 +22,14 @@ use russh_sftp::server::{Handler, StatusReply};
 
 use crate::listing::{self, Names};
 
+mod attrs;
+mod extended;
+mod paths;
+
+use attrs::{attributes, set_attributes, statvfs_reply, Target};
+use extended::{extended_reply, Args};
+use paths::{expand_tilde, path, real_path, rename_no_replace};
+
 /// Open files and directories one client may hold.
 const MAX_HANDLES: usize = 256;
 /// The largest SFTP message OpenSSH exchanges (and russh-sftp accepts).
@@ -363,248 +371,6 @@ impl Handler for Fs {
     }
 }
 
-/// A path from the client; empty means the current directory, relative paths are
-/// relative to it (the process's, which the agent sets to the student's home).
-fn path(name: &str) -> PathBuf {
-    if name.is_empty() {
-        PathBuf::from(".")
-    } else {
-        PathBuf::from(name)
-    }
-}
-
-/// The absolute, canonical form of `path`; for a path that does not exist (yet), the
-/// canonical form of the longest existing parent followed by the rest, tidied.
-fn real_path(path: &Path) -> io::Result<PathBuf> {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    };
-    match fs::canonicalize(&absolute) {
-        Ok(real) => Ok(real),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(tidy(&absolute)),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes `.` and resolves `..` without looking at the file system.
-fn tidy(path: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for part in path.components() {
-        match part {
-            Component::Normal(name) => out.push(name),
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    out
-}
-
-/// `~` and `~/x` to the home directory ($HOME, else the current directory), `~user`
-/// from /etc/passwd; anything else unchanged.
-fn expand_tilde(path: &str) -> Reply<String> {
-    let Some(rest) = path.strip_prefix('~') else {
-        return Ok(path.to_owned());
-    };
-    let (user, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let home = if user.is_empty() {
-        match std::env::var("HOME") {
-            Ok(home) if !home.is_empty() => home,
-            _ => ".".to_owned(),
-        }
-    } else {
-        Names::home_of(user)
-            .ok_or_else(|| StatusCode::NoSuchFile.with_message(format!("no user {user}")))?
-    };
-    Ok(if tail.is_empty() {
-        home
-    } else {
-        format!("{}/{tail}", home.trim_end_matches('/'))
-    })
-}
-
-/// SSH_FXP_RENAME does not replace an existing target (OpenSSH's sftp-server neither);
-/// `posix-rename@openssh.com` does.
-fn rename_no_replace(old: &Path, new: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (old_c, new_c) = (c(old)?, c(new)?);
-    // SAFETY: valid C strings; AT_FDCWD resolves them like rename(2).
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            old_c.as_ptr(),
-            libc::AT_FDCWD,
-            new_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // File systems without RENAME_NOREPLACE: check, then rename.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-            if fs::symlink_metadata(new).is_ok() {
-                return Err(io::ErrorKind::AlreadyExists.into());
-            }
-            fs::rename(old, new)
-        }
-        _ => Err(e),
-    }
-}
-
-enum Target<'a> {
-    Path(PathBuf),
-    File(&'a File),
-}
-
-/// Size, then permissions, then times, then owner, as OpenSSH's sftp-server applies
-/// them; the first failure is the reply.
-fn set_attributes(target: Target<'_>, attrs: &FileAttributes) -> Reply<()> {
-    if let Some(size) = attrs.size {
-        match &target {
-            Target::File(file) => file.set_len(size),
-            Target::Path(path) => OpenOptions::new()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_len(size)),
-        }
-        .map_err(status)?;
-    }
-    if let Some(mode) = attrs.permissions {
-        let perms = fs::Permissions::from_mode(mode & 0o7777);
-        match &target {
-            Target::File(file) => file.set_permissions(perms),
-            Target::Path(path) => fs::set_permissions(path, perms),
-        }
-        .map_err(status)?;
-    }
-    if attrs.atime.is_some() || attrs.mtime.is_some() {
-        let time = |t: Option<u32>| match t {
-            Some(secs) => libc::timespec {
-                tv_sec: secs.into(),
-                tv_nsec: 0,
-            },
-            None => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-        };
-        let times = [time(attrs.atime), time(attrs.mtime)];
-        let rc = match &target {
-            // SAFETY: an open descriptor and two timespecs.
-            Target::File(file) => unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) },
-            Target::Path(path) => {
-                let path = CString::new(path.as_os_str().as_bytes())
-                    .map_err(|_| StatusCode::BadMessage)?;
-                // SAFETY: a valid C string and two timespecs.
-                unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }
-            }
-        };
-        if rc != 0 {
-            return Err(status(io::Error::last_os_error()));
-        }
-    }
-    if attrs.uid.is_some() || attrs.gid.is_some() {
-        // Asking for the owner a file already has is not an error, even for users who
-        // may not chown (clients send back what they read).
-        let meta = match &target {
-            Target::File(file) => file.metadata(),
-            Target::Path(path) => fs::metadata(path),
-        }
-        .map_err(status)?;
-        let uid = attrs.uid.filter(|&u| u != meta.uid());
-        let gid = attrs.gid.filter(|&g| g != meta.gid());
-        if uid.is_some() || gid.is_some() {
-            match &target {
-                Target::File(file) => std::os::unix::fs::fchown(file, uid, gid),
-                Target::Path(path) => std::os::unix::fs::chown(path, uid, gid),
-            }
-            .map_err(status)?;
-        }
-    }
-    Ok(())
-}
-
-/// What STAT and directory listings report: the whole st_mode (type and permissions),
-/// size, owner and times.
-fn attributes(meta: &Metadata) -> FileAttributes {
-    FileAttributes {
-        size: Some(meta.size()),
-        uid: Some(meta.uid()),
-        user: None,
-        gid: Some(meta.gid()),
-        group: None,
-        permissions: Some(meta.mode()),
-        atime: Some(meta.atime() as u32),
-        mtime: Some(meta.mtime() as u32),
-    }
-}
-
-fn statvfs_reply(vfs: &libc::statvfs) -> Statvfs {
-    // OpenSSH's flag bits, not the host's.
-    const SSH_ST_RDONLY: u64 = 1;
-    const SSH_ST_NOSUID: u64 = 2;
-    let flag = |host: libc::c_ulong, ssh: u64| {
-        if vfs.f_flag & host != 0 {
-            ssh
-        } else {
-            0
-        }
-    };
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    Statvfs {
-        block_size: vfs.f_bsize.into(),
-        fragment_size: vfs.f_frsize.into(),
-        blocks: vfs.f_blocks.into(),
-        blocks_free: vfs.f_bfree.into(),
-        blocks_avail: vfs.f_bavail.into(),
-        inodes: vfs.f_files.into(),
-        inodes_free: vfs.f_ffree.into(),
-        inodes_avail: vfs.f_favail.into(),
-        fs_id: vfs.f_fsid.into(),
-        flags: flag(libc::ST_RDONLY, SSH_ST_RDONLY) | flag(libc::ST_NOSUID, SSH_ST_NOSUID),
-        name_max: vfs.f_namemax.into(),
-    }
-}
-
-fn extended_reply<T: serde::Serialize>(id: u32, value: &T) -> Reply<Packet> {
-    let data = russh_sftp::ser::to_bytes(value)
-        .map_err(|e| StatusCode::Failure.with_message(e.to_string()))?;
-    Ok(Packet::ExtendedReply(ExtendedReply {
-        id,
-        data: data.to_vec(),
-    }))
-}
-
-/// The SSH strings an extended request carries.
-struct Args<'a>(&'a [u8]);
-
-impl Args<'_> {
-    fn string(&mut self) -> Reply<String> {
-        let bad = || StatusReply::from(StatusCode::BadMessage);
-        let (len, rest) = self.0.split_first_chunk::<4>().ok_or_else(bad)?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return Err(bad());
-        }
-        let (text, rest) = rest.split_at(len);
-        self.0 = rest;
-        String::from_utf8(text.to_vec()).map_err(|_| bad())
-    }
-
-    fn path(&mut self) -> Reply<PathBuf> {
-        Ok(path(&self.string()?))
-    }
-}
-
 /// A NAME reply holding one path (realpath, readlink, expand-path), without
 /// attributes, as OpenSSH's server sends it.
 fn one_name(id: u32, path: &Path) -> Name {
@@ -655,12 +421,6 @@ fn status(e: io::Error) -> StatusReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tidy_resolves_dots() {
-        assert_eq!(tidy(Path::new("/a/./b/../c")), Path::new("/a/c"));
-        assert_eq!(tidy(Path::new("/../x")), Path::new("/x"));
-    }
 
     #[test]
     fn io_errors_map_to_status_codes() {

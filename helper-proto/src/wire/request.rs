@@ -1,0 +1,169 @@
+//! What the agent asks: the first frame of every connection.
+
+use super::{kind, put_frame, Reader, HEADER_LEN, UNEXPECTED_KIND, VERSION};
+
+/// A process to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawn {
+    /// Program and arguments; the program is looked up in the `PATH` of `env`.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries laid over the container's own environment.
+    pub env: Vec<String>,
+    /// Working directory; empty keeps the helper's.
+    pub cwd: String,
+    /// User id to run as.
+    pub uid: u32,
+    /// Group id to run as.
+    pub gid: u32,
+    /// A terminal of this size (cols, rows), or pipes.
+    pub pty: Option<(u16, u16)>,
+}
+
+/// A TCP connection to open inside the container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// Name or address, resolved inside the container.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// A name to resolve as the container would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// Name or address literal.
+    pub host: String,
+    /// TCP port, paired with every address in the answer.
+    pub port: u16,
+}
+
+/// A TCP address to listen on inside the container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// An IPv4 or IPv6 address literal (names are not resolved).
+    pub host: String,
+    /// TCP port; 0 lets the kernel pick.
+    pub port: u16,
+}
+
+/// The first frame of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Start a process.
+    Spawn(Spawn),
+    /// Open a TCP connection.
+    Connect(Connect),
+    /// Resolve a name.
+    Lookup(Lookup),
+    /// Open a listening socket.
+    Listen(Listen),
+}
+
+impl Request {
+    /// The request as a whole frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&VERSION.to_be_bytes());
+        let kind = match self {
+            Request::Spawn(s) => {
+                p.extend_from_slice(&s.uid.to_be_bytes());
+                p.extend_from_slice(&s.gid.to_be_bytes());
+                let (flag, (cols, rows)) = match s.pty {
+                    Some(size) => (1u8, size),
+                    None => (0, (0, 0)),
+                };
+                p.push(flag);
+                p.extend_from_slice(&cols.to_be_bytes());
+                p.extend_from_slice(&rows.to_be_bytes());
+                put_str(&mut p, &s.cwd);
+                put_list(&mut p, &s.argv);
+                put_list(&mut p, &s.env);
+                kind::SPAWN
+            }
+            Request::Connect(c) => {
+                p.extend_from_slice(&c.port.to_be_bytes());
+                put_str(&mut p, &c.host);
+                kind::CONNECT
+            }
+            Request::Lookup(l) => {
+                p.extend_from_slice(&l.port.to_be_bytes());
+                put_str(&mut p, &l.host);
+                kind::LOOKUP
+            }
+            Request::Listen(l) => {
+                p.extend_from_slice(&l.port.to_be_bytes());
+                put_str(&mut p, &l.host);
+                kind::LISTEN
+            }
+        };
+        let mut frame = Vec::with_capacity(p.len() + HEADER_LEN);
+        put_frame(&mut frame, kind, &p);
+        frame
+    }
+
+    /// Decodes a request frame's kind and payload.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Request, String> {
+        let mut r = Reader(payload);
+        let version = r.u16()?;
+        if version != VERSION {
+            return Err(format!(
+                "protocol version {version} is not supported (this labssh-init speaks {VERSION})"
+            ));
+        }
+        let request = match kind {
+            kind::SPAWN => {
+                let uid = r.u32()?;
+                let gid = r.u32()?;
+                let flag = r.u8()?;
+                let cols = r.u16()?;
+                let rows = r.u16()?;
+                let cwd = r.string()?;
+                let argv = r.list()?;
+                let env = r.list()?;
+                if argv.is_empty() {
+                    return Err("empty command".to_owned());
+                }
+                Request::Spawn(Spawn {
+                    argv,
+                    env,
+                    cwd,
+                    uid,
+                    gid,
+                    pty: (flag & 1 == 1).then_some((cols, rows)),
+                })
+            }
+            kind::CONNECT => {
+                let port = r.u16()?;
+                let host = r.string()?;
+                Request::Connect(Connect { host, port })
+            }
+            kind::LOOKUP => {
+                let port = r.u16()?;
+                let host = r.string()?;
+                Request::Lookup(Lookup { host, port })
+            }
+            kind::LISTEN => {
+                let port = r.u16()?;
+                let host = r.string()?;
+                Request::Listen(Listen { host, port })
+            }
+            other => return Err(format!("{UNEXPECTED_KIND} {other:#x}")),
+        };
+        if !r.0.is_empty() {
+            return Err("trailing bytes after the request".to_owned());
+        }
+        Ok(request)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[String]) {
+    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    for item in items {
+        put_str(out, item);
+    }
+}
