@@ -92,15 +92,7 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        d.join("proxy.toml"),
-        format!(
-            "listen = \"127.0.0.1:{sport}\"\nhost_keys = [\"{d}/host_key\"]\nusers_file = \"{d}/users.toml\"\n\
-             cache_key_file = \"{d}/cache.key\"\ncontroller = \"http://127.0.0.1:{cport}\"\n",
-            d = d.display()
-        ),
-    )
-    .unwrap();
+    crate::lab::write_proxy_toml(d, sport, cport);
     // A rule left behind by a killed run of this agent from before rules named
     // the agent's listen address: the agent removes it when it starts. (Rules
     // of the current form, cluster networks and IPv6 are tested in

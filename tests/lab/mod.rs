@@ -116,6 +116,21 @@ gid = 1000
     )
 }
 
+/// A plain proxy config in `dir` (`proxy.toml`) for a proxy started as its own process:
+/// SSH on 127.0.0.1:`ssh_port`, its host key, users file and cache key in `dir`, the
+/// controller on 127.0.0.1:`controller_port`.
+pub fn write_proxy_toml(dir: &std::path::Path, ssh_port: u16, controller_port: u16) {
+    std::fs::write(
+        dir.join("proxy.toml"),
+        format!(
+            "listen = \"127.0.0.1:{ssh_port}\"\nhost_keys = [\"{d}/host_key\"]\nusers_file = \"{d}/users.toml\"\n\
+             cache_key_file = \"{d}/cache.key\"\ncontroller = \"http://127.0.0.1:{controller_port}\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in
 /// repeating patterns.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {

@@ -287,15 +287,7 @@ async fn containers_reach_no_cluster_address() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        d.join("proxy.toml"),
-        format!(
-            "listen = \"127.0.0.1:{sport}\"\nhost_keys = [\"{d}/host_key\"]\nusers_file = \"{d}/users.toml\"\n\
-             cache_key_file = \"{d}/cache.key\"\ncontroller = \"http://127.0.0.1:{cport}\"\n",
-            d = d.display()
-        ),
-    )
-    .unwrap();
+    crate::lab::write_proxy_toml(d, sport, cport);
 
     // Rules of this agent left by a crashed run, and of another agent with the same
     // name on another port (a concurrent test lab), which must survive.
