@@ -11,3 +11,11 @@ cargo test --workspace --all-targets "$@"
 # `--workspace`, as above: with `-p labssh` cargo would resolve the dependencies'
 # features for that one package and build every dependency a second time.
 LABSSH_TEST_SPAWN=exec cargo test --workspace --test e2e "$@" -- sessions::
+# Every cargo-fuzz target for a few seconds, as a smoke test (scripts/fuzz.sh). It needs
+# the nightly toolchain; the stable replay of the same checks over the committed seeds
+# ran above in any case (labssh-fuzz-checks' corpus test).
+if cargo +nightly --version >/dev/null 2>&1; then
+  bash scripts/fuzz.sh smoke 3
+else
+  echo "test.sh: no nightly toolchain here (rustup toolchain install nightly): cargo-fuzz smoke run skipped" >&2
+fi
