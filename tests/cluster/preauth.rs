@@ -1,0 +1,98 @@
+//! Limits before authentication (issue 11): connections that never log in cannot
+//! lock the class out. Idle TCP floods, per-address and overall caps on
+//! unauthenticated connections, failed attempts per connection, and keepalives that
+//! reap dead clients — each driven with real sockets and the stock `ssh` client.
+//!
+//! Source addresses are picked by binding to 127.0.0.N: the whole of 127/8 is
+//! loopback, so each is a distinct client address to the proxy's limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+mod flood;
+
+/// How long a test waits for something the proxy must do within its own bound:
+/// generous, for a loaded machine.
+const BOUND: Duration = Duration::from_secs(60);
+/// Connections opened at once while flooding, so the listen backlog keeps up.
+const FLOOD_BATCH: usize = 250;
+
+/// `n` TCP connections from `from` (a loopback address) to `addr` that never send
+/// a byte.
+async fn idle_from(addr: SocketAddr, from: &str, n: usize) -> Vec<TcpStream> {
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    let mut streams = Vec::with_capacity(n);
+    while streams.len() < n {
+        let batch = FLOOD_BATCH.min(n - streams.len());
+        let connects = (0..batch).map(|_| async move {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(local).unwrap();
+            tokio::time::timeout(BOUND, socket.connect(addr))
+                .await
+                .expect("connect within the bound")
+                .expect("connect")
+        });
+        streams.extend(futures::future::join_all(connects).await);
+    }
+    streams
+}
+
+/// What the proxy did with a connection that sent nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// It sent its SSH banner: the connection was admitted.
+    Banner,
+    /// It closed the connection without a byte: refused.
+    Refused,
+}
+
+/// Waits (within [`BOUND`]) for the proxy's first bytes on `stream` or its close.
+async fn first_bytes(stream: &mut TcpStream) -> Seen {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(BOUND, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Seen::Refused,
+        Ok(Ok(n)) => {
+            assert!(
+                buf[..n].starts_with(b"SSH-2.0-labssh"),
+                "not a banner: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            Seen::Banner
+        }
+        Err(_) => panic!("neither a banner nor a close within {BOUND:?}"),
+    }
+}
+
+/// Reads every stream to its end; panics if the proxy leaves any open past
+/// `bound`. Returns how many had received the SSH banner first.
+async fn all_closed(streams: Vec<TcpStream>, bound: Duration) -> usize {
+    let reads = streams.into_iter().map(|mut s| async move {
+        let mut seen = Vec::new();
+        match tokio::time::timeout(bound, s.read_to_end(&mut seen)).await {
+            Ok(_) => !seen.is_empty(),
+            Err(_) => panic!("a connection still open {bound:?} on"),
+        }
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|banner| *banner)
+        .count()
+}
+
+/// How many of `n` fresh idle connections from `from` the proxy admits, and how
+/// many it refuses; the admitted ones are returned still open.
+async fn admitted_of(addr: SocketAddr, from: &str, n: usize) -> (Vec<TcpStream>, usize) {
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for mut s in idle_from(addr, from, n).await {
+        match first_bytes(&mut s).await {
+            Seen::Banner => open.push(s),
+            Seen::Refused => refused += 1,
+        }
+    }
+    (open, refused)
+}
