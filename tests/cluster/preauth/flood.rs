@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use labssh_testkit::ssh::{stderr, stdout};
 
-use super::{all_closed, idle_from, BOUND};
+use super::{admitted_of, all_closed, idle_from, BOUND};
 use crate::lab::{Lab, LabOptions};
 
 /// Idle connections in the flood: more than `MAX_CONNECTIONS`.
@@ -19,8 +19,10 @@ const GRACE_SECS: u64 = 10;
 const LOGINS: usize = 20;
 
 /// 5,000 idle connections from 127.0.0.2 while a student on 127.0.0.1 logs in 20
-/// times: every login succeeds, and the proxy closes every flood connection by the
-/// end of the login grace.
+/// times: every login succeeds; the flood's address has only its
+/// `max_unauthenticated_per_address` admitted, the rest are closed at once, and
+/// those admitted are closed at the end of the login grace, after which the
+/// address counts nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_flood_from_one_address_locks_no_student_out() {
     let nofile = labssh_testkit::raise_nofile_limit();
@@ -55,11 +57,15 @@ async fn an_idle_flood_from_one_address_locks_no_student_out() {
         );
     }
 
+    // The flood's address had at most its cap of connections admitted (sent the
+    // banner), and the proxy closes every one of them.
     let grace = Duration::from_secs(GRACE_SECS);
     let admitted = all_closed(flood, grace + BOUND).await;
-    assert!(
-        admitted < MAX_CONNECTIONS,
-        "{admitted} flood connections admitted"
-    );
+    let cap = labssh_proxy::config::DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS;
+    assert_eq!(admitted, cap, "flood connections admitted");
+    // Its count is back to nothing: a full cap is admitted again, no more.
+    let (open, refused) = admitted_of(addr, "127.0.0.2", cap + 1).await;
+    assert_eq!((open.len(), refused), (cap, 1));
+    drop(open);
     lab.stop().await;
 }
