@@ -341,7 +341,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.max_startups().to_string(), "1:100:2");
         assert_eq!(c.client_alive_interval(), None);
-        assert_eq!((c.max_auth_tries, c.max_unauthenticated_per_address), (2, 5));
+        assert_eq!(
+            (c.max_auth_tries, c.max_unauthenticated_per_address),
+            (2, 5)
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::auth::{self, Attempt, Outcome};
 use crate::channel;
 use crate::forward::{self, RemoteForwards};
 use crate::login_name::LoginName;
-use crate::preauth::Reason;
+use crate::preauth::{Reason, Unauthenticated};
 use crate::state::{Context, Shared};
 
 mod event;
@@ -92,19 +92,23 @@ pub(crate) struct Connection {
     /// Set once a login succeeds; the accept loop disconnects a client that
     /// has not logged in within the login grace.
     logged_in: watch::Sender<bool>,
+    /// Counts the connection as unauthenticated until its login.
+    unauthenticated: Unauthenticated,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
 }
 
 impl Connection {
     /// The state of a connection just accepted, inside its `ssh` span, and
-    /// the handler to give russh.
+    /// the handler to give russh. `login` is what a login ends: the wait of
+    /// the accept loop's grace, and the count as unauthenticated.
     pub fn new(
         shared: Arc<Shared>,
         client: Option<SocketAddr>,
         id: u64,
-        logged_in: watch::Sender<bool>,
+        login: (watch::Sender<bool>, Unauthenticated),
     ) -> (Connection, Handler) {
+        let (logged_in, unauthenticated) = login;
         let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         tracing::debug!(conn = id, %peer, "connection accepted");
         // The accept loop runs this inside the connection's `ssh` span.
@@ -132,6 +136,7 @@ impl Connection {
             remote: Arc::default(),
             forward_budget: Arc::new(Semaphore::new(forward::CONNECTION_BUDGET_KIB)),
             logged_in,
+            unauthenticated,
             _open: telemetry::connection_opened(),
         };
         (connection, Handler::new(events_tx))
@@ -216,6 +221,9 @@ impl Connection {
         match &outcome {
             Outcome::LoggedIn(login) => {
                 self.login = Some(login.clone());
+                // Before russh answers the client, so a connection that is in
+                // never counts as waiting.
+                self.unauthenticated.end();
                 self.logged_in.send_replace(true);
             }
             Outcome::Rejected if counted => {

@@ -93,11 +93,12 @@ impl Gate {
         if capped {
             *counts.by_address.entry(ip).or_default() += 1;
         }
-        Ok(Unauthenticated {
+        let counted = Counted {
             gate: self.inner.clone(),
             capped: capped.then_some(ip),
             _gauge: telemetry::unauthenticated(),
-        })
+        };
+        Ok(Unauthenticated(Arc::new(Mutex::new(Some(counted)))))
     }
 
     /// Unauthenticated connections now: all, and from `ip`.
@@ -118,10 +119,23 @@ impl Gate {
     }
 }
 
-/// One connection counted as unauthenticated until this is dropped (at its
-/// login, or when it closes).
+/// One connection counted as unauthenticated until [`Unauthenticated::end`]
+/// (at its login, or when its login grace is over) or until every copy is
+/// dropped (it closed).
 #[must_use = "the connection stops counting as unauthenticated when this is dropped"]
-pub(crate) struct Unauthenticated {
+#[derive(Clone)]
+pub(crate) struct Unauthenticated(Arc<Mutex<Option<Counted>>>);
+
+impl Unauthenticated {
+    /// The connection no longer counts as unauthenticated.
+    pub(crate) fn end(&self) {
+        let counted = self.0.lock().expect("preauth lock").take();
+        drop(counted);
+    }
+}
+
+/// The count of one unauthenticated connection, given back when dropped.
+struct Counted {
     /// The counts to give back to.
     gate: Arc<GateInner>,
     /// The address counted, unless exempt.
@@ -130,7 +144,7 @@ pub(crate) struct Unauthenticated {
     _gauge: telemetry::Active,
 }
 
-impl Drop for Unauthenticated {
+impl Drop for Counted {
     fn drop(&mut self) {
         let mut counts = self.gate.counts.lock().expect("preauth lock");
         counts.total = counts.total.saturating_sub(1);
@@ -182,21 +196,36 @@ mod tests {
     #[test]
     fn an_address_is_capped_others_and_exempt_ones_are_not() {
         let g = gate(3, "1000", &["198.51.100.0/24"]);
-        let held: Vec<_> = (0..3).map(|_| g.admit(ip("203.0.113.9"), 0).unwrap()).collect();
-        assert_eq!(g.admit(ip("203.0.113.9"), 0).err(), Some(Reason::PerAddress));
+        let held: Vec<_> = (0..3)
+            .map(|_| g.admit(ip("203.0.113.9"), 0).unwrap())
+            .collect();
+        assert_eq!(
+            g.admit(ip("203.0.113.9"), 0).err(),
+            Some(Reason::PerAddress)
+        );
         // The same address written as IPv4-mapped IPv6 is the same address.
         assert_eq!(
             g.admit(ip("::ffff:203.0.113.9"), 0).err(),
             Some(Reason::PerAddress)
         );
         let other = g.admit(ip("192.0.2.1"), 0).unwrap();
-        let nat: Vec<_> = (0..10).map(|_| g.admit(ip("198.51.100.7"), 0).unwrap()).collect();
+        let nat: Vec<_> = (0..10)
+            .map(|_| g.admit(ip("198.51.100.7"), 0).unwrap())
+            .collect();
         assert_eq!(g.count(ip("203.0.113.9")), (14, 3));
-        assert_eq!(g.count(ip("198.51.100.7")), (14, 0), "exempt: not counted per address");
+        assert_eq!(
+            g.count(ip("198.51.100.7")),
+            (14, 0),
+            "exempt: not counted per address"
+        );
         drop(held);
         assert_eq!(g.count(ip("203.0.113.9")), (11, 0));
         let again = g.admit(ip("203.0.113.9"), 0).unwrap();
-        drop((other, nat, again));
+        // Ended by one copy (at the login), it counts no more for any.
+        let copy = again.clone();
+        copy.end();
+        assert_eq!(g.count(ip("203.0.113.9")), (11, 0));
+        drop((other, nat, again, copy));
         assert_eq!(g.count(ip("203.0.113.9")), (0, 0));
         assert!(g.inner.counts.lock().unwrap().by_address.is_empty());
     }
@@ -208,13 +237,22 @@ mod tests {
         let a = g.admit(ip("198.51.100.7"), 0).unwrap();
         let b = g.admit(ip("192.0.2.1"), 0).unwrap();
         // At start (2 open): a roll under 50 refuses, one at 50 passes.
-        assert_eq!(g.admit(ip("192.0.2.2"), 49).err(), Some(Reason::MaxStartups));
+        assert_eq!(
+            g.admit(ip("192.0.2.2"), 49).err(),
+            Some(Reason::MaxStartups)
+        );
         let c = g.admit(ip("192.0.2.2"), 50).unwrap();
         // 3 open: 75%.
-        assert_eq!(g.admit(ip("192.0.2.3"), 74).err(), Some(Reason::MaxStartups));
+        assert_eq!(
+            g.admit(ip("192.0.2.3"), 74).err(),
+            Some(Reason::MaxStartups)
+        );
         let d = g.admit(ip("192.0.2.3"), 75).unwrap();
         // Full: even the luckiest roll is refused.
-        assert_eq!(g.admit(ip("192.0.2.4"), 99).err(), Some(Reason::MaxStartups));
+        assert_eq!(
+            g.admit(ip("192.0.2.4"), 99).err(),
+            Some(Reason::MaxStartups)
+        );
         drop((a, b, c, d));
         assert!(g.admit(ip("192.0.2.4"), 0).is_ok());
     }

@@ -53,5 +53,8 @@ pub fn raise_nofile_limit() -> u64 {
             limit = raised;
         }
     }
-    limit.rlim_cur as u64
+    // rlim_t is u64 on Linux, narrower on some other targets.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
+    soft
 }

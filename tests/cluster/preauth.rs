@@ -7,16 +7,26 @@
 //! loopback, so each is a distinct client address to the proxy's limits.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use labssh_telemetry::metrics::render;
+use labssh_testkit::ssh::{stderr, stdout, Auth};
+use labssh_testkit::telemetry::prometheus::Exposition;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+mod auth_tries;
 mod flood;
+mod keepalive;
+mod limits;
+
+use crate::lab::Lab;
 
 /// How long a test waits for something the proxy must do within its own bound:
 /// generous, for a loaded machine.
 const BOUND: Duration = Duration::from_secs(60);
+/// Pause between the tries of [`logs_in_eventually`].
+const RETRY: Duration = Duration::from_millis(200);
 /// Connections opened at once while flooding, so the listen backlog keeps up.
 const FLOOD_BATCH: usize = 250;
 
@@ -95,4 +105,61 @@ async fn admitted_of(addr: SocketAddr, from: &str, n: usize) -> (Vec<TcpStream>,
         }
     }
     (open, refused)
+}
+
+/// Like [`admitted_of`], each connection from the balancer `from` opening with
+/// a PROXY v2 header that names `client`.
+async fn admitted_behind(
+    addr: SocketAddr,
+    from: &str,
+    client: SocketAddr,
+    n: usize,
+) -> (Vec<TcpStream>, usize) {
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for mut s in idle_from(addr, from, n).await {
+        s.write_all(&labssh_proxy::proxy_protocol::encode(client))
+            .await
+            .unwrap();
+        match first_bytes(&mut s).await {
+            Seen::Banner => open.push(s),
+            Seen::Refused => refused += 1,
+        }
+    }
+    (open, refused)
+}
+
+/// The process-wide sum of a metric's samples with these labels (every lab of
+/// this binary adds to it: compare before and after).
+fn metric(name: &str, labels: &[(&str, &str)]) -> f64 {
+    Exposition::parse(&render()).unwrap().sum(name, labels)
+}
+
+/// `labssh_proxy_refused_total{reason}`.
+fn refused(reason: &str) -> f64 {
+    metric("labssh_proxy_refused_total", &[("reason", reason)])
+}
+
+/// `ssh -b from user@lab 'echo in'` until it gets in: a connection the client
+/// closed stops counting once the proxy sees it close, a moment later. Panics if
+/// no login gets in within [`BOUND`].
+async fn logs_in_eventually(lab: &Lab, user: &str, auth: &Auth, from: &str) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let out = lab
+            .ssh
+            .command_with(user, auth, &["-b", from], &["echo in"])
+            .output()
+            .await
+            .unwrap();
+        if stdout(&out) == "in\n" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} from {from} never got in: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(RETRY).await;
+    }
 }

@@ -122,7 +122,12 @@ impl Refusals {
         {
             let mut throttles = self.throttles.lock().expect("refusal log lock");
             for (reason, throttle) in throttles.iter_mut() {
-                ended.extend(throttle.expire(now).into_iter().map(|(c, n)| (*reason, c, n)));
+                ended.extend(
+                    throttle
+                        .expire(now)
+                        .into_iter()
+                        .map(|(c, n)| (*reason, c, n)),
+                );
             }
         }
         for (reason, client, count) in ended {

@@ -44,7 +44,8 @@ impl Accepted {
         // The grace covers the PROXY header too: a balancer's client that
         // sends nothing is closed by then all the same.
         let deadline = self.accepted + grace;
-        let header = tokio::time::timeout_at(deadline, self.policy.accept(&mut stream, socket_peer));
+        let header =
+            tokio::time::timeout_at(deadline, self.policy.accept(&mut stream, socket_peer));
         let client = match header.await {
             Ok(Ok(Peer::Client(client))) => client,
             Ok(Err(e)) => {
@@ -70,16 +71,24 @@ impl Accepted {
         };
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (logged_in, login_seen) = watch::channel(false);
-        let (connection, handler) =
-            Connection::new(self.shared.clone(), Some(client), id, logged_in);
+        let (connection, handler) = Connection::new(
+            self.shared.clone(),
+            Some(client),
+            id,
+            (logged_in, unauthenticated.clone()),
+        );
         let started = russh::server::run_stream(self.ssh_config.clone(), stream, handler);
-        let session = match tokio::time::timeout_at(deadline, started).await {
+        // Held here, so the stream it owns closes only on return.
+        let mut started = Box::pin(tokio::time::timeout_at(deadline, started));
+        let session = match (&mut started).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(conn = id, %client, "ssh handshake failed: {e:#}");
                 return;
             }
             Err(_) => {
+                // It no longer counts before the client can see it closed.
+                unauthenticated.end();
                 let refusals = &self.shared.refusals;
                 refusals.refuse(Reason::LoginGrace, client.ip(), grace_secs);
                 return;
@@ -110,17 +119,14 @@ impl Accepted {
             unauthenticated,
         } = watched;
         let grace = self.shared.config.login_grace();
-        // Resolves only if the login grace passes without a login; a login
-        // ends the connection's count as unauthenticated.
+        // Resolves only if the login grace passes without a login (the login
+        // itself ends the connection's count as unauthenticated).
         let grace_over = async move {
             let seen = tokio::time::timeout_at(deadline, async {
                 login_seen.wait_for(|done| *done).await.is_ok()
             });
             match seen.await {
-                Ok(true) => {
-                    drop(unauthenticated);
-                    std::future::pending::<()>().await
-                }
+                Ok(true) => std::future::pending::<()>().await,
                 // The connection's task has ended: so will the session.
                 Ok(false) => std::future::pending::<()>().await,
                 Err(_) => {}
@@ -140,6 +146,8 @@ impl Accepted {
                 }
             }
             _ = grace_over => {
+                // It no longer counts before the client can see it closed.
+                unauthenticated.end();
                 let grace_secs = format!("{} s", grace.as_secs());
                 self.shared.refusals.refuse(Reason::LoginGrace, client.ip(), grace_secs);
                 let _ = handle
@@ -173,6 +181,7 @@ struct Watched {
     deadline: Instant,
     /// Becomes true at the login.
     login_seen: watch::Receiver<bool>,
-    /// Counts the connection as unauthenticated until the login.
+    /// Counts the connection as unauthenticated until the login or the end
+    /// of the grace.
     unauthenticated: Unauthenticated,
 }
