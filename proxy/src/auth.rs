@@ -340,6 +340,21 @@ mod tests {
         assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
     }
 
+    #[test]
+    fn every_method_but_the_probes_counts_towards_max_auth_tries() {
+        let key = users::parse_authorized_key(BOB_KEY).unwrap();
+        assert!(!Credential::None.counts_as_failure());
+        assert!(!Credential::KeyboardInteractive(None).counts_as_failure());
+        for counted in [
+            password("wrong"),
+            Credential::KeyOffered(key.clone()),
+            Credential::Key(key),
+            Credential::KeyboardInteractive(Some("wrong".into())),
+        ] {
+            assert!(counted.counts_as_failure());
+        }
+    }
+
     #[tokio::test]
     async fn keyboard_interactive_asks_for_the_password_and_explains_bad_names() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,8 @@
 //! before the SSH banner, as OpenSSH does — when its address already has
 //! `max_unauthenticated_per_address` of them (addresses are counted one by one,
 //! IPv6 too, as OpenSSH's default `PerSourceNetBlockSize 32:128`; an
-//! `exempt_addresses` entry such as the campus NAT is not capped), or by the
+//! `exempt_addresses` entry such as the campus NAT is not capped, nor a trusted
+//! balancer's own connections, which stand for clients unknown), or by the
 //! random early drop of `max_startups` ([`MaxStartups`]) over all of them.
 //! Each connection also has `login_grace_secs` from accept to log in and
 //! `max_auth_tries` failed attempts; both are enforced by the server and the
@@ -77,25 +78,30 @@ impl Gate {
     }
 
     /// Admits a new unauthenticated connection from `ip`, or says why not;
-    /// `roll` is drawn uniformly from 0..100 for `max_startups`.
-    pub(crate) fn admit(&self, ip: IpAddr, roll: u32) -> Result<Unauthenticated, Reason> {
-        let ip = ip.to_canonical();
+    /// `roll` is drawn uniformly from 0..100 for `max_startups`. `None` is a
+    /// trusted balancer's own connection (its health check, or one without a
+    /// header when none is required): it stands for clients unknown, so it is
+    /// not capped per address.
+    pub(crate) fn admit(&self, ip: Option<IpAddr>, roll: u32) -> Result<Unauthenticated, Reason> {
         let inner = &self.inner;
-        let capped = !inner.exempt.iter().any(|net| net.contains(&ip));
+        let ip = ip
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !inner.exempt.iter().any(|net| net.contains(ip)));
         let mut counts = inner.counts.lock().expect("preauth lock");
-        if capped && counts.by_address.get(&ip).copied().unwrap_or(0) >= inner.per_address {
+        let from = |ip| counts.by_address.get(ip).copied().unwrap_or(0);
+        if ip.as_ref().is_some_and(|ip| from(ip) >= inner.per_address) {
             return Err(Reason::PerAddress);
         }
         if inner.startups.refuses(counts.total, roll) {
             return Err(Reason::MaxStartups);
         }
         counts.total += 1;
-        if capped {
+        if let Some(ip) = ip {
             *counts.by_address.entry(ip).or_default() += 1;
         }
         let counted = Counted {
             gate: self.inner.clone(),
-            capped: capped.then_some(ip),
+            capped: ip,
             _gauge: telemetry::unauthenticated(),
         };
         Ok(Unauthenticated(Arc::new(Mutex::new(Some(counted)))))
@@ -138,7 +144,7 @@ impl Unauthenticated {
 struct Counted {
     /// The counts to give back to.
     gate: Arc<GateInner>,
-    /// The address counted, unless exempt.
+    /// The address counted, unless exempt or a balancer's.
     capped: Option<IpAddr>,
     /// `labssh_proxy_unauthenticated_connections`.
     _gauge: telemetry::Active,
@@ -193,34 +199,40 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn from(s: &str) -> Option<IpAddr> {
+        Some(ip(s))
+    }
+
     #[test]
     fn an_address_is_capped_others_and_exempt_ones_are_not() {
         let g = gate(3, "1000", &["198.51.100.0/24"]);
         let held: Vec<_> = (0..3)
-            .map(|_| g.admit(ip("203.0.113.9"), 0).unwrap())
+            .map(|_| g.admit(from("203.0.113.9"), 0).unwrap())
             .collect();
         assert_eq!(
-            g.admit(ip("203.0.113.9"), 0).err(),
+            g.admit(from("203.0.113.9"), 0).err(),
             Some(Reason::PerAddress)
         );
         // The same address written as IPv4-mapped IPv6 is the same address.
         assert_eq!(
-            g.admit(ip("::ffff:203.0.113.9"), 0).err(),
+            g.admit(from("::ffff:203.0.113.9"), 0).err(),
             Some(Reason::PerAddress)
         );
-        let other = g.admit(ip("192.0.2.1"), 0).unwrap();
+        let other = g.admit(from("192.0.2.1"), 0).unwrap();
+        // A balancer's own connections are not capped either.
+        let balancer: Vec<_> = (0..5).map(|_| g.admit(None, 0).unwrap()).collect();
         let nat: Vec<_> = (0..10)
-            .map(|_| g.admit(ip("198.51.100.7"), 0).unwrap())
+            .map(|_| g.admit(from("198.51.100.7"), 0).unwrap())
             .collect();
-        assert_eq!(g.count(ip("203.0.113.9")), (14, 3));
+        assert_eq!(g.count(ip("203.0.113.9")), (19, 3));
         assert_eq!(
             g.count(ip("198.51.100.7")),
-            (14, 0),
+            (19, 0),
             "exempt: not counted per address"
         );
-        drop(held);
+        drop((held, balancer));
         assert_eq!(g.count(ip("203.0.113.9")), (11, 0));
-        let again = g.admit(ip("203.0.113.9"), 0).unwrap();
+        let again = g.admit(from("203.0.113.9"), 0).unwrap();
         // Ended by one copy (at the login), it counts no more for any.
         let copy = again.clone();
         copy.end();
@@ -234,26 +246,26 @@ mod tests {
     fn max_startups_counts_every_unauthenticated_connection() {
         let g = gate(100, "2:50:4", &["198.51.100.0/24"]);
         // Exempt or not, every connection counts towards max_startups.
-        let a = g.admit(ip("198.51.100.7"), 0).unwrap();
-        let b = g.admit(ip("192.0.2.1"), 0).unwrap();
+        let a = g.admit(from("198.51.100.7"), 0).unwrap();
+        let b = g.admit(from("192.0.2.1"), 0).unwrap();
         // At start (2 open): a roll under 50 refuses, one at 50 passes.
         assert_eq!(
-            g.admit(ip("192.0.2.2"), 49).err(),
+            g.admit(from("192.0.2.2"), 49).err(),
             Some(Reason::MaxStartups)
         );
-        let c = g.admit(ip("192.0.2.2"), 50).unwrap();
+        let c = g.admit(from("192.0.2.2"), 50).unwrap();
         // 3 open: 75%.
         assert_eq!(
-            g.admit(ip("192.0.2.3"), 74).err(),
+            g.admit(from("192.0.2.3"), 74).err(),
             Some(Reason::MaxStartups)
         );
-        let d = g.admit(ip("192.0.2.3"), 75).unwrap();
+        let d = g.admit(from("192.0.2.3"), 75).unwrap();
         // Full: even the luckiest roll is refused.
         assert_eq!(
-            g.admit(ip("192.0.2.4"), 99).err(),
+            g.admit(from("192.0.2.4"), 99).err(),
             Some(Reason::MaxStartups)
         );
         drop((a, b, c, d));
-        assert!(g.admit(ip("192.0.2.4"), 0).is_ok());
+        assert!(g.admit(from("192.0.2.4"), 0).is_ok());
     }
 }

@@ -215,7 +215,7 @@ impl Accepting {
                 None
             } else {
                 let gate = &self.shared.gate;
-                match gate.admit(peer.ip(), roll()) {
+                match gate.admit(Some(peer.ip()), roll()) {
                     Ok(unauthenticated) => Some(unauthenticated),
                     Err(reason) => {
                         refusals.refuse(reason, peer.ip(), gate.limit(reason));

@@ -77,34 +77,49 @@ async fn first_bytes(stream: &mut TcpStream) -> Seen {
 }
 
 /// Reads every stream to its end; panics if the proxy leaves any open past
-/// `bound`. Returns how many had received the SSH banner first.
-async fn all_closed(streams: Vec<TcpStream>, bound: Duration) -> usize {
+/// `bound`.
+async fn all_closed(streams: Vec<TcpStream>, bound: Duration) {
     let reads = streams.into_iter().map(|mut s| async move {
-        let mut seen = Vec::new();
-        match tokio::time::timeout(bound, s.read_to_end(&mut seen)).await {
-            Ok(_) => !seen.is_empty(),
-            Err(_) => panic!("a connection still open {bound:?} on"),
+        let mut rest = Vec::new();
+        if tokio::time::timeout(bound, s.read_to_end(&mut rest))
+            .await
+            .is_err()
+        {
+            panic!("a connection still open {bound:?} on");
         }
     });
-    futures::future::join_all(reads)
-        .await
-        .into_iter()
-        .filter(|banner| *banner)
-        .count()
+    futures::future::join_all(reads).await;
+}
+
+/// `n` idle connections from `from`, each with what the proxy did with it. A
+/// batch is opened only once the proxy has judged the one before, so the listen
+/// backlog never overflows: past it the kernel answers with SYN cookies, and a
+/// client that never sends a byte could be left with a connection the server
+/// never knew of.
+async fn judged_from(addr: SocketAddr, from: &str, n: usize) -> Vec<(TcpStream, Seen)> {
+    let mut judged = Vec::with_capacity(n);
+    while judged.len() < n {
+        let batch = idle_from(addr, from, FLOOD_BATCH.min(n - judged.len())).await;
+        let seen = batch.into_iter().map(|mut s| async move {
+            let seen = first_bytes(&mut s).await;
+            (s, seen)
+        });
+        judged.extend(futures::future::join_all(seen).await);
+    }
+    judged
 }
 
 /// How many of `n` fresh idle connections from `from` the proxy admits, and how
 /// many it refuses; the admitted ones are returned still open.
 async fn admitted_of(addr: SocketAddr, from: &str, n: usize) -> (Vec<TcpStream>, usize) {
-    let mut open = Vec::new();
-    let mut refused = 0;
-    for mut s in idle_from(addr, from, n).await {
-        match first_bytes(&mut s).await {
-            Seen::Banner => open.push(s),
-            Seen::Refused => refused += 1,
-        }
-    }
-    (open, refused)
+    let (admitted, refused): (Vec<_>, Vec<_>) = judged_from(addr, from, n)
+        .await
+        .into_iter()
+        .partition(|(_, seen)| *seen == Seen::Banner);
+    (
+        admitted.into_iter().map(|(s, _)| s).collect(),
+        refused.len(),
+    )
 }
 
 /// Like [`admitted_of`], each connection from the balancer `from` opening with

@@ -60,7 +60,12 @@ impl Accepted {
         };
         let unauthenticated = match self.admitted.take() {
             Some(unauthenticated) => unauthenticated,
-            None => match self.shared.gate.admit(client.ip(), roll()) {
+            // Behind a balancer: the client its header names, or the
+            // balancer's own connection (not capped per address).
+            None => match self.shared.gate.admit(
+                Some(client.ip()).filter(|_| !self.policy.trusts(&client)),
+                roll(),
+            ) {
                 Ok(unauthenticated) => unauthenticated,
                 Err(reason) => {
                     let limit = self.shared.gate.limit(reason);
