@@ -277,6 +277,8 @@ async fn metrics_count_every_login_and_a_real_prometheus_scrapes_them() {
     assert_eq!(d("labssh_proxy_connections_total", &[]), N);
     assert_eq!(d("labssh_proxy_connections_active", &[]), 0.0);
     assert_eq!(d("labssh_proxy_sessions_active", &[]), 0.0);
+    assert_eq!(d("labssh_proxy_unauthenticated_connections", &[]), 0.0);
+    assert_eq!(d("labssh_proxy_refused_total", &[]), 0.0);
     assert_eq!(
         d(
             "labssh_auth_attempts_total",
@@ -416,6 +418,49 @@ async fn metrics_count_every_login_and_a_real_prometheus_scrapes_them() {
         .await
         .unwrap();
     assert_eq!(p99.len(), 1, "{p99:?}");
+    lab.stop().await;
+}
+
+/// A connection that never sends a byte counts in
+/// `labssh_proxy_unauthenticated_connections` until the login grace closes it,
+/// which counts in `labssh_proxy_refused_total{reason="login_grace"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_connection_is_unauthenticated_until_the_grace_closes_it() {
+    use tokio::io::AsyncReadExt;
+
+    telemetry();
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(LabOptions {
+        proxy: Some(|c| c.login_grace_secs = 3),
+        ..Default::default()
+    })
+    .await;
+    let now = || Exposition::parse(&labssh_telemetry::metrics::render()).unwrap();
+    let gauge = "labssh_proxy_unauthenticated_connections";
+    let grace = [("reason", "login_grace")];
+    let before = now();
+
+    let mut idle = tokio::net::TcpStream::connect(lab.cluster.as_ref().unwrap().ssh_addr)
+        .await
+        .unwrap();
+    // Admitted: the banner comes, and it counts.
+    let mut banner = [0u8; 8];
+    idle.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"SSH-2.0-");
+    assert_eq!(delta(&before, &now(), gauge, &[]), 1.0);
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), idle.read_to_end(&mut rest))
+        .await
+        .expect("closed by the login grace")
+        .ok();
+    // It stopped counting, and was counted refused, before it was closed.
+    let after = now();
+    assert_eq!(delta(&before, &after, gauge, &[]), 0.0);
+    assert_eq!(
+        delta(&before, &after, "labssh_proxy_refused_total", &grace),
+        1.0
+    );
     lab.stop().await;
 }
 

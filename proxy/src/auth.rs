@@ -45,6 +45,18 @@ pub(crate) enum Credential {
     KeyboardInteractive(Option<String>),
 }
 
+impl Credential {
+    /// Whether a rejection of it counts towards `max_auth_tries`, as in
+    /// OpenSSH: every method but "none", and keyboard-interactive only once
+    /// answered.
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(
+            self,
+            Credential::None | Credential::KeyboardInteractive(None)
+        )
+    }
+}
+
 /// What to tell the client.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -251,6 +263,8 @@ mod tests {
             limiter: RateLimiter::new(config.rate_limit.clone(), None),
             upstream: Upstream::new("http://127.0.0.1:1", TlsFiles::default(), ttl, ttl).unwrap(),
             next_id: AtomicU64::new(1),
+            gate: crate::preauth::Gate::new(&config),
+            refusals: Default::default(),
             config,
         }
     }
@@ -324,6 +338,21 @@ mod tests {
             Outcome::Rejected
         );
         assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
+    }
+
+    #[test]
+    fn every_method_but_the_probes_counts_towards_max_auth_tries() {
+        let key = users::parse_authorized_key(BOB_KEY).unwrap();
+        assert!(!Credential::None.counts_as_failure());
+        assert!(!Credential::KeyboardInteractive(None).counts_as_failure());
+        for counted in [
+            password("wrong"),
+            Credential::KeyOffered(key.clone()),
+            Credential::Key(key),
+            Credential::KeyboardInteractive(Some("wrong".into())),
+        ] {
+            assert!(counted.counts_as_failure());
+        }
     }
 
     #[tokio::test]

@@ -30,6 +30,31 @@ pub const DEFAULT_LOGIN_GRACE_SECS: u64 = 60;
 /// A class of 300 with a few sessions each, with room to spare; beyond this
 /// new connections are refused so a flood cannot exhaust the replica.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// One address not logged in more than this many times at once is a flood, not
+/// a student: a person opens a handful of terminals. OpenSSH's
+/// `PerSourceMaxStartups` has no default; this is its `MaxStartups` full of 100,
+/// divided among a few addresses. The campus NAT is exempted through
+/// `rate_limit.exempt_addresses`.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 32;
+/// OpenSSH's is `10:30:100`, meant for one sshd. Here the whole class may log in
+/// at 9:00 from the campus NAT, exempt from the per-address cap: below 300
+/// unauthenticated connections (every student of a class of 300 typing their
+/// password at once) nobody is refused; from there 30% rising to all at 1000, a
+/// quarter of `max_connections`, so a flood from many addresses can never hold
+/// more than that while logged-in students keep the rest.
+pub const DEFAULT_MAX_STARTUPS: &str = "300:30:1000";
+/// OpenSSH's `MaxAuthTries`: failed attempts (password, public key,
+/// keyboard-interactive) on one connection before it is disconnected.
+pub const DEFAULT_MAX_AUTH_TRIES: u32 = 6;
+/// A keepalive after this long without a word from the client. OpenSSH's
+/// `ClientAliveInterval` is 0 (off), which leaves a laptop closed mid-session
+/// holding its connection and container processes until TCP gives up (hours);
+/// 15 s costs a few bytes and finds it within a minute.
+pub const DEFAULT_CLIENT_ALIVE_INTERVAL_SECS: u64 = 15;
+/// OpenSSH's `ClientAliveCountMax`: keepalives unanswered in a row before the
+/// client is disconnected, so a dead one goes after about
+/// interval × (count + 1) = 60 s.
+pub const DEFAULT_CLIENT_ALIVE_COUNT_MAX: usize = 3;
 
 /// PROXY protocol v2 from load balancers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,6 +106,23 @@ pub struct Config {
     pub accept_env: Vec<String>,
     /// Most simultaneous SSH connections this replica accepts.
     pub max_connections: usize,
+    /// Most connections not logged in yet from one client address (behind
+    /// PROXY protocol, the header's); `rate_limit.exempt_addresses` are not
+    /// capped. Past it a new connection is closed before the SSH banner.
+    pub max_unauthenticated_per_address: usize,
+    /// Random early drop over all connections not logged in yet,
+    /// `start:rate:full` as OpenSSH's `MaxStartups` (see
+    /// [`crate::preauth::MaxStartups`]).
+    pub max_startups: String,
+    /// Failed authentication attempts on one connection before it is
+    /// disconnected ("Too many authentication failures").
+    pub max_auth_tries: u32,
+    /// Seconds without a word from the client before a keepalive is sent; 0 is
+    /// off.
+    pub client_alive_interval_secs: u64,
+    /// Keepalives unanswered in a row before the client is disconnected; 0
+    /// never disconnects.
+    pub client_alive_count_max: usize,
     /// PROXY protocol from load balancers.
     pub proxy_protocol: ProxyProtocolConfig,
     /// Brute-force limits (shared through Redis when configured).
@@ -116,6 +158,11 @@ impl Default for Config {
                 "COLORTERM".into(),
             ],
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_unauthenticated_per_address: DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+            max_startups: DEFAULT_MAX_STARTUPS.into(),
+            max_auth_tries: DEFAULT_MAX_AUTH_TRIES,
+            client_alive_interval_secs: DEFAULT_CLIENT_ALIVE_INTERVAL_SECS,
+            client_alive_count_max: DEFAULT_CLIENT_ALIVE_COUNT_MAX,
             proxy_protocol: ProxyProtocolConfig::default(),
             rate_limit: Default::default(),
             tls: Default::default(),
@@ -197,6 +244,7 @@ impl Config {
         if self.max_connections == 0 {
             problems.push("max_connections: must be greater than 0".into());
         }
+        problems.extend(crate::preauth::problems(self));
         if let Err(p) = crate::proxy_protocol::parse_trusted(&self.proxy_protocol.trusted) {
             problems.extend(p);
         }
@@ -234,6 +282,18 @@ impl Config {
     pub(crate) fn login_grace(&self) -> Duration {
         Duration::from_secs(self.login_grace_secs)
     }
+    /// `max_startups`, parsed (the default if invalid: `validate` reports it).
+    pub(crate) fn max_startups(&self) -> crate::preauth::MaxStartups {
+        self.max_startups
+            .parse()
+            .or_else(|_| DEFAULT_MAX_STARTUPS.parse())
+            .expect("the default max_startups parses")
+    }
+    /// How often to send the client a keepalive, if at all.
+    pub(crate) fn client_alive_interval(&self) -> Option<Duration> {
+        (self.client_alive_interval_secs > 0)
+            .then(|| Duration::from_secs(self.client_alive_interval_secs))
+    }
 }
 
 #[cfg(test)]
@@ -251,7 +311,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let err = Config::from_toml_str(
-            "listen = \"nowhere\"\ncontroller = \"tcp://x\"\ncontroller_timeout_secs = 0\naccept_env = [\"BAD-NAME\"]\nlogin_grace_secs = 0\n",
+            "listen = \"nowhere\"\ncontroller = \"tcp://x\"\ncontroller_timeout_secs = 0\naccept_env = [\"BAD-NAME\"]\nlogin_grace_secs = 0\nmax_unauthenticated_per_address = 0\nmax_startups = \"10:30\"\nmax_auth_tries = 0\n",
         )
         .unwrap_err()
         .to_string();
@@ -261,9 +321,30 @@ mod tests {
             "controller_timeout_secs:",
             "accept_env[0]:",
             "login_grace_secs:",
+            "max_unauthenticated_per_address:",
+            "max_startups:",
+            "max_auth_tries:",
         ] {
             assert!(err.contains(key), "{key} missing from {err}");
         }
+    }
+
+    #[test]
+    fn limits_before_login_have_safe_defaults_and_read_from_toml() {
+        let c = Config::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.max_startups().to_string(), DEFAULT_MAX_STARTUPS);
+        assert_eq!(c.client_alive_interval(), Some(Duration::from_secs(15)));
+        let c = Config::from_toml_str(
+            "max_startups = \"1:100:2\"\nmax_auth_tries = 2\nclient_alive_interval_secs = 0\nclient_alive_count_max = 0\nmax_unauthenticated_per_address = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_startups().to_string(), "1:100:2");
+        assert_eq!(c.client_alive_interval(), None);
+        assert_eq!(
+            (c.max_auth_tries, c.max_unauthenticated_per_address),
+            (2, 5)
+        );
     }
 
     #[test]

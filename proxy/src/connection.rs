@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use labssh_telemetry::metrics::{self as telemetry, Phase};
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
@@ -26,6 +27,7 @@ use crate::auth::{self, Attempt, Outcome};
 use crate::channel;
 use crate::forward::{self, RemoteForwards};
 use crate::login_name::LoginName;
+use crate::preauth::{Reason, Unauthenticated};
 use crate::state::{Context, Shared};
 
 mod event;
@@ -67,6 +69,9 @@ pub(crate) struct Connection {
     events: mpsc::Receiver<Event>,
     /// Set once authentication succeeds.
     login: Option<LoginName>,
+    /// Failed authentication attempts so far; at `max_auth_tries` the
+    /// connection is disconnected.
+    failures: u32,
     /// Session channels opened so far.
     channels: usize,
     /// The queues of each open session channel (at most
@@ -87,19 +92,23 @@ pub(crate) struct Connection {
     /// Set once a login succeeds; the accept loop disconnects a client that
     /// has not logged in within the login grace.
     logged_in: watch::Sender<bool>,
+    /// Counts the connection as unauthenticated until its login.
+    unauthenticated: Unauthenticated,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
 }
 
 impl Connection {
     /// The state of a connection just accepted, inside its `ssh` span, and
-    /// the handler to give russh.
+    /// the handler to give russh. `login` is what a login ends: the wait of
+    /// the accept loop's grace, and the count as unauthenticated.
     pub fn new(
         shared: Arc<Shared>,
         client: Option<SocketAddr>,
         id: u64,
-        logged_in: watch::Sender<bool>,
+        login: (watch::Sender<bool>, Unauthenticated),
     ) -> (Connection, Handler) {
+        let (logged_in, unauthenticated) = login;
         let peer = client.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         tracing::debug!(conn = id, %peer, "connection accepted");
         // The accept loop runs this inside the connection's `ssh` span.
@@ -118,6 +127,7 @@ impl Connection {
             },
             events,
             login: None,
+            failures: 0,
             channels: 0,
             sessions: HashMap::new(),
             accepted: Instant::now(),
@@ -126,6 +136,7 @@ impl Connection {
             remote: Arc::default(),
             forward_budget: Arc::new(Semaphore::new(forward::CONNECTION_BUDGET_KIB)),
             logged_in,
+            unauthenticated,
             _open: telemetry::connection_opened(),
         };
         (connection, Handler::new(events_tx))
@@ -141,7 +152,7 @@ impl Connection {
     async fn handle(&mut self, event: Event, handle: &Handle) {
         match event {
             Event::Auth(attempt, reply) => {
-                let outcome = self.authenticate(attempt).await;
+                let outcome = self.authenticate(attempt, handle).await;
                 let _ = reply.send(outcome);
             }
             Event::SessionOpened { channel, reply } => {
@@ -193,18 +204,64 @@ impl Connection {
     }
 
     /// Decides an authentication attempt; the first one ends the accept
-    /// phase.
-    async fn authenticate(&mut self, attempt: Attempt) -> Outcome {
+    /// phase. The `max_auth_tries`-th failure disconnects the client, as
+    /// OpenSSH does, before it can try again.
+    async fn authenticate(&mut self, attempt: Attempt, handle: &Handle) -> Outcome {
         if let Some(span) = self.accept_phase.take() {
             telemetry::setup_phase(Phase::Accept, self.accepted.elapsed());
             drop(span);
         }
+        let max_tries = self.shared.config.max_auth_tries;
+        if self.failures >= max_tries {
+            // Already disconnecting: nothing more is checked.
+            return Outcome::Rejected;
+        }
+        let counted = attempt.credential.counts_as_failure();
         let outcome = self.client.decide(&self.shared, attempt).await;
-        if let Outcome::LoggedIn(login) = &outcome {
-            self.login = Some(login.clone());
-            self.logged_in.send_replace(true);
+        match &outcome {
+            Outcome::LoggedIn(login) => {
+                self.login = Some(login.clone());
+                // Before russh answers the client, so a connection that is in
+                // never counts as waiting.
+                self.unauthenticated.end();
+                self.logged_in.send_replace(true);
+            }
+            Outcome::Rejected if counted => {
+                self.failures += 1;
+                if self.failures >= max_tries {
+                    self.too_many_failures(handle);
+                }
+            }
+            _ => {}
         }
         outcome
+    }
+
+    /// Disconnects the client after its last allowed failure. The message is
+    /// queued before the rejection is answered, so russh sends it right after
+    /// the rejection and reads no further attempt.
+    fn too_many_failures(&self, handle: &Handle) {
+        let max_tries = self.shared.config.max_auth_tries;
+        if let Some(ip) = self.client.ip {
+            self.shared
+                .refusals
+                .refuse(Reason::MaxAuthTries, ip, max_tries);
+        }
+        let disconnect = |handle: Handle| async move {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::NoMoreAuthMethodsAvailable,
+                    "Too many authentication failures".into(),
+                    String::new(),
+                )
+                .await;
+        };
+        // Before a login nothing else is queued to russh, so there is room
+        // now; if not, the message follows as soon as there is.
+        let mut now = Box::pin(disconnect(handle.clone()));
+        if (&mut now).now_or_never().is_none() {
+            tokio::spawn(now);
+        }
     }
 
     /// What channel and forwarding tasks need, once authenticated.

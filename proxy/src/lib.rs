@@ -17,6 +17,7 @@ pub mod credential_cache;
 mod forward;
 pub mod host_key;
 pub mod login_name;
+pub mod preauth;
 pub mod proxy_protocol;
 pub mod rate_limit;
 mod redis_link;

@@ -58,7 +58,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn trusts(&self, peer: &SocketAddr) -> bool {
+    /// Whether `peer` is a balancer that may send a header.
+    pub fn trusts(&self, peer: &SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
         self.trusted.iter().any(|net| net.contains(&ip))
     }

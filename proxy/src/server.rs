@@ -1,31 +1,33 @@
-//! The SSH server: `run`, the accept loop and each connection's task.
+//! The SSH server: `run`, the accept loop, and ([`serve`]) each connection's
+//! task. The accept loop refuses what [`crate::preauth`] limits before spending
+//! anything on a connection.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use labssh_telemetry::metrics::{self as telemetry, Component};
+use rand::Rng;
 use russh::keys::PrivateKey;
-use russh::server::{Handle, RunningSession};
 use russh::{MethodKind, MethodSet};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
-use crate::connection::{self, Connection, Handler};
+use crate::connection;
 use crate::credential_cache::{self, CredentialCache};
-use crate::proxy_protocol::{self, Peer, Policy};
+use crate::preauth::{self, Gate, Reason, Refusals};
+use crate::proxy_protocol::{self, Policy};
 use crate::rate_limit::RateLimiter;
 use crate::redis_link::RedisLink;
 use crate::state::Shared;
 use crate::upstream::Upstream;
 use crate::users::Users;
 
-/// Keepalives find dead clients (laptops closed mid-session) so their
-/// containers' processes are hung up instead of lingering.
-const SSH_KEEPALIVE: Duration = Duration::from_secs(30);
+mod serve;
+
+use serve::Accepted;
+
 /// Messages buffered per channel before back-pressure reaches TCP; with
 /// 32 KiB packets this bounds a channel's buffer to about 1 MiB.
 const CHANNEL_BUFFER: usize = 32;
@@ -64,6 +66,7 @@ pub async fn run(
         max_connections,
         "proxy listening for SSH"
     );
+    let report = tokio::spawn(report_refusals(shared.clone()));
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop) = watch::channel(false);
     let accepting = Accepting {
@@ -84,7 +87,24 @@ pub async fn run(
     {
         tracing::warn!("some connections did not close within {DRAIN_GRACE:?}");
     }
+    report.abort();
+    shared.refusals.report_all();
     Ok(())
+}
+
+/// Logs, every window, the refusals counted but not logged.
+async fn report_refusals(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(preauth::LOG_WINDOW);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.refusals.report();
+    }
+}
+
+/// A roll for `max_startups`'s random early drop: uniform in 0..100.
+fn roll() -> u32 {
+    rand::thread_rng().gen_range(0..100)
 }
 
 /// The replica's shared state: accounts, credential cache, limits, clients.
@@ -110,6 +130,8 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         config.placement_cache_ttl(),
     )?;
     Ok(Shared {
+        gate: Gate::new(&config),
+        refusals: Refusals::default(),
         config,
         users,
         cache,
@@ -136,7 +158,14 @@ fn ssh_config(config: &Config, keys: Vec<PrivateKey>) -> russh::server::Config {
         // full rejection delay on every login.
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: Some(Duration::from_secs(config.inactivity_timeout_secs)),
-        keepalive_interval: Some(SSH_KEEPALIVE),
+        // Keepalives find dead clients (laptops closed mid-session, half-open
+        // TCP) so their containers' processes are hung up instead of lingering.
+        keepalive_interval: config.client_alive_interval(),
+        keepalive_max: config.client_alive_count_max,
+        // The connection counts failures as OpenSSH does and disconnects with
+        // its words; russh's own count, which includes the "none" probe, is
+        // only a backstop one above it.
+        max_auth_attempts: config.max_auth_tries as usize + 1,
         channel_buffer_size: CHANNEL_BUFFER,
         nodelay: true,
         ..Default::default()
@@ -174,15 +203,33 @@ impl Accepting {
                     }
                 },
             };
+            let accepted = tokio::time::Instant::now();
+            let refusals = &self.shared.refusals;
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max_connections, "connection refused: too many connections");
+                refusals.refuse(Reason::MaxConnections, peer.ip(), max_connections);
                 continue;
+            };
+            // A balancer's client is known once its header is read (by the
+            // connection's task); anyone else's now.
+            let admitted = if self.policy.trusts(&peer) {
+                None
+            } else {
+                let gate = &self.shared.gate;
+                match gate.admit(Some(peer.ip()), roll()) {
+                    Ok(unauthenticated) => Some(unauthenticated),
+                    Err(reason) => {
+                        refusals.refuse(reason, peer.ip(), gate.limit(reason));
+                        continue;
+                    }
+                }
             };
             let conn = Accepted {
                 shared: self.shared.clone(),
                 ssh_config: self.ssh_config.clone(),
                 policy: self.policy.clone(),
                 stop: self.stop.clone(),
+                accepted,
+                admitted,
             };
             // One connection, one trace: its phases are children of this span.
             let span = connection::span(peer);
@@ -191,106 +238,6 @@ impl Accepting {
                 drop(slot);
             };
             tokio::spawn(tracing::Instrument::instrument(serve, span));
-        }
-    }
-}
-
-/// What a connection task needs.
-struct Accepted {
-    /// Replica-wide state.
-    shared: Arc<Shared>,
-    /// russh server configuration.
-    ssh_config: Arc<russh::server::Config>,
-    /// PROXY protocol policy.
-    policy: Policy,
-    /// Becomes true on shutdown.
-    stop: watch::Receiver<bool>,
-}
-
-impl Accepted {
-    async fn serve(self, mut stream: TcpStream, socket_peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let Peer::Client(client) = match self.policy.accept(&mut stream, socket_peer).await {
-            Ok(peer) => peer,
-            Err(e) => {
-                tracing::warn!("connection refused: {e}");
-                return;
-            }
-        };
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (logged_in, login_seen) = watch::channel(false);
-        let (connection, handler) =
-            Connection::new(self.shared.clone(), Some(client), id, logged_in);
-        let grace = self.shared.config.login_grace();
-        let deadline = tokio::time::Instant::now() + grace;
-        let started = russh::server::run_stream(self.ssh_config.clone(), stream, handler);
-        let session = match tokio::time::timeout_at(deadline, started).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(conn = id, %client, "ssh handshake failed: {e:#}");
-                return;
-            }
-            Err(_) => {
-                telemetry::error(Component::Proxy, "login_grace");
-                tracing::info!(conn = id, %client, "no SSH version within {grace:?}; closed");
-                return;
-            }
-        };
-        let handle = session.handle();
-        tokio::spawn(tracing::Instrument::in_current_span(
-            connection.run(handle.clone()),
-        ));
-        self.watch(session, handle, id, client, deadline, login_seen)
-            .await;
-    }
-
-    /// Waits for the connection to end, disconnecting it when the login
-    /// grace passes without a login, or at shutdown.
-    async fn watch(
-        mut self,
-        session: RunningSession<Handler>,
-        handle: Handle,
-        id: u64,
-        client: SocketAddr,
-        deadline: tokio::time::Instant,
-        mut login_seen: watch::Receiver<bool>,
-    ) {
-        let grace = self.shared.config.login_grace();
-        // Resolves only if the login grace passes without a login.
-        let grace_over = async move {
-            if tokio::time::timeout_at(deadline, login_seen.wait_for(|done| *done))
-                .await
-                .is_ok()
-            {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            result = session => {
-                if let Err(e) = result {
-                    tracing::debug!(conn = id, %client, "ssh connection ended with error: {e:#}");
-                }
-            }
-            _ = grace_over => {
-                telemetry::error(Component::Proxy, "login_grace");
-                tracing::info!(conn = id, %client, "not logged in within {grace:?}; disconnected");
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        format!("labssh: no login within {} s", grace.as_secs()),
-                        String::new(),
-                    )
-                    .await;
-            }
-            _ = async { let _ = self.stop.wait_for(|stop| *stop).await; } => {
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "labssh proxy is shutting down".into(),
-                        String::new(),
-                    )
-                    .await;
-            }
         }
     }
 }

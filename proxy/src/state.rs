@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::credential_cache::CredentialCache;
 use crate::login_name::LoginName;
+use crate::preauth::{Gate, Refusals};
 use crate::rate_limit::RateLimiter;
 use crate::upstream::Upstream;
 use crate::users::Users;
@@ -31,6 +32,10 @@ pub(crate) struct Shared {
     pub upstream: Upstream,
     /// Source of connection ids for logs.
     pub next_id: AtomicU64,
+    /// Connections not logged in yet, and their limits.
+    pub gate: Gate,
+    /// Refusals before a login: counted, and logged sparingly.
+    pub refusals: Refusals,
 }
 
 /// What a session channel or a forwarding task needs from its connection,

@@ -52,6 +52,18 @@ pub const FAMILIES: &[Family] = &[
         labels: &[],
     },
     Family {
+        name: "labssh_proxy_unauthenticated_connections",
+        help: "SSH connections open on the proxy that have not logged in yet.",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_proxy_refused_total",
+        help: "Connections the proxy refused or closed before a login, by reason (max_connections, max_unauthenticated_per_address, max_startups, login_grace, max_auth_tries).",
+        kind: Kind::Counter,
+        labels: &["reason"],
+    },
+    Family {
         name: "labssh_proxy_sessions_active",
         help: "Channels whose process (or forwarded connection) is running, on the proxy.",
         kind: Kind::Gauge,

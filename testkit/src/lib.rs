@@ -31,3 +31,30 @@ pub fn unique(prefix: &str) -> String {
     let n: u32 = rand::thread_rng().gen();
     format!("{prefix}{n:08x}")
 }
+
+/// Raises this process's open-file soft limit to its hard limit, for tests that
+/// hold thousands of sockets (both ends, when the proxy runs in-process); returns
+/// the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit = raised;
+        }
+    }
+    // rlim_t is u64 on Linux, narrower on some other targets.
+    #[allow(clippy::unnecessary_cast)]
+    let soft = limit.rlim_cur as u64;
+    soft
+}

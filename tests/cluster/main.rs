@@ -5,7 +5,9 @@
 //! - `isolation`: containers reach neither the agent's nor the controller's ports;
 //! - `mtls`: the whole path over mutual TLS, and what is refused;
 //! - `deploy_configs`: the example configurations load;
-//! - `brute_force`: a thousand wrong passwords from one address, while others log in.
+//! - `brute_force`: a thousand wrong passwords from one address, while others log in;
+//! - `preauth`: limits before login (idle floods, unauthenticated caps, failed attempts
+//!   per connection, keepalives).
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -14,4 +16,5 @@ mod brute_force;
 mod deploy_configs;
 mod isolation;
 mod mtls;
+mod preauth;
 mod scale_out;

@@ -30,6 +30,14 @@ pub(crate) enum HandlerError {
     TaskGone,
 }
 
+impl HandlerError {
+    /// Whether the client stopped answering keepalives
+    /// (`client_alive_count_max` in a row).
+    pub(crate) fn is_keepalive_timeout(&self) -> bool {
+        matches!(self, HandlerError::Ssh(russh::Error::KeepaliveTimeout))
+    }
+}
+
 /// One SSH connection's callbacks, sent to its task.
 pub(crate) struct Handler {
     /// The connection task's queue.

@@ -1,5 +1,5 @@
-//! What the proxy records: connections, authentication, setup phases and
-//! spliced channels.
+//! What the proxy records: connections (and those refused before a login),
+//! authentication, setup phases and spliced channels.
 
 use std::time::Duration;
 
@@ -43,6 +43,22 @@ pub fn connection_opened() -> Active {
     m.proxy_connections.add(1, &[]);
     m.proxy_connections_active.add(1, &[]);
     Active(&m.proxy_connections_active)
+}
+
+/// A connection is open and not logged in yet; it counts as unauthenticated
+/// until the guard drops (at its login, or when it closes).
+pub fn unauthenticated() -> Active {
+    let m = metrics();
+    m.proxy_unauthenticated.add(1, &[]);
+    Active(&m.proxy_unauthenticated)
+}
+
+/// The proxy refused or closed a connection before a login, for `reason` (a fixed
+/// word such as "max_startups").
+pub fn refused(reason: &'static str) {
+    metrics()
+        .proxy_refused
+        .add(1, &[KeyValue::new("reason", reason)]);
 }
 
 /// One authentication attempt with `method` ("password", "publickey",
