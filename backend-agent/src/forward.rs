@@ -73,6 +73,9 @@ where
     tokio::select! {
         _ = shared.shutdown.cancelled() => {}
         _ = splice::splice(stream, inbound, &tx) => {}
+        // The proxy reset the stream: it gave up waiting (e.g. on a write to a socket
+        // nobody in the container reads, which the splice would never leave).
+        _ = tx.closed() => {}
     }
     tracing::debug!(%address, "forward closed");
 }

@@ -11,7 +11,7 @@ use labssh_testkit::ssh::{output, stderr, stdout};
 use tokio::io::AsyncWriteExt;
 
 /// An ssh_config for alice with a fresh key (added to the users file).
-fn key_config(lab: &Lab) -> std::path::PathBuf {
+pub(crate) fn key_config(lab: &Lab) -> std::path::PathBuf {
     let (key, public) = lab.ssh.keygen("alice-key").unwrap();
     labssh_proxy::users::add_user(&lab.users_file, "alice", None, Some(&public)).unwrap();
     lab.ssh.config_file(&key).unwrap()
@@ -45,7 +45,13 @@ async fn sftp_run(
 }
 
 /// `sftp -b -` with `batch` as its commands; panics with the output on failure.
-async fn sftp_batch(lab: &Lab, cfg: &Path, login: &str, cwd: &Path, batch: &str) -> String {
+pub(crate) async fn sftp_batch(
+    lab: &Lab,
+    cfg: &Path,
+    login: &str,
+    cwd: &Path,
+    batch: &str,
+) -> String {
     let out = sftp_run(lab, cfg, login, cwd, batch).await;
     assert!(
         out.status.success(),

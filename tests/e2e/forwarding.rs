@@ -18,7 +18,7 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// Runs `command` in `login`'s container over a session kept open in the background
 /// (busybox `nc -ll` servers live as long as it does).
-fn background(lab: &Lab, login: &str, command: &str) -> Child {
+pub(crate) fn background(lab: &Lab, login: &str, command: &str) -> Child {
     lab.ssh
         .command(login, &Lab::alice(), &[command])
         .spawn()
@@ -26,7 +26,7 @@ fn background(lab: &Lab, login: &str, command: &str) -> Child {
 }
 
 /// Starts `ssh -N` with `options` (forwards) and waits until `local_port` accepts.
-async fn forward(lab: &Lab, login: &str, options: &[&str], local_port: u16) -> Child {
+pub(crate) async fn forward(lab: &Lab, login: &str, options: &[&str], local_port: u16) -> Child {
     let mut all = vec!["-N", "-o", "ExitOnForwardFailure=yes"];
     all.extend_from_slice(options);
     let mut child = lab
@@ -184,7 +184,7 @@ async fn socks5_try(proxy: SocketAddr, host: &str, port: u16) -> Option<(u8, Tcp
 }
 
 /// A SOCKS5 CONNECT that must succeed.
-async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> TcpStream {
+pub(crate) async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> TcpStream {
     match socks5_try(proxy, host, port).await {
         Some((0, s)) => s,
         Some((code, _)) => panic!("SOCKS CONNECT {host}:{port}: reply {code}"),

@@ -7,7 +7,8 @@
 //! - `bad_input`: every mistake a student or operator can make gets one clear line;
 //! - `credential_cache`: a validated login is a cache hit in Redis later;
 //! - `file_transfer`: sftp, scp and rsync;
-//! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart.
+//! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
+//! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -16,4 +17,5 @@ mod bad_input;
 mod credential_cache;
 mod file_transfer;
 mod forwarding;
+mod half_close;
 mod sessions;

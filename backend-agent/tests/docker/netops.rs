@@ -145,14 +145,18 @@ async fn connections_carry_bytes_both_ways(path: &str) {
     .await;
     // By name: the container's own host name, known only to its /etc/hosts.
     let mut conn = connect_when_up(&backend, &c.container_id, "conn-default", 9000).await;
-    conn.write_all(b"from-agent\n").await.unwrap();
-    conn.shutdown().await.unwrap();
+    // The container's side first, to its EOF: busybox nc exits at its peer's EOF,
+    // and it sends its stdin only once `echo` has written into the pipe, so an EOF
+    // sent before that would race `echo` and could leave nothing to read. After
+    // its EOF the other direction still carries bytes (a half-close, not a close).
     let mut back = String::new();
     tokio::time::timeout(STEP, conn.read_to_string(&mut back))
         .await
         .expect("the server answers in time")
         .unwrap();
     assert_eq!(back, "from-container\n");
+    conn.write_all(b"from-agent\n").await.unwrap();
+    conn.shutdown().await.unwrap();
     let (out, err, status) = collect(server).await;
     assert_eq!(
         (out.as_str(), status),
