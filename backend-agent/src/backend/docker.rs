@@ -35,7 +35,7 @@ pub use container_spec::{
     container_name, legacy_container_name, LABEL_AGENT, LABEL_ENV, LABEL_GENERATION, LABEL_PREFIX,
     LABEL_SPAWN, LABEL_USER, RUN_DIR, SFTP_SERVER_PATH,
 };
-pub use network::{LABEL_EGRESS, BRIDGE_PREFIX};
+pub use network::{BRIDGE_PREFIX, LABEL_EGRESS};
 pub use routes::SpawnPath;
 
 use super::init_binary::{self, HelperSetup};

@@ -145,7 +145,12 @@ impl NetworkGuard for Firewall {
             delete(&old);
         }
         let count = insert_block(&block);
-        tracing::info!(bridge, ?egress, rules = count, "container network rules installed");
+        tracing::info!(
+            bridge,
+            ?egress,
+            rules = count,
+            "container network rules installed"
+        );
         installed.bridges.insert(bridge.to_owned(), block);
     }
 }

@@ -90,7 +90,14 @@ pub fn bridge_rules(
             .flat_map(|(dest, port)| match port {
                 None => vec![rule(v4, chain, &["-d", dest], &accept)],
                 Some(port) => ["tcp", "udp"]
-                    .map(|proto| rule(v4, chain, &["-d", dest, "-p", proto, "--dport", port], &accept))
+                    .map(|proto| {
+                        rule(
+                            v4,
+                            chain,
+                            &["-d", dest, "-p", proto, "--dport", port],
+                            &accept,
+                        )
+                    })
                     .to_vec(),
             })
             .collect()
@@ -124,15 +131,16 @@ pub fn bridge_rules(
     out.push(rule(v4, &forward, &["-o", bridge], &reject));
     match egress {
         BridgeEgress::Internet => {
-            out.extend(
-                resolvers
-                    .iter()
-                    .flat_map(|ip| {
-                        ["tcp", "udp"].map(|proto| {
-                            rule(v4, &forward, &["-d", ip, "-p", proto, "--dport", "53"], &accept)
-                        })
-                    }),
-            );
+            out.extend(resolvers.iter().flat_map(|ip| {
+                ["tcp", "udp"].map(|proto| {
+                    rule(
+                        v4,
+                        &forward,
+                        &["-d", ip, "-p", proto, "--dport", "53"],
+                        &accept,
+                    )
+                })
+            }));
             for net in NOT_INTERNET_V4 {
                 out.push(rule(v4, &forward, &["-d", net], &reject));
             }
@@ -161,7 +169,10 @@ mod tests {
             "0.0.0.0:7001".parse().unwrap(),
             "docker0",
             &[7001],
-            &[parse_net("10.0.0.0/24").unwrap(), parse_net("fd00:1::/64").unwrap()],
+            &[
+                parse_net("10.0.0.0/24").unwrap(),
+                parse_net("fd00:1::/64").unwrap(),
+            ],
         )
         .with_resolvers(&["10.255.255.53".parse().unwrap(), "::1".parse().unwrap()])
     }
@@ -237,6 +248,9 @@ mod tests {
         let at = |needle: &str| input.iter().position(|r| r.contains(needle)).unwrap();
         assert!(at("--dport 7001") < at("-d 192.0.2.7/32 -p tcp"));
         assert!(at("-d 10.0.0.0/24") < at("-d 10.5.0.0/16 -j ACCEPT"));
-        assert!(input.last().unwrap().contains("! --ctstate ESTABLISHED,RELATED -j REJECT"));
+        assert!(input
+            .last()
+            .unwrap()
+            .contains("! --ctstate ESTABLISHED,RELATED -j REJECT"));
     }
 }

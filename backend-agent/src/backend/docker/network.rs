@@ -80,7 +80,7 @@ impl Target {
     /// How the student is told about the policy.
     fn describe(&self) -> &'static str {
         match self {
-            Target::Loopback => "no network (loopback only)",
+            Target::Loopback => "loopback only",
             Target::Bridge {
                 egress: Egress::Internet,
                 ..
@@ -129,9 +129,8 @@ impl Target {
 /// The environment's policy; one that does not parse (the controller checks them)
 /// fails the login rather than leaving the container unguarded.
 pub fn egress_of(env: &pb::Environment) -> Result<Egress, BackendError> {
-    Egress::from_pb(env.network.as_ref()).map_err(|e| {
-        BackendError::CreateFailed(format!("environment {}: network: {e}", env.name))
-    })
+    Egress::from_pb(env.network.as_ref())
+        .map_err(|e| BackendError::CreateFailed(format!("environment {}: network: {e}", env.name)))
 }
 
 /// The container's network mode (`none`, `default`, a network's name...).
@@ -180,7 +179,9 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => {
                 let request = self.network_request(name, bridge, egress);
                 match self.docker.create_network(request).await {
-                    Ok(_) => tracing::info!(network = %name, bridge = %bridge, egress = %egress.key(), "created a containers' network"),
+                    Ok(_) => {
+                        tracing::info!(network = %name, bridge = %bridge, egress = %egress.key(), "created a containers' network")
+                    }
                     // Another login made it meanwhile.
                     Err(e) if status_of(&e) == Some(409) => {}
                     Err(e) => return Err(failed(&e)),
@@ -219,7 +220,12 @@ impl DockerBackend {
         let Some(guard) = self.guard.get().cloned() else {
             return;
         };
-        if !self.guarded.lock().expect("guarded lock").insert(bridge.to_owned()) {
+        if !self
+            .guarded
+            .lock()
+            .expect("guarded lock")
+            .insert(bridge.to_owned())
+        {
             return;
         }
         let resolved = resolve(egress).await;
@@ -241,7 +247,10 @@ impl DockerBackend {
         let networks = match self.docker.list_networks(Some(options)).await {
             Ok(networks) => networks,
             Err(e) => {
-                tracing::warn!("cannot list containers' networks to guard them: {}", docker_message(&e));
+                tracing::warn!(
+                    "cannot list containers' networks to guard them: {}",
+                    docker_message(&e)
+                );
                 return;
             }
         };
@@ -254,7 +263,9 @@ impl DockerBackend {
             let bridge = network.options.as_ref().and_then(|o| o.get(BRIDGE_NAME));
             match (egress, bridge) {
                 (Some(egress), Some(bridge)) => self.guard_bridge(bridge, &egress).await,
-                _ => tracing::warn!(network = ?network.name, "a containers' network without its policy or bridge label; not guarded"),
+                _ => {
+                    tracing::warn!(network = ?network.name, "a containers' network without its policy or bridge label; not guarded")
+                }
             }
         }
     }
@@ -280,14 +291,20 @@ impl DockerBackend {
                 container: id.to_owned(),
                 endpoint_config: None,
             };
-            self.docker.connect_network(name, connect).await.map_err(failed)?;
+            self.docker
+                .connect_network(name, connect)
+                .await
+                .map_err(failed)?;
         }
         for other in current.iter().filter(|n| *n != name) {
             let disconnect = NetworkDisconnectRequest {
                 container: id.to_owned(),
                 force: Some(true),
             };
-            self.docker.disconnect_network(other, disconnect).await.map_err(failed)?;
+            self.docker
+                .disconnect_network(other, disconnect)
+                .await
+                .map_err(failed)?;
         }
         Ok(())
     }
@@ -302,15 +319,19 @@ async fn resolve(egress: &Egress) -> BridgeEgress {
     for Destination { host, port } in list {
         match host {
             Host::Net(net) => out.push((*net, *port)),
-            Host::Name(name) => match tokio::net::lookup_host((name.as_str(), port.unwrap_or(0))).await {
-                Ok(addrs) => out.extend(
-                    addrs
-                        .map(|a| a.ip().to_canonical())
-                        .filter(|ip| ip.is_ipv4())
-                        .map(|ip| (IpNet::from(ip), *port)),
-                ),
-                Err(e) => tracing::warn!(host = %name, "cannot resolve an egress allow-list name; it stays closed: {e}"),
-            },
+            Host::Name(name) => {
+                match tokio::net::lookup_host((name.as_str(), port.unwrap_or(0))).await {
+                    Ok(addrs) => out.extend(
+                        addrs
+                            .map(|a| a.ip().to_canonical())
+                            .filter(|ip| ip.is_ipv4())
+                            .map(|ip| (IpNet::from(ip), *port)),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(host = %name, "cannot resolve an egress allow-list name; it stays closed: {e}")
+                    }
+                }
+            }
         }
     }
     out.sort();
@@ -329,12 +350,18 @@ mod tests {
             panic!("{internet:?}");
         };
         assert!(name.starts_with("lab-net-"), "{name}");
-        assert!(bridge.len() <= 15 && bridge.starts_with(BRIDGE_PREFIX), "{bridge}");
+        assert!(
+            bridge.len() <= 15 && bridge.starts_with(BRIDGE_PREFIX),
+            "{bridge}"
+        );
         assert_eq!(internet, Target::of("lab", "a1", &Egress::Internet));
         assert_ne!(internet, Target::of("lab", "a2", &Egress::Internet));
         assert_ne!(internet, Target::of("lab2", "a1", &Egress::Internet));
         let list = Egress::Allow(vec![Destination::parse("10.0.0.1:22").unwrap()]);
-        assert_ne!(internet.network_mode(), Target::of("lab", "a1", &list).network_mode());
+        assert_ne!(
+            internet.network_mode(),
+            Target::of("lab", "a1", &list).network_mode()
+        );
         assert_eq!(Target::of("lab", "a1", &Egress::None), Target::Loopback);
         assert_eq!(Target::Loopback.network_mode(), "none");
         // The name never changes between releases: containers would all move.
