@@ -8,6 +8,7 @@
 
 pub mod docker;
 mod error;
+mod guard;
 pub mod helper;
 mod init_binary;
 mod keyed_lock;
@@ -23,6 +24,7 @@ use labssh_proto::pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::BackendError;
+pub use guard::{BridgeEgress, NetworkGuard};
 pub(crate) use keyed_lock::KeyedLock;
 pub use process::{ExitStatus, Output, Process, ProcessControl, SpawnPath, Stdin, StdinSink};
 pub use spawn_spec::{home_dir, shell, PtySpec, RunAs, SpawnSpec};
@@ -116,6 +118,13 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (user, env);
         Ok(DiskUsage::default())
     }
+
+    /// Hands the runtime the firewall guarding its containers' networks: the rules of
+    /// the networks it already has go in now, those of each new one before any
+    /// container joins it.
+    async fn guard_networks(&self, guard: Arc<dyn NetworkGuard>) {
+        let _ = guard;
+    }
 }
 
 /// Disk space measured by [`Backend::disk_usage`], in bytes allocated.
@@ -144,6 +153,9 @@ pub struct Ensured {
     pub created: bool,
     /// The container was not running and was started.
     pub started: bool,
+    /// A line for the student (e.g. that the container moved to another network);
+    /// empty when there is nothing to say.
+    pub notice: String,
 }
 
 /// One container of this agent.

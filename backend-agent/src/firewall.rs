@@ -20,16 +20,26 @@
 //! Rules are installed at start, checked and re-added if something flushed
 //! them ([`Firewall::repair`]), and removed at shutdown.
 //!
-//! The rule set is a pure function of the [`Plan`] ([`rules`]), so further
-//! policy (container-to-container isolation, egress) is more entries there.
+//! Containers live on bridges the agent creates, one per egress policy
+//! ([`bridge::bridge_rules`]): each bridge gets a block of rules, in order,
+//! keeping its containers off each other, off every address of this host but
+//! what their policy allows, off link-local and the cluster's networks, and
+//! inside their egress policy; over IPv6 nothing leaves them (their networks
+//! are IPv4 only). A bridge's block is put in when the runtime first uses the
+//! bridge ([`crate::backend::NetworkGuard`]) and repaired as a whole.
+//!
+//! The rule set is a pure function of the [`Plan`] ([`rules`], and per bridge
+//! [`bridge::bridge_rules`]), so further policy is more entries there.
 
+mod apply;
+pub mod bridge;
 pub mod setup;
 
-use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 
 use labssh_proto::net::IpNet;
+
+pub use apply::Firewall;
 
 /// Start of every rule's comment, so operators (and cleanup) can find them.
 const COMMENT_PREFIX: &str = "labssh-agent";
@@ -77,6 +87,9 @@ pub struct Plan {
     /// Cluster addresses and networks to refuse entirely, on this host and
     /// beyond it.
     pub networks: Vec<IpNet>,
+    /// The host's DNS servers, which Docker's resolver inside each container
+    /// forwards to: port 53 on them stays open to containers that have egress.
+    pub resolvers: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -99,10 +112,19 @@ impl Plan {
             bridge: bridge.to_string(),
             ports,
             networks,
+            resolvers: Vec::new(),
         }
     }
 
-    fn comment(&self) -> String {
+    /// The plan with `resolvers` as the host's DNS servers.
+    pub fn with_resolvers(mut self, resolvers: &[IpAddr]) -> Plan {
+        self.resolvers = resolvers.to_vec();
+        self.resolvers.sort();
+        self.resolvers.dedup();
+        self
+    }
+
+    pub(crate) fn comment(&self) -> String {
         format!("{COMMENT_PREFIX} {}", self.instance)
     }
 }
@@ -124,17 +146,27 @@ impl Rule {
         args.extend(self.spec.iter().cloned());
         args
     }
+
+    /// The arguments inserting the rule first in its chain.
+    fn insert_first(&self) -> Vec<String> {
+        let mut args = vec!["-I".to_string(), self.chain.clone(), "1".to_string()];
+        args.extend(self.spec.iter().cloned());
+        args
+    }
+}
+
+/// A rule's end: the comment naming the agent instance and the target.
+fn tail(comment: &str, target: &[&str]) -> Vec<String> {
+    let mut spec = vec!["-m", "comment", "--comment", comment, "-j"];
+    spec.extend(target);
+    spec.into_iter().map(str::to_string).collect()
 }
 
 /// The rules for `plan`; `forward_chain` says where routed traffic's rules go
 /// for each family.
 pub fn rules(plan: &Plan, forward_chain: impl Fn(Family) -> String) -> Vec<Rule> {
     let comment = plan.comment();
-    let tail = |target: &[&str]| -> Vec<String> {
-        let mut spec = vec!["-m", "comment", "--comment", comment.as_str(), "-j"];
-        spec.extend(target);
-        spec.into_iter().map(str::to_string).collect()
-    };
+    let tail = |target: &[&str]| tail(&comment, target);
     let from_bridge = |extra: &[String]| -> Vec<String> {
         let mut spec = vec!["-i".to_string(), plan.bridge.clone()];
         spec.extend(extra.iter().cloned());
@@ -172,161 +204,6 @@ pub fn rules(plan: &Plan, forward_chain: impl Fn(Family) -> String) -> Vec<Rule>
         }
     }
     out
-}
-
-fn iptables(family: Family, args: &[String]) -> Result<String, String> {
-    let out = Command::new(family.program())
-        .args(["-w", LOCK_WAIT_SECS])
-        .args(args)
-        .output()
-        .map_err(|e| format!("{}: {e}", family.program()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// Where routed traffic's rules go: Docker's `DOCKER-USER` when it exists.
-fn forward_chain(family: Family) -> String {
-    match iptables(family, &["-S".into(), DOCKER_USER.into()]) {
-        Ok(_) => DOCKER_USER.into(),
-        Err(_) => "FORWARD".into(),
-    }
-}
-
-/// Installed rules; removed by [`Firewall::remove`] or on drop.
-pub struct Firewall {
-    /// What was asked for.
-    plan: Plan,
-    /// Rules in force, None once removed (so repair adds nothing back).
-    installed: Mutex<Option<Vec<Rule>>>,
-}
-
-impl Firewall {
-    /// Installs the rules of `plan`, first removing what an earlier run of
-    /// this agent instance left. Failure is logged, not fatal: mTLS still
-    /// guards the agent's and controller's ports.
-    pub fn protect(plan: Plan) -> Firewall {
-        remove_stale(&plan);
-        let rules = rules(&plan, forward_chain);
-        let mut installed = Vec::new();
-        for rule in rules {
-            match iptables(rule.family, &rule.args("-I")) {
-                Ok(_) => installed.push(rule),
-                Err(e) => tracing::warn!(
-                    tool = rule.family.program(),
-                    chain = %rule.chain,
-                    rule = %rule.spec.join(" "),
-                    "could not install a container firewall rule (mTLS still guards the agent and controller): {e}"
-                ),
-            }
-        }
-        tracing::info!(
-            bridge = %plan.bridge,
-            ports = ?plan.ports,
-            networks = ?plan.networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            rules = installed.len(),
-            "containers cannot reach these ports of this host nor these cluster networks"
-        );
-        Firewall {
-            plan,
-            installed: Mutex::new(Some(installed)),
-        }
-    }
-
-    /// Re-adds rules that are gone (a firewall reload, an operator's flush);
-    /// returns how many.
-    pub fn repair(&self) -> usize {
-        let installed = self.installed.lock().expect("firewall lock");
-        let Some(rules) = installed.as_ref() else {
-            return 0;
-        };
-        let mut repaired = 0;
-        for rule in rules {
-            if iptables(rule.family, &rule.args("-C")).is_ok() {
-                continue;
-            }
-            match iptables(rule.family, &rule.args("-I")) {
-                Ok(_) => {
-                    repaired += 1;
-                    tracing::warn!(tool = rule.family.program(), chain = %rule.chain, rule = %rule.spec.join(" "), "a container firewall rule was gone; put it back");
-                }
-                Err(e) => tracing::warn!("could not put back a container firewall rule: {e}"),
-            }
-        }
-        repaired
-    }
-
-    /// Removes every rule; later repairs add none back.
-    pub fn remove(&self) {
-        let Some(rules) = self.installed.lock().expect("firewall lock").take() else {
-            return;
-        };
-        for rule in rules {
-            if let Err(e) = iptables(rule.family, &rule.args("-D")) {
-                tracing::warn!("could not remove firewall rule: {e}");
-            }
-        }
-        tracing::info!(agent = %self.plan.instance, "container firewall rules removed");
-    }
-}
-
-impl Drop for Firewall {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-/// Removes rules an earlier run of this agent instance left behind (it was
-/// killed before it could clean up), so they never pile up; also those of
-/// the releases whose comment named only the agent (`labssh-agent NAME`).
-fn remove_stale(plan: &Plan) {
-    let ours = plan.comment();
-    let legacy = format!(
-        "{COMMENT_PREFIX} {}",
-        plan.instance.split(' ').next().unwrap_or("")
-    );
-    for family in Family::ALL {
-        for chain in CHAINS {
-            let Ok(listing) = iptables(family, &["-S".into(), chain.into()]) else {
-                continue;
-            };
-            for line in listing.lines() {
-                let Some(args) = stale_rule(line, &ours).or_else(|| {
-                    (family == Family::V4 && chain == "INPUT")
-                        .then(|| stale_rule(line, &legacy))
-                        .flatten()
-                }) else {
-                    continue;
-                };
-                match iptables(family, &args) {
-                    Ok(_) => {
-                        tracing::info!("removed a firewall rule left by an earlier run: {line}")
-                    }
-                    Err(e) => tracing::warn!("could not remove stale firewall rule {line:?}: {e}"),
-                }
-            }
-        }
-    }
-}
-
-/// The `-D` arguments deleting the rule `line` of `iptables -S`, if its
-/// comment is exactly `comment`.
-fn stale_rule(line: &str, comment: &str) -> Option<Vec<String>> {
-    let rule = line.strip_prefix("-A ")?;
-    // `iptables -S` quotes a comment with spaces; split it back into one argument.
-    let marker = format!("--comment \"{comment}\"");
-    let (before, after) = rule.split_once(&marker)?;
-    if !(after.is_empty() || after.starts_with(' ')) {
-        return None;
-    }
-    let mut args = vec!["-D".to_string()];
-    args.extend(before.split_whitespace().map(str::to_string));
-    args.push("--comment".into());
-    args.push(comment.to_string());
-    args.extend(after.split_whitespace().map(str::to_string));
-    Some(args)
 }
 
 #[cfg(test)]
@@ -378,19 +255,5 @@ mod tests {
         );
         // 2 port rules and 1 network in INPUT and forward, per family.
         assert_eq!(rules.len(), 2 * (2 + 2));
-    }
-
-    #[test]
-    fn stale_rules_are_this_instances_only() {
-        let line = "-A INPUT -i docker0 -p tcp -m tcp --dport 9 -m comment --comment \"labssh-agent a 0.0.0.0:7001\" -j REJECT --reject-with tcp-reset";
-        let args = stale_rule(line, "labssh-agent a 0.0.0.0:7001").unwrap();
-        assert_eq!(args[0], "-D");
-        assert!(args.contains(&"labssh-agent a 0.0.0.0:7001".to_string()));
-        assert_eq!(args.last().unwrap(), "tcp-reset");
-        assert!(stale_rule(line, "labssh-agent a 0.0.0.0:700").is_none());
-        assert!(stale_rule(line, "labssh-agent a").is_none());
-        assert!(stale_rule(line, "labssh-agent b 0.0.0.0:7001").is_none());
-        let legacy = "-A INPUT -i docker0 -p tcp -m tcp --dport 9 -m comment --comment \"labssh-agent a\" -j REJECT";
-        assert!(stale_rule(legacy, "labssh-agent a").is_some());
     }
 }

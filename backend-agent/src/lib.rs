@@ -112,6 +112,9 @@ pub async fn run_with_backend(
     let firewall = firewall::setup::install(&config, local, &tasks, &stop)
         .await
         .map_err(AgentError::InstallFirewall)?;
+    if let Some(firewall) = &firewall {
+        backend.guard_networks(firewall.clone()).await;
+    }
     let endpoint = advertised(&config, local);
     tracing::info!(agent = %config.name, listen = %local, advertise = %endpoint, controller = %config.controller, "agent listening");
     let shared = start(&config, endpoint, backend, &tasks, &stop);

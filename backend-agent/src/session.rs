@@ -61,6 +61,7 @@ where
     let reply = Out::Started(pb::Started {
         container: started.ensured.name.clone(),
         container_started: started.ensured.created || started.ensured.started,
+        notice: started.ensured.notice.clone(),
     });
     if !stream::answer(&tx, pb::SessionOutput { msg: Some(reply) }).await {
         relay::hang_up(started.process.control).await;

@@ -93,14 +93,33 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Removes every container and volume with this prefix when dropped, so a
-/// failing test leaves nothing behind.
+/// Removes every container, volume and network with this prefix when dropped,
+/// so a failing test leaves nothing behind.
 pub struct Cleanup {
     /// The agent's `container_prefix`.
     pub prefix: String,
 }
 
 impl Cleanup {
+    /// Names of the networks the lab's agents made (`{prefix}...-net-...`).
+    pub fn networks(&self) -> Vec<String> {
+        docker(&[
+            "network",
+            "ls",
+            "--filter",
+            &format!("name={}", self.prefix),
+            "--format",
+            "{{.Name}}",
+        ])
+        .map(|s| {
+            s.lines()
+                .filter(|n| n.starts_with(&self.prefix) && n.contains("-net-"))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// Names of containers whose name starts with the prefix.
     pub fn containers(&self) -> Vec<String> {
         docker(&[
@@ -134,6 +153,10 @@ impl Drop for Cleanup {
             for v in vols.lines() {
                 let _ = docker(&["volume", "rm", "-f", v]);
             }
+        }
+        // After the containers: a network in use cannot go.
+        for network in self.networks() {
+            let _ = docker(&["network", "rm", &network]);
         }
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - `scale_out`: replicas behind HAProxy, agent and controller faults, draining;
 //! - `isolation`: containers reach neither the agent's nor the controller's ports;
+//! - `network`: containers on networks of their own: not each other, not link-local,
+//!   egress policies, moving old containers, the rules kept and removed;
 //! - `mtls`: the whole path over mutual TLS, and what is refused;
 //! - `deploy_configs`: the example configurations load;
 //! - `brute_force`: a thousand wrong passwords from one address, while others log in;
@@ -16,5 +18,6 @@ mod brute_force;
 mod deploy_configs;
 mod isolation;
 mod mtls;
+mod network;
 mod preauth;
 mod scale_out;

@@ -16,6 +16,7 @@ mod helper_container;
 mod hijack;
 mod inside;
 mod inventory;
+mod network;
 mod passwd;
 mod restore;
 mod routes;
@@ -25,19 +26,23 @@ use bollard::errors::Error as DockerError;
 use bollard::models::ContainerInspectResponse;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use labssh_proto::pb;
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::time::Instant;
 
 pub use container_spec::{
     container_name, legacy_container_name, LABEL_AGENT, LABEL_ENV, LABEL_GENERATION, LABEL_PREFIX,
     LABEL_SPAWN, LABEL_USER, RUN_DIR, SFTP_SERVER_PATH,
 };
+pub use network::{BRIDGE_PREFIX, LABEL_EGRESS};
 pub use routes::SpawnPath;
 
 use super::init_binary::{self, HelperSetup};
 use super::netns;
 use super::{
-    Backend, BackendError, ContainerInfo, DiskUsage, Duplex, Ensured, KeyedLock, Process, SpawnSpec,
+    Backend, BackendError, ContainerInfo, DiskUsage, Duplex, Ensured, KeyedLock, NetworkGuard,
+    Process, SpawnSpec,
 };
 use crate::config::Config;
 use errors::docker_message;
@@ -68,6 +73,10 @@ pub struct DockerBackend {
     sftp: Option<std::path::PathBuf>,
     /// How processes start in each known container.
     routes: Routes,
+    /// The firewall guarding containers' networks, once handed over.
+    guard: OnceLock<Arc<dyn NetworkGuard>>,
+    /// Bridges whose rules were put in force in this run.
+    guarded: Mutex<HashSet<String>>,
 }
 
 impl DockerBackend {
@@ -95,6 +104,8 @@ impl DockerBackend {
             helper,
             sftp,
             routes: Routes::default(),
+            guard: OnceLock::new(),
+            guarded: Mutex::default(),
         })
     }
 
@@ -264,5 +275,11 @@ impl Backend for DockerBackend {
         env: &pb::Environment,
     ) -> Result<DiskUsage, BackendError> {
         self.measure_disk(user, env).await
+    }
+
+    async fn guard_networks(&self, guard: Arc<dyn NetworkGuard>) {
+        if self.guard.set(guard).is_ok() {
+            self.guard_existing().await;
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The container firewall of a running agent: planned from its configuration,
 //! installed at start, repaired while it runs, removed at shutdown.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +69,24 @@ async fn plan(config: &Config, local: SocketAddr) -> Plan {
         &ports,
         &networks,
     )
+    .with_resolvers(&resolvers(
+        &std::fs::read_to_string(RESOLV_CONF).unwrap_or_default(),
+    ))
+}
+
+/// The host's resolver configuration, whose servers Docker's embedded DNS
+/// forwards containers' queries to.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The name servers of a `resolv.conf`, but loopback ones (Docker's resolver
+/// does not use those for containers).
+fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| !ip.is_loopback())
+        .collect()
 }
 
 /// How often the firewall rules are checked for having been flushed.
@@ -109,7 +127,14 @@ fn url_host_port(url: &str) -> Option<(String, Option<u16>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::url_host_port;
+    use super::{resolvers, url_host_port};
+
+    #[test]
+    fn name_servers() {
+        let conf = "# x\nnameserver 10.255.255.53\nnameserver 127.0.0.53\nsearch lab\nnameserver fe80::1%eth0\n";
+        let ips: Vec<String> = resolvers(conf).iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["10.255.255.53", "fe80::1"]);
+    }
 
     #[test]
     fn controller_urls() {

@@ -1,10 +1,14 @@
 //! One environment of the catalogue: its image, limits, identity, forwarding
-//! policy and quotas, as configured, checked and sent to agents.
+//! policy, quotas and network, as configured, checked and sent to agents.
+
+mod network;
 
 use std::collections::BTreeMap;
 
 use labssh_proto::pb;
 use serde::Deserialize;
+
+pub use network::{EgressConfig, NetworkConfig};
 
 /// Enough for a shell, an editor and a compiler; not enough to starve the node.
 pub const DEFAULT_MEMORY_MB: u64 = 512;
@@ -72,6 +76,8 @@ pub struct EnvironmentConfig {
     /// MiB; 0 means none. Enforced by the storage driver where it supports a size
     /// limit, else measured and enforced like the home quota.
     pub layer_quota_mb: u64,
+    /// Where its containers' traffic may go: `[environments.NAME.network]`.
+    pub network: NetworkConfig,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -121,6 +127,7 @@ impl Default for EnvironmentConfig {
             forwarding: ForwardingConfig::default(),
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -152,6 +159,7 @@ impl EnvironmentConfig {
             }),
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
+            network: Some(self.network.to_proto()),
         }
     }
 
@@ -266,6 +274,7 @@ impl EnvironmentConfig {
         for problem in bad_rules {
             problems.push(format!("{}: {problem}", key("forwarding.allow")));
         }
+        self.network.check(&key("network.egress"), problems);
         for (var, value) in &self.env {
             if var.is_empty() || var.contains('=') || var.contains('\0') {
                 problems.push(format!(

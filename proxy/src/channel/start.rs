@@ -70,8 +70,10 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
             })
         }
     };
-    if !placement.notice.is_empty() {
-        session.tell(&placement.notice, newline).await;
+    for notice in [&placement.notice, &started.notice] {
+        if !notice.is_empty() {
+            session.tell(notice, newline).await;
+        }
     }
     Ok(Started {
         tx,

@@ -121,6 +121,9 @@ pub struct ContainerPlan<'a> {
     pub helper: Option<HelperPlan<'a>>,
     /// labssh-sftp on this host, mounted at [`SFTP_SERVER_PATH`] in every container.
     pub sftp: Option<&'a Path>,
+    /// Docker's network mode: the network of the environment's egress policy, or
+    /// `none`.
+    pub network: &'a str,
 }
 
 /// What makes a container a helper container.
@@ -137,7 +140,8 @@ pub struct HelperPlan<'a> {
 
 impl ContainerPlan<'_> {
     /// The Docker create request: the environment's limits, all capabilities dropped
-    /// except the granted ones, no-new-privileges, and the home volume mounted. A
+    /// except the granted ones, no-new-privileges, the home volume mounted, on its
+    /// network. A
     /// helper container runs labssh-init as root with the helper's capabilities added
     /// (it takes them from everything else at once), the image's own command (or the
     /// environment's keepalive command) as its child, the binary mounted and a private
@@ -176,6 +180,7 @@ impl ContainerPlan<'_> {
                 maximum_retry_count: None,
             }),
             init: Some(false),
+            network_mode: Some(self.network.to_owned()),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -312,6 +317,7 @@ mod tests {
             default_keepalive,
             helper,
             sftp,
+            network: "lab-net-0123456789",
         }
         .create_body()
     }
@@ -345,6 +351,7 @@ mod tests {
         assert_eq!(labels[LABEL_USER], "bob");
         let hc = body.host_config.unwrap();
         assert_eq!(hc.memory, Some(64 << 20));
+        assert_eq!(hc.network_mode.as_deref(), Some("lab-net-0123456789"));
         assert_eq!(hc.pids_limit, None);
         assert_eq!(hc.cap_add, Some(vec!["CHOWN".to_owned()]));
         let mounts = hc.mounts.unwrap();

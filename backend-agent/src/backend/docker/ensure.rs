@@ -1,6 +1,7 @@
 //! A student's container made sure of: found by name (or by the name containers had
 //! before), created from the catalogue if missing, started if stopped, recreated if
-//! of an older layout; the home volume, the home directory and the passwd entry set
+//! of an older layout, moved if on another network than its egress policy's (the
+//! student is told); the home volume, the home directory and the passwd entry set
 //! up on creation.
 
 use bollard::body_full;
@@ -19,6 +20,7 @@ use super::container_spec::{
     LABEL_ENV, LABEL_USER,
 };
 use super::errors::{docker_message, status_of};
+use super::network::{egress_of, Target};
 use super::routes::{Owner, Route, SpawnPath};
 use super::{archive, helper_container, passwd, DockerBackend};
 use crate::backend::init_binary::HelperSetup;
@@ -50,6 +52,7 @@ impl DockerBackend {
             });
         }
         let name = container_name(&self.prefix, user, &env.name);
+        let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
         let _guard = self.locks.lock(&name).await;
         let Some(existing) = self.find(&name, user, env).await? else {
             return self.create(&name, user, env).await;
@@ -59,6 +62,22 @@ impl DockerBackend {
             tracing::warn!(container = %id, "recreating a container of an older layout (its helper's socket directory was writable from inside); the home volume is kept");
             self.remove(&id).await?;
             return self.create(&name, user, env).await;
+        }
+        let mut notice = String::new();
+        if !target.holds(&existing) {
+            if target.needs_recreate(&existing) {
+                tracing::warn!(container = %id, network = %target.network_mode(), "recreating a container on its environment's network; the home volume is kept");
+                self.remove(&id).await?;
+                let created = self.create(&name, user, env).await?;
+                return Ok(Ensured {
+                    notice: target.notice(true),
+                    ..created
+                });
+            }
+            self.ensure_network(&target).await?;
+            self.reconnect(&id, &existing, &target).await?;
+            tracing::warn!(container = %id, network = %target.network_mode(), "moved a container to its environment's network");
+            notice = target.notice(false);
         }
         let found_name = existing
             .name
@@ -77,6 +96,7 @@ impl DockerBackend {
             name: found_name,
             created: false,
             started,
+            notice,
         })
     }
 
@@ -125,6 +145,8 @@ impl DockerBackend {
         env: &pb::Environment,
     ) -> Result<Ensured, BackendError> {
         let image = self.image(env).await?;
+        let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
+        self.ensure_network(&target).await?;
         // Creating an existing volume returns it unchanged.
         self.docker
             .create_volume(VolumeCreateRequest {
@@ -134,7 +156,7 @@ impl DockerBackend {
             })
             .await
             .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
-        let (body, path) = self.plan(user, env, &image).await;
+        let (body, path) = self.plan(user, env, &image, &target).await;
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
@@ -151,6 +173,7 @@ impl DockerBackend {
             name: name.to_owned(),
             created: true,
             started: true,
+            notice: String::new(),
         })
     }
 
@@ -174,6 +197,7 @@ impl DockerBackend {
         user: &str,
         env: &pb::Environment,
         image: &ImageInspect,
+        target: &Target,
     ) -> (ContainerCreateBody, SpawnPath) {
         let helper = match (&self.helper, env.spawn == SpawnPath::Exec.name()) {
             (Some(setup), false) => Some(helper_plan(setup, image)),
@@ -192,6 +216,7 @@ impl DockerBackend {
             default_keepalive: &self.keepalive_cmd,
             helper,
             sftp: self.sftp.as_deref(),
+            network: &target.network_mode(),
         }
         .create_body();
         (self.with_layer_quota(body, env).await, path)
