@@ -121,7 +121,8 @@ pub struct Config {
     /// off.
     pub client_alive_interval_secs: u64,
     /// Keepalives unanswered in a row before the client is disconnected; 0
-    /// never disconnects.
+    /// never disconnects. `ssh` answers none while at its password prompt, so
+    /// keep interval × (count + 1) at least `login_grace_secs`.
     pub client_alive_count_max: usize,
     /// PROXY protocol from load balancers.
     pub proxy_protocol: ProxyProtocolConfig,
