@@ -1,5 +1,6 @@
 //! Students' containers cannot reach the agent's or the controller's ports,
-//! even when those listen on an address routable from the containers.
+//! even when those listen on an address routable from the containers and the
+//! environment's egress allow-list names that address.
 
 use std::path::Path;
 use std::process::Command;
@@ -76,10 +77,12 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
     // Controller and agent listen on every address, including the bridge
     // gateway that containers can route to.
     let (cport, aport, sport) = (free_port(), free_port(), free_port());
+    // The default environment may reach every port of the gateway address: the
+    // agent's and controller's ports stay refused all the same.
     std::fs::write(
         d.join("controller.toml"),
         format!(
-            "listen = \"0.0.0.0:{cport}\"\n{}",
+            "listen = \"0.0.0.0:{cport}\"\n{}\n[environments.default.network]\negress = [\"{gateway}\"]\n",
             crate::lab::controller_toml()
         ),
     )

@@ -50,7 +50,8 @@ impl HostAddress {
     /// `addr`/32 on a new portless bridge; `what` tells this test's links apart.
     pub fn add(what: char, addr: Ipv4Addr) -> HostAddress {
         let link = format!("lsn{:05x}{what}", run_id() & 0xfffff);
-        let _ = Command::new("ip").args(["link", "del", &link]).status();
+        // Whatever a killed run of this test left.
+        let _ = Command::new("ip").args(["link", "del", &link]).output();
         ip(&["link", "add", &link, "type", "bridge"]);
         let address = HostAddress { link, addr };
         ip(&["link", "set", &address.link, "up"]);

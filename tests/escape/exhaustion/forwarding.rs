@@ -148,6 +148,9 @@ spawn = "{}"
 run_as_root = true
 [environments.named.forwarding]
 allow = ["{LICENSE}:7000"]
+# The container itself may reach the test hosts' range (private: closed by default).
+[environments.named.network]
+egress = ["10.213.0.0/16"]
 "#,
             labssh_testkit::docker::TEST_IMAGE,
             spawn_path()
@@ -218,11 +221,31 @@ impl Drop for HostAddress {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_address_this_host_gains_after_start_is_refused_too() {
-    let lab = Lab::start(LabOptions::default()).await;
+    // `open` forwarding, and the container itself may reach the test's addresses
+    // on this host (closed by the default egress policy).
+    let lab = Lab::start(LabOptions {
+        catalogue: format!(
+            r#"
+[environments.reach]
+image = "{}"
+spawn = "{}"
+uid = 1000
+gid = 1000
+[environments.reach.forwarding]
+allow = ["*:*"]
+[environments.reach.network]
+egress = ["10.213.0.0/16"]
+"#,
+            labssh_testkit::docker::TEST_IMAGE,
+            spawn_path()
+        ),
+        ..Default::default()
+    })
+    .await;
     // A session first, so the guard has been consulted before the address exists.
     let out = lab
         .ssh
-        .run("alice+open", &Lab::alice(), &["echo up"])
+        .run("alice+reach", &Lab::alice(), &["echo up"])
         .await
         .unwrap();
     assert_eq!(stdout(&out), "up\n", "{}", stderr(&out));
@@ -238,13 +261,13 @@ async fn an_address_this_host_gains_after_start_is_refused_too() {
     let script = format!("nc -w 10 {} {port} </dev/null", address.addr);
     let out = lab
         .ssh
-        .run("alice+open", &Lab::alice(), &[&script])
+        .run("alice+reach", &Lab::alice(), &[&script])
         .await
         .unwrap();
     assert_eq!(stdout(&out), "host-reached\n", "{}", stderr(&out));
 
     // `*:*` allows everything but the hard limits, which now include this address.
-    let (back, err) = forward_once(&lab, "alice+open", &format!("{}:{port}", address.addr)).await;
+    let (back, err) = forward_once(&lab, "alice+reach", &format!("{}:{port}", address.addr)).await;
     assert!(
         !back.contains("host-reached"),
         "ssh -L reached an address this host gained after the agent started"

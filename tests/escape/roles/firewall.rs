@@ -4,10 +4,12 @@
 //!
 //! The test builds what it needs and removes it again: a network namespace standing
 //! for another node (veth pair, 10.x and ULA addresses chosen at random), and — since
-//! Docker's default bridge here has no IPv6 and disables it in containers — an
-//! IPv6 address on docker0 and in the student's container, set from the host.
-//! Routed IPv6 (another node over FORWARD) needs the host's global IPv6 forwarding,
-//! which the test does not turn on: there it checks the installed ip6tables rule.
+//! containers' networks have no IPv6 and Docker disables it in containers — an
+//! IPv6 address on the containers' bridge and in the student's container, set from
+//! the host; nothing over IPv6 leaves that bridge, not even to the bridge's own
+//! address. Routed IPv6 (another node over FORWARD) needs the host's global IPv6
+//! forwarding, which the test does not turn on: there it checks the installed
+//! ip6tables rule.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,7 +73,8 @@ impl Addresses {
 struct Scaffold {
     ns: String,
     host_if: String,
-    docker0_v6: Option<String>,
+    /// An IPv6 address the test put on the containers' bridge, and that bridge.
+    bridge_v6: Option<(String, String)>,
     /// Rules the test itself inserted, deleted again: (program, args after -D).
     rules: Vec<(String, Vec<String>)>,
     /// The listener inside the other node.
@@ -103,10 +106,11 @@ impl Drop for Scaffold {
                 .args(rule)
                 .status();
         }
-        if let Some(addr) = &self.docker0_v6 {
+        if let Some((addr, bridge)) = &self.bridge_v6 {
             let _ = Command::new("ip")
-                .args(["-6", "addr", "del", addr, "dev", "docker0"])
-                .status();
+                .args(["-6", "addr", "del", addr, "dev", bridge])
+                // The bridge may be gone with its network already.
+                .output();
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
@@ -186,7 +190,7 @@ async fn containers_reach_no_cluster_address() {
     let mut scaffold = Scaffold {
         ns: format!("lsfw{}", &tag[..6]),
         host_if: format!("lsfw{}h", &tag[..6]),
-        docker0_v6: None,
+        bridge_v6: None,
         rules: Vec::new(),
         httpd: None,
         identity: None,
@@ -269,7 +273,15 @@ async fn containers_reach_no_cluster_address() {
     let (cport, aport, sport) = (free_port(), free_port(), free_port());
     std::fs::write(
         d.join("controller.toml"),
-        format!("listen = \"0.0.0.0:{cport}\"\n{}", lab::controller_toml()),
+        // The allow-list names the controls and the cluster's addresses alike: the
+        // cluster's stay refused all the same.
+        format!(
+            "listen = \"0.0.0.0:{cport}\"\n{}\n[environments.default.network]\n\
+             egress = [\"{}.0/24\", \"{}.0/24\"]\n",
+            lab::controller_toml(),
+            ip.open4,
+            ip.cluster4
+        ),
     )
     .unwrap();
     // The agent finds the controller at an address of its own: that address is a
@@ -354,21 +366,34 @@ async fn containers_reach_no_cluster_address() {
     let alice = Auth::Password(lab::ALICE_PW.into());
     let out = ssh.run("alice", &alice, &["true"]).await.unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let pid = docker(&[
+    let container = labssh_agent::backend::docker::container_name(&prefix, "alice", "default");
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &container])
+        .unwrap()
+        .trim()
+        .to_string();
+    let network = docker(&[
         "inspect",
         "-f",
-        "{{.State.Pid}}",
-        &labssh_agent::backend::docker::container_name(&prefix, "alice", "default"),
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+        &container,
+    ])
+    .unwrap();
+    let bridge = docker(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        network.trim(),
     ])
     .unwrap()
     .trim()
     .to_string();
-    let docker0_v6 = format!("{}:1::1/64", ip.ula);
+    let bridge_v6 = format!("{}:1::1/64", ip.ula);
     run(
         "ip",
-        &["-6", "addr", "add", &docker0_v6, "dev", "docker0", "nodad"],
+        &["-6", "addr", "add", &bridge_v6, "dev", &bridge, "nodad"],
     );
-    scaffold.docker0_v6 = Some(docker0_v6);
+    scaffold.bridge_v6 = Some((bridge_v6, bridge.clone()));
     let nsenter = |args: &[&str]| {
         let mut all = vec!["-t", pid.as_str(), "-n"];
         all.extend(args);
@@ -435,10 +460,10 @@ async fn containers_reach_no_cluster_address() {
             false,
         ),
         (
-            "v6 control: docker0's address, open port",
+            "v6: the bridge's own address, an open port (no IPv6 leaves a containers' bridge)",
             format!("{}:1::1", ip.ula),
             v6_open,
-            true,
+            false,
         ),
         (
             "v6 firewall_ports port on this host",
@@ -485,10 +510,27 @@ async fn containers_reach_no_cluster_address() {
         agent.log_text()
     );
     let installed = (count("iptables", &identity), count("ip6tables", &identity));
-    // Per family: a rule per port (agent, controller, firewall_ports) and, per
-    // cluster network of the family, one in INPUT and one for routed traffic;
-    // v4 has the listed /24 and the controller's address, v6 the listed /64.
-    assert_eq!(installed, (3 + 2 * 2, 3 + 2), "{}", rules("iptables"));
+    // For Docker's default bridge, per family: a rule per port (agent, controller,
+    // firewall_ports) and, per cluster network of the family, one in INPUT and one
+    // for routed traffic; v4 has the listed /24 and the controller's address, v6
+    // the listed /64. The containers' bridge has a block of its own.
+    let on_docker0 = |program: &str| {
+        rules(program)
+            .lines()
+            .filter(|l| {
+                l.contains(&format!("--comment \"{identity}\"")) && l.contains("-i docker0 ")
+            })
+            .count()
+    };
+    assert_eq!(
+        (on_docker0("iptables"), on_docker0("ip6tables")),
+        (3 + 2 * 2, 3 + 2),
+        "{}",
+        rules("iptables")
+    );
+    let on_bridge = |program: &str| rules(program).matches(&format!("-i {bridge} ")).count();
+    assert!(on_bridge("iptables") > 10, "{}", rules("iptables"));
+    assert_eq!(on_bridge("ip6tables"), 2, "{}", rules("ip6tables"));
     let stale_gone = |program: &str| {
         !rules(program).contains(&format!("--dport 9 -m comment --comment \"{identity}\""))
     };
@@ -527,12 +569,16 @@ async fn containers_reach_no_cluster_address() {
     let mut agent = Proc::start("agent2", labssh("agent", &d.join("agent.toml")), d).unwrap();
     agent.wait_port(aport, STARTUP).unwrap();
     firewall_installed(&agent).await;
-    assert_eq!(
-        (count("iptables", &identity), count("ip6tables", &identity)),
-        installed,
-        "rules after a restart: {}",
-        rules("iptables")
-    );
+    // The containers' bridge's block follows the rest at start.
+    let deadline = std::time::Instant::now() + STARTUP;
+    while (count("iptables", &identity), count("ip6tables", &identity)) != installed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rules after a restart: {}",
+            rules("iptables")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     controller.kill();
     proxy.kill();
     agent.terminate();

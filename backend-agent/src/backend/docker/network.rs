@@ -174,23 +174,40 @@ impl DockerBackend {
             action: "setting up the container's network",
             message: docker_message(e),
         };
-        match self.docker.inspect_network(name, None).await {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(404) => {
-                let request = self.network_request(name, bridge, egress);
-                match self.docker.create_network(request).await {
-                    Ok(_) => {
-                        tracing::info!(network = %name, bridge = %bridge, egress = %egress.key(), "created a containers' network")
-                    }
-                    // Another login made it meanwhile.
-                    Err(e) if status_of(&e) == Some(409) => {}
-                    Err(e) => return Err(failed(&e)),
-                }
-            }
-            Err(e) => return Err(failed(&e)),
-        }
+        // One login at a time per network: Docker would make a second network of the
+        // same name (and then refuse it its bridge), and no container may join before
+        // the rules are in.
+        let _network = self.locks.lock(name).await;
+        self.make_network(name, bridge, egress)
+            .await
+            .map_err(|e| failed(&e))?;
         self.guard_bridge(bridge, egress).await;
         Ok(())
+    }
+
+    /// Creates the network `name` unless it exists.
+    async fn make_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        egress: &Egress,
+    ) -> Result<(), bollard::errors::Error> {
+        match self.docker.inspect_network(name, None).await {
+            Err(e) if status_of(&e) == Some(404) => {}
+            other => return other.map(|_| ()),
+        }
+        let request = self.network_request(name, bridge, egress);
+        match self.docker.create_network(request).await {
+            Ok(_) => {
+                tracing::info!(network = %name, bridge = %bridge, egress = %egress.key(), "created a containers' network");
+                Ok(())
+            }
+            // Another agent process made it meanwhile.
+            Err(e) => match self.docker.inspect_network(name, None).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(e),
+            },
+        }
     }
 
     /// The create request of a network: a bridge named `bridge`, no traffic between
