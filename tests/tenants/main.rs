@@ -3,6 +3,7 @@
 //! secret in his home and serves it on a port ([`Bob::plant`]); every attack looks for
 //! that secret in what alice gets back.
 //!
+//! - `network`: straight from alice's containers to bob's, by address, IPv6 and name;
 //! - `names`: crafted login names (`bob`, `BOB`, `alice+../bob`, look-alikes, over-long);
 //! - `forwarding`: `ssh -L`/`-D` to bob by address, IPv6, name, `0.0.0.0`, and a name
 //!   alice points at bob's address herself (DNS rebinding);
@@ -22,6 +23,7 @@ mod files;
 mod forwarding;
 mod inside;
 mod names;
+mod network;
 
 use std::time::{Duration, Instant};
 
