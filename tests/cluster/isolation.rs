@@ -181,7 +181,10 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
         )
         .into_owned()
     };
-    assert!(rules().contains("labssh-agent iso"), "{}", rules());
+    // This agent instance's rules (other instances named `iso`, killed by an earlier
+    // run on this machine, keep theirs: they are not this agent's to remove).
+    let mine = format!("labssh-agent iso 0.0.0.0:{aport}");
+    assert!(rules().contains(&mine), "{}", rules());
     controller.kill();
     proxy.kill();
     agent.terminate();
@@ -192,7 +195,7 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        !rules().contains("labssh-agent iso"),
+        !rules().contains(&mine),
         "rules removed at shutdown: {}",
         rules()
     );
