@@ -95,7 +95,9 @@ pub struct Config {
     /// address, with iptables and ip6tables rules installed at start and
     /// removed at shutdown.
     pub firewall: bool,
-    /// The host interface containers' traffic arrives on.
+    /// Docker's default bridge, where containers of older releases are until their
+    /// next login moves them to the agent's own networks (each guarded by its own
+    /// rules, see `firewall::bridge`).
     pub container_bridge: String,
     /// More host ports containers must not reach (e.g. Redis, the proxies'
     /// metrics), besides the agent's and the controller's.

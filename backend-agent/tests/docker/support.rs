@@ -141,8 +141,8 @@ pub fn docker_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A unique prefix and agent name; removes their containers and volumes when dropped,
-/// also when the test fails.
+/// A unique prefix and agent name; removes their containers, volumes and networks when
+/// dropped, also when the test fails.
 pub struct Scratch {
     /// Container/volume name prefix, unique to this test.
     pub prefix: String,
@@ -234,6 +234,18 @@ impl Drop for Scratch {
         ]);
         for v in vols.split_whitespace() {
             docker_cli(&["volume", "rm", "-f", v]);
+        }
+        // The containers' networks the backend made (after the containers: a network
+        // in use cannot go); Docker has address pools for only a few dozen.
+        let networks = docker_cli(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=labssh.prefix={}", self.prefix),
+        ]);
+        for n in networks.split_whitespace() {
+            docker_cli(&["network", "rm", n]);
         }
     }
 }

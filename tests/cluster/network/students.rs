@@ -27,15 +27,7 @@ async fn students_cannot_reach_each_others_containers() {
     lab.wait_listening("bob", "default", PORT).await;
     let bob_name = lab.container_name("bob", "default");
     let (bob_networks, bob_ip) = networks_of(&bob_name);
-    let (alice_networks, _) = networks_of(&lab.container_name("alice", "default"));
     assert!(!bob_ip.is_empty(), "bob's address on {bob_networks:?}");
-    assert_eq!(bob_networks, alice_networks, "one network for both");
-    assert!(
-        bob_networks[0].starts_with(&format!("{}-net-", lab.cleanup.prefix)),
-        "the agent's network, not Docker's default: {bob_networks:?}"
-    );
-    assert!(bridge_of(&bob_networks[0]).starts_with("lsh"));
-
     // The listener is really up and serves on bob's address.
     for host in ["127.0.0.1", bob_ip.as_str()] {
         assert_eq!(
@@ -65,6 +57,14 @@ async fn students_cannot_reach_each_others_containers() {
         "for p in 22 80 {PORT}; do nc -w 2 {bob_ip} $p </dev/null >/dev/null 2>&1 && echo open $p; done; true"
     );
     assert_eq!(sh(&lab, "alice", &Lab::alice(), &scan).await, "");
+    // Both on the agent's own network, not Docker's default.
+    let (alice_networks, _) = networks_of(&lab.container_name("alice", "default"));
+    assert_eq!(bob_networks, alice_networks, "one network for both");
+    assert!(
+        bob_networks[0].starts_with(&format!("{}-net-", lab.cleanup.prefix)),
+        "the agent's network, not Docker's default: {bob_networks:?}"
+    );
+    assert!(bridge_of(&bob_networks[0]).starts_with("lsh"));
     lab.stop().await;
 }
 

@@ -320,7 +320,7 @@ impl DockerBackend {
                 }
                 None => {
                     return Err(BackendError::StartFailed(
-                        helper_container::stopped(&self.docker, id)
+                        helper_container::stopped_soon(&self.docker, id)
                             .await
                             .unwrap_or_else(|| "its labssh-init cannot be reached".to_owned()),
                     ))

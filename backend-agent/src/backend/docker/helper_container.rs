@@ -149,6 +149,25 @@ pub async fn wait_ready(docker: &Docker, id: &str, socket: &HelperSocket) -> Res
     }
 }
 
+/// How long a container whose init is gone may still look running to Docker (it
+/// records the exit a moment later, longer on a busy node).
+const EXIT_RECORDED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Why the container stopped, once Docker has recorded it; `None` if it still runs
+/// after [`EXIT_RECORDED_WITHIN`].
+pub async fn stopped_soon(docker: &Docker, id: &str) -> Option<String> {
+    let deadline = Instant::now() + EXIT_RECORDED_WITHIN;
+    loop {
+        if let Some(why) = stopped(docker, id).await {
+            return Some(why);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Why the container is not running, if it is not.
 pub async fn stopped(docker: &Docker, id: &str) -> Option<String> {
     let inspect = docker.inspect_container(id, None).await.ok()?;
