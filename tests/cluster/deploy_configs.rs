@@ -41,7 +41,11 @@ fn example_configs_load() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path();
     let controller = labssh_controller::Config::load(with_certs("controller.toml", certs)).unwrap();
-    assert_eq!(controller.environments.len(), 3);
+    assert_eq!(controller.environments.len(), 5);
+    let egress = |env: &str| controller.environments[env].network.to_proto();
+    assert_eq!(egress("default").egress, "internet");
+    assert_eq!(egress("exam").egress, "none");
+    assert_eq!(egress("licensed").allow.len(), 3);
     assert!(controller.environments["admin"].run_as_root);
     assert!(
         controller.tls.enabled(),
