@@ -42,14 +42,10 @@ fn example_configs_load() {
     let certs = dir.path();
     let controller = labssh_controller::Config::load(with_certs("controller.toml", certs)).unwrap();
     assert_eq!(controller.environments.len(), 5);
-    // The egress examples: exam mode, and an allow-list of three entries.
-    let egress = |env: &str| controller.environments[env].network.egress().unwrap();
-    assert_eq!(egress("exam"), labssh_proto::egress::Egress::None);
-    assert!(
-        matches!(egress("licensed"), labssh_proto::egress::Egress::Allow(ref list) if list.len() == 3),
-        "{:?}",
-        egress("licensed")
-    );
+    let egress = |env: &str| controller.environments[env].network.to_proto();
+    assert_eq!(egress("default").egress, "internet");
+    assert_eq!(egress("exam").egress, "none");
+    assert_eq!(egress("licensed").allow.len(), 3);
     assert!(controller.environments["admin"].run_as_root);
     assert!(
         controller.tls.enabled(),

@@ -188,7 +188,8 @@ async fn containers_cannot_reach_agent_or_controller_ports() {
     controller.kill();
     proxy.kill();
     agent.terminate();
-    for _ in 0..100 {
+    // It drains sessions (up to 3 s) and removes every rule first.
+    for _ in 0..600 {
         if !agent.running() {
             break;
         }

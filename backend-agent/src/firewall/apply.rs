@@ -179,13 +179,11 @@ fn insert_block(block: &[Rule]) -> usize {
     count
 }
 
-/// Deletes each of `rules` that is there.
+/// Deletes each of `rules`; one that is gone already is no error.
 fn delete(rules: &[Rule]) {
     for rule in rules {
-        if iptables(rule.family, &rule.args("-C")).is_ok() {
-            if let Err(e) = iptables(rule.family, &rule.args("-D")) {
-                tracing::warn!("could not remove firewall rule: {e}");
-            }
+        if let Err(e) = iptables(rule.family, &rule.args("-D")) {
+            tracing::debug!("could not remove firewall rule (gone already?): {e}");
         }
     }
 }

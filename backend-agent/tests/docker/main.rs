@@ -5,6 +5,7 @@
 //! - `helper`: labssh-init as PID 1 — its socket, its peer checks, restoring it,
 //!   identities and capabilities, the older container layout;
 //! - `netops`: connecting, resolving and listening inside containers;
+//! - `network`: containers' networks, one per egress policy, and moving onto them;
 //! - `sftp`: the built-in SFTP server in every container;
 //! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC.
 
@@ -15,4 +16,5 @@ mod docker_backend;
 mod grpc_session;
 mod helper;
 mod netops;
+mod network;
 mod sftp;
