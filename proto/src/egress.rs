@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::forwarding::is_host_name;
 use crate::net::{parse_net, IpNet};
 use crate::pb;
 
@@ -196,18 +197,6 @@ pub fn parse_allow(entries: &[String]) -> Result<Vec<Destination>, Vec<String>> 
     } else {
         Err(bad.into_iter().filter_map(Result::err).collect())
     }
-}
-
-/// A DNS name: dot-separated labels of letters, digits, `-` and `_`.
-fn is_host_name(text: &str) -> bool {
-    text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 #[cfg(test)]

@@ -87,6 +87,18 @@ fn parse_ports(text: &str) -> Result<(u16, u16), String> {
     Ok((low, high))
 }
 
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_`.
+pub(crate) fn is_host_name(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 fn parse_host(text: &str) -> Result<HostPattern, String> {
     if text == "*" {
         return Ok(HostPattern::Any);
@@ -97,15 +109,7 @@ fn parse_host(text: &str) -> Result<HostPattern, String> {
     if text.contains('/') || text.parse::<IpAddr>().is_ok() {
         return parse_net(text).map(HostPattern::Net);
     }
-    let valid = text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if !valid {
+    if !is_host_name(text) {
         return Err(format!(
             "{text:?} is not a host name, address or CIDR block"
         ));
