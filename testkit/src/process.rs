@@ -130,3 +130,25 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// Compiles the C file `source` into a static binary with gcc and returns its
+/// bytes, for a probe a test copies into a container whatever its image holds.
+pub fn static_c_binary(source: &str) -> Vec<u8> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static BUILT: AtomicU32 = AtomicU32::new(0);
+    let out = std::env::temp_dir().join(format!(
+        "labssh-probe-{}-{}",
+        std::process::id(),
+        BUILT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(source)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc -static {source} failed (libc6-dev?)");
+    let bytes = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    bytes
+}

@@ -26,19 +26,10 @@ fn probe_binary() -> Vec<u8> {
     static BUILT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let out = std::env::temp_dir()
-                .join(format!("labssh-half-close-probe-{}", std::process::id()));
-            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/half_close_probe.c");
-            let status = std::process::Command::new("gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(&out)
-                .arg(source)
-                .status()
-                .expect("run gcc");
-            assert!(status.success(), "gcc -static failed (libc6-dev?)");
-            let bytes = std::fs::read(&out).unwrap();
-            let _ = std::fs::remove_file(&out);
-            bytes
+            labssh_testkit::process::static_c_binary(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/e2e/half_close_probe.c"
+            ))
         })
         .clone()
 }
