@@ -81,7 +81,8 @@ async fn no_forward_reaches_bobs_container() {
             "alice+open",
             &Lab::alice(),
             &[&format!(
-                "echo alice-own > ~/own; while true; do nc -l -p {OWN_PORT} < ~/own; done"
+                "echo alice-own > ~/own; {}",
+                crate::serve_file("~/own", OWN_PORT)
             )],
         )
         .spawn()

@@ -54,8 +54,8 @@ impl Bob {
     async fn plant(lab: &Lab) -> Bob {
         let secret = format!("bob-secret-{}", labssh_testkit::unique("s"));
         let script = format!(
-            "echo {secret} > ~/secret; chmod 600 ~/secret; \
-             while true; do nc -l -p {BOB_PORT} < ~/secret; done"
+            "echo {secret} > ~/secret; chmod 600 ~/secret; {}",
+            serve_file("~/secret", BOB_PORT)
         );
         let server = lab
             .ssh
@@ -101,6 +101,15 @@ impl Bob {
             "alice got bob's secret through {what}: {text:?}"
         );
     }
+}
+
+/// A shell command serving `file` to every connection on `port`, one busybox `nc` per
+/// connection (`-ll`), so no connection ever finds the port closed between two.
+fn serve_file(file: &str, port: u16) -> String {
+    format!(
+        "printf '#!/bin/sh\\nexec cat {file}\\n' > ~/.serve-{port}; chmod +x ~/.serve-{port}; \
+         exec nc -ll -p {port} -e ~/.serve-{port}"
+    )
 }
 
 /// `docker inspect -f FORMAT name`, trimmed.
