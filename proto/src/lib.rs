@@ -10,6 +10,7 @@ pub mod pb {
 }
 
 pub mod config;
+pub mod duration;
 pub mod egress;
 pub mod forwarding;
 pub mod net;

@@ -160,6 +160,10 @@ impl EnvironmentConfig {
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
             network: Some(self.network.to_proto()),
+            lifecycle: None,
+            hooks: Vec::new(),
+            isolation: None,
+            gpus: None,
         }
     }
 
