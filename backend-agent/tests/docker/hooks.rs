@@ -9,10 +9,9 @@ use futures::StreamExt;
 use labssh_agent::backend::{Backend, Output, SpawnSpec};
 use labssh_agent::DockerBackend;
 use labssh_proto::pb;
+use labssh_testkit::webhook::WebhookServer;
 use pb::session_output::Msg as Out;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use crate::grpc_session::{
     drain, heartbeat_where, only_error, open_session, start, start_controller_with, Agent,
@@ -115,51 +114,10 @@ fn exited_ok(outputs: &[Out]) {
     }
 }
 
-/// A one-shot HTTP server: every request's body, answered 204.
-async fn webhook_server() -> (String, mpsc::UnboundedReceiver<(String, String)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/labssh", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            let (head, body) = loop {
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        break (head.to_owned(), body.to_owned());
-                    }
-                }
-            };
-            let _ = s
-                .write_all(
-                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )
-                .await;
-            let _ = tx.send((head, body));
-        }
-    });
-    (url, rx)
-}
-
 #[tokio::test]
 async fn every_kind_of_hook_fires_once_with_its_variables() {
     let scratch = Scratch::new();
-    let (url, mut calls) = webhook_server().await;
+    let mut calls = WebhookServer::start("/labssh").await;
     let mut create = on("create", record());
     create.as_root = true;
     let env = pb::Environment {
@@ -178,7 +136,7 @@ async fn every_kind_of_hook_fires_once_with_its_variables() {
                 ..on("", record())
             },
             pb::Hook {
-                webhook: url,
+                webhook: calls.url.clone(),
                 ..on("login", Vec::new())
             },
         ],
@@ -215,10 +173,8 @@ async fn every_kind_of_hook_fires_once_with_its_variables() {
         "{seen}"
     );
 
-    let (head, body) = tokio::time::timeout(STEP, calls.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let call = calls.next(STEP).await.expect("the login webhook");
+    let (head, body) = (call.head, call.body);
     assert!(head.starts_with("POST /labssh HTTP/1.1"), "{head}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["event"], "login");
@@ -235,10 +191,8 @@ async fn every_kind_of_hook_fires_once_with_its_variables() {
     assert_eq!(lines(&seen, "create "), 1, "{seen}");
     assert_eq!(lines(&seen, "start "), 1, "{seen}");
     assert_eq!(lines(&seen, "after "), 1, "{seen}");
-    tokio::time::timeout(STEP, calls.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let call = calls.next(STEP).await.expect("the second login's webhook");
+    assert!(call.body.contains("\"event\":\"login\""), "{}", call.body);
     agent.stop().await;
 }
 

@@ -61,7 +61,11 @@ pub fn hook(agent: &str, event: &'static str, outcome: &'static str, elapsed: Du
     let event = KeyValue::new("event", event);
     m.hooks.add(
         1,
-        &[agent.clone(), event.clone(), KeyValue::new("outcome", outcome)],
+        &[
+            agent.clone(),
+            event.clone(),
+            KeyValue::new("outcome", outcome),
+        ],
     );
     m.hook_seconds.record(seconds(elapsed), &[agent, event]);
 }

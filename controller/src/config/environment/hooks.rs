@@ -67,7 +67,11 @@ impl HookConfig {
             ));
         }
         if let Some(timeout) = self.timeout {
-            let max = if login { MAX_LOGIN_TIMEOUT } else { MAX_TIMEOUT };
+            let max = if login {
+                MAX_LOGIN_TIMEOUT
+            } else {
+                MAX_TIMEOUT
+            };
             if timeout.is_zero() {
                 problems.push(format!("{key}.timeout: must be more than 0"));
             } else if timeout > max {
@@ -126,9 +130,7 @@ impl HookConfig {
         }
         if let Some(run_as) = &self.run_as {
             if !matches!(run_as.as_str(), "user" | "root") {
-                problems.push(format!(
-                    "{key}.as: {run_as:?} must be \"user\" or \"root\""
-                ));
+                problems.push(format!("{key}.as: {run_as:?} must be \"user\" or \"root\""));
             }
         }
     }
@@ -138,9 +140,9 @@ impl HookConfig {
 fn check_run(run: &[String], key: &str, problems: &mut Vec<String>) {
     match run.first() {
         None => problems.push(format!("{key}: must name a program")),
-        Some(program) if program.trim().is_empty() => {
-            problems.push(format!("{key}: the program (first element) must not be empty"))
-        }
+        Some(program) if program.trim().is_empty() => problems.push(format!(
+            "{key}: the program (first element) must not be empty"
+        )),
         Some(_) => {}
     }
     if run.iter().any(|a| a.contains('\0')) {
@@ -212,7 +214,11 @@ mod tests {
             webhook = "https://grades.example.edu/labssh"
         "#;
         assert_eq!(problems(text), Vec::<String>::new());
-        let wire: Vec<_> = load(text).unwrap().iter().map(HookConfig::to_proto).collect();
+        let wire: Vec<_> = load(text)
+            .unwrap()
+            .iter()
+            .map(HookConfig::to_proto)
+            .collect();
         assert_eq!(wire[0].on, "create");
         assert!(wire[0].as_root);
         assert_eq!(wire[0].timeout_ms, 30_000);
@@ -283,8 +289,8 @@ mod tests {
 
     #[test]
     fn typos_and_bad_durations_fail_to_read() {
-        let typo = load("[[hooks]]\non = \"login\"\nrun = [\"/bin/true\"]\nrequire = true")
-            .unwrap_err();
+        let typo =
+            load("[[hooks]]\non = \"login\"\nrun = [\"/bin/true\"]\nrequire = true").unwrap_err();
         assert!(typo.contains("unknown field `require`"), "{typo}");
         let soon = load("[[hooks]]\nafter = \"soon\"\nrun = [\"/bin/true\"]").unwrap_err();
         assert!(soon.contains("is not a duration"), "{soon}");
@@ -299,7 +305,13 @@ mod tests {
         ] {
             assert_eq!(check_webhook(good), Ok(()), "{good}");
         }
-        for bad in ["http://", "https://:80/", "http://[]/", "grades.example.edu", "http://a b/"] {
+        for bad in [
+            "http://",
+            "https://:80/",
+            "http://[]/",
+            "grades.example.edu",
+            "http://a b/",
+        ] {
             assert!(check_webhook(bad).is_err(), "{bad}");
         }
     }
