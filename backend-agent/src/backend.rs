@@ -18,6 +18,7 @@ mod spawn_spec;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use labssh_proto::pb;
@@ -117,6 +118,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<DiskUsage, BackendError> {
         let _ = (user, env);
         Ok(DiskUsage::default())
+    }
+
+    /// When the container last started, while it runs (and is not paused); `None`
+    /// otherwise, or when the runtime cannot tell. Timer hooks count from it.
+    async fn started_at(&self, container: &str) -> Result<Option<SystemTime>, BackendError> {
+        let _ = container;
+        Ok(None)
     }
 
     /// Hands the runtime the firewall guarding its containers' networks: the rules of

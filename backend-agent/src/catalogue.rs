@@ -10,6 +10,8 @@ use labssh_proto::pb;
 pub struct Catalogue {
     /// `None` until the first Welcome, so errors can say the controller was never reached.
     environments: RwLock<Option<HashMap<String, pb::Environment>>>,
+    /// Becomes true with the first Welcome, for tasks that wait for it.
+    received: tokio::sync::watch::Sender<bool>,
 }
 
 impl Catalogue {
@@ -20,6 +22,14 @@ impl Catalogue {
             .map(|e| (e.name.clone(), e))
             .collect();
         *self.environments.write().unwrap_or_else(|e| e.into_inner()) = Some(map);
+        self.received.send_replace(true);
+    }
+
+    /// Waits until the controller's catalogue has arrived (at once if it has).
+    pub async fn received(&self) {
+        let mut received = self.received.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = received.wait_for(|r| *r).await;
     }
 
     /// The named environment.

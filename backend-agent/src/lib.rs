@@ -8,6 +8,7 @@ pub mod config;
 mod controller_link;
 mod firewall;
 mod forward;
+mod hooks;
 mod inventory;
 mod limits;
 mod names;
@@ -189,7 +190,15 @@ fn start(
         tasks,
         stop.clone(),
     );
+    let hooks = hooks::Hooks::start(
+        &config.name,
+        backend.clone(),
+        catalogue.clone(),
+        tasks,
+        stop.clone(),
+    );
     Arc::new(state::Shared {
+        hooks,
         limits,
         name: config.name.clone(),
         backend,

@@ -29,6 +29,7 @@ impl From<EnsureError> for Status {
                 Code::FailedPrecondition
             }
             EnsureError::Backend(_) => Code::Unavailable,
+            EnsureError::Hook(_) => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())
     }

@@ -19,6 +19,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::backend::{Ensured, Process, SpawnSpec};
+use crate::hooks::{Event, Target};
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
 use crate::stream;
@@ -63,11 +64,18 @@ where
         container_started: started.ensured.created || started.ensured.started,
         notice: started.ensured.notice.clone(),
     });
+    let logout = Target {
+        user: start.user.clone(),
+        env: started.env.clone(),
+        container: started.ensured.name.clone(),
+    };
     if !stream::answer(&tx, pb::SessionOutput { msg: Some(reply) }).await {
         relay::hang_up(started.process.control).await;
+        shared.hooks.fire(Event::Logout, logout);
         return;
     }
     relay::relay(started.process, inbound, tx, &shared.shutdown).await;
+    shared.hooks.fire(Event::Logout, logout);
     let disk = &shared.limits.disk;
     if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {
         // They may have deleted files to get under their quota: measure again now.
@@ -103,6 +111,18 @@ async fn start_process(
         Err(e) => return Some(Err(e)),
     };
     let started = async {
+        // Every session is a login, so a refusing hook cannot be passed by with a
+        // command or SFTP; it runs before the process starts.
+        let login = Target {
+            user: start.user.clone(),
+            env: env.clone(),
+            container: ensured.name.clone(),
+        };
+        shared
+            .hooks
+            .run_required(Event::Login, &login)
+            .await
+            .map_err(SessionError::Hook)?;
         let spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
         let process = spawn(shared, &ensured.container_id, spec, start).await?;
         Ok(Started {

@@ -11,6 +11,7 @@ use crate::backend::{BackendError, Ensured, SharedBackend};
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::forward::host_watch::HostGuard;
 use crate::forward::pending::Pending;
+use crate::hooks::Hooks;
 use crate::inventory::Inventory;
 use crate::limits::Limits;
 use crate::names;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// `ssh -R` connections accepted and not yet attached.
     pub pending: Arc<Pending>,
+    /// The environments' lifecycle hooks and their timers.
+    pub hooks: Hooks,
 }
 
 /// Why a student's container could not be ensured; the message is for the student.
@@ -50,6 +53,9 @@ pub enum EnsureError {
     /// The runtime could not find, create or start the container.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A required create hook failed.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl Shared {
@@ -72,6 +78,10 @@ impl Shared {
         if ensured.created || ensured.started {
             self.inventory.note_running(&ensured.name, user, &env.name);
         }
+        self.hooks
+            .ensured(user, &env, &ensured)
+            .await
+            .map_err(EnsureError::Hook)?;
         Ok((env, ensured))
     }
 }

@@ -161,6 +161,18 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Histogram,
         labels: &["agent", "path"],
     },
+    Family {
+        name: "labssh_agent_hooks_total",
+        help: "Lifecycle hooks run by each agent, by event (create, start, login, logout, idle, stop, timer) and outcome (ok, failed, timed_out, refused, skipped).",
+        kind: Kind::Counter,
+        labels: &["agent", "event", "outcome"],
+    },
+    Family {
+        name: "labssh_agent_hook_seconds",
+        help: "Time a lifecycle hook took, by agent and event.",
+        kind: Kind::Histogram,
+        labels: &["agent", "event"],
+    },
 ];
 
 /// The catalogue entry of `name`.

@@ -8,6 +8,7 @@ pub mod pty;
 pub mod redis_server;
 pub mod ssh;
 pub mod telemetry;
+pub mod webhook;
 
 use std::sync::Once;
 

@@ -8,7 +8,8 @@
 //! - `credential_cache`: a validated login is a cache hit in Redis later;
 //! - `file_transfer`: sftp, scp and rsync;
 //! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
-//! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP.
+//! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
+//! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -18,4 +19,5 @@ mod credential_cache;
 mod file_transfer;
 mod forwarding;
 mod half_close;
+mod hooks;
 mod sessions;

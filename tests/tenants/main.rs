@@ -11,7 +11,9 @@
 //!   host paths and at bob's volume), and a search of every file alice can read;
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,
 //!   other containers' processes in `/proc`;
-//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out.
+//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
+//! - `hooks`: lifecycle hooks run in their own student's container with her variables,
+//!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -21,6 +23,7 @@ mod lab;
 mod exhaustion;
 mod files;
 mod forwarding;
+mod hooks;
 mod inside;
 mod names;
 mod network;

@@ -29,6 +29,7 @@ use labssh_proto::pb;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 pub use container_spec::{
@@ -275,6 +276,16 @@ impl Backend for DockerBackend {
         env: &pb::Environment,
     ) -> Result<DiskUsage, BackendError> {
         self.measure_disk(user, env).await
+    }
+
+    async fn started_at(&self, container: &str) -> Result<Option<SystemTime>, BackendError> {
+        let inspect = self.inspect(container).await?;
+        let running = inspect
+            .state
+            .filter(|s| s.running == Some(true) && s.paused != Some(true));
+        Ok(running
+            .and_then(|s| s.started_at)
+            .and_then(|at| humantime::parse_rfc3339(&at).ok()))
     }
 
     async fn guard_networks(&self, guard: Arc<dyn NetworkGuard>) {

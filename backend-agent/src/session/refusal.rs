@@ -34,6 +34,9 @@ pub enum SessionError {
     /// The process did not start.
     #[error(transparent)]
     Spawn(BackendError),
+    /// A required login hook failed: its line for the student.
+    #[error("{0}")]
+    Hook(String),
 }
 
 impl SessionError {
@@ -48,7 +51,8 @@ impl SessionError {
             | SessionError::OverQuota(_)
             | SessionError::UnknownSubsystem(_)
             | SessionError::NoSftpServer
-            | SessionError::FindServer(_) => None,
+            | SessionError::FindServer(_)
+            | SessionError::Hook(_) => None,
         }
     }
 }

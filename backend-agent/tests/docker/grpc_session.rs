@@ -22,6 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 /// Accepts Attach, welcomes the agent with a catalogue and forwards what it sends.
 struct FakeController {
     messages: mpsc::UnboundedSender<pb::AgentMessage>,
+    /// The catalogue of every Welcome.
+    environments: Vec<pb::Environment>,
     /// Cancelled to make the controller vanish: streams fail, the server stops.
     gone: CancellationToken,
 }
@@ -43,7 +45,7 @@ impl Controller for FakeController {
         let welcome = pb::ControllerMessage {
             msg: Some(pb::controller_message::Msg::Welcome(pb::Welcome {
                 heartbeat_interval_ms: 100,
-                environments: vec![environment()],
+                environments: self.environments.clone(),
             })),
         };
         tx.send(Ok(welcome)).await.unwrap();
@@ -94,7 +96,7 @@ impl Controller for FakeController {
 }
 
 /// A running fake controller.
-struct ControllerHandle {
+pub(crate) struct ControllerHandle {
     gone: CancellationToken,
     server: JoinHandle<()>,
 }
@@ -114,9 +116,18 @@ impl ControllerHandle {
 fn start_controller(
     listener: TcpListener,
 ) -> (ControllerHandle, mpsc::UnboundedReceiver<pb::AgentMessage>) {
+    start_controller_with(listener, vec![environment()])
+}
+
+/// A fake controller serving `environments` on `listener`.
+pub(crate) fn start_controller_with(
+    listener: TcpListener,
+    environments: Vec<pb::Environment>,
+) -> (ControllerHandle, mpsc::UnboundedReceiver<pb::AgentMessage>) {
     let (messages, received) = mpsc::unbounded_channel();
     let gone = CancellationToken::new();
     let service = FakeController {
+        environments,
         messages,
         gone: gone.clone(),
     };
@@ -130,14 +141,14 @@ fn start_controller(
     (ControllerHandle { gone, server }, received)
 }
 
-struct Agent {
+pub(crate) struct Agent {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), labssh_agent::AgentError>>,
 }
 
 impl Agent {
-    async fn start(scratch: &Scratch, controller: SocketAddr) -> Agent {
+    pub(crate) async fn start(scratch: &Scratch, controller: SocketAddr) -> Agent {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = labssh_agent::Config {
@@ -156,14 +167,14 @@ impl Agent {
         }
     }
 
-    async fn client(&self) -> AgentClient<tonic::transport::Channel> {
+    pub(crate) async fn client(&self) -> AgentClient<tonic::transport::Channel> {
         AgentClient::connect(format!("http://{}", self.addr))
             .await
             .unwrap()
     }
 
     /// Asks the agent to stop and checks it does so promptly.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(8), self.task)
             .await
@@ -187,7 +198,7 @@ async fn next_register(received: &mut mpsc::UnboundedReceiver<pb::AgentMessage>)
 }
 
 /// Waits for a heartbeat whose status satisfies `check`.
-async fn heartbeat_where(
+pub(crate) async fn heartbeat_where(
     received: &mut mpsc::UnboundedReceiver<pb::AgentMessage>,
     check: impl Fn(&pb::AgentStatus) -> bool,
 ) -> pb::AgentStatus {
@@ -205,7 +216,7 @@ async fn heartbeat_where(
     .expect("a matching heartbeat")
 }
 
-fn start(user: &str, environment: &str, command: &str) -> pb::SessionInput {
+pub(crate) fn start(user: &str, environment: &str, command: &str) -> pb::SessionInput {
     pb::SessionInput {
         msg: Some(In::Start(pb::Start {
             user: user.into(),
@@ -221,7 +232,7 @@ fn input(msg: In) -> pb::SessionInput {
 }
 
 /// Opens a session fed by the returned sender.
-async fn open_session(
+pub(crate) async fn open_session(
     client: &mut AgentClient<tonic::transport::Channel>,
     first: pb::SessionInput,
 ) -> (
@@ -239,7 +250,7 @@ async fn open_session(
 }
 
 /// Reads the rest of a session.
-async fn drain(mut outputs: Streaming<pb::SessionOutput>) -> Vec<Out> {
+pub(crate) async fn drain(mut outputs: Streaming<pb::SessionOutput>) -> Vec<Out> {
     tokio::time::timeout(STEP, async {
         let mut all = Vec::new();
         while let Some(msg) = outputs.message().await.unwrap() {
@@ -251,7 +262,7 @@ async fn drain(mut outputs: Streaming<pb::SessionOutput>) -> Vec<Out> {
     .expect("session ends")
 }
 
-fn only_error(outputs: &[Out]) -> &str {
+pub(crate) fn only_error(outputs: &[Out]) -> &str {
     match outputs {
         [Out::Error(e)] => &e.message,
         other => panic!("expected one error, got {other:?}"),

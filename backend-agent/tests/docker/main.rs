@@ -7,7 +7,8 @@
 //! - `netops`: connecting, resolving and listening inside containers;
 //! - `network`: containers' networks, one per egress policy, and moving onto them;
 //! - `sftp`: the built-in SFTP server in every container;
-//! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC.
+//! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC;
+//! - `hooks`: lifecycle hooks through the whole agent (commands, webhooks, timers).
 
 #[macro_use]
 mod support;
@@ -15,6 +16,7 @@ mod support;
 mod docker_backend;
 mod grpc_session;
 mod helper;
+mod hooks;
 mod netops;
 mod network;
 mod sftp;

@@ -1,6 +1,7 @@
 //! One environment of the catalogue: its image, limits, identity, forwarding
 //! policy, quotas and network, as configured, checked and sent to agents.
 
+mod hooks;
 mod network;
 
 use std::collections::BTreeMap;
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 use labssh_proto::pb;
 use serde::Deserialize;
 
+pub use hooks::HookConfig;
 pub use network::{EgressConfig, NetworkConfig};
 
 /// Enough for a shell, an editor and a compiler; not enough to starve the node.
@@ -78,6 +80,9 @@ pub struct EnvironmentConfig {
     pub layer_quota_mb: u64,
     /// Where its containers' traffic may go: `[environments.NAME.network]`.
     pub network: NetworkConfig,
+    /// Commands and webhooks run on lifecycle events and timers:
+    /// `[[environments.NAME.hooks]]`, in the order given.
+    pub hooks: Vec<HookConfig>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -128,6 +133,7 @@ impl Default for EnvironmentConfig {
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
+            hooks: Vec::new(),
         }
     }
 }
@@ -161,7 +167,7 @@ impl EnvironmentConfig {
             layer_quota_mb: self.layer_quota_mb,
             network: Some(self.network.to_proto()),
             lifecycle: None,
-            hooks: Vec::new(),
+            hooks: self.hooks.iter().map(HookConfig::to_proto).collect(),
             isolation: None,
             gpus: None,
         }
@@ -191,6 +197,9 @@ impl EnvironmentConfig {
         self.check_resources(&key, problems);
         self.check_processes(&key, problems);
         self.check_data(&key, problems);
+        for (i, hook) in self.hooks.iter().enumerate() {
+            hook.check(&key(&format!("hooks[{i}]")), problems);
+        }
     }
 
     /// The image, CPU and memory limits.

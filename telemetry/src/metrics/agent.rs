@@ -1,4 +1,4 @@
-//! What an agent records: its status, container ensures and spawns.
+//! What an agent records: its status, container ensures, spawns and hooks.
 
 use std::time::Duration;
 
@@ -51,4 +51,21 @@ pub fn spawn(agent: &str, path: &'static str, elapsed: Duration) {
             KeyValue::new("path", path),
         ],
     );
+}
+
+/// A hook for `event` ("create", ..., "timer") ran on `agent` to `outcome` ("ok",
+/// "failed", "timed_out", "refused", "skipped") in `elapsed`.
+pub fn hook(agent: &str, event: &'static str, outcome: &'static str, elapsed: Duration) {
+    let m = metrics();
+    let agent = KeyValue::new("agent", agent.to_string());
+    let event = KeyValue::new("event", event);
+    m.hooks.add(
+        1,
+        &[
+            agent.clone(),
+            event.clone(),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
+    m.hook_seconds.record(seconds(elapsed), &[agent, event]);
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub(crate) agent_sessions: Gauge<u64>,
     pub(crate) container_ensure: Histogram<f64>,
     pub(crate) spawn: Histogram<f64>,
+    pub(crate) hooks: Counter<u64>,
+    pub(crate) hook_seconds: Histogram<f64>,
 }
 
 fn help(name: &'static str) -> &'static str {
@@ -88,6 +90,8 @@ impl Metrics {
             agent_sessions: gauge("labssh_agent_sessions"),
             container_ensure: seconds("labssh_container_ensure_seconds"),
             spawn: seconds("labssh_spawn_seconds"),
+            hooks: counter("labssh_agent_hooks_total"),
+            hook_seconds: seconds("labssh_agent_hook_seconds"),
         }
     }
 }
