@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::backend::{Ensured, Process, SpawnSpec};
 use crate::limits::caps::{Held, Kind};
+use crate::limits::cgroup::LimitWatch;
 use crate::state::Shared;
 use crate::stream;
 pub use refusal::SessionError;
@@ -33,6 +34,8 @@ struct Started {
     env: pb::Environment,
     /// What the ensure found or did.
     ensured: Ensured,
+    /// The container's limits as the session started, to say which one it hit.
+    watch: Option<LimitWatch>,
 }
 
 /// Runs a session to its end.
@@ -67,7 +70,11 @@ where
         relay::hang_up(started.process.control).await;
         return;
     }
-    relay::relay(started.process, inbound, tx, &shared.shutdown).await;
+    let limits = started.watch.map(|watch| relay::LimitNotes {
+        watch,
+        newline: if start.pty.is_some() { "\r\n" } else { "\n" },
+    });
+    relay::relay(started.process, inbound, tx, &shared.shutdown, limits).await;
     let disk = &shared.limits.disk;
     if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {
         // They may have deleted files to get under their quota: measure again now.
@@ -104,11 +111,23 @@ async fn start_process(
     };
     let started = async {
         let spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
-        let process = spawn(shared, &ensured.container_id, spec, start).await?;
+        let watch = LimitWatch::start(&ensured.container_id);
+        let process = spawn(shared, &ensured.container_id, spec, start)
+            .await
+            .map_err(
+                |e| match watch.as_ref().and_then(LimitWatch::spawn_refusal) {
+                    Some(limit) => {
+                        tracing::info!(user = %start.user, "session refused: {limit}");
+                        SessionError::ProcessLimit(limit)
+                    }
+                    None => e,
+                },
+            )?;
         Ok(Started {
             process,
             env,
             ensured,
+            watch,
         })
     };
     Some(started.await)

@@ -34,6 +34,10 @@ pub enum SessionError {
     /// The process did not start.
     #[error(transparent)]
     Spawn(BackendError),
+    /// The process did not start because the container holds as many processes as
+    /// it may; says so, with the limit.
+    #[error("{0}")]
+    ProcessLimit(String),
 }
 
 impl SessionError {
@@ -44,6 +48,7 @@ impl SessionError {
             SessionError::OverCap(_) => Some("user_cap"),
             SessionError::Ensure(_) => Some("ensure_failed"),
             SessionError::Spawn(_) => Some("spawn_failed"),
+            SessionError::ProcessLimit(_) => Some("process_limit"),
             SessionError::NotStart
             | SessionError::OverQuota(_)
             | SessionError::UnknownSubsystem(_)
