@@ -172,7 +172,7 @@ impl DockerBackend {
         };
         tracing::info!(container = name, image = %env.image, spawn = path.name(), "created container");
         if !env.run_as_root {
-            self.set_up_student(&created.id, user, env, prepared.etc_dir.is_some())
+            self.set_up_student(&created.id, user, env, prepared.set_up)
                 .await;
         }
         self.start_created(&created.id, name, user, env).await?;
@@ -233,13 +233,13 @@ impl DockerBackend {
         (self.with_layer_quota(body, env).await, path)
     }
 
-    /// The student's home directory and passwd entry in a new container (unless its
-    /// passwd files are bound from the host, `etc_bound`).
-    async fn set_up_student(&self, id: &str, user: &str, env: &pb::Environment, etc_bound: bool) {
-        self.fix_home(id, user, env).await;
-        if etc_bound {
+    /// The student's home directory and passwd entry in a new container, unless
+    /// [`DockerBackend::prepare`] saw to them (`done`: a read-only root).
+    async fn set_up_student(&self, id: &str, user: &str, env: &pb::Environment, done: bool) {
+        if done {
             return;
         }
+        self.fix_home(id, user, env).await;
         passwd::ensure_entries(
             &self.docker,
             id,
@@ -293,16 +293,8 @@ impl DockerBackend {
 
     /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
     /// image's /etc/passwd has no such user.
-    /// With a read-only root, which refuses uploads outside volumes, the directory
-    /// entry goes onto the volume itself as `./`.
-    async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
-        let read_only = env.isolation.as_ref().is_some_and(|i| i.read_only_root);
-        let (parent, entry) = if read_only {
-            (home_dir(user), ".".to_owned())
-        } else {
-            (HOME_PARENT.to_owned(), user.to_owned())
-        };
-        let archive = match archive::directory(&entry, env.uid, env.gid, HOME_MODE) {
+    pub(super) async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
+        let archive = match archive::directory(user, env.uid, env.gid, HOME_MODE) {
             Ok(archive) => archive,
             Err(e) => {
                 tracing::warn!(container, user, error = %e, "cannot set up home directory");
@@ -312,7 +304,7 @@ impl DockerBackend {
         // Without copyUIDGID Docker keeps the archive's owner; with it, it would chown to
         // the container's user, which is root for a helper container.
         let options = UploadToContainerOptionsBuilder::new()
-            .path(&parent)
+            .path(HOME_PARENT)
             .copy_uidgid("false")
             .no_overwrite_dir_non_dir("true")
             .build();

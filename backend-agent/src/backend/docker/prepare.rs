@@ -2,23 +2,26 @@
 //! course-data volumes it mounts found, and, for a read-only root, the passwd and group
 //! files bound over the image's.
 //!
-//! A read-only root refuses Docker's archive upload anywhere outside a volume, so the
-//! student's passwd entry cannot be written into the container as it is for others.
-//! Instead the image's files are read from a throwaway container (created, never
-//! started), the entry added, and the result written to the container's own directory
-//! under the helper directory (removed with the container, see
-//! `helper_container::prune_dirs`) and bound read-only at /etc/passwd and /etc/group.
+//! A read-only root refuses Docker's archive upload anywhere outside a volume, so
+//! neither the student's home directory (its entry is extracted into /home, onto the
+//! volume's mount point) nor their passwd entry can be written into the container as
+//! for others. Both go through a throwaway container instead (created, never
+//! started, writable, the same home volume mounted): the home is set up there, the
+//! image's passwd and group read and the entry added, and the result written to the
+//! container's own directory under the helper directory (removed with the container,
+//! see `helper_container::prune_dirs`) and bound read-only at /etc/passwd and
+//! /etc/group.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use labssh_proto::pb;
 
-use super::container_spec::{ETC_FILES, LABEL_AGENT, LABEL_GPUS, LABEL_PREFIX};
+use super::container_spec::{volume_name, ETC_FILES, LABEL_AGENT, LABEL_GPUS, LABEL_PREFIX};
 use super::errors::{docker_message, status_of};
 use super::{passwd, DockerBackend};
 use crate::backend::{home_dir, shell, BackendError};
@@ -37,6 +40,8 @@ pub struct Prepared {
     pub gpus: Vec<String>,
     /// The directory of its passwd and group files, with a read-only root.
     pub etc_dir: Option<PathBuf>,
+    /// Whether its home and passwd entry are set up already (a read-only root).
+    pub set_up: bool,
 }
 
 impl DockerBackend {
@@ -55,12 +60,17 @@ impl DockerBackend {
             None => Vec::new(),
         };
         let read_only = env.isolation.as_ref().is_some_and(|i| i.read_only_root);
-        let etc_dir = if read_only && !env.run_as_root {
-            self.etc_files(name, user, env).await
+        let set_up = read_only && !env.run_as_root;
+        let etc_dir = if set_up {
+            self.read_only_setup(name, user, env).await
         } else {
             None
         };
-        Ok(Prepared { gpus, etc_dir })
+        Ok(Prepared {
+            gpus,
+            etc_dir,
+            set_up,
+        })
     }
 
     /// Fails with a message for the student (and a warning for the operator) when a
@@ -130,10 +140,17 @@ impl DockerBackend {
             .collect())
     }
 
-    /// The passwd and group files of a read-only root, written to `name`'s directory;
-    /// `None` (the container works without the entry, as with any image whose files
-    /// cannot be read) when there is no helper directory or something fails.
-    async fn etc_files(&self, name: &str, user: &str, env: &pb::Environment) -> Option<PathBuf> {
+    /// The home directory and the passwd and group files of a read-only root, these
+    /// written to `name`'s directory; `None` (the container works without the entry,
+    /// as with any image whose files cannot be read) when there is no helper
+    /// directory or something fails.
+    async fn read_only_setup(
+        &self,
+        name: &str,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Option<PathBuf> {
+        let files = self.set_up_on_probe(user, env).await?;
         let Some(setup) = &self.helper else {
             tracing::warn!(
                 container = name,
@@ -141,7 +158,6 @@ impl DockerBackend {
             );
             return None;
         };
-        let files = self.image_etc_files(user, env).await?;
         let dir = setup.dir.join(name);
         match write_files(&dir, &files) {
             Ok(()) => Some(dir),
@@ -152,19 +168,27 @@ impl DockerBackend {
         }
     }
 
-    /// The image's passwd and group with the student added, read from a container
-    /// created (never started) for it and removed at once.
-    async fn image_etc_files(
+    /// Sets the home up on a container created (never started, writable) with the
+    /// home volume and removed at once, and returns the image's passwd and group with
+    /// the student added, read from it.
+    async fn set_up_on_probe(
         &self,
         user: &str,
         env: &pb::Environment,
     ) -> Option<[passwd::EtcFile; 2]> {
+        let home = Mount {
+            target: Some(home_dir(user)),
+            source: Some(volume_name(&self.prefix, user)),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        };
         let probe = ContainerCreateBody {
             image: Some(env.image.clone()),
             entrypoint: Some(vec!["/nonexistent".to_owned()]),
             labels: Some([(LABEL_PREFIX.to_owned(), self.prefix.clone())].into()),
             host_config: Some(HostConfig {
                 network_mode: Some("none".to_owned()),
+                mounts: Some(vec![home]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -172,10 +196,11 @@ impl DockerBackend {
         let created = match self.docker.create_container(None, probe).await {
             Ok(created) => created,
             Err(e) => {
-                tracing::warn!(image = %env.image, error = %docker_message(&e), "cannot read the image's /etc/passwd");
+                tracing::warn!(image = %env.image, error = %docker_message(&e), "cannot set up the home and passwd entry of a read-only root");
                 return None;
             }
         };
+        self.fix_home(&created.id, user, env).await;
         let ids = (env.uid, env.gid);
         let files = passwd::with_student(
             &self.docker,
@@ -188,7 +213,7 @@ impl DockerBackend {
         .await;
         let force = RemoveContainerOptionsBuilder::new().force(true).build();
         if let Err(e) = self.docker.remove_container(&created.id, Some(force)).await {
-            tracing::warn!(container = %created.id, error = %docker_message(&e), "cannot remove the container that read an image's /etc/passwd");
+            tracing::warn!(container = %created.id, error = %docker_message(&e), "cannot remove the container that set up a read-only root");
         }
         files
     }
