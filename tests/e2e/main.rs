@@ -8,6 +8,8 @@
 //! - `credential_cache`: a validated login is a cache hit in Redis later;
 //! - `file_transfer`: sftp, scp and rsync;
 //! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
+//! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
+//!   memory limits named when a student hits them;
 //! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP.
 
 #[path = "../lab/mod.rs"]
@@ -18,4 +20,5 @@ mod credential_cache;
 mod file_transfer;
 mod forwarding;
 mod half_close;
+mod isolation;
 mod sessions;

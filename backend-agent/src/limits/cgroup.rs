@@ -157,7 +157,8 @@ impl LimitWatch {
 
     /// What to tell the student when the session's process ended with `status`: that
     /// the OOM killer took it (killed by KILL while the container's OOM kills grew),
-    /// or that forks were refused at the process limit meanwhile.
+    /// or, when it failed, that forks were refused at the process limit meanwhile (a
+    /// session that succeeded is not told of another one's refused forks).
     pub fn at_exit(&self, status: &ExitStatus) -> Option<String> {
         let now = self.cgroup.counters();
         let killed = matches!(status, ExitStatus::Signal(s) if s == "KILL");
@@ -170,7 +171,9 @@ impl LimitWatch {
                 None => "your container ran out of memory; the kernel killed your process".to_owned(),
             });
         }
-        (now.pids_refused > self.start.pids_refused).then(|| process_limit_message(now.pids_max))
+        let failed = *status != ExitStatus::Code(0);
+        (failed && now.pids_refused > self.start.pids_refused)
+            .then(|| process_limit_message(now.pids_max))
     }
 }
 
@@ -219,9 +222,10 @@ mod tests {
             Some("your container reached its process limit (256)")
         );
         assert_eq!(
-            watch.at_exit(&ExitStatus::Code(0)).as_deref(),
+            watch.at_exit(&ExitStatus::Code(2)).as_deref(),
             Some("your container reached its process limit (256)")
         );
+        assert_eq!(watch.at_exit(&ExitStatus::Code(0)), None);
         // The OOM killer took the session's process.
         v1(dir.path(), 3, 0, 1);
         assert_eq!(
