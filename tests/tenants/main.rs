@@ -11,7 +11,8 @@
 //!   host paths and at bob's volume), and a search of every file alice can read;
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,
 //!   other containers' processes in `/proc`;
-//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out.
+//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
+//! - `isolation`: shared course data alice cannot write for bob, devices not listed.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -22,6 +23,7 @@ mod exhaustion;
 mod files;
 mod forwarding;
 mod inside;
+mod isolation;
 mod names;
 mod network;
 
