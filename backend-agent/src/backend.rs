@@ -177,6 +177,8 @@ pub struct ContainerInfo {
     pub environment: String,
     /// Whether it runs.
     pub state: ContainerState,
+    /// The GPUs (device ids) it holds.
+    pub gpus: Vec<String>,
 }
 
 /// The lifecycle states the controller cares about.
@@ -201,6 +203,7 @@ impl From<&ContainerInfo> for pb::ContainerInfo {
             user: c.user.clone(),
             environment: c.environment.clone(),
             state: state as i32,
+            gpus: c.gpus.clone(),
         }
     }
 }

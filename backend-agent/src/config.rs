@@ -128,6 +128,9 @@ pub struct Config {
     /// How often the disk usage of homes and container layers under a quota
     /// (`home_quota_mb`, `layer_quota_mb` in the catalogue) is measured.
     pub disk_check_interval_secs: u64,
+    /// This node's GPUs (device ids, e.g. `["0", "1"]`); absent means those
+    /// `nvidia-smi -L` lists, if it is installed, else none. `[]` offers none.
+    pub gpus: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -158,6 +161,7 @@ impl Default for Config {
             max_pending_remote_per_user: DEFAULT_MAX_PENDING_REMOTE_PER_USER,
             nofile: DEFAULT_NOFILE,
             disk_check_interval_secs: DEFAULT_DISK_CHECK_INTERVAL_SECS,
+            gpus: None,
         }
     }
 }
@@ -250,6 +254,13 @@ impl Config {
         ] {
             if !path.is_empty() && !path.starts_with('/') {
                 problems.push(format!("{key}: {path:?} must be empty or an absolute path"));
+            }
+        }
+        for (i, id) in self.gpus.iter().flatten().enumerate() {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                problems.push(format!("gpus: {id:?} is not a device id like \"0\""));
+            } else if self.gpus.iter().flatten().take(i).any(|g| g == id) {
+                problems.push(format!("gpus: {id:?} is listed twice"));
             }
         }
         if !self.helper_dir.starts_with('/') {

@@ -14,6 +14,8 @@ use crate::backend::{ContainerInfo, ContainerState, SharedBackend};
 pub struct Inventory {
     /// Maximum containers, from the config.
     capacity: u32,
+    /// The node's GPUs (device ids).
+    gpus: Vec<String>,
     /// Containers as last read from the runtime, patched by ensures since.
     containers: Mutex<Containers>,
     /// Open Session streams.
@@ -36,11 +38,17 @@ impl Inventory {
     pub fn new(capacity: u32) -> Inventory {
         Inventory {
             capacity,
+            gpus: Vec::new(),
             containers: Mutex::default(),
             sessions: AtomicU32::new(0),
             draining: Default::default(),
             changed: Notify::new(),
         }
+    }
+
+    /// The same, reporting the node's GPUs.
+    pub fn with_gpus(self, gpus: Vec<String>) -> Inventory {
+        Inventory { gpus, ..self }
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, Containers> {
@@ -56,6 +64,7 @@ impl Inventory {
             sessions: self.sessions.load(Ordering::Relaxed),
             inventory: containers.list.iter().map(Into::into).collect(),
             draining: self.draining.load(Ordering::Relaxed),
+            gpus: self.gpus.clone(),
         }
     }
 
@@ -76,9 +85,16 @@ impl Inventory {
             user: user.to_owned(),
             environment: environment.to_owned(),
             state: ContainerState::Running,
+            gpus: Vec::new(),
         };
         match containers.list.iter_mut().find(|c| c.name == name) {
-            Some(slot) => *slot = info,
+            // The GPUs it holds stay until the next refresh says otherwise.
+            Some(slot) => {
+                *slot = ContainerInfo {
+                    gpus: std::mem::take(&mut slot.gpus),
+                    ..info
+                }
+            }
             None => containers.list.push(info),
         }
         drop(containers);

@@ -8,6 +8,7 @@ pub mod config;
 mod controller_link;
 mod firewall;
 mod forward;
+pub mod gpus;
 mod hooks;
 mod inventory;
 mod limits;
@@ -165,7 +166,8 @@ fn start(
         .filter_map(|d| labssh_proto::net::parse_net(d).ok())
         .collect::<Vec<_>>();
     let catalogue = Arc::new(catalogue::Catalogue::default());
-    let inventory = Arc::new(inventory::Inventory::new(config.capacity));
+    let inventory =
+        Arc::new(inventory::Inventory::new(config.capacity).with_gpus(gpus::node_gpus(config)));
     tasks.spawn(inventory::refresh_loop(
         inventory.clone(),
         backend.clone(),

@@ -1,12 +1,14 @@
 //! What one student may use of what the node shares: counts of open sessions,
 //! forwards and listeners across all their SSH connections ([`caps`]), disk space of
 //! their home and container ([`disk_quota`]), and the agent's own descriptor budget
-//! that those caps are sized against ([`nofile`]).
+//! that those caps are sized against ([`nofile`]), and which of a container's own
+//! limits a student hit ([`cgroup`]).
 //!
 //! The agent enforces these because it is the one place that sees all of a student's
 //! sessions on its node, whichever proxy replica each came through.
 
 pub mod caps;
+pub mod cgroup;
 pub mod disk_quota;
 pub mod nofile;
 

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::backend::{Ensured, Process, SpawnSpec};
 use crate::hooks::{Event, Target};
 use crate::limits::caps::{Held, Kind};
+use crate::limits::cgroup::LimitWatch;
 use crate::state::Shared;
 use crate::stream;
 pub use refusal::SessionError;
@@ -34,6 +35,8 @@ struct Started {
     env: pb::Environment,
     /// What the ensure found or did.
     ensured: Ensured,
+    /// The container's limits as the session started, to say which one it hit.
+    watch: Option<LimitWatch>,
 }
 
 /// Runs a session to its end.
@@ -74,7 +77,11 @@ where
         shared.hooks.fire(Event::Logout, logout);
         return;
     }
-    relay::relay(started.process, inbound, tx, &shared.shutdown).await;
+    let limits = started.watch.map(|watch| relay::LimitNotes {
+        watch,
+        newline: if start.pty.is_some() { "\r\n" } else { "\n" },
+    });
+    relay::relay(started.process, inbound, tx, &shared.shutdown, limits).await;
     shared.hooks.fire(Event::Logout, logout);
     let disk = &shared.limits.disk;
     if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {
@@ -124,11 +131,23 @@ async fn start_process(
             .await
             .map_err(SessionError::Hook)?;
         let spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
-        let process = spawn(shared, &ensured.container_id, spec, start).await?;
+        let watch = LimitWatch::start(&ensured.container_id);
+        let process = spawn(shared, &ensured.container_id, spec, start)
+            .await
+            .map_err(
+                |e| match watch.as_ref().and_then(LimitWatch::spawn_refusal) {
+                    Some(limit) => {
+                        tracing::info!(user = %start.user, "session refused: {limit}");
+                        SessionError::ProcessLimit(limit)
+                    }
+                    None => e,
+                },
+            )?;
         Ok(Started {
             process,
             env,
             ensured,
+            watch,
         })
     };
     Some(started.await)

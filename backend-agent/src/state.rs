@@ -77,6 +77,11 @@ impl Shared {
             .inspect_err(|e| tracing::warn!(user, environment, error = %e, "ensure failed"))?;
         if ensured.created || ensured.started {
             self.inventory.note_running(&ensured.name, user, &env.name);
+            if env.gpus.is_some() {
+                // Which GPUs it took is in its label: report them before the next
+                // placement counts them free.
+                self.inventory.refresh(&self.backend).await;
+            }
         }
         self.hooks
             .ensured(user, &env, &ensured)

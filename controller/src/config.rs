@@ -16,9 +16,9 @@ use labssh_proto::config::ConfigRole;
 use serde::Deserialize;
 
 pub use environment::{
-    EgressConfig, EnvironmentConfig, ForwardingConfig, NetworkConfig, DEFAULT_CPUS, DEFAULT_GID,
-    DEFAULT_HOME_QUOTA_MB, DEFAULT_LAYER_QUOTA_MB, DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT,
-    DEFAULT_SHELL, DEFAULT_UID,
+    EgressConfig, EnvironmentConfig, ForwardingConfig, GpusConfig, NetworkConfig, RlimitConfig,
+    Seccomp, DEFAULT_CPUS, DEFAULT_GID, DEFAULT_HOME_QUOTA_MB, DEFAULT_LAYER_QUOTA_MB,
+    DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_SHELL, DEFAULT_UID,
 };
 pub use labssh_proto::config::ConfigError;
 

@@ -13,8 +13,13 @@
 //!    capacity, with bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018):
 //!    walk the ring's candidates and take the first agent that is under both
 //!    its capacity and `(1 + ε)` times its capacity-weighted fair share.
+//!
+//! An environment taking GPUs goes by rules 3 and 4 only to agents with enough GPUs
+//! free ([`gpus`]); an existing or pending container stays where it is.
 
-use std::collections::HashMap;
+mod gpus;
+
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use consistent_hash::{DefaultHash, Node, StaticHashRing};
@@ -34,6 +39,7 @@ const MIN_VNODES: usize = 64;
 /// bounded-load check keeps placement proportional to capacity beyond it.
 const MAX_VNODES: usize = 2_048;
 
+pub use gpus::GpuDemand;
 /// Why no agent could be chosen: the `Place` RPC's error, shared with the proxies.
 pub use labssh_proto::place::PlaceError;
 
@@ -42,6 +48,8 @@ pub use labssh_proto::place::PlaceError;
 pub struct Inventory {
     /// user → environment → container state.
     by_user: HashMap<String, HashMap<String, pb::ContainerState>>,
+    /// GPUs (device ids) its containers hold.
+    gpus_held: HashSet<String>,
 }
 
 impl Inventory {
@@ -54,7 +62,11 @@ impl Inventory {
                 .or_default()
                 .insert(c.environment.clone(), c.state());
         }
-        Self { by_user }
+        let gpus_held = containers
+            .iter()
+            .flat_map(|c| c.gpus.iter().cloned())
+            .collect();
+        Self { by_user, gpus_held }
     }
 
     /// The state of the user's container for `environment`, if held here.
@@ -79,6 +91,8 @@ pub struct AgentLoad<'a> {
     pub containers: u32,
     /// Which containers those are.
     pub inventory: &'a Inventory,
+    /// Its GPUs (device ids), those held included.
+    pub gpus: &'a [String],
 }
 
 /// The outcome of a successful placement.
@@ -97,6 +111,8 @@ struct Pending {
     agent: String,
     /// When it was chosen; the entry expires [`PENDING_TTL`] later.
     at: Instant,
+    /// GPUs the container will take there.
+    gpus: u32,
 }
 
 /// Consistent-hashing placement with bounded loads, plus the memory of recent
@@ -128,12 +144,24 @@ impl Placer {
     }
 
     /// Chooses the agent for (user, environment) among the `live` agents and
-    /// remembers the choice. `environment` must already be resolved.
+    /// remembers the choice. `environment` must already be resolved and take no GPUs.
     pub fn place(
         &mut self,
         live: &[AgentLoad<'_>],
         user: &str,
         environment: &str,
+        now: Instant,
+    ) -> Result<Placement, PlaceError> {
+        self.place_with(live, user, environment, &GpuDemand::None, now)
+    }
+
+    /// [`Placer::place`] for an environment whose containers take `gpus`.
+    pub fn place_with(
+        &mut self,
+        live: &[AgentLoad<'_>],
+        user: &str,
+        environment: &str,
+        gpus: &GpuDemand,
         now: Instant,
     ) -> Result<Placement, PlaceError> {
         if live.is_empty() {
@@ -165,16 +193,22 @@ impl Placer {
             });
         }
 
+        let fitting = self.fitting(live, gpus)?;
         let loads = self.loads(live);
         let chosen = self
-            .home_agent(live, &loads, user)
+            .home_agent(live, &loads, &fitting, user)
             .map(str::to_string)
-            .map_or_else(|| self.hashed(live, &loads, user), Ok)?;
+            .map_or_else(|| self.hashed(live, &loads, &fitting, user), Ok)?;
+        let taken = live
+            .iter()
+            .find(|a| a.name == chosen)
+            .map_or(0, |a| gpus.count_on(a));
         self.pending.insert(
             key,
             Pending {
                 agent: chosen.clone(),
                 at: now,
+                gpus: taken,
             },
         );
         Ok(Placement {
@@ -191,6 +225,38 @@ impl Placer {
                 .is_some_and(|a| a.inventory.state(user, env).is_none())
                 && now.saturating_duration_since(p.at) < PENDING_TTL
         });
+    }
+
+    /// The agents with GPUs enough free for `demand` (all of them for none); an error
+    /// saying how many there are when none has.
+    fn fitting<'a>(
+        &self,
+        live: &[AgentLoad<'a>],
+        demand: &GpuDemand,
+    ) -> Result<HashSet<&'a str>, PlaceError> {
+        let mut pending: HashMap<&str, u32> = HashMap::new();
+        for p in self.pending.values() {
+            *pending.entry(p.agent.as_str()).or_default() += p.gpus;
+        }
+        let promised = |a: &AgentLoad<'_>| pending.get(a.name).copied().unwrap_or(0);
+        let fitting: HashSet<&str> = live
+            .iter()
+            .filter(|a| demand.fits(a, promised(a)))
+            .map(|a| a.name)
+            .collect();
+        if !fitting.is_empty() || demand.is_none() {
+            return Ok(fitting);
+        }
+        let count = |f: &dyn Fn(&AgentLoad<'_>) -> u32| live.iter().map(f).sum::<u32>();
+        Err(PlaceError::NoGpusFree {
+            total: count(&|a| a.gpus.len() as u32),
+            free: count(&|a| {
+                gpus::free_gpus(a.gpus, &a.inventory.gpus_held).saturating_sub(promised(a))
+            }),
+            needed: live.iter().map(|a| demand.count_on(a)).max().unwrap_or(1),
+            // The caller knows the catalogue and fills it in.
+            suggestion: String::new(),
+        })
     }
 
     /// Each live agent's load: reported containers plus pending placements
@@ -215,6 +281,7 @@ impl Placer {
         &self,
         live: &[AgentLoad<'a>],
         loads: &HashMap<&str, u64>,
+        fitting: &HashSet<&str>,
         user: &str,
     ) -> Option<&'a str> {
         let pending_home = self
@@ -224,6 +291,7 @@ impl Placer {
             .map(|(_, p)| p.agent.as_str());
         live.iter()
             .filter(|a| a.inventory.has_user(user) || pending_home == Some(a.name))
+            .filter(|a| fitting.contains(a.name))
             .find(|a| loads[a.name] < u64::from(a.capacity))
             .map(|a| a.name)
     }
@@ -233,6 +301,7 @@ impl Placer {
         &mut self,
         live: &[AgentLoad<'_>],
         loads: &HashMap<&str, u64>,
+        fitting: &HashSet<&str>,
         user: &str,
     ) -> Result<String, PlaceError> {
         let members = Ring::members(live);
@@ -253,7 +322,7 @@ impl Placer {
 
         for name in ring.candidates(user) {
             let (load, capacity) = (loads[name], capacities[name]);
-            if load >= capacity {
+            if load >= capacity || !fitting.contains(name) {
                 continue;
             }
             let bound = bounded_load(self.epsilon, total_load, capacity, total_capacity);
@@ -267,6 +336,7 @@ impl Placer {
         least_loaded(
             capacities
                 .iter()
+                .filter(|(name, _)| fitting.contains(*name))
                 .map(|(name, cap)| (*name, loads[name], *cap)),
         )
         .map(str::to_string)
@@ -346,6 +416,8 @@ impl Ring {
 }
 
 #[cfg(test)]
+mod gpu_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
@@ -379,6 +451,7 @@ mod tests {
                 user: user.to_string(),
                 environment: env.to_string(),
                 state: pb::ContainerState::Running.into(),
+                gpus: Vec::new(),
             });
             a.3 = Inventory::from_proto(&a.2);
         }
@@ -395,6 +468,7 @@ mod tests {
                     capacity: *capacity,
                     containers: extra + inv.len() as u32,
                     inventory,
+                    gpus: &[],
                 })
                 .collect()
         }

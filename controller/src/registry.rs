@@ -16,7 +16,7 @@ use labssh_proto::pb;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::placement::{AgentLoad, Inventory, PlaceError, Placer};
+use crate::placement::{AgentLoad, GpuDemand, Inventory, PlaceError, Placer};
 
 /// The agents, their liveness and the placer, shared by every rpc.
 #[derive(Debug)]
@@ -256,6 +256,18 @@ impl Registry {
     /// Chooses the agent for (user, environment) among the live ones.
     /// `environment` must already be resolved against the catalogue.
     pub fn place(&self, user: &str, environment: &str, now: Instant) -> Result<Placed, PlaceError> {
+        self.place_with(user, environment, &GpuDemand::None, now)
+    }
+
+    /// [`Registry::place`] for an environment whose containers take `gpus`: only
+    /// agents with that many free are chosen for a new container.
+    pub fn place_with(
+        &self,
+        user: &str,
+        environment: &str,
+        gpus: &GpuDemand,
+        now: Instant,
+    ) -> Result<Placed, PlaceError> {
         let mut guard = self.lock();
         let state = &mut *guard;
         // A draining agent keeps serving the containers it holds...
@@ -281,9 +293,12 @@ impl Registry {
                 capacity: a.status.capacity,
                 containers: a.status.containers,
                 inventory: &a.inventory,
+                gpus: &a.status.gpus,
             })
             .collect();
-        let placement = state.placer.place(&live, user, environment, now)?;
+        let placement = state
+            .placer
+            .place_with(&live, user, environment, gpus, now)?;
         let endpoint = state.agents[&placement.agent].endpoint.clone();
         // A new container while the old one sits on a dead node: say so,
         // since the student's files there are out of reach until it returns.
@@ -365,12 +380,14 @@ mod tests {
             containers: inventory.len() as u32,
             sessions: 0,
             draining: false,
+            gpus: Vec::new(),
             inventory: inventory
                 .iter()
                 .map(|(user, env)| pb::ContainerInfo {
                     user: user.to_string(),
                     environment: env.to_string(),
                     state: pb::ContainerState::Running.into(),
+                    gpus: Vec::new(),
                 })
                 .collect(),
         }

@@ -136,12 +136,20 @@ impl pb::controller_server::Controller for ControllerService {
         span.record("environment", environment);
         let placed = self
             .registry
-            .place(&user, environment, Instant::now())
+            .place_with(
+                &user,
+                environment,
+                &self.catalogue.gpu_demand(environment),
+                Instant::now(),
+            )
+            .map_err(|e| self.catalogue.suggest(e, &user))
             .inspect_err(|e| {
                 placement_outcome(&span, e.outcome());
                 match e {
                     // Operators must hear about a full cluster; the rest is routine.
-                    PlaceError::AllFull => warn!(%user, environment, "placement failed: {e}"),
+                    PlaceError::AllFull | PlaceError::NoGpusFree { .. } => {
+                        warn!(%user, environment, "placement failed: {e}")
+                    }
                     _ => debug!(%user, environment, "placement failed: {e}"),
                 }
             })

@@ -76,12 +76,14 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
         containers: inventory.len() as u32,
         sessions: 0,
         draining: false,
+        gpus: Vec::new(),
         inventory: inventory
             .iter()
             .map(|(user, environment)| pb::ContainerInfo {
                 user: user.to_string(),
                 environment: environment.to_string(),
                 state: pb::ContainerState::Running.into(),
+                gpus: Vec::new(),
             })
             .collect(),
     }

@@ -16,6 +16,10 @@ const KIND_KEY: &str = "labssh-place-error";
 const REQUESTED_KEY: &str = "labssh-place-requested-bin";
 /// Metadata with the catalogue's environments, one per line.
 const AVAILABLE_KEY: &str = "labssh-place-available-bin";
+/// Metadata with the GPU counts of [`PlaceError::NoGpusFree`]: "TOTAL FREE NEEDED".
+const GPUS_KEY: &str = "labssh-place-gpus";
+/// Metadata with the login suggested instead (binary: it holds the user's name).
+const SUGGESTION_KEY: &str = "labssh-place-suggestion-bin";
 
 /// Why no agent could be chosen. The messages are shown to students.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +38,39 @@ pub enum PlaceError {
     /// Every live agent is at its capacity.
     #[error("all backend agents are full")]
     AllFull,
+    /// The environment takes GPUs and no live agent has that many free.
+    #[error("{}", no_gpus_message(*total, *free, *needed, suggestion))]
+    NoGpusFree {
+        /// GPUs of all live agents.
+        total: u32,
+        /// Those nobody holds.
+        free: u32,
+        /// How many the environment takes on one node.
+        needed: u32,
+        /// A login to use instead (`alice+cpu`, an environment without GPUs); empty
+        /// when there is none.
+        suggestion: String,
+    },
+}
+
+/// "all 4 GPUs are in use; try again later or use alice+cpu", and its variants.
+fn no_gpus_message(total: u32, free: u32, needed: u32, suggestion: &str) -> String {
+    let instead = |joint: &str| {
+        if suggestion.is_empty() {
+            String::new()
+        } else {
+            format!("{joint}{suggestion}")
+        }
+    };
+    if total == 0 {
+        return format!("no node has GPUs now{}", instead("; use "));
+    }
+    let why = if free == 0 {
+        format!("all {total} GPUs are in use")
+    } else {
+        format!("this environment needs {needed} GPUs on one node and no node has that many free ({free} of {total} GPUs are)")
+    };
+    format!("{why}; try again later{}", instead(" or use "))
 }
 
 impl PlaceError {
@@ -44,6 +81,7 @@ impl PlaceError {
             PlaceError::UnknownEnvironment { .. } => "unknown_environment",
             PlaceError::NoLiveAgents => "no_live_agents",
             PlaceError::AllFull => "all_full",
+            PlaceError::NoGpusFree { .. } => "no_gpus_free",
         }
     }
 
@@ -62,6 +100,25 @@ impl PlaceError {
             },
             ("no_live_agents", Code::Unavailable) => PlaceError::NoLiveAgents,
             ("all_full", Code::ResourceExhausted) => PlaceError::AllFull,
+            ("no_gpus_free", Code::ResourceExhausted) => {
+                let counts: Vec<u32> = meta
+                    .get(GPUS_KEY)?
+                    .to_str()
+                    .ok()?
+                    .split(' ')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                let [total, free, needed] = counts[..] else {
+                    return None;
+                };
+                PlaceError::NoGpusFree {
+                    total,
+                    free,
+                    needed,
+                    suggestion: binary(meta, SUGGESTION_KEY),
+                }
+            }
             _ => return None,
         };
         Some(error)
@@ -72,7 +129,7 @@ impl PlaceError {
         match self {
             PlaceError::UnknownEnvironment { .. } => Code::NotFound,
             PlaceError::NoLiveAgents => Code::Unavailable,
-            PlaceError::AllFull => Code::ResourceExhausted,
+            PlaceError::AllFull | PlaceError::NoGpusFree { .. } => Code::ResourceExhausted,
         }
     }
 }
@@ -81,19 +138,35 @@ impl From<PlaceError> for Status {
     fn from(err: PlaceError) -> Self {
         let mut meta = MetadataMap::new();
         meta.insert(KIND_KEY, MetadataValue::from_static(err.outcome()));
-        if let PlaceError::UnknownEnvironment {
-            requested,
-            available,
-        } = &err
-        {
-            meta.insert_bin(
-                REQUESTED_KEY,
-                MetadataValue::from_bytes(requested.as_bytes()),
-            );
-            meta.insert_bin(
-                AVAILABLE_KEY,
-                MetadataValue::from_bytes(available.join("\n").as_bytes()),
-            );
+        match &err {
+            PlaceError::UnknownEnvironment {
+                requested,
+                available,
+            } => {
+                meta.insert_bin(
+                    REQUESTED_KEY,
+                    MetadataValue::from_bytes(requested.as_bytes()),
+                );
+                meta.insert_bin(
+                    AVAILABLE_KEY,
+                    MetadataValue::from_bytes(available.join("\n").as_bytes()),
+                );
+            }
+            PlaceError::NoGpusFree {
+                total,
+                free,
+                needed,
+                suggestion,
+            } => {
+                if let Ok(counts) = format!("{total} {free} {needed}").parse() {
+                    meta.insert(GPUS_KEY, counts);
+                }
+                meta.insert_bin(
+                    SUGGESTION_KEY,
+                    MetadataValue::from_bytes(suggestion.as_bytes()),
+                );
+            }
+            PlaceError::NoLiveAgents | PlaceError::AllFull => {}
         }
         Status::with_metadata(err.code(), err.to_string(), meta)
     }
@@ -136,6 +209,50 @@ mod tests {
             PlaceError::from_status(&status),
             Some(PlaceError::NoLiveAgents)
         );
+    }
+
+    #[test]
+    fn no_gpus_free_round_trips_with_its_counts() {
+        let busy = PlaceError::NoGpusFree {
+            total: 4,
+            free: 0,
+            needed: 1,
+            suggestion: "alice+cpu".into(),
+        };
+        let status = Status::from(busy.clone());
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "all 4 GPUs are in use; try again later or use alice+cpu"
+        );
+        assert_eq!(PlaceError::from_status(&status), Some(busy));
+        let short = PlaceError::NoGpusFree {
+            total: 8,
+            free: 3,
+            needed: 2,
+            suggestion: String::new(),
+        };
+        assert_eq!(
+            short.to_string(),
+            "this environment needs 2 GPUs on one node and no node has that many free (3 of 8 GPUs are); try again later"
+        );
+        assert_eq!(
+            PlaceError::from_status(&Status::from(short.clone())),
+            Some(short)
+        );
+        let none = PlaceError::NoGpusFree {
+            total: 0,
+            free: 0,
+            needed: 1,
+            suggestion: "bob+default".into(),
+        };
+        assert_eq!(none.to_string(), "no node has GPUs now; use bob+default");
+        // Counts that do not parse are not trusted.
+        let mut meta = MetadataMap::new();
+        meta.insert(KIND_KEY, MetadataValue::from_static("no_gpus_free"));
+        meta.insert(GPUS_KEY, MetadataValue::from_static("4 x 1"));
+        let odd = Status::with_metadata(Code::ResourceExhausted, "x", meta);
+        assert_eq!(PlaceError::from_status(&odd), None);
     }
 
     #[test]

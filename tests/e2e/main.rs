@@ -9,7 +9,9 @@
 //! - `file_transfer`: sftp, scp and rsync;
 //! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
 //! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
-//! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook.
+//! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook;
+//! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
+//!   memory limits named when a student hits them.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -20,4 +22,5 @@ mod file_transfer;
 mod forwarding;
 mod half_close;
 mod hooks;
+mod isolation;
 mod sessions;

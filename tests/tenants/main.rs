@@ -13,7 +13,8 @@
 //!   other containers' processes in `/proc`;
 //! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
 //! - `hooks`: lifecycle hooks run in their own student's container with her variables,
-//!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up.
+//!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up;
+//! - `isolation`: shared course data alice cannot write for bob, devices not listed.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -25,6 +26,7 @@ mod files;
 mod forwarding;
 mod hooks;
 mod inside;
+mod isolation;
 mod names;
 mod network;
 

@@ -18,6 +18,7 @@ mod inside;
 mod inventory;
 mod network;
 mod passwd;
+mod prepare;
 mod restore;
 mod routes;
 
@@ -78,6 +79,11 @@ pub struct DockerBackend {
     guard: OnceLock<Arc<dyn NetworkGuard>>,
     /// Bridges whose rules were put in force in this run.
     guarded: Mutex<HashSet<String>>,
+    /// This node's GPUs (device ids).
+    gpus: Vec<String>,
+    /// Serializes creating GPU containers, from choosing their devices until the
+    /// container carrying them in its label exists.
+    gpu_lock: tokio::sync::Mutex<()>,
 }
 
 impl DockerBackend {
@@ -107,6 +113,8 @@ impl DockerBackend {
             routes: Routes::default(),
             guard: OnceLock::new(),
             guarded: Mutex::default(),
+            gpus: crate::gpus::node_gpus(config),
+            gpu_lock: tokio::sync::Mutex::new(()),
         })
     }
 

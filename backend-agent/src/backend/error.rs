@@ -51,6 +51,20 @@ pub enum BackendError {
         /// Why.
         message: String,
     },
+    /// The environment's GPUs cannot be had on this node now.
+    #[error("{0}")]
+    GpusUnavailable(String),
+    /// A shared course-data volume the environment mounts is not on this node (Docker
+    /// would create an empty one instead).
+    #[error("the course data for {target} (volume '{volume}') is missing on node '{agent}'; please tell your instructor")]
+    CourseDataMissing {
+        /// The volume's name.
+        volume: String,
+        /// Where it is mounted.
+        target: String,
+        /// This agent's name.
+        agent: String,
+    },
     /// Any other runtime failure.
     #[error("container runtime error while {action}: {message}")]
     Runtime {

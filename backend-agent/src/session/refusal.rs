@@ -37,6 +37,10 @@ pub enum SessionError {
     /// A required login hook failed: its line for the student.
     #[error("{0}")]
     Hook(String),
+    /// The process did not start because the container holds as many processes as
+    /// it may; says so, with the limit.
+    #[error("{0}")]
+    ProcessLimit(String),
 }
 
 impl SessionError {
@@ -47,6 +51,7 @@ impl SessionError {
             SessionError::OverCap(_) => Some("user_cap"),
             SessionError::Ensure(_) => Some("ensure_failed"),
             SessionError::Spawn(_) => Some("spawn_failed"),
+            SessionError::ProcessLimit(_) => Some("process_limit"),
             SessionError::NotStart
             | SessionError::OverQuota(_)
             | SessionError::UnknownSubsystem(_)

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::backend::{Output, Process, ProcessControl, Stdin};
+use crate::limits::cgroup::LimitWatch;
 
 /// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
 pub type OutputSender = crate::stream::Sender<pb::SessionOutput>;
@@ -38,10 +39,25 @@ enum Ended {
     Shutdown,
 }
 
-/// Relays until the process ends (then sends its exit status) or the proxy or agent
-/// goes away (then hangs the process up).
-pub async fn relay<S>(process: Process, inbound: S, tx: OutputSender, shutdown: &CancellationToken)
-where
+/// What tells the student, as the session's process ends, which of the container's
+/// limits ended it.
+pub struct LimitNotes {
+    /// The container's counters as the session started.
+    pub watch: LimitWatch,
+    /// How a line ends on the student's terminal: `\r\n` with a pty.
+    pub newline: &'static str,
+}
+
+/// Relays until the process ends (then sends its exit status, after a stderr line
+/// naming the limit that ended it, if one did) or the proxy or agent goes away (then
+/// hangs the process up).
+pub async fn relay<S>(
+    process: Process,
+    inbound: S,
+    tx: OutputSender,
+    shutdown: &CancellationToken,
+    limits: Option<LimitNotes>,
+) where
     S: Stream<Item = Result<pb::SessionInput, Status>> + Send + Unpin + 'static,
 {
     let Process {
@@ -84,7 +100,7 @@ where
     drop(output);
 
     if let Ended::OutputClosed = ended {
-        if report_exit(&control, &tx, shutdown, &gone).await {
+        if report_exit(&control, &tx, shutdown, &gone, limits.as_ref()).await {
             return;
         }
     }
@@ -107,6 +123,7 @@ async fn report_exit(
     tx: &OutputSender,
     shutdown: &CancellationToken,
     gone: &CancellationToken,
+    limits: Option<&LimitNotes>,
 ) -> bool {
     let status = tokio::select! {
         _ = shutdown.cancelled() => return false,
@@ -114,6 +131,18 @@ async fn report_exit(
         _ = tx.closed() => return false,
         status = control.wait() => status,
     };
+    let note = match (&status, limits) {
+        (Ok(status), Some(limits)) => limits
+            .watch
+            .at_exit(status)
+            .map(|note| format!("labssh: {note}{}", limits.newline)),
+        _ => None,
+    };
+    if let Some(note) = note {
+        tracing::info!("session ended at a limit: {}", note.trim_end());
+        let line = Out::Stderr(Bytes::from(note));
+        let _ = tx.send(Ok(pb::SessionOutput { msg: Some(line) })).await;
+    }
     let msg = match status {
         Ok(status) => Out::Exit(status.into()),
         Err(e) => {

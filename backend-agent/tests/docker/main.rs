@@ -4,6 +4,7 @@
 //!   processes on both spawn paths;
 //! - `helper`: labssh-init as PID 1 — its socket, its peer checks, restoring it,
 //!   identities and capabilities, the older container layout;
+//! - `isolation`: rlimits, seccomp, a read-only root, /dev/shm, course data, GPUs;
 //! - `netops`: connecting, resolving and listening inside containers;
 //! - `network`: containers' networks, one per egress policy, and moving onto them;
 //! - `sftp`: the built-in SFTP server in every container;
@@ -17,6 +18,7 @@ mod docker_backend;
 mod grpc_session;
 mod helper;
 mod hooks;
+mod isolation;
 mod netops;
 mod network;
 mod sftp;

@@ -1,7 +1,9 @@
 //! One environment of the catalogue: its image, limits, identity, forwarding
 //! policy, quotas and network, as configured, checked and sent to agents.
 
+mod gpus;
 mod hooks;
+mod isolation;
 mod network;
 
 use std::collections::BTreeMap;
@@ -9,7 +11,9 @@ use std::collections::BTreeMap;
 use labssh_proto::pb;
 use serde::Deserialize;
 
+pub use gpus::GpusConfig;
 pub use hooks::HookConfig;
+pub use isolation::{RlimitConfig, Rlimits, Seccomp};
 pub use network::{EgressConfig, NetworkConfig};
 
 /// Enough for a shell, an editor and a compiler; not enough to starve the node.
@@ -83,6 +87,23 @@ pub struct EnvironmentConfig {
     /// Commands and webhooks run on lifecycle events and timers:
     /// `[[environments.NAME.hooks]]`, in the order given.
     pub hooks: Vec<HookConfig>,
+    // Isolation and GPUs (issue 12): checked and converted in `isolation.rs`, `gpus.rs`.
+    /// `"default"`, `"unconfined"` or a seccomp profile file, read when parsed.
+    pub seccomp: Seccomp,
+    /// setrlimit for every process, by name: `nofile`, `nproc`, `core`, `fsize`, `cpu`.
+    pub rlimits: Rlimits,
+    /// The root filesystem is read-only; the home and `tmpfs` stay writable.
+    pub read_only_root: bool,
+    /// tmpfs mounts, `"PATH"` or `"PATH:OPTIONS"` (e.g. `"/tmp:size=512m"`).
+    pub tmpfs: Vec<String>,
+    /// Size of /dev/shm as Docker writes it (`"256m"`); empty is the runtime's default.
+    pub shm_size: String,
+    /// Shared course data, `"VOLUME:/path"`: Docker volumes mounted read-only.
+    pub mounts: Vec<String>,
+    /// Host devices: `"/dev/fuse"` or `"HOST:CONTAINER[:rwm]"`.
+    pub devices: Vec<String>,
+    /// GPUs each container takes: a count, `"all"` or device ids; none when absent.
+    pub gpus: Option<GpusConfig>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -134,6 +155,14 @@ impl Default for EnvironmentConfig {
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
             hooks: Vec::new(),
+            seccomp: Seccomp::Default,
+            rlimits: Rlimits::new(),
+            read_only_root: false,
+            tmpfs: Vec::new(),
+            shm_size: String::new(),
+            mounts: Vec::new(),
+            devices: Vec::new(),
+            gpus: None,
         }
     }
 }
@@ -168,8 +197,8 @@ impl EnvironmentConfig {
             network: Some(self.network.to_proto()),
             lifecycle: None,
             hooks: self.hooks.iter().map(HookConfig::to_proto).collect(),
-            isolation: None,
-            gpus: None,
+            isolation: self.isolation_to_proto(),
+            gpus: self.gpus.as_ref().map(GpusConfig::to_proto),
         }
     }
 
@@ -199,6 +228,10 @@ impl EnvironmentConfig {
         self.check_data(&key, problems);
         for (i, hook) in self.hooks.iter().enumerate() {
             hook.check(&key(&format!("hooks[{i}]")), problems);
+        }
+        self.check_isolation(&key, problems);
+        if let Some(gpus) = &self.gpus {
+            gpus.check(&key("gpus"), problems);
         }
     }
 

@@ -91,9 +91,9 @@ impl UpstreamError {
             Some(PlaceError::UnknownEnvironment { .. }) => {
                 UpstreamError::UnknownEnvironment(message.into())
             }
-            Some(PlaceError::NoLiveAgents | PlaceError::AllFull) => {
-                UpstreamError::NoCapacity(message.into())
-            }
+            Some(
+                PlaceError::NoLiveAgents | PlaceError::AllFull | PlaceError::NoGpusFree { .. },
+            ) => UpstreamError::NoCapacity(message.into()),
             None => match status.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
                     UpstreamError::ControllerDown(Some(status))

@@ -1,4 +1,7 @@
-//! What a student's container looks like in Docker: names, labels and create options.
+//! What a student's container looks like in Docker: names, labels and create options;
+//! the environment's isolation and GPUs in [`isolation`].
+
+mod isolation;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +12,7 @@ use bollard::models::{
 use labssh_proto::pb;
 
 use crate::backend::home_dir;
+pub use isolation::{ETC_FILES, LABEL_GPUS};
 
 /// Label holding the student's name.
 pub const LABEL_USER: &str = "labssh.user";
@@ -124,6 +128,10 @@ pub struct ContainerPlan<'a> {
     /// Docker's network mode: the network of the environment's egress policy, or
     /// `none`.
     pub network: &'a str,
+    /// The GPUs (device ids) assigned to it; empty for none.
+    pub gpus: &'a [String],
+    /// With a read-only root: the host directory holding its passwd and group files.
+    pub etc_dir: Option<&'a Path>,
 }
 
 /// What makes a container a helper container.
@@ -155,6 +163,9 @@ impl ContainerPlan<'_> {
         };
         let mut labels = container_labels(self.agent, self.prefix, self.user, &env.name);
         labels.insert(LABEL_SPAWN.to_owned(), start.spawn.to_owned());
+        if !self.gpus.is_empty() {
+            labels.insert(LABEL_GPUS.to_owned(), self.gpus.join(","));
+        }
         let mut mounts = vec![Mount {
             target: Some(home_dir(self.user)),
             source: Some(volume_name(self.prefix, self.user)),
@@ -166,7 +177,7 @@ impl ContainerPlan<'_> {
         }
         mounts.extend(start.mounts);
         let positive = |v: i64| (v > 0).then_some(v);
-        let host_config = HostConfig {
+        let mut host_config = HostConfig {
             memory: positive(env.memory_bytes),
             nano_cpus: positive(env.nano_cpus),
             pids_limit: positive(env.pids_limit),
@@ -183,6 +194,12 @@ impl ContainerPlan<'_> {
             network_mode: Some(self.network.to_owned()),
             ..Default::default()
         };
+        isolation::apply(
+            &mut host_config,
+            env.isolation.as_ref(),
+            self.gpus,
+            self.etc_dir,
+        );
         ContainerCreateBody {
             image: Some(env.image.clone()),
             hostname: Some(hostname(self.user, &env.name)),
@@ -318,6 +335,8 @@ mod tests {
             helper,
             sftp,
             network: "lab-net-0123456789",
+            gpus: &[],
+            etc_dir: None,
         }
         .create_body()
     }

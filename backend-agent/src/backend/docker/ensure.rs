@@ -21,6 +21,7 @@ use super::container_spec::{
 };
 use super::errors::{docker_message, status_of};
 use super::network::{egress_of, Target};
+use super::prepare::Prepared;
 use super::routes::{Owner, Route, SpawnPath};
 use super::{archive, helper_container, passwd, DockerBackend};
 use crate::backend::init_binary::HelperSetup;
@@ -156,7 +157,13 @@ impl DockerBackend {
             })
             .await
             .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
-        let (body, path) = self.plan(user, env, &image, &target).await;
+        // Held until the container (and its label saying which GPUs it has) exists.
+        let _gpus_held = match env.gpus {
+            Some(_) => Some(self.gpu_lock.lock().await),
+            None => None,
+        };
+        let prepared = self.prepare(name, user, env).await?;
+        let (body, path) = self.plan(user, env, &image, &target, &prepared).await;
         let options = CreateContainerOptionsBuilder::new().name(name).build();
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
@@ -165,7 +172,8 @@ impl DockerBackend {
         };
         tracing::info!(container = name, image = %env.image, spawn = path.name(), "created container");
         if !env.run_as_root {
-            self.set_up_student(&created.id, user, env).await;
+            self.set_up_student(&created.id, user, env, prepared.set_up)
+                .await;
         }
         self.start_created(&created.id, name, user, env).await?;
         Ok(Ensured {
@@ -198,6 +206,7 @@ impl DockerBackend {
         env: &pb::Environment,
         image: &ImageInspect,
         target: &Target,
+        prepared: &Prepared,
     ) -> (ContainerCreateBody, SpawnPath) {
         let helper = match (&self.helper, env.spawn == SpawnPath::Exec.name()) {
             (Some(setup), false) => Some(helper_plan(setup, image)),
@@ -217,13 +226,19 @@ impl DockerBackend {
             helper,
             sftp: self.sftp.as_deref(),
             network: &target.network_mode(),
+            gpus: &prepared.gpus,
+            etc_dir: prepared.etc_dir.as_deref(),
         }
         .create_body();
         (self.with_layer_quota(body, env).await, path)
     }
 
-    /// The student's home directory and passwd entry in a new container.
-    async fn set_up_student(&self, id: &str, user: &str, env: &pb::Environment) {
+    /// The student's home directory and passwd entry in a new container, unless
+    /// [`DockerBackend::prepare`] saw to them (`done`: a read-only root).
+    async fn set_up_student(&self, id: &str, user: &str, env: &pb::Environment, done: bool) {
+        if done {
+            return;
+        }
         self.fix_home(id, user, env).await;
         passwd::ensure_entries(
             &self.docker,
@@ -278,7 +293,7 @@ impl DockerBackend {
 
     /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
     /// image's /etc/passwd has no such user.
-    async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
+    pub(super) async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
         let archive = match archive::directory(user, env.uid, env.gid, HOME_MODE) {
             Ok(archive) => archive,
             Err(e) => {

@@ -4,7 +4,7 @@
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
-use super::container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_PREFIX, LABEL_USER};
+use super::container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_GPUS, LABEL_PREFIX, LABEL_USER};
 use super::errors::docker_message;
 use super::{helper_container, DockerBackend};
 use crate::backend::{BackendError, ContainerInfo, ContainerState};
@@ -65,6 +65,15 @@ impl DockerBackend {
                     user: labels.get(LABEL_USER)?.clone(),
                     environment: labels.get(LABEL_ENV)?.clone(),
                     state,
+                    gpus: labels
+                        .get(LABEL_GPUS)
+                        .map(|ids| {
+                            ids.split(',')
+                                .filter(|id| !id.is_empty())
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
             })
             .collect())

@@ -20,41 +20,18 @@ pub async fn ensure_entries(
     docker: &Docker,
     container: &str,
     user: &str,
-    (uid, gid): (u32, u32),
+    ids: (u32, u32),
     home: &str,
     shell: &str,
 ) {
-    let (Ok(passwd), Ok(group)) = (
-        read_file(docker, container, "/etc/passwd").await,
-        read_file(docker, container, "/etc/group").await,
-    ) else {
-        tracing::debug!(
-            container,
-            "/etc/passwd or /etc/group is not a plain file; left alone"
-        );
+    let Some(files) = with_student(docker, container, user, ids, home, shell).await else {
         return;
     };
-    let new_passwd = with_entry(
-        passwd.as_deref(),
-        2,
-        uid,
-        &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"),
-        "root:x:0:0:root:/root:/bin/sh",
-    );
-    let new_group = with_entry(
-        group.as_deref(),
-        2,
-        gid,
-        &format!("{user}:x:{gid}:"),
-        "root:x:0:",
-    );
-    let mut files = Vec::new();
-    if let Some(p) = new_passwd {
-        files.push(("passwd", p));
-    }
-    if let Some(g) = new_group {
-        files.push(("group", g));
-    }
+    let files: Vec<(&str, String)> = files
+        .into_iter()
+        .filter(|f| f.changed)
+        .map(|f| (f.name, f.text))
+        .collect();
     if files.is_empty() {
         return;
     }
@@ -72,6 +49,69 @@ pub async fn ensure_entries(
     {
         tracing::warn!(container, user, error = %e, "cannot add the student to /etc/passwd");
     }
+}
+
+/// One of /etc's user files with the student in it.
+pub struct EtcFile {
+    /// `passwd` or `group`.
+    pub name: &'static str,
+    /// Its text, the student's entry included.
+    pub text: String,
+    /// Whether the entry had to be added.
+    pub changed: bool,
+}
+
+/// The container's /etc/passwd and /etc/group with `user` (uid, gid, home, shell) and a
+/// group for gid added unless entries with those ids exist; `None` (logged) when they
+/// are not plain files.
+pub async fn with_student(
+    docker: &Docker,
+    container: &str,
+    user: &str,
+    (uid, gid): (u32, u32),
+    home: &str,
+    shell: &str,
+) -> Option<[EtcFile; 2]> {
+    let (Ok(passwd), Ok(group)) = (
+        read_file(docker, container, "/etc/passwd").await,
+        read_file(docker, container, "/etc/group").await,
+    ) else {
+        tracing::debug!(
+            container,
+            "/etc/passwd or /etc/group is not a plain file; left alone"
+        );
+        return None;
+    };
+    let file = |name, old: Option<String>, new: Option<String>| match new {
+        Some(text) => EtcFile {
+            name,
+            text,
+            changed: true,
+        },
+        None => EtcFile {
+            name,
+            text: old.unwrap_or_default(),
+            changed: false,
+        },
+    };
+    let new_passwd = with_entry(
+        passwd.as_deref(),
+        2,
+        uid,
+        &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"),
+        "root:x:0:0:root:/root:/bin/sh",
+    );
+    let new_group = with_entry(
+        group.as_deref(),
+        2,
+        gid,
+        &format!("{user}:x:{gid}:"),
+        "root:x:0:",
+    );
+    Some([
+        file("passwd", passwd, new_passwd),
+        file("group", group, new_group),
+    ])
 }
 
 /// The file's text; `Ok(None)` when the container has no such file, `Err` when it is

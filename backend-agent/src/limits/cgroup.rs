@@ -1,0 +1,272 @@
+//! Which of its container's limits a student hit, read from the container's cgroup,
+//! so they are told (`labssh: your container reached its process limit (256)`)
+//! rather than left with a shell that exits 255 or a process that vanished.
+//!
+//! The counters are the kernel's: `pids.current`/`pids.max` and the `max` count of
+//! `pids.events` (fork refused at the limit), and the `oom_kill` count of the memory
+//! controller (`memory.oom_control` on cgroup v1, `memory.events` on v2). The cgroup
+//! is found by the container's id in the layouts Docker uses: `docker/ID` (cgroupfs
+//! driver) and `system.slice/docker-ID.scope` (systemd driver), under each
+//! controller's hierarchy on v1 and the unified one on v2.
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::ExitStatus;
+
+/// Where cgroup file systems are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// One MiB, for the memory limit in messages.
+const MIB: u64 = 1 << 20;
+/// A v1 memory limit at or above this is "unlimited" (the kernel reports ~2^63).
+const UNLIMITED: u64 = 1 << 62;
+
+/// A container's cgroup directories for the pids and memory controllers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCgroup {
+    /// Holds `pids.current`, `pids.max`, `pids.events`.
+    pids: Option<PathBuf>,
+    /// Holds the memory limit and OOM counters.
+    memory: Option<PathBuf>,
+    /// Whether `memory` is a v2 directory (`memory.events`, `memory.max`).
+    unified: bool,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Processes (tasks) now.
+    pub pids_current: u64,
+    /// The process limit; `None` when unlimited or unknown.
+    pub pids_max: Option<u64>,
+    /// Forks refused at the limit so far.
+    pub pids_refused: u64,
+    /// Processes the OOM killer killed so far.
+    pub oom_kills: u64,
+    /// The memory limit in bytes; `None` when unlimited or unknown.
+    pub memory_max: Option<u64>,
+}
+
+impl ContainerCgroup {
+    /// The cgroup of container `id` on this host; `None` when there is none to read
+    /// (another runtime, an agent in a container without /sys/fs/cgroup).
+    pub fn find(id: &str) -> Option<ContainerCgroup> {
+        Self::find_in(Path::new(CGROUP_ROOT), id)
+    }
+
+    /// [`ContainerCgroup::find`] under `root`.
+    fn find_in(root: &Path, id: &str) -> Option<ContainerCgroup> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let layouts = [
+            format!("docker/{id}"),
+            format!("system.slice/docker-{id}.scope"),
+        ];
+        let under = |base: &Path, file: &str| {
+            layouts
+                .iter()
+                .map(|l| base.join(l))
+                .find(|dir| dir.join(file).is_file())
+        };
+        let v1_pids = under(&root.join("pids"), "pids.max");
+        let v1_memory = under(&root.join("memory"), "memory.oom_control");
+        if v1_pids.is_some() || v1_memory.is_some() {
+            return Some(ContainerCgroup {
+                pids: v1_pids,
+                memory: v1_memory,
+                unified: false,
+            });
+        }
+        let v2 = under(root, "cgroup.procs")?;
+        Some(ContainerCgroup {
+            pids: Some(v2.clone()).filter(|d| d.join("pids.max").is_file()),
+            memory: Some(v2.clone()).filter(|d| d.join("memory.events").is_file()),
+            unified: true,
+        })
+    }
+
+    /// The counters now; what cannot be read counts as zero (or unlimited).
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        if let Some(dir) = &self.pids {
+            c.pids_current = read_number(&dir.join("pids.current")).unwrap_or(0);
+            c.pids_max = read_number(&dir.join("pids.max"));
+            c.pids_refused = read_keyed(&dir.join("pids.events"), "max").unwrap_or(0);
+        }
+        if let Some(dir) = &self.memory {
+            let (events, limit) = if self.unified {
+                ("memory.events", "memory.max")
+            } else {
+                ("memory.oom_control", "memory.limit_in_bytes")
+            };
+            c.oom_kills = read_keyed(&dir.join(events), "oom_kill").unwrap_or(0);
+            c.memory_max = read_number(&dir.join(limit)).filter(|m| *m < UNLIMITED);
+        }
+        c
+    }
+}
+
+/// A file holding one number; `None` for "max" or anything unreadable.
+fn read_number(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a file of `KEY VALUE` lines.
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// "your container reached its process limit (256)".
+pub fn process_limit_message(max: Option<u64>) -> String {
+    match max {
+        Some(max) => format!("your container reached its process limit ({max})"),
+        None => "your container reached its process limit".to_owned(),
+    }
+}
+
+/// One session's view of its container's limits: the counters when it started, to
+/// tell what happened during it.
+#[derive(Debug, Clone)]
+pub struct LimitWatch {
+    /// The container's cgroup.
+    cgroup: ContainerCgroup,
+    /// The counters at the session's start.
+    start: Counters,
+}
+
+impl LimitWatch {
+    /// Starts watching container `id`; `None` when its cgroup cannot be read.
+    pub fn start(id: &str) -> Option<LimitWatch> {
+        let cgroup = ContainerCgroup::find(id)?;
+        let start = cgroup.counters();
+        Some(LimitWatch { cgroup, start })
+    }
+
+    /// Why a process could not start, when it is the process limit: the container
+    /// holds as many processes as it may (or refused a fork since the start).
+    pub fn spawn_refusal(&self) -> Option<String> {
+        let now = self.cgroup.counters();
+        let full = now.pids_max.is_some_and(|max| now.pids_current >= max);
+        (full || now.pids_refused > self.start.pids_refused)
+            .then(|| process_limit_message(now.pids_max))
+    }
+
+    /// What to tell the student when the session's process ended with `status`: that
+    /// the OOM killer took it (killed by KILL while the container's OOM kills grew),
+    /// or, when it failed, that forks were refused at the process limit meanwhile (a
+    /// session that succeeded is not told of another one's refused forks).
+    pub fn at_exit(&self, status: &ExitStatus) -> Option<String> {
+        let now = self.cgroup.counters();
+        let killed = matches!(status, ExitStatus::Signal(s) if s == "KILL");
+        if killed && now.oom_kills > self.start.oom_kills {
+            return Some(match now.memory_max {
+                Some(max) => format!(
+                    "your container ran out of memory (its limit is {} MiB); the kernel killed your process",
+                    max.div_ceil(MIB)
+                ),
+                None => "your container ran out of memory; the kernel killed your process".to_owned(),
+            });
+        }
+        let failed = *status != ExitStatus::Code(0);
+        (failed && now.pids_refused > self.start.pids_refused)
+            .then(|| process_limit_message(now.pids_max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123abcd";
+
+    fn write(path: PathBuf, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A v1 tree (cgroupfs driver) for container [`ID`].
+    fn v1(root: &Path, current: u64, refused: u64, oom: u64) {
+        let pids = root.join("pids/docker").join(ID);
+        write(pids.join("pids.max"), "256\n");
+        write(pids.join("pids.current"), &format!("{current}\n"));
+        write(pids.join("pids.events"), &format!("max {refused}\n"));
+        let memory = root.join("memory/docker").join(ID);
+        write(
+            memory.join("memory.oom_control"),
+            &format!("oom_kill_disable 0\nunder_oom 0\noom_kill {oom}\n"),
+        );
+        write(memory.join("memory.limit_in_bytes"), "67108864\n");
+    }
+
+    #[test]
+    fn v1_counters_and_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        v1(dir.path(), 3, 0, 0);
+        let cgroup = ContainerCgroup::find_in(dir.path(), ID).unwrap();
+        let watch = LimitWatch {
+            start: cgroup.counters(),
+            cgroup,
+        };
+        assert_eq!(watch.start.pids_max, Some(256));
+        assert_eq!(watch.start.memory_max, Some(64 << 20));
+        assert_eq!(watch.spawn_refusal(), None);
+        assert_eq!(watch.at_exit(&ExitStatus::Signal("KILL".into())), None);
+        // A fork bomb filled the table.
+        v1(dir.path(), 256, 7, 0);
+        assert_eq!(
+            watch.spawn_refusal().as_deref(),
+            Some("your container reached its process limit (256)")
+        );
+        assert_eq!(
+            watch.at_exit(&ExitStatus::Code(2)).as_deref(),
+            Some("your container reached its process limit (256)")
+        );
+        assert_eq!(watch.at_exit(&ExitStatus::Code(0)), None);
+        // The OOM killer took the session's process.
+        v1(dir.path(), 3, 0, 1);
+        assert_eq!(
+            watch.at_exit(&ExitStatus::Signal("KILL".into())).as_deref(),
+            Some("your container ran out of memory (its limit is 64 MiB); the kernel killed your process")
+        );
+        // Killed by someone else while another process ran out: not the session's.
+        assert_eq!(watch.at_exit(&ExitStatus::Code(137)), None);
+    }
+
+    #[test]
+    fn v2_systemd_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let scope = dir.path().join(format!("system.slice/docker-{ID}.scope"));
+        write(scope.join("cgroup.procs"), "1\n");
+        write(scope.join("pids.max"), "max\n");
+        write(scope.join("pids.current"), "9\n");
+        write(scope.join("pids.events"), "max 0\n");
+        write(
+            scope.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n",
+        );
+        write(scope.join("memory.max"), "max\n");
+        let cgroup = ContainerCgroup::find_in(dir.path(), ID).unwrap();
+        assert_eq!(
+            cgroup.counters(),
+            Counters {
+                pids_current: 9,
+                pids_max: None,
+                pids_refused: 0,
+                oom_kills: 2,
+                memory_max: None,
+            }
+        );
+    }
+
+    #[test]
+    fn no_cgroup_no_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ContainerCgroup::find_in(dir.path(), ID), None);
+        assert_eq!(ContainerCgroup::find_in(dir.path(), "../etc"), None);
+        assert_eq!(ContainerCgroup::find_in(dir.path(), ""), None);
+    }
+}
