@@ -411,6 +411,21 @@ mod tests {
     }
 
     #[test]
+    fn gpus_are_device_ids() {
+        let c = Config::from_toml_str(r#"gpus = ["0", "GPU-8f6c"]"#).unwrap();
+        assert_eq!(
+            c.gpus.as_deref(),
+            Some(&["0".to_owned(), "GPU-8f6c".to_owned()][..])
+        );
+        assert_eq!(Config::default().gpus, None, "absent: ask nvidia-smi");
+        let e = Config::from_toml_str(r#"gpus = ["0", "0", "a b"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"gpus: "0" is listed twice"#), "{e}");
+        assert!(e.contains(r#"gpus: "a b" is not a device id"#), "{e}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::from_toml_str("capcity = 3")
             .unwrap_err()

@@ -227,36 +227,18 @@ impl Placer {
         });
     }
 
-    /// The agents with GPUs enough free for `demand` (all of them for none); an error
-    /// saying how many there are when none has.
+    /// The agents with GPUs enough free for `demand`, counting those promised to
+    /// pending placements; see [`gpus::fitting`].
     fn fitting<'a>(
         &self,
         live: &[AgentLoad<'a>],
         demand: &GpuDemand,
     ) -> Result<HashSet<&'a str>, PlaceError> {
-        let mut pending: HashMap<&str, u32> = HashMap::new();
+        let mut promised: HashMap<&str, u32> = HashMap::new();
         for p in self.pending.values() {
-            *pending.entry(p.agent.as_str()).or_default() += p.gpus;
+            *promised.entry(p.agent.as_str()).or_default() += p.gpus;
         }
-        let promised = |a: &AgentLoad<'_>| pending.get(a.name).copied().unwrap_or(0);
-        let fitting: HashSet<&str> = live
-            .iter()
-            .filter(|a| demand.fits(a, promised(a)))
-            .map(|a| a.name)
-            .collect();
-        if !fitting.is_empty() || demand.is_none() {
-            return Ok(fitting);
-        }
-        let count = |f: &dyn Fn(&AgentLoad<'_>) -> u32| live.iter().map(f).sum::<u32>();
-        Err(PlaceError::NoGpusFree {
-            total: count(&|a| a.gpus.len() as u32),
-            free: count(&|a| {
-                gpus::free_gpus(a.gpus, &a.inventory.gpus_held).saturating_sub(promised(a))
-            }),
-            needed: live.iter().map(|a| demand.count_on(a)).max().unwrap_or(1),
-            // The caller knows the catalogue and fills it in.
-            suggestion: String::new(),
-        })
+        gpus::fitting(live, demand, &promised)
     }
 
     /// Each live agent's load: reported containers plus pending placements

@@ -17,6 +17,8 @@ use crate::backend::ExitStatus;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// One MiB, for the memory limit in messages.
 const MIB: u64 = 1 << 20;
+/// The exit code a shell or Docker exec reports for a process killed by KILL.
+const KILLED_CODE: i32 = 128 + libc::SIGKILL;
 /// A v1 memory limit at or above this is "unlimited" (the kernel reports ~2^63).
 const UNLIMITED: u64 = 1 << 62;
 
@@ -156,12 +158,17 @@ impl LimitWatch {
     }
 
     /// What to tell the student when the session's process ended with `status`: that
-    /// the OOM killer took it (killed by KILL while the container's OOM kills grew),
+    /// the OOM killer took it (killed by KILL, or exit code 137, while the
+    /// container's OOM kills grew),
     /// or, when it failed, that forks were refused at the process limit meanwhile (a
     /// session that succeeded is not told of another one's refused forks).
     pub fn at_exit(&self, status: &ExitStatus) -> Option<String> {
         let now = self.cgroup.counters();
-        let killed = matches!(status, ExitStatus::Signal(s) if s == "KILL");
+        // Docker exec reports a process killed by KILL as exit code 137 (128 + 9).
+        let killed = match status {
+            ExitStatus::Signal(s) => s == "KILL",
+            ExitStatus::Code(code) => *code == KILLED_CODE,
+        };
         if killed && now.oom_kills > self.start.oom_kills {
             return Some(match now.memory_max {
                 Some(max) => format!(
@@ -232,8 +239,10 @@ mod tests {
             watch.at_exit(&ExitStatus::Signal("KILL".into())).as_deref(),
             Some("your container ran out of memory (its limit is 64 MiB); the kernel killed your process")
         );
-        // Killed by someone else while another process ran out: not the session's.
-        assert_eq!(watch.at_exit(&ExitStatus::Code(137)), None);
+        // Docker exec's way of saying the same.
+        assert!(watch.at_exit(&ExitStatus::Code(137)).is_some());
+        // A process that failed otherwise while another one ran out: not the session's.
+        assert_eq!(watch.at_exit(&ExitStatus::Code(1)), None);
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! enough free to meet it (its reported GPUs less those its containers hold and those
 //! recent placements there will take).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use labssh_proto::pb;
 
-use super::AgentLoad;
+use super::{AgentLoad, PlaceError};
 
 /// The GPUs one container of an environment takes on its node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -66,6 +66,33 @@ impl GpuDemand {
             }
         }
     }
+}
+
+/// The agents of `live` with GPUs enough free for `demand` (all of them for none),
+/// `promised` (by agent) being promised to placements not in an inventory yet; an
+/// error saying how many there are when none has.
+pub fn fitting<'a>(
+    live: &[AgentLoad<'a>],
+    demand: &GpuDemand,
+    promised: &HashMap<&str, u32>,
+) -> Result<HashSet<&'a str>, PlaceError> {
+    let promised = |a: &AgentLoad<'_>| promised.get(a.name).copied().unwrap_or(0);
+    let fitting: HashSet<&str> = live
+        .iter()
+        .filter(|a| demand.fits(a, promised(a)))
+        .map(|a| a.name)
+        .collect();
+    if !fitting.is_empty() || demand.is_none() {
+        return Ok(fitting);
+    }
+    let count = |f: &dyn Fn(&AgentLoad<'_>) -> u32| live.iter().map(f).sum::<u32>();
+    Err(PlaceError::NoGpusFree {
+        total: count(&|a| a.gpus.len() as u32),
+        free: count(&|a| free_gpus(a.gpus, &a.inventory.gpus_held).saturating_sub(promised(a))),
+        needed: live.iter().map(|a| demand.count_on(a)).max().unwrap_or(1),
+        // The caller knows the catalogue and fills it in.
+        suggestion: String::new(),
+    })
 }
 
 /// GPUs of `node` that no container holds.
