@@ -286,3 +286,42 @@ async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served(path: &st
     assert_eq!(ran.as_deref(), Some("not\n"));
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn timers_are_armed_for_containers_running_when_the_agent_starts() {
+    let scratch = Scratch::new();
+    let env = pb::Environment {
+        name: "ticks".into(),
+        hooks: vec![pb::Hook {
+            every_ms: 1_000,
+            ..on("", record())
+        }],
+        ..environment()
+    };
+    let (agent, controller) = agent_with(&scratch, vec![env.clone()]).await;
+    exited_ok(&session(&agent, "kim", "ticks", "true").await);
+    agent.stop().await;
+    controller.vanish().await;
+    let container = format!("{}-kim.ticks", scratch.prefix);
+    let before = lines(
+        &read(&container, "cat /tmp/hooks-every 2>/dev/null; true")
+            .await
+            .unwrap(),
+        "every ",
+    );
+
+    // A new agent, and no login: the running container's timer goes on.
+    let (agent, _controller) = agent_with(&scratch, vec![env]).await;
+    wait_for(
+        &container,
+        "cat /tmp/hooks-every 2>/dev/null; true",
+        |out| lines(out, "every kim ticks 1000") >= before + 2,
+    )
+    .await;
+    assert_eq!(
+        hooks_total(&scratch.agent, "login", "ok"),
+        0,
+        "no hook but the timer's"
+    );
+    agent.stop().await;
+}
