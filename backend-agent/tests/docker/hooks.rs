@@ -325,3 +325,40 @@ async fn timers_are_armed_for_containers_running_when_the_agent_starts() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_required_create_hook_runs_again_at_the_next_login() {
+    let scratch = Scratch::new();
+    let script = "if [ -e /tmp/ok ]; then echo created >> /tmp/hooks-create; \
+                  else echo course files missing >&2; exit 1; fi";
+    let mut create = on(
+        "create",
+        ["/bin/sh", "-c", script].map(String::from).to_vec(),
+    );
+    create.required = true;
+    create.as_root = true;
+    let env = pb::Environment {
+        name: "course".into(),
+        hooks: vec![create],
+        ..environment()
+    };
+    let (agent, _controller) = agent_with(&scratch, vec![env]).await;
+    assert_eq!(
+        only_error(&session(&agent, "kim", "course", "true").await),
+        "your lab's create hook refused the login: course files missing"
+    );
+    let container = format!("{}-kim.course", scratch.prefix);
+    read(&container, "touch /tmp/ok")
+        .await
+        .expect("the container runs");
+    for _ in 0..2 {
+        exited_ok(&session(&agent, "kim", "course", "true").await);
+    }
+    let created = read(&container, "cat /tmp/hooks-create").await;
+    assert_eq!(
+        created.as_deref(),
+        Some("created\n"),
+        "once it succeeded, never again"
+    );
+    agent.stop().await;
+}
