@@ -63,8 +63,8 @@ fn secs(t: Duration) -> String {
     humantime::format_duration(Duration::from_millis(t.as_millis() as u64)).to_string()
 }
 
-/// The hook's process: the student's usual environment and home, `LABSSH_EVENT`,
-/// `LABSSH_USER` and `LABSSH_ENVIRONMENT`, as the environment's uid/gid or root.
+/// The hook's process: the student's usual environment, `LABSSH_EVENT`, `LABSSH_USER`
+/// and `LABSSH_ENVIRONMENT`, as the environment's uid/gid in the home, or as root in `/`.
 pub fn spec(event: Event, hook: &pb::Hook, target: &Target) -> SpawnSpec {
     let vars = [
         ("LABSSH_EVENT", event.name()),
@@ -75,6 +75,9 @@ pub fn spec(event: Event, hook: &pb::Hook, target: &Target) -> SpawnSpec {
     let mut spec = SpawnSpec::for_user(&target.user, &target.env, hook.run.clone(), vars, None);
     if hook.as_root {
         spec.run_as = RunAs::Root;
+        // Root holds no DAC_OVERRIDE in the container: the student's 0700 home is
+        // closed to it, and a failed chdir would be the first line of its stderr.
+        spec.workdir = Some("/".to_owned());
     }
     spec
 }

@@ -2,7 +2,8 @@
 //! repeatedly while it runs. Armed when a container starts (and, at agent start, for
 //! those already running), from the environment as it was then; cancelled at agent
 //! shutdown or when the container starts again. A timer that comes due on a container
-//! that is no longer running (or was restarted since) ends quietly.
+//! that is no longer running (stopped, paused, or restarted since) ends them all
+//! quietly; [`Hooks::resumed`] arms them again after an unpause.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -113,12 +114,21 @@ impl Hooks {
         }
     }
 
-    /// Forgets `container`'s timers if they are still those of `started`.
+    /// Ends and forgets `container`'s timers if they are still those of `started`.
     fn disarm(&self, container: &str, started: SystemTime) {
         let mut armed = self.0.timers.lock();
         if armed.get(container).is_some_and(|(at, _)| *at == started) {
-            armed.remove(container);
+            if let Some((_, token)) = armed.remove(container) {
+                token.cancel();
+            }
         }
+    }
+
+    /// Arms `target`'s timers again after its container was unpaused (a timer that came
+    /// due while it was frozen ended them); a no-op if they still run.
+    #[allow(dead_code)] // called by the idle lifecycle when it unpauses
+    pub async fn resumed(&self, target: Target) {
+        self.arm(target, None).await;
     }
 
     /// Once the controller's catalogue has arrived: arms the timers of this agent's

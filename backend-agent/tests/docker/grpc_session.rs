@@ -103,7 +103,7 @@ pub(crate) struct ControllerHandle {
 
 impl ControllerHandle {
     /// Fails every Attach stream and stops serving.
-    async fn vanish(self) {
+    pub(crate) async fn vanish(self) {
         self.gone.cancel();
         tokio::time::timeout(STEP, self.server)
             .await

@@ -5,9 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use labssh_agent::backend::{Backend, Output, SpawnSpec};
-use labssh_agent::DockerBackend;
 use labssh_proto::pb;
 use labssh_testkit::webhook::WebhookServer;
 use pb::session_output::Msg as Out;
@@ -54,35 +51,37 @@ async fn session(agent: &Agent, user: &str, env: &str, command: &str) -> Vec<Out
     drain(outputs).await
 }
 
-/// `sh -c script` in `container` as uid 1000: its stdout, or `None` if it cannot
-/// start there (yet).
-async fn read(backend: &DockerBackend, container: &str, script: &str) -> Option<String> {
-    let argv = vec!["/bin/sh".into(), "-c".into(), script.into()];
-    let spec = SpawnSpec::for_user("reader", &environment(), argv, Vec::new(), None);
-    let mut process = backend.spawn(container, spec).await.ok()?;
-    drop(process.stdin);
-    let mut out = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(STEP, process.output.next())
+/// `sh -c script` in `container` as uid 1000, through the docker CLI (not the code
+/// under test): its stdout, or `None` if it cannot run there (yet).
+async fn read(container: &str, script: &str) -> Option<String> {
+    let out = tokio::process::Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            "1000:1000",
+            "-w",
+            "/",
+            container,
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(STEP, out)
         .await
-        .expect("output in time")
-    {
-        if let Output::Stdout(b) = chunk {
-            out.extend_from_slice(&b);
-        }
-    }
-    Some(String::from_utf8_lossy(&out).into_owned())
+        .expect("docker exec in time")
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `script` until `done` holds of its output; panics after 30 s.
-async fn wait_for(
-    backend: &DockerBackend,
-    container: &str,
-    script: &str,
-    done: impl Fn(&str) -> bool,
-) -> String {
+async fn wait_for(container: &str, script: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(out) = read(backend, container, script).await {
+        if let Some(out) = read(container, script).await {
             if done(&out) {
                 return out;
             }
@@ -97,6 +96,22 @@ async fn wait_for(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The value of `labssh_agent_hooks_total` for `agent`, `event` and `outcome` in this
+/// process's metrics (each test's agent has its own name).
+fn hooks_total(agent: &str, event: &str, outcome: &str) -> u64 {
+    let labels = [
+        format!("agent=\"{agent}\""),
+        format!("event=\"{event}\""),
+        format!("outcome=\"{outcome}\""),
+    ];
+    labssh_telemetry::metrics::render()
+        .lines()
+        .filter(|l| l.starts_with("labssh_agent_hooks_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn lines(text: &str, prefix: &str) -> usize {
@@ -143,13 +158,12 @@ async fn every_kind_of_hook_fires_once_with_its_variables() {
         ..environment()
     };
     let (agent, _controller) = agent_with(&scratch, vec![env]).await;
-    let backend = scratch.backend().await;
     let container = format!("{}-kim.hooks", scratch.prefix);
 
     exited_ok(&session(&agent, "kim", "hooks", "true").await);
     let all = "cat /tmp/hooks-create /tmp/hooks-start /tmp/hooks-login /tmp/hooks-logout \
-               /tmp/hooks-after /tmp/hooks-every 2>/dev/null";
-    let seen = wait_for(&backend, &container, all, |out| {
+               /tmp/hooks-after /tmp/hooks-every 2>/dev/null; true";
+    let seen = wait_for(&container, all, |out| {
         lines(out, "logout ") == 1 && lines(out, "after ") == 1 && lines(out, "every ") >= 2
     })
     .await;
@@ -186,11 +200,13 @@ async fn every_kind_of_hook_fires_once_with_its_variables() {
 
     // A second login: login and logout again, the container's own hooks not.
     exited_ok(&session(&agent, "kim", "hooks", "true").await);
-    let seen = wait_for(&backend, &container, all, |out| lines(out, "logout ") == 2).await;
+    let seen = wait_for(&container, all, |out| lines(out, "logout ") == 2).await;
     assert_eq!(lines(&seen, "login "), 2, "{seen}");
     assert_eq!(lines(&seen, "create "), 1, "{seen}");
     assert_eq!(lines(&seen, "start "), 1, "{seen}");
     assert_eq!(lines(&seen, "after "), 1, "{seen}");
+    assert_eq!(hooks_total(&scratch.agent, "after", "ok"), 1);
+    assert_eq!(hooks_total(&scratch.agent, "create", "ok"), 1);
     let call = calls.next(STEP).await.expect("the second login's webhook");
     assert!(call.body.contains("\"event\":\"login\""), "{}", call.body);
     agent.stop().await;
@@ -218,20 +234,16 @@ async fn a_failing_required_login_hook_refuses_before_the_command() {
         only_error(&outputs),
         "your lab's login hook refused the login: exam not open yet"
     );
-    let backend = scratch.backend().await;
     let container = format!("{}-kim.exam", scratch.prefix);
-    let ran = read(
-        &backend,
-        &container,
-        "test -e /tmp/ran && echo ran || echo not",
-    )
-    .await;
+    let ran = read(&container, "test -e /tmp/ran && echo ran || echo not").await;
     assert_eq!(ran.as_deref(), Some("not\n"));
+    assert_eq!(hooks_total(&scratch.agent, "login", "refused"), 1);
     agent.stop().await;
 }
 
-#[tokio::test]
-async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served() {
+on_both_paths!(a_hanging_hook_is_killed_at_its_timeout_and_others_are_served);
+
+async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served(path: &str) {
     let scratch = Scratch::new();
     let hang = [
         "/bin/sh",
@@ -240,6 +252,7 @@ async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served() {
     ];
     let env = pb::Environment {
         name: "slow".into(),
+        spawn: path.into(),
         hooks: vec![pb::Hook {
             required: true,
             timeout_ms: 8_000,
@@ -248,14 +261,13 @@ async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served() {
         ..environment()
     };
     let (agent, _controller) = agent_with(&scratch, vec![env]).await;
-    let backend = scratch.backend().await;
     exited_ok(&session(&agent, "fast", "slow", "true").await);
 
     let mut client = agent.client().await;
     let (_tx, slow) = open_session(&mut client, start("slow", "slow", "touch /tmp/ran")).await;
     let slow = tokio::spawn(drain(slow));
     let container = format!("{}-slow.slow", scratch.prefix);
-    let pid = wait_for(&backend, &container, "cat /tmp/hang.pid 2>/dev/null", |o| {
+    let pid = wait_for(&container, "cat /tmp/hang.pid 2>/dev/null", |o| {
         !o.trim().is_empty()
     })
     .await;
@@ -269,13 +281,84 @@ async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served() {
         "your lab's login hook refused the login: it did not finish within 8s"
     );
     let alive = format!("[ -d /proc/{} ] && echo alive || echo gone", pid.trim());
-    wait_for(&backend, &container, &alive, |o| o == "gone\n").await;
-    let ran = read(
-        &backend,
+    wait_for(&container, &alive, |o| o == "gone\n").await;
+    let ran = read(&container, "test -e /tmp/ran && echo ran || echo not").await;
+    assert_eq!(ran.as_deref(), Some("not\n"));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn timers_are_armed_for_containers_running_when_the_agent_starts() {
+    let scratch = Scratch::new();
+    let env = pb::Environment {
+        name: "ticks".into(),
+        hooks: vec![pb::Hook {
+            every_ms: 1_000,
+            ..on("", record())
+        }],
+        ..environment()
+    };
+    let (agent, controller) = agent_with(&scratch, vec![env.clone()]).await;
+    exited_ok(&session(&agent, "kim", "ticks", "true").await);
+    agent.stop().await;
+    controller.vanish().await;
+    let container = format!("{}-kim.ticks", scratch.prefix);
+    let before = lines(
+        &read(&container, "cat /tmp/hooks-every 2>/dev/null; true")
+            .await
+            .unwrap(),
+        "every ",
+    );
+
+    // A new agent, and no login: the running container's timer goes on.
+    let (agent, _controller) = agent_with(&scratch, vec![env]).await;
+    wait_for(
         &container,
-        "test -e /tmp/ran && echo ran || echo not",
+        "cat /tmp/hooks-every 2>/dev/null; true",
+        |out| lines(out, "every kim ticks 1000") >= before + 2,
     )
     .await;
-    assert_eq!(ran.as_deref(), Some("not\n"));
+    assert_eq!(
+        hooks_total(&scratch.agent, "login", "ok"),
+        0,
+        "no hook but the timer's"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_required_create_hook_runs_again_at_the_next_login() {
+    let scratch = Scratch::new();
+    let script = "if [ -e /tmp/ok ]; then echo created >> /tmp/hooks-create; \
+                  else echo course files missing >&2; exit 1; fi";
+    let mut create = on(
+        "create",
+        ["/bin/sh", "-c", script].map(String::from).to_vec(),
+    );
+    create.required = true;
+    create.as_root = true;
+    let env = pb::Environment {
+        name: "course".into(),
+        hooks: vec![create],
+        ..environment()
+    };
+    let (agent, _controller) = agent_with(&scratch, vec![env]).await;
+    assert_eq!(
+        only_error(&session(&agent, "kim", "course", "true").await),
+        "your lab's create hook refused the login: course files missing"
+    );
+    let container = format!("{}-kim.course", scratch.prefix);
+    read(&container, "touch /tmp/ok")
+        .await
+        .expect("the container runs");
+    for _ in 0..2 {
+        exited_ok(&session(&agent, "kim", "course", "true").await);
+    }
+    let created = read(&container, "cat /tmp/hooks-create").await;
+    assert_eq!(
+        created.as_deref(),
+        Some("created\n"),
+        "once it succeeded, never again"
+    );
     agent.stop().await;
 }
