@@ -1,13 +1,16 @@
 //! One environment of the catalogue: its image, limits, identity, forwarding
 //! policy, quotas and network, as configured, checked and sent to agents.
 
+mod lifecycle;
 mod network;
 
 use std::collections::BTreeMap;
 
+use labssh_proto::duration::ConfigDuration;
 use labssh_proto::pb;
 use serde::Deserialize;
 
+pub use lifecycle::{LifecycleKeys, DEFAULT_IDLE_CPU_PERCENT};
 pub use network::{EgressConfig, NetworkConfig};
 
 /// Enough for a shell, an editor and a compiler; not enough to starve the node.
@@ -78,6 +81,18 @@ pub struct EnvironmentConfig {
     pub layer_quota_mb: u64,
     /// Where its containers' traffic may go: `[environments.NAME.network]`.
     pub network: NetworkConfig,
+    // Lifecycle (see `lifecycle.rs`): off unless set.
+    /// Paused (frozen, memory kept) after this long with no session, forward or
+    /// `ssh -R` listener and CPU under `idle_cpu_percent`.
+    pub idle_pause_after: Option<ConfigDuration>,
+    /// CPU use (percent of one CPU) under which a container counts as idle.
+    pub idle_cpu_percent: u32,
+    /// Stopped (home kept) after this long idle.
+    pub idle_stop_after: Option<ConfigDuration>,
+    /// Recreated (home kept) at the next login with no open session once this old.
+    pub max_age: Option<ConfigDuration>,
+    /// The longest a student may postpone idling from inside (`~/.labssh-keepalive`).
+    pub max_keepalive: Option<ConfigDuration>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -128,6 +143,11 @@ impl Default for EnvironmentConfig {
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
+            idle_pause_after: None,
+            idle_cpu_percent: DEFAULT_IDLE_CPU_PERCENT,
+            idle_stop_after: None,
+            max_age: None,
+            max_keepalive: None,
         }
     }
 }
@@ -160,10 +180,21 @@ impl EnvironmentConfig {
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
             network: Some(self.network.to_proto()),
-            lifecycle: None,
+            lifecycle: self.lifecycle().to_proto(),
             hooks: Vec::new(),
             isolation: None,
             gpus: None,
+        }
+    }
+
+    /// The lifecycle keys, for checking and the wire.
+    fn lifecycle(&self) -> LifecycleKeys {
+        LifecycleKeys {
+            idle_pause_after: self.idle_pause_after,
+            idle_cpu_percent: self.idle_cpu_percent,
+            idle_stop_after: self.idle_stop_after,
+            max_age: self.max_age,
+            max_keepalive: self.max_keepalive,
         }
     }
 
@@ -191,6 +222,7 @@ impl EnvironmentConfig {
         self.check_resources(&key, problems);
         self.check_processes(&key, problems);
         self.check_data(&key, problems);
+        self.lifecycle().check(&key, problems);
     }
 
     /// The image, CPU and memory limits.
