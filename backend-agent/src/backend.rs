@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(container, "stop"))
     }
 
+    /// The id (`sha256:…`) of the image `image` names on this node now, if it is here.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError> {
+        let _ = image;
+        Ok(None)
+    }
+
     /// CPU time the running container used since it started, if this runtime can
     /// tell.
     async fn cpu_time(&self, container: &str) -> Result<Option<Duration>, BackendError> {

@@ -9,6 +9,7 @@ mod controller_link;
 mod firewall;
 mod forward;
 mod inventory;
+mod lifecycle;
 mod limits;
 mod names;
 mod service;
@@ -189,7 +190,15 @@ fn start(
         tasks,
         stop.clone(),
     );
+    let lifecycle = lifecycle::Lifecycle::new(
+        &config.name,
+        backend.clone(),
+        inventory.clone(),
+        catalogue.clone(),
+    );
+    tasks.spawn(lifecycle.clone().run(stop.clone()));
     Arc::new(state::Shared {
+        lifecycle,
         limits,
         name: config.name.clone(),
         backend,

@@ -7,6 +7,8 @@
 //! - `netops`: connecting, resolving and listening inside containers;
 //! - `network`: containers' networks, one per egress policy, and moving onto them;
 //! - `sftp`: the built-in SFTP server in every container;
+//! - `lifecycle`: pausing, stopping and waking containers, their CPU time, the
+//!   keep-alive file, recreating old and outdated ones;
 //! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC.
 
 #[macro_use]
@@ -15,6 +17,7 @@ mod support;
 mod docker_backend;
 mod grpc_session;
 mod helper;
+mod lifecycle;
 mod netops;
 mod network;
 mod sftp;
