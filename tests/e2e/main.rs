@@ -8,7 +8,9 @@
 //! - `credential_cache`: a validated login is a cache hit in Redis later;
 //! - `file_transfer`: sftp, scp and rsync;
 //! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
-//! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP.
+//! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
+//! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
+//!   old ones recreated at a login with no other session.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -18,4 +20,5 @@ mod credential_cache;
 mod file_transfer;
 mod forwarding;
 mod half_close;
+mod lifecycle;
 mod sessions;

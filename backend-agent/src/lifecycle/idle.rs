@@ -25,15 +25,19 @@ const MIN_TICK: Duration = Duration::from_millis(250);
 const CONCURRENCY: usize = 8;
 
 impl Lifecycle {
-    /// Judges the containers every tick until `stop`.
+    /// Judges the containers every tick until `stop`; the tick follows the
+    /// catalogue, looked at every [`MIN_TICK`].
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut last = Instant::now();
         loop {
-            let tick = self.tick_interval();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(MIN_TICK) => {}
             }
-            self.tick().await;
+            if last.elapsed() >= self.tick_interval() {
+                last = Instant::now();
+                self.tick().await;
+            }
         }
     }
 
@@ -144,7 +148,8 @@ impl Lifecycle {
     }
 
     /// Records a CPU reading; a container whose share of one CPU since the last
-    /// reading reached `percent` (or that cannot be measured) was busy until now.
+    /// reading reached `percent` (or that cannot be measured, or was not yet) was
+    /// busy until now.
     fn note_cpu(&self, k: &super::Key, now: Instant, cpu: Option<Duration>, percent: u32) {
         self.table.with(k, |e| {
             let Some(cpu) = cpu else {
@@ -158,6 +163,8 @@ impl Lifecycle {
                 if wall > 0.0 && spent * 100.0 >= wall * f64::from(percent) {
                     e.last_busy = now;
                 }
+            } else {
+                e.last_busy = now;
             }
             e.cpu = Some((now, cpu));
         });

@@ -19,7 +19,7 @@ use crate::backend::{
 };
 
 /// How long a stopping container's processes get after SIGTERM before SIGKILL.
-const STOP_GRACE_SECS: i32 = 10;
+const STOP_GRACE_SECS: i32 = 5;
 
 impl DockerBackend {
     /// [`crate::backend::Backend::pause`] on Docker (the cgroup freezer).
