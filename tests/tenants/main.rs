@@ -11,7 +11,9 @@
 //!   host paths and at bob's volume), and a search of every file alice can read;
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,
 //!   other containers' processes in `/proc`;
-//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out.
+//! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
+//! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
+//!   keep-alive is never read through a symlink.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -22,6 +24,7 @@ mod exhaustion;
 mod files;
 mod forwarding;
 mod inside;
+mod lifecycle;
 mod names;
 mod network;
 
