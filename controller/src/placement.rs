@@ -379,6 +379,7 @@ mod tests {
                 user: user.to_string(),
                 environment: env.to_string(),
                 state: pb::ContainerState::Running.into(),
+                outdated: false,
             });
             a.3 = Inventory::from_proto(&a.2);
         }

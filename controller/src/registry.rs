@@ -371,6 +371,7 @@ mod tests {
                     user: user.to_string(),
                     environment: env.to_string(),
                     state: pb::ContainerState::Running.into(),
+                    outdated: false,
                 })
                 .collect(),
         }

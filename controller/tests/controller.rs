@@ -82,6 +82,7 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
                 user: user.to_string(),
                 environment: environment.to_string(),
                 state: pb::ContainerState::Running.into(),
+                outdated: false,
             })
             .collect(),
     }

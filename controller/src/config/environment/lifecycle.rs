@@ -32,7 +32,7 @@ fn ms(d: Option<ConfigDuration>) -> u64 {
 impl LifecycleKeys {
     /// The wire form, or `None` when no rule is on (containers then run until an
     /// operator removes them, as before).
-    pub fn to_proto(&self) -> Option<pb::Lifecycle> {
+    pub fn to_proto(self) -> Option<pb::Lifecycle> {
         let lifecycle = pb::Lifecycle {
             idle_pause_after_ms: ms(self.idle_pause_after),
             idle_cpu_percent: self.idle_cpu_percent,
@@ -48,7 +48,7 @@ impl LifecycleKeys {
     }
 
     /// Appends the problems, each naming its key through `key`.
-    pub fn check(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+    pub fn check(self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
         if self.idle_cpu_percent > 100 {
             problems.push(format!(
                 "{}: {} is more than 100 (percent of one CPU)",
