@@ -70,6 +70,15 @@ name = "local"
 capacity = $capacity
 container_prefix = "$PREFIX"
 EOF
+# All USERS come from one address at once: lift the per-address and early-drop limits
+# on connections not logged in yet (what they guard is not measured here).
+cat > "$WORK/labssh/proxy.toml" <<EOF
+host_keys = ["$WORK/labssh/host_ed25519_key"]
+users_file = "$WORK/labssh/users.toml"
+cache_key_file = "$WORK/labssh/cache.key"
+max_unauthenticated_per_address = $((USERS * 2))
+max_startups = "$((USERS * 2)):30:$((USERS * 4))"
+EOF
 for i in $(seq 1 "$USERS"); do
   "$BIN/labssh" user add "$(printf "student%0${width}d" "$i")" \
     --key "$WORK/id.pub" --users "$WORK/labssh/users.toml" >/dev/null
