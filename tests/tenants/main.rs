@@ -146,7 +146,14 @@ async fn as_alice(lab: &Lab, login: &str, command: &str) -> String {
         )
         .await
         .expect("ssh runs");
-    let text = format!("{}{}", stdout(&out), stderr(&out));
+    // The gateway's own lines (its container being started) come first on stderr;
+    // they are not the container's.
+    let err = stderr(&out);
+    let container_err: String = err
+        .split_inclusive('\n')
+        .skip_while(|l| l.starts_with("labssh: "))
+        .collect();
+    let text = format!("{}{container_err}", stdout(&out));
     assert!(
         stdout(&out).ends_with("alice-done\n"),
         "{login}'s session did not run `{command}`: {text}"
