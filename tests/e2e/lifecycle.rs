@@ -135,3 +135,31 @@ async fn an_old_container_is_recreated_at_a_login_with_no_other_session() {
     assert_ne!(lab.container_id("alice", "aging").unwrap(), first);
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_wakes_a_paused_container() {
+    let lab = lab_with(&[("nap", "idle_pause_after = \"2s\"")]).await;
+    // An echo server outlives the session that started it; nothing else runs.
+    let serve = "setsid nc -ll -p 7777 -e cat </dev/null >/dev/null 2>&1 & echo serving";
+    let (code, out, err) = alice(&lab, "nap", serve).await;
+    assert_eq!((code, out.trim()), (Some(0), "serving"), "{err}");
+    lab.wait_listening("alice", "nap", 7777).await;
+    lab.wait_state("alice", "nap", "paused").await;
+
+    let port = labssh_testkit::process::free_port();
+    let spec = format!("{port}:localhost:7777");
+    let mut client = crate::forwarding::forward(&lab, "alice+nap", &["-L", &spec], port).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(
+        Duration::from_secs(30),
+        crate::lab::round_trip(stream, b"through a paused container"),
+    )
+    .await
+    .expect("echoed in time");
+    assert_eq!(echoed, b"through a paused container");
+    assert_eq!(lab.container_state("alice", "nap"), "running");
+    let _ = client.kill().await;
+    lab.stop().await;
+}
