@@ -1,44 +1,45 @@
 #!/usr/bin/env bash
-# Waking a class (BENCHMARKS.md, "Waking paused and stopped containers"): STUDENTS
-# students whose containers labssh paused, then stopped, after idling all log in at
-# once; beside them the same number of raw `docker unpause` / `docker start` of
-# plain containers of the same image, all at once. Same run, same machine.
+# Waking idle containers (BENCHMARKS.md, "Lifecycle: paused and stopped logins"):
+# USERS students whose containers are all paused (then all stopped) log in at once
+# through labssh, beside USERS raw `docker unpause` (then `docker start`) run at once
+# on containers of the same image. p50/p99 of each and the ratios.
 #
 #   bash scripts/bench-lifecycle.sh
-#   STUDENTS=20 PROFILE=dev bash scripts/bench-lifecycle.sh
+#   USERS=20 PROFILE=dev bash scripts/bench-lifecycle.sh     # a quick check
 #
 # Settings (environment):
-#   STUDENTS       students, and raw containers                       (100)
-#   IMAGE          the containers' image                              (labssh/busybox:latest)
-#   IDLE_PAUSE     the environment's idle_pause_after                 (3s)
-#   IDLE_STOP      the environment's idle_stop_after                  (20s)
-#   WAIT           seconds to wait for the agent to pause / stop them (180)
-#   PORT           labssh listens here                                (42200)
-#   PROFILE        cargo profile of the binaries                      (release)
-#   OUT            results directory                                  (target/bench-lifecycle-DATE)
+#   USERS          students logging in at once              (100)
+#   COMMAND        what every login runs                    (true)
+#   IMAGE          the containers' image                    (labssh/busybox:latest)
+#   OUT            results directory                        (target/bench-lifecycle-DATE)
+#   PORT           labssh's SSH port                        (42150)
+#   PHASE_TIMEOUT  seconds any one phase may take           (300)
+#   PROFILE        cargo profile of the binaries            (release)
 #
-# Prints one table: p50/p99 of a labssh login (connect to exit of `true`) into a running,
-# a paused and a stopped container, of the raw Docker calls, and the ratios.
+# The containers are paused and stopped with the docker CLI before each level, as the
+# idle loop would (`idle_pause_after`, `idle_stop_after`), so the figures do not wait
+# on timers. Needs Docker and the OpenSSH client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STUDENTS="${STUDENTS:-100}"
+USERS="${USERS:-100}"
+COMMAND="${COMMAND:-true}"
 IMAGE="${IMAGE:-labssh/busybox:latest}"
-IDLE_PAUSE="${IDLE_PAUSE:-3s}"
-IDLE_STOP="${IDLE_STOP:-20s}"
-WAIT="${WAIT:-180}"
-PORT="${PORT:-42200}"
-PROFILE="${PROFILE:-release}"
 OUT="${OUT:-target/bench-lifecycle-$(date +%Y%m%d-%H%M%S)}"
-PREFIX=lbwake            # labssh containers: lbwake-student001.default
-RAW_LABEL=labssh-bench=wake-raw
+PORT="${PORT:-42150}"
+PHASE_TIMEOUT="${PHASE_TIMEOUT:-300}"
+PROFILE="${PROFILE:-release}"
+width=${#USERS}; [ "$width" -lt 3 ] && width=3
+
+PREFIX=lbbenchlc                # labssh containers: lbbenchlc-student001.default
+RAW_LABEL=labssh-bench=lifecycle-raw
 
 say() { echo "bench-lifecycle: $*" >&2; }
 die() { say "$*"; exit 1; }
 source scripts/bench-lib.sh
 
+command -v ssh-keygen >/dev/null || die "ssh-keygen is missing: apt-get install openssh-client"
 docker info >/dev/null 2>&1 || die "Docker does not answer (bash scripts/setup-host.sh starts it)"
-command -v python3 >/dev/null || die "python3 is missing (it reads the load generator's summary)"
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is taken; choose another PORT"; fi
 case "$IMAGE" in
   labssh/busybox:*) bash scripts/build-busybox-image.sh "$IMAGE" >/dev/null ;;
@@ -50,121 +51,100 @@ cargo build --profile "$PROFILE" -p labssh -p labssh-loadtest --bin labssh --bin
 case "$PROFILE" in dev) BIN=target/debug ;; *) BIN="target/$PROFILE" ;; esac
 BIN="$(cd "$BIN" && pwd)"
 
-WORK="$(mktemp -d /tmp/labssh-wake.XXXXXX)"
+WORK="$(mktemp -d /tmp/labssh-bench-lc.XXXXXX)"
 pids=()
 cleanup() {
   stop_started
-  docker ps -aq --filter "label=$RAW_LABEL" | xargs -r docker rm -f >/dev/null 2>&1 || true
   remove_lab "$PREFIX"
+  docker ps -aq --filter "label=$RAW_LABEL" | xargs -r docker rm -f >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-mkdir -p "$OUT"
-ulimit -n 65536 2>/dev/null || true
 
-# quantiles FILE: "p50 p99" (nearest rank) of the milliseconds in FILE, one per line.
-quantiles() {
-  sort -n "$1" | awk '{ v[NR] = $1 } END {
-    if (NR == 0) { print "- -"; exit }
-    i50 = int(0.50 * NR); if (i50 < 0.50 * NR) i50++
-    i99 = int(0.99 * NR); if (i99 < 0.99 * NR) i99++
-    printf "%.1f %.1f\n", v[i50], v[i99] }'
-}
-
-# all_at_once VERB FILE: `docker VERB` on every raw container at once, each call's
-# milliseconds into FILE; fails if any call failed.
-all_at_once() {
-  local verb=$1 file=$2
-  docker ps -aq --filter "label=$RAW_LABEL" | xargs -P "$STUDENTS" -I{} sh -c '
-    s=$(date +%s%N); docker "$1" "$2" >/dev/null || exit 255; e=$(date +%s%N)
-    echo $(( (e - s) / 1000 )) | awk "{ printf \"%.3f\\n\", \$1 / 1000 }"
-  ' _ "$verb" {} > "$file"
-  [ "$(wc -l < "$file")" -eq "$STUDENTS" ] || die "not every docker $verb succeeded"
-}
-
-# --- raw Docker -------------------------------------------------------------------
-say "raw Docker: $STUDENTS containers of $IMAGE"
-seq 1 "$STUDENTS" | xargs -P 4 -I{} docker run -d --label "$RAW_LABEL" --network none \
-  "$IMAGE" sleep 2147483647 >/dev/null
-docker ps -q --filter "label=$RAW_LABEL" | xargs -r docker pause >/dev/null
-all_at_once unpause "$WORK/raw-unpause.ms"
-docker ps -q --filter "label=$RAW_LABEL" | xargs -r docker stop -t 0 >/dev/null
-all_at_once start "$WORK/raw-start.ms"
-docker ps -aq --filter "label=$RAW_LABEL" | xargs -r docker rm -f >/dev/null
-
-# --- labssh -----------------------------------------------------------------------
-say "starting labssh on 127.0.0.1:$PORT: idle_pause_after=$IDLE_PAUSE idle_stop_after=$IDLE_STOP"
-mkdir -p "$WORK/labssh"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
+mkdir -p "$WORK/labssh" "$OUT"
+capacity=$((USERS > 300 ? USERS : 300))
 cat > "$WORK/labssh/agent.toml" <<EOF
 name = "local"
-capacity = $((STUDENTS > 300 ? STUDENTS : 300))
+capacity = $capacity
 container_prefix = "$PREFIX"
 EOF
-cat > "$WORK/labssh/controller.toml" <<EOF
-default_environment = "default"
-[environments.default]
-image = "$IMAGE"
-idle_pause_after = "$IDLE_PAUSE"
-idle_stop_after = "$IDLE_STOP"
+# All USERS come from one address at once: lift the per-address and early-drop limits
+# on connections not logged in yet (what they guard is not measured here).
+cat > "$WORK/labssh/proxy.toml" <<EOF
+host_keys = ["$WORK/labssh/host_ed25519_key"]
+users_file = "$WORK/labssh/users.toml"
+cache_key_file = "$WORK/labssh/cache.key"
+max_unauthenticated_per_address = $((USERS * 2))
+max_startups = "$((USERS * 2)):30:$((USERS * 4))"
 EOF
-for i in $(seq 1 "$STUDENTS"); do
-  "$BIN/labssh" user add "$(printf "student%03d" "$i")" \
+for i in $(seq 1 "$USERS"); do
+  "$BIN/labssh" user add "$(printf "student%0${width}d" "$i")" \
     --key "$WORK/id.pub" --users "$WORK/labssh/users.toml" >/dev/null
 done
-START_TIMEOUT=120 start labssh "$PORT" "$BIN/labssh" up --dir "$WORK/labssh" \
-  --listen "127.0.0.1:$PORT" --http ""
+say "starting labssh on 127.0.0.1:$PORT with $USERS students"
+start labssh "$PORT" "$BIN/labssh" up --dir "$WORK/labssh" --listen "127.0.0.1:$PORT" --image "$IMAGE"
 
-# $WORK/until.sh STATE: waits until every student's container is in Docker's STATE
-# (the load generator runs it before a wave).
-cat > "$WORK/until.sh" <<EOF
-n=0
-for _ in \$(seq 1 $((WAIT * 2))); do
-  n=\$(docker ps -aq --filter label=labssh.prefix=$PREFIX --filter "status=\$1" | wc -l)
-  [ "\$n" -ge $STUDENTS ] && exit 0
-  sleep 0.5
-done
-echo "bench-lifecycle: only \$n of $STUDENTS containers \$1 after $WAIT s" >&2
-exit 1
-EOF
-
-# wave NAME [BEFORE]: every student logs in at once and runs `true`.
-wave() {
-  local name=$1; shift
-  "$BIN/labssh-loadtest" sweep --levels "$STUDENTS" --command true --phase-timeout 300 \
-    --target "labssh=127.0.0.1:$PORT,users=student:$STUDENTS,key=$WORK/id" \
-    --out "$OUT/$name" "$@" >/dev/null
-  python3 - "$OUT/$name/summary.json" "$STUDENTS" <<'EOF'
-import json, sys
-records = json.load(open(sys.argv[1]))
-record = records[0] if isinstance(records, list) else records
-if record["ok"] != int(sys.argv[2]):
-    sys.exit(f"bench-lifecycle: only {record['ok']} of {sys.argv[2]} logins succeeded: {record['failed']}")
-print(f"{record['total']['p50_ms']:.1f} {record['total']['p99_ms']:.1f}")
-EOF
+ulimit -n 65536 2>/dev/null || true
+target="labssh=127.0.0.1:$PORT,users=student:$USERS,key=$WORK/id"
+all="docker ps -q --filter label=labssh.prefix=$PREFIX"
+# sweep NAME BEFORE: one level of USERS logins at once after BEFORE ran.
+sweep() {
+  local name=$1 before=$2
+  "$BIN/labssh-loadtest" sweep --levels "$USERS" --command "$COMMAND" \
+    --phase-timeout "$PHASE_TIMEOUT" --target "$target" --out "$OUT/$name" \
+    ${before:+--before-level "$before"} >"$WORK/$name.log" 2>&1 ||
+    { tail -n 20 "$WORK/$name.log" >&2; die "the $name sweep failed"; }
 }
+say "creating the $USERS containers (one warm round)"
+sweep warm ""
+say "logins into running containers"
+sweep running ""
+say "logins into paused containers"
+sweep paused "$all | xargs -r docker pause >/dev/null"
+say "logins into stopped containers"
+sweep stopped "docker ps -aq --filter label=labssh.prefix=$PREFIX | xargs -r docker stop -t 1 >/dev/null"
 
-say "creating the $STUDENTS containers (first login)"
-wave create >/dev/null
-say "every student logs in at once into a running container"
-read -r run50 run99 < <(wave running)
-say "waiting for the agent to pause them"
-read -r pau50 pau99 < <(wave paused --before-level "sh $WORK/until.sh paused")
-say "waiting for the agent to stop them"
-read -r sto50 sto99 < <(wave stopped --before-level "sh $WORK/until.sh exited")
-read -r un50 un99 < <(quantiles "$WORK/raw-unpause.ms")
-read -r st50 st99 < <(quantiles "$WORK/raw-start.ms")
+# raw ACTION: USERS containers of the image, each `docker ACTION`ed at once, timed.
+say "raw docker unpause / start on $USERS containers"
+seq 1 "$USERS" | xargs -P 4 -I{} docker run -d --label "$RAW_LABEL" --network none "$IMAGE" sleep 2147483647 >/dev/null
+raw_ids=$(docker ps -q --filter "label=$RAW_LABEL")
+raw() {
+  local action=$1 out=$2
+  local jobs=()
+  : > "$out"
+  for id in $raw_ids; do
+    ( s=$(date +%s%N); docker "$action" "$id" >/dev/null; e=$(date +%s%N)
+      echo $(( (e - s) / 1000000 )) >> "$out" ) &
+    jobs+=($!)
+  done
+  wait "${jobs[@]}"   # not labssh, which runs in the background too
+}
+echo "$raw_ids" | xargs docker pause >/dev/null
+raw unpause "$WORK/raw-unpause.ms"
+echo "$raw_ids" | xargs docker stop -t 1 >/dev/null
+raw start "$WORK/raw-start.ms"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a / b }'; }
+# pct FILE P: the P-th percentile of the numbers in FILE (nearest rank).
+pct() { sort -n "$1" | awk -v p="$2" '{v[NR]=$1} END {i=int((p/100)*NR+0.999); if(i<1)i=1; print v[i]}'; }
+# login P S: the loadtest's p50 or p99 (P) of whole logins in sweep S (phases.csv).
+login() {
+  awk -F, -v col="$1_ms" 'NR==1 {for(i=1;i<=NF;i++) if($i==col) c=i; next} $3=="total" {print $c}' \
+    "$OUT/$2/phases.csv"
+}
 {
-  echo "students=$STUDENTS image=$IMAGE profile=$PROFILE cpus=$(nproc) docker=$(docker version --format '{{.Server.Version}}')"
-  printf "%-36s %10s %10s\n" "all at once" "p50 ms" "p99 ms"
-  printf "%-36s %10s %10s\n" "labssh login, container running" "$run50" "$run99"
-  printf "%-36s %10s %10s\n" "labssh login, container paused" "$pau50" "$pau99"
-  printf "%-36s %10s %10s\n" "raw docker unpause" "$un50" "$un99"
-  printf "%-36s %10s %10s\n" "labssh login, container stopped" "$sto50" "$sto99"
-  printf "%-36s %10s %10s\n" "raw docker start" "$st50" "$st99"
-  echo "ratios (labssh login / raw call): paused $(ratio "$pau50" "$un50")x p50, $(ratio "$pau99" "$un99")x p99;" \
-    "stopped $(ratio "$sto50" "$st50")x p50, $(ratio "$sto99" "$st99")x p99"
-} | tee "$OUT/table.txt"
+  echo "users=$USERS command=$COMMAND image=$IMAGE profile=$PROFILE cpus=$(nproc) kernel=$(uname -r)"
+  printf "%-28s %8s %8s\n" "what (ms, $USERS at once)" p50 p99
+  for s in running paused stopped; do
+    printf "%-28s %8s %8s\n" "labssh login, $s" "$(login p50 "$s")" "$(login p99 "$s")"
+  done
+  printf "%-28s %8s %8s\n" "raw docker unpause" "$(pct "$WORK/raw-unpause.ms" 50)" "$(pct "$WORK/raw-unpause.ms" 99)"
+  printf "%-28s %8s %8s\n" "raw docker start" "$(pct "$WORK/raw-start.ms" 50)" "$(pct "$WORK/raw-start.ms" 99)"
+  for pair in "paused raw-unpause" "stopped raw-start"; do
+    set -- $pair
+    awk -v a="$(login p50 "$1")" -v b="$(pct "$WORK/$2.ms" 50)" \
+        -v c="$(login p99 "$1")" -v d="$(pct "$WORK/$2.ms" 99)" -v n="$1 / $2" \
+      'BEGIN {printf "ratio %-24s p50 %.1fx  p99 %.1fx\n", n, (b>0?a/b:0), (d>0?c/d:0)}'
+  done
+} | tee "$OUT/summary.txt"

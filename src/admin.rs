@@ -1,4 +1,5 @@
-//! Operator commands against a running controller: `labssh agent drain`.
+//! Operator commands against a running controller: `labssh agent drain`, `resume`
+//! and `list` (each agent's containers by state, and how many are outdated).
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +15,21 @@ pub enum AgentAction {
     Drain(DrainArgs),
     /// Let new placements reach a drained agent again.
     Resume(DrainArgs),
+    /// Every agent with its containers by state, and how many are on an old version
+    /// of their environment (recreated at their next login with no open session).
+    List(ControllerArgs),
 }
 
 #[derive(clap::Args)]
 pub struct DrainArgs {
     /// The agent's name.
     name: String,
+    #[command(flatten)]
+    controller: ControllerArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
     /// Controller gRPC endpoint (https:// when the cluster uses mTLS).
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     controller: String,
@@ -78,18 +88,9 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
     let (args, drain) = match action {
         AgentAction::Drain(a) => (a, true),
         AgentAction::Resume(a) => (a, false),
+        AgentAction::List(c) => return list(&c).await,
     };
-    let mut endpoint = Endpoint::from_shared(args.controller.clone())
-        .with_context(|| format!("--controller {:?}", args.controller))?;
-    if let Some(dir) = &args.tls_dir {
-        endpoint = admin_files(dir, args.tls_name.as_deref())?
-            .secure(endpoint, CONTROLLER_NAME)
-            .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the controller at {}", args.controller))?;
+    let channel = connect(&args.controller).await?;
     let reply = pb::controller_client::ControllerClient::new(channel)
         .drain(pb::DrainRequest {
             agent: args.name.clone(),
@@ -107,4 +108,107 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
         println!("agent {} takes new placements again", reply.agent);
     }
     Ok(())
+}
+
+/// `labssh agent list`.
+async fn list(args: &ControllerArgs) -> anyhow::Result<()> {
+    let channel = connect(args).await?;
+    let reply = pb::controller_client::ControllerClient::new(channel)
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    print!("{}", agents_table(&reply.agents));
+    Ok(())
+}
+
+/// One line per agent, then the outdated total.
+fn agents_table(agents: &[pb::AgentInfo]) -> String {
+    use pb::ContainerState as S;
+    let mut text = format!(
+        "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
+        "AGENT", "LIVE", "RUNNING", "PAUSED", "STOPPED", "OUTDATED"
+    );
+    let mut outdated_total = 0;
+    for agent in agents {
+        let inventory = agent
+            .status
+            .as_ref()
+            .map(|s| s.inventory.as_slice())
+            .unwrap_or_default();
+        let count = |state: S| inventory.iter().filter(|c| c.state() == state).count();
+        let outdated = inventory.iter().filter(|c| c.outdated).count();
+        outdated_total += outdated;
+        let live = if agent.draining {
+            "drain"
+        } else if agent.live {
+            "yes"
+        } else {
+            "no"
+        };
+        text += &format!(
+            "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
+            agent.name,
+            live,
+            count(S::Running),
+            count(S::Paused),
+            count(S::Stopped),
+            outdated
+        );
+    }
+    text += &format!(
+        "{outdated_total} container(s) on an old version of their environment; each is recreated at its next login with no open session\n"
+    );
+    text
+}
+
+/// A channel to the controller `args` name, with the admin certificate if asked.
+async fn connect(args: &ControllerArgs) -> anyhow::Result<tonic::transport::Channel> {
+    let mut endpoint = Endpoint::from_shared(args.controller.clone())
+        .with_context(|| format!("--controller {:?}", args.controller))?;
+    if let Some(dir) = &args.tls_dir {
+        endpoint = admin_files(dir, args.tls_name.as_deref())?
+            .secure(endpoint, CONTROLLER_NAME)
+            .map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the controller at {}", args.controller))?;
+    Ok(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listing_counts_outdated_containers() {
+        let container = |state: pb::ContainerState, outdated| pb::ContainerInfo {
+            user: "alice".into(),
+            environment: "default".into(),
+            state: state as i32,
+            outdated,
+        };
+        let agents = [pb::AgentInfo {
+            name: "node1".into(),
+            live: true,
+            status: Some(pb::AgentStatus {
+                inventory: vec![
+                    container(pb::ContainerState::Running, true),
+                    container(pb::ContainerState::Paused, false),
+                    container(pb::ContainerState::Stopped, true),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let table = agents_table(&agents);
+        let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["node1", "yes", "1", "1", "1", "2"]);
+        assert!(
+            table.contains("2 container(s) on an old version"),
+            "{table}"
+        );
+    }
 }

@@ -12,13 +12,14 @@ mod guard;
 pub mod helper;
 mod init_binary;
 mod keyed_lock;
+mod lifecycle_ops;
 mod netns;
 mod process;
 mod spawn_spec;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use labssh_proto::pb;
@@ -27,6 +28,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use error::BackendError;
 pub use guard::{BridgeEgress, NetworkGuard};
 pub(crate) use keyed_lock::KeyedLock;
+pub use lifecycle_ops::{
+    settings_hash, EnsureOptions, EnsureStep, KeepaliveFile, Renewal, StepSink, KEEPALIVE_FILE,
+    KEEPALIVE_MAX_BYTES,
+};
 pub use process::{ExitStatus, Output, Process, ProcessControl, SpawnPath, Stdin, StdinSink};
 pub use spawn_spec::{home_dir, shell, PtySpec, RunAs, SpawnSpec};
 
@@ -36,7 +41,62 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes sure `user`'s container for `env` exists and runs: finds it by name, creates
     /// it if missing, starts it if stopped. Concurrent calls for the same (user, env) are
     /// serialized, so two simultaneous logins never both create it.
-    async fn ensure(&self, user: &str, env: &pb::Environment) -> Result<Ensured, BackendError>;
+    async fn ensure(&self, user: &str, env: &pb::Environment) -> Result<Ensured, BackendError> {
+        self.ensure_with(user, env, &EnsureOptions::default()).await
+    }
+
+    /// [`Backend::ensure`], reporting its steps and, when `options.renew`, recreating
+    /// (home kept) a container older than the environment's `max_age` or made from
+    /// another image or settings than the environment's now.
+    async fn ensure_with(
+        &self,
+        user: &str,
+        env: &pb::Environment,
+        options: &EnsureOptions,
+    ) -> Result<Ensured, BackendError>;
+
+    /// Freezes a running container (memory kept, no CPU); the next ensure thaws it.
+    async fn pause(&self, container: &str) -> Result<(), BackendError> {
+        Err(unsupported(container, "pause"))
+    }
+
+    /// Thaws a paused container without anything else an ensure does: for running
+    /// its stop hooks before it is stopped.
+    async fn unpause(&self, container: &str) -> Result<(), BackendError> {
+        Err(unsupported(container, "unpause"))
+    }
+
+    /// Stops a container (the home kept); the next ensure starts it.
+    async fn stop(&self, container: &str) -> Result<(), BackendError> {
+        Err(unsupported(container, "stop"))
+    }
+
+    /// The id (`sha256:…`) of the image `image` names on this node now, if it is here.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError> {
+        let _ = image;
+        Ok(None)
+    }
+
+    /// CPU time the running container used since it started, if this runtime can
+    /// tell.
+    async fn cpu_time(&self, container: &str) -> Result<Option<Duration>, BackendError> {
+        let _ = container;
+        Ok(None)
+    }
+
+    /// The keep-alive file ([`KEEPALIVE_FILE`]) in `user`'s home in the running
+    /// container, read without following any symlink and at most
+    /// [`KEEPALIVE_MAX_BYTES`]; `None` when there is none (or it is not a regular file
+    /// of the student's).
+    async fn keepalive(
+        &self,
+        container: &str,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<Option<KeepaliveFile>, BackendError> {
+        let _ = (container, user, env);
+        Ok(None)
+    }
 
     /// Starts a process in a running container (`container` is an id or name).
     async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError>;
@@ -135,6 +195,14 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// This runtime cannot do `what` to containers.
+fn unsupported(container: &str, what: &'static str) -> BackendError {
+    BackendError::Runtime {
+        action: what,
+        message: format!("this container runtime cannot {what} {container}"),
+    }
+}
+
 /// Disk space measured by [`Backend::disk_usage`], in bytes allocated.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -179,6 +247,20 @@ pub struct ContainerInfo {
     pub state: ContainerState,
     /// The GPUs (device ids) it holds.
     pub gpus: Vec<String>,
+    /// What it was made of, for telling outdated containers.
+    pub version: ContainerVersion,
+    /// When it was created, if the runtime says.
+    pub created: Option<std::time::SystemTime>,
+}
+
+/// What a container was made of: the image's id and a hash of the settings that
+/// need a new container to change. Empty for containers made before labssh recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerVersion {
+    /// The image id (`sha256:…`) it was created from.
+    pub image: String,
+    /// [`settings_hash`] of its environment then.
+    pub settings: String,
 }
 
 /// The lifecycle states the controller cares about.
@@ -186,10 +268,12 @@ pub struct ContainerInfo {
 pub enum ContainerState {
     /// Running (or restarting).
     Running,
-    /// Created but not started, exited, paused or dead.
+    /// Created but not started, exited or dead.
     Stopped,
     /// Being created.
     Creating,
+    /// Frozen after idling: memory kept, no CPU.
+    Paused,
 }
 
 impl From<&ContainerInfo> for pb::ContainerInfo {
@@ -198,12 +282,14 @@ impl From<&ContainerInfo> for pb::ContainerInfo {
             ContainerState::Running => pb::ContainerState::Running,
             ContainerState::Stopped => pb::ContainerState::Stopped,
             ContainerState::Creating => pb::ContainerState::Creating,
+            ContainerState::Paused => pb::ContainerState::Paused,
         };
         pb::ContainerInfo {
             user: c.user.clone(),
             environment: c.environment.clone(),
             state: state as i32,
             gpus: c.gpus.clone(),
+            outdated: false,
         }
     }
 }

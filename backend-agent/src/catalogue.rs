@@ -32,6 +32,15 @@ impl Catalogue {
         let _ = received.wait_for(|r| *r).await;
     }
 
+    /// Every environment (none before the first Welcome).
+    pub fn all(&self) -> Vec<pb::Environment> {
+        let environments = self.environments.read().unwrap_or_else(|e| e.into_inner());
+        environments
+            .as_ref()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The named environment.
     pub fn get(&self, name: &str) -> Result<pb::Environment, CatalogueError> {
         let environments = self.environments.read().unwrap_or_else(|e| e.into_inner());

@@ -52,6 +52,7 @@ where
         container,
         address,
         counted: _counted,
+        active: _active,
     } = match opened {
         Ok(opened) => opened,
         Err(e) => {

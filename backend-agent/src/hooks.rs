@@ -46,10 +46,8 @@ pub enum Event {
     /// A session ended.
     Logout,
     /// The container is about to be paused for idleness.
-    #[allow(dead_code)] // run by the idle lifecycle
     Idle,
     /// The container is about to be stopped.
-    #[allow(dead_code)] // run by the idle lifecycle
     Stop,
     /// An `after` timer: once, that long after the container started.
     After,
@@ -150,6 +148,12 @@ impl Hooks {
 
     /// Runs `event`'s hooks in the background, in order; returns at once. For start,
     /// logout, idle and stop when nothing needs to wait for them.
+    /// Whether `env` has any hook for `event`.
+    pub fn has(&self, env: &pb::Environment, event: Event) -> bool {
+        has_hooks(env, event)
+    }
+
+    /// Runs `event`'s hooks for `target` in the background.
     pub fn fire(&self, event: Event, target: Target) {
         if !has_hooks(&target.env, event) {
             return;

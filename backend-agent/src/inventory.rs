@@ -1,5 +1,6 @@
 //! What the agent reports in heartbeats: its containers and open sessions.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,9 @@ struct Containers {
     list: Vec<ContainerInfo>,
     /// Bumped by every local change, so a refresh that raced with one is dropped.
     version: u64,
+    /// Names of containers made from another image or settings than their
+    /// environment's now, as the lifecycle last judged.
+    outdated: HashSet<String>,
 }
 
 impl Inventory {
@@ -62,7 +66,14 @@ impl Inventory {
             capacity: self.capacity,
             containers: containers.list.len() as u32,
             sessions: self.sessions.load(Ordering::Relaxed),
-            inventory: containers.list.iter().map(Into::into).collect(),
+            inventory: containers
+                .list
+                .iter()
+                .map(|c| pb::ContainerInfo {
+                    outdated: containers.outdated.contains(&c.name),
+                    ..c.into()
+                })
+                .collect(),
             draining: self.draining.load(Ordering::Relaxed),
             gpus: self.gpus.clone(),
         }
@@ -78,27 +89,77 @@ impl Inventory {
 
     /// Records a container an ensure just created or started, and asks for a heartbeat.
     pub fn note_running(&self, name: &str, user: &str, environment: &str) {
+        self.note(name, user, environment, ContainerState::Running, false);
+    }
+
+    /// Records a container an ensure just created (again), of the catalogue as it is.
+    pub fn note_created(&self, name: &str, user: &str, environment: &str) {
+        self.note(name, user, environment, ContainerState::Running, true);
+    }
+
+    /// Records a container the lifecycle paused or stopped, and asks for a heartbeat.
+    pub fn note_state(&self, name: &str, state: ContainerState) {
+        let mut containers = self.containers();
+        let Some(slot) = containers.list.iter_mut().find(|c| c.name == name) else {
+            return;
+        };
+        slot.state = state;
+        containers.version += 1;
+        drop(containers);
+        self.changed.notify_one();
+    }
+
+    /// Records `name` in `state`; a `created` one is of the catalogue as it is now.
+    fn note(
+        &self,
+        name: &str,
+        user: &str,
+        environment: &str,
+        state: ContainerState,
+        created: bool,
+    ) {
         let mut containers = self.containers();
         containers.version += 1;
+        let slot = containers.list.iter().position(|c| c.name == name);
+        let kept = slot
+            .filter(|_| !created)
+            .map(|i| containers.list[i].clone());
         let info = ContainerInfo {
             name: name.to_owned(),
             user: user.to_owned(),
             environment: environment.to_owned(),
-            state: ContainerState::Running,
-            gpus: Vec::new(),
-        };
-        match containers.list.iter_mut().find(|c| c.name == name) {
+            state,
             // The GPUs it holds stay until the next refresh says otherwise.
-            Some(slot) => {
-                *slot = ContainerInfo {
-                    gpus: std::mem::take(&mut slot.gpus),
-                    ..info
-                }
-            }
+            gpus: kept.as_ref().map(|k| k.gpus.clone()).unwrap_or_default(),
+            version: kept.as_ref().map(|k| k.version.clone()).unwrap_or_default(),
+            created: kept
+                .and_then(|k| k.created)
+                .or_else(|| created.then(std::time::SystemTime::now)),
+        };
+        if created {
+            containers.outdated.remove(name);
+        }
+        match slot {
+            Some(i) => containers.list[i] = info,
             None => containers.list.push(info),
         }
         drop(containers);
         self.changed.notify_one();
+    }
+
+    /// The containers as last known.
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        self.containers().list.clone()
+    }
+
+    /// Replaces the set of outdated containers; a heartbeat follows when it changed.
+    pub fn set_outdated(&self, outdated: HashSet<String>) {
+        let mut containers = self.containers();
+        if containers.outdated != outdated {
+            containers.outdated = outdated;
+            drop(containers);
+            self.changed.notify_one();
+        }
     }
 
     /// Reads the runtime's list and replaces ours, unless an ensure changed ours meanwhile

@@ -11,6 +11,7 @@ mod forward;
 pub mod gpus;
 mod hooks;
 mod inventory;
+mod lifecycle;
 mod limits;
 mod names;
 mod service;
@@ -199,7 +200,16 @@ fn start(
         tasks,
         stop.clone(),
     );
+    let lifecycle = lifecycle::Lifecycle::new(
+        &config.name,
+        backend.clone(),
+        inventory.clone(),
+        catalogue.clone(),
+        hooks.clone(),
+    );
+    tasks.spawn(lifecycle.clone().run(stop.clone()));
     Arc::new(state::Shared {
+        lifecycle,
         hooks,
         limits,
         name: config.name.clone(),

@@ -57,7 +57,9 @@ where
         Ok(held) => held,
         Err(e) => return refuse(&tx, e).await,
     };
-    let started = match start_process(&shared, &start).await {
+    // Keeps the container awake until the session ends.
+    let _active = shared.lifecycle.hold(&start.user, &start.environment);
+    let started = match start_process(&shared, &start, &tx).await {
         Some(Ok(started)) => started,
         Some(Err(e)) => return refuse(&tx, e).await,
         None => return, // the agent is shutting down
@@ -112,8 +114,9 @@ fn admit(shared: &Shared, start: &pb::Start) -> Result<Held, SessionError> {
 async fn start_process(
     shared: &Shared,
     start: &pb::Start,
+    tx: &OutputSender,
 ) -> Option<Result<Started, SessionError>> {
-    let (env, ensured) = match ensure(shared, start).await? {
+    let (env, ensured) = match ensure(shared, start, tx).await? {
         Ok(ok) => ok,
         Err(e) => return Some(Err(e)),
     };
@@ -153,11 +156,13 @@ async fn start_process(
     Some(started.await)
 }
 
-/// The student's container, timed and traced; `None` when the agent shuts down first.
-/// An ensure is not abandoned when the proxy leaves: another login may wait on it.
+/// The student's container, timed and traced, each step it takes told to the student
+/// on `tx`; `None` when the agent shuts down first. An ensure is not abandoned when
+/// the proxy leaves: another login may wait on it.
 async fn ensure(
     shared: &Shared,
     start: &pb::Start,
+    tx: &OutputSender,
 ) -> Option<Result<(pb::Environment, Ensured), SessionError>> {
     let span = tracing::info_span!(
         "ensure",
@@ -167,9 +172,18 @@ async fn ensure(
         container = Empty
     );
     let ensuring = Instant::now();
+    let progress = {
+        let tx = tx.clone();
+        Box::new(move |message: String| {
+            let line = Out::Progress(pb::Progress { message });
+            // Nothing else is sent before Started: the stream's buffer has room.
+            let _ = tx.try_send(Ok(pb::SessionOutput { msg: Some(line) }));
+        })
+    };
+    let ensure = shared.ensure_with(&start.user, &start.environment, Some(progress));
     let ensured = tokio::select! {
         _ = shared.shutdown.cancelled() => return None,
-        ensured = shared.ensure(&start.user, &start.environment).instrument(span.clone()) => ensured,
+        ensured = ensure.instrument(span.clone()) => ensured,
     };
     let (env, ensured) = match ensured {
         Ok(ok) => ok,

@@ -1,18 +1,19 @@
 //! What every stream and call of the Agent service shares, below all of them: the
 //! backend, the catalogue, the limits and the agent's own lifetime.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use labssh_proto::pb;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{BackendError, Ensured, SharedBackend};
+use crate::backend::{BackendError, EnsureOptions, EnsureStep, Ensured, SharedBackend};
 use crate::catalogue::{Catalogue, CatalogueError};
 use crate::forward::host_watch::HostGuard;
 use crate::forward::pending::Pending;
-use crate::hooks::Hooks;
+use crate::hooks::{Hooks, Target};
 use crate::inventory::Inventory;
+use crate::lifecycle::{Lifecycle, Reason};
 use crate::limits::Limits;
 use crate::names;
 
@@ -39,6 +40,8 @@ pub struct Shared {
     pub pending: Arc<Pending>,
     /// The environments' lifecycle hooks and their timers.
     pub hooks: Hooks,
+    /// Idle pause and stop, and what keeps containers awake.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// Why a student's container could not be ensured; the message is for the student.
@@ -59,34 +62,95 @@ pub enum EnsureError {
 }
 
 impl Shared {
-    /// Validates the request, looks the environment up and ensures the container;
-    /// records a created or started container in the inventory at once.
+    /// Validates the request, looks the environment up and ensures the container
+    /// for a forward or listener (the caller holds it open through
+    /// [`Lifecycle::hold`]); records a created or started container at once.
     pub async fn ensure(
         &self,
         user: &str,
         environment: &str,
     ) -> Result<(pb::Environment, Ensured), EnsureError> {
+        self.ensure_with(user, environment, None).await
+    }
+
+    /// [`Shared::ensure`] for a session's login: each step is told to `progress` in
+    /// the student's words, and a container nobody else holds open may be recreated
+    /// (older than `max_age`, or outdated).
+    pub async fn ensure_with(
+        &self,
+        user: &str,
+        environment: &str,
+        progress: Option<Box<dyn Fn(String) + Send + Sync>>,
+    ) -> Result<(pb::Environment, Ensured), EnsureError> {
         if !names::is_valid_user(user) {
             return Err(EnsureError::InvalidUser(user.to_owned()));
         }
         let env = self.catalogue.get(environment)?;
+        self.lifecycle.settle(user, environment).await;
+        let login = progress.is_some();
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let options = {
+            let (steps, lifecycle) = (steps.clone(), self.lifecycle.clone());
+            let (user, environment) = (user.to_owned(), environment.to_owned());
+            EnsureOptions {
+                renew: login && self.lifecycle.alone(&user, &environment),
+                steps: Some(Arc::new(move |step: EnsureStep| {
+                    if let Some(progress) = &progress {
+                        progress(lifecycle.words(&user, &environment, step));
+                    }
+                    steps.lock().unwrap_or_else(|e| e.into_inner()).push(step);
+                })),
+            }
+        };
+        let ensuring = std::time::Instant::now();
         let ensured = self
             .backend
-            .ensure(user, &env)
+            .ensure_with(user, &env, &options)
             .await
             .inspect_err(|e| tracing::warn!(user, environment, error = %e, "ensure failed"))?;
-        if ensured.created || ensured.started {
+        if ensured.created {
+            self.inventory.note_created(&ensured.name, user, &env.name);
+        } else if ensured.started {
             self.inventory.note_running(&ensured.name, user, &env.name);
-            if env.gpus.is_some() {
-                // Which GPUs it took is in its label: report them before the next
-                // placement counts them free.
-                self.inventory.refresh(&self.backend).await;
-            }
         }
-        self.hooks
-            .ensured(user, &env, &ensured)
-            .await
-            .map_err(EnsureError::Hook)?;
+        if (ensured.created || ensured.started) && env.gpus.is_some() {
+            // Which GPUs it took is in its label: report them before the next
+            // placement counts them free.
+            self.inventory.refresh(&self.backend).await;
+        }
+        let steps = std::mem::take(&mut *steps.lock().unwrap_or_else(|e| e.into_inner()));
+        let reason = if login {
+            Reason::Login
+        } else {
+            Reason::Forward
+        };
+        let names = (user, environment, ensured.name.as_str());
+        self.lifecycle
+            .ensured(names, &steps, reason, ensuring.elapsed())
+            .await;
+        if steps == [EnsureStep::Unpausing] {
+            // Thawed, not started: no "start" hooks; the timers a frozen container
+            // ended are armed again.
+            let thawed = Ensured {
+                started: false,
+                ..ensured.clone()
+            };
+            self.hooks
+                .ensured(user, &env, &thawed)
+                .await
+                .map_err(EnsureError::Hook)?;
+            let target = Target {
+                user: user.to_owned(),
+                env: env.clone(),
+                container: ensured.name.clone(),
+            };
+            self.hooks.resumed(target).await;
+        } else {
+            self.hooks
+                .ensured(user, &env, &ensured)
+                .await
+                .map_err(EnsureError::Hook)?;
+        }
         Ok((env, ensured))
     }
 }

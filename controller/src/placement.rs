@@ -434,6 +434,7 @@ mod tests {
                 environment: env.to_string(),
                 state: pb::ContainerState::Running.into(),
                 gpus: Vec::new(),
+                outdated: false,
             });
             a.3 = Inventory::from_proto(&a.2);
         }

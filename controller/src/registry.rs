@@ -388,6 +388,7 @@ mod tests {
                     environment: env.to_string(),
                     state: pb::ContainerState::Running.into(),
                     gpus: Vec::new(),
+                    outdated: false,
                 })
                 .collect(),
         }

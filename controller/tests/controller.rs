@@ -84,6 +84,7 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
                 environment: environment.to_string(),
                 state: pb::ContainerState::Running.into(),
                 gpus: Vec::new(),
+                outdated: false,
             })
             .collect(),
     }

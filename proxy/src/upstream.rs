@@ -18,7 +18,7 @@ mod error;
 mod first_answer;
 
 pub use error::{EndpointError, UpstreamError};
-pub(crate) use first_answer::{first_answer, with_first};
+pub(crate) use first_answer::{first_answer, first_answer_with, with_first};
 
 /// A dead endpoint should fail a login quickly, not after TCP's minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

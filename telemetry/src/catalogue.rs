@@ -133,9 +133,15 @@ pub const FAMILIES: &[Family] = &[
     // Agents.
     Family {
         name: "labssh_agent_containers",
-        help: "Containers held by each agent, by state (running, stopped, creating).",
+        help: "Containers held by each agent, by state (running, paused, stopped, creating).",
         kind: Kind::Gauge,
         labels: &["agent", "state"],
+    },
+    Family {
+        name: "labssh_agent_container_transitions_total",
+        help: "Container lifecycle transitions on each agent, by from and to state (absent, running, paused, stopped) and reason (idle, login, forward, max_age, outdated).",
+        kind: Kind::Counter,
+        labels: &["agent", "from", "to", "reason"],
     },
     Family {
         name: "labssh_agent_capacity",

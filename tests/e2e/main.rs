@@ -11,7 +11,9 @@
 //! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
 //! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook;
 //! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
-//!   memory limits named when a student hits them.
+//!   memory limits named when a student hits them;
+//! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
+//!   old ones recreated at a login with no other session.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -23,4 +25,5 @@ mod forwarding;
 mod half_close;
 mod hooks;
 mod isolation;
+mod lifecycle;
 mod sessions;

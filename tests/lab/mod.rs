@@ -116,6 +116,16 @@ gid = 1000
     )
 }
 
+/// Catalogue TOML for [`LabOptions::catalogue`]: an environment `name` like the
+/// default one (the test image, uid 1000) with more keys, e.g. lifecycle timers
+/// (`idle_pause_after = "2s"`), one `key = value` per line.
+pub fn environment_toml(name: &str, keys: &str) -> String {
+    let spawn = spawn_path();
+    format!(
+        "\n[environments.{name}]\nimage = \"{TEST_IMAGE}\"\nspawn = \"{spawn}\"\nuid = 1000\ngid = 1000\n{keys}\n"
+    )
+}
+
 /// A plain proxy config in `dir` (`proxy.toml`) for a proxy started as its own process:
 /// SSH on 127.0.0.1:`ssh_port`, its host key, users file and cache key in `dir`, the
 /// controller on 127.0.0.1:`controller_port`.
@@ -280,6 +290,32 @@ impl Lab {
         .ok()?;
         let id = id.trim();
         (!id.is_empty()).then(|| id.to_owned())
+    }
+
+    /// Docker's word for the state of a user's container ("running", "paused",
+    /// "exited"), empty when there is none.
+    pub fn container_state(&self, user: &str, env: &str) -> String {
+        let name = self.container_name(user, env);
+        labssh_testkit::docker::docker(&["inspect", "-f", "{{.State.Status}}", &name])
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a user's container is in `state` (see [`Lab::container_state`]);
+    /// panics after 30 s.
+    pub async fn wait_state(&self, user: &str, env: &str, state: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.container_state(user, env);
+            if now == state {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{user}'s {env} container never became {state} (it is {now:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The name Docker knows (or will know) a user's container by.

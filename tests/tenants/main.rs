@@ -14,7 +14,9 @@
 //! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
 //! - `hooks`: lifecycle hooks run in their own student's container with her variables,
 //!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up;
-//! - `isolation`: shared course data alice cannot write for bob, devices not listed.
+//! - `isolation`: shared course data alice cannot write for bob, devices not listed;
+//! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
+//!   keep-alive is never read through a symlink.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -27,6 +29,7 @@ mod forwarding;
 mod hooks;
 mod inside;
 mod isolation;
+mod lifecycle;
 mod names;
 mod network;
 
@@ -148,7 +151,14 @@ async fn as_alice(lab: &Lab, login: &str, command: &str) -> String {
         )
         .await
         .expect("ssh runs");
-    let text = format!("{}{}", stdout(&out), stderr(&out));
+    // The gateway's own lines (its container being started) come first on stderr;
+    // they are not the container's.
+    let err = stderr(&out);
+    let container_err: String = err
+        .split_inclusive('\n')
+        .skip_while(|l| l.starts_with("labssh: "))
+        .collect();
+    let text = format!("{}{container_err}", stdout(&out));
     assert!(
         stdout(&out).ends_with("alice-done\n"),
         "{login}'s session did not run `{command}`: {text}"

@@ -7,6 +7,7 @@
 //! [`container_spec`]; how processes start in each known one is [`routes`].
 
 mod archive;
+mod cgroup;
 mod container_spec;
 mod disk;
 mod ensure;
@@ -16,6 +17,7 @@ mod helper_container;
 mod hijack;
 mod inside;
 mod inventory;
+mod lifecycle;
 mod network;
 mod passwd;
 mod prepare;
@@ -43,8 +45,8 @@ pub use routes::SpawnPath;
 use super::init_binary::{self, HelperSetup};
 use super::netns;
 use super::{
-    Backend, BackendError, ContainerInfo, DiskUsage, Duplex, Ensured, KeyedLock, NetworkGuard,
-    Process, SpawnSpec,
+    Backend, BackendError, ContainerInfo, DiskUsage, Duplex, EnsureOptions, Ensured, KeepaliveFile,
+    KeyedLock, NetworkGuard, Process, SpawnSpec,
 };
 use crate::config::Config;
 use errors::docker_message;
@@ -198,8 +200,38 @@ impl DockerBackend {
 
 #[async_trait]
 impl Backend for DockerBackend {
-    async fn ensure(&self, user: &str, env: &pb::Environment) -> Result<Ensured, BackendError> {
-        self.ensure_container(user, env).await
+    async fn ensure_with(
+        &self,
+        user: &str,
+        env: &pb::Environment,
+        options: &EnsureOptions,
+    ) -> Result<Ensured, BackendError> {
+        self.ensure_container(user, env, options).await
+    }
+
+    async fn pause(&self, container: &str) -> Result<(), BackendError> {
+        self.pause_container(container).await
+    }
+
+    async fn unpause(&self, container: &str) -> Result<(), BackendError> {
+        self.unpause_container(container).await
+    }
+
+    async fn stop(&self, container: &str) -> Result<(), BackendError> {
+        self.stop_container(container).await
+    }
+
+    async fn cpu_time(&self, container: &str) -> Result<Option<std::time::Duration>, BackendError> {
+        self.container_cpu_time(container).await
+    }
+
+    async fn keepalive(
+        &self,
+        container: &str,
+        user: &str,
+        env: &pb::Environment,
+    ) -> Result<Option<KeepaliveFile>, BackendError> {
+        self.read_keepalive(container, user, env).await
     }
 
     async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError> {

@@ -17,6 +17,7 @@
 //!   the same resolution done one component at a time in user space.
 
 mod paths;
+mod plain;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,7 @@ use labssh_helper_proto::resolve;
 
 pub use paths::{file_type, open_at, open_no_symlinks};
 use paths::{is_executable, read_file, read_limited, MAX_FILE};
+pub use plain::PlainFile;
 
 /// How long one address gets to accept a connection (as in labssh-init).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,6 +172,15 @@ impl Container {
             socket.listen(BACKLOG)
         };
         listen.await.map_err(|e| os_text(&e))
+    }
+
+    /// The small regular file `path` (absolute in the container) with no symlink
+    /// followed on the way, at most `limit` bytes of it; see [`plain::read_plain`].
+    pub async fn read_plain(&self, path: String, limit: u64) -> io::Result<PlainFile> {
+        let root = Arc::clone(&self.root);
+        tokio::task::spawn_blocking(move || plain::read_plain(&root, &path, limit))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// The first of `candidates` (absolute paths in the container) that is a regular

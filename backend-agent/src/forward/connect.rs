@@ -11,6 +11,7 @@ use super::pending::Accepted;
 use super::policy::{Policy, Refused};
 use super::refusal::ForwardError;
 use crate::backend::{Duplex, SharedBackend};
+use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
 
@@ -27,6 +28,8 @@ pub struct Opened {
     pub address: String,
     /// Counts against the student's forwards until the connection is gone.
     pub counted: Held,
+    /// Keeps the container awake until the connection is gone.
+    pub active: Active,
 }
 
 /// `ssh -L` / `-D`: checks policy against every address the destination resolves to,
@@ -35,6 +38,7 @@ pub struct Opened {
 /// allows) as the container resolves it.
 pub async fn open(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, ForwardError> {
     let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
+    let active = shared.lifecycle.hold(&open.user, &open.environment);
     let (env, ensured) = shared.ensure(&open.user, &open.environment).await?;
     let policy = Policy::of(&env);
     policy.check_local_enabled()?;
@@ -69,6 +73,7 @@ pub async fn open(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, Forw
                     container: ensured.name,
                     address: addr.to_string(),
                     counted,
+                    active,
                 });
             }
             Err(e) => last_error = Some(e),
@@ -141,5 +146,6 @@ pub fn attach(shared: &Shared, attach: pb::ForwardAttach) -> Result<Opened, Forw
         container,
         address: peer.to_string(),
         counted: forward,
+        active: shared.lifecycle.hold(&attach.user, &attach.environment),
     })
 }

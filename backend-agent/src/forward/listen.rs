@@ -13,6 +13,7 @@ use super::pending::Accepted;
 use super::policy::Policy;
 use super::refusal::ForwardError;
 use crate::backend::Ensured;
+use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
 
@@ -35,6 +36,8 @@ struct Listening {
     addr: SocketAddr,
     /// The port it got.
     port: u16,
+    /// Keeps the container awake while it listens.
+    _active: Active,
 }
 
 /// Runs one Listen call to its end.
@@ -52,6 +55,7 @@ pub async fn listen(shared: std::sync::Arc<Shared>, request: pb::ListenRequest, 
         ensured,
         addr,
         port,
+        ..
     } = &listening;
     tracing::info!(user = %request.user, container = %ensured.name, %addr, port, "remote forward listening");
     let event = Event::Listening(pb::Listening {
@@ -79,6 +83,7 @@ async fn bind(
         .limits
         .caps
         .admit(&request.user, Kind::Listener, "remote forward")?;
+    let active = shared.lifecycle.hold(&request.user, &request.environment);
     let (env, ensured) = shared.ensure(&request.user, &request.environment).await?;
     let own: Vec<IpAddr> = shared
         .backend
@@ -96,6 +101,7 @@ async fn bind(
         ensured,
         addr,
         port,
+        _active: active,
     };
     Ok((listener, listening, held))
 }

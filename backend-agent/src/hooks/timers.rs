@@ -126,7 +126,6 @@ impl Hooks {
 
     /// Arms `target`'s timers again after its container was unpaused (a timer that came
     /// due while it was frozen ended them); a no-op if they still run.
-    #[allow(dead_code)] // called by the idle lifecycle when it unpauses
     pub async fn resumed(&self, target: Target) {
         self.arm(target, None).await;
     }

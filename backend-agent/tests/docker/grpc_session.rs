@@ -290,7 +290,14 @@ async fn sessions_run_commands_and_heartbeats_report_them() {
     let (tx, outputs) = open_session(&mut client, start("kim", "default", script)).await;
     tx.send(input(In::Stdin(b"hello\n"[..].into()))).unwrap();
     tx.send(input(In::Eof(pb::Eof {}))).unwrap();
-    let outputs = drain(outputs).await;
+    let mut outputs = drain(outputs).await;
+    // The container is created first, and the student told so before Started.
+    assert!(
+        matches!(&outputs[0], Out::Progress(p) if p.message == "creating your container…"),
+        "{:?}",
+        outputs[0]
+    );
+    outputs.remove(0);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     for o in &outputs[1..outputs.len() - 1] {
         match o {
@@ -375,10 +382,11 @@ async fn a_vanished_proxy_gets_its_process_hung_up() {
         })),
     };
     let (tx, mut outputs) = open_session(&mut client, first).await;
-    assert!(matches!(
-        outputs.message().await.unwrap().unwrap().msg,
-        Some(Out::Started(_))
-    ));
+    let mut answer = outputs.message().await.unwrap().unwrap().msg;
+    while let Some(Out::Progress(_)) = answer {
+        answer = outputs.message().await.unwrap().unwrap().msg;
+    }
+    assert!(matches!(answer, Some(Out::Started(_))));
     heartbeat_where(&mut received, |s| s.sessions == 1).await;
     let container = format!("{}-lou.default", scratch.prefix);
     let sleeping = || {

@@ -9,7 +9,9 @@
 //! - `network`: containers' networks, one per egress policy, and moving onto them;
 //! - `sftp`: the built-in SFTP server in every container;
 //! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC;
-//! - `hooks`: lifecycle hooks through the whole agent (commands, webhooks, timers).
+//! - `hooks`: lifecycle hooks through the whole agent (commands, webhooks, timers);
+//! - `lifecycle`: pausing, stopping and waking containers, their CPU time, the
+//!   keep-alive file, recreating old and outdated ones.
 
 #[macro_use]
 mod support;
@@ -19,6 +21,7 @@ mod grpc_session;
 mod helper;
 mod hooks;
 mod isolation;
+mod lifecycle;
 mod netops;
 mod network;
 mod sftp;

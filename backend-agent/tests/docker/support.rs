@@ -19,7 +19,6 @@ macro_rules! on_both_paths {
     };
 }
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -261,7 +260,7 @@ pub fn environment() -> pb::Environment {
         uid: 1000,
         gid: 1000,
         shell: "/bin/sh".into(),
-        env: HashMap::from([("LAB".to_owned(), "yes".to_owned())]),
+        env: std::collections::BTreeMap::from([("LAB".to_owned(), "yes".to_owned())]),
         ..Default::default()
     }
 }

@@ -4,16 +4,19 @@
 mod gpus;
 mod hooks;
 mod isolation;
+mod lifecycle;
 mod network;
 
 use std::collections::BTreeMap;
 
+use labssh_proto::duration::ConfigDuration;
 use labssh_proto::pb;
 use serde::Deserialize;
 
 pub use gpus::GpusConfig;
 pub use hooks::HookConfig;
 pub use isolation::{RlimitConfig, Rlimits, Seccomp};
+pub use lifecycle::{LifecycleKeys, DEFAULT_IDLE_CPU_PERCENT};
 pub use network::{EgressConfig, NetworkConfig};
 
 /// Enough for a shell, an editor and a compiler; not enough to starve the node.
@@ -104,6 +107,18 @@ pub struct EnvironmentConfig {
     pub devices: Vec<String>,
     /// GPUs each container takes: a count, `"all"` or device ids; none when absent.
     pub gpus: Option<GpusConfig>,
+    // Lifecycle (see `lifecycle.rs`): off unless set.
+    /// Paused (frozen, memory kept) after this long with no session, forward or
+    /// `ssh -R` listener and CPU under `idle_cpu_percent`.
+    pub idle_pause_after: Option<ConfigDuration>,
+    /// CPU use (percent of one CPU) under which a container counts as idle.
+    pub idle_cpu_percent: u32,
+    /// Stopped (home kept) after this long idle.
+    pub idle_stop_after: Option<ConfigDuration>,
+    /// Recreated (home kept) at the next login with no open session once this old.
+    pub max_age: Option<ConfigDuration>,
+    /// The longest a student may postpone idling from inside (`~/.labssh-keepalive`).
+    pub max_keepalive: Option<ConfigDuration>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -163,6 +178,11 @@ impl Default for EnvironmentConfig {
             mounts: Vec::new(),
             devices: Vec::new(),
             gpus: None,
+            idle_pause_after: None,
+            idle_cpu_percent: DEFAULT_IDLE_CPU_PERCENT,
+            idle_stop_after: None,
+            max_age: None,
+            max_keepalive: None,
         }
     }
 }
@@ -195,10 +215,21 @@ impl EnvironmentConfig {
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
             network: Some(self.network.to_proto()),
-            lifecycle: None,
+            lifecycle: self.lifecycle().to_proto(),
             hooks: self.hooks.iter().map(HookConfig::to_proto).collect(),
             isolation: self.isolation_to_proto(),
             gpus: self.gpus.as_ref().map(GpusConfig::to_proto),
+        }
+    }
+
+    /// The lifecycle keys, for checking and the wire.
+    fn lifecycle(&self) -> LifecycleKeys {
+        LifecycleKeys {
+            idle_pause_after: self.idle_pause_after,
+            idle_cpu_percent: self.idle_cpu_percent,
+            idle_stop_after: self.idle_stop_after,
+            max_age: self.max_age,
+            max_keepalive: self.max_keepalive,
         }
     }
 
@@ -233,6 +264,7 @@ impl EnvironmentConfig {
         if let Some(gpus) = &self.gpus {
             gpus.check(&key("gpus"), problems);
         }
+        self.lifecycle().check(&key, problems);
     }
 
     /// The image, CPU and memory limits.

@@ -151,7 +151,8 @@ async fn splice(
                 }
                 Out::Exit(status) => return Ending::Exited(status),
                 Out::Error(e) => return Ending::Failed(e.message),
-                Out::Started(_) => Ok(()),
+                // Progress comes before Started only; a late one is not the output's.
+                Out::Started(_) | Out::Progress(_) => Ok(()),
             };
             if written.is_err() {
                 return Ending::ClientGone;

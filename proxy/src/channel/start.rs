@@ -19,7 +19,7 @@ use super::close::Closing;
 use super::gather::Gathered;
 use super::session::Session;
 use crate::state::Context;
-use crate::upstream::{first_answer, with_first, Placement, UpstreamError};
+use crate::upstream::{first_answer_with, with_first, Placement, UpstreamError};
 
 /// Inputs queued towards the agent; beyond this the client is back-pressured.
 const AGENT_QUEUE: usize = 32;
@@ -58,9 +58,22 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
         pty = gathered.pty.is_some()
     );
     let start = gathered.into_start(&ctx.login.user);
-    let opened = open(ctx, &ctx.environment(), start)
-        .instrument(span.clone())
-        .await;
+    // The agent's progress lines (its container being started) go to stderr as they
+    // come, never to stdout: a non-interactive client's output stays the command's.
+    let (progress, mut lines) = mpsc::unbounded_channel();
+    let environment = ctx.environment();
+    let opening = open(ctx, &environment, start, progress).instrument(span.clone());
+    tokio::pin!(opening);
+    let opened = loop {
+        tokio::select! {
+            biased;
+            Some(line) = lines.recv() => session.tell(&line, newline).await,
+            opened = &mut opening => break opened,
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        session.tell(&line, newline).await;
+    }
     let (tx, outputs, started, placement) = match opened {
         Ok(opened) => opened,
         Err(error) => {
@@ -141,6 +154,7 @@ async fn open(
     ctx: &Context,
     requested_env: &str,
     mut start: pb::Start,
+    progress: mpsc::UnboundedSender<String>,
 ) -> Result<Opened, UpstreamError> {
     let user = &ctx.login.user;
     let upstream = &ctx.shared.upstream;
@@ -150,7 +164,8 @@ async fn open(
         let placement = place(ctx, requested_env, attempt).await?;
         let mut agent = upstream.agent(&placement)?;
         start.environment = placement.environment.clone();
-        let error = match start_once(ctx, &mut agent, &placement, &start, attempt).await {
+        let once = start_once(ctx, &mut agent, &placement, &start, attempt, &progress);
+        let error = match once.await {
             Ok((tx, outputs, started)) => return Ok((tx, outputs, started, placement)),
             Err(error) => error,
         };
@@ -208,6 +223,7 @@ async fn start_once(
     placement: &Placement,
     start: &pb::Start,
     attempt: u32,
+    progress: &mpsc::UnboundedSender<String>,
 ) -> Result<
     (
         mpsc::Sender<pb::SessionInput>,
@@ -232,7 +248,7 @@ async fn start_once(
     // The agent's `agent.session` span joins the trace as a child of `start`.
     let request = start_span.in_scope(|| labssh_telemetry::grpc::request(inputs));
     let call = agent.session(request);
-    let answered = first_answer(timeout, call)
+    let answered = first_answer_with(timeout, call, Some(progress))
         .instrument(start_span.clone())
         .await;
     let (outputs, started) = answered.inspect_err(count)?;

@@ -26,6 +26,9 @@ pub enum Answer<T> {
         /// Whether policy refused it (SSH's "administratively prohibited").
         prohibited: bool,
     },
+    /// A line for the student while the agent gets ready (a session's container
+    /// being started); the real answer follows.
+    Progress(String),
     /// Anything else, which no agent sends first.
     Unexpected,
 }
@@ -77,12 +80,19 @@ macro_rules! opening {
     };
 }
 
-opening!(
-    pb::SessionOutput,
-    session_output,
-    Started(pb::Started),
-    "session"
-);
+impl Opening for pb::SessionOutput {
+    type Ready = pb::Started;
+    const STREAM: &'static str = "session";
+    fn answer(self) -> Answer<pb::Started> {
+        use pb::session_output::Msg;
+        match self.msg {
+            Some(Msg::Started(ready)) => Answer::Ready(ready),
+            Some(Msg::Error(e)) => e.into(),
+            Some(Msg::Progress(p)) => Answer::Progress(p.message),
+            _ => Answer::Unexpected,
+        }
+    }
+}
 opening!(
     pb::ForwardOutput,
     forward_output,
@@ -105,13 +115,34 @@ pub async fn first_answer<O: Opening>(
     timeout: Duration,
     call: impl Future<Output = Result<tonic::Response<tonic::Streaming<O>>, tonic::Status>>,
 ) -> Result<Opened<O>, UpstreamError> {
+    first_answer_with(timeout, call, None).await
+}
+
+/// [`first_answer`], handing each progress line before it to `progress` (none:
+/// dropped), in order.
+pub async fn first_answer_with<O: Opening>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<tonic::Streaming<O>>, tonic::Status>>,
+    progress: Option<&mpsc::UnboundedSender<String>>,
+) -> Result<Opened<O>, UpstreamError> {
     let answered = tokio::time::timeout(timeout, async {
         let mut stream = call
             .await
             .map_err(UpstreamError::AgentUnreachable)?
             .into_inner();
-        match stream.next().await {
-            Some(Ok(first)) => match first.answer() {
+        loop {
+            let first = match stream.next().await {
+                Some(Ok(first)) => first.answer(),
+                Some(Err(status)) => return Err(UpstreamError::AgentLost(status)),
+                None => return Err(UpstreamError::AgentClosed(O::STREAM)),
+            };
+            if let Answer::Progress(line) = first {
+                if let Some(progress) = progress {
+                    let _ = progress.send(line);
+                }
+                continue;
+            }
+            return match first {
                 Answer::Ready(ready) => Ok((stream, ready)),
                 Answer::Refused {
                     message,
@@ -120,10 +151,8 @@ pub async fn first_answer<O: Opening>(
                     message,
                     prohibited,
                 }),
-                Answer::Unexpected => Err(UpstreamError::Unexpected),
-            },
-            Some(Err(status)) => Err(UpstreamError::AgentLost(status)),
-            None => Err(UpstreamError::AgentClosed(O::STREAM)),
+                Answer::Unexpected | Answer::Progress(_) => Err(UpstreamError::Unexpected),
+            };
         }
     })
     .await;

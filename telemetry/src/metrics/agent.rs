@@ -19,6 +19,7 @@ pub fn agent_status(agent: &str, status: &pb::AgentStatus) {
         (pb::ContainerState::Running, "running"),
         (pb::ContainerState::Stopped, "stopped"),
         (pb::ContainerState::Creating, "creating"),
+        (pb::ContainerState::Paused, "paused"),
     ] {
         let n = status
             .inventory
@@ -28,6 +29,24 @@ pub fn agent_status(agent: &str, status: &pb::AgentStatus) {
         m.agent_containers
             .record(n, &[name.clone(), KeyValue::new("state", label)]);
     }
+}
+
+/// A container on `agent` went from state `from` to `to` for `reason`.
+pub fn container_transition(
+    agent: &str,
+    from: &'static str,
+    to: &'static str,
+    reason: &'static str,
+) {
+    metrics().container_transitions.add(
+        1,
+        &[
+            KeyValue::new("agent", agent.to_string()),
+            KeyValue::new("from", from),
+            KeyValue::new("to", to),
+            KeyValue::new("reason", reason),
+        ],
+    );
 }
 
 /// An ensure on `agent` ended with `outcome` ("found", "started",

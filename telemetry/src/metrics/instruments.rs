@@ -30,6 +30,7 @@ pub struct Metrics {
     pub(crate) controller_agents: Gauge<u64>,
     pub(crate) heartbeat_age: Gauge<f64>,
     pub(crate) agent_containers: Gauge<u64>,
+    pub(crate) container_transitions: Counter<u64>,
     pub(crate) agent_capacity: Gauge<u64>,
     pub(crate) agent_sessions: Gauge<u64>,
     pub(crate) container_ensure: Histogram<f64>,
@@ -86,6 +87,7 @@ impl Metrics {
                 .with_unit("s")
                 .build(),
             agent_containers: gauge("labssh_agent_containers"),
+            container_transitions: counter("labssh_agent_container_transitions_total"),
             agent_capacity: gauge("labssh_agent_capacity"),
             agent_sessions: gauge("labssh_agent_sessions"),
             container_ensure: seconds("labssh_container_ensure_seconds"),

@@ -24,6 +24,9 @@ pub const LABEL_AGENT: &str = "labssh.agent";
 pub const LABEL_PREFIX: &str = "labssh.prefix";
 /// Label saying how processes start in the container: "helper" or "exec".
 pub const LABEL_SPAWN: &str = "labssh.spawn";
+/// Label with [`crate::backend::settings_hash`] of the environment the container was
+/// made from; a container whose hash is not its environment's now is outdated.
+pub const LABEL_SETTINGS: &str = "labssh.settings";
 /// Label with the container layout's generation, [`GENERATION`]. Helper containers
 /// without it (or with an older one) are recreated at the next login, home kept.
 pub const LABEL_GENERATION: &str = "labssh.generation";
@@ -166,6 +169,10 @@ impl ContainerPlan<'_> {
         if !self.gpus.is_empty() {
             labels.insert(LABEL_GPUS.to_owned(), self.gpus.join(","));
         }
+        labels.insert(
+            LABEL_SETTINGS.to_owned(),
+            crate::backend::settings_hash(env),
+        );
         let mut mounts = vec![Mount {
             target: Some(home_dir(self.user)),
             source: Some(volume_name(self.prefix, self.user)),

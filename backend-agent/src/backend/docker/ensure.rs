@@ -25,7 +25,7 @@ use super::prepare::Prepared;
 use super::routes::{Owner, Route, SpawnPath};
 use super::{archive, helper_container, passwd, DockerBackend};
 use crate::backend::init_binary::HelperSetup;
-use crate::backend::{home_dir, shell, BackendError, Ensured};
+use crate::backend::{home_dir, shell, BackendError, EnsureOptions, EnsureStep, Ensured};
 use crate::names;
 
 /// Where home directories live; see [`crate::backend::home_dir`].
@@ -39,6 +39,7 @@ impl DockerBackend {
         &self,
         user: &str,
         env: &pb::Environment,
+        options: &EnsureOptions,
     ) -> Result<Ensured, BackendError> {
         if !names::is_valid_user(user) {
             return Err(BackendError::InvalidName {
@@ -56,9 +57,18 @@ impl DockerBackend {
         let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
         let _guard = self.locks.lock(&name).await;
         let Some(existing) = self.find(&name, user, env).await? else {
+            options.step(EnsureStep::Creating);
             return self.create(&name, user, env).await;
         };
         let id = existing.id.clone().unwrap_or_else(|| name.clone());
+        if options.renew {
+            if let Some(why) = self.renewal(&existing, env).await {
+                options.step(EnsureStep::Recreating(why));
+                tracing::info!(container = %id, reason = ?why, "recreating a container at a login with no other session; the home volume is kept");
+                self.remove(&id).await?;
+                return self.create(&name, user, env).await;
+            }
+        }
         if helper_container::is_outdated(&existing) {
             tracing::warn!(container = %id, "recreating a container of an older layout (its helper's socket directory was writable from inside); the home volume is kept");
             self.remove(&id).await?;
@@ -90,7 +100,7 @@ impl DockerBackend {
             env: std::sync::Arc::new(env.clone()),
         };
         let started = self
-            .run_existing(&id, &found_name, &existing, owner)
+            .run_existing(&id, &found_name, &existing, owner, options)
             .await?;
         Ok(Ensured {
             container_id: id,
@@ -109,12 +119,14 @@ impl DockerBackend {
         name: &str,
         existing: &ContainerInspectResponse,
         owner: Owner,
+        options: &EnsureOptions,
     ) -> Result<bool, BackendError> {
         let state = existing.state.as_ref();
         let running = state.and_then(|s| s.running) == Some(true);
         let paused = state.and_then(|s| s.paused) == Some(true);
         if running {
             if paused {
+                options.step(EnsureStep::Unpausing);
                 self.docker
                     .unpause_container(id)
                     .await
@@ -128,6 +140,7 @@ impl DockerBackend {
                 "the container is being removed; try again".to_owned(),
             ));
         }
+        options.step(EnsureStep::Starting);
         self.docker
             .start_container(id, None)
             .await

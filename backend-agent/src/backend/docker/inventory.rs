@@ -4,10 +4,12 @@
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
-use super::container_spec::{LABEL_AGENT, LABEL_ENV, LABEL_GPUS, LABEL_PREFIX, LABEL_USER};
+use super::container_spec::{
+    LABEL_AGENT, LABEL_ENV, LABEL_GPUS, LABEL_PREFIX, LABEL_SETTINGS, LABEL_USER,
+};
 use super::errors::docker_message;
 use super::{helper_container, DockerBackend};
-use crate::backend::{BackendError, ContainerInfo, ContainerState};
+use crate::backend::{BackendError, ContainerInfo, ContainerState, ContainerVersion};
 
 impl DockerBackend {
     /// [`crate::backend::Backend::inventory`] on Docker.
@@ -52,6 +54,7 @@ impl DockerBackend {
                 let state = match c.state {
                     Some(ContainerSummaryStateEnum::RUNNING)
                     | Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Running,
+                    Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
                     Some(ContainerSummaryStateEnum::REMOVING) => return None,
                     _ => ContainerState::Stopped,
                 };
@@ -60,6 +63,7 @@ impl DockerBackend {
                     .and_then(|n| n.into_iter().next())
                     .map(|n| n.trim_start_matches('/').to_owned())
                     .unwrap_or_default();
+                let created = c.created.and_then(|s| u64::try_from(s).ok());
                 Some(ContainerInfo {
                     name,
                     user: labels.get(LABEL_USER)?.clone(),
@@ -74,6 +78,12 @@ impl DockerBackend {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    version: ContainerVersion {
+                        image: c.image_id.unwrap_or_default(),
+                        settings: labels.get(LABEL_SETTINGS).cloned().unwrap_or_default(),
+                    },
+                    created: created
+                        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
                 })
             })
             .collect())

@@ -229,7 +229,7 @@ fn components(path: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
     // SAFETY: stat is plain data, filled by the kernel.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid descriptor and a valid stat buffer.

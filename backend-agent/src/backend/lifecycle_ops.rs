@@ -1,0 +1,85 @@
+//! What the lifecycle asks of a runtime beyond ensuring containers: the steps an
+//! ensure takes (for the student's progress line and the transition count), and what
+//! the idle loop reads (CPU time, the student's keep-alive file).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A step an ensure takes on the way to a running container, reported before it is
+/// taken (so the student reads it while waiting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsureStep {
+    /// Unfreezing a paused container.
+    Unpausing,
+    /// Starting a stopped container.
+    Starting,
+    /// Creating a container that did not exist.
+    Creating,
+    /// Removing and creating again, the home kept.
+    Recreating(Renewal),
+}
+
+/// Why a container is recreated at a login with no other session open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// It is older than the environment's `max_age`.
+    MaxAge(Duration),
+    /// Its image or settings are not the environment's any more (a roll-out).
+    Outdated,
+}
+
+/// Reports [`EnsureStep`]s as they are taken.
+pub type StepSink = Arc<dyn Fn(EnsureStep) + Send + Sync>;
+
+/// How an ensure may go about it.
+#[derive(Clone, Default)]
+pub struct EnsureOptions {
+    /// No other session, forward or listener uses the container: it may be recreated
+    /// (older than `max_age`, or outdated).
+    pub renew: bool,
+    /// Told each step before it is taken.
+    pub steps: Option<StepSink>,
+}
+
+impl EnsureOptions {
+    /// Reports `step`, if anyone listens.
+    pub fn step(&self, step: EnsureStep) {
+        if let Some(steps) = &self.steps {
+            steps(step);
+        }
+    }
+}
+
+/// The student's keep-alive file as read from their home.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepaliveFile {
+    /// When it was last written.
+    pub modified: SystemTime,
+    /// Its first bytes, as text.
+    pub text: String,
+}
+
+/// Where in the home the keep-alive file is: `echo 3h > ~/.labssh-keepalive`.
+pub const KEEPALIVE_FILE: &str = ".labssh-keepalive";
+
+/// More than a duration is never read from the keep-alive file.
+pub const KEEPALIVE_MAX_BYTES: u64 = 64;
+
+/// A hash of what in `env` a container is made of: the whole environment but what
+/// applies without a new container (forwarding, description, hooks, lifecycle, home
+/// quota) and the network, which has its own migration. New fields count by
+/// themselves.
+pub fn settings_hash(env: &labssh_proto::pb::Environment) -> String {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let mut made_of = env.clone();
+    made_of.forwarding = None;
+    made_of.description.clear();
+    made_of.hooks.clear();
+    made_of.lifecycle = None;
+    made_of.home_quota_mb = 0;
+    made_of.network = None;
+    // Maps are ordered (proto/build.rs), so equal settings encode alike.
+    let digest = Sha256::digest(made_of.encode_to_vec());
+    hex::encode(&digest[..12])
+}
