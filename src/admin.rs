@@ -189,6 +189,7 @@ mod tests {
             environment: "default".into(),
             state: state as i32,
             outdated,
+            gpus: Vec::new(),
         };
         let agents = [pb::AgentInfo {
             name: "node1".into(),

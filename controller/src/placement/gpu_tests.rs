@@ -23,6 +23,7 @@ fn agent(name: &'static str, gpus: &[&str], holding: &[(&str, &str, &[&str])]) -
             environment: (*env).to_owned(),
             state: pb::ContainerState::Running.into(),
             gpus: ids(gpus),
+            outdated: false,
         })
         .collect();
     Agent {
