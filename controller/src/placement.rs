@@ -62,8 +62,10 @@ impl Inventory {
                 .or_default()
                 .insert(c.environment.clone(), c.state());
         }
+        // A stopped container gives its GPUs back; it gets free ones when it starts.
         let gpus_held = containers
             .iter()
+            .filter(|c| c.state() != pb::ContainerState::Stopped)
             .flat_map(|c| c.gpus.iter().cloned())
             .collect();
         Self { by_user, gpus_held }

@@ -109,6 +109,48 @@ fn gpus_held_by_containers_are_not_free_and_sticky_containers_stay() {
 }
 
 #[test]
+fn a_stopped_container_gives_its_gpus_back() {
+    let containers = [
+        pb::ContainerInfo {
+            user: "alice".to_owned(),
+            environment: "gpu".to_owned(),
+            state: pb::ContainerState::Stopped.into(),
+            gpus: ids(&["0"]),
+            outdated: false,
+        },
+        pb::ContainerInfo {
+            user: "bob".to_owned(),
+            environment: "gpu".to_owned(),
+            state: pb::ContainerState::Paused.into(),
+            gpus: ids(&["1"]),
+            outdated: false,
+        },
+    ];
+    let agents = [Agent {
+        name: "g1",
+        capacity: 100,
+        gpus: ids(&["0", "1"]),
+        inventory: Inventory::from_proto(&containers),
+        containers: 2,
+    }];
+    let mut placer = Placer::new(0.25);
+    let now = Instant::now();
+    // alice's idle-stopped container holds no GPU: carol gets GPU 0 …
+    let placed = placer
+        .place_with(&live(&agents), "carol", "gpu", &one(), now)
+        .unwrap();
+    assert_eq!((placed.agent.as_str(), placed.existing), ("g1", false));
+    // … and bob's paused one still holds GPU 1, so dave finds none.
+    let err = placer
+        .place_with(&live(&agents), "dave", "gpu", &one(), now)
+        .unwrap_err();
+    assert!(
+        matches!(err, PlaceError::NoGpusFree { free: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn counts_beyond_any_node_are_refused_with_the_numbers() {
     let agents = [agent("g1", &["0", "1"], &[]), agent("g2", &["0", "1"], &[])];
     let mut placer = Placer::new(0.25);

@@ -30,6 +30,8 @@ use crate::names;
 
 /// Where home directories live; see [`crate::backend::home_dir`].
 const HOME_PARENT: &str = "/home";
+/// What a student reads whose stopped GPU container was recreated with other GPUs.
+const GPUS_TAKEN: &str = "your container was stopped while idle and its GPUs went to someone else; it was recreated with free ones (your home directory is kept, other files outside it are not)";
 /// Homes are private: other students never share a container, but operators' tools might.
 const HOME_MODE: u32 = 0o700;
 
@@ -99,6 +101,25 @@ impl DockerBackend {
             user: user.to_owned(),
             env: std::sync::Arc::new(env.clone()),
         };
+        let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
+        // Starting a stopped GPU container: its devices are checked and taken
+        // under the GPU lock, so two containers never start on one GPU.
+        let gpu_guard = if env.gpus.is_some() && !running {
+            Some(self.gpu_lock.lock().await)
+        } else {
+            None
+        };
+        if gpu_guard.is_some() && !self.gpus_still_free(&existing).await? {
+            drop(gpu_guard);
+            tracing::info!(container = %id, "recreating a stopped container whose GPUs another took meanwhile; the home volume is kept");
+            options.step(EnsureStep::Creating);
+            self.remove(&id).await?;
+            let created = self.create(&name, user, env).await?;
+            return Ok(Ensured {
+                notice: GPUS_TAKEN.to_owned(),
+                ..created
+            });
+        }
         let started = self
             .run_existing(&id, &found_name, &existing, owner, options)
             .await?;

@@ -17,7 +17,9 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType,
+};
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use labssh_proto::pb;
 
@@ -107,8 +109,24 @@ impl DockerBackend {
             .map_err(|e| BackendError::GpusUnavailable(e.to_string()))
     }
 
-    /// GPUs held by this agent's containers, running or not (a stopped container
-    /// starts again with the same devices).
+    /// Whether a stopped container's GPUs (its label) are still free to start it
+    /// with: a stopped container gives its GPUs back, and another may have taken
+    /// them meanwhile. The caller holds [`DockerBackend::gpu_lock`].
+    pub(super) async fn gpus_still_free(
+        &self,
+        existing: &ContainerInspectResponse,
+    ) -> Result<bool, BackendError> {
+        let held = self.held_gpus().await?;
+        let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
+        let mine = labels.and_then(|l| l.get(LABEL_GPUS));
+        Ok(mine
+            .into_iter()
+            .flat_map(|ids| ids.split(','))
+            .all(|id| !held.contains(id)))
+    }
+
+    /// GPUs held by this agent's running (or paused) containers: a stopped one holds
+    /// none, so an idle-stopped GPU container never keeps others from its GPUs.
     pub(super) async fn held_gpus(&self) -> Result<HashSet<String>, BackendError> {
         let filters = [(
             "label".to_owned(),
@@ -121,7 +139,7 @@ impl DockerBackend {
         .into_iter()
         .collect();
         let options = ListContainersOptionsBuilder::new()
-            .all(true)
+            .all(false)
             .filters(&filters)
             .build();
         let list = self
