@@ -1,7 +1,7 @@
 //! This agent's containers as Docker lists them, for the controller's inventory; the
 //! routes and helper directories of containers that are gone are forgotten on the way.
 
-use bollard::models::ContainerSummaryStateEnum;
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::container_spec::{
@@ -12,31 +12,37 @@ use super::{helper_container, DockerBackend};
 use crate::backend::{BackendError, ContainerInfo, ContainerState, ContainerVersion};
 
 impl DockerBackend {
-    /// [`crate::backend::Backend::inventory`] on Docker.
-    pub(super) async fn list(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+    /// This agent's containers as Docker summarizes them: stopped ones too if `all`,
+    /// only those with the label `with` if given.
+    pub(super) async fn list_own(
+        &self,
+        all: bool,
+        with: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, BackendError> {
         // Both labels: agents of two deployments on one Docker engine (or two test
         // labs on one machine) may share a name, but not a prefix.
-        let filters = [(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_AGENT}={}", self.agent),
-                format!("{LABEL_PREFIX}={}", self.prefix),
-            ],
-        )]
-        .into_iter()
-        .collect();
+        let mut labels = vec![
+            format!("{LABEL_AGENT}={}", self.agent),
+            format!("{LABEL_PREFIX}={}", self.prefix),
+        ];
+        labels.extend(with.map(str::to_owned));
+        let filters = [("label".to_owned(), labels)].into_iter().collect();
         let options = ListContainersOptionsBuilder::new()
-            .all(true)
+            .all(all)
             .filters(&filters)
             .build();
-        let list = self
-            .docker
+        self.docker
             .list_containers(Some(options))
             .await
             .map_err(|e| BackendError::Runtime {
                 action: "listing containers",
                 message: docker_message(&e),
-            })?;
+            })
+    }
+
+    /// [`crate::backend::Backend::inventory`] on Docker.
+    pub(super) async fn list(&self) -> Result<Vec<ContainerInfo>, BackendError> {
+        let list = self.list_own(true, None).await?;
         let ids = list.iter().filter_map(|c| c.id.clone()).collect();
         self.routes.retain(&ids);
         if let Some(setup) = &self.helper {

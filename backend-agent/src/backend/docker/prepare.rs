@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType,
 };
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use labssh_proto::pb;
 
-use super::container_spec::{volume_name, ETC_FILES, LABEL_AGENT, LABEL_GPUS, LABEL_PREFIX};
+use super::container_spec::{volume_name, ETC_FILES, LABEL_GPUS, LABEL_PREFIX};
 use super::errors::{docker_message, status_of};
 use super::{passwd, DockerBackend};
 use crate::backend::{home_dir, shell, BackendError};
@@ -128,28 +128,7 @@ impl DockerBackend {
     /// GPUs held by this agent's running (or paused) containers: a stopped one holds
     /// none, so an idle-stopped GPU container never keeps others from its GPUs.
     pub(super) async fn held_gpus(&self) -> Result<HashSet<String>, BackendError> {
-        let filters = [(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_AGENT}={}", self.agent),
-                format!("{LABEL_PREFIX}={}", self.prefix),
-                LABEL_GPUS.to_owned(),
-            ],
-        )]
-        .into_iter()
-        .collect();
-        let options = ListContainersOptionsBuilder::new()
-            .all(false)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| BackendError::Runtime {
-                action: "listing containers holding GPUs",
-                message: docker_message(&e),
-            })?;
+        let list = self.list_own(false, Some(LABEL_GPUS)).await?;
         Ok(list
             .iter()
             .filter_map(|c| c.labels.as_ref()?.get(LABEL_GPUS))

@@ -272,8 +272,16 @@ pub(crate) fn is_executable(root: &OwnedFd, path: &str) -> bool {
 /// A small regular file of the container as text. Anything else (a FIFO, a device)
 /// is refused before it is opened for reading, so it cannot block or stream forever.
 pub(crate) fn read_file(root: &OwnedFd, path: &str) -> io::Result<String> {
-    let fd = open_in_root(root, path)?;
-    if fstat(&fd)?.st_mode & libc::S_IFMT != libc::S_IFREG {
+    let (reopened, _) = open_regular(&open_in_root(root, path)?)?;
+    read_limited(reopened, MAX_FILE)
+}
+
+/// The regular file an O_PATH descriptor names, opened for reading, and its status;
+/// anything else (a FIFO, a device) is refused before it is opened, so it cannot block
+/// or stream forever.
+pub(crate) fn open_regular(fd: &OwnedFd) -> io::Result<(OwnedFd, libc::stat)> {
+    let st = fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a regular file",
@@ -285,7 +293,7 @@ pub(crate) fn read_file(root: &OwnedFd, path: &str) -> io::Result<String> {
         &format!("/proc/self/fd/{}", fd.as_raw_fd()),
         libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
     )?;
-    read_limited(reopened, MAX_FILE)
+    Ok((reopened, st))
 }
 
 pub(crate) fn read_limited(fd: OwnedFd, limit: u64) -> io::Result<String> {

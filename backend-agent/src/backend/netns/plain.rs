@@ -3,10 +3,10 @@
 //! reading, and no more than a cap read.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::paths::{fstat, open_at, open_no_symlinks, read_limited};
+use super::paths::{open_no_symlinks, open_regular, read_limited};
 
 /// A small regular file of a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,20 +23,7 @@ pub struct PlainFile {
 /// A symlink anywhere, the last component included, is refused (`ELOOP` or "not a
 /// regular file"), as are FIFOs and devices, before anything is opened for reading.
 pub fn read_plain(root: &OwnedFd, path: &str, limit: u64) -> io::Result<PlainFile> {
-    let fd = open_no_symlinks(root, path)?;
-    let st = fstat(&fd)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    // Reopening the O_PATH descriptor opens that very inode, whatever the path now is.
-    let reopened = open_at(
-        None,
-        &format!("/proc/self/fd/{}", fd.as_raw_fd()),
-        libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
-    )?;
+    let (reopened, st) = open_regular(&open_no_symlinks(root, path)?)?;
     let modified = UNIX_EPOCH
         + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0))
         + Duration::from_nanos(u64::try_from(st.st_mtime_nsec).unwrap_or(0));
@@ -49,6 +36,7 @@ pub fn read_plain(root: &OwnedFd, path: &str, limit: u64) -> io::Result<PlainFil
 
 #[cfg(test)]
 mod tests {
+    use super::super::paths::open_at;
     use super::*;
     use std::os::unix::fs::symlink;
 
