@@ -13,24 +13,11 @@ use crate::lab::{spawn_path, Lab, LabOptions};
 /// A hook's `run` appending "EVENT USER ENVIRONMENT UID" to /tmp/hooks-EVENT.
 const RECORD: &str = r#"run = ["/bin/sh", "-c", "echo \"$LABSSH_EVENT $LABSSH_USER $LABSSH_ENVIRONMENT $(id -u)\" >> /tmp/hooks-$LABSSH_EVENT"]"#;
 
-/// Every hook file in `user`'s `env` container, read with `docker exec` (not a login).
-fn recorded(lab: &Lab, user: &str, env: &str) -> String {
-    let name = lab.container_name(user, env);
-    labssh_testkit::docker::docker(&[
-        "exec",
-        &name,
-        "sh",
-        "-c",
-        "cat /tmp/hooks-* 2>/dev/null; true",
-    ])
-    .unwrap_or_default()
-}
-
-/// Polls [`recorded`] until `done` holds; panics after 30 s.
+/// Polls [`Lab::hook_records`] until `done` holds; panics after 30 s.
 async fn wait_recorded(lab: &Lab, user: &str, env: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let seen = recorded(lab, user, env);
+        let seen = lab.hook_records(user, env);
         if done(&seen) {
             return seen;
         }

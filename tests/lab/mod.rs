@@ -323,6 +323,20 @@ impl Lab {
         labssh_agent::backend::docker::container_name(&self.cleanup.prefix, user, env)
     }
 
+    /// What the hooks in `user`'s `env` container wrote to `/tmp/hooks-*`, read with
+    /// `docker exec` (not a login, which would run hooks itself); empty if nothing.
+    pub fn hook_records(&self, user: &str, env: &str) -> String {
+        let name = self.container_name(user, env);
+        labssh_testkit::docker::docker(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "cat /tmp/hooks-* 2>/dev/null; true",
+        ])
+        .unwrap_or_default()
+    }
+
     /// Whether TCP `port` listens in `user`'s `env` container (its /proc/net/tcp, tcp6).
     pub fn listening(&self, user: &str, env: &str, port: u16) -> bool {
         let name = self.container_name(user, env);

@@ -37,19 +37,6 @@ every = "1s"
     env("hooked") + &env("slow")
 }
 
-/// Every hook file in `user`'s `env` container (`docker exec`, not a login).
-fn recorded(lab: &Lab, user: &str, env: &str) -> String {
-    let name = lab.container_name(user, env);
-    labssh_testkit::docker::docker(&[
-        "exec",
-        &name,
-        "sh",
-        "-c",
-        "cat /tmp/hooks-* 2>/dev/null; true",
-    ])
-    .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hooks_stay_in_their_students_container() {
     let lab = Lab::start(LabOptions {
@@ -79,7 +66,7 @@ async fn hooks_stay_in_their_students_container() {
             Duration::from_secs(30),
             "timers and login hooks ran",
             || {
-                seen = recorded(&lab, user, "hooked");
+                seen = lab.hook_records(user, "hooked");
                 seen.contains(&format!("login {user} hooked 1000"))
                     && seen.contains(&format!("every {user} hooked 1000"))
             },
