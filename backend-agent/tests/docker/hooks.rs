@@ -44,11 +44,15 @@ async fn agent_with(
     (agent, handle)
 }
 
-/// Runs `command` as `user` in `env` through a Session; the outputs after Started.
+/// Runs `command` as `user` in `env` through a Session; its outputs without the
+/// progress lines the agent sends while the container is made (tested in
+/// `grpc_session` and `lifecycle`).
 async fn session(agent: &Agent, user: &str, env: &str, command: &str) -> Vec<Out> {
     let mut client = agent.client().await;
     let (_tx, outputs) = open_session(&mut client, start(user, env, command)).await;
-    drain(outputs).await
+    let mut outputs = drain(outputs).await;
+    outputs.retain(|out| !matches!(out, Out::Progress(_)));
+    outputs
 }
 
 /// `sh -c script` in `container` as uid 1000, through the docker CLI (not the code
@@ -275,7 +279,8 @@ async fn a_hanging_hook_is_killed_at_its_timeout_and_others_are_served(path: &st
     exited_ok(&session(&agent, "fast", "slow", "true").await);
     assert!(!slow.is_finished(), "the hook had 8 s");
 
-    let outputs = tokio::time::timeout(STEP, slow).await.unwrap().unwrap();
+    let mut outputs = tokio::time::timeout(STEP, slow).await.unwrap().unwrap();
+    outputs.retain(|out| !matches!(out, Out::Progress(_)));
     assert_eq!(
         only_error(&outputs),
         "your lab's login hook refused the login: it did not finish within 8s"
