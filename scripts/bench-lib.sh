@@ -37,3 +37,20 @@ remove_lab() {
   docker ps -aq --filter "label=labssh.prefix=$1" | xargs -r docker rm -f >/dev/null 2>&1 || true
   docker volume ls -q --filter "label=labssh.prefix=$1" | xargs -r docker volume rm >/dev/null 2>&1 || true
 }
+
+# bench_image IMAGE: builds the busybox test image when that is the one asked for;
+# any other image must already be on this machine (there is no registry to pull from).
+bench_image() {
+  case "$1" in
+    labssh/busybox:*) bash scripts/build-busybox-image.sh "$1" >/dev/null ;;
+    *) docker image inspect "$1" >/dev/null 2>&1 || die "image $1 is not present locally" ;;
+  esac
+}
+
+# build_labssh_and_loadtest PROFILE: builds both binaries; their directory is left in BIN.
+build_labssh_and_loadtest() {
+  say "building labssh and labssh-loadtest ($1)"
+  cargo build --profile "$1" -p labssh -p labssh-loadtest --bin labssh --bin labssh-loadtest
+  case "$1" in dev) BIN=target/debug ;; *) BIN="target/$1" ;; esac
+  BIN="$(cd "$BIN" && pwd)"
+}

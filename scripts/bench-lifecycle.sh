@@ -41,15 +41,9 @@ source scripts/bench-lib.sh
 command -v ssh-keygen >/dev/null || die "ssh-keygen is missing: apt-get install openssh-client"
 docker info >/dev/null 2>&1 || die "Docker does not answer (bash scripts/setup-host.sh starts it)"
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then die "port $PORT is taken; choose another PORT"; fi
-case "$IMAGE" in
-  labssh/busybox:*) bash scripts/build-busybox-image.sh "$IMAGE" >/dev/null ;;
-  *) docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is not present locally" ;;
-esac
+bench_image "$IMAGE"
 
-say "building labssh and labssh-loadtest ($PROFILE)"
-cargo build --profile "$PROFILE" -p labssh -p labssh-loadtest --bin labssh --bin labssh-loadtest
-case "$PROFILE" in dev) BIN=target/debug ;; *) BIN="target/$PROFILE" ;; esac
-BIN="$(cd "$BIN" && pwd)"
+build_labssh_and_loadtest "$PROFILE"
 
 WORK="$(mktemp -d /tmp/labssh-bench-lc.XXXXXX)"
 pids=()

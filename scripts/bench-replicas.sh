@@ -35,15 +35,9 @@ source scripts/bench-lib.sh
 command -v haproxy >/dev/null || die "haproxy is missing: bash scripts/setup-host.sh"
 command -v redis-server >/dev/null || die "redis-server is missing: bash scripts/setup-host.sh"
 docker info >/dev/null 2>&1 || die "Docker does not answer (bash scripts/setup-host.sh starts it)"
-case "$IMAGE" in
-  labssh/busybox:*) bash scripts/build-busybox-image.sh "$IMAGE" >/dev/null ;;
-  *) docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is not present locally" ;;
-esac
+bench_image "$IMAGE"
 
-say "building labssh and labssh-loadtest ($PROFILE)"
-cargo build --profile "$PROFILE" -p labssh -p labssh-loadtest --bin labssh --bin labssh-loadtest
-case "$PROFILE" in dev) BIN=target/debug ;; *) BIN="target/$PROFILE" ;; esac
-BIN="$(cd "$BIN" && pwd)"
+build_labssh_and_loadtest "$PROFILE"
 
 WORK="$(mktemp -d /tmp/labssh-replicas.XXXXXX)"
 pids=()

@@ -71,15 +71,9 @@ for port in "$P_LABSSH" "$P_SSHD" "$P_DX"; do
   fi
 done
 
-case "$IMAGE" in
-  labssh/busybox:*) bash scripts/build-busybox-image.sh "$IMAGE" >/dev/null ;;
-  *) docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is not present locally" ;;
-esac
+bench_image "$IMAGE"
 
-say "building labssh and labssh-loadtest ($PROFILE)"
-cargo build --profile "$PROFILE" -p labssh -p labssh-loadtest --bin labssh --bin labssh-loadtest
-case "$PROFILE" in dev) BIN=target/debug ;; *) BIN="target/$PROFILE" ;; esac
-BIN="$(cd "$BIN" && pwd)"
+build_labssh_and_loadtest "$PROFILE"
 
 WORK="$(mktemp -d /tmp/labssh-bench.XXXXXX)"
 chmod 755 "$WORK"   # sshd reads authorized_keys as the logging-in user
