@@ -76,6 +76,8 @@ impl Inventory {
                 .collect(),
             draining: self.draining.load(Ordering::Relaxed),
             gpus: self.gpus.clone(),
+            // Prestarts are not tracked yet (issue 13 is under way).
+            prestarted: 0,
         }
     }
 

@@ -381,6 +381,7 @@ mod tests {
             sessions: 0,
             draining: false,
             gpus: Vec::new(),
+            prestarted: 0,
             inventory: inventory
                 .iter()
                 .map(|(user, env)| pb::ContainerInfo {

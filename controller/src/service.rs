@@ -203,6 +203,18 @@ impl pb::controller_server::Controller for ControllerService {
             }
         }
     }
+
+    type PrestartStream = futures::stream::Empty<Result<pb::PrestartEvent, Status>>;
+
+    /// Not built yet (issue 13 is under way): refused with a message saying so.
+    async fn prestart(
+        &self,
+        _request: Request<pb::PrestartRequest>,
+    ) -> Result<Response<Self::PrestartStream>, Status> {
+        Err(Status::unimplemented(
+            "prestart is not built in this version",
+        ))
+    }
 }
 
 /// The `register` an Attach stream must open with.

@@ -77,6 +77,7 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
         sessions: 0,
         draining: false,
         gpus: Vec::new(),
+        prestarted: 0,
         inventory: inventory
             .iter()
             .map(|(user, environment)| pb::ContainerInfo {

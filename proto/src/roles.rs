@@ -204,12 +204,12 @@ pub fn required(path: &str) -> Option<&'static [Role]> {
             "Attach" => &[Role::Agent],
             "Place" => &[Role::Proxy],
             "ListEnvironments" => &[Role::Proxy, Role::Admin],
-            "ListAgents" | "Drain" => &[Role::Admin],
+            "ListAgents" | "Drain" | "Prestart" => &[Role::Admin],
             _ => return None,
         },
-        (pb::agent_server::SERVICE_NAME, "Session" | "Ensure" | "Forward" | "Listen") => {
-            &[Role::Proxy]
-        }
+        (pb::agent_server::SERVICE_NAME, "Session" | "Forward" | "Listen") => &[Role::Proxy],
+        // The controller ensures containers for a prestart.
+        (pb::agent_server::SERVICE_NAME, "Ensure") => &[Role::Proxy, Role::Controller],
         _ => return None,
     };
     Some(roles)
@@ -460,6 +460,10 @@ mod tests {
         assert!(!allowed("/labssh.v1.Controller/Place", "agent"));
         assert!(allowed("/labssh.v1.Controller/Drain", "admin"));
         assert!(!allowed("/labssh.v1.Controller/Drain", "proxy"));
+        assert!(allowed("/labssh.v1.Controller/Prestart", "admin"));
+        assert!(!allowed("/labssh.v1.Controller/Prestart", "proxy"));
+        assert!(allowed("/labssh.v1.Agent/Ensure", "controller"));
+        assert!(!allowed("/labssh.v1.Agent/Ensure", "admin"));
         assert!(allowed("/labssh.v1.Agent/Session", "proxy"));
         assert!(!allowed("/labssh.v1.Agent/Session", "agent"));
         assert!(!allowed("/labssh.v1.Agent/Session", "controller"));

@@ -41,6 +41,7 @@ async fn agent_call(url: String, tls: Option<ClientTlsConfig>) -> Result<(), Str
         .ensure(pb::EnsureRequest {
             user: "alice".into(),
             environment: "default".into(),
+            prestart: false,
         })
         .await
         .map(|_| ())

@@ -199,6 +199,7 @@ async fn an_agent_certificate_cannot_place_nor_open_sessions_on_another_agent() 
             .ensure(pb::EnsureRequest {
                 user: "bob".into(),
                 environment: "default".into(),
+                prestart: false,
             })
             .await,
         "ensuring a container on another agent with an agent certificate",
@@ -265,6 +266,7 @@ async fn a_proxy_refuses_an_agent_presenting_another_nodes_certificate() {
             .ensure(pb::EnsureRequest {
                 user: "not a user".into(),
                 environment: "default".into(),
+                prestart: false,
             })
             .await
     };

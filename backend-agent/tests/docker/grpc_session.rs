@@ -93,6 +93,15 @@ impl Controller for FakeController {
     ) -> Result<Response<pb::DrainReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type PrestartStream = futures::stream::Empty<Result<pb::PrestartEvent, Status>>;
+
+    async fn prestart(
+        &self,
+        _: Request<pb::PrestartRequest>,
+    ) -> Result<Response<Self::PrestartStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake controller.
@@ -333,6 +342,7 @@ async fn sessions_run_commands_and_heartbeats_report_them() {
         .ensure(pb::EnsureRequest {
             user: "kim".into(),
             environment: "default".into(),
+            prestart: false,
         })
         .await
         .unwrap()
@@ -439,6 +449,7 @@ async fn the_agent_waits_for_the_controller_and_re_registers_after_a_restart() {
         .ensure(pb::EnsureRequest {
             user: "max".into(),
             environment: "default".into(),
+            prestart: false,
         })
         .await
         .unwrap();
