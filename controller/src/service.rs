@@ -21,6 +21,7 @@ mod refusal;
 use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::placement::PlaceError;
+use crate::prestart::Prestarter;
 use crate::registry::{Registration, Registry};
 use refusal::{Refusal, MAX_AGENT_NAME_LEN};
 
@@ -45,17 +46,27 @@ pub struct ControllerService {
     /// mTLS is on: every caller has a [`Peer`] from its certificate, and an
     /// agent may register only under the name in it.
     mtls: bool,
+    /// Runs `Prestart` calls (and the schedule's prestarts).
+    prestarter: Arc<Prestarter>,
 }
 
 impl ControllerService {
-    /// A service over `registry`, configured by a validated `config`.
-    pub fn new(config: &Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    /// A service over `registry` and `catalogue`, configured by a validated
+    /// `config`, running prestarts with `prestarter`.
+    pub fn new(
+        config: &Config,
+        registry: Arc<Registry>,
+        catalogue: Arc<Catalogue>,
+        prestarter: Arc<Prestarter>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             registry,
-            catalogue: Arc::new(Catalogue::new(config)),
+            catalogue,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             shutdown,
             mtls: config.tls.enabled(),
+            prestarter,
         }
     }
 
@@ -204,16 +215,39 @@ impl pb::controller_server::Controller for ControllerService {
         }
     }
 
-    type PrestartStream = futures::stream::Empty<Result<pb::PrestartEvent, Status>>;
+    type PrestartStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::PrestartEvent, Status>> + Send + 'static>,
+    >;
 
-    /// Not built yet (issue 13 is under way): refused with a message saying so.
+    /// Resolves the users and streams one result per user as each finishes;
+    /// the call ending early cancels the users not yet started.
     async fn prestart(
         &self,
-        _request: Request<pb::PrestartRequest>,
+        request: Request<pb::PrestartRequest>,
     ) -> Result<Response<Self::PrestartStream>, Status> {
-        Err(Status::unimplemented(
-            "prestart is not built in this version",
-        ))
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "an unauthenticated caller (mTLS off)".to_string());
+        let request = request.into_inner();
+        let plan = self
+            .prestarter
+            .plan(&request)
+            .inspect_err(|e| info!(%caller, "prestart refused: {e}"))
+            .map_err(Refusal::from)?;
+        info!(
+            %caller,
+            environment = %plan.environment,
+            users = plan.users.len(),
+            group = %request.group,
+            concurrency = plan.concurrency,
+            "prestart"
+        );
+        let events = ReceiverStream::new(self.prestarter.run(plan));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            events, Ok,
+        ))))
     }
 }
 
