@@ -3,7 +3,8 @@
 //!
 //! An occurrence fires when the clock is inside its window `[at - lead, at)`
 //! and it has not fired yet in this process; a controller that starts inside
-//! the window fires at once (late is better than not at all), one that starts
+//! the window fires once its agents have had time to register
+//! ([`SETTLE_AFTER_START`]; late is better than not at all), one that starts
 //! after `at` leaves that class to ordinary logins. Across a restart nothing
 //! is remembered: a controller restarted inside a window fires that occurrence
 //! again, which finds the containers it made running and reports them as
@@ -33,6 +34,11 @@ use when::When;
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// Keeps a loop whose next window is now from spinning.
 const MIN_SLEEP: Duration = Duration::from_millis(200);
+/// Nothing fires this soon after the controller starts: agents re-register
+/// within their reconnect backoff (at most 5 s) plus a connect timeout (3 s),
+/// and a prestart before they are back would crowd the class onto the first
+/// agent to return, or fail it for want of any.
+pub const SETTLE_AFTER_START: Duration = Duration::from_secs(10);
 
 /// Where the scheduler reads the time.
 pub trait Clock: Send + Sync + 'static {
@@ -148,6 +154,10 @@ pub async fn run(
     let mut table = Timetable::new(&entries);
     let entries = Arc::new(entries);
     info!(entries = entries.len(), "schedule running");
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(SETTLE_AFTER_START) => {}
+    }
     loop {
         for firing in table.due(clock.now()) {
             tokio::spawn(fire(entries.clone(), firing, prestarter.clone()));
