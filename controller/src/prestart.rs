@@ -157,14 +157,14 @@ impl Prestarter {
             if !valid_user(&user) {
                 let message = format!("invalid login name: use {USER_RULE}");
                 if !send(&tx, failed("", message)).await {
-                    return;
+                    break;
                 }
                 continue;
             }
             match self.place(&user, &environment) {
                 Err(message) => {
                     if !send(&tx, failed("", message)).await {
-                        return;
+                        break;
                     }
                 }
                 Ok((agent, _)) => {
@@ -179,13 +179,18 @@ impl Prestarter {
                 }
             }
         }
+        // Ensures in flight run to their end even when the caller has gone
+        // (dropping one could leave a container half made); the others see the
+        // caller gone and never start.
+        // (Dropping the JoinSet would abort them, so it is always drained.)
         let mut finished = 0;
+        let mut caller_gone = tx.is_closed();
         while let Some(joined) = jobs.join_next().await {
             if let Ok(Some(result)) = joined {
                 finished += 1;
-                if !send(&tx, result).await {
+                if !send(&tx, result).await && !caller_gone {
+                    caller_gone = true;
                     debug!("prestart caller went away; the users not yet started are dropped");
-                    jobs.abort_all();
                 }
             }
         }
@@ -251,16 +256,17 @@ impl Prestarter {
         let reply = tokio::time::timeout(ENSURE_TIMEOUT, client.ensure(request))
             .await
             .map_err(|_| format!("agent {agent} did not answer within {ENSURE_TIMEOUT:?}"))?
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown
-                    if status.message().contains("transport") || status.message().is_empty() =>
-                {
+            .map_err(|status| {
+                // A status made on this side (its source the connection's error)
+                // means the agent was never reached; one from the agent says why.
+                if std::error::Error::source(&status).is_some() {
                     format!(
                         "agent {agent} at {endpoint} is unreachable: {}",
                         status.message()
                     )
+                } else {
+                    status.message().to_string()
                 }
-                _ => status.message().to_string(),
             })?
             .into_inner();
         Ok(match (reply.created, reply.started) {
