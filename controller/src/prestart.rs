@@ -219,13 +219,14 @@ impl Prestarter {
         queue: Arc<Semaphore>,
         tx: mpsc::Sender<pb::PrestartEvent>,
     ) -> Option<pb::PrestartResult> {
-        let _permit = tokio::select! {
-            permit = queue.acquire_owned() => permit.ok()?,
-            _ = tx.closed() => return None,
+        let permit = tokio::select! {
+            permit = queue.acquire_owned() => permit.ok(),
+            _ = tx.closed() => None,
         };
-        if tx.is_closed() {
+        let Some(_permit) = permit.filter(|_| !tx.is_closed()) else {
+            labssh_telemetry::metrics::prestart(summary::CANCELLED);
             return None;
-        }
+        };
         // Placed again now: the first placement may have expired while this
         // user waited its turn behind a long queue.
         let (agent, endpoint) = match self.place(&user, &environment) {

@@ -120,7 +120,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "labssh_prestart_results_total",
-        help: "Users a prestart (labssh prestart or the schedule) went through, by outcome (created, started, already, failed).",
+        help: "Users a prestart (labssh prestart or the schedule) went through, by outcome (created, started, already, failed, cancelled: the caller went away before their turn).",
         kind: Kind::Counter,
         labels: &["outcome"],
     },

@@ -289,3 +289,95 @@ async fn a_schedule_entry_inside_its_window_prestarts_its_class() {
     );
     lab.stop().await;
 }
+
+/// How many users prestarts in this process dropped because their caller went
+/// away (the metric; no other test here cancels one).
+fn cancelled() -> u64 {
+    labssh_telemetry::metrics::render()
+        .lines()
+        .find(|l| {
+            l.starts_with("labssh_prestart_results_total{") && l.contains("outcome=\"cancelled\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_that_goes_away_cancels_the_students_not_started_and_the_one_under_way_finishes() {
+    // A create hook holds each new container's Ensure until /tmp/go exists in it.
+    let lab = Lab::start(LabOptions {
+        catalogue: crate::lab::environment_toml(
+            "gated",
+            "[[environments.gated.hooks]]\non = \"create\"\nas = \"root\"\nrequired = true\ntimeout = \"30s\"\n\
+             run = [\"/bin/sh\", \"-c\", \"while [ ! -e /tmp/go ]; do sleep 0.1; done\"]",
+        ),
+        ..Default::default()
+    })
+    .await;
+    let users = ["pat", "quinn", "ruth"];
+    let before = cancelled();
+    let client = lab.cluster.as_ref().unwrap().controller_client().unwrap();
+    let mut request = request("gated", &users, "");
+    request.concurrency = 1;
+    let mut stream = client.clone().prestart(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.event,
+        Some(pb::prestart_event::Event::Planned(_))
+    ));
+
+    // One at a time: one container appears, held by its hook.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let under_way = loop {
+        let made: Vec<&str> = users
+            .into_iter()
+            .filter(|u| lab.container_id(u, "gated").is_some())
+            .collect();
+        assert!(made.len() <= 1, "concurrency 1, yet {made:?}");
+        if let [one] = made.as_slice() {
+            break one.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container under way"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    lab.wait_state(&under_way, "gated", "running").await;
+
+    // The caller goes away: the two waiting their turn are dropped.
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cancelled() < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiting students were not dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The one under way is let through and finishes whole.
+    docker(&[
+        "exec",
+        &lab.container_name(&under_way, "gated"),
+        "touch",
+        "/tmp/go",
+    ])
+    .unwrap();
+    let again = prestart(&lab, self::request("gated", &[&under_way], ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.outcome(&under_way),
+        Outcome::Already,
+        "{:?}",
+        again.results
+    );
+    for user in users.into_iter().filter(|u| *u != under_way) {
+        assert_eq!(
+            lab.container_id(user, "gated"),
+            None,
+            "{user} was started after the caller left"
+        );
+    }
+    lab.stop().await;
+}

@@ -73,6 +73,10 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The metric label of a user dropped because the caller went away before
+/// their turn.
+pub const CANCELLED: &str = "cancelled";
+
 /// The metric label of an outcome.
 pub fn outcome_label(outcome: Outcome) -> &'static str {
     match outcome {
