@@ -118,17 +118,24 @@ async fn prestart_by_group_and_by_file_creates_starts_and_then_finds_them_there(
     // Through the binary, by users file: the summary, and success.
     let file = lab.dir.path().join("class.txt");
     std::fs::write(&file, "# the class\ncarol\n\nerin   # new this term\n").unwrap();
+    // `--at` a moment just ahead: it says when, waits, then runs.
+    let at = (chrono::Local::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let out = cli(
         &lab,
-        &["--env", "default", "--users", file.to_str().unwrap()],
+        &[
+            "--env",
+            "default",
+            "--users",
+            file.to_str().unwrap(),
+            "--at",
+            &at,
+        ],
     )
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("labssh: prestart starts at"), "{stderr}");
     assert!(
         stdout.contains("prestart of default: 1 created, 0 started, 1 already running, 0 failed"),
         "{stdout}"
