@@ -29,7 +29,7 @@ pub struct DrainArgs {
 }
 
 #[derive(clap::Args)]
-pub struct ControllerArgs {
+pub(crate) struct ControllerArgs {
     /// Controller gRPC endpoint (https:// when the cluster uses mTLS).
     #[arg(long, default_value = "http://127.0.0.1:7000")]
     controller: String,
@@ -163,7 +163,7 @@ fn agents_table(agents: &[pb::AgentInfo]) -> String {
 }
 
 /// A channel to the controller `args` name, with the admin certificate if asked.
-async fn connect(args: &ControllerArgs) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn connect(args: &ControllerArgs) -> anyhow::Result<tonic::transport::Channel> {
     let mut endpoint = Endpoint::from_shared(args.controller.clone())
         .with_context(|| format!("--controller {:?}", args.controller))?;
     if let Some(dir) = &args.tls_dir {

@@ -215,8 +215,8 @@ fn issue_with(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    // A certificate is good only for the side of TLS its role takes: a proxy's
-    // or an admin's cannot pose as a server, the controller's as a client.
+    // A certificate is good only for the sides of TLS its role takes: a proxy's
+    // or an admin's cannot pose as a server.
     params.extended_key_usages = [
         (role.serves(), ExtendedKeyUsagePurpose::ServerAuth),
         (role.dials(), ExtendedKeyUsagePurpose::ClientAuth),

@@ -3,10 +3,12 @@
 //! ```text
 //! labssh up                          all-in-one cluster on this machine
 //! labssh user add NAME ...           add or update a student
+//! labssh prestart --env ENV ...      a class's containers ready before it begins
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
 mod admin;
+mod prestart;
 mod roles;
 mod signals;
 mod up;
@@ -39,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: user::UserCommand,
     },
+    /// Create and start a class's containers before it begins.
+    Prestart(prestart::PrestartArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -69,7 +73,7 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         Command::Proxy { .. } => ("labssh-proxy", None),
         Command::Controller { .. } => ("labssh-controller", None),
         Command::Agent { .. } => ("labssh-agent", None),
-        Command::User { .. } | Command::Certs(_) => ("labssh", None),
+        Command::User { .. } | Command::Certs(_) | Command::Prestart(_) => ("labssh", None),
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
                     let telemetry = labssh_telemetry::init(telemetry_options(&command))?;
                     let result = match command {
                         Command::Up(args) => up::run(args).await,
+                        Command::Prestart(args) => prestart::run(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {

@@ -111,6 +111,10 @@ fn load_configs(
     }
     proxy.listen = args.listen.clone();
     proxy.validate()?;
+    // `labssh prestart --group` reads the groups of the proxy's own users file.
+    if controller.users_file().is_none() {
+        controller.users_file = proxy.users_file.clone();
+    }
     Ok((controller, agent, proxy))
 }
 

@@ -21,6 +21,10 @@ pub enum UserCommand {
         /// Add the public key in this file (OpenSSH format, e.g. id_ed25519.pub).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Add the user to this group (a class, for `labssh prestart --group`);
+        /// repeatable, and groups already there stay.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
         /// Users file to edit.
         #[arg(long, default_value = DEFAULT_USERS_FILE)]
         users: PathBuf,
@@ -33,6 +37,7 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
             name,
             password_stdin,
             key,
+            groups,
             users,
         } => {
             let password = if password_stdin {
@@ -46,9 +51,12 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
                     bail!("--password-stdin: no password on standard input");
                 }
                 Some(password)
+            } else if key.is_none() && !groups.is_empty() {
+                // Only groups to add: the password stays as it is.
+                None
             } else if key.is_none() {
                 if !std::io::stdin().is_terminal() {
-                    bail!("give --password-stdin or --key FILE (standard input is not a terminal to ask on)");
+                    bail!("give --password-stdin, --key FILE or --group GROUP (standard input is not a terminal to ask on)");
                 }
                 let first = rpassword::prompt_password(format!("Password for {name}: "))?;
                 let again = rpassword::prompt_password("Again: ")?;
@@ -66,7 +74,13 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            labssh_proxy::users::add_user(&users, &name, password.as_deref(), key_line.as_deref())?;
+            labssh_proxy::users::add_user_in_groups(
+                &users,
+                &name,
+                password.as_deref(),
+                key_line.as_deref(),
+                &groups,
+            )?;
             println!("user {name} saved in {}", users.display());
             Ok(())
         }

@@ -6,6 +6,7 @@
 //! container unlimited.
 
 mod environment;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +22,9 @@ pub use environment::{
     DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_SHELL, DEFAULT_UID,
 };
 pub use labssh_proto::config::ConfigError;
+pub use schedule::{
+    OneOrMany, ScheduleEntry, DEFAULT_PRESTART_CONCURRENCY, MAX_PRESTART_CONCURRENCY,
+};
 
 /// Where the binary listens for gRPC; a port of its own so it never clashes
 /// with SSH (22) or the agents (7001).
@@ -62,6 +66,13 @@ pub struct Config {
     /// mTLS: the controller's certificate, and the CA its clients (agents,
     /// proxies) must be signed by. Empty means plain HTTP/2.
     pub tls: labssh_proto::tls::TlsFiles,
+    /// The proxies' users file, read for the members of a group
+    /// (`labssh prestart --group`, `[[schedule]] group`); empty means none.
+    pub users_file: std::path::PathBuf,
+    /// Ensures in flight at once per agent for a prestart that names none.
+    pub prestart_concurrency: u32,
+    /// The timetable: classes whose containers are prestarted before they begin.
+    pub schedule: Vec<ScheduleEntry>,
 }
 
 impl Default for Config {
@@ -82,6 +93,9 @@ impl Default for Config {
             environments: BTreeMap::from([(DEFAULT_ENVIRONMENT.to_string(), default_env)]),
             http: String::new(),
             tls: Default::default(),
+            users_file: Default::default(),
+            prestart_concurrency: DEFAULT_PRESTART_CONCURRENCY,
+            schedule: Vec::new(),
         }
     }
 }
@@ -134,6 +148,13 @@ impl Config {
         for (name, env) in &self.environments {
             env.check(name, &mut problems);
         }
+        schedule::check_concurrency(self.prestart_concurrency, &mut problems);
+        schedule::check(
+            &self.schedule,
+            &self.environment_names(),
+            self.users_file(),
+            &mut problems,
+        );
         ConfigError::check(ConfigRole::Controller, problems)
     }
 
@@ -145,6 +166,11 @@ impl Config {
     /// Silence after which an agent counts as dead.
     pub fn dead_after(&self) -> Duration {
         self.heartbeat_interval() * self.dead_after_missed_heartbeats
+    }
+
+    /// The users file groups are read from, if one is configured.
+    pub fn users_file(&self) -> Option<&std::path::PathBuf> {
+        Some(&self.users_file).filter(|p| !p.as_os_str().is_empty())
     }
 
     /// Environment names in sorted order.

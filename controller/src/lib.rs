@@ -7,8 +7,11 @@
 
 pub mod catalogue;
 pub mod config;
+pub mod members;
 pub mod placement;
+pub mod prestart;
 pub mod registry;
+pub mod schedule;
 pub mod service;
 
 use std::future::Future;
@@ -64,8 +67,26 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config));
-    let service = ControllerService::new(&config, registry.clone(), stop.clone());
+    let catalogue = Arc::new(catalogue::Catalogue::new(&config));
+    let prestarter = Arc::new(prestart::Prestarter::new(
+        &config,
+        registry.clone(),
+        catalogue.clone(),
+    ));
+    let service = ControllerService::new(
+        &config,
+        registry.clone(),
+        catalogue,
+        prestarter.clone(),
+        stop.clone(),
+    );
     let sweeper = tokio::spawn(sweep(registry, config.heartbeat_interval(), stop.clone()));
+    let scheduler = tokio::spawn(schedule::run(
+        config.schedule.clone(),
+        prestarter,
+        Arc::new(schedule::SystemClock),
+        stop.clone(),
+    ));
 
     // Placement replies are small and latency-bound; do not let Nagle hold
     // them back (tonic ignores its own nodelay setting for custom incoming).
@@ -105,6 +126,7 @@ pub async fn run(
         .await;
     stop.cancel();
     let _ = sweeper.await;
+    let _ = scheduler.await;
     served.map_err(ControllerError::Serve)?;
     info!(%addr, "controller stopped");
     Ok(())

@@ -1,7 +1,6 @@
 //! The `labssh.v1.Controller` gRPC service: agent streams, placement and
 //! listings, as thin translations onto the registry and the catalogue.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,17 +10,19 @@ use pb::agent_message::Msg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::http::Uri;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::field::Empty;
 use tracing::{debug, info, warn};
 
+mod endpoint;
 mod refusal;
 
 use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::placement::PlaceError;
+use crate::prestart::Prestarter;
 use crate::registry::{Registration, Registry};
+use endpoint::advertised_endpoint;
 use refusal::{Refusal, MAX_AGENT_NAME_LEN};
 
 /// How long a new Attach stream may take to send its `register`; a client
@@ -45,17 +46,27 @@ pub struct ControllerService {
     /// mTLS is on: every caller has a [`Peer`] from its certificate, and an
     /// agent may register only under the name in it.
     mtls: bool,
+    /// Runs `Prestart` calls (and the schedule's prestarts).
+    prestarter: Arc<Prestarter>,
 }
 
 impl ControllerService {
-    /// A service over `registry`, configured by a validated `config`.
-    pub fn new(config: &Config, registry: Arc<Registry>, shutdown: CancellationToken) -> Self {
+    /// A service over `registry` and `catalogue`, configured by a validated
+    /// `config`, running prestarts with `prestarter`.
+    pub fn new(
+        config: &Config,
+        registry: Arc<Registry>,
+        catalogue: Arc<Catalogue>,
+        prestarter: Arc<Prestarter>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             registry,
-            catalogue: Arc::new(Catalogue::new(config)),
+            catalogue,
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             shutdown,
             mtls: config.tls.enabled(),
+            prestarter,
         }
     }
 
@@ -204,16 +215,39 @@ impl pb::controller_server::Controller for ControllerService {
         }
     }
 
-    type PrestartStream = futures::stream::Empty<Result<pb::PrestartEvent, Status>>;
+    type PrestartStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::PrestartEvent, Status>> + Send + 'static>,
+    >;
 
-    /// Not built yet (issue 13 is under way): refused with a message saying so.
+    /// Resolves the users and streams one result per user as each finishes;
+    /// the call ending early cancels the users not yet started.
     async fn prestart(
         &self,
-        _request: Request<pb::PrestartRequest>,
+        request: Request<pb::PrestartRequest>,
     ) -> Result<Response<Self::PrestartStream>, Status> {
-        Err(Status::unimplemented(
-            "prestart is not built in this version",
-        ))
+        let caller = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "an unauthenticated caller (mTLS off)".to_string());
+        let request = request.into_inner();
+        let plan = self
+            .prestarter
+            .plan(&request)
+            .inspect_err(|e| info!(%caller, "prestart refused: {e}"))
+            .map_err(Refusal::from)?;
+        info!(
+            %caller,
+            environment = %plan.environment,
+            users = plan.users.len(),
+            group = %request.group,
+            concurrency = plan.concurrency,
+            "prestart"
+        );
+        let events = ReceiverStream::new(self.prestarter.run(plan));
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            events, Ok,
+        ))))
     }
 }
 
@@ -317,71 +351,9 @@ fn check_agent_name(name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The endpoint proxies should use for an agent. An agent listening on all
-/// interfaces often reports `http://0.0.0.0:7001`; that host is replaced by
-/// the address its Attach stream came from, which is routable from here.
-fn advertised_endpoint(endpoint: &str, peer: Option<SocketAddr>) -> Result<String, String> {
-    let uri: Uri = endpoint
-        .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URI: {e}"))?;
-    let scheme = match uri.scheme_str() {
-        Some(s @ ("http" | "https")) => s,
-        _ => return Err(format!("{endpoint:?} must start with http:// or https://")),
-    };
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("{endpoint:?} has no host"))?;
-    let unspecified = authority
-        .host()
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified());
-    match (unspecified, peer) {
-        (true, Some(peer)) => {
-            let host = match peer.ip().to_canonical() {
-                IpAddr::V4(ip) => ip.to_string(),
-                IpAddr::V6(ip) => format!("[{ip}]"),
-            };
-            let port = authority
-                .port()
-                .map(|p| format!(":{p}"))
-                .unwrap_or_default();
-            let path = uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .filter(|p| *p != "/")
-                .unwrap_or("");
-            Ok(format!("{scheme}://{host}{port}{path}"))
-        }
-        _ => Ok(endpoint.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints() {
-        let peer: SocketAddr = "10.0.0.5:43210".parse().unwrap();
-        let ok = |e: &str, p| advertised_endpoint(e, p).unwrap();
-        assert_eq!(
-            ok("http://10.0.0.7:7001", Some(peer)),
-            "http://10.0.0.7:7001"
-        );
-        assert_eq!(ok("http://node-1:7001", Some(peer)), "http://node-1:7001");
-        assert_eq!(
-            ok("http://0.0.0.0:7001", Some(peer)),
-            "http://10.0.0.5:7001"
-        );
-        assert_eq!(ok("https://[::]:7001", Some(peer)), "https://10.0.0.5:7001");
-        assert_eq!(ok("http://0.0.0.0:7001", None), "http://0.0.0.0:7001");
-        let v6: SocketAddr = "[fd00::5]:1".parse().unwrap();
-        assert_eq!(ok("http://0.0.0.0:7001", Some(v6)), "http://[fd00::5]:7001");
-        assert!(advertised_endpoint("", None).is_err());
-        assert!(advertised_endpoint("10.0.0.7:7001", None).is_err());
-        assert!(advertised_endpoint("ftp://x:1", None).is_err());
-    }
 
     #[test]
     fn certified_names() {

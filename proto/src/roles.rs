@@ -74,9 +74,12 @@ impl Role {
     }
 
     /// Whether this role dials others (its certificate must be good for TLS
-    /// clients).
+    /// clients). Every role does: the controller dials agents for a prestart.
     pub fn dials(self) -> bool {
-        !matches!(self, Role::Controller)
+        matches!(
+            self,
+            Role::Proxy | Role::Agent | Role::Controller | Role::Admin
+        )
     }
 }
 

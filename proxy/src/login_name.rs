@@ -7,7 +7,7 @@
 /// Separates the user from the environment in `alice+gpu`.
 pub const ENV_SEPARATOR: char = '+';
 /// POSIX-ish login names, as `useradd` accepts by default.
-pub const USER_MAX_LEN: usize = 32;
+pub const USER_MAX_LEN: usize = labssh_proto::names::USER_MAX_LEN;
 /// Environment names share the container-name alphabet.
 pub const ENV_MAX_LEN: usize = 32;
 
@@ -52,15 +52,9 @@ impl LoginName {
     }
 }
 
-/// `[a-z_][a-z0-9_-]{0,31}`
+/// `[a-z_][a-z0-9_-]{0,31}`, the rule every role shares.
 pub fn valid_user(user: &str) -> bool {
-    let mut chars = user.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_lowercase() || c == '_' => {}
-        _ => return false,
-    }
-    user.len() <= USER_MAX_LEN
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    labssh_proto::names::valid_user(user)
 }
 
 /// `[a-z0-9][a-z0-9_-]{0,31}`

@@ -119,6 +119,12 @@ pub const FAMILIES: &[Family] = &[
         labels: &["outcome"],
     },
     Family {
+        name: "labssh_prestart_results_total",
+        help: "Users a prestart (labssh prestart or the schedule) went through, by outcome (created, started, already, failed, cancelled: the caller went away before their turn).",
+        kind: Kind::Counter,
+        labels: &["outcome"],
+    },
+    Family {
         name: "labssh_controller_agents",
         help: "Agents known to the controller, by state (live, dead).",
         kind: Kind::Gauge,

@@ -13,7 +13,8 @@
 //! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
 //!   memory limits named when a student hits them;
 //! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
-//!   old ones recreated at a login with no other session.
+//!   old ones recreated at a login with no other session;
+//! - `prestart`: containers made ahead of a class by users file, group and schedule.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -26,4 +27,5 @@ mod half_close;
 mod hooks;
 mod isolation;
 mod lifecycle;
+mod prestart;
 mod sessions;

@@ -348,3 +348,69 @@ async fn an_admin_certificate_can_drain_and_resume() {
     assert!(!draining(agents(&lab).await));
     lab.stop().await;
 }
+
+/// Reads a Prestart stream to its end: each user's outcome.
+async fn prestart_outcomes(
+    mut client: pb::controller_client::ControllerClient<Channel>,
+    users: &[&str],
+) -> Result<Vec<(String, pb::PrestartOutcome, String)>, tonic::Status> {
+    let mut stream = client
+        .prestart(pb::PrestartRequest {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut outcomes = Vec::new();
+    while let Some(event) = stream.message().await? {
+        if let Some(pb::prestart_event::Event::Result(r)) = event.event {
+            outcomes.push((r.user.clone(), r.outcome(), r.message));
+        }
+    }
+    Ok(outcomes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_an_admin_certificate_can_prestart_and_the_controller_ensures_with_its_own() {
+    let lab = two_agents().await;
+    for role in ["proxy", "agent"] {
+        let name = if role == "agent" { "agent0" } else { "local" };
+        let client = controller(&lab, &tls(&lab, role, name)).await;
+        let status = denied(
+            prestart_outcomes(client, &["bob"]).await,
+            &format!("a prestart with a {role} certificate"),
+        );
+        assert!(
+            status.message().contains("requires the role admin"),
+            "{}",
+            status.message()
+        );
+    }
+    for agent in 0..2 {
+        assert!(
+            labssh_testkit::docker::docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                "label=labssh.user=bob",
+                "--filter",
+                &format!("label=labssh.prefix={}", lab.cleanup.prefix)
+            ])
+            .unwrap()
+            .trim()
+            .is_empty(),
+            "no container for bob after refused prestarts (agent {agent})"
+        );
+    }
+    // An admin may; the controller then calls each agent's Ensure over mTLS
+    // with its own certificate, which the agents accept for Ensure.
+    let admin = controller(&lab, &tls(&lab, "admin", "local")).await;
+    let outcomes = prestart_outcomes(admin, &["bob", "carol", "dave"])
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 3);
+    for (user, outcome, message) in &outcomes {
+        assert_eq!(*outcome, pb::PrestartOutcome::Created, "{user}: {message}");
+    }
+    lab.stop().await;
+}

@@ -206,7 +206,11 @@ impl Lab {
             .redis
             .then(|| RedisServer::start().expect("redis-server"));
         let catalogue = format!("{}\n{}", controller_toml(), options.catalogue);
-        let controller = labssh_controller::Config::from_toml_str(&catalogue).unwrap();
+        let mut controller = labssh_controller::Config::from_toml_str(&catalogue).unwrap();
+        // Groups for prestarts come from the lab's own users file.
+        if controller.users_file().is_none() {
+            controller.users_file = users_file.clone();
+        }
         let agents = (0..options.agents.unwrap_or(1))
             .map(|i| {
                 let mut agent = labssh_agent::Config {

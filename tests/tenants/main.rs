@@ -16,7 +16,8 @@
 //!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up;
 //! - `isolation`: shared course data alice cannot write for bob, devices not listed;
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
-//!   keep-alive is never read through a symlink.
+//!   keep-alive is never read through a symlink;
+//! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -32,6 +33,7 @@ mod isolation;
 mod lifecycle;
 mod names;
 mod network;
+mod prestart;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,9 @@
 use labssh_proto::roles::Role;
 use tonic::{Code, Status};
 
+use crate::members::MembersError;
 use crate::placement::PlaceError;
+use crate::prestart::PrestartError;
 use crate::registry::Superseded;
 
 /// Longest agent name accepted; it appears in logs and replies to proxies.
@@ -71,6 +73,9 @@ pub enum Refusal {
         /// Every agent the controller knows.
         known: Vec<String>,
     },
+    /// A prestart that cannot begin (unknown environment or group, no users).
+    #[error(transparent)]
+    Prestart(#[from] PrestartError),
 }
 
 fn known_list(known: &[String]) -> String {
@@ -98,6 +103,16 @@ impl Refusal {
             Refusal::Superseded(_) => Code::Aborted,
             Refusal::Place(e) => e.code(),
             Refusal::UnknownAgent { .. } => Code::NotFound,
+            Refusal::Prestart(e) => match e {
+                PrestartError::Environment(e) => e.code(),
+                PrestartError::Members(MembersError::UnknownGroup { .. }) => Code::NotFound,
+                PrestartError::Members(
+                    MembersError::NoUsersFile(_) | MembersError::Read { .. },
+                ) => Code::FailedPrecondition,
+                PrestartError::Members(MembersError::BadGroup(_))
+                | PrestartError::NoUsers
+                | PrestartError::Concurrency(_) => Code::InvalidArgument,
+            },
         }
     }
 }

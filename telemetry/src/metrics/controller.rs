@@ -1,4 +1,4 @@
-//! What the controller records: placements and its view of the agents.
+//! What the controller records: placements, prestarts and its view of the agents.
 
 use labssh_proto::pb;
 use opentelemetry::KeyValue;
@@ -9,6 +9,13 @@ use super::registry::metrics;
 pub fn placement(outcome: &'static str) {
     metrics()
         .placements
+        .add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
+/// A prestart finished one user with `outcome`.
+pub fn prestart(outcome: &'static str) {
+    metrics()
+        .prestart_results
         .add(1, &[KeyValue::new("outcome", outcome)]);
 }
 

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub(crate) forwarded_bytes: Counter<u64>,
     pub(crate) errors: Counter<u64>,
     pub(crate) placements: Counter<u64>,
+    pub(crate) prestart_results: Counter<u64>,
     pub(crate) controller_agents: Gauge<u64>,
     pub(crate) heartbeat_age: Gauge<f64>,
     pub(crate) agent_containers: Gauge<u64>,
@@ -80,6 +81,7 @@ impl Metrics {
                 .build(),
             errors: counter("labssh_errors_total"),
             placements: counter("labssh_placements_total"),
+            prestart_results: counter("labssh_prestart_results_total"),
             controller_agents: gauge("labssh_controller_agents"),
             heartbeat_age: meter
                 .f64_gauge("labssh_controller_heartbeat_age_seconds")
