@@ -16,7 +16,9 @@
 //!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up;
 //! - `isolation`: shared course data alice cannot write for bob, devices not listed;
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
-//!   keep-alive is never read through a symlink.
+//!   keep-alive is never read through a symlink;
+//! - `passwd`: each new container's passwd and group files are its own student's,
+//!   bound read-only; neither sees the other's entry.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -32,6 +34,7 @@ mod isolation;
 mod lifecycle;
 mod names;
 mod network;
+mod passwd;
 
 use std::time::{Duration, Instant};
 
