@@ -88,6 +88,9 @@ for i in $(seq 1 "$USERS"); do user "$i"; done > "$WORK/users.list"
 say "starting $LABSSH on 127.0.0.1:$PORT with $USERS students"
 start labssh "$PORT" "$LABSSH" up --dir "$WORK/labssh" --listen "127.0.0.1:$PORT" \
   --image "$IMAGE" --no-tls --http ""
+# The SSH port accepts before the agent has registered: wait for `labssh up`'s welcome.
+for _ in $(seq 1 600); do grep -q "labssh is up" "$WORK/labssh.log" && break; sleep 0.1; done
+grep -q "labssh is up" "$WORK/labssh.log" || { tail -n 20 "$WORK/labssh.log" >&2; die "labssh did not come up"; }
 ulimit -n 65536 2>/dev/null || true
 
 # login I: student I's whole login through labssh with the stock client.
