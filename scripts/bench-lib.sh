@@ -54,3 +54,61 @@ build_labssh_and_loadtest() {
   case "$1" in dev) BIN=target/debug ;; *) BIN="target/$1" ;; esac
   BIN="$(cd "$BIN" && pwd)"
 }
+
+# pct FILE P: the P-th percentile of the numbers in FILE, one a line (nearest rank).
+pct() { sort -n "$1" | awk -v p="$2" '{v[NR]=$1} END {i=int((p/100)*NR+0.999); if(i<1)i=1; print v[i]}'; }
+
+# lab_config DIR PREFIX USERS KEY.pub: the agent and proxy configuration of a bench lab
+# in DIR (agent `local` with container prefix PREFIX) and USERS students
+# student001… with the key. All of them come from one address at once: the
+# per-address and early-drop limits on connections not logged in yet are lifted (what
+# they guard is not measured). Needs BIN (build_labssh_and_loadtest), or LABSSH.
+lab_config() {
+  local dir=$1 prefix=$2 users=$3 key=$4 width=${#3}
+  [ "$width" -lt 3 ] && width=3
+  local capacity=$((users > 300 ? users : 300))
+  mkdir -p "$dir"
+  cat > "$dir/agent.toml" <<TOML
+name = "local"
+capacity = $capacity
+container_prefix = "$prefix"
+TOML
+  cat > "$dir/proxy.toml" <<TOML
+host_keys = ["$dir/host_ed25519_key"]
+users_file = "$dir/users.toml"
+cache_key_file = "$dir/cache.key"
+max_unauthenticated_per_address = $((users * 2))
+max_startups = "$((users * 2)):30:$((users * 4))"
+TOML
+  for i in $(seq 1 "$users"); do
+    "${LABSSH:-$BIN/labssh}" user add "$(printf "student%0${width}d" "$i")" \
+      --key "$key" --users "$dir/users.toml" >/dev/null
+  done
+}
+
+# at_once OUT N FUNC: runs `FUNC I` for I = 1…N all at once in the background and
+# waits for them (only them: labssh runs in the background too). Each appends
+# "I,START_NS,END_NS,STATUS" to OUT (emptied first), its own start and end.
+at_once() {
+  local out=$1 n=$2 func=$3 jobs=()
+  : > "$out"
+  for i in $(seq 1 "$n"); do
+    ( s=$(date +%s%N); rc=0; "$func" "$i" >/dev/null 2>&1 || rc=$?; e=$(date +%s%N)
+      echo "$i,$s,$e,$rc" >> "$out" ) &
+    jobs+=($!)
+  done
+  wait "${jobs[@]}"
+}
+
+# arrivals IN CSV: at_once's lines as the CSV of time-to-shell in arrival order (by
+# start): arrival,index,start_ms,ms,status, start_ms from the first start. Prints
+# how many failed.
+arrivals() {
+  sort -t, -k2,2n "$1" | awk -F, 'BEGIN {print "arrival,index,start_ms,ms,status"}
+    NR==1 {t0=$2} {printf "%d,%d,%d,%d,%d\n", NR, $1, ($2-t0)/1e6, ($3-$2)/1e6, $4; if ($4) bad++}
+    END {print bad+0 > "/dev/stderr"}' > "$2" 2> "$2.failed"
+  cat "$2.failed"; rm -f "$2.failed"
+}
+
+# ms_of CSV: the ms column of an arrivals CSV, one a line (its successes only).
+ms_of() { awk -F, 'NR>1 && $5==0 {print $4}' "$1"; }

@@ -29,7 +29,6 @@ OUT="${OUT:-target/bench-lifecycle-$(date +%Y%m%d-%H%M%S)}"
 PORT="${PORT:-42150}"
 PHASE_TIMEOUT="${PHASE_TIMEOUT:-300}"
 PROFILE="${PROFILE:-release}"
-width=${#USERS}; [ "$width" -lt 3 ] && width=3
 
 PREFIX=lbbenchlc                # labssh containers: lbbenchlc-student001.default
 RAW_LABEL=labssh-bench=lifecycle-raw
@@ -57,26 +56,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
-mkdir -p "$WORK/labssh" "$OUT"
-capacity=$((USERS > 300 ? USERS : 300))
-cat > "$WORK/labssh/agent.toml" <<EOF
-name = "local"
-capacity = $capacity
-container_prefix = "$PREFIX"
-EOF
-# All USERS come from one address at once: lift the per-address and early-drop limits
-# on connections not logged in yet (what they guard is not measured here).
-cat > "$WORK/labssh/proxy.toml" <<EOF
-host_keys = ["$WORK/labssh/host_ed25519_key"]
-users_file = "$WORK/labssh/users.toml"
-cache_key_file = "$WORK/labssh/cache.key"
-max_unauthenticated_per_address = $((USERS * 2))
-max_startups = "$((USERS * 2)):30:$((USERS * 4))"
-EOF
-for i in $(seq 1 "$USERS"); do
-  "$BIN/labssh" user add "$(printf "student%0${width}d" "$i")" \
-    --key "$WORK/id.pub" --users "$WORK/labssh/users.toml" >/dev/null
-done
+mkdir -p "$OUT"
+lab_config "$WORK/labssh" "$PREFIX" "$USERS" "$WORK/id.pub"
 say "starting labssh on 127.0.0.1:$PORT with $USERS students"
 start labssh "$PORT" "$BIN/labssh" up --dir "$WORK/labssh" --listen "127.0.0.1:$PORT" --image "$IMAGE"
 
@@ -105,23 +86,16 @@ say "raw docker unpause / start on $USERS containers"
 seq 1 "$USERS" | xargs -P 4 -I{} docker run -d --label "$RAW_LABEL" --network none "$IMAGE" sleep 2147483647 >/dev/null
 raw_ids=$(docker ps -q --filter "label=$RAW_LABEL")
 raw() {
-  local action=$1 out=$2
-  local jobs=()
-  : > "$out"
-  for id in $raw_ids; do
-    ( s=$(date +%s%N); docker "$action" "$id" >/dev/null; e=$(date +%s%N)
-      echo $(( (e - s) / 1000000 )) >> "$out" ) &
-    jobs+=($!)
-  done
-  wait "${jobs[@]}"   # not labssh, which runs in the background too
+  local action=$1 out=$2 ids=($raw_ids)
+  one() { docker "$action" "${ids[$(($1 - 1))]}"; }
+  at_once "$out.lines" "${#ids[@]}" one
+  awk -F, '{print int(($3 - $2) / 1000000)}' "$out.lines" > "$out"
 }
 echo "$raw_ids" | xargs docker pause >/dev/null
 raw unpause "$WORK/raw-unpause.ms"
 echo "$raw_ids" | xargs docker stop -t 1 >/dev/null
 raw start "$WORK/raw-start.ms"
 
-# pct FILE P: the P-th percentile of the numbers in FILE (nearest rank).
-pct() { sort -n "$1" | awk -v p="$2" '{v[NR]=$1} END {i=int((p/100)*NR+0.999); if(i<1)i=1; print v[i]}'; }
 # login P S: the loadtest's p50 or p99 (P) of whole logins in sweep S (phases.csv).
 login() {
   awk -F, -v col="$1_ms" 'NR==1 {for(i=1;i<=NF;i++) if($i==col) c=i; next} $3=="total" {print $c}' \

@@ -144,6 +144,7 @@ fn print_welcome(
     environments: &[String],
     users_file: &Path,
     http: Option<std::net::SocketAddr>,
+    tls: bool,
 ) {
     let addr = cluster.ssh_addr;
     println!("labssh is up: SSH on {addr}, state in {}", dir.display());
@@ -157,6 +158,8 @@ fn print_welcome(
         addr.port(),
         addr.ip()
     );
+    let scheme = if tls { "https" } else { "http" };
+    println!("  controller:     {scheme}://{}", cluster.controller_addr);
     if let Some(addr) = http {
         println!("  metrics:        http://{addr}/metrics   (/healthz, /readyz)");
     }
@@ -192,7 +195,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     cluster.wait_ready(1, READY_TIMEOUT).await?;
     health.set_ready(true);
-    print_welcome(&cluster, &dir, &environments, &users_file, http_addr);
+    print_welcome(
+        &cluster,
+        &dir,
+        &environments,
+        &users_file,
+        http_addr,
+        !args.no_tls,
+    );
 
     tokio::select! {
         _ = shutdown_signal() => {}

@@ -26,6 +26,8 @@ pub enum Command {
     Soak(SoakArgs),
     /// Push bytes into `cat > /dev/null` and pull them from `head -c`, in MB/s.
     Throughput(ThroughputArgs),
+    /// Plot time to shell per login in arrival order from CSV files (bench-class-start.sh).
+    Arrivals(crate::arrivals::ArrivalsArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -34,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sweep(args) => crate::sweep::run(args, stop).await?,
         Command::Soak(args) => crate::soak::run(args, stop).await?,
         Command::Throughput(args) => crate::throughput::run(args, stop).await?,
+        Command::Arrivals(args) => crate::arrivals::run(args)?,
     };
     Ok(ExitCode::from(code))
 }

@@ -4,7 +4,8 @@
 //! phase; `soak` holds interactive pty sessions and measures echo latency;
 //! `throughput` pushes and pulls bytes through sessions. Any SSH server can
 //! be a target, so labssh can be measured beside plain OpenSSH or another
-//! gateway in the same run.
+//! gateway in the same run. `arrivals` plots the per-login CSV files of
+//! `scripts/bench-class-start.sh` in arrival order.
 //!
 //! Modules depend one way, downwards, never in a circle: `cli` parses the
 //! command line and hands it to `sweep`, `soak` or `throughput`; those use
@@ -14,6 +15,7 @@
 //! the modules above them.
 
 mod args;
+mod arrivals;
 mod attempt;
 mod cli;
 mod client;

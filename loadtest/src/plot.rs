@@ -1,9 +1,11 @@
 //! SVG plots of a sweep: total latency against parallel connections
 //! (`latency`), and the mean per-phase breakdown stacked like seed 000's
-//! Fig. 5 (`phases`). What both use is here.
+//! Fig. 5 (`phases`); time to shell in arrival order (`arrivals`). What they
+//! use is here.
 
 use crate::phases::LevelStats;
 
+pub mod arrivals;
 pub mod latency;
 pub mod phases;
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
 //!   keep-alive is never read through a symlink;
 //! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart.
+//! - `passwd`: each new container's passwd and group files are its own student's,
+//!   bound read-only; neither sees the other's entry.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -33,6 +35,7 @@ mod isolation;
 mod lifecycle;
 mod names;
 mod network;
+mod passwd;
 mod prestart;
 
 use std::time::{Duration, Instant};

@@ -12,9 +12,11 @@ mod container_spec;
 mod disk;
 mod ensure;
 mod errors;
+mod etc_files;
 mod exec;
 mod helper_container;
 mod hijack;
+mod host_home;
 mod inside;
 mod inventory;
 mod lifecycle;
@@ -23,6 +25,7 @@ mod passwd;
 mod prepare;
 mod restore;
 mod routes;
+mod timing;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -86,6 +89,15 @@ pub struct DockerBackend {
     /// Serializes creating GPU containers, from choosing their devices until the
     /// container carrying them in its label exists.
     gpu_lock: tokio::sync::Mutex<()>,
+    /// Containers' networks known to exist with their rules in force, so a creation
+    /// neither inspects them nor waits on their lock; forgotten when Docker says one
+    /// is gone.
+    networks: Mutex<HashSet<String>>,
+    /// Each image's passwd and group files, read once per image id.
+    image_etc: etc_files::ImageEtc,
+    /// Whether the engine's containers use this host's user ids (no remapping); asked
+    /// once, for setting homes up from this host.
+    host_ids: tokio::sync::OnceCell<bool>,
 }
 
 impl DockerBackend {
@@ -117,6 +129,9 @@ impl DockerBackend {
             guarded: Mutex::default(),
             gpus: crate::gpus::node_gpus(config),
             gpu_lock: tokio::sync::Mutex::new(()),
+            networks: Mutex::default(),
+            image_etc: etc_files::ImageEtc::default(),
+            host_ids: tokio::sync::OnceCell::new(),
         })
     }
 

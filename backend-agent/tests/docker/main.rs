@@ -1,5 +1,7 @@
 //! The agent against the real Docker engine, in one test binary, one module per area:
 //!
+//! - `create_path`: a new container's home and passwd files set up before it exists,
+//!   a vanished network made again;
 //! - `docker_backend`: containers (names, labels, limits, homes, inventory) and
 //!   processes on both spawn paths;
 //! - `helper`: labssh-init as PID 1 — its socket, its peer checks, restoring it,
@@ -16,6 +18,7 @@
 #[macro_use]
 mod support;
 
+mod create_path;
 mod docker_backend;
 mod grpc_session;
 mod helper;

@@ -133,7 +133,7 @@ pub struct ContainerPlan<'a> {
     pub network: &'a str,
     /// The GPUs (device ids) assigned to it; empty for none.
     pub gpus: &'a [String],
-    /// With a read-only root: the host directory holding its passwd and group files.
+    /// The host directory holding its passwd and group files, bound over the image's.
     pub etc_dir: Option<&'a Path>,
 }
 

@@ -1,39 +1,27 @@
 //! A student's container made sure of: found by name (or by the name containers had
 //! before), created from the catalogue if missing, started if stopped, recreated if
 //! of an older layout, moved if on another network than its egress policy's (the
-//! student is told); the home volume, the home directory and the passwd entry set
-//! up on creation.
+//! student is told); a new one is made in [`create`], with the home volume, the home
+//! directory and the passwd entry.
 
-use bollard::body_full;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ImageInspect,
-    VolumeCreateRequest,
-};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use labssh_proto::pb;
 use tokio::time::Instant;
 
-use super::container_spec::{
-    container_name, legacy_container_name, volume_labels, volume_name, ContainerPlan, HelperPlan,
-    LABEL_ENV, LABEL_USER,
-};
+use super::container_spec::{container_name, legacy_container_name, LABEL_ENV, LABEL_USER};
 use super::errors::{docker_message, status_of};
 use super::network::{egress_of, Target};
-use super::prepare::Prepared;
 use super::routes::{Owner, Route, SpawnPath};
-use super::{archive, helper_container, passwd, DockerBackend};
-use crate::backend::init_binary::HelperSetup;
-use crate::backend::{home_dir, shell, BackendError, EnsureOptions, EnsureStep, Ensured};
+use super::timing::timed;
+use super::{helper_container, DockerBackend};
+use crate::backend::{BackendError, EnsureOptions, EnsureStep, Ensured};
 use crate::names;
 
-/// Where home directories live; see [`crate::backend::home_dir`].
-const HOME_PARENT: &str = "/home";
+mod create;
+
 /// What a student reads whose stopped GPU container was recreated with other GPUs.
 const GPUS_TAKEN: &str = "your container was stopped while idle and its GPUs went to someone else; it was recreated with free ones (your home directory is kept, other files outside it are not)";
-/// Homes are private: other students never share a container, but operators' tools might.
-const HOME_MODE: u32 = 0o700;
 
 impl DockerBackend {
     /// [`crate::backend::Backend::ensure`] on Docker.
@@ -57,10 +45,10 @@ impl DockerBackend {
         }
         let name = container_name(&self.prefix, user, &env.name);
         let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
-        let _guard = self.locks.lock(&name).await;
-        let Some(existing) = self.find(&name, user, env).await? else {
+        let _guard = timed(&name, "lock", self.locks.lock(&name)).await;
+        let Some(existing) = timed(&name, "find", self.find(&name, user, env)).await? else {
             options.step(EnsureStep::Creating);
-            return self.create(&name, user, env).await;
+            return timed(&name, "cold_total", self.create(&name, user, env)).await;
         };
         let id = existing.id.clone().unwrap_or_else(|| name.clone());
         if options.renew {
@@ -171,147 +159,6 @@ impl DockerBackend {
         Ok(true)
     }
 
-    /// Creates and starts the container `name` of `user` for `env`, with its home
-    /// volume; a container that does not start is removed again.
-    pub(super) async fn create(
-        &self,
-        name: &str,
-        user: &str,
-        env: &pb::Environment,
-    ) -> Result<Ensured, BackendError> {
-        let image = self.image(env).await?;
-        let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
-        self.ensure_network(&target).await?;
-        // Creating an existing volume returns it unchanged.
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume_name(&self.prefix, user)),
-                labels: Some(volume_labels(&self.agent, &self.prefix, user)),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| BackendError::CreateFailed(docker_message(&e)))?;
-        // Held until the container (and its label saying which GPUs it has) exists.
-        let _gpus_held = match env.gpus {
-            Some(_) => Some(self.gpu_lock.lock().await),
-            None => None,
-        };
-        let prepared = self.prepare(name, user, env).await?;
-        let (body, path) = self.plan(user, env, &image, &target, &prepared).await;
-        let options = CreateContainerOptionsBuilder::new().name(name).build();
-        let created = match self.docker.create_container(Some(options), body).await {
-            Ok(created) => created,
-            Err(e) if status_of(&e) == Some(404) => return Err(self.image_missing(env)),
-            Err(e) => return Err(BackendError::CreateFailed(docker_message(&e))),
-        };
-        tracing::info!(container = name, image = %env.image, spawn = path.name(), "created container");
-        if !env.run_as_root {
-            self.set_up_student(&created.id, user, env, prepared.set_up)
-                .await;
-        }
-        self.start_created(&created.id, name, user, env).await?;
-        Ok(Ensured {
-            container_id: created.id,
-            name: name.to_owned(),
-            created: true,
-            started: true,
-            notice: String::new(),
-        })
-    }
-
-    /// The environment's image, which must be on this node: nodes do not pull.
-    async fn image(&self, env: &pb::Environment) -> Result<ImageInspect, BackendError> {
-        match self.docker.inspect_image(&env.image).await {
-            Ok(image) => Ok(image),
-            Err(e) if status_of(&e) == Some(404) => Err(self.image_missing(env)),
-            Err(e) => Err(BackendError::Runtime {
-                action: "looking up the image",
-                message: docker_message(&e),
-            }),
-        }
-    }
-
-    /// The create request for `user`'s container of `env`, and how processes will
-    /// start in it: through labssh-init unless the environment asks for exec or this
-    /// agent has no helper.
-    async fn plan(
-        &self,
-        user: &str,
-        env: &pb::Environment,
-        image: &ImageInspect,
-        target: &Target,
-        prepared: &Prepared,
-    ) -> (ContainerCreateBody, SpawnPath) {
-        let helper = match (&self.helper, env.spawn == SpawnPath::Exec.name()) {
-            (Some(setup), false) => Some(helper_plan(setup, image)),
-            _ => None,
-        };
-        let path = if helper.is_some() {
-            SpawnPath::Helper
-        } else {
-            SpawnPath::Exec
-        };
-        let body = ContainerPlan {
-            agent: &self.agent,
-            prefix: &self.prefix,
-            user,
-            env,
-            default_keepalive: &self.keepalive_cmd,
-            helper,
-            sftp: self.sftp.as_deref(),
-            network: &target.network_mode(),
-            gpus: &prepared.gpus,
-            etc_dir: prepared.etc_dir.as_deref(),
-        }
-        .create_body();
-        (self.with_layer_quota(body, env).await, path)
-    }
-
-    /// The student's home directory and passwd entry in a new container, unless
-    /// [`DockerBackend::prepare`] saw to them (`done`: a read-only root).
-    async fn set_up_student(&self, id: &str, user: &str, env: &pb::Environment, done: bool) {
-        if done {
-            return;
-        }
-        self.fix_home(id, user, env).await;
-        passwd::ensure_entries(
-            &self.docker,
-            id,
-            user,
-            (env.uid, env.gid),
-            &home_dir(user),
-            shell(env),
-        )
-        .await;
-    }
-
-    /// Starts a container just created. One that never ran is removed, so the next
-    /// login recreates it from the catalogue as it is then instead of failing the
-    /// same way forever.
-    async fn start_created(
-        &self,
-        id: &str,
-        name: &str,
-        user: &str,
-        env: &pb::Environment,
-    ) -> Result<(), BackendError> {
-        let owner = Owner {
-            user: user.to_owned(),
-            env: std::sync::Arc::new(env.clone()),
-        };
-        let started = match self.docker.start_container(id, None).await {
-            Ok(()) => self.after_start(id, Some(owner)).await,
-            Err(e) => Err(BackendError::StartFailed(docker_message(&e))),
-        };
-        if let Err(e) = started {
-            if let Err(rm) = self.remove(id).await {
-                tracing::warn!(container = name, error = %rm, "cannot remove container that failed to start");
-            }
-            return Err(e);
-        }
-        Ok(())
-    }
-
     /// Removes a container (its home volume stays) and forgets its route.
     pub(super) async fn remove(&self, id: &str) -> Result<(), BackendError> {
         let force = RemoveContainerOptionsBuilder::new().force(true).build();
@@ -325,32 +172,6 @@ impl DockerBackend {
             })
     }
 
-    /// Makes the home volume the student's: owned by uid:gid, mode 0700, even when the
-    /// image's /etc/passwd has no such user.
-    pub(super) async fn fix_home(&self, container: &str, user: &str, env: &pb::Environment) {
-        let archive = match archive::directory(user, env.uid, env.gid, HOME_MODE) {
-            Ok(archive) => archive,
-            Err(e) => {
-                tracing::warn!(container, user, error = %e, "cannot set up home directory");
-                return;
-            }
-        };
-        // Without copyUIDGID Docker keeps the archive's owner; with it, it would chown to
-        // the container's user, which is root for a helper container.
-        let options = UploadToContainerOptionsBuilder::new()
-            .path(HOME_PARENT)
-            .copy_uidgid("false")
-            .no_overwrite_dir_non_dir("true")
-            .build();
-        if let Err(e) = self
-            .docker
-            .upload_to_container(container, Some(options), body_full(archive.into()))
-            .await
-        {
-            tracing::warn!(container, user, error = %docker_message(&e), "cannot set up home directory");
-        }
-    }
-
     /// Records how processes start in a container Docker just started, and waits for its
     /// helper; fails if the container stopped at once (its command could not start).
     pub(super) async fn after_start(
@@ -358,12 +179,13 @@ impl DockerBackend {
         id: &str,
         owner: Option<Owner>,
     ) -> Result<Route, BackendError> {
-        let inspect = self.inspect(id).await?;
+        let inspect = timed(id, "inspect", self.inspect(id)).await?;
         let mut route = helper_container::route_of(&inspect, Instant::now(), owner);
         if route.path == SpawnPath::Helper {
             match &route.helper {
                 Some(socket) => {
-                    helper_container::wait_ready(&self.docker, id, socket)
+                    let ready = helper_container::wait_ready(&self.docker, id, socket);
+                    timed(id, "helper_ready", ready)
                         .await
                         .map_err(BackendError::StartFailed)?;
                 }
@@ -413,25 +235,5 @@ impl DockerBackend {
             }
         }
         Ok(None)
-    }
-
-    fn image_missing(&self, env: &pb::Environment) -> BackendError {
-        BackendError::ImageNotAvailable {
-            image: env.image.clone(),
-            agent: self.agent.clone(),
-        }
-    }
-}
-
-/// The helper part of a new container's plan: the image's own command and user.
-fn helper_plan<'a>(setup: &'a HelperSetup, image: &ImageInspect) -> HelperPlan<'a> {
-    let config = image.config.as_ref();
-    HelperPlan {
-        init: &setup.init,
-        image_entrypoint: config
-            .and_then(|c| c.entrypoint.clone())
-            .unwrap_or_default(),
-        image_cmd: config.and_then(|c| c.cmd.clone()).unwrap_or_default(),
-        image_user: config.and_then(|c| c.user.clone()).unwrap_or_default(),
     }
 }

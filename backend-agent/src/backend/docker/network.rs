@@ -25,6 +25,7 @@ use labssh_proto::pb;
 
 use super::container_spec::{LABEL_AGENT, LABEL_PREFIX};
 use super::errors::{docker_message, status_of};
+use super::timing::timed;
 use super::DockerBackend;
 use crate::backend::{BackendError, BridgeEgress};
 
@@ -160,7 +161,9 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 impl DockerBackend {
-    /// Makes sure the network of `target` exists and its rules are in force.
+    /// Makes sure the network of `target` exists and its rules are in force: at once
+    /// when this run made sure of it before (a container created on a network gone
+    /// meanwhile makes the caller [`DockerBackend::forget_network`] and come back).
     pub(super) async fn ensure_network(&self, target: &Target) -> Result<(), BackendError> {
         let Target::Bridge {
             name,
@@ -170,6 +173,9 @@ impl DockerBackend {
         else {
             return Ok(());
         };
+        if self.known_networks().contains(name) {
+            return Ok(());
+        }
         let failed = |e: &bollard::errors::Error| BackendError::Runtime {
             action: "setting up the container's network",
             message: docker_message(e),
@@ -177,12 +183,30 @@ impl DockerBackend {
         // One login at a time per network: Docker would make a second network of the
         // same name (and then refuse it its bridge), and no container may join before
         // the rules are in.
-        let _network = self.locks.lock(name).await;
-        self.make_network(name, bridge, egress)
-            .await
-            .map_err(|e| failed(&e))?;
-        self.guard_bridge(bridge, egress).await;
+        let _network = timed(name, "network_lock", self.locks.lock(name)).await;
+        timed(
+            name,
+            "network_make",
+            self.make_network(name, bridge, egress),
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+        timed(name, "network_guard", self.guard_bridge(bridge, egress)).await;
+        self.known_networks().insert(name.clone());
         Ok(())
+    }
+
+    /// Forgets that `target`'s network exists (Docker did not find it); true if it was
+    /// taken for existing, so making sure of it again may help.
+    pub(super) fn forget_network(&self, target: &Target) -> bool {
+        match target {
+            Target::Loopback => false,
+            Target::Bridge { name, .. } => self.known_networks().remove(name),
+        }
+    }
+
+    fn known_networks(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.networks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates the network `name` unless it exists.

@@ -68,21 +68,67 @@ pub async fn with_student(
     docker: &Docker,
     container: &str,
     user: &str,
-    (uid, gid): (u32, u32),
+    ids: (u32, u32),
     home: &str,
     shell: &str,
 ) -> Option<[EtcFile; 2]> {
-    let (Ok(passwd), Ok(group)) = (
-        read_file(docker, container, "/etc/passwd").await,
-        read_file(docker, container, "/etc/group").await,
-    ) else {
-        tracing::debug!(
-            container,
-            "/etc/passwd or /etc/group is not a plain file; left alone"
-        );
-        return None;
-    };
-    let file = |name, old: Option<String>, new: Option<String>| match new {
+    let files = read_files(docker, container).await?;
+    Some(add_student(&files, user, ids, home, shell))
+}
+
+/// An image's /etc/passwd and /etc/group as they are (`None`: the image has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFiles {
+    /// /etc/passwd's text.
+    pub passwd: Option<String>,
+    /// /etc/group's text.
+    pub group: Option<String>,
+}
+
+/// The container's /etc/passwd and /etc/group; `None` (logged) when they are not plain
+/// files or cannot be read.
+pub async fn read_files(docker: &Docker, container: &str) -> Option<ImageFiles> {
+    read_files_or_why(docker, container).await.ok()
+}
+
+/// Why a container's files were not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// One of them is not a plain file (a symlink, say): it must not be overwritten.
+    NotPlain,
+    /// Docker did not hand them over.
+    Failed,
+}
+
+/// The container's /etc/passwd and /etc/group, or why not (logged).
+pub async fn read_files_or_why(docker: &Docker, container: &str) -> Result<ImageFiles, Unread> {
+    let (passwd, group) = tokio::join!(
+        read_file(docker, container, "/etc/passwd"),
+        read_file(docker, container, "/etc/group"),
+    );
+    match (passwd, group) {
+        (Ok(passwd), Ok(group)) => Ok(ImageFiles { passwd, group }),
+        (Err(why), _) | (_, Err(why)) => {
+            tracing::debug!(
+                container,
+                ?why,
+                "/etc/passwd or /etc/group is not a plain file or cannot be read; left alone"
+            );
+            Err(why)
+        }
+    }
+}
+
+/// `files` with `user` (uid, gid, home, shell) and a group for gid added unless entries
+/// with those ids exist.
+pub fn add_student(
+    files: &ImageFiles,
+    user: &str,
+    (uid, gid): (u32, u32),
+    home: &str,
+    shell: &str,
+) -> [EtcFile; 2] {
+    let file = |name, old: &Option<String>, new: Option<String>| match new {
         Some(text) => EtcFile {
             name,
             text,
@@ -90,33 +136,33 @@ pub async fn with_student(
         },
         None => EtcFile {
             name,
-            text: old.unwrap_or_default(),
+            text: old.clone().unwrap_or_default(),
             changed: false,
         },
     };
     let new_passwd = with_entry(
-        passwd.as_deref(),
+        files.passwd.as_deref(),
         2,
         uid,
         &format!("{user}:x:{uid}:{gid}:{user}:{home}:{shell}"),
         "root:x:0:0:root:/root:/bin/sh",
     );
     let new_group = with_entry(
-        group.as_deref(),
+        files.group.as_deref(),
         2,
         gid,
         &format!("{user}:x:{gid}:"),
         "root:x:0:",
     );
-    Some([
-        file("passwd", passwd, new_passwd),
-        file("group", group, new_group),
-    ])
+    [
+        file("passwd", &files.passwd, new_passwd),
+        file("group", &files.group, new_group),
+    ]
 }
 
 /// The file's text; `Ok(None)` when the container has no such file, `Err` when it is
 /// something this must not overwrite (a symlink, say) or cannot be read.
-async fn read_file(docker: &Docker, container: &str, path: &str) -> Result<Option<String>, ()> {
+async fn read_file(docker: &Docker, container: &str, path: &str) -> Result<Option<String>, Unread> {
     let options = DownloadFromContainerOptionsBuilder::new()
         .path(path)
         .build();
@@ -129,17 +175,22 @@ async fn read_file(docker: &Docker, container: &str, path: &str) -> Result<Optio
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
         }) => return Ok(None),
-        Err(_) => return Err(()),
+        Err(_) => return Err(Unread::Failed),
     };
     let tar_bytes: Vec<u8> = chunks.concat();
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
-    let mut entries = archive.entries().map_err(|_| ())?;
-    let mut entry = entries.next().ok_or(())?.map_err(|_| ())?;
+    let mut entries = archive.entries().map_err(|_| Unread::Failed)?;
+    let mut entry = entries
+        .next()
+        .ok_or(Unread::Failed)?
+        .map_err(|_| Unread::Failed)?;
     if !entry.header().entry_type().is_file() {
-        return Err(());
+        return Err(Unread::NotPlain);
     }
     let mut text = String::new();
-    entry.read_to_string(&mut text).map_err(|_| ())?;
+    entry
+        .read_to_string(&mut text)
+        .map_err(|_| Unread::NotPlain)?;
     Ok(Some(text))
 }
 

@@ -218,7 +218,7 @@ impl DockerBackend {
 
 /// Writes the files into `dir` (created if need be), in place: a bound file must stay
 /// the same inode.
-fn write_files(dir: &Path, files: &[passwd::EtcFile; 2]) -> std::io::Result<()> {
+pub(super) fn write_files(dir: &Path, files: &[passwd::EtcFile; 2]) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)

@@ -22,12 +22,13 @@ const GPU_DRIVER: &str = "nvidia";
 const GPU_CAPABILITY: &str = "gpu";
 /// Devices are read, written and created (mknod) as `--device` grants by default.
 const DEVICE_PERMISSIONS: &str = "rwm";
-/// Where a read-only root's passwd and group files come from: bound read-only over the
-/// image's, since Docker's archive upload cannot write a read-only root.
+/// The passwd and group files a new container's own directory holds, bound read-only
+/// over the image's: a read-only root's (Docker's archive upload cannot write one), and
+/// every student container's whose image's files are known (`etc_files.rs`).
 pub const ETC_FILES: [&str; 2] = ["passwd", "group"];
 
-/// Adds `isolation`, the GPUs assigned (`gpus`, device ids) and the passwd files of a
-/// read-only root (`etc_dir` holding [`ETC_FILES`]) to `host_config`.
+/// Adds `isolation`, the GPUs assigned (`gpus`, device ids) and the passwd files
+/// (`etc_dir` holding [`ETC_FILES`]) to `host_config`.
 pub fn apply(
     host_config: &mut HostConfig,
     isolation: Option<&pb::Isolation>,
@@ -36,6 +37,16 @@ pub fn apply(
 ) {
     if !gpus.is_empty() {
         host_config.device_requests = Some(vec![gpu_request(gpus)]);
+    }
+    if let Some(dir) = etc_dir {
+        let mounts = host_config.mounts.get_or_insert_with(Vec::new);
+        mounts.extend(ETC_FILES.iter().map(|file| Mount {
+            target: Some(format!("/etc/{file}")),
+            source: Some(dir.join(file).to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }));
     }
     let Some(iso) = isolation else {
         return;
@@ -76,15 +87,6 @@ pub fn apply(
     }
     let mounts = host_config.mounts.get_or_insert_with(Vec::new);
     mounts.extend(iso.mounts.iter().map(course_data));
-    if let Some(dir) = etc_dir.filter(|_| iso.read_only_root) {
-        mounts.extend(ETC_FILES.iter().map(|file| Mount {
-            target: Some(format!("/etc/{file}")),
-            source: Some(dir.join(file).to_string_lossy().into_owned()),
-            typ: Some(MountType::BIND),
-            read_only: Some(true),
-            ..Default::default()
-        }));
-    }
     if !iso.devices.is_empty() {
         host_config.devices = Some(iso.devices.iter().map(|d| device(d)).collect());
     }
@@ -201,15 +203,15 @@ mod tests {
         );
         assert_eq!(hc.shm_size, Some(256 << 20));
         let mounts = hc.mounts.unwrap();
-        let course = &mounts[0];
-        assert_eq!(course.source.as_deref(), Some("course-data"));
-        assert_eq!(course.typ, Some(MountType::VOLUME));
-        assert_eq!(course.read_only, Some(true));
-        let passwd = &mounts[1];
+        let passwd = &mounts[0];
         assert_eq!(passwd.target.as_deref(), Some("/etc/passwd"));
         assert_eq!(passwd.source.as_deref(), Some("/run/l/c1/passwd"));
         assert_eq!(passwd.read_only, Some(true));
-        assert_eq!(mounts[2].target.as_deref(), Some("/etc/group"));
+        assert_eq!(mounts[1].target.as_deref(), Some("/etc/group"));
+        let course = &mounts[2];
+        assert_eq!(course.source.as_deref(), Some("course-data"));
+        assert_eq!(course.typ, Some(MountType::VOLUME));
+        assert_eq!(course.read_only, Some(true));
         let devices = hc.devices.unwrap();
         assert_eq!(devices[0].path_in_container.as_deref(), Some("/dev/fuse"));
         assert_eq!(devices[0].cgroup_permissions.as_deref(), Some("rwm"));
@@ -228,13 +230,25 @@ mod tests {
             seccomp: "default".into(),
             ..Default::default()
         };
-        apply(&mut hc, Some(&quiet), &[], Some(Path::new("/x")));
+        apply(&mut hc, Some(&quiet), &[], None);
         assert_eq!(hc.security_opt, None);
         assert_eq!(hc.readonly_rootfs, None);
         assert!(
             hc.mounts.unwrap().is_empty(),
-            "no passwd binds without a read-only root"
+            "no passwd binds without files"
         );
+    }
+
+    #[test]
+    fn passwd_files_are_bound_whenever_given() {
+        let mut hc = HostConfig::default();
+        apply(&mut hc, None, &[], Some(Path::new("/run/l/c2")));
+        let mounts = hc.mounts.unwrap();
+        let targets: Vec<_> = mounts.iter().map(|m| m.target.as_deref()).collect();
+        assert_eq!(targets, [Some("/etc/passwd"), Some("/etc/group")]);
+        assert!(mounts.iter().all(|m| m.read_only == Some(true)));
+        assert_eq!(mounts[1].source.as_deref(), Some("/run/l/c2/group"));
+        assert_eq!(hc.readonly_rootfs, None, "the root stays writable");
     }
 
     #[test]
