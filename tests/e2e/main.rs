@@ -13,7 +13,9 @@
 //! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
 //!   memory limits named when a student hits them;
 //! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
-//!   old ones recreated at a login with no other session.
+//!   old ones recreated at a login with no other session;
+//! - `start_queue`: bounded container starts, places on stderr, a full queue, a
+//!   client leaving it (a gate holds Docker's starts).
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -27,3 +29,4 @@ mod hooks;
 mod isolation;
 mod lifecycle;
 mod sessions;
+mod start_queue;

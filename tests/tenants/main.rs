@@ -18,6 +18,9 @@
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
 //!   keep-alive is never read through a symlink.
 //!
+//! - `start_queue`: alice's parallel logins take one place per container; bob's place
+//!   counts only containers ahead of him and names nobody.
+//!
 //! Every new feature that opens a path between containers adds its case here.
 
 #[path = "../lab/mod.rs"]
@@ -32,6 +35,7 @@ mod isolation;
 mod lifecycle;
 mod names;
 mod network;
+mod start_queue;
 
 use std::time::{Duration, Instant};
 

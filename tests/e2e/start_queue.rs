@@ -1,0 +1,132 @@
+//! The agent's start queue end to end: a gate in front of the Docker socket holds
+//! every container start until the test lets it through, so the queue's shape is
+//! decided by the test, not by timing. Stock `ssh`, real Docker.
+
+use std::time::Duration;
+
+use crate::lab::queue::{gate, lab, place_of, wait_held, Login, WAIT};
+use crate::lab::Lab;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn six_cold_logins_start_two_at_a_time_and_the_rest_see_their_place_fall() {
+    let gate = gate().await;
+    let lab = lab(&gate, |c| c.start_concurrency = 2).await;
+    let logins: Vec<Login> = ["e1", "e2", "e3"]
+        .iter()
+        .flat_map(|e| {
+            [
+                Login::start(&lab, &format!("alice+{e}"), &Lab::alice()),
+                Login::start(&lab, &format!("bob+{e}"), &Lab::bob()),
+            ]
+        })
+        .collect();
+    wait_held(&gate, 2).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while logins.iter().filter(|l| !l.places().is_empty()).count() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "4 never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gate.held(), 2, "exactly two start at once");
+    let mut first: Vec<usize> = logins
+        .iter()
+        .filter_map(|l| l.places().first().copied())
+        .collect();
+    first.sort();
+    assert_eq!(first, [0, 1, 2, 3], "one place each, in arrival order");
+    // One start at a time: the queue moves up by one, and two are at the gate again
+    // while anyone waits.
+    for released in 1..=6 {
+        gate.release(1);
+        let held = if released <= 4 { 2 } else { 6 - released };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gate.passed() < released || gate.held() != held {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after {released} released: {} passed, {} held",
+                gate.passed(),
+                gate.held()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for login in logins {
+        let places = login.places();
+        let (code, out, err) = login.finish().await;
+        assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
+        if places.is_empty() {
+            continue;
+        }
+        assert!(places.windows(2).all(|w| w[1] < w[0]), "{places:?}: {err}");
+        // The last place line is followed by admission: the usual step line.
+        let lines: Vec<&str> = err.lines().collect();
+        let last = lines.iter().rposition(|l| place_of(l).is_some()).unwrap();
+        assert!(
+            places.last() == Some(&0)
+                || lines[last + 1..]
+                    .iter()
+                    .any(|l| l.contains("creating your container")),
+            "{err}"
+        );
+        assert!(err.contains("creating your container"), "{err}");
+    }
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_killed_while_queued_leaves_and_its_container_is_never_made() {
+    let gate = gate().await;
+    let lab = lab(&gate, |c| c.start_concurrency = 1).await;
+    let first = Login::start(&lab, "alice+e1", &Lab::alice());
+    wait_held(&gate, 1).await;
+    let mut killed = Login::start(&lab, "bob+e1", &Lab::bob());
+    killed.wait_line("place", |l| place_of(l) == Some(0)).await;
+    let last = Login::start(&lab, "bob+e2", &Lab::bob());
+    last.wait_line("place", |l| place_of(l) == Some(1)).await;
+    killed.child.kill().await.unwrap();
+    // Nothing was started meanwhile: the one behind moved up because bob+e1 left.
+    last.wait_line("moved-up place", |l| place_of(l) == Some(0))
+        .await;
+    assert_eq!(gate.passed(), 0);
+    gate.open();
+    for login in [first, last] {
+        let (code, out, err) = login.finish().await;
+        assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
+    }
+    assert_eq!(
+        gate.passed(),
+        2,
+        "the killed client's container never started"
+    );
+    assert_eq!(lab.container_id("bob", "e1"), None, "nor was it created");
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_queue_limit_a_student_is_told_at_once_when_to_retry() {
+    let gate = gate().await;
+    let lab = lab(&gate, |c| {
+        c.start_concurrency = 1;
+        c.start_queue_limit = 1;
+    })
+    .await;
+    let first = Login::start(&lab, "alice+e1", &Lab::alice());
+    wait_held(&gate, 1).await;
+    let second = Login::start(&lab, "bob+e1", &Lab::bob());
+    second.wait_line("place", |l| place_of(l) == Some(0)).await;
+    // The gate is still closed: the answer cannot wait for a start.
+    let third = Login::start(&lab, "alice+e2", &Lab::alice());
+    let (code, out, err) = third.finish().await;
+    assert_eq!((code, out.as_str()), (Some(255), ""), "{err}");
+    assert!(
+        err.starts_with("labssh: ")
+            && err.contains("this node is starting 2 containers already; try again in "),
+        "{err}"
+    );
+    assert_eq!(lab.container_id("alice", "e2"), None);
+    gate.open();
+    for login in [first, second] {
+        let (code, out, err) = login.finish().await;
+        assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
+    }
+    lab.stop().await;
+}
