@@ -109,6 +109,10 @@ async fn past_the_queue_limit_a_student_is_told_at_once_when_to_retry() {
         c.start_queue_limit = 1;
     })
     .await;
+    // Bob's e3 container is made first, and is running.
+    gate.release(1);
+    let (code, _, err) = Login::start(&lab, "bob+e3", &Lab::bob()).finish().await;
+    assert_eq!(code, Some(0), "{err}");
     let first = Login::start(&lab, "alice+e1", &Lab::alice());
     wait_held(&gate, 1).await;
     let second = Login::start(&lab, "bob+e1", &Lab::bob());
@@ -123,10 +127,68 @@ async fn past_the_queue_limit_a_student_is_told_at_once_when_to_retry() {
         "{err}"
     );
     assert_eq!(lab.container_id("alice", "e2"), None);
+    // A running container never waits in the queue, full or not.
+    let (code, out, err) = Login::start(&lab, "bob+e3", &Lab::bob()).finish().await;
+    assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
+    assert!(place_of(&err).is_none(), "{err}");
     gate.open();
     for login in [first, second] {
         let (code, out, err) = login.finish().await;
         assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
     }
     lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prestarted_container_is_counted_until_its_first_login() {
+    use labssh_proto::pb;
+    let gate = gate().await;
+    gate.open();
+    let lab = lab(&gate, |c| c.start_concurrency = 1).await;
+    let endpoint = format!("http://{}", lab.cluster.as_ref().unwrap().agent_addrs[0]);
+    let mut agent = pb::agent_client::AgentClient::new(
+        tonic::transport::Endpoint::from_shared(endpoint)
+            .unwrap()
+            .connect_lazy(),
+    );
+    let prestart = pb::EnsureRequest {
+        user: "bob".into(),
+        environment: "e1".into(),
+        prestart: true,
+    };
+    let reply = agent.ensure(prestart.clone()).await.unwrap().into_inner();
+    assert!(reply.created, "{reply:?}");
+    wait_prestarted(&lab, 1).await;
+    // A second prestart finds it there and changes nothing.
+    let reply = agent.ensure(prestart).await.unwrap().into_inner();
+    assert!(!reply.created && !reply.started, "{reply:?}");
+    wait_prestarted(&lab, 1).await;
+    // Its first login: not prestarted any more.
+    let out = lab.ssh.run("bob+e1", &Lab::bob(), &["true"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    wait_prestarted(&lab, 0).await;
+    lab.stop().await;
+}
+
+/// The controller's view of agent0's `prestarted` count, once it is `n`.
+async fn wait_prestarted(lab: &Lab, n: u32) {
+    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let agents = controller
+            .list_agents(labssh_proto::pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        let seen = agents[0].status.as_ref().map(|s| s.prestarted);
+        if seen == Some(n) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prestarted {seen:?}, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
