@@ -118,3 +118,41 @@ pub fn hook(agent: &str, event: &'static str, outcome: &'static str, elapsed: Du
     );
     m.hook_seconds.record(seconds(elapsed), &[agent, event]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the `labssh_agent_containers` sample of `agent` in `state`.
+    fn containers(page: &str, agent: &str, state: &str) -> Option<String> {
+        page.lines()
+            .filter(|l| l.starts_with("labssh_agent_containers{"))
+            .filter(|l| l.contains(&format!("agent=\"{agent}\"")))
+            .find(|l| l.contains(&format!("state=\"{state}\"")))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    }
+
+    #[test]
+    fn prestarted_containers_are_shown_apart_from_running_ones() {
+        let info = |state: pb::ContainerState| pb::ContainerInfo {
+            state: state as i32,
+            ..Default::default()
+        };
+        let status = pb::AgentStatus {
+            inventory: vec![
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Paused),
+            ],
+            prestarted: 2,
+            ..Default::default()
+        };
+        agent_status("t-prestarted", &status);
+        let page = crate::metrics::render();
+        let seen = |state| containers(&page, "t-prestarted", state);
+        assert_eq!(seen("running").as_deref(), Some("1"), "{page}");
+        assert_eq!(seen("prestarted").as_deref(), Some("2"));
+        assert_eq!(seen("paused").as_deref(), Some("1"));
+    }
+}
