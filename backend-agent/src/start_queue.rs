@@ -135,6 +135,10 @@ impl StartQueue {
     /// Waits for a place for `caller`, telling it each new place; refused at once
     /// when the queue is full, or when the caller leaves.
     pub async fn admit(self: &Arc<Self>, caller: &Caller) -> Result<Permit, Refusal> {
+        if caller.left.as_ref().is_some_and(|l| l.is_cancelled()) {
+            // Gone while waiting for something else (its container's lock).
+            return Err(Refusal::Left);
+        }
         let waiting = {
             let mut inner = self.lock();
             if inner.in_flight < self.concurrency {

@@ -170,6 +170,13 @@ async fn a_caller_who_leaves_is_out_and_nobody_waits_for_it() {
         "told when queued and as it moved"
     );
     assert_eq!(queue.in_flight(), 0);
+    // One already gone takes no free place.
+    let gone = Caller {
+        left: Some(left),
+        ..student()
+    };
+    assert_eq!(queue.admit(&gone).await.err(), Some(Refusal::Left));
+    assert_eq!(queue.in_flight(), 0);
 }
 
 #[tokio::test(start_paused = true)]
