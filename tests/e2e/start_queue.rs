@@ -192,3 +192,33 @@ async fn wait_prestarted(lab: &Lab, n: u32) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_whose_client_is_killed_while_queued_leaves_too() {
+    let gate = gate().await;
+    let lab = lab(&gate, |c| c.start_concurrency = 1).await;
+    let first = Login::start(&lab, "alice+e1", &Lab::alice());
+    wait_held(&gate, 1).await;
+    // `ssh -L` into alice's cold e2: its connections wait for her container (one
+    // place, whatever their number).
+    let port = labssh_testkit::process::free_port();
+    let spec = format!("{port}:localhost:80");
+    let mut forward = crate::forwarding::forward(&lab, "alice+e2", &["-L", &spec], port).await;
+    let _held_open = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let behind = Login::start(&lab, "bob+e3", &Lab::bob());
+    behind.wait_line("place", |l| place_of(l) == Some(1)).await;
+    forward.kill().await.unwrap();
+    behind
+        .wait_line("moved-up place", |l| place_of(l) == Some(0))
+        .await;
+    assert_eq!(gate.passed(), 0);
+    gate.open();
+    for login in [first, behind] {
+        let (code, out, err) = login.finish().await;
+        assert_eq!((code, out.trim()), (Some(0), "shell-ok"), "{err}");
+    }
+    assert_eq!(lab.container_id("alice", "e2"), None, "never created");
+    lab.stop().await;
+}
