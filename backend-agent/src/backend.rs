@@ -29,8 +29,8 @@ pub use error::BackendError;
 pub use guard::{BridgeEgress, NetworkGuard};
 pub(crate) use keyed_lock::KeyedLock;
 pub use lifecycle_ops::{
-    settings_hash, EnsureOptions, EnsureStep, KeepaliveFile, Renewal, StepSink, KEEPALIVE_FILE,
-    KEEPALIVE_MAX_BYTES,
+    settings_hash, Admission, EnsureOptions, EnsureStep, KeepaliveFile, Renewal, StepSink,
+    KEEPALIVE_FILE, KEEPALIVE_MAX_BYTES,
 };
 pub use process::{ExitStatus, Output, Process, ProcessControl, SpawnPath, Stdin, StdinSink};
 pub use spawn_spec::{home_dir, shell, PtySpec, RunAs, SpawnSpec};

@@ -5,6 +5,10 @@ use std::path::Path;
 use labssh_proto::config::ConfigRole;
 use serde::Deserialize;
 
+use crate::start_queue::{DEFAULT_START_CONCURRENCY, DEFAULT_START_QUEUE_LIMIT};
+
+mod start_queue;
+
 /// Agents are usually named after their node; this default is only good for one-node trials.
 const DEFAULT_NAME: &str = "agent-1";
 /// Loopback, so a forgotten config never exposes the agent to the network.
@@ -131,6 +135,11 @@ pub struct Config {
     /// This node's GPUs (device ids, e.g. `["0", "1"]`); absent means those
     /// `nvidia-smi -L` lists, if it is installed, else none. `[]` offers none.
     pub gpus: Option<Vec<String>>,
+    /// Containers created or started at once on this node; more wait in the start
+    /// queue, first come first served, students before prestarts.
+    pub start_concurrency: u32,
+    /// Students waiting in the start queue at most; past it they are told to retry.
+    pub start_queue_limit: u32,
 }
 
 impl Default for Config {
@@ -162,6 +171,8 @@ impl Default for Config {
             nofile: DEFAULT_NOFILE,
             disk_check_interval_secs: DEFAULT_DISK_CHECK_INTERVAL_SECS,
             gpus: None,
+            start_concurrency: DEFAULT_START_CONCURRENCY,
+            start_queue_limit: DEFAULT_START_QUEUE_LIMIT,
         }
     }
 }
@@ -191,6 +202,7 @@ impl Config {
         self.check_addresses(&mut problems);
         self.check_runtime(&mut problems);
         self.check_limits(&mut problems);
+        self.check_start_queue(&mut problems);
         ConfigError::check(ConfigRole::Agent, problems)
     }
 

@@ -42,7 +42,19 @@ where
         return;
     };
     let opened = match first.msg {
-        Some(In::Open(open)) => connect::open(&shared, open).await,
+        Some(In::Open(open)) => {
+            // A forward waiting in the start queue leaves it when the proxy's stream
+            // is gone; an admitted ensure goes on.
+            let left = tokio_util::sync::CancellationToken::new();
+            let opening = connect::open(&shared, open, left.clone());
+            tokio::pin!(opening);
+            loop {
+                tokio::select! {
+                    _ = tx.closed(), if !left.is_cancelled() => left.cancel(),
+                    opened = &mut opening => break opened,
+                }
+            }
+        }
         Some(In::Attach(attach)) => connect::attach(&shared, attach),
         _ => Err(ForwardError::NotOpen),
     };

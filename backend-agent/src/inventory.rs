@@ -35,6 +35,8 @@ struct Containers {
     /// Names of containers made from another image or settings than their
     /// environment's now, as the lifecycle last judged.
     outdated: HashSet<String>,
+    /// Names of containers a prestart created or started and no student used since.
+    prestarted: HashSet<String>,
 }
 
 impl Inventory {
@@ -76,8 +78,12 @@ impl Inventory {
                 .collect(),
             draining: self.draining.load(Ordering::Relaxed),
             gpus: self.gpus.clone(),
-            // Prestarts are not tracked yet (issue 13 is under way).
-            prestarted: 0,
+            prestarted: containers
+                .list
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .filter(|c| containers.prestarted.contains(&c.name))
+                .count() as u32,
         }
     }
 
@@ -147,6 +153,20 @@ impl Inventory {
         }
         drop(containers);
         self.changed.notify_one();
+    }
+
+    /// Marks `name` prestarted: made ready ahead of its student.
+    pub fn mark_prestarted(&self, name: &str) {
+        if self.containers().prestarted.insert(name.to_owned()) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A student's session, forward or listener ensured `name`: not prestarted any more.
+    pub fn mark_used(&self, name: &str) {
+        if self.containers().prestarted.remove(name) {
+            self.changed.notify_one();
+        }
     }
 
     /// The containers as last known.
@@ -236,5 +256,19 @@ mod tests {
         assert_eq!(s.inventory[0].user, "a");
         drop(guard);
         assert_eq!(inv.status().sessions, 0);
+    }
+
+    #[test]
+    fn prestarted_containers_are_counted_until_used_and_only_while_running() {
+        let inv = Inventory::new(5);
+        inv.note_running("p-a-x", "a", "x");
+        inv.note_running("p-b-x", "b", "x");
+        inv.mark_prestarted("p-a-x");
+        inv.mark_prestarted("p-b-x");
+        assert_eq!(inv.status().prestarted, 2);
+        inv.mark_used("p-a-x");
+        assert_eq!(inv.status().prestarted, 1);
+        inv.note_state("p-b-x", ContainerState::Stopped);
+        assert_eq!(inv.status().prestarted, 0, "stopped: not ready any more");
     }
 }

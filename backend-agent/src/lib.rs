@@ -17,6 +17,7 @@ mod names;
 mod service;
 mod session;
 mod signal;
+pub mod start_queue;
 mod state;
 mod stream;
 
@@ -209,6 +210,11 @@ fn start(
     );
     tasks.spawn(lifecycle.clone().run(stop.clone()));
     Arc::new(state::Shared {
+        starts: start_queue::StartQueue::new(
+            &config.name,
+            config.start_concurrency,
+            config.start_queue_limit,
+        ),
         lifecycle,
         hooks,
         limits,

@@ -12,6 +12,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::backend::BackendError;
 use crate::forward::{self, listen};
 use crate::session;
+use crate::start_queue::{Caller, Class};
 use crate::state::{EnsureError, Shared};
 
 /// Output messages buffered per session before the process is made to wait; small, so
@@ -28,6 +29,8 @@ impl From<EnsureError> for Status {
             EnsureError::Backend(BackendError::ImageNotAvailable { .. }) => {
                 Code::FailedPrecondition
             }
+            EnsureError::Backend(BackendError::Busy { .. }) => Code::ResourceExhausted,
+            EnsureError::Backend(BackendError::LeftQueue) => Code::Cancelled,
             EnsureError::Backend(_) => Code::Unavailable,
             EnsureError::Hook(_) => Code::FailedPrecondition,
         };
@@ -106,9 +109,19 @@ impl pb::agent_server::Agent for AgentService {
         request: Request<pb::EnsureRequest>,
     ) -> Result<Response<pb::EnsureReply>, Status> {
         let request = request.into_inner();
+        // A prestart waits behind every student, and marks the container prestarted.
+        let class = match request.prestart {
+            true => Class::Prestart,
+            false => Class::Student,
+        };
         let (_, ensured) = self
             .shared
-            .ensure(&request.user, &request.environment)
+            .ensure_with(
+                &request.user,
+                &request.environment,
+                None,
+                Caller::quiet(class),
+            )
             .await?;
         Ok(Response::new(pb::EnsureReply {
             container: ensured.name,
@@ -148,6 +161,13 @@ mod tests {
             (
                 EnsureError::Backend(BackendError::StartFailed("exit 1".into())),
                 Code::Unavailable,
+            ),
+            (
+                EnsureError::Backend(BackendError::Busy {
+                    starting: 501,
+                    retry: 40,
+                }),
+                Code::ResourceExhausted,
             ),
         ];
         for (error, code) in cases {

@@ -14,6 +14,7 @@ use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Component};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -22,6 +23,7 @@ use crate::backend::{Ensured, Process, SpawnSpec};
 use crate::hooks::{Event, Target};
 use crate::limits::caps::{Held, Kind};
 use crate::limits::cgroup::LimitWatch;
+use crate::start_queue::{Caller, Class, Place};
 use crate::state::Shared;
 use crate::stream;
 pub use refusal::SessionError;
@@ -180,10 +182,31 @@ async fn ensure(
             let _ = tx.try_send(Ok(pb::SessionOutput { msg: Some(line) }));
         })
     };
-    let ensure = shared.ensure_with(&start.user, &start.environment, Some(progress));
-    let ensured = tokio::select! {
-        _ = shared.shutdown.cancelled() => return None,
-        ensured = ensure.instrument(span.clone()) => ensured,
+    // Waiting in the start queue, the student is told their place; when the proxy's
+    // stream is gone they leave it (an admitted ensure goes on).
+    let left = CancellationToken::new();
+    let caller = Caller {
+        class: Class::Student,
+        told: Some({
+            let tx = tx.clone();
+            Arc::new(move |place: Place| {
+                let line = Out::Progress(pb::Progress {
+                    message: place.line(),
+                });
+                let _ = tx.try_send(Ok(pb::SessionOutput { msg: Some(line) }));
+            })
+        }),
+        left: Some(left.clone()),
+    };
+    let ensure = shared.ensure_with(&start.user, &start.environment, Some(progress), caller);
+    let ensure = ensure.instrument(span.clone());
+    tokio::pin!(ensure);
+    let ensured = loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return None,
+            _ = tx.closed(), if !left.is_cancelled() => left.cancel(),
+            ensured = &mut ensure => break ensured,
+        }
     };
     let (env, ensured) = match ensured {
         Ok(ok) => ok,

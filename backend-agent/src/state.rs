@@ -16,6 +16,7 @@ use crate::inventory::Inventory;
 use crate::lifecycle::{Lifecycle, Reason};
 use crate::limits::Limits;
 use crate::names;
+use crate::start_queue::{self, Caller, Class, StartQueue};
 
 /// State shared by all rpcs; lives as long as the agent.
 pub struct Shared {
@@ -42,6 +43,8 @@ pub struct Shared {
     pub hooks: Hooks,
     /// Idle pause and stop, and what keeps containers awake.
     pub lifecycle: Arc<Lifecycle>,
+    /// Bounds the containers created or started at once; students first.
+    pub starts: Arc<StartQueue>,
 }
 
 /// Why a student's container could not be ensured; the message is for the student.
@@ -70,18 +73,23 @@ impl Shared {
         user: &str,
         environment: &str,
     ) -> Result<(pb::Environment, Ensured), EnsureError> {
-        self.ensure_with(user, environment, None).await
+        let caller = Caller::quiet(Class::Student);
+        self.ensure_with(user, environment, None, caller).await
     }
 
     /// [`Shared::ensure`] for a session's login: each step is told to `progress` in
     /// the student's words, and a container nobody else holds open may be recreated
-    /// (older than `max_age`, or outdated).
+    /// (older than `max_age`, or outdated). A create or start waits in the start
+    /// queue as `caller`; a prestarted container is marked so until a student's
+    /// ensure finds it.
     pub async fn ensure_with(
         &self,
         user: &str,
         environment: &str,
         progress: Option<Box<dyn Fn(String) + Send + Sync>>,
+        caller: Caller,
     ) -> Result<(pb::Environment, Ensured), EnsureError> {
+        let class = caller.class;
         if !names::is_valid_user(user) {
             return Err(EnsureError::InvalidUser(user.to_owned()));
         }
@@ -100,6 +108,7 @@ impl Shared {
                     }
                     steps.lock().unwrap_or_else(|e| e.into_inner()).push(step);
                 })),
+                admission: Some(start_queue::admission(self.starts.clone(), caller)),
             }
         };
         let ensuring = std::time::Instant::now();
@@ -112,6 +121,13 @@ impl Shared {
             self.inventory.note_created(&ensured.name, user, &env.name);
         } else if ensured.started {
             self.inventory.note_running(&ensured.name, user, &env.name);
+        }
+        match class {
+            Class::Prestart if ensured.created || ensured.started => {
+                self.inventory.mark_prestarted(&ensured.name)
+            }
+            Class::Prestart => {}
+            Class::Student => self.inventory.mark_used(&ensured.name),
         }
         if (ensured.created || ensured.started) && env.gpus.is_some() {
             // Which GPUs it took is in its label: report them before the next

@@ -78,9 +78,12 @@ pub(crate) async fn run(
                 None => break,
             },
             Phase::Starting(gathered) => {
-                match refusing(&mut inbox.requests, start::run(&session, gathered)).await {
-                    Ok(started) => Phase::Relaying(Box::new(started)),
-                    Err(failed) => Phase::Closing(failed),
+                match unless_gone(&mut inbox.requests, start::run(&session, gathered)).await {
+                    Some(Ok(started)) => Phase::Relaying(Box::new(started)),
+                    Some(Err(failed)) => Phase::Closing(failed),
+                    // The client is gone: the agent's stream is dropped, so a start
+                    // waiting in its queue leaves it.
+                    None => break,
                 }
             }
             Phase::Relaying(started) => {
@@ -113,6 +116,26 @@ async fn refusing<T>(
             Some((_, reply)) = requests.recv() => {
                 let _ = reply.send(false);
             }
+        }
+    }
+}
+
+/// [`refusing`], but `None` as soon as the client is gone (the connection dropped
+/// the channel's queues): `phase` is dropped then.
+async fn unless_gone<T>(
+    requests: &mut mpsc::UnboundedReceiver<Pending>,
+    phase: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(phase);
+    loop {
+        tokio::select! {
+            done = &mut phase => return Some(done),
+            request = requests.recv() => match request {
+                Some((_, reply)) => {
+                    let _ = reply.send(false);
+                }
+                None => return None,
+            },
         }
     }
 }

@@ -96,6 +96,11 @@ pub(crate) struct Connection {
     unauthenticated: Unauthenticated,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
+    /// Cancelled when the connection is gone: its forwards still opening give up
+    /// (an agent's start queue loses a waiter nobody waits for).
+    closed: tokio_util::sync::CancellationToken,
+    /// Cancels `closed` when dropped.
+    _closing: tokio_util::sync::DropGuard,
 }
 
 impl Connection {
@@ -117,7 +122,10 @@ impl Connection {
         span.record("conn", id);
         let accept_phase = Some(tracing::info_span!(parent: &span, "accept"));
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let closed = tokio_util::sync::CancellationToken::new();
         let connection = Connection {
+            _closing: closed.clone().drop_guard(),
+            closed,
             shared,
             client: auth::Client {
                 conn: id,
@@ -347,8 +355,12 @@ impl Connection {
             return;
         };
         let (host, port) = target;
+        let closed = self.closed.clone();
         tokio::spawn(async move {
-            forward::direct_tcpip(ctx, channel, reply, host, port, originator).await;
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = forward::direct_tcpip(ctx, channel, reply, host, port, originator) => {}
+            }
             drop(slot);
         });
     }

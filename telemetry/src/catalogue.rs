@@ -139,7 +139,7 @@ pub const FAMILIES: &[Family] = &[
     // Agents.
     Family {
         name: "labssh_agent_containers",
-        help: "Containers held by each agent, by state (running, paused, stopped, creating).",
+        help: "Containers held by each agent, by state (running, prestarted, paused, stopped, creating); prestarted ones are running and not yet used, and not counted as running.",
         kind: Kind::Gauge,
         labels: &["agent", "state"],
     },
@@ -184,6 +184,24 @@ pub const FAMILIES: &[Family] = &[
         help: "Time a lifecycle hook took, by agent and event.",
         kind: Kind::Histogram,
         labels: &["agent", "event"],
+    },
+    Family {
+        name: "labssh_agent_start_queue",
+        help: "Containers waiting in each agent's start queue, by class (student, prestart).",
+        kind: Kind::Gauge,
+        labels: &["agent", "class"],
+    },
+    Family {
+        name: "labssh_agent_starts_in_flight",
+        help: "Containers each agent is creating or starting now (at most start_concurrency).",
+        kind: Kind::Gauge,
+        labels: &["agent"],
+    },
+    Family {
+        name: "labssh_agent_start_wait_seconds",
+        help: "Time spent waiting in the start queue before a container's creation or start, by agent and class (student, prestart).",
+        kind: Kind::Histogram,
+        labels: &["agent", "class"],
     },
 ];
 

@@ -3,6 +3,7 @@
 //! production crates so release builds never compile them.
 
 pub mod docker;
+pub mod docker_gate;
 pub mod process;
 pub mod pty;
 pub mod redis_server;

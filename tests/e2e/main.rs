@@ -14,7 +14,9 @@
 //!   memory limits named when a student hits them;
 //! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
 //!   old ones recreated at a login with no other session;
-//! - `prestart`: containers made ahead of a class by users file, group and schedule.
+//! - `prestart`: containers made ahead of a class by users file, group and schedule;
+//! - `start_queue`: bounded container starts, places on stderr, a full queue, a
+//!   client leaving it (a gate holds Docker's starts).
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -29,3 +31,4 @@ mod isolation;
 mod lifecycle;
 mod prestart;
 mod sessions;
+mod start_queue;

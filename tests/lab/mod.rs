@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod queue;
+
 use std::time::Duration;
 
 use labssh::cluster::{Cluster, ClusterConfig};
@@ -34,6 +36,8 @@ pub struct LabOptions {
     pub catalogue: String,
     /// Changes every agent's configuration (caps, intervals) for one test.
     pub agent_config: Option<fn(&mut labssh_agent::Config)>,
+    /// The Docker socket the agents use (e.g. a testkit `DockerGate`'s).
+    pub docker_socket: Option<std::path::PathBuf>,
 }
 
 pub struct Lab {
@@ -222,6 +226,9 @@ impl Lab {
                     },
                     ..Default::default()
                 };
+                if let Some(socket) = &options.docker_socket {
+                    agent.docker_socket = socket.display().to_string();
+                }
                 if let Some(change) = options.agent_config {
                     change(&mut agent);
                 }

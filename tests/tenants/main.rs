@@ -17,9 +17,11 @@
 //! - `isolation`: shared course data alice cannot write for bob, devices not listed;
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
 //!   keep-alive is never read through a symlink;
-//! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart.
+//! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart;
 //! - `passwd`: each new container's passwd and group files are its own student's,
-//!   bound read-only; neither sees the other's entry.
+//!   bound read-only; neither sees the other's entry;
+//! - `start_queue`: alice's parallel logins take one place per container; bob's place
+//!   counts only containers ahead of him and names nobody.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -37,6 +39,7 @@ mod names;
 mod network;
 mod passwd;
 mod prestart;
+mod start_queue;
 
 use std::time::{Duration, Instant};
 

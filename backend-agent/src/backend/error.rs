@@ -65,6 +65,17 @@ pub enum BackendError {
         /// This agent's name.
         agent: String,
     },
+    /// The node's start queue is full (see [`crate::start_queue`]).
+    #[error("this node is starting {starting} containers already; try again in {retry} seconds")]
+    Busy {
+        /// Containers being started and waiting.
+        starting: usize,
+        /// Whole seconds, at least 1.
+        retry: u64,
+    },
+    /// The client went away while its container waited to start; nothing was made.
+    #[error("the client left while its container waited to start")]
+    LeftQueue,
     /// Any other runtime failure.
     #[error("container runtime error while {action}: {message}")]
     Runtime {

@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::BackendError;
+pub use crate::start_queue::Permit;
+
 /// A step an ensure takes on the way to a running container, reported before it is
 /// taken (so the student reads it while waiting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,11 @@ pub enum Renewal {
 /// Reports [`EnsureStep`]s as they are taken.
 pub type StepSink = Arc<dyn Fn(EnsureStep) + Send + Sync>;
 
+/// Waits for a place in the node's start queue ([`crate::start_queue`]).
+pub type Admission = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<Permit, BackendError>> + Send + Sync,
+>;
+
 /// How an ensure may go about it.
 #[derive(Clone, Default)]
 pub struct EnsureOptions {
@@ -39,6 +47,9 @@ pub struct EnsureOptions {
     pub renew: bool,
     /// Told each step before it is taken.
     pub steps: Option<StepSink>,
+    /// Awaited right before a container is created or started (nothing of the
+    /// runtime's touched before); none: no queue.
+    pub admission: Option<Admission>,
 }
 
 impl EnsureOptions {
@@ -47,6 +58,19 @@ impl EnsureOptions {
         if let Some(steps) = &self.steps {
             steps(step);
         }
+    }
+
+    /// Waits for a place in the start queue, then reports `step` (if any). The
+    /// permit is held until the container is ready (the ensure returns).
+    pub async fn admit(&self, step: Option<EnsureStep>) -> Result<Option<Permit>, BackendError> {
+        let permit = match &self.admission {
+            Some(admission) => Some(admission().await?),
+            None => None,
+        };
+        if let Some(step) = step {
+            self.step(step);
+        }
+        Ok(permit)
     }
 }
 

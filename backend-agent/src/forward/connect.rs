@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use labssh_proto::pb;
+use tokio_util::sync::CancellationToken;
 
 use super::pending::Accepted;
 use super::policy::{Policy, Refused};
@@ -13,6 +14,7 @@ use super::refusal::ForwardError;
 use crate::backend::{Duplex, SharedBackend};
 use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
+use crate::start_queue::{Caller, Class};
 use crate::state::Shared;
 
 /// How long the agent's own resolver may take for a name an allow rule gives.
@@ -36,10 +38,22 @@ pub struct Opened {
 /// then connects to the first allowed one. A name an allow rule gives is resolved by
 /// the agent; any other (localhost, the container's own names, names only `*`
 /// allows) as the container resolves it.
-pub async fn open(shared: &Shared, open: pb::ForwardOpen) -> Result<Opened, ForwardError> {
+/// The container is ensured as a student's, leaving the start queue when `left` is
+/// cancelled.
+pub async fn open(
+    shared: &Shared,
+    open: pb::ForwardOpen,
+    left: CancellationToken,
+) -> Result<Opened, ForwardError> {
     let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
     let active = shared.lifecycle.hold(&open.user, &open.environment);
-    let (env, ensured) = shared.ensure(&open.user, &open.environment).await?;
+    let caller = Caller {
+        left: Some(left),
+        ..Caller::quiet(Class::Student)
+    };
+    let (env, ensured) = shared
+        .ensure_with(&open.user, &open.environment, None, caller)
+        .await?;
     let policy = Policy::of(&env);
     policy.check_local_enabled()?;
     let port = u16::try_from(open.port).map_err(|_| ForwardError::BadPort(open.port))?;

@@ -49,6 +49,11 @@ impl SessionError {
     pub fn metric_kind(&self) -> Option<&'static str> {
         match self {
             SessionError::OverCap(_) => Some("user_cap"),
+            SessionError::Ensure(EnsureError::Backend(BackendError::Busy { .. })) => {
+                Some("start_queue_full")
+            }
+            // Nobody is left to tell, and nothing failed.
+            SessionError::Ensure(EnsureError::Backend(BackendError::LeftQueue)) => None,
             SessionError::Ensure(_) => Some("ensure_failed"),
             SessionError::Spawn(_) => Some("spawn_failed"),
             SessionError::ProcessLimit(_) => Some("process_limit"),

@@ -17,6 +17,7 @@ fn recording(renew: bool) -> (EnsureOptions, Arc<Mutex<Vec<EnsureStep>>>) {
     let options = EnsureOptions {
         renew,
         steps: Some(Arc::new(move |s| sink.lock().unwrap().push(s))),
+        ..Default::default()
     };
     (options, steps)
 }

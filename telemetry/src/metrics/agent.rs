@@ -15,20 +15,50 @@ pub fn agent_status(agent: &str, status: &pb::AgentStatus) {
         .record(u64::from(status.capacity), std::slice::from_ref(&name));
     m.agent_sessions
         .record(u64::from(status.sessions), std::slice::from_ref(&name));
-    for (state, label) in [
-        (pb::ContainerState::Running, "running"),
-        (pb::ContainerState::Stopped, "stopped"),
-        (pb::ContainerState::Creating, "creating"),
-        (pb::ContainerState::Paused, "paused"),
-    ] {
-        let n = status
+    let count = |state: pb::ContainerState| {
+        status
             .inventory
             .iter()
             .filter(|c| c.state() == state)
-            .count() as u64;
+            .count() as u64
+    };
+    // Prestarted containers are running ones nobody used yet: shown apart, so the
+    // states stay disjoint and their sum is the number of containers.
+    let prestarted = u64::from(status.prestarted).min(count(pb::ContainerState::Running));
+    for (n, label) in [
+        (count(pb::ContainerState::Running) - prestarted, "running"),
+        (prestarted, "prestarted"),
+        (count(pb::ContainerState::Stopped), "stopped"),
+        (count(pb::ContainerState::Creating), "creating"),
+        (count(pb::ContainerState::Paused), "paused"),
+    ] {
         m.agent_containers
             .record(n, &[name.clone(), KeyValue::new("state", label)]);
     }
+}
+
+/// The start queue of `agent` now: students and prestarts waiting, starts in flight.
+pub fn start_queue(agent: &str, students: u64, prestarts: u64, in_flight: u64) {
+    let m = metrics();
+    let name = KeyValue::new("agent", agent.to_string());
+    for (n, class) in [(students, "student"), (prestarts, "prestart")] {
+        m.start_queue
+            .record(n, &[name.clone(), KeyValue::new("class", class)]);
+    }
+    m.starts_in_flight
+        .record(in_flight, std::slice::from_ref(&name));
+}
+
+/// A waiter of `class` ("student", "prestart") on `agent` was admitted to start its
+/// container after `waited` in the queue.
+pub fn start_wait(agent: &str, class: &'static str, waited: Duration) {
+    metrics().start_wait.record(
+        seconds(waited),
+        &[
+            KeyValue::new("agent", agent.to_string()),
+            KeyValue::new("class", class),
+        ],
+    );
 }
 
 /// A container on `agent` went from state `from` to `to` for `reason`.
@@ -87,4 +117,42 @@ pub fn hook(agent: &str, event: &'static str, outcome: &'static str, elapsed: Du
         ],
     );
     m.hook_seconds.record(seconds(elapsed), &[agent, event]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the `labssh_agent_containers` sample of `agent` in `state`.
+    fn containers(page: &str, agent: &str, state: &str) -> Option<String> {
+        page.lines()
+            .filter(|l| l.starts_with("labssh_agent_containers{"))
+            .filter(|l| l.contains(&format!("agent=\"{agent}\"")))
+            .find(|l| l.contains(&format!("state=\"{state}\"")))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_owned))
+    }
+
+    #[test]
+    fn prestarted_containers_are_shown_apart_from_running_ones() {
+        let info = |state: pb::ContainerState| pb::ContainerInfo {
+            state: state as i32,
+            ..Default::default()
+        };
+        let status = pb::AgentStatus {
+            inventory: vec![
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Running),
+                info(pb::ContainerState::Paused),
+            ],
+            prestarted: 2,
+            ..Default::default()
+        };
+        agent_status("t-prestarted", &status);
+        let page = crate::metrics::render();
+        let seen = |state| containers(&page, "t-prestarted", state);
+        assert_eq!(seen("running").as_deref(), Some("1"), "{page}");
+        assert_eq!(seen("prestarted").as_deref(), Some("2"));
+        assert_eq!(seen("paused").as_deref(), Some("1"));
+    }
 }

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub(crate) spawn: Histogram<f64>,
     pub(crate) hooks: Counter<u64>,
     pub(crate) hook_seconds: Histogram<f64>,
+    pub(crate) start_queue: Gauge<u64>,
+    pub(crate) starts_in_flight: Gauge<u64>,
+    pub(crate) start_wait: Histogram<f64>,
 }
 
 fn help(name: &'static str) -> &'static str {
@@ -96,6 +99,9 @@ impl Metrics {
             spawn: seconds("labssh_spawn_seconds"),
             hooks: counter("labssh_agent_hooks_total"),
             hook_seconds: seconds("labssh_agent_hook_seconds"),
+            start_queue: gauge("labssh_agent_start_queue"),
+            starts_in_flight: gauge("labssh_agent_starts_in_flight"),
+            start_wait: seconds("labssh_agent_start_wait_seconds"),
         }
     }
 }

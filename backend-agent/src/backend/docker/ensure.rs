@@ -47,19 +47,20 @@ impl DockerBackend {
         let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
         let _guard = timed(&name, "lock", self.locks.lock(&name)).await;
         let Some(existing) = timed(&name, "find", self.find(&name, user, env)).await? else {
-            options.step(EnsureStep::Creating);
+            let _permit = timed(&name, "queue", options.admit(Some(EnsureStep::Creating))).await?;
             return timed(&name, "cold_total", self.create(&name, user, env)).await;
         };
         let id = existing.id.clone().unwrap_or_else(|| name.clone());
         if options.renew {
             if let Some(why) = self.renewal(&existing, env).await {
-                options.step(EnsureStep::Recreating(why));
+                let _permit = options.admit(Some(EnsureStep::Recreating(why))).await?;
                 tracing::info!(container = %id, reason = ?why, "recreating a container at a login with no other session; the home volume is kept");
                 self.remove(&id).await?;
                 return self.create(&name, user, env).await;
             }
         }
         if helper_container::is_outdated(&existing) {
+            let _permit = options.admit(None).await?;
             tracing::warn!(container = %id, "recreating a container of an older layout (its helper's socket directory was writable from inside); the home volume is kept");
             self.remove(&id).await?;
             return self.create(&name, user, env).await;
@@ -67,6 +68,7 @@ impl DockerBackend {
         let mut notice = String::new();
         if !target.holds(&existing) {
             if target.needs_recreate(&existing) {
+                let _permit = options.admit(None).await?;
                 tracing::warn!(container = %id, network = %target.network_mode(), "recreating a container on its environment's network; the home volume is kept");
                 self.remove(&id).await?;
                 let created = self.create(&name, user, env).await?;
@@ -90,6 +92,12 @@ impl DockerBackend {
             env: std::sync::Arc::new(env.clone()),
         };
         let running = existing.state.as_ref().and_then(|s| s.running) == Some(true);
+        // A stopped container waits for its place in the start queue before the GPU
+        // lock, which a create takes while holding its place.
+        let _permit = match running {
+            true => None,
+            false => options.admit(None).await?,
+        };
         // Starting a stopped GPU container: its devices are checked and taken
         // under the GPU lock, so two containers never start on one GPU.
         let gpu_guard = if env.gpus.is_some() && !running {
