@@ -83,7 +83,7 @@ mkdir -p "$OUT"
 lab_config "$WORK/labssh" "$PREFIX" "$USERS" "$WORK/id.pub"
 width=${#USERS}; [ "$width" -lt 3 ] && width=3
 user() { printf "student%0${width}d" "$1"; }
-for i in $(seq 1 "$USERS"); do user "$i"; done > "$WORK/users.list"
+for i in $(seq 1 "$USERS"); do user "$i"; echo; done > "$WORK/users.list"
 
 say "starting $LABSSH on 127.0.0.1:$PORT with $USERS students"
 start labssh "$PORT" "$LABSSH" up --dir "$WORK/labssh" --listen "127.0.0.1:$PORT" \

@@ -62,7 +62,8 @@ pct() { sort -n "$1" | awk -v p="$2" '{v[NR]=$1} END {i=int((p/100)*NR+0.999); i
 # in DIR (agent `local` with container prefix PREFIX) and USERS students
 # student001… with the key. All of them come from one address at once: the
 # per-address and early-drop limits on connections not logged in yet are lifted (what
-# they guard is not measured). Needs BIN (build_labssh_and_loadtest), or LABSSH.
+# they guard is not measured). START_CONCURRENCY, if set, is the agent's
+# `start_concurrency`. Needs BIN (build_labssh_and_loadtest), or LABSSH.
 lab_config() {
   local dir=$1 prefix=$2 users=$3 key=$4 width=${#3}
   [ "$width" -lt 3 ] && width=3
@@ -73,6 +74,9 @@ name = "local"
 capacity = $capacity
 container_prefix = "$prefix"
 TOML
+  if [ -n "${START_CONCURRENCY:-}" ]; then
+    echo "start_concurrency = $START_CONCURRENCY" >> "$dir/agent.toml"
+  fi
   cat > "$dir/proxy.toml" <<TOML
 host_keys = ["$dir/host_ed25519_key"]
 users_file = "$dir/users.toml"
