@@ -137,7 +137,23 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let names = self.containers();
+        // A lab's further agents use `{prefix}a1`, `{prefix}a2`…: theirs go too.
+        let names: Vec<String> = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=labssh.prefix",
+            "--format",
+            "{{.Names}} {{.Label \"labssh.prefix\"}}",
+        ])
+        .map(|s| {
+            s.lines()
+                .filter_map(|line| line.split_once(' '))
+                .filter(|(_, prefix)| prefix.starts_with(&self.prefix))
+                .map(|(name, _)| name.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
         if !names.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(names.iter().map(String::as_str));
