@@ -2,8 +2,11 @@
 //! it is answered.
 //!
 //! Passwords (also the password keyboard-interactive prompts for) pass the
-//! brute-force limits, then the credential cache, then argon2 ([`password`]);
-//! public keys are checked against the users file's authorized keys.
+//! brute-force limits, then for each authenticator of `auth.chain` in turn
+//! the credential cache and the authenticator ([`password`], [`chain`]);
+//! public keys are asked of the chain likewise. Each accepting authenticator
+//! answers with the student's [`identity::Identity`]: groups, ids, and what a
+//! certificate restricts.
 //! Keyboard-interactive is also how a student with a malformed username is
 //! told what is wrong with it: SSH has no other way to show text before
 //! authentication. The reason for a refusal stays in the log; the client
@@ -20,7 +23,15 @@ use tracing::Instrument;
 use crate::login_name::LoginName;
 use crate::state::Shared;
 
+pub(crate) mod chain;
+pub(crate) mod identity;
+pub(crate) mod ldap;
 mod password;
+pub(crate) mod users_file;
+pub(crate) mod webhook;
+
+use chain::{Decision, Request};
+use identity::Identity;
 
 /// One authentication request, as the client sent it.
 pub(crate) struct Attempt {
@@ -60,12 +71,16 @@ impl Credential {
 /// What to tell the client.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Logged in.
-    LoggedIn(LoginName),
+    /// Logged in, as this identity. The login's environment is the one the
+    /// student asked for, or the authenticator's override.
+    LoggedIn(LoginName, Identity),
     /// The offered key would do: the client may go on and prove it holds it.
     KeyAcceptable,
     /// Denied.
     Rejected,
+    /// Denied because an authenticator could not be asked: not the
+    /// student's fault, so not counted towards `max_auth_tries`.
+    Unavailable,
     /// Keyboard-interactive: ask for the password.
     AskPassword,
     /// Keyboard-interactive: tell the student why their login name is
@@ -86,6 +101,10 @@ pub(crate) struct Client {
     /// The connection's `ssh` span: the parent of each attempt's `auth` span,
     /// and where the login is recorded.
     pub span: tracing::Span,
+    /// Set when an attempt found the login service unavailable, so the next
+    /// keyboard-interactive prompt can say so (a password attempt has no way
+    /// to show text).
+    pub unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -98,10 +117,23 @@ impl Client {
                 self.password(shared, user, &password, "password").await
             }
             Credential::KeyOffered(key) => match LoginName::parse(user) {
-                Ok(login) if key_allowed(shared, &login.user, &key) => Outcome::KeyAcceptable,
-                _ => Outcome::Rejected,
+                Ok(login) => {
+                    let request = self.request(&login, "publickey");
+                    if shared.auth.key_acceptable(shared, &request, &key).await {
+                        Outcome::KeyAcceptable
+                    } else {
+                        Outcome::Rejected
+                    }
+                }
+                Err(_) => Outcome::Rejected,
             },
-            Credential::Key(key) => self.key(shared, user, &key),
+            Credential::Key(key) => {
+                let Some(login) = self.parse_login(user, "publickey") else {
+                    return Outcome::Rejected;
+                };
+                let span = self.auth_span("publickey", &login.user);
+                self.key(shared, login, &key).instrument(span).await
+            }
             Credential::KeyboardInteractive(answer) => {
                 self.keyboard_interactive(shared, user, answer).await
             }
@@ -125,16 +157,27 @@ impl Client {
             .await
     }
 
-    fn key(&self, shared: &Shared, user: &str, key: &PublicKey) -> Outcome {
+    /// A proven key, asked of the chain. Runs inside the attempt's span.
+    async fn key(&self, shared: &Shared, login: LoginName, key: &PublicKey) -> Outcome {
         let started = Instant::now();
-        let Some(login) = self.parse_login(user, "publickey") else {
-            return Outcome::Rejected;
+        let decision = {
+            let request = self.request(&login, "publickey");
+            shared.auth.key(shared, &request, key).await
         };
-        let _span = self.auth_span("publickey", &login.user).entered();
-        if key_allowed(shared, &login.user, key) {
-            self.accept(login, "publickey", "n/a", started)
-        } else {
-            self.reject(&login, "publickey", "key not authorized")
+        match decision {
+            Decision::Accept(identity) => self.accept(login, identity, "publickey", "n/a", started),
+            Decision::Reject(why) => self.reject(&login, "publickey", &why),
+            Decision::Unavailable(why) => self.unavailable(&login, "publickey", &why),
+        }
+    }
+
+    /// What the chain is told of an attempt.
+    fn request<'a>(&'a self, login: &'a LoginName, method: &'static str) -> Request<'a> {
+        Request {
+            user: &login.user,
+            environment: login.environment.as_deref(),
+            method,
+            client: &self.peer,
         }
     }
 
@@ -152,10 +195,27 @@ impl Client {
             return Outcome::Explain(format!("labssh: {e}"));
         }
         match answer {
+            // Asked again after the login service was found unavailable:
+            // say so, once.
+            None if self
+                .unavailable
+                .swap(false, std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Outcome::Explain(chain::UNAVAILABLE.to_owned())
+            }
             None => Outcome::AskPassword,
             Some(password) => {
-                self.password(shared, user, &password, "keyboard-interactive")
+                match self
+                    .password(shared, user, &password, "keyboard-interactive")
                     .await
+                {
+                    Outcome::Unavailable => {
+                        self.unavailable
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        Outcome::Explain(chain::UNAVAILABLE.to_owned())
+                    }
+                    outcome => outcome,
+                }
             }
         }
     }
@@ -184,14 +244,19 @@ impl Client {
         )
     }
 
-    /// Runs inside the attempt's `auth` span.
+    /// Runs inside the attempt's `auth` span. An identity's environment
+    /// overrides the login name's.
     fn accept(
         &self,
-        login: LoginName,
+        mut login: LoginName,
+        identity: Identity,
         method: &'static str,
         cache: &str,
         started: Instant,
     ) -> Outcome {
+        if let Some(environment) = &identity.environment {
+            login.environment = Some(environment.clone());
+        }
         telemetry::auth_attempt(method, true);
         telemetry::setup_phase(Phase::Auth, started.elapsed());
         tracing::Span::current().record("result", "accepted");
@@ -205,11 +270,24 @@ impl Client {
             user = %login.user,
             environment = login.environment.as_deref().unwrap_or("(default)"),
             method,
+            authenticator = %identity.source,
+            groups = ?identity.groups,
             cache,
             auth_ms = started.elapsed().as_millis() as u64,
             "authenticated"
         );
-        Outcome::LoggedIn(login)
+        Outcome::LoggedIn(login, identity)
+    }
+
+    /// Runs inside the attempt's `auth` span: no authenticator accepted and
+    /// one could not be asked.
+    fn unavailable(&self, login: &LoginName, method: &'static str, why: &str) -> Outcome {
+        telemetry::auth_attempt(method, false);
+        tracing::Span::current().record("result", "unavailable");
+        self.unavailable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(conn = self.conn, peer = %self.peer, user = %login.user, method, "authentication failed, the login service is unavailable: {why}");
+        Outcome::Unavailable
     }
 
     /// Runs inside the attempt's `auth` span.
@@ -220,15 +298,6 @@ impl Client {
         tracing::warn!(conn = self.conn, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
         Outcome::Rejected
     }
-}
-
-/// Whether `key` is one of `user`'s authorized keys.
-fn key_allowed(shared: &Shared, user: &str, key: &PublicKey) -> bool {
-    shared
-        .users
-        .current()
-        .get(user)
-        .is_some_and(|u| u.keys.iter().any(|k| k.key_data() == key.key_data()))
 }
 
 #[cfg(test)]
@@ -265,6 +334,7 @@ mod tests {
             next_id: AtomicU64::new(1),
             gate: crate::preauth::Gate::new(&config),
             refusals: Default::default(),
+            auth: crate::auth::chain::Chain::new(&config.auth).unwrap(),
             config,
         }
     }
@@ -275,6 +345,7 @@ mod tests {
             peer: "192.0.2.1:50000".into(),
             ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
             span: tracing::Span::none(),
+            unavailable: Default::default(),
         }
     }
 
@@ -295,18 +366,19 @@ mod tests {
         let (shared, client) = (shared(dir.path()), client());
         let decide = |user: &str, credential| client.decide(&shared, attempt(user, credential));
         let alice = LoginName::parse("alice").unwrap();
+        let from_file = || Identity::from("users_file");
         assert_eq!(
             decide("alice", password("secret")).await,
-            Outcome::LoggedIn(alice.clone())
+            Outcome::LoggedIn(alice.clone(), from_file())
         );
         // Again, from the credential cache.
         assert_eq!(
             decide("alice", password("secret")).await,
-            Outcome::LoggedIn(alice)
+            Outcome::LoggedIn(alice, from_file())
         );
         assert_eq!(
             decide("alice+gpu", password("secret")).await,
-            Outcome::LoggedIn(LoginName::parse("alice+gpu").unwrap())
+            Outcome::LoggedIn(LoginName::parse("alice+gpu").unwrap(), from_file())
         );
         for (user, pw) in [
             ("alice", "wrong"),
@@ -327,7 +399,7 @@ mod tests {
         );
         assert_eq!(
             decide("bob", Credential::Key(key.clone())).await,
-            Outcome::LoggedIn(LoginName::parse("bob").unwrap())
+            Outcome::LoggedIn(LoginName::parse("bob").unwrap(), from_file())
         );
         assert_eq!(
             decide("alice", Credential::KeyOffered(key.clone())).await,
@@ -369,7 +441,10 @@ mod tests {
         assert_eq!(decide("alice", None).await, Outcome::AskPassword);
         assert_eq!(
             decide("alice", Some("secret")).await,
-            Outcome::LoggedIn(LoginName::parse("alice").unwrap())
+            Outcome::LoggedIn(
+                LoginName::parse("alice").unwrap(),
+                Identity::from("users_file")
+            )
         );
         assert_eq!(decide("alice", Some("wrong")).await, Outcome::Rejected);
         assert_eq!(

@@ -6,6 +6,8 @@ use std::time::Duration;
 use labssh_proto::config::ConfigRole;
 use serde::{Deserialize, Serialize};
 
+pub mod auth;
+
 /// Default SSH listen address: a non-privileged port for a first run.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
 /// Long enough that a class logging in twice a minute mostly hits the cache,
@@ -80,6 +82,8 @@ pub struct Config {
     /// TOML users file with argon2 password hashes and authorized keys;
     /// re-read when it changes.
     pub users_file: PathBuf,
+    /// The authenticators and their order; user certificates.
+    pub auth: auth::AuthConfig,
     /// Controller gRPC endpoint, e.g. `http://127.0.0.1:7000`.
     pub controller: String,
     /// Redis URL for the shared credential cache; empty means an in-process cache.
@@ -142,6 +146,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.to_string(),
             host_keys: vec![PathBuf::from("host_ed25519_key")],
             users_file: PathBuf::from("users.toml"),
+            auth: Default::default(),
             controller: "http://127.0.0.1:7000".to_string(),
             redis_url: String::new(),
             cache_key_file: PathBuf::from("cache.key"),
@@ -240,6 +245,7 @@ impl Config {
                 ));
             }
         }
+        problems.extend(self.auth.problems());
         problems.extend(self.rate_limit.problems());
         problems.extend(self.tls.problems("tls"));
         if self.max_connections == 0 {

@@ -23,6 +23,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::field::Empty;
 
+use crate::auth::identity::Identity;
 use crate::auth::{self, Attempt, Outcome};
 use crate::channel;
 use crate::forward::{self, RemoteForwards};
@@ -68,7 +69,7 @@ pub(crate) struct Connection {
     /// The handler's events.
     events: mpsc::Receiver<Event>,
     /// Set once authentication succeeds.
-    login: Option<LoginName>,
+    login: Option<(LoginName, Arc<Identity>)>,
     /// Failed authentication attempts so far; at `max_auth_tries` the
     /// connection is disconnected.
     failures: u32,
@@ -132,6 +133,7 @@ impl Connection {
                 peer,
                 ip: client.map(|c| c.ip()),
                 span,
+                unavailable: Default::default(),
             },
             events,
             login: None,
@@ -227,8 +229,8 @@ impl Connection {
         let counted = attempt.credential.counts_as_failure();
         let outcome = self.client.decide(&self.shared, attempt).await;
         match &outcome {
-            Outcome::LoggedIn(login) => {
-                self.login = Some(login.clone());
+            Outcome::LoggedIn(login, identity) => {
+                self.login = Some((login.clone(), Arc::new(identity.clone())));
                 // Before russh answers the client, so a connection that is in
                 // never counts as waiting.
                 self.unauthenticated.end();
@@ -276,7 +278,8 @@ impl Connection {
     fn context(&self, handle: &Handle) -> Option<Context> {
         Some(Context {
             shared: self.shared.clone(),
-            login: self.login.clone()?,
+            login: self.login.as_ref()?.0.clone(),
+            identity: self.login.as_ref()?.1.clone(),
             conn: self.client.conn,
             peer: self.client.peer.clone(),
             handle: handle.clone(),

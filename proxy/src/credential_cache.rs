@@ -1,9 +1,13 @@
 //! Cache of validated credentials, shared by all replicas through Redis.
 //!
-//! Entries are keyed by an HMAC of (user, password, stored hash), never by the
-//! credential itself: a Redis dump reveals nothing usable, and changing a
-//! user's password hash invalidates their entries at once. A hit spares the
-//! argon2 verification, which is deliberately the slowest step of a login.
+//! Entries are keyed by an HMAC of (user, password, authenticator, stamp),
+//! never by the credential itself: a Redis dump reveals nothing usable, and
+//! changing what the stamp is (the users file's stored hash) invalidates the
+//! entries at once. Each holds the identity the authenticator answered
+//! (groups, ids), so a hit spares the check — argon2, deliberately the slowest
+//! step of a login, or a round trip to the directory — and a directory that is
+//! down keeps answering for the students it vouched for within the TTL. Only
+//! acceptances are cached.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,19 +20,20 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
+use crate::auth::identity::Identity;
 use crate::redis_link::RedisLink;
 
 /// Redis key prefix; the version lets the entry format change safely.
-const KEY_PREFIX: &str = "labssh:auth:v1:";
+const KEY_PREFIX: &str = "labssh:auth:v2:";
 /// Bound on the in-process cache so a flood of distinct logins can't grow it
 /// without limit.
 const MEMORY_MAX_ENTRIES: usize = 100_000;
 
 /// What a cache lookup found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// This credential was validated recently.
-    Hit,
+    /// This credential was validated recently, as this identity.
+    Hit(Identity),
     /// Not cached (or expired).
     Miss,
     /// The shared cache could not be asked; verify directly.
@@ -37,9 +42,9 @@ pub enum Lookup {
 
 impl Lookup {
     /// Label used in logs and traces.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Lookup::Hit => "hit",
+            Lookup::Hit(_) => "hit",
             Lookup::Miss => "miss",
             Lookup::Unavailable => "unavailable",
         }
@@ -47,8 +52,8 @@ impl Lookup {
 }
 
 enum Store {
-    /// Per-replica cache: key → expiry.
-    Memory(Mutex<HashMap<String, Instant>>),
+    /// Per-replica cache: key → (expiry, identity).
+    Memory(Mutex<HashMap<String, (Instant, Identity)>>),
     /// Shared cache in Redis.
     Redis(Arc<RedisLink>),
 }
@@ -91,58 +96,82 @@ impl CredentialCache {
         }
     }
 
-    fn entry_key(&self, user: &str, password: &str, stored_hash: &str) -> String {
+    fn entry_key(&self, user: &str, password: &str, stamp: &Stamp) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
         // Length-prefix each field so no two inputs share an encoding.
-        for field in [user, password, stored_hash] {
+        for field in [user, password, stamp.authenticator, stamp.value] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field.as_bytes());
         }
         format!("{KEY_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
     }
 
-    /// Was this exact credential validated within the TTL?
-    pub async fn lookup(&self, user: &str, password: &str, stored_hash: &str) -> Lookup {
-        let key = self.entry_key(user, password, stored_hash);
+    /// Was this exact credential validated within the TTL, and as whom?
+    pub async fn lookup(&self, user: &str, password: &str, stamp: &Stamp<'_>) -> Lookup {
+        let key = self.entry_key(user, password, stamp);
         match &self.store {
             Store::Memory(map) => {
                 let map = map.lock().expect("cache lock");
                 match map.get(&key) {
-                    Some(expiry) if *expiry > Instant::now() => Lookup::Hit,
+                    Some((expiry, identity)) if *expiry > Instant::now() => {
+                        Lookup::Hit(identity.clone())
+                    }
                     _ => Lookup::Miss,
                 }
             }
-            Store::Redis(link) => match link.query::<i64>(redis::cmd("EXISTS").arg(&key)).await {
-                Some(1) => Lookup::Hit,
-                Some(_) => Lookup::Miss,
-                None => Lookup::Unavailable,
-            },
+            Store::Redis(link) => {
+                match link
+                    .query::<Option<String>>(redis::cmd("GET").arg(&key))
+                    .await
+                {
+                    // An entry that does not parse (another version's) is a miss.
+                    Some(Some(text)) => serde_json::from_str(&text)
+                        .map(Lookup::Hit)
+                        .unwrap_or(Lookup::Miss),
+                    Some(None) => Lookup::Miss,
+                    None => Lookup::Unavailable,
+                }
+            }
         }
     }
 
-    /// Remembers a credential that was just validated.
-    pub async fn store(&self, user: &str, password: &str, stored_hash: &str) {
-        let key = self.entry_key(user, password, stored_hash);
+    /// Remembers a credential that was just validated, and as whom.
+    pub async fn store(&self, user: &str, password: &str, stamp: &Stamp<'_>, identity: &Identity) {
+        let key = self.entry_key(user, password, stamp);
         match &self.store {
             Store::Memory(map) => {
                 let mut map = map.lock().expect("cache lock");
                 let now = Instant::now();
                 if map.len() >= MEMORY_MAX_ENTRIES {
-                    map.retain(|_, expiry| *expiry > now);
+                    map.retain(|_, (expiry, _)| *expiry > now);
                     if map.len() >= MEMORY_MAX_ENTRIES {
                         map.clear();
                     }
                 }
-                map.insert(key, now + self.ttl);
+                map.insert(key, (now + self.ttl, identity.clone()));
             }
             Store::Redis(link) => {
                 let ttl = self.ttl.as_secs().max(1);
+                let Ok(value) = serde_json::to_string(identity) else {
+                    return;
+                };
                 let _: Option<()> = link
-                    .query(redis::cmd("SET").arg(&key).arg(1).arg("EX").arg(ttl))
+                    .query(redis::cmd("SET").arg(&key).arg(value).arg("EX").arg(ttl))
                     .await;
             }
         }
     }
+}
+
+/// What a cached credential is tied to: the authenticator that validated it
+/// and what it says must not have changed since (the users file's stored
+/// hash).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    /// The authenticator's name in `auth.chain`.
+    pub authenticator: &'a str,
+    /// Its stamp.
+    pub value: &'a str,
 }
 
 /// Loads the HMAC key, generating a random one (mode 0600) on first run.
@@ -184,24 +213,51 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn stamp(value: &str) -> Stamp<'_> {
+        Stamp {
+            authenticator: "users_file",
+            value,
+        }
+    }
+
     #[tokio::test]
     async fn memory_cache_hits_only_the_same_credential() {
         let cache = CredentialCache::memory(b"k".to_vec(), Duration::from_secs(60));
-        assert_eq!(cache.lookup("alice", "pw", "$h1").await, Lookup::Miss);
-        cache.store("alice", "pw", "$h1").await;
-        assert_eq!(cache.lookup("alice", "pw", "$h1").await, Lookup::Hit);
-        assert_eq!(cache.lookup("alice", "pw2", "$h1").await, Lookup::Miss);
-        assert_eq!(cache.lookup("bob", "pw", "$h1").await, Lookup::Miss);
+        let mut alice = Identity::from("users_file");
+        alice.add_groups(["cs101"]);
+        assert_eq!(
+            cache.lookup("alice", "pw", &stamp("$h1")).await,
+            Lookup::Miss
+        );
+        cache.store("alice", "pw", &stamp("$h1"), &alice).await;
+        assert_eq!(
+            cache.lookup("alice", "pw", &stamp("$h1")).await,
+            Lookup::Hit(alice)
+        );
+        assert_eq!(
+            cache.lookup("alice", "pw2", &stamp("$h1")).await,
+            Lookup::Miss
+        );
+        assert_eq!(cache.lookup("bob", "pw", &stamp("$h1")).await, Lookup::Miss);
         // A changed password hash invalidates the entry.
-        assert_eq!(cache.lookup("alice", "pw", "$h2").await, Lookup::Miss);
+        assert_eq!(
+            cache.lookup("alice", "pw", &stamp("$h2")).await,
+            Lookup::Miss
+        );
+        // Another authenticator's entry is not this one's.
+        let ldap = Stamp {
+            authenticator: "ldap",
+            value: "$h1",
+        };
+        assert_eq!(cache.lookup("alice", "pw", &ldap).await, Lookup::Miss);
     }
 
     #[test]
     fn keys_never_contain_the_credential() {
         let cache = CredentialCache::memory(b"k".to_vec(), Duration::from_secs(60));
-        let key = cache.entry_key("alice", "hunter2", "$h");
+        let key = cache.entry_key("alice", "hunter2", &stamp("$h"));
         assert!(!key.contains("hunter2") && !key.contains("alice"));
-        assert_ne!(key, cache.entry_key("alic", "ehunter2", "$h"));
+        assert_ne!(key, cache.entry_key("alic", "ehunter2", &stamp("$h")));
     }
 
     #[test]
@@ -225,8 +281,15 @@ mod tests {
         // Port 1 on loopback: nothing listens, connection refused at once.
         let link = Arc::new(RedisLink::new("redis://127.0.0.1:1/").unwrap());
         let cache = CredentialCache::redis(link, b"k".to_vec(), Duration::from_secs(60));
-        assert_eq!(cache.lookup("alice", "pw", "$h").await, Lookup::Unavailable);
-        cache.store("alice", "pw", "$h").await;
-        assert_eq!(cache.lookup("alice", "pw", "$h").await, Lookup::Unavailable);
+        let alice = Identity::from("users_file");
+        assert_eq!(
+            cache.lookup("alice", "pw", &stamp("$h")).await,
+            Lookup::Unavailable
+        );
+        cache.store("alice", "pw", &stamp("$h"), &alice).await;
+        assert_eq!(
+            cache.lookup("alice", "pw", &stamp("$h")).await,
+            Lookup::Unavailable
+        );
     }
 }

@@ -110,6 +110,7 @@ fn roll() -> u32 {
 /// The replica's shared state: accounts, credential cache, limits, clients.
 fn replica(config: Config) -> anyhow::Result<Shared> {
     let users = Users::open(&config.users_file)?;
+    let auth = crate::auth::chain::Chain::new(&config.auth)?;
     let cache_key = credential_cache::load_or_create_key(&config.cache_key_file)?;
     let redis = if config.redis_url.is_empty() {
         None
@@ -134,6 +135,7 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         refusals: Refusals::default(),
         config,
         users,
+        auth,
         cache,
         limiter,
         upstream,

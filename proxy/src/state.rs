@@ -10,6 +10,8 @@ use std::sync::Arc;
 use russh::server::Handle;
 use tokio::sync::Semaphore;
 
+use crate::auth::chain::Chain;
+use crate::auth::identity::Identity;
 use crate::config::Config;
 use crate::credential_cache::CredentialCache;
 use crate::login_name::LoginName;
@@ -24,6 +26,8 @@ pub(crate) struct Shared {
     pub config: Config,
     /// Accounts, reloaded when the file changes.
     pub users: Users,
+    /// The authenticators, in `auth.chain`'s order.
+    pub auth: Chain,
     /// Validated-credential cache (Redis or in-process).
     pub cache: CredentialCache,
     /// Brute-force limits.
@@ -47,6 +51,8 @@ pub(crate) struct Context {
     pub shared: Arc<Shared>,
     /// The authenticated login.
     pub login: LoginName,
+    /// Who the login is: groups, ids, restrictions.
+    pub identity: Arc<Identity>,
     /// Connection number, for logs.
     pub conn: u64,
     /// The client's address, for logs.

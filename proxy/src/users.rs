@@ -5,6 +5,8 @@
 //! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
 //! authorized_keys = ["ssh-ed25519 AAAAC3... alice@laptop"]
 //! groups = ["cs101"]
+//! uid = 20001   # optional: for environments with uid = "ldap"
+//! gid = 20001
 //! ```
 //!
 //! `groups` name the classes a student is in: `labssh prestart --group` and the
@@ -48,6 +50,13 @@ pub struct UserRecord {
     /// The groups (classes) the student is in; see [`labssh_proto::names::valid_group`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// The numeric uid for environments with `uid = "ldap"` (ids from the
+    /// login's identity), as a directory would give it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The numeric gid, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// One account, parsed for authentication.
@@ -59,6 +68,10 @@ pub struct User {
     pub keys: Vec<PublicKey>,
     /// Its groups with valid names (others are logged and left out).
     pub groups: Vec<String>,
+    /// Its numeric uid, if the file gives one.
+    pub uid: Option<u32>,
+    /// Its numeric gid, if the file gives one.
+    pub gid: Option<u32>,
 }
 
 /// Errors reading or writing the users file.
@@ -171,6 +184,8 @@ impl Users {
                     password_hash: record.password_hash,
                     keys,
                     groups,
+                    uid: record.uid,
+                    gid: record.gid,
                 },
             );
         }

@@ -1,11 +1,13 @@
-//! A password check: brute-force limits, the credential cache, argon2.
+//! A password check: brute-force limits, then for each authenticator of the
+//! chain in turn the credential cache and the authenticator itself.
 
 use std::time::Instant;
 
 use labssh_telemetry::metrics as telemetry;
 
+use super::chain::{Answer, Request};
 use super::{Client, Outcome};
-use crate::credential_cache::Lookup;
+use crate::credential_cache::{Lookup, Stamp};
 use crate::login_name::LoginName;
 use crate::rate_limit::Verdict;
 use crate::state::Shared;
@@ -32,47 +34,69 @@ impl Client {
             tracing::Span::current().record("delay_ms", delay.as_millis() as u64);
             tokio::time::sleep(delay).await;
         }
-        let users = shared.users.current();
-        let stored = users.get(&login.user).and_then(|u| u.password_hash.clone());
-        // An unknown user, or one without a password, takes the same steps as a
-        // wrong password (cache lookup, one argon2 verification) against a dummy
-        // hash, so the time taken does not tell which accounts exist.
-        let checked = stored
-            .clone()
-            .or_else(|| crate::users::dummy_hash().map(str::to_owned));
-        let lookup = match &checked {
-            Some(hash) => shared.cache.lookup(&login.user, password, hash).await,
-            None => Lookup::Miss,
+        let request = Request {
+            user: &login.user,
+            environment: login.environment.as_deref(),
+            method,
+            client: &self.peer,
         };
-        telemetry::auth_cache_lookup(lookup.as_str());
-        tracing::Span::current().record("cache", lookup.as_str());
-        if let (Lookup::Hit, Some(_)) = (lookup, &stored) {
-            if failures {
-                limiter.success(self.ip, &login.user).await;
+        let mut reasons = Vec::new();
+        let mut unavailable = false;
+        let mut last_lookup = "n/a";
+        for authenticator in shared.auth.iter() {
+            let name = authenticator.name();
+            let stamp = authenticator.cache_stamp(shared, &login.user);
+            if let Some(value) = &stamp {
+                let stamp = Stamp {
+                    authenticator: name,
+                    value,
+                };
+                let lookup = shared.cache.lookup(&login.user, password, &stamp).await;
+                telemetry::auth_cache_lookup(lookup.as_str());
+                last_lookup = lookup.as_str();
+                tracing::Span::current().record("cache", last_lookup);
+                if let Lookup::Hit(identity) = lookup {
+                    if failures {
+                        limiter.success(self.ip, &login.user).await;
+                    }
+                    return self.accept(login, identity, method, last_lookup, started);
+                }
             }
-            return self.accept(login, method, lookup.as_str(), started);
+            let checking = Instant::now();
+            let answer = authenticator.password(shared, &request, password).await;
+            tracing::Span::current()
+                .record("authenticator_seconds", checking.elapsed().as_secs_f64());
+            match answer {
+                Answer::Accept(identity) => {
+                    if failures {
+                        limiter.success(self.ip, &login.user).await;
+                    }
+                    if let Some(value) = &stamp {
+                        let stamp = Stamp {
+                            authenticator: name,
+                            value,
+                        };
+                        shared
+                            .cache
+                            .store(&login.user, password, &stamp, &identity)
+                            .await;
+                    }
+                    return self.accept(login, identity, method, last_lookup, started);
+                }
+                Answer::Reject(why) => reasons.push(format!("{name}: {why}")),
+                Answer::Unknown => reasons.push(format!("{name}: no such user or no password")),
+                Answer::Unavailable(why) => {
+                    unavailable = true;
+                    reasons.push(format!("{name}: unavailable: {why}"));
+                }
+            }
         }
-        let (pw, h) = (password.to_string(), stored.clone());
-        let verifying = Instant::now();
-        let ok =
-            tokio::task::spawn_blocking(move || crate::users::password_matches(h.as_deref(), &pw))
-                .await
-                .unwrap_or(false);
-        tracing::Span::current().record("authenticator_seconds", verifying.elapsed().as_secs_f64());
-        let known = stored.is_some();
-        let Some(hash) = stored.filter(|_| ok) else {
-            limiter.failure(self.ip, &login.user).await;
-            let why = if known {
-                "wrong password"
-            } else {
-                "no such user or no password set"
-            };
-            return self.reject(&login, method, why);
-        };
-        if failures {
-            limiter.success(self.ip, &login.user).await;
+        let why = reasons.join("; ");
+        if unavailable {
+            // Not the student's fault: not counted towards the limits.
+            return self.unavailable(&login, method, &why);
         }
-        shared.cache.store(&login.user, password, &hash).await;
-        self.accept(login, method, lookup.as_str(), started)
+        limiter.failure(self.ip, &login.user).await;
+        self.reject(&login, method, &why)
     }
 }

@@ -104,8 +104,8 @@ impl Handler {
 /// russh's reply for an authentication outcome.
 fn reply(outcome: Outcome) -> Auth {
     match outcome {
-        Outcome::LoggedIn(_) | Outcome::KeyAcceptable => Auth::Accept,
-        Outcome::Rejected => Auth::reject(),
+        Outcome::LoggedIn(..) | Outcome::KeyAcceptable => Auth::Accept,
+        Outcome::Rejected | Outcome::Unavailable => Auth::reject(),
         Outcome::AskPassword => Auth::Partial {
             name: Cow::Borrowed(""),
             instructions: Cow::Borrowed(""),
