@@ -32,6 +32,9 @@ pub struct LabOptions {
     pub rate_limit: Option<labssh_proxy::rate_limit::RateLimitConfig>,
     /// Changes to the proxy's configuration, made after the lab's own settings.
     pub proxy: Option<fn(&mut labssh_proxy::Config)>,
+    /// The proxy's `[auth]` section (LDAP, webhook, certificates), set
+    /// before `proxy` runs.
+    pub proxy_auth: Option<labssh_proxy::config::auth::AuthConfig>,
     /// More catalogue TOML (`[environments.NAME]` tables) for one test.
     pub catalogue: String,
     /// Changes every agent's configuration (caps, intervals) for one test.
@@ -245,6 +248,9 @@ impl Lab {
             rate_limit: options.rate_limit.clone().unwrap_or_default(),
             ..Default::default()
         };
+        if let Some(auth) = options.proxy_auth.clone() {
+            proxy.auth = auth;
+        }
         if let Some(change) = options.proxy {
             change(&mut proxy);
         }
