@@ -105,6 +105,8 @@ pub(crate) struct Client {
     /// keyboard-interactive prompt can say so (a password attempt has no way
     /// to show text).
     pub unavailable: std::sync::atomic::AtomicBool,
+    /// Set while the client acknowledges that explanation.
+    pub explained: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -194,30 +196,36 @@ impl Client {
             tracing::warn!(conn = self.conn, peer = %self.peer, login = %user.escape_debug(), "login refused: {e}");
             return Outcome::Explain(format!("labssh: {e}"));
         }
+        use std::sync::atomic::Ordering::Relaxed;
         match answer {
             // Asked again after the login service was found unavailable:
             // say so, once.
-            None if self
-                .unavailable
-                .swap(false, std::sync::atomic::Ordering::Relaxed) =>
-            {
-                Outcome::Explain(chain::UNAVAILABLE.to_owned())
-            }
+            None if self.unavailable.swap(false, Relaxed) => self.explain_unavailable(),
             None => Outcome::AskPassword,
+            // The client's (empty) acknowledgement of that explanation: no
+            // password to check.
+            Some(_) if self.explained.swap(false, Relaxed) => Outcome::Rejected,
             Some(password) => {
                 match self
                     .password(shared, user, &password, "keyboard-interactive")
                     .await
                 {
                     Outcome::Unavailable => {
-                        self.unavailable
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
-                        Outcome::Explain(chain::UNAVAILABLE.to_owned())
+                        self.unavailable.store(false, Relaxed);
+                        self.explain_unavailable()
                     }
                     outcome => outcome,
                 }
             }
         }
+    }
+
+    /// Tells the student the login service is unavailable; their client
+    /// acknowledges with an empty answer, which is refused unchecked.
+    fn explain_unavailable(&self) -> Outcome {
+        self.explained
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Outcome::Explain(chain::UNAVAILABLE.to_owned())
     }
 
     fn parse_login(&self, login: &str, method: &str) -> Option<LoginName> {
@@ -346,6 +354,7 @@ mod tests {
             ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
             span: tracing::Span::none(),
             unavailable: Default::default(),
+            explained: Default::default(),
         }
     }
 

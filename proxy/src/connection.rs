@@ -134,6 +134,7 @@ impl Connection {
                 ip: client.map(|c| c.ip()),
                 span,
                 unavailable: Default::default(),
+                explained: Default::default(),
             },
             events,
             login: None,
