@@ -76,6 +76,12 @@ pub const FAMILIES: &[Family] = &[
         labels: &["method", "result"],
     },
     Family {
+        name: "labssh_auth_authenticator_seconds",
+        help: "Time each authenticator of the chain took to answer (users_file, ldap, webhook), by answer (accept, reject, unknown, unavailable). Cache hits are not counted.",
+        kind: Kind::Histogram,
+        labels: &["authenticator", "answer"],
+    },
+    Family {
         name: "labssh_auth_cache_lookups_total",
         help: "Validated-credential cache lookups by result (hit, miss, unavailable).",
         kind: Kind::Counter,

@@ -31,6 +31,18 @@ pub(crate) enum Answer {
     Unavailable(String),
 }
 
+impl Answer {
+    /// Its label on `labssh_auth_authenticator_seconds`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Answer::Accept(_) => "accept",
+            Answer::Reject(_) => "reject",
+            Answer::Unknown => "unknown",
+            Answer::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// What a student reads when no authenticator accepted and one could not
 /// be asked.
 pub(crate) const UNAVAILABLE: &str =
@@ -174,7 +186,14 @@ impl Chain {
         let mut rejected = Vec::new();
         let mut unavailable = Vec::new();
         for authenticator in &self.list {
-            match ask(authenticator).await {
+            let asked = std::time::Instant::now();
+            let answer = ask(authenticator).await;
+            labssh_telemetry::metrics::authenticator_answered(
+                authenticator.name(),
+                answer.as_str(),
+                asked.elapsed(),
+            );
+            match answer {
                 Answer::Accept(identity) => return Decision::Accept(identity),
                 Answer::Reject(why) => rejected.push(format!("{}: {why}", authenticator.name())),
                 Answer::Unknown => rejected.push(format!("{}: unknown", authenticator.name())),

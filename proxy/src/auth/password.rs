@@ -66,6 +66,7 @@ impl Client {
             let answer = authenticator.password(shared, &request, password).await;
             tracing::Span::current()
                 .record("authenticator_seconds", checking.elapsed().as_secs_f64());
+            telemetry::authenticator_answered(name, answer.as_str(), checking.elapsed());
             match answer {
                 Answer::Accept(identity) => {
                     if failures {

@@ -74,6 +74,22 @@ pub fn auth_attempt(method: &'static str, accepted: bool) {
     );
 }
 
+/// An authenticator of the chain (`users_file`, `ldap`, `webhook`) answered
+/// (`accept`, `reject`, `unknown`, `unavailable`) after `elapsed`.
+pub fn authenticator_answered(
+    authenticator: &'static str,
+    answer: &'static str,
+    elapsed: Duration,
+) {
+    metrics().authenticator.record(
+        seconds(elapsed),
+        &[
+            KeyValue::new("authenticator", authenticator),
+            KeyValue::new("answer", answer),
+        ],
+    );
+}
+
 /// One credential cache lookup ("hit", "miss", "unavailable").
 pub fn auth_cache_lookup(result: &'static str) {
     metrics()
