@@ -149,6 +149,15 @@ impl russh::server::Handler for Handler {
         self.auth(user, key).await
     }
 
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let cert = Credential::Certificate(Box::new(certificate.clone()));
+        self.auth(user, cert).await
+    }
+
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
