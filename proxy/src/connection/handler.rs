@@ -164,12 +164,16 @@ impl russh::server::Handler for Handler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        let answer = response.map(|mut answers| {
-            answers
-                .next()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        });
+        let answer = match response.map(|mut answers| answers.next()) {
+            None => None,
+            Some(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            // No answer at all: the client acknowledging instructions shown
+            // with no prompt (a refused name, the login service being
+            // unavailable). That is no password, not an empty one: refused,
+            // uncounted, so the client moves on instead of being asked again
+            // and again.
+            Some(None) => return self.auth(user, Credential::None).await,
+        };
         self.auth(user, Credential::KeyboardInteractive(answer))
             .await
     }
