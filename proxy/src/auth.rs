@@ -487,6 +487,60 @@ mod tests {
         assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
     }
 
+    #[tokio::test]
+    async fn with_cas_unknown_offers_go_on_and_revoked_keys_never_do() {
+        const CA: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOR+GHWBGNtuepwM3L7sK2PCSkM31koh7WatGmq0+Jzy ca";
+        const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIB6Z/MuVYIgWqi/Bhm47okyLKaqINKJmWKmfTkfapTg carol";
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shared, client) = (shared(dir.path()), client());
+        let bob_key = users::parse_authorized_key(BOB_KEY).unwrap();
+        let other = users::parse_authorized_key(OTHER).unwrap();
+        let offer = |k: &PublicKey| Credential::KeyOffered(k.clone());
+        // Without a CA, an unknown key's offer is refused.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", offer(&other)))
+                .await,
+            Outcome::Rejected
+        );
+        std::fs::write(dir.path().join("ca.pub"), CA).unwrap();
+        std::fs::write(dir.path().join("revoked"), format!("{BOB_KEY}\n")).unwrap();
+        let auth = crate::config::auth::AuthConfig {
+            trusted_user_ca_keys: vec![dir.path().join("ca.pub")],
+            revoked_keys: Some(dir.path().join("revoked")),
+            ..Default::default()
+        };
+        shared.trust = certificate::Trust::new(&auth).unwrap();
+        // It may be a certificate's key: go on (the certificate decides).
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", offer(&other)))
+                .await,
+            Outcome::KeyAcceptable
+        );
+        // But proven as a plain key, nobody knows it.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", Credential::Key(other)))
+                .await,
+            Outcome::Rejected
+        );
+        // bob's key is in the users file and revoked: refused, offered or proven.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("bob", offer(&bob_key)))
+                .await,
+            Outcome::Rejected
+        );
+        assert_eq!(
+            client
+                .decide(&shared, attempt("bob", Credential::Key(bob_key)))
+                .await,
+            Outcome::Rejected
+        );
+    }
+
     #[test]
     fn every_method_but_the_probes_counts_towards_max_auth_tries() {
         let key = users::parse_authorized_key(BOB_KEY).unwrap();
