@@ -24,6 +24,8 @@
 //! Both files are re-read when they change (size, inode, modification
 //! time); a version that fails to parse is logged and the previous one
 //! stays in force, so a half-written file never opens or shuts the door.
+//! A CA file removed is trusted no more; a revoked list removed stays in
+//! force (both fail closed).
 //!
 //! A certificate says nothing of groups or ids: those come from the chain's
 //! directories (`Chain::lookup`: the users file, LDAP) when they know the
@@ -80,6 +82,10 @@ struct Reloading<T> {
     path: PathBuf,
     /// Parses its contents; the error names what is wrong.
     parse: fn(&[u8]) -> Result<T, String>,
+    /// What a removed file means: `None` keeps the previous version (a
+    /// revoked list never shrinks by accident), `Some` gives this (a CA
+    /// whose file is gone is trusted no more).
+    missing: Option<fn() -> T>,
     /// The last version that parsed, and the stamp of the last version read.
     loaded: Mutex<(Option<FileStamp>, Arc<T>)>,
 }
@@ -87,22 +93,40 @@ struct Reloading<T> {
 impl<T> Reloading<T> {
     /// Reads the file; missing or invalid is an error (at start, a config
     /// problem).
-    fn open(path: &Path, parse: fn(&[u8]) -> Result<T, String>) -> Result<Reloading<T>, String> {
+    fn open(
+        path: &Path,
+        parse: fn(&[u8]) -> Result<T, String>,
+        missing: Option<fn() -> T>,
+    ) -> Result<Reloading<T>, String> {
         let stamp = stamp_of(path);
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let value = parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Reloading {
             path: path.to_path_buf(),
             parse,
+            missing,
             loaded: Mutex::new((stamp, Arc::new(value))),
         })
     }
 
-    /// The current version, re-reading the file if it changed. A file
-    /// removed or unreadable keeps the previous version.
+    /// The current version, re-reading the file if it changed. A version
+    /// that does not parse keeps the previous one; a removed file, see
+    /// [`Reloading::missing`].
     fn current(&self) -> Arc<T> {
         let stamp = stamp_of(&self.path);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if stamp.is_none() && loaded.0.is_some() {
+            loaded.0 = None;
+            match self.missing {
+                Some(empty) => {
+                    tracing::warn!(path = %self.path.display(), "removed: nothing in it is in force any more");
+                    loaded.1 = Arc::new(empty());
+                }
+                None => {
+                    tracing::error!(path = %self.path.display(), "removed: keeping the previous version")
+                }
+            }
+        }
         if stamp.is_some() && stamp != loaded.0 {
             // Remember the stamp so a bad version is logged once.
             loaded.0 = stamp;
@@ -168,7 +192,7 @@ impl Trust {
             .iter()
             .enumerate()
             .map(|(i, path)| {
-                Reloading::open(path, parse_cas)
+                Reloading::open(path, parse_cas, Some(Vec::new))
                     .map_err(|e| anyhow::anyhow!("auth.trusted_user_ca_keys[{i}]: {e}"))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -176,7 +200,7 @@ impl Trust {
             .revoked_keys
             .as_deref()
             .map(|path| {
-                Reloading::open(path, Revoked::parse)
+                Reloading::open(path, Revoked::parse, None)
                     .map_err(|e| anyhow::anyhow!("auth.revoked_keys: {e}"))
             })
             .transpose()?;
@@ -356,7 +380,7 @@ mod tests {
             }
         };
         std::fs::write(&path, "one").unwrap();
-        let file = Reloading::open(&path, parse).unwrap();
+        let file = Reloading::open(&path, parse, None).unwrap();
         assert_eq!(*file.current(), "one");
         std::fs::write(&path, "two!").unwrap();
         assert_eq!(*file.current(), "two!");
@@ -364,6 +388,13 @@ mod tests {
         assert_eq!(*file.current(), "two!");
         std::fs::remove_file(&path).unwrap();
         assert_eq!(*file.current(), "two!");
-        assert!(Reloading::open(&dir.path().join("none"), parse).is_err());
+        assert!(Reloading::open(&dir.path().join("none"), parse, None).is_err());
+        // Where a removed file means "none", it does; back, it is read again.
+        std::fs::write(&path, "three").unwrap();
+        let file = Reloading::open(&path, parse, Some(String::new)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(*file.current(), "");
+        std::fs::write(&path, "four").unwrap();
+        assert_eq!(*file.current(), "four");
     }
 }
