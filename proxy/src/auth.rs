@@ -4,7 +4,8 @@
 //! Passwords (also the password keyboard-interactive prompts for) pass the
 //! brute-force limits, then for each authenticator of `auth.chain` in turn
 //! the credential cache and the authenticator ([`password`], [`chain`]);
-//! public keys are asked of the chain likewise. Each accepting authenticator
+//! public keys are asked of the chain likewise, and OpenSSH user
+//! certificates of the trusted CAs ([`certificate`]). Each accepting authenticator
 //! answers with the student's [`identity::Identity`]: groups, ids, and what a
 //! certificate restricts.
 //! Keyboard-interactive is also how a student with a malformed username is
@@ -16,13 +17,14 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use labssh_telemetry::metrics::{self as telemetry, Phase};
-use russh::keys::PublicKey;
+use russh::keys::{Certificate, PublicKey};
 use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::login_name::LoginName;
 use crate::state::Shared;
 
+pub(crate) mod certificate;
 pub(crate) mod chain;
 pub(crate) mod identity;
 pub(crate) mod ldap;
@@ -51,6 +53,9 @@ pub(crate) enum Credential {
     KeyOffered(PublicKey),
     /// A public key whose possession the client proved.
     Key(PublicKey),
+    /// An OpenSSH certificate whose key's possession the client proved, its
+    /// own signature and validity window checked by russh.
+    Certificate(Box<Certificate>),
     /// Keyboard-interactive: first without an answer, then with the answer
     /// to the password prompt.
     KeyboardInteractive(Option<String>),
@@ -119,14 +124,7 @@ impl Client {
                 self.password(shared, user, &password, "password").await
             }
             Credential::KeyOffered(key) => match LoginName::parse(user) {
-                Ok(login) => {
-                    let request = self.request(&login, "publickey");
-                    if shared.auth.key_acceptable(shared, &request, &key).await {
-                        Outcome::KeyAcceptable
-                    } else {
-                        Outcome::Rejected
-                    }
-                }
+                Ok(login) => self.offer(shared, &login, &key).await,
                 Err(_) => Outcome::Rejected,
             },
             Credential::Key(key) => {
@@ -135,6 +133,15 @@ impl Client {
                 };
                 let span = self.auth_span("publickey", &login.user);
                 self.key(shared, login, &key).instrument(span).await
+            }
+            Credential::Certificate(cert) => {
+                let Some(login) = self.parse_login(user, "publickey") else {
+                    return Outcome::Rejected;
+                };
+                let span = self.auth_span("publickey", &login.user);
+                self.certificate(shared, login, &cert)
+                    .instrument(span)
+                    .await
             }
             Credential::KeyboardInteractive(answer) => {
                 self.keyboard_interactive(shared, user, answer).await
@@ -159,9 +166,35 @@ impl Client {
             .await
     }
 
-    /// A proven key, asked of the chain. Runs inside the attempt's span.
+    /// The answer to an offered key, before the client proves it holds it.
+    ///
+    /// russh offers a certificate's key as a plain key, with no sign that a
+    /// certificate follows. So when CAs are trusted, a key no authenticator
+    /// knows is accepted as an offer all the same: it may be a
+    /// certificate's, and the certificate is checked once proven. The cost
+    /// is small — a client with unknown keys signs with each before hearing
+    /// "no", and offers no longer tell which of its keys an account lists —
+    /// and every accepted offer still has to pass [`Client::key`] or
+    /// [`Client::certificate`]. A revoked key is refused at once.
+    async fn offer(&self, shared: &Shared, login: &LoginName, key: &PublicKey) -> Outcome {
+        if shared.trust.key_revoked(key.key_data()).is_some() {
+            return Outcome::Rejected;
+        }
+        let request = self.request(login, "publickey");
+        if shared.auth.key_acceptable(shared, &request, key).await || shared.trust.has_cas() {
+            Outcome::KeyAcceptable
+        } else {
+            Outcome::Rejected
+        }
+    }
+
+    /// A proven key, asked of the chain unless revoked. Runs inside the
+    /// attempt's span.
     async fn key(&self, shared: &Shared, login: LoginName, key: &PublicKey) -> Outcome {
         let started = Instant::now();
+        if let Some(why) = shared.trust.key_revoked(key.key_data()) {
+            return self.reject(&login, "publickey", &why);
+        }
         let decision = {
             let request = self.request(&login, "publickey");
             shared.auth.key(shared, &request, key).await
@@ -171,6 +204,47 @@ impl Client {
             Decision::Reject(why) => self.reject(&login, "publickey", &why),
             Decision::Unavailable(why) => self.unavailable(&login, "publickey", &why),
         }
+    }
+
+    /// A proven certificate: the trusted CAs decide, the chain's directories
+    /// say who the student is (groups, ids) if they know them. Runs inside
+    /// the attempt's span.
+    ///
+    /// A directory that cannot be asked makes the login unavailable rather
+    /// than in with no groups: groups and ids decide environments and file
+    /// ownership, and a login without them would look like the wrong account.
+    async fn certificate(&self, shared: &Shared, login: LoginName, cert: &Certificate) -> Outcome {
+        let started = Instant::now();
+        let restrictions = match shared.trust.check(cert, &login.user, self.ip) {
+            Ok(restrictions) => restrictions,
+            Err(why) => return self.reject(&login, "publickey", &why),
+        };
+        let decision = {
+            let request = self.request(&login, "publickey");
+            shared.auth.lookup(shared, &request).await
+        };
+        let mut identity = match decision {
+            Decision::Accept(identity) => identity,
+            Decision::Reject(_) => Identity::from(certificate::NAME),
+            Decision::Unavailable(why) => {
+                return self.unavailable(
+                    &login,
+                    "publickey",
+                    &format!("certificate valid, but {why}"),
+                )
+            }
+        };
+        identity.source = certificate::NAME.to_owned();
+        identity.restrictions = restrictions;
+        tracing::info!(
+            conn = self.conn,
+            user = %login.user,
+            key_id = %cert.key_id().escape_debug(),
+            serial = cert.serial(),
+            restrictions = ?identity.restrictions,
+            "certificate accepted"
+        );
+        self.accept(login, identity, "publickey", "n/a", started)
     }
 
     /// What the chain is told of an attempt.
@@ -343,6 +417,7 @@ mod tests {
             gate: crate::preauth::Gate::new(&config),
             refusals: Default::default(),
             auth: crate::auth::chain::Chain::new(&config.auth).unwrap(),
+            trust: crate::auth::certificate::Trust::none(),
             config,
         }
     }
@@ -419,6 +494,60 @@ mod tests {
             Outcome::Rejected
         );
         assert_eq!(decide("alice", Credential::None).await, Outcome::Rejected);
+    }
+
+    #[tokio::test]
+    async fn with_cas_unknown_offers_go_on_and_revoked_keys_never_do() {
+        const CA: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOR+GHWBGNtuepwM3L7sK2PCSkM31koh7WatGmq0+Jzy ca";
+        const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIB6Z/MuVYIgWqi/Bhm47okyLKaqINKJmWKmfTkfapTg carol";
+        let dir = tempfile::tempdir().unwrap();
+        let (mut shared, client) = (shared(dir.path()), client());
+        let bob_key = users::parse_authorized_key(BOB_KEY).unwrap();
+        let other = users::parse_authorized_key(OTHER).unwrap();
+        let offer = |k: &PublicKey| Credential::KeyOffered(k.clone());
+        // Without a CA, an unknown key's offer is refused.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", offer(&other)))
+                .await,
+            Outcome::Rejected
+        );
+        std::fs::write(dir.path().join("ca.pub"), CA).unwrap();
+        std::fs::write(dir.path().join("revoked"), format!("{BOB_KEY}\n")).unwrap();
+        let auth = crate::config::auth::AuthConfig {
+            trusted_user_ca_keys: vec![dir.path().join("ca.pub")],
+            revoked_keys: Some(dir.path().join("revoked")),
+            ..Default::default()
+        };
+        shared.trust = certificate::Trust::new(&auth).unwrap();
+        // It may be a certificate's key: go on (the certificate decides).
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", offer(&other)))
+                .await,
+            Outcome::KeyAcceptable
+        );
+        // But proven as a plain key, nobody knows it.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("carol", Credential::Key(other)))
+                .await,
+            Outcome::Rejected
+        );
+        // bob's key is in the users file and revoked: refused, offered or proven.
+        assert_eq!(
+            client
+                .decide(&shared, attempt("bob", offer(&bob_key)))
+                .await,
+            Outcome::Rejected
+        );
+        assert_eq!(
+            client
+                .decide(&shared, attempt("bob", Credential::Key(bob_key)))
+                .await,
+            Outcome::Rejected
+        );
     }
 
     #[test]

@@ -111,6 +111,7 @@ fn roll() -> u32 {
 fn replica(config: Config) -> anyhow::Result<Shared> {
     let users = Users::open(&config.users_file)?;
     let auth = crate::auth::chain::Chain::new(&config.auth)?;
+    let trust = crate::auth::certificate::Trust::new(&config.auth)?;
     let cache_key = credential_cache::load_or_create_key(&config.cache_key_file)?;
     let redis = if config.redis_url.is_empty() {
         None
@@ -136,6 +137,7 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         config,
         users,
         auth,
+        trust,
         cache,
         limiter,
         upstream,

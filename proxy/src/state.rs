@@ -10,6 +10,7 @@ use std::sync::Arc;
 use russh::server::Handle;
 use tokio::sync::Semaphore;
 
+use crate::auth::certificate::Trust;
 use crate::auth::chain::Chain;
 use crate::auth::identity::Identity;
 use crate::config::Config;
@@ -28,6 +29,9 @@ pub(crate) struct Shared {
     pub users: Users,
     /// The authenticators, in `auth.chain`'s order.
     pub auth: Chain,
+    /// Trusted user CAs and revoked keys (`auth.trusted_user_ca_keys`,
+    /// `auth.revoked_keys`), reloaded when their files change.
+    pub trust: Trust,
     /// Validated-credential cache (Redis or in-process).
     pub cache: CredentialCache,
     /// Brute-force limits.

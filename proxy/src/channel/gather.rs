@@ -1,6 +1,11 @@
 //! The `Gathering` phase: pty and env requests are answered until `shell`,
 //! `exec` or `subsystem` forms the channel's one `Start`. The env allow-list
-//! and the subsystem check run here and nowhere else in the proxy.
+//! and the subsystem check run here and nowhere else in the proxy, and so
+//! do a certificate's session restrictions (the login identity's
+//! [`Restrictions`]): without `permit-pty` a `pty-req` is refused, and a
+//! `force-command` replaces whatever the channel starts — shell, exec or
+//! subsystem — with the command asked for (or the subsystem's name) in
+//! `SSH_ORIGINAL_COMMAND`, as sshd does.
 //!
 //! What else arrives before the start (data, EOF, window changes, signals)
 //! has no process to go to and is dropped; what arrives after it waits in the
@@ -15,6 +20,7 @@ use labssh_telemetry::metrics::{self as telemetry, Component};
 use super::queue::{Inbox, Request};
 use super::session::Session;
 use super::set_env::{EnvRequests, Refusal};
+use crate::auth::identity::Restrictions;
 use crate::config::Config;
 
 /// How long a channel may wait for its `shell`, `exec` or `subsystem` request.
@@ -24,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The one subsystem there is; the agent picks the image's `sftp-server` or
 /// the built-in one.
 const SFTP: &str = "sftp";
+/// Where a forced command finds what the client asked for.
+const ORIGINAL_COMMAND: &str = "SSH_ORIGINAL_COMMAND";
 
 /// What the requests asked for, once one of them starts a process.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -87,6 +95,8 @@ pub(crate) enum Refused {
     },
     /// A subsystem other than `sftp`.
     Subsystem(String),
+    /// A terminal, for a login whose certificate does not permit one.
+    Pty,
 }
 
 /// How a request was answered.
@@ -107,12 +117,23 @@ pub(crate) struct Gathering {
     gathered: Gathered,
     /// The count and log state of `env` requests.
     env_requests: EnvRequests,
+    /// What the login may not do (its certificate's).
+    restrictions: Restrictions,
 }
 
 impl Gathering {
+    /// Gathering for a login restricted by `restrictions`.
+    pub fn new(restrictions: Restrictions) -> Gathering {
+        Gathering {
+            restrictions,
+            ..Gathering::default()
+        }
+    }
+
     /// Answers one request.
     pub fn request(&mut self, config: &Config, request: Request) -> Verdict {
         match request {
+            Request::Pty(_) if self.restrictions.no_pty => Verdict::Refused(Refused::Pty),
             Request::Pty(pty) => {
                 self.gathered.pty = Some(pty);
                 Verdict::Taken
@@ -129,15 +150,34 @@ impl Gathering {
             },
             Request::Shell => self.start(String::new(), String::new()),
             Request::Exec(command) => self.start(command, String::new()),
+            // A forced command runs instead of any subsystem, as in sshd.
+            Request::Subsystem(name) if self.restrictions.force_command.is_some() => {
+                self.start(name, String::new())
+            }
             Request::Subsystem(name) if name == SFTP => self.start(String::new(), name),
             Request::Subsystem(name) => Verdict::Refused(Refused::Subsystem(name)),
         }
     }
 
+    /// The start of `command` (or `subsystem`), or of the forced command
+    /// with the one asked for in `SSH_ORIGINAL_COMMAND` (set even when the
+    /// client sent its own: the proxy's word, not the client's).
     fn start(&mut self, command: String, subsystem: String) -> Verdict {
         let mut gathered = std::mem::take(&mut self.gathered);
-        gathered.command = command;
-        gathered.subsystem = subsystem;
+        match &self.restrictions.force_command {
+            Some(forced) => {
+                gathered.env.remove(ORIGINAL_COMMAND);
+                if !command.is_empty() {
+                    gathered.env.insert(ORIGINAL_COMMAND.to_owned(), command);
+                }
+                gathered.command = forced.clone();
+                gathered.subsystem = String::new();
+            }
+            None => {
+                gathered.command = command;
+                gathered.subsystem = subsystem;
+            }
+        }
         Verdict::Start(gathered)
     }
 }
@@ -157,9 +197,16 @@ pub(crate) async fn run(session: &Session, inbox: &mut Inbox) -> Option<Gathered
         Refused::Subsystem(name) => {
             tracing::info!(conn, subsystem = name.as_str(), "unknown subsystem refused")
         }
+        Refused::Pty => {
+            tracing::info!(
+                conn,
+                "terminal refused: the certificate does not permit a pty"
+            )
+        }
     };
     let config = &session.ctx.shared.config;
-    match tokio::time::timeout(REQUEST_TIMEOUT, gather(inbox, config, log)).await {
+    let gathering = Gathering::new(session.ctx.identity.restrictions.clone());
+    match tokio::time::timeout(REQUEST_TIMEOUT, gather(gathering, inbox, config, log)).await {
         Ok(gathered) => gathered,
         Err(_) => {
             tracing::info!(
@@ -177,11 +224,11 @@ pub(crate) async fn run(session: &Session, inbox: &mut Inbox) -> Option<Gathered
 /// Answers requests from `inbox` until one starts a process; `None` when the
 /// channel closed first.
 async fn gather(
+    mut gathering: Gathering,
     inbox: &mut Inbox,
     config: &Config,
     refused: impl Fn(&Refused),
 ) -> Option<Gathered> {
-    let mut gathering = Gathering::default();
     loop {
         tokio::select! {
             // Inputs sent before a request are taken before it, so all that
@@ -284,6 +331,56 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_command_replaces_every_start() {
+        let config = Config::default();
+        let forced = || {
+            Gathering::new(Restrictions {
+                force_command: Some("echo forced".into()),
+                ..Restrictions::default()
+            })
+        };
+        for (request, original) in [
+            (Request::Exec("rm -rf ~".into()), Some("rm -rf ~")),
+            (Request::Shell, None),
+            (Request::Subsystem("sftp".into()), Some("sftp")),
+            (Request::Subsystem("x11".into()), Some("x11")),
+        ] {
+            let mut g = forced();
+            // The client cannot choose what the forced command reads,
+            // whatever the env allow-list says.
+            g.request(&config, env(ORIGINAL_COMMAND, "lie"));
+            let Verdict::Start(gathered) = g.request(&config, request) else {
+                panic!("starts");
+            };
+            assert_eq!(gathered.kind(), "exec");
+            let start = gathered.into_start("alice");
+            assert_eq!(start.command, "echo forced");
+            assert!(start.subsystem.is_empty());
+            assert_eq!(
+                start.env.get(ORIGINAL_COMMAND).map(String::as_str),
+                original
+            );
+        }
+    }
+
+    #[test]
+    fn no_pty_refuses_the_terminal_only() {
+        let config = Config::default();
+        let mut g = Gathering::new(Restrictions {
+            no_pty: true,
+            ..Restrictions::default()
+        });
+        assert_eq!(
+            g.request(&config, Request::Pty(pty())),
+            Verdict::Refused(Refused::Pty)
+        );
+        let Verdict::Start(gathered) = g.request(&config, Request::Shell) else {
+            panic!("a shell without a terminal");
+        };
+        assert_eq!(gathered.pty, None);
+    }
+
+    #[test]
     fn env_refusals_for_size_are_logged_once() {
         let config = Config::default();
         let mut g = Gathering::default();
@@ -325,7 +422,9 @@ mod tests {
         sender.input(Input::Signal("INT".into())).await;
         let pty_answer = ask(&sender, Request::Pty(pty()));
         let exec_answer = ask(&sender, Request::Exec("cat".into()));
-        let gathered = gather(&mut inbox, &config, |_| {}).await.unwrap();
+        let gathered = gather(Gathering::default(), &mut inbox, &config, |_| {})
+            .await
+            .unwrap();
         assert_eq!(gathered.command, "cat");
         assert!(pty_answer.await.unwrap());
         assert!(exec_answer.await.unwrap());
@@ -350,7 +449,7 @@ mod tests {
         let refused = ask(&sender, Request::Subsystem("nope".into()));
         let started = ask(&sender, Request::Shell);
         let seen = std::sync::Mutex::new(Vec::new());
-        let gathered = gather(&mut inbox, &config, |why| {
+        let gathered = gather(Gathering::default(), &mut inbox, &config, |why| {
             seen.lock().unwrap().push(format!("{why:?}"))
         })
         .await
@@ -367,6 +466,9 @@ mod tests {
         let (sender, mut inbox) = queues();
         sender.input(Input::Data(Bytes::from_static(b"x"))).await;
         drop(sender);
-        assert_eq!(gather(&mut inbox, &config, |_| {}).await, None);
+        assert_eq!(
+            gather(Gathering::default(), &mut inbox, &config, |_| {}).await,
+            None
+        );
     }
 }

@@ -131,6 +131,13 @@ impl AuthConfig {
                 problems.push(format!("auth.trusted_user_ca_keys[{i}]: must not be empty"));
             }
         }
+        if self
+            .revoked_keys
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            problems.push("auth.revoked_keys: must not be empty (leave it out for none)".into());
+        }
         problems
     }
 }

@@ -149,18 +149,31 @@ impl russh::server::Handler for Handler {
         self.auth(user, key).await
     }
 
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let cert = Credential::Certificate(Box::new(certificate.clone()));
+        self.auth(user, cert).await
+    }
+
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        let answer = response.map(|mut answers| {
-            answers
-                .next()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        });
+        let answer = match response.map(|mut answers| answers.next()) {
+            None => None,
+            Some(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            // No answer at all: the client acknowledging instructions shown
+            // with no prompt (a refused name, the login service being
+            // unavailable). That is no password, not an empty one: refused,
+            // uncounted, so the client moves on instead of being asked again
+            // and again.
+            Some(None) => return self.auth(user, Credential::None).await,
+        };
         self.auth(user, Credential::KeyboardInteractive(answer))
             .await
     }

@@ -13,6 +13,7 @@ use crate::state::Context;
 
 /// `ssh -L` / `ssh -D`: one `direct-tcpip` channel. Accepts the channel only once the
 /// agent connected, so a refusal reaches the client as the channel's open failure.
+/// A login whose certificate lacks `permit-port-forwarding` is refused at once.
 pub(crate) async fn direct_tcpip(
     ctx: Context,
     channel: Channel<Msg>,
@@ -28,6 +29,13 @@ pub(crate) async fn direct_tcpip(
         target = %format!("{host}:{port}")
     );
     let user = ctx.login.user.clone();
+    if ctx.identity.restrictions.no_port_forwarding {
+        tracing::info!(conn = ctx.conn, %user, target = %format!("{host}:{port}"), "forward refused: the certificate does not permit port forwarding");
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        return;
+    }
     let opened = async {
         let (placement, mut agent) = placed_agent(&ctx).await?;
         let open = In::Open(pb::ForwardOpen {

@@ -83,6 +83,9 @@ pub(crate) enum ListenError {
     /// The connection holds [`RemoteForwards::MAX`] listeners already.
     #[error("too many remote forwards on one connection")]
     TooMany,
+    /// The login's certificate lacks `permit-port-forwarding`.
+    #[error("the certificate does not permit port forwarding")]
+    NotPermitted,
     /// Placing the student or asking the agent failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -96,6 +99,9 @@ pub(crate) async fn tcpip_forward(
     address: String,
     port: u32,
 ) -> Result<u32, ListenError> {
+    if ctx.identity.restrictions.no_port_forwarding {
+        return Err(ListenError::NotPermitted);
+    }
     if forwards.len() >= RemoteForwards::MAX {
         return Err(ListenError::TooMany);
     }
