@@ -110,8 +110,6 @@ pub(crate) struct Client {
     /// keyboard-interactive prompt can say so (a password attempt has no way
     /// to show text).
     pub unavailable: std::sync::atomic::AtomicBool,
-    /// Set while the client acknowledges that explanation.
-    pub explained: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -276,9 +274,6 @@ impl Client {
             // say so, once.
             None if self.unavailable.swap(false, Relaxed) => self.explain_unavailable(),
             None => Outcome::AskPassword,
-            // The client's (empty) acknowledgement of that explanation: no
-            // password to check.
-            Some(_) if self.explained.swap(false, Relaxed) => Outcome::Rejected,
             Some(password) => {
                 match self
                     .password(shared, user, &password, "keyboard-interactive")
@@ -295,10 +290,9 @@ impl Client {
     }
 
     /// Tells the student the login service is unavailable; their client
-    /// acknowledges with an empty answer, which is refused unchecked.
+    /// acknowledges with no answer at all, which the handler takes for no
+    /// credential (`Credential::None`).
     fn explain_unavailable(&self) -> Outcome {
-        self.explained
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         Outcome::Explain(chain::UNAVAILABLE.to_owned())
     }
 
@@ -429,7 +423,6 @@ mod tests {
             ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
             span: tracing::Span::none(),
             unavailable: Default::default(),
-            explained: Default::default(),
         }
     }
 

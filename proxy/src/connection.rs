@@ -134,7 +134,6 @@ impl Connection {
                 ip: client.map(|c| c.ip()),
                 span,
                 unavailable: Default::default(),
-                explained: Default::default(),
             },
             events,
             login: None,
