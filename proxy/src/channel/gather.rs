@@ -70,6 +70,8 @@ impl Gathered {
             subsystem: self.subsystem,
             env: self.env,
             pty: self.pty,
+            // The identity is set by `start.rs` (issue 14).
+            ..Default::default()
         }
     }
 }
