@@ -3,8 +3,9 @@
 //! `gidNumber` would): who reaches `alice+cs101env`, what the others are told and
 //! which environments they see listed, `id` and the home's owner in a uid-from-identity
 //! container, the one clear line for an account with no uid, the refusal when the
-//! account's uid changes under an existing container, and a prestart that follows
-//! the same rules.
+//! account's uid changes under an existing container, a prestart that follows the
+//! same rules, and a stop hook (run with no login at hand) as the uid recorded on the
+//! container.
 
 use std::path::Path;
 
@@ -286,5 +287,41 @@ async fn prestart_follows_allowed_groups_and_takes_ids_from_the_users_file() {
         .await
         .unwrap();
     assert_eq!(stdout(&out), "20003\n20003\n", "{}", stderr(&out));
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_hook_long_after_the_login_runs_as_the_recorded_uid() {
+    // Stopped after 2 s idle; its stop hook (no login at hand then) writes its uid.
+    let env = environment_toml("nfsnap", "idle_stop_after = \"2s\"")
+        .replace("uid = 1000\ngid = 1000\n", "uid = \"ldap\"\n");
+    let hook = "\n[[environments.nfsnap.hooks]]\non = \"stop\"\n\
+                run = [\"/bin/sh\", \"-c\", \"id -u > ~/stop-uid\"]\n";
+    let lab = Lab::start(LabOptions {
+        catalogue: format!("{env}{hook}"),
+        ..Default::default()
+    })
+    .await;
+    set_account(
+        &lab.users_file,
+        "alice",
+        "alice-pw-1",
+        &[],
+        Some((20001, 20000)),
+    );
+    let alice = Auth::Password("alice-pw-1".into());
+    let out = lab
+        .ssh
+        .run("alice+nfsnap", &alice, &["true"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    lab.wait_state("alice", "nfsnap", "exited").await;
+    let out = lab
+        .ssh
+        .run("alice+nfsnap", &alice, &["cat ~/stop-uid"])
+        .await
+        .unwrap();
+    assert_eq!(stdout(&out), "20001\n", "{}", stderr(&out));
     lab.stop().await;
 }
