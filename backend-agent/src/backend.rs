@@ -101,6 +101,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts a process in a running container (`container` is an id or name).
     async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError>;
 
+    /// The uid and gid a container of an environment that takes them from the
+    /// login's identity was made with (its record, e.g. Docker's `labssh.ids`
+    /// label); `None` when none was recorded.
+    async fn recorded_ids(&self, container: &str) -> Result<Option<(u32, u32)>, BackendError> {
+        let _ = container;
+        Ok(None)
+    }
+
     /// This agent's containers, running or stopped.
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError>;
 
@@ -251,6 +259,9 @@ pub struct ContainerInfo {
     pub version: ContainerVersion,
     /// When it was created, if the runtime says.
     pub created: Option<std::time::SystemTime>,
+    /// The uid and gid it was made with, recorded for an environment that takes
+    /// them from the login's identity.
+    pub ids: Option<(u32, u32)>,
 }
 
 /// What a container was made of: the image's id and a hash of the settings that

@@ -140,6 +140,8 @@ impl Inventory {
             // The GPUs it holds stay until the next refresh says otherwise.
             gpus: kept.as_ref().map(|k| k.gpus.clone()).unwrap_or_default(),
             version: kept.as_ref().map(|k| k.version.clone()).unwrap_or_default(),
+            // Read from its label at the next refresh.
+            ids: kept.as_ref().and_then(|k| k.ids),
             created: kept
                 .and_then(|k| k.created)
                 .or_else(|| created.then(std::time::SystemTime::now)),

@@ -10,6 +10,7 @@ mod firewall;
 mod forward;
 pub mod gpus;
 mod hooks;
+mod identity;
 mod inventory;
 mod lifecycle;
 mod limits;

@@ -257,6 +257,10 @@ impl Lifecycle {
         let Ok(env) = self.catalogue.get(&change.environment) else {
             return;
         };
+        let env = crate::identity::of_container(&self.backend, env, &change.container, None);
+        let Some(env) = env.await else {
+            return;
+        };
         let target = Target {
             user: change.user.clone(),
             env,

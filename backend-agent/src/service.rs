@@ -33,6 +33,7 @@ impl From<EnsureError> for Status {
             EnsureError::Backend(BackendError::LeftQueue) => Code::Cancelled,
             EnsureError::Backend(_) => Code::Unavailable,
             EnsureError::Hook(_) => Code::FailedPrecondition,
+            EnsureError::Identity(_) => Code::PermissionDenied,
         };
         Status::new(code, e.to_string())
     }
@@ -117,7 +118,7 @@ impl pb::agent_server::Agent for AgentService {
         let (_, ensured) = self
             .shared
             .ensure_with(
-                &request.user,
+                (&request.user, request.identity.as_ref()),
                 &request.environment,
                 None,
                 Caller::quiet(class),

@@ -198,7 +198,12 @@ async fn ensure(
         }),
         left: Some(left.clone()),
     };
-    let ensure = shared.ensure_with(&start.user, &start.environment, Some(progress), caller);
+    let ensure = shared.ensure_with(
+        (&start.user, start.identity.as_ref()),
+        &start.environment,
+        Some(progress),
+        caller,
+    );
     let ensure = ensure.instrument(span.clone());
     tokio::pin!(ensure);
     let ensured = loop {

@@ -12,6 +12,7 @@ use crate::catalogue::{Catalogue, CatalogueError};
 use crate::forward::host_watch::HostGuard;
 use crate::forward::pending::Pending;
 use crate::hooks::{Hooks, Target};
+use crate::identity::{self, IdentityError};
 use crate::inventory::Inventory;
 use crate::lifecycle::{Lifecycle, Reason};
 use crate::limits::Limits;
@@ -62,6 +63,10 @@ pub enum EnsureError {
     /// A required create hook failed.
     #[error("{0}")]
     Hook(String),
+    /// The login's identity may not use the environment, or lacks the uid/gid it
+    /// takes from it; nothing was made.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl Shared {
@@ -72,19 +77,23 @@ impl Shared {
         &self,
         user: &str,
         environment: &str,
+        identity: Option<&pb::Identity>,
     ) -> Result<(pb::Environment, Ensured), EnsureError> {
         let caller = Caller::quiet(Class::Student);
-        self.ensure_with(user, environment, None, caller).await
+        self.ensure_with((user, identity), environment, None, caller)
+            .await
     }
 
     /// [`Shared::ensure`] for a session's login: each step is told to `progress` in
     /// the student's words, and a container nobody else holds open may be recreated
     /// (older than `max_age`, or outdated). A create or start waits in the start
     /// queue as `caller`; a prestarted container is marked so until a student's
-    /// ensure finds it.
+    /// ensure finds it. The environment is the one `identity` may use, with its
+    /// uid/gid where it takes them from it ([`identity::apply`]); that environment
+    /// is what the caller gets back.
     pub async fn ensure_with(
         &self,
-        user: &str,
+        (user, identity): (&str, Option<&pb::Identity>),
         environment: &str,
         progress: Option<Box<dyn Fn(String) + Send + Sync>>,
         caller: Caller,
@@ -93,7 +102,9 @@ impl Shared {
         if !names::is_valid_user(user) {
             return Err(EnsureError::InvalidUser(user.to_owned()));
         }
-        let env = self.catalogue.get(environment)?;
+        let env = identity::apply(self.catalogue.get(environment)?, identity).inspect_err(|e| {
+            tracing::info!(user, environment, "refused by the login's identity: {e}")
+        })?;
         self.lifecycle.settle(user, environment).await;
         let login = progress.is_some();
         let steps = Arc::new(Mutex::new(Vec::new()));

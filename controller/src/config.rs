@@ -17,9 +17,9 @@ use labssh_proto::config::ConfigRole;
 use serde::Deserialize;
 
 pub use environment::{
-    EgressConfig, EnvironmentConfig, ForwardingConfig, GpusConfig, NetworkConfig, RlimitConfig,
-    Seccomp, DEFAULT_CPUS, DEFAULT_GID, DEFAULT_HOME_QUOTA_MB, DEFAULT_LAYER_QUOTA_MB,
-    DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_SHELL, DEFAULT_UID,
+    EgressConfig, EnvironmentConfig, ForwardingConfig, GpusConfig, IdSetting, NetworkConfig,
+    RlimitConfig, Seccomp, DEFAULT_CPUS, DEFAULT_GID, DEFAULT_HOME_QUOTA_MB,
+    DEFAULT_LAYER_QUOTA_MB, DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_SHELL, DEFAULT_UID,
 };
 pub use labssh_proto::config::ConfigError;
 pub use schedule::{
@@ -241,6 +241,7 @@ mod tests {
         assert_eq!(gpu.nano_cpus, 2_500_000_000);
         assert_eq!(gpu.memory_bytes, 0);
         assert_eq!(gpu.uid, DEFAULT_UID);
+        assert!(!gpu.uid_from_identity && gpu.allowed_groups.is_empty());
         assert_eq!(gpu.env["CUDA_VISIBLE_DEVICES"], "0");
         assert_eq!(gpu.spawn, "exec");
         assert_eq!((gpu.home_quota_mb, gpu.layer_quota_mb), (2048, 512));
@@ -248,6 +249,40 @@ mod tests {
         assert_eq!(default.memory_bytes, 512 * 1024 * 1024);
         assert_eq!(default.pids_limit, 256);
         assert_eq!((default.home_quota_mb, default.layer_quota_mb), (0, 0));
+    }
+
+    #[test]
+    fn groups_and_ids_from_the_identity_reach_the_wire() {
+        let config = Config::from_toml_str(
+            r#"
+            [environments.default]
+            image = "labssh/busybox"
+            [environments.nfs]
+            image = "labssh/busybox"
+            uid = "ldap"
+            allowed_groups = ["cs101", "staff"]
+            [environments.mixed]
+            image = "labssh/busybox"
+            uid = 1000
+            gid = "ldap"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let nfs = config.environments["nfs"].to_proto("nfs");
+        assert_eq!((nfs.uid, nfs.gid), (0, 0));
+        assert!(nfs.uid_from_identity && nfs.gid_from_identity);
+        assert_eq!(nfs.allowed_groups, ["cs101", "staff"]);
+        let mixed = config.environments["mixed"].to_proto("mixed");
+        assert_eq!((mixed.uid, mixed.uid_from_identity), (1000, false));
+        assert!(mixed.gid_from_identity);
+        let err = Config::from_toml_str(
+            "[environments.default]
+image = \"x\"\nuid = \"nobody\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("uid") && err.contains("\"ldap\""), "{err}");
     }
 
     #[test]
@@ -286,7 +321,7 @@ mod tests {
             "gpu".to_string(),
             EnvironmentConfig {
                 cpus: -1.0,
-                uid: 0,
+                uid: 0.into(),
                 shell: "bash".to_string(),
                 cap_add: vec!["ALL".to_string(), "net admin".to_string()],
                 home_quota_mb: u64::MAX,
@@ -337,8 +372,8 @@ mod tests {
     fn root_is_allowed_when_asked_for() {
         let mut config = Config::default();
         let env = config.environments.get_mut("default").unwrap();
-        env.uid = 0;
-        env.gid = 0;
+        env.uid = 0.into();
+        env.gid = Some(0.into());
         env.run_as_root = true;
         config.validate().unwrap();
     }

@@ -1,7 +1,9 @@
 //! Who is in a class: the members of a group in the proxies' users file, or a
 //! plain file of login names.
 //!
-//! The controller reads only each account's `groups` from the users file and
+//! The controller reads only each account's `groups`, `uid` and `gid` from the
+//! users file (for `--group`, and for a prestart's identities: who may use a
+//! restricted environment, who runs as which uid where `uid = "ldap"`) and
 //! never keeps its password hashes or keys; the proxies own the rest of its
 //! format (and reject unknown keys there).
 
@@ -40,18 +42,50 @@ pub enum MembersError {
 
 /// The part of the users file the controller reads.
 #[derive(Debug, Deserialize)]
-struct GroupsView {
+struct AccountsView {
     /// Accounts by login name.
     #[serde(default)]
-    users: BTreeMap<String, AccountGroups>,
+    users: BTreeMap<String, Account>,
 }
 
-/// One account's groups; its other keys are the proxies'.
-#[derive(Debug, Deserialize)]
-struct AccountGroups {
+/// One account's groups and ids; its other keys are the proxies'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Account {
     /// The groups it is in.
     #[serde(default)]
-    groups: Vec<String>,
+    pub groups: Vec<String>,
+    /// Its numeric uid, for environments with `uid = "ldap"`.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Its numeric gid, likewise.
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+impl Account {
+    /// The identity a prestart sends for it: its valid groups and its ids, as
+    /// the proxy's users-file authenticator would make it.
+    pub fn identity(&self) -> labssh_proto::pb::Identity {
+        labssh_proto::pb::Identity {
+            groups: self
+                .groups
+                .iter()
+                .filter(|g| valid_group(g))
+                .cloned()
+                .collect(),
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Every account of the users file at `path`, by login name.
+pub fn accounts(path: &Path) -> Result<BTreeMap<String, Account>, MembersError> {
+    let view: AccountsView = toml::from_str(&read(path)?).map_err(|e| MembersError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })?;
+    Ok(view.users)
 }
 
 fn read(path: &Path) -> Result<String, MembersError> {
@@ -67,12 +101,7 @@ pub fn group_members(users_file: Option<&Path>, group: &str) -> Result<Vec<Strin
         return Err(MembersError::BadGroup(group.to_string()));
     }
     let path = users_file.ok_or_else(|| MembersError::NoUsersFile(group.to_string()))?;
-    let view: GroupsView = toml::from_str(&read(path)?).map_err(|e| MembersError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string().trim_end().replace('\n', " "),
-    })?;
-    let members: Vec<String> = view
-        .users
+    let members: Vec<String> = accounts(path)?
         .into_iter()
         .filter(|(_, account)| account.groups.iter().any(|g| g == group))
         .map(|(name, _)| name)
@@ -118,7 +147,7 @@ mod tests {
         let path = dir.path().join("users.toml");
         std::fs::write(
             &path,
-            "[users.alice]\npassword_hash = \"x\"\ngroups = [\"cs101\", \"cs102\"]\n\
+            "[users.alice]\npassword_hash = \"x\"\ngroups = [\"cs101\", \"cs102\"]\nuid = 20001\ngid = 20000\n\
              [users.bob]\nauthorized_keys = []\n[users.carol]\ngroups = [\"cs101\"]\n",
         )
         .unwrap();
@@ -140,6 +169,11 @@ mod tests {
             group_members(Some(&path), "CS 1"),
             Err(MembersError::BadGroup(_))
         ));
+        let all = accounts(&path).unwrap();
+        let alice = all["alice"].identity();
+        assert_eq!(alice.groups, ["cs101", "cs102"]);
+        assert_eq!((alice.uid, alice.gid), (Some(20001), Some(20000)));
+        assert_eq!((all["bob"].uid, all["bob"].gid), (None, None));
         let missing = group_members(Some(&dir.path().join("none.toml")), "cs101").unwrap_err();
         assert!(missing.to_string().contains("none.toml"), "{missing}");
     }

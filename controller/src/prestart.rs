@@ -6,7 +6,10 @@
 //! registry's placement: sticky to an existing container, pending until the
 //! agent reports it, so a burst does not overfill an agent) and its agent's
 //! `Ensure` is called with `prestart` set, at most `concurrency` at a time per
-//! agent. A user that fails (a malformed name, no agent, the agent's error) is
+//! agent. Each Ensure carries the user's identity from the users file (groups,
+//! uid, gid), as a login would: a user the environment's `allowed_groups` leave
+//! out, or with no uid for an environment with `uid = "ldap"`, fails before
+//! anything is placed. A user that fails (a malformed name, no agent, the agent's error) is
 //! one FAILED result; the rest go on. When the receiver of the events goes away
 //! (the client disconnected), users not yet started are dropped; Ensures in
 //! flight finish, so no container is left half-made.
@@ -14,7 +17,7 @@
 mod agents;
 pub mod summary;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +31,7 @@ use tracing::{debug, info};
 
 use crate::catalogue::Catalogue;
 use crate::config::{Config, MAX_PRESTART_CONCURRENCY};
-use crate::members::{group_members, MembersError};
+use crate::members::{accounts, group_members, Account, MembersError};
 use crate::placement::PlaceError;
 use crate::registry::Registry;
 pub use agents::AgentClients;
@@ -68,6 +71,9 @@ pub struct Plan {
     pub users: Vec<String>,
     /// Ensures in flight at once per agent.
     pub concurrency: u32,
+    /// The users file's accounts, read when the environment needs identities
+    /// (`allowed_groups`, `uid = "ldap"`); `None` otherwise or without a file.
+    pub accounts: Option<Arc<BTreeMap<String, Account>>>,
 }
 
 /// Runs prestarts for the gRPC service and the scheduler.
@@ -118,10 +124,19 @@ impl Prestarter {
             n if n > MAX_PRESTART_CONCURRENCY => return Err(PrestartError::Concurrency(n)),
             n => n,
         };
+        let needs_identity = self
+            .catalogue
+            .environment(&environment)
+            .is_some_and(needs_identity);
+        let accounts = match (&self.users_file, needs_identity) {
+            (Some(path), true) => Some(Arc::new(accounts(path)?)),
+            _ => None,
+        };
         Ok(Plan {
             environment,
             users,
             concurrency,
+            accounts,
         })
     }
 
@@ -161,6 +176,15 @@ impl Prestarter {
                 }
                 continue;
             }
+            let identity = match self.identity(&plan.accounts, &user, &environment) {
+                Ok(identity) => identity,
+                Err(message) => {
+                    if !send(&tx, failed("", message)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
             match self.place(&user, &environment) {
                 Err(message) => {
                     if !send(&tx, failed("", message)).await {
@@ -172,10 +196,13 @@ impl Prestarter {
                         .entry(agent)
                         .or_insert_with(|| Arc::new(Semaphore::new(plan.concurrency as usize)))
                         .clone();
-                    jobs.spawn(
-                        self.clone()
-                            .one(user, environment.clone(), queue, tx.clone()),
-                    );
+                    jobs.spawn(self.clone().one(
+                        user,
+                        environment.clone(),
+                        identity,
+                        queue,
+                        tx.clone(),
+                    ));
                 }
             }
         }
@@ -207,7 +234,41 @@ impl Prestarter {
                 Instant::now(),
             )
             .map(|placed| (placed.agent, placed.endpoint))
-            .map_err(|e| self.catalogue.suggest(e, user).to_string())
+            .map_err(|e| self.catalogue.suggest(e, user, None).to_string())
+    }
+
+    /// The identity `user`'s Ensure carries, from `accounts`; why not, for an
+    /// environment that needs one the user cannot have.
+    fn identity(
+        &self,
+        accounts: &Option<Arc<BTreeMap<String, Account>>>,
+        user: &str,
+        environment: &str,
+    ) -> Result<Option<pb::Identity>, String> {
+        let Some(env) = self.catalogue.environment(environment) else {
+            return Ok(None);
+        };
+        if !needs_identity(env) {
+            return Ok(None);
+        }
+        let Some(accounts) = accounts else {
+            return Err(format!(
+                "environment '{environment}' needs the user's groups or uid, and the controller has no users_file to read them from"
+            ));
+        };
+        let Some(account) = accounts.get(user) else {
+            let file = self
+                .users_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(format!(
+                "not in the users file {file}: the controller cannot tell their groups or uid for environment '{environment}' (a directory account is started at its first login)"
+            ));
+        };
+        let identity = account.identity();
+        check_identity(env, &identity)?;
+        Ok(Some(identity))
     }
 
     /// One user: waits for its agent's queue, unless the caller went away, then
@@ -216,6 +277,7 @@ impl Prestarter {
         self: Arc<Self>,
         user: String,
         environment: Arc<str>,
+        identity: Option<pb::Identity>,
         queue: Arc<Semaphore>,
         tx: mpsc::Sender<pb::PrestartEvent>,
     ) -> Option<pb::PrestartResult> {
@@ -233,7 +295,9 @@ impl Prestarter {
             Ok(placed) => placed,
             Err(message) => return Some(result(&user, "", Outcome::Failed, message)),
         };
-        let outcome = self.ensure(&agent, &endpoint, &user, &environment).await;
+        let outcome = self
+            .ensure(&agent, &endpoint, (&user, &environment), identity)
+            .await;
         let (outcome, message) = match outcome {
             Ok(outcome) => (outcome, String::new()),
             Err(message) => (Outcome::Failed, message),
@@ -245,14 +309,15 @@ impl Prestarter {
         &self,
         agent: &str,
         endpoint: &str,
-        user: &str,
-        environment: &str,
+        (user, environment): (&str, &str),
+        identity: Option<pb::Identity>,
     ) -> Result<Outcome, String> {
         let mut client = self.agents.client(agent, endpoint)?;
         let request = pb::EnsureRequest {
             user: user.to_string(),
             environment: environment.to_string(),
             prestart: true,
+            identity,
         };
         let reply = tokio::time::timeout(ENSURE_TIMEOUT, client.ensure(request))
             .await
@@ -278,6 +343,39 @@ impl Prestarter {
     }
 }
 
+/// Whether starting `env` for someone needs their identity: it is restricted
+/// to groups, or its uid or gid come from the identity.
+fn needs_identity(env: &pb::Environment) -> bool {
+    !env.allowed_groups.is_empty() || env.uid_from_identity || env.gid_from_identity
+}
+
+/// Why `identity` cannot have a container of `env`, for the operator.
+fn check_identity(env: &pb::Environment, identity: &pb::Identity) -> Result<(), String> {
+    if !labssh_proto::groups::allows(env, Some(identity)) {
+        let theirs = match identity.groups.is_empty() {
+            true => "none".to_string(),
+            false => identity.groups.join(", "),
+        };
+        return Err(format!(
+            "not allowed: environment '{}' is for the groups {}; theirs: {theirs}",
+            env.name,
+            env.allowed_groups.join(", ")
+        ));
+    }
+    for (from_identity, id, what) in [
+        (env.uid_from_identity, identity.uid, "uid"),
+        (env.gid_from_identity, identity.gid, "gid"),
+    ] {
+        if from_identity && id.is_none() {
+            return Err(format!(
+                "environment '{}' takes the {what} from the account, and theirs in the users file has none (add {what} = NUMBER)",
+                env.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn result(user: &str, agent: &str, outcome: Outcome, message: String) -> pb::PrestartResult {
     pb::PrestartResult {
         user: user.to_string(),
@@ -298,4 +396,112 @@ async fn send(tx: &mpsc::Sender<pb::PrestartEvent>, result: pb::PrestartResult) 
     })
     .await
     .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EnvironmentConfig;
+
+    /// A prestarter over `default`, `cs101env` (cs101 only) and `nfs` (uid from
+    /// the identity), with a users file of alice (cs101, uid 20001), bob (no
+    /// groups, uid 20002) and carol (cs101, no uid).
+    fn prestarter(dir: &std::path::Path, with_file: bool) -> Prestarter {
+        let path = dir.join("users.toml");
+        std::fs::write(
+            &path,
+            "[users.alice]\ngroups = [\"cs101\"]\nuid = 20001\ngid = 20000\n\
+             [users.bob]\nuid = 20002\ngid = 20000\n\
+             [users.carol]\ngroups = [\"cs101\"]\n",
+        )
+        .unwrap();
+        let mut config = Config::default();
+        if with_file {
+            config.users_file = path;
+        }
+        config.environments.insert(
+            "cs101env".into(),
+            EnvironmentConfig {
+                image: "labssh/busybox".into(),
+                allowed_groups: vec!["cs101".into()],
+                ..EnvironmentConfig::default()
+            },
+        );
+        config.environments.insert(
+            "nfs".into(),
+            EnvironmentConfig {
+                image: "labssh/busybox".into(),
+                uid: crate::config::IdSetting::FromIdentity,
+                ..EnvironmentConfig::default()
+            },
+        );
+        config.validate().unwrap();
+        let registry = Arc::new(Registry::new(&config));
+        let catalogue = Arc::new(Catalogue::new(&config));
+        Prestarter::new(&config, registry, catalogue)
+    }
+
+    fn request(environment: &str, users: &[&str]) -> pb::PrestartRequest {
+        pb::PrestartRequest {
+            environment: environment.into(),
+            users: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// What each user's Ensure would carry, or why they fail.
+    fn identities(p: &Prestarter, environment: &str) -> Vec<Result<Option<pb::Identity>, String>> {
+        let plan = p
+            .plan(&request(environment, &["alice", "bob", "carol", "dave"]))
+            .unwrap();
+        plan.users
+            .iter()
+            .map(|u| p.identity(&plan.accounts, u, &plan.environment))
+            .collect()
+    }
+
+    #[test]
+    fn allowed_groups_fail_the_users_they_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prestarter(dir.path(), true);
+        let got = identities(&p, "cs101env");
+        assert_eq!(got[0].as_ref().unwrap().as_ref().unwrap().groups, ["cs101"]);
+        assert_eq!(
+            got[1].as_ref().unwrap_err(),
+            "not allowed: environment 'cs101env' is for the groups cs101; theirs: none"
+        );
+        assert!(got[2].is_ok(), "carol is in cs101: {:?}", got[2]);
+        let dave = got[3].as_ref().unwrap_err();
+        assert!(dave.starts_with("not in the users file "), "{dave}");
+        // An unrestricted environment with fixed ids needs no identity at all.
+        assert!(identities(&p, "").iter().all(|r| r == &Ok(None)));
+    }
+
+    #[test]
+    fn uid_from_the_identity_comes_from_the_users_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prestarter(dir.path(), true);
+        let got = identities(&p, "nfs");
+        let alice = got[0].clone().unwrap().unwrap();
+        assert_eq!((alice.uid, alice.gid), (Some(20001), Some(20000)));
+        let bob = got[1].clone().unwrap().unwrap();
+        assert_eq!(bob.uid, Some(20002));
+        assert_eq!(
+            got[2].as_ref().unwrap_err(),
+            "environment 'nfs' takes the uid from the account, and theirs in the users file has none (add uid = NUMBER)"
+        );
+        assert!(got[3].is_err());
+    }
+
+    #[test]
+    fn without_a_users_file_restricted_environments_fail_everyone_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prestarter(dir.path(), false);
+        for result in identities(&p, "cs101env") {
+            assert_eq!(
+                result.unwrap_err(),
+                "environment 'cs101env' needs the user's groups or uid, and the controller has no users_file to read them from"
+            );
+        }
+    }
 }

@@ -134,15 +134,24 @@ impl pb::controller_server::Controller for ControllerService {
         );
         labssh_telemetry::grpc::set_parent(&span, request.metadata());
         let _entered = span.enter();
-        let pb::PlaceRequest { user, environment } = request.into_inner();
+        let pb::PlaceRequest {
+            user,
+            environment,
+            identity,
+        } = request.into_inner();
         if user.is_empty() {
             return Err(Refusal::EmptyUser.into());
         }
         span.record("user", user.as_str());
         let environment = self
             .catalogue
-            .resolve(&environment)
-            .inspect_err(|e| placement_outcome(&span, e.outcome()))
+            .resolve_for(&environment, identity.as_ref())
+            .inspect_err(|e| {
+                placement_outcome(&span, e.outcome());
+                if let PlaceError::NotAllowed { requested, .. } = e {
+                    info!(%user, environment = %requested, groups = ?identity.as_ref().map(|i| &i.groups), "refused: not in the environment's allowed_groups");
+                }
+            })
             .map_err(Refusal::from)?;
         span.record("environment", environment);
         let placed = self
@@ -153,7 +162,7 @@ impl pb::controller_server::Controller for ControllerService {
                 &self.catalogue.gpu_demand(environment),
                 Instant::now(),
             )
-            .map_err(|e| self.catalogue.suggest(e, &user))
+            .map_err(|e| self.catalogue.suggest(e, &user, identity.as_ref()))
             .inspect_err(|e| {
                 placement_outcome(&span, e.outcome());
                 match e {

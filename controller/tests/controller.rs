@@ -149,6 +149,7 @@ async fn place(
         .place(pb::PlaceRequest {
             user: user.to_string(),
             environment: environment.to_string(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

@@ -13,6 +13,7 @@ pub mod config;
 pub mod duration;
 pub mod egress;
 pub mod forwarding;
+pub mod groups;
 pub mod names;
 pub mod net;
 pub mod place;

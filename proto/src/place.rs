@@ -16,6 +16,8 @@ const KIND_KEY: &str = "labssh-place-error";
 const REQUESTED_KEY: &str = "labssh-place-requested-bin";
 /// Metadata with the catalogue's environments, one per line.
 const AVAILABLE_KEY: &str = "labssh-place-available-bin";
+/// Metadata present when a refused login named no environment (the default was meant).
+const DEFAULT_KEY: &str = "labssh-place-default";
 /// Metadata with the GPU counts of [`PlaceError::NoGpusFree`]: "TOTAL FREE NEEDED".
 const GPUS_KEY: &str = "labssh-place-gpus";
 /// Metadata with the login suggested instead (binary: it holds the user's name).
@@ -30,6 +32,17 @@ pub enum PlaceError {
         /// What the login asked for.
         requested: String,
         /// Every environment in the catalogue, sorted.
+        available: Vec<String>,
+    },
+    /// The environment is restricted to groups the student is in none of
+    /// (`allowed_groups`); `requested` is the resolved name (the default filled in).
+    #[error("{}", not_allowed_message(requested, *default, available))]
+    NotAllowed {
+        /// The environment asked for, or the default one.
+        requested: String,
+        /// Whether the login named none, so the default was meant.
+        default: bool,
+        /// The environments this student may use, sorted.
         available: Vec<String>,
     },
     /// No agent is connected and heartbeating.
@@ -51,6 +64,30 @@ pub enum PlaceError {
         /// when there is none.
         suggestion: String,
     },
+}
+
+/// "environment 'gpu' is not available to you; available: default, web", and for
+/// a login naming no environment, what to log in with instead.
+fn not_allowed_message(requested: &str, default: bool, available: &[String]) -> String {
+    let which = if default {
+        format!("the default environment '{requested}'")
+    } else {
+        format!("environment '{requested}'")
+    };
+    if available.is_empty() {
+        return format!(
+            "{which} is not available to you, nor is any other; ask your teacher or operator"
+        );
+    }
+    let hint = if default {
+        " (log in as USER+NAME)"
+    } else {
+        ""
+    };
+    format!(
+        "{which} is not available to you; available: {}{hint}",
+        available.join(", ")
+    )
 }
 
 /// "all 4 GPUs are in use; try again later or use alice+cpu", and its variants.
@@ -79,6 +116,7 @@ impl PlaceError {
     pub fn outcome(&self) -> &'static str {
         match self {
             PlaceError::UnknownEnvironment { .. } => "unknown_environment",
+            PlaceError::NotAllowed { .. } => "not_allowed",
             PlaceError::NoLiveAgents => "no_live_agents",
             PlaceError::AllFull => "all_full",
             PlaceError::NoGpusFree { .. } => "no_gpus_free",
@@ -93,6 +131,14 @@ impl PlaceError {
         let error = match (kind, status.code()) {
             ("unknown_environment", Code::NotFound) => PlaceError::UnknownEnvironment {
                 requested: binary(meta, REQUESTED_KEY),
+                available: binary(meta, AVAILABLE_KEY)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+            },
+            ("not_allowed", Code::PermissionDenied) => PlaceError::NotAllowed {
+                requested: binary(meta, REQUESTED_KEY),
+                default: meta.get(DEFAULT_KEY).is_some(),
                 available: binary(meta, AVAILABLE_KEY)
                     .lines()
                     .map(str::to_owned)
@@ -128,6 +174,7 @@ impl PlaceError {
     pub fn code(&self) -> Code {
         match self {
             PlaceError::UnknownEnvironment { .. } => Code::NotFound,
+            PlaceError::NotAllowed { .. } => Code::PermissionDenied,
             PlaceError::NoLiveAgents => Code::Unavailable,
             PlaceError::AllFull | PlaceError::NoGpusFree { .. } => Code::ResourceExhausted,
         }
@@ -151,6 +198,23 @@ impl From<PlaceError> for Status {
                     AVAILABLE_KEY,
                     MetadataValue::from_bytes(available.join("\n").as_bytes()),
                 );
+            }
+            PlaceError::NotAllowed {
+                requested,
+                default,
+                available,
+            } => {
+                meta.insert_bin(
+                    REQUESTED_KEY,
+                    MetadataValue::from_bytes(requested.as_bytes()),
+                );
+                meta.insert_bin(
+                    AVAILABLE_KEY,
+                    MetadataValue::from_bytes(available.join("\n").as_bytes()),
+                );
+                if *default {
+                    meta.insert(DEFAULT_KEY, MetadataValue::from_static("1"));
+                }
             }
             PlaceError::NoGpusFree {
                 total,
@@ -208,6 +272,48 @@ mod tests {
         assert_eq!(
             PlaceError::from_status(&status),
             Some(PlaceError::NoLiveAgents)
+        );
+    }
+
+    #[test]
+    fn not_allowed_names_only_the_students_environments() {
+        let gpu = PlaceError::NotAllowed {
+            requested: "gpu".into(),
+            default: false,
+            available: vec!["default".into(), "web".into()],
+        };
+        let status = Status::from(gpu.clone());
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "environment 'gpu' is not available to you; available: default, web"
+        );
+        assert_eq!(PlaceError::from_status(&status), Some(gpu));
+        let default = PlaceError::NotAllowed {
+            requested: "default".into(),
+            default: true,
+            available: vec!["cs101env".into()],
+        };
+        assert_eq!(
+            default.to_string(),
+            "the default environment 'default' is not available to you; available: cs101env (log in as USER+NAME)"
+        );
+        assert_eq!(
+            PlaceError::from_status(&Status::from(default.clone())),
+            Some(default)
+        );
+        let none = PlaceError::NotAllowed {
+            requested: "gpu".into(),
+            default: false,
+            available: vec![],
+        };
+        assert_eq!(
+            none.to_string(),
+            "environment 'gpu' is not available to you, nor is any other; ask your teacher or operator"
+        );
+        assert_eq!(
+            PlaceError::from_status(&Status::from(none.clone())),
+            Some(none)
         );
     }
 

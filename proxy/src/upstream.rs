@@ -16,9 +16,12 @@ use tonic::transport::{Channel, Endpoint};
 
 mod error;
 mod first_answer;
+mod identity;
 
+use crate::auth::identity::Identity;
 pub use error::{EndpointError, UpstreamError};
 pub(crate) use first_answer::{first_answer, first_answer_with, with_first};
+pub use identity::wire_identity;
 
 /// A dead endpoint should fail a login quickly, not after TCP's minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -106,8 +109,16 @@ impl Upstream {
         })
     }
 
-    /// Asks the controller where (user, env) lives, or answers from cache.
-    pub async fn place(&self, user: &str, environment: &str) -> Result<Placement, UpstreamError> {
+    /// Asks the controller where (user, env) lives, or answers from cache; the
+    /// controller refuses an environment `identity`'s groups do not open. The
+    /// cache is keyed by (user, env): a user's groups are theirs alone, and a
+    /// refusal is never cached.
+    pub async fn place(
+        &self,
+        user: &str,
+        environment: &str,
+        identity: &Identity,
+    ) -> Result<Placement, UpstreamError> {
         let key = (user.to_string(), environment.to_string());
         if let Some((at, p)) = self.placements.lock().expect("lock").get(&key) {
             if at.elapsed() < self.placement_ttl {
@@ -119,6 +130,7 @@ impl Upstream {
         let request = pb::PlaceRequest {
             user: user.to_string(),
             environment: environment.to_string(),
+            identity: Some(wire_identity(identity)),
         };
         let reply = match tokio::time::timeout(
             self.controller_timeout,
@@ -191,7 +203,10 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let error = upstream.place("alice", "").await.unwrap_err();
+        let error = upstream
+            .place("alice", "", &Identity::from("users_file"))
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, UpstreamError::ControllerDown(Some(_))),
             "{error:?}"

@@ -42,6 +42,7 @@ async fn agent_call(url: String, tls: Option<ClientTlsConfig>) -> Result<(), Str
             user: "alice".into(),
             environment: "default".into(),
             prestart: false,
+            ..Default::default()
         })
         .await
         .map(|_| ())

@@ -8,6 +8,8 @@
 //! - `credential_cache`: a validated login is a cache hit in Redis later;
 //! - `file_transfer`: sftp, scp and rsync;
 //! - `forwarding`: `ssh -L`, `-D`, `-R` and the policy that keeps students apart;
+//! - `groups`: groups decide environments (`allowed_groups`), the uid/gid from the
+//!   identity (`uid = "ldap"`), prestart following both;
 //! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
 //! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook;
 //! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
@@ -25,6 +27,7 @@ mod bad_input;
 mod credential_cache;
 mod file_transfer;
 mod forwarding;
+mod groups;
 mod half_close;
 mod hooks;
 mod isolation;

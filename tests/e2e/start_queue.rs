@@ -155,6 +155,7 @@ async fn a_prestarted_container_is_counted_until_its_first_login() {
         user: "bob".into(),
         environment: "e1".into(),
         prestart: true,
+        ..Default::default()
     };
     let reply = agent.ensure(prestart.clone()).await.unwrap().into_inner();
     assert!(reply.created, "{reply:?}");

@@ -200,6 +200,7 @@ async fn an_agent_certificate_cannot_place_nor_open_sessions_on_another_agent() 
                 user: "bob".into(),
                 environment: "default".into(),
                 prestart: false,
+                ..Default::default()
             })
             .await,
         "ensuring a container on another agent with an agent certificate",
@@ -267,6 +268,7 @@ async fn a_proxy_refuses_an_agent_presenting_another_nodes_certificate() {
                 user: "not a user".into(),
                 environment: "default".into(),
                 prestart: false,
+                ..Default::default()
             })
             .await
     };

@@ -12,6 +12,9 @@
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,
 //!   other containers' processes in `/proc`;
 //! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
+//! - `groups`: bob's container of an environment restricted to his class stays closed
+//!   to alice by every name and address; with `uid = "ldap"` each runs as their own
+//!   uid by any login name, and neither reads the other's home;
 //! - `hooks`: lifecycle hooks run in their own student's container with her variables,
 //!   print to nobody, and alice's logins stuck in a slow hook do not hold bob's up;
 //! - `isolation`: shared course data alice cannot write for bob, devices not listed;
@@ -31,6 +34,7 @@ mod lab;
 mod exhaustion;
 mod files;
 mod forwarding;
+mod groups;
 mod hooks;
 mod inside;
 mod isolation;

@@ -17,6 +17,7 @@ mod exec;
 mod helper_container;
 mod hijack;
 mod host_home;
+mod ids;
 mod inside;
 mod inventory;
 mod lifecycle;
@@ -323,6 +324,10 @@ impl Backend for DockerBackend {
 
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {
         self.list().await
+    }
+
+    async fn recorded_ids(&self, container: &str) -> Result<Option<(u32, u32)>, BackendError> {
+        self.ids_of(container).await
     }
 
     async fn disk_usage(

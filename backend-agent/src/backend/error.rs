@@ -76,6 +76,20 @@ pub enum BackendError {
     /// The client went away while its container waited to start; nothing was made.
     #[error("the client left while its container waited to start")]
     LeftQueue,
+    /// The container was made with other ids than the login's identity gives now
+    /// (the directory changed the account's uid or gid): it is not used, so nothing
+    /// runs as someone its home does not belong to.
+    #[error("your container was made for uid {made_uid} gid {made_gid}, and your account now has uid {uid} gid {gid}; ask your operator to move your files and remove the old container")]
+    IdsChanged {
+        /// The uid it was made for.
+        made_uid: u32,
+        /// The gid it was made for.
+        made_gid: u32,
+        /// The identity's uid now.
+        uid: u32,
+        /// The identity's gid now.
+        gid: u32,
+    },
     /// Any other runtime failure.
     #[error("container runtime error while {action}: {message}")]
     Runtime {

@@ -92,7 +92,10 @@ pub const KEEPALIVE_MAX_BYTES: u64 = 64;
 /// A hash of what in `env` a container is made of: the whole environment but what
 /// applies without a new container (forwarding, description, hooks, lifecycle, home
 /// quota) and the network, which has its own migration. New fields count by
-/// themselves.
+/// themselves. Ids taken from the login's identity count as the catalogue sends
+/// them (0), so a container made with a student's own ids is not outdated for them;
+/// that they stay the student's is checked against the container's
+/// `labssh.ids` label instead.
 pub fn settings_hash(env: &labssh_proto::pb::Environment) -> String {
     use prost::Message;
     use sha2::{Digest, Sha256};
@@ -103,6 +106,12 @@ pub fn settings_hash(env: &labssh_proto::pb::Environment) -> String {
     made_of.lifecycle = None;
     made_of.home_quota_mb = 0;
     made_of.network = None;
+    if made_of.uid_from_identity {
+        made_of.uid = 0;
+    }
+    if made_of.gid_from_identity {
+        made_of.gid = 0;
+    }
     // Maps are ordered (proto/build.rs), so equal settings encode alike.
     let digest = Sha256::digest(made_of.encode_to_vec());
     hex::encode(&digest[..12])

@@ -60,6 +60,9 @@ pub fn home_dir(user: &str) -> String {
     format!("/home/{user}")
 }
 
+/// The overflow id: what a process runs as when the student's ids are unknown.
+const NOBODY: u32 = 65_534;
+
 impl SpawnSpec {
     /// The spec for a process of `user` in environment `env`: runs as the environment's
     /// user in the home directory, with HOME, USER, LOGNAME, SHELL (and TERM with a pty),
@@ -94,6 +97,14 @@ impl SpawnSpec {
             pty,
             run_as: if env.run_as_root {
                 RunAs::Root
+            } else if !crate::identity::ids_known(env) {
+                // Ids from an identity never filled in: a caller's mistake, and
+                // never root (the 0 the catalogue holds there).
+                tracing::warn!(user, environment = %env.name, "no uid/gid known for the student; running as nobody");
+                RunAs::Ids {
+                    uid: NOBODY,
+                    gid: NOBODY,
+                }
             } else {
                 RunAs::Ids {
                     uid: env.uid,

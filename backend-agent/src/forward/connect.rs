@@ -52,7 +52,12 @@ pub async fn open(
         ..Caller::quiet(Class::Student)
     };
     let (env, ensured) = shared
-        .ensure_with(&open.user, &open.environment, None, caller)
+        .ensure_with(
+            (&open.user, open.identity.as_ref()),
+            &open.environment,
+            None,
+            caller,
+        )
         .await?;
     let policy = Policy::of(&env);
     policy.check_local_enabled()?;

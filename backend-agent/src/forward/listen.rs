@@ -84,7 +84,13 @@ async fn bind(
         .caps
         .admit(&request.user, Kind::Listener, "remote forward")?;
     let active = shared.lifecycle.hold(&request.user, &request.environment);
-    let (env, ensured) = shared.ensure(&request.user, &request.environment).await?;
+    let (env, ensured) = shared
+        .ensure(
+            &request.user,
+            &request.environment,
+            request.identity.as_ref(),
+        )
+        .await?;
     let own: Vec<IpAddr> = shared
         .backend
         .container_addresses(&ensured.container_id)

@@ -61,7 +61,12 @@ impl ForwardError {
     /// Refused by a rule rather than failed: the client hears "administratively
     /// prohibited", and nothing is counted as an error.
     pub fn prohibited(&self) -> bool {
-        matches!(self, ForwardError::OverCap(_) | ForwardError::Refused(_))
+        matches!(
+            self,
+            ForwardError::OverCap(_)
+                | ForwardError::Refused(_)
+                | ForwardError::Ensure(EnsureError::Identity(_))
+        )
     }
 
     /// The `kind` of `labssh_errors_total{component="agent"}` a failed forward counts

@@ -151,6 +151,10 @@ impl Hooks {
             let Ok(env) = self.0.catalogue.get(&c.environment) else {
                 continue;
             };
+            let env = crate::identity::of_container(&self.0.backend, env, &c.name, c.ids);
+            let Some(env) = env.await else {
+                continue;
+            };
             let target = Target {
                 user: c.user,
                 env,

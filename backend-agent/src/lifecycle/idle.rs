@@ -111,7 +111,13 @@ impl Lifecycle {
         }
         let mut idle_from = last_active.max(last_busy);
         if rules.max_keepalive_ms > 0 {
-            let file = self.backend.keepalive(&c.name, &c.user, env).await;
+            // Owned by the student: by the ids the container was made with where
+            // they come from the identity.
+            let env = crate::identity::of_container(&self.backend, env.clone(), &c.name, c.ids);
+            let file = match env.await {
+                Some(env) => self.backend.keepalive(&c.name, &c.user, &env).await,
+                None => Ok(None),
+            };
             if let Ok(Some(file)) = file {
                 let max = Duration::from_millis(rules.max_keepalive_ms);
                 let wall = (now, SystemTime::now());

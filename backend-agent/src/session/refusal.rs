@@ -54,6 +54,8 @@ impl SessionError {
             }
             // Nobody is left to tell, and nothing failed.
             SessionError::Ensure(EnsureError::Backend(BackendError::LeftQueue)) => None,
+            // The student's groups or account, not a failure.
+            SessionError::Ensure(EnsureError::Identity(_)) => None,
             SessionError::Ensure(_) => Some("ensure_failed"),
             SessionError::Spawn(_) => Some("spawn_failed"),
             SessionError::ProcessLimit(_) => Some("process_limit"),

@@ -343,6 +343,7 @@ async fn sessions_run_commands_and_heartbeats_report_them() {
             user: "kim".into(),
             environment: "default".into(),
             prestart: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -450,6 +451,7 @@ async fn the_agent_waits_for_the_controller_and_re_registers_after_a_restart() {
             user: "max".into(),
             environment: "default".into(),
             prestart: false,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 
 mod gpus;
 mod hooks;
+mod ids;
 mod isolation;
 mod lifecycle;
 mod network;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use gpus::GpusConfig;
 pub use hooks::HookConfig;
+pub use ids::IdSetting;
 pub use isolation::{RlimitConfig, Rlimits, Seccomp};
 pub use lifecycle::{LifecycleKeys, DEFAULT_IDLE_CPU_PERCENT};
 pub use network::{EgressConfig, NetworkConfig};
@@ -63,10 +65,14 @@ pub struct EnvironmentConfig {
     pub cap_add: Vec<String>,
     /// Run student processes as root instead of `uid`/`gid`.
     pub run_as_root: bool,
-    /// User id student processes run as (unless `run_as_root`).
-    pub uid: u32,
-    /// Group id student processes run as (unless `run_as_root`).
-    pub gid: u32,
+    /// User id student processes run as (unless `run_as_root`), or `"ldap"`: the
+    /// login's identity's (see `ids.rs`).
+    pub uid: IdSetting,
+    /// Group id student processes run as (unless `run_as_root`), or `"ldap"`;
+    /// absent: [`DEFAULT_GID`], or the identity's when `uid = "ldap"`.
+    pub gid: Option<IdSetting>,
+    /// Only students in one of these groups may use it; empty: everyone.
+    pub allowed_groups: Vec<String>,
     /// Login shell; also runs `ssh host 'cmd'` as `shell -c cmd`.
     pub shell: String,
     /// Command keeping the container alive; empty means the agent's default.
@@ -159,8 +165,9 @@ impl Default for EnvironmentConfig {
             pids_limit: DEFAULT_PIDS_LIMIT,
             cap_add: Vec::new(),
             run_as_root: false,
-            uid: DEFAULT_UID,
-            gid: DEFAULT_GID,
+            uid: IdSetting::Number(DEFAULT_UID),
+            gid: None,
+            allowed_groups: Vec::new(),
             shell: DEFAULT_SHELL.to_string(),
             keepalive_cmd: Vec::new(),
             env: BTreeMap::new(),
@@ -190,6 +197,7 @@ impl Default for EnvironmentConfig {
 impl EnvironmentConfig {
     /// The wire form agents receive in `Welcome`.
     pub fn to_proto(&self, name: &str) -> pb::Environment {
+        let (uid, gid) = self.ids();
         pb::Environment {
             name: name.to_string(),
             image: self.image.clone(),
@@ -199,8 +207,11 @@ impl EnvironmentConfig {
             pids_limit: self.pids_limit.into(),
             cap_add: self.cap_add.clone(),
             run_as_root: self.run_as_root,
-            uid: self.uid,
-            gid: self.gid,
+            uid: uid.wire(),
+            gid: gid.wire(),
+            uid_from_identity: uid.from_identity(),
+            gid_from_identity: gid.from_identity(),
+            allowed_groups: self.allowed_groups.clone(),
             shell: self.shell.clone(),
             keepalive_cmd: self.keepalive_cmd.clone(),
             env: self.env.clone().into_iter().collect(),
@@ -220,6 +231,11 @@ impl EnvironmentConfig {
             isolation: self.isolation_to_proto(),
             gpus: self.gpus.as_ref().map(GpusConfig::to_proto),
         }
+    }
+
+    /// The uid and gid settings, the gid's default filled in.
+    pub fn ids(&self) -> (IdSetting, IdSetting) {
+        ids::resolve(self.uid, self.gid, DEFAULT_GID)
     }
 
     /// The lifecycle keys, for checking and the wire.
@@ -307,12 +323,13 @@ impl EnvironmentConfig {
                 ));
             }
         }
-        if self.uid == 0 && !self.run_as_root {
-            problems.push(format!(
-                "{}: 0 is root; set run_as_root = true to run students as root",
-                key("uid")
-            ));
-        }
+        ids::check(
+            key,
+            self.ids(),
+            self.run_as_root,
+            &self.allowed_groups,
+            problems,
+        );
         if !self.shell.starts_with('/') {
             problems.push(format!(
                 "{}: {:?} must be an absolute path",

@@ -78,6 +78,8 @@ impl Gathered {
             subsystem: self.subsystem,
             env: self.env,
             pty: self.pty,
+            // The identity is set by `start.rs` (issue 14).
+            ..Default::default()
         }
     }
 }

@@ -19,7 +19,7 @@ use super::close::Closing;
 use super::gather::Gathered;
 use super::session::Session;
 use crate::state::Context;
-use crate::upstream::{first_answer_with, with_first, Placement, UpstreamError};
+use crate::upstream::{first_answer_with, wire_identity, with_first, Placement, UpstreamError};
 
 /// Inputs queued towards the agent; beyond this the client is back-pressured.
 const AGENT_QUEUE: usize = 32;
@@ -57,7 +57,10 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
         kind = gathered.kind(),
         pty = gathered.pty.is_some()
     );
-    let start = gathered.into_start(&ctx.login.user);
+    let mut start = gathered.into_start(&ctx.login.user);
+    // The agent decides the student's uid/gid (`uid = "ldap"`) and checks their
+    // groups from it.
+    start.identity = Some(wire_identity(&ctx.identity));
     // The agent's progress lines (its container being started) go to stderr as they
     // come, never to stdout: a non-interactive client's output stays the command's.
     let (progress, mut lines) = mpsc::unbounded_channel();
@@ -204,7 +207,7 @@ async fn place(
     let placed = ctx
         .shared
         .upstream
-        .place(user, requested_env)
+        .place(user, requested_env, &ctx.identity)
         .instrument(place_span.clone())
         .await;
     let placement = placed.inspect_err(|e| {
@@ -330,6 +333,12 @@ mod tests {
                 prohibited: false,
             }),
             "labssh: could not start your session: image 'labssh/this-image-does-not-exist:never' is not available on agent 'agent0'\n"
+        );
+        assert_eq!(
+            seen(UpstreamError::NotAllowed(
+                "environment 'gpu' is not available to you; available: default, web".into()
+            )),
+            "labssh: environment 'gpu' is not available to you; available: default, web\n"
         );
         assert_eq!(
             seen(UpstreamError::TimedOut(Duration::from_secs(60))),

@@ -44,6 +44,7 @@ pub(crate) async fn direct_tcpip(
             host: host.clone(),
             port,
             originator: originator.clone(),
+            identity: Some(crate::upstream::wire_identity(&ctx.identity)),
         });
         let timeout = ctx.shared.config.session_start_timeout();
         let result = open_stream(&mut agent, open, timeout).await;

@@ -49,7 +49,9 @@ pub(crate) async fn placed_agent(
     ctx: &Context,
 ) -> Result<(Placement, AgentClient<GrpcChannel>), UpstreamError> {
     let upstream = &ctx.shared.upstream;
-    let placement = upstream.place(&ctx.login.user, &ctx.environment()).await?;
+    let placement = upstream
+        .place(&ctx.login.user, &ctx.environment(), &ctx.identity)
+        .await?;
     let agent = upstream.agent(&placement)?;
     Ok((placement, agent))
 }

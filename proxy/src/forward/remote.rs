@@ -111,6 +111,7 @@ pub(crate) async fn tcpip_forward(
         environment: placement.environment.clone(),
         host: address.clone(),
         port,
+        identity: Some(crate::upstream::wire_identity(&ctx.identity)),
     };
     let call = agent.listen(labssh_telemetry::grpc::request(request));
     let (events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;

@@ -35,6 +35,10 @@ pub enum UpstreamError {
     /// those there are.
     #[error("{0}")]
     UnknownEnvironment(String),
+    /// The student's groups do not open the environment; the controller's
+    /// message lists those they may use.
+    #[error("{0}")]
+    NotAllowed(String),
     /// No agent can take the student now (none is live, or all are full); the
     /// controller's message says which.
     #[error("{0}")]
@@ -91,6 +95,7 @@ impl UpstreamError {
             Some(PlaceError::UnknownEnvironment { .. }) => {
                 UpstreamError::UnknownEnvironment(message.into())
             }
+            Some(PlaceError::NotAllowed { .. }) => UpstreamError::NotAllowed(message.into()),
             Some(
                 PlaceError::NoLiveAgents | PlaceError::AllFull | PlaceError::NoGpusFree { .. },
             ) => UpstreamError::NoCapacity(message.into()),
@@ -123,6 +128,7 @@ impl UpstreamError {
                 return None
             }
             UpstreamError::UnknownEnvironment(_) => "place_unknown_environment",
+            UpstreamError::NotAllowed(_) => "place_not_allowed",
             UpstreamError::NoCapacity(_) => "place_no_capacity",
             UpstreamError::ControllerDown(_) => "place_controller_down",
             UpstreamError::PlaceFailed(_) => "place_failed",
@@ -148,6 +154,15 @@ mod tests {
         assert!(matches!(
             UpstreamError::from_place_status(unknown),
             UpstreamError::UnknownEnvironment(m) if m == "unknown environment 'x'; available: default"
+        ));
+        let refused = tonic::Status::from(PlaceError::NotAllowed {
+            requested: "gpu".into(),
+            default: false,
+            available: vec!["default".into(), "web".into()],
+        });
+        assert!(matches!(
+            UpstreamError::from_place_status(refused),
+            UpstreamError::NotAllowed(m) if m == "environment 'gpu' is not available to you; available: default, web"
         ));
         for refusal in [PlaceError::NoLiveAgents, PlaceError::AllFull] {
             let text = refusal.to_string();

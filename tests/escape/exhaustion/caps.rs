@@ -264,6 +264,7 @@ async fn listen(
         environment: "default".into(),
         host: "localhost".into(),
         port: 0,
+        ..Default::default()
     };
     let mut events = agent.listen(request).await.unwrap().into_inner();
     match tokio::time::timeout(STEP, events.next()).await {

@@ -27,6 +27,17 @@ pub const LABEL_SPAWN: &str = "labssh.spawn";
 /// Label with [`crate::backend::settings_hash`] of the environment the container was
 /// made from; a container whose hash is not its environment's now is outdated.
 pub const LABEL_SETTINGS: &str = "labssh.settings";
+/// Label with the "UID:GID" student processes run as, on containers of an environment
+/// that takes them from the login's identity (`uid = "ldap"`): a later login with
+/// other ids is refused instead of running as someone the home does not belong to.
+pub const LABEL_IDS: &str = "labssh.ids";
+
+/// The ids a [`LABEL_IDS`] value records.
+pub fn parse_ids(label: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = label.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
+}
+
 /// Label with the container layout's generation, [`GENERATION`]. Helper containers
 /// without it (or with an older one) are recreated at the next login, home kept.
 pub const LABEL_GENERATION: &str = "labssh.generation";
@@ -173,6 +184,9 @@ impl ContainerPlan<'_> {
             LABEL_SETTINGS.to_owned(),
             crate::backend::settings_hash(env),
         );
+        if !env.run_as_root && (env.uid_from_identity || env.gid_from_identity) {
+            labels.insert(LABEL_IDS.to_owned(), format!("{}:{}", env.uid, env.gid));
+        }
         let mut mounts = vec![Mount {
             target: Some(home_dir(self.user)),
             source: Some(volume_name(self.prefix, self.user)),

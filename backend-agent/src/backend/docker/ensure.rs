@@ -59,6 +59,8 @@ impl DockerBackend {
                 return self.create(&name, user, env).await;
             }
         }
+        // After a renewal, which makes it anew with the login's ids.
+        super::ids::check(&existing, env)?;
         if helper_container::is_outdated(&existing) {
             let _permit = options.admit(None).await?;
             tracing::warn!(container = %id, "recreating a container of an older layout (its helper's socket directory was writable from inside); the home volume is kept");

@@ -5,7 +5,8 @@ use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::ListContainersOptionsBuilder;
 
 use super::container_spec::{
-    LABEL_AGENT, LABEL_ENV, LABEL_GPUS, LABEL_PREFIX, LABEL_SETTINGS, LABEL_USER,
+    parse_ids, LABEL_AGENT, LABEL_ENV, LABEL_GPUS, LABEL_IDS, LABEL_PREFIX, LABEL_SETTINGS,
+    LABEL_USER,
 };
 use super::errors::docker_message;
 use super::{helper_container, DockerBackend};
@@ -90,6 +91,7 @@ impl DockerBackend {
                     },
                     created: created
                         .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+                    ids: labels.get(LABEL_IDS).and_then(|l| parse_ids(l)),
                 })
             })
             .collect())
