@@ -247,8 +247,8 @@ impl Ldap {
         entry: &Entry,
     ) -> Result<Identity, Failure> {
         let mut identity = Identity::from(NAME);
-        identity.uid = entry.number("uidNumber");
-        identity.gid = entry.number("gidNumber");
+        identity.uid = id_number(entry, "uidNumber", user);
+        identity.gid = id_number(entry, "gidNumber", user);
         if !self.group_attribute.is_empty() {
             let groups: Vec<String> = entry
                 .texts(&self.group_attribute)
@@ -302,5 +302,20 @@ impl Ldap {
             )));
         }
         Ok(entries.into_iter().filter_map(Entry::read).collect())
+    }
+}
+
+/// A uid or gid from the entry. Never 0: a directory entry (or whoever can
+/// write one) must not make a student root in their container.
+fn id_number(entry: &Entry, attribute: &str, user: &str) -> Option<u32> {
+    match entry.number(attribute) {
+        Some(0) => {
+            tracing::warn!(
+                user,
+                "auth.ldap: {attribute} 0 ignored (root is never taken from the directory)"
+            );
+            None
+        }
+        n => n,
     }
 }

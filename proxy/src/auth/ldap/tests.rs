@@ -42,8 +42,9 @@ const DAVE_KEY: &str =
 const OTHER_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl other";
 
-/// slapd with dave (a key, cs102 by memberOf) and two entries both called
-/// `twin`, which a filter must never pick from.
+/// slapd with dave (a key, cs102 by memberOf), two entries both called
+/// `twin`, which a filter must never pick from, and `zero`, whose uidNumber
+/// and gidNumber are 0.
 fn directory() -> Slapd {
     let extra = slapd::account_ldif(
         "dave",
@@ -58,7 +59,8 @@ fn directory() -> Slapd {
          dn: cn=twin2,{p}\nobjectClass: inetOrgPerson\nobjectClass: posixAccount\nuid: twin\ncn: twin2\nsn: t\nuidNumber: 20011\ngidNumber: 20000\nhomeDirectory: /h\nuserPassword: twin-pw\n\n",
         p = slapd::PEOPLE_DN
     );
-    Slapd::start(&(extra + &twins)).expect("slapd")
+    let zero = slapd::account_ldif("zero", "zero-pw", 0, 0, &[], &[]);
+    Slapd::start(&(extra + &twins + &zero)).expect("slapd")
 }
 
 fn carol() -> Identity {
@@ -119,6 +121,11 @@ async fn passwords_keys_and_lookups_answer_from_the_directory() {
         ldap.key(&request("carol"), &key(DAVE_KEY)).await,
         Answer::Unknown
     );
+    // uid and gid 0 are never taken from the directory.
+    let Answer::Accept(zero) = ldap.password(&request("zero"), "zero-pw").await else {
+        panic!("zero refused");
+    };
+    assert_eq!((zero.uid, zero.gid), (None, None));
     // Two entries for one name: neither.
     assert!(matches!(
         ldap.password(&request("twin"), "twin-pw").await,
