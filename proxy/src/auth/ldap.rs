@@ -74,8 +74,8 @@ pub(crate) struct Ldap {
     group_filter: String,
     group_attribute: String,
     timeout: Duration,
-    /// The connections.
-    pool: Pool,
+    /// The connections (boxed: the chain holds authenticators by value).
+    pool: Box<Pool>,
 }
 
 impl Ldap {
@@ -106,7 +106,7 @@ impl Ldap {
             group_filter: config.group_filter.clone(),
             group_attribute: config.group_attribute.clone(),
             timeout: config.timeout.0,
-            pool: Pool::new(config, bind_password)?,
+            pool: Box::new(Pool::new(config, bind_password)?),
         })
     }
 
