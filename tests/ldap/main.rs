@@ -6,7 +6,7 @@
 //!   wrong passwords, unknown users and crafted names refused plainly;
 //! - `outage`: slapd stopped mid-run — a cached student still gets in, an
 //!   uncached one reads that the login service is unavailable, promptly;
-//!   slapd back, logins work;
+//!   slapd back, logins work; one that never answers costs its timeout;
 //! - `tls`: ldaps:// and StartTLS with the test's CA; another CA refused.
 //!
 //! What the authenticator answers (groups, uid/gid, injection through the

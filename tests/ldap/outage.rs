@@ -90,3 +90,38 @@ async fn a_cached_student_gets_in_while_the_directory_is_down() {
     assert_eq!(stdout(&out), "back\n", "stderr={}", stderr(&out));
     lab.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_that_never_answers_costs_the_timeout_not_a_hang() {
+    // Accepts connections (the kernel does, into the backlog) and never
+    // says a word: a directory hung, or a firewall swallowing the replies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = Slapd::start("").expect("slapd");
+    let url = format!("ldap://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let lab = Lab::start(LabOptions {
+        proxy_auth: Some(crate::auth(&server, url)),
+        ..Default::default()
+    })
+    .await;
+    let started = Instant::now();
+    let out = lab
+        .ssh
+        .command_with(
+            "carol",
+            &Auth::KeyboardInteractive(CAROL_PW.into()),
+            &["-o", "LogLevel=INFO"],
+            &["true"],
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < PROMPT, "{:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains(crate::UNAVAILABLE),
+        "{}",
+        stderr(&out)
+    );
+    lab.stop().await;
+    drop(silent);
+}
