@@ -26,7 +26,9 @@
 #   POOL           auth.ldap.pool_size                        (4, the default)
 #   IMAGE          the containers' image                      (labssh/busybox:latest)
 #   OUT            results directory                          (target/bench-ldap-DATE)
-#   PORT_BASE      controller, agent, slapd, then the four proxies: PORT_BASE…+6 (42500)
+#   PORT_BASE      controller, agent, slapd, then the four proxies: PORT_BASE…+6 (42500);
+#                  right after a run its ports may still be in TIME-WAIT ("Address
+#                  already in use"): wait a minute or choose another
 #   PHASE_TIMEOUT  seconds any one phase may take              (300)
 #   PROFILE        cargo profile of the binaries              (release)
 #
