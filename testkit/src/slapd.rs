@@ -169,6 +169,10 @@ impl Slapd {
             slapd.exists(),
             "slapd is not installed (scripts/setup-host.sh installs Debian's slapd and ldap-utils)"
         );
+        anyhow::ensure!(
+            Path::new("/usr/bin/ldapsearch").exists(),
+            "ldapsearch is not installed (scripts/setup-host.sh installs Debian's ldap-utils)"
+        );
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         std::fs::create_dir(d.join("db"))?;

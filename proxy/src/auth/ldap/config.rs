@@ -204,7 +204,7 @@ impl LdapConfig {
                 bad("ca_file", format!("{} does not exist", ca.display()));
             }
         }
-        match (&self.bind_dn.is_empty(), &self.bind_password_file) {
+        match (self.bind_dn.is_empty(), &self.bind_password_file) {
             (false, None) => bad(
                 "bind_password_file",
                 "required with bind_dn (a file holding its password)".into(),
