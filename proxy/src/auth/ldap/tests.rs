@@ -11,6 +11,8 @@ use super::*;
 
 /// A check's bound in these tests.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Slack past `TIMEOUT` for a busy machine: what "does not hang" allows.
+const SLACK: Duration = Duration::from_secs(5);
 
 fn config(url: String, server: &Slapd) -> LdapConfig {
     LdapConfig {
@@ -243,7 +245,7 @@ async fn a_directory_down_or_hanging_is_unavailable_within_the_timeout() {
     let answer = ldap.password(&request("carol"), CAROL_PW).await;
     assert!(matches!(answer, Answer::Unavailable(_)), "{answer:?}");
     assert!(
-        started.elapsed() < TIMEOUT + Duration::from_secs(2),
+        started.elapsed() < TIMEOUT + SLACK,
         "{:?}",
         started.elapsed()
     );
@@ -275,10 +277,7 @@ async fn a_directory_down_or_hanging_is_unavailable_within_the_timeout() {
         matches!(&answer, Answer::Unavailable(why) if why.contains("no answer within")),
         "{answer:?}"
     );
-    assert!(
-        took >= TIMEOUT && took < TIMEOUT + Duration::from_secs(2),
-        "{took:?}"
-    );
+    assert!(took >= TIMEOUT && took < TIMEOUT + SLACK, "{took:?}");
     drop(silent);
 }
 
