@@ -27,7 +27,7 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.r
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
-command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapadd, and for operators
+command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
 # labssh-init links statically against glibc.
 [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
