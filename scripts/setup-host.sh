@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what labssh and its tests need on a Debian machine:
 # the Docker engine, Redis, the OpenSSH client, busybox-static (for the
-# test image), Prometheus and HAProxy (for the telemetry and scale-out tests). Safe to run again: it
+# test image), Prometheus and HAProxy (for the telemetry and scale-out tests),
+# slapd and ldap-utils (tests/ldap starts its own slapd). Safe to run again: it
 # only does what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -25,6 +26,8 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.r
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.rs balances with it
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
+[ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
+command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
 # labssh-init links statically against glibc.
 [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then

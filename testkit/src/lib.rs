@@ -7,6 +7,7 @@ pub mod docker_gate;
 pub mod process;
 pub mod pty;
 pub mod redis_server;
+pub mod slapd;
 pub mod ssh;
 pub mod telemetry;
 pub mod webhook;

@@ -1,0 +1,45 @@
+//! Logins decided by a real directory: Debian's slapd on loopback (started
+//! by labssh-testkit for each test), the whole lab in-process, the stock
+//! `ssh` client. One module per area:
+//!
+//! - `logins`: password and key logins from LDAP beside the users file;
+//!   wrong passwords, unknown users and crafted names refused plainly;
+//! - `outage`: slapd stopped mid-run — a cached student still gets in, an
+//!   uncached one reads that the login service is unavailable, promptly;
+//!   slapd back, logins work; one that never answers costs its timeout;
+//! - `tls`: ldaps:// and StartTLS with the test's CA; another CA refused.
+//!
+//! What the authenticator answers (groups, uid/gid, injection through the
+//! search filter, pooling, hangs) is tested against slapd directly, in
+//! labssh-proxy's `auth::ldap::tests`.
+
+#[path = "../lab/mod.rs"]
+mod lab;
+
+mod logins;
+mod outage;
+mod tls;
+
+use labssh_proto::duration::ConfigDuration;
+use labssh_proxy::config::auth::{AuthConfig, LdapConfig};
+use labssh_testkit::slapd::{self, Slapd};
+
+/// What students read when the directory cannot be asked.
+pub const UNAVAILABLE: &str = "labssh: the login service is unavailable; try again in a minute";
+
+/// The proxy's `[auth]`: the users file, then `server` at `url` (searched as
+/// the reader, groups under ou=groups), with a short timeout.
+pub fn auth(server: &Slapd, url: String) -> AuthConfig {
+    AuthConfig {
+        ldap: Some(LdapConfig {
+            url,
+            bind_dn: slapd::READER_DN.into(),
+            bind_password_file: Some(server.reader_password_file.clone()),
+            base_dn: slapd::BASE_DN.into(),
+            group_base_dn: slapd::GROUPS_DN.into(),
+            timeout: ConfigDuration(std::time::Duration::from_secs(2)),
+            ..LdapConfig::default()
+        }),
+        ..AuthConfig::default()
+    }
+}
