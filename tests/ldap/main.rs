@@ -7,7 +7,10 @@
 //! - `outage`: slapd stopped mid-run — a cached student still gets in, an
 //!   uncached one reads that the login service is unavailable, promptly;
 //!   slapd back, logins work; one that never answers costs its timeout;
-//! - `tls`: ldaps:// and StartTLS with the test's CA; another CA refused.
+//! - `tls`: ldaps:// and StartTLS with the test's CA; another CA refused;
+//! - `identity`: the directory's groups decide environments (and the list a
+//!   refused student sees), its uidNumber/gidNumber run a `uid = "ldap"`
+//!   container and own its home; the cache keeps both while it is down.
 //!
 //! What the authenticator answers (groups, uid/gid, injection through the
 //! search filter, pooling, hangs) is tested against slapd directly, in
@@ -16,6 +19,7 @@
 #[path = "../lab/mod.rs"]
 mod lab;
 
+mod identity;
 mod logins;
 mod outage;
 mod tls;
