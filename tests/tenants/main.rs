@@ -12,6 +12,8 @@
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,
 //!   other containers' processes in `/proc`;
 //! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
+//! - `certificates`: alice's OpenSSH user certificate opens only her account, by
+//!   every login name; a rogue CA's certificate for bob opens nothing;
 //! - `groups`: bob's container of an environment restricted to his class stays closed
 //!   to alice by every name and address; with `uid = "ldap"` each runs as their own
 //!   uid by any login name, and neither reads the other's home;
@@ -31,6 +33,10 @@
 #[path = "../lab/mod.rs"]
 mod lab;
 
+#[path = "../certs/ca.rs"]
+mod ca;
+
+mod certificates;
 mod exhaustion;
 mod files;
 mod forwarding;
