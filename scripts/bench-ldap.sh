@@ -182,6 +182,17 @@ TOML
 ulimit -n 65536 2>/dev/null || true
 start controller "$P_CONTROLLER" "$BIN/labssh" controller --config "$WORK/controller.toml"
 start agent "$P_AGENT" "$BIN/labssh" agent --config "$WORK/agent.toml"
+# The agent's port is open before it has registered; a login before then finds no agent.
+registered=""
+for _ in $(seq 1 150); do
+  if "$BIN/labssh" agent list --controller "http://127.0.0.1:$P_CONTROLLER" 2>/dev/null \
+    | awk '$1 == "bench" && $2 == "yes" { found = 1 } END { exit !found }'; then
+    registered=1
+    break
+  fi
+  sleep 0.2
+done
+[ -n "$registered" ] || die "the agent did not register with the controller within 30 s"
 targets=()
 for t in "${TARGETS[@]}"; do
   ttl=300; [ "${t#*-}" = cold ] && ttl=0
