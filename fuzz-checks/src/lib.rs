@@ -15,12 +15,16 @@
 //! | `forwarding_rule` | an allow-list entry | refused, or a rule that judges without panic |
 //! | `address_block` | a CIDR or address | refused, or a block containing its own address |
 //! | `config` | a role's TOML | loads or names what is wrong, for every role |
+//! | `revoked_list` | a revoked-keys file (KRL or key lines) | parsed or refused with a reason |
+//! | `ldap_filter` | a login name in an LDAP filter | one assertion, escaped, round-trips |
 
+mod auth;
 mod config;
 mod helper;
 mod names;
 mod net;
 
+pub use auth::{ldap_filter, revoked_list};
 pub use config::config;
 pub use helper::{helper_answer, helper_request};
 pub use names::{login_name, proxy_header};
@@ -30,7 +34,7 @@ pub use net::{address_block, forwarding_rule};
 pub type Check = fn(&[u8]);
 
 /// Every target by name, as `fuzz/fuzz_targets/` and `fuzz/corpus/` name them.
-pub const TARGETS: [(&str, Check); 7] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("login_name", login_name),
     ("proxy_header", proxy_header),
     ("helper_request", helper_request),
@@ -38,4 +42,6 @@ pub const TARGETS: [(&str, Check); 7] = [
     ("forwarding_rule", forwarding_rule),
     ("address_block", address_block),
     ("config", config),
+    ("revoked_list", revoked_list),
+    ("ldap_filter", ldap_filter),
 ];

@@ -27,4 +27,21 @@ pub mod upstream;
 pub mod users;
 
 pub use config::{Config, ConfigError};
+
+/// What the fuzz targets (`fuzz-checks/`) reach of the private authenticators:
+/// the revoked-keys parser and the LDAP filter builder. Not an API.
+#[doc(hidden)]
+pub mod untrusted {
+    /// Parses a revoked-keys file (an OpenSSH KRL or public key lines), as
+    /// `[auth] revoked_keys` is read: `Ok` or why not, never a panic.
+    pub fn parse_revoked(bytes: &[u8]) -> Result<(), String> {
+        crate::auth::certificate::revoked::Revoked::parse(bytes).map(|_| ())
+    }
+
+    /// `template` with `{user}` filled in, RFC 4515-escaped, as an LDAP search
+    /// filter is built from a login name.
+    pub fn ldap_filter(template: &str, user: &str) -> String {
+        crate::auth::ldap::filter::fill(template, &[(crate::auth::ldap::filter::USER, user)])
+    }
+}
 pub use server::run;
