@@ -25,6 +25,13 @@ pub enum UserCommand {
         /// repeatable, and groups already there stay.
         #[arg(long = "group", value_name = "GROUP")]
         groups: Vec<String>,
+        /// The numeric uid for environments with `uid = "ldap"` (as a directory's
+        /// uidNumber would give it).
+        #[arg(long)]
+        uid: Option<u32>,
+        /// The numeric gid, likewise.
+        #[arg(long)]
+        gid: Option<u32>,
         /// Users file to edit.
         #[arg(long, default_value = DEFAULT_USERS_FILE)]
         users: PathBuf,
@@ -38,6 +45,8 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
             password_stdin,
             key,
             groups,
+            uid,
+            gid,
             users,
         } => {
             let password = if password_stdin {
@@ -51,12 +60,12 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
                     bail!("--password-stdin: no password on standard input");
                 }
                 Some(password)
-            } else if key.is_none() && !groups.is_empty() {
-                // Only groups to add: the password stays as it is.
+            } else if key.is_none() && (!groups.is_empty() || uid.is_some() || gid.is_some()) {
+                // Only groups or ids to set: the password stays as it is.
                 None
             } else if key.is_none() {
                 if !std::io::stdin().is_terminal() {
-                    bail!("give --password-stdin, --key FILE or --group GROUP (standard input is not a terminal to ask on)");
+                    bail!("give --password-stdin, --key FILE, --group GROUP or --uid/--gid (standard input is not a terminal to ask on)");
                 }
                 let first = rpassword::prompt_password(format!("Password for {name}: "))?;
                 let again = rpassword::prompt_password("Again: ")?;
@@ -81,6 +90,9 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
                 key_line.as_deref(),
                 &groups,
             )?;
+            if uid.is_some() || gid.is_some() {
+                labssh_proxy::users::set_ids(&users, &name, uid, gid)?;
+            }
             println!("user {name} saved in {}", users.display());
             Ok(())
         }

@@ -409,5 +409,34 @@ pub fn add_user_in_groups(
     write_file(path, &file)
 }
 
+/// Sets a user's numeric uid and/or gid (for environments with `uid = "ldap"`);
+/// the user must exist. 0 is refused: it would run the student as root.
+pub fn set_ids(
+    path: &Path,
+    name: &str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), UsersError> {
+    for (key, id) in [("uid", uid), ("gid", gid)] {
+        if id == Some(0) {
+            return Err(UsersError::Invalid(format!(
+                "{key} 0 is root; give the student's own id"
+            )));
+        }
+    }
+    let mut file = read_file(path)?;
+    let record = file
+        .users
+        .get_mut(name)
+        .ok_or_else(|| UsersError::Invalid(format!("{name:?} is not in {}", path.display())))?;
+    if uid.is_some() {
+        record.uid = uid;
+    }
+    if gid.is_some() {
+        record.gid = gid;
+    }
+    write_file(path, &file)
+}
+
 #[cfg(test)]
 mod tests;

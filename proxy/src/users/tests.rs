@@ -137,3 +137,24 @@ fn groups_are_added_kept_and_checked() {
         ["ok"]
     );
 }
+
+#[test]
+fn ids_are_set_for_existing_users_and_never_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.toml");
+    add_user(&path, "alice", Some("pw"), None).unwrap();
+    set_ids(&path, "alice", Some(20001), None).unwrap();
+    set_ids(&path, "alice", None, Some(20000)).unwrap();
+    let users = Users::open(&path).unwrap().current();
+    let alice = users.get("alice").unwrap();
+    assert_eq!((alice.uid, alice.gid), (Some(20001), Some(20000)));
+    assert!(alice.password_hash.is_some(), "the password stays");
+    let err = set_ids(&path, "alice", Some(0), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("uid 0 is root"), "{err}");
+    let err = set_ids(&path, "bob", Some(20002), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"bob\" is not in"), "{err}");
+}
