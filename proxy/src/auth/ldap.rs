@@ -79,20 +79,11 @@ pub(crate) struct Ldap {
 }
 
 impl Ldap {
-    /// Reads the search account's password file; connects only at the first
-    /// check.
+    /// Reads the search account's password file (again whenever it changes);
+    /// connects only at the first check.
     pub fn new(config: &LdapConfig) -> anyhow::Result<Ldap> {
         let problems = config.problems();
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
-        let bind_password = match &config.bind_password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    anyhow::anyhow!("auth.ldap.bind_password_file: {}: {e}", path.display())
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-            None => String::new(),
-        };
         let group_base_dn = if config.group_base_dn.is_empty() {
             config.base_dn.clone()
         } else {
@@ -106,7 +97,7 @@ impl Ldap {
             group_filter: config.group_filter.clone(),
             group_attribute: config.group_attribute.clone(),
             timeout: config.timeout.0,
-            pool: Box::new(Pool::new(config, bind_password)?),
+            pool: Box::new(Pool::new(config)?),
         })
     }
 

@@ -58,7 +58,8 @@ pub struct LdapConfig {
     pub ca_file: Option<PathBuf>,
     /// The account that searches for students; empty searches anonymously.
     pub bind_dn: String,
-    /// File holding `bind_dn`'s password (one line), read at start.
+    /// File holding `bind_dn`'s password (one line), read at start and again
+    /// whenever it changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bind_password_file: Option<PathBuf>,
     /// Where students' entries are searched (subtree).

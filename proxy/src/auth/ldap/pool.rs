@@ -8,6 +8,8 @@
 //! connections, so a class logging in at once queues for a free one rather
 //! than opening hundreds at the directory.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ldap3::{LdapConnAsync, LdapConnSettings};
@@ -68,8 +70,10 @@ pub struct Pool {
     url: String,
     /// TLS, StartTLS and the connect timeout.
     settings: LdapConnSettings,
-    /// The search account's DN and password (empty: anonymous).
-    service: (String, String),
+    /// The search account's DN (empty: anonymous).
+    service_dn: String,
+    /// Its password.
+    service_password: ServicePassword,
     /// Connections not checked out.
     idle: Mutex<Vec<Conn>>,
     /// One permit per connection, idle or checked out.
@@ -113,7 +117,7 @@ impl Lease<'_> {
 impl Pool {
     /// No connection is opened yet: the proxy starts with the directory
     /// down, and the first login finds out.
-    pub fn new(config: &LdapConfig, bind_password: String) -> anyhow::Result<Pool> {
+    pub fn new(config: &LdapConfig) -> anyhow::Result<Pool> {
         let tls = tls_config(config)?;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout.0)
@@ -122,7 +126,8 @@ impl Pool {
         Ok(Pool {
             url: config.url.clone(),
             settings,
-            service: (config.bind_dn.clone(), bind_password),
+            service_dn: config.bind_dn.clone(),
+            service_password: ServicePassword::new(config.bind_password_file.clone())?,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(config.pool_size),
         })
@@ -185,8 +190,8 @@ impl Pool {
 
     /// Binds as the search account (anonymously without one).
     async fn bind_service(&self, ldap: &mut ldap3::Ldap) -> Result<(), Failure> {
-        let (dn, password) = &self.service;
-        ldap.simple_bind(dn, password)
+        let password = self.service_password.get();
+        ldap.simple_bind(&self.service_dn, &password)
             .await
             .and_then(ldap3::LdapResult::success)
             .map(drop)
@@ -196,6 +201,76 @@ impl Pool {
                 failure
             })
     }
+}
+
+/// Identifies one version of a file: inode (replaced by rename), size and
+/// modification time.
+type FileStamp = (u64, u64, i64, i64);
+
+fn stamp_of(path: &std::path::Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec()))
+}
+
+/// The search account's password, from `bind_password_file`: read at start
+/// (a file that cannot be read then stops the proxy, naming the key) and
+/// again whenever the file changes, so an operator rotates the password
+/// without a restart. A version that cannot be read later is logged once and
+/// the last password read stays in use.
+struct ServicePassword {
+    /// `auth.ldap.bind_password_file`; `None`: an anonymous search.
+    path: Option<PathBuf>,
+    /// The stamp the password was read at, and the password.
+    current: Mutex<(Option<FileStamp>, String)>,
+}
+
+impl ServicePassword {
+    fn new(path: Option<PathBuf>) -> anyhow::Result<ServicePassword> {
+        let current = match &path {
+            Some(path) => {
+                let stamp = stamp_of(path);
+                let password = read_password(path)
+                    .map_err(|e| anyhow::anyhow!("auth.ldap.bind_password_file: {e}"))?;
+                (stamp, password)
+            }
+            None => (None, String::new()),
+        };
+        Ok(ServicePassword {
+            path,
+            current: Mutex::new(current),
+        })
+    }
+
+    /// The password now, re-reading the file if it changed.
+    fn get(&self) -> String {
+        let Ok(mut current) = self.current.lock() else {
+            return String::new();
+        };
+        if let Some(path) = &self.path {
+            let stamp = stamp_of(path);
+            if stamp.is_some() && stamp != current.0 {
+                match read_password(path) {
+                    Ok(password) => {
+                        tracing::info!(path = %path.display(), "auth.ldap.bind_password_file re-read");
+                        *current = (stamp, password);
+                    }
+                    Err(e) => {
+                        // Remember the stamp: logged once per change.
+                        tracing::error!("auth.ldap.bind_password_file not re-read, keeping the previous password: {e}");
+                        current.0 = stamp;
+                    }
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+/// The password in `path`: its contents without the trailing line ending.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Trust for the server's certificate: `ca_file`'s CAs, else the system's.

@@ -317,12 +317,27 @@ async fn a_refused_search_account_is_unavailable_not_a_wrong_password() {
     let wrong = dir.path().join("pw");
     std::fs::write(&wrong, "not-the-readers\n").unwrap();
     let mut cfg = config(server.url(), &server);
-    cfg.bind_password_file = Some(wrong);
+    cfg.bind_password_file = Some(wrong.clone());
     let ldap = Ldap::new(&cfg).unwrap();
     let answer = ldap.password(&request("carol"), CAROL_PW).await;
     assert!(
         matches!(&answer, Answer::Unavailable(why) if why.contains("bind_dn")),
         "{answer:?}"
+    );
+    // The operator fixes (rotates) the password file, replacing it as
+    // editors do: the next check reads it, no restart.
+    let fixed = dir.path().join("pw.new");
+    std::fs::write(&fixed, format!("{}\n", slapd::READER_PW)).unwrap();
+    std::fs::rename(&fixed, &wrong).unwrap();
+    assert_eq!(
+        ldap.password(&request("carol"), CAROL_PW).await,
+        Answer::Accept(carol())
+    );
+    // A file gone (or unreadable) later keeps the last password read.
+    std::fs::remove_file(&wrong).unwrap();
+    assert_eq!(
+        ldap.password(&request("carol"), CAROL_PW).await,
+        Answer::Accept(carol())
     );
     // A base DN that does not exist: the directory says so, unavailable too.
     let mut cfg = config(server.url(), &server);
