@@ -14,6 +14,8 @@
 //! - `exhaustion`: alice's fork bomb and memory hog do not keep bob out;
 //! - `certificates`: alice's OpenSSH user certificate opens only her account, by
 //!   every login name; a rogue CA's certificate for bob opens nothing;
+//! - `directory`: a directory student's password or key opens no login of another's,
+//!   whether slapd answers or only the credential cache does;
 //! - `groups`: bob's container of an environment restricted to his class stays closed
 //!   to alice by every name and address; with `uid = "ldap"` each runs as their own
 //!   uid by any login name, and neither reads the other's home;
@@ -37,6 +39,7 @@ mod lab;
 mod ca;
 
 mod certificates;
+mod directory;
 mod exhaustion;
 mod files;
 mod forwarding;
