@@ -96,11 +96,30 @@ impl Authenticator {
 
     /// Checks a password.
     pub async fn password(&self, shared: &Shared, request: &Request<'_>, password: &str) -> Answer {
-        match self {
-            Authenticator::UsersFile => users_file::password(shared, request.user, password).await,
-            Authenticator::Ldap(l) => l.password(request, password).await,
-            Authenticator::Webhook(w) => w.password(request, password).await,
-        }
+        self.timed(async {
+            match self {
+                Authenticator::UsersFile => {
+                    users_file::password(shared, request.user, password).await
+                }
+                Authenticator::Ldap(l) => l.password(request, password).await,
+                Authenticator::Webhook(w) => w.password(request, password).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs one question to this authenticator, recording how long it took
+    /// and what it answered (`labssh_auth_authenticator_seconds`): every
+    /// time an authenticator is asked, and only then (a cache hit asks none).
+    async fn timed(&self, ask: impl std::future::Future<Output = Answer>) -> Answer {
+        let asked = std::time::Instant::now();
+        let answer = ask.await;
+        labssh_telemetry::metrics::authenticator_answered(
+            self.name(),
+            answer.as_str(),
+            asked.elapsed(),
+        );
+        answer
     }
 
     /// Checks a public key whose possession the client proved (or, with
@@ -112,23 +131,29 @@ impl Authenticator {
         key: &PublicKey,
         proven: bool,
     ) -> Answer {
-        match self {
-            Authenticator::UsersFile => users_file::key(shared, request.user, key),
-            Authenticator::Ldap(l) => l.key(request, key).await,
-            Authenticator::Webhook(w) => w.key(request, key, proven).await,
-        }
+        self.timed(async {
+            match self {
+                Authenticator::UsersFile => users_file::key(shared, request.user, key),
+                Authenticator::Ldap(l) => l.key(request, key).await,
+                Authenticator::Webhook(w) => w.key(request, key, proven).await,
+            }
+        })
+        .await
     }
 
     /// Who `user` is, with no credential checked: for a login a trusted CA's
     /// certificate already vouches for. `Unknown` when this authenticator
     /// does not know them.
     pub async fn lookup(&self, shared: &Shared, request: &Request<'_>) -> Answer {
-        match self {
-            Authenticator::UsersFile => users_file::lookup(shared, request.user),
-            Authenticator::Ldap(l) => l.lookup(request).await,
-            // A webhook decides logins, it is not a directory.
-            Authenticator::Webhook(_) => Answer::Unknown,
-        }
+        self.timed(async {
+            match self {
+                Authenticator::UsersFile => users_file::lookup(shared, request.user),
+                Authenticator::Ldap(l) => l.lookup(request).await,
+                // A webhook decides logins, it is not a directory.
+                Authenticator::Webhook(_) => Answer::Unknown,
+            }
+        })
+        .await
     }
 }
 
@@ -172,11 +197,6 @@ impl Chain {
         Ok(Chain { list })
     }
 
-    /// The authenticators, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Authenticator> {
-        self.list.iter()
-    }
-
     /// Asks each authenticator in turn with `ask` until one accepts.
     pub async fn decide<'a, F, Fut>(&'a self, mut ask: F) -> Decision
     where
@@ -186,19 +206,15 @@ impl Chain {
         let mut rejected = Vec::new();
         let mut unavailable = Vec::new();
         for authenticator in &self.list {
-            let asked = std::time::Instant::now();
-            let answer = ask(authenticator).await;
-            labssh_telemetry::metrics::authenticator_answered(
-                authenticator.name(),
-                answer.as_str(),
-                asked.elapsed(),
-            );
-            match answer {
+            match ask(authenticator).await {
                 Answer::Accept(identity) => return Decision::Accept(identity),
                 Answer::Reject(why) => rejected.push(format!("{}: {why}", authenticator.name())),
-                Answer::Unknown => rejected.push(format!("{}: unknown", authenticator.name())),
+                Answer::Unknown => rejected.push(format!(
+                    "{}: no such user or credential",
+                    authenticator.name()
+                )),
                 Answer::Unavailable(why) => {
-                    unavailable.push(format!("{}: {why}", authenticator.name()))
+                    unavailable.push(format!("{}: unavailable: {why}", authenticator.name()))
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use labssh_telemetry::metrics as telemetry;
 
-use super::chain::{Answer, Request};
+use super::chain::{Answer, Decision, Request};
 use super::{Client, Outcome};
 use crate::credential_cache::{Lookup, Stamp};
 use crate::login_name::LoginName;
@@ -40,64 +40,55 @@ impl Client {
             method,
             client: &self.peer,
         };
-        let mut reasons = Vec::new();
-        let mut unavailable = false;
-        let mut last_lookup = "n/a";
-        for authenticator in shared.auth.iter() {
-            let name = authenticator.name();
-            let stamp = authenticator.cache_stamp(shared, &login.user);
-            if let Some(value) = &stamp {
-                let stamp = Stamp {
-                    authenticator: name,
-                    value,
-                };
-                let lookup = shared.cache.lookup(&login.user, password, &stamp).await;
-                telemetry::auth_cache_lookup(lookup.as_str());
-                last_lookup = lookup.as_str();
-                tracing::Span::current().record("cache", last_lookup);
-                if let Lookup::Hit(identity) = lookup {
-                    if failures {
-                        limiter.success(self.ip, &login.user).await;
+        // What the last cache lookup found, for the log and the span.
+        let cache = std::sync::Mutex::new("n/a");
+        let decision = shared
+            .auth
+            .decide(|authenticator| {
+                let (request, cache) = (&request, &cache);
+                async move {
+                    let value = authenticator.cache_stamp(shared, request.user);
+                    let stamp = value.as_deref().map(|value| Stamp {
+                        authenticator: authenticator.name(),
+                        value,
+                    });
+                    if let Some(stamp) = &stamp {
+                        let lookup = shared.cache.lookup(request.user, password, stamp).await;
+                        telemetry::auth_cache_lookup(lookup.as_str());
+                        *cache.lock().expect("cache label") = lookup.as_str();
+                        tracing::Span::current().record("cache", lookup.as_str());
+                        if let Lookup::Hit(identity) = lookup {
+                            return Answer::Accept(identity);
+                        }
                     }
-                    return self.accept(login, identity, method, last_lookup, started);
-                }
-            }
-            let checking = Instant::now();
-            let answer = authenticator.password(shared, &request, password).await;
-            tracing::Span::current()
-                .record("authenticator_seconds", checking.elapsed().as_secs_f64());
-            telemetry::authenticator_answered(name, answer.as_str(), checking.elapsed());
-            match answer {
-                Answer::Accept(identity) => {
-                    if failures {
-                        limiter.success(self.ip, &login.user).await;
-                    }
-                    if let Some(value) = &stamp {
-                        let stamp = Stamp {
-                            authenticator: name,
-                            value,
-                        };
+                    let checking = Instant::now();
+                    let answer = authenticator.password(shared, request, password).await;
+                    tracing::Span::current()
+                        .record("authenticator_seconds", checking.elapsed().as_secs_f64());
+                    if let (Answer::Accept(identity), Some(stamp)) = (&answer, &stamp) {
                         shared
                             .cache
-                            .store(&login.user, password, &stamp, &identity)
+                            .store(request.user, password, stamp, identity)
                             .await;
                     }
-                    return self.accept(login, identity, method, last_lookup, started);
+                    answer
                 }
-                Answer::Reject(why) => reasons.push(format!("{name}: {why}")),
-                Answer::Unknown => reasons.push(format!("{name}: no such user or no password")),
-                Answer::Unavailable(why) => {
-                    unavailable = true;
-                    reasons.push(format!("{name}: unavailable: {why}"));
+            })
+            .await;
+        match decision {
+            Decision::Accept(identity) => {
+                if failures {
+                    limiter.success(self.ip, &login.user).await;
                 }
+                let cache = *cache.lock().expect("cache label");
+                self.accept(login, identity, method, cache, started)
+            }
+            // Not the student's fault: not counted towards the limits.
+            Decision::Unavailable(why) => self.unavailable(&login, method, &why),
+            Decision::Reject(why) => {
+                limiter.failure(self.ip, &login.user).await;
+                self.reject(&login, method, &why)
             }
         }
-        let why = reasons.join("; ");
-        if unavailable {
-            // Not the student's fault: not counted towards the limits.
-            return self.unavailable(&login, method, &why);
-        }
-        limiter.failure(self.ip, &login.user).await;
-        self.reject(&login, method, &why)
     }
 }
