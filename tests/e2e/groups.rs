@@ -16,7 +16,7 @@ use labssh_testkit::process::free_port;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::lab::{connect_when_up, environment_toml, Lab, LabOptions};
+use crate::lab::{connect_when_up, environment_toml, listed, Lab, LabOptions};
 use crate::prestart::{prestart, request};
 
 /// `cs101env` for cs101 only, `staffenv` for staff only, `nfs` with ids from the
@@ -49,16 +49,6 @@ pub fn set_account(
         None => (None, None),
     };
     labssh_proxy::users::write_file(path, &file).unwrap();
-}
-
-/// The environments a refusal's `available:` list names.
-fn listed(stderr: &str) -> Vec<String> {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("available: "))
-        .unwrap_or_else(|| panic!("no list in {stderr:?}"));
-    let list = line.split("available: ").nth(1).unwrap();
-    list.split(", ").map(|s| s.trim().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

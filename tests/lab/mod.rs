@@ -391,3 +391,35 @@ impl Lab {
         }
     }
 }
+
+/// The environments a refusal's `available:` list names (`labssh: environment 'x' is
+/// not available to you; available: a, b`).
+pub fn listed(stderr: &str) -> Vec<String> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("available: "))
+        .unwrap_or_else(|| panic!("no list in {stderr:?}"));
+    let list = line.split("available: ").nth(1).unwrap();
+    list.split(", ").map(|s| s.trim().to_string()).collect()
+}
+
+/// The proxy's `[auth]` for a test slapd: the users file, then `server` at `url`
+/// (searched as the reader, groups under ou=groups), with a 2 s timeout.
+pub fn ldap_auth(
+    server: &labssh_testkit::slapd::Slapd,
+    url: String,
+) -> labssh_proxy::config::auth::AuthConfig {
+    use labssh_testkit::slapd;
+    labssh_proxy::config::auth::AuthConfig {
+        ldap: Some(labssh_proxy::config::auth::LdapConfig {
+            url,
+            bind_dn: slapd::READER_DN.into(),
+            bind_password_file: Some(server.reader_password_file.clone()),
+            base_dn: slapd::BASE_DN.into(),
+            group_base_dn: slapd::GROUPS_DN.into(),
+            timeout: labssh_proto::duration::ConfigDuration(Duration::from_secs(2)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -8,7 +8,7 @@
 use labssh_testkit::slapd::{Slapd, CAROL_PW, ERIN_PW};
 use labssh_testkit::ssh::{stderr, stdout, Auth};
 
-use crate::lab::{environment_toml, Lab, LabOptions};
+use crate::lab::{environment_toml, listed, Lab, LabOptions};
 
 /// `cs101env` for cs101 (carol by memberUid), `staffenv` for staff (carol by
 /// memberOf), `nfs` with the directory's ids.
@@ -19,20 +19,6 @@ fn catalogue() -> String {
         environment_toml("nfs", "").replace("uid = 1000\ngid = 1000\n", "uid = \"ldap\"\n"),
     ]
     .concat()
-}
-
-/// The environments a refusal's `available:` list names.
-fn listed(stderr: &str) -> Vec<String> {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("available: "))
-        .unwrap_or_else(|| panic!("no list in {stderr:?}"));
-    line.split("available: ")
-        .nth(1)
-        .unwrap()
-        .split(", ")
-        .map(|s| s.trim().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

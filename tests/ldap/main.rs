@@ -24,26 +24,13 @@ mod logins;
 mod outage;
 mod tls;
 
-use labssh_proto::duration::ConfigDuration;
-use labssh_proxy::config::auth::{AuthConfig, LdapConfig};
-use labssh_testkit::slapd::{self, Slapd};
+use labssh_proxy::config::auth::AuthConfig;
+use labssh_testkit::slapd::Slapd;
 
 /// What students read when the directory cannot be asked.
 pub const UNAVAILABLE: &str = "labssh: the login service is unavailable; try again in a minute";
 
-/// The proxy's `[auth]`: the users file, then `server` at `url` (searched as
-/// the reader, groups under ou=groups), with a short timeout.
+/// The proxy's `[auth]` for `server` at `url` (see `lab::ldap_auth`).
 pub fn auth(server: &Slapd, url: String) -> AuthConfig {
-    AuthConfig {
-        ldap: Some(LdapConfig {
-            url,
-            bind_dn: slapd::READER_DN.into(),
-            bind_password_file: Some(server.reader_password_file.clone()),
-            base_dn: slapd::BASE_DN.into(),
-            group_base_dn: slapd::GROUPS_DN.into(),
-            timeout: ConfigDuration(std::time::Duration::from_secs(2)),
-            ..LdapConfig::default()
-        }),
-        ..AuthConfig::default()
-    }
+    lab::ldap_auth(server, url)
 }

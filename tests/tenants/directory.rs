@@ -8,22 +8,6 @@ use labssh_testkit::ssh::{stderr, stdout, Auth};
 
 use crate::lab::{Lab, LabOptions};
 
-/// `[auth]`: the users file, then `server` (searched as the reader).
-fn auth(server: &Slapd) -> labssh_proxy::config::auth::AuthConfig {
-    labssh_proxy::config::auth::AuthConfig {
-        ldap: Some(labssh_proxy::config::auth::LdapConfig {
-            url: server.url(),
-            bind_dn: slapd::READER_DN.into(),
-            bind_password_file: Some(server.reader_password_file.clone()),
-            base_dn: slapd::BASE_DN.into(),
-            group_base_dn: slapd::GROUPS_DN.into(),
-            timeout: labssh_proto::duration::ConfigDuration(std::time::Duration::from_secs(2)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn carols_directory_credentials_open_no_login_of_erins() {
     let keys = tempfile::tempdir().unwrap();
@@ -46,7 +30,7 @@ async fn carols_directory_credentials_open_no_login_of_erins() {
     ))
     .expect("slapd");
     let lab = Lab::start(LabOptions {
-        proxy_auth: Some(auth(&server)),
+        proxy_auth: Some(crate::lab::ldap_auth(&server, server.url())),
         ..Default::default()
     })
     .await;
