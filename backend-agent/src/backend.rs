@@ -12,6 +12,7 @@ mod guard;
 pub mod helper;
 mod init_binary;
 mod keyed_lock;
+pub mod kubernetes;
 mod lifecycle_ops;
 mod netns;
 mod process;
@@ -111,6 +112,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// This agent's containers, running or stopped.
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError>;
+
+    /// Resolves when the runtime saw this agent's containers change (a watch event),
+    /// so the inventory is read again at once rather than at the next refresh tick.
+    /// Runtimes that cannot tell never resolve.
+    async fn inventory_changed(&self) {
+        std::future::pending::<()>().await
+    }
 
     /// Opens a TCP connection to `host:port` as seen from inside the running container
     /// (its network namespace and name resolution), for port forwarding.

@@ -7,7 +7,10 @@ use serde::Deserialize;
 
 use crate::start_queue::{DEFAULT_START_CONCURRENCY, DEFAULT_START_QUEUE_LIMIT};
 
+mod kubernetes;
 mod start_queue;
+
+pub use kubernetes::{BackendKind, KubernetesConfig};
 
 /// Agents are usually named after their node; this default is only good for one-node trials.
 const DEFAULT_NAME: &str = "agent-1";
@@ -140,6 +143,10 @@ pub struct Config {
     pub start_concurrency: u32,
     /// Students waiting in the start queue at most; past it they are told to retry.
     pub start_queue_limit: u32,
+    /// The container runtime: `docker` (the default) or `kubernetes`.
+    pub backend: BackendKind,
+    /// How pods are made with `backend = "kubernetes"`.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -173,6 +180,8 @@ impl Default for Config {
             gpus: None,
             start_concurrency: DEFAULT_START_CONCURRENCY,
             start_queue_limit: DEFAULT_START_QUEUE_LIMIT,
+            backend: BackendKind::Docker,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -203,6 +212,7 @@ impl Config {
         self.check_runtime(&mut problems);
         self.check_limits(&mut problems);
         self.check_start_queue(&mut problems);
+        self.check_kubernetes(&mut problems);
         ConfigError::check(ConfigRole::Agent, problems)
     }
 

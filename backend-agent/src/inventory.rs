@@ -226,7 +226,8 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Re-reads the inventory every `every` until `shutdown`.
+/// Re-reads the inventory every `every`, and whenever the runtime says it changed,
+/// until `shutdown`.
 pub async fn refresh_loop(
     inventory: Arc<Inventory>,
     backend: SharedBackend,
@@ -239,6 +240,7 @@ pub async fn refresh_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => inventory.refresh(&backend).await,
+            _ = backend.inventory_changed() => inventory.refresh(&backend).await,
         }
     }
 }

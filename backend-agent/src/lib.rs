@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use backend::docker::DockerBackend;
+pub use backend::kubernetes::KubeBackend;
 pub use backend::{Backend, BackendError, SharedBackend};
 pub use config::{Config, ConfigError};
 pub use limits::nofile::NofileError;
@@ -86,7 +87,8 @@ pub enum AgentError {
     Serve(#[source] tonic::transport::Error),
 }
 
-/// Runs the agent with the Docker backend from `config` until `shutdown` resolves.
+/// Runs the agent with the backend `config` names (Docker or Kubernetes) until
+/// `shutdown` resolves.
 ///
 /// Serves the Agent gRPC service on `listener` and keeps an Attach stream to the
 /// controller, reconnecting as needed; a missing controller never stops the agent.
@@ -97,10 +99,19 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate()?;
     limits::nofile::raise(&config)?;
-    let backend = DockerBackend::connect(&config)
-        .await
-        .map_err(AgentError::Runtime)?;
-    run_with_backend(listener, config, Arc::new(backend), shutdown).await
+    let backend: SharedBackend = match config.backend {
+        config::BackendKind::Docker => Arc::new(
+            DockerBackend::connect(&config)
+                .await
+                .map_err(AgentError::Runtime)?,
+        ),
+        config::BackendKind::Kubernetes => Arc::new(
+            KubeBackend::connect(&config)
+                .await
+                .map_err(AgentError::Runtime)?,
+        ),
+    };
+    run_with_backend(listener, config, backend, shutdown).await
 }
 
 /// [`run`] with any [`Backend`], e.g. a fake one in tests.
