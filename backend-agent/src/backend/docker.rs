@@ -43,6 +43,10 @@ pub use container_spec::{
     container_name, legacy_container_name, LABEL_AGENT, LABEL_ENV, LABEL_GENERATION, LABEL_PREFIX,
     LABEL_SPAWN, LABEL_USER, RUN_DIR, SFTP_SERVER_PATH,
 };
+// What the Kubernetes backend's pods share with Docker's containers.
+pub use container_spec::{
+    hostname, parse_ids, same_capability, HELPER_CAPS, INIT_PATH, LABEL_IDS, LABEL_SETTINGS,
+};
 pub use network::{BRIDGE_PREFIX, LABEL_EGRESS};
 pub use routes::SpawnPath;
 

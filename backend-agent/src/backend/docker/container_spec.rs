@@ -61,7 +61,8 @@ const RUN_DIR_OPTIONS: &str = "size=64k,nr_inodes=16,mode=0700,noexec,nosuid,nod
 /// container's bounding set is fixed at creation; the agent never uses Docker exec in
 /// such a container, which would hand them out again. Docker's names and the kernel's
 /// numbers.
-const HELPER_CAPS: [(&str, u32); 4] = [("KILL", 5), ("SETGID", 6), ("SETUID", 7), ("SETPCAP", 8)];
+pub const HELPER_CAPS: [(&str, u32); 4] =
+    [("KILL", 5), ("SETGID", 6), ("SETUID", 7), ("SETPCAP", 8)];
 
 /// Keepalive commands exit on TERM at once; a short timeout keeps stops quick when they
 /// do not.
@@ -331,7 +332,7 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 }
 
 /// Docker accepts capability names with or without `CAP_`, in any case.
-fn same_capability(given: &str, name: &str) -> bool {
+pub fn same_capability(given: &str, name: &str) -> bool {
     let given = given.to_ascii_uppercase();
     given.strip_prefix("CAP_").unwrap_or(&given) == name
 }
