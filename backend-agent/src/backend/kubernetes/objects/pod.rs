@@ -74,9 +74,18 @@ pub fn pod(plan: &PodPlan) -> Result<Pod, BackendError> {
             isolation.devices.join(", ")
         )));
     }
-    if !isolation.rlimits.is_empty() {
-        // No pod field sets rlimits: the runtime's defaults apply (see the readme).
-        tracing::debug!(environment = %env.name, "rlimits have no Kubernetes form and are not applied");
+    // No pod field sets these: the runtime's rlimits and the kubelet's podPidsLimit
+    // apply instead (see the readme). Refusing would make a catalogue shared with
+    // Docker agents unusable here; the operator is told once per pod made.
+    let unapplied: Vec<&str> = [
+        (!isolation.rlimits.is_empty()).then_some("rlimits"),
+        (env.pids_limit > 0).then_some("pids_limit"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !unapplied.is_empty() {
+        tracing::info!(environment = %env.name, settings = ?unapplied, "settings without a Kubernetes pod form are not applied (the kubelet's podPidsLimit and the runtime's rlimits hold)");
     }
     let resources = resources(env)?;
     let main = if env.keepalive_cmd.is_empty() {
