@@ -38,7 +38,7 @@ pub use network::{allow_names, network_policy, network_policy_resolved, LINK_LOC
 pub use pod::{
     pod, uses_helper, BIN_VOLUME, GPU_RESOURCE, HOME_VOLUME, INSTALL_CONTAINER, RUN_VOLUME,
 };
-pub use security::{seccomp_profile_path, SECCOMP_DIR};
+pub use security::{seccomp_profile_file, seccomp_profile_path, SECCOMP_DIR};
 
 /// The name of the student's container in the pod.
 pub const CONTAINER: &str = "student";

@@ -102,6 +102,14 @@ pub fn seccomp_profile_path(env: &pb::Environment) -> Option<String> {
     Some(format!("{SECCOMP_DIR}/{}.json", hex::encode(&digest[..12])))
 }
 
+/// `env`'s own seccomp profile as the node must hold it: the path under the kubelet's
+/// seccomp directory ([`seccomp_profile_path`]) and the profile's JSON text; `None`
+/// when the environment uses the runtime's default.
+pub fn seccomp_profile_file(env: &pb::Environment) -> Option<(String, &str)> {
+    let path = seccomp_profile_path(env)?;
+    Some((path, env.isolation.as_ref()?.seccomp.as_str()))
+}
+
 /// The uid and gid the student's processes run as.
 fn student_ids(env: &pb::Environment, ids: Option<(u32, u32)>) -> (u32, u32) {
     let (mut uid, mut gid) = (env.uid, env.gid);

@@ -424,7 +424,13 @@ fn isolation_read_only_root_tmpfs_shm_and_course_data() {
         path.starts_with("labssh/") && path.ends_with(".json"),
         "{path}"
     );
-    assert_eq!(Some(path), seccomp_profile_path(&e));
+    assert_eq!(Some(path.clone()), seccomp_profile_path(&e));
+    let (file, json) = seccomp_profile_file(&e).unwrap();
+    assert_eq!(
+        (file, json),
+        (path, r#"{"defaultAction":"SCMP_ACT_ERRNO"}"#)
+    );
+    assert_eq!(seccomp_profile_file(&env()), None);
 }
 
 #[test]
