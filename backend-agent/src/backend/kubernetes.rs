@@ -16,6 +16,7 @@ pub mod exec;
 pub mod inside;
 pub mod locate;
 pub mod objects;
+pub mod seccomp;
 
 pub use api::KubeBackend;
 pub use exec::{KubeExec, PodExec};

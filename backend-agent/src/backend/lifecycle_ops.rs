@@ -83,6 +83,38 @@ pub struct KeepaliveFile {
     pub text: String,
 }
 
+/// `user`'s keep-alive file in the running `container` as the host sees it
+/// (`inside`): read without following any symlink, at most [`KEEPALIVE_MAX_BYTES`],
+/// and only a regular file of the student's; `None` otherwise.
+pub(crate) async fn read_keepalive(
+    inside: &super::netns::Container,
+    container: &str,
+    user: &str,
+    env: &labssh_proto::pb::Environment,
+) -> Option<KeepaliveFile> {
+    let path = format!("{}/{KEEPALIVE_FILE}", super::home_dir(user));
+    let file = match inside.read_plain(path, KEEPALIVE_MAX_BYTES).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::trace!(container, error = %e, "no keep-alive file");
+            return None;
+        }
+    };
+    let owner = if env.run_as_root { 0 } else { env.uid };
+    if file.uid != owner {
+        tracing::debug!(
+            container,
+            uid = file.uid,
+            "keep-alive file not the student's; ignored"
+        );
+        return None;
+    }
+    Some(KeepaliveFile {
+        modified: file.modified,
+        text: file.text,
+    })
+}
+
 /// Where in the home the keep-alive file is: `echo 3h > ~/.labssh-keepalive`.
 pub const KEEPALIVE_FILE: &str = ".labssh-keepalive";
 

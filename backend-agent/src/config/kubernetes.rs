@@ -11,6 +11,9 @@ const DEFAULT_HOME_SIZE: &str = "5Gi";
 /// Pulling a large image onto a fresh node takes a while; past this the student is told.
 const DEFAULT_POD_READY_TIMEOUT_SECS: u64 = 300;
 
+/// Where kubelets look for `Localhost` seccomp profiles.
+const DEFAULT_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+
 /// Which container runtime the agent drives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +56,10 @@ pub struct KubernetesConfig {
     pub cluster_cidrs: Vec<String>,
     /// `runtimeClassName` for pods (e.g. `nvidia` or `gvisor`); empty: the default.
     pub runtime_class: String,
+    /// The kubelet's seccomp directory as the agent sees it (a hostPath mount of
+    /// `/var/lib/kubelet/seccomp`): an environment's own seccomp profile is written
+    /// under it, at `labssh/{hash}.json`, before its first pod is made.
+    pub seccomp_dir: String,
 }
 
 impl Default for KubernetesConfig {
@@ -68,6 +75,7 @@ impl Default for KubernetesConfig {
             pod_security: "baseline".to_owned(),
             cluster_cidrs: Vec::new(),
             runtime_class: String::new(),
+            seccomp_dir: DEFAULT_SECCOMP_DIR.to_owned(),
         }
     }
 }
@@ -157,6 +165,12 @@ impl Config {
                 k.pod_security
             ));
         }
+        if !k.seccomp_dir.starts_with('/') {
+            problems.push(format!(
+                "kubernetes.seccomp_dir: {:?} must be an absolute path",
+                k.seccomp_dir
+            ));
+        }
         for cidr in &k.cluster_cidrs {
             if let Err(e) = labssh_proto::net::parse_net(cidr) {
                 problems.push(format!("kubernetes.cluster_cidrs: {e}"));
@@ -205,6 +219,7 @@ mod tests {
             image_pull_policy = "Sometimes"
             pod_security = "privileged"
             cluster_cidrs = ["10.0.0.0/33"]
+            seccomp_dir = "seccomp"
             "#,
         )
         .unwrap_err()
@@ -215,6 +230,7 @@ mod tests {
             "kubernetes.image_pull_policy",
             "kubernetes.pod_security",
             "kubernetes.cluster_cidrs",
+            "kubernetes.seccomp_dir",
         ] {
             assert!(e.contains(key), "{key} not named in: {e}");
         }

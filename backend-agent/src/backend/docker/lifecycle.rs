@@ -13,10 +13,8 @@ use super::cgroup::CpuFile;
 use super::container_spec::LABEL_SETTINGS;
 use super::errors::docker_message;
 use super::DockerBackend;
-use crate::backend::{
-    home_dir, settings_hash, BackendError, KeepaliveFile, Renewal, KEEPALIVE_FILE,
-    KEEPALIVE_MAX_BYTES,
-};
+use crate::backend::lifecycle_ops::read_keepalive;
+use crate::backend::{settings_hash, BackendError, KeepaliveFile, Renewal};
 
 /// How long a stopping container's processes get after SIGTERM before SIGKILL.
 const STOP_GRACE_SECS: i32 = 5;
@@ -139,27 +137,7 @@ impl DockerBackend {
                 action: "reading the keep-alive file",
                 message,
             })?;
-        let path = format!("{}/{KEEPALIVE_FILE}", home_dir(user));
-        let file = match inside.read_plain(path, KEEPALIVE_MAX_BYTES).await {
-            Ok(file) => file,
-            Err(e) => {
-                tracing::trace!(container, error = %e, "no keep-alive file");
-                return Ok(None);
-            }
-        };
-        let owner = if env.run_as_root { 0 } else { env.uid };
-        if file.uid != owner {
-            tracing::debug!(
-                container,
-                uid = file.uid,
-                "keep-alive file not the student's; ignored"
-            );
-            return Ok(None);
-        }
-        Ok(Some(KeepaliveFile {
-            modified: file.modified,
-            text: file.text,
-        }))
+        Ok(read_keepalive(&inside, container, user, env).await)
     }
 
     /// Why `existing` should be made again for `env` now, if it should: older than

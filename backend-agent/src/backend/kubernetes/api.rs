@@ -30,6 +30,7 @@ use super::exec::{KubeExec, PodExec};
 use super::inside::{Inside, PodRef};
 use super::objects::{self, PodPlan, CONTAINER};
 use crate::backend::docker::{LABEL_SPAWN, LABEL_USER};
+use crate::backend::lifecycle_ops::read_keepalive;
 use crate::backend::{
     settings_hash, Backend, BackendError, ContainerInfo, ContainerState, Duplex, EnsureOptions,
     EnsureStep, Ensured, KeepaliveFile, KeyedLock, Process, Renewal, SpawnSpec,
@@ -240,6 +241,7 @@ impl KubeBackend {
         let plan = self.plan(user, env, &settings);
         // The pod first: it refuses what this cluster cannot give before anything is made.
         let pod = objects::pod(&plan)?;
+        super::seccomp::install_profile(std::path::Path::new(&self.config.seccomp_dir), env)?;
         let claim = objects::home_claim(&plan);
         match self.claims.create(&PostParams::default(), &claim).await {
             Ok(_) => {
@@ -540,8 +542,13 @@ impl Backend for KubeBackend {
         user: &str,
         env: &pb::Environment,
     ) -> Result<Option<KeepaliveFile>, BackendError> {
-        let _ = (container, user, env);
-        Ok(None)
+        let Ok(pod) = self.running(container) else {
+            return Ok(None);
+        };
+        let Ok(inside) = super::inside::enter(&pod) else {
+            return Ok(None);
+        };
+        Ok(read_keepalive(&inside, container, user, env).await)
     }
 
     async fn inventory(&self) -> Result<Vec<ContainerInfo>, BackendError> {

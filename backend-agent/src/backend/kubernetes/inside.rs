@@ -223,7 +223,7 @@ fn helper_of(pod: &PodRef) -> Result<HelperSocket, String> {
 }
 
 /// The student container of `pod` as the host sees it (network namespace and root).
-fn enter(pod: &PodRef) -> Result<netns::Container, String> {
+pub(super) fn enter(pod: &PodRef) -> Result<netns::Container, String> {
     if pod.container_id.is_empty() {
         return Err(format!("pod {} has no running container yet", pod.name));
     }

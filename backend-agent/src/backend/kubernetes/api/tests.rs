@@ -551,3 +551,29 @@ async fn exec_pods_run_processes_through_pods_exec_and_helper_pods_never_do() {
         .unwrap();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[tokio::test]
+async fn an_environments_own_seccomp_profile_is_on_the_node_before_its_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, fake, _) = backend(&format!("seccomp_dir = {:?}", dir.path().to_str().unwrap()));
+    let mut strict = env("strict");
+    let profile = r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[]}"#;
+    strict.isolation = Some(pb::Isolation {
+        seccomp: profile.into(),
+        ..Default::default()
+    });
+    let kubelet = kubelet(&fake, "lab-mia.strict", running("c10"));
+    ensure(&backend, "mia", &strict).await.unwrap();
+    kubelet.await.unwrap();
+    let pod = fake.pod("lab-mia.strict").unwrap();
+    let named = pod
+        .spec
+        .unwrap()
+        .security_context
+        .unwrap()
+        .seccomp_profile
+        .unwrap();
+    assert_eq!(named.type_, "Localhost");
+    let path = dir.path().join(named.localhost_profile.unwrap());
+    assert_eq!(std::fs::read_to_string(path).unwrap(), profile);
+}
