@@ -56,6 +56,12 @@ pub trait Backend: Send + Sync + 'static {
         options: &EnsureOptions,
     ) -> Result<Ensured, BackendError>;
 
+    /// Whether this runtime can freeze containers ([`Backend::pause`]); where it
+    /// cannot, idle containers are only stopped.
+    fn can_pause(&self) -> bool {
+        true
+    }
+
     /// Freezes a running container (memory kept, no CPU); the next ensure thaws it.
     async fn pause(&self, container: &str) -> Result<(), BackendError> {
         Err(unsupported(container, "pause"))

@@ -85,8 +85,13 @@ impl Lifecycle {
         let Some(rules) = env.lifecycle.as_ref() else {
             return;
         };
+        // A runtime that cannot freeze (Kubernetes) only stops idle containers.
+        let pause_ms = match self.backend.can_pause() {
+            true => rules.idle_pause_after_ms,
+            false => 0,
+        };
         let (pause, stop) = (
-            Duration::from_millis(rules.idle_pause_after_ms),
+            Duration::from_millis(pause_ms),
             Duration::from_millis(rules.idle_stop_after_ms),
         );
         let from = match c.state {

@@ -128,6 +128,7 @@ impl KubeBackend {
                 }
             }
         });
+        tracing::info!(namespace, node = %kube.node(&config.name), "pods on Kubernetes: environments' idle_pause_after does not apply (a pod cannot be frozen); idle pods are stopped after idle_stop_after");
         KubeBackend {
             claims: Api::namespaced(client.clone(), namespace),
             policies: Api::namespaced(client, namespace),
@@ -497,6 +498,10 @@ impl Backend for KubeBackend {
         let _permit = options.admit(Some(step)).await?;
         let made = self.create(&name, user, env).await?;
         Ok(ensured(made, step == EnsureStep::Creating))
+    }
+
+    fn can_pause(&self) -> bool {
+        false
     }
 
     async fn pause(&self, container: &str) -> Result<(), BackendError> {

@@ -493,6 +493,7 @@ async fn bad_names_are_refused_before_anything_is_sent() {
 #[tokio::test]
 async fn pausing_says_kubernetes_cannot() {
     let (backend, _, _) = backend("");
+    assert!(!backend.can_pause(), "the idle loop must only stop pods");
     let err = backend.pause("lab-alice.default").await.unwrap_err();
     assert!(
         err.to_string().contains("Kubernetes cannot freeze a pod"),
