@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod docker_gate;
+pub mod kube_api;
 pub mod process;
 pub mod pty;
 pub mod redis_server;

@@ -692,6 +692,4 @@ fn check_ids(info: &ContainerInfo, env: &pb::Environment) -> Result<(), BackendE
 }
 
 #[cfg(test)]
-mod fake;
-#[cfg(test)]
 mod tests;

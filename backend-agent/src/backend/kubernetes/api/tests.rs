@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{
     PodStatus,
 };
 
-use super::fake::Fake;
 use super::*;
 use crate::backend::{ExitStatus, Output, ProcessControl, RunAs, Stdin, StdinSink};
+use labssh_testkit::kube_api::Fake;
 
 /// Long enough for anything the fake does at once; a test waiting this long failed.
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server for the backend's tests, kube-rs style: the client
+//! A fake Kubernetes API server for the agent's Kubernetes tests, kube-rs style: the client
 //! talks to a `tower_test` mock service, answered here from an in-memory namespace
 //! of pods, claims and NetworkPolicies, with real list and watch semantics (label
 //! selectors, resource versions, a watch stream of events) and the errors the API
