@@ -7,12 +7,14 @@
 //! under the names the agent runs them by, as Docker's bind mounts name them:
 //! `/.labssh/init` and `/.labssh/sftp-server`. Each copy is written to a temporary
 //! file in `DIR` and renamed over the old one, so a re-run after a pod restart
-//! replaces what an earlier run left, whole. No privilege is needed: the restricted
-//! Pod Security level runs the init container as the student.
+//! replaces what an earlier run left, whole. It also makes `DIR/run`, where the
+//! socket's own emptyDir is mounted: the runtime cannot make that mount point once
+//! `DIR` is mounted read-only. No privilege is needed: the restricted Pod Security
+//! level runs the init container as the student.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::sys;
@@ -24,6 +26,8 @@ const SFTP_SOURCE: &str = "labssh-sftp";
 pub const INIT_TARGET: &str = "init";
 /// labssh-sftp's name in `DIR`: the agent runs it as `/.labssh/sftp-server`.
 pub const SFTP_TARGET: &str = "sftp-server";
+/// The mount point of the socket's directory (`/.labssh/run`).
+pub const RUN_MOUNT_POINT: &str = "run";
 /// Whoever the pod runs as may execute them; nobody may change them.
 const MODE: u32 = 0o755;
 
@@ -40,9 +44,9 @@ pub fn run(dir: &Path) -> Result<(), String> {
     install(exe, &sftp, dir)
 }
 
-/// Copies `init` and `sftp` into `dir` as [`INIT_TARGET`] and [`SFTP_TARGET`]. Both
-/// sources are opened before anything is written, so a missing SFTP server leaves
-/// `dir` as it was.
+/// Copies `init` and `sftp` into `dir` as [`INIT_TARGET`] and [`SFTP_TARGET`] and
+/// makes [`RUN_MOUNT_POINT`]. Both sources are opened before anything is written, so a
+/// missing SFTP server leaves `dir` as it was.
 pub fn install(init: &Path, sftp: &Path, dir: &Path) -> Result<(), String> {
     let open = |path: &Path, what: &str| {
         File::open(path).map_err(|e| format!("cannot read {what} {}: {}", path.display(), text(&e)))
@@ -59,7 +63,15 @@ pub fn install(init: &Path, sftp: &Path, dir: &Path) -> Result<(), String> {
     }
     copy_into(init_file, dir, INIT_TARGET)?;
     copy_into(sftp_file, dir, SFTP_TARGET)?;
-    Ok(())
+    let run = dir.join(RUN_MOUNT_POINT);
+    match fs::DirBuilder::new().mode(MODE).create(&run) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists || !run.is_dir() => Err(format!(
+            "cannot make the mount point {}: {}",
+            run.display(),
+            text(&e)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `source` to a new temporary file in `dir`, then renames it to `name`.
@@ -146,7 +158,19 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, [INIT_TARGET, SFTP_TARGET], "no temporary file left");
+        assert_eq!(
+            left,
+            [INIT_TARGET, RUN_MOUNT_POINT, SFTP_TARGET],
+            "no temporary file left"
+        );
+        assert!(dir.join(RUN_MOUNT_POINT).is_dir());
+
+        // Something else where the mount point goes is an error, not a pod that
+        // cannot start for reasons nobody sees.
+        fs::remove_dir(dir.join(RUN_MOUNT_POINT)).unwrap();
+        fs::write(dir.join(RUN_MOUNT_POINT), b"").unwrap();
+        let err = install(&init, &sftp, &dir).unwrap_err();
+        assert!(err.contains("mount point"), "{err}");
     }
 
     #[test]
