@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use labssh_agent::backend::helper::{HelperError, HelperSocket};
 use labssh_agent::backend::kubernetes::locate;
-use labssh_agent::backend::{ExitStatus, Output, Process, RunAs, SpawnSpec};
+use labssh_agent::backend::{ExitStatus, Output, Process, PtySpec, RunAs, SpawnSpec};
 use rand::Rng;
 
 /// The image the student's container runs.
@@ -215,10 +215,20 @@ async fn sh(
     run_as: RunAs,
     script: &str,
 ) -> Result<(String, String, ExitStatus), HelperError> {
+    sh_on(helper, run_as, script, None).await
+}
+
+/// [`sh`] with a terminal, when `pty` says so.
+async fn sh_on(
+    helper: &HelperSocket,
+    run_as: RunAs,
+    script: &str,
+    pty: Option<PtySpec>,
+) -> Result<(String, String, ExitStatus), HelperError> {
     let spec = SpawnSpec {
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("PATH".into(), "/bin:/usr/bin".into())],
-        pty: None,
+        pty,
         run_as,
         workdir: None,
     };
@@ -274,6 +284,20 @@ async fn restricted_the_helper_runs_as_the_student_and_starts_only_the_student()
     let helper = helper_of(&id);
 
     assert_eq!(student_says(&helper, "id -u; id -g").await, "1000\n1000");
+    // A terminal too: its slave is the student's.
+    let pty = PtySpec {
+        term: "xterm".into(),
+        cols: 80,
+        rows: 24,
+    };
+    let student = RunAs::Ids {
+        uid: STUDENT.0,
+        gid: STUDENT.1,
+    };
+    let (out, _, status) = sh_on(&helper, student, "stat -c %u \"$(tty)\"", Some(pty))
+        .await
+        .unwrap();
+    assert_eq!((out.trim(), status), ("1000", ExitStatus::Code(0)));
     let refused = sh(&helper, RunAs::Root, "id -u").await.unwrap_err();
     assert_eq!(
         refused,
