@@ -10,6 +10,7 @@ const DEFAULT_SOCKET: &str = "/.labssh/run/helper.sock";
 
 pub const USAGE: &str = "\
 usage: labssh-init [--socket PATH] [--user USER[:GROUP]] [--drop-caps N,N,...] [--] [COMMAND [ARG]...]
+       labssh-init --install DIR
 
 PID 1 of a labssh container: reaps orphans, forwards signals to COMMAND (the image's
 entrypoint and cmd) and exits with it; without COMMAND it runs until stopped. Serves
@@ -17,7 +18,9 @@ the agent on a unix socket (only peers outside the container's PID namespace).
 
   --socket PATH      socket to listen on (default /.labssh/run/helper.sock)
   --user SPEC        run COMMAND as this user, as the image's USER would
-  --drop-caps LIST   capability numbers every child loses (the helper's own)";
+  --drop-caps LIST   capability numbers every child loses (the helper's own)
+  --install DIR      copy this executable and the labssh-sftp beside it into DIR
+                     (as init and sftp-server) and exit: a pod's init container";
 
 /// Parsed options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub enum Parsed {
     Run(Options),
     /// Print this and exit 0 (`--help`, `--version`).
     Print(String),
+    /// Copy the helper into this directory and exit (`--install DIR`).
+    Install(PathBuf),
 }
 
 /// Parses the arguments after the program name.
@@ -49,7 +54,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
         command: Vec::new(),
     };
     let mut args = args.into_iter();
+    let mut first = true;
     while let Some(arg) = args.next() {
+        let alone = std::mem::replace(&mut first, false);
         let text = arg.to_string_lossy();
         let mut value = |name: &str| {
             args.next()
@@ -57,6 +64,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
                 .map(|v| v.to_string_lossy().into_owned())
         };
         match text.as_ref() {
+            "--install" if alone => {
+                let dir = PathBuf::from(value("--install")?);
+                return match args.next() {
+                    None => Ok(Parsed::Install(dir)),
+                    Some(extra) => Err(format!(
+                        "--install DIR takes nothing else (got {})",
+                        extra.to_string_lossy()
+                    )),
+                };
+            }
+            "--install" => return Err("--install DIR takes nothing else".to_owned()),
             "--socket" => opts.socket = PathBuf::from(value("--socket")?),
             "--user" => opts.user = value("--user")?,
             "--drop-caps" => opts.drop_caps = creds::parse_caps(&value("--drop-caps")?)?,
@@ -86,11 +104,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn run(args: &[&str]) -> Result<Options, String> {
         match parse(args.iter().map(OsString::from))? {
             Parsed::Run(o) => Ok(o),
             Parsed::Print(p) => Err(p),
+            Parsed::Install(dir) => Err(format!("install {}", dir.display())),
         }
     }
 
@@ -123,5 +143,21 @@ mod tests {
         assert!(run(&["--bogus"]).unwrap_err().contains("--bogus"));
         assert!(run(&["--user"]).unwrap_err().contains("--user"));
         assert!(run(&["--version"]).unwrap_err().contains("labssh-init"));
+    }
+
+    #[test]
+    fn install_stands_alone() {
+        let parsed = parse(["--install", "/.labssh"].map(OsString::from)).unwrap();
+        assert!(matches!(parsed, Parsed::Install(dir) if dir == Path::new("/.labssh")));
+        assert!(run(&["--install"]).unwrap_err().contains("--install"));
+        let err = run(&["--install", "/d", "--socket", "/s"]).unwrap_err();
+        assert!(
+            err.contains("takes nothing else") && err.contains("--socket"),
+            "{err}"
+        );
+        let err = run(&["--socket", "/s", "--install", "/d"]).unwrap_err();
+        assert!(err.contains("takes nothing else"), "{err}");
+        // After `--` it is the command's own argument.
+        assert_eq!(run(&["--", "--install"]).unwrap().command.len(), 1);
     }
 }

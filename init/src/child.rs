@@ -348,14 +348,18 @@ fn dup_to(fd: RawFd, target: RawFd) -> bool {
 }
 
 /// Switches to `creds`. Without the privilege to switch, staying the same user is fine.
+/// A helper that is not root keeps its groups (setgroups needs CAP_SETGID; the server
+/// checked that `creds` asks for none it lacks, see `creds::Authority`) and its uid
+/// and gid, which setresuid and setresgid then only confirm.
 fn become_user(creds: &Creds) -> Result<(), u8> {
     // SAFETY: id calls; the groups pointer is valid for its length.
     unsafe {
+        let root = libc::geteuid() == 0;
         let same = libc::geteuid() == creds.uid && libc::getegid() == creds.gid;
         let tolerate = |ret: libc::c_int| {
             ret == 0 || (same && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
         };
-        if !tolerate(libc::setgroups(creds.groups.len(), creds.groups.as_ptr())) {
+        if root && !tolerate(libc::setgroups(creds.groups.len(), creds.groups.as_ptr())) {
             return Err(STEP_SETGROUPS);
         }
         if !tolerate(libc::setresgid(creds.gid, creds.gid, creds.gid)) {

@@ -1,6 +1,6 @@
 //! Who a child runs as: user and groups from the image's own /etc/passwd and
-//! /etc/group (read directly; a static binary has no NSS), and the capabilities the
-//! helper holds only for itself.
+//! /etc/group (read directly; a static binary has no NSS), who the helper itself may
+//! start children as, and the capabilities the helper holds only for itself.
 
 /// Identity of a child process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,77 @@ impl Creds {
         let passwd = std::fs::read_to_string(PASSWD).unwrap_or_default();
         let group = std::fs::read_to_string(GROUP).unwrap_or_default();
         resolve(spec, &passwd, &group)
+    }
+}
+
+/// Who the helper may start processes as: anyone when it is root (Docker, a pod at
+/// the `baseline` Pod Security level), else only as itself (a pod at `restricted`,
+/// which runs as its student with no capabilities and no way to gain any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// Root: any user and groups.
+    Root,
+    /// Not root: only these ids. A child keeps all of `groups` (dropping one needs
+    /// CAP_SETGID); they are the ones the runtime gave every process of the pod.
+    Only(Creds),
+}
+
+impl Authority {
+    /// The helper's own: root when its effective uid is 0.
+    pub fn current() -> Authority {
+        // SAFETY: id calls; the buffer is valid for its length.
+        unsafe {
+            let (uid, gid) = (libc::geteuid(), libc::getegid());
+            if uid == 0 {
+                return Authority::Root;
+            }
+            let mut groups = vec![0 as libc::gid_t; 65536];
+            let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+            groups.truncate(usize::try_from(n).unwrap_or(0));
+            groups.retain(|&g| g != gid);
+            groups.insert(0, gid);
+            Authority::Only(Creds { uid, gid, groups })
+        }
+    }
+
+    /// Whether the helper is root.
+    pub fn is_root(&self) -> bool {
+        matches!(self, Authority::Root)
+    }
+
+    /// What the main command runs as when `--user` names nobody: root, or the helper
+    /// itself (as a pod's `runAsUser` replaces the image's USER).
+    pub fn default_creds(&self) -> Creds {
+        match self {
+            Authority::Root => Creds::for_ids(0, 0),
+            Authority::Only(own) => own.clone(),
+        }
+    }
+
+    /// Refuses, in words the student reads, a child the helper cannot start as.
+    pub fn permits(&self, creds: &Creds) -> Result<(), String> {
+        let Authority::Only(own) = self else {
+            return Ok(());
+        };
+        let refuse = |what: &str, have: &str, want: &str| {
+            Err(format!(
+                "this pod's helper runs as {what} {have} and cannot start processes as {what} {want}"
+            ))
+        };
+        if creds.uid != own.uid {
+            return refuse("uid", &own.uid.to_string(), &creds.uid.to_string());
+        }
+        if creds.gid != own.gid {
+            return refuse("gid", &own.gid.to_string(), &creds.gid.to_string());
+        }
+        if let Some(missing) = creds.groups.iter().find(|g| !own.groups.contains(g)) {
+            let have: Vec<String> = own.groups.iter().map(u32::to_string).collect();
+            return Err(format!(
+                "this pod's helper runs with groups {} and cannot start processes in group {missing}",
+                have.join(",")
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +234,9 @@ struct CapData {
 /// sets. Needs no privilege: a process may always give capabilities up. Only
 /// async-signal-safe calls, so a freshly forked child may use it.
 pub fn drop_from_process(caps: &[u32]) -> Result<(), i32> {
+    if caps.is_empty() {
+        return Ok(());
+    }
     let mut header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
@@ -190,14 +264,20 @@ pub fn drop_from_process(caps: &[u32]) -> Result<(), i32> {
 }
 
 /// Removes `caps` from the bounding set, so not even a root child regains them. Needs
-/// CAP_SETPCAP; without it (an agent that could not grant it) the other defences hold:
-/// no-new-privileges and [`drop_from_process`].
+/// CAP_SETPCAP; without it (an agent that could not grant it, a helper that is not
+/// root) the other defences hold: no-new-privileges and [`drop_from_process`].
+/// Capabilities already out of the bounding set (all of them in a pod that drops ALL)
+/// are left alone. Only async-signal-safe calls.
 pub fn drop_from_bounding_set(caps: &[u32]) {
     // Dropping CAP_SETPCAP from the bounding set leaves it effective, so the order of
     // the list does not matter.
     for &cap in caps {
         // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        unsafe {
+            if libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) == 1 {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            }
+        }
     }
 }
 
@@ -235,6 +315,77 @@ mod tests {
     fn numeric_ids_get_memberships_of_known_users() {
         assert_eq!(groups_of(GROUP, Some("alice"), 1000), vec![1000, 50, 44]);
         assert_eq!(groups_of(GROUP, None, 1000), vec![1000]);
+    }
+
+    fn ids(uid: u32, gid: u32, groups: &[u32]) -> Creds {
+        Creds {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn root_starts_anyone() {
+        assert!(Authority::Root.permits(&ids(0, 0, &[0])).is_ok());
+        assert!(Authority::Root.permits(&ids(1000, 50, &[50, 44])).is_ok());
+        assert!(Authority::Root.is_root());
+    }
+
+    #[test]
+    fn a_helper_that_is_not_root_starts_only_itself() {
+        let helper = Authority::Only(ids(1000, 1000, &[1000, 50]));
+        assert!(!helper.is_root());
+        assert_eq!(helper.default_creds(), ids(1000, 1000, &[1000, 50]));
+        helper.permits(&ids(1000, 1000, &[1000])).unwrap();
+        helper.permits(&ids(1000, 1000, &[1000, 50])).unwrap();
+        assert_eq!(
+            helper.permits(&ids(0, 0, &[0])).unwrap_err(),
+            "this pod's helper runs as uid 1000 and cannot start processes as uid 0"
+        );
+        assert_eq!(
+            helper.permits(&ids(1000, 0, &[0])).unwrap_err(),
+            "this pod's helper runs as gid 1000 and cannot start processes as gid 0"
+        );
+        let err = helper.permits(&ids(1000, 1000, &[1000, 44])).unwrap_err();
+        assert_eq!(
+            err,
+            "this pod's helper runs with groups 1000,50 and cannot start processes in group 44"
+        );
+    }
+
+    /// Set in the environment of this test binary run again as another user.
+    const PROBE: &str = "LABSSH_INIT_AUTHORITY_PROBE";
+
+    /// Prints the authority when run as the probe; passes otherwise.
+    #[test]
+    fn authority_probe() {
+        if std::env::var_os(PROBE).is_some() {
+            println!("authority={:?}", Authority::current());
+        }
+    }
+
+    #[test]
+    fn the_own_authority_is_read_from_the_process() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            // Only root can start the probe as someone else.
+            let own = Authority::current();
+            assert!(matches!(own, Authority::Only(ref c) if c.groups[0] == c.gid));
+            return;
+        }
+        assert_eq!(Authority::current(), Authority::Root);
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "creds::tests::authority_probe", "--nocapture"])
+            .env(PROBE, "1")
+            .uid(4242)
+            .gid(4343)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let expected = Authority::Only(ids(4242, 4343, &[4343]));
+        assert!(text.contains(&format!("authority={expected:?}")), "{text}");
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! pipes), so starting a shell costs a fork and an exec instead of a `docker exec`, and
 //! opens TCP connections, resolves names and listens inside the container for port
 //! forwarding. Only peers outside the container's PID namespace (the agent) are
-//! served. See `labssh_helper_proto::wire` for the protocol.
+//! served. See `labssh_helper_proto::wire` for the protocol. In a Kubernetes pod's
+//! init container, `--install DIR` copies it and labssh-sftp into the pod instead.
 
 mod args;
 mod buffer;
 mod child;
 mod connect;
 mod creds;
+mod install;
 mod listen;
 mod server;
 mod session;
@@ -27,6 +29,13 @@ fn main() {
             println!("{text}");
             return;
         }
+        Ok(args::Parsed::Install(dir)) => match install::run(&dir) {
+            Ok(()) => return,
+            Err(message) => {
+                eprintln!("labssh-init: {message}");
+                std::process::exit(1);
+            }
+        },
         Err(message) => {
             eprintln!("labssh-init: {message}\n{}", args::USAGE);
             std::process::exit(2);

@@ -6,13 +6,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::args::Options;
 use crate::child::{self, Plan, Stdio};
 use crate::connect;
-use crate::creds::Creds;
+use crate::creds::{Authority, Creds};
 use crate::session::{Session, Source};
 use crate::signals::{self, Signals};
 use crate::sys;
@@ -64,6 +64,8 @@ struct Stopping {
 struct Server {
     /// Command-line options.
     opts: Options,
+    /// Who children may be started as.
+    authority: Authority,
     /// The helper's environment at start: the container's; base of every child's.
     base_env: Vec<Vec<u8>>,
     /// Signals as a descriptor.
@@ -100,6 +102,20 @@ pub fn run(opts: Options) -> i32 {
 
 fn start(opts: Options) -> Result<Server, String> {
     let signals = Signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let authority = Authority::current();
+    if authority.is_root() {
+        // Before the command runs: nothing in the container may put anything beside
+        // the socket (a pod's emptyDir is made world-writable).
+        if let Some(dir) = opts.socket.parent() {
+            secure_dir(dir);
+        }
+    } else {
+        // Every process of the pod runs as this same user: none may attach to the
+        // helper or read its memory (the agent, with CAP_SYS_PTRACE, still reaches
+        // /proc/PID/root). Children are dumpable again after their exec.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     // What the helper holds only for itself leaves the bounding set before anything
     // else runs, so no process in the container can ever regain it; the helper keeps
     // it in its own effective set.
@@ -121,6 +137,7 @@ fn start(opts: Options) -> Result<Server, String> {
         .collect();
     let mut server = Server {
         opts,
+        authority,
         base_env,
         signals,
         listener: None,
@@ -141,6 +158,44 @@ fn start(opts: Options) -> Result<Server, String> {
     Ok(server)
 }
 
+/// Whether the socket's directory must be made root's alone: someone else owns it or
+/// may write to it.
+fn needs_securing(mode: u32, owner: u32) -> bool {
+    owner != 0 || mode & 0o022 != 0
+}
+
+/// Makes `dir` root's, mode 0700, unless it already is; failures are logged (the agent
+/// trusts nothing in it either way: see `backend-agent/src/backend/helper.rs`).
+fn secure_dir(dir: &Path) {
+    let c_dir = sys::cstring(&dir.to_string_lossy());
+    // SAFETY: open, fstat, fchown and fchmod on a descriptor this function owns; stat
+    // is plain data filled by fstat.
+    let result = unsafe {
+        let fd = libc::open(
+            c_dir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if fd == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            let fd = sys::owned(fd);
+            let mut st: libc::stat = std::mem::zeroed();
+            sys::cvt(libc::fstat(fd.as_raw_fd(), &mut st))
+                .and_then(|_| {
+                    if !needs_securing(st.st_mode & 0o7777, st.st_uid) {
+                        return Ok(0);
+                    }
+                    sys::cvt(libc::fchown(fd.as_raw_fd(), 0, 0))?;
+                    sys::cvt(libc::fchmod(fd.as_raw_fd(), 0o700))
+                })
+                .map(|_| ())
+        }
+    };
+    if let Err(e) = result {
+        crate::log!("cannot make {} private: {e}", dir.display());
+    }
+}
+
 /// Binds the socket, replacing one left by an earlier run of the container.
 fn listen(path: &PathBuf) -> Result<UnixListener, String> {
     let _ = std::fs::remove_file(path);
@@ -159,7 +214,18 @@ fn listen(path: &PathBuf) -> Result<UnixListener, String> {
 
 impl Server {
     fn start_main(&mut self) -> Result<(), String> {
-        let creds = Creds::for_image_user(&self.opts.user)?;
+        let creds = if self.opts.user.is_empty() {
+            self.authority.default_creds()
+        } else {
+            Creds::for_image_user(&self.opts.user)?
+        };
+        self.authority.permits(&creds).map_err(|e| {
+            format!(
+                "cannot run {} as {:?}: {e}",
+                self.opts.command[0].to_string_lossy(),
+                self.opts.user
+            )
+        })?;
         let argv: Vec<Vec<u8>> = self
             .opts
             .command
@@ -273,5 +339,42 @@ impl Server {
             }
         }
         (self.sessions.is_empty() || now >= stopping.last).then_some(self.exit_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn only_a_directory_of_roots_alone_is_left_as_it_is() {
+        assert!(!needs_securing(0o700, 0));
+        assert!(!needs_securing(0o755, 0));
+        assert!(
+            needs_securing(0o777, 0),
+            "an emptyDir as the kubelet makes it"
+        );
+        assert!(needs_securing(0o1777, 0));
+        assert!(needs_securing(0o2775, 0), "group-writable (fsGroup)");
+        assert!(needs_securing(0o700, 1000), "a student's");
+    }
+
+    #[test]
+    fn a_world_writable_directory_becomes_roots_alone() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can take a directory over (the helper does so as root)
+        }
+        let dir = std::env::temp_dir().join(format!("labssh-init-secure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).unwrap();
+        secure_dir(&dir);
+        let meta = std::fs::metadata(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o700);
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
     }
 }

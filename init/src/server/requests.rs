@@ -110,6 +110,9 @@ impl Server {
         let env = overlay_env(&self.base_env, &request.env);
         let argv: Vec<Vec<u8>> = request.argv.iter().map(|a| a.as_bytes().to_vec()).collect();
         let creds = Creds::for_ids(request.uid, request.gid);
+        // A helper that is not root refuses before anything is forked, in words the
+        // student reads.
+        self.authority.permits(&creds).map_err(io::Error::other)?;
         let plan = Plan::new(
             &argv,
             &env,
