@@ -30,7 +30,7 @@ die() {
 # else the one setup-host.sh put in the venv (Debian bookworm's is 1.20, kustomize v2).
 kubectl=""
 for candidate in "$(command -v kubectl || true)" "$venv/bin/kubectl"; do
-  [ -n "$candidate" ] && [ -x "$candidate" ] || continue
+  if [ -z "$candidate" ] || [ ! -x "$candidate" ]; then continue; fi
   if "$candidate" version --client 2>/dev/null | grep -Eq '^Kustomize Version: v[5-9]'; then
     kubectl="$candidate"
     break
