@@ -9,7 +9,8 @@ use crate::creds;
 const DEFAULT_SOCKET: &str = "/.labssh/run/helper.sock";
 
 pub const USAGE: &str = "\
-usage: labssh-init [--socket PATH] [--user USER[:GROUP]] [--drop-caps N,N,...] [--] [COMMAND [ARG]...]
+usage: labssh-init [--socket PATH] [--user USER[:GROUP]] [--drop-caps N,N,...]
+                   [--account NAME:UID:GID:HOME:SHELL] [--] [COMMAND [ARG]...]
        labssh-init --install DIR
 
 PID 1 of a labssh container: reaps orphans, forwards signals to COMMAND (the image's
@@ -19,6 +20,8 @@ the agent on a unix socket (only peers outside the container's PID namespace).
   --socket PATH      socket to listen on (default /.labssh/run/helper.sock)
   --user SPEC        run COMMAND as this user, as the image's USER would
   --drop-caps LIST   capability numbers every child loses (the helper's own)
+  --account ENTRY    add this user (and a group of its gid) to /etc/passwd and
+                     /etc/group unless the image has them: a pod's student
   --install DIR      copy this executable and the labssh-sftp beside it into DIR
                      (as init and sftp-server) and exit: a pod's init container";
 
@@ -31,6 +34,8 @@ pub struct Options {
     pub user: String,
     /// Capabilities the helper holds only for itself, taken from every child.
     pub drop_caps: Vec<u32>,
+    /// The student to add to /etc/passwd and /etc/group (`--account`).
+    pub account: Option<crate::account::Account>,
     /// The main command; empty means none.
     pub command: Vec<OsString>,
 }
@@ -51,6 +56,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
         socket: PathBuf::from(DEFAULT_SOCKET),
         user: String::new(),
         drop_caps: Vec::new(),
+        account: None,
         command: Vec::new(),
     };
     let mut args = args.into_iter();
@@ -78,6 +84,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
             "--socket" => opts.socket = PathBuf::from(value("--socket")?),
             "--user" => opts.user = value("--user")?,
             "--drop-caps" => opts.drop_caps = creds::parse_caps(&value("--drop-caps")?)?,
+            "--account" => {
+                opts.account = Some(crate::account::Account::parse(&value("--account")?)?)
+            }
             "--help" | "-h" => return Ok(Parsed::Print(USAGE.to_owned())),
             "--version" => {
                 return Ok(Parsed::Print(format!(
@@ -136,6 +145,17 @@ mod tests {
         assert_eq!(o.command.len(), 2);
         assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(run(&[]).unwrap().command.is_empty());
+        let o = run(&[
+            "--account",
+            "alice:1000:1000:/home/alice:/bin/sh",
+            "--",
+            "sleep",
+        ])
+        .unwrap();
+        assert_eq!(o.account.unwrap().name, "alice");
+        assert!(run(&["--account", "alice"])
+            .unwrap_err()
+            .contains("--account"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! served. See `labssh_helper_proto::wire` for the protocol. In a Kubernetes pod's
 //! init container, `--install DIR` copies it and labssh-sftp into the pod instead.
 
+mod account;
 mod args;
 mod buffer;
 mod child;

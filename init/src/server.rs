@@ -149,6 +149,9 @@ fn start(opts: Options) -> Result<Server, String> {
         refused: 0,
         _main_stdin: None,
     };
+    if let Some(account) = &server.opts.account {
+        crate::account::add(Path::new("/etc"), account);
+    }
     // The command first: if it cannot start, the helper exits without ever having
     // answered, and the agent reports the container's log instead of a dead helper.
     if !server.opts.command.is_empty() {

@@ -22,7 +22,7 @@ use super::names::{hostname, is_dns_subdomain, pod_name};
 use super::security::security;
 use super::{annotations, labels, PodPlan, CONTAINER};
 use crate::backend::docker::{INIT_PATH, LABEL_SPAWN};
-use crate::backend::{home_dir, BackendError};
+use crate::backend::{home_dir, shell, BackendError};
 
 /// The init container that fills the binaries' emptyDir.
 pub const INSTALL_CONTAINER: &str = "labssh-install";
@@ -132,6 +132,17 @@ pub fn pod(plan: &PodPlan) -> Result<Pod, BackendError> {
         }
         if let Some(drop) = &sec.drop_caps {
             command.extend(["--drop-caps".to_owned(), drop.clone()]);
+        }
+        if !env.run_as_root {
+            // No agent writes the image's passwd here: labssh-init adds the student.
+            let (uid, gid) = super::security::student_ids(env, plan.ids);
+            let entry = format!(
+                "{}:{uid}:{gid}:{}:{}",
+                plan.user,
+                home_dir(plan.user),
+                shell(env)
+            );
+            command.extend(["--account".to_owned(), entry]);
         }
         command.push("--".to_owned());
         command.extend(main);

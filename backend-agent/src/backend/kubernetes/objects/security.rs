@@ -111,7 +111,7 @@ pub fn seccomp_profile_file(env: &pb::Environment) -> Option<(String, &str)> {
 }
 
 /// The uid and gid the student's processes run as.
-fn student_ids(env: &pb::Environment, ids: Option<(u32, u32)>) -> (u32, u32) {
+pub(super) fn student_ids(env: &pb::Environment, ids: Option<(u32, u32)>) -> (u32, u32) {
     let (mut uid, mut gid) = (env.uid, env.gid);
     if let Some((i_uid, i_gid)) = ids {
         if env.uid_from_identity {

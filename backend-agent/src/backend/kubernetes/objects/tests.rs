@@ -166,7 +166,8 @@ fn baseline_pod_runs_labssh_init_from_the_init_container() {
             .claim_name,
         "lab-home-bob"
     );
-    // labssh-init as PID 1, Docker's arguments, the keepalive as its child, as the student.
+    // labssh-init as PID 1, Docker's arguments and the student's passwd entry, the
+    // keepalive as its child, as the student.
     assert_eq!(
         c.command.as_deref().unwrap(),
         [
@@ -177,6 +178,8 @@ fn baseline_pod_runs_labssh_init_from_the_init_container() {
             "1000:1000",
             "--drop-caps",
             "5,6,7,8",
+            "--account",
+            "bob:1000:1000:/home/bob:/bin/sh",
             "--",
             "/bin/sleep",
             "infinity"
