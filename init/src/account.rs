@@ -76,10 +76,13 @@ impl Account {
     }
 }
 
+/// The line a file lacks for an account, if it lacks one.
+type LineFor = fn(&Account, &str) -> Option<String>;
+
 /// Adds `account` to `etc`/passwd and `etc`/group where they lack it; failures are
 /// logged.
 pub fn add(etc: &Path, account: &Account) {
-    let files: [(&str, fn(&Account, &str) -> Option<String>); 2] = [
+    let files: [(&str, LineFor); 2] = [
         ("passwd", Account::passwd_line),
         ("group", Account::group_line),
     ];

@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 /// The response body: whole, or a watch's stream.
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// Where a watch's events go.
+type WatchSender = mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, Infallible>>;
+
 /// One request as the fake saw it: `POST pods`, `DELETE pods/NAME`, ...
 pub type Seen = String;
 
@@ -31,10 +34,7 @@ struct State {
     /// The last resource version handed out.
     version: u64,
     /// Open pod watches and their label selectors.
-    watches: Vec<(
-        Vec<(String, String)>,
-        mpsc::UnboundedSender<Result<http_body::Frame<Bytes>, Infallible>>,
-    )>,
+    watches: Vec<(Vec<(String, String)>, WatchSender)>,
     /// Every request but watches, in order.
     seen: Vec<Seen>,
     /// Refusals asked for: (method, resource) → (code, message).
@@ -79,6 +79,18 @@ impl Fake {
         let state = self.lock();
         let pod = state.objects.get("pods")?.get(name)?;
         serde_json::from_value(pod.clone()).ok()
+    }
+
+    /// Every pod, by name.
+    pub fn pods(&self) -> Vec<Pod> {
+        let state = self.lock();
+        state
+            .objects
+            .get("pods")
+            .into_iter()
+            .flat_map(|p| p.values())
+            .filter_map(|p| serde_json::from_value(p.clone()).ok())
+            .collect()
     }
 
     /// Whether there is a `resource` named `name`.

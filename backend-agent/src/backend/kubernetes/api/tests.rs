@@ -43,9 +43,12 @@ fn env(name: &str) -> pb::Environment {
     }
 }
 
+/// One `pods/exec`: namespace, pod, container, command.
+type ExecCall = (String, String, String, Vec<String>);
+
 /// What the fake `pods/exec` was asked.
 #[derive(Default)]
-struct Execs(StdMutex<Vec<(String, String, String, Vec<String>)>>);
+struct Execs(StdMutex<Vec<ExecCall>>);
 
 /// A process that prints "exec" and exits 3.
 struct Done;

@@ -19,16 +19,16 @@ use labssh_agent::backend::{ExitStatus, Output, Process, PtySpec, RunAs, SpawnSp
 use rand::Rng;
 
 /// The image the student's container runs.
-const IMAGE: &str = "labssh/busybox:latest";
+pub(crate) const IMAGE: &str = "labssh/busybox:latest";
 /// Bound on any one step, so a broken test fails instead of hanging.
-const STEP: Duration = Duration::from_secs(30);
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 /// The student's ids.
 const STUDENT: (u32, u32) = (1000, 1000);
 /// The helper's capabilities at `baseline`, as numbers (Docker's `HELPER_CAPS`).
 const HELPER_CAP_NUMBERS: &str = "5,6,7,8";
 
 /// labssh-init and labssh-sftp as backend-agent/build.rs built them.
-fn binaries() -> (&'static str, &'static str) {
+pub(crate) fn binaries() -> (&'static str, &'static str) {
     match (
         option_env!("LABSSH_INIT_BUILT"),
         option_env!("LABSSH_SFTP_BUILT"),
@@ -41,7 +41,7 @@ fn binaries() -> (&'static str, &'static str) {
 }
 
 /// Runs the docker CLI: (exit code, stdout, stderr).
-fn docker(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn docker(args: &[&str]) -> (i32, String, String) {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -54,7 +54,7 @@ fn docker(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Runs the docker CLI, which must succeed; returns stdout trimmed.
-fn docker_ok(args: &[&str]) -> String {
+pub(crate) fn docker_ok(args: &[&str]) -> String {
     let (code, out, err) = docker(args);
     assert_eq!(code, 0, "docker {}: {err}", args.join(" "));
     out.trim().to_owned()
