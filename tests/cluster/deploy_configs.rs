@@ -65,3 +65,68 @@ fn example_configs_load() {
     assert!(proxy.tls.enabled(), "mTLS on in the proxy example");
     assert!(proxy.controller.starts_with("https://"));
 }
+
+/// `deploy/kubernetes/{relative}` as the pod reads it: each `/etc/labssh/tls` Secret
+/// laid out in its own directory as `make-secrets.sh` does (`ca.pem` beside
+/// `cert.pem`/`key.pem`, or the agents' `agent-NODE.pem`), the DaemonSet's
+/// placeholders filled in as its init container does.
+fn kubernetes_config(relative: &str, role: Role, holder: &str, tls: &Path) -> PathBuf {
+    let issued = labssh::certs::issue(tls, role, holder, &[]).unwrap();
+    let files = labssh::certs::files(tls, role, holder);
+    if role != Role::Agent {
+        std::fs::copy(&files.cert, tls.join("cert.pem")).unwrap();
+        std::fs::copy(&files.key, tls.join("key.pem")).unwrap();
+    }
+    drop(issued);
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes")
+        .join(relative);
+    let text = std::fs::read_to_string(source)
+        .unwrap()
+        .replace("/etc/labssh/tls", tls.to_str().unwrap())
+        .replace("@NODE_NAME@", "node-7")
+        .replace("@POD_IP@", "10.244.3.9")
+        .replace("@IMAGE@", "registry.example.edu/labssh:1.4");
+    let path = tls.join(relative.replace('/', "-"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn kubernetes_configs_load() {
+    let tls = |name: &str, dir: &Path| {
+        let path = dir.join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let controller = kubernetes_config(
+        "base/config/controller.toml",
+        Role::Controller,
+        "labssh",
+        &tls("controller", dir.path()),
+    );
+    let controller = labssh_controller::Config::load(controller).unwrap();
+    assert!(controller.tls.enabled());
+    let agent = kubernetes_config(
+        "base/config/agent.toml",
+        Role::Agent,
+        "node-7",
+        &tls("agent", dir.path()),
+    );
+    let agent = labssh_agent::Config::load(agent).unwrap();
+    assert_eq!(agent.backend, labssh_agent::config::BackendKind::Kubernetes);
+    assert_eq!(agent.name, "node-7");
+    assert_eq!(agent.kubernetes.init_image, "registry.example.edu/labssh:1.4");
+    assert_eq!(agent.kubernetes.seccomp_dir, "/var/lib/kubelet/seccomp");
+    assert!(agent.tls.enabled() && agent.advertise.contains("10.244.3.9"));
+    for (name, relative) in [
+        ("proxy", "base/config/proxy.toml"),
+        ("proxy-production", "overlays/production/proxy.toml"),
+    ] {
+        let proxy = kubernetes_config(relative, Role::Proxy, "labssh", &tls(name, dir.path()));
+        let proxy = labssh_proxy::Config::load(&proxy).unwrap();
+        assert!(proxy.tls.enabled(), "{relative}");
+        assert!(proxy.controller.starts_with("https://"), "{relative}");
+    }
+}
