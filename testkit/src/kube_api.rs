@@ -37,6 +37,9 @@ struct State {
     watches: Vec<(Vec<(String, String)>, WatchSender)>,
     /// Every request but watches, in order.
     seen: Vec<Seen>,
+    /// Watches from an older resource version than this are answered 410 Gone, as
+    /// when the API server's history was compacted: the client must list again.
+    oldest: u64,
     /// Refusals asked for: (method, resource) → (code, message).
     refuse: HashMap<(String, String), (u16, String)>,
 }
@@ -128,13 +131,34 @@ impl Fake {
 
     /// Sets the pod `name`'s status, as the kubelet would, and tells the watches.
     pub fn set_status(&self, name: &str, status: PodStatus) {
+        self.change_status(name, status, true);
+    }
+
+    /// Sets the pod `name`'s status while no watch hears of it (a watch that
+    /// dropped): only a new list shows it.
+    pub fn set_status_unwatched(&self, name: &str, status: PodStatus) {
+        self.change_status(name, status, false);
+    }
+
+    /// Ends every open watch and forgets the history before now, so the client's
+    /// next watch is told 410 Gone and must list again.
+    pub fn drop_watches(&self) {
+        let mut state = self.lock();
+        state.watches.clear();
+        state.oldest = state.version;
+    }
+
+    /// Sets a pod's status, telling the watches if `tell`.
+    fn change_status(&self, name: &str, status: PodStatus, tell: bool) {
         let mut state = self.lock();
         let Some(mut pod) = state.objects.get("pods").and_then(|p| p.get(name)).cloned() else {
             return;
         };
         pod["status"] = serde_json::to_value(status).expect("a status serializes");
         stamp(&mut state, &mut pod);
-        broadcast(&mut state, "MODIFIED", &pod);
+        if tell {
+            broadcast(&mut state, "MODIFIED", &pod);
+        }
         state
             .objects
             .entry("pods".into())
@@ -181,7 +205,16 @@ impl Fake {
         match (method, name) {
             (Method::GET, None) if watching => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                state.watches.push((selector, tx));
+                let from: u64 = query
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if from < state.oldest {
+                    let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("too old resource version: {from} ({})", state.oldest), "reason": "Expired", "code": 410}});
+                    let _ = tx.send(Ok(http_body::Frame::data(Bytes::from(format!("{gone}\n")))));
+                } else {
+                    state.watches.push((selector, tx));
+                }
                 let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
                 Response::new(StreamBody::new(stream).boxed_unsync())
             }

@@ -117,7 +117,10 @@ fn kubernetes_configs_load() {
     let agent = labssh_agent::Config::load(agent).unwrap();
     assert_eq!(agent.backend, labssh_agent::config::BackendKind::Kubernetes);
     assert_eq!(agent.name, "node-7");
-    assert_eq!(agent.kubernetes.init_image, "registry.example.edu/labssh:1.4");
+    assert_eq!(
+        agent.kubernetes.init_image,
+        "registry.example.edu/labssh:1.4"
+    );
     assert_eq!(agent.kubernetes.seccomp_dir, "/var/lib/kubelet/seccomp");
     assert!(agent.tls.enabled() && agent.advertise.contains("10.244.3.9"));
     for (name, relative) in [

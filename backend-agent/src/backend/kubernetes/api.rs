@@ -44,6 +44,8 @@ const FIELD_MANAGER: &str = "labssh-agent";
 const FIRST_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a deleted pod may take to go (its grace period is 5 s).
 const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pod the API server says exists may take to show in the watch.
+const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 /// Names of an allow-list are resolved for at most this long each.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -269,9 +271,24 @@ impl KubeBackend {
         match self.pods.create(&PostParams::default(), &pod).await {
             Ok(_) => tracing::info!(pod = %name, node = %self.node, "created a pod"),
             Err(e) if code(&e) == Some(409) => {
-                return Err(BackendError::CreateFailed(format!(
-                    "pod {name} appeared meanwhile; try again"
-                )))
+                // There already, though the watch had not shown it: used if it is
+                // this student's, once the watch has it.
+                let seen = self
+                    .wait_for(name, Instant::now() + APPEAR_TIMEOUT, |pod| {
+                        pod.map(|p| objects::info_of(p).map(|i| (i.user, i.environment)))
+                    })
+                    .await;
+                match seen {
+                    Some(Some((u, e))) if u == user && e == env.name => {
+                        tracing::info!(pod = %name, "the pod was there already; using it");
+                    }
+                    Some(_) => return Err(BackendError::NameTaken(name.to_owned())),
+                    None => {
+                        return Err(BackendError::CreateFailed(format!(
+                            "pod {name} exists but this agent's watch does not show it; try again"
+                        )))
+                    }
+                }
             }
             Err(e) => return Err(create_error("the pod", &e)),
         }
@@ -469,6 +486,14 @@ impl Backend for KubeBackend {
             }
             let info = info.expect("checked above");
             let renewal = options.renew.then(|| Self::renewal(&pod, env)).flatten();
+            if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Unknown") {
+                // Its node does not answer: a new pod would not start either.
+                let why = match events::progress(&pod) {
+                    Progress::Failed(why) => why,
+                    _ => format!("the node of pod {name} is not ready"),
+                };
+                return Err(BackendError::StartFailed(why));
+            }
             if pod.metadata.deletion_timestamp.is_some() {
                 self.delete_pod(&name).await?;
                 step = EnsureStep::Starting;

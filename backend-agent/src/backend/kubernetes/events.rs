@@ -5,7 +5,9 @@
 //!
 //! With `nodeName` set the scheduler is bypassed, so a node that cannot take a pod
 //! (`OutOfcpu`, `OutOfmemory`, `OutOfnvidia.com/gpu`, `NodeAffinity`) fails it at
-//! admission: phase `Failed` with that reason.
+//! admission: phase `Failed` with that reason. A node whose kubelet stopped
+//! answering leaves its pods `Unknown`. A quota exceeded is the API server's refusal
+//! of the create (`api.rs`).
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
@@ -59,6 +61,16 @@ pub fn progress(pod: &Pod) -> Progress {
         Some("Succeeded") => {
             return Progress::Failed("the pod's command exited".to_owned());
         }
+        Some("Unknown") => {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .unwrap_or("?");
+            return Progress::Failed(format!(
+                "node {node} is not ready (its kubelet does not answer); try again later or ask your operator"
+            ));
+        }
         _ => {}
     }
     for init in status.init_container_statuses.iter().flatten() {
@@ -88,9 +100,11 @@ pub fn progress(pod: &Pod) -> Progress {
             && c.status == "False"
             && c.reason.as_deref() == Some("Unschedulable")
     });
+    // Pinned by nodeName, a pod the scheduler still holds (a scheduling gate, a
+    // node that will not take it) does not get over it by itself.
     if let Some(c) = unschedulable {
-        return Progress::Waiting(format!(
-            "waiting for room: {}",
+        return Progress::Failed(format!(
+            "the cluster cannot place your pod now ({}); try again later or ask your operator",
             c.message.as_deref().unwrap_or("unschedulable")
         ));
     }
@@ -251,7 +265,15 @@ mod tests {
     }
 
     #[test]
-    fn unschedulable_waits_with_the_reason() {
+    fn a_node_not_ready_is_said() {
+        let Progress::Failed(why) = progress(&pod("Unknown", None)) else {
+            panic!("not failed")
+        };
+        assert!(why.contains("node-1 is not ready"), "{why}");
+    }
+
+    #[test]
+    fn unschedulable_fails_with_the_reason() {
         let mut p = pod("Pending", None);
         p.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
             type_: "PodScheduled".to_owned(),
@@ -260,7 +282,7 @@ mod tests {
             message: Some("0/3 nodes are available".to_owned()),
             ..Default::default()
         }]);
-        assert!(matches!(progress(&p), Progress::Waiting(w) if w.contains("0/3 nodes")));
+        assert!(matches!(progress(&p), Progress::Failed(w) if w.contains("0/3 nodes")));
     }
 
     #[test]

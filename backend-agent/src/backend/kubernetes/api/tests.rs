@@ -581,3 +581,131 @@ async fn an_environments_own_seccomp_profile_is_on_the_node_before_its_pod() {
     let path = dir.path().join(named.localhost_profile.unwrap());
     assert_eq!(std::fs::read_to_string(path).unwrap(), profile);
 }
+
+/// Waits until the inventory shows `user`'s pod in `state`.
+async fn inventory_shows(backend: &KubeBackend, user: &str, state: ContainerState) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let changed = backend.inventory_changed();
+            let inventory = backend.inventory().await.unwrap();
+            if inventory.iter().any(|c| c.user == user && c.state == state) {
+                return;
+            }
+            // A watch event, or a relist after the watch broke.
+            let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+        }
+    })
+    .await
+    .expect("the inventory caught up");
+}
+
+fn pod_of(user: &str, env: &pb::Environment) -> Pod {
+    let settings = settings_hash(env);
+    let kube = config("").kubernetes;
+    let keepalive = vec!["sleep".to_owned()];
+    objects::pod(&PodPlan {
+        agent: "node-a",
+        prefix: "lab",
+        node: "node-a",
+        config: &kube,
+        user,
+        env,
+        ids: None,
+        settings: &settings,
+        keepalive_cmd: &keepalive,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_that_broke_is_resumed_by_listing_again() {
+    let (backend, fake, _) = backend("");
+    let name = "lab-nora.default";
+    let kubelet = kubelet(&fake, name, running("c11"));
+    ensure(&backend, "nora", &env("default")).await.unwrap();
+    kubelet.await.unwrap();
+    inventory_shows(&backend, "nora", ContainerState::Running).await;
+    // The pod fails while no watch hears of it, and the history before is gone: the
+    // reflector's next watch is told 410 Gone, lists again and finds it.
+    let failed = PodStatus {
+        phase: Some("Failed".into()),
+        reason: Some("Evicted".into()),
+        ..Default::default()
+    };
+    fake.set_status_unwatched(name, failed);
+    fake.drop_watches();
+    inventory_shows(&backend, "nora", ContainerState::Stopped).await;
+    let lists = fake.seen().iter().filter(|s| *s == "GET pods").count();
+    assert!(lists >= 2, "listed again: {:?}", fake.seen());
+}
+
+#[tokio::test]
+async fn a_pod_there_already_is_used_once_the_watch_shows_it() {
+    let (backend, fake, _) = backend("");
+    let name = "lab-olga.default";
+    // The API server has the pod; the watch has not shown it yet.
+    fake.refuse(
+        "POST",
+        "pods",
+        409,
+        "pods \"lab-olga.default\" already exists",
+    );
+    let late = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            while !fake.seen().iter().any(|s| s == "POST pods") {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            fake.insert_pod(pod_of("olga", &env("default")));
+            fake.set_status(name, running("c12"));
+        })
+    };
+    let made = ensure(&backend, "olga", &env("default")).await.unwrap();
+    late.await.unwrap();
+    assert_eq!(made.name, name);
+
+    // Someone else's by that name: not used.
+    fake.refuse(
+        "POST",
+        "pods",
+        409,
+        "pods \"lab-pia.default\" already exists",
+    );
+    let theirs = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            while fake.seen().iter().filter(|s| *s == "POST pods").count() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut pod = pod_of("pia", &env("default"));
+            let annotations = pod.metadata.annotations.as_mut().unwrap();
+            annotations.insert(LABEL_USER.to_owned(), "mallory".to_owned());
+            fake.insert_pod(pod);
+        })
+    };
+    let err = ensure(&backend, "pia", &env("default")).await.unwrap_err();
+    theirs.await.unwrap();
+    assert!(matches!(err, BackendError::NameTaken(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_node_not_ready_is_told_and_its_pod_left_alone() {
+    let (backend, fake, _) = backend("");
+    let name = "lab-quinn.default";
+    let kubelet = kubelet(&fake, name, running("c13"));
+    ensure(&backend, "quinn", &env("default")).await.unwrap();
+    kubelet.await.unwrap();
+    fake.set_status(
+        name,
+        PodStatus {
+            phase: Some("Unknown".into()),
+            ..Default::default()
+        },
+    );
+    inventory_shows(&backend, "quinn", ContainerState::Stopped).await;
+    let err = ensure(&backend, "quinn", &env("default"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node-a is not ready"), "{err}");
+    assert!(!fake.seen().iter().any(|s| s.starts_with("DELETE")));
+}
