@@ -431,6 +431,14 @@ async fn restricted_pods_run_everything_as_the_student_and_refuse_root() {
         err.to_string().contains("cannot start processes as uid 0"),
         "{err}"
     );
+    // Nor as another student.
+    let mut other = as_student("carol", "id -u");
+    other.run_as = RunAs::Ids {
+        uid: 1001,
+        gid: 1001,
+    };
+    let err = backend.spawn(&pod, other).await.err().expect("refused");
+    assert!(err.to_string().contains("uid 1001"), "{err}");
 }
 
 #[tokio::test]
