@@ -99,3 +99,23 @@ pub enum BackendError {
         message: String,
     },
 }
+
+impl BackendError {
+    /// `user` and `env` as names containers, pods and volumes can carry
+    /// ([`crate::names`]), else the error naming the one that cannot.
+    pub fn check_names(user: &str, env: &str) -> Result<(), BackendError> {
+        if !crate::names::is_valid_user(user) {
+            return Err(BackendError::InvalidName {
+                what: "user",
+                name: user.to_owned(),
+            });
+        }
+        if !crate::names::is_valid_env(env) {
+            return Err(BackendError::InvalidName {
+                what: "environment",
+                name: env.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -16,7 +16,6 @@ use super::routes::{Owner, Route, SpawnPath};
 use super::timing::timed;
 use super::{helper_container, DockerBackend};
 use crate::backend::{BackendError, EnsureOptions, EnsureStep, Ensured};
-use crate::names;
 
 mod create;
 
@@ -31,18 +30,7 @@ impl DockerBackend {
         env: &pb::Environment,
         options: &EnsureOptions,
     ) -> Result<Ensured, BackendError> {
-        if !names::is_valid_user(user) {
-            return Err(BackendError::InvalidName {
-                what: "user",
-                name: user.to_owned(),
-            });
-        }
-        if !names::is_valid_env(&env.name) {
-            return Err(BackendError::InvalidName {
-                what: "environment",
-                name: env.name.clone(),
-            });
-        }
+        BackendError::check_names(user, &env.name)?;
         let name = container_name(&self.prefix, user, &env.name);
         let target = Target::of(&self.prefix, &self.agent, &egress_of(env)?);
         let _guard = timed(&name, "lock", self.locks.lock(&name)).await;

@@ -36,7 +36,6 @@ use crate::backend::{
     EnsureStep, Ensured, KeepaliveFile, KeyedLock, Process, Renewal, SpawnSpec,
 };
 use crate::config::{Config, KubernetesConfig};
-use crate::names;
 
 /// The field manager labssh's server-side applies are made as.
 const FIELD_MANAGER: &str = "labssh-agent";
@@ -359,6 +358,15 @@ impl KubeBackend {
             .then_some(Renewal::Outdated)
     }
 
+    /// The running pod `container`, for a connection to `host:port` from inside it.
+    fn running_to(&self, container: &str, host: &str, port: u16) -> Result<PodRef, BackendError> {
+        self.running(container)
+            .map_err(|message| BackendError::ConnectFailed {
+                target: format!("{host}:{port}"),
+                message,
+            })
+    }
+
     /// The running pod `container` (a pod name), for work inside it.
     fn running(&self, container: &str) -> Result<PodRef, String> {
         let pod = self
@@ -460,18 +468,7 @@ impl Backend for KubeBackend {
         env: &pb::Environment,
         options: &EnsureOptions,
     ) -> Result<Ensured, BackendError> {
-        if !names::is_valid_user(user) {
-            return Err(BackendError::InvalidName {
-                what: "user",
-                name: user.to_owned(),
-            });
-        }
-        if !names::is_valid_env(&env.name) {
-            return Err(BackendError::InvalidName {
-                what: "environment",
-                name: env.name.clone(),
-            });
-        }
+        BackendError::check_names(user, &env.name)?;
         let name = objects::pod_name(&self.prefix, user, &env.name);
         let _guard = self.locks.lock(&name).await;
         self.synced().await?;
@@ -608,12 +605,7 @@ impl Backend for KubeBackend {
         host: &str,
         port: u16,
     ) -> Result<Box<dyn Duplex>, BackendError> {
-        let pod = self
-            .running(container)
-            .map_err(|message| BackendError::ConnectFailed {
-                target: format!("{host}:{port}"),
-                message,
-            })?;
+        let pod = self.running_to(container, host, port)?;
         self.inside.connect_tcp(&pod, host, port).await
     }
 
@@ -623,12 +615,7 @@ impl Backend for KubeBackend {
         host: &str,
         port: u16,
     ) -> Result<Vec<SocketAddr>, BackendError> {
-        let pod = self
-            .running(container)
-            .map_err(|message| BackendError::ConnectFailed {
-                target: format!("{host}:{port}"),
-                message,
-            })?;
+        let pod = self.running_to(container, host, port)?;
         self.inside.resolve(&pod, host, port).await
     }
 
