@@ -522,3 +522,57 @@ async fn forwarding_turned_off_is_refused_with_a_reason() {
     );
     lab.stop().await;
 }
+
+/// `ssh -W host:port` (stdio forwarding, what ProxyJump uses): alice's stdin and
+/// stdout become one connection from her container, byte-exact; the forwarding policy
+/// holds for it as for `ssh -L`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stdio_forwarding_reaches_the_container_under_the_same_policy() {
+    let lab = Lab::start(LabOptions::default()).await;
+    let _server = background(&lab, "alice", "exec nc -ll -p 7783 -e cat");
+    lab.wait_listening("alice", "default", 7783).await;
+    let sent = pattern(300_000, 0x57d10);
+    let mut cmd = lab
+        .ssh
+        .command_with("alice", &Lab::alice(), &["-W", "localhost:7783"], &[]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writing = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            stdin.write_all(&sent).await.unwrap();
+            // EOF on stdin: an EOF on the channel, cat ends, the connection closes.
+            drop(stdin);
+        })
+    };
+    let out = tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .expect("ssh -W finished")
+        .unwrap();
+    writing.await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), sent.len(), "echoed byte count");
+    assert!(out.stdout == sent, "echoed bytes differ");
+
+    // Link-local (the cloud's metadata service) is refused, as for ssh -L, and the
+    // client says why (at LogLevel INFO; the first -o given wins).
+    let out = labssh_testkit::ssh::output(lab.ssh.command_with(
+        "alice",
+        &Lab::alice(),
+        &["-o", "LogLevel=INFO", "-W", "169.254.169.254:80"],
+        &[],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("stdio forwarding failed") && text.contains("link-local"),
+        "{text}"
+    );
+    lab.stop().await;
+}
