@@ -165,6 +165,11 @@ impl Ssh {
         run_with_timeout(cmd, Some(stdin.to_vec())).await
     }
 
+    /// The address the client connects to (the lab's proxy).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Directory for extra files a test needs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
