@@ -200,8 +200,12 @@ impl ProcessControl for ExecControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::kubernetes::CONTAINER as CONTAINER_NAME;
     use crate::backend::RunAs;
+    use futures::SinkExt;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{StatusCause, StatusDetails};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::Message;
 
     fn spec(workdir: Option<&str>) -> SpawnSpec {
         SpawnSpec {
@@ -259,5 +263,204 @@ mod tests {
         let err = exit_status(Some(&refused)).unwrap_err().to_string();
         assert!(err.contains("executable file not found"), "{err}");
         assert!(exit_status(None).is_err());
+    }
+
+    /// What the exec peer answers once the client closes stdin: the JSON Status on
+    /// the error channel, as the API server relays the kubelet's.
+    const EXIT_3: &str = r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
+
+    /// One `pods/exec` on loopback, as the API server speaks it (`v5.channel.k8s.io`):
+    /// stdin (channel 0) echoed on stdout (1) and, upper-cased, on stderr (2); the
+    /// close of stdin (255, 0) answered with `status` on the error channel (3). Returns
+    /// the server's address and, once done, the request's path and query and the
+    /// terminal sizes sent on the resize channel (4).
+    async fn exec_peer(
+        status: &'static str,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<(String, Vec<String>)>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut uri = String::new();
+            let mut ws =
+                tokio_tungstenite::accept_hdr_async(stream, |req: &Request, mut resp: Response| {
+                    uri = req.uri().to_string();
+                    resp.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        "v5.channel.k8s.io".parse().unwrap(),
+                    );
+                    Ok(resp)
+                })
+                .await
+                .unwrap();
+            let mut sizes = Vec::new();
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Binary(frame) = message else {
+                    continue;
+                };
+                match frame.first() {
+                    Some(0) => {
+                        let mut out = vec![1u8];
+                        out.extend_from_slice(&frame[1..]);
+                        ws.send(Message::Binary(out.into())).await.unwrap();
+                        let mut err = vec![2u8];
+                        err.extend(frame[1..].to_ascii_uppercase());
+                        ws.send(Message::Binary(err.into())).await.unwrap();
+                    }
+                    Some(4) => {
+                        // Told back on stdout too, so the client can wait for it.
+                        let size = String::from_utf8_lossy(&frame[1..]).into_owned();
+                        let mut out = vec![1u8];
+                        out.extend_from_slice(format!("size {size}\n").as_bytes());
+                        ws.send(Message::Binary(out.into())).await.unwrap();
+                        sizes.push(size);
+                    }
+                    Some(255) => {
+                        let mut out = vec![3u8];
+                        out.extend_from_slice(status.as_bytes());
+                        ws.send(Message::Binary(out.into())).await.unwrap();
+                        let _ = ws.close(None).await;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (uri, sizes)
+        });
+        (addr, task)
+    }
+
+    /// Everything a process printed, until its output ends.
+    async fn drain(process: &mut Process) -> (Vec<u8>, Vec<u8>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let ends = async {
+            while let Some(chunk) = process.output.next().await {
+                match chunk {
+                    Output::Stdout(b) => out.extend_from_slice(&b),
+                    Output::Stderr(b) => err.extend_from_slice(&b),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), ends)
+            .await
+            .expect("the output ended");
+        (out, err)
+    }
+
+    #[tokio::test]
+    async fn a_process_through_the_exec_websocket_gets_stdin_output_and_its_exit_code() {
+        let (addr, peer) = exec_peer(EXIT_3).await;
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let exec = KubeExec { client };
+        let mut process = exec
+            .exec(
+                "students",
+                "lab-alice.plain",
+                CONTAINER_NAME,
+                spec(Some("/home/alice")),
+            )
+            .await
+            .expect("exec started");
+        assert_eq!(process.path, SpawnPath::Exec);
+        process.stdin.write_all(b"hello\n").await.unwrap();
+        // EOF: the v5 close of stdin, after which the peer reports the exit.
+        process.stdin.shutdown().await.unwrap();
+        let (out, err) = drain(&mut process).await;
+        assert_eq!(out, b"hello\n");
+        assert_eq!(err, b"HELLO\n");
+        assert_eq!(process.control.wait().await, Ok(ExitStatus::Code(3)));
+        // Waiting again gives the same.
+        assert_eq!(process.control.wait().await, Ok(ExitStatus::Code(3)));
+        let err = process.control.signal("INT").await.unwrap_err();
+        assert!(err.to_string().contains("pods/exec"), "{err}");
+        let (uri, _) = peer.await.unwrap();
+        assert!(
+            uri.starts_with("/api/v1/namespaces/students/pods/lab-alice.plain/exec?"),
+            "{uri}"
+        );
+        for part in [
+            "container=student",
+            "stdin=true",
+            "stdout=true",
+            "stderr=true",
+            "command=env",
+            "command=-i",
+            "command=%2Fhome%2Falice",
+            "command=ls",
+        ] {
+            assert!(uri.contains(part), "{part} not in {uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_api_server_that_is_not_there_is_a_spawn_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let exec = KubeExec {
+            client: kube::Client::try_from(config).unwrap(),
+        };
+        let err = exec
+            .exec("students", "lab-alice.plain", CONTAINER_NAME, spec(None))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, BackendError::SpawnFailed(_)), "{err:?}");
+        assert!(err.to_string().contains("lab-alice.plain"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_terminal_through_exec_gets_its_size_and_resizes() {
+        let (addr, peer) = exec_peer(r#"{"metadata":{},"status":"Success"}"#).await;
+        let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let exec = KubeExec {
+            client: kube::Client::try_from(config).unwrap(),
+        };
+        let mut with_pty = spec(None);
+        with_pty.pty = Some(crate::backend::PtySpec {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+        });
+        let mut process = exec
+            .exec("students", "lab-alice.plain", CONTAINER_NAME, with_pty)
+            .await
+            .expect("exec started");
+        process.control.resize(120, 40).await.unwrap();
+        // Both sizes reached the peer (it says so on stdout) before stdin closes.
+        let mut seen = Vec::new();
+        while seen.iter().filter(|&&b| b == b'\n').count() < 2 {
+            let chunk =
+                tokio::time::timeout(std::time::Duration::from_secs(20), process.output.next())
+                    .await
+                    .expect("output")
+                    .expect("not ended");
+            let Output::Stdout(bytes) = chunk else {
+                panic!("with a terminal everything is stdout")
+            };
+            seen.extend_from_slice(&bytes);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&seen),
+            "size {\"Width\":80,\"Height\":24}\nsize {\"Width\":120,\"Height\":40}\n"
+        );
+        process.stdin.shutdown().await.unwrap();
+        let (rest, err) = drain(&mut process).await;
+        assert!(rest.is_empty() && err.is_empty());
+        assert_eq!(process.control.wait().await, Ok(ExitStatus::Code(0)));
+        let (uri, sizes) = peer.await.unwrap();
+        assert!(uri.contains("tty=true"), "{uri}");
+        assert_eq!(
+            sizes,
+            [
+                r#"{"Width":80,"Height":24}"#,
+                r#"{"Width":120,"Height":40}"#
+            ]
+        );
     }
 }
