@@ -274,6 +274,8 @@ mod tests {
     /// close of stdin (255, 0) answered with `status` on the error channel (3). Returns
     /// the server's address and, once done, the request's path and query and the
     /// terminal sizes sent on the resize channel (4).
+    // The handshake callback's error type is tungstenite's own HTTP response.
+    #[allow(clippy::result_large_err)]
     async fn exec_peer(
         status: &'static str,
     ) -> (
