@@ -50,10 +50,19 @@ if [ -n "$BASELINE" ]; then
   git archive "$rev" | tar -x -C "$WORK"
   mkdir -p "$WORK/controller/examples"
   cp controller/examples/bench-placement.rs "$WORK/controller/examples/"
-  (cd "$WORK" && CARGO_TARGET_DIR="$TARGET" cargo build --release -p labssh-controller --example bench-placement)
-  cp target/release/examples/bench-placement "$OUT/bench-baseline"
-  # Leave the current build in place for the next cargo run.
-  cargo build --release -p labssh-controller --example bench-placement
+  # A target directory of its own (cargo would take the current build's artifacts
+  # for fresh: same package names, older file times), seeded with hard links to
+  # the current one's dependencies; the extracted sources are touched so every
+  # workspace crate is built from them.
+  base_target="$TARGET/bench-placement-baseline"
+  if [ ! -d "$base_target/release" ]; then
+    mkdir -p "$base_target"
+    cp -al "$TARGET/release" "$base_target/release"
+  fi
+  find "$WORK" -type f -exec touch {} +
+  (cd "$WORK" && CARGO_TARGET_DIR="$base_target" cargo build --release -p labssh-controller --example bench-placement)
+  cp "$base_target/release/examples/bench-placement" "$OUT/bench-baseline"
+  cmp -s "$OUT/bench-baseline" "$OUT/bench-current" && die "the baseline build is the current one"
 fi
 
 {
