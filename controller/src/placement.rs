@@ -274,7 +274,8 @@ impl Placer {
     /// Records an agent's report (registration or heartbeat): its capacity, load,
     /// inventory and GPUs, whether its stream is open and whether it is draining.
     /// Pending placements its inventory now shows are done. Costs the size of its
-    /// old and new inventories, nothing per other agent.
+    /// old and new inventories (look-ups; only changed users' entries are
+    /// rewritten), nothing per other agent.
     pub fn report(
         &mut self,
         name: &str,
@@ -295,7 +296,16 @@ impl Placer {
             slot.connected = connected;
             slot.draining = draining;
         });
-        for user in old.by_user.keys() {
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        let new = &slot.inventory.by_user;
+        // Only users whose containers here changed have their holdings redone
+        // (most reports repeat the last one).
+        for (user, envs) in &old.by_user {
+            if new.get(user) == Some(envs) {
+                continue;
+            }
             if let Some(held) = self.holders.get_mut(user) {
                 held.retain(|h| h.agent != name);
                 if held.is_empty() {
@@ -304,24 +314,21 @@ impl Placer {
             }
         }
         let mut done = Vec::new();
-        if let Some(slot) = self.slots.get(name) {
-            for (user, envs) in &slot.inventory.by_user {
+        for (user, envs) in new {
+            if old.by_user.get(user) != Some(envs) {
                 let held = self.holders.entry(user.clone()).or_default();
-                for (env, state) in envs {
-                    held.push(Holding {
-                        agent: name.to_string(),
-                        environment: env.clone(),
-                        state: *state,
-                    });
-                    if self
-                        .pending
-                        .get(user)
-                        .and_then(|p| p.get(env))
-                        .is_some_and(|p| p.agent == name)
-                    {
-                        done.push((user.clone(), env.clone()));
-                    }
-                }
+                held.extend(envs.iter().map(|(env, state)| Holding {
+                    agent: name.to_string(),
+                    environment: env.clone(),
+                    state: *state,
+                }));
+            }
+            if let Some(pending) = self.pending.get(user) {
+                done.extend(
+                    envs.keys()
+                        .filter(|env| pending.get(*env).is_some_and(|p| p.agent == name))
+                        .map(|env| (user.clone(), env.clone())),
+                );
             }
         }
         for (user, env) in done {
