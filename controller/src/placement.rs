@@ -1,10 +1,12 @@
 //! Where a user's container lives, or should be created.
 //!
-//! Pure and synchronous: the caller hands in the live agents and the current
-//! time, so every rule here is unit-tested without a network or a clock.
+//! Synchronous and clock-free: the caller hands in the agents' reports, their
+//! liveness and the current time, so every rule here is unit-tested without a
+//! network or a clock.
 //!
 //! The order of preference is:
-//! 1. an agent whose inventory already holds (user, environment);
+//! 1. an agent whose inventory already holds (user, environment) (a draining
+//!    one first: it keeps serving what it holds);
 //! 2. an agent this placer recently chose for (user, environment) whose
 //!    inventory does not show the container yet (it is being created);
 //! 3. an agent holding another of the user's containers, so one user's
@@ -16,10 +18,21 @@
 //!
 //! An environment taking GPUs goes by rules 3 and 4 only to agents with enough GPUs
 //! free ([`gpus`]); an existing or pending container stays where it is.
+//!
+//! The placer keeps its own indexes, updated as agents report
+//! ([`Placer::report`]) and as it places, so a placement costs no pass over all
+//! agents or all pending placements (issue 23): user → containers' locations,
+//! each agent's load (reported containers plus pending placements) and the
+//! totals over the ring's members, pending placements by user with an expiry
+//! heap. The ring changes only when its membership or an agent's number of
+//! virtual nodes does, and can be built without holding the caller's lock
+//! ([`Placer::ring_plan`], [`Placer::install_ring`]).
 
 mod gpus;
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consistent_hash::{DefaultHash, Node, StaticHashRing};
@@ -117,17 +130,122 @@ struct Pending {
     gpus: u32,
 }
 
+/// What the placer knows of one agent, from its reports and its own placements.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// Most containers it will hold.
+    capacity: u32,
+    /// Containers it reported holding.
+    containers: u32,
+    /// Which containers those are.
+    inventory: Inventory,
+    /// Its GPUs (device ids), those held included.
+    gpus: Vec<String>,
+    /// Its stream is open (it may still be silent: liveness is the caller's).
+    connected: bool,
+    /// It takes no new containers.
+    draining: bool,
+    /// Pending placements to it.
+    pending: u32,
+    /// GPUs those pending placements will take.
+    pending_gpus: u32,
+}
+
+impl Slot {
+    /// Whether it is on the ring (and counts in the totals).
+    fn member(&self) -> bool {
+        self.connected && !self.draining && self.capacity > 0
+    }
+
+    /// Whether it may take a new container, if live.
+    fn open(&self) -> bool {
+        self.connected && !self.draining
+    }
+
+    /// Reported containers plus pending placements.
+    fn load(&self) -> u64 {
+        u64::from(self.containers) + u64::from(self.pending)
+    }
+
+    /// The view [`gpus`] works on.
+    fn view<'a>(&'a self, name: &'a str) -> AgentLoad<'a> {
+        AgentLoad {
+            name,
+            capacity: self.capacity,
+            containers: self.containers,
+            inventory: &self.inventory,
+            gpus: &self.gpus,
+        }
+    }
+}
+
+/// One container of a user somewhere: the user → location index's entries.
+#[derive(Debug, Clone)]
+struct Holding {
+    /// The agent holding it.
+    agent: String,
+    /// Its environment.
+    environment: String,
+    /// Its state there.
+    state: pb::ContainerState,
+}
+
 /// Consistent-hashing placement with bounded loads, plus the memory of recent
 /// placements it needs to stay sticky between heartbeats.
 #[derive(Debug)]
 pub struct Placer {
     /// Bounded-load ε: how far above its fair share an agent may go.
     epsilon: f64,
-    /// The ring over the agents live at the last placement; rebuilt only
-    /// when their set or capacities change.
-    ring: Option<Ring>,
-    /// (user, environment) → recent placement not yet in the inventory.
-    pending: HashMap<(String, String), Pending>,
+    /// Every agent reported, by name.
+    slots: HashMap<String, Slot>,
+    /// user → every container of theirs any agent reported.
+    holders: HashMap<String, Vec<Holding>>,
+    /// Σ load over the ring's members.
+    total_load: u64,
+    /// Σ capacity over the ring's members.
+    total_capacity: u64,
+    /// Bumped whenever the ring's members or their virtual nodes change.
+    membership: u64,
+    /// The ring over the members, and the `membership` it was built for.
+    ring: Option<Arc<Ring>>,
+    /// The `membership` value `ring` is right for.
+    ring_generation: u64,
+    /// user → environment → recent placement not yet in the inventory.
+    pending: HashMap<String, HashMap<String, Pending>>,
+    /// Number of entries in `pending`.
+    pending_count: usize,
+    /// (placed at, user, environment) of pending placements, soonest to expire
+    /// first; entries replaced or removed since are skipped when popped.
+    expiry: BinaryHeap<Reverse<(Instant, String, String)>>,
+}
+
+/// The ring's members at one `membership`, to build the ring from without
+/// holding the placer (and its caller's lock).
+#[derive(Debug)]
+pub struct RingPlan {
+    /// (name, capacity) of every member, sorted by name.
+    members: Vec<(String, u32)>,
+    /// The `membership` these members are of.
+    generation: u64,
+}
+
+/// A ring built from a [`RingPlan`], for [`Placer::install_ring`].
+#[derive(Debug)]
+pub struct BuiltRing {
+    /// The ring.
+    ring: Arc<Ring>,
+    /// The `membership` it is right for.
+    generation: u64,
+}
+
+impl RingPlan {
+    /// Builds the ring (the costly part: sorting every virtual node).
+    pub fn build(self) -> BuiltRing {
+        BuiltRing {
+            ring: Arc::new(Ring::new(self.members)),
+            generation: self.generation,
+        }
+    }
 }
 
 impl Placer {
@@ -135,18 +253,141 @@ impl Placer {
     pub fn new(epsilon: f64) -> Self {
         Self {
             epsilon,
+            slots: HashMap::new(),
+            holders: HashMap::new(),
+            total_load: 0,
+            total_capacity: 0,
+            membership: 0,
             ring: None,
+            ring_generation: 0,
             pending: HashMap::new(),
+            pending_count: 0,
+            expiry: BinaryHeap::new(),
         }
     }
 
     /// Number of placements still waiting to show up in an inventory.
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending_count
+    }
+
+    /// Records an agent's report (registration or heartbeat): its capacity, load,
+    /// inventory and GPUs, whether its stream is open and whether it is draining.
+    /// Pending placements its inventory now shows are done. Costs the size of its
+    /// old and new inventories (look-ups; only changed users' entries are
+    /// rewritten), nothing per other agent.
+    pub fn report(
+        &mut self,
+        name: &str,
+        status: &pb::AgentStatus,
+        connected: bool,
+        draining: bool,
+    ) {
+        let inventory = Inventory::from_proto(&status.inventory);
+        if !self.slots.contains_key(name) {
+            self.slots.insert(name.to_string(), Slot::default());
+        }
+        let mut old = Inventory::default();
+        self.adjust(name, |slot| {
+            old = std::mem::replace(&mut slot.inventory, inventory);
+            slot.capacity = status.capacity;
+            slot.containers = status.containers;
+            slot.gpus.clone_from(&status.gpus);
+            slot.connected = connected;
+            slot.draining = draining;
+        });
+        let Some(slot) = self.slots.get(name) else {
+            return;
+        };
+        let new = &slot.inventory.by_user;
+        // Only users whose containers here changed have their holdings redone
+        // (most reports repeat the last one).
+        for (user, envs) in &old.by_user {
+            if new.get(user) == Some(envs) {
+                continue;
+            }
+            if let Some(held) = self.holders.get_mut(user) {
+                held.retain(|h| h.agent != name);
+                if held.is_empty() {
+                    self.holders.remove(user);
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for (user, envs) in new {
+            if old.by_user.get(user) != Some(envs) {
+                let held = self.holders.entry(user.clone()).or_default();
+                held.extend(envs.iter().map(|(env, state)| Holding {
+                    agent: name.to_string(),
+                    environment: env.clone(),
+                    state: *state,
+                }));
+            }
+            if let Some(pending) = self.pending.get(user) {
+                done.extend(
+                    envs.keys()
+                        .filter(|env| pending.get(*env).is_some_and(|p| p.agent == name))
+                        .map(|env| (user.clone(), env.clone())),
+                );
+            }
+        }
+        for (user, env) in done {
+            self.remove_pending(&user, &env);
+        }
+    }
+
+    /// Marks an agent's stream closed (or open again): a closed one takes nothing
+    /// new, though its inventory still says where containers are.
+    pub fn set_connected(&mut self, name: &str, connected: bool) {
+        self.adjust(name, |slot| slot.connected = connected);
+    }
+
+    /// Marks an agent draining (or not): it keeps what it holds, takes nothing new.
+    pub fn set_draining(&mut self, name: &str, draining: bool) {
+        self.adjust(name, |slot| slot.draining = draining);
+    }
+
+    /// The agents reported holding (user, environment), in no particular order.
+    pub fn holders<'a>(
+        &'a self,
+        user: &str,
+        environment: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.holders
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(move |h| h.environment == environment)
+            .map(|h| h.agent.as_str())
+    }
+
+    /// The members to build a new ring from, when the current one is out of date.
+    /// Costs one pass over the agents, and only after a membership change.
+    pub fn ring_plan(&self) -> Option<RingPlan> {
+        if self.ring.is_some() && self.ring_generation == self.membership {
+            return None;
+        }
+        Some(RingPlan {
+            members: self.members(),
+            generation: self.membership,
+        })
+    }
+
+    /// Installs a ring built from [`Placer::ring_plan`], unless membership
+    /// changed again since (then the next placement plans once more).
+    pub fn install_ring(&mut self, built: BuiltRing) {
+        if built.generation == self.membership {
+            self.ring = Some(built.ring);
+            self.ring_generation = built.generation;
+        }
     }
 
     /// Chooses the agent for (user, environment) among the `live` agents and
     /// remembers the choice. `environment` must already be resolved and take no GPUs.
+    ///
+    /// For a caller that has its agents as a slice (and for tests): it
+    /// re-indexes them all, O(agents + pending), before placing; the registry
+    /// keeps the indexes up to date instead and calls [`Placer::place_indexed`].
     pub fn place(
         &mut self,
         live: &[AgentLoad<'_>],
@@ -166,150 +407,169 @@ impl Placer {
         gpus: &GpuDemand,
         now: Instant,
     ) -> Result<Placement, PlaceError> {
-        if live.is_empty() {
-            return Err(PlaceError::NoLiveAgents);
-        }
-        let by_name: HashMap<&str, &AgentLoad<'_>> = live.iter().map(|a| (a.name, a)).collect();
-        self.prune_pending(&by_name, now);
+        self.sync(live);
+        let names: HashSet<&str> = live.iter().map(|a| a.name).collect();
+        self.place_indexed(&|name| names.contains(name), user, environment, gpus, now)
+    }
 
-        // Rule 1: the container exists: a running copy beats a stopped one (there
-        // can be two after an agent came back from the dead).
-        if let Some(agent) = live
-            .iter()
-            .filter_map(|a| Some((a, a.inventory.state(user, environment)?)))
-            .min_by_key(|(a, state)| (*state != pb::ContainerState::Running, a.name))
-            .map(|(a, _)| a)
-        {
+    /// Chooses the agent for (user, environment) among the reported agents that
+    /// `is_live` says are live, and remembers the choice. Costs a few hash
+    /// look-ups plus the ring's candidates walked; a pass over all agents only
+    /// when no agent is found (to tell "none live" from "all full") or for a
+    /// GPU demand.
+    pub fn place_indexed(
+        &mut self,
+        is_live: &dyn Fn(&str) -> bool,
+        user: &str,
+        environment: &str,
+        gpus: &GpuDemand,
+        now: Instant,
+    ) -> Result<Placement, PlaceError> {
+        self.expire(now);
+
+        // Rule 1: the container exists. A draining agent keeps serving what it
+        // holds; otherwise a running copy beats a stopped one (there can be two
+        // after an agent came back from the dead).
+        if let Some(agent) = self.existing(is_live, user, environment) {
+            // Whatever was pending for it is there now.
+            self.remove_pending(user, environment);
             return Ok(Placement {
-                agent: agent.name.to_string(),
+                agent,
                 existing: true,
             });
         }
 
         // Rule 2: it is being created since a recent placement.
-        let key = (user.to_string(), environment.to_string());
-        if let Some(pending) = self.pending.get(&key) {
-            return Ok(Placement {
-                agent: pending.agent.clone(),
-                existing: false,
-            });
+        if let Some(p) = self.pending.get(user).and_then(|p| p.get(environment)) {
+            if self.usable(&p.agent, is_live) {
+                return Ok(Placement {
+                    agent: p.agent.clone(),
+                    existing: false,
+                });
+            }
+            // Its agent is gone or draining: place again.
+            self.remove_pending(user, environment);
         }
 
-        let fitting = self.fitting(live, gpus)?;
-        let loads = self.loads(live);
-        let chosen = self
-            .home_agent(live, &loads, &fitting, user)
-            .map(str::to_string)
-            .map_or_else(|| self.hashed(live, &loads, &fitting, user), Ok)?;
-        let taken = live
-            .iter()
-            .find(|a| a.name == chosen)
-            .map_or(0, |a| gpus.count_on(a));
-        self.pending.insert(
-            key,
-            Pending {
-                agent: chosen.clone(),
-                at: now,
-                gpus: taken,
-            },
-        );
+        let fitting = self.fitting(is_live, gpus)?;
+        let fits = |name: &str| fitting.as_ref().is_none_or(|f| f.contains(name));
+        let chosen = match self.home_agent(is_live, &fits, user) {
+            Some(home) => home,
+            None => self.hashed(is_live, &fits, user)?,
+        };
+        let taken = self
+            .slots
+            .get(&chosen)
+            .map_or(0, |s| gpus.count_on(&s.view(&chosen)));
+        self.add_pending(user, environment, &chosen, taken, now);
         Ok(Placement {
             agent: chosen,
             existing: false,
         })
     }
 
-    /// Drops pending placements that are now in an inventory, whose agent is
-    /// no longer live, or that are too old to still be coming.
-    fn prune_pending(&mut self, live: &HashMap<&str, &AgentLoad<'_>>, now: Instant) {
-        self.pending.retain(|(user, env), p| {
-            live.get(p.agent.as_str())
-                .is_some_and(|a| a.inventory.state(user, env).is_none())
-                && now.saturating_duration_since(p.at) < PENDING_TTL
-        });
+    /// Rule 1's agent, if any live one holds (user, environment).
+    fn existing(&self, is_live: &dyn Fn(&str) -> bool, user: &str, env: &str) -> Option<String> {
+        let held = self.holders.get(user)?;
+        let live = || {
+            held.iter()
+                .filter(|h| h.environment == env && is_live(&h.agent))
+                .filter_map(|h| Some((h, self.slots.get(&h.agent)?)))
+        };
+        let draining = live()
+            .filter(|(_, s)| s.draining && s.connected)
+            .map(|(h, _)| h.agent.as_str())
+            .min();
+        draining
+            .or_else(|| {
+                live()
+                    .filter(|(_, s)| s.open())
+                    .min_by_key(|(h, _)| (h.state != pb::ContainerState::Running, &h.agent))
+                    .map(|(h, _)| h.agent.as_str())
+            })
+            .map(str::to_string)
     }
 
-    /// The agents with GPUs enough free for `demand`, counting those promised to
-    /// pending placements; see [`gpus::fitting`].
-    fn fitting<'a>(
+    /// Whether the agent may take (or keep being chosen for) a new container.
+    fn usable(&self, name: &str, is_live: &dyn Fn(&str) -> bool) -> bool {
+        self.slots.get(name).is_some_and(Slot::open) && is_live(name)
+    }
+
+    /// For a GPU demand, the live agents with GPUs enough free, counting those
+    /// promised to pending placements (see [`gpus::fitting`]); `None` (any agent
+    /// fits) for no demand.
+    fn fitting(
         &self,
-        live: &[AgentLoad<'a>],
+        is_live: &dyn Fn(&str) -> bool,
         demand: &GpuDemand,
-    ) -> Result<HashSet<&'a str>, PlaceError> {
-        let mut promised: HashMap<&str, u32> = HashMap::new();
-        for p in self.pending.values() {
-            *promised.entry(p.agent.as_str()).or_default() += p.gpus;
+    ) -> Result<Option<HashSet<String>>, PlaceError> {
+        if demand.is_none() {
+            return Ok(None);
         }
-        gpus::fitting(live, demand, &promised)
-    }
-
-    /// Each live agent's load: reported containers plus pending placements
-    /// (pruned, so none of them is in the inventory yet).
-    fn loads<'a>(&self, live: &[AgentLoad<'a>]) -> HashMap<&'a str, u64> {
-        let mut loads: HashMap<&str, u64> = live
+        let mut names: Vec<&String> = self
+            .slots
             .iter()
-            .map(|a| (a.name, u64::from(a.containers)))
+            .filter(|(name, s)| s.open() && is_live(name))
+            .map(|(name, _)| name)
             .collect();
-        for p in self.pending.values() {
-            if let Some(load) = loads.get_mut(p.agent.as_str()) {
-                *load += 1;
-            }
+        if names.is_empty() {
+            return Err(PlaceError::NoLiveAgents);
         }
-        loads
+        names.sort();
+        let live: Vec<AgentLoad<'_>> = names.iter().map(|n| self.slots[*n].view(n)).collect();
+        let promised: HashMap<&str, u32> = names
+            .iter()
+            .map(|n| (n.as_str(), self.slots[*n].pending_gpus))
+            .collect();
+        let fitting = gpus::fitting(&live, demand, &promised)?;
+        Ok(Some(fitting.into_iter().map(str::to_string).collect()))
     }
 
     /// Rule 3: an agent with spare capacity that already holds (or is about
     /// to hold) another of the user's containers. The user's home volume is
-    /// there, which matters more than balance.
-    fn home_agent<'a>(
+    /// there, which matters more than balance. Ties go to the smaller name.
+    fn home_agent(
         &self,
-        live: &[AgentLoad<'a>],
-        loads: &HashMap<&str, u64>,
-        fitting: &HashSet<&str>,
+        is_live: &dyn Fn(&str) -> bool,
+        fits: &dyn Fn(&str) -> bool,
         user: &str,
-    ) -> Option<&'a str> {
-        let pending_home = self
-            .pending
-            .iter()
-            .find(|((u, _), _)| u == user)
-            .map(|(_, p)| p.agent.as_str());
-        live.iter()
-            .filter(|a| a.inventory.has_user(user) || pending_home == Some(a.name))
-            .filter(|a| fitting.contains(a.name))
-            .find(|a| loads[a.name] < u64::from(a.capacity))
-            .map(|a| a.name)
+    ) -> Option<String> {
+        let held = self.holders.get(user).into_iter().flatten();
+        let pending = self.pending.get(user).into_iter().flat_map(|p| p.values());
+        held.map(|h| h.agent.as_str())
+            .chain(pending.map(|p| p.agent.as_str()))
+            .filter(|name| self.usable(name, is_live) && fits(name))
+            .filter(|name| {
+                self.slots
+                    .get(*name)
+                    .is_some_and(|s| s.load() < u64::from(s.capacity))
+            })
+            .min()
+            .map(str::to_string)
     }
 
     /// Rule 4: consistent hashing with bounded loads.
     fn hashed(
         &mut self,
-        live: &[AgentLoad<'_>],
-        loads: &HashMap<&str, u64>,
-        fitting: &HashSet<&str>,
+        is_live: &dyn Fn(&str) -> bool,
+        fits: &dyn Fn(&str) -> bool,
         user: &str,
     ) -> Result<String, PlaceError> {
-        let members = Ring::members(live);
-        if members.is_empty() {
-            return Err(PlaceError::AllFull);
+        if let Some(plan) = self.ring_plan() {
+            let built = plan.build();
+            self.install_ring(built);
         }
-        let ring = match &mut self.ring {
-            Some(ring) if ring.members == members => ring,
-            slot => slot.insert(Ring::new(members)),
-        };
-        let capacities: HashMap<&str, u64> = ring
-            .members
-            .iter()
-            .map(|(name, cap)| (name.as_str(), u64::from(*cap)))
-            .collect();
-        let total_capacity: u64 = capacities.values().sum();
-        let total_load: u64 = capacities.keys().map(|name| loads[name]).sum();
-
-        for name in ring.candidates(user) {
-            let (load, capacity) = (loads[name], capacities[name]);
-            if load >= capacity || !fitting.contains(name) {
+        let ring = self.ring.clone().ok_or(PlaceError::AllFull)?;
+        let walk = (!ring.members.is_empty()).then(|| ring.candidates(user));
+        for name in walk.into_iter().flatten() {
+            let Some(slot) = self.slots.get(name) else {
+                continue;
+            };
+            let (load, capacity) = (slot.load(), u64::from(slot.capacity));
+            if load >= capacity || !is_live(name) || !fits(name) {
                 continue;
             }
-            let bound = bounded_load(self.epsilon, total_load, capacity, total_capacity);
+            let bound = bounded_load(self.epsilon, self.total_load, capacity, self.total_capacity);
             // Room for one more within the bound.
             if load < bound {
                 return Ok(name.to_string());
@@ -317,14 +577,191 @@ impl Placer {
         }
         // Only reachable when loads exceed capacities or through rounding;
         // still better to spill to the emptiest agent than to refuse.
+        let open: Vec<(&str, &Slot)> = self
+            .slots
+            .iter()
+            .filter(|(name, s)| s.open() && is_live(name))
+            .map(|(name, s)| (name.as_str(), s))
+            .collect();
+        if open.is_empty() {
+            return Err(PlaceError::NoLiveAgents);
+        }
         least_loaded(
-            capacities
-                .iter()
-                .filter(|(name, _)| fitting.contains(*name))
-                .map(|(name, cap)| (*name, loads[name], *cap)),
+            open.into_iter()
+                .filter(|(name, s)| s.member() && fits(name))
+                .map(|(name, s)| (name, s.load(), u64::from(s.capacity))),
         )
         .map(str::to_string)
         .ok_or(PlaceError::AllFull)
+    }
+
+    /// The ring's members now: (name, capacity), sorted by name.
+    fn members(&self) -> Vec<(String, u32)> {
+        let mut members: Vec<(String, u32)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.member())
+            .map(|(name, s)| (name.clone(), s.capacity))
+            .collect();
+        members.sort();
+        members
+    }
+
+    /// Changes one agent's slot through `change`, keeping the totals over the
+    /// ring's members right and noting a change of membership or virtual nodes.
+    fn adjust(&mut self, name: &str, change: impl FnOnce(&mut Slot)) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let (was_member, was_vnodes) = (slot.member(), vnodes(slot.capacity));
+        if was_member {
+            self.total_load -= slot.load();
+            self.total_capacity -= u64::from(slot.capacity);
+        }
+        change(slot);
+        if slot.member() {
+            self.total_load += slot.load();
+            self.total_capacity += u64::from(slot.capacity);
+        }
+        if was_member != slot.member() || (slot.member() && was_vnodes != vnodes(slot.capacity)) {
+            self.membership += 1;
+        }
+    }
+
+    /// Remembers a placement until its agent reports it or it expires.
+    fn add_pending(&mut self, user: &str, env: &str, agent: &str, gpus: u32, now: Instant) {
+        self.remove_pending(user, env);
+        self.pending.entry(user.to_string()).or_default().insert(
+            env.to_string(),
+            Pending {
+                agent: agent.to_string(),
+                at: now,
+                gpus,
+            },
+        );
+        self.pending_count += 1;
+        self.adjust(agent, |slot| {
+            slot.pending += 1;
+            slot.pending_gpus += gpus;
+        });
+        self.expiry
+            .push(Reverse((now, user.to_string(), env.to_string())));
+        // Entries removed early stay in the heap until popped; keep it in
+        // proportion to what is pending.
+        if self.expiry.len() > 2 * self.pending_count + 1_024 {
+            self.expiry = self
+                .pending
+                .iter()
+                .flat_map(|(u, envs)| {
+                    envs.iter()
+                        .map(move |(e, p)| Reverse((p.at, u.clone(), e.clone())))
+                })
+                .collect();
+        }
+    }
+
+    /// Forgets the pending placement of (user, environment), if any.
+    fn remove_pending(&mut self, user: &str, env: &str) {
+        let Some(envs) = self.pending.get_mut(user) else {
+            return;
+        };
+        let Some(p) = envs.remove(env) else {
+            return;
+        };
+        if envs.is_empty() {
+            self.pending.remove(user);
+        }
+        self.pending_count -= 1;
+        self.adjust(&p.agent, |slot| {
+            slot.pending = slot.pending.saturating_sub(1);
+            slot.pending_gpus = slot.pending_gpus.saturating_sub(p.gpus);
+        });
+    }
+
+    /// Drops the pending placements [`PENDING_TTL`] old at `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, _, _))) = self.expiry.peek() {
+            if now.saturating_duration_since(*at) < PENDING_TTL {
+                break;
+            }
+            let Some(Reverse((at, user, env))) = self.expiry.pop() else {
+                break;
+            };
+            // Only if it is still that placement, not a later one of the same key.
+            let current = self
+                .pending
+                .get(&user)
+                .and_then(|p| p.get(&env))
+                .is_some_and(|p| p.at == at);
+            if current {
+                self.remove_pending(&user, &env);
+            }
+        }
+    }
+
+    /// Re-indexes the placer from a slice of live agents, for [`Placer::place`]:
+    /// pending placements whose agent is not in it, or which its inventory
+    /// shows, are dropped; the ring is kept when its members are unchanged.
+    fn sync(&mut self, live: &[AgentLoad<'_>]) {
+        let by_name: HashMap<&str, &AgentLoad<'_>> = live.iter().map(|a| (a.name, a)).collect();
+        let mut gone = Vec::new();
+        for (user, envs) in &self.pending {
+            for (env, p) in envs {
+                let coming = by_name
+                    .get(p.agent.as_str())
+                    .is_some_and(|a| a.inventory.state(user, env).is_none());
+                if !coming {
+                    gone.push((user.clone(), env.clone()));
+                }
+            }
+        }
+        for (user, env) in gone {
+            self.remove_pending(&user, &env);
+        }
+        self.slots.clear();
+        self.holders.clear();
+        for a in live {
+            let slot = Slot {
+                capacity: a.capacity,
+                containers: a.containers,
+                inventory: a.inventory.clone(),
+                gpus: a.gpus.to_vec(),
+                connected: true,
+                draining: false,
+                pending: 0,
+                pending_gpus: 0,
+            };
+            for (user, envs) in &slot.inventory.by_user {
+                let held = self.holders.entry(user.clone()).or_default();
+                held.extend(envs.iter().map(|(env, state)| Holding {
+                    agent: a.name.to_string(),
+                    environment: env.clone(),
+                    state: *state,
+                }));
+            }
+            self.slots.insert(a.name.to_string(), slot);
+        }
+        for p in self.pending.values().flat_map(|envs| envs.values()) {
+            if let Some(slot) = self.slots.get_mut(&p.agent) {
+                slot.pending += 1;
+                slot.pending_gpus += p.gpus;
+            }
+        }
+        let members = self.slots.values().filter(|s| s.member());
+        self.total_load = members.clone().map(Slot::load).sum();
+        self.total_capacity = members.map(|s| u64::from(s.capacity)).sum();
+        let same = self.ring.as_ref().is_some_and(|ring| {
+            let now = self.members();
+            now.len() == ring.members.len()
+                && now
+                    .iter()
+                    .zip(&ring.members)
+                    .all(|((a, ca), (b, cb))| a == b && vnodes(*ca) == vnodes(*cb))
+        });
+        self.membership += 1;
+        if same {
+            self.ring_generation = self.membership;
+        }
     }
 }
 
@@ -347,11 +784,17 @@ fn least_loaded<'a>(agents: impl Iterator<Item = (&'a str, u64, u64)>) -> Option
         .map(|(name, _, _)| name)
 }
 
+/// Virtual nodes on the ring for an agent of `capacity`.
+fn vnodes(capacity: u32) -> usize {
+    (capacity as usize)
+        .saturating_mul(VNODES_PER_CAPACITY)
+        .clamp(MIN_VNODES, MAX_VNODES)
+}
+
 /// A consistent-hash ring over agents with capacity, built once per
 /// membership.
 struct Ring {
-    /// (name, capacity) of every member, sorted by name; compared against
-    /// the live agents to decide whether to rebuild.
+    /// (name, capacity) of every member, sorted by name, as built.
     members: Vec<(String, u32)>,
     /// The ring itself. `StaticHashRing` points into its own heap-allocated
     /// node list, so `'static` here just means "as long as the ring".
@@ -361,7 +804,7 @@ struct Ring {
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ring")
-            .field("members", &self.members)
+            .field("members", &self.members.len())
             .field("vnodes", &self.ring.len())
             .finish()
     }
@@ -370,6 +813,7 @@ impl std::fmt::Debug for Ring {
 impl Ring {
     /// The ring's members for these live agents: those able to take
     /// containers at all.
+    #[cfg(test)]
     fn members(live: &[AgentLoad<'_>]) -> Vec<(String, u32)> {
         let mut members: Vec<(String, u32)> = live
             .iter()
@@ -380,13 +824,11 @@ impl Ring {
         members
     }
 
+    /// The ring over `members` ((name, capacity), sorted by name).
     fn new(members: Vec<(String, u32)>) -> Self {
-        let nodes = members.iter().map(|(name, capacity)| {
-            let vnodes = (*capacity as usize)
-                .saturating_mul(VNODES_PER_CAPACITY)
-                .clamp(MIN_VNODES, MAX_VNODES);
-            Node::new(name.clone()).quantity(vnodes)
-        });
+        let nodes = members
+            .iter()
+            .map(|(name, capacity)| Node::new(name.clone()).quantity(vnodes(*capacity)));
         let ring = StaticHashRing::new(DefaultHash, nodes);
         Self { members, ring }
     }
@@ -797,5 +1239,108 @@ mod tests {
         cluster.add("c", 100);
         place(&mut placer, &cluster, "carol").unwrap();
         assert_eq!(vnodes(&placer), Some(2 * MIN_VNODES + 400));
+    }
+
+    /// An agent's report with `held` containers (user, "default") of these users.
+    fn report_of(capacity: u32, held: &[&str]) -> pb::AgentStatus {
+        let inventory: Vec<pb::ContainerInfo> = held
+            .iter()
+            .map(|user| pb::ContainerInfo {
+                user: user.to_string(),
+                environment: "default".to_string(),
+                state: pb::ContainerState::Running.into(),
+                gpus: Vec::new(),
+                outdated: false,
+            })
+            .collect();
+        pb::AgentStatus {
+            capacity,
+            containers: inventory.len() as u32,
+            inventory,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_keep_the_indexes_and_the_ring_only_changes_with_membership() {
+        let mut placer = Placer::new(0.25);
+        let all = |_: &str| true;
+        let now = Instant::now();
+        placer.report("a", &report_of(600, &[]), true, false);
+        placer.report("b", &report_of(600, &["bob"]), true, false);
+        let first = placer
+            .place_indexed(&all, "alice", "default", &GpuDemand::None, now)
+            .unwrap();
+        assert!(!first.existing);
+        assert_eq!(placer.pending_len(), 1);
+        assert!(placer.ring_plan().is_none(), "built for these members");
+        // Bob's container is found through the user index.
+        let bob = placer
+            .place_indexed(&all, "bob", "default", &GpuDemand::None, now)
+            .unwrap();
+        assert_eq!((bob.agent.as_str(), bob.existing), ("b", true));
+
+        // A capacity change that keeps every agent's virtual nodes keeps the ring;
+        // the chosen agent's report with alice's container ends her pending entry.
+        let held: &[&str] = if first.agent == "b" {
+            &["bob", "alice"]
+        } else {
+            &["alice"]
+        };
+        placer.report(&first.agent, &report_of(700, held), true, false);
+        assert!(
+            placer.ring_plan().is_none(),
+            "2,048 virtual nodes either way"
+        );
+        assert_eq!(placer.pending_len(), 0);
+        assert_eq!(
+            placer.holders("alice", "default").collect::<Vec<_>>(),
+            [first.agent.as_str()]
+        );
+
+        // A new member, a smaller capacity, a drain or a closed stream do change it.
+        placer.report("c", &report_of(10, &[]), true, false);
+        let plan = placer.ring_plan().expect("c joined");
+        placer.install_ring(plan.build());
+        assert!(placer.ring_plan().is_none());
+        placer.report("c", &report_of(20, &[]), true, false);
+        assert!(placer.ring_plan().is_some(), "c's virtual nodes doubled");
+        placer.install_ring(placer.ring_plan().unwrap().build());
+        placer.set_draining("c", true);
+        assert!(placer.ring_plan().is_some(), "c drains");
+        // A ring built for an older membership is not installed.
+        let stale = placer.ring_plan().unwrap();
+        placer.set_connected("a", false);
+        placer.install_ring(stale.build());
+        assert!(placer.ring_plan().is_some(), "a left after the plan");
+    }
+
+    #[test]
+    fn pending_placements_expire_by_their_time_and_leave_the_load() {
+        let mut placer = Placer::new(0.25);
+        let all = |_: &str| true;
+        let t0 = Instant::now();
+        placer.report("a", &report_of(2, &[]), true, false);
+        for user in ["u1", "u2"] {
+            placer
+                .place_indexed(&all, user, "default", &GpuDemand::None, t0)
+                .unwrap();
+        }
+        // Both pending placements count as load: "a" is full.
+        assert_eq!(
+            placer.place_indexed(&all, "u3", "default", &GpuDemand::None, t0),
+            Err(PlaceError::AllFull)
+        );
+        let later = t0 + PENDING_TTL;
+        let p = placer
+            .place_indexed(&all, "u3", "default", &GpuDemand::None, later)
+            .unwrap();
+        assert_eq!(p.agent, "a");
+        assert_eq!(placer.pending_len(), 1, "u1 and u2 expired, u3 is new");
+        // An agent nobody says is live takes nothing.
+        assert_eq!(
+            placer.place_indexed(&|_| false, "u4", "default", &GpuDemand::None, later),
+            Err(PlaceError::NoLiveAgents)
+        );
     }
 }

@@ -6,7 +6,10 @@
 //!
 //! All state sits behind one `std::sync::Mutex`: critical sections are short
 //! map updates and never await, and one lock keeps the agents and the
-//! placer's pending assignments consistent with each other.
+//! placer's pending assignments consistent with each other. The placer keeps
+//! its indexes up to date from every report, so a placement under the lock
+//! costs a few look-ups, not a pass over the agents; a new ring (after a
+//! membership change) is built with the lock released and swapped in.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -16,7 +19,7 @@ use labssh_proto::pb;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::placement::{AgentLoad, GpuDemand, Inventory, PlaceError, Placer};
+use crate::placement::{GpuDemand, PlaceError, Placer};
 
 /// The agents, their liveness and the placer, shared by every rpc.
 #[derive(Debug)]
@@ -45,10 +48,9 @@ struct Agent {
     /// Which registration this entry belongs to; only that registration's
     /// stream may update it or mark it dead.
     generation: u64,
-    /// The last status reported (register or heartbeat).
+    /// The last status reported (register or heartbeat); the placer has its
+    /// inventory indexed.
     status: pb::AgentStatus,
-    /// `status.inventory` indexed for placement.
-    inventory: Inventory,
     /// When anything was last heard on its stream.
     last_seen: Instant,
     /// False once its stream ended; it stays listed as dead.
@@ -149,7 +151,6 @@ impl Registry {
             outbound: None,
             endpoint: endpoint.to_string(),
             generation,
-            inventory: Inventory::from_proto(&status.inventory),
             status,
             last_seen: now,
             connected: true,
@@ -162,6 +163,9 @@ impl Registry {
             containers = agent.status.containers,
             "agent registered"
         );
+        state
+            .placer
+            .report(name, &agent.status, true, agent.draining());
         if let Some(old) = state.agents.insert(name.to_string(), agent) {
             if old.is_live(now, self.dead_after) {
                 info!(agent = name, old_endpoint = %old.endpoint, "agent re-registered; replacing its earlier stream");
@@ -183,9 +187,14 @@ impl Registry {
     ) -> Result<(), Superseded> {
         let mut state = self.lock();
         let agent = current(&mut state, registration)?;
-        agent.inventory = Inventory::from_proto(&status.inventory);
         agent.status = status;
         touch(agent, &registration.name, now);
+        let (connected, draining) = (agent.connected, agent.draining());
+        let state = &mut *state;
+        let status = &state.agents[&registration.name].status;
+        state
+            .placer
+            .report(&registration.name, status, connected, draining);
         Ok(())
     }
 
@@ -202,8 +211,10 @@ impl Registry {
     /// controller that restarts.
     pub fn drain(&self, name: &str, drain: bool) -> Option<bool> {
         let mut state = self.lock();
+        let state = &mut *state;
         let agent = state.agents.get_mut(name)?;
         agent.drain_requested = Some(drain);
+        state.placer.set_draining(name, drain);
         if let Some(outbound) = agent.outbound.as_ref().and_then(|o| o.upgrade()) {
             let _ = outbound.try_send(Ok(pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::SetDraining(pb::SetDraining {
@@ -233,6 +244,7 @@ impl Registry {
         if let Ok(agent) = current(&mut state, registration) {
             agent.connected = false;
             warn!(agent = %registration.name, endpoint = %agent.endpoint, reason, "agent dead: stream ended");
+            state.placer.set_connected(&registration.name, false);
         }
     }
 
@@ -268,37 +280,20 @@ impl Registry {
         gpus: &GpuDemand,
         now: Instant,
     ) -> Result<Placed, PlaceError> {
+        // A ring out of date (membership changed) is built with the lock released.
+        let plan = self.lock().placer.ring_plan();
+        if let Some(plan) = plan {
+            let built = plan.build();
+            self.lock().placer.install_ring(built);
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
-        // A draining agent keeps serving the containers it holds...
-        if let Some((name, agent)) = state.agents.iter().find(|(_, a)| {
-            a.draining()
-                && a.is_live(now, self.dead_after)
-                && a.inventory.state(user, environment).is_some()
-        }) {
-            return Ok(Placed {
-                agent: name.clone(),
-                endpoint: agent.endpoint.clone(),
-                existing: true,
-                notice: String::new(),
-            });
-        }
-        // ...but takes no new ones.
-        let live: Vec<AgentLoad<'_>> = state
-            .agents
-            .iter()
-            .filter(|(_, a)| a.is_live(now, self.dead_after) && !a.draining())
-            .map(|(name, a)| AgentLoad {
-                name,
-                capacity: a.status.capacity,
-                containers: a.status.containers,
-                inventory: &a.inventory,
-                gpus: &a.status.gpus,
-            })
-            .collect();
+        let (agents, dead_after) = (&state.agents, self.dead_after);
+        let is_live = |name: &str| agents.get(name).is_some_and(|a| a.is_live(now, dead_after));
+        // Draining agents keep serving the containers they hold but take no new ones.
         let placement = state
             .placer
-            .place_with(&live, user, environment, gpus, now)?;
+            .place_indexed(&is_live, user, environment, gpus, now)?;
         let endpoint = state.agents[&placement.agent].endpoint.clone();
         // A new container while the old one sits on a dead node: say so,
         // since the student's files there are out of reach until it returns.
@@ -306,12 +301,11 @@ impl Registry {
             String::new()
         } else {
             state
-                .agents
-                .iter()
-                .find(|(_, a)| {
-                    !a.is_live(now, self.dead_after) && a.inventory.state(user, environment).is_some()
-                })
-                .map(|(dead, _)| {
+                .placer
+                .holders(user, environment)
+                .filter(|name| !is_live(name))
+                .min()
+                .map(|dead| {
                     format!(
                         "your previous container is on node '{dead}', which is down; you are on a fresh one on '{}'. Files in your home directory on '{dead}' are back when that node is.",
                         placement.agent
@@ -584,5 +578,85 @@ mod tests {
         let again = registry.place("carol", "default", now).unwrap();
         assert_eq!(again.agent, "a");
         assert!(again.existing);
+    }
+
+    #[test]
+    fn the_registry_places_as_a_placer_given_the_agents_as_a_slice() {
+        // The registry's placer keeps its indexes from reports; a placer given the
+        // same agents as a slice re-indexes them on every call. Both must choose
+        // the same agents for the same logins, heartbeats and deaths.
+        use crate::placement::{AgentLoad, Inventory};
+        let registry = registry();
+        let mut sliced = Placer::new(Config::default().load_epsilon);
+        let mut now = Instant::now();
+        let caps = [12u32, 20, 30, 8, 16, 250];
+        let names: Vec<String> = (0..caps.len()).map(|i| format!("a{i}")).collect();
+        let regs: Vec<Registration> = names
+            .iter()
+            .zip(caps)
+            .map(|(n, c)| registry.register(n, "http://x:7001", status(c, &[]), now))
+            .collect();
+        let mut held: Vec<Vec<(String, String)>> = vec![Vec::new(); caps.len()];
+        let mut given = held.clone();
+        let mut live = vec![true; caps.len()];
+        let mut checked = 0;
+        for round in 0..8 {
+            if round == 5 {
+                registry.disconnect(&regs[2], "test");
+                live[2] = false;
+            }
+            for u in 0..40 {
+                // New users, re-logins of earlier ones and second environments.
+                let user = format!("u{}", (round * 40 + u) % 250);
+                let env = if u % 7 == 0 { "gpu" } else { "default" };
+                let inventories: Vec<Inventory> = held
+                    .iter()
+                    .map(|h| {
+                        let pairs: Vec<(&str, &str)> =
+                            h.iter().map(|(u, e)| (u.as_str(), e.as_str())).collect();
+                        Inventory::from_proto(&status(0, &pairs).inventory)
+                    })
+                    .collect();
+                let slice: Vec<AgentLoad<'_>> = (0..caps.len())
+                    .filter(|&i| live[i])
+                    .map(|i| AgentLoad {
+                        name: &names[i],
+                        capacity: caps[i],
+                        containers: held[i].len() as u32,
+                        inventory: &inventories[i],
+                        gpus: &[],
+                    })
+                    .collect();
+                let expected = sliced.place(&slice, &user, env, now).unwrap();
+                let placed = registry.place(&user, env, now).unwrap();
+                assert_eq!(
+                    (placed.agent.as_str(), placed.existing),
+                    (expected.agent.as_str(), expected.existing),
+                    "{user}/{env} in round {round}"
+                );
+                checked += 1;
+                let i = names.iter().position(|n| *n == placed.agent).unwrap();
+                let key = (user.clone(), env.to_string());
+                if !placed.existing && !given[i].contains(&key) {
+                    given[i].push(key);
+                }
+            }
+            // Every other round the agents report what they were given.
+            if round % 2 == 1 {
+                now += Duration::from_secs(1);
+                for i in (0..caps.len()).filter(|&i| live[i]) {
+                    let new = std::mem::take(&mut given[i]);
+                    held[i].extend(new);
+                    let pairs: Vec<(&str, &str)> = held[i]
+                        .iter()
+                        .map(|(u, e)| (u.as_str(), e.as_str()))
+                        .collect();
+                    registry
+                        .heartbeat(&regs[i], status(caps[i], &pairs), now)
+                        .unwrap();
+                }
+            }
+        }
+        assert_eq!(checked, 320);
     }
 }
