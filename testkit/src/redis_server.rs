@@ -1,6 +1,5 @@
 //! A throwaway `redis-server` on a free loopback port.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,9 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server without persistence and waits until it answers.
     pub fn start() -> anyhow::Result<RedisServer> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        Self::start_on(port)
+        // Outside the ephemeral range: a port from bind(0) could be taken by any
+        // test's outgoing connection before redis-server binds it.
+        Self::start_on(crate::process::free_port())
     }
 
     /// Starts redis-server on a given port (e.g. to bring one back after

@@ -10,7 +10,6 @@
 //! comes back.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,10 +127,6 @@ fn base_ldif() -> String {
     ldif
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A CA and a server certificate for 127.0.0.1 and localhost signed by it,
 /// plus an unrelated CA; PEM files in `dir`.
 fn make_certificates(dir: &Path) -> anyhow::Result<()> {
@@ -213,8 +208,10 @@ impl Slapd {
         );
         let mut server = Slapd {
             child: None,
-            ldap_port: free_port()?,
-            ldaps_port: free_port()?,
+            // Outside the ephemeral range and never the same twice: a port from
+            // bind(0) could be taken by any test's outgoing connection (or be both).
+            ldap_port: crate::process::free_port(),
+            ldaps_port: crate::process::free_port(),
             ca_file: d.join("ca.pem"),
             other_ca_file: d.join("other-ca.pem"),
             reader_password_file: d.join("reader.pw"),
