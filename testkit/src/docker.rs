@@ -159,14 +159,20 @@ impl Drop for Cleanup {
             args.extend(names.iter().map(String::as_str));
             let _ = docker(&args);
         }
+        // Homes of every agent of the lab: `{prefix}-home-USER`, `{prefix}a1-home-USER`…
         if let Ok(vols) = docker(&[
             "volume",
             "ls",
             "-q",
             "--filter",
-            &format!("name={}-home-", self.prefix),
+            &format!("name={}", self.prefix),
         ]) {
-            for v in vols.lines() {
+            let homes = vols.lines().filter(|v| {
+                v.strip_prefix(self.prefix.as_str())
+                    .and_then(|rest| rest.split_once("-home-"))
+                    .is_some_and(|(agent, _)| agent.chars().all(|c| c.is_ascii_alphanumeric()))
+            });
+            for v in homes {
                 let _ = docker(&["volume", "rm", "-f", v]);
             }
         }
