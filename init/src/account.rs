@@ -49,12 +49,8 @@ impl Account {
 
     /// The /etc/passwd line to add to `passwd`, if it has none for this uid or name.
     fn passwd_line(&self, passwd: &str) -> Option<String> {
-        let taken = passwd.lines().any(|line| {
-            let mut f = line.split(':');
-            let name = f.next();
-            let uid = f.nth(1);
-            name == Some(&self.name) || uid.and_then(|u| u.parse().ok()) == Some(self.uid)
-        });
+        let taken =
+            crate::creds::passwd_entries(passwd).any(|e| e.name == self.name || e.uid == self.uid);
         (!taken).then(|| {
             format!(
                 "{}:x:{}:{}::{}:{}\n",
@@ -66,12 +62,8 @@ impl Account {
     /// The /etc/group line to add to `group`, if it has no group with this gid (nor
     /// one by the student's name).
     fn group_line(&self, group: &str) -> Option<String> {
-        let taken = group.lines().any(|line| {
-            let mut f = line.split(':');
-            let name = f.next();
-            let gid = f.nth(1);
-            name == Some(&self.name) || gid.and_then(|g| g.parse().ok()) == Some(self.gid)
-        });
+        let taken =
+            crate::creds::group_entries(group).any(|e| e.name == self.name || e.gid == self.gid);
         (!taken).then(|| format!("{}:x:{}:\n", self.name, self.gid))
     }
 }

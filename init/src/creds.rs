@@ -157,14 +157,14 @@ fn groups_of(group: &str, name: Option<&str>, gid: u32) -> Vec<u32> {
     groups
 }
 
-struct PasswdEntry<'a> {
-    name: &'a str,
+pub(crate) struct PasswdEntry<'a> {
+    pub(crate) name: &'a str,
     uid_text: &'a str,
-    uid: u32,
+    pub(crate) uid: u32,
     gid: u32,
 }
 
-fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+pub(crate) fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     text.lines().filter_map(|line| {
         let mut f = line.split(':');
         let name = f.next()?;
@@ -180,13 +180,13 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     })
 }
 
-struct GroupEntry<'a> {
-    name: &'a str,
-    gid: u32,
+pub(crate) struct GroupEntry<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) gid: u32,
     members: &'a str,
 }
 
-fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
+pub(crate) fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     text.lines().filter_map(|line| {
         let mut f = line.split(':');
         let name = f.next()?;

@@ -29,7 +29,7 @@ use super::events::{self, Progress};
 use super::exec::{KubeExec, PodExec};
 use super::inside::{Inside, PodRef};
 use super::objects::{self, PodPlan, CONTAINER};
-use crate::backend::docker::{LABEL_SPAWN, LABEL_USER};
+use crate::backend::docker::LABEL_SPAWN;
 use crate::backend::lifecycle_ops::read_keepalive;
 use crate::backend::{
     settings_hash, Backend, BackendError, ContainerInfo, ContainerState, Duplex, EnsureOptions,
@@ -584,12 +584,6 @@ impl Backend for KubeBackend {
             .store
             .state()
             .iter()
-            .filter(|pod| {
-                pod.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(LABEL_USER))
-            })
             .filter_map(|pod| objects::info_of(pod))
             .collect())
     }

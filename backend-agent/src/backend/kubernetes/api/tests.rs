@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 
 use super::*;
+use crate::backend::docker::LABEL_USER;
 use crate::backend::{ExitStatus, Output, ProcessControl, RunAs, Stdin, StdinSink};
 use labssh_testkit::kube_api::Fake;
 
