@@ -12,10 +12,9 @@ mod lab;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, round_trip, Lab, LabOptions};
+use lab::{connect_when_up, leaks, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
-use labssh_testkit::telemetry::prometheus::Exposition;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -26,42 +25,6 @@ const SESSIONS: usize = 30;
 const FORWARDS: usize = 19;
 /// The echo server in the container.
 const ECHO: u16 = 7792;
-
-/// What could leak, counted.
-#[derive(Debug, Clone, PartialEq)]
-struct Counts {
-    /// Open descriptors of this process.
-    fds: usize,
-    /// Live tokio tasks.
-    tasks: usize,
-    /// Channels the proxy splices.
-    proxy_active: f64,
-}
-
-fn counts() -> Counts {
-    let exposition = Exposition::parse(&labssh_telemetry::metrics::render()).unwrap();
-    Counts {
-        fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
-        tasks: tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks(),
-        proxy_active: exposition.sum("labssh_proxy_sessions_active", &[]),
-    }
-}
-
-/// Counts once they stop changing.
-async fn settled() -> Counts {
-    let mut last = counts();
-    let deadline = Instant::now() + STEP;
-    loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let now = counts();
-        if now == last || Instant::now() > deadline {
-            return now;
-        }
-        last = now;
-    }
-}
 
 /// The processes in alice's container running `sleep 3` (the sessions' commands).
 fn sleeping(lab: &Lab) -> usize {
@@ -86,7 +49,7 @@ async fn fifty_channels_on_one_connection_work_and_ssh_o_exit_leaves_nothing() {
         .spawn()
         .unwrap();
     lab.wait_listening("alice", "default", ECHO).await;
-    let baseline = settled().await;
+    let baseline = leaks::settled(STEP, leaks::Counts::now).await;
 
     let control = lab.ssh.dir().join("control");
     let ctl = control.to_str().unwrap().to_owned();
@@ -200,12 +163,8 @@ async fn fifty_channels_on_one_connection_work_and_ssh_o_exit_leaves_nothing() {
 
     let deadline = Instant::now() + STEP;
     loop {
-        let now = counts();
-        if now.fds <= baseline.fds
-            && now.tasks <= baseline.tasks
-            && now.proxy_active <= baseline.proxy_active
-            && sleeping(&lab) == 0
-        {
+        let now = leaks::Counts::now();
+        if now.within(&baseline) && sleeping(&lab) == 0 {
             break;
         }
         assert!(

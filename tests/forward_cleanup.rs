@@ -9,9 +9,8 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, round_trip, Lab, LabOptions};
+use lab::{connect_when_up, leaks, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
-use labssh_testkit::telemetry::prometheus::Exposition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -20,12 +19,8 @@ const STEP: Duration = Duration::from_secs(30);
 /// What could leak, counted.
 #[derive(Debug, Clone, PartialEq)]
 struct Counts {
-    /// Open descriptors of this process (proxy and agent sockets among them).
-    fds: usize,
-    /// Live tokio tasks of the runtime the cluster runs on.
-    tasks: usize,
-    /// Channels the proxy splices (sessions and forwards).
-    proxy_active: f64,
+    /// This process's descriptors, tasks and active channels.
+    process: leaks::Counts,
     /// Established TCP connections inside the container to the echo port.
     container_conns: usize,
 }
@@ -45,29 +40,15 @@ fn container_conns(lab: &Lab, port: u16) -> usize {
 }
 
 fn counts(lab: &Lab, port: u16) -> Counts {
-    let exposition = Exposition::parse(&labssh_telemetry::metrics::render()).unwrap();
     Counts {
-        fds: std::fs::read_dir("/proc/self/fd").unwrap().count(),
-        tasks: tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks(),
-        proxy_active: exposition.sum("labssh_proxy_sessions_active", &[]),
+        process: leaks::Counts::now(),
         container_conns: container_conns(lab, port),
     }
 }
 
 /// Counts once they stop changing (earlier connections finish closing).
 async fn settled(lab: &Lab, port: u16) -> Counts {
-    let mut last = counts(lab, port);
-    let deadline = Instant::now() + STEP;
-    loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let now = counts(lab, port);
-        if now == last || Instant::now() > deadline {
-            return now;
-        }
-        last = now;
-    }
+    leaks::settled(STEP, || counts(lab, port)).await
 }
 
 /// Waits until nothing exceeds `baseline`.
@@ -75,10 +56,7 @@ async fn back_to(lab: &Lab, port: u16, baseline: &Counts, what: &str) {
     let deadline = Instant::now() + STEP;
     loop {
         let now = counts(lab, port);
-        let clean = now.fds <= baseline.fds
-            && now.tasks <= baseline.tasks
-            && now.proxy_active <= baseline.proxy_active
-            && now.container_conns == 0;
+        let clean = now.process.within(&baseline.process) && now.container_conns == 0;
         if clean {
             return;
         }
@@ -163,7 +141,7 @@ async fn a_client_gone_mid_transfer_leaves_no_tasks_or_sockets() {
         "transfers not running: {during:?}"
     );
     assert!(
-        during.proxy_active >= baseline.proxy_active + 3.0,
+        during.process.proxy_active >= baseline.process.proxy_active + 3.0,
         "{during:?}"
     );
     client.start_kill().unwrap();

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod leaks;
 pub mod queue;
 
 use std::time::Duration;
