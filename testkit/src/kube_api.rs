@@ -313,6 +313,36 @@ impl Fake {
     }
 }
 
+/// What a kubelet reports for a running pod whose one container `container` runs
+/// `image` (`image_id`) with the runtime's id `container_id` (`containerd://…`,
+/// `docker://…`), at `pod_ip` if it has one.
+pub fn running_status(
+    container: &str,
+    image: &str,
+    image_id: &str,
+    container_id: &str,
+    pod_ip: Option<&str>,
+) -> PodStatus {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus};
+    PodStatus {
+        phase: Some("Running".into()),
+        pod_ip: pod_ip.map(str::to_owned),
+        container_statuses: Some(vec![ContainerStatus {
+            name: container.into(),
+            image: image.into(),
+            image_id: image_id.into(),
+            container_id: Some(container_id.into()),
+            ready: true,
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
 /// Gives `object` the next resource version.
 fn stamp(state: &mut State, object: &mut Value) {
     state.version += 1;

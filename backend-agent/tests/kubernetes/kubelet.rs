@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodSecurityContext,
-    PodStatus, SecurityContext,
-};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodStatus, SecurityContext};
 use labssh_agent::backend::kubernetes::{KubeBackend, PodExec};
 use labssh_agent::backend::{
     Backend, BackendError, ExitStatus, Output, Process, RunAs, SpawnPath, SpawnSpec,
@@ -112,23 +109,13 @@ impl Drop for Kubelet {
 
 /// The status a kubelet reports for a pod whose student container `id` runs.
 fn status(id: &str, ip: &str) -> PodStatus {
-    PodStatus {
-        phase: Some("Running".into()),
-        pod_ip: (!ip.is_empty()).then(|| ip.to_owned()),
-        container_statuses: Some(vec![ContainerStatus {
-            name: "student".into(),
-            image: IMAGE.into(),
-            image_id: "docker-pullable://labssh/busybox".into(),
-            container_id: Some(format!("docker://{id}")),
-            ready: true,
-            state: Some(ContainerState {
-                running: Some(ContainerStateRunning::default()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    }
+    labssh_testkit::kube_api::running_status(
+        "student",
+        IMAGE,
+        "docker-pullable://labssh/busybox",
+        &format!("docker://{id}"),
+        (!ip.is_empty()).then_some(ip),
+    )
 }
 
 /// Runs `pod` as a kubelet would: its volumes, its init containers to completion,

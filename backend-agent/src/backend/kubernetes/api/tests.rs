@@ -5,8 +5,7 @@ use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ContainerState as KubeState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
-    PodStatus,
+    ContainerState as KubeState, ContainerStateWaiting, ContainerStatus, PodStatus,
 };
 
 use super::*;
@@ -112,23 +111,13 @@ fn backend(extra: &str) -> (KubeBackend, Fake, Arc<Execs>) {
 }
 
 fn running(id: &str) -> PodStatus {
-    PodStatus {
-        phase: Some("Running".into()),
-        pod_ip: Some("10.244.1.7".into()),
-        container_statuses: Some(vec![ContainerStatus {
-            name: CONTAINER.into(),
-            image: "labssh/python:3".into(),
-            image_id: "sha256:feed".into(),
-            container_id: Some(format!("containerd://{id}")),
-            ready: true,
-            state: Some(KubeState {
-                running: Some(ContainerStateRunning::default()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    }
+    labssh_testkit::kube_api::running_status(
+        CONTAINER,
+        "labssh/python:3",
+        "sha256:feed",
+        &format!("containerd://{id}"),
+        Some("10.244.1.7"),
+    )
 }
 
 fn waiting(reason: &str, message: &str) -> PodStatus {
