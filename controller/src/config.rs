@@ -38,6 +38,9 @@ pub const DEFAULT_DEAD_AFTER_MISSED_HEARTBEATS: u32 = 3;
 /// Lets an agent run 25% above its fair share before spilling over, which
 /// keeps most users on their hashed node while bounding imbalance.
 pub const DEFAULT_LOAD_EPSILON: f64 = 0.25;
+/// Chance's spread allowed above a share: 2.5 standard deviations, which ε
+/// covers from a share of 100 containers an agent up.
+pub const DEFAULT_LOAD_SIGMAS: f64 = 2.5;
 /// The environment `ssh user@host` (no `+env`) lands in.
 pub const DEFAULT_ENVIRONMENT: &str = "default";
 /// A tiny image that starts fast and exists everywhere labssh is tested.
@@ -56,6 +59,13 @@ pub struct Config {
     /// Bounded-load epsilon: an agent may hold up to `(1 + ε)` times its
     /// capacity-weighted share of all containers before placement spills over.
     pub load_epsilon: f64,
+    /// Bounded loads also let an agent go this many standard deviations
+    /// (`√share`) above its share of the containers, where that is more than ε
+    /// allows: small shares are then not bound tighter than chance spreads
+    /// them, which keeps placement the same whatever the login order and when
+    /// an agent joins or leaves. 0 is the strict `(1 + ε)` bound (tightest
+    /// balance, most users moved); see BENCHMARKS.md, "Placement".
+    pub load_sigmas: f64,
     /// Environment used when a login names none.
     pub default_environment: String,
     /// The environment catalogue, by name.
@@ -89,6 +99,7 @@ impl Default for Config {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             dead_after_missed_heartbeats: DEFAULT_DEAD_AFTER_MISSED_HEARTBEATS,
             load_epsilon: DEFAULT_LOAD_EPSILON,
+            load_sigmas: DEFAULT_LOAD_SIGMAS,
             default_environment: DEFAULT_ENVIRONMENT.to_string(),
             environments: BTreeMap::from([(DEFAULT_ENVIRONMENT.to_string(), default_env)]),
             http: String::new(),
@@ -134,6 +145,12 @@ impl Config {
             problems.push(format!(
                 "load_epsilon: must be > 0 (got {})",
                 self.load_epsilon
+            ));
+        }
+        if !(self.load_sigmas.is_finite() && self.load_sigmas >= 0.0) {
+            problems.push(format!(
+                "load_sigmas: must be >= 0 (got {})",
+                self.load_sigmas
             ));
         }
         if self.environments.is_empty() {
@@ -214,6 +231,7 @@ mod tests {
             heartbeat_interval_ms = 500
             dead_after_missed_heartbeats = 4
             load_epsilon = 0.5
+            load_sigmas = 0
             default_environment = "default"
 
             [environments.default]
@@ -235,6 +253,7 @@ mod tests {
             "#,
         )
         .unwrap();
+        assert_eq!((config.load_epsilon, config.load_sigmas), (0.5, 0.0));
         assert_eq!(config.environment_names(), ["default", "gpu"]);
         let gpu = config.environments["gpu"].to_proto("gpu");
         assert_eq!(gpu.name, "gpu");
@@ -314,6 +333,7 @@ image = \"x\"\nuid = \"nobody\"\n",
             heartbeat_interval_ms: 0,
             dead_after_missed_heartbeats: 0,
             load_epsilon: 0.0,
+            load_sigmas: -1.0,
             default_environment: "foo".to_string(),
             ..Config::default()
         };
@@ -337,6 +357,7 @@ image = \"x\"\nuid = \"nobody\"\n",
             "heartbeat_interval_ms: must be > 0",
             "dead_after_missed_heartbeats: must be >= 1",
             "load_epsilon: must be > 0",
+            "load_sigmas: must be >= 0",
             r#"default_environment: "foo" is not one of the environments (Bad.Name, default, gpu)"#,
             "environments.Bad.Name: name must match",
             "environments.gpu.image: must not be empty",
@@ -355,7 +376,7 @@ image = \"x\"\nuid = \"nobody\"\n",
         }
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
         let text = config.validate().unwrap_err().to_string();
-        assert!(text.contains("12 problems"), "{text}");
+        assert!(text.contains("13 problems"), "{text}");
     }
 
     #[test]

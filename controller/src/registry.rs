@@ -8,8 +8,11 @@
 //! map updates and never await, and one lock keeps the agents and the
 //! placer's pending assignments consistent with each other. The placer keeps
 //! its indexes up to date from every report, so a placement under the lock
-//! costs a few look-ups, not a pass over the agents; a new ring (after a
-//! membership change) is built with the lock released and swapped in.
+//! costs a few look-ups, not a pass over the agents. What costs more is done
+//! with the lock released: a new ring (after a membership change) is built
+//! and swapped in, and a heartbeat's inventory is indexed and compared with
+//! the last one outside, so under the lock a heartbeat costs the users whose
+//! containers changed (usually none) and placements do not queue behind it.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -19,7 +22,7 @@ use labssh_proto::pb;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::placement::{GpuDemand, PlaceError, Placer};
+use crate::placement::{GpuDemand, PlaceError, Placer, Report};
 
 /// The agents, their liveness and the placer, shared by every rpc.
 #[derive(Debug)]
@@ -122,7 +125,7 @@ impl Registry {
             state: Mutex::new(State {
                 agents: BTreeMap::new(),
                 next_generation: 1,
-                placer: Placer::new(config.load_epsilon),
+                placer: Placer::new(config.load_epsilon).with_sigmas(config.load_sigmas),
             }),
             dead_after: config.dead_after(),
         }
@@ -185,16 +188,27 @@ impl Registry {
         status: pb::AgentStatus,
         now: Instant,
     ) -> Result<(), Superseded> {
-        let mut state = self.lock();
-        let agent = current(&mut state, registration)?;
-        agent.status = status;
-        touch(agent, &registration.name, now);
-        let (connected, draining) = (agent.connected, agent.draining());
-        let state = &mut *state;
-        let status = &state.agents[&registration.name].status;
-        state
-            .placer
-            .report(&registration.name, status, connected, draining);
+        // The inventory is indexed and compared with the last one with the
+        // lock released: under it, only the users whose containers changed are
+        // re-indexed, so placements do not wait behind a large inventory.
+        let report = Report::new(&status);
+        let base = self.lock().placer.inventory(&registration.name);
+        let change = report.changes_from(base.as_ref());
+        drop(base);
+        let (old_status, old_inventory) = {
+            let mut state = self.lock();
+            let agent = current(&mut state, registration)?;
+            let old_status = std::mem::replace(&mut agent.status, status);
+            touch(agent, &registration.name, now);
+            let (connected, draining) = (agent.connected, agent.draining());
+            let old_inventory =
+                state
+                    .placer
+                    .apply(&registration.name, report, change, connected, draining);
+            (old_status, old_inventory)
+        };
+        // Freed here, not under the lock.
+        drop((old_status, old_inventory));
         Ok(())
     }
 
@@ -587,7 +601,8 @@ mod tests {
         // the same agents for the same logins, heartbeats and deaths.
         use crate::placement::{AgentLoad, Inventory};
         let registry = registry();
-        let mut sliced = Placer::new(Config::default().load_epsilon);
+        let config = Config::default();
+        let mut sliced = Placer::new(config.load_epsilon).with_sigmas(config.load_sigmas);
         let mut now = Instant::now();
         let caps = [12u32, 20, 30, 8, 16, 250];
         let names: Vec<String> = (0..caps.len()).map(|i| format!("a{i}")).collect();

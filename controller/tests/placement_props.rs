@@ -45,13 +45,19 @@ fn live<'a>(
 }
 
 /// Places `users` new users one after another on empty agents of `capacities`
-/// (each placement counting as load for the next); returns each user's agent index.
+/// (each placement counting as load for the next), with the strict bound;
+/// returns each user's agent index.
 fn fill(capacities: &[u32], users: usize) -> Vec<usize> {
+    fill_with(capacities, users, 0.0)
+}
+
+/// [`fill`] with the bound letting agents go `sigmas` standard deviations over.
+fn fill_with(capacities: &[u32], users: usize, sigmas: f64) -> Vec<usize> {
     let names: Vec<String> = (0..capacities.len()).map(|i| format!("a{i}")).collect();
     let inventories = vec![Inventory::default(); capacities.len()];
     let counts = vec![0; capacities.len()];
     let agents = live(&names, capacities, &inventories, &counts);
-    let mut placer = Placer::new(EPSILON);
+    let mut placer = Placer::new(EPSILON).with_sigmas(sigmas);
     let now = Instant::now();
     (0..users)
         .map(|u| {
@@ -69,23 +75,25 @@ fn fill(capacities: &[u32], users: usize) -> Vec<usize> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// No agent goes over its capacity or over `(1 + ε)` times its
-    /// capacity-weighted share of the class (rounded up).
+    /// No agent goes over its capacity or over its capacity-weighted share `m`
+    /// of the class plus the larger of `ε·m` and `σ·√m` (rounded up), σ = 0
+    /// being the strict `(1 + ε)` bound.
     #[test]
     fn loads_stay_within_capacity_and_the_bound(
         capacities in prop::collection::vec(1u32..200, 2..12),
         fill_percent in 1usize..50,
+        sigmas in prop_oneof![Just(0.0), 0.0f64..3.0],
     ) {
         let total: u32 = capacities.iter().sum();
         let users = (total as usize * fill_percent / 100).max(1);
-        let owners = fill(&capacities, users);
+        let owners = fill_with(&capacities, users, sigmas);
         let mut counts = vec![0usize; capacities.len()];
         for i in owners {
             counts[i] += 1;
         }
         for (i, (&count, &capacity)) in counts.iter().zip(&capacities).enumerate() {
-            let share = f64::from(capacity) / f64::from(total);
-            let bound = ((1.0 + EPSILON) * users as f64 * share).ceil() as usize;
+            let m = users as f64 * f64::from(capacity) / f64::from(total);
+            let bound = (m + (EPSILON * m).max(sigmas * m.sqrt())).ceil() as usize;
             prop_assert!(count <= capacity as usize, "a{i}: {count} > capacity {capacity}");
             prop_assert!(count <= bound, "a{i}: {count} > bound {bound} ({counts:?}, {capacities:?})");
         }
