@@ -7,9 +7,13 @@
 //! - the same for re-logins of users whose container exists (sticky lookups);
 //! - placements per second of new users with heartbeats arriving at their normal
 //!   rate (one per agent per heartbeat interval) from another thread, in real time;
+//! - the same while the heartbeats come flat out (one after another from another
+//!   thread, as after a controller restart), and how many that thread got in;
 //! - max/avg load (agents have equal capacities, so this is max/avg containers);
 //! - users moved on ±1 agent: fresh (the whole class placed again on n−1 and n+1
 //!   agents) and sticky (an agent joins, then one dies, everyone logs in again);
+//! - users moved by login order alone: the class placed again on the same agents,
+//!   last user first;
 //! - how long a burst of pending placements takes (no heartbeat in between, so every
 //!   placement is still pending when the next one comes).
 //!
@@ -265,20 +269,34 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1].as_secs_f64() * 1e6
 }
 
-/// Places users `0..users` on a fresh cluster of `agents`; returns the sim, each
-/// user's agent index and the sorted call times.
+/// In which order a class logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// User 0 first.
+    Forward,
+    /// The last user first.
+    Reversed,
+}
+
+/// Places users `0..users` on a fresh cluster of `agents`, in `order`; returns the
+/// sim, each user's agent index (by user number) and the sorted call times.
 fn fill(
     agents: usize,
     capacity: u32,
     users: usize,
     login_rate: usize,
+    order: Order,
 ) -> Result<(Sim, Vec<usize>, Vec<Duration>), String> {
     let mut sim = Sim::new(agents, capacity, login_rate);
-    let mut owners = Vec::with_capacity(users);
+    let mut owners = vec![0; users];
     let mut times = Vec::with_capacity(users);
-    for u in 0..users {
+    for k in 0..users {
+        let u = match order {
+            Order::Forward => k,
+            Order::Reversed => users - 1 - k,
+        };
         let (i, took) = sim.place(&user_name(u))?;
-        owners.push(i);
+        owners[u] = i;
         times.push(took);
     }
     sim.heartbeat_all();
@@ -306,13 +324,16 @@ fn relogin(sim: &mut Sim, users: usize) -> Result<(Vec<usize>, Vec<Duration>), S
 }
 
 /// New users placed per second, in real time, while another thread sends every live
-/// agent's heartbeat once per heartbeat interval; at most `most` of them, in at most
-/// `window`. Returns (placements/s, heartbeats/s achieved, heartbeats/s due).
+/// agent's heartbeat once per heartbeat interval (or, `flat_out`, one after another
+/// as fast as it can: a controller restart's storm of registrations and reports);
+/// at most `most` of them, in at most `window`. Returns (placements/s, heartbeats/s
+/// achieved, heartbeats/s due).
 fn throughput(
     sim: &mut Sim,
     first_user: usize,
     most: usize,
     window: Duration,
+    flat_out: bool,
 ) -> Result<(f64, f64, f64), String> {
     let interval = Config::default().heartbeat_interval();
     let base = sim.now;
@@ -338,7 +359,7 @@ fn throughput(
             let mut k = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let due = Duration::from_secs_f64(k as f64 * gap);
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                if let Some(wait) = due.checked_sub(start.elapsed()).filter(|_| !flat_out) {
                     // Short sleeps, so the end of the window is noticed.
                     std::thread::sleep(wait.min(Duration::from_millis(10)));
                     continue;
@@ -418,7 +439,7 @@ fn run(args: &Args, agents: usize, notes: &mut Vec<String>) -> Result<Row, Strin
     };
 
     // Pilot: the cost of a placement at this size, to keep within the budget. The
-    // class is placed about four times over (three fills, two re-logins at ~½).
+    // class is placed about five times over (four fills, two re-logins at ~½).
     let pilot_users = args.users.min(2_000);
     let started = Instant::now();
     fill(
@@ -426,12 +447,13 @@ fn run(args: &Args, agents: usize, notes: &mut Vec<String>) -> Result<Row, Strin
         capacity_for(args.users),
         pilot_users,
         args.login_rate,
+        Order::Forward,
     )?;
     let per_place = started.elapsed().as_secs_f64() / pilot_users as f64;
     let mut users = args.users;
-    let estimate = per_place * 4.0 * users as f64;
+    let estimate = per_place * 5.0 * users as f64;
     if estimate > args.budget.as_secs_f64() {
-        let fit = (args.budget.as_secs_f64() / (4.0 * per_place)) as usize;
+        let fit = (args.budget.as_secs_f64() / (5.0 * per_place)) as usize;
         users = (fit / 1_000 * 1_000).max(1_000).min(args.users);
         notes.push(format!(
             "{agents} agents: {users} users instead of {} (the class would take ~{estimate:.0} s, over the {:.0} s budget)",
@@ -441,16 +463,27 @@ fn run(args: &Args, agents: usize, notes: &mut Vec<String>) -> Result<Row, Strin
     }
     let capacity = capacity_for(users);
 
-    let (mut sim, owners, fill_times) = fill(agents, capacity, users, args.login_rate)?;
+    let (mut sim, owners, fill_times) =
+        fill(agents, capacity, users, args.login_rate, Order::Forward)?;
     let loads = sim.loads();
     let max = *loads.iter().max().unwrap_or(&0) as f64;
     let avg = users as f64 / agents as f64;
 
-    let (_, fewer, _) = fill(agents - 1, capacity, users, args.login_rate)?;
-    let (_, more, _) = fill(agents + 1, capacity, users, args.login_rate)?;
+    let (_, fewer, _) = fill(agents - 1, capacity, users, args.login_rate, Order::Forward)?;
+    let (_, more, _) = fill(agents + 1, capacity, users, args.login_rate, Order::Forward)?;
     let (fresh_minus, fresh_plus) = (moved(&fewer, &owners), moved(&more, &owners));
+    let (_, reversed, _) = fill(agents, capacity, users, args.login_rate, Order::Reversed)?;
+    let order_moved = moved(&reversed, &owners);
 
-    let (per_sec, hb_rate, hb_due) = throughput(&mut sim, users, users / 2, args.throughput_secs)?;
+    let (per_sec, hb_rate, hb_due) =
+        throughput(&mut sim, users, users / 4, args.throughput_secs, false)?;
+    let (storm_per_sec, storm_hb, _) = throughput(
+        &mut sim,
+        users + users / 4,
+        users / 4,
+        args.throughput_secs,
+        true,
+    )?;
 
     // Sticky: one agent joins, everyone logs in again; then agent 0 dies, again.
     sim.add_agent();
@@ -500,9 +533,12 @@ fn run(args: &Args, agents: usize, notes: &mut Vec<String>) -> Result<Row, Strin
         ),
         ("placements_per_s", format!("{per_sec:.0}")),
         ("heartbeats_per_s", format!("{hb_rate:.0} of {hb_due:.0}")),
+        ("storm_placements_per_s", format!("{storm_per_sec:.0}")),
+        ("storm_heartbeats_per_s", format!("{storm_hb:.0}")),
         ("max_over_avg", format!("{:.3}", max / avg)),
         ("fresh_moved_minus1", frac(fresh_minus)),
         ("fresh_moved_plus1", frac(fresh_plus)),
+        ("order_moved", frac(order_moved)),
         ("sticky_moved_plus1", frac(sticky_plus)),
         (
             "sticky_moved_minus1",
