@@ -51,10 +51,14 @@ const VNODES_PER_CAPACITY: usize = 4;
 /// Even a tiny agent gets enough virtual nodes for an even spread of its
 /// share over the ring.
 const MIN_VNODES: usize = 64;
-/// Caps the ring's size (its memory and rebuild time). A ring over more
-/// capacity than this allows has every agent's virtual nodes scaled down by the
-/// same power of two, so shares stay proportional to capacity at any capacity
-/// (issue 23: a per-agent clamp did not).
+/// Rings over large capacities are scaled down, every agent's virtual nodes
+/// divided by the same power of two (so shares stay proportional to capacity
+/// at any capacity; issue 23: a per-agent clamp did not), as far as leaves the
+/// smallest agent this many: enough for its share of the ring to be within
+/// about 3% of its capacity share.
+const PRECISE_VNODES: u64 = 1_024;
+/// And further, whatever the smallest keeps, until the ring has at most this
+/// many in all (its memory and rebuild time).
 const MAX_RING_VNODES: usize = 1 << 21;
 /// A member's capacity may drift this fraction from the one its ring was built
 /// with before the ring is rebuilt; the bounded-load check uses the exact one.
@@ -944,25 +948,32 @@ fn drifted(weighed: u32, capacity: u32) -> bool {
 }
 
 /// Virtual nodes for each of `capacities`: [`VNODES_PER_CAPACITY`] per unit
-/// of capacity, all divided by the same power of two until the ring fits in
-/// [`MAX_RING_VNODES`], and never fewer than [`MIN_VNODES`]. Proportional to
+/// of capacity, all divided by the same power of two, as far as leaves the
+/// smallest [`PRECISE_VNODES`] and then until the ring fits in
+/// [`MAX_RING_VNODES`]; never fewer than [`MIN_VNODES`]. Proportional to
 /// capacity for every agent above the floor (to within one virtual node); one
 /// below it gets more ring than its share, and the bounded-load check, which
-/// uses exact capacities, holds it to its share.
+/// uses exact capacities, holds it to its share. For agents of equal capacity
+/// the scale does not depend on how many there are, so one joining or leaving
+/// does not rescale the others.
 fn vnodes(capacities: &[u32]) -> Vec<usize> {
+    let units = |c: u32| u64::from(c).saturating_mul(VNODES_PER_CAPACITY as u64);
     let at = |shift: u32| -> Vec<usize> {
         capacities
             .iter()
             .map(|&c| {
-                let units = (c as u64).saturating_mul(VNODES_PER_CAPACITY as u64);
-                let scaled = units.div_ceil(1u64 << shift);
+                let scaled = units(c).div_ceil(1u64 << shift);
                 usize::try_from(scaled)
                     .unwrap_or(usize::MAX)
                     .max(MIN_VNODES)
             })
             .collect()
     };
+    let smallest = capacities.iter().map(|&c| units(c)).min().unwrap_or(0);
     let mut shift = 0;
+    while shift < 40 && smallest >> (shift + 1) >= PRECISE_VNODES {
+        shift += 1;
+    }
     loop {
         let counts = at(shift);
         let total = counts.iter().fold(0usize, |t, c| t.saturating_add(*c));
@@ -1463,9 +1474,10 @@ mod tests {
 
     #[test]
     fn ring_shares_follow_capacity_beyond_the_old_clamp() {
-        // Capacities of 600, 2,400 and 10,000 once all got 2,048 virtual nodes.
+        // Capacities of 600, 2,400 and 10,000 once all got 2,048 virtual nodes;
+        // now 4 per unit, halved alike while the smallest keeps 1,024.
         let caps = [600u32, 2_400, 10_000];
-        assert_eq!(vnodes(&caps), [2_400, 9_600, 40_000]);
+        assert_eq!(vnodes(&caps), [1_200, 4_800, 20_000]);
         let members: Vec<(String, u32)> = caps
             .iter()
             .enumerate()
