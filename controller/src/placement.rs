@@ -1591,6 +1591,42 @@ mod tests {
     }
 
     #[test]
+    fn a_report_compared_off_the_lock_against_an_older_inventory_is_compared_again() {
+        // Two reports of one agent compared with the same inventory (as when a
+        // registration and a heartbeat race): the later one applied must still
+        // leave the user index as its inventory says, not as its stale change does.
+        let mut placer = Placer::new(0.25);
+        placer.report("a", &report_of(10, &["alice", "bob"]), true, false);
+        let base = placer.inventory("a");
+        let first = Report::new(&report_of(10, &["alice", "carol"]));
+        let second = Report::new(&report_of(10, &["dave"]));
+        let (c1, c2) = (
+            first.changes_from(base.as_ref()),
+            second.changes_from(base.as_ref()),
+        );
+        placer.apply("a", first, c1, true, false);
+        placer.apply("a", second, c2, true, false);
+        for (user, held) in [
+            ("alice", false),
+            ("bob", false),
+            ("carol", false),
+            ("dave", true),
+        ] {
+            assert_eq!(
+                placer.holders(user, "default").count(),
+                usize::from(held),
+                "{user}"
+            );
+        }
+        // A change computed against the current inventory is taken as it is.
+        let third = Report::new(&report_of(10, &["dave", "erin"]));
+        let c3 = third.changes_from(placer.inventory("a").as_ref());
+        placer.apply("a", third, c3, true, false);
+        assert_eq!(placer.holders("erin", "default").collect::<Vec<_>>(), ["a"]);
+        assert_eq!(placer.holders("dave", "default").collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
     fn reports_keep_the_indexes_and_the_ring_only_changes_with_membership() {
         let mut placer = Placer::new(0.25);
         let all = |_: &str| true;
