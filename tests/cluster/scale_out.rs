@@ -115,7 +115,8 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
     std::fs::write(
         d.join("controller.toml"),
         format!(
-            "listen = \"127.0.0.1:{controller_port}\"\n{}",
+            // The strict bound, so the spread below is the bounded-load one.
+            "listen = \"127.0.0.1:{controller_port}\"\nload_sigmas = 0\n{}",
             crate::lab::controller_toml()
         ),
     )
@@ -260,8 +261,8 @@ async fn replicas_behind_haproxy_survive_faults() {
         *per_agent.entry(agent.clone()).or_insert(0) += 1;
         placement.insert(user, agent);
     }
-    // Consistent hashing with bounded loads: every agent used, none above
-    // ceil((1 + 0.25) * 20 / 3) = 9.
+    // Consistent hashing with bounded loads, strict (`load_sigmas = 0`): every
+    // agent used, none above ceil((1 + 0.25) * 20 / 3) = 9.
     assert_eq!(per_agent.len(), AGENTS, "{per_agent:?}");
     assert!(per_agent.values().all(|&n| n <= 9), "{per_agent:?}");
     // The client's real address reaches the proxies through PROXY protocol:
