@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use labssh_proto::pb;
+use labssh_testkit::docker::TEST_IMAGE;
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, Auth};
 use pb::agent_client::AgentClient;
@@ -297,7 +298,15 @@ async fn unix_sockets_forward_both_ways_byte_exact_as_the_student() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unix_socket_forwards_are_refused_with_a_reason() {
-    let lab = Lab::start(LabOptions::default()).await;
+    // A container made for Docker exec has no helper to act as the student in it.
+    let catalogue = format!(
+        "[environments.exec]\nimage = \"{TEST_IMAGE}\"\nspawn = \"exec\"\nuid = 1000\ngid = 1000\n"
+    );
+    let lab = Lab::start(LabOptions {
+        catalogue,
+        ..Default::default()
+    })
+    .await;
     let alice = Lab::alice();
     let host_path = in_container(&lab, "alice", &alice, "/tmp/alice.sock").await;
     // Anyone in alice's container may connect to this one.
@@ -362,6 +371,9 @@ async fn unix_socket_forwards_are_refused_with_a_reason() {
     assert!(!prohibited && err.contains("Permission denied"), "{err}");
     let root = host_path.parent().and_then(|tmp| tmp.parent()).unwrap();
     assert!(root.join("etc/r.sock").symlink_metadata().is_err());
+    let err = refused_local(&lab, "alice+exec", &alice, "/tmp/alice.sock").await;
+    assert!(err.contains("needs labssh-init in the container"), "{err}");
+    refused_remote(&lab, "alice+exec", "/tmp/exec.sock").await;
     // Nothing above reached alice's socket; a good forward still does.
     assert_eq!(alices.connections.load(Ordering::SeqCst), 0);
     let port = free_port();

@@ -496,6 +496,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unix_socket_requests_carry_the_students_ids_and_bring_refusals_back() {
+        let student = RunAs::Ids {
+            uid: 1000,
+            gid: 100,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, served) =
+            fake_helper(dir.path(), frame(wire::kind::ERROR, b"Permission denied"));
+        match socket.connect_unix("/run/x.sock", student, soon()).await {
+            Err(HelperError::Failed(m)) => assert_eq!(m, "Permission denied"),
+            other => panic!("{other:?}"),
+        }
+        let asked = wire::UnixSocket {
+            uid: 1000,
+            gid: 100,
+            path: "/run/x.sock".into(),
+        };
+        assert_eq!(served.await.unwrap(), wire::Request::ConnectUnix(asked));
+        // LISTENING without the socket it should carry.
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, served) = fake_helper(dir.path(), frame(wire::kind::LISTENING, &[]));
+        match socket.listen_unix("/tmp/a.sock", RunAs::Root, soon()).await {
+            Err(HelperError::Failed(m)) => assert!(m.contains("unexpected answer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let asked = wire::UnixSocket {
+            uid: 0,
+            gid: 0,
+            path: "/tmp/a.sock".into(),
+        };
+        assert_eq!(served.await.unwrap(), wire::Request::ListenUnix(asked));
+        // A helper that predates the request: an old helper, not a failure.
+        let dir = tempfile::tempdir().unwrap();
+        let old = frame(wire::kind::ERROR, b"unexpected request kind 0xa");
+        let (socket, _served) = fake_helper(dir.path(), old);
+        match socket.listen_unix("/tmp/a.sock", student, soon()).await {
+            Err(HelperError::Unavailable(m)) => assert!(m.contains("older than the agent"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn lookups_bring_addresses_back() {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<SocketAddr> =
