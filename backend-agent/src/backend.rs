@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::BackendError;
 pub use guard::{BridgeEgress, NetworkGuard};
+pub use helper::SocketListener;
 pub(crate) use keyed_lock::KeyedLock;
 pub use lifecycle_ops::{
     settings_hash, Admission, EnsureOptions, EnsureStep, KeepaliveFile, Renewal, StepSink,
@@ -175,6 +176,37 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::ListenFailed {
             address: addr.to_string(),
             message: "this container runtime cannot listen in containers".to_owned(),
+        })
+    }
+
+    /// Connects to the unix socket at `path` (absolute) inside the running container
+    /// as `run_as`, whose permissions on the file then apply, for `ssh -L PORT:/PATH`.
+    async fn connect_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let _ = (container, run_as);
+        Err(BackendError::ConnectFailed {
+            target: path.to_owned(),
+            message: "this container runtime cannot forward unix sockets".to_owned(),
+        })
+    }
+
+    /// Listens on a unix socket made at `path` (absolute) inside the running
+    /// container by `run_as` (theirs, mode 0600), for `ssh -R /PATH:...`; the socket
+    /// file goes away with the listener.
+    async fn listen_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<SocketListener, BackendError> {
+        let _ = (container, run_as);
+        Err(BackendError::ListenFailed {
+            address: path.to_owned(),
+            message: "this container runtime cannot listen on unix sockets".to_owned(),
         })
     }
 

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod pending;
 pub mod policy;
 pub mod refusal;
+pub mod socket_path;
 pub mod splice;
 
 use std::sync::Arc;

@@ -17,6 +17,12 @@
 //! helper → agent: ADDRESSES | ERROR
 //! agent → helper: LISTEN
 //! helper → agent: LISTENING (with the listening socket as SCM_RIGHTS) | ERROR
+//! agent → helper: CONNECT_UNIX
+//! helper → agent: CONNECTED (with the socket as SCM_RIGHTS) | ERROR
+//! agent → helper: LISTEN_UNIX
+//! helper → agent: LISTENING (with the listening socket as SCM_RIGHTS) | ERROR,
+//!                 then nothing: the agent keeps the connection while it listens,
+//!                 and its end tells the helper to remove the socket file
 //! ```
 //!
 //! Stdin is credit-based: the agent sends at most [`STDIN_WINDOW`] bytes more than the
@@ -27,9 +33,9 @@
 //! Running containers keep the labssh-init they were created with while agents are
 //! upgraded, so requests carry [`VERSION`] and the helper refuses versions it does not
 //! speak; the agent then restores the helper (a restart mounts the current
-//! labssh-init). Request kinds added later (LOOKUP, LISTEN) keep the version: a helper
-//! that predates one answers ERROR starting with [`UNEXPECTED_KIND`], which the agent
-//! recognises.
+//! labssh-init). Request kinds added later (LOOKUP, LISTEN, CONNECT_UNIX,
+//! LISTEN_UNIX) keep the version: a helper that predates one answers ERROR starting
+//! with [`UNEXPECTED_KIND`], which the agent recognises.
 
 /// Protocol version in every request.
 pub const VERSION: u16 = 1;
@@ -44,6 +50,8 @@ pub const SOCKET_NAME: &str = "helper.sock";
 /// How the ERROR answer to a request kind the helper does not know begins (every
 /// helper version has answered this way).
 pub const UNEXPECTED_KIND: &str = "unexpected request kind";
+/// Longest unix socket path: `sun_path` holds 108 bytes, the last one the NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
 /// Most addresses in one ADDRESSES frame.
 pub const MAX_ADDRESSES: usize = 64;
 
@@ -51,7 +59,7 @@ mod answer;
 mod request;
 
 pub use answer::{decode_addresses, encode_addresses, Exit};
-pub use request::{Connect, Listen, Lookup, Request, Spawn};
+pub use request::{Connect, Listen, Lookup, Request, Spawn, UnixSocket};
 
 /// Frame kinds. Below 0x80 the agent sends, from 0x80 the helper does.
 pub mod kind {
@@ -71,6 +79,10 @@ pub mod kind {
     pub const LOOKUP: u8 = 0x07;
     /// Listen on a TCP address inside the container: [`super::Listen`].
     pub const LISTEN: u8 = 0x08;
+    /// Connect to a unix socket inside the container: [`super::UnixSocket`].
+    pub const CONNECT_UNIX: u8 = 0x09;
+    /// Listen on a unix socket inside the container: [`super::UnixSocket`].
+    pub const LISTEN_UNIX: u8 = 0x0a;
 
     /// The process runs: its pid in the container, `u32`.
     pub const STARTED: u8 = 0x81;
@@ -222,6 +234,21 @@ mod tests {
             host: "::".into(),
             port: 65535,
         }));
+        let socket = UnixSocket {
+            uid: 1000,
+            gid: 100,
+            path: "/run/jupyter.sock".into(),
+        };
+        round_trip(Request::ConnectUnix(socket.clone()));
+        round_trip(Request::ListenUnix(socket.clone()));
+        let connect = Request::ConnectUnix(socket.clone()).encode();
+        let listen = Request::ListenUnix(socket).encode();
+        assert_eq!(
+            split_frame(&connect).unwrap().unwrap().0,
+            kind::CONNECT_UNIX
+        );
+        assert_eq!(split_frame(&listen).unwrap().unwrap().0, kind::LISTEN_UNIX);
+        assert_eq!(&connect[5..], &listen[5..]);
     }
 
     #[test]

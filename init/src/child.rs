@@ -347,6 +347,11 @@ fn dup_to(fd: RawFd, target: RawFd) -> bool {
     }
 }
 
+/// [`become_user`] for a worker that does not exec: the failed step by name.
+pub(crate) fn take_creds(creds: &Creds) -> Result<(), &'static str> {
+    become_user(creds).map_err(|step| STEPS.get(step as usize).copied().unwrap_or("setuid"))
+}
+
 /// Switches to `creds`. Without the privilege to switch, staying the same user is fine.
 /// A helper that is not root keeps its groups (setgroups needs CAP_SETGID; the server
 /// checked that `creds` asks for none it lacks, see `creds::Authority`) and its uid

@@ -22,6 +22,7 @@ mod server;
 mod session;
 mod signals;
 mod sys;
+mod unix;
 
 fn main() {
     let opts = match args::parse(std::env::args_os().skip(1)) {

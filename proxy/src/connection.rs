@@ -188,27 +188,18 @@ impl Connection {
             Event::Closed(channel) => {
                 self.sessions.remove(&channel);
             }
-            Event::DirectTcpip {
+            Event::Direct {
                 channel,
                 reply,
-                host,
-                port,
+                destination,
                 originator,
             } => {
-                self.direct_tcpip(channel, reply, (host, port), originator, handle)
+                self.direct(channel, reply, destination, originator, handle)
                     .await
             }
-            Event::TcpipForward {
-                address,
-                port,
-                reply,
-            } => self.tcpip_forward(address, port, reply, handle),
-            Event::CancelTcpipForward {
-                address,
-                port,
-                reply,
-            } => {
-                let _ = reply.send(self.remote.cancel(&address, port));
+            Event::RemoteForward { bind, reply } => self.remote_forward(bind, reply, handle),
+            Event::CancelRemoteForward { bind, reply } => {
+                let _ = reply.send(self.remote.cancel(&bind));
             }
         }
     }
@@ -339,11 +330,11 @@ impl Connection {
         tokio::spawn(channel::run(write, inbox, ctx, accepted));
     }
 
-    async fn direct_tcpip(
+    async fn direct(
         &self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        target: (String, u32),
+        destination: forward::Destination,
         originator: String,
         handle: &Handle,
     ) {
@@ -357,21 +348,19 @@ impl Connection {
         let Some((ctx, reply, slot)) = self.admit(handle, reply, slot).await else {
             return;
         };
-        let (host, port) = target;
         let closed = self.closed.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = closed.cancelled() => {}
-                _ = forward::direct_tcpip(ctx, channel, reply, host, port, originator) => {}
+                _ = forward::direct(ctx, channel, reply, destination, originator) => {}
             }
             drop(slot);
         });
     }
 
-    fn tcpip_forward(
+    fn remote_forward(
         &self,
-        address: String,
-        port: u32,
+        bind: forward::Bind,
         reply: oneshot::Sender<Option<u32>>,
         handle: &Handle,
     ) {
@@ -382,12 +371,13 @@ impl Connection {
         let remote = self.remote.clone();
         tokio::spawn(async move {
             let conn = ctx.conn;
-            match forward::tcpip_forward(ctx, remote, address.clone(), port).await {
+            let listen = bind.to_string();
+            match forward::remote_forward(ctx, remote, bind).await {
                 Ok(bound) => {
                     let _ = reply.send(Some(bound));
                 }
                 Err(e) => {
-                    tracing::info!(conn, %address, port, "remote forward refused: {e}");
+                    tracing::info!(conn, %listen, "remote forward refused: {e}");
                     let _ = reply.send(None);
                 }
             }

@@ -16,8 +16,8 @@ mod open;
 mod remote;
 mod splice;
 
-pub(crate) use direct::direct_tcpip;
-pub(crate) use remote::{tcpip_forward, RemoteForwards};
+pub(crate) use direct::{direct, Destination};
+pub(crate) use remote::{remote_forward, Bind, RemoteForwards};
 
 /// Client-to-container bytes one SSH connection may hold in the proxy, across its
 /// forwards, in KiB: 64 MiB.

@@ -10,7 +10,7 @@ use crate::lab::{connect_when_up, pattern, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 
@@ -48,10 +48,13 @@ pub(crate) async fn forward(lab: &Lab, login: &str, options: &[&str], local_port
     child
 }
 
-/// Sends `total` bytes through an echo service at `addr` while reading the echo
+/// Sends `total` bytes through an echo service on `stream` while reading the echo
 /// back; returns (sha256 sent, sha256 received, bytes received).
-async fn echo_round_trip(stream: TcpStream, total: usize) -> ([u8; 32], [u8; 32], usize) {
-    let (mut rd, mut wr) = stream.into_split();
+pub(crate) async fn echo_round_trip<S>(stream: S, total: usize) -> ([u8; 32], [u8; 32], usize)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
         let chunk = pattern(1 << 20, 0x5eed);
         let mut hash = Sha256::new();

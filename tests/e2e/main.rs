@@ -17,6 +17,8 @@
 //! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
 //!   old ones recreated at a login with no other session;
 //! - `prestart`: containers made ahead of a class by users file, group and schedule;
+//! - `streamlocal`: `ssh -L PORT:/PATH` and `ssh -R /PATH:...` to unix sockets in the
+//!   container, as the student, under the forwarding policy;
 //! - `start_queue`: bounded container starts, places on stderr, a full queue, a
 //!   client leaving it (a gate holds Docker's starts).
 
@@ -35,3 +37,4 @@ mod lifecycle;
 mod prestart;
 mod sessions;
 mod start_queue;
+mod streamlocal;

@@ -228,6 +228,10 @@ impl Lab {
                     } else {
                         format!("{prefix}a{i}")
                     },
+                    // The lab's own: labs of other checkouts on this host install
+                    // their labssh-init into the default directory at any time, and
+                    // containers made then would mount that one.
+                    helper_dir: dir.path().join("helpers").display().to_string(),
                     ..Default::default()
                 };
                 if let Some(socket) = &options.docker_socket {

@@ -137,3 +137,84 @@ async fn no_forward_reaches_bobs_container() {
     let _ = session.kill().await;
     lab.stop().await;
 }
+
+/// Serves `text` to every connection on a unix socket at `path` inside `user`'s
+/// `env` container (bound through its init's root: the image has no unix-socket
+/// tool), open to anyone there (0666); counts the connections.
+fn serve_socket(
+    lab: &Lab,
+    user: &str,
+    env: &str,
+    path: &str,
+    text: String,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::Ordering;
+    let host_path = format!("/proc/{}/root{path}", init_pid(lab, user, env));
+    let listener = tokio::net::UnixListener::bind(&host_path).unwrap();
+    std::fs::set_permissions(&host_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = s.write_all(text.as_bytes()).await;
+        }
+    });
+    count
+}
+
+/// `ssh -L PORT:/PATH` towards a socket in bob's container, by every path alice might
+/// try, as a student and as root in her own container: each path names her own
+/// container's files, or is refused. A control forward to her own socket proves the
+/// forwards carry data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_unix_socket_forward_reaches_bobs_socket() {
+    use std::sync::atomic::Ordering;
+    let lab = Lab::start(LabOptions::default()).await;
+    let bob = Bob::plant(&lab).await;
+    let bobs = serve_socket(&lab, "bob", "default", "/tmp/bob.sock", bob.secret.clone());
+    let bob_pid = init_pid(&lab, "bob", "default");
+    for login in ["alice", "alice+admin"] {
+        let env = login.strip_prefix("alice+").unwrap_or("default");
+        as_alice(&lab, login, "true").await;
+        let own = serve_socket(&lab, "alice", env, "/tmp/own.sock", "alice-own\n".into());
+        let targets: Vec<String> = [
+            "/tmp/own.sock".to_owned(),
+            "/tmp/bob.sock".to_owned(),
+            format!("/proc/{bob_pid}/root/tmp/bob.sock"),
+            "/proc/1/root/tmp/bob.sock".to_owned(),
+            "/tmp/../proc/1/root/tmp/bob.sock".to_owned(),
+            "/.labssh/run/helper.sock".to_owned(),
+        ]
+        .into();
+        let (mut session, ports, socks) = forwards(&lab, login, &targets);
+        drop(connect_when_up(socks).await);
+        assert_eq!(
+            read_through(ports[0]).await,
+            "alice-own\n",
+            "the control forward to alice's own socket carries data ({login})"
+        );
+        assert_eq!(own.load(Ordering::SeqCst), 1);
+        for (target, port) in targets.iter().zip(&ports).skip(1) {
+            let got = read_through(*port).await;
+            bob.assert_not_in(&got, &format!("{login}: ssh -L {target}"));
+        }
+        let _ = session.kill().await;
+    }
+    assert_eq!(
+        bobs.load(Ordering::SeqCst),
+        0,
+        "a forward reached bob's socket"
+    );
+    lab.stop().await;
+}
+
+/// The host pid of the init of `user`'s `env` container.
+fn init_pid(lab: &Lab, user: &str, env: &str) -> String {
+    let name = lab.container_name(user, env);
+    labssh_testkit::docker::docker(&["inspect", "-f", "{{.State.Pid}}", &name])
+        .unwrap()
+        .trim()
+        .to_owned()
+}

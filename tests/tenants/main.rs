@@ -6,7 +6,8 @@
 //! - `network`: straight from alice's containers to bob's, by address, IPv6 and name;
 //! - `names`: crafted login names (`bob`, `BOB`, `alice+../bob`, look-alikes, over-long);
 //! - `forwarding`: `ssh -L`/`-D` to bob by address, IPv6, name, `0.0.0.0`, and a name
-//!   alice points at bob's address herself (DNS rebinding);
+//!   alice points at bob's address herself (DNS rebinding); `ssh -L PORT:/PATH` to
+//!   bob's unix socket by his path, `/proc/PID/root`, `..` and labssh's own socket;
 //! - `files`: SFTP paths (`/proc/1/root`, symlinks planted in alice's home pointing at
 //!   host paths and at bob's volume), and a search of every file alice can read;
 //! - `inside`: the helper socket and its directory, `/run/labssh`, the Docker socket,

@@ -54,11 +54,11 @@ use super::init_binary::{self, HelperSetup};
 use super::netns;
 use super::{
     Backend, BackendError, ContainerInfo, DiskUsage, Duplex, EnsureOptions, Ensured, KeepaliveFile,
-    KeyedLock, NetworkGuard, Process, SpawnSpec,
+    KeyedLock, NetworkGuard, Process, RunAs, SocketListener, SpawnSpec,
 };
 use crate::config::Config;
 use errors::docker_message;
-use inside::{Connect, Listen, Lookup, Spawn};
+use inside::{Connect, ConnectUnix, Listen, ListenUnix, Lookup, Spawn};
 use routes::{Route, Routes};
 
 /// bollard's request timeout; container creation on a busy node can take a while.
@@ -306,6 +306,25 @@ impl Backend for DockerBackend {
         addr: SocketAddr,
     ) -> Result<tokio::net::TcpListener, BackendError> {
         self.inside(container, Listen(addr)).await
+    }
+
+    async fn connect_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let stream = self.inside(container, ConnectUnix { path, run_as }).await?;
+        Ok(Box::new(stream))
+    }
+
+    async fn listen_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<SocketListener, BackendError> {
+        self.inside(container, ListenUnix { path, run_as }).await
     }
 
     async fn find_executable(

@@ -1,6 +1,7 @@
 //! The agent's side of labssh-init, the helper running as PID 1 in containers created
-//! for it: spawning processes, opening TCP connections, resolving names and listening
-//! inside the container, over its unix socket.
+//! for it: spawning processes, opening TCP connections, resolving names, listening
+//! inside the container and reaching or making unix sockets there, over its unix
+//! socket.
 //!
 //! The socket lives on a small tmpfs private to the container, at [`SOCKET_PATH`].
 //! Root in a root environment can delete, rename or replace anything there, so the
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use labssh_helper_proto::wire;
 
@@ -234,6 +235,55 @@ impl HelperSocket {
         }
     }
 
+    /// Connects to the unix socket at `path` inside the container as the student
+    /// `run_as` names, so the socket file's permissions apply to them.
+    pub async fn connect_unix(
+        &self,
+        path: &str,
+        run_as: RunAs,
+        ready_by: tokio::time::Instant,
+    ) -> Result<UnixStream, HelperError> {
+        let request = wire::Request::ConnectUnix(unix_socket(path, run_as));
+        let timed_out = format!("connecting to {path} timed out");
+        let answer = self
+            .ask(&request, ready_by, REPLY_TIMEOUT, &timed_out)
+            .await?;
+        match answer {
+            (wire::kind::CONNECTED, _, Some(fd)) => nonblocking(fd)
+                .and_then(|fd| UnixStream::from_std(fd.into()))
+                .map_err(|e| HelperError::Failed(format!("cannot use the connection: {e}"))),
+            (kind, _, _) => Err(unexpected(kind)),
+        }
+    }
+
+    /// A unix socket listening at `path` inside the container, made by the student
+    /// `run_as` names (theirs, mode 0600). The helper removes the file once the
+    /// returned [`SocketListener`] is dropped.
+    pub async fn listen_unix(
+        &self,
+        path: &str,
+        run_as: RunAs,
+        ready_by: tokio::time::Instant,
+    ) -> Result<SocketListener, HelperError> {
+        let request = wire::Request::ListenUnix(unix_socket(path, run_as));
+        let stream = self.request(&request, ready_by).await?;
+        let answer = tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fd(&stream))
+            .await
+            .map_err(|_| HelperError::Failed(format!("listening on {path} timed out")))?
+            .map_err(|e| unavailable("reading the helper's answer", &e))?;
+        match answer {
+            (wire::kind::LISTENING, _, Some(fd)) => nonblocking(fd)
+                .and_then(|fd| UnixListener::from_std(fd.into()))
+                .map(|listener| SocketListener {
+                    listener,
+                    _helper: stream,
+                })
+                .map_err(|e| HelperError::Failed(format!("cannot use the listener: {e}"))),
+            (wire::kind::ERROR, payload, _) => Err(refusal(&payload)),
+            (kind, _, _) => Err(unexpected(kind)),
+        }
+    }
+
     /// Sends a request answered by a single frame (and maybe a descriptor) and reads
     /// that answer; an ERROR frame becomes the error.
     async fn ask(
@@ -290,6 +340,29 @@ impl HelperSocket {
             Err(ConnectError::Absent(_)) => Ok(false),
             Err(ConnectError::Helper(e)) => Err(e),
         }
+    }
+}
+
+/// A unix socket listening inside a container, and the helper's connection whose end
+/// tells the helper to remove the socket file.
+#[derive(Debug)]
+pub struct SocketListener {
+    /// Accepts the container's connections.
+    pub listener: UnixListener,
+    /// Held, never read or written, while the listener lives.
+    _helper: UnixStream,
+}
+
+/// The wire request for a unix socket at `path`, acted on as `run_as`.
+fn unix_socket(path: &str, run_as: RunAs) -> wire::UnixSocket {
+    let (uid, gid) = match run_as {
+        RunAs::Root => (0, 0),
+        RunAs::Ids { uid, gid } => (uid, gid),
+    };
+    wire::UnixSocket {
+        uid,
+        gid,
+        path: path.to_owned(),
     }
 }
 
@@ -420,6 +493,48 @@ mod tests {
 
     fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn unix_socket_requests_carry_the_students_ids_and_bring_refusals_back() {
+        let student = RunAs::Ids {
+            uid: 1000,
+            gid: 100,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, served) =
+            fake_helper(dir.path(), frame(wire::kind::ERROR, b"Permission denied"));
+        match socket.connect_unix("/run/x.sock", student, soon()).await {
+            Err(HelperError::Failed(m)) => assert_eq!(m, "Permission denied"),
+            other => panic!("{other:?}"),
+        }
+        let asked = wire::UnixSocket {
+            uid: 1000,
+            gid: 100,
+            path: "/run/x.sock".into(),
+        };
+        assert_eq!(served.await.unwrap(), wire::Request::ConnectUnix(asked));
+        // LISTENING without the socket it should carry.
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, served) = fake_helper(dir.path(), frame(wire::kind::LISTENING, &[]));
+        match socket.listen_unix("/tmp/a.sock", RunAs::Root, soon()).await {
+            Err(HelperError::Failed(m)) => assert!(m.contains("unexpected answer"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let asked = wire::UnixSocket {
+            uid: 0,
+            gid: 0,
+            path: "/tmp/a.sock".into(),
+        };
+        assert_eq!(served.await.unwrap(), wire::Request::ListenUnix(asked));
+        // A helper that predates the request: an old helper, not a failure.
+        let dir = tempfile::tempdir().unwrap();
+        let old = frame(wire::kind::ERROR, b"unexpected request kind 0xa");
+        let (socket, _served) = fake_helper(dir.path(), old);
+        match socket.listen_unix("/tmp/a.sock", student, soon()).await {
+            Err(HelperError::Unavailable(m)) => assert!(m.contains("older than the agent"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

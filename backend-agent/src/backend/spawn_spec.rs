@@ -43,6 +43,29 @@ pub enum RunAs {
     },
 }
 
+impl RunAs {
+    /// Who `user`'s processes (and unix sockets) in environment `env` run as: the
+    /// environment's ids, root only where the environment says so.
+    pub fn student(user: &str, env: &pb::Environment) -> RunAs {
+        if env.run_as_root {
+            RunAs::Root
+        } else if !crate::identity::ids_known(env) {
+            // Ids from an identity never filled in: a caller's mistake, and
+            // never root (the 0 the catalogue holds there).
+            tracing::warn!(user, environment = %env.name, "no uid/gid known for the student; running as nobody");
+            RunAs::Ids {
+                uid: NOBODY,
+                gid: NOBODY,
+            }
+        } else {
+            RunAs::Ids {
+                uid: env.uid,
+                gid: env.gid,
+            }
+        }
+    }
+}
+
 /// Used when an environment names no shell; every image the agent can use has one.
 const FALLBACK_SHELL: &str = "/bin/sh";
 
@@ -95,22 +118,7 @@ impl SpawnSpec {
             argv,
             env: vars.0,
             pty,
-            run_as: if env.run_as_root {
-                RunAs::Root
-            } else if !crate::identity::ids_known(env) {
-                // Ids from an identity never filled in: a caller's mistake, and
-                // never root (the 0 the catalogue holds there).
-                tracing::warn!(user, environment = %env.name, "no uid/gid known for the student; running as nobody");
-                RunAs::Ids {
-                    uid: NOBODY,
-                    gid: NOBODY,
-                }
-            } else {
-                RunAs::Ids {
-                    uid: env.uid,
-                    gid: env.gid,
-                }
-            },
+            run_as: RunAs::student(user, env),
             workdir: Some(home),
         }
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::pending::Accepted;
 use super::policy::{Policy, Refused};
 use super::refusal::ForwardError;
-use crate::backend::{Duplex, SharedBackend};
+use crate::backend::{Duplex, Ensured, RunAs, SharedBackend};
 use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::start_queue::{Caller, Class};
@@ -60,6 +60,10 @@ pub async fn open(
         )
         .await?;
     let policy = Policy::of(&env);
+    if !open.socket_path.is_empty() {
+        let held = (counted, active);
+        return open_socket(shared, &open, &env, ensured, held).await;
+    }
     policy.check_local_enabled()?;
     let port = u16::try_from(open.port).map_err(|_| ForwardError::BadPort(open.port))?;
     let host = open.host.trim_start_matches('[').trim_end_matches(']');
@@ -102,6 +106,35 @@ pub async fn open(
         (Some(e), _) => e.into(),
         (None, Some(r)) => r.into(),
         (None, None) => ForwardError::NoAddress(format!("{host}:{port}")),
+    })
+}
+
+/// `ssh -L PORT:/PATH`: connects to the unix socket at the path inside the container,
+/// as the student, after policy allows the path.
+async fn open_socket(
+    shared: &Shared,
+    open: &pb::ForwardOpen,
+    env: &pb::Environment,
+    ensured: Ensured,
+    (counted, active): (Held, Active),
+) -> Result<Opened, ForwardError> {
+    let path = &open.socket_path;
+    if let Err(r) = Policy::of(env).check_local_socket(path) {
+        tracing::info!(user = %open.user, %path, "forward refused: {}", r.0);
+        return Err(r.into());
+    }
+    let run_as = RunAs::student(&open.user, env);
+    let stream = shared
+        .backend
+        .connect_unix(&ensured.container_id, path, run_as)
+        .await?;
+    tracing::info!(user = %open.user, container = %ensured.name, %path, originator = %open.originator, "forward opened");
+    Ok(Opened {
+        stream,
+        container: ensured.name,
+        address: path.clone(),
+        counted,
+        active,
     })
 }
 
@@ -161,9 +194,9 @@ pub fn attach(shared: &Shared, attach: pb::ForwardAttach) -> Result<Opened, Forw
     } = accepted;
     drop(waiting);
     Ok(Opened {
-        stream: Box::new(stream),
+        stream,
         container,
-        address: peer.to_string(),
+        address: peer.map_or_else(|| "a unix socket".to_owned(), |p| p.to_string()),
         counted: forward,
         active: shared.lifecycle.hold(&attach.user, &attach.environment),
     })

@@ -1,7 +1,8 @@
-//! `ssh -R`: one Listen call binds inside the student's container, then announces
-//! every connection it accepts until the proxy ends the call; the proxy attaches each
-//! with a Forward stream.
+//! `ssh -R`: one Listen call binds inside the student's container (a TCP address, or a
+//! unix socket the student owns), then announces every connection it accepts until
+//! the proxy ends the call; the proxy attaches each with a Forward stream.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::net::TcpListener;
 use super::pending::Accepted;
 use super::policy::Policy;
 use super::refusal::ForwardError;
-use crate::backend::Ensured;
+use crate::backend::{Duplex, Ensured, RunAs, SocketListener};
 use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
@@ -26,15 +27,40 @@ pub const EVENT_BUFFER: usize = 16;
 /// Pause after a failed accept (EMFILE and the like), so it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// A listening socket inside a student's container.
+enum Bound {
+    /// `ssh -R [ADDR:]PORT:...`.
+    Tcp(TcpListener),
+    /// `ssh -R /PATH:...`; its socket file goes when this is dropped.
+    Unix(SocketListener),
+}
+
+impl Bound {
+    /// The next connection, and its peer's address where it has one.
+    async fn accept(&self) -> io::Result<(Box<dyn Duplex>, Option<SocketAddr>)> {
+        match self {
+            Bound::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok((Box::new(stream), Some(peer)))
+            }
+            Bound::Unix(socket) => {
+                let (stream, _) = socket.listener.accept().await?;
+                Ok((Box::new(stream), None))
+            }
+        }
+    }
+}
+
 /// A listener inside a student's container, and whose it is.
 struct Listening {
     /// The request it serves.
     request: pb::ListenRequest,
     /// The container it listens in.
     ensured: Ensured,
-    /// The address it was bound to.
-    addr: SocketAddr,
-    /// The port it got.
+    /// Where it listens, for logs: the address bound, or the socket's path.
+    place: String,
+    /// The TCP port it got; 0 for a unix socket.
     port: u16,
     /// Keeps the container awake while it listens.
     _active: Active,
@@ -53,11 +79,11 @@ pub async fn listen(shared: std::sync::Arc<Shared>, request: pb::ListenRequest, 
     let Listening {
         request,
         ensured,
-        addr,
+        place,
         port,
         ..
     } = &listening;
-    tracing::info!(user = %request.user, container = %ensured.name, %addr, port, "remote forward listening");
+    tracing::info!(user = %request.user, container = %ensured.name, %place, port, "remote forward listening");
     let event = Event::Listening(pb::Listening {
         port: (*port).into(),
         container: ensured.name.clone(),
@@ -70,7 +96,7 @@ pub async fn listen(shared: std::sync::Arc<Shared>, request: pb::ListenRequest, 
         return;
     }
     accept_loop(&shared, &listener, &listening, &tx).await;
-    tracing::info!(user = %request.user, container = %ensured.name, port, "remote forward closed");
+    tracing::info!(user = %request.user, container = %ensured.name, %place, port, "remote forward closed");
 }
 
 /// Counts the listener, ensures the container and binds where policy says; the
@@ -78,7 +104,7 @@ pub async fn listen(shared: std::sync::Arc<Shared>, request: pb::ListenRequest, 
 async fn bind(
     shared: &Shared,
     request: pb::ListenRequest,
-) -> Result<(TcpListener, Listening, Held), ForwardError> {
+) -> Result<(Bound, Listening, Held), ForwardError> {
     let held = shared
         .limits
         .caps
@@ -91,35 +117,40 @@ async fn bind(
             request.identity.as_ref(),
         )
         .await?;
-    let own: Vec<IpAddr> = shared
-        .backend
-        .container_addresses(&ensured.container_id)
-        .await
-        .unwrap_or_default();
-    let addr = Policy::of(&env).listen_address(&own, &request.host, request.port)?;
-    let listener = shared
-        .backend
-        .listen_tcp(&ensured.container_id, addr)
-        .await?;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let container = &ensured.container_id;
+    let (bound, place, port) = if request.socket_path.is_empty() {
+        let own: Vec<IpAddr> = shared
+            .backend
+            .container_addresses(container)
+            .await
+            .unwrap_or_default();
+        let addr = Policy::of(&env).listen_address(&own, &request.host, request.port)?;
+        let listener = shared.backend.listen_tcp(container, addr).await?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        (Bound::Tcp(listener), addr.to_string(), port)
+    } else {
+        let path = &request.socket_path;
+        if let Err(r) = Policy::of(&env).check_remote_socket(path) {
+            tracing::info!(user = %request.user, %path, "remote forward refused: {}", r.0);
+            return Err(r.into());
+        }
+        let run_as = RunAs::student(&request.user, &env);
+        let socket = shared.backend.listen_unix(container, path, run_as).await?;
+        (Bound::Unix(socket), path.clone(), 0)
+    };
     let listening = Listening {
         request,
         ensured,
-        addr,
+        place,
         port,
         _active: active,
     };
-    Ok((listener, listening, held))
+    Ok((bound, listening, held))
 }
 
 /// Parks and announces every accepted connection until the agent shuts down or the
 /// proxy ends the call.
-async fn accept_loop(
-    shared: &Shared,
-    listener: &TcpListener,
-    listening: &Listening,
-    tx: &EventSender,
-) {
+async fn accept_loop(shared: &Shared, listener: &Bound, listening: &Listening, tx: &EventSender) {
     let Listening {
         request,
         ensured,
@@ -177,8 +208,7 @@ async fn accept_loop(
 
 /// Parks an accepted connection and tells the proxy; false once the proxy is gone.
 async fn announce(shared: &Shared, accepted: Accepted, tx: &EventSender) -> bool {
-    let _ = accepted.stream.set_nodelay(true);
-    let peer: SocketAddr = accepted.peer;
+    let peer = accepted.peer;
     let container = accepted.container.clone();
     let Some(connection) = shared.pending.park(accepted) else {
         tracing::warn!(container = %container, "too many connections waiting to be attached; closed one");
@@ -186,8 +216,8 @@ async fn announce(shared: &Shared, accepted: Accepted, tx: &EventSender) -> bool
     };
     let event = Event::Accepted(pb::Accepted {
         connection,
-        originator_address: peer.ip().to_string(),
-        originator_port: peer.port().into(),
+        originator_address: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+        originator_port: peer.map_or(0, |p| p.port().into()),
     });
     if tx
         .send(Ok(pb::ListenEvent { msg: Some(event) }))

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
+use crate::backend::Duplex;
 use crate::limits::caps::Held;
 
 /// An accepted `ssh -R` connection waits this long for the proxy to attach it.
@@ -32,9 +31,10 @@ pub struct Accepted {
     /// The container's name.
     pub container: String,
     /// The connection.
-    pub stream: TcpStream,
-    /// Who connected, inside the container.
-    pub peer: SocketAddr,
+    pub stream: Box<dyn Duplex>,
+    /// Who connected, inside the container; `None` on a unix socket, whose peers
+    /// have no address.
+    pub peer: Option<SocketAddr>,
     /// Counts against the student's forwards, for as long as the connection lives.
     pub forward: Held,
     /// Counts against the student's waiting connections until attached.
@@ -91,6 +91,7 @@ impl Pending {
 mod tests {
     use super::*;
     use crate::limits::caps::{CapConfig, Caps, Kind};
+    use tokio::net::TcpStream;
 
     #[test]
     fn pending_connections_are_taken_once() {
@@ -114,8 +115,8 @@ mod tests {
                     user: "alice".into(),
                     environment: "default".into(),
                     container: "c".into(),
-                    stream: server,
-                    peer,
+                    stream: Box::new(server),
+                    peer: Some(peer),
                     forward: caps.acquire("alice", Kind::Forward).unwrap(),
                     waiting: caps.acquire("alice", Kind::PendingRemote).unwrap(),
                 })

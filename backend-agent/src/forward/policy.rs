@@ -86,6 +86,30 @@ impl Policy {
         }
     }
 
+    /// `ssh -L PORT:/PATH`: local forwarding on, and a path inside the container.
+    pub fn check_local_socket(&self, path: &str) -> Result<(), Refused> {
+        self.check_local_enabled()?;
+        super::socket_path::check(path)
+    }
+
+    /// `ssh -R /PATH:...`: remote forwarding on, and a path inside the container.
+    pub fn check_remote_socket(&self, path: &str) -> Result<(), Refused> {
+        self.check_remote_enabled()?;
+        super::socket_path::check(path)
+    }
+
+    /// Refuses `ssh -R` outright when the environment turns it off.
+    fn check_remote_enabled(&self) -> Result<(), Refused> {
+        if self.remote {
+            Ok(())
+        } else {
+            Err(Refused(format!(
+                "remote forwarding (ssh -R) is turned off in environment '{}'",
+                self.env
+            )))
+        }
+    }
+
     /// Whether an allow rule names the host `name` for `port`. Such a name is the
     /// operator's, so the agent resolves it with its own resolver: the container's
     /// `/etc/hosts` belongs to a root student, who could point the name anywhere.
@@ -143,12 +167,7 @@ impl Policy {
         host: &str,
         port: u32,
     ) -> Result<SocketAddr, Refused> {
-        if !self.remote {
-            return Err(Refused(format!(
-                "remote forwarding (ssh -R) is turned off in environment '{}'",
-                self.env
-            )));
-        }
+        self.check_remote_enabled()?;
         let port =
             u16::try_from(port).map_err(|_| Refused(format!("port {port} is not a TCP port")))?;
         if port != 0 && port < PRIVILEGED_PORTS && !self.run_as_root {

@@ -46,6 +46,19 @@ pub struct Listen {
     pub port: u16,
 }
 
+/// A unix socket inside the container, reached or made as a student: the helper's
+/// worker takes `uid` and `gid` (and their groups) before it touches `path`, so the
+/// file system's permissions decide, as they would for the student's own programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    /// User id to act as.
+    pub uid: u32,
+    /// Group id to act as.
+    pub gid: u32,
+    /// Absolute path inside the container, at most [`super::MAX_SOCKET_PATH`] bytes.
+    pub path: String,
+}
+
 /// The first frame of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -57,6 +70,10 @@ pub enum Request {
     Lookup(Lookup),
     /// Open a listening socket.
     Listen(Listen),
+    /// Connect to a unix socket.
+    ConnectUnix(UnixSocket),
+    /// Listen on a unix socket; the socket file is removed when this connection ends.
+    ListenUnix(UnixSocket),
 }
 
 impl Request {
@@ -94,6 +111,14 @@ impl Request {
                 p.extend_from_slice(&l.port.to_be_bytes());
                 put_str(&mut p, &l.host);
                 kind::LISTEN
+            }
+            Request::ConnectUnix(u) => {
+                put_unix(&mut p, u);
+                kind::CONNECT_UNIX
+            }
+            Request::ListenUnix(u) => {
+                put_unix(&mut p, u);
+                kind::LISTEN_UNIX
             }
         };
         let mut frame = Vec::with_capacity(p.len() + HEADER_LEN);
@@ -147,12 +172,29 @@ impl Request {
                 let host = r.string()?;
                 Request::Listen(Listen { host, port })
             }
+            kind::CONNECT_UNIX => Request::ConnectUnix(r.unix()?),
+            kind::LISTEN_UNIX => Request::ListenUnix(r.unix()?),
             other => return Err(format!("{UNEXPECTED_KIND} {other:#x}")),
         };
         if !r.0.is_empty() {
             return Err("trailing bytes after the request".to_owned());
         }
         Ok(request)
+    }
+}
+
+fn put_unix(out: &mut Vec<u8>, u: &UnixSocket) {
+    out.extend_from_slice(&u.uid.to_be_bytes());
+    out.extend_from_slice(&u.gid.to_be_bytes());
+    put_str(out, &u.path);
+}
+
+impl Reader<'_> {
+    fn unix(&mut self) -> Result<UnixSocket, String> {
+        let uid = self.u32()?;
+        let gid = self.u32()?;
+        let path = self.string()?;
+        Ok(UnixSocket { uid, gid, path })
     }
 }
 

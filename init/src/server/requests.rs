@@ -80,6 +80,10 @@ impl Server {
             Ok(Request::Connect(request)) => connect::start(conn, request),
             Ok(Request::Lookup(request)) => connect::lookup(conn, request),
             Ok(Request::Listen(request)) => crate::listen::start(conn, request),
+            Ok(Request::ConnectUnix(request)) => {
+                crate::unix::connect(conn, request, &self.authority)
+            }
+            Ok(Request::ListenUnix(request)) => crate::unix::listen(conn, request, &self.authority),
             Err(message) => connect::reply_error(&conn, &message),
         }
     }

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{Attempt, Outcome};
 use crate::channel::{Input, Request};
+use crate::forward::{Bind, Destination};
 
 /// A russh callback, as the connection task handles it.
 pub(crate) enum Event {
@@ -36,35 +37,31 @@ pub(crate) enum Event {
     },
     /// The client closed a channel.
     Closed(ChannelId),
-    /// A `direct-tcpip` channel (`ssh -L`, `ssh -D`) was opened.
-    DirectTcpip {
+    /// A `direct-tcpip` channel (`ssh -L`, `ssh -D`) or a
+    /// `direct-streamlocal@openssh.com` one (`ssh -L PORT:/PATH`) was opened.
+    Direct {
         /// The channel.
         channel: Channel<Msg>,
         /// Its open reply.
         reply: ChannelOpenHandle,
         /// Where to connect, as the client named it.
-        host: String,
-        /// The port there.
-        port: u32,
-        /// `address:port` the connection came from on the client's side.
+        destination: Destination,
+        /// Where the connection came from on the client's side, for logs.
         originator: String,
     },
-    /// `tcpip-forward` (`ssh -R`): the reply is the port bound, or `None`.
-    TcpipForward {
-        /// The address to listen on, in the container.
-        address: String,
-        /// The port asked for; 0 lets the container choose.
-        port: u32,
+    /// `tcpip-forward` or `streamlocal-forward@openssh.com` (`ssh -R`): the reply
+    /// is the port bound (0 for a unix socket), or `None`.
+    RemoteForward {
+        /// What to listen on, in the container.
+        bind: Bind,
         /// The answer.
         reply: oneshot::Sender<Option<u32>>,
     },
-    /// `cancel-tcpip-forward`: the reply says whether there was such a
-    /// listener.
-    CancelTcpipForward {
-        /// The address the listener was asked for.
-        address: String,
-        /// Its port.
-        port: u32,
+    /// `cancel-tcpip-forward` or `cancel-streamlocal-forward@openssh.com`: the
+    /// reply says whether there was such a listener.
+    CancelRemoteForward {
+        /// What the listener was asked for.
+        bind: Bind,
         /// The answer.
         reply: oneshot::Sender<bool>,
     },

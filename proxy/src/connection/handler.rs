@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::event::Event;
 use crate::auth::{Attempt, Credential, Outcome};
 use crate::channel::{signal, Input, Request};
+use crate::forward::{Bind, Destination};
 
 /// Why the handler ended the connection.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,23 @@ impl Handler {
             session.channel_failure(channel)?;
         }
         Ok(())
+    }
+
+    /// Asks for an `ssh -R` listener: the port bound (0 for a unix socket), or
+    /// `None` when it was refused.
+    async fn remote_forward(&self, bind: Bind) -> Result<Option<u32>, HandlerError> {
+        let bound = self
+            .ask(|reply| Event::RemoteForward { bind, reply })
+            .await?;
+        Ok(bound.flatten())
+    }
+
+    /// Cancels an `ssh -R` listener; false when there was none.
+    async fn cancel_remote_forward(&self, bind: Bind) -> Result<bool, HandlerError> {
+        let cancelled = self
+            .ask(|reply| Event::CancelRemoteForward { bind, reply })
+            .await?;
+        Ok(cancelled.unwrap_or(false))
     }
 
     async fn input(&self, channel: ChannelId, input: Input) -> Result<(), HandlerError> {
@@ -315,12 +333,31 @@ impl russh::server::Handler for Handler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.send(Event::DirectTcpip {
+        self.send(Event::Direct {
             channel,
             reply,
-            host: host_to_connect.to_owned(),
-            port: port_to_connect,
+            destination: Destination::Tcp {
+                host: host_to_connect.to_owned(),
+                port: port_to_connect,
+            },
             originator: format!("{originator_address}:{originator_port}"),
+        })
+        .await
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.send(Event::Direct {
+            channel,
+            reply,
+            destination: Destination::Socket(socket_path.to_owned()),
+            // The client's side of a streamlocal channel has no address.
+            originator: "ssh client".to_owned(),
         })
         .await
     }
@@ -331,15 +368,11 @@ impl russh::server::Handler for Handler {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let asked = *port;
-        let bound = self
-            .ask(|reply| Event::TcpipForward {
-                address: address.to_owned(),
-                port: asked,
-                reply,
-            })
-            .await?
-            .flatten();
+        let bind = Bind::Tcp {
+            address: address.to_owned(),
+            port: *port,
+        };
+        let bound = self.remote_forward(bind).await?;
         if let Some(bound) = bound {
             *port = bound;
         }
@@ -352,14 +385,29 @@ impl russh::server::Handler for Handler {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let cancelled = self
-            .ask(|reply| Event::CancelTcpipForward {
-                address: address.to_owned(),
-                port,
-                reply,
-            })
-            .await?;
-        Ok(cancelled.unwrap_or(false))
+        let bind = Bind::Tcp {
+            address: address.to_owned(),
+            port,
+        };
+        self.cancel_remote_forward(bind).await
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let bind = Bind::Socket(socket_path.to_owned());
+        Ok(self.remote_forward(bind).await?.is_some())
+    }
+
+    async fn cancel_streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.cancel_remote_forward(Bind::Socket(socket_path.to_owned()))
+            .await
     }
 }
 

@@ -1,4 +1,5 @@
-//! `ssh -L` / `ssh -D`: one `direct-tcpip` channel, one Forward stream.
+//! `ssh -L` / `ssh -D`: one `direct-tcpip` (or, to a unix socket,
+//! `direct-streamlocal@openssh.com`) channel, one Forward stream.
 
 use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Component};
@@ -11,26 +12,72 @@ use super::open::{open_failure, open_stream, placed_agent};
 use super::splice::splice;
 use crate::state::Context;
 
-/// `ssh -L` / `ssh -D`: one `direct-tcpip` channel. Accepts the channel only once the
-/// agent connected, so a refusal reaches the client as the channel's open failure.
-/// A login whose certificate lacks `permit-port-forwarding` is refused at once.
-pub(crate) async fn direct_tcpip(
+/// Where a local forward goes, inside the student's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// `direct-tcpip`: a host and port as the client named them.
+    Tcp {
+        /// A name, an address or "localhost".
+        host: String,
+        /// The port there.
+        port: u32,
+    },
+    /// `direct-streamlocal@openssh.com`: a unix socket's path.
+    Socket(String),
+}
+
+impl Destination {
+    /// The channel type, for spans and metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            Destination::Tcp { .. } => "direct-tcpip",
+            Destination::Socket(_) => "direct-streamlocal",
+        }
+    }
+
+    /// The Forward stream's open message for `user` in `environment`.
+    fn open(&self, user: String, environment: String, originator: String) -> pb::ForwardOpen {
+        let (host, port, socket_path) = match self {
+            Destination::Tcp { host, port } => (host.clone(), *port, String::new()),
+            Destination::Socket(path) => (String::new(), 0, path.clone()),
+        };
+        pb::ForwardOpen {
+            user,
+            environment,
+            host,
+            port,
+            originator,
+            identity: None,
+            socket_path,
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Destination::Socket(path) => f.write_str(path),
+        }
+    }
+}
+
+/// `ssh -L` / `ssh -D`: one direct channel. Accepts the channel only once the agent
+/// connected, so a refusal reaches the client as the channel's open failure. A login
+/// whose certificate lacks `permit-port-forwarding` is refused at once.
+pub(crate) async fn direct(
     ctx: Context,
     channel: Channel<Msg>,
     reply: ChannelOpenHandle,
-    host: String,
-    port: u32,
+    destination: Destination,
     originator: String,
 ) {
-    let span = tracing::info_span!(
-        parent: &ctx.span,
-        "forward",
-        kind = "direct-tcpip",
-        target = %format!("{host}:{port}")
-    );
+    let kind = destination.kind();
+    let target = destination.to_string();
+    let span = tracing::info_span!(parent: &ctx.span, "forward", kind, target = %target);
     let user = ctx.login.user.clone();
     if ctx.identity.restrictions.no_port_forwarding {
-        tracing::info!(conn = ctx.conn, %user, target = %format!("{host}:{port}"), "forward refused: the certificate does not permit port forwarding");
+        tracing::info!(conn = ctx.conn, %user, %target, "forward refused: the certificate does not permit port forwarding");
         reply
             .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
             .await;
@@ -38,16 +85,14 @@ pub(crate) async fn direct_tcpip(
     }
     let opened = async {
         let (placement, mut agent) = placed_agent(&ctx).await?;
-        let open = In::Open(pb::ForwardOpen {
-            user: user.clone(),
-            environment: placement.environment.clone(),
-            host: host.clone(),
-            port,
-            originator: originator.clone(),
-            identity: Some(crate::upstream::wire_identity(&ctx.identity)),
-        });
+        let mut open = destination.open(
+            user.clone(),
+            placement.environment.clone(),
+            originator.clone(),
+        );
+        open.identity = Some(crate::upstream::wire_identity(&ctx.identity));
         let timeout = ctx.shared.config.session_start_timeout();
-        let result = open_stream(&mut agent, open, timeout).await;
+        let result = open_stream(&mut agent, In::Open(open), timeout).await;
         if result.is_err() {
             // A dead agent may be what failed; the next attempt asks the controller.
             ctx.shared
@@ -62,7 +107,7 @@ pub(crate) async fn direct_tcpip(
         Ok(o) => o,
         Err(error) => {
             let failure = open_failure(&error);
-            tracing::info!(conn = ctx.conn, %user, target = %format!("{host}:{port}"), "forward refused: {}", failure.description());
+            tracing::info!(conn = ctx.conn, %user, %target, "forward refused: {}", failure.description());
             if failure.code() != 1 {
                 telemetry::error(Component::Proxy, "forward_failed");
             }
@@ -71,8 +116,8 @@ pub(crate) async fn direct_tcpip(
         }
     };
     reply.accept().await;
-    tracing::info!(conn = ctx.conn, %user, target = %format!("{host}:{port}"), address = %opened.address, container = %opened.container, "forward opened");
-    splice(channel, stream, "direct-tcpip", ctx.budget.clone())
+    tracing::info!(conn = ctx.conn, %user, %target, address = %opened.address, container = %opened.container, "forward opened");
+    splice(channel, stream, kind, ctx.budget.clone())
         .instrument(span)
         .await;
 }

@@ -1,11 +1,13 @@
-//! `ssh -R`: listeners in the container, and each connection they accept
-//! announced to the client as a `forwarded-tcpip` channel.
+//! `ssh -R`: listeners in the container (`tcpip-forward`, and
+//! `streamlocal-forward@openssh.com` for unix sockets), and each connection they
+//! accept announced to the client as a `forwarded-tcpip` (or
+//! `forwarded-streamlocal@openssh.com`) channel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Component};
 use pb::agent_client::AgentClient;
@@ -26,11 +28,35 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// hold an agent stream and socket for ever.
 const CLIENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `ssh -R` listeners of one SSH connection, by the (address, port) the client
-/// asked for; cancelled on `cancel-tcpip-forward` and when the connection ends.
+/// What an `ssh -R` listens on, as the client names it (and cancels it by).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Bind {
+    /// `tcpip-forward`: an address and port in the container (0: any port).
+    Tcp {
+        /// The bind address the client asked for.
+        address: String,
+        /// The port asked for, or the one bound when it asked for 0.
+        port: u32,
+    },
+    /// `streamlocal-forward@openssh.com`: a unix socket's path in the container.
+    Socket(String),
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Tcp { address, port } => write!(f, "{address}:{port}"),
+            Bind::Socket(path) => f.write_str(path),
+        }
+    }
+}
+
+/// The `ssh -R` listeners of one SSH connection, TCP and unix sockets alike, by what
+/// the client asked for; cancelled on `cancel-tcpip-forward` /
+/// `cancel-streamlocal-forward@openssh.com` and when the connection ends.
 #[derive(Default)]
 pub(crate) struct RemoteForwards {
-    listeners: Mutex<HashMap<(String, u32), CancellationToken>>,
+    listeners: Mutex<HashMap<Bind, CancellationToken>>,
 }
 
 impl RemoteForwards {
@@ -43,20 +69,20 @@ impl RemoteForwards {
     }
 
     /// Keeps a listener's token, to cancel it by.
-    fn insert(&self, address: String, port: u32, token: CancellationToken) {
+    fn insert(&self, bind: Bind, token: CancellationToken) {
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((address, port), token);
+            .insert(bind, token);
     }
 
     /// Stops one listener; false when there was none.
-    pub fn cancel(&self, address: &str, port: u32) -> bool {
+    pub fn cancel(&self, bind: &Bind) -> bool {
         let token = self
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(address.to_owned(), port));
+            .remove(bind);
         token.map(|t| t.cancel()).is_some()
     }
 
@@ -92,12 +118,12 @@ pub(crate) enum ListenError {
 }
 
 /// `ssh -R`: asks the agent to listen in the container; on success returns the port
-/// bound and keeps announcing accepted connections as `forwarded-tcpip` channels.
-pub(crate) async fn tcpip_forward(
+/// bound (0 for a unix socket) and keeps announcing accepted connections as
+/// forwarded channels.
+pub(crate) async fn remote_forward(
     ctx: Context,
     forwards: Arc<RemoteForwards>,
-    address: String,
-    port: u32,
+    bind: Bind,
 ) -> Result<u32, ListenError> {
     if ctx.identity.restrictions.no_port_forwarding {
         return Err(ListenError::NotPermitted);
@@ -106,12 +132,17 @@ pub(crate) async fn tcpip_forward(
         return Err(ListenError::TooMany);
     }
     let (placement, mut agent) = placed_agent(&ctx).await?;
+    let (host, port, socket_path) = match &bind {
+        Bind::Tcp { address, port } => (address.clone(), *port, String::new()),
+        Bind::Socket(path) => (String::new(), 0, path.clone()),
+    };
     let request = pb::ListenRequest {
         user: ctx.login.user.clone(),
         environment: placement.environment.clone(),
-        host: address.clone(),
+        host,
         port,
         identity: Some(crate::upstream::wire_identity(&ctx.identity)),
+        socket_path,
     };
     let call = agent.listen(labssh_telemetry::grpc::request(request));
     let (events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;
@@ -119,16 +150,20 @@ pub(crate) async fn tcpip_forward(
     let token = CancellationToken::new();
     // OpenSSH matches forwarded channels by the port it asked for, or the one it was
     // told when it asked for 0.
-    let key_port = if port == 0 { bound } else { port };
-    forwards.insert(address.clone(), key_port, token.clone());
-    tracing::info!(conn = ctx.conn, user = %ctx.login.user, %address, port = bound, "remote forward listening");
+    let key = match bind {
+        Bind::Tcp { address, port: 0 } => Bind::Tcp {
+            address,
+            port: bound,
+        },
+        other => other,
+    };
+    forwards.insert(key.clone(), token.clone());
+    tracing::info!(conn = ctx.conn, user = %ctx.login.user, listen = %key, port = bound, "remote forward listening");
     let listener = Listener {
         ctx,
         agent,
         environment: placement.environment,
-        address,
-        bound,
-        key_port,
+        key,
     };
     tokio::spawn(listener.announce(events, token));
     Ok(bound)
@@ -142,12 +177,8 @@ struct Listener {
     agent: AgentClient<GrpcChannel>,
     /// The environment placed.
     environment: String,
-    /// The address the client asked for.
-    address: String,
-    /// The port bound in the container.
-    bound: u32,
-    /// The port the client knows the listener by.
-    key_port: u32,
+    /// What the client knows the listener by (the port bound, where it asked for 0).
+    key: Bind,
 }
 
 impl Listener {
@@ -158,7 +189,7 @@ impl Listener {
         mut events: tonic::Streaming<pb::ListenEvent>,
         token: CancellationToken,
     ) {
-        let (ctx, address, bound) = (&self.ctx, &self.address, self.bound);
+        let (ctx, key) = (&self.ctx, &self.key);
         // Logged once per listener, not per connection: a loop in the container
         // could otherwise fill the log.
         let mut full_logged = false;
@@ -172,7 +203,7 @@ impl Listener {
                 msg: Some(pb::listen_event::Msg::Accepted(a)),
             })) = event
             else {
-                tracing::info!(conn = ctx.conn, %address, port = bound, "remote forward ended by the container's node");
+                tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node");
                 break;
             };
             accepted += 1;
@@ -180,7 +211,7 @@ impl Listener {
             let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
                 telemetry::error(Component::Proxy, "forward_limit");
                 if !std::mem::replace(&mut full_logged, true) {
-                    tracing::warn!(conn = ctx.conn, %address, port = bound, "too many forwarded connections; accepted ones are closed until some end");
+                    tracing::warn!(conn = ctx.conn, listen = %key, "too many forwarded connections; accepted ones are closed until some end");
                 }
                 continue;
             };
@@ -190,9 +221,9 @@ impl Listener {
                 connection: a.connection,
             });
             let (ctx, mut agent) = (ctx.clone(), self.agent.clone());
-            let (address, port) = (address.clone(), self.key_port);
+            let key = key.clone();
             tokio::spawn(async move {
-                forwarded_tcpip(ctx, &mut agent, attach, address, port, a).await;
+                forwarded(ctx, &mut agent, attach, key, a).await;
                 drop(slot);
             });
         }
@@ -201,13 +232,13 @@ impl Listener {
 }
 
 /// One connection accepted in the container for `ssh -R`: attached to a Forward
-/// stream, then announced to the client as a `forwarded-tcpip` channel.
-async fn forwarded_tcpip(
+/// stream, then announced to the client as a `forwarded-tcpip` (or
+/// `forwarded-streamlocal@openssh.com`) channel.
+async fn forwarded(
     ctx: Context,
     agent: &mut AgentClient<GrpcChannel>,
     attach: In,
-    address: String,
-    port: u32,
+    key: Bind,
     accepted: pb::Accepted,
 ) {
     let timeout = ctx.shared.config.session_start_timeout();
@@ -222,23 +253,33 @@ async fn forwarded_tcpip(
             return;
         }
     };
-    let channel = tokio::time::timeout(
-        CLIENT_CONFIRM_TIMEOUT,
-        ctx.handle.channel_open_forwarded_tcpip(
-            address,
-            port,
-            accepted.originator_address,
-            accepted.originator_port,
+    let (kind, opening) = match &key {
+        Bind::Tcp { address, port } => (
+            "forwarded-tcpip",
+            ctx.handle
+                .channel_open_forwarded_tcpip(
+                    address.clone(),
+                    *port,
+                    accepted.originator_address,
+                    accepted.originator_port,
+                )
+                .boxed(),
         ),
-    )
-    .await;
+        Bind::Socket(path) => (
+            "forwarded-streamlocal",
+            ctx.handle
+                .channel_open_forwarded_streamlocal(path.clone())
+                .boxed(),
+        ),
+    };
+    let channel = tokio::time::timeout(CLIENT_CONFIRM_TIMEOUT, opening).await;
     // Dropping the stream closes the container's side.
     match channel {
         Err(_) => {
             telemetry::error(Component::Proxy, "forward_open_timeout");
             tracing::warn!(
                 conn = ctx.conn,
-                port,
+                listen = %key,
                 "the client did not confirm a forwarded connection within {CLIENT_CONFIRM_TIMEOUT:?}; closed it"
             );
         }
@@ -246,6 +287,34 @@ async fn forwarded_tcpip(
             conn = ctx.conn,
             "client refused a forwarded connection: {e}"
         ),
-        Ok(Ok(channel)) => splice(channel, stream, "forwarded-tcpip", ctx.budget.clone()).await,
+        Ok(Ok(channel)) => splice(channel, stream, kind, ctx.budget.clone()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_and_tcp_listeners_share_one_table_and_its_limit() {
+        let forwards = RemoteForwards::default();
+        let tcp = Bind::Tcp {
+            address: "localhost".into(),
+            port: 9000,
+        };
+        let socket = Bind::Socket("/tmp/app.sock".into());
+        let (tcp_token, socket_token) = (CancellationToken::new(), CancellationToken::new());
+        forwards.insert(tcp.clone(), tcp_token.clone());
+        forwards.insert(socket.clone(), socket_token.clone());
+        // Both count against RemoteForwards::MAX.
+        assert_eq!(forwards.len(), 2);
+        assert!(!forwards.cancel(&Bind::Socket("/tmp/other.sock".into())));
+        assert!(forwards.cancel(&socket));
+        assert!(socket_token.is_cancelled() && !tcp_token.is_cancelled());
+        assert!(!forwards.cancel(&socket));
+        assert_eq!(forwards.len(), 1);
+        // The connection's end cancels the rest.
+        drop(forwards);
+        assert!(tcp_token.is_cancelled());
     }
 }

@@ -109,7 +109,8 @@ pub fn login(elapsed: Duration) {
     metrics().login.record(seconds(elapsed), &[]);
 }
 
-/// A channel of `kind` ("session", "direct-tcpip", "forwarded-tcpip") is
+/// A channel of `kind` ("session", "direct-tcpip", "forwarded-tcpip",
+/// "direct-streamlocal", "forwarded-streamlocal") is
 /// spliced to a container; it counts as active until the guard drops.
 pub fn forwarding_started(kind: &'static str) -> Active {
     let m = metrics();

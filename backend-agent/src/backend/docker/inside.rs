@@ -6,14 +6,14 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::time::Instant;
 
 use super::exec;
 use super::routes::SpawnPath;
 use super::DockerBackend;
-use crate::backend::helper::{HelperError, HelperSocket};
-use crate::backend::{BackendError, Process, SpawnSpec};
+use crate::backend::helper::{HelperError, HelperSocket, SocketListener};
+use crate::backend::{BackendError, Process, RunAs, SpawnSpec};
 
 /// One kind of work done inside a container.
 pub(super) trait Inside {
@@ -60,6 +60,28 @@ pub(super) struct Lookup<'a> {
 
 /// Listen on an address.
 pub(super) struct Listen(pub SocketAddr);
+
+/// Connect to a unix socket as a student.
+pub(super) struct ConnectUnix<'a> {
+    /// Its absolute path in the container.
+    pub path: &'a str,
+    /// Who connects: the file's permissions apply to them.
+    pub run_as: RunAs,
+}
+
+/// Listen on a unix socket made by a student.
+pub(super) struct ListenUnix<'a> {
+    /// Its absolute path in the container.
+    pub path: &'a str,
+    /// Who makes it: theirs, mode 0600.
+    pub run_as: RunAs,
+}
+
+/// Why a container made for Docker exec cannot do unix sockets: the agent would have
+/// to act as the student inside the container's mount namespace, which only the
+/// helper, already there, does without running a process per connection.
+const NO_HELPER_FOR_SOCKETS: &str =
+    "unix-socket forwarding needs labssh-init in the container, and this one was made for docker exec; it gets it when it is recreated";
 
 impl DockerBackend {
     /// Does `work` inside `container`: through its helper when it has one, else the
@@ -229,6 +251,70 @@ impl Inside for Listen {
     fn failed(&self, message: String) -> BackendError {
         BackendError::ListenFailed {
             address: self.0.to_string(),
+            message,
+        }
+    }
+}
+
+impl Inside for ConnectUnix<'_> {
+    type Output = UnixStream;
+
+    async fn through(
+        &self,
+        container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<UnixStream, HelperError> {
+        let stream = socket
+            .connect_unix(self.path, self.run_as, ready_by)
+            .await?;
+        tracing::debug!(
+            container,
+            path = self.path,
+            "unix socket connected through the helper"
+        );
+        Ok(stream)
+    }
+
+    async fn without_helper(
+        self,
+        _backend: &DockerBackend,
+        _container: &str,
+    ) -> Result<UnixStream, BackendError> {
+        Err(self.failed(NO_HELPER_FOR_SOCKETS.to_owned()))
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::ConnectFailed {
+            target: self.path.to_owned(),
+            message,
+        }
+    }
+}
+
+impl Inside for ListenUnix<'_> {
+    type Output = SocketListener;
+
+    async fn through(
+        &self,
+        _container: &str,
+        socket: &HelperSocket,
+        ready_by: Instant,
+    ) -> Result<SocketListener, HelperError> {
+        socket.listen_unix(self.path, self.run_as, ready_by).await
+    }
+
+    async fn without_helper(
+        self,
+        _backend: &DockerBackend,
+        _container: &str,
+    ) -> Result<SocketListener, BackendError> {
+        Err(self.failed(NO_HELPER_FOR_SOCKETS.to_owned()))
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::ListenFailed {
+            address: self.path.to_owned(),
             message,
         }
     }

@@ -33,7 +33,8 @@ use crate::backend::docker::LABEL_SPAWN;
 use crate::backend::lifecycle_ops::read_keepalive;
 use crate::backend::{
     settings_hash, Backend, BackendError, ContainerInfo, ContainerState, Duplex, EnsureOptions,
-    EnsureStep, Ensured, KeepaliveFile, KeyedLock, Process, Renewal, SpawnSpec,
+    EnsureStep, Ensured, KeepaliveFile, KeyedLock, Process, Renewal, RunAs, SocketListener,
+    SpawnSpec,
 };
 use crate::config::{Config, KubernetesConfig};
 
@@ -620,6 +621,36 @@ impl Backend for KubeBackend {
             .and_then(|pod| pod.ip)
             .into_iter()
             .collect())
+    }
+
+    async fn connect_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let pod = self
+            .running(container)
+            .map_err(|message| BackendError::ConnectFailed {
+                target: path.to_owned(),
+                message,
+            })?;
+        self.inside.connect_unix(&pod, path, run_as).await
+    }
+
+    async fn listen_unix(
+        &self,
+        container: &str,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<SocketListener, BackendError> {
+        let pod = self
+            .running(container)
+            .map_err(|message| BackendError::ListenFailed {
+                address: path.to_owned(),
+                message,
+            })?;
+        self.inside.listen_unix(&pod, path, run_as).await
     }
 
     async fn listen_tcp(

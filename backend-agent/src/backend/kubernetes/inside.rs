@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use super::exec::PodExec;
 use super::locate;
 use super::objects::CONTAINER;
-use crate::backend::helper::{HelperError, HelperSocket};
+use crate::backend::helper::{HelperError, HelperSocket, SocketListener};
 use crate::backend::netns;
-use crate::backend::{BackendError, Duplex, Process, SpawnSpec};
+use crate::backend::{BackendError, Duplex, Process, RunAs, SpawnSpec};
 
 /// How long work waits for a helper that may still be binding its socket (a pod
 /// whose student container just (re)started).
@@ -154,6 +154,51 @@ impl Inside {
             .map_err(failed)
     }
 
+    /// A connection to the unix socket at `path` in the pod, made by its helper as
+    /// `run_as`. A pod without the helper cannot: see the Docker backend's reason.
+    pub async fn connect_unix(
+        &self,
+        pod: &PodRef,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<Box<dyn Duplex>, BackendError> {
+        let failed = |message: String| BackendError::ConnectFailed {
+            target: path.to_owned(),
+            message,
+        };
+        if !pod.helper {
+            return Err(failed(NO_HELPER_FOR_SOCKETS.to_owned()));
+        }
+        let stream = self
+            .through_helper(pod, |socket, ready_by| async move {
+                socket.connect_unix(path, run_as, ready_by).await
+            })
+            .await
+            .map_err(failed)?;
+        Ok(Box::new(stream))
+    }
+
+    /// A unix socket listening at `path` in the pod, made by its helper as `run_as`.
+    pub async fn listen_unix(
+        &self,
+        pod: &PodRef,
+        path: &str,
+        run_as: RunAs,
+    ) -> Result<SocketListener, BackendError> {
+        let failed = |message: String| BackendError::ListenFailed {
+            address: path.to_owned(),
+            message,
+        };
+        if !pod.helper {
+            return Err(failed(NO_HELPER_FOR_SOCKETS.to_owned()));
+        }
+        self.through_helper(pod, |socket, ready_by| async move {
+            socket.listen_unix(path, run_as, ready_by).await
+        })
+        .await
+        .map_err(failed)
+    }
+
     /// The first of `candidates` that is an executable file in the pod, looked up
     /// through its init's root (symlinks resolved inside it).
     pub async fn find_executable(
@@ -215,6 +260,11 @@ impl Inside {
             .map_err(|e| e.to_string())
     }
 }
+
+/// Why a pod without labssh-init cannot do unix sockets: only the helper acts as the
+/// student inside the pod's mount namespace without a process per connection.
+const NO_HELPER_FOR_SOCKETS: &str =
+    "unix-socket forwarding needs labssh-init in the pod, and this one runs without it";
 
 /// The helper of `pod`'s student container, through its init process.
 fn helper_of(pod: &PodRef) -> Result<HelperSocket, String> {
