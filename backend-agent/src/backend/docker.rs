@@ -195,10 +195,23 @@ impl DockerBackend {
 
     /// Docker's description of a container (id or name): as known, else asked.
     async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse, BackendError> {
-        match self.known.container(container) {
+        match self.known_container(container) {
             Some(known) => Ok(known),
             None => self.inspect_fresh(container).await,
         }
+    }
+
+    /// What is known of a container, if it may be believed ([`known::believable`]: it
+    /// runs, its first process still there); else it is forgotten, the container having
+    /// perhaps been stopped or removed from outside before Docker's event came.
+    fn known_container(&self, container: &str) -> Option<ContainerInspectResponse> {
+        let known = self.known.container(container)?;
+        if known::believable(&known) {
+            return Some(known);
+        }
+        tracing::debug!(container, "its first process is gone: asking Docker");
+        self.known.forget(container);
+        None
     }
 
     /// Docker's description of a container (id or name), asked of Docker and kept.
@@ -239,7 +252,7 @@ impl DockerBackend {
     /// root, through its first process): for containers without a helper, and for
     /// looking at any container's files. The error is student-readable.
     async fn enter(&self, container: &str) -> Result<netns::Container, String> {
-        let inspect = match self.known.container(container) {
+        let inspect = match self.known_container(container) {
             Some(known) => known,
             None => self
                 .ask(container)

@@ -21,7 +21,7 @@ use crate::grpc_session::{
     drain, heartbeat_where, next_register, open_session, start, start_controller_with, Agent,
     ControllerHandle,
 };
-use crate::support::{docker_cli, environment, Scratch, STEP};
+use crate::support::{docker_cli, environment, run_script, Scratch, STEP};
 
 /// Warm logins measured in a row.
 const WARM_LOGINS: usize = 20;
@@ -198,33 +198,26 @@ async fn a_change_from_outside_is_seen_in_dockers_events() {
     lab.warm_login().await;
     assert_eq!(lab.proxy.calls_since(mark), Vec::<String>::new());
 
-    // Stopped while its event is held back: the agent still believes it running, its
-    // helper does not answer, Docker's answer is taken and the container restarted.
+    // Stopped while its event is held back: what the agent knows says it runs, but
+    // its first process is gone, so Docker is asked and the container started.
     lab.proxy.hold_events(true);
     docker_cli(&["stop", "-t", "1", &lab.container]);
     assert!(lab.backend.knows(&lab.container));
     let mark = lab.proxy.mark();
-    lab.login().await;
+    assert!(lab.login().await.container_started);
     let calls = lab.proxy.calls_since(mark);
-    assert!(
-        calls.iter().any(|c| c.ends_with("/restart?t=2")),
-        "{calls:#?}"
-    );
+    assert!(lab.inspected(&calls), "{calls:#?}");
+    assert!(calls.iter().any(|c| c.ends_with("/start")), "{calls:#?}");
     // Removed while its event is held back: made again (the home volume kept).
     docker_cli(&["rm", "-f", &lab.container]);
     let mark = lab.proxy.mark();
-    lab.login().await;
+    assert!(lab.login().await.container_started);
     let calls = lab.proxy.calls_since(mark);
     assert!(
         calls
             .iter()
             .any(|c| c.starts_with("POST /containers/create")),
         "{calls:#?}"
-    );
-    assert!(
-        !docker_cli(&["ps", "-q", "--filter", &format!("name=^{}$", lab.container)])
-            .trim()
-            .is_empty()
     );
     // The held events are of the old container, or older than what the agent saw.
     lab.proxy.hold_events(false);
@@ -263,5 +256,22 @@ async fn without_dockers_events_docker_is_asked() {
     assert!(!reply.created && reply.started, "{reply:?}");
     lab.login().await;
     lab.proxy.refuse_events(false);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_into_a_container_removed_since_its_ensure_makes_it_again() {
+    let mut lab = Lab::start().await;
+    assert!(lab.login().await.container_started);
+    let id = docker_cli(&["inspect", "-f", "{{.Id}}", &lab.container]);
+    let id = id.trim();
+    // Removed between a login's ensure and its process: the helper does not answer,
+    // Docker says the container is gone, and it is made again for the process.
+    docker_cli(&["rm", "-f", id]);
+    let (out, _, _) = run_script(&*lab.backend, id, USER, "echo here").await;
+    assert_eq!(out, "here\n");
+    let recreated = docker_cli(&["inspect", "-f", "{{.Id}}", &lab.container]);
+    assert_ne!(recreated.trim(), id);
+    lab.warm_login().await;
     lab.stop().await;
 }

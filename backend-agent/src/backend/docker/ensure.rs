@@ -217,7 +217,7 @@ impl DockerBackend {
     ) -> Result<Option<ContainerInspectResponse>, BackendError> {
         let legacy = legacy_container_name(&self.prefix, user, &env.name);
         for candidate in [name, legacy.as_str()] {
-            let existing = match self.known.container(candidate) {
+            let existing = match self.known_container(candidate) {
                 Some(known) => Ok(known),
                 None => self.ask(candidate).await,
             };

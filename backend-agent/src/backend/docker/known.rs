@@ -12,7 +12,9 @@
 //! what that inspect learnt, and an inspect racing an outside change is never kept.
 //!
 //! Nothing is known while the events stream is not connected: losing it forgets
-//! everything and refuses answers asked before it came back (`epoch`).
+//! everything and refuses answers asked before it came back (`epoch`). Between an
+//! outside change and its event, what is known is believed only of a running
+//! container whose first process is still there ([`believable`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +28,25 @@ use bollard::models::ContainerInspectResponse;
 const EVENT_MEMORY: Duration = Duration::from_secs(2 * super::DOCKER_TIMEOUT_SECS);
 /// Event times remembered before the old ones are pruned.
 const EVENT_TIMES_PRUNED_AT: usize = 4096;
+
+/// Whether what is known of a container may be believed without asking Docker: only
+/// that it runs (a stopped one is started, which asks Docker anyway), and only while its
+/// first process is still in the container's cgroup (a recycled pid is someone else's):
+/// an outside stop or removal leaves it gone before its event arrives. One procfs read,
+/// no Docker.
+pub fn believable(inspect: &ContainerInspectResponse) -> bool {
+    let state = inspect.state.as_ref();
+    if state.and_then(|s| s.running) != Some(true) {
+        return false;
+    }
+    let pid = state.and_then(|s| s.pid).filter(|&p| p > 0);
+    let id = inspect.id.as_deref().unwrap_or_default();
+    let Some(pid) = pid else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|cgroup| id.len() >= 12 && cgroup.contains(id))
+}
 
 /// A request about to be sent to Docker, whose answer may be kept.
 #[derive(Debug, Clone, Copy)]
