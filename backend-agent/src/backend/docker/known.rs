@@ -65,6 +65,7 @@ struct Entry {
     asked: SystemTime,
 }
 
+/// What [`Known`] holds.
 #[derive(Default)]
 struct Inner {
     /// Whether the events stream is connected: otherwise nothing is kept.
@@ -86,6 +87,7 @@ struct Inner {
 /// The agent's knowledge of its containers; every method is quick and never waits.
 #[derive(Default)]
 pub struct Known {
+    /// Everything, under one lock held only for map operations; lives with the backend.
     inner: Mutex<Inner>,
 }
 
