@@ -243,11 +243,6 @@ impl DockerBackend {
         self.known.container(container).is_some()
     }
 
-    /// Whether Docker's events stream is connected, so knowledge is kept.
-    pub fn watching_events(&self) -> bool {
-        self.known.connected()
-    }
-
     /// A running container entered from the agent itself (its network namespace and
     /// root, through its first process): for containers without a helper, and for
     /// looking at any container's files. The error is student-readable.

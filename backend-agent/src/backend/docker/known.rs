@@ -105,11 +105,6 @@ impl Known {
         }
     }
 
-    /// Whether the events stream is connected (knowledge is being kept).
-    pub fn connected(&self) -> bool {
-        self.lock().connected
-    }
-
     /// What is known of a container, by id or name.
     pub fn container(&self, container: &str) -> Option<ContainerInspectResponse> {
         let inner = self.lock();
