@@ -1,7 +1,7 @@
 //! Docker's events stream, watched for as long as the backend lives: every change to
 //! a container (started, stopped, died, killed, paused, renamed, updated, removed,
-//! connected to or disconnected from a network...) or to an image makes what
-//! [`Known`] kept of it stale. While the stream is down nothing is known, so every
+//! connected to or disconnected from a network...) or to an image (by the reference
+//! or id the event names) makes what [`Known`] kept of it stale. While the stream is down nothing is known, so every
 //! question goes to Docker; it is opened again with a growing pause, asking for the
 //! events since the moment knowledge may be kept again, so none falls in the gap.
 
@@ -92,7 +92,13 @@ fn apply(known: &Known, event: &EventMessage) {
                 known.container_event(id, at);
             }
         }
-        Some(EventMessageTypeEnum::IMAGE) => known.image_event(at),
+        Some(EventMessageTypeEnum::IMAGE) if IMAGE_ACTIONS.contains(&action) => {
+            let id = actor.and_then(|a| a.id.as_deref());
+            let attributes = actor.and_then(|a| a.attributes.as_ref());
+            let name = attributes.and_then(|a| a.get("name")).map(String::as_str);
+            let names: Vec<&str> = id.into_iter().chain(name).collect();
+            known.image_event(at, &names);
+        }
         _ => {}
     }
 }

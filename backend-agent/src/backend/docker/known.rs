@@ -16,7 +16,7 @@
 //! outside change and its event, what is known is believed only of a running
 //! container whose first process is still there ([`believable`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +28,9 @@ use bollard::models::ContainerInspectResponse;
 const EVENT_MEMORY: Duration = Duration::from_secs(2 * super::DOCKER_TIMEOUT_SECS);
 /// Event times remembered before the old ones are pruned.
 const EVENT_TIMES_PRUNED_AT: usize = 4096;
+/// Image events remembered for answers in flight; past this the oldest are dropped,
+/// and answers asked before it are not kept.
+const IMAGE_EVENTS_KEPT: usize = 1024;
 
 /// Whether what is known of a container may be believed without asking Docker: only
 /// that it runs (a stopped one is started, which asks Docker anyway), and only while its
@@ -78,10 +81,38 @@ struct Inner {
     names: HashMap<String, String>,
     /// Container id → time of the latest event about it, for answers in flight.
     events: HashMap<String, SystemTime>,
-    /// Image reference → (image id, when asked).
+    /// Image reference ([`normal`]) → (image id, when asked).
     images: HashMap<String, (String, SystemTime)>,
-    /// Time of the latest image event.
-    image_event: Option<SystemTime>,
+    /// Recent image events, oldest first, for answers in flight.
+    image_events: VecDeque<ImageEvent>,
+    /// Answers asked before this are not kept: image events after it were dropped.
+    image_floor: Option<SystemTime>,
+}
+
+/// An image event: when, and the references and ids it names ([`normal`]).
+struct ImageEvent {
+    at: SystemTime,
+    names: Vec<String>,
+}
+
+impl ImageEvent {
+    /// Whether it may change what `reference` (which named `id`) names.
+    fn touches(&self, reference: &str, id: &str) -> bool {
+        self.names.iter().any(|n| n == reference || n == id)
+    }
+}
+
+/// An image reference as Docker's events write it: `busybox` and
+/// `docker.io/library/busybox` are `busybox:latest`.
+fn normal(reference: &str) -> String {
+    let r = reference.strip_prefix("docker.io/").unwrap_or(reference);
+    let r = r.strip_prefix("library/").unwrap_or(r);
+    let last = r.rsplit('/').next().unwrap_or(r);
+    if r.starts_with("sha256:") || r.contains('@') || last.contains(':') {
+        r.to_owned()
+    } else {
+        format!("{r}:latest")
+    }
 }
 
 /// The agent's knowledge of its containers; every method is quick and never waits.
@@ -167,24 +198,46 @@ impl Known {
 
     /// The id of the image `reference` names, if known.
     pub fn image(&self, reference: &str) -> Option<String> {
-        self.lock().images.get(reference).map(|(id, _)| id.clone())
+        let images = &self.lock().images;
+        images.get(&normal(reference)).map(|(id, _)| id.clone())
     }
 
     /// Keeps the id `reference` names, asked under `ticket`.
     pub fn store_image(&self, ticket: Ticket, reference: &str, id: &str) {
+        let reference = normal(reference);
         let mut inner = self.lock();
-        if !inner.keeps(ticket) || inner.image_event.is_some_and(|at| at >= ticket.asked) {
+        let changed = inner
+            .image_events
+            .iter()
+            .any(|e| e.at >= ticket.asked && e.touches(&reference, id));
+        if !inner.keeps(ticket) || inner.image_floor >= Some(ticket.asked) || changed {
             return;
         }
         let entry = (id.to_owned(), ticket.asked);
-        inner.images.insert(reference.to_owned(), entry);
+        inner.images.insert(reference, entry);
     }
 
-    /// Docker says some image changed (pulled, tagged, untagged, removed...) at `at`.
-    pub fn image_event(&self, at: SystemTime) {
+    /// Docker says an image changed at `at` (pulled, tagged, untagged, removed...);
+    /// `names` are the references and ids the event gives.
+    pub fn image_event(&self, at: SystemTime, names: &[&str]) {
+        let event = ImageEvent {
+            at,
+            names: names.iter().map(|n| normal(n)).collect(),
+        };
         let mut inner = self.lock();
-        inner.image_event = Some(inner.image_event.map_or(at, |latest| latest.max(at)));
-        inner.images.retain(|_, (_, asked)| *asked > at);
+        inner
+            .images
+            .retain(|reference, (id, asked)| *asked > at || !event.touches(reference, id));
+        inner.image_events.push_back(event);
+        let now = SystemTime::now();
+        let old = |e: &ImageEvent| now.duration_since(e.at).is_ok_and(|age| age > EVENT_MEMORY);
+        while inner.image_events.front().is_some_and(old) {
+            inner.image_events.pop_front();
+        }
+        while inner.image_events.len() > IMAGE_EVENTS_KEPT {
+            let dropped = inner.image_events.pop_front().map(|e| e.at);
+            inner.image_floor = inner.image_floor.max(dropped);
+        }
     }
 
     /// The events stream is connected (`true`) or lost: either way, everything known
@@ -294,14 +347,25 @@ mod tests {
     }
 
     #[test]
-    fn image_ids_are_kept_until_an_image_event() {
+    fn image_ids_are_kept_until_an_event_about_them() {
         let known = connected();
         let ticket = known.ticket();
-        known.store_image(ticket, "img:1", "sha256:a");
-        assert_eq!(known.image("img:1").as_deref(), Some("sha256:a"));
-        known.image_event(SystemTime::now());
-        assert_eq!(known.image("img:1"), None);
-        known.store_image(ticket, "img:1", "sha256:a");
-        assert_eq!(known.image("img:1"), None);
+        known.store_image(ticket, "docker.io/library/img", "sha256:a");
+        assert_eq!(known.image("img:latest").as_deref(), Some("sha256:a"));
+        // Another image imported and tagged.
+        known.image_event(SystemTime::now(), &["sha256:b", "other:1"]);
+        assert_eq!(known.image("img").as_deref(), Some("sha256:a"));
+        // The reference tagged anew...
+        known.image_event(SystemTime::now(), &["sha256:c", "img:latest"]);
+        assert_eq!(known.image("img"), None);
+        // ...and an answer asked before that is not kept.
+        known.store_image(ticket, "img", "sha256:a");
+        assert_eq!(known.image("img"), None);
+        // An untag names the image by its id only.
+        known.store_image(known.ticket(), "img", "sha256:c");
+        known.image_event(SystemTime::now(), &["sha256:c", "sha256:c"]);
+        assert_eq!(known.image("img"), None);
+        assert_eq!(normal("localhost:5000/lab"), "localhost:5000/lab:latest");
+        assert_eq!(normal("lab@sha256:d"), "lab@sha256:d");
     }
 }
