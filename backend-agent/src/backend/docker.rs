@@ -238,7 +238,7 @@ impl DockerBackend {
 
     /// Whether the agent knows `container` (an id or name) without asking Docker: it
     /// does from its own inspects until Docker's events say the container changed, and
-    /// never while the events stream is down. For the tests and operators' tools.
+    /// never while the events stream is down. For the tests.
     pub fn knows(&self, container: &str) -> bool {
         self.known.container(container).is_some()
     }
