@@ -13,6 +13,7 @@ mod disk;
 mod ensure;
 mod errors;
 mod etc_files;
+mod events;
 mod exec;
 mod helper_container;
 mod hijack;
@@ -20,6 +21,7 @@ mod host_home;
 mod ids;
 mod inside;
 mod inventory;
+mod known;
 mod lifecycle;
 mod network;
 mod passwd;
@@ -59,6 +61,7 @@ use super::{
 use crate::config::Config;
 use errors::docker_message;
 use inside::{Connect, ConnectUnix, Listen, ListenUnix, Lookup, Spawn};
+use known::Known;
 use routes::{Route, Routes};
 
 /// bollard's request timeout; container creation on a busy node can take a while.
@@ -85,6 +88,11 @@ pub struct DockerBackend {
     sftp: Option<std::path::PathBuf>,
     /// How processes start in each known container.
     routes: Routes,
+    /// What Docker said of each container and image, while its events say nothing
+    /// changed: a login into a running container asks Docker nothing.
+    known: Arc<Known>,
+    /// Watches Docker's events into `known` for as long as the backend lives.
+    _events: tokio_util::task::AbortOnDropHandle<()>,
     /// The firewall guarding containers' networks, once handed over.
     guard: OnceLock<Arc<dyn NetworkGuard>>,
     /// Bridges whose rules were put in force in this run.
@@ -120,6 +128,8 @@ impl DockerBackend {
             .map_err(unreachable)?;
         tracing::info!(socket = %socket, api = %docker.client_version(), "connected to Docker");
         let (helper, sftp) = init_binary::prepare(config);
+        let known = Arc::new(Known::default());
+        let events = tokio::spawn(events::watch(docker.clone(), known.clone()));
         Ok(DockerBackend {
             docker,
             socket,
@@ -130,6 +140,8 @@ impl DockerBackend {
             helper,
             sftp,
             routes: Routes::default(),
+            known,
+            _events: tokio_util::task::AbortOnDropHandle::new(events),
             guard: OnceLock::new(),
             guarded: Mutex::default(),
             gpus: crate::gpus::node_gpus(config),
@@ -181,10 +193,33 @@ impl DockerBackend {
         Ok(route)
     }
 
-    /// Docker's description of a container (id or name).
+    /// Docker's description of a container (id or name): as known, else asked.
     async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse, BackendError> {
-        self.docker
-            .inspect_container(container, None)
+        match self.known_container(container) {
+            Some(known) => Ok(known),
+            None => self.inspect_fresh(container).await,
+        }
+    }
+
+    /// What is known of a container, if it may be believed ([`known::believable`]: it
+    /// runs, its first process still there); else it is forgotten, the container having
+    /// perhaps been stopped or removed from outside before Docker's event came.
+    fn known_container(&self, container: &str) -> Option<ContainerInspectResponse> {
+        let known = self.known.container(container)?;
+        if known::believable(&known) {
+            return Some(known);
+        }
+        tracing::debug!(container, "its first process is gone: asking Docker");
+        self.known.forget(container);
+        None
+    }
+
+    /// Docker's description of a container (id or name), asked of Docker and kept.
+    async fn inspect_fresh(
+        &self,
+        container: &str,
+    ) -> Result<ContainerInspectResponse, BackendError> {
+        self.ask(container)
             .await
             .map_err(|e| BackendError::Runtime {
                 action: "looking up the container",
@@ -192,15 +227,33 @@ impl DockerBackend {
             })
     }
 
+    /// Docker's answer to an inspect, kept unless something changed the container
+    /// meanwhile.
+    async fn ask(&self, container: &str) -> Result<ContainerInspectResponse, DockerError> {
+        let ticket = self.known.ticket();
+        let inspect = self.docker.inspect_container(container, None).await?;
+        self.known.store(ticket, &inspect);
+        Ok(inspect)
+    }
+
+    /// Whether the agent knows `container` (an id or name) without asking Docker: it
+    /// does from its own inspects until Docker's events say the container changed, and
+    /// never while the events stream is down. For the tests.
+    pub fn knows(&self, container: &str) -> bool {
+        self.known.container(container).is_some()
+    }
+
     /// A running container entered from the agent itself (its network namespace and
     /// root, through its first process): for containers without a helper, and for
     /// looking at any container's files. The error is student-readable.
     async fn enter(&self, container: &str) -> Result<netns::Container, String> {
-        let inspect = self
-            .docker
-            .inspect_container(container, None)
-            .await
-            .map_err(|e| format!("cannot look the container up: {}", docker_message(&e)))?;
+        let inspect = match self.known_container(container) {
+            Some(known) => known,
+            None => self
+                .ask(container)
+                .await
+                .map_err(|e| format!("cannot look the container up: {}", docker_message(&e)))?,
+        };
         let pid = inspect
             .state
             .as_ref()

@@ -158,17 +158,31 @@ pub(crate) struct Agent {
 
 impl Agent {
     pub(crate) async fn start(scratch: &Scratch, controller: SocketAddr) -> Agent {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let config = labssh_agent::Config {
             controller: format!("http://{controller}"),
             capacity: 7,
             ..scratch.config()
         };
+        Agent::start_on(config, None).await
+    }
+
+    /// The agent with `config`, on `backend` if given, else the one `config` names.
+    pub(crate) async fn start_on(
+        config: labssh_agent::Config,
+        backend: Option<labssh_agent::SharedBackend>,
+    ) -> Agent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(labssh_agent::run(listener, config, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let task = match backend {
+            Some(backend) => tokio::spawn(labssh_agent::run_with_backend(
+                listener, config, backend, stopped,
+            )),
+            None => tokio::spawn(labssh_agent::run(listener, config, stopped)),
+        };
         Agent {
             addr,
             stop: Some(stop),
@@ -194,7 +208,9 @@ impl Agent {
 }
 
 /// The next Register from the agent, skipping heartbeats.
-async fn next_register(received: &mut mpsc::UnboundedReceiver<pb::AgentMessage>) -> pb::Register {
+pub(crate) async fn next_register(
+    received: &mut mpsc::UnboundedReceiver<pb::AgentMessage>,
+) -> pb::Register {
     tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if let Some(pb::agent_message::Msg::Register(r)) = received.recv().await.unwrap().msg {

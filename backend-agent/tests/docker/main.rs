@@ -13,11 +13,14 @@
 //! - `grpc_session`: the whole agent (`run`) with a fake controller, over gRPC;
 //! - `hooks`: lifecycle hooks through the whole agent (commands, webhooks, timers);
 //! - `lifecycle`: pausing, stopping and waking containers, their CPU time, the
-//!   keep-alive file, recreating old and outdated ones.
+//!   keep-alive file, recreating old and outdated ones;
+//! - `warm_login`: a login into a running container asks Docker nothing (counted by
+//!   `counting_proxy`), and the agent's knowledge follows Docker's events.
 
 #[macro_use]
 mod support;
 
+mod counting_proxy;
 mod create_path;
 mod docker_backend;
 mod grpc_session;
@@ -28,3 +31,4 @@ mod lifecycle;
 mod netops;
 mod network;
 mod sftp;
+mod warm_login;

@@ -134,6 +134,7 @@ impl DockerBackend {
         if running {
             if paused {
                 options.step(EnsureStep::Unpausing);
+                self.known.forget(id);
                 self.docker
                     .unpause_container(id)
                     .await
@@ -148,6 +149,7 @@ impl DockerBackend {
             ));
         }
         options.step(EnsureStep::Starting);
+        self.known.forget(id);
         self.docker
             .start_container(id, None)
             .await
@@ -161,6 +163,7 @@ impl DockerBackend {
     pub(super) async fn remove(&self, id: &str) -> Result<(), BackendError> {
         let force = RemoveContainerOptionsBuilder::new().force(true).build();
         self.routes.remove(id);
+        self.known.forget(id);
         self.docker
             .remove_container(id, Some(force))
             .await
@@ -177,7 +180,7 @@ impl DockerBackend {
         id: &str,
         owner: Option<Owner>,
     ) -> Result<Route, BackendError> {
-        let inspect = timed(id, "inspect", self.inspect(id)).await?;
+        let inspect = timed(id, "inspect", self.inspect_fresh(id)).await?;
         let mut route = helper_container::route_of(&inspect, Instant::now(), owner);
         if route.path == SpawnPath::Helper {
             match &route.helper {
@@ -204,7 +207,8 @@ impl DockerBackend {
 
     /// The container of `user` and `env`: by its name, else by the name containers had
     /// before; `None` if there is neither. A container by the old name that belongs to
-    /// someone else (the old names could collide) is not theirs.
+    /// someone else (the old names could collide) is not theirs. What the agent knows
+    /// of a container is not asked of Docker again.
     async fn find(
         &self,
         name: &str,
@@ -213,7 +217,11 @@ impl DockerBackend {
     ) -> Result<Option<ContainerInspectResponse>, BackendError> {
         let legacy = legacy_container_name(&self.prefix, user, &env.name);
         for candidate in [name, legacy.as_str()] {
-            let existing = match self.docker.inspect_container(candidate, None).await {
+            let existing = match self.known_container(candidate) {
+                Some(known) => Ok(known),
+                None => self.ask(candidate).await,
+            };
+            let existing = match existing {
                 Ok(existing) => existing,
                 Err(e) if status_of(&e) == Some(404) => continue,
                 Err(e) => {

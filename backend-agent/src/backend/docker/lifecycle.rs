@@ -23,6 +23,7 @@ impl DockerBackend {
     /// [`crate::backend::Backend::pause`] on Docker (the cgroup freezer).
     pub(super) async fn pause_container(&self, container: &str) -> Result<(), BackendError> {
         let _guard = self.locks.lock(&self.lock_key(container).await).await;
+        self.known.forget(container);
         self.docker
             .pause_container(container)
             .await
@@ -35,6 +36,7 @@ impl DockerBackend {
     /// [`crate::backend::Backend::unpause`] on Docker.
     pub(super) async fn unpause_container(&self, container: &str) -> Result<(), BackendError> {
         let _guard = self.locks.lock(&self.lock_key(container).await).await;
+        self.known.forget(container);
         self.docker
             .unpause_container(container)
             .await
@@ -49,6 +51,7 @@ impl DockerBackend {
     pub(super) async fn stop_container(&self, container: &str) -> Result<(), BackendError> {
         let _guard = self.locks.lock(&self.lock_key(container).await).await;
         let inspect = self.inspect(container).await?;
+        self.known.forget(container);
         if inspect.state.as_ref().and_then(|s| s.paused) == Some(true) {
             self.docker
                 .unpause_container(container)
@@ -164,7 +167,19 @@ impl DockerBackend {
         if *recorded != settings_hash(env) {
             return Some(Renewal::Outdated);
         }
-        let image = self.docker.inspect_image(&env.image).await.ok()?.id?;
+        let image = self.image_id_of(&env.image).await?;
         (existing.image.as_deref() != Some(image.as_str())).then_some(Renewal::Outdated)
+    }
+
+    /// The id of the image `reference` names: as known, else asked of Docker (and
+    /// kept until an image event); `None` if Docker cannot say.
+    async fn image_id_of(&self, reference: &str) -> Option<String> {
+        if let Some(id) = self.known.image(reference) {
+            return Some(id);
+        }
+        let ticket = self.known.ticket();
+        let id = self.docker.inspect_image(reference).await.ok()?.id?;
+        self.known.store_image(ticket, reference, &id);
+        Some(id)
     }
 }

@@ -326,6 +326,7 @@ impl DockerBackend {
         let Target::Bridge { name, .. } = target else {
             return Ok(());
         };
+        self.known.forget(id);
         let current = networks(container);
         if !current.contains(name) {
             let connect = NetworkConnectRequest {

@@ -7,7 +7,7 @@ use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::RestartContainerOptionsBuilder;
 use tokio::time::Instant;
 
-use super::errors::docker_message;
+use super::errors::{docker_message, status_of};
 use super::helper_container::{self, init_pid};
 use super::routes::{Owner, Route};
 use super::DockerBackend;
@@ -15,6 +15,13 @@ use crate::backend::helper::{HelperError, HelperSocket};
 
 /// Docker's stop timeout for a restart; labssh containers stop at once on TERM.
 const RESTART_TIMEOUT_SECS: i32 = 2;
+
+/// What the student reads when restoring failed at `what` with `e`.
+fn failed(what: &str, e: String) -> HelperError {
+    HelperError::Unavailable(format!(
+        "your container's helper could not be restored ({what}: {e}); try again"
+    ))
+}
 
 impl DockerBackend {
     /// Records what an ensure saw of a running container, keeping the known helper when
@@ -38,22 +45,24 @@ impl DockerBackend {
     /// Brings the helper of `container` back: another task may have done it already
     /// (its init changed), else the container is restarted; should its helper still
     /// not answer, or the container be of an older layout, it is recreated from what
-    /// the last ensure saw, home kept.
+    /// the last ensure saw, home kept. A helper that does not answer also says what the
+    /// agent knew of the container is stale (Docker's event of an outside change may not
+    /// have come yet): Docker is asked, and a container gone meanwhile is made again.
     pub(super) async fn restore(
         &self,
         container: &str,
         broken: &Route,
     ) -> Result<(HelperSocket, Instant), HelperError> {
-        let failed = |what: &str, e: String| {
-            HelperError::Unavailable(format!(
-                "your container's helper could not be restored ({what}: {e}); try again"
-            ))
-        };
         let _guard = self.locks.lock(&broken.name).await;
-        let inspect = self
-            .inspect(container)
-            .await
-            .map_err(|e| failed("looking it up", e.to_string()))?;
+        self.known.forget(container);
+        let inspect = match self.ask(container).await {
+            Ok(inspect) => inspect,
+            Err(e) if status_of(&e) == Some(404) && broken.owner.is_some() => {
+                tracing::warn!(container = %broken.name, "the container is gone; making it again");
+                return self.recreate(None, broken).await;
+            }
+            Err(e) => return Err(failed("looking it up", docker_message(&e))),
+        };
         let id = inspect.id.clone().unwrap_or_else(|| container.to_owned());
         let broken_pid = broken.helper.as_ref().map(HelperSocket::pid);
         let current = init_pid(&inspect);
@@ -64,6 +73,7 @@ impl DockerBackend {
             }
         }
         if !helper_container::is_outdated(&inspect) {
+            self.known.forget(&id);
             let options = RestartContainerOptionsBuilder::new()
                 .t(RESTART_TIMEOUT_SECS)
                 .build();
@@ -76,12 +86,24 @@ impl DockerBackend {
                 return Ok(ready);
             }
         }
+        self.recreate(Some(&id), broken).await
+    }
+
+    /// Removes the container `id` (unless it is gone already) and makes it again from
+    /// what the last ensure saw, home kept.
+    async fn recreate(
+        &self,
+        id: Option<&str>,
+        broken: &Route,
+    ) -> Result<(HelperSocket, Instant), HelperError> {
         let Some(owner) = &broken.owner else {
             return Err(failed("recreating", "log in again".to_owned()));
         };
-        self.remove(&id)
-            .await
-            .map_err(|e| failed("removing", e.to_string()))?;
+        if let Some(id) = id {
+            self.remove(id)
+                .await
+                .map_err(|e| failed("removing", e.to_string()))?;
+        }
         let name = super::container_name(&self.prefix, &owner.user, &owner.env.name);
         let created = self
             .create(&name, &owner.user, &owner.env)

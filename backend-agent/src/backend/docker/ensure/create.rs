@@ -131,8 +131,14 @@ impl DockerBackend {
 
     /// The environment's image, which must be on this node: nodes do not pull.
     async fn image(&self, env: &pb::Environment) -> Result<ImageInspect, BackendError> {
+        let ticket = self.known.ticket();
         match self.docker.inspect_image(&env.image).await {
-            Ok(image) => Ok(image),
+            Ok(image) => {
+                if let Some(id) = &image.id {
+                    self.known.store_image(ticket, &env.image, id);
+                }
+                Ok(image)
+            }
             Err(e) if status_of(&e) == Some(404) => Err(self.image_missing(env)),
             Err(e) => Err(BackendError::Runtime {
                 action: "looking up the image",
