@@ -48,6 +48,32 @@ pub(crate) async fn forward(lab: &Lab, login: &str, options: &[&str], local_port
     child
 }
 
+/// `ssh -O cancel -R SPEC` through the control master at `control_opt`
+/// (`ControlPath=…`): cancel-tcpip-forward or cancel-streamlocal-forward.
+pub(crate) async fn cancel_remote_forward(control_opt: &str, spec: &str) {
+    let cancel = tokio::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            control_opt,
+            "-O",
+            "cancel",
+            "-R",
+            spec,
+            "lab",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+}
+
 /// Sends `total` bytes through an echo service on `stream` while reading the echo
 /// back; returns (sha256 sent, sha256 received, bytes received).
 pub(crate) async fn echo_round_trip<S>(stream: S, total: usize) -> ([u8; 32], [u8; 32], usize)
@@ -305,27 +331,7 @@ async fn remote_forward_reaches_a_server_on_the_test_side_and_can_be_cancelled()
     );
 
     // cancel-tcpip-forward through the control master.
-    let cancel = tokio::process::Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            &control_opt,
-            "-O",
-            "cancel",
-            "-R",
-            &spec,
-            "lab",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        cancel.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cancel.stderr)
-    );
+    cancel_remote_forward(&control_opt, &spec).await;
     let deadline = Instant::now() + STEP;
     loop {
         if !lab.listening("alice", "default", 9000) {

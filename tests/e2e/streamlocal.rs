@@ -261,27 +261,7 @@ async fn unix_sockets_forward_both_ways_byte_exact_as_the_student() {
     assert_eq!(sent, received, "echoed bytes differ");
 
     // Cancelled through the control master: the socket file goes with it.
-    let cancel = tokio::process::Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            &control_opt,
-            "-O",
-            "cancel",
-            "-R",
-            &spec,
-            "lab",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        cancel.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cancel.stderr)
-    );
+    crate::forwarding::cancel_remote_forward(&control_opt, &spec).await;
     wait_file(&app, false).await;
     let _ = master.kill().await;
 
