@@ -86,8 +86,10 @@ pub(crate) struct Connection {
     accept_phase: Option<tracing::Span>,
     /// Slots for forwarded connections open at once.
     forward_slots: Arc<Semaphore>,
-    /// `ssh -R` listeners; dropping the connection closes them.
+    /// `ssh -R` listeners and the agent socket; dropping the connection closes them.
     remote: Arc<RemoteForwards>,
+    /// The agent socket's path once it listens (`ssh -A`).
+    agent_socket: Arc<std::sync::OnceLock<String>>,
     /// Client-to-container bytes the forwards may hold in the proxy.
     forward_budget: Arc<Semaphore>,
     /// Set once a login succeeds; the accept loop disconnects a client that
@@ -144,6 +146,7 @@ impl Connection {
             accept_phase,
             forward_slots: Arc::new(Semaphore::new(MAX_FORWARDS)),
             remote: Arc::default(),
+            agent_socket: Arc::default(),
             forward_budget: Arc::new(Semaphore::new(forward::CONNECTION_BUDGET_KIB)),
             logged_in,
             unauthenticated,
@@ -198,6 +201,7 @@ impl Connection {
                     .await
             }
             Event::RemoteForward { bind, reply } => self.remote_forward(bind, reply, handle),
+            Event::AgentRequest { channel, reply } => self.agent_request(channel, reply, handle),
             Event::CancelRemoteForward { bind, reply } => {
                 let _ = reply.send(self.remote.cancel(&bind));
             }
@@ -277,6 +281,7 @@ impl Connection {
             span: self.client.span.clone(),
             budget: self.forward_budget.clone(),
             slots: self.forward_slots.clone(),
+            agent_socket: self.agent_socket.clone(),
         })
     }
 
@@ -355,6 +360,36 @@ impl Connection {
                 _ = forward::direct(ctx, channel, reply, destination, originator) => {}
             }
             drop(slot);
+        });
+    }
+
+    /// `ssh -A`: listens on a fresh agent socket in the container, once per
+    /// connection; later requests (more channels of a ControlMaster) share it.
+    /// The path is set before the reply, so a start that follows the request sees it.
+    fn agent_request(&self, channel: ChannelId, reply: oneshot::Sender<bool>, handle: &Handle) {
+        if self.agent_socket.get().is_some() {
+            let _ = reply.send(true);
+            return;
+        }
+        let Some(ctx) = self.context(handle) else {
+            let _ = reply.send(false);
+            return;
+        };
+        let (remote, socket) = (self.remote.clone(), self.agent_socket.clone());
+        tokio::spawn(async move {
+            let conn = ctx.conn;
+            let path = forward::agent_socket_path();
+            match forward::remote_forward(ctx, remote, forward::Bind::Agent(path.clone())).await {
+                Ok(_) => {
+                    tracing::info!(conn, ?channel, %path, "agent forwarding on");
+                    let _ = socket.set(path);
+                    let _ = reply.send(true);
+                }
+                Err(e) => {
+                    tracing::info!(conn, ?channel, "agent forwarding refused: {e}");
+                    let _ = reply.send(false);
+                }
+            }
         });
     }
 

@@ -71,6 +71,9 @@ pub(crate) struct Context {
     /// Slots for forwarded connections open at once on the SSH connection, both
     /// directions (`direct-tcpip` and accepted `ssh -R` connections).
     pub slots: Arc<Semaphore>,
+    /// The connection's agent socket in the container (`ssh -A`), once it listens:
+    /// every session started afterwards gets it as `SSH_AUTH_SOCK`.
+    pub agent_socket: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Context {

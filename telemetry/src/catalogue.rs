@@ -101,7 +101,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: "labssh_forwarded_connections_total",
-        help: "Channels spliced to a container, by kind (session, direct-tcpip, forwarded-tcpip, direct-streamlocal, forwarded-streamlocal).",
+        help: "Channels spliced to a container, by kind (session, direct-tcpip, forwarded-tcpip, direct-streamlocal, forwarded-streamlocal, auth-agent).",
         kind: Kind::Counter,
         labels: &["kind"],
     },

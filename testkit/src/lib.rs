@@ -10,6 +10,7 @@ pub mod pty;
 pub mod redis_server;
 pub mod slapd;
 pub mod ssh;
+pub mod ssh_agent;
 pub mod telemetry;
 pub mod webhook;
 

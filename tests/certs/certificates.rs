@@ -189,6 +189,27 @@ async fn critical_options_and_extensions_restrict_the_login() {
             );
         }
     }
+
+    // Without permit-agent-forwarding: ssh -A gets no agent socket.
+    let agent = labssh_testkit::ssh_agent::TestAgent::start().unwrap();
+    let no_agent = ca.student("noagent", "dora", &["-O", "no-agent-forwarding"]);
+    for (key, permitted) in [(&no_agent, false), (&here, true)] {
+        let mut cmd = lab.ssh.command_with(
+            "dora",
+            &Auth::Key(key.clone()),
+            &["-A"],
+            &["echo \"[$SSH_AUTH_SOCK]\""],
+        );
+        cmd.env("SSH_AUTH_SOCK", &agent.socket);
+        let out = labssh_testkit::ssh::output(cmd).await.unwrap();
+        let sock = stdout(&out);
+        assert_eq!(
+            sock.starts_with("[/tmp/labssh-agent."),
+            permitted,
+            "-A: {sock} {}",
+            stderr(&out)
+        );
+    }
     lab.stop().await;
 }
 

@@ -2,6 +2,8 @@
 //! agent → real Docker containers, all on loopback. One test binary, one module per
 //! area:
 //!
+//! - `agent_forwarding`: `ssh -A` with a real `ssh-agent`, the socket the student's
+//!   and gone with the connection, `forward_agent = false`;
 //! - `sessions`: logins, persistent containers, stdin/stdout/stderr, exit status,
 //!   terminals (also run on the Docker exec path: `LABSSH_TEST_SPAWN=exec`);
 //! - `bad_input`: every mistake a student or operator can make gets one clear line;
@@ -25,6 +27,7 @@
 #[path = "../lab/mod.rs"]
 mod lab;
 
+mod agent_forwarding;
 mod bad_input;
 mod credential_cache;
 mod file_transfer;

@@ -211,7 +211,7 @@ async fn no_unix_socket_forward_reaches_bobs_socket() {
 }
 
 /// The host pid of the init of `user`'s `env` container.
-fn init_pid(lab: &Lab, user: &str, env: &str) -> String {
+pub(crate) fn init_pid(lab: &Lab, user: &str, env: &str) -> String {
     let name = lab.container_name(user, env);
     labssh_testkit::docker::docker(&["inspect", "-f", "{{.State.Pid}}", &name])
         .unwrap()

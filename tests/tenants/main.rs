@@ -5,6 +5,7 @@
 //!
 //! - `network`: straight from alice's containers to bob's, by address, IPv6 and name;
 //! - `names`: crafted login names (`bob`, `BOB`, `alice+../bob`, look-alikes, over-long);
+//! - `agent_forwarding`: alice's forwarded agent socket, out of bob's reach by any path;
 //! - `forwarding`: `ssh -L`/`-D` to bob by address, IPv6, name, `0.0.0.0`, and a name
 //!   alice points at bob's address herself (DNS rebinding); `ssh -L PORT:/PATH` to
 //!   bob's unix socket by his path, `/proc/PID/root`, `..` and labssh's own socket;
@@ -39,6 +40,7 @@ mod lab;
 #[path = "../certs/ca.rs"]
 mod ca;
 
+mod agent_forwarding;
 mod certificates;
 mod directory;
 mod exhaustion;

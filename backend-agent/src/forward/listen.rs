@@ -130,7 +130,13 @@ async fn bind(
         (Bound::Tcp(listener), addr.to_string(), port)
     } else {
         let path = &request.socket_path;
-        if let Err(r) = Policy::of(&env).check_remote_socket(path) {
+        let policy = Policy::of(&env);
+        let checked = if request.agent {
+            policy.check_agent_socket(path)
+        } else {
+            policy.check_remote_socket(path)
+        };
+        if let Err(r) = checked {
             tracing::info!(user = %request.user, %path, "remote forward refused: {}", r.0);
             return Err(r.into());
         }

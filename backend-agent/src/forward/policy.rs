@@ -25,6 +25,8 @@ pub struct Policy {
     local: bool,
     remote: bool,
     gateway_ports: bool,
+    /// `ssh -A`: an agent socket in the container.
+    forward_agent: bool,
     run_as_root: bool,
     rules: Vec<Rule>,
     /// The rules as written, for messages.
@@ -57,6 +59,7 @@ impl Policy {
             remote: true,
             allow: Vec::new(),
             gateway_ports: false,
+            forward_agent: true,
         });
         // The controller validated the rules; a bad one here is skipped, never widened.
         let (rules, problems) = forwarding::parse_all(&p.allow);
@@ -68,6 +71,7 @@ impl Policy {
             local: p.local,
             remote: p.remote,
             gateway_ports: p.gateway_ports,
+            forward_agent: p.forward_agent,
             run_as_root: env.run_as_root,
             rules,
             rule_text: p.allow,
@@ -95,6 +99,18 @@ impl Policy {
     /// `ssh -R /PATH:...`: remote forwarding on, and a path inside the container.
     pub fn check_remote_socket(&self, path: &str) -> Result<(), Refused> {
         self.check_remote_enabled()?;
+        super::socket_path::check(path)
+    }
+
+    /// `ssh -A`: agent forwarding on, and a path inside the container. Judged apart
+    /// from `ssh -R`: an environment may allow one and not the other.
+    pub fn check_agent_socket(&self, path: &str) -> Result<(), Refused> {
+        if !self.forward_agent {
+            return Err(Refused(format!(
+                "agent forwarding (ssh -A) is turned off in environment '{}'",
+                self.env
+            )));
+        }
         super::socket_path::check(path)
     }
 
@@ -316,6 +332,7 @@ mod tests {
                 remote: true,
                 allow: allow.iter().map(|s| s.to_string()).collect(),
                 gateway_ports: false,
+                forward_agent: true,
             }),
             ..Default::default()
         }
@@ -333,6 +350,33 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn agent_forwarding_is_judged_by_its_own_switch() {
+        let path = "/tmp/labssh-agent.abc.sock";
+        // No policy at all: on.
+        assert_eq!(
+            Policy::of(&pb::Environment::default()).check_agent_socket(path),
+            Ok(())
+        );
+        let mut e = env(&[]);
+        assert_eq!(Policy::of(&e).check_agent_socket(path), Ok(()));
+        // `ssh -R` off leaves `ssh -A` alone, and the other way round.
+        e.forwarding.as_mut().unwrap().remote = false;
+        assert_eq!(Policy::of(&e).check_agent_socket(path), Ok(()));
+        let mut off = env(&[]);
+        off.forwarding.as_mut().unwrap().forward_agent = false;
+        let refused = Policy::of(&off).check_agent_socket(path).unwrap_err();
+        assert!(
+            refused
+                .0
+                .contains("agent forwarding (ssh -A) is turned off"),
+            "{refused}"
+        );
+        assert_eq!(Policy::of(&off).check_remote_socket(path), Ok(()));
+        // The path rules still hold.
+        assert!(Policy::of(&e).check_agent_socket("relative.sock").is_err());
     }
 
     #[test]

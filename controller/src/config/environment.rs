@@ -84,6 +84,9 @@ pub struct EnvironmentConfig {
     pub spawn: String,
     /// Port forwarding (`ssh -L`, `-D`, `-R`): `[environments.NAME.forwarding]`.
     pub forwarding: ForwardingConfig,
+    /// Agent forwarding (`ssh -A`): a socket in the container, owned by the student,
+    /// whose connections reach the client's agent. On unless turned off.
+    pub forward_agent: bool,
     /// Disk quota of the student's home volume in MiB; 0 means none. Over it, new
     /// shell and exec sessions are refused (SFTP stays open to delete files).
     pub home_quota_mb: u64,
@@ -173,6 +176,7 @@ impl Default for EnvironmentConfig {
             env: BTreeMap::new(),
             spawn: String::new(),
             forwarding: ForwardingConfig::default(),
+            forward_agent: true,
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
@@ -222,6 +226,7 @@ impl EnvironmentConfig {
                 remote: self.forwarding.remote,
                 allow: self.forwarding.allow.clone(),
                 gateway_ports: self.forwarding.gateway_ports,
+                forward_agent: self.forward_agent,
             }),
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
@@ -422,5 +427,18 @@ mod tests {
         for bad in ["", "Gpu", "-a", "_a", "a.b", "a b", "a+b", &"a".repeat(33)] {
             assert!(!is_valid_environment_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn agent_forwarding_is_on_unless_turned_off() {
+        let on: EnvironmentConfig = toml::from_str(r#"image = "busybox""#).unwrap();
+        let policy = on.to_proto("default").forwarding.unwrap();
+        assert!(policy.forward_agent);
+        let off: EnvironmentConfig =
+            toml::from_str("image = \"busybox\"\nforward_agent = false").unwrap();
+        let policy = off.to_proto("default").forwarding.unwrap();
+        assert!(!policy.forward_agent);
+        // Only agent forwarding is off.
+        assert!(policy.local && policy.remote);
     }
 }

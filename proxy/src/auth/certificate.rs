@@ -17,7 +17,8 @@
 //!   [`Restrictions`]); any other critical option is refused, since a
 //!   critical option the server does not enforce must not be ignored;
 //! - extensions: without `permit-pty` no terminal, without
-//!   `permit-port-forwarding` no `ssh -L`/`-D`/`-R`;
+//!   `permit-port-forwarding` no `ssh -L`/`-D`/`-R`, without
+//!   `permit-agent-forwarding` no `ssh -A`;
 //! - not revoked: its key, its CA, its serial or its key id.
 //!
 //! The revoked list applies to plain key logins too (see [`revoked`]).
@@ -58,6 +59,7 @@ const SOURCE_ADDRESS: &str = "source-address";
 /// Extensions whose absence restricts.
 const PERMIT_PTY: &str = "permit-pty";
 const PERMIT_PORT_FORWARDING: &str = "permit-port-forwarding";
+const PERMIT_AGENT_FORWARDING: &str = "permit-agent-forwarding";
 
 /// Identifies one version of a file on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +282,7 @@ impl Trust {
         let extensions = cert.extensions();
         restrictions.no_pty = !extensions.contains_key(PERMIT_PTY);
         restrictions.no_port_forwarding = !extensions.contains_key(PERMIT_PORT_FORWARDING);
+        restrictions.no_agent_forwarding = !extensions.contains_key(PERMIT_AGENT_FORWARDING);
         Ok(restrictions)
     }
 }

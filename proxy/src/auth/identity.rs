@@ -41,6 +41,9 @@ pub struct Restrictions {
     /// No `ssh -L`/`-D`/`-R`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_port_forwarding: bool,
+    /// No `ssh -A`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_agent_forwarding: bool,
     /// No terminal.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_pty: bool,

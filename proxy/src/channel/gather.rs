@@ -32,6 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const SFTP: &str = "sftp";
 /// Where a forced command finds what the client asked for.
 const ORIGINAL_COMMAND: &str = "SSH_ORIGINAL_COMMAND";
+/// Where processes find the connection's forwarded agent (`ssh -A`).
+const AUTH_SOCK: &str = "SSH_AUTH_SOCK";
 
 /// What the requests asked for, once one of them starts a process.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -65,6 +67,16 @@ impl Gathered {
         } else {
             "\n"
         }
+    }
+
+    /// Points the process at the connection's agent socket, or, with none, makes
+    /// sure the client did not name one of its own (the proxy's word, not the
+    /// client's, as with `SSH_ORIGINAL_COMMAND`).
+    pub fn agent_socket(&mut self, path: Option<&str>) {
+        match path {
+            Some(path) => self.env.insert(AUTH_SOCK.to_owned(), path.to_owned()),
+            None => self.env.remove(AUTH_SOCK),
+        };
     }
 
     /// The agent's start message for `user`; the environment comes with the
@@ -209,7 +221,15 @@ pub(crate) async fn run(session: &Session, inbox: &mut Inbox) -> Option<Gathered
     let config = &session.ctx.shared.config;
     let gathering = Gathering::new(session.ctx.identity.restrictions.clone());
     match tokio::time::timeout(REQUEST_TIMEOUT, gather(gathering, inbox, config, log)).await {
-        Ok(gathered) => gathered,
+        Ok(mut gathered) => {
+            // Set by the connection before `auth-agent-req` was answered, so before
+            // this channel's start request arrived.
+            let agent_socket = session.ctx.agent_socket.get().map(String::as_str);
+            if let Some(gathered) = &mut gathered {
+                gathered.agent_socket(agent_socket);
+            }
+            gathered
+        }
         Err(_) => {
             tracing::info!(
                 conn,
@@ -311,6 +331,24 @@ mod tests {
             HashMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())])
         );
         assert!(start.subsystem.is_empty());
+    }
+
+    #[test]
+    fn the_agent_socket_is_the_proxys_word() {
+        let config = Config::default();
+        let mut g = Gathering::default();
+        // Whatever the allow-list says, the client's own value never stands.
+        g.request(&config, env(AUTH_SOCK, "/tmp/evil"));
+        let Verdict::Start(mut gathered) = g.request(&config, Request::Shell) else {
+            panic!("shell starts");
+        };
+        gathered.agent_socket(Some("/tmp/labssh-agent.1.sock"));
+        assert_eq!(
+            gathered.env.get(AUTH_SOCK).map(String::as_str),
+            Some("/tmp/labssh-agent.1.sock")
+        );
+        gathered.agent_socket(None);
+        assert_eq!(gathered.env.get(AUTH_SOCK), None);
     }
 
     #[test]

@@ -57,6 +57,14 @@ pub(crate) enum Event {
         /// The answer.
         reply: oneshot::Sender<Option<u32>>,
     },
+    /// `auth-agent-req@openssh.com` (`ssh -A`) on a session channel: the reply is
+    /// whether the connection's agent socket listens.
+    AgentRequest {
+        /// The channel it came on, for logs.
+        channel: ChannelId,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// `cancel-tcpip-forward` or `cancel-streamlocal-forward@openssh.com`: the
     /// reply says whether there was such a listener.
     CancelRemoteForward {

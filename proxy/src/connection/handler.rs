@@ -315,6 +315,20 @@ impl russh::server::Handler for Handler {
             .await
     }
 
+    /// `ssh -A`. Answered once the socket listens (or could not), so the `shell` or
+    /// `exec` that follows on the loop finds `SSH_AUTH_SOCK` set. OpenSSH asks without
+    /// wanting a reply, so a refusal only means no `SSH_AUTH_SOCK`.
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let listening = self
+            .ask(|reply| Event::AgentRequest { channel, reply })
+            .await?;
+        Ok(listening.unwrap_or(false))
+    }
+
     async fn channel_close(
         &mut self,
         channel: ChannelId,

@@ -1,7 +1,9 @@
 //! `ssh -R`: listeners in the container (`tcpip-forward`, and
 //! `streamlocal-forward@openssh.com` for unix sockets), and each connection they
 //! accept announced to the client as a `forwarded-tcpip` (or
-//! `forwarded-streamlocal@openssh.com`) channel.
+//! `forwarded-streamlocal@openssh.com`) channel; and the connection's agent socket
+//! (`auth-agent-req@openssh.com`, `ssh -A`), whose connections become
+//! `auth-agent@openssh.com` channels.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,9 @@ pub(crate) enum Bind {
     },
     /// `streamlocal-forward@openssh.com`: a unix socket's path in the container.
     Socket(String),
+    /// `auth-agent-req@openssh.com`: the connection's agent socket, at a path the
+    /// proxy chose. The client cannot cancel it; it goes with the connection.
+    Agent(String),
 }
 
 impl std::fmt::Display for Bind {
@@ -47,6 +52,7 @@ impl std::fmt::Display for Bind {
         match self {
             Bind::Tcp { address, port } => write!(f, "{address}:{port}"),
             Bind::Socket(path) => f.write_str(path),
+            Bind::Agent(path) => write!(f, "agent socket {path}"),
         }
     }
 }
@@ -112,6 +118,9 @@ pub(crate) enum ListenError {
     /// The login's certificate lacks `permit-port-forwarding`.
     #[error("the certificate does not permit port forwarding")]
     NotPermitted,
+    /// The login's certificate lacks `permit-agent-forwarding`.
+    #[error("the certificate does not permit agent forwarding")]
+    AgentNotPermitted,
     /// Placing the student or asking the agent failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -125,8 +134,15 @@ pub(crate) async fn remote_forward(
     forwards: Arc<RemoteForwards>,
     bind: Bind,
 ) -> Result<u32, ListenError> {
-    if ctx.identity.restrictions.no_port_forwarding {
-        return Err(ListenError::NotPermitted);
+    let restrictions = &ctx.identity.restrictions;
+    match bind {
+        Bind::Agent(_) if restrictions.no_agent_forwarding => {
+            return Err(ListenError::AgentNotPermitted)
+        }
+        Bind::Tcp { .. } | Bind::Socket(_) if restrictions.no_port_forwarding => {
+            return Err(ListenError::NotPermitted)
+        }
+        _ => {}
     }
     if forwards.len() >= RemoteForwards::MAX {
         return Err(ListenError::TooMany);
@@ -134,7 +150,7 @@ pub(crate) async fn remote_forward(
     let (placement, mut agent) = placed_agent(&ctx).await?;
     let (host, port, socket_path) = match &bind {
         Bind::Tcp { address, port } => (address.clone(), *port, String::new()),
-        Bind::Socket(path) => (String::new(), 0, path.clone()),
+        Bind::Socket(path) | Bind::Agent(path) => (String::new(), 0, path.clone()),
     };
     let request = pb::ListenRequest {
         user: ctx.login.user.clone(),
@@ -143,6 +159,7 @@ pub(crate) async fn remote_forward(
         port,
         identity: Some(crate::upstream::wire_identity(&ctx.identity)),
         socket_path,
+        agent: matches!(bind, Bind::Agent(_)),
     };
     let call = agent.listen(labssh_telemetry::grpc::request(request));
     let (events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;
@@ -167,6 +184,17 @@ pub(crate) async fn remote_forward(
     };
     tokio::spawn(listener.announce(events, token));
     Ok(bound)
+}
+
+/// Where in the container a connection's agent socket goes: a fresh path in `/tmp`,
+/// its name 96 random bits from the OS, so it cannot be guessed in advance nor
+/// taken by someone who creates it first (the helper then refuses to listen).
+pub(crate) fn agent_socket_path() -> String {
+    use rand::RngCore;
+    let mut random = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("/tmp/labssh-agent.{name}.sock")
 }
 
 /// One `ssh -R` listener in the container, once it is up.
@@ -271,6 +299,7 @@ async fn forwarded(
                 .channel_open_forwarded_streamlocal(path.clone())
                 .boxed(),
         ),
+        Bind::Agent(_) => ("auth-agent", ctx.handle.channel_open_agent().boxed()),
     };
     let channel = tokio::time::timeout(CLIENT_CONFIRM_TIMEOUT, opening).await;
     // Dropping the stream closes the container's side.
@@ -316,5 +345,30 @@ mod tests {
         // The connection's end cancels the rest.
         drop(forwards);
         assert!(tcp_token.is_cancelled());
+    }
+
+    #[test]
+    fn agent_socket_paths_are_fresh_and_fit_a_socket_address() {
+        let (a, b) = (agent_socket_path(), agent_socket_path());
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("/tmp/labssh-agent.") && a.ends_with(".sock"),
+            "{a}"
+        );
+        assert_eq!(a.len(), "/tmp/labssh-agent.".len() + 24 + ".sock".len());
+        assert!(a.len() < 104);
+    }
+
+    #[test]
+    fn the_agent_socket_cannot_be_cancelled_by_the_client() {
+        let forwards = RemoteForwards::default();
+        let path = "/tmp/labssh-agent.x.sock";
+        let token = CancellationToken::new();
+        forwards.insert(Bind::Agent(path.into()), token.clone());
+        // `cancel-streamlocal-forward` names a socket, never the agent's.
+        assert!(!forwards.cancel(&Bind::Socket(path.into())));
+        assert!(!token.is_cancelled());
+        drop(forwards);
+        assert!(token.is_cancelled());
     }
 }

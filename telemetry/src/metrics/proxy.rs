@@ -110,7 +110,7 @@ pub fn login(elapsed: Duration) {
 }
 
 /// A channel of `kind` ("session", "direct-tcpip", "forwarded-tcpip",
-/// "direct-streamlocal", "forwarded-streamlocal") is
+/// "direct-streamlocal", "forwarded-streamlocal", "auth-agent") is
 /// spliced to a container; it counts as active until the guard drops.
 pub fn forwarding_started(kind: &'static str) -> Active {
     let m = metrics();

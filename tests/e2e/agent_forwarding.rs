@@ -1,0 +1,189 @@
+//! Agent forwarding with the stock OpenSSH client and a real `ssh-agent`: `ssh -A`
+//! gives the session `SSH_AUTH_SOCK`, a socket in the container owned by the student
+//! with mode 0600, through which `ssh-add -l` reaches the client's agent (each
+//! connection an `auth-agent@openssh.com` channel); the socket goes with the SSH
+//! connection; without `-A`, or with `forward_agent = false`, there is none.
+//!
+//! The test reaches the container's end of the socket through the container's init
+//! (`/proc/PID/root/...`, as root, as in `streamlocal`): busybox has no ssh tools.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use labssh_proto::pb;
+use labssh_testkit::docker::TEST_IMAGE;
+use labssh_testkit::ssh::stderr;
+use labssh_testkit::ssh_agent::TestAgent;
+use pb::agent_client::AgentClient;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::lab::{Lab, LabOptions};
+
+const STEP: Duration = Duration::from_secs(30);
+/// Prints the session's agent socket (the line `sock=[PATH]`) and nothing else.
+const PRINT_SOCK: &str = "echo \"sock=[$SSH_AUTH_SOCK]\"";
+
+/// The host path of `path` inside `user`'s `env` container.
+fn host_path(lab: &Lab, user: &str, env: &str, path: &str) -> PathBuf {
+    let name = lab.container_name(user, env);
+    let pid = labssh_testkit::docker::docker(&["inspect", "-f", "{{.State.Pid}}", &name]).unwrap();
+    PathBuf::from(format!("/proc/{}/root{path}", pid.trim()))
+}
+
+/// Waits until nothing is at `path` any more.
+async fn wait_gone(path: &Path) {
+    let deadline = Instant::now() + STEP;
+    while path.symlink_metadata().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{} outlived the connection",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The session's next line of output.
+async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
+    tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("the session answers")
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// `ssh [options] login 'PRINT_SOCK; ls -a /tmp'` with the test agent in the client's
+/// environment: the socket the session saw ("" for none) and the names in its /tmp.
+async fn sock_seen(
+    lab: &Lab,
+    login: &str,
+    options: &[&str],
+    agent: &TestAgent,
+) -> (String, String) {
+    let script = format!("{PRINT_SOCK}; ls -a /tmp");
+    let mut cmd = lab
+        .ssh
+        .command_with(login, &Lab::alice(), options, &[&script]);
+    cmd.env("SSH_AUTH_SOCK", &agent.socket);
+    let out = labssh_testkit::ssh::output(cmd).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let sock = first
+        .strip_prefix("sock=[")
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("no sock line in {text:?}"));
+    (sock.to_owned(), rest.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ssh_a_reaches_the_clients_agent_as_the_student_until_logout() {
+    let lab = Lab::start(LabOptions::default()).await;
+    let agent = TestAgent::start().unwrap();
+    // The session holds the connection open until its stdin ends.
+    let script =
+        format!("{PRINT_SOCK}; stat -c '%u %a %F' \"$SSH_AUTH_SOCK\"; read line; echo done");
+    let mut cmd = lab
+        .ssh
+        .command_with("alice", &Lab::alice(), &["-A"], &[&script]);
+    cmd.env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = next(&mut lines).await;
+    let path = first
+        .strip_prefix("sock=[")
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("no sock line: {first:?}"))
+        .to_owned();
+    assert!(
+        path.starts_with("/tmp/labssh-agent.") && path.ends_with(".sock"),
+        "SSH_AUTH_SOCK={path:?}"
+    );
+    // The student's, closed to everyone else in the container.
+    assert_eq!(next(&mut lines).await, "1000 600 socket");
+
+    // A real agent round trip: the container's socket → an auth-agent channel → the
+    // client's ssh-agent, which lists the key it holds.
+    let host = host_path(&lab, "alice", "default", &path);
+    let listed = TestAgent::list(&host).unwrap();
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && listing.contains(&agent.fingerprint),
+        "ssh-add -l through {path}: {listing} {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    // And again: each connection to the socket is a channel of its own.
+    let again = TestAgent::list(&host).unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&agent.fingerprint));
+
+    // Logout: the connection ends, and the socket with it.
+    stdin.write_all(b"\n").await.unwrap();
+    drop(stdin);
+    assert_eq!(next(&mut lines).await, "done");
+    let status = tokio::time::timeout(STEP, child.wait())
+        .await
+        .expect("the client exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    wait_gone(&host).await;
+
+    // Without -A (the agent still in the client's environment): no socket.
+    let (sock, tmp) = sock_seen(&lab, "alice", &[], &agent).await;
+    assert_eq!(sock, "", "SSH_AUTH_SOCK without -A");
+    assert!(!tmp.contains("labssh-agent"), "left in /tmp: {tmp}");
+    lab.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forward_agent_false_refuses_it_with_a_reason() {
+    let catalogue = format!(
+        "[environments.noagent]\nimage = \"{TEST_IMAGE}\"\nuid = 1000\ngid = 1000\nforward_agent = false\n"
+    );
+    let lab = Lab::start(LabOptions {
+        catalogue,
+        ..Default::default()
+    })
+    .await;
+    let agent = TestAgent::start().unwrap();
+    let (sock, tmp) = sock_seen(&lab, "alice+noagent", &["-A"], &agent).await;
+    assert_eq!(sock, "", "SSH_AUTH_SOCK with forward_agent = false");
+    assert!(!tmp.contains("labssh-agent"), "made anyway: {tmp}");
+    // The agent's reason, as the proxy hears it (OpenSSH asks without a reply).
+    let (prohibited, message) = listen_agent_socket(&lab, "noagent").await;
+    assert!(
+        prohibited && message.contains("agent forwarding (ssh -A) is turned off"),
+        "{message}"
+    );
+    // The same login in an environment that allows it gets its socket: the refusal
+    // is the setting's, not the test's.
+    let (sock, _) = sock_seen(&lab, "alice", &["-A"], &agent).await;
+    assert!(sock.starts_with("/tmp/labssh-agent."), "{sock:?}");
+    lab.stop().await;
+}
+
+/// The agent's Listen call for an agent socket of alice's in `env`, as the proxy
+/// makes it: the (prohibited, message) of its refusal.
+async fn listen_agent_socket(lab: &Lab, env: &str) -> (bool, String) {
+    let cluster = lab.cluster.as_ref().unwrap();
+    let mut agent = AgentClient::connect(format!("http://{}", cluster.agent_addrs[0]))
+        .await
+        .unwrap();
+    let request = pb::ListenRequest {
+        user: "alice".into(),
+        environment: env.into(),
+        socket_path: "/tmp/labssh-agent.test.sock".into(),
+        agent: true,
+        ..Default::default()
+    };
+    let mut events = agent.listen(request).await.unwrap().into_inner();
+    match tokio::time::timeout(STEP, events.next()).await {
+        Ok(Some(Ok(pb::ListenEvent {
+            msg: Some(pb::listen_event::Msg::Error(e)),
+        }))) => (e.prohibited, e.message),
+        other => panic!("an agent socket in {env}: {other:?}"),
+    }
+}
