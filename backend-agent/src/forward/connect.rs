@@ -62,7 +62,7 @@ pub async fn open(
     let policy = Policy::of(&env);
     if !open.socket_path.is_empty() {
         let held = (counted, active);
-        return open_socket(shared, &open, &env, ensured, held).await;
+        return open_socket(shared, &open, (&env, &policy), ensured, held).await;
     }
     policy.check_local_enabled()?;
     let port = u16::try_from(open.port).map_err(|_| ForwardError::BadPort(open.port))?;
@@ -114,12 +114,12 @@ pub async fn open(
 async fn open_socket(
     shared: &Shared,
     open: &pb::ForwardOpen,
-    env: &pb::Environment,
+    (env, policy): (&pb::Environment, &Policy),
     ensured: Ensured,
     (counted, active): (Held, Active),
 ) -> Result<Opened, ForwardError> {
     let path = &open.socket_path;
-    if let Err(r) = Policy::of(env).check_local_socket(path) {
+    if let Err(r) = policy.check_local_socket(path) {
         tracing::info!(user = %open.user, %path, "forward refused: {}", r.0);
         return Err(r.into());
     }
