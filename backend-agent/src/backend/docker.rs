@@ -195,9 +195,15 @@ impl DockerBackend {
 
     /// Docker's description of a container (id or name): as known, else asked.
     async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse, BackendError> {
+        self.look_up(container).await.map_err(lookup_failed)
+    }
+
+    /// [`DockerBackend::inspect`] with Docker's own error (its status tells a
+    /// container that does not exist).
+    async fn look_up(&self, container: &str) -> Result<ContainerInspectResponse, DockerError> {
         match self.known_container(container) {
             Some(known) => Ok(known),
-            None => self.inspect_fresh(container).await,
+            None => self.ask(container).await,
         }
     }
 
@@ -219,12 +225,7 @@ impl DockerBackend {
         &self,
         container: &str,
     ) -> Result<ContainerInspectResponse, BackendError> {
-        self.ask(container)
-            .await
-            .map_err(|e| BackendError::Runtime {
-                action: "looking up the container",
-                message: docker_message(&e),
-            })
+        self.ask(container).await.map_err(lookup_failed)
     }
 
     /// Docker's answer to an inspect, kept unless something changed the container
@@ -247,13 +248,10 @@ impl DockerBackend {
     /// root, through its first process): for containers without a helper, and for
     /// looking at any container's files. The error is student-readable.
     async fn enter(&self, container: &str) -> Result<netns::Container, String> {
-        let inspect = match self.known_container(container) {
-            Some(known) => known,
-            None => self
-                .ask(container)
-                .await
-                .map_err(|e| format!("cannot look the container up: {}", docker_message(&e)))?,
-        };
+        let inspect = self
+            .look_up(container)
+            .await
+            .map_err(|e| format!("cannot look the container up: {}", docker_message(&e)))?;
         let pid = inspect
             .state
             .as_ref()
@@ -268,6 +266,14 @@ impl DockerBackend {
     /// The bollard client, for callers that need more than the trait offers.
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+}
+
+/// A failed inspect, as the agent reports it.
+pub(super) fn lookup_failed(e: DockerError) -> BackendError {
+    BackendError::Runtime {
+        action: "looking up the container",
+        message: docker_message(&e),
     }
 }
 

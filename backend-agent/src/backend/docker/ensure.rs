@@ -217,19 +217,10 @@ impl DockerBackend {
     ) -> Result<Option<ContainerInspectResponse>, BackendError> {
         let legacy = legacy_container_name(&self.prefix, user, &env.name);
         for candidate in [name, legacy.as_str()] {
-            let existing = match self.known_container(candidate) {
-                Some(known) => Ok(known),
-                None => self.ask(candidate).await,
-            };
-            let existing = match existing {
+            let existing = match self.look_up(candidate).await {
                 Ok(existing) => existing,
                 Err(e) if status_of(&e) == Some(404) => continue,
-                Err(e) => {
-                    return Err(BackendError::Runtime {
-                        action: "looking up the container",
-                        message: docker_message(&e),
-                    })
-                }
+                Err(e) => return Err(super::lookup_failed(e)),
             };
             let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
             let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
