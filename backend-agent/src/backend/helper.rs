@@ -266,11 +266,11 @@ impl HelperSocket {
         ready_by: tokio::time::Instant,
     ) -> Result<SocketListener, HelperError> {
         let request = wire::Request::ListenUnix(unix_socket(path, run_as));
-        let stream = self.request(&request, ready_by).await?;
-        let answer = tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fd(&stream))
-            .await
-            .map_err(|_| HelperError::Failed(format!("listening on {path} timed out")))?
-            .map_err(|e| unavailable("reading the helper's answer", &e))?;
+        let timed_out = format!("listening on {path} timed out");
+        // The helper's connection stays open with the listener: its end removes the file.
+        let (stream, answer) = self
+            .ask_keeping(&request, ready_by, REPLY_TIMEOUT, &timed_out)
+            .await?;
         match answer {
             (wire::kind::LISTENING, _, Some(fd)) => nonblocking(fd)
                 .and_then(|fd| UnixListener::from_std(fd.into()))
@@ -279,7 +279,6 @@ impl HelperSocket {
                     _helper: stream,
                 })
                 .map_err(|e| HelperError::Failed(format!("cannot use the listener: {e}"))),
-            (wire::kind::ERROR, payload, _) => Err(refusal(&payload)),
             (kind, _, _) => Err(unexpected(kind)),
         }
     }
@@ -293,6 +292,21 @@ impl HelperSocket {
         timeout: Duration,
         timed_out: &str,
     ) -> Result<(u8, Vec<u8>, Option<OwnedFd>), HelperError> {
+        let (_, answer) = self
+            .ask_keeping(request, ready_by, timeout, timed_out)
+            .await?;
+        Ok(answer)
+    }
+
+    /// [`HelperSocket::ask`], also returning the connection the answer came on, for
+    /// a request whose effect lasts as long as that connection.
+    async fn ask_keeping(
+        &self,
+        request: &wire::Request,
+        ready_by: tokio::time::Instant,
+        timeout: Duration,
+        timed_out: &str,
+    ) -> Result<(UnixStream, (u8, Vec<u8>, Option<OwnedFd>)), HelperError> {
         let stream = self.request(request, ready_by).await?;
         let (kind, payload, fd) = tokio::time::timeout(timeout, read_frame_with_fd(&stream))
             .await
@@ -301,7 +315,7 @@ impl HelperSocket {
         if kind == wire::kind::ERROR {
             return Err(refusal(&payload));
         }
-        Ok((kind, payload, fd))
+        Ok((stream, (kind, payload, fd)))
     }
 
     /// Connects (retrying until `ready_by` while nothing listens yet) and sends the
