@@ -12,11 +12,10 @@ mod lab;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, leaks, round_trip, Lab, LabOptions};
+use lab::{connect_when_up, echo_connections, leaks, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use labssh_testkit::ssh::{stderr, stdout};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const STEP: Duration = Duration::from_secs(60);
 /// Exec sessions on the one connection (the agent's default cap is 32 per student).
@@ -75,9 +74,12 @@ async fn fifty_channels_on_one_connection_work_and_ssh_o_exit_leaves_nothing() {
         .spawn()
         .unwrap();
     drop(connect_when_up(local).await);
+    // The forwarded connections, open before the sessions start and used while they
+    // run (opened one by one: see `echo_connections`).
+    let connections = echo_connections(local, FORWARDS).await;
 
-    // Everything at once: sessions that overlap for 3 s, forwarded connections and
-    // an SFTP listing, all over the master's one connection.
+    // Everything at once: sessions that overlap for 3 s, traffic on every forwarded
+    // connection and an SFTP listing, all over the master's one connection.
     let sessions = (0..SESSIONS).map(|i| {
         let cmd = lab.ssh.command_with(
             "alice",
@@ -93,14 +95,16 @@ async fn fifty_channels_on_one_connection_work_and_ssh_o_exit_leaves_nothing() {
             assert_eq!(stdout(&out), format!("s{i}\n"), "{}", stderr(&out));
         }
     });
-    let forwards = (0..FORWARDS).map(|i| async move {
-        let s = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
-        let msg = format!("through {i}\n");
-        let back = tokio::time::timeout(STEP, round_trip(s, msg.as_bytes()))
-            .await
-            .expect("echoed");
-        assert_eq!(back, msg.as_bytes());
-    });
+    let forwards = connections
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| async move {
+            let msg = format!("through {i}\n");
+            let back = tokio::time::timeout(STEP, round_trip(s, msg.as_bytes()))
+                .await
+                .expect("echoed");
+            assert_eq!(back, msg.as_bytes());
+        });
     let port = lab.ssh.addr().port().to_string();
     let sftp = async {
         let mut cmd = lab.ssh.tool(

@@ -9,7 +9,7 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::{connect_when_up, leaks, round_trip, Lab, LabOptions};
+use lab::{connect_when_up, echo_connections, leaks, round_trip, Lab, LabOptions};
 use labssh_testkit::process::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,8 +70,7 @@ async fn back_to(lab: &Lab, port: u16, baseline: &Counts, what: &str) {
 
 /// Pushes data through `port` until `stop_after` bytes, then returns the stream with
 /// the transfer still going (the echo keeps coming back).
-async fn mid_transfer(port: u16, stop_after: usize) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+async fn mid_transfer(mut s: TcpStream, stop_after: usize) -> TcpStream {
     let chunk = vec![0x5au8; 256 * 1024];
     let mut sent = 0;
     let mut buf = vec![0u8; 256 * 1024];
@@ -133,8 +132,10 @@ async fn a_client_gone_mid_transfer_leaves_no_tasks_or_sockets() {
     // 1. The ssh client is killed mid-transfer (the student closes the laptop).
     let mut client = start_client();
     drop(connect_when_up(local).await);
+    // Opened one by one (see `echo_connections`), then all sending at once.
+    let streams = echo_connections(local, 3).await;
     let streams: Vec<TcpStream> =
-        futures::future::join_all((0..3).map(|_| mid_transfer(local, 8 << 20))).await;
+        futures::future::join_all(streams.into_iter().map(|s| mid_transfer(s, 8 << 20))).await;
     let during = counts(&lab, ECHO);
     assert!(
         during.container_conns >= 3,
@@ -154,7 +155,8 @@ async fn a_client_gone_mid_transfer_leaves_no_tasks_or_sockets() {
     // stays, and its other forward keeps working.
     let mut client = start_client();
     drop(connect_when_up(local).await);
-    let s = mid_transfer(local, 8 << 20).await;
+    let s = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+    let s = mid_transfer(s, 8 << 20).await;
     drop(s);
     let ok = TcpStream::connect(("127.0.0.1", local)).await.unwrap();
     assert_eq!(round_trip(ok, b"still here\n").await, b"still here\n");

@@ -178,6 +178,31 @@ pub async fn round_trip(mut s: tokio::net::TcpStream, message: &[u8]) -> Vec<u8>
     back
 }
 
+/// `n` connections to an echo server behind 127.0.0.1:`port` (an `ssh -L` to a
+/// busybox `nc -ll -e cat` in a container), opened one after another, each answered
+/// once before the next is opened. busybox `nc` listens with a backlog of 2: a burst
+/// of connects overflows it and the kernel resets some of them, so tests that need
+/// many at once open them this way and then use them all together.
+pub async fn echo_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let hello = format!("hello {i}\n");
+        s.write_all(hello.as_bytes()).await.unwrap();
+        let mut back = vec![0; hello.len()];
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut back))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} answered within 30 s"))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(back, hello.as_bytes(), "connection {i}");
+        open.push(s);
+    }
+    open
+}
+
 /// A connection to 127.0.0.1:`port` once something accepts there (an `ssh -L`
 /// coming up); panics after 30 s.
 pub async fn connect_when_up(port: u16) -> tokio::net::TcpStream {
