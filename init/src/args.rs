@@ -12,6 +12,7 @@ pub const USAGE: &str = "\
 usage: labssh-init [--socket PATH] [--user USER[:GROUP]] [--drop-caps N,N,...]
                    [--account NAME:UID:GID:HOME:SHELL] [--] [COMMAND [ARG]...]
        labssh-init --install DIR
+       labssh-init --xauth DISPLAY PROTOCOL COOKIE -- COMMAND [ARG]...
 
 PID 1 of a labssh container: reaps orphans, forwards signals to COMMAND (the image's
 entrypoint and cmd) and exits with it; without COMMAND it runs until stopped. Serves
@@ -23,7 +24,10 @@ the agent on a unix socket (only peers outside the container's PID namespace).
   --account ENTRY    add this user (and a group of its gid) to /etc/passwd and
                      /etc/group unless the image has them: a pod's student
   --install DIR      copy this executable and the labssh-sftp beside it into DIR
-                     (as init and sftp-server) and exit: a pod's init container";
+                     (as init and sftp-server) and exit: a pod's init container
+  --xauth D P C      install the X11 cookie C (hex) of protocol P for display D
+                     (N.S) with xauth, or in ~/.Xauthority without one, then run
+                     COMMAND: an ssh -X session, as the student";
 
 /// Parsed options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +52,8 @@ pub enum Parsed {
     Print(String),
     /// Copy the helper into this directory and exit (`--install DIR`).
     Install(PathBuf),
+    /// Install an X11 cookie, then become the command (`--xauth`).
+    Xauth(crate::xauth::Request),
 }
 
 /// Parses the arguments after the program name.
@@ -81,6 +87,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
                 };
             }
             "--install" => return Err("--install DIR takes nothing else".to_owned()),
+            "--xauth" if alone => {
+                let display = value("--xauth")?;
+                let protocol = value("--xauth")?;
+                let cookie = value("--xauth")?;
+                if args.next().is_none_or(|sep| sep != "--") {
+                    return Err("--xauth DISPLAY PROTOCOL COOKIE needs -- COMMAND".to_owned());
+                }
+                return Ok(Parsed::Xauth(crate::xauth::Request {
+                    display,
+                    protocol,
+                    cookie,
+                    command: args.collect(),
+                }));
+            }
             "--socket" => opts.socket = PathBuf::from(value("--socket")?),
             "--user" => opts.user = value("--user")?,
             "--drop-caps" => opts.drop_caps = creds::parse_caps(&value("--drop-caps")?)?,
@@ -120,7 +140,36 @@ mod tests {
             Parsed::Run(o) => Ok(o),
             Parsed::Print(p) => Err(p),
             Parsed::Install(dir) => Err(format!("install {}", dir.display())),
+            Parsed::Xauth(request) => Err(format!("xauth {}", request.display)),
         }
+    }
+
+    #[test]
+    fn xauth_takes_three_values_then_the_command() {
+        let parsed = parse(
+            [
+                "--xauth",
+                "10.0",
+                "MIT-MAGIC-COOKIE-1",
+                "abcd",
+                "--",
+                "sh",
+                "-l",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        let Parsed::Xauth(request) = parsed else {
+            panic!("not --xauth")
+        };
+        assert_eq!(request.display, "10.0");
+        assert_eq!(request.cookie, "abcd");
+        assert_eq!(
+            request.command,
+            vec![OsString::from("sh"), OsString::from("-l")]
+        );
+        assert!(parse(["--xauth", "10.0", "P", "abcd", "sh"].map(OsString::from)).is_err());
+        assert!(parse(["--xauth", "10.0"].map(OsString::from)).is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod session;
 mod signals;
 mod sys;
 mod unix;
+mod xauth;
 
 fn main() {
     let opts = match args::parse(std::env::args_os().skip(1)) {
@@ -38,6 +39,7 @@ fn main() {
                 std::process::exit(1);
             }
         },
+        Ok(args::Parsed::Xauth(request)) => std::process::exit(xauth::run(request)),
         Err(message) => {
             eprintln!("labssh-init: {message}\n{}", args::USAGE);
             std::process::exit(2);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
+use labssh_proto::pb;
 use labssh_telemetry::metrics::{self as telemetry, Phase};
 use russh::server::{ChannelOpenHandle, Handle, Msg};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
@@ -34,7 +35,7 @@ use crate::state::{Context, Shared};
 mod event;
 mod handler;
 
-use event::Event;
+use event::{Event, X11Request};
 pub(crate) use handler::Handler;
 
 /// Events queued from the handler to the task; the handler waits for room,
@@ -90,6 +91,8 @@ pub(crate) struct Connection {
     remote: Arc<RemoteForwards>,
     /// The agent socket's path once it listens (`ssh -A`).
     agent_socket: Arc<std::sync::OnceLock<String>>,
+    /// Session channels' X11 displays (`ssh -X`), until their start takes them.
+    x11: crate::state::X11Displays,
     /// Client-to-container bytes the forwards may hold in the proxy.
     forward_budget: Arc<Semaphore>,
     /// Set once a login succeeds; the accept loop disconnects a client that
@@ -147,6 +150,7 @@ impl Connection {
             forward_slots: Arc::new(Semaphore::new(MAX_FORWARDS)),
             remote: Arc::default(),
             agent_socket: Arc::default(),
+            x11: Arc::default(),
             forward_budget: Arc::new(Semaphore::new(forward::CONNECTION_BUDGET_KIB)),
             logged_in,
             unauthenticated,
@@ -190,6 +194,12 @@ impl Connection {
             }
             Event::Closed(channel) => {
                 self.sessions.remove(&channel);
+                // Its display goes with it (sshd's does with the session).
+                self.x11
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&channel);
+                self.remote.cancel_x11(channel);
             }
             Event::Direct {
                 channel,
@@ -202,6 +212,11 @@ impl Connection {
             }
             Event::RemoteForward { bind, reply } => self.remote_forward(bind, reply, handle),
             Event::AgentRequest { channel, reply } => self.agent_request(channel, reply, handle),
+            Event::X11Request {
+                channel,
+                request,
+                reply,
+            } => self.x11_request(channel, request, reply, handle),
             Event::CancelRemoteForward { bind, reply } => {
                 let _ = reply.send(self.remote.cancel(&bind));
             }
@@ -282,6 +297,7 @@ impl Connection {
             budget: self.forward_budget.clone(),
             slots: self.forward_slots.clone(),
             agent_socket: self.agent_socket.clone(),
+            x11: self.x11.clone(),
         })
     }
 
@@ -387,6 +403,75 @@ impl Connection {
                 }
                 Err(e) => {
                     tracing::info!(conn, ?channel, "agent forwarding refused: {e}");
+                    let _ = reply.send(false);
+                }
+            }
+        });
+    }
+
+    /// `ssh -X`: listens on a free display on the container's loopback for this
+    /// session channel; its start gets DISPLAY and the cookie. The display is set
+    /// before the reply, so the start that follows sees it.
+    fn x11_request(
+        &self,
+        channel: ChannelId,
+        request: X11Request,
+        reply: oneshot::Sender<bool>,
+        handle: &Handle,
+    ) {
+        let Some(ctx) = self.context(handle) else {
+            let _ = reply.send(false);
+            return;
+        };
+        if let Some(problem) = request.problem() {
+            tracing::info!(
+                conn = ctx.conn,
+                ?channel,
+                "X11 forwarding refused: {problem}"
+            );
+            let _ = reply.send(false);
+            return;
+        }
+        let already = self
+            .x11
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&channel);
+        if already || !self.sessions.contains_key(&channel) {
+            let _ = reply.send(false);
+            return;
+        }
+        let (remote, displays) = (self.remote.clone(), self.x11.clone());
+        tokio::spawn(async move {
+            let conn = ctx.conn;
+            let bind = forward::Bind::X11 {
+                channel: u32::from(channel),
+                single: request.single_connection,
+            };
+            match forward::remote_forward(ctx, remote, bind).await {
+                Ok(port) => {
+                    let number = port.saturating_sub(forward::X11_BASE_PORT);
+                    tracing::info!(
+                        conn,
+                        ?channel,
+                        display = number,
+                        single = request.single_connection,
+                        "X11 forwarding on"
+                    );
+                    let auth = pb::X11Auth {
+                        display: number,
+                        screen: request.screen,
+                        protocol: request.protocol,
+                        cookie: request.cookie,
+                    };
+                    displays
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(channel, auth);
+                    let _ = reply.send(true);
+                }
+                Err(e) => {
+                    tracing::info!(conn, ?channel, "X11 forwarding refused: {e}");
                     let _ = reply.send(false);
                 }
             }

@@ -17,7 +17,7 @@ mod remote;
 mod splice;
 
 pub(crate) use direct::{direct, Destination};
-pub(crate) use remote::{agent_socket_path, remote_forward, Bind, RemoteForwards};
+pub(crate) use remote::{agent_socket_path, remote_forward, Bind, RemoteForwards, X11_BASE_PORT};
 
 /// Client-to-container bytes one SSH connection may hold in the proxy, across its
 /// forwards, in KiB: 64 MiB.

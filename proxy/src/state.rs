@@ -7,6 +7,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use labssh_proto::pb;
 use russh::server::Handle;
 use tokio::sync::Semaphore;
 
@@ -74,7 +75,14 @@ pub(crate) struct Context {
     /// The connection's agent socket in the container (`ssh -A`), once it listens:
     /// every session started afterwards gets it as `SSH_AUTH_SOCK`.
     pub agent_socket: Arc<std::sync::OnceLock<String>>,
+    /// The X11 display of each session channel that asked for one (`x11-req`),
+    /// set before the request is answered, taken by the channel's start.
+    pub x11: X11Displays,
 }
+
+/// X11 displays listening in the container, by the session channel they serve.
+pub(crate) type X11Displays =
+    Arc<std::sync::Mutex<std::collections::HashMap<russh::ChannelId, pb::X11Auth>>>;
 
 impl Context {
     /// The environment the login asked for; empty means the default.

@@ -13,6 +13,7 @@ pub mod ssh;
 pub mod ssh_agent;
 pub mod telemetry;
 pub mod webhook;
+pub mod xvfb;
 
 use std::sync::Once;
 

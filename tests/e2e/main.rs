@@ -22,7 +22,9 @@
 //! - `streamlocal`: `ssh -L PORT:/PATH` and `ssh -R /PATH:...` to unix sockets in the
 //!   container, as the student, under the forwarding policy;
 //! - `start_queue`: bounded container starts, places on stderr, a full queue, a
-//!   client leaving it (a gate holds Docker's starts).
+//!   client leaving it (a gate holds Docker's starts);
+//! - `x11`: `ssh -X`/`-Y` to a real X server on the client's side (Xvfb), the cookie
+//!   installed by the image's xauth or written by labssh-init, `forward_x11 = false`.
 
 #[path = "../lab/mod.rs"]
 mod lab;
@@ -41,3 +43,4 @@ mod prestart;
 mod sessions;
 mod start_queue;
 mod streamlocal;
+mod x11;

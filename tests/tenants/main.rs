@@ -6,6 +6,8 @@
 //! - `network`: straight from alice's containers to bob's, by address, IPv6 and name;
 //! - `names`: crafted login names (`bob`, `BOB`, `alice+../bob`, look-alikes, over-long);
 //! - `agent_forwarding`: alice's forwarded agent socket, out of bob's reach by any path;
+//! - `x11`: alice's forwarded X11 display, out of bob's reach by loopback and address,
+//!   and bob's X clients open on his own screen only;
 //! - `forwarding`: `ssh -L`/`-D` to bob by address, IPv6, name, `0.0.0.0`, and a name
 //!   alice points at bob's address herself (DNS rebinding); `ssh -L PORT:/PATH` to
 //!   bob's unix socket by his path, `/proc/PID/root`, `..` and labssh's own socket;
@@ -56,6 +58,7 @@ mod network;
 mod passwd;
 mod prestart;
 mod start_queue;
+mod x11;
 
 use std::time::{Duration, Instant};
 

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use super::pending::Accepted;
 use super::policy::Policy;
 use super::refusal::ForwardError;
-use crate::backend::{Duplex, Ensured, RunAs, SocketListener};
+use crate::backend::{BackendError, Duplex, Ensured, RunAs, SocketListener};
 use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::state::Shared;
@@ -24,6 +24,12 @@ pub type EventSender = crate::stream::Sender<pb::ListenEvent>;
 /// Events buffered per Listen call: each is one accepted connection the proxy
 /// attaches at once.
 pub const EVENT_BUFFER: usize = 16;
+/// X11 display N listens on TCP port 6000 + N.
+const X11_BASE_PORT: u16 = 6000;
+/// The first display number tried, as sshd's default `X11DisplayOffset`.
+const X11_DISPLAY_OFFSET: u16 = 10;
+/// Displays tried; a student holds at most `max_listeners_per_user` of them.
+const X11_DISPLAYS: u16 = 64;
 /// Pause after a failed accept (EMFILE and the like), so it does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -118,7 +124,20 @@ async fn bind(
         )
         .await?;
     let container = &ensured.container_id;
-    let (bound, place, port) = if request.socket_path.is_empty() {
+    let (bound, place, port) = if request.x11 {
+        if let Err(r) = Policy::of(&env).check_x11() {
+            tracing::info!(user = %request.user, "X11 forwarding refused: {}", r.0);
+            return Err(r.into());
+        }
+        let listener = x11_display(shared, container).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BackendError::ListenFailed {
+                address: "127.0.0.1".to_owned(),
+                message: e.to_string(),
+            })?;
+        (Bound::Tcp(listener), addr.to_string(), addr.port())
+    } else if request.socket_path.is_empty() {
         let own: Vec<IpAddr> = shared
             .backend
             .container_addresses(container)
@@ -152,6 +171,34 @@ async fn bind(
         _active: active,
     };
     Ok((bound, listening, held))
+}
+
+/// The first free X11 display on the container's loopback from
+/// [`X11_DISPLAY_OFFSET`] (sshd's `X11DisplayOffset`), as a listener on its port.
+async fn x11_display(shared: &Shared, container: &str) -> Result<TcpListener, BackendError> {
+    let mut last = None;
+    for display in X11_DISPLAY_OFFSET..X11_DISPLAY_OFFSET + X11_DISPLAYS {
+        let addr = SocketAddr::from(([127, 0, 0, 1], X11_BASE_PORT + display));
+        match shared.backend.listen_tcp(container, addr).await {
+            Ok(listener) => return Ok(listener),
+            // Taken by another session's display (or anything else): the next one.
+            Err(BackendError::ListenFailed { message, .. }) if message.contains("in use") => {
+                last = Some(message)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(BackendError::ListenFailed {
+        address: format!(
+            "127.0.0.1:{}-{}",
+            X11_BASE_PORT + X11_DISPLAY_OFFSET,
+            X11_BASE_PORT + X11_DISPLAY_OFFSET + X11_DISPLAYS - 1
+        ),
+        message: format!(
+            "no free X11 display ({})",
+            last.unwrap_or_else(|| "all in use".to_owned())
+        ),
+    })
 }
 
 /// Parks and announces every accepted connection until the agent shuts down or the

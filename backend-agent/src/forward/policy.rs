@@ -27,6 +27,8 @@ pub struct Policy {
     gateway_ports: bool,
     /// `ssh -A`: an agent socket in the container.
     forward_agent: bool,
+    /// `ssh -X`: a display on the container's loopback.
+    forward_x11: bool,
     run_as_root: bool,
     rules: Vec<Rule>,
     /// The rules as written, for messages.
@@ -60,6 +62,7 @@ impl Policy {
             allow: Vec::new(),
             gateway_ports: false,
             forward_agent: true,
+            forward_x11: true,
         });
         // The controller validated the rules; a bad one here is skipped, never widened.
         let (rules, problems) = forwarding::parse_all(&p.allow);
@@ -72,6 +75,7 @@ impl Policy {
             remote: p.remote,
             gateway_ports: p.gateway_ports,
             forward_agent: p.forward_agent,
+            forward_x11: p.forward_x11,
             run_as_root: env.run_as_root,
             rules,
             rule_text: p.allow,
@@ -112,6 +116,18 @@ impl Policy {
             )));
         }
         super::socket_path::check(path)
+    }
+
+    /// `ssh -X`: X11 forwarding on. Judged apart from `ssh -R`, like `ssh -A`.
+    pub fn check_x11(&self) -> Result<(), Refused> {
+        if self.forward_x11 {
+            Ok(())
+        } else {
+            Err(Refused(format!(
+                "X11 forwarding (ssh -X) is turned off in environment '{}'",
+                self.env
+            )))
+        }
     }
 
     /// Refuses `ssh -R` outright when the environment turns it off.
@@ -333,6 +349,7 @@ mod tests {
                 allow: allow.iter().map(|s| s.to_string()).collect(),
                 gateway_ports: false,
                 forward_agent: true,
+                forward_x11: true,
             }),
             ..Default::default()
         }
@@ -350,6 +367,21 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn x11_forwarding_is_judged_by_its_own_switch() {
+        assert_eq!(Policy::of(&pb::Environment::default()).check_x11(), Ok(()));
+        let mut e = env(&[]);
+        e.forwarding.as_mut().unwrap().remote = false;
+        assert_eq!(Policy::of(&e).check_x11(), Ok(()));
+        e.forwarding.as_mut().unwrap().forward_x11 = false;
+        let refused = Policy::of(&e).check_x11().unwrap_err();
+        assert!(
+            refused.0.contains("X11 forwarding (ssh -X) is turned off"),
+            "{refused}"
+        );
+        assert_eq!(Policy::of(&e).check_agent_socket("/tmp/a.sock"), Ok(()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use labssh_proto::pb;
 
 use super::refusal::SessionError;
 use super::relay::clamp;
-use crate::backend::docker::SFTP_SERVER_PATH;
+use crate::backend::docker::{INIT_PATH, SFTP_SERVER_PATH};
 use crate::backend::{self, PtySpec, SharedBackend, SpawnSpec};
 
 /// Where OpenSSH's sftp-server lives in the common distributions.
@@ -34,6 +34,10 @@ pub async fn spec(
         vec![shell, "-c".to_owned(), start.command.clone()]
     } else {
         vec![shell, "-l".to_owned()]
+    };
+    let argv = match &start.x11 {
+        Some(x11) => with_xauth(backend, container, x11, argv).await,
+        None => argv,
     };
     let pty = start.pty.as_ref().map(|p| PtySpec {
         term: p.term.clone(),
@@ -64,5 +68,39 @@ async fn subsystem_argv(
         }
         Ok(None) => Err(SessionError::NoSftpServer),
         Err(e) => Err(SessionError::FindServer(e)),
+    }
+}
+
+/// `argv` run through `labssh-init --xauth`, which installs the session's X11 cookie
+/// as the student before it becomes `argv`. A container without labssh-init (made
+/// for Docker exec) runs `argv` as it is: its X clients are refused for want of the
+/// cookie, which the log says.
+async fn with_xauth(
+    backend: &SharedBackend,
+    container: &str,
+    x11: &pb::X11Auth,
+    argv: Vec<String>,
+) -> Vec<String> {
+    match backend.find_executable(container, &[INIT_PATH]).await {
+        Ok(Some(init)) => {
+            let mut wrapped = vec![
+                init,
+                "--xauth".to_owned(),
+                format!("{}.{}", x11.display, x11.screen),
+                x11.protocol.clone(),
+                x11.cookie.clone(),
+                "--".to_owned(),
+            ];
+            wrapped.extend(argv);
+            wrapped
+        }
+        found => {
+            tracing::warn!(
+                container,
+                ?found,
+                "no labssh-init in the container: the X11 cookie is not installed"
+            );
+            argv
+        }
     }
 }

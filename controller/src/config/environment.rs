@@ -87,6 +87,9 @@ pub struct EnvironmentConfig {
     /// Agent forwarding (`ssh -A`): a socket in the container, owned by the student,
     /// whose connections reach the client's agent. On unless turned off.
     pub forward_agent: bool,
+    /// X11 forwarding (`ssh -X`, `ssh -Y`): a display on the container's loopback
+    /// whose connections reach the client's X server. On unless turned off.
+    pub forward_x11: bool,
     /// Disk quota of the student's home volume in MiB; 0 means none. Over it, new
     /// shell and exec sessions are refused (SFTP stays open to delete files).
     pub home_quota_mb: u64,
@@ -177,6 +180,7 @@ impl Default for EnvironmentConfig {
             spawn: String::new(),
             forwarding: ForwardingConfig::default(),
             forward_agent: true,
+            forward_x11: true,
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
@@ -227,6 +231,7 @@ impl EnvironmentConfig {
                 allow: self.forwarding.allow.clone(),
                 gateway_ports: self.forwarding.gateway_ports,
                 forward_agent: self.forward_agent,
+                forward_x11: self.forward_x11,
             }),
             home_quota_mb: self.home_quota_mb,
             layer_quota_mb: self.layer_quota_mb,
@@ -439,6 +444,17 @@ mod tests {
         let policy = off.to_proto("default").forwarding.unwrap();
         assert!(!policy.forward_agent);
         // Only agent forwarding is off.
-        assert!(policy.local && policy.remote);
+        assert!(policy.local && policy.remote && policy.forward_x11);
+    }
+
+    #[test]
+    fn x11_forwarding_is_on_unless_turned_off() {
+        let on: EnvironmentConfig = toml::from_str(r#"image = "busybox""#).unwrap();
+        assert!(on.to_proto("default").forwarding.unwrap().forward_x11);
+        let off: EnvironmentConfig =
+            toml::from_str("image = \"busybox\"\nforward_x11 = false").unwrap();
+        let policy = off.to_proto("default").forwarding.unwrap();
+        assert!(!policy.forward_x11);
+        assert!(policy.local && policy.remote && policy.forward_agent);
     }
 }

@@ -60,6 +60,7 @@ const SOURCE_ADDRESS: &str = "source-address";
 const PERMIT_PTY: &str = "permit-pty";
 const PERMIT_PORT_FORWARDING: &str = "permit-port-forwarding";
 const PERMIT_AGENT_FORWARDING: &str = "permit-agent-forwarding";
+const PERMIT_X11_FORWARDING: &str = "permit-X11-forwarding";
 
 /// Identifies one version of a file on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +284,7 @@ impl Trust {
         restrictions.no_pty = !extensions.contains_key(PERMIT_PTY);
         restrictions.no_port_forwarding = !extensions.contains_key(PERMIT_PORT_FORWARDING);
         restrictions.no_agent_forwarding = !extensions.contains_key(PERMIT_AGENT_FORWARDING);
+        restrictions.no_x11_forwarding = !extensions.contains_key(PERMIT_X11_FORWARDING);
         Ok(restrictions)
     }
 }

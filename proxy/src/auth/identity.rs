@@ -44,6 +44,9 @@ pub struct Restrictions {
     /// No `ssh -A`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_agent_forwarding: bool,
+    /// No `ssh -X`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_x11_forwarding: bool,
     /// No terminal.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_pty: bool,

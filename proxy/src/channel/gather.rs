@@ -34,6 +34,8 @@ const SFTP: &str = "sftp";
 const ORIGINAL_COMMAND: &str = "SSH_ORIGINAL_COMMAND";
 /// Where processes find the connection's forwarded agent (`ssh -A`).
 const AUTH_SOCK: &str = "SSH_AUTH_SOCK";
+/// Where X clients find the channel's forwarded display (`ssh -X`).
+const DISPLAY: &str = "DISPLAY";
 
 /// What the requests asked for, once one of them starts a process.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub(crate) struct Gathered {
     pub command: String,
     /// The subsystem's name; empty unless one was asked for.
     pub subsystem: String,
+    /// The channel's X11 display and cookie (`ssh -X`).
+    pub x11: Option<pb::X11Auth>,
 }
 
 impl Gathered {
@@ -79,6 +83,23 @@ impl Gathered {
         };
     }
 
+    /// Points X clients at the channel's display, `localhost:N.S` as sshd sets it,
+    /// or, with none, makes sure the client did not name one. A subsystem (SFTP)
+    /// runs no X client: its display, if any, is left unused.
+    pub fn x11_display(&mut self, x11: Option<pb::X11Auth>) {
+        match x11.filter(|_| self.subsystem.is_empty()) {
+            Some(x11) => {
+                let display = format!("localhost:{}.{}", x11.display, x11.screen);
+                self.env.insert(DISPLAY.to_owned(), display);
+                self.x11 = Some(x11);
+            }
+            None => {
+                self.env.remove(DISPLAY);
+                self.x11 = None;
+            }
+        }
+    }
+
     /// The agent's start message for `user`; the environment comes with the
     /// placement.
     pub fn into_start(self, user: &str) -> pb::Start {
@@ -90,6 +111,7 @@ impl Gathered {
             subsystem: self.subsystem,
             env: self.env,
             pty: self.pty,
+            x11: self.x11,
             // The identity is set by `start.rs` (issue 14).
             ..Default::default()
         }
@@ -227,6 +249,14 @@ pub(crate) async fn run(session: &Session, inbox: &mut Inbox) -> Option<Gathered
             let agent_socket = session.ctx.agent_socket.get().map(String::as_str);
             if let Some(gathered) = &mut gathered {
                 gathered.agent_socket(agent_socket);
+                // Likewise set before this channel's `x11-req` was answered.
+                let x11 = session
+                    .ctx
+                    .x11
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&channel);
+                gathered.x11_display(x11);
             }
             gathered
         }
@@ -331,6 +361,30 @@ mod tests {
             HashMap::from([("LANG".to_owned(), "C.UTF-8".to_owned())])
         );
         assert!(start.subsystem.is_empty());
+    }
+
+    #[test]
+    fn the_display_is_the_proxys_word_and_not_a_subsystems() {
+        let x11 = pb::X11Auth {
+            display: 10,
+            screen: 0,
+            protocol: "MIT-MAGIC-COOKIE-1".into(),
+            cookie: "00ff".into(),
+        };
+        let mut gathered = Gathered::default();
+        gathered.env.insert("DISPLAY".into(), ":0".into());
+        gathered.x11_display(None);
+        assert_eq!(gathered.env.get("DISPLAY"), None);
+        gathered.x11_display(Some(x11.clone()));
+        assert_eq!(gathered.env["DISPLAY"], "localhost:10.0");
+        assert_eq!(gathered.into_start("alice").x11, Some(x11.clone()));
+        let mut sftp = Gathered {
+            subsystem: "sftp".into(),
+            ..Default::default()
+        };
+        sftp.x11_display(Some(x11));
+        assert_eq!(sftp.env.get("DISPLAY"), None);
+        assert_eq!(sftp.into_start("alice").x11, None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, Pty, Sig};
 use tokio::sync::{mpsc, oneshot};
 
-use super::event::Event;
+use super::event::{Event, X11Request};
 use crate::auth::{Attempt, Credential, Outcome};
 use crate::channel::{signal, Input, Request};
 use crate::forward::{Bind, Destination};
@@ -327,6 +327,39 @@ impl russh::server::Handler for Handler {
             .ask(|reply| Event::AgentRequest { channel, reply })
             .await?;
         Ok(listening.unwrap_or(false))
+    }
+
+    /// `ssh -X` / `ssh -Y`. Answered once the display listens (or could not), so
+    /// the `shell` or `exec` that follows finds DISPLAY set; OpenSSH prints
+    /// "X11 forwarding request failed" on a refusal and goes on without it.
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        single_connection: bool,
+        x11_auth_protocol: &str,
+        x11_auth_cookie: &str,
+        x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = X11Request {
+            single_connection,
+            protocol: x11_auth_protocol.to_owned(),
+            cookie: x11_auth_cookie.to_owned(),
+            screen: x11_screen_number,
+        };
+        let listening = self
+            .ask(|reply| Event::X11Request {
+                channel,
+                request,
+                reply,
+            })
+            .await?;
+        if listening.unwrap_or(false) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
     }
 
     async fn channel_close(

@@ -45,7 +45,19 @@ pub(crate) enum Bind {
     /// `auth-agent-req@openssh.com`: the connection's agent socket, at a path the
     /// proxy chose. The client cannot cancel it; it goes with the connection.
     Agent(String),
+    /// `x11-req`: a session channel's X11 display on the container's loopback,
+    /// the agent's choice of port. It goes with the channel; with `single`, after
+    /// its first connection.
+    X11 {
+        /// The session channel it serves.
+        channel: u32,
+        /// `single-connection` was asked for.
+        single: bool,
+    },
 }
+
+/// X11 display N listens on TCP port 6000 + N.
+pub(crate) const X11_BASE_PORT: u32 = 6000;
 
 impl std::fmt::Display for Bind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,6 +65,7 @@ impl std::fmt::Display for Bind {
             Bind::Tcp { address, port } => write!(f, "{address}:{port}"),
             Bind::Socket(path) => f.write_str(path),
             Bind::Agent(path) => write!(f, "agent socket {path}"),
+            Bind::X11 { channel, .. } => write!(f, "X11 display of channel {channel}"),
         }
     }
 }
@@ -92,6 +105,21 @@ impl RemoteForwards {
         token.map(|t| t.cancel()).is_some()
     }
 
+    /// Stops the X11 display of session channel `channel`, if it has one.
+    pub fn cancel_x11(&self, channel: russh::ChannelId) {
+        let channel = u32::from(channel);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|bind, token| match bind {
+                Bind::X11 { channel: c, .. } if *c == channel => {
+                    token.cancel();
+                    false
+                }
+                _ => true,
+            });
+    }
+
     /// How many listeners one connection may hold.
     const MAX: usize = 32;
 }
@@ -121,6 +149,9 @@ pub(crate) enum ListenError {
     /// The login's certificate lacks `permit-agent-forwarding`.
     #[error("the certificate does not permit agent forwarding")]
     AgentNotPermitted,
+    /// The login's certificate lacks `permit-X11-forwarding`.
+    #[error("the certificate does not permit X11 forwarding")]
+    X11NotPermitted,
     /// Placing the student or asking the agent failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -142,6 +173,9 @@ pub(crate) async fn remote_forward(
         Bind::Tcp { .. } | Bind::Socket(_) if restrictions.no_port_forwarding => {
             return Err(ListenError::NotPermitted)
         }
+        Bind::X11 { .. } if restrictions.no_x11_forwarding => {
+            return Err(ListenError::X11NotPermitted)
+        }
         _ => {}
     }
     if forwards.len() >= RemoteForwards::MAX {
@@ -151,6 +185,7 @@ pub(crate) async fn remote_forward(
     let (host, port, socket_path) = match &bind {
         Bind::Tcp { address, port } => (address.clone(), *port, String::new()),
         Bind::Socket(path) | Bind::Agent(path) => (String::new(), 0, path.clone()),
+        Bind::X11 { .. } => (String::new(), 0, String::new()),
     };
     let request = pb::ListenRequest {
         user: ctx.login.user.clone(),
@@ -160,6 +195,7 @@ pub(crate) async fn remote_forward(
         identity: Some(crate::upstream::wire_identity(&ctx.identity)),
         socket_path,
         agent: matches!(bind, Bind::Agent(_)),
+        x11: matches!(bind, Bind::X11 { .. }),
     };
     let call = agent.listen(labssh_telemetry::grpc::request(request));
     let (events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;
@@ -235,6 +271,8 @@ impl Listener {
                 break;
             };
             accepted += 1;
+            // `single-connection`: the display takes no more.
+            let last = matches!(key, Bind::X11 { single: true, .. });
             // Not attached, the agent closes it after its attach timeout.
             let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
                 telemetry::error(Component::Proxy, "forward_limit");
@@ -254,6 +292,9 @@ impl Listener {
                 forwarded(ctx, &mut agent, attach, key, a).await;
                 drop(slot);
             });
+            if last {
+                break;
+            }
         }
         tracing::debug!(accepted, "remote forward stopped");
     }
@@ -300,6 +341,12 @@ async fn forwarded(
                 .boxed(),
         ),
         Bind::Agent(_) => ("auth-agent", ctx.handle.channel_open_agent().boxed()),
+        Bind::X11 { .. } => (
+            "x11",
+            ctx.handle
+                .channel_open_x11(accepted.originator_address, accepted.originator_port)
+                .boxed(),
+        ),
     };
     let channel = tokio::time::timeout(CLIENT_CONFIRM_TIMEOUT, opening).await;
     // Dropping the stream closes the container's side.
