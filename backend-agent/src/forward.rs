@@ -9,6 +9,7 @@
 //! are [`listen`] and the connections they accepted wait in [`pending`]; the bytes
 //! move in [`splice`].
 
+pub mod agent_peers;
 pub mod connect;
 pub mod host_watch;
 pub mod listen;

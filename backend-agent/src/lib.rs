@@ -238,6 +238,7 @@ fn start(
         tasks: tasks.clone(),
         guard: forward::host_watch::HostGuard::watch(&forward_deny),
         pending: Default::default(),
+        agent_peers: Default::default(),
     })
 }
 

@@ -20,6 +20,7 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::backend::{Ensured, Process, SpawnSpec};
+use crate::forward::agent_peers::Registration;
 use crate::hooks::{Event, Target};
 use crate::limits::caps::{Held, Kind};
 use crate::limits::cgroup::LimitWatch;
@@ -28,6 +29,9 @@ use crate::state::Shared;
 use crate::stream;
 pub use refusal::SessionError;
 pub use relay::OutputSender;
+
+/// Where the proxy names the connection's agent socket.
+const AUTH_SOCK: &str = "SSH_AUTH_SOCK";
 
 /// A session's process, started, and what the rest of the session needs of it.
 struct Started {
@@ -39,6 +43,8 @@ struct Started {
     ensured: Ensured,
     /// The container's limits as the session started, to say which one it hit.
     watch: Option<LimitWatch>,
+    /// Its process may use its connection's agent socket, while it runs.
+    _agent_peer: Option<Registration>,
 }
 
 /// Runs a session to its end.
@@ -148,11 +154,22 @@ async fn start_process(
                     None => e,
                 },
             )?;
+        // The proxy's word (it drops a client's own SSH_AUTH_SOCK): the connection's
+        // agent socket, which this process and its descendants may use.
+        let agent_peer = start.env.get(AUTH_SOCK).and_then(|path| {
+            let pid = process.control.pid_in_container()?;
+            Some(
+                shared
+                    .agent_peers
+                    .register(&ensured.container_id, path, pid),
+            )
+        });
         Ok(Started {
             process,
             env,
             ensured,
             watch,
+            _agent_peer: agent_peer,
         })
     };
     Some(started.await)

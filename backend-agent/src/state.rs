@@ -46,6 +46,8 @@ pub struct Shared {
     pub lifecycle: Arc<Lifecycle>,
     /// Bounds the containers created or started at once; students first.
     pub starts: Arc<StartQueue>,
+    /// The session processes of each agent socket (`ssh -A`), who alone may use it.
+    pub agent_peers: Arc<crate::forward::agent_peers::AgentPeers>,
 }
 
 /// Why a student's container could not be ensured; the message is for the student.

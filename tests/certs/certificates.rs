@@ -210,6 +210,29 @@ async fn critical_options_and_extensions_restrict_the_login() {
             stderr(&out)
         );
     }
+
+    // Without permit-X11-forwarding: ssh -Y gets no display.
+    let xvfb = labssh_testkit::xvfb::Xvfb::start().unwrap();
+    let no_x11 = ca.student("nox11", "dora", &["-O", "no-x11-forwarding"]);
+    let xauth = tempfile::tempdir().unwrap();
+    for (key, permitted) in [(&no_x11, false), (&here, true)] {
+        let mut cmd = lab.ssh.command_with(
+            "dora",
+            &Auth::Key(key.clone()),
+            &["-Y"],
+            &["echo \"[$DISPLAY]\""],
+        );
+        cmd.env("DISPLAY", &xvfb.display)
+            .env("XAUTHORITY", xauth.path().join("client.xauth"));
+        let out = labssh_testkit::ssh::output(cmd).await.unwrap();
+        let display = stdout(&out);
+        assert_eq!(
+            display.starts_with("[localhost:10."),
+            permitted,
+            "-Y: {display} {}",
+            stderr(&out)
+        );
+    }
     lab.stop().await;
 }
 

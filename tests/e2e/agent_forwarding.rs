@@ -4,8 +4,9 @@
 //! connection an `auth-agent@openssh.com` channel); the socket goes with the SSH
 //! connection; without `-A`, or with `forward_agent = false`, there is none.
 //!
-//! The test reaches the container's end of the socket through the container's init
-//! (`/proc/PID/root/...`, as root, as in `streamlocal`): busybox has no ssh tools.
+//! Only processes of the connection may use the socket: the Debian image's ssh-add in
+//! the session lists the key; the same student's other connection, and root on the
+//! host through the container's root, are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -80,14 +81,23 @@ async fn sock_seen(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ssh_a_reaches_the_clients_agent_as_the_student_until_logout() {
+    tokio::task::spawn_blocking(labssh_testkit::docker::ensure_debian_image)
+        .await
+        .unwrap()
+        .expect("Debian image");
     let lab = Lab::start(LabOptions::default()).await;
     let agent = TestAgent::start().unwrap();
-    // The session holds the connection open until its stdin ends.
-    let script =
-        format!("{PRINT_SOCK}; stat -c '%u %a %F' \"$SSH_AUTH_SOCK\"; read line; echo done");
+    // The image's own ssh-add, in the session and in a subshell of it (a descendant
+    // of a descendant); the session then holds the connection open until its stdin
+    // ends.
+    let script = format!(
+        "{PRINT_SOCK}; stat -c '%u %a %F' \"$SSH_AUTH_SOCK\"; \
+         ssh-add -l -E sha256; echo \"listed=$?\"; \
+         (ssh-add -l -E sha256 | grep -c labssh-agent-test); read line; echo done"
+    );
     let mut cmd = lab
         .ssh
-        .command_with("alice", &Lab::alice(), &["-A"], &[&script]);
+        .command_with("alice+debian", &Lab::alice(), &["-A"], &[&script]);
     cmd.env("SSH_AUTH_SOCK", &agent.socket)
         .stdin(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -105,20 +115,37 @@ async fn ssh_a_reaches_the_clients_agent_as_the_student_until_logout() {
     );
     // The student's, closed to everyone else in the container.
     assert_eq!(next(&mut lines).await, "1000 600 socket");
-
     // A real agent round trip: the container's socket → an auth-agent channel → the
     // client's ssh-agent, which lists the key it holds.
-    let host = host_path(&lab, "alice", "default", &path);
-    let listed = TestAgent::list(&host).unwrap();
-    let listing = String::from_utf8_lossy(&listed.stdout);
+    let listed = next(&mut lines).await;
     assert!(
-        listed.status.success() && listing.contains(&agent.fingerprint),
-        "ssh-add -l through {path}: {listing} {}",
-        String::from_utf8_lossy(&listed.stderr)
+        listed.contains(&agent.fingerprint),
+        "ssh-add -l: {listed:?}"
     );
-    // And again: each connection to the socket is a channel of its own.
-    let again = TestAgent::list(&host).unwrap();
-    assert!(String::from_utf8_lossy(&again.stdout).contains(&agent.fingerprint));
+    assert_eq!(next(&mut lines).await, "listed=0");
+    // And again from a subshell: each connection is a channel of its own.
+    assert_eq!(next(&mut lines).await, "1");
+
+    // A process of another connection of the same student is refused, and so is
+    // root on the host going through the container's root.
+    let other = format!("SSH_AUTH_SOCK={path} ssh-add -l -E sha256; echo \"other=$?\"");
+    let out = lab
+        .ssh
+        .run("alice+debian", &Lab::alice(), &[&other])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains(&agent.fingerprint) && !text.contains("other=0"),
+        "another connection used the agent socket: {text}"
+    );
+    let host = host_path(&lab, "alice", "debian", &path);
+    let listed = TestAgent::list(&host).unwrap();
+    assert!(
+        !listed.status.success()
+            && !String::from_utf8_lossy(&listed.stdout).contains(&agent.fingerprint),
+        "the host's root used the agent socket: {listed:?}"
+    );
 
     // Logout: the connection ends, and the socket with it.
     stdin.write_all(b"\n").await.unwrap();

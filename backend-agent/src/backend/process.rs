@@ -138,4 +138,8 @@ pub trait ProcessControl: Send + Sync {
     async fn signal(&self, name: &str) -> Result<(), BackendError>;
     /// Waits for the process to exit. Call it after the output has ended.
     async fn wait(&self) -> Result<ExitStatus, BackendError>;
+    /// Its pid in the container's pid namespace, where the runtime knows it.
+    fn pid_in_container(&self) -> Option<u32> {
+        None
+    }
 }

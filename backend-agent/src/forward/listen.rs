@@ -42,20 +42,30 @@ enum Bound {
 }
 
 impl Bound {
-    /// The next connection, and its peer's address where it has one.
-    async fn accept(&self) -> io::Result<(Box<dyn Duplex>, Option<SocketAddr>)> {
+    /// The next connection and who made it: its peer's address (TCP), or the pid
+    /// of the process that connected, in this agent's namespace (a unix socket).
+    async fn accept(&self) -> io::Result<(Box<dyn Duplex>, Peer)> {
         match self {
             Bound::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok((Box::new(stream), Some(peer)))
+                Ok((Box::new(stream), Peer::Address(peer)))
             }
             Bound::Unix(socket) => {
                 let (stream, _) = socket.listener.accept().await?;
-                Ok((Box::new(stream), None))
+                let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+                Ok((Box::new(stream), Peer::Process(pid)))
             }
         }
     }
+}
+
+/// Who connected to a listener.
+enum Peer {
+    /// From this address.
+    Address(SocketAddr),
+    /// The process of this pid, if the kernel could tell.
+    Process(Option<i32>),
 }
 
 /// A listener inside a student's container, and whose it is.
@@ -225,6 +235,23 @@ async fn accept_loop(shared: &Shared, listener: &Bound, listening: &Listening, t
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
+        };
+        let peer = match peer {
+            Peer::Address(addr) => Some(addr),
+            // The agent socket takes only its own connection's processes.
+            Peer::Process(pid) if request.agent => {
+                let path = &request.socket_path;
+                if !shared
+                    .agent_peers
+                    .admits(&ensured.container_id, path, pid)
+                    .await
+                {
+                    tracing::warn!(user = %request.user, container = %ensured.name, %path, ?pid, "agent socket: refused a process that is not of its SSH connection");
+                    continue;
+                }
+                None
+            }
+            Peer::Process(_) => None,
         };
         let caps = &shared.limits.caps;
         let counted = caps

@@ -127,6 +127,10 @@ impl ProcessControl for HelperProcess {
             })?;
         ended.clone().expect("waited for Some")
     }
+
+    fn pid_in_container(&self) -> Option<u32> {
+        Some(self.pid)
+    }
 }
 
 /// Reads the helper's frames until EXIT or the end of the connection: output to the
