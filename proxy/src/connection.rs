@@ -41,8 +41,8 @@ pub(crate) use handler::Handler;
 /// Events queued from the handler to the task; the handler waits for room,
 /// which holds the client's connection back as russh's own loop would.
 const EVENT_QUEUE: usize = 32;
-/// Most clients try a handful of keys; more than this per connection is
-/// someone scanning.
+/// Session channels (shells, commands, SFTP) open at once on one SSH connection;
+/// a ControlMaster's or VS Code's opens a few dozen, and any number over its life.
 const MAX_SESSION_CHANNELS: usize = 64;
 /// Forwarded connections (`ssh -L`, `-D`, and those accepted for `ssh -R`) open
 /// at once on one SSH connection; a browser behind `ssh -D` opens a few dozen.
@@ -74,7 +74,7 @@ pub(crate) struct Connection {
     /// Failed authentication attempts so far; at `max_auth_tries` the
     /// connection is disconnected.
     failures: u32,
-    /// Session channels opened so far.
+    /// Session channels opened so far (the first one's start is the login time).
     channels: usize,
     /// The queues of each open session channel (at most
     /// [`MAX_SESSION_CHANNELS`]); an entry goes when its channel closes.
@@ -303,13 +303,13 @@ impl Connection {
 
     /// The context for a channel the client opens and what `take` takes for
     /// it, or `None` once the channel is refused: before a login as
-    /// "administratively prohibited", over a limit (`take` says why) as
-    /// "resource shortage".
+    /// "administratively prohibited", over a limit as "resource shortage" with
+    /// the limit `take` names, which OpenSSH prints.
     async fn admit<T>(
         &self,
         handle: &Handle,
         reply: ChannelOpenHandle,
-        take: impl FnOnce(&Context) -> Option<T>,
+        take: impl FnOnce(&Context) -> Result<T, String>,
     ) -> Option<(Context, ChannelOpenHandle, T)> {
         let Some(ctx) = self.context(handle) else {
             reply
@@ -317,11 +317,13 @@ impl Connection {
                 .await;
             return None;
         };
-        let Some(taken) = take(&ctx) else {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return None;
-        };
-        Some((ctx, reply, taken))
+        match take(&ctx) {
+            Ok(taken) => Some((ctx, reply, taken)),
+            Err(limit) => {
+                reply.reject(over_limit(&limit)).await;
+                None
+            }
+        }
     }
 
     async fn session_opened(
@@ -331,11 +333,14 @@ impl Connection {
         handle: &Handle,
     ) {
         let room = |ctx: &Context| {
-            let room = self.channels < MAX_SESSION_CHANNELS;
-            if !room {
-                tracing::warn!(conn = ctx.conn, user = %ctx.login.user, "too many session channels");
+            // Open ones: a ControlMaster connection opens many over its life.
+            if self.sessions.len() < MAX_SESSION_CHANNELS {
+                return Ok(());
             }
-            room.then_some(())
+            tracing::warn!(conn = ctx.conn, user = %ctx.login.user, "too many session channels");
+            Err(format!(
+                "too many sessions on one SSH connection ({MAX_SESSION_CHANNELS}); close some and try again"
+            ))
         };
         let Some((ctx, reply, ())) = self.admit(handle, reply, room).await else {
             return;
@@ -360,11 +365,12 @@ impl Connection {
         handle: &Handle,
     ) {
         let slot = |ctx: &Context| {
-            let slot = self.forward_slots.clone().try_acquire_owned().ok();
-            if slot.is_none() {
+            self.forward_slots.clone().try_acquire_owned().map_err(|_| {
                 tracing::warn!(conn = ctx.conn, "too many forwarded connections");
-            }
-            slot
+                format!(
+                    "too many forwarded connections on one SSH connection ({MAX_FORWARDS}); close some and try again"
+                )
+            })
         };
         let Some((ctx, reply, slot)) = self.admit(handle, reply, slot).await else {
             return;
@@ -502,5 +508,14 @@ impl Connection {
                 }
             }
         });
+    }
+}
+
+/// SSH's "resource shortage" with the limit in our words, which OpenSSH prints
+/// (`channel 3: open failed: resource shortage: labssh: too many …`).
+fn over_limit(limit: &str) -> ChannelOpenFailure {
+    ChannelOpenFailure::Other {
+        code: 4,
+        reason: format!("labssh: {limit}"),
     }
 }

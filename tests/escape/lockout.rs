@@ -2,8 +2,8 @@
 //! (finding 3): wrong passwords are refused per user *and* source address, only slow
 //! the user down elsewhere, and attempts while refused never prolong the refusal; key
 //! logins never feel any of it. And the proxy's share of finding 4 (bounded `SetEnv`,
-//! a bound on every wait for the client, a login grace time) and of finding 6
-//! (`users.toml` stays 0600).
+//! a bound on every wait for the client, a login grace time, session channels bounded
+//! while open and refused in words) and of finding 6 (`users.toml` stays 0600).
 //!
 //! Source addresses are picked with `ssh -b 127.0.0.N`: the whole of 127/8 is
 //! loopback, so each is a distinct client address to the proxy's limits.
@@ -422,4 +422,103 @@ fn user_add_keeps_the_users_file_private() {
         text.contains("[users.alice]") && text.contains("[users.bob]"),
         "{text}"
     );
+}
+
+/// A russh client that records why the proxy refused its channel opens.
+#[derive(Default, Clone)]
+struct Refusals {
+    said: Arc<Mutex<Vec<String>>>,
+}
+
+impl client::Handler for Refusals {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn channel_open_failure(
+        &mut self,
+        _channel: russh::ChannelId,
+        _reason: russh::ChannelOpenFailure,
+        description: &str,
+        _language: &str,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.said.lock().unwrap().push(description.to_owned());
+        Ok(())
+    }
+}
+
+/// One connection holds at most 64 session channels open at once, and hears the
+/// limit in words when it asks for more; closing one makes room, so a ControlMaster
+/// that opens sessions all day long never runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_channels_are_bounded_while_open_not_over_a_connections_life() {
+    const LIMIT: usize = 64;
+    let lab = Lab::start(LabOptions::default()).await;
+    let addr = lab.cluster.as_ref().unwrap().ssh_addr;
+    let client = Refusals::default();
+    let mut handle = client::connect(Arc::new(client::Config::default()), addr, client.clone())
+        .await
+        .unwrap();
+    let auth = handle
+        .authenticate_password("bob", crate::lab::BOB_PW)
+        .await
+        .unwrap();
+    assert!(auth.success());
+    // Channels that have asked for nothing yet hold no process: only the proxy's
+    // count is at stake.
+    let mut open = Vec::new();
+    for i in 0..LIMIT {
+        let channel = handle.channel_open_session().await;
+        open.push(channel.unwrap_or_else(|e| panic!("channel {i}: {e}")));
+    }
+    let refused = handle.channel_open_session().await;
+    assert!(refused.is_err(), "channel {} opened", LIMIT + 1);
+    let said = client.said.lock().unwrap().clone();
+    assert_eq!(
+        said,
+        vec![format!(
+            "labssh: too many sessions on one SSH connection ({LIMIT}); close some and try again"
+        )]
+    );
+    // Closing some makes room again, time after time.
+    for round in 0..3 {
+        let channel = open.pop().unwrap();
+        channel.close().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reopened = loop {
+            match handle.channel_open_session().await {
+                Ok(channel) => break channel,
+                // The proxy counts the close when the client's close reaches it.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("round {round}: no room after a close: {e}"),
+            }
+        };
+        open.push(reopened);
+    }
+    // And the reopened channel works.
+    let channel = open.pop().unwrap();
+    channel.exec(true, "echo room").await.unwrap();
+    let mut out = Vec::new();
+    let mut channel = channel;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), channel.wait())
+        .await
+        .expect("the command ends")
+    {
+        match msg {
+            russh::ChannelMsg::Data { data } => out.extend_from_slice(&data),
+            russh::ChannelMsg::ExitStatus { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"room\n");
+    drop(open);
+    lab.stop().await;
 }
