@@ -13,6 +13,8 @@
 //! - `groups`: groups decide environments (`allowed_groups`), the uid/gid from the
 //!   identity (`uid = "ldap"`), prestart following both;
 //! - `half_close`: an EOF travels as an EOF on every forward, session stdin and SFTP;
+//! - `jump`: `ssh -J` through labssh to the student's own sshd in the container, and
+//!   the forwarded agent authenticating to it from a session;
 //! - `hooks`: lifecycle hooks (commands, timers, webhooks) and a refusing login hook;
 //! - `isolation`: rlimits, seccomp and a read-only root in the shell; the process and
 //!   memory limits named when a student hits them;
@@ -38,6 +40,7 @@ mod groups;
 mod half_close;
 mod hooks;
 mod isolation;
+mod jump;
 mod lifecycle;
 mod prestart;
 mod sessions;
