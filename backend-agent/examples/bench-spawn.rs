@@ -176,16 +176,26 @@ async fn run(backend: &DockerBackend, env: &pb::Environment, s: &Settings) -> Re
 
     let pid = init_pid(id)?;
     println!("\nlabssh-init (host pid {pid}) resident memory");
-    println!("  idle                        {:>6} kB", rss_kb(pid)?);
+    let base_kb = rss_kb(pid)?;
+    println!("  idle                        {:>6} kB", base_kb);
     let mut open = Vec::new();
     for _ in 0..s.sessions {
         open.push(open_shell(backend, id).await?);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let open_kb = rss_kb(pid)?;
     println!(
-        "  {:>3} pty shells open         {:>6} kB",
+        "  {:>3} pty shells just opened  {:>6} kB",
+        s.sessions, open_kb
+    );
+    // Quiet sessions give their buffers back after a second.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let idle_kb = rss_kb(pid)?;
+    println!(
+        "  {:>3} pty shells idle 2 s     {:>6} kB   ({:.1} kB per session over idle)",
         s.sessions,
-        rss_kb(pid)?
+        idle_kb,
+        idle_kb.saturating_sub(base_kb) as f64 / s.sessions.max(1) as f64
     );
     drop(open);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -76,6 +76,16 @@ impl Buffer {
         self.commit(bytes.len());
     }
 
+    /// Gives the storage back when nothing is held: a session that has gone quiet
+    /// costs no buffer (the next read grows it again). Returns whether it did.
+    pub fn release_if_empty(&mut self) -> bool {
+        if !self.is_empty() || self.data.capacity() == 0 {
+            return false;
+        }
+        *self = Buffer::default();
+        true
+    }
+
     /// Appends one frame.
     pub fn put_frame(&mut self, kind: u8, payload: &[u8]) {
         self.extend(&wire::frame_header(kind, payload.len()));
@@ -97,6 +107,21 @@ impl From<Vec<u8>> for Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_buffer_gives_its_storage_back_and_a_full_one_keeps_it() {
+        let mut b = Buffer::default();
+        assert!(!b.release_if_empty(), "nothing to give back");
+        b.extend(&[1; 1000]);
+        assert!(!b.release_if_empty(), "it holds bytes");
+        assert_eq!(b.as_slice(), &[1; 1000][..]);
+        b.consume(1000);
+        assert!(b.release_if_empty());
+        assert_eq!(b.data.capacity(), 0);
+        // And it grows again on demand.
+        b.extend(b"again");
+        assert_eq!(b.as_slice(), b"again");
+    }
 
     #[test]
     fn bytes_come_out_in_order_across_partial_consumes_and_growth() {

@@ -317,10 +317,19 @@ impl Server {
                 self.accept();
             }
             let now = Instant::now();
+            let mut freed = false;
             for s in &mut self.sessions {
                 s.tick(now);
+                freed |= s.trim_if_idle(now);
             }
+            let before = self.sessions.len();
             self.sessions.retain(|s| !s.done());
+            freed |= self.sessions.len() < before;
+            if freed {
+                // Freed buffers sit among live allocations; hand their pages back.
+                // SAFETY: malloc_trim only returns free memory to the system.
+                unsafe { libc::malloc_trim(0) };
+            }
             self.pending.retain(|p| p.deadline > now);
         }
     }

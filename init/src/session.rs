@@ -30,6 +30,10 @@ const HANGUP_GRACE: Duration = Duration::from_secs(2);
 /// After a terminal's process exits, how long output may still come from processes it
 /// left holding the terminal; it normally ends at once.
 const PTY_DRAIN: Duration = Duration::from_millis(200);
+/// A session quiet this long gives its empty buffers back (an idle shell then costs
+/// the helper its descriptors and this struct, not 64 KiB buffers); one that is busy
+/// keeps them, so bulk data does not allocate per read.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// What to poll a session's descriptors for.
 pub struct Interest {
@@ -89,6 +93,9 @@ pub struct Session {
     kill_at: Option<Instant>,
     /// When to stop waiting for the terminal after the process exited.
     drain_until: Option<Instant>,
+    /// When the session last did anything; `None` once its buffers were trimmed
+    /// since.
+    active_at: Option<Instant>,
 }
 
 impl Session {
@@ -126,6 +133,7 @@ impl Session {
             exit_queued: false,
             kill_at: None,
             drain_until: None,
+            active_at: Some(Instant::now()),
         };
         session.parse_frames();
         Ok(session)
@@ -167,6 +175,7 @@ impl Session {
 
     /// Handles poll results for one of the descriptors.
     pub fn ready(&mut self, source: Source, revents: libc::c_short) {
+        self.active_at = Some(Instant::now());
         match source {
             Source::Conn => {
                 if revents & libc::POLLOUT != 0 {
@@ -301,6 +310,23 @@ impl Session {
         self.flush();
     }
 
+    /// Gives back the buffers of a session quiet for [`IDLE_TRIM`]; true when any
+    /// storage was freed (the caller may then return memory to the system).
+    pub fn trim_if_idle(&mut self, now: Instant) -> bool {
+        match self.active_at {
+            Some(at) if now.duration_since(at) >= IDLE_TRIM => {
+                self.active_at = None;
+                let freed = [
+                    self.inbuf.release_if_empty(),
+                    self.outbuf.release_if_empty(),
+                    self.stdin_buf.release_if_empty(),
+                ];
+                freed.contains(&true)
+            }
+            _ => false,
+        }
+    }
+
     /// Acts on deadlines that passed.
     pub fn tick(&mut self, now: Instant) {
         if self.kill_at.is_some_and(|t| t <= now) {
@@ -326,10 +352,11 @@ impl Session {
 
     /// The next deadline, for the poll timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        match (self.kill_at, self.drain_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let trim = self.active_at.map(|at| at + IDLE_TRIM);
+        [self.kill_at, self.drain_until, trim]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn queue_exit(&mut self) {
