@@ -110,6 +110,8 @@ pub(crate) struct Client {
     /// keyboard-interactive prompt can say so (a password attempt has no way
     /// to show text).
     pub unavailable: std::sync::atomic::AtomicBool,
+    /// Where logins and failed ones are recorded.
+    pub audit: crate::audit::Audit,
 }
 
 impl Client {
@@ -352,6 +354,18 @@ impl Client {
             auth_ms = started.elapsed().as_millis() as u64,
             "authenticated"
         );
+        self.audit.record(
+            "login",
+            serde_json::json!({
+                "conn": self.conn,
+                "client": self.peer,
+                "user": login.user,
+                "environment": login.environment.as_deref().unwrap_or(""),
+                "method": method,
+                "authenticator": identity.source.to_string(),
+                "cache": cache,
+            }),
+        );
         Outcome::LoggedIn(login, identity)
     }
 
@@ -363,6 +377,7 @@ impl Client {
         self.unavailable
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(conn = self.conn, peer = %self.peer, user = %login.user, method, "authentication failed, the login service is unavailable: {why}");
+        self.audit_failure(login, method, "the login service is unavailable");
         Outcome::Unavailable
     }
 
@@ -372,7 +387,23 @@ impl Client {
         tracing::Span::current().record("result", "rejected");
         // The reason stays in the log; the client learns only "denied".
         tracing::warn!(conn = self.conn, peer = %self.peer, user = %login.user, method, "authentication failed: {why}");
+        self.audit_failure(login, method, why);
         Outcome::Rejected
+    }
+
+    /// A failed login in the audit log: the name tried, never what was offered.
+    fn audit_failure(&self, login: &LoginName, method: &'static str, why: &str) {
+        self.audit.record(
+            "login_failed",
+            serde_json::json!({
+                "conn": self.conn,
+                "client": self.peer,
+                "user": login.user,
+                "environment": login.environment.as_deref().unwrap_or(""),
+                "method": method,
+                "reason": why,
+            }),
+        );
     }
 }
 
@@ -412,6 +443,7 @@ mod tests {
             refusals: Default::default(),
             auth: crate::auth::chain::Chain::new(&config.auth).unwrap(),
             trust: crate::auth::certificate::Trust::none(),
+            audit: Default::default(),
             config,
         }
     }
@@ -423,6 +455,7 @@ mod tests {
             ip: Some(Ipv4Addr::new(192, 0, 2, 1).into()),
             span: tracing::Span::none(),
             unavailable: Default::default(),
+            audit: Default::default(),
         }
     }
 

@@ -138,6 +138,8 @@ pub struct Config {
     /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
     /// and `/readyz` (used by the binary); empty means none.
     pub http: String,
+    /// The audit log (`[audit]`): logins, sessions and forwards as JSON lines.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -173,6 +175,7 @@ impl Default for Config {
             rate_limit: Default::default(),
             tls: Default::default(),
             http: String::new(),
+            audit: Default::default(),
         }
     }
 }
@@ -200,7 +203,7 @@ impl Config {
 
     /// Reports every invalid value, each with its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = self.audit.problems();
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!(
                 "listen: {:?} is not an address like 127.0.0.1:2222",

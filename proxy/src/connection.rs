@@ -129,6 +129,7 @@ impl Connection {
         let accept_phase = Some(tracing::info_span!(parent: &span, "accept"));
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let closed = tokio_util::sync::CancellationToken::new();
+        let audit = shared.audit.clone();
         let connection = Connection {
             _closing: closed.clone().drop_guard(),
             closed,
@@ -139,6 +140,7 @@ impl Connection {
                 ip: client.map(|c| c.ip()),
                 span,
                 unavailable: Default::default(),
+                audit,
             },
             events,
             login: None,

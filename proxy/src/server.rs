@@ -131,7 +131,10 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         config.controller_timeout(),
         config.placement_cache_ttl(),
     )?;
+    let audit = crate::audit::Audit::open(&config.audit, &replica_name(&config))
+        .map_err(|e| anyhow::anyhow!("audit.path {:?}: {e}", config.audit.path))?;
     Ok(Shared {
+        audit,
         gate: Gate::new(&config),
         refusals: Refusals::default(),
         config,
@@ -143,6 +146,19 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         upstream,
         next_id: AtomicU64::new(1),
     })
+}
+
+/// How audit lines name this replica: the host's name and the SSH port.
+fn replica_name(config: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let port = config
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or(0);
+    format!("{host}:{port}")
 }
 
 /// russh's configuration for this replica.

@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub gate: Gate,
     /// Refusals before a login: counted, and logged sparingly.
     pub refusals: Refusals,
+    /// The audit log (off unless `[audit] path` is set).
+    pub audit: crate::audit::Audit,
 }
 
 /// What a session channel or a forwarding task needs from its connection,

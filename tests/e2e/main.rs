@@ -4,6 +4,7 @@
 //!
 //! - `agent_forwarding`: `ssh -A` with a real `ssh-agent`, the socket the student's
 //!   and gone with the connection, `forward_agent = false`;
+//! - `audit`: the proxy's audit log, field by field, with no secret in it;
 //! - `sessions`: logins, persistent containers, stdin/stdout/stderr, exit status,
 //!   terminals (also run on the Docker exec path: `LABSSH_TEST_SPAWN=exec`);
 //! - `bad_input`: every mistake a student or operator can make gets one clear line;
@@ -32,6 +33,7 @@
 mod lab;
 
 mod agent_forwarding;
+mod audit;
 mod bad_input;
 mod credential_cache;
 mod file_transfer;

@@ -44,6 +44,10 @@ pub(crate) struct Ended {
     pub placement: Placement,
     /// How the gateway's lines end on this channel.
     pub newline: &'static str,
+    /// What it ran: shell, exec or subsystem.
+    pub kind: &'static str,
+    /// When it started.
+    pub started_at: std::time::Instant,
     /// Bytes from the client to the process.
     pub to_container: u64,
     /// Bytes from the process to the client.
@@ -107,6 +111,7 @@ pub(crate) async fn run(session: &Session, closing: Closing) {
         bytes_to_container = ended.to_container,
         bytes_to_client = ended.to_client
     );
+    audit_end(session, &ended);
     let write = &session.write;
     match ended.ending {
         Ending::Exited(status) => {
@@ -151,6 +156,38 @@ pub(crate) async fn run(session: &Session, closing: Closing) {
         }
     }
     drop(close_span);
+}
+
+/// The session's end in the audit log: how, its status, its bytes.
+fn audit_end(session: &Session, ended: &Ended) {
+    let ctx = &session.ctx;
+    let mut line = serde_json::json!({
+        "conn": ctx.conn,
+        "channel": u32::from(session.id),
+        "client": ctx.peer,
+        "user": ctx.login.user,
+        "environment": ended.placement.environment,
+        "agent": ended.placement.agent,
+        "kind": ended.kind,
+        "ending": ended.ending.as_str(),
+        "seconds": (ended.started_at.elapsed().as_millis() as f64) / 1000.0,
+        "bytes_to_container": ended.to_container,
+        "bytes_to_client": ended.to_client,
+    });
+    if let Ending::Exited(status) = &ended.ending {
+        match &status.status {
+            Some(pb::exit_status::Status::Code(code)) => line["exit_status"] = (*code).into(),
+            Some(pb::exit_status::Status::Signal(name)) => {
+                line["exit_signal"] = name.as_str().into()
+            }
+            None => line["exit_status"] = GATEWAY_FAILURE_STATUS.into(),
+        }
+    }
+    if let Ending::Failed(message) = &ended.ending {
+        line["exit_status"] = GATEWAY_FAILURE_STATUS.into();
+        line["failure"] = message.as_str().into();
+    }
+    ctx.shared.audit.record("session_end", line);
 }
 
 /// Tells the student what failed, with the gateway's exit status, and closes.

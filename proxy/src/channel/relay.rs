@@ -58,6 +58,20 @@ pub(crate) async fn run(
         container_started = started.started.container_started,
         "session started"
     );
+    let ctx = &session.ctx;
+    ctx.shared.audit.record(
+        "session_start",
+        serde_json::json!({
+            "conn": ctx.conn,
+            "channel": u32::from(session.id),
+            "client": ctx.peer,
+            "user": ctx.login.user,
+            "environment": placement.environment,
+            "agent": placement.agent,
+            "container": started.started.container,
+            "kind": started.kind,
+        }),
+    );
     let to_container = AtomicU64::new(0);
     let to_client = Counter {
         bytes: AtomicU64::new(0),
@@ -70,6 +84,8 @@ pub(crate) async fn run(
         span,
         placement,
         newline: started.newline,
+        kind: started.kind,
+        started_at,
         to_container: to_container.load(Ordering::Relaxed),
         to_client: to_client.bytes.load(Ordering::Relaxed),
         _active: active,

@@ -44,12 +44,15 @@ pub(crate) struct Started {
     pub span: tracing::Span,
     /// How the gateway's lines end on this channel.
     pub newline: &'static str,
+    /// What it runs: shell, exec or subsystem.
+    pub kind: &'static str,
 }
 
 /// Runs the phase: the process started, or what to tell the student.
 pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started, Closing> {
     let ctx = &session.ctx;
     let newline = gathered.newline();
+    let kind = gathered.kind();
     let span = tracing::info_span!(
         parent: &ctx.span,
         "session",
@@ -98,6 +101,7 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
         placement,
         span,
         newline,
+        kind,
     })
 }
 

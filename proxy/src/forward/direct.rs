@@ -117,7 +117,19 @@ pub(crate) async fn direct(
     };
     reply.accept().await;
     tracing::info!(conn = ctx.conn, %user, %target, address = %opened.address, container = %opened.container, "forward opened");
+    let fields = serde_json::json!({
+        "conn": ctx.conn,
+        "client": ctx.peer,
+        "user": user,
+        "environment": ctx.environment(),
+        "kind": kind,
+        "destination": target.to_string(),
+        "address": opened.address,
+        "container": opened.container,
+    });
+    ctx.shared.audit.record("forward_open", fields.clone());
     splice(channel, stream, kind, ctx.budget.clone())
         .instrument(span)
         .await;
+    ctx.shared.audit.record("forward_close", fields);
 }

@@ -322,6 +322,10 @@ async fn forwarded(
             return;
         }
     };
+    let originator = format!(
+        "{}:{}",
+        accepted.originator_address, accepted.originator_port
+    );
     let (kind, opening) = match &key {
         Bind::Tcp { address, port } => (
             "forwarded-tcpip",
@@ -363,7 +367,20 @@ async fn forwarded(
             conn = ctx.conn,
             "client refused a forwarded connection: {e}"
         ),
-        Ok(Ok(channel)) => splice(channel, stream, kind, ctx.budget.clone()).await,
+        Ok(Ok(channel)) => {
+            let fields = serde_json::json!({
+                "conn": ctx.conn,
+                "client": ctx.peer,
+                "user": ctx.login.user,
+                "environment": ctx.environment(),
+                "kind": kind,
+                "listen": key.to_string(),
+                "originator": originator,
+            });
+            ctx.shared.audit.record("forward_open", fields.clone());
+            splice(channel, stream, kind, ctx.budget.clone()).await;
+            ctx.shared.audit.record("forward_close", fields);
+        }
     }
 }
 

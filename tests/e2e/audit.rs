@@ -1,0 +1,155 @@
+//! The proxy's audit log (`[audit] path`), one JSON line per event, checked field by
+//! field against what the stock ssh client did: a login, a failed one, a session's
+//! start and end with its exit status and bytes, a forwarded connection's open and
+//! close; and no password of the test, right or wrong, appears anywhere in it.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use labssh_testkit::ssh::{stderr, Auth};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::lab::{Lab, LabOptions, ALICE_PW};
+
+const STEP: Duration = Duration::from_secs(30);
+/// A password nobody has, tried for bob.
+const WRONG_PW: &str = "not-bobs-password-4711";
+/// The echo server in alice's container.
+const ECHO: u16 = 7797;
+
+/// The audit log beside the lab's users file.
+fn audit_path(users_file: &std::path::Path) -> std::path::PathBuf {
+    users_file.with_file_name("audit.log")
+}
+
+/// The events logged so far.
+fn events(lab: &Lab) -> Vec<Value> {
+    std::fs::read_to_string(audit_path(&lab.users_file))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Waits for an event named `event` matching `which`; returns it.
+async fn wait_for(lab: &Lab, event: &str, which: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Some(found) = events(lab)
+            .into_iter()
+            .find(|e| e["event"] == event && which(e))
+        {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {event} event in {:#?}",
+            events(lab)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logins_sessions_and_forwards_are_audited_without_secrets() {
+    let lab = Lab::start(LabOptions {
+        proxy: Some(|c| c.audit.path = audit_path(&c.users_file).display().to_string()),
+        ..Default::default()
+    })
+    .await;
+
+    // A login and a session with an exit status and output.
+    let out = lab
+        .ssh
+        .run("alice", &Lab::alice(), &["echo hi; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let login = wait_for(&lab, "login", |e| e["user"] == "alice").await;
+    assert_eq!(login["method"], "password");
+    assert_eq!(login["authenticator"], "users_file");
+    assert!(login["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(login["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(login["proxy"].as_str().unwrap().contains(':'));
+    let conn = login["conn"].clone();
+    let start = wait_for(&lab, "session_start", |e| e["conn"] == conn).await;
+    assert_eq!(start["kind"], "exec");
+    assert_eq!(start["environment"], "default");
+    assert_eq!(start["agent"], "agent0");
+    assert_eq!(
+        start["container"],
+        lab.container_name("alice", "default").as_str()
+    );
+    let end = wait_for(&lab, "session_end", |e| e["conn"] == conn).await;
+    assert_eq!(end["ending"], "exited");
+    assert_eq!(end["exit_status"], 3);
+    assert_eq!(end["bytes_to_client"], 3);
+    assert_eq!(end["channel"], start["channel"]);
+
+    // A failed login: the name tried and the method, nothing offered.
+    let out = lab
+        .ssh
+        .run("bob", &Auth::Password(WRONG_PW.into()), &["true"])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let failed = wait_for(&lab, "login_failed", |e| e["user"] == "bob").await;
+    assert_eq!(failed["method"], "password");
+    assert!(failed["reason"].is_string());
+
+    // A forwarded connection (ssh -W) to an echo server in the container.
+    let mut server = lab
+        .ssh
+        .command(
+            "alice",
+            &Lab::alice(),
+            &[&format!("exec nc -ll -p {ECHO} -e cat")],
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    lab.wait_listening("alice", "default", ECHO).await;
+    let mut cmd = lab.ssh.command_with(
+        "alice",
+        &Lab::alice(),
+        &["-W", &format!("localhost:{ECHO}")],
+        &[],
+    );
+    cmd.stdin(Stdio::piped());
+    let mut client = cmd.spawn().unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"ping\n").await.unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(STEP, stdout.read_exact(&mut back))
+        .await
+        .expect("echoed")
+        .unwrap();
+    assert_eq!(&back, b"ping\n");
+    drop(stdin);
+    let _ = tokio::time::timeout(STEP, client.wait()).await;
+    let destination = format!("localhost:{ECHO}");
+    let open = wait_for(&lab, "forward_open", |e| {
+        e["destination"] == destination.as_str()
+    })
+    .await;
+    assert_eq!(open["user"], "alice");
+    assert_eq!(open["kind"], "direct-tcpip");
+    let close = wait_for(&lab, "forward_close", |e| {
+        e["destination"] == destination.as_str()
+    })
+    .await;
+    assert_eq!(close["conn"], open["conn"]);
+    let _ = server.kill().await;
+
+    // No secret anywhere.
+    let text = std::fs::read_to_string(audit_path(&lab.users_file)).unwrap();
+    for secret in [ALICE_PW, WRONG_PW] {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} in the audit log:\n{text}"
+        );
+    }
+    lab.stop().await;
+}
