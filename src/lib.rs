@@ -6,3 +6,4 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod replay;

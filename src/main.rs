@@ -4,6 +4,7 @@
 //! labssh up                          all-in-one cluster on this machine
 //! labssh user add NAME ...           add or update a student
 //! labssh prestart --env ENV ...      a class's containers ready before it begins
+//! labssh replay FILE                 play a session recording
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
@@ -43,6 +44,8 @@ enum Command {
     },
     /// Create and start a class's containers before it begins.
     Prestart(prestart::PrestartArgs),
+    /// Play a session recording (`[recording] dir`) in this terminal.
+    Replay(labssh::replay::ReplayArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -73,7 +76,9 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         Command::Proxy { .. } => ("labssh-proxy", None),
         Command::Controller { .. } => ("labssh-controller", None),
         Command::Agent { .. } => ("labssh-agent", None),
-        Command::User { .. } | Command::Certs(_) | Command::Prestart(_) => ("labssh", None),
+        Command::User { .. } | Command::Certs(_) | Command::Prestart(_) | Command::Replay(_) => {
+            ("labssh", None)
+        }
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::User { command } => user::run(command),
         Command::Certs(args) => labssh::certs::run(args),
+        Command::Replay(args) => labssh::replay::run(args),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -121,7 +127,7 @@ fn main() -> ExitCode {
                         Command::Agent { .. } => Err(anyhow::anyhow!(
                             "give --config FILE to run an agent, or a command: drain NAME, resume NAME"
                         )),
-                        Command::User { .. } | Command::Certs(_) => {
+                        Command::User { .. } | Command::Certs(_) | Command::Replay(_) => {
                             unreachable!("handled above")
                         }
                     };

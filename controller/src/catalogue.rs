@@ -41,6 +41,16 @@ impl Catalogue {
     }
 
     /// The GPUs a container of `environment` takes.
+    /// The environment's session recording mode ("off" when it names none).
+    pub fn record(&self, environment: &str) -> String {
+        self.environments
+            .iter()
+            .find(|e| e.name == environment)
+            .map(|e| e.record.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "off".to_owned())
+    }
+
     pub fn gpu_demand(&self, environment: &str) -> GpuDemand {
         let env = self.environments.iter().find(|e| e.name == environment);
         GpuDemand::of(env.and_then(|e| e.gpus.as_ref()))

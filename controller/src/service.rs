@@ -183,6 +183,7 @@ impl pb::controller_server::Controller for ControllerService {
             environment: environment.to_string(),
             existing: placed.existing,
             notice: placed.notice,
+            record: self.catalogue.record(environment),
         }))
     }
 

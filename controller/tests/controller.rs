@@ -219,6 +219,7 @@ async fn agent_lifecycle_and_placement() {
             environment: "default".to_string(),
             existing: true,
             notice: String::new(),
+            record: "off".to_string(),
         }
     );
 

@@ -444,6 +444,7 @@ mod tests {
             auth: crate::auth::chain::Chain::new(&config.auth).unwrap(),
             trust: crate::auth::certificate::Trust::none(),
             audit: Default::default(),
+            recorder: Default::default(),
             config,
         }
     }

@@ -140,6 +140,8 @@ pub struct Config {
     pub http: String,
     /// The audit log (`[audit]`): logins, sessions and forwards as JSON lines.
     pub audit: crate::audit::AuditConfig,
+    /// Session recording (`[recording]`), for environments with `record` set.
+    pub recording: crate::recording::RecordingConfig,
 }
 
 impl Default for Config {
@@ -176,6 +178,7 @@ impl Default for Config {
             tls: Default::default(),
             http: String::new(),
             audit: Default::default(),
+            recording: Default::default(),
         }
     }
 }

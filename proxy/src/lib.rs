@@ -21,6 +21,7 @@ pub mod login_name;
 pub mod preauth;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod recording;
 mod redis_link;
 mod server;
 mod state;

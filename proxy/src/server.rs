@@ -133,8 +133,11 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
     )?;
     let audit = crate::audit::Audit::open(&config.audit, &replica_name(&config))
         .map_err(|e| anyhow::anyhow!("audit.path {:?}: {e}", config.audit.path))?;
+    let recorder = crate::recording::Recorder::open(&config.recording)
+        .map_err(|e| anyhow::anyhow!("recording.dir {}: {e}", config.recording.dir.display()))?;
     Ok(Shared {
         audit,
+        recorder,
         gate: Gate::new(&config),
         refusals: Refusals::default(),
         config,

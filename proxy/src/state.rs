@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub refusals: Refusals,
     /// The audit log (off unless `[audit] path` is set).
     pub audit: crate::audit::Audit,
+    /// Session recording (off unless `[recording] dir` is set).
+    pub recorder: crate::recording::Recorder,
 }
 
 /// What a session channel or a forwarding task needs from its connection,

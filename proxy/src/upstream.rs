@@ -50,6 +50,8 @@ pub struct Placement {
     /// A message for the student from the controller (e.g. their previous
     /// container is on a node that is down); empty when none.
     pub notice: String,
+    /// The environment's session recording: "off", "output", "input-and-output".
+    pub record: String,
 }
 
 /// Connections to the controller and agents, shared by all SSH connections.
@@ -147,6 +149,7 @@ impl Upstream {
             endpoint: reply.agent_endpoint,
             environment: reply.environment,
             notice: reply.notice,
+            record: reply.record,
         };
         self.placements
             .lock()

@@ -5,6 +5,8 @@
 //! - `agent_forwarding`: `ssh -A` with a real `ssh-agent`, the socket the student's
 //!   and gone with the connection, `forward_agent = false`;
 //! - `audit`: the proxy's audit log, field by field, with no secret in it;
+//! - `recording`: pty sessions recorded as asciicast, replayed by `labssh replay` to
+//!   the same bytes, a full disk stopping only the recording;
 //! - `sessions`: logins, persistent containers, stdin/stdout/stderr, exit status,
 //!   terminals (also run on the Docker exec path: `LABSSH_TEST_SPAWN=exec`);
 //! - `bad_input`: every mistake a student or operator can make gets one clear line;
@@ -45,6 +47,7 @@ mod isolation;
 mod jump;
 mod lifecycle;
 mod prestart;
+mod recording;
 mod sessions;
 mod start_queue;
 mod streamlocal;

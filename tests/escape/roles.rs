@@ -41,6 +41,7 @@ fn dial_agent(
             endpoint: endpoint.into(),
             environment: "default".into(),
             notice: String::new(),
+            record: String::new(),
         })
         .unwrap()
 }

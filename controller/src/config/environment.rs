@@ -47,6 +47,9 @@ const MAX_ENVIRONMENT_NAME_LEN: usize = 32;
 const MAX_QUOTA_MB: u64 = 1 << 40;
 
 /// One environment a student can choose with `user+NAME@host`.
+/// What an environment's `record` may say.
+const RECORD_MODES: [&str; 3] = ["off", "output", "input-and-output"];
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvironmentConfig {
@@ -90,6 +93,9 @@ pub struct EnvironmentConfig {
     /// X11 forwarding (`ssh -X`, `ssh -Y`): a display on the container's loopback
     /// whose connections reach the client's X server. On unless turned off.
     pub forward_x11: bool,
+    /// Session recording of pty sessions by the proxy: "off", "output" or
+    /// "input-and-output".
+    pub record: String,
     /// Disk quota of the student's home volume in MiB; 0 means none. Over it, new
     /// shell and exec sessions are refused (SFTP stays open to delete files).
     pub home_quota_mb: u64,
@@ -181,6 +187,7 @@ impl Default for EnvironmentConfig {
             forwarding: ForwardingConfig::default(),
             forward_agent: true,
             forward_x11: true,
+            record: "off".to_string(),
             home_quota_mb: DEFAULT_HOME_QUOTA_MB,
             layer_quota_mb: DEFAULT_LAYER_QUOTA_MB,
             network: NetworkConfig::default(),
@@ -218,6 +225,7 @@ impl EnvironmentConfig {
             uid: uid.wire(),
             gid: gid.wire(),
             uid_from_identity: uid.from_identity(),
+            record: self.record.clone(),
             gid_from_identity: gid.from_identity(),
             allowed_groups: self.allowed_groups.clone(),
             shell: self.shell.clone(),
@@ -287,6 +295,14 @@ impl EnvironmentConfig {
             hook.check(&key(&format!("hooks[{i}]")), problems);
         }
         self.check_isolation(&key, problems);
+        if !RECORD_MODES.contains(&self.record.as_str()) {
+            problems.push(format!(
+                "{}: {:?} is not one of {}",
+                key("record"),
+                self.record,
+                RECORD_MODES.join(", ")
+            ));
+        }
         if let Some(gpus) = &self.gpus {
             gpus.check(&key("gpus"), problems);
         }
@@ -445,6 +461,28 @@ mod tests {
         assert!(!policy.forward_agent);
         // Only agent forwarding is off.
         assert!(policy.local && policy.remote && policy.forward_x11);
+    }
+
+    #[test]
+    fn record_is_off_unless_set_and_only_its_three_words_are_taken() {
+        let off: EnvironmentConfig = toml::from_str(r#"image = "busybox""#).unwrap();
+        assert_eq!(off.to_proto("default").record, "off");
+        for mode in RECORD_MODES {
+            let env: EnvironmentConfig =
+                toml::from_str(&format!("image = \"busybox\"\nrecord = \"{mode}\"")).unwrap();
+            let mut problems = Vec::new();
+            env.check("exam", &mut problems);
+            assert!(problems.is_empty(), "{mode}: {problems:?}");
+            assert_eq!(env.to_proto("exam").record, mode);
+        }
+        let bad: EnvironmentConfig =
+            toml::from_str("image = \"busybox\"\nrecord = \"everything\"").unwrap();
+        let mut problems = Vec::new();
+        bad.check("exam", &mut problems);
+        assert_eq!(
+            problems,
+            vec!["environments.exam.record: \"everything\" is not one of off, output, input-and-output"]
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(crate) enum Closing {
         newline: &'static str,
     },
     /// A started session ended.
-    Ended(Ended),
+    Ended(Box<Ended>),
 }
 
 /// How an exit is reported to the client.
@@ -100,7 +100,7 @@ fn exit_report(status: pb::ExitStatus) -> Exit {
 pub(crate) async fn run(session: &Session, closing: Closing) {
     let ended = match closing {
         Closing::NotStarted { message, newline } => return fail(session, &message, newline).await,
-        Closing::Ended(ended) => ended,
+        Closing::Ended(ended) => *ended,
     };
     let close_span = tracing::info_span!(
         parent: &ended.span,

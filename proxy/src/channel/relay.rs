@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use labssh_proto::pb;
-use labssh_telemetry::metrics::{self as telemetry, Direction, Phase};
+use labssh_telemetry::metrics::{self as telemetry, Component, Direction, Phase};
 use pb::session_input::Msg as In;
 use pb::session_output::Msg as Out;
 use tokio::sync::mpsc;
@@ -20,6 +20,8 @@ use super::close::{Closing, Ended, Ending};
 use super::queue::Input;
 use super::session::Session;
 use super::start::Started;
+use crate::recording::{Meta, Mode, Recording};
+use crate::upstream::Placement;
 
 /// After the client closes, how long to wait for the process's exit report.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -77,9 +79,19 @@ pub(crate) async fn run(
         bytes: AtomicU64::new(0),
         first_byte: Mutex::new(Some((first_byte, started_at))),
     };
+    let recording = Mutex::new(record(session, &placement, started.pty.as_ref()));
     let (tx, outputs) = (started.tx, started.outputs);
-    let ending = splice(session, inputs, tx, outputs, &to_container, &to_client).await;
-    Closing::Ended(Ended {
+    let ending = splice(
+        session,
+        inputs,
+        tx,
+        outputs,
+        (&to_container, &to_client),
+        &recording,
+    )
+    .await;
+    drop(recording);
+    Closing::Ended(Box::new(Ended {
         ending,
         span,
         placement,
@@ -89,7 +101,37 @@ pub(crate) async fn run(
         to_container: to_container.load(Ordering::Relaxed),
         to_client: to_client.bytes.load(Ordering::Relaxed),
         _active: active,
-    })
+    }))
+}
+
+/// The session's recording, when its environment asks for one and it has a
+/// terminal (commands without one are not screens to replay).
+fn record(
+    session: &Session,
+    placement: &Placement,
+    pty: Option<&pb::PtyRequest>,
+) -> Option<Recording> {
+    let mode = Mode::parse(&placement.record)?;
+    let pty = pty?;
+    let ctx = &session.ctx;
+    let recorder = &ctx.shared.recorder;
+    if !recorder.enabled() {
+        telemetry::error(Component::Proxy, "recording_unconfigured");
+        tracing::error!(conn = ctx.conn, environment = %placement.environment, "environment {} asks for session recording, but this proxy has no [recording] dir: not recorded", placement.environment);
+        return None;
+    }
+    let meta = Meta {
+        user: &ctx.login.user,
+        environment: &placement.environment,
+        conn: ctx.conn,
+        channel: u32::from(session.id),
+        cols: pty.cols,
+        rows: pty.rows,
+        term: &pty.term,
+    };
+    let recording = recorder.start(mode, meta)?;
+    tracing::info!(conn = ctx.conn, path = %recording.path().display(), "recording the session");
+    Some(recording)
 }
 
 /// Bytes sent to the client, and the `first_byte` span until the first.
@@ -123,15 +165,25 @@ async fn splice(
     inputs: &mut mpsc::Receiver<Input>,
     tx: mpsc::Sender<pb::SessionInput>,
     mut outputs: tonic::Streaming<pb::SessionOutput>,
-    to_container: &AtomicU64,
-    to_client: &Counter,
+    (to_container, to_client): (&AtomicU64, &Counter),
+    recording: &Mutex<Option<Recording>>,
 ) -> Ending {
+    let recorded = |f: &dyn Fn(&mut Recording)| {
+        if let Some(r) = recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            f(r);
+        }
+    };
     // Client → agent.
     let upstream = async move {
         while let Some(input) = inputs.recv().await {
-            if let Input::Data(data) = &input {
-                to_container.fetch_add(data.len() as u64, Ordering::Relaxed);
-                telemetry::forwarded_bytes(Direction::ToContainer, data.len());
+            match &input {
+                Input::Data(data) => {
+                    to_container.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    telemetry::forwarded_bytes(Direction::ToContainer, data.len());
+                    recorded(&|r| r.input(data));
+                }
+                Input::WindowChange(size) => recorded(&|r| r.resize(size.cols, size.rows)),
+                _ => {}
             }
             let input = pb::SessionInput {
                 msg: Some(to_agent(input)),
@@ -159,10 +211,12 @@ async fn splice(
             let written = match msg {
                 Out::Stdout(b) => {
                     to_client.sent(b.len());
+                    recorded(&|r| r.output(&b));
                     write.data_bytes(b).await
                 }
                 Out::Stderr(b) => {
                     to_client.sent(b.len());
+                    recorded(&|r| r.output(&b));
                     write.extended_data_bytes(1, b).await
                 }
                 Out::Exit(status) => return Ending::Exited(status),

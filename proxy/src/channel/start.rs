@@ -46,6 +46,8 @@ pub(crate) struct Started {
     pub newline: &'static str,
     /// What it runs: shell, exec or subsystem.
     pub kind: &'static str,
+    /// Its terminal as asked for, if any.
+    pub pty: Option<pb::PtyRequest>,
 }
 
 /// Runs the phase: the process started, or what to tell the student.
@@ -53,6 +55,7 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
     let ctx = &session.ctx;
     let newline = gathered.newline();
     let kind = gathered.kind();
+    let pty = gathered.pty.clone();
     let span = tracing::info_span!(
         parent: &ctx.span,
         "session",
@@ -102,6 +105,7 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
         span,
         newline,
         kind,
+        pty,
     })
 }
 
