@@ -38,6 +38,9 @@ pub struct Cluster {
     pub controller_addr: SocketAddr,
     /// Agent gRPC addresses, in configuration order.
     pub agent_addrs: Vec<SocketAddr>,
+    /// The proxy's configuration as it runs (pointed at this controller), for a
+    /// further replica.
+    pub proxy_config: labssh_proxy::Config,
     /// Flipping this to true stops every role.
     shutdown: watch::Sender<bool>,
     /// Role tasks with their names.
@@ -118,6 +121,7 @@ impl Cluster {
         let mut proxy = config.proxy;
         proxy.controller = controller_url;
         proxy.listen = ssh_addr.to_string();
+        let proxy_config = proxy.clone();
         tasks.push((
             "proxy".to_string(),
             tokio::spawn(labssh_proxy::run(
@@ -131,6 +135,7 @@ impl Cluster {
             ssh_addr,
             controller_addr,
             agent_addrs,
+            proxy_config,
             shutdown,
             tasks,
             admin_tls,

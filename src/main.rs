@@ -5,12 +5,14 @@
 //! labssh user add NAME ...           add or update a student
 //! labssh prestart --env ENV ...      a class's containers ready before it begins
 //! labssh replay FILE                 play a session recording
+//! labssh sessions [--user U]         every proxy's open sessions; labssh kick USER
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
 mod admin;
 mod prestart;
 mod roles;
+mod sessions;
 mod signals;
 mod up;
 mod user;
@@ -46,6 +48,10 @@ enum Command {
     Prestart(prestart::PrestartArgs),
     /// Play a session recording (`[recording] dir`) in this terminal.
     Replay(labssh::replay::ReplayArgs),
+    /// Every proxy replica's open sessions (operators; admin certificate with mTLS).
+    Sessions(sessions::SessionsArgs),
+    /// End a student's connections, or one session's, on whichever proxy holds them.
+    Kick(sessions::KickArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -76,9 +82,12 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         Command::Proxy { .. } => ("labssh-proxy", None),
         Command::Controller { .. } => ("labssh-controller", None),
         Command::Agent { .. } => ("labssh-agent", None),
-        Command::User { .. } | Command::Certs(_) | Command::Prestart(_) | Command::Replay(_) => {
-            ("labssh", None)
-        }
+        Command::User { .. }
+        | Command::Certs(_)
+        | Command::Prestart(_)
+        | Command::Replay(_)
+        | Command::Sessions(_)
+        | Command::Kick(_) => ("labssh", None),
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -114,6 +123,8 @@ fn main() -> ExitCode {
                     let result = match command {
                         Command::Up(args) => up::run(args).await,
                         Command::Prestart(args) => prestart::run(args).await,
+                        Command::Sessions(args) => sessions::list(args).await,
+                        Command::Kick(args) => sessions::kick(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {

@@ -13,6 +13,7 @@ pub mod prestart;
 pub mod registry;
 pub mod schedule;
 pub mod service;
+pub mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;

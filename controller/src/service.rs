@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::placement::PlaceError;
 use crate::prestart::Prestarter;
 use crate::registry::{Registration, Registry};
+use crate::sessions::{Sessions, COMMAND_BUFFER};
 use endpoint::advertised_endpoint;
 use refusal::{Refusal, MAX_AGENT_NAME_LEN};
 
@@ -48,6 +49,8 @@ pub struct ControllerService {
     mtls: bool,
     /// Runs `Prestart` calls (and the schedule's prestarts).
     prestarter: Arc<Prestarter>,
+    /// Every proxy's sessions, for operators.
+    sessions: Arc<Sessions>,
 }
 
 impl ControllerService {
@@ -67,6 +70,7 @@ impl ControllerService {
             shutdown,
             mtls: config.tls.enabled(),
             prestarter,
+            sessions: Arc::default(),
         }
     }
 
@@ -223,6 +227,74 @@ impl pb::controller_server::Controller for ControllerService {
                 Err(Refusal::UnknownAgent { agent, known }.into())
             }
         }
+    }
+
+    type ReportStream = ReceiverStream<Result<pb::ProxyCommand, Status>>;
+
+    /// Keeps a proxy's sessions as its reports say until its stream ends, and
+    /// passes operators' commands for it down the same stream.
+    async fn report(
+        &self,
+        request: Request<Streaming<pb::ProxyReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (commands, mut queued) = mpsc::channel(COMMAND_BUFFER);
+        let (out, answers) = mpsc::channel(COMMAND_BUFFER);
+        let (sessions, shutdown) = (self.sessions.clone(), self.shutdown.clone());
+        let stream = sessions.stream();
+        tokio::spawn(async move {
+            let mut name = String::new();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    report = inbound.message() => match report {
+                        Ok(Some(report)) if !report.proxy.is_empty() => {
+                            if name.is_empty() {
+                                info!(proxy = %report.proxy, "proxy reporting its sessions");
+                            }
+                            name = report.proxy.clone();
+                            sessions.report(stream, &name, report.sessions, &commands, Instant::now());
+                        }
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    },
+                    Some(command) = queued.recv() => {
+                        if out.send(Ok(command)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if !name.is_empty() {
+                sessions.gone(stream, &name);
+                info!(proxy = %name, "proxy stopped reporting; its sessions left the list");
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(answers)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        Ok(Response::new(
+            self.sessions.list(&request.into_inner(), Instant::now()),
+        ))
+    }
+
+    async fn kick(
+        &self,
+        request: Request<pb::KickRequest>,
+    ) -> Result<Response<pb::KickReply>, Status> {
+        let request = request.into_inner();
+        if request.user.is_empty() == request.session.is_empty() {
+            return Err(Status::invalid_argument(
+                "name either a user or a session to kick",
+            ));
+        }
+        let reply = self.sessions.kick(&request, Instant::now());
+        info!(user = %request.user, session = %request.session, sessions = reply.sessions, proxies = reply.proxies, "operator kick");
+        Ok(Response::new(reply))
     }
 
     type PrestartStream = std::pin::Pin<

@@ -207,7 +207,8 @@ pub fn required(path: &str) -> Option<&'static [Role]> {
             "Attach" => &[Role::Agent],
             "Place" => &[Role::Proxy],
             "ListEnvironments" => &[Role::Proxy, Role::Admin],
-            "ListAgents" | "Drain" | "Prestart" => &[Role::Admin],
+            "ListAgents" | "Drain" | "Prestart" | "ListSessions" | "Kick" => &[Role::Admin],
+            "Report" => &[Role::Proxy],
             _ => return None,
         },
         (pb::agent_server::SERVICE_NAME, "Session" | "Forward" | "Listen") => &[Role::Proxy],
@@ -465,6 +466,16 @@ mod tests {
         assert!(!allowed("/labssh.v1.Controller/Drain", "proxy"));
         assert!(allowed("/labssh.v1.Controller/Prestart", "admin"));
         assert!(!allowed("/labssh.v1.Controller/Prestart", "proxy"));
+        for admin_only in ["ListSessions", "Kick"] {
+            let path = format!("/labssh.v1.Controller/{admin_only}");
+            assert!(allowed(&path, "admin"), "{path}");
+            assert!(
+                !allowed(&path, "proxy") && !allowed(&path, "agent"),
+                "{path}"
+            );
+        }
+        assert!(allowed("/labssh.v1.Controller/Report", "proxy"));
+        assert!(!allowed("/labssh.v1.Controller/Report", "admin"));
         assert!(allowed("/labssh.v1.Agent/Ensure", "controller"));
         assert!(!allowed("/labssh.v1.Agent/Ensure", "admin"));
         assert!(allowed("/labssh.v1.Agent/Session", "proxy"));

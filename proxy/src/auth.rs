@@ -445,6 +445,7 @@ mod tests {
             trust: crate::auth::certificate::Trust::none(),
             audit: Default::default(),
             recorder: Default::default(),
+            live: crate::live::Live::new("test:22"),
             config,
         }
     }

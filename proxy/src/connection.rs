@@ -102,6 +102,8 @@ pub(crate) struct Connection {
     unauthenticated: Unauthenticated,
     /// Counts the connection as open until it is dropped.
     _open: telemetry::Active,
+    /// In the replica's table of logged-in connections (for operators' kicks).
+    live: Option<crate::live::ConnectionEntry>,
     /// Cancelled when the connection is gone: its forwards still opening give up
     /// (an agent's start queue loses a waiter nobody waits for).
     closed: tokio_util::sync::CancellationToken,
@@ -157,6 +159,7 @@ impl Connection {
             logged_in,
             unauthenticated,
             _open: telemetry::connection_opened(),
+            live: None,
         };
         (connection, Handler::new(events_tx))
     }
@@ -243,6 +246,11 @@ impl Connection {
         match &outcome {
             Outcome::LoggedIn(login, identity) => {
                 self.login = Some((login.clone(), Arc::new(identity.clone())));
+                self.live = Some(self.shared.live.connection(
+                    self.client.conn,
+                    &login.user,
+                    handle.clone(),
+                ));
                 // Before russh answers the client, so a connection that is in
                 // never counts as waiting.
                 self.unauthenticated.end();

@@ -17,6 +17,7 @@ mod connection;
 pub mod credential_cache;
 mod forward;
 pub mod host_key;
+pub mod live;
 pub mod login_name;
 pub mod preauth;
 pub mod proxy_protocol;

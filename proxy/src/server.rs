@@ -53,7 +53,8 @@ pub async fn run(
             .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
         required: config.proxy_protocol.required,
     };
-    let shared = Arc::new(replica(config)?);
+    let name = replica_name(listener.local_addr()?.port());
+    let shared = Arc::new(replica(config, &name)?);
     let config = &shared.config;
     let max_connections = config.max_connections;
     let local = listener.local_addr()?;
@@ -67,6 +68,10 @@ pub async fn run(
         "proxy listening for SSH"
     );
     let report = tokio::spawn(report_refusals(shared.clone()));
+    let sessions = tokio::spawn(crate::live::report(
+        shared.live.clone(),
+        shared.upstream.controller(),
+    ));
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop) = watch::channel(false);
     let accepting = Accepting {
@@ -88,6 +93,7 @@ pub async fn run(
         tracing::warn!("some connections did not close within {DRAIN_GRACE:?}");
     }
     report.abort();
+    sessions.abort();
     shared.refusals.report_all();
     Ok(())
 }
@@ -108,7 +114,7 @@ fn roll() -> u32 {
 }
 
 /// The replica's shared state: accounts, credential cache, limits, clients.
-fn replica(config: Config) -> anyhow::Result<Shared> {
+fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
     let users = Users::open(&config.users_file)?;
     let auth = crate::auth::chain::Chain::new(&config.auth)?;
     let trust = crate::auth::certificate::Trust::new(&config.auth)?;
@@ -131,13 +137,14 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
         config.controller_timeout(),
         config.placement_cache_ttl(),
     )?;
-    let audit = crate::audit::Audit::open(&config.audit, &replica_name(&config))
+    let audit = crate::audit::Audit::open(&config.audit, name)
         .map_err(|e| anyhow::anyhow!("audit.path {:?}: {e}", config.audit.path))?;
     let recorder = crate::recording::Recorder::open(&config.recording)
         .map_err(|e| anyhow::anyhow!("recording.dir {}: {e}", config.recording.dir.display()))?;
     Ok(Shared {
         audit,
         recorder,
+        live: crate::live::Live::new(name),
         gate: Gate::new(&config),
         refusals: Refusals::default(),
         config,
@@ -151,16 +158,12 @@ fn replica(config: Config) -> anyhow::Result<Shared> {
     })
 }
 
-/// How audit lines name this replica: the host's name and the SSH port.
-fn replica_name(config: &Config) -> String {
+/// How operators and audit lines name this replica: the host's name and the SSH
+/// port it listens on.
+fn replica_name(port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    let port = config
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.port())
-        .unwrap_or(0);
     format!("{host}:{port}")
 }
 

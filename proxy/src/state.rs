@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub audit: crate::audit::Audit,
     /// Session recording (off unless `[recording] dir` is set).
     pub recorder: crate::recording::Recorder,
+    /// Open connections and sessions, reported to the controller for operators.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// What a session channel or a forwarding task needs from its connection,

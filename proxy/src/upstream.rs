@@ -159,6 +159,11 @@ impl Upstream {
     }
 
     /// Drops a cached placement, e.g. after its agent failed.
+    /// The controller client, for streams of the replica's own (session reports).
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        self.controller.clone()
+    }
+
     pub fn forget_placement(&self, user: &str, environment: &str) {
         self.placements
             .lock()

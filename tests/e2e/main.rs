@@ -23,6 +23,7 @@
 //!   memory limits named when a student hits them;
 //! - `lifecycle`: idle containers paused and stopped, woken with words on stderr;
 //!   old ones recreated at a login with no other session;
+//! - `operators`: `labssh sessions` across two proxy replicas, `labssh kick`;
 //! - `prestart`: containers made ahead of a class by users file, group and schedule;
 //! - `streamlocal`: `ssh -L PORT:/PATH` and `ssh -R /PATH:...` to unix sockets in the
 //!   container, as the student, under the forwarding policy;
@@ -46,6 +47,7 @@ mod hooks;
 mod isolation;
 mod jump;
 mod lifecycle;
+mod operators;
 mod prestart;
 mod recording;
 mod sessions;

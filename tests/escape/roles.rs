@@ -5,7 +5,7 @@
 //! issued, against the lab's real controller and agents over mTLS.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use labssh_proto::pb;
@@ -415,5 +415,80 @@ async fn only_an_admin_certificate_can_prestart_and_the_controller_ensures_with_
     for (user, outcome, message) in &outcomes {
         assert_eq!(*outcome, pb::PrestartOutcome::Created, "{user}: {message}");
     }
+    lab.stop().await;
+}
+
+/// The sessions registry is for operators: a proxy's or an agent's certificate may
+/// neither list nor kick; an admin's lists what the proxy reported over mTLS (its
+/// own certificate, role proxy) and ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_an_admin_certificate_lists_and_kicks_sessions() {
+    use tokio::io::AsyncBufReadExt;
+    let lab = two_agents().await;
+    let mut held = lab
+        .ssh
+        .command("alice", &Lab::alice(), &["echo up; read line"])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(held.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the session answers")
+        .unwrap();
+    assert_eq!(up.as_deref(), Some("up"));
+    for role in ["proxy", "agent"] {
+        let name = if role == "agent" { "agent0" } else { "local" };
+        let mut client = controller(&lab, &tls(&lab, role, name)).await;
+        let listed = client
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await;
+        let status = denied(
+            listed,
+            &format!("listing sessions with a {role} certificate"),
+        );
+        assert!(
+            status.message().contains("requires the role admin"),
+            "{status:?}"
+        );
+        let kick = pb::KickRequest {
+            user: "alice".into(),
+            ..Default::default()
+        };
+        denied(
+            client.kick(kick).await,
+            &format!("a kick with a {role} certificate"),
+        );
+    }
+    // The admin sees alice's session once the proxy reported it, and ends it.
+    let mut admin = controller(&lab, &tls(&lab, "admin", "local")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = admin
+            .list_sessions(pb::ListSessionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.sessions.iter().any(|s| s.user == "alice") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's session never listed: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kick = pb::KickRequest {
+        user: "alice".into(),
+        ..Default::default()
+    };
+    let reply = admin.kick(kick).await.unwrap().into_inner();
+    assert_eq!((reply.sessions, reply.proxies), (1, 1));
+    let status = tokio::time::timeout(Duration::from_secs(30), held.wait())
+        .await
+        .expect("the kicked client exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(255), "{status:?}");
     lab.stop().await;
 }

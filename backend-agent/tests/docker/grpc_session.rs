@@ -102,6 +102,26 @@ impl Controller for FakeController {
     ) -> Result<Response<Self::PrestartStream>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    type ReportStream = futures::stream::Empty<Result<pb::ProxyCommand, Status>>;
+
+    async fn report(
+        &self,
+        _: Request<Streaming<pb::ProxyReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn kick(&self, _: Request<pb::KickRequest>) -> Result<Response<pb::KickReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake controller.

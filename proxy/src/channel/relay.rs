@@ -61,6 +61,20 @@ pub(crate) async fn run(
         "session started"
     );
     let ctx = &session.ctx;
+    let _listed = ctx.shared.live.session(
+        ctx.conn,
+        session.id,
+        pb::SessionInfo {
+            user: ctx.login.user.clone(),
+            environment: placement.environment.clone(),
+            client: ctx.peer.clone(),
+            agent: placement.agent.clone(),
+            kind: started.kind.to_owned(),
+            started_unix_ms: chrono::Utc::now().timestamp_millis(),
+            container: started.started.container.clone(),
+            ..Default::default()
+        },
+    );
     ctx.shared.audit.record(
         "session_start",
         serde_json::json!({

@@ -1,0 +1,167 @@
+//! `labssh sessions` and `labssh kick`: every proxy replica's open sessions, from
+//! the controller's list of what the proxies report, and ending a student's
+//! connections (or one session's) on whichever replica holds them.
+
+use labssh_proto::pb;
+
+use crate::admin::{connect, ControllerArgs};
+
+#[derive(clap::Args)]
+pub struct SessionsArgs {
+    /// Only this student's.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only those on this agent.
+    #[arg(long)]
+    agent: Option<String>,
+    /// One JSON object per session instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    controller: ControllerArgs,
+}
+
+#[derive(clap::Args)]
+pub struct KickArgs {
+    /// The student whose connections end, on every proxy (or give --session).
+    #[arg(required_unless_present = "session", conflicts_with = "session")]
+    user: Option<String>,
+    /// One session's id, as `labssh sessions` lists it: its connection ends.
+    #[arg(long)]
+    session: Option<String>,
+    #[command(flatten)]
+    controller: ControllerArgs,
+}
+
+/// `labssh sessions`.
+pub async fn list(args: SessionsArgs) -> anyhow::Result<()> {
+    let channel = connect(&args.controller).await?;
+    let reply = pb::controller_client::ControllerClient::new(channel)
+        .list_sessions(pb::ListSessionsRequest {
+            user: args.user.unwrap_or_default(),
+            agent: args.agent.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    if args.json {
+        for s in &reply.sessions {
+            println!("{}", json(s));
+        }
+    } else {
+        print!("{}", table(&reply, chrono::Utc::now().timestamp_millis()));
+    }
+    Ok(())
+}
+
+/// `labssh kick`.
+pub async fn kick(args: KickArgs) -> anyhow::Result<()> {
+    let channel = connect(&args.controller).await?;
+    let reply = pb::controller_client::ControllerClient::new(channel)
+        .kick(pb::KickRequest {
+            user: args.user.clone().unwrap_or_default(),
+            session: args.session.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let what = match (&args.user, &args.session) {
+        (Some(user), _) => format!("{user}'s connections"),
+        (_, Some(session)) => format!("session {session}"),
+        _ => unreachable!("clap requires one"),
+    };
+    println!(
+        "{what}: {} open session(s) listed, {} proxy replica(s) told to end them",
+        reply.sessions, reply.proxies
+    );
+    if reply.proxies == 0 {
+        anyhow::bail!("no proxy replica holds {what}");
+    }
+    Ok(())
+}
+
+fn json(s: &pb::SessionInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "user": s.user,
+        "environment": s.environment,
+        "client": s.client,
+        "proxy": s.proxy,
+        "agent": s.agent,
+        "container": s.container,
+        "kind": s.kind,
+        "started_unix_ms": s.started_unix_ms,
+    })
+}
+
+/// One line per session, then how many on how many proxies.
+fn table(reply: &pb::ListSessionsReply, now_ms: i64) -> String {
+    let mut text = format!(
+        "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7}  {}\n",
+        "USER", "ENVIRONMENT", "KIND", "CLIENT", "PROXY", "AGENT", "AGE", "ID"
+    );
+    for s in &reply.sessions {
+        let age = humantime::format_duration(std::time::Duration::from_secs(
+            ((now_ms - s.started_unix_ms).max(0) / 1000) as u64,
+        ));
+        text += &format!(
+            "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7}  {}\n",
+            s.user,
+            s.environment,
+            s.kind,
+            s.client,
+            s.proxy,
+            s.agent,
+            age.to_string(),
+            s.id
+        );
+    }
+    text += &format!(
+        "{} session(s) on {} proxy replica(s)\n",
+        reply.sessions.len(),
+        reply.proxies.len()
+    );
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_each_session_and_counts_them() {
+        let reply = pb::ListSessionsReply {
+            sessions: vec![pb::SessionInfo {
+                id: "p1:22/3/0".into(),
+                user: "alice".into(),
+                environment: "default".into(),
+                client: "192.0.2.7:50000".into(),
+                agent: "node-1".into(),
+                kind: "shell".into(),
+                started_unix_ms: 1_000,
+                proxy: "p1:22".into(),
+                ..Default::default()
+            }],
+            proxies: vec!["p1:22".into(), "p2:22".into()],
+        };
+        let text = table(&reply, 91_000);
+        let line = text.lines().nth(1).unwrap();
+        for field in [
+            "alice",
+            "default",
+            "shell",
+            "192.0.2.7:50000",
+            "p1:22",
+            "node-1",
+            "1m 30s",
+            "p1:22/3/0",
+        ] {
+            assert!(line.contains(field), "{field} in {line:?}");
+        }
+        assert!(
+            text.ends_with("1 session(s) on 2 proxy replica(s)\n"),
+            "{text}"
+        );
+        assert_eq!(json(&reply.sessions[0])["id"], "p1:22/3/0");
+    }
+}

@@ -1,0 +1,169 @@
+//! Operators' view across proxy replicas, with the `labssh` binary as an operator
+//! runs it: `labssh sessions` lists every replica's open sessions (the controller
+//! keeps what each proxy reports), `labssh kick USER` ends that student's
+//! connections with a line saying so and leaves everyone else's alone, and a
+//! replica that stops takes its sessions out of the list.
+//!
+//! Two proxy replicas share the lab's controller: the lab's own, and a second one
+//! started here on its own port.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use labssh_testkit::ssh::Ssh;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::lab::{Lab, LabOptions};
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// `labssh ARGS --controller URL`: its stdout, and whether it succeeded.
+async fn labssh(lab: &Lab, args: &[&str]) -> (String, bool) {
+    let url = format!("http://{}", lab.cluster.as_ref().unwrap().controller_addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
+        .args(args)
+        .args(["--controller", &url])
+        .output()
+        .await
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// Sessions listed, as JSON.
+async fn listed(lab: &Lab) -> Vec<Value> {
+    let (text, ok) = labssh(lab, &["sessions", "--json"]).await;
+    assert!(ok, "labssh sessions failed: {text}");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until the listed sessions satisfy `done`.
+async fn until(lab: &Lab, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let sessions = listed(lab).await;
+        if done(&sessions) {
+            return sessions;
+        }
+        assert!(Instant::now() < deadline, "{what}: {sessions:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A held session: `echo up; read line; echo still`.
+struct Held {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+async fn hold(mut cmd: tokio::process::Command) -> Held {
+    cmd.stdin(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("the session answers")
+        .unwrap();
+    assert_eq!(up.as_deref(), Some("up"));
+    Held {
+        child,
+        stdin,
+        lines,
+    }
+}
+
+const SCRIPT: &str = "echo up; read line; echo still";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students() {
+    let lab = Lab::start(LabOptions::default()).await;
+    // A second replica of the proxy, sharing the lab's controller and users file.
+    let cluster = lab.cluster.as_ref().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_port = listener.local_addr().unwrap().port();
+    let mut config = cluster.proxy_config.clone();
+    config.host_keys = vec![lab.dir.path().join("second_host_key")];
+    config.cache_key_file = lab.dir.path().join("second_cache.key");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(labssh_proxy::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+
+    let alice = hold(lab.ssh.command("alice", &Lab::alice(), &[SCRIPT])).await;
+    // Bob comes in through the second replica.
+    let second_ssh = Ssh::new(std::net::SocketAddr::from(([127, 0, 0, 1], second_port))).unwrap();
+    let mut bob_cmd = second_ssh.command("bob", &Lab::bob(), &[SCRIPT]);
+    bob_cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut bob = hold(bob_cmd).await;
+
+    // Both replicas' sessions, in one list.
+    let sessions = until(&lab, "alice and bob listed", |s| {
+        s.iter().any(|x| x["user"] == "alice") && s.iter().any(|x| x["user"] == "bob")
+    })
+    .await;
+    let proxy_of = |user: &str| {
+        sessions.iter().find(|s| s["user"] == user).unwrap()["proxy"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(proxy_of("alice"), proxy_of("bob"), "{sessions:#?}");
+    assert!(proxy_of("bob").ends_with(&format!(":{second_port}")));
+    let alices = sessions.iter().find(|s| s["user"] == "alice").unwrap();
+    assert_eq!(alices["kind"], "exec");
+    assert_eq!(alices["agent"], "agent0");
+    assert_eq!(alices["environment"], "default");
+    // The table names them too.
+    let (table, ok) = labssh(&lab, &["sessions", "--user", "alice"]).await;
+    assert!(
+        ok && table.contains("alice") && !table.contains("bob"),
+        "{table}"
+    );
+
+    // Kick alice: her client is told and exits; bob goes on.
+    let (said, ok) = labssh(&lab, &["kick", "alice"]).await;
+    assert!(ok, "{said}");
+    assert!(said.contains("1 open session(s) listed"), "{said}");
+    let out = tokio::time::timeout(STEP, alice.child.wait_with_output())
+        .await
+        .expect("alice's client exits")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("labssh: your session was ended by an operator"),
+        "{stderr}"
+    );
+    drop(alice.stdin);
+    bob.stdin.write_all(b"\n").await.unwrap();
+    let still = tokio::time::timeout(STEP, bob.lines.next_line())
+        .await
+        .expect("bob's session answers")
+        .unwrap();
+    assert_eq!(still.as_deref(), Some("still"));
+    until(&lab, "alice gone from the list", |s| {
+        !s.iter().any(|x| x["user"] == "alice")
+    })
+    .await;
+    // Kicking someone with nothing open says so.
+    let (_, ok) = labssh(&lab, &["kick", "--session", "nobody:1/1/1"]).await;
+    assert!(!ok, "a kick of an unknown session succeeded");
+
+    // The second replica stops: bob's session leaves the list with it.
+    let _ = bob.child.kill().await;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(STEP, second).await;
+    until(&lab, "bob gone with his replica", |s| {
+        !s.iter().any(|x| x["user"] == "bob")
+    })
+    .await;
+    lab.stop().await;
+}
