@@ -286,14 +286,19 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::KickRequest>,
     ) -> Result<Response<pb::KickReply>, Status> {
+        let by = request
+            .extensions()
+            .get::<Peer>()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "an operator (mTLS off)".to_owned());
         let request = request.into_inner();
         if request.user.is_empty() == request.session.is_empty() {
             return Err(Status::invalid_argument(
                 "name either a user or a session to kick",
             ));
         }
-        let reply = self.sessions.kick(&request, Instant::now());
-        info!(user = %request.user, session = %request.session, sessions = reply.sessions, proxies = reply.proxies, "operator kick");
+        let reply = self.sessions.kick(&request, &by, Instant::now());
+        info!(user = %request.user, session = %request.session, %by, sessions = reply.sessions, proxies = reply.proxies, "operator kick");
         Ok(Response::new(reply))
     }
 

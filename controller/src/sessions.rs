@@ -112,7 +112,7 @@ impl Sessions {
     /// Tells the proxies holding what `request` names to end it: a user's
     /// connections go on every proxy (one with only forwards reports no session);
     /// a session's only on its own.
-    pub fn kick(&self, request: &pb::KickRequest, now: Instant) -> pb::KickReply {
+    pub fn kick(&self, request: &pb::KickRequest, by: &str, now: Instant) -> pb::KickReply {
         let proxies = self.live(now);
         let mut reply = pb::KickReply::default();
         for (_, proxy) in &proxies {
@@ -130,6 +130,7 @@ impl Sessions {
             let command = pb::ProxyCommand {
                 kick_user: request.user.clone(),
                 kick_session: request.session.clone(),
+                by: by.to_owned(),
             };
             if proxy.commands.try_send(command).is_ok() {
                 reply.proxies += 1;
@@ -246,10 +247,15 @@ mod tests {
                 session: "p2/2/0".into(),
                 ..Default::default()
             },
+            "admin:ta",
             now,
         );
         assert_eq!((reply.sessions, reply.proxies), (1, 1));
-        assert_eq!(rx_b.try_recv().unwrap().kick_session, "p2/2/0");
+        let command = rx_b.try_recv().unwrap();
+        assert_eq!(
+            (command.kick_session.as_str(), command.by.as_str()),
+            ("p2/2/0", "admin:ta")
+        );
         assert!(rx_a.try_recv().is_err());
         // By user: every proxy (forwards-only connections report no session).
         let reply = sessions.kick(
@@ -257,6 +263,7 @@ mod tests {
                 user: "alice".into(),
                 ..Default::default()
             },
+            "admin:ta",
             now,
         );
         assert_eq!((reply.sessions, reply.proxies), (1, 2));
@@ -268,6 +275,7 @@ mod tests {
                 session: "p9/1/0".into(),
                 ..Default::default()
             },
+            "admin:ta",
             now,
         );
         assert_eq!((reply.sessions, reply.proxies), (0, 0));

@@ -19,6 +19,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use labssh_telemetry::metrics::{self as telemetry, Component};
+
+pub mod sftp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -102,6 +104,11 @@ impl Audit {
                 dropped_logged: AtomicBool::new(false),
             })),
         })
+    }
+
+    /// Whether anything is recorded.
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
     }
 
     /// Records `event` with `fields` (a JSON object), stamped with the time and

@@ -143,8 +143,8 @@ impl Live {
     /// Ends what `command` names: every connection of its user, or the connection
     /// of its session; each of their sessions is told why first. Returns how many
     /// connections it ended.
-    pub async fn kick(&self, command: &pb::ProxyCommand) -> usize {
-        let targets: Vec<(Handle, Vec<ChannelId>)> = {
+    pub async fn kick(&self, command: &pb::ProxyCommand) -> Vec<(u64, String)> {
+        let targets: Vec<(u64, String, Handle, Vec<ChannelId>)> = {
             let table = self.lock();
             let session_conn = table
                 .sessions
@@ -165,11 +165,11 @@ impl Live {
                         .filter(|(k, _)| k == conn)
                         .map(|(_, ch)| *ch)
                         .collect();
-                    (c.handle.clone(), channels)
+                    (*conn, c.user.clone(), c.handle.clone(), channels)
                 })
                 .collect()
         };
-        for (handle, channels) in &targets {
+        for (_, _, handle, channels) in &targets {
             let line = format!("\r\n{KICKED}\r\n");
             for channel in channels {
                 let _ = handle
@@ -184,16 +184,23 @@ impl Live {
                 )
                 .await;
         }
-        targets.len()
+        targets
+            .into_iter()
+            .map(|(conn, user, _, _)| (conn, user))
+            .collect()
     }
 }
 
 /// Reports the table to the controller until the replica stops, and carries out
 /// its commands.
-pub async fn report(live: Arc<Live>, controller: ControllerClient<Channel>) {
+pub async fn report(
+    live: Arc<Live>,
+    controller: ControllerClient<Channel>,
+    audit: crate::audit::Audit,
+) {
     let mut retry = RETRY_MIN;
     loop {
-        match stream_once(&live, controller.clone()).await {
+        match stream_once(&live, controller.clone(), &audit).await {
             Ok(()) => retry = RETRY_MIN,
             Err(e) => {
                 tracing::debug!(error = %e, "session report stream ended; making it again");
@@ -207,6 +214,7 @@ pub async fn report(live: Arc<Live>, controller: ControllerClient<Channel>) {
 async fn stream_once(
     live: &Arc<Live>,
     mut controller: ControllerClient<Channel>,
+    audit: &crate::audit::Audit,
 ) -> Result<(), tonic::Status> {
     let (reports, queued) = mpsc::channel(4);
     let _ = reports.send(live.snapshot()).await;
@@ -224,7 +232,18 @@ async fn stream_once(
             command = commands.message() => match command? {
                 Some(command) => {
                     let ended = live.kick(&command).await;
-                    tracing::info!(user = %command.kick_user, session = %command.kick_session, connections = ended, "kicked by an operator");
+                    tracing::info!(user = %command.kick_user, session = %command.kick_session, by = %command.by, connections = ended.len(), "kicked by an operator");
+                    for (conn, user) in ended {
+                        audit.record(
+                            "kick",
+                            serde_json::json!({
+                                "conn": conn,
+                                "user": user,
+                                "session": command.kick_session,
+                                "by": command.by,
+                            }),
+                        );
+                    }
                 }
                 None => return Ok(()),
             },

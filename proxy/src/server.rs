@@ -71,6 +71,7 @@ pub async fn run(
     let sessions = tokio::spawn(crate::live::report(
         shared.live.clone(),
         shared.upstream.controller(),
+        shared.audit.clone(),
     ));
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! The proxy's audit log (`[audit] path`), one JSON line per event, checked field by
 //! field against what the stock ssh client did: a login, a failed one, a session's
 //! start and end with its exit status and bytes, a forwarded connection's open and
-//! close; and no password of the test, right or wrong, appears anywhere in it.
+//! close, SFTP's changes to files with their paths; and no password of the test,
+//! right or wrong, nor any file's content, appears anywhere in it.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -143,9 +144,56 @@ async fn logins_sessions_and_forwards_are_audited_without_secrets() {
     assert_eq!(close["conn"], open["conn"]);
     let _ = server.kill().await;
 
-    // No secret anywhere.
+    // SFTP's changes to files, each with its path; never the file's bytes.
+    let cfg = crate::file_transfer::key_config(&lab);
+    let local = tempfile::tempdir().unwrap();
+    let content = "audited-file-content-0815";
+    std::fs::write(local.path().join("up.txt"), content).unwrap();
+    crate::file_transfer::sftp_batch(
+        &lab,
+        &cfg,
+        "alice",
+        local.path(),
+        "put up.txt /home/alice/up.txt\nrename /home/alice/up.txt /home/alice/moved.txt\n\
+         mkdir /home/alice/d\nrmdir /home/alice/d\nrm /home/alice/moved.txt\nls /home/alice\n",
+    )
+    .await;
+    let changes: Vec<(String, String, String)> = {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let found: Vec<(String, String, String)> = events(&lab)
+                .into_iter()
+                .filter(|e| e["event"] == "sftp")
+                .map(|e| {
+                    (
+                        e["op"].as_str().unwrap().to_owned(),
+                        e["path"].as_str().unwrap().to_owned(),
+                        e["to"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            if found.len() >= 5 || Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let want = [
+        ("write", "/home/alice/up.txt", ""),
+        ("rename", "/home/alice/up.txt", "/home/alice/moved.txt"),
+        ("mkdir", "/home/alice/d", ""),
+        ("rmdir", "/home/alice/d", ""),
+        ("remove", "/home/alice/moved.txt", ""),
+    ];
+    let got: Vec<(&str, &str, &str)> = changes
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(got, want);
+
+    // No secret anywhere, and no file content.
     let text = std::fs::read_to_string(audit_path(&lab.users_file)).unwrap();
-    for secret in [ALICE_PW, WRONG_PW] {
+    for secret in [ALICE_PW, WRONG_PW, content] {
         assert!(
             !text.contains(secret),
             "{secret:?} in the audit log:\n{text}"

@@ -84,7 +84,13 @@ const SCRIPT: &str = "echo up; read line; echo still";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students() {
-    let lab = Lab::start(LabOptions::default()).await;
+    let lab = Lab::start(LabOptions {
+        proxy: Some(|c| {
+            c.audit.path = c.users_file.with_file_name("audit.log").display().to_string()
+        }),
+        ..Default::default()
+    })
+    .await;
     // A second replica of the proxy, sharing the lab's controller and users file.
     let cluster = lab.cluster.as_ref().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,6 +98,7 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
     let mut config = cluster.proxy_config.clone();
     config.host_keys = vec![lab.dir.path().join("second_host_key")];
     config.cache_key_file = lab.dir.path().join("second_cache.key");
+    config.audit.path = String::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let second = tokio::spawn(labssh_proxy::run(listener, config, async {
         let _ = stopped.await;
@@ -143,6 +150,23 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
         "{stderr}"
     );
     drop(alice.stdin);
+    // The kick is in the replica's audit log, with who asked.
+    let audit = lab.users_file.with_file_name("audit.log");
+    let deadline = Instant::now() + STEP;
+    let kick = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let found = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|e| e["event"] == "kick");
+        if let Some(kick) = found {
+            break kick;
+        }
+        assert!(Instant::now() < deadline, "no kick in the audit log: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kick["user"], "alice");
+    assert!(kick["by"].as_str().unwrap().contains("operator"), "{kick}");
     bob.stdin.write_all(b"\n").await.unwrap();
     let still = tokio::time::timeout(STEP, bob.lines.next_line())
         .await

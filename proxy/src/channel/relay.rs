@@ -94,6 +94,13 @@ pub(crate) async fn run(
         first_byte: Mutex::new(Some((first_byte, started_at))),
     };
     let recording = Mutex::new(record(session, &placement, started.pty.as_ref()));
+    // SFTP's changes to files, for the audit log.
+    let tap = (started.kind == "subsystem" && ctx.shared.audit.enabled()).then(|| {
+        (
+            crate::audit::sftp::Tap::default(),
+            placement.environment.clone(),
+        )
+    });
     let (tx, outputs) = (started.tx, started.outputs);
     let ending = splice(
         session,
@@ -102,6 +109,7 @@ pub(crate) async fn run(
         outputs,
         (&to_container, &to_client),
         &recording,
+        tap,
     )
     .await;
     drop(recording);
@@ -181,7 +189,9 @@ async fn splice(
     mut outputs: tonic::Streaming<pb::SessionOutput>,
     (to_container, to_client): (&AtomicU64, &Counter),
     recording: &Mutex<Option<Recording>>,
+    mut tap: Option<(crate::audit::sftp::Tap, String)>,
 ) -> Ending {
+    let ctx = &session.ctx;
     let recorded = |f: &dyn Fn(&mut Recording)| {
         if let Some(r) = recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             f(r);
@@ -195,6 +205,22 @@ async fn splice(
                     to_container.fetch_add(data.len() as u64, Ordering::Relaxed);
                     telemetry::forwarded_bytes(Direction::ToContainer, data.len());
                     recorded(&|r| r.input(data));
+                    if let Some((tap, environment)) = &mut tap {
+                        for change in tap.feed(data) {
+                            ctx.shared.audit.record(
+                                "sftp",
+                                serde_json::json!({
+                                    "conn": ctx.conn,
+                                    "client": ctx.peer,
+                                    "user": ctx.login.user,
+                                    "environment": environment,
+                                    "op": change.op,
+                                    "path": change.path,
+                                    "to": change.to,
+                                }),
+                            );
+                        }
+                    }
                 }
                 Input::WindowChange(size) => recorded(&|r| r.resize(size.cols, size.rows)),
                 _ => {}
