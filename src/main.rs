@@ -52,6 +52,8 @@ enum Command {
     Sessions(sessions::SessionsArgs),
     /// End a student's connections, or one session's, on whichever proxy holds them.
     Kick(sessions::KickArgs),
+    /// Agents, proxy replicas, sessions and environments at a glance (operators).
+    Status(sessions::StatusArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -87,7 +89,8 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         | Command::Prestart(_)
         | Command::Replay(_)
         | Command::Sessions(_)
-        | Command::Kick(_) => ("labssh", None),
+        | Command::Kick(_)
+        | Command::Status(_) => ("labssh", None),
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
                         Command::Prestart(args) => prestart::run(args).await,
                         Command::Sessions(args) => sessions::list(args).await,
                         Command::Kick(args) => sessions::kick(args).await,
+                        Command::Status(args) => sessions::status(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {

@@ -165,3 +165,162 @@ mod tests {
         assert_eq!(json(&reply.sessions[0])["id"], "p1:22/3/0");
     }
 }
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    controller: ControllerArgs,
+}
+
+/// `labssh status`: the agents (with their containers by state), the proxy
+/// replicas reporting and their sessions, and the catalogue's environments.
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let channel = connect(&args.controller).await?;
+    let mut client = pb::controller_client::ControllerClient::new(channel);
+    let words = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
+    let agents = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(words)?
+        .into_inner();
+    let sessions = client
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .map_err(words)?
+        .into_inner();
+    let environments = client
+        .list_environments(pb::ListEnvironmentsRequest {})
+        .await
+        .map_err(words)?
+        .into_inner();
+    print!("{}", status_text(&agents, &sessions, &environments));
+    Ok(())
+}
+
+fn status_text(
+    agents: &pb::ListAgentsReply,
+    sessions: &pb::ListSessionsReply,
+    environments: &pb::ListEnvironmentsReply,
+) -> String {
+    use pb::ContainerState as S;
+    let mut text = format!(
+        "{:<20} {:<6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>5}\n",
+        "AGENT", "STATE", "CAPACITY", "CONTAINERS", "RUNNING", "PAUSED", "STOPPED", "GPUS"
+    );
+    for agent in &agents.agents {
+        let status = agent.status.clone().unwrap_or_default();
+        let count = |state: S| {
+            status
+                .inventory
+                .iter()
+                .filter(|c| c.state() == state)
+                .count()
+        };
+        let state = if agent.draining {
+            "drain"
+        } else if agent.live {
+            "live"
+        } else {
+            "down"
+        };
+        text += &format!(
+            "{:<20} {:<6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>5}\n",
+            agent.name,
+            state,
+            status.capacity,
+            status.containers,
+            count(S::Running),
+            count(S::Paused),
+            count(S::Stopped),
+            status.gpus.len()
+        );
+    }
+    text += &format!("\n{:<24} {:>8}\n", "PROXY", "SESSIONS");
+    for proxy in &sessions.proxies {
+        let n = sessions
+            .sessions
+            .iter()
+            .filter(|s| &s.proxy == proxy)
+            .count();
+        text += &format!("{proxy:<24} {n:>8}\n");
+    }
+    let names: Vec<String> = environments
+        .environments
+        .iter()
+        .map(|e| {
+            if e.name == environments.default_environment {
+                format!("{} (default)", e.name)
+            } else {
+                e.name.clone()
+            }
+        })
+        .collect();
+    text += &format!(
+        "\n{} agent(s), {} proxy replica(s), {} session(s); environments: {}\n",
+        agents.agents.len(),
+        sessions.proxies.len(),
+        sessions.sessions.len(),
+        names.join(", ")
+    );
+    text
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn status_counts_agents_proxies_sessions_and_names_the_default() {
+        let agents = pb::ListAgentsReply {
+            agents: vec![pb::AgentInfo {
+                name: "node-1".into(),
+                live: true,
+                status: Some(pb::AgentStatus {
+                    capacity: 100,
+                    containers: 2,
+                    inventory: vec![
+                        pb::ContainerInfo {
+                            state: pb::ContainerState::Running as i32,
+                            ..Default::default()
+                        },
+                        pb::ContainerInfo {
+                            state: pb::ContainerState::Stopped as i32,
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        };
+        let sessions = pb::ListSessionsReply {
+            sessions: vec![pb::SessionInfo {
+                proxy: "p1:22".into(),
+                ..Default::default()
+            }],
+            proxies: vec!["p1:22".into(), "p2:22".into()],
+        };
+        let environments = pb::ListEnvironmentsReply {
+            environments: vec![
+                pb::Environment {
+                    name: "default".into(),
+                    ..Default::default()
+                },
+                pb::Environment {
+                    name: "gpu".into(),
+                    ..Default::default()
+                },
+            ],
+            default_environment: "default".into(),
+        };
+        let text = status_text(&agents, &sessions, &environments);
+        let agent_line = text.lines().nth(1).unwrap();
+        let fields: Vec<&str> = agent_line.split_whitespace().collect();
+        assert_eq!(fields, ["node-1", "live", "100", "2", "1", "0", "1", "0"]);
+        assert!(text.contains("p1:22                           1"), "{text}");
+        assert!(text.contains("p2:22                           0"), "{text}");
+        assert!(text.ends_with(
+            "1 agent(s), 2 proxy replica(s), 1 session(s); environments: default (default), gpu\n"
+        ), "{text}");
+    }
+}

@@ -86,7 +86,11 @@ const SCRIPT: &str = "echo up; read line; echo still";
 async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students() {
     let lab = Lab::start(LabOptions {
         proxy: Some(|c| {
-            c.audit.path = c.users_file.with_file_name("audit.log").display().to_string()
+            c.audit.path = c
+                .users_file
+                .with_file_name("audit.log")
+                .display()
+                .to_string()
         }),
         ..Default::default()
     })
@@ -135,6 +139,18 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
         "{table}"
     );
 
+    // The status names the agent, both replicas and the sessions.
+    let (status, ok) = labssh(&lab, &["status"]).await;
+    assert!(ok, "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("agent0") && l.contains(" live ")),
+        "{status}"
+    );
+    assert!(
+        status.contains("1 agent(s), 2 proxy replica(s), 2 session(s)"),
+        "{status}"
+    );
+
     // Kick alice: her client is told and exits; bob goes on.
     let (said, ok) = labssh(&lab, &["kick", "alice"]).await;
     assert!(ok, "{said}");
@@ -162,7 +178,10 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
         if let Some(kick) = found {
             break kick;
         }
-        assert!(Instant::now() < deadline, "no kick in the audit log: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "no kick in the audit log: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(kick["user"], "alice");
