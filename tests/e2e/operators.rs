@@ -143,7 +143,9 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
     let (status, ok) = labssh(&lab, &["status"]).await;
     assert!(ok, "{status}");
     assert!(
-        status.lines().any(|l| l.starts_with("agent0") && l.contains(" live ")),
+        status
+            .lines()
+            .any(|l| l.starts_with("agent0") && l.contains(" live ")),
         "{status}"
     );
     assert!(

@@ -479,7 +479,15 @@ async fn session_channels_are_bounded_while_open_not_over_a_connections_life() {
     }
     let refused = handle.channel_open_session().await;
     assert!(refused.is_err(), "channel {} opened", LIMIT + 1);
-    let said = client.said.lock().unwrap().clone();
+    // russh answers the open before it hands the handler the description: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let said = loop {
+        let said = client.said.lock().unwrap().clone();
+        if !said.is_empty() || Instant::now() > deadline {
+            break said;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(
         said,
         vec![format!(
