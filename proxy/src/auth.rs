@@ -354,18 +354,10 @@ impl Client {
             auth_ms = started.elapsed().as_millis() as u64,
             "authenticated"
         );
-        self.audit.record(
-            "login",
-            serde_json::json!({
-                "conn": self.conn,
-                "client": self.peer,
-                "user": login.user,
-                "environment": login.environment.as_deref().unwrap_or(""),
-                "method": method,
-                "authenticator": identity.source.to_string(),
-                "cache": cache,
-            }),
-        );
+        let mut line = self.audit_fields(&login, method);
+        line["authenticator"] = identity.source.to_string().into();
+        line["cache"] = cache.into();
+        self.audit.record("login", line);
         Outcome::LoggedIn(login, identity)
     }
 
@@ -393,17 +385,21 @@ impl Client {
 
     /// A failed login in the audit log: the name tried, never what was offered.
     fn audit_failure(&self, login: &LoginName, method: &'static str, why: &str) {
-        self.audit.record(
-            "login_failed",
-            serde_json::json!({
-                "conn": self.conn,
-                "client": self.peer,
-                "user": login.user,
-                "environment": login.environment.as_deref().unwrap_or(""),
-                "method": method,
-                "reason": why,
-            }),
-        );
+        let mut line = self.audit_fields(login, method);
+        line["reason"] = why.into();
+        self.audit.record("login_failed", line);
+    }
+
+    /// What every login line of the audit log says: the connection, where from,
+    /// the login name and the method.
+    fn audit_fields(&self, login: &LoginName, method: &'static str) -> serde_json::Value {
+        serde_json::json!({
+            "conn": self.conn,
+            "client": self.peer,
+            "user": login.user,
+            "environment": login.environment.as_deref().unwrap_or(""),
+            "method": method,
+        })
     }
 }
 

@@ -195,22 +195,32 @@ async fn forward_agent_false_refuses_it_with_a_reason() {
 /// The agent's Listen call for an agent socket of alice's in `env`, as the proxy
 /// makes it: the (prohibited, message) of its refusal.
 async fn listen_agent_socket(lab: &Lab, env: &str) -> (bool, String) {
+    listen_refused(
+        lab,
+        pb::ListenRequest {
+            user: "alice".into(),
+            environment: env.into(),
+            socket_path: "/tmp/labssh-agent.test.sock".into(),
+            agent: true,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The agent's answer to `request` (a Listen call as the proxy makes it), which
+/// must be a refusal: its (prohibited, message).
+pub(crate) async fn listen_refused(lab: &Lab, request: pb::ListenRequest) -> (bool, String) {
     let cluster = lab.cluster.as_ref().unwrap();
     let mut agent = AgentClient::connect(format!("http://{}", cluster.agent_addrs[0]))
         .await
         .unwrap();
-    let request = pb::ListenRequest {
-        user: "alice".into(),
-        environment: env.into(),
-        socket_path: "/tmp/labssh-agent.test.sock".into(),
-        agent: true,
-        ..Default::default()
-    };
+    let asked = format!("{request:?}");
     let mut events = agent.listen(request).await.unwrap().into_inner();
     match tokio::time::timeout(STEP, events.next()).await {
         Ok(Some(Ok(pb::ListenEvent {
             msg: Some(pb::listen_event::Msg::Error(e)),
         }))) => (e.prohibited, e.message),
-        other => panic!("an agent socket in {env}: {other:?}"),
+        other => panic!("{asked}: {other:?}"),
     }
 }

@@ -9,12 +9,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use labssh_proto::pb;
 use labssh_testkit::docker::TEST_IMAGE;
 use labssh_testkit::ssh::stderr;
 use labssh_testkit::xvfb::Xvfb;
-use pb::agent_client::AgentClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::lab::{Lab, LabOptions};
@@ -225,26 +223,17 @@ async fn forward_x11_false_refuses_it_with_a_reason() {
         stderr(&out)
     );
     // The agent's reason, as the proxy hears it.
-    let cluster = lab.cluster.as_ref().unwrap();
-    let mut agent = AgentClient::connect(format!("http://{}", cluster.agent_addrs[0]))
-        .await
-        .unwrap();
     let request = pb::ListenRequest {
         user: "alice".into(),
         environment: "nox11".into(),
         x11: true,
         ..Default::default()
     };
-    let mut events = agent.listen(request).await.unwrap().into_inner();
-    match tokio::time::timeout(STEP, events.next()).await {
-        Ok(Some(Ok(pb::ListenEvent {
-            msg: Some(pb::listen_event::Msg::Error(e)),
-        }))) => assert!(
-            e.prohibited && e.message.contains("X11 forwarding (ssh -X) is turned off"),
-            "{e:?}"
-        ),
-        other => panic!("an X11 display in nox11: {other:?}"),
-    }
+    let (prohibited, message) = crate::agent_forwarding::listen_refused(&lab, request).await;
+    assert!(
+        prohibited && message.contains("X11 forwarding (ssh -X) is turned off"),
+        "{message}"
+    );
     // The same login where it is on gets its display: the refusal is the setting's.
     let out = labssh_testkit::ssh::output(x_client(
         &lab,
