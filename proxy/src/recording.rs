@@ -217,25 +217,29 @@ impl Recording {
                 telemetry::error(Component::Proxy, "recording_dropped");
                 tracing::error!(path = %self.path.display(), "session recording stopped: the disk cannot keep up (the session goes on)");
                 // Whatever was written stays; the writer closes the file.
-                let _ = self.inner.queue.try_send(Msg::Close { id: self.id });
+                self.close();
             }
         }
     }
-}
 
-impl Drop for Recording {
-    fn drop(&mut self) {
-        if !self.on {
-            return;
-        }
-        // The close must reach the writer (it holds the file open until then), but a
-        // session's task never blocks on the queue: a full one gets a thread to wait.
+    /// Tells the writer to close the file. The close must reach it (it holds the
+    /// file open until then), but a session's task never blocks on the queue: a
+    /// full one gets a thread to wait.
+    fn close(&self) {
         if let Err(TrySendError::Full(msg)) = self.inner.queue.try_send(Msg::Close { id: self.id })
         {
             let queue = self.inner.queue.clone();
             std::thread::spawn(move || {
                 let _ = queue.send(msg);
             });
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.on {
+            self.close();
         }
     }
 }
