@@ -93,7 +93,7 @@ pub(crate) async fn run(
         bytes: AtomicU64::new(0),
         first_byte: Mutex::new(Some((first_byte, started_at))),
     };
-    let recording = Mutex::new(record(session, &placement, started.pty.as_ref()));
+    let recording = record(session, &placement, started.pty.as_ref()).map(Mutex::new);
     // SFTP's changes to files, for the audit log.
     let tap = (started.kind == "subsystem" && ctx.shared.audit.enabled()).then(|| {
         (
@@ -108,7 +108,7 @@ pub(crate) async fn run(
         tx,
         outputs,
         (&to_container, &to_client),
-        &recording,
+        recording.as_ref(),
         tap,
     )
     .await;
@@ -188,13 +188,14 @@ async fn splice(
     tx: mpsc::Sender<pb::SessionInput>,
     mut outputs: tonic::Streaming<pb::SessionOutput>,
     (to_container, to_client): (&AtomicU64, &Counter),
-    recording: &Mutex<Option<Recording>>,
+    recording: Option<&Mutex<Recording>>,
     mut tap: Option<(crate::audit::sftp::Tap, String)>,
 ) -> Ending {
     let ctx = &session.ctx;
     let recorded = |f: &dyn Fn(&mut Recording)| {
-        if let Some(r) = recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            f(r);
+        // Sessions not recorded take no lock per chunk.
+        if let Some(r) = recording {
+            f(&mut r.lock().unwrap_or_else(|e| e.into_inner()));
         }
     };
     // Client → agent.
