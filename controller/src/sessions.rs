@@ -33,7 +33,7 @@ struct Proxy {
 #[derive(Default)]
 pub struct Sessions {
     proxies: Mutex<HashMap<String, Proxy>>,
-    next_stream: Mutex<u64>,
+    next_stream: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -51,9 +51,9 @@ impl Sessions {
 
     /// A new stream's number, for [`Sessions::report`] and [`Sessions::gone`].
     pub fn stream(&self) -> u64 {
-        let mut next = self.next_stream.lock().unwrap_or_else(|e| e.into_inner());
-        *next += 1;
-        *next
+        self.next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
     }
 
     /// `proxy`'s sessions are now `sessions`; `commands` reaches it.
@@ -94,14 +94,14 @@ impl Sessions {
     pub fn list(&self, request: &pb::ListSessionsRequest, now: Instant) -> pb::ListSessionsReply {
         let proxies = self.live(now);
         let mut sessions: Vec<pb::SessionInfo> = proxies
-            .iter()
-            .flat_map(|(_, p)| p.sessions.iter())
+            .values()
+            .flat_map(|p| p.sessions.iter())
             .filter(|s| request.user.is_empty() || s.user == request.user)
             .filter(|s| request.agent.is_empty() || s.agent == request.agent)
             .cloned()
             .collect();
         sessions.sort_by(|a, b| (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id)));
-        let mut names: Vec<String> = proxies.into_iter().map(|(name, _)| name).collect();
+        let mut names: Vec<String> = proxies.keys().cloned().collect();
         names.sort();
         pb::ListSessionsReply {
             sessions,
@@ -115,7 +115,7 @@ impl Sessions {
     pub fn kick(&self, request: &pb::KickRequest, by: &str, now: Instant) -> pb::KickReply {
         let proxies = self.live(now);
         let mut reply = pb::KickReply::default();
-        for (_, proxy) in &proxies {
+        for proxy in proxies.values() {
             let matching = proxy
                 .sessions
                 .iter()
@@ -140,25 +140,12 @@ impl Sessions {
         reply
     }
 
-    /// The proxies that reported within [`STALE_AFTER`] (name, and a copy of what
-    /// matters of their entry); stale ones are dropped.
-    fn live(&self, now: Instant) -> Vec<(String, Proxy)> {
+    /// The proxies that reported within [`STALE_AFTER`], under the lock; stale
+    /// ones are dropped first.
+    fn live(&self, now: Instant) -> std::sync::MutexGuard<'_, HashMap<String, Proxy>> {
         let mut proxies = self.lock();
         proxies.retain(|_, p| now.duration_since(p.seen) < STALE_AFTER);
         proxies
-            .iter()
-            .map(|(name, p)| {
-                (
-                    name.clone(),
-                    Proxy {
-                        stream: p.stream,
-                        sessions: p.sessions.clone(),
-                        seen: p.seen,
-                        commands: p.commands.clone(),
-                    },
-                )
-            })
-            .collect()
     }
 }
 
