@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use labssh_proto::pb;
-use labssh_testkit::docker::TEST_IMAGE;
 use labssh_testkit::ssh::stderr;
 use labssh_testkit::ssh_agent::TestAgent;
 use pb::agent_client::AgentClient;
@@ -167,9 +166,7 @@ async fn ssh_a_reaches_the_clients_agent_as_the_student_until_logout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_agent_false_refuses_it_with_a_reason() {
-    let catalogue = format!(
-        "[environments.noagent]\nimage = \"{TEST_IMAGE}\"\nuid = 1000\ngid = 1000\nforward_agent = false\n"
-    );
+    let catalogue = crate::lab::environment_toml("noagent", "forward_agent = false");
     let lab = Lab::start(LabOptions {
         catalogue,
         ..Default::default()

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use labssh_telemetry::metrics::render;
-use labssh_testkit::docker::TEST_IMAGE;
 use labssh_testkit::ssh::stderr;
 use labssh_testkit::telemetry::prometheus::Exposition;
 use tokio::io::AsyncWriteExt;
@@ -82,9 +81,7 @@ fn replay(file: &Path, input: bool) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorded_session_replays_to_the_same_screen_and_a_full_disk_spares_it() {
-    let catalogue = format!(
-        "[environments.exam]\nimage = \"{TEST_IMAGE}\"\nuid = 1000\ngid = 1000\nrecord = \"input-and-output\"\n"
-    );
+    let catalogue = crate::lab::environment_toml("exam", "record = \"input-and-output\"");
     let lab = Lab::start(LabOptions {
         catalogue,
         proxy: Some(|c| c.recording.dir = recordings(&c.users_file)),

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use labssh_proto::pb;
-use labssh_testkit::docker::TEST_IMAGE;
 use labssh_testkit::ssh::stderr;
 use labssh_testkit::xvfb::Xvfb;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -194,9 +193,7 @@ async fn ssh_x_without_xauth_in_the_image_writes_the_students_xauthority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_x11_false_refuses_it_with_a_reason() {
-    let catalogue = format!(
-        "[environments.nox11]\nimage = \"{TEST_IMAGE}\"\nuid = 1000\ngid = 1000\nforward_x11 = false\n"
-    );
+    let catalogue = crate::lab::environment_toml("nox11", "forward_x11 = false");
     let lab = Lab::start(LabOptions {
         catalogue,
         ..Default::default()
