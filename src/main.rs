@@ -6,10 +6,12 @@
 //! labssh prestart --env ENV ...      a class's containers ready before it begins
 //! labssh replay FILE                 play a session recording
 //! labssh sessions [--user U]         every proxy's open sessions; labssh kick USER
+//! labssh containers [--user U]       every agent's containers; labssh container reset USER
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
 mod admin;
+mod containers;
 mod prestart;
 mod roles;
 mod sessions;
@@ -54,6 +56,10 @@ enum Command {
     Kick(sessions::KickArgs),
     /// Agents, proxy replicas, sessions and environments at a glance (operators).
     Status(sessions::StatusArgs),
+    /// Every agent's student containers, with their state (operators).
+    Containers(containers::ContainersArgs),
+    /// Stop, start, reset (a fresh root, the home kept) or remove a student's container.
+    Container(containers::ContainerArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -90,7 +96,9 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         | Command::Replay(_)
         | Command::Sessions(_)
         | Command::Kick(_)
-        | Command::Status(_) => ("labssh", None),
+        | Command::Status(_)
+        | Command::Containers(_)
+        | Command::Container(_) => ("labssh", None),
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -129,6 +137,8 @@ fn main() -> ExitCode {
                         Command::Sessions(args) => sessions::list(args).await,
                         Command::Kick(args) => sessions::kick(args).await,
                         Command::Status(args) => sessions::status(args).await,
+                        Command::Containers(args) => containers::list(args).await,
+                        Command::Container(args) => containers::act(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {

@@ -79,6 +79,18 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(container, "stop"))
     }
 
+    /// Removes a container (`container` is its name), its home kept: the next ensure
+    /// makes it anew from its environment's image. Its sessions must be ended first.
+    async fn remove(&self, container: &str) -> Result<(), BackendError> {
+        Err(unsupported(container, "remove"))
+    }
+
+    /// Deletes `user`'s home on this node (shared by all their environments); the
+    /// caller has removed every container of theirs here first.
+    async fn remove_home(&self, user: &str) -> Result<(), BackendError> {
+        Err(unsupported(user, "remove homes"))
+    }
+
     /// The id (`sha256:…`) of the image `image` names on this node now, if it is here.
     async fn image_id(&self, image: &str) -> Result<Option<String>, BackendError> {
         let _ = image;

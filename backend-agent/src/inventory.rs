@@ -157,6 +157,17 @@ impl Inventory {
         self.changed.notify_one();
     }
 
+    /// Records a container an action removed, and asks for a heartbeat.
+    pub fn note_removed(&self, name: &str) {
+        let mut containers = self.containers();
+        containers.list.retain(|c| c.name != name);
+        containers.prestarted.remove(name);
+        containers.outdated.remove(name);
+        containers.version += 1;
+        drop(containers);
+        self.changed.notify_one();
+    }
+
     /// Marks `name` prestarted: made ready ahead of its student.
     pub fn mark_prestarted(&self, name: &str) {
         if self.containers().prestarted.insert(name.to_owned()) {

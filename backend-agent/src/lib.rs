@@ -2,6 +2,7 @@
 //! processes in them for the proxies' Session streams, and reports its inventory to the
 //! controller over a long-lived Attach stream.
 
+mod actions;
 pub mod backend;
 mod catalogue;
 pub mod config;

@@ -66,6 +66,8 @@ pub enum Reason {
     MaxAge,
     /// Made from another image or settings (a roll-out).
     Outdated,
+    /// An operator's or the student's action (`labssh container …`).
+    Action,
 }
 
 impl Reason {
@@ -77,6 +79,7 @@ impl Reason {
             Reason::Forward => "forward",
             Reason::MaxAge => "max_age",
             Reason::Outdated => "outdated",
+            Reason::Action => "action",
         }
     }
 }
@@ -227,7 +230,16 @@ impl Lifecycle {
                 _ => ContainerState::Stopped,
             };
             self.inventory.note_state(&change.container, state);
-        } else if change.from == State::Stopped || change.from == State::Absent {
+        }
+        self.record(&change);
+        Ok(true)
+    }
+
+    /// Logs and counts a change already made, and clears what a start ends.
+    fn record(&self, change: &Transition) {
+        let key = key(&change.user, &change.environment);
+        let started = !matches!(change.to, State::Paused | State::Stopped | State::Absent);
+        if started && matches!(change.from, State::Stopped | State::Absent) {
             // "start" and "create" hooks ran in `Shared::ensure`, which did this.
             self.table.with(&key, |e| e.stopped_after = None);
         }
@@ -246,7 +258,43 @@ impl Lifecycle {
             change.to.label(),
             change.reason.label(),
         );
-        Ok(true)
+    }
+
+    /// Takes `user`'s container of `environment` for an action: the sessions holding
+    /// it are ended (each told `why`) and given [`ACTION_GRACE`] to let go; then
+    /// `action` runs under the container's lock, logins waiting behind it. Returns
+    /// how many held it, and what `action` gave.
+    pub async fn take<T>(
+        &self,
+        (user, environment): (&str, &str),
+        why: &str,
+        action: impl std::future::Future<Output = T>,
+    ) -> (u32, T) {
+        let key = key(user, environment);
+        let _guard = self.locks.lock(&lock_name(&key)).await;
+        let held = self.table.end(&key, why);
+        let deadline = tokio::time::Instant::now() + ACTION_GRACE;
+        // Forwards and listeners are not told: they break with the container.
+        while self.table.open(&key) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (held, action.await)
+    }
+
+    /// Stops a container taken with [`Lifecycle::take`]: its "idle" and "stop"
+    /// hooks run first, as for an idle stop.
+    pub async fn stop_taken(&self, change: Transition) -> Result<(), BackendError> {
+        self.run_hooks(&change).await;
+        self.backend.stop(&change.container).await?;
+        self.inventory
+            .note_state(&change.container, ContainerState::Stopped);
+        self.record(&change);
+        Ok(())
+    }
+
+    /// Records a change an action made (a removal, or a start by an ensure).
+    pub fn note_action(&self, change: Transition) {
+        self.record(&change);
     }
 
     /// The "idle" hooks of a container going idle (paused, or stopped while it ran)
@@ -293,6 +341,10 @@ impl Lifecycle {
         });
     }
 }
+
+/// How long an action waits for the sessions it ended to let their container go
+/// (they hang up their processes: HUP, then KILL after 2 s).
+const ACTION_GRACE: Duration = Duration::from_secs(5);
 
 /// The key of `user`'s container of `environment`.
 fn key(user: &str, environment: &str) -> Key {

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::actions::{self, ActionError};
 use crate::backend::BackendError;
 use crate::forward::{self, listen};
 use crate::session;
@@ -34,6 +35,19 @@ impl From<EnsureError> for Status {
             EnsureError::Backend(_) => Code::Unavailable,
             EnsureError::Hook(_) => Code::FailedPrecondition,
             EnsureError::Identity(_) => Code::PermissionDenied,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<ActionError> for Status {
+    fn from(e: ActionError) -> Self {
+        let code = match &e {
+            ActionError::Invalid(_) => Code::InvalidArgument,
+            ActionError::NotFound { .. } => Code::NotFound,
+            ActionError::HomeInUse { .. } => Code::FailedPrecondition,
+            ActionError::Ensure(e) => return Status::new(Status::from(e.clone()).code(), e.to_string()),
+            ActionError::Backend(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }
@@ -129,6 +143,17 @@ impl pb::agent_server::Agent for AgentService {
             created: ensured.created,
             started: ensured.started,
         }))
+    }
+
+    async fn act(
+        &self,
+        request: Request<pb::ContainerActionRequest>,
+    ) -> Result<Response<pb::ContainerActionReply>, Status> {
+        let request = request.into_inner();
+        let reply = actions::act(&self.shared, &request)
+            .await
+            .inspect_err(|e| tracing::info!(user = %request.user, environment = %request.environment, by = %request.by, "container action failed: {e}"))?;
+        Ok(Response::new(reply))
     }
 }
 

@@ -66,7 +66,7 @@ where
         Err(e) => return refuse(&tx, e).await,
     };
     // Keeps the container awake until the session ends.
-    let _active = shared.lifecycle.hold(&start.user, &start.environment);
+    let active = shared.lifecycle.hold(&start.user, &start.environment);
     let started = match start_process(&shared, &start, &tx).await {
         Some(Ok(started)) => started,
         Some(Err(e)) => return refuse(&tx, e).await,
@@ -91,7 +91,8 @@ where
         watch,
         newline: if start.pty.is_some() { "\r\n" } else { "\n" },
     });
-    relay::relay(started.process, inbound, tx, &shared.shutdown, limits).await;
+    let ending = active.ending();
+    relay::relay(started.process, inbound, tx, &shared.shutdown, ending, limits).await;
     shared.hooks.fire(Event::Logout, logout);
     let disk = &shared.limits.disk;
     if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {

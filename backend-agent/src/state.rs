@@ -100,13 +100,33 @@ impl Shared {
         progress: Option<Box<dyn Fn(String) + Send + Sync>>,
         caller: Caller,
     ) -> Result<(pb::Environment, Ensured), EnsureError> {
-        let class = caller.class;
         if !names::is_valid_user(user) {
             return Err(EnsureError::InvalidUser(user.to_owned()));
         }
         let env = identity::apply(self.catalogue.get(environment)?, identity).inspect_err(|e| {
             tracing::info!(user, environment, "refused by the login's identity: {e}")
         })?;
+        let reason = match progress.is_some() {
+            true => Reason::Login,
+            false => Reason::Forward,
+        };
+        self.ensure_resolved(user, env, progress, caller, reason)
+            .await
+    }
+
+    /// [`Shared::ensure_with`] of an environment already resolved for `user` (its ids
+    /// filled in), the container's changes recorded for `reason`: what an action on a
+    /// container the student had (`labssh container start|reset`) ensures.
+    pub async fn ensure_resolved(
+        &self,
+        user: &str,
+        env: pb::Environment,
+        progress: Option<Box<dyn Fn(String) + Send + Sync>>,
+        caller: Caller,
+        reason: Reason,
+    ) -> Result<(pb::Environment, Ensured), EnsureError> {
+        let class = caller.class;
+        let environment = env.name.as_str();
         self.lifecycle.settle(user, environment).await;
         let login = progress.is_some();
         let steps = Arc::new(Mutex::new(Vec::new()));
@@ -148,11 +168,6 @@ impl Shared {
             self.inventory.refresh(&self.backend).await;
         }
         let steps = std::mem::take(&mut *steps.lock().unwrap_or_else(|e| e.into_inner()));
-        let reason = if login {
-            Reason::Login
-        } else {
-            Reason::Forward
-        };
         let names = (user, environment, ensured.name.as_str());
         self.lifecycle
             .ensured(names, &steps, reason, ensuring.elapsed())

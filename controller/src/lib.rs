@@ -6,6 +6,7 @@
 //! controller's state is rebuilt from those streams within one heartbeat.
 
 pub mod catalogue;
+pub mod containers;
 pub mod config;
 pub mod members;
 pub mod placement;

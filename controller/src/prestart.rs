@@ -104,6 +104,11 @@ impl Prestarter {
     }
 
     /// Resolves a request into the users to go through.
+    /// The controller's clients to agents (shared with operators' container actions).
+    pub fn agents(&self) -> &AgentClients {
+        &self.agents
+    }
+
     pub fn plan(&self, request: &pb::PrestartRequest) -> Result<Plan, PrestartError> {
         let environment = self
             .catalogue

@@ -302,6 +302,47 @@ impl pb::controller_server::Controller for ControllerService {
         Ok(Response::new(reply))
     }
 
+    async fn list_containers(
+        &self,
+        request: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersReply>, Status> {
+        let proxy = request
+            .extensions()
+            .get::<Peer>()
+            .is_some_and(|p| p.role == labssh_proto::roles::Role::Proxy);
+        let request = request.into_inner();
+        if proxy && request.user.is_empty() {
+            return Err(Status::permission_denied(
+                "a proxy lists one student's containers only",
+            ));
+        }
+        Ok(Response::new(crate::containers::list(
+            &self.registry,
+            &request,
+            Instant::now(),
+        )))
+    }
+
+    async fn container_action(
+        &self,
+        request: Request<pb::ContainerActionRequest>,
+    ) -> Result<Response<pb::ContainerActionReply>, Status> {
+        let by = crate::containers::caller(request.extensions().get::<Peer>(), request.get_ref());
+        let request = request.into_inner();
+        let reply = crate::containers::act(
+            &self.registry,
+            &self.catalogue,
+            self.prestarter.agents(),
+            request.clone(),
+            by.clone(),
+        )
+        .await
+        .inspect_err(|e| {
+            info!(user = %request.user, environment = %request.environment, %by, "container action refused: {}", e.message())
+        })?;
+        Ok(Response::new(reply))
+    }
+
     type PrestartStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<pb::PrestartEvent, Status>> + Send + 'static>,
     >;

@@ -209,11 +209,15 @@ pub fn required(path: &str) -> Option<&'static [Role]> {
             "ListEnvironments" => &[Role::Proxy, Role::Admin],
             "ListAgents" | "Drain" | "Prestart" | "ListSessions" | "Kick" => &[Role::Admin],
             "Report" => &[Role::Proxy],
+            // A proxy asks for its student's own (self-service logins).
+            "ListContainers" | "ContainerAction" => &[Role::Admin, Role::Proxy],
             _ => return None,
         },
         (pb::agent_server::SERVICE_NAME, "Session" | "Forward" | "Listen") => &[Role::Proxy],
         // The controller ensures containers for a prestart.
         (pb::agent_server::SERVICE_NAME, "Ensure") => &[Role::Proxy, Role::Controller],
+        // Operators' and students' container actions, relayed by the controller.
+        (pb::agent_server::SERVICE_NAME, "Act") => &[Role::Controller],
         _ => return None,
     };
     Some(roles)
@@ -478,6 +482,19 @@ mod tests {
         assert!(!allowed("/labssh.v1.Controller/Report", "admin"));
         assert!(allowed("/labssh.v1.Agent/Ensure", "controller"));
         assert!(!allowed("/labssh.v1.Agent/Ensure", "admin"));
+        for path in [
+            "/labssh.v1.Controller/ListContainers",
+            "/labssh.v1.Controller/ContainerAction",
+        ] {
+            assert!(allowed(path, "admin") && allowed(path, "proxy"), "{path}");
+            assert!(!allowed(path, "agent"), "{path}");
+        }
+        // Only the controller drives an agent's container actions: an operator's
+        // certificate goes through the controller, which says who asked.
+        assert!(allowed("/labssh.v1.Agent/Act", "controller"));
+        for role in ["admin", "proxy", "agent"] {
+            assert!(!allowed("/labssh.v1.Agent/Act", role), "{role}");
+        }
         assert!(allowed("/labssh.v1.Agent/Session", "proxy"));
         assert!(!allowed("/labssh.v1.Agent/Session", "agent"));
         assert!(!allowed("/labssh.v1.Agent/Session", "controller"));

@@ -38,6 +38,7 @@ mod lab;
 mod agent_forwarding;
 mod audit;
 mod bad_input;
+mod containers;
 mod credential_cache;
 mod file_transfer;
 mod forwarding;

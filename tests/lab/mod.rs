@@ -365,6 +365,11 @@ impl Lab {
         }
     }
 
+    /// The prefix of this lab's containers and volumes.
+    pub fn prefix(&self) -> &str {
+        &self.cleanup.prefix
+    }
+
     /// The name Docker knows (or will know) a user's container by.
     pub fn container_name(&self, user: &str, env: &str) -> String {
         labssh_agent::backend::docker::container_name(&self.cleanup.prefix, user, env)

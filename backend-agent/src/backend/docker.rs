@@ -300,6 +300,14 @@ impl Backend for DockerBackend {
         self.stop_container(container).await
     }
 
+    async fn remove(&self, container: &str) -> Result<(), BackendError> {
+        self.remove_named(container).await
+    }
+
+    async fn remove_home(&self, user: &str) -> Result<(), BackendError> {
+        self.remove_home_volume(user).await
+    }
+
     async fn cpu_time(&self, container: &str) -> Result<Option<std::time::Duration>, BackendError> {
         self.container_cpu_time(container).await
     }

@@ -2,10 +2,11 @@
 //! holds it open, when it was last used, when its CPU was last busy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// A container's key: (student, environment).
 pub type Key = (String, String);
@@ -24,6 +25,31 @@ pub struct Entry {
     /// How long it had idled when the lifecycle stopped it, for the next login's
     /// words; cleared when it runs again.
     pub stopped_after: Option<Duration>,
+    /// Ends the sessions holding it now (an operator's or the student's action).
+    pub ending: Ending,
+}
+
+/// Ends, on an operator's or the student's action, the sessions that held a
+/// container open when it was taken: each is told why. A session that starts
+/// afterwards holds the next one.
+#[derive(Debug, Clone, Default)]
+pub struct Ending {
+    token: CancellationToken,
+    why: Arc<OnceLock<String>>,
+}
+
+impl Ending {
+    /// Resolves with the line for the student once the sessions are ended.
+    pub async fn ended(&self) -> &str {
+        self.token.cancelled().await;
+        self.why.get().map(String::as_str).unwrap_or("your container was stopped")
+    }
+
+    /// Ends every holder, telling them `why`.
+    fn end(&self, why: &str) {
+        let _ = self.why.set(why.to_owned());
+        self.token.cancel();
+    }
 }
 
 impl Entry {
@@ -34,6 +60,7 @@ impl Entry {
             last_busy: now,
             cpu: None,
             stopped_after: None,
+            ending: Ending::default(),
         }
     }
 }
@@ -64,6 +91,14 @@ impl Table {
         self.lock().get(key).map_or(0, |e| e.open)
     }
 
+    /// Ends the sessions holding `key` now, each told `why`; returns how many
+    /// held it. Later holders are not ended.
+    pub fn end(&self, key: &Key, why: &str) -> u32 {
+        let (ending, open) = self.with(key, |e| (std::mem::take(&mut e.ending), e.open));
+        ending.end(why);
+        open
+    }
+
     /// Forgets the containers not in `live`, unless something holds them open.
     pub fn retain(&self, live: &std::collections::HashSet<Key>) {
         self.lock().retain(|k, e| e.open > 0 || live.contains(k));
@@ -75,16 +110,27 @@ impl Table {
 pub struct Active {
     table: Arc<Table>,
     key: Key,
+    /// Ends it with the others holding the container now.
+    ending: Ending,
 }
 
 impl Active {
     /// Counts one more holder of `key`.
     pub fn hold(table: &Arc<Table>, key: Key) -> Active {
-        table.with(&key, |e| e.open += 1);
+        let ending = table.with(&key, |e| {
+            e.open += 1;
+            e.ending.clone()
+        });
         Active {
             table: table.clone(),
             key,
+            ending,
         }
+    }
+
+    /// What ends this holder on an action on its container.
+    pub fn ending(&self) -> &Ending {
+        &self.ending
     }
 }
 
@@ -121,5 +167,24 @@ mod tests {
         assert!(table.with(&alice, |e| e.last_active) >= before);
         table.retain(&Default::default());
         assert_eq!(table.open(&alice), 1, "held entries are kept");
+    }
+
+    #[tokio::test]
+    async fn an_end_reaches_the_holders_of_then_only() {
+        let table = Arc::new(Table::default());
+        let alice = ("alice".to_owned(), "default".to_owned());
+        let bob = ("bob".to_owned(), "default".to_owned());
+        let before = Active::hold(&table, alice.clone());
+        let other = Active::hold(&table, bob.clone());
+        assert_eq!(table.end(&alice, "reset by an operator"), 1);
+        let after = Active::hold(&table, alice.clone());
+        assert_eq!(before.ending().ended().await, "reset by an operator");
+        let pending = |a: &Active| {
+            futures::FutureExt::now_or_never(a.ending().ended()).is_none()
+        };
+        assert!(pending(&after), "a later session is not ended");
+        assert!(pending(&other), "another student's is not ended");
+        assert_eq!(table.end(&alice, "stopped"), 2);
+        assert_eq!(after.ending().ended().await, "stopped");
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::backend::{Output, Process, ProcessControl, Stdin};
+use crate::lifecycle::activity::Ending;
 use crate::limits::cgroup::LimitWatch;
 
 /// Sends session output to the proxy; bounded, so a slow proxy slows the process down.
@@ -37,6 +38,8 @@ enum Ended {
     ProxyGone,
     /// The agent is shutting down.
     Shutdown,
+    /// An operator or the student acted on the container: tell the student why.
+    Action(String),
 }
 
 /// What tells the student, as the session's process ends, which of the container's
@@ -56,6 +59,7 @@ pub async fn relay<S>(
     inbound: S,
     tx: OutputSender,
     shutdown: &CancellationToken,
+    ending: &Ending,
     limits: Option<LimitNotes>,
 ) where
     S: Stream<Item = Result<pb::SessionInput, Status>> + Send + Unpin + 'static,
@@ -79,6 +83,7 @@ pub async fn relay<S>(
     let ended = loop {
         let chunk = tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
+            why = ending.ended() => break Ended::Action(why.to_owned()),
             _ = gone.cancelled() => break Ended::ProxyGone,
             _ = tx.closed() => break Ended::ProxyGone,
             chunk = output.next() => chunk,
@@ -90,6 +95,7 @@ pub async fn relay<S>(
         };
         let sent = tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
+            why = ending.ended() => break Ended::Action(why.to_owned()),
             _ = gone.cancelled() => break Ended::ProxyGone,
             sent = tx.send(Ok(pb::SessionOutput { msg: Some(msg) })) => sent,
         };
@@ -104,14 +110,16 @@ pub async fn relay<S>(
             return;
         }
     }
-    tracing::debug!(
-        reason = if matches!(ended, Ended::Shutdown) {
-            "shutdown"
-        } else {
-            "proxy gone"
-        },
-        "hanging up session"
-    );
+    let reason = match &ended {
+        Ended::Shutdown => "shutdown",
+        Ended::Action(_) => "container action",
+        _ => "proxy gone",
+    };
+    tracing::debug!(reason, "hanging up session");
+    if let Ended::Action(why) = ended {
+        let line = Out::Error(pb::SessionError { message: why });
+        let _ = tx.send(Ok(pb::SessionOutput { msg: Some(line) })).await;
+    }
     drop(tx); // end the stream now; the clean-up below may take a moment
     hang_up(control).await;
 }

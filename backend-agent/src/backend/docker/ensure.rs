@@ -173,6 +173,38 @@ impl DockerBackend {
             })
     }
 
+    /// Removes the container named `name` (an operator's or a student's action), under
+    /// its lock so no ensure crosses it; the home volume stays.
+    pub(super) async fn remove_named(&self, name: &str) -> Result<(), BackendError> {
+        let _guard = self.locks.lock(name).await;
+        let existing = match self.look_up(name).await {
+            Ok(existing) => existing,
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) => return Err(super::lookup_failed(e)),
+        };
+        let id = existing.id.unwrap_or_else(|| name.to_owned());
+        self.remove(&id).await?;
+        tracing::info!(container = %name, "removed a container; the home volume is kept");
+        Ok(())
+    }
+
+    /// Deletes `user`'s home volume; Docker refuses while a container still uses it.
+    pub(super) async fn remove_home_volume(&self, user: &str) -> Result<(), BackendError> {
+        BackendError::check_names(user, "home")?;
+        let volume = super::container_spec::volume_name(&self.prefix, user);
+        match self.docker.remove_volume(&volume, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => {
+                tracing::info!(%volume, "removed a home volume");
+                Ok(())
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(BackendError::Runtime {
+                action: "removing the home volume",
+                message: docker_message(&e),
+            }),
+        }
+    }
+
     /// Records how processes start in a container Docker just started, and waits for its
     /// helper; fails if the container stopped at once (its command could not start).
     pub(super) async fn after_start(

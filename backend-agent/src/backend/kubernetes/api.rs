@@ -549,6 +549,25 @@ impl Backend for KubeBackend {
         self.delete_pod(container).await
     }
 
+    /// A pod is the container: removing it is deleting it, as a stop does.
+    async fn remove(&self, container: &str) -> Result<(), BackendError> {
+        let _guard = self.locks.lock(container).await;
+        tracing::info!(pod = %container, "removing a pod, its home claim kept");
+        self.delete_pod(container).await
+    }
+
+    async fn remove_home(&self, user: &str) -> Result<(), BackendError> {
+        let claim = objects::claim_name(&self.prefix, user);
+        match self.claims.delete(&claim, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::info!(%claim, "deleted a home claim");
+                Ok(())
+            }
+            Err(e) if code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(api_error("deleting the home claim", &e)),
+        }
+    }
+
     async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError> {
         if spec.argv.is_empty() {
             return Err(BackendError::SpawnFailed("empty command".to_owned()));

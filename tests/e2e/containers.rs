@@ -1,0 +1,206 @@
+//! Operators' container actions with the `labssh` binary as an operator runs it:
+//! `labssh containers` lists every agent's containers; `labssh container reset`
+//! makes a student's container anew (a fresh root, the home kept) and ends the
+//! sessions in it with a line saying why; `stop` stops it until the next login;
+//! `remove --home` deletes the home only when confirmed. Another student's
+//! container and session are never touched.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::lab::{Lab, LabOptions};
+
+const STEP: Duration = Duration::from_secs(60);
+
+/// `labssh ARGS --controller URL`: stdout, stderr and whether it succeeded.
+async fn labssh(lab: &Lab, args: &[&str]) -> (String, String, bool) {
+    let url = format!("http://{}", lab.cluster.as_ref().unwrap().controller_addr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
+        .args(args)
+        .args(["--controller", &url])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// The containers listed, as JSON.
+async fn containers(lab: &Lab) -> Vec<Value> {
+    let (text, err, ok) = labssh(lab, &["containers", "--json"]).await;
+    assert!(ok, "labssh containers failed: {err}");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until `user`'s listed container is in `state` ("gone": not listed).
+async fn until_listed(lab: &Lab, user: &str, state: &str) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let listed = containers(lab).await;
+        let theirs = listed.iter().find(|c| c["user"] == user);
+        let now = theirs.map_or("gone", |c| c["state"].as_str().unwrap());
+        if now == state {
+            if let Some(c) = theirs {
+                assert_eq!((&c["agent"], &c["agent_live"]), (&"agent0".into(), &true.into()));
+            }
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}'s container never listed {state}: {listed:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `ssh USER CMD`: its stdout, and its exit status.
+async fn run(lab: &Lab, user: &str, command: &str) -> (String, Option<i32>) {
+    let auth = if user == "alice" {
+        Lab::alice()
+    } else {
+        Lab::bob()
+    };
+    let out = lab.ssh.command(user, &auth, &[command]).output().await.unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// A session kept open: it prints `up`, then waits for a line.
+async fn hold(lab: &Lab, user: &str) -> (tokio::process::Child, tokio::process::ChildStdin) {
+    let auth = if user == "alice" {
+        Lab::alice()
+    } else {
+        Lab::bob()
+    };
+    let mut cmd = lab.ssh.command(user, &auth, &["echo up; read line; echo still"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("the session answers")
+        .unwrap();
+    assert_eq!(up.as_deref(), Some("up"));
+    // The rest of its output stays readable after this.
+    child.stdout = Some(lines.into_inner().into_inner());
+    (child, stdin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_sessions() {
+    let lab = Lab::start(LabOptions::default()).await;
+    assert_eq!(
+        run(&lab, "alice", "echo kept > ~/kept && echo ok").await,
+        ("ok\n".into(), Some(0))
+    );
+    let name = lab.container_name("alice", "default");
+    // Something in the container's own root, which a reset must not keep.
+    labssh_testkit::docker::docker(&["exec", &name, "sh", "-c", "echo x > /etc/marker"]).unwrap();
+    let before = lab.container_id("alice", "default").unwrap();
+    let (alice, _alice_in) = hold(&lab, "alice").await;
+    let (mut bob, mut bob_in) = hold(&lab, "bob").await;
+    until_listed(&lab, "alice", "running").await;
+    until_listed(&lab, "bob", "running").await;
+    let (table, _, ok) = labssh(&lab, &["containers", "--user", "alice"]).await;
+    assert!(ok && table.contains("alice") && !table.contains("bob"), "{table}");
+
+    let (said, err, ok) = labssh(&lab, &["container", "reset", "alice"]).await;
+    assert!(ok, "reset failed: {err}");
+    assert!(
+        said.contains("alice+default on agent0: made anew") && said.contains("1 session(s) ended"),
+        "{said}"
+    );
+    // Her open session ended with the reason, and status 255.
+    let out = tokio::time::timeout(STEP, alice.wait_with_output())
+        .await
+        .expect("alice's client exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("labssh: your container is being reset by an operator"),
+        "{stderr}"
+    );
+    // A new container: the root's file gone, the home's kept.
+    let after = lab.container_id("alice", "default").unwrap();
+    assert_ne!(before, after, "the container was made anew");
+    assert!(
+        labssh_testkit::docker::docker(&["exec", &name, "test", "-e", "/etc/marker"]).is_err(),
+        "the old root's file survived the reset"
+    );
+    assert_eq!(
+        run(&lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
+    // Bob's session went on throughout.
+    use tokio::io::AsyncWriteExt;
+    bob_in.write_all(b"\n").await.unwrap();
+    let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
+    let still = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("bob's session answers")
+        .unwrap();
+    assert_eq!(still.as_deref(), Some("still"));
+    assert_eq!(bob.wait().await.unwrap().code(), Some(0));
+
+    // Stop: listed stopped; the next login starts it, files kept.
+    let (said, err, ok) = labssh(&lab, &["container", "stop", "alice+default"]).await;
+    assert!(ok && said.contains("stopped"), "{said}{err}");
+    lab.wait_state("alice", "default", "exited").await;
+    until_listed(&lab, "alice", "stopped").await;
+    assert_eq!(lab.container_state("bob", "default"), "running");
+    let (said, err, ok) = labssh(&lab, &["container", "start", "alice"]).await;
+    assert!(ok && said.contains("running"), "{said}{err}");
+    lab.wait_state("alice", "default", "running").await;
+    assert_eq!(
+        run(&lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
+
+    // Bad input: a clear error, nothing done.
+    let (_, err, ok) = labssh(&lab, &["container", "reset", "carol"]).await;
+    assert!(!ok && err.contains("carol has no container of 'default'"), "{err}");
+    let (_, err, ok) = labssh(&lab, &["container", "stop", "alice+nosuch"]).await;
+    assert!(!ok && err.contains("no container of 'nosuch'"), "{err}");
+    // Deleting a home is asked twice: without a terminal, only with --yes.
+    let (_, err, ok) = labssh(&lab, &["container", "remove", "alice", "--home"]).await;
+    assert!(!ok && err.contains("add --yes"), "{err}");
+    assert!(lab.container_id("alice", "default").is_some());
+
+    // Remove keeps the home unless asked.
+    let (said, err, ok) = labssh(&lab, &["container", "remove", "alice"]).await;
+    assert!(ok && said.contains("removed, the home kept"), "{said}{err}");
+    assert!(lab.container_id("alice", "default").is_none());
+    until_listed(&lab, "alice", "gone").await;
+    assert_eq!(
+        run(&lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
+    let (said, err, ok) = labssh(&lab, &["container", "remove", "alice", "--home", "--yes"]).await;
+    assert!(ok && said.contains("its home with it"), "{said}{err}");
+    let volume = format!("{}-home-alice", lab.prefix());
+    assert!(
+        labssh_testkit::docker::docker(&["volume", "inspect", &volume]).is_err(),
+        "the home volume {volume} is still there"
+    );
+    let (out, status) = run(&lab, "alice", "cat ~/kept 2>&1; true").await;
+    assert!(out.contains("No such file"), "{out} {status:?}");
+    // Bob's home is his own still.
+    assert_eq!(lab.container_state("bob", "default"), "running");
+    lab.stop().await;
+}
