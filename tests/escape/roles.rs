@@ -492,3 +492,86 @@ async fn only_an_admin_certificate_lists_and_kicks_sessions() {
     assert_eq!(status.code(), Some(255), "{status:?}");
     lab.stop().await;
 }
+
+/// Container actions go through the controller, which says who asked: an agent's
+/// certificate may not ask it; a proxy's (a student's self-service login) may stop
+/// its student's container but neither remove one nor list everyone's; and no one
+/// but the controller may drive an agent's `Act` directly, an operator included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn container_actions_are_for_operators_and_students_through_the_controller_only() {
+    let lab = two_agents().await;
+    let out = lab
+        .ssh
+        .command("alice", &Lab::alice(), &["true"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut admin = controller(&lab, &tls(&lab, "admin", "local")).await;
+    let alices = pb::ListContainersRequest {
+        user: "alice".into(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        let listed = admin
+            .list_containers(alices.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(placed) = listed.containers.first() {
+            break placed.agent.clone();
+        }
+        assert!(Instant::now() < deadline, "alice's container never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let action = |verb: pb::ContainerVerb| pb::ContainerActionRequest {
+        user: "alice".into(),
+        verb: verb.into(),
+        // Who asked is the controller's to say, not the caller's.
+        by: "admin \"root\"".into(),
+        ..Default::default()
+    };
+
+    let mut agent = controller(&lab, &tls(&lab, "agent", "agent0")).await;
+    let status = denied(
+        agent.container_action(action(pb::ContainerVerb::Reset)).await,
+        "a reset with an agent certificate",
+    );
+    assert!(status.message().contains("requires the role admin or proxy"), "{status:?}");
+
+    let mut proxy = controller(&lab, &tls(&lab, "proxy", "local")).await;
+    let status = denied(
+        proxy.list_containers(pb::ListContainersRequest::default()).await,
+        "a proxy listing everyone's containers",
+    );
+    assert!(status.message().contains("one student's"), "{status:?}");
+    let status = denied(
+        proxy.container_action(action(pb::ContainerVerb::Remove)).await,
+        "a remove with a proxy certificate",
+    );
+    assert!(status.message().contains("for operators"), "{status:?}");
+    assert!(lab.container_id("alice", "default").is_some());
+    // A student's own stop, through their proxy: told as theirs, not an operator's.
+    let reply = proxy
+        .container_action(action(pb::ContainerVerb::Stop))
+        .await
+        .expect("a student may stop their own container")
+        .into_inner();
+    assert_eq!(reply.agent, holder);
+    lab.wait_state("alice", "default", "exited").await;
+
+    // The agent's Act takes the controller's certificate only.
+    let index = usize::from(holder != "agent0");
+    for (role, name) in [("proxy", "local"), ("admin", "local"), ("agent", "agent1")] {
+        let channel = channel(agent_url(&lab, index), &tls(&lab, role, name), &agent_server(&holder)).await;
+        let mut client = pb::agent_client::AgentClient::new(channel);
+        let status = denied(
+            client.act(action(pb::ContainerVerb::Remove)).await,
+            &format!("Act with a {role} certificate"),
+        );
+        assert!(status.message().contains("requires the role controller"), "{status:?}");
+    }
+    assert!(lab.container_id("alice", "default").is_some(), "nothing was removed");
+    lab.stop().await;
+}
