@@ -122,6 +122,20 @@ impl Controller for FakeController {
     async fn kick(&self, _: Request<pb::KickRequest>) -> Result<Response<pb::KickReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn list_containers(
+        &self,
+        _: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn container_action(
+        &self,
+        _: Request<pb::ContainerActionRequest>,
+    ) -> Result<Response<pb::ContainerActionReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake controller.
