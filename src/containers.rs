@@ -178,7 +178,10 @@ pub async fn act(args: ContainerArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    println!("{} ({} session(s) ended)", reply.message, reply.sessions_ended);
+    println!(
+        "{} ({} session(s) ended)",
+        reply.message, reply.sessions_ended
+    );
     Ok(())
 }
 
@@ -209,7 +212,9 @@ mod tests {
         assert_eq!(parse_state("running"), Ok(pb::ContainerState::Running));
         assert_eq!(parse_state("Stopped"), Ok(pb::ContainerState::Stopped));
         assert!(parse_state("unspecified").is_err());
-        assert!(parse_state("gone").unwrap_err().contains("running, stopped"));
+        assert!(parse_state("gone")
+            .unwrap_err()
+            .contains("running, stopped"));
         assert_eq!(state_name(pb::ContainerState::Paused), "paused");
     }
 

@@ -8,12 +8,12 @@ use labssh_proto::pb;
 use pb::ContainerVerb as Verb;
 
 use crate::backend::{BackendError, ContainerInfo};
-use pb::ContainerState;
 use crate::identity;
 use crate::lifecycle::{Reason, State, Transition};
 use crate::names;
 use crate::start_queue::{Caller, Class};
 use crate::state::{EnsureError, Shared};
+use pb::ContainerState;
 
 /// Why an action could not be done; the message is for the operator or student.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +94,11 @@ pub async fn act(
                 })
                 .await;
             stopped?;
-            (ended, ContainerState::Stopped, "stopped; the next login starts it")
+            (
+                ended,
+                ContainerState::Stopped,
+                "stopped; the next login starts it",
+            )
         }
         Verb::Start => {
             start(shared, found, Reason::Action).await?;
@@ -105,7 +109,11 @@ pub async fn act(
             let env = resolved(shared, found).await?;
             let why = format!("your container is being reset by {who}: it is made anew from its image, your home directory kept; log in again");
             let (ended, removed) = lifecycle
-                .take(key, &why, remove(shared, found, change(from, State::Absent)))
+                .take(
+                    key,
+                    &why,
+                    remove(shared, found, change(from, State::Absent)),
+                )
                 .await;
             removed?;
             let caller = Caller::quiet(Class::Student);
@@ -132,7 +140,9 @@ pub async fn act(
             }
             let why = match request.remove_home {
                 true => format!("your container and your home directory were removed by {who}"),
-                false => format!("your container was removed by {who}; your home directory is kept"),
+                false => {
+                    format!("your container was removed by {who}; your home directory is kept")
+                }
             };
             let (ended, removed) = lifecycle
                 .take(key, &why, async {

@@ -46,7 +46,9 @@ impl From<ActionError> for Status {
             ActionError::Invalid(_) => Code::InvalidArgument,
             ActionError::NotFound { .. } => Code::NotFound,
             ActionError::HomeInUse { .. } => Code::FailedPrecondition,
-            ActionError::Ensure(e) => return Status::new(Status::from(e.clone()).code(), e.to_string()),
+            ActionError::Ensure(e) => {
+                return Status::new(Status::from(e.clone()).code(), e.to_string())
+            }
             ActionError::Backend(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())

@@ -92,7 +92,15 @@ where
         newline: if start.pty.is_some() { "\r\n" } else { "\n" },
     });
     let ending = active.ending();
-    relay::relay(started.process, inbound, tx, &shared.shutdown, ending, limits).await;
+    relay::relay(
+        started.process,
+        inbound,
+        tx,
+        &shared.shutdown,
+        ending,
+        limits,
+    )
+    .await;
     shared.hooks.fire(Event::Logout, logout);
     let disk = &shared.limits.disk;
     if !start.subsystem.is_empty() && disk.check(&start.user, &started.env).is_err() {

@@ -6,8 +6,8 @@
 //! controller's state is rebuilt from those streams within one heartbeat.
 
 pub mod catalogue;
-pub mod containers;
 pub mod config;
+pub mod containers;
 pub mod members;
 pub mod placement;
 pub mod prestart;

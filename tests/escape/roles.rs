@@ -535,19 +535,30 @@ async fn container_actions_are_for_operators_and_students_through_the_controller
 
     let mut agent = controller(&lab, &tls(&lab, "agent", "agent0")).await;
     let status = denied(
-        agent.container_action(action(pb::ContainerVerb::Reset)).await,
+        agent
+            .container_action(action(pb::ContainerVerb::Reset))
+            .await,
         "a reset with an agent certificate",
     );
-    assert!(status.message().contains("requires the role admin or proxy"), "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("requires the role admin or proxy"),
+        "{status:?}"
+    );
 
     let mut proxy = controller(&lab, &tls(&lab, "proxy", "local")).await;
     let status = denied(
-        proxy.list_containers(pb::ListContainersRequest::default()).await,
+        proxy
+            .list_containers(pb::ListContainersRequest::default())
+            .await,
         "a proxy listing everyone's containers",
     );
     assert!(status.message().contains("one student's"), "{status:?}");
     let status = denied(
-        proxy.container_action(action(pb::ContainerVerb::Remove)).await,
+        proxy
+            .container_action(action(pb::ContainerVerb::Remove))
+            .await,
         "a remove with a proxy certificate",
     );
     assert!(status.message().contains("for operators"), "{status:?}");
@@ -564,14 +575,25 @@ async fn container_actions_are_for_operators_and_students_through_the_controller
     // The agent's Act takes the controller's certificate only.
     let index = usize::from(holder != "agent0");
     for (role, name) in [("proxy", "local"), ("admin", "local"), ("agent", "agent1")] {
-        let channel = channel(agent_url(&lab, index), &tls(&lab, role, name), &agent_server(&holder)).await;
+        let channel = channel(
+            agent_url(&lab, index),
+            &tls(&lab, role, name),
+            &agent_server(&holder),
+        )
+        .await;
         let mut client = pb::agent_client::AgentClient::new(channel);
         let status = denied(
             client.act(action(pb::ContainerVerb::Remove)).await,
             &format!("Act with a {role} certificate"),
         );
-        assert!(status.message().contains("requires the role controller"), "{status:?}");
+        assert!(
+            status.message().contains("requires the role controller"),
+            "{status:?}"
+        );
     }
-    assert!(lab.container_id("alice", "default").is_some(), "nothing was removed");
+    assert!(
+        lab.container_id("alice", "default").is_some(),
+        "nothing was removed"
+    );
     lab.stop().await;
 }

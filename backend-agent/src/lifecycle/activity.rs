@@ -42,7 +42,10 @@ impl Ending {
     /// Resolves with the line for the student once the sessions are ended.
     pub async fn ended(&self) -> &str {
         self.token.cancelled().await;
-        self.why.get().map(String::as_str).unwrap_or("your container was stopped")
+        self.why
+            .get()
+            .map(String::as_str)
+            .unwrap_or("your container was stopped")
     }
 
     /// Ends every holder, telling them `why`.
@@ -179,9 +182,7 @@ mod tests {
         assert_eq!(table.end(&alice, "reset by an operator"), 1);
         let after = Active::hold(&table, alice.clone());
         assert_eq!(before.ending().ended().await, "reset by an operator");
-        let pending = |a: &Active| {
-            futures::FutureExt::now_or_never(a.ending().ended()).is_none()
-        };
+        let pending = |a: &Active| futures::FutureExt::now_or_never(a.ending().ended()).is_none();
         assert!(pending(&after), "a later session is not ended");
         assert!(pending(&other), "another student's is not ended");
         assert_eq!(table.end(&alice, "stopped"), 2);

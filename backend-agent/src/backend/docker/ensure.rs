@@ -192,7 +192,14 @@ impl DockerBackend {
     pub(super) async fn remove_home_volume(&self, user: &str) -> Result<(), BackendError> {
         BackendError::check_names(user, "home")?;
         let volume = super::container_spec::volume_name(&self.prefix, user);
-        match self.docker.remove_volume(&volume, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+        match self
+            .docker
+            .remove_volume(
+                &volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
             Ok(()) => {
                 tracing::info!(%volume, "removed a home volume");
                 Ok(())
