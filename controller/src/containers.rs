@@ -32,18 +32,19 @@ pub fn list(
         .flat_map(|agent| {
             let inventory = agent.status.map(|s| s.inventory).unwrap_or_default();
             let (name, live) = (agent.name, agent.live);
-            inventory.into_iter().map(move |container| pb::PlacedContainer {
-                agent: name.clone(),
-                container: Some(container),
-                live,
-            })
+            inventory
+                .into_iter()
+                .map(move |container| pb::PlacedContainer {
+                    agent: name.clone(),
+                    container: Some(container),
+                    live,
+                })
         })
         .filter(|placed| {
             let c = placed.container.as_ref();
             let user = c.map_or("", |c| c.user.as_str());
             (request.user.is_empty() || user == request.user)
-                && (state == pb::ContainerState::Unspecified
-                    || c.map(|c| c.state()) == Some(state))
+                && (state == pb::ContainerState::Unspecified || c.map(|c| c.state()) == Some(state))
         })
         .collect();
     containers.sort_by(|a, b| {
@@ -110,6 +111,11 @@ pub async fn act(
             return Err(Status::unavailable(format!(
                 "{user}+{environment} is on agent {}, which is down; try again when it is back",
                 agent.name
+            )))
+        }
+        None if catalogue.environment(&environment).is_none() => {
+            return Err(Status::invalid_argument(format!(
+                "{user} has no container of '{environment}': there is no such environment"
             )))
         }
         None => {
