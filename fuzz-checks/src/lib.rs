@@ -8,7 +8,7 @@
 //!
 //! | target | input | property |
 //! |---|---|---|
-//! | `login_name` | an SSH login name | parses only names of the safe alphabet, exactly |
+//! | `login_name` | an SSH login name | parses only names of the safe alphabet, exactly (`alice+` is the self-service login) |
 //! | `proxy_header` | a balancer's first bytes | a bounded PROXY v2 header, or a reason |
 //! | `helper_request` | a frame sent to labssh-init | decodes to a request that re-encodes alike |
 //! | `helper_answer` | a frame labssh-init sent back | exit statuses and addresses round-trip |

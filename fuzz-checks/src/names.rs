@@ -6,7 +6,7 @@ use labssh_proxy::proxy_protocol::{self, Prefix};
 
 /// A login name parses only into a valid user and environment, and exactly: the parts
 /// put back together are the name given, so nothing is trimmed, folded or dropped on
-/// the way to a container name.
+/// the way to a container name. `alice+` is the self-service login: no environment.
 pub fn login_name(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -20,6 +20,10 @@ pub fn login_name(data: &[u8]) {
         login.user
     );
     let rebuilt = match &login.environment {
+        _ if login.helpdesk => {
+            assert_eq!(login.environment, None, "{text:?}");
+            format!("{}{ENV_SEPARATOR}", login.user)
+        }
         Some(env) => {
             assert!(valid_environment(env), "{text:?} gave environment {env:?}");
             format!("{}{ENV_SEPARATOR}{env}", login.user)

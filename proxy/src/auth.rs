@@ -333,7 +333,10 @@ impl Client {
         started: Instant,
     ) -> Outcome {
         if let Some(environment) = &identity.environment {
+            // A credential bound to one environment (an exam's) lands there, also
+            // from the self-service login.
             login.environment = Some(environment.clone());
+            login.helpdesk = false;
         }
         telemetry::auth_attempt(method, true);
         telemetry::setup_phase(Phase::Auth, started.elapsed());

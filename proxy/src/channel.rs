@@ -32,6 +32,7 @@ use crate::state::Context;
 
 mod close;
 mod gather;
+mod helpdesk;
 mod queue;
 mod relay;
 mod session;
@@ -77,6 +78,12 @@ pub(crate) async fn run(
                 Some(gathered) => Phase::Starting(gathered),
                 None => break,
             },
+            Phase::Starting(gathered) if session.ctx.login.helpdesk => {
+                match unless_gone(&mut inbox.requests, helpdesk::run(&session, gathered)).await {
+                    Some(closing) => Phase::Closing(closing),
+                    None => break,
+                }
+            }
             Phase::Starting(gathered) => {
                 match unless_gone(&mut inbox.requests, start::run(&session, gathered)).await {
                     Some(Ok(started)) => Phase::Relaying(Box::new(started)),

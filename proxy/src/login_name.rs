@@ -1,4 +1,5 @@
-//! Parsing of SSH login names: `alice` or `alice+env`.
+//! Parsing of SSH login names: `alice`, `alice+env`, or `alice+` (the student's
+//! self-service login, which the proxy answers itself: [`LoginName::helpdesk`]).
 //!
 //! Names are checked against a safe set before they reach any lookup,
 //! container name, label or log line, so a crafted username can never name
@@ -19,6 +20,9 @@ pub struct LoginName {
     pub user: String,
     /// The environment requested after `+`, if any.
     pub environment: Option<String>,
+    /// `alice+`: the student's self-service commands (list, stop, start, reset
+    /// their containers), answered by the proxy with no container involved.
+    pub helpdesk: bool,
 }
 
 /// Why a login name was refused. The message is safe to show the student.
@@ -40,14 +44,16 @@ impl LoginName {
         if !valid_user(user) {
             return Err(LoginNameError::User);
         }
-        if let Some(env) = environment {
+        let helpdesk = environment == Some("");
+        if let Some(env) = environment.filter(|_| !helpdesk) {
             if !valid_environment(env) {
                 return Err(LoginNameError::Environment);
             }
         }
         Ok(LoginName {
             user: user.to_string(),
-            environment: environment.map(str::to_string),
+            environment: environment.filter(|_| !helpdesk).map(str::to_string),
+            helpdesk,
         })
     }
 }
@@ -78,14 +84,24 @@ mod tests {
             LoginName::parse("alice").unwrap(),
             LoginName {
                 user: "alice".into(),
-                environment: None
+                environment: None,
+                helpdesk: false,
+            }
+        );
+        assert_eq!(
+            LoginName::parse("alice+").unwrap(),
+            LoginName {
+                user: "alice".into(),
+                environment: None,
+                helpdesk: true,
             }
         );
         assert_eq!(
             LoginName::parse("alice+gpu").unwrap(),
             LoginName {
                 user: "alice".into(),
-                environment: Some("gpu".into())
+                environment: Some("gpu".into()),
+                helpdesk: false,
             }
         );
     }
@@ -109,7 +125,7 @@ mod tests {
             assert_eq!(LoginName::parse(bad), Err(LoginNameError::User), "{bad:?}");
         }
         for bad in [
-            "alice+",
+            "alice++",
             "alice+GPU",
             "alice+gpu+x",
             "alice+../x",

@@ -50,7 +50,10 @@ async fn until_listed(lab: &Lab, user: &str, state: &str) {
         let now = theirs.map_or("gone", |c| c["state"].as_str().unwrap());
         if now == state {
             if let Some(c) = theirs {
-                assert_eq!((&c["agent"], &c["agent_live"]), (&"agent0".into(), &true.into()));
+                assert_eq!(
+                    (&c["agent"], &c["agent_live"]),
+                    (&"agent0".into(), &true.into())
+                );
             }
             return;
         }
@@ -69,7 +72,12 @@ async fn run(lab: &Lab, user: &str, command: &str) -> (String, Option<i32>) {
     } else {
         Lab::bob()
     };
-    let out = lab.ssh.command(user, &auth, &[command]).output().await.unwrap();
+    let out = lab
+        .ssh
+        .command(user, &auth, &[command])
+        .output()
+        .await
+        .unwrap();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         out.status.code(),
@@ -83,7 +91,9 @@ async fn hold(lab: &Lab, user: &str) -> (tokio::process::Child, tokio::process::
     } else {
         Lab::bob()
     };
-    let mut cmd = lab.ssh.command(user, &auth, &["echo up; read line; echo still"]);
+    let mut cmd = lab
+        .ssh
+        .command(user, &auth, &["echo up; read line; echo still"]);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -117,7 +127,10 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
     until_listed(&lab, "alice", "running").await;
     until_listed(&lab, "bob", "running").await;
     let (table, _, ok) = labssh(&lab, &["containers", "--user", "alice"]).await;
-    assert!(ok && table.contains("alice") && !table.contains("bob"), "{table}");
+    assert!(
+        ok && table.contains("alice") && !table.contains("bob"),
+        "{table}"
+    );
 
     let (said, err, ok) = labssh(&lab, &["container", "reset", "alice"]).await;
     assert!(ok, "reset failed: {err}");
@@ -174,7 +187,10 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
 
     // Bad input: a clear error, nothing done.
     let (_, err, ok) = labssh(&lab, &["container", "reset", "carol"]).await;
-    assert!(!ok && err.contains("carol has no container of 'default'"), "{err}");
+    assert!(
+        !ok && err.contains("carol has no container of 'default'"),
+        "{err}"
+    );
     let (_, err, ok) = labssh(&lab, &["container", "stop", "alice+nosuch"]).await;
     assert!(!ok && err.contains("no container of 'nosuch'"), "{err}");
     // Deleting a home is asked twice: without a terminal, only with --yes.
@@ -202,5 +218,176 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
     assert!(out.contains("No such file"), "{out} {status:?}");
     // Bob's home is his own still.
     assert_eq!(lab.container_state("bob", "default"), "running");
+    lab.stop().await;
+}
+
+/// `ssh LOGIN [OPTIONS] [ARGS]` as `user` (alice or bob by password): stdout,
+/// stderr and the exit status.
+async fn ssh(
+    lab: &Lab,
+    login: &str,
+    user: &str,
+    options: &[&str],
+    args: &[&str],
+) -> (String, String, Option<i32>) {
+    let auth = if user == "alice" {
+        Lab::alice()
+    } else {
+        Lab::bob()
+    };
+    let mut cmd = lab.ssh.command_with(login, &auth, options, args);
+    cmd.stdin(Stdio::null());
+    let out = tokio::time::timeout(STEP, cmd.output())
+        .await
+        .expect("ssh exits")
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// The listing's word for the default environment's container.
+fn default_state(listing: &str) -> &str {
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("default (default)"))
+        .unwrap_or_else(|| panic!("no default row in {listing}"));
+    row.split_whitespace().nth(2).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_self_service_login_lists_stops_starts_and_resets_only_the_students_own_container() {
+    let lab = Lab::start(LabOptions::default()).await;
+    // Before any login: the environment is listed, with no container.
+    let (listing, err, status) = ssh(&lab, "alice+", "alice", &[], &[]).await;
+    assert_eq!(status, Some(0), "{err}");
+    assert!(listing.starts_with("ENVIRONMENT"), "{listing}");
+    assert_eq!(default_state(&listing), "none", "{listing}");
+    assert!(listing.contains("ssh alice+@HOST reset [ENV]"), "{listing}");
+    assert!(
+        lab.container_id("alice", "default").is_none(),
+        "the listing made a container"
+    );
+
+    assert_eq!(
+        run(&lab, "alice", "echo kept > ~/kept && echo ok").await,
+        ("ok\n".into(), Some(0))
+    );
+    let name = lab.container_name("alice", "default");
+    labssh_testkit::docker::docker(&["exec", &name, "sh", "-c", "echo x > /etc/marker"]).unwrap();
+    let (listing, _, _) = ssh(&lab, "alice+", "alice", &[], &["status"]).await;
+    assert_eq!(default_state(&listing), "running", "{listing}");
+    // Bob's listing is his own: alice's running container is not in it.
+    let (listing, _, status) = ssh(&lab, "bob+", "bob", &[], &["list"]).await;
+    assert_eq!(
+        (default_state(&listing), status),
+        ("none", Some(0)),
+        "{listing}"
+    );
+
+    // Reset with a session of hers and one of bob's open.
+    let before = lab.container_id("alice", "default").unwrap();
+    let (alice, _alice_in) = hold(&lab, "alice").await;
+    let (mut bob, mut bob_in) = hold(&lab, "bob").await;
+    let bob_before = lab.container_id("bob", "default").unwrap();
+    let (said, err, status) = ssh(&lab, "alice+", "alice", &[], &["reset"]).await;
+    assert_eq!(status, Some(0), "{said}{err}");
+    assert!(
+        said.contains("is made anew from its image: your home is kept (1 open session(s) ended)"),
+        "{said}"
+    );
+    let out = tokio::time::timeout(STEP, alice.wait_with_output())
+        .await
+        .expect("alice's held client exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("your container is being reset by you (from another login)"),
+        "{stderr}"
+    );
+    assert_ne!(lab.container_id("alice", "default").unwrap(), before);
+    assert!(
+        labssh_testkit::docker::docker(&["exec", &name, "test", "-e", "/etc/marker"]).is_err(),
+        "the old root's file survived the reset"
+    );
+    assert_eq!(
+        run(&lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
+    // Bob's session and container went on.
+    use tokio::io::AsyncWriteExt;
+    bob_in.write_all(b"\n").await.unwrap();
+    let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
+    let still = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("bob's session answers")
+        .unwrap();
+    assert_eq!(still.as_deref(), Some("still"));
+    assert_eq!(bob.wait().await.unwrap().code(), Some(0));
+    assert_eq!(lab.container_id("bob", "default").unwrap(), bob_before);
+
+    // Only her own containers can be named; anything else is refused, nothing done.
+    let alice_now = lab.container_id("alice", "default").unwrap();
+    for command in [
+        "reset ../bob",
+        "remove",
+        "reset bob+default",
+        "stop default extra",
+    ] {
+        let (out, err, status) = ssh(&lab, "alice+", "alice", &[], &[command]).await;
+        assert_eq!(status, Some(1), "{command}: {out}{err}");
+        assert!(err.contains("labssh: unknown command"), "{command}: {err}");
+        assert!(
+            err.contains("ssh alice+@HOST stop [ENV]"),
+            "{command}: {err}"
+        );
+    }
+    let (_, err, status) = ssh(&lab, "alice+", "alice", &[], &["stop", "nosuch"]).await;
+    assert_eq!(status, Some(255), "{err}");
+    assert!(
+        err.contains("no container of 'nosuch': there is no such environment"),
+        "{err}"
+    );
+    // No files, no forwarding, no one else's password.
+    let (_, err, status) = ssh(&lab, "alice+", "alice", &["-s"], &["sftp"]).await;
+    assert_eq!(status, Some(255), "{err}");
+    assert!(
+        err.contains("the self-service login has no sftp subsystem"),
+        "{err}"
+    );
+    // (`ssh -W` prints only its own line; the proxy's reason goes with `-v`.)
+    let (_, err, status) = ssh(&lab, "alice+", "alice", &["-v", "-W", "localhost:22"], &[]).await;
+    assert_eq!(status, Some(255), "{err}");
+    assert!(
+        err.contains("administratively prohibited: labssh: the self-service login alice+ has no container to forward to"),
+        "{err}"
+    );
+    let (_, err, status) = ssh(&lab, "alice+", "bob", &[], &["reset"]).await;
+    assert_eq!(status, Some(255), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    let (_, err, status) = ssh(&lab, "alice++", "alice", &[], &["reset"]).await;
+    assert_eq!(status, Some(255), "{err}");
+    assert_eq!(lab.container_id("alice", "default").unwrap(), alice_now);
+    assert_eq!(lab.container_id("bob", "default").unwrap(), bob_before);
+
+    // Stop: only hers stops; start brings it back with her files.
+    let (said, err, status) = ssh(&lab, "alice+", "alice", &[], &["stop"]).await;
+    assert_eq!(status, Some(0), "{said}{err}");
+    assert!(said.contains("is stopped: your files are kept"), "{said}");
+    lab.wait_state("alice", "default", "exited").await;
+    assert_eq!(lab.container_state("bob", "default"), "running");
+    let (listing, _, _) = ssh(&lab, "alice+", "alice", &[], &[]).await;
+    assert_eq!(default_state(&listing), "stopped", "{listing}");
+    let (said, err, status) = ssh(&lab, "alice+", "alice", &[], &["start", "default"]).await;
+    assert_eq!(status, Some(0), "{said}{err}");
+    assert!(said.contains("is running"), "{said}");
+    lab.wait_state("alice", "default", "running").await;
+    assert_eq!(
+        run(&lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
     lab.stop().await;
 }

@@ -31,6 +31,8 @@
 //! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart;
 //! - `passwd`: each new container's passwd and group files are its own student's,
 //!   bound read-only; neither sees the other's entry;
+//! - `self_service`: alice's `ssh alice+@lab reset|stop|start` acts on her own
+//!   containers only, by any argument or login name, and lists nothing of bob's;
 //! - `start_queue`: alice's parallel logins take one place per container; bob's place
 //!   counts only containers ahead of him and names nobody.
 //!
@@ -57,6 +59,7 @@ mod names;
 mod network;
 mod passwd;
 mod prestart;
+mod self_service;
 mod start_queue;
 mod x11;
 

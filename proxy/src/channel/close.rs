@@ -67,6 +67,12 @@ pub(crate) enum Closing {
     },
     /// A started session ended.
     Ended(Box<Ended>),
+    /// The proxy answered the channel itself (the self-service login): its
+    /// output is written; report `status`.
+    Answered {
+        /// The exit status.
+        status: u32,
+    },
 }
 
 /// How an exit is reported to the client.
@@ -100,6 +106,13 @@ fn exit_report(status: pb::ExitStatus) -> Exit {
 pub(crate) async fn run(session: &Session, closing: Closing) {
     let ended = match closing {
         Closing::NotStarted { message, newline } => return fail(session, &message, newline).await,
+        Closing::Answered { status } => {
+            let write = &session.write;
+            let _ = write.exit_status(status).await;
+            let _ = write.eof().await;
+            let _ = write.close().await;
+            return;
+        }
         Closing::Ended(ended) => *ended,
     };
     let close_span = tracing::info_span!(

@@ -48,6 +48,15 @@ pub(crate) fn open_failure(error: &UpstreamError) -> ChannelOpenFailure {
 pub(crate) async fn placed_agent(
     ctx: &Context,
 ) -> Result<(Placement, AgentClient<GrpcChannel>), UpstreamError> {
+    if ctx.login.helpdesk {
+        return Err(UpstreamError::Refused {
+            message: format!(
+                "the self-service login {}+ has no container to forward to; log in as {} or {}+ENV",
+                ctx.login.user, ctx.login.user, ctx.login.user
+            ),
+            prohibited: true,
+        });
+    }
     let upstream = &ctx.shared.upstream;
     let placement = upstream
         .place(&ctx.login.user, &ctx.environment(), &ctx.identity)

@@ -1,0 +1,262 @@
+//! The student's self-service login, `ssh alice+@lab [COMMAND]`: the proxy answers
+//! it itself, with no container involved, so a student whose container is broken
+//! can still see and mend it.
+//!
+//! ```text
+//! ssh alice+@lab               the environments open to her, her containers' state, and this help
+//! ssh alice+@lab stop [ENV]    stop her container (files kept; the next login starts it)
+//! ssh alice+@lab start [ENV]   start it now
+//! ssh alice+@lab reset [ENV]   make it anew from its image: a fresh root, the home kept
+//! ```
+//!
+//! The actions go to the controller under the proxy's role, which it allows for the
+//! proxy's own student only, and never a removal; the container's sessions end
+//! first, each told why.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use labssh_proto::pb;
+use pb::ContainerVerb as Verb;
+
+use super::close::Closing;
+use super::gather::Gathered;
+use super::session::Session;
+
+/// Exit status of a command the helpdesk does not know, or one that failed.
+const FAILED: u32 = 1;
+/// The controller's answer to an action may take a while: a reset waits for the
+/// sessions to let go and starts a new container.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// What the student asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// The listing and this help.
+    Status,
+    /// An action on one environment's container (empty: the default one).
+    Act(Verb, String),
+    /// Something else: say what is possible.
+    Unknown(String),
+}
+
+/// Parses the command line of `ssh alice+@lab COMMAND`.
+fn parse(command: &str) -> Command {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let verb = match words.first().copied() {
+        None | Some("status" | "list" | "help" | "--help") => return Command::Status,
+        Some("stop") => Verb::Stop,
+        Some("start") => Verb::Start,
+        Some("reset") => Verb::Reset,
+        Some(_) => return Command::Unknown(command.trim().to_owned()),
+    };
+    match words.as_slice() {
+        [_] => Command::Act(verb, String::new()),
+        [_, env] if crate::login_name::valid_environment(env) => {
+            Command::Act(verb, (*env).to_owned())
+        }
+        _ => Command::Unknown(command.trim().to_owned()),
+    }
+}
+
+/// The help text, with the student's login name.
+fn help(user: &str) -> String {
+    format!(
+        "commands (ENV: an environment above; the default one if none):\n  ssh {user}+@HOST stop [ENV]    stop your container (your files are kept; your next login starts it)\n  ssh {user}+@HOST start [ENV]   start it now\n  ssh {user}+@HOST reset [ENV]   make it anew from its image: files outside your home are lost, your home is kept\n"
+    )
+}
+
+/// Answers the channel: the student's listing, or an action's outcome.
+pub(crate) async fn run(session: &Session, gathered: Gathered) -> Closing {
+    let newline = gathered.newline();
+    let ctx = &session.ctx;
+    if ctx.identity.restrictions.force_command.is_some() {
+        return refuse("this certificate runs only its forced command", newline);
+    }
+    if !gathered.subsystem.is_empty() {
+        return refuse(
+            &format!(
+                "the self-service login has no {} subsystem; log in as {} for your files",
+                gathered.subsystem, ctx.login.user
+            ),
+            newline,
+        );
+    }
+    let (text, status) = match parse(&gathered.command) {
+        Command::Status => match listing(session).await {
+            Ok(text) => (text, 0),
+            Err(message) => return refuse(&message, newline),
+        },
+        Command::Act(verb, env) => match act(session, verb, env).await {
+            Ok(line) => (format!("{line}\n"), 0),
+            Err(message) => return refuse(&message, newline),
+        },
+        Command::Unknown(what) => {
+            let text = format!(
+                "labssh: unknown command {what:?}\n{}",
+                help(&ctx.login.user)
+            );
+            let text = Bytes::from(text.replace('\n', newline));
+            let _ = session.write.extended_data_bytes(1, text).await;
+            return Closing::Answered { status: FAILED };
+        }
+    };
+    let text = text.replace('\n', newline);
+    let _ = session.write.data_bytes(Bytes::from(text)).await;
+    Closing::Answered { status }
+}
+
+fn refuse(message: &str, newline: &'static str) -> Closing {
+    Closing::NotStarted {
+        message: message.to_owned(),
+        newline,
+    }
+}
+
+/// The environments open to the student, their containers' state, and the help.
+async fn listing(session: &Session) -> Result<String, String> {
+    let ctx = &session.ctx;
+    let user = ctx.login.user.clone();
+    let mut controller = ctx.shared.upstream.controller();
+    let timeout = Duration::from_secs(ctx.shared.config.controller_timeout_secs);
+    let environments = tokio::time::timeout(
+        timeout,
+        controller.list_environments(pb::ListEnvironmentsRequest {}),
+    );
+    let environments = match environments.await {
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(status)) => return Err(unavailable(&status)),
+        Err(_) => return Err("the controller did not answer; try again in a minute".into()),
+    };
+    let request = pb::ListContainersRequest {
+        user: user.clone(),
+        ..Default::default()
+    };
+    let containers = match tokio::time::timeout(timeout, controller.list_containers(request)).await
+    {
+        Ok(Ok(reply)) => reply.into_inner().containers,
+        Ok(Err(status)) => return Err(unavailable(&status)),
+        Err(_) => return Err("the controller did not answer; try again in a minute".into()),
+    };
+    let groups = &ctx.identity.groups;
+    let mut text = format!(
+        "{:<16} {:<10} {}\n",
+        "ENVIRONMENT", "CONTAINER", "DESCRIPTION"
+    );
+    for env in &environments.environments {
+        let open =
+            env.allowed_groups.is_empty() || env.allowed_groups.iter().any(|g| groups.contains(g));
+        let container = containers
+            .iter()
+            .filter_map(|p| p.container.as_ref())
+            .find(|c| c.environment == env.name);
+        if !open && container.is_none() {
+            continue;
+        }
+        let state = match container {
+            None => "none".to_owned(),
+            Some(c) => c
+                .state()
+                .as_str_name()
+                .trim_start_matches("CONTAINER_STATE_")
+                .to_ascii_lowercase(),
+        };
+        let name = match env.name == environments.default_environment {
+            true => format!("{} (default)", env.name),
+            false => env.name.clone(),
+        };
+        text += &format!("{name:<16} {state:<10} {}\n", env.description);
+    }
+    text += &help(&user);
+    Ok(text)
+}
+
+/// Asks the controller to act on the student's container of `environment`.
+async fn act(session: &Session, verb: Verb, environment: String) -> Result<String, String> {
+    let ctx = &session.ctx;
+    let request = pb::ContainerActionRequest {
+        user: ctx.login.user.clone(),
+        environment: environment.clone(),
+        verb: verb.into(),
+        remove_home: false,
+        // Taken at its word only without mTLS; with it, the proxy's role says so.
+        by: "student".to_owned(),
+    };
+    let mut controller = ctx.shared.upstream.controller();
+    let reply = tokio::time::timeout(ACTION_TIMEOUT, controller.container_action(request)).await;
+    let reply = match reply {
+        Ok(Ok(reply)) => reply.into_inner(),
+        Ok(Err(status)) => return Err(unavailable(&status)),
+        Err(_) => {
+            return Err(format!(
+            "the controller did not answer in time; `ssh {}+@HOST` shows your container's state",
+            ctx.login.user
+        ))
+        }
+    };
+    ctx.shared.audit.record(
+        "container_action",
+        serde_json::json!({
+            "conn": ctx.conn,
+            "client": ctx.peer,
+            "user": ctx.login.user,
+            "environment": environment,
+            "container": reply.container,
+            "agent": reply.agent,
+            "action": verb.as_str_name().trim_start_matches("CONTAINER_VERB_").to_ascii_lowercase(),
+            "by": "student",
+        }),
+    );
+    let what = match verb {
+        Verb::Stop => "stopped: your files are kept, and your next login starts it",
+        Verb::Start => "running",
+        Verb::Reset => "made anew from its image: your home is kept",
+        Verb::Remove | Verb::Unspecified => "done",
+    };
+    let ended = match reply.sessions_ended {
+        0 => String::new(),
+        n => format!(" ({n} open session(s) ended)"),
+    };
+    Ok(format!(
+        "your container {} is {what}{ended}",
+        reply.container
+    ))
+}
+
+/// What the student reads for the controller's refusal.
+fn unavailable(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::NotFound => format!("{}; it is made at your next login", status.message()),
+        tonic::Code::Unavailable if status.message().contains("tcp connect") => {
+            "the login service is unavailable; try again in a minute".to_owned()
+        }
+        _ => status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_anything_else_is_named() {
+        assert_eq!(parse(""), Command::Status);
+        assert_eq!(parse("help"), Command::Status);
+        assert_eq!(parse("list"), Command::Status);
+        assert_eq!(parse("stop"), Command::Act(Verb::Stop, String::new()));
+        assert_eq!(
+            parse(" reset  gpu "),
+            Command::Act(Verb::Reset, "gpu".into())
+        );
+        assert_eq!(
+            parse("start default"),
+            Command::Act(Verb::Start, "default".into())
+        );
+        assert_eq!(parse("remove"), Command::Unknown("remove".into()));
+        assert_eq!(
+            parse("reset ../bob"),
+            Command::Unknown("reset ../bob".into())
+        );
+        assert_eq!(parse("stop a b"), Command::Unknown("stop a b".into()));
+    }
+}
