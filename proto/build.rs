@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".labssh.v1.SessionInput.stdin")
         .bytes(".labssh.v1.SessionOutput.stdout")
         .bytes(".labssh.v1.SessionOutput.stderr")
+        .bytes(".labssh.v1.WatchFrame.output")
         // Ordered, so an environment encodes the same way every time (the agents
         // hash it to tell containers made from older settings).
         .btree_map(".labssh.v1.Environment.env")

@@ -1,6 +1,8 @@
 //! `labssh sessions` and `labssh kick`: every proxy replica's open sessions, from
 //! the controller's list of what the proxies report, and ending a student's
 //! connections (or one session's) on whichever replica holds them.
+//! `labssh sessions --watch ID` follows one terminal session's output live,
+//! read-only: nothing typed here reaches the student.
 
 use labssh_proto::pb;
 
@@ -17,6 +19,10 @@ pub struct SessionsArgs {
     /// One JSON object per session instead of the table.
     #[arg(long)]
     json: bool,
+    /// Follow this terminal session's output live, read-only (its id, as the
+    /// list gives it), until it ends or Ctrl-C. The student is told.
+    #[arg(long, value_name = "SESSION", conflicts_with_all = ["user", "agent", "json"])]
+    watch: Option<String>,
     #[command(flatten)]
     controller: ControllerArgs,
 }
@@ -36,6 +42,9 @@ pub struct KickArgs {
 /// `labssh sessions`.
 pub async fn list(args: SessionsArgs) -> anyhow::Result<()> {
     let channel = connect(&args.controller).await?;
+    if let Some(session) = args.watch {
+        return watch(channel, session).await;
+    }
     let reply = pb::controller_client::ControllerClient::new(channel)
         .list_sessions(pb::ListSessionsRequest {
             user: args.user.unwrap_or_default(),
@@ -52,6 +61,48 @@ pub async fn list(args: SessionsArgs) -> anyhow::Result<()> {
         print!("{}", table(&reply, chrono::Utc::now().timestamp_millis()));
     }
     Ok(())
+}
+
+/// `labssh sessions --watch`: the session's output to stdout as it comes, what
+/// the watch is about to stderr.
+async fn watch(channel: tonic::transport::Channel, session: String) -> anyhow::Result<()> {
+    use pb::watch_frame::Frame;
+    use std::io::Write;
+    let mut frames = pb::controller_client::ControllerClient::new(channel)
+        .watch(pb::WatchRequest {
+            session: session.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    loop {
+        let frame = frames
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        match frame.and_then(|f| f.frame) {
+            Some(Frame::Start(start)) => eprintln!(
+                "labssh: watching {}'s session {session} in {} ({}x{}, {}), read-only; Ctrl-C stops",
+                start.user, start.environment, start.cols, start.rows, start.term
+            ),
+            Some(Frame::Output(data)) => {
+                out.write_all(&data)?;
+                out.flush()?;
+            }
+            Some(Frame::Resize(size)) => {
+                eprint!("\r\nlabssh: the student's terminal is now {}x{}\r\n", size.cols, size.rows)
+            }
+            Some(Frame::Lagged(n)) => {
+                eprint!("\r\nlabssh: {n} chunk(s) of output skipped: this terminal fell behind\r\n")
+            }
+            Some(Frame::Ended(why)) => {
+                eprint!("\r\nlabssh: {why}\r\n");
+                return Ok(());
+            }
+            None => anyhow::bail!("the controller ended the watch without a reason"),
+        }
+    }
 }
 
 /// `labssh kick`.
@@ -91,21 +142,31 @@ fn json(s: &pb::SessionInfo) -> serde_json::Value {
         "container": s.container,
         "kind": s.kind,
         "started_unix_ms": s.started_unix_ms,
+        "bytes_to_container": s.bytes_to_container,
+        "bytes_to_client": s.bytes_to_client,
+        "destination": s.destination,
+        "watchable": s.watchable,
     })
 }
 
 /// One line per session, then how many on how many proxies.
 fn table(reply: &pb::ListSessionsReply, now_ms: i64) -> String {
     let mut text = format!(
-        "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7}  {}\n",
-        "USER", "ENVIRONMENT", "KIND", "CLIENT", "PROXY", "AGENT", "AGE", "ID"
+        "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7} {:>15}  {}\n",
+        "USER", "ENVIRONMENT", "KIND", "CLIENT", "PROXY", "AGENT", "AGE", "IN/OUT", "ID"
     );
     for s in &reply.sessions {
         let age = humantime::format_duration(std::time::Duration::from_secs(
             ((now_ms - s.started_unix_ms).max(0) / 1000) as u64,
         ));
+        let bytes = format!("{}/{}", size(s.bytes_to_container), size(s.bytes_to_client));
+        // A forward says where to.
+        let id = match s.destination.as_str() {
+            "" => s.id.clone(),
+            to => format!("{} -> {to}", s.id),
+        };
         text += &format!(
-            "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7}  {}\n",
+            "{:<16} {:<12} {:<9} {:<22} {:<16} {:<12} {:>7} {:>15}  {}\n",
             s.user,
             s.environment,
             s.kind,
@@ -113,7 +174,8 @@ fn table(reply: &pb::ListSessionsReply, now_ms: i64) -> String {
             s.proxy,
             s.agent,
             age.to_string(),
-            s.id
+            bytes,
+            id
         );
     }
     text += &format!(
@@ -124,9 +186,32 @@ fn table(reply: &pb::ListSessionsReply, now_ms: i64) -> String {
     text
 }
 
+/// A byte count in the table: `512B`, `12.0K`, `3.4M`, `1.2G`.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 3] = ["K", "M", "G"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let (mut value, mut unit) = (n as f64 / 1024.0, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(size(0), "0B");
+        assert_eq!(size(1023), "1023B");
+        assert_eq!(size(12 * 1024), "12.0K");
+        assert_eq!(size(3_565_158), "3.4M");
+        assert_eq!(size(5 << 40), "5120.0G");
+    }
 
     #[test]
     fn the_table_names_each_session_and_counts_them() {
@@ -140,6 +225,8 @@ mod tests {
                 kind: "shell".into(),
                 started_unix_ms: 1_000,
                 proxy: "p1:22".into(),
+                bytes_to_container: 300,
+                bytes_to_client: 2048,
                 ..Default::default()
             }],
             proxies: vec!["p1:22".into(), "p2:22".into()],
@@ -154,6 +241,7 @@ mod tests {
             "p1:22",
             "node-1",
             "1m 30s",
+            "300B/2.0K",
             "p1:22/3/0",
         ] {
             assert!(line.contains(field), "{field} in {line:?}");

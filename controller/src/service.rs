@@ -32,6 +32,10 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards one agent. Only the Welcome and a final error are
 /// ever sent, so this never fills.
 const OUTBOUND_BUFFER: usize = 4;
+/// Frames queued towards one watching operator; the proxy skips output beyond.
+const WATCH_BUFFER: usize = 64;
+/// How long a proxy has to start feeding a watched session.
+const FEED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gRPC service. Cheap to clone; every clone shares one registry.
 #[derive(Debug, Clone)]
@@ -286,11 +290,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::KickRequest>,
     ) -> Result<Response<pb::KickReply>, Status> {
-        let by = request
-            .extensions()
-            .get::<Peer>()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "an operator (mTLS off)".to_owned());
+        let by = operator(&request);
         let request = request.into_inner();
         if request.user.is_empty() == request.session.is_empty() {
             return Err(Status::invalid_argument(
@@ -300,6 +300,72 @@ impl pb::controller_server::Controller for ControllerService {
         let reply = self.sessions.kick(&request, &by, Instant::now());
         info!(user = %request.user, session = %request.session, %by, sessions = reply.sessions, proxies = reply.proxies, "operator kick");
         Ok(Response::new(reply))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchFrame, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let by = operator(&request);
+        let session = request.into_inner().session;
+        let (watcher, frames) = mpsc::channel(WATCH_BUFFER);
+        let watch = self
+            .sessions
+            .watch(&session, &by, watcher, Instant::now())?;
+        info!(%session, %by, "operator watches a session");
+        // A proxy that never answers: the operator is told, not left waiting.
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FEED_TIMEOUT).await;
+            if let Some(watcher) = sessions.claim(watch) {
+                let _ = watcher
+                    .send(Err(Status::unavailable(format!(
+                        "the proxy holding session {session} did not start feeding it within {FEED_TIMEOUT:?}"
+                    ))))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(frames)))
+    }
+
+    async fn feed(
+        &self,
+        request: Request<Streaming<pb::FeedMessage>>,
+    ) -> Result<Response<pb::FeedReply>, Status> {
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Status::invalid_argument("an empty feed"));
+        };
+        let watch = first.watch;
+        let watcher = self
+            .sessions
+            .claim(watch)
+            .ok_or_else(|| Status::not_found("no operator waits for this feed"))?;
+        let mut next = Some(first);
+        while let Some(message) = next {
+            if message.watch != watch {
+                return Err(Status::invalid_argument(
+                    "a feed carries one watch's number",
+                ));
+            }
+            let frame = message.frame.unwrap_or_default();
+            let last = matches!(frame.frame, Some(pb::watch_frame::Frame::Ended(_)));
+            if watcher.send(Ok(frame)).await.is_err() || last {
+                // The operator stopped watching, or the session ended.
+                return Ok(Response::new(pb::FeedReply {}));
+            }
+            next = tokio::select! {
+                message = inbound.message() => message?,
+                () = watcher.closed() => return Ok(Response::new(pb::FeedReply {})),
+            };
+        }
+        let ended = pb::watch_frame::Frame::Ended("the proxy stopped feeding the session".into());
+        let _ = watcher
+            .send(Ok(pb::WatchFrame { frame: Some(ended) }))
+            .await;
+        Ok(Response::new(pb::FeedReply {}))
     }
 
     async fn list_containers(
@@ -448,6 +514,15 @@ async fn serve_agent(
 }
 
 /// Counts a placement answer and notes it on the rpc's span.
+/// Who called, for the audit log and the student: the certificate's identity.
+fn operator<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Peer>()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "an operator (mTLS off)".to_owned())
+}
+
 fn placement_outcome(span: &tracing::Span, outcome: &'static str) {
     labssh_telemetry::metrics::placement(outcome);
     span.record("outcome", outcome);

@@ -4,6 +4,9 @@
 //! few seconds regardless, so a restarted controller has it all again within
 //! seconds; a proxy's entries go when its stream ends, or when it has not reported
 //! for [`STALE_AFTER`] (a proxy whose connection hangs).
+//!
+//! An operator watching a session (`Watch`) waits here, under a random number, for
+//! the proxy holding it to answer the command with a `Feed` of that number.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,11 +14,15 @@ use std::time::{Duration, Instant};
 
 use labssh_proto::pb;
 use tokio::sync::mpsc;
+use tonic::Status;
 
 /// A proxy silent this long is taken for dead: proxies report every few seconds.
 pub const STALE_AFTER: Duration = Duration::from_secs(15);
 /// Commands queued towards one proxy.
 pub const COMMAND_BUFFER: usize = 64;
+
+/// Frames towards one operator's `Watch` stream.
+pub type Watcher = mpsc::Sender<Result<pb::WatchFrame, Status>>;
 
 /// One reporting proxy.
 struct Proxy {
@@ -34,6 +41,8 @@ struct Proxy {
 pub struct Sessions {
     proxies: Mutex<HashMap<String, Proxy>>,
     next_stream: std::sync::atomic::AtomicU64,
+    /// Operators waiting for a proxy's feed, by the command's number.
+    watches: Mutex<HashMap<u64, Watcher>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -131,6 +140,7 @@ impl Sessions {
                 kick_user: request.user.clone(),
                 kick_session: request.session.clone(),
                 by: by.to_owned(),
+                ..Default::default()
             };
             if proxy.commands.try_send(command).is_ok() {
                 reply.proxies += 1;
@@ -138,6 +148,51 @@ impl Sessions {
             }
         }
         reply
+    }
+
+    /// Asks the proxy holding terminal session `id` to feed it to `watcher`;
+    /// returns the number its feed will carry.
+    pub fn watch(&self, id: &str, by: &str, watcher: Watcher, now: Instant) -> Result<u64, Status> {
+        let proxies = self.live(now);
+        let (proxy, session) = proxies
+            .values()
+            .find_map(|p| p.sessions.iter().find(|s| s.id == id).map(|s| (p, s)))
+            .ok_or_else(|| Status::not_found(format!("no proxy reports an open session {id}")))?;
+        if !session.watchable {
+            return Err(Status::failed_precondition(format!(
+                "session {id} is a {} with no terminal: only terminal sessions can be watched",
+                session.kind
+            )));
+        }
+        let watch = loop {
+            let n: u64 = rand::random();
+            if n != 0 && !self.watching().contains_key(&n) {
+                break n;
+            }
+        };
+        self.watching().insert(watch, watcher);
+        let command = pb::ProxyCommand {
+            watch_session: id.to_owned(),
+            watch,
+            by: by.to_owned(),
+            ..Default::default()
+        };
+        if proxy.commands.try_send(command).is_err() {
+            self.watching().remove(&watch);
+            return Err(Status::unavailable(format!(
+                "the proxy holding session {id} is not taking commands"
+            )));
+        }
+        Ok(watch)
+    }
+
+    /// The operator waiting for feed `watch`, taken: each feed is answered once.
+    pub fn claim(&self, watch: u64) -> Option<Watcher> {
+        self.watching().remove(&watch)
+    }
+
+    fn watching(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Watcher>> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The proxies that reported within [`STALE_AFTER`], under the lock; stale
@@ -266,5 +321,48 @@ mod tests {
             now,
         );
         assert_eq!((reply.sessions, reply.proxies), (0, 0));
+    }
+
+    #[test]
+    fn a_watch_asks_the_proxy_holding_a_terminal_session_and_is_claimed_once() {
+        let sessions = Sessions::default();
+        let now = Instant::now();
+        let (tx_a, mut rx_a) = mpsc::channel(4);
+        let (tx_b, mut rx_b) = mpsc::channel(4);
+        let mut shell = session("p1/1/0", "alice", "n1", 1);
+        shell.watchable = true;
+        let mut sftp = session("p2/2/0", "bob", "n1", 1);
+        sftp.kind = "subsystem".into();
+        let (a, b) = (sessions.stream(), sessions.stream());
+        sessions.report(a, "p1", vec![shell], &tx_a, now);
+        sessions.report(b, "p2", vec![sftp], &tx_b, now);
+        let (watcher, _frames) = mpsc::channel(4);
+
+        let watch = sessions
+            .watch("p1/1/0", "admin:ta", watcher.clone(), now)
+            .unwrap();
+        let command = rx_a.try_recv().unwrap();
+        assert_eq!(
+            (
+                command.watch_session.as_str(),
+                command.watch,
+                command.by.as_str()
+            ),
+            ("p1/1/0", watch, "admin:ta")
+        );
+        assert!(command.kick_user.is_empty() && command.kick_session.is_empty());
+        assert!(sessions.claim(watch).is_some());
+        assert!(sessions.claim(watch).is_none(), "a feed is answered once");
+
+        let status = sessions
+            .watch("p2/2/0", "admin:ta", watcher.clone(), now)
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("no terminal"), "{status:?}");
+        let status = sessions
+            .watch("p9/1/0", "admin:ta", watcher, now)
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(rx_b.try_recv().is_err(), "nothing asked of the other proxy");
     }
 }

@@ -207,8 +207,10 @@ pub fn required(path: &str) -> Option<&'static [Role]> {
             "Attach" => &[Role::Agent],
             "Place" => &[Role::Proxy],
             "ListEnvironments" => &[Role::Proxy, Role::Admin],
-            "ListAgents" | "Drain" | "Prestart" | "ListSessions" | "Kick" => &[Role::Admin],
-            "Report" => &[Role::Proxy],
+            "ListAgents" | "Drain" | "Prestart" | "ListSessions" | "Kick" | "Watch" => {
+                &[Role::Admin]
+            }
+            "Report" | "Feed" => &[Role::Proxy],
             // A proxy asks for its student's own (self-service logins).
             "ListContainers" | "ContainerAction" => &[Role::Admin, Role::Proxy],
             _ => return None,
@@ -470,7 +472,7 @@ mod tests {
         assert!(!allowed("/labssh.v1.Controller/Drain", "proxy"));
         assert!(allowed("/labssh.v1.Controller/Prestart", "admin"));
         assert!(!allowed("/labssh.v1.Controller/Prestart", "proxy"));
-        for admin_only in ["ListSessions", "Kick"] {
+        for admin_only in ["ListSessions", "Kick", "Watch"] {
             let path = format!("/labssh.v1.Controller/{admin_only}");
             assert!(allowed(&path, "admin"), "{path}");
             assert!(
@@ -480,6 +482,9 @@ mod tests {
         }
         assert!(allowed("/labssh.v1.Controller/Report", "proxy"));
         assert!(!allowed("/labssh.v1.Controller/Report", "admin"));
+        // Only a proxy feeds a watched session; an operator cannot write into one.
+        assert!(allowed("/labssh.v1.Controller/Feed", "proxy"));
+        assert!(!allowed("/labssh.v1.Controller/Feed", "admin"));
         assert!(allowed("/labssh.v1.Agent/Ensure", "controller"));
         assert!(!allowed("/labssh.v1.Agent/Ensure", "admin"));
         for path in [

@@ -7,16 +7,23 @@
 //! the stream is made again, with back-off, whenever it breaks. Nothing here holds a
 //! login or a session up: the controller being away only means operators do not see
 //! this replica for a while.
+//!
+//! Each session's [`Tap`] counts its bytes and, for a terminal session an operator
+//! watches (`labssh sessions --watch`), passes its output on through a bounded
+//! broadcast: a watcher that falls behind skips output, never slows the session.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use labssh_proto::pb;
 use pb::controller_client::ControllerClient;
+use pb::watch_frame::Frame;
 use russh::server::Handle;
 use russh::ChannelId;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::transport::Channel;
 
 /// Reports come at most this often, however busy the replica.
@@ -25,7 +32,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(500);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Back-off bounds for making the stream again.
 const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Short, so a restarted controller lists this replica again within seconds.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Output chunks a watcher may fall behind by before it skips some.
+const WATCH_BACKLOG: usize = 1024;
+/// Frames queued towards the controller's Feed; the backlog is the broadcast's.
+const FEED_BUFFER: usize = 64;
 /// What a kicked student reads.
 pub const KICKED: &str = "labssh: your session was ended by an operator";
 
@@ -38,7 +50,79 @@ struct Connection {
 #[derive(Default)]
 struct Table {
     connections: HashMap<u64, Connection>,
-    sessions: HashMap<(u64, ChannelId), pb::SessionInfo>,
+    sessions: HashMap<(u64, ChannelId), (pb::SessionInfo, Arc<Tap>)>,
+}
+
+/// One session's byte counts, and a terminal session's output for watchers.
+pub struct Tap {
+    to_container: AtomicU64,
+    to_client: AtomicU64,
+    /// Terminal sessions only.
+    screen: Option<Screen>,
+}
+
+struct Screen {
+    frames: broadcast::Sender<Frame>,
+    /// Whose, and the terminal's size now, for a watcher that comes in later.
+    start: Mutex<pb::WatchStart>,
+}
+
+impl Tap {
+    fn new(info: &pb::SessionInfo, pty: Option<&pb::PtyRequest>) -> Tap {
+        let screen = pty.map(|pty| Screen {
+            frames: broadcast::channel(WATCH_BACKLOG).0,
+            start: Mutex::new(pb::WatchStart {
+                user: info.user.clone(),
+                environment: info.environment.clone(),
+                term: pty.term.clone(),
+                cols: pty.cols,
+                rows: pty.rows,
+            }),
+        });
+        Tap {
+            to_container: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            screen,
+        }
+    }
+
+    /// The student sent `n` bytes.
+    pub fn input(&self, n: usize) {
+        self.to_container.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The student's terminal was sent `data`.
+    pub fn output(&self, data: &Bytes) {
+        self.to_client
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(screen) = self
+            .screen
+            .as_ref()
+            .filter(|s| s.frames.receiver_count() > 0)
+        {
+            let _ = screen.frames.send(Frame::Output(data.clone()));
+        }
+    }
+
+    /// The student's terminal is now `cols` × `rows`.
+    pub fn resize(&self, size: &pb::WindowSize) {
+        if let Some(screen) = &self.screen {
+            let mut start = screen.start.lock().unwrap_or_else(|e| e.into_inner());
+            (start.cols, start.rows) = (size.cols, size.rows);
+            drop(start);
+            if screen.frames.receiver_count() > 0 {
+                let _ = screen.frames.send(Frame::Resize(*size));
+            }
+        }
+    }
+
+    pub fn to_container(&self) -> u64 {
+        self.to_container.load(Ordering::Relaxed)
+    }
+
+    pub fn to_client(&self) -> u64 {
+        self.to_client.load(Ordering::Relaxed)
+    }
 }
 
 /// See the module documentation.
@@ -70,6 +154,14 @@ impl Drop for ConnectionEntry {
 pub struct SessionEntry {
     live: Arc<Live>,
     key: (u64, ChannelId),
+    tap: Arc<Tap>,
+}
+
+impl SessionEntry {
+    /// Where the session counts its bytes and shows its output.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
 }
 
 impl Drop for SessionEntry {
@@ -113,26 +205,42 @@ impl Live {
         }
     }
 
-    /// A session channel that started; `info`'s id and proxy are filled in.
+    /// A session channel (or a forward) that started; `info`'s id and proxy are
+    /// filled in. One with a terminal (`pty`) can be watched.
     pub fn session(
         self: &Arc<Self>,
         conn: u64,
         channel: ChannelId,
         mut info: pb::SessionInfo,
+        pty: Option<&pb::PtyRequest>,
     ) -> SessionEntry {
         info.id = format!("{}/{conn}/{}", self.proxy, u32::from(channel));
         info.proxy = self.proxy.clone();
-        self.lock().sessions.insert((conn, channel), info);
+        info.watchable = pty.is_some();
+        let tap = Arc::new(Tap::new(&info, pty));
+        self.lock()
+            .sessions
+            .insert((conn, channel), (info, tap.clone()));
         self.bump();
         SessionEntry {
             live: self.clone(),
             key: (conn, channel),
+            tap,
         }
     }
 
-    /// Every open session, oldest first.
+    /// Every open session, oldest first, with its bytes so far.
     pub fn snapshot(&self) -> pb::ProxyReport {
-        let mut sessions: Vec<pb::SessionInfo> = self.lock().sessions.values().cloned().collect();
+        let mut sessions: Vec<pb::SessionInfo> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|(info, tap)| pb::SessionInfo {
+                bytes_to_container: tap.to_container(),
+                bytes_to_client: tap.to_client(),
+                ..info.clone()
+            })
+            .collect();
         sessions.sort_by(|a, b| (a.started_unix_ms, &a.id).cmp(&(b.started_unix_ms, &b.id)));
         pb::ProxyReport {
             proxy: self.proxy.clone(),
@@ -149,7 +257,9 @@ impl Live {
             let session_conn = table
                 .sessions
                 .iter()
-                .find(|(_, s)| !command.kick_session.is_empty() && s.id == command.kick_session)
+                .find(|(_, (s, _))| {
+                    !command.kick_session.is_empty() && s.id == command.kick_session
+                })
                 .map(|((conn, _), _)| *conn);
             table
                 .connections
@@ -191,6 +301,113 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Starts a watcher on the terminal session `id`: where it stands, and its
+    /// output from now on. The student is told who watches.
+    pub async fn watch(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<(pb::WatchStart, broadcast::Receiver<Frame>), String> {
+        let found = {
+            let table = self.lock();
+            table
+                .sessions
+                .iter()
+                .find(|(_, (info, _))| info.id == id)
+                .map(|((conn, channel), (_, tap))| {
+                    let handle = table.connections.get(conn).map(|c| c.handle.clone());
+                    (*channel, tap.clone(), handle)
+                })
+        };
+        let Some((channel, tap, handle)) = found else {
+            return Err(format!("session {id} is not open on this proxy"));
+        };
+        let Some(screen) = &tap.screen else {
+            return Err(format!(
+                "session {id} has no terminal: only terminal sessions can be watched"
+            ));
+        };
+        let frames = screen.frames.subscribe();
+        let start = screen
+            .start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(handle) = handle {
+            let line = format!("\r\nlabssh: {by} is now watching this session (read-only)\r\n");
+            let _ = handle.extended_data(channel, 1, Bytes::from(line)).await;
+        }
+        Ok((start, frames))
+    }
+}
+
+/// Feeds one watched session to the controller until the session ends, the
+/// operator goes, or the controller does.
+async fn feed(
+    live: Arc<Live>,
+    mut controller: ControllerClient<Channel>,
+    command: pb::ProxyCommand,
+    audit: crate::audit::Audit,
+) {
+    let (frames, queued) = mpsc::channel(FEED_BUFFER);
+    let watch = command.watch;
+    let message = move |frame| pb::FeedMessage {
+        watch,
+        frame: Some(pb::WatchFrame { frame: Some(frame) }),
+    };
+    let watched = live.watch(&command.watch_session, &command.by).await;
+    // Owns the sender: the feed's stream ends with it.
+    let producer = async move {
+        let mut output = match watched {
+            Ok((start, output)) => {
+                tracing::info!(session = %command.watch_session, by = %command.by, "an operator watches a session");
+                audit.record(
+                    "watch",
+                    serde_json::json!({
+                        "user": start.user,
+                        "session": command.watch_session,
+                        "by": command.by,
+                    }),
+                );
+                let _ = frames.send(message(Frame::Start(start))).await;
+                output
+            }
+            Err(why) => {
+                let _ = frames.send(message(Frame::Ended(why))).await;
+                return;
+            }
+        };
+        let why = loop {
+            let frame = match output.recv().await {
+                Ok(frame) => frame,
+                Err(broadcast::error::RecvError::Lagged(n)) => Frame::Lagged(n),
+                Err(broadcast::error::RecvError::Closed) => break "the session ended",
+            };
+            if frames.send(message(frame)).await.is_err() {
+                return;
+            }
+        };
+        let _ = frames.send(message(Frame::Ended(why.to_owned()))).await;
+    };
+    let call = controller.feed(labssh_telemetry::grpc::request(
+        tokio_stream::wrappers::ReceiverStream::new(queued),
+    ));
+    // The call ends when the operator stops watching; the producer when the
+    // session ends (its last frame then still goes out with the call).
+    tokio::pin!(call);
+    tokio::select! {
+        result = &mut call => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "feeding a watched session ended");
+            }
+        }
+        () = producer => {
+            let _ = call.await;
+        }
+    }
+}
+
 /// Reports the table to the controller until the replica stops, and carries out
 /// its commands.
 pub async fn report(
@@ -213,12 +430,13 @@ pub async fn report(
 
 async fn stream_once(
     live: &Arc<Live>,
-    mut controller: ControllerClient<Channel>,
+    controller: ControllerClient<Channel>,
     audit: &crate::audit::Audit,
 ) -> Result<(), tonic::Status> {
     let (reports, queued) = mpsc::channel(4);
     let _ = reports.send(live.snapshot()).await;
     let mut commands = controller
+        .clone()
         .report(labssh_telemetry::grpc::request(
             tokio_stream::wrappers::ReceiverStream::new(queued),
         ))
@@ -230,6 +448,9 @@ async fn stream_once(
     loop {
         tokio::select! {
             command = commands.message() => match command? {
+                Some(command) if command.watch != 0 => {
+                    tokio::spawn(feed(live.clone(), controller.clone(), command, audit.clone()));
+                }
                 Some(command) => {
                     let ended = live.kick(&command).await;
                     tracing::info!(user = %command.kick_user, session = %command.kick_session, by = %command.by, connections = ended.len(), "kicked by an operator");

@@ -212,3 +212,160 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
     .await;
     lab.stop().await;
 }
+
+/// Reads `from` until what was read contains `marker`; returns all of it.
+async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), marker: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + STEP;
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, from.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {marker:?} in {:?}", String::from_utf8_lossy(&seen)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "ended before {marker:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_forwards() {
+    let lab = Lab::start(LabOptions {
+        proxy: Some(|c| {
+            c.audit.path = c
+                .users_file
+                .with_file_name("audit.log")
+                .display()
+                .to_string()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}", lab.cluster.as_ref().unwrap().controller_addr);
+    let watch = |id: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_labssh"));
+        cmd.args(["sessions", "--watch", id, "--controller", &url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+
+    // Alice's terminal session, and bob's command without one.
+    let mut cmd = lab.ssh.command_with("alice", &Lab::alice(), &["-tt"], &[]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut alice = cmd.spawn().unwrap();
+    let mut typed = alice.stdin.take().unwrap();
+    typed.write_all(b"echo ready-$((2*3))\n").await.unwrap();
+    let mut screen = alice.stdout.take().unwrap();
+    read_until(&mut screen, "ready-6").await;
+    let bob = hold(lab.ssh.command("bob", &Lab::bob(), &[SCRIPT])).await;
+    let sessions = until(&lab, "alice's shell and bob's command listed", |s| {
+        s.iter()
+            .any(|x| x["user"] == "alice" && x["kind"] == "shell")
+            && s.iter().any(|x| x["user"] == "bob")
+    })
+    .await;
+    let of = |user: &str| sessions.iter().find(|s| s["user"] == user).unwrap().clone();
+    let (alices, bobs) = (of("alice"), of("bob"));
+    assert_eq!(alices["watchable"], true, "{alices}");
+    assert_eq!(bobs["watchable"], false, "{bobs}");
+
+    // A session with no terminal cannot be watched; nor one that is not open.
+    let out = watch(bobs["id"].as_str().unwrap()).output().await.unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("only terminal sessions can be watched"),
+        "{said}"
+    );
+    let out = watch("nowhere:1/1/1").output().await.unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no proxy reports an open session"), "{said}");
+
+    // Watching alice: the watcher is told whose it is, alice is told she is
+    // watched, and what her terminal shows from then on reaches the watcher.
+    let mut watcher = watch(alices["id"].as_str().unwrap()).spawn().unwrap();
+    let mut told = watcher.stderr.take().unwrap();
+    let header = read_until(&mut told, "read-only; Ctrl-C stops").await;
+    assert!(header.contains("watching alice's session"), "{header}");
+    let mut followed = watcher.stdout.take().unwrap();
+    typed.write_all(b"echo watched-$((6*7))\n").await.unwrap();
+    let seen = read_until(&mut followed, "watched-42").await;
+    assert!(
+        !seen.contains("ready-6"),
+        "output from before the watch: {seen}"
+    );
+    // Her byte counts reach the list.
+    until(&lab, "alice's bytes counted", |s| {
+        s.iter().any(|x| {
+            x["user"] == "alice"
+                && x["bytes_to_container"].as_u64() > Some(20)
+                && x["bytes_to_client"].as_u64() > Some(20)
+        })
+    })
+    .await;
+
+    // Her forward is listed, with where it goes, while it is open.
+    let _server = crate::forwarding::background(&lab, "alice", "exec nc -ll -p 7791 -e cat");
+    lab.wait_listening("alice", "default", 7791).await;
+    let port = labssh_testkit::process::free_port();
+    let spec = format!("{port}:localhost:7791");
+    let mut tunnel = crate::forwarding::forward(&lab, "alice", &["-L", &spec], port).await;
+    let held = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    until(&lab, "alice's forward listed", |s| {
+        s.iter().any(|x| {
+            x["user"] == "alice" && x["kind"] == "forward" && x["destination"] == "localhost:7791"
+        })
+    })
+    .await;
+    drop(held);
+    let _ = tunnel.kill().await;
+
+    // Alice leaves: the watch ends saying so.
+    typed.write_all(b"exit\n").await.unwrap();
+    let status = tokio::time::timeout(STEP, watcher.wait())
+        .await
+        .expect("the watch ends with the session")
+        .unwrap();
+    let tail = read_until(&mut told, "the session ended").await;
+    assert!(status.success(), "{tail}");
+    let out = tokio::time::timeout(STEP, alice.wait_with_output())
+        .await
+        .expect("alice's client exits")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is now watching this session (read-only)"),
+        "alice was not told: {stderr}"
+    );
+    // The watch is audited with who watched.
+    let audit = std::fs::read_to_string(lab.users_file.with_file_name("audit.log")).unwrap();
+    let watched = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["event"] == "watch")
+        .unwrap_or_else(|| panic!("no watch in the audit log: {audit}"));
+    assert_eq!(watched["user"], "alice");
+    assert_eq!(watched["session"], alices["id"]);
+    assert!(
+        watched["by"].as_str().unwrap().contains("operator"),
+        "{watched}"
+    );
+    drop(bob);
+    lab.stop().await;
+}

@@ -419,8 +419,8 @@ async fn only_an_admin_certificate_can_prestart_and_the_controller_ensures_with_
 }
 
 /// The sessions registry is for operators: a proxy's or an agent's certificate may
-/// neither list nor kick; an admin's lists what the proxy reported over mTLS (its
-/// own certificate, role proxy) and ends it.
+/// neither list, kick nor watch; an admin's lists what the proxy reported over mTLS
+/// (its own certificate, role proxy) and ends it, but cannot feed a watch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_an_admin_certificate_lists_and_kicks_sessions() {
     use tokio::io::AsyncBufReadExt;
@@ -460,6 +460,13 @@ async fn only_an_admin_certificate_lists_and_kicks_sessions() {
             client.kick(kick).await,
             &format!("a kick with a {role} certificate"),
         );
+        let watch = pb::WatchRequest {
+            session: "local/1/0".into(),
+        };
+        denied(
+            client.watch(watch).await,
+            &format!("watching a session with a {role} certificate"),
+        );
     }
     // The admin sees alice's session once the proxy reported it, and ends it.
     let mut admin = controller(&lab, &tls(&lab, "admin", "local")).await;
@@ -479,6 +486,16 @@ async fn only_an_admin_certificate_lists_and_kicks_sessions() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Only a proxy feeds a watch: an operator cannot write into one.
+    let feed = futures::stream::iter(vec![pb::FeedMessage {
+        watch: 1,
+        frame: None,
+    }]);
+    let status = denied(admin.feed(feed).await, "a feed with an admin certificate");
+    assert!(
+        status.message().contains("requires the role proxy"),
+        "{status:?}"
+    );
     let kick = pb::KickRequest {
         user: "alice".into(),
         ..Default::default()

@@ -34,7 +34,9 @@
 //! - `self_service`: alice's `ssh alice+@lab reset|stop|start` acts on her own
 //!   containers only, by any argument or login name, and lists nothing of bob's;
 //! - `start_queue`: alice's parallel logins take one place per container; bob's place
-//!   counts only containers ahead of him and names nobody.
+//!   counts only containers ahead of him and names nobody;
+//! - `watch`: an operator watching alice's terminal sees nothing of bob's, and bob
+//!   is neither told nor shown anything of hers.
 //!
 //! Every new feature that opens a path between containers adds its case here.
 
@@ -61,6 +63,7 @@ mod passwd;
 mod prestart;
 mod self_service;
 mod start_queue;
+mod watch;
 mod x11;
 
 use std::time::{Duration, Instant};

@@ -123,6 +123,22 @@ impl Controller for FakeController {
         Err(Status::unimplemented("fake"))
     }
 
+    type WatchStream = futures::stream::Empty<Result<pb::WatchFrame, Status>>;
+
+    async fn watch(
+        &self,
+        _: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn feed(
+        &self,
+        _: Request<Streaming<pb::FeedMessage>>,
+    ) -> Result<Response<pb::FeedReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn list_containers(
         &self,
         _: Request<pb::ListContainersRequest>,

@@ -5,7 +5,6 @@
 //! blocked writing output can never stall delivery of its input, and vice
 //! versa. Towards the client, output is written only within its SSH window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use super::close::{Closing, Ended, Ending};
 use super::queue::Input;
 use super::session::Session;
 use super::start::Started;
+use crate::live::Tap;
 use crate::recording::{Meta, Mode, Recording};
 use crate::upstream::Placement;
 
@@ -61,7 +61,7 @@ pub(crate) async fn run(
         "session started"
     );
     let ctx = &session.ctx;
-    let _listed = ctx.shared.live.session(
+    let listed = ctx.shared.live.session(
         ctx.conn,
         session.id,
         pb::SessionInfo {
@@ -74,6 +74,7 @@ pub(crate) async fn run(
             container: started.started.container.clone(),
             ..Default::default()
         },
+        started.pty.as_ref(),
     );
     ctx.shared.audit.record(
         "session_start",
@@ -88,9 +89,8 @@ pub(crate) async fn run(
             "kind": started.kind,
         }),
     );
-    let to_container = AtomicU64::new(0);
     let to_client = Counter {
-        bytes: AtomicU64::new(0),
+        tap: listed.tap(),
         first_byte: Mutex::new(Some((first_byte, started_at))),
     };
     let recording = record(session, &placement, started.pty.as_ref()).map(Mutex::new);
@@ -107,7 +107,7 @@ pub(crate) async fn run(
         inputs,
         tx,
         outputs,
-        (&to_container, &to_client),
+        &to_client,
         recording.as_ref(),
         tap,
     )
@@ -120,8 +120,8 @@ pub(crate) async fn run(
         newline: started.newline,
         kind: started.kind,
         started_at,
-        to_container: to_container.load(Ordering::Relaxed),
-        to_client: to_client.bytes.load(Ordering::Relaxed),
+        to_container: listed.tap().to_container(),
+        to_client: listed.tap().to_client(),
         _active: active,
     }))
 }
@@ -156,16 +156,16 @@ fn record(
     Some(recording)
 }
 
-/// Bytes sent to the client, and the `first_byte` span until the first.
-struct Counter {
-    /// Bytes so far.
-    bytes: AtomicU64,
+/// Bytes both ways (and, for watchers, the output), and the `first_byte` span
+/// until the first output.
+struct Counter<'a> {
+    tap: &'a Tap,
     /// The open `first_byte` span and when the process started.
     first_byte: Mutex<Option<(tracing::Span, Instant)>>,
 }
 
-impl Counter {
-    fn sent(&self, n: usize) {
+impl Counter<'_> {
+    fn sent(&self, data: &bytes::Bytes) {
         let first = self
             .first_byte
             .lock()
@@ -175,8 +175,8 @@ impl Counter {
             telemetry::setup_phase(Phase::FirstByte, started_at.elapsed());
             drop(span);
         }
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        telemetry::forwarded_bytes(Direction::ToClient, n);
+        self.tap.output(data);
+        telemetry::forwarded_bytes(Direction::ToClient, data.len());
     }
 }
 
@@ -187,7 +187,7 @@ async fn splice(
     inputs: &mut mpsc::Receiver<Input>,
     tx: mpsc::Sender<pb::SessionInput>,
     mut outputs: tonic::Streaming<pb::SessionOutput>,
-    (to_container, to_client): (&AtomicU64, &Counter),
+    counter: &Counter<'_>,
     recording: Option<&Mutex<Recording>>,
     mut tap: Option<(crate::audit::sftp::Tap, String)>,
 ) -> Ending {
@@ -203,7 +203,7 @@ async fn splice(
         while let Some(input) = inputs.recv().await {
             match &input {
                 Input::Data(data) => {
-                    to_container.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counter.tap.input(data.len());
                     telemetry::forwarded_bytes(Direction::ToContainer, data.len());
                     recorded(&|r| r.input(data));
                     if let Some((tap, environment)) = &mut tap {
@@ -223,7 +223,10 @@ async fn splice(
                         }
                     }
                 }
-                Input::WindowChange(size) => recorded(&|r| r.resize(size.cols, size.rows)),
+                Input::WindowChange(size) => {
+                    counter.tap.resize(size);
+                    recorded(&|r| r.resize(size.cols, size.rows));
+                }
                 _ => {}
             }
             let input = pb::SessionInput {
@@ -251,12 +254,12 @@ async fn splice(
             };
             let written = match msg {
                 Out::Stdout(b) => {
-                    to_client.sent(b.len());
+                    counter.sent(&b);
                     recorded(&|r| r.output(&b));
                     write.data_bytes(b).await
                 }
                 Out::Stderr(b) => {
-                    to_client.sent(b.len());
+                    counter.sent(&b);
                     recorded(&|r| r.output(&b));
                     write.extended_data_bytes(1, b).await
                 }

@@ -92,7 +92,9 @@ pub(crate) async fn direct(
         );
         open.identity = Some(crate::upstream::wire_identity(&ctx.identity));
         let timeout = ctx.shared.config.session_start_timeout();
-        let result = open_stream(&mut agent, In::Open(open), timeout).await;
+        let result = open_stream(&mut agent, In::Open(open), timeout)
+            .await
+            .map(|(stream, opened)| (stream, opened, placement));
         if result.is_err() {
             // A dead agent may be what failed; the next attempt asks the controller.
             ctx.shared
@@ -103,7 +105,7 @@ pub(crate) async fn direct(
     }
     .instrument(span.clone())
     .await;
-    let (stream, opened) = match opened {
+    let (stream, opened, placement) = match opened {
         Ok(o) => o,
         Err(error) => {
             let failure = open_failure(&error);
@@ -128,6 +130,23 @@ pub(crate) async fn direct(
         "container": opened.container,
     });
     ctx.shared.audit.record("forward_open", fields.clone());
+    // Operators see it in `labssh sessions`, as long as it is open.
+    let _listed = ctx.shared.live.session(
+        ctx.conn,
+        channel.id(),
+        pb::SessionInfo {
+            user: user.clone(),
+            environment: placement.environment.clone(),
+            client: ctx.peer.clone(),
+            agent: placement.agent.clone(),
+            kind: "forward".to_owned(),
+            started_unix_ms: chrono::Utc::now().timestamp_millis(),
+            container: opened.container.clone(),
+            destination: target.clone(),
+            ..Default::default()
+        },
+        None,
+    );
     splice(channel, stream, kind, ctx.budget.clone())
         .instrument(span)
         .await;
