@@ -31,6 +31,7 @@ struct Fleet {
     proxies: Vec<Proc>,
     _haproxy: Proc,
     haproxy_port: u16,
+    proxy_ports: Vec<u16>,
     prefixes: Vec<String>,
     redis: RedisServer,
 }
@@ -194,6 +195,7 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
         proxies,
         _haproxy: haproxy,
         haproxy_port,
+        proxy_ports,
         prefixes,
         redis,
     };
@@ -204,6 +206,77 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
 
 fn pw() -> Auth {
     Auth::Password(PW.into())
+}
+
+/// `labssh sessions --json` from the fleet's controller: (user, proxy) of each.
+fn listed(fleet: &Fleet) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_labssh"))
+        .args(["sessions", "--json", "--controller"])
+        .arg(format!("http://127.0.0.1:{}", fleet.controller_port))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        // The controller is restarting.
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|s| {
+            let field = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+            (field("user"), field("proxy"))
+        })
+        .collect()
+}
+
+/// Waits until the listed sessions satisfy `done`; how long that took.
+async fn listed_until(
+    fleet: &Fleet,
+    what: &str,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> (Duration, Vec<(String, String)>) {
+    let started = Instant::now();
+    loop {
+        let sessions = listed(fleet);
+        if done(&sessions) {
+            return (started.elapsed(), sessions);
+        }
+        assert!(started.elapsed() < STARTUP, "{what}: {sessions:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A session held open until its stdin closes: `echo up; read line`.
+async fn held(ssh: &Ssh, user: &str) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = ssh
+        .command(user, &pw(), &["echo up; read line"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(STARTUP, lines.next_line())
+        .await
+        .expect("the held session answers")
+        .unwrap();
+    assert_eq!(up.as_deref(), Some("up"), "{user}");
+    child
+}
+
+/// Users whose sessions are held open across the faults below.
+const HELD: [&str; 4] = ["user03", "user04", "user06", "user08"];
+
+/// Every held session that is open is listed, and they are on two replicas.
+fn on_both_replicas(sessions: &[(String, String)], open: usize) -> bool {
+    let held: Vec<&(String, String)> = sessions
+        .iter()
+        .filter(|(user, _)| HELD[..open].contains(&user.as_str()))
+        .collect();
+    let proxies: std::collections::HashSet<&str> =
+        held.iter().map(|(_, proxy)| proxy.as_str()).collect();
+    held.len() == open && proxies.len() == 2
 }
 
 /// Logs in until it works or `within` runs out; returns how long it took.
@@ -288,8 +361,34 @@ async fn replicas_behind_haproxy_survive_faults() {
         );
     }
 
+    // One registry of sessions: sessions held through both replicas are listed by
+    // the controller, which names the replica of each. HAProxy's round robin sends
+    // two logins in a row to different replicas, unless a health check just failed:
+    // then one more login is held.
+    let mut held_sessions = Vec::new();
+    let both = loop {
+        held_sessions.push(held(&ssh, HELD[held_sessions.len()]).await);
+        let open = held_sessions.len();
+        let (took, sessions) = listed_until(&fleet, "held sessions listed", |s| {
+            s.iter()
+                .filter(|(user, _)| HELD[..open].contains(&user.as_str()))
+                .count()
+                == open
+        })
+        .await;
+        if on_both_replicas(&sessions, open) {
+            eprintln!("sessions of both replicas listed {took:?} after the last opened");
+            break move |s: &[(String, String)]| on_both_replicas(s, open);
+        }
+        assert!(
+            open < HELD.len(),
+            "every held session on one replica: {sessions:?}"
+        );
+    };
+
     // 2. The controller restarts with sessions open: none drops, new logins
-    //    work within 5 s, and placements stay sticky.
+    //    work within 5 s, placements stay sticky, and the proxies' reports
+    //    rebuild the list of sessions within 5 s.
     let long = |user: String| {
         let ssh = &ssh;
         async move {
@@ -316,6 +415,12 @@ async fn replicas_behind_haproxy_survive_faults() {
     fleet.controller.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     fleet.controller = Fleet::start_controller(fleet.dir.path(), fleet.controller_port);
+    let (relisted, _) = listed_until(&fleet, "sessions listed again", both).await;
+    eprintln!("the sessions were listed again {relisted:?} after the controller restart");
+    assert!(
+        relisted < Duration::from_secs(5),
+        "the restarted controller's list took {relisted:?}"
+    );
     let took = login_until_ok(&ssh, "late1", Duration::from_secs(5)).await;
     eprintln!("new login worked {took:?} after the controller restart");
     let (a, b) = sessions.await.unwrap();
@@ -434,6 +539,7 @@ async fn replicas_behind_haproxy_survive_faults() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, before) = listed_until(&fleet, "held sessions before the kill", both).await;
     fleet.proxies[0].kill();
     let mut survived = 0;
     for run in runs {
@@ -452,6 +558,19 @@ async fn replicas_behind_haproxy_survive_faults() {
         (1..4).contains(&survived),
         "only the killed replica's sessions drop: {survived}/4"
     );
+    // The killed replica's sessions leave the list; the other's stay.
+    let killed = format!(":{}", fleet.proxy_ports[0]);
+    let (gone, after) = listed_until(&fleet, "the dead replica's sessions gone", |s| {
+        !s.is_empty() && s.iter().all(|(_, proxy)| !proxy.ends_with(&killed))
+    })
+    .await;
+    eprintln!("the killed replica's sessions left the list within {gone:?} of the check");
+    let survivor = before
+        .iter()
+        .find(|(user, proxy)| HELD.contains(&user.as_str()) && !proxy.ends_with(&killed))
+        .expect("a held session on the surviving replica");
+    assert!(after.contains(survivor), "{after:?} lacks {survivor:?}");
+    drop(held_sessions);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     for i in 1..=10 {
         let user = format!("user{:02}", 10 + i);
