@@ -557,6 +557,7 @@ impl Backend for KubeBackend {
     }
 
     async fn remove_home(&self, user: &str) -> Result<(), BackendError> {
+        BackendError::check_names(user, "home")?;
         let claim = objects::claim_name(&self.prefix, user);
         match self.claims.delete(&claim, &DeleteParams::default()).await {
             Ok(_) => {

@@ -340,6 +340,47 @@ async fn stop_deletes_the_pod_and_keeps_the_home_and_start_makes_it_again() {
 }
 
 #[tokio::test]
+async fn remove_deletes_the_pod_and_remove_home_only_that_students_claim() {
+    let (backend, fake, _) = backend("");
+    let (frank, gina) = ("lab-frank.default", "lab-gina.default");
+    for (user, name, id) in [("frank", frank, "c5"), ("gina", gina, "c6")] {
+        let up = kubelet(&fake, name, running(id));
+        ensure(&backend, user, &env("default")).await.unwrap();
+        up.await.unwrap();
+    }
+    // `labssh container remove frank`: the pod goes, the home stays.
+    backend.remove(frank).await.unwrap();
+    assert!(fake.pod(frank).is_none());
+    assert!(fake.has("persistentvolumeclaims", "lab-home-frank"));
+    // `--home`: frank's claim goes; gina's pod and claim stay.
+    backend.remove_home("frank").await.unwrap();
+    assert!(!fake.has("persistentvolumeclaims", "lab-home-frank"));
+    assert!(fake.has("persistentvolumeclaims", "lab-home-gina"));
+    assert!(fake.pod(gina).is_some());
+    // Removing a home that is gone already is done, not an error.
+    backend.remove_home("frank").await.unwrap();
+    // The cluster refusing says what was refused.
+    fake.refuse(
+        "DELETE",
+        "persistentvolumeclaims",
+        403,
+        "persistentvolumeclaims \"lab-home-gina\" is forbidden",
+    );
+    let err = backend.remove_home("gina").await.unwrap_err().to_string();
+    assert!(err.contains("deleting the home claim"), "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+    assert!(fake.has("persistentvolumeclaims", "lab-home-gina"));
+    // A crafted name reaches no claim.
+    let before = writes(&fake).len();
+    let err = backend.remove_home("../gina").await.unwrap_err();
+    assert!(matches!(
+        err,
+        BackendError::InvalidName { what: "user", .. }
+    ));
+    assert_eq!(writes(&fake).len(), before, "nothing sent for a bad name");
+}
+
+#[tokio::test]
 async fn a_pod_the_node_failed_is_made_again() {
     let (backend, fake, _) = backend("");
     let name = "lab-gina.default";
