@@ -138,8 +138,12 @@ fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
         config.controller_timeout(),
         config.placement_cache_ttl(),
     )?;
-    let audit = crate::audit::Audit::open(&config.audit, name)
-        .map_err(|e| anyhow::anyhow!("audit.path {:?}: {e}", config.audit.path))?;
+    let audit = crate::audit::Audit::open(
+        &config.audit,
+        labssh_telemetry::metrics::Component::Proxy,
+        name,
+    )
+    .map_err(|e| anyhow::anyhow!("audit.path {:?}: {e}", config.audit.path))?;
     let recorder = crate::recording::Recorder::open(&config.recording)
         .map_err(|e| anyhow::anyhow!("recording.dir {}: {e}", config.recording.dir.display()))?;
     Ok(Shared {

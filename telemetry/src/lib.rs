@@ -12,6 +12,7 @@
 //! - [`http`]: the small listener serving `/metrics`, `/healthz` and
 //!   `/readyz`.
 
+pub mod audit;
 pub mod catalogue;
 pub mod grpc;
 pub mod http;

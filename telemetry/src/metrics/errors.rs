@@ -15,13 +15,20 @@ pub enum Component {
     Agent,
 }
 
+impl Component {
+    /// Its name in metrics' labels and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Proxy => "proxy",
+            Component::Controller => "controller",
+            Component::Agent => "agent",
+        }
+    }
+}
+
 /// A failure of `kind` (a fixed word such as "session_start_timeout").
 pub fn error(component: Component, kind: &'static str) {
-    let component = match component {
-        Component::Proxy => "proxy",
-        Component::Controller => "controller",
-        Component::Agent => "agent",
-    };
+    let component = component.as_str();
     metrics().errors.add(
         1,
         &[
