@@ -83,6 +83,9 @@ pub struct Config {
     pub prestart_concurrency: u32,
     /// The timetable: classes whose containers are prestarted before they begin.
     pub schedule: Vec<ScheduleEntry>,
+    /// The audit log (`[audit]`): operators' actions (drain, prestart, kick,
+    /// watch, container actions) as JSON lines, as the proxies write theirs.
+    pub audit: labssh_telemetry::audit::AuditConfig,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             users_file: Default::default(),
             prestart_concurrency: DEFAULT_PRESTART_CONCURRENCY,
             schedule: Vec::new(),
+            audit: Default::default(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl Config {
     /// warning: it would run students as root while the config claims not to.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = self.tls.problems("tls");
+        problems.extend(self.audit.problems());
         if self.heartbeat_interval_ms == 0 {
             problems.push("heartbeat_interval_ms: must be > 0".to_string());
         }

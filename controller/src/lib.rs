@@ -44,6 +44,13 @@ pub enum ControllerError {
     /// The gRPC server failed while serving.
     #[error("controller gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// `[audit] path` cannot be opened.
+    #[error("audit.path {path:?}: {source}")]
+    Audit {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 use registry::Registry;
@@ -67,6 +74,15 @@ pub async fn run(
     config.tls.warn_if_off("controller");
     let addr = listener.local_addr().map_err(ControllerError::Listener)?;
 
+    let audit = labssh_telemetry::audit::Audit::open(
+        &config.audit,
+        labssh_telemetry::metrics::Component::Controller,
+        &addr.to_string(),
+    )
+    .map_err(|source| ControllerError::Audit {
+        path: config.audit.path.clone(),
+        source,
+    })?;
     let stop = CancellationToken::new();
     let registry = Arc::new(Registry::new(&config));
     let catalogue = Arc::new(catalogue::Catalogue::new(&config));
@@ -80,6 +96,7 @@ pub async fn run(
         registry.clone(),
         catalogue,
         prestarter.clone(),
+        audit,
         stop.clone(),
     );
     let sweeper = tokio::spawn(sweep(registry, config.heartbeat_interval(), stop.clone()));

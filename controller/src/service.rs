@@ -24,7 +24,9 @@ use crate::prestart::Prestarter;
 use crate::registry::{Registration, Registry};
 use crate::sessions::{Sessions, COMMAND_BUFFER};
 use endpoint::advertised_endpoint;
+use labssh_telemetry::audit::Audit;
 use refusal::{Refusal, MAX_AGENT_NAME_LEN};
+use serde_json::json;
 
 /// How long a new Attach stream may take to send its `register`; a client
 /// that opens the stream and says nothing should not hold a task forever.
@@ -55,6 +57,8 @@ pub struct ControllerService {
     prestarter: Arc<Prestarter>,
     /// Every proxy's sessions, for operators.
     sessions: Arc<Sessions>,
+    /// Operators' actions, one JSON line each (`[audit]`).
+    audit: Audit,
 }
 
 impl ControllerService {
@@ -65,6 +69,7 @@ impl ControllerService {
         registry: Arc<Registry>,
         catalogue: Arc<Catalogue>,
         prestarter: Arc<Prestarter>,
+        audit: Audit,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -75,6 +80,7 @@ impl ControllerService {
             mtls: config.tls.enabled(),
             prestarter,
             sessions: Arc::default(),
+            audit,
         }
     }
 
@@ -218,8 +224,14 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainReply>, Status> {
+        let by = operator(&request);
         let pb::DrainRequest { agent, drain } = request.into_inner();
-        match self.registry.drain(&agent, drain) {
+        let done = self.registry.drain(&agent, drain);
+        self.audit.record(
+            "drain",
+            json!({"by": by, "agent": agent, "drain": drain, "done": done.is_some()}),
+        );
+        match done {
             Some(draining) => Ok(Response::new(pb::DrainReply { agent, draining })),
             None => {
                 let known = self
@@ -298,6 +310,16 @@ impl pb::controller_server::Controller for ControllerService {
             ));
         }
         let reply = self.sessions.kick(&request, &by, Instant::now());
+        self.audit.record(
+            "kick",
+            json!({
+                "by": by,
+                "user": request.user,
+                "session": request.session,
+                "sessions": reply.sessions,
+                "proxies": reply.proxies,
+            }),
+        );
         info!(user = %request.user, session = %request.session, %by, sessions = reply.sessions, proxies = reply.proxies, "operator kick");
         Ok(Response::new(reply))
     }
@@ -311,9 +333,16 @@ impl pb::controller_server::Controller for ControllerService {
         let by = operator(&request);
         let session = request.into_inner().session;
         let (watcher, frames) = mpsc::channel(WATCH_BUFFER);
-        let watch = self
-            .sessions
-            .watch(&session, &by, watcher, Instant::now())?;
+        let watch = self.sessions.watch(&session, &by, watcher, Instant::now());
+        self.audit.record(
+            "watch",
+            json!({
+                "by": by,
+                "session": session,
+                "error": watch.as_ref().err().map(|e| e.message().to_owned()),
+            }),
+        );
+        let watch = watch?;
         info!(%session, %by, "operator watches a session");
         // A proxy that never answers: the operator is told, not left waiting.
         let sessions = self.sessions.clone();
@@ -405,8 +434,22 @@ impl pb::controller_server::Controller for ControllerService {
         .await
         .inspect_err(|e| {
             info!(user = %request.user, environment = %request.environment, %by, "container action refused: {}", e.message())
-        })?;
-        Ok(Response::new(reply))
+        });
+        let verb = pb::ContainerVerb::try_from(request.verb).unwrap_or_default();
+        self.audit.record(
+            "container_action",
+            json!({
+                "by": by,
+                "user": request.user,
+                "environment": request.environment,
+                "action": verb.as_str_name().trim_start_matches("CONTAINER_VERB_").to_ascii_lowercase(),
+                "remove_home": request.remove_home,
+                "agent": reply.as_ref().ok().map(|r| r.agent.clone()),
+                "sessions_ended": reply.as_ref().ok().map(|r| r.sessions_ended),
+                "error": reply.as_ref().err().map(|e| e.message().to_owned()),
+            }),
+        );
+        Ok(Response::new(reply?))
     }
 
     type PrestartStream = std::pin::Pin<
@@ -428,8 +471,18 @@ impl pb::controller_server::Controller for ControllerService {
         let plan = self
             .prestarter
             .plan(&request)
-            .inspect_err(|e| info!(%caller, "prestart refused: {e}"))
-            .map_err(Refusal::from)?;
+            .inspect_err(|e| info!(%caller, "prestart refused: {e}"));
+        self.audit.record(
+            "prestart",
+            json!({
+                "by": caller,
+                "environment": plan.as_ref().map_or(request.environment.clone(), |p| p.environment.clone()),
+                "group": request.group,
+                "users": plan.as_ref().ok().map(|p| p.users.len()),
+                "error": plan.as_ref().err().map(|e| e.to_string()),
+            }),
+        );
+        let plan = plan.map_err(Refusal::from)?;
         info!(
             %caller,
             environment = %plan.environment,

@@ -113,7 +113,14 @@ async fn hold(lab: &Lab, user: &str) -> (tokio::process::Child, tokio::process::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_sessions() {
-    let lab = Lab::start(LabOptions::default()).await;
+    // The controller's audit log: every operator action, done or refused.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("controller-audit.log");
+    let lab = Lab::start(LabOptions {
+        catalogue: format!("[audit]\npath = \"{}\"\n", audit.display()),
+        ..Default::default()
+    })
+    .await;
     assert_eq!(
         run(&lab, "alice", "echo kept > ~/kept && echo ok").await,
         ("ok\n".into(), Some(0))
@@ -218,7 +225,75 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
     assert!(out.contains("No such file"), "{out} {status:?}");
     // Bob's home is his own still.
     assert_eq!(lab.container_state("bob", "default"), "running");
+
+    // One line per action, in order, each saying who, what, on whom and how it went.
+    // (The refused `--home` without `--yes` never left the command line.)
+    let deadline = std::time::Instant::now() + STEP;
+    let (text, actions) = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let actions: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == "container_action")
+            .collect();
+        if actions.len() >= 7 || std::time::Instant::now() > deadline {
+            break (text, actions);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     lab.stop().await;
+    let summary: Vec<(String, String, String, bool, bool)> = actions
+        .iter()
+        .map(|e| {
+            let word = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (
+                word("action"),
+                word("user"),
+                word("environment"),
+                e["remove_home"].as_bool().unwrap(),
+                e["error"].is_null(),
+            )
+        })
+        .collect();
+    let row = |a: &str, u: &str, env: &str, home: bool, ok: bool| {
+        (a.to_owned(), u.to_owned(), env.to_owned(), home, ok)
+    };
+    assert_eq!(
+        summary,
+        [
+            row("reset", "alice", "", false, true),
+            row("stop", "alice", "default", false, true),
+            row("start", "alice", "", false, true),
+            row("reset", "carol", "", false, false),
+            row("stop", "alice", "nosuch", false, false),
+            row("remove", "alice", "", false, true),
+            row("remove", "alice", "", true, true),
+        ],
+        "{text}"
+    );
+    let reset = &actions[0];
+    assert_eq!(reset["by"], "an operator (mTLS off)");
+    assert_eq!(reset["agent"], "agent0");
+    assert_eq!(reset["sessions_ended"], 1);
+    assert!(reset["ts"].as_str().unwrap().ends_with('Z'), "{reset}");
+    assert!(
+        reset["controller"].as_str().unwrap().contains(':'),
+        "{reset}"
+    );
+    assert!(
+        actions[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("carol has no container"),
+        "{}",
+        actions[3]
+    );
+    for secret in [crate::lab::ALICE_PW, crate::lab::BOB_PW] {
+        assert!(
+            !text.contains(secret),
+            "a password in the audit log: {text}"
+        );
+    }
 }
 
 /// `ssh LOGIN [OPTIONS] [ARGS]` as `user` (alice or bob by password): stdout,

@@ -237,7 +237,10 @@ async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), marker: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_forwards() {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let controller_audit = audit_dir.path().join("controller-audit.log");
     let lab = Lab::start(LabOptions {
+        catalogue: format!("[audit]\npath = \"{}\"\n", controller_audit.display()),
         proxy: Some(|c| {
             c.audit.path = c
                 .users_file
@@ -365,6 +368,37 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
     assert!(
         watched["by"].as_str().unwrap().contains("operator"),
         "{watched}"
+    );
+    // The controller's audit log has each watch asked for, and why one was refused.
+    let deadline = Instant::now() + STEP;
+    let (text, asked) = loop {
+        let text = std::fs::read_to_string(&controller_audit).unwrap_or_default();
+        let asked: Vec<(String, Value)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == "watch")
+            .map(|e| {
+                (
+                    e["session"].as_str().unwrap().to_owned(),
+                    e["error"].clone(),
+                )
+            })
+            .collect();
+        if asked.len() >= 3 || Instant::now() > deadline {
+            break (text, asked);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(asked.len(), 3, "{text}");
+    assert_eq!(asked[0].0, bobs["id"].as_str().unwrap());
+    assert!(
+        asked[0].1.as_str().unwrap().contains("no terminal"),
+        "{text}"
+    );
+    assert_eq!(asked[1].0, "nowhere:1/1/1");
+    assert_eq!(
+        asked[2],
+        (alices["id"].as_str().unwrap().to_owned(), Value::Null)
     );
     drop(bob);
     lab.stop().await;
