@@ -111,6 +111,35 @@ async fn hold(lab: &Lab, user: &str) -> (tokio::process::Child, tokio::process::
     (child, stdin)
 }
 
+/// After a reset: the marker written in the container's root is gone, the file
+/// in alice's home is there.
+async fn assert_fresh_root_and_kept_home(lab: &Lab, name: &str) {
+    assert!(
+        labssh_testkit::docker::docker(&["exec", name, "test", "-e", "/etc/marker"]).is_err(),
+        "the old root's file survived the reset"
+    );
+    assert_eq!(
+        run(lab, "alice", "cat ~/kept").await,
+        ("kept\n".into(), Some(0))
+    );
+}
+
+/// A session from [`hold`] still answers, and ends well.
+async fn assert_still_answers(
+    child: &mut tokio::process::Child,
+    stdin: &mut tokio::process::ChildStdin,
+) {
+    use tokio::io::AsyncWriteExt;
+    stdin.write_all(b"\n").await.unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let still = tokio::time::timeout(STEP, lines.next_line())
+        .await
+        .expect("the session answers")
+        .unwrap();
+    assert_eq!(still.as_deref(), Some("still"));
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_sessions() {
     // The controller's audit log: every operator action, done or refused.
@@ -159,24 +188,9 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
     // A new container: the root's file gone, the home's kept.
     let after = lab.container_id("alice", "default").unwrap();
     assert_ne!(before, after, "the container was made anew");
-    assert!(
-        labssh_testkit::docker::docker(&["exec", &name, "test", "-e", "/etc/marker"]).is_err(),
-        "the old root's file survived the reset"
-    );
-    assert_eq!(
-        run(&lab, "alice", "cat ~/kept").await,
-        ("kept\n".into(), Some(0))
-    );
+    assert_fresh_root_and_kept_home(&lab, &name).await;
     // Bob's session went on throughout.
-    use tokio::io::AsyncWriteExt;
-    bob_in.write_all(b"\n").await.unwrap();
-    let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
-    let still = tokio::time::timeout(STEP, lines.next_line())
-        .await
-        .expect("bob's session answers")
-        .unwrap();
-    assert_eq!(still.as_deref(), Some("still"));
-    assert_eq!(bob.wait().await.unwrap().code(), Some(0));
+    assert_still_answers(&mut bob, &mut bob_in).await;
 
     // Stop: listed stopped; the next login starts it, files kept.
     let (said, err, ok) = labssh(&lab, &["container", "stop", "alice+default"]).await;
@@ -384,24 +398,9 @@ async fn the_self_service_login_lists_stops_starts_and_resets_only_the_students_
         "{stderr}"
     );
     assert_ne!(lab.container_id("alice", "default").unwrap(), before);
-    assert!(
-        labssh_testkit::docker::docker(&["exec", &name, "test", "-e", "/etc/marker"]).is_err(),
-        "the old root's file survived the reset"
-    );
-    assert_eq!(
-        run(&lab, "alice", "cat ~/kept").await,
-        ("kept\n".into(), Some(0))
-    );
+    assert_fresh_root_and_kept_home(&lab, &name).await;
     // Bob's session and container went on.
-    use tokio::io::AsyncWriteExt;
-    bob_in.write_all(b"\n").await.unwrap();
-    let mut lines = BufReader::new(bob.stdout.take().unwrap()).lines();
-    let still = tokio::time::timeout(STEP, lines.next_line())
-        .await
-        .expect("bob's session answers")
-        .unwrap();
-    assert_eq!(still.as_deref(), Some("still"));
-    assert_eq!(bob.wait().await.unwrap().code(), Some(0));
+    assert_still_answers(&mut bob, &mut bob_in).await;
     assert_eq!(lab.container_id("bob", "default").unwrap(), bob_before);
 
     // Only her own containers can be named; anything else is refused, nothing done.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::lab::{Lab, LabOptions};
+use crate::lab::{read_until, Lab, LabOptions};
 
 const STEP: Duration = Duration::from_secs(30);
 
@@ -211,28 +211,6 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
     })
     .await;
     lab.stop().await;
-}
-
-/// Reads `from` until what was read contains `marker`; returns all of it.
-async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), marker: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + STEP;
-    while !String::from_utf8_lossy(&seen).contains(marker) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, from.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no {marker:?} in {:?}", String::from_utf8_lossy(&seen)))
-            .unwrap();
-        assert!(
-            n > 0,
-            "ended before {marker:?}: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&seen).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,6 +15,28 @@ use labssh_testkit::redis_server::RedisServer;
 use labssh_testkit::ssh::{Auth, Ssh};
 use tokio::net::TcpListener;
 
+/// Reads `from` until what was read holds `marker` (within 30 s); all of it.
+pub async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), marker: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let n = tokio::time::timeout(left, from.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no {marker:?} in {:?}", String::from_utf8_lossy(&seen)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "ended before {marker:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 pub const ALICE_PW: &str = "alice-correct-horse";
 pub const BOB_PW: &str = "bob-battery-staple";
 

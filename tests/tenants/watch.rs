@@ -5,30 +5,13 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::lab::{Lab, LabOptions};
+use crate::lab::{read_until, Lab, LabOptions};
 use crate::Bob;
 
 const STEP: Duration = Duration::from_secs(30);
-
-/// Reads `from` until it holds `marker`; all of it.
-async fn read_until(from: &mut (impl AsyncRead + Unpin), marker: &str) -> String {
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + STEP;
-    while !String::from_utf8_lossy(&seen).contains(marker) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, from.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no {marker:?} in {:?}", String::from_utf8_lossy(&seen)))
-            .unwrap();
-        assert!(n > 0, "ended before {marker:?}");
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&seen).into_owned()
-}
 
 /// A terminal session: its client, what is typed, what it shows.
 struct Terminal {
