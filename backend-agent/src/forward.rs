@@ -66,7 +66,7 @@ where
         container,
         address,
         counted: _counted,
-        active: _active,
+        active,
     } = match opened {
         Ok(opened) => opened,
         Err(e) => {
@@ -91,6 +91,16 @@ where
         // The proxy reset the stream: it gave up waiting (e.g. on a write to a socket
         // nobody in the container reads, which the splice would never leave).
         _ = tx.closed() => {}
+        // An operator's (or the student's own) action on the container: the
+        // forward ends at once, saying why, instead of holding the action up.
+        why = active.ending().ended() => {
+            tracing::info!(%address, "forward ended: {why}");
+            let error = Out::Error(pb::ForwardError {
+                message: why.to_owned(),
+                prohibited: false,
+            });
+            let _ = stream::answer(&tx, pb::ForwardOutput { msg: Some(error) }).await;
+        }
     }
     tracing::debug!(%address, "forward closed");
 }

@@ -274,7 +274,7 @@ impl Lifecycle {
         let _guard = self.locks.lock(&lock_name(&key)).await;
         let held = self.table.end(&key, why);
         let deadline = tokio::time::Instant::now() + ACTION_GRACE;
-        // Forwards and listeners are not told: they break with the container.
+        // Sessions, forwards and listeners alike end on being told.
         while self.table.open(&key) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -78,8 +78,8 @@ struct Listening {
     place: String,
     /// The TCP port it got; 0 for a unix socket.
     port: u16,
-    /// Keeps the container awake while it listens.
-    _active: Active,
+    /// Keeps the container awake while it listens; ends it on a container action.
+    active: Active,
 }
 
 /// Runs one Listen call to its end.
@@ -178,7 +178,7 @@ async fn bind(
         ensured,
         place,
         port,
-        _active: active,
+        active,
     };
     Ok((bound, listening, held))
 }
@@ -222,10 +222,22 @@ async fn accept_loop(shared: &Shared, listener: &Bound, listening: &Listening, t
     } = listening;
     // Set while connections are being refused over a cap, so one burst logs once.
     let mut over_cap = false;
+    let ending = listening.active.ending();
     loop {
         let accepted = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = tx.closed() => break,
+            // An action on the container (a reset, a stop): the listener goes with it,
+            // and the proxy is told why.
+            why = ending.ended() => {
+                tracing::info!(user = %request.user, container = %ensured.name, port, "remote forward ended: {why}");
+                let error = Event::Error(pb::ForwardError {
+                    message: why.to_owned(),
+                    prohibited: false,
+                });
+                let _ = tx.send(Ok(pb::ListenEvent { msg: Some(error) })).await;
+                break;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {

@@ -263,12 +263,20 @@ impl Listener {
                 _ = token.cancelled() => break,
                 e = events.next() => e,
             };
-            let Some(Ok(pb::ListenEvent {
-                msg: Some(pb::listen_event::Msg::Accepted(a)),
-            })) = event
-            else {
-                tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node");
-                break;
+            let a = match event {
+                Some(Ok(pb::ListenEvent {
+                    msg: Some(pb::listen_event::Msg::Accepted(a)),
+                })) => a,
+                Some(Ok(pb::ListenEvent {
+                    msg: Some(pb::listen_event::Msg::Error(e)),
+                })) => {
+                    tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node: {}", e.message);
+                    break;
+                }
+                _ => {
+                    tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node");
+                    break;
+                }
             };
             accepted += 1;
             // `single-connection`: the display takes no more.
