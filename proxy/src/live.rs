@@ -308,7 +308,7 @@ impl Live {
         &self,
         id: &str,
         by: &str,
-    ) -> Result<(pb::WatchStart, broadcast::Receiver<Frame>), String> {
+    ) -> Result<(pb::WatchStart, broadcast::Receiver<Frame>, Notice), String> {
         let found = {
             let table = self.lock();
             table
@@ -334,11 +334,37 @@ impl Live {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(handle) = handle {
-            let line = format!("\r\nlabssh: {by} is now watching this session (read-only)\r\n");
-            let _ = handle.extended_data(channel, 1, Bytes::from(line)).await;
+        let notice = Notice {
+            student: handle.map(|h| (h, channel)),
+            session: Arc::downgrade(&tap),
+        };
+        notice
+            .tell(&format!("{by} is now watching this session (read-only)"))
+            .await;
+        Ok((start, frames, notice))
+    }
+}
+
+/// Tells the student of a watched session about the watch.
+#[derive(Clone)]
+pub struct Notice {
+    /// Their connection, and the session's channel.
+    student: Option<(Handle, ChannelId)>,
+    /// Gone once the session is.
+    session: std::sync::Weak<Tap>,
+}
+
+impl Notice {
+    /// A line on the student's terminal (stderr), while the session is open.
+    async fn tell(&self, what: &str) {
+        if let Some((handle, channel)) = self
+            .student
+            .as_ref()
+            .filter(|_| self.session.strong_count() > 0)
+        {
+            let line = format!("\r\nlabssh: {what}\r\n");
+            let _ = handle.extended_data(*channel, 1, Bytes::from(line)).await;
         }
-        Ok((start, frames))
     }
 }
 
@@ -356,18 +382,20 @@ async fn feed(
         watch,
         frame: Some(pb::WatchFrame { frame: Some(frame) }),
     };
-    let watched = live.watch(&command.watch_session, &command.by).await;
+    let (by, session) = (command.by.clone(), command.watch_session.clone());
+    let watched = live.watch(&session, &by).await;
+    let notice = watched.as_ref().ok().map(|(_, _, notice)| notice.clone());
     // Owns the sender: the feed's stream ends with it.
     let producer = async move {
         let mut output = match watched {
-            Ok((start, output)) => {
-                tracing::info!(session = %command.watch_session, by = %command.by, "an operator watches a session");
+            Ok((start, output, _)) => {
+                tracing::info!(%session, %by, "an operator watches a session");
                 audit.record(
                     "watch",
                     serde_json::json!({
                         "user": start.user,
-                        "session": command.watch_session,
-                        "by": command.by,
+                        "session": session,
+                        "by": by,
                     }),
                 );
                 let _ = frames.send(message(Frame::Start(start))).await;
@@ -405,6 +433,12 @@ async fn feed(
         () = producer => {
             let _ = call.await;
         }
+    }
+    // A session that goes on is told the watch is over.
+    if let Some(notice) = notice {
+        notice
+            .tell(&format!("{} stopped watching this session", command.by))
+            .await;
     }
 }
 

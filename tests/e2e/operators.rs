@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use labssh_testkit::ssh::Ssh;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::lab::{read_until, Lab, LabOptions};
@@ -317,7 +317,14 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
     drop(held);
     let _ = tunnel.kill().await;
 
-    // Alice leaves: the watch ends saying so.
+    // The watcher leaves: alice is told.
+    let _ = watcher.kill().await;
+    let mut alice_err = alice.stderr.take().unwrap();
+    read_until(&mut alice_err, "stopped watching this session").await;
+    // A second watcher stays until alice leaves: the watch ends saying so.
+    let mut watcher = watch(alices["id"].as_str().unwrap()).spawn().unwrap();
+    let mut told = watcher.stderr.take().unwrap();
+    read_until(&mut told, "read-only; Ctrl-C stops").await;
     typed.write_all(b"exit\n").await.unwrap();
     let status = tokio::time::timeout(STEP, watcher.wait())
         .await
@@ -325,14 +332,19 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
         .unwrap();
     let tail = read_until(&mut told, "the session ended").await;
     assert!(status.success(), "{tail}");
-    let out = tokio::time::timeout(STEP, alice.wait_with_output())
+    tokio::time::timeout(STEP, alice.wait())
         .await
         .expect("alice's client exits")
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut stderr = String::new();
+    alice_err.read_to_string(&mut stderr).await.unwrap();
     assert!(
         stderr.contains("is now watching this session (read-only)"),
-        "alice was not told: {stderr}"
+        "alice was not told of the second watch: {stderr}"
+    );
+    assert!(
+        !stderr.contains("stopped watching"),
+        "a watch that ended with the session is not announced: {stderr}"
     );
     // The watch is audited with who watched.
     let audit = std::fs::read_to_string(lab.users_file.with_file_name("audit.log")).unwrap();
@@ -362,12 +374,12 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
                 )
             })
             .collect();
-        if asked.len() >= 3 || Instant::now() > deadline {
+        if asked.len() >= 4 || Instant::now() > deadline {
             break (text, asked);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(asked.len(), 3, "{text}");
+    assert_eq!(asked.len(), 4, "{text}");
     assert_eq!(asked[0].0, bobs["id"].as_str().unwrap());
     assert!(
         asked[0].1.as_str().unwrap().contains("no terminal"),
