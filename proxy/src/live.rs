@@ -36,6 +36,8 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Output chunks a watcher may fall behind by before it skips some.
 const WATCH_BACKLOG: usize = 1024;
+/// The output a watcher coming in gets from before (a screenful or so).
+const RECENT: usize = 8 * 1024;
 /// Frames queued towards the controller's Feed; the backlog is the broadcast's.
 const FEED_BUFFER: usize = 64;
 /// What a kicked student reads.
@@ -65,6 +67,23 @@ struct Screen {
     frames: broadcast::Sender<Frame>,
     /// Whose, and the terminal's size now, for a watcher that comes in later.
     start: Mutex<pb::WatchStart>,
+    /// The last output (at most [`RECENT`] bytes, kept under twice that), so a
+    /// watcher coming in sees the lines before. Output is kept and sent on under
+    /// this lock, so a watcher gets every chunk once: in the copy or after it.
+    recent: Mutex<Vec<u8>>,
+}
+
+impl Screen {
+    /// The recent output, from the first whole line when it was cut.
+    fn recent(recent: &[u8]) -> Bytes {
+        let from = recent.len().saturating_sub(RECENT);
+        let tail = &recent[from..];
+        let tail = match (from, tail.iter().position(|&b| b == b'\n')) {
+            (0, _) | (_, None) => tail,
+            (_, Some(newline)) => &tail[newline + 1..],
+        };
+        Bytes::copy_from_slice(tail)
+    }
 }
 
 impl Tap {
@@ -78,6 +97,7 @@ impl Tap {
                 cols: pty.cols,
                 rows: pty.rows,
             }),
+            recent: Mutex::default(),
         });
         Tap {
             to_container: AtomicU64::new(0),
@@ -95,12 +115,16 @@ impl Tap {
     pub fn output(&self, data: &Bytes) {
         self.to_client
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if let Some(screen) = self
-            .screen
-            .as_ref()
-            .filter(|s| s.frames.receiver_count() > 0)
-        {
-            let _ = screen.frames.send(Frame::Output(data.clone()));
+        if let Some(screen) = &self.screen {
+            let mut recent = screen.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.extend_from_slice(data);
+            if recent.len() > 2 * RECENT {
+                let cut = recent.len() - RECENT;
+                recent.drain(..cut);
+            }
+            if screen.frames.receiver_count() > 0 {
+                let _ = screen.frames.send(Frame::Output(data.clone()));
+            }
         }
     }
 
@@ -308,7 +332,7 @@ impl Live {
         &self,
         id: &str,
         by: &str,
-    ) -> Result<(pb::WatchStart, broadcast::Receiver<Frame>, Notice), String> {
+    ) -> Result<(pb::WatchStart, broadcast::Receiver<Frame>, Bytes, Notice), String> {
         let found = {
             let table = self.lock();
             table
@@ -328,7 +352,10 @@ impl Live {
                 "session {id} has no terminal: only terminal sessions can be watched"
             ));
         };
-        let frames = screen.frames.subscribe();
+        let (frames, recent) = {
+            let recent = screen.recent.lock().unwrap_or_else(|e| e.into_inner());
+            (screen.frames.subscribe(), Screen::recent(&recent))
+        };
         let start = screen
             .start
             .lock()
@@ -341,7 +368,7 @@ impl Live {
         notice
             .tell(&format!("{by} is now watching this session (read-only)"))
             .await;
-        Ok((start, frames, notice))
+        Ok((start, frames, recent, notice))
     }
 }
 
@@ -384,11 +411,14 @@ async fn feed(
     };
     let (by, session) = (command.by.clone(), command.watch_session.clone());
     let watched = live.watch(&session, &by).await;
-    let notice = watched.as_ref().ok().map(|(_, _, notice)| notice.clone());
+    let notice = watched
+        .as_ref()
+        .ok()
+        .map(|(_, _, _, notice)| notice.clone());
     // Owns the sender: the feed's stream ends with it.
     let producer = async move {
         let mut output = match watched {
-            Ok((start, output, _)) => {
+            Ok((start, output, recent, _)) => {
                 tracing::info!(%session, %by, "an operator watches a session");
                 audit.record(
                     "watch",
@@ -399,6 +429,9 @@ async fn feed(
                     }),
                 );
                 let _ = frames.send(message(Frame::Start(start))).await;
+                if !recent.is_empty() {
+                    let _ = frames.send(message(Frame::Output(recent))).await;
+                }
                 output
             }
             Err(why) => {
@@ -516,5 +549,55 @@ async fn stream_once(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terminal() -> Tap {
+        let pty = pb::PtyRequest {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+            ..Default::default()
+        };
+        Tap::new(&pb::SessionInfo::default(), Some(&pty))
+    }
+
+    #[test]
+    fn a_watcher_gets_the_recent_lines_then_every_chunk_once() {
+        let tap = terminal();
+        for i in 0..2000 {
+            tap.output(&Bytes::from(format!("line {i:04}\n")));
+        }
+        let screen = tap.screen.as_ref().unwrap();
+        let kept = screen.recent.lock().unwrap().len();
+        assert!(kept <= 2 * RECENT, "{kept} bytes kept");
+        let recent = Screen::recent(&screen.recent.lock().unwrap());
+        let text = String::from_utf8(recent.to_vec()).unwrap();
+        assert!(text.len() <= RECENT);
+        assert!(
+            text.starts_with("line ") && text.ends_with("line 1999\n"),
+            "{text:?}"
+        );
+        // Not a watched byte counted twice or lost: what comes after the copy
+        // arrives through the subscription.
+        let mut frames = screen.frames.subscribe();
+        tap.output(&Bytes::from_static(b"after\n"));
+        match frames.try_recv() {
+            Ok(Frame::Output(b)) => assert_eq!(&b[..], b"after\n"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tap.to_client(), 2000 * 10 + 6);
+    }
+
+    #[test]
+    fn a_session_without_a_terminal_keeps_no_output() {
+        let tap = Tap::new(&pb::SessionInfo::default(), None);
+        tap.output(&Bytes::from_static(b"secret bytes of an exec\n"));
+        assert!(tap.screen.is_none());
+        assert_eq!(tap.to_client(), 24);
     }
 }

@@ -277,17 +277,19 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
     assert!(said.contains("no proxy reports an open session"), "{said}");
 
     // Watching alice: the watcher is told whose it is, alice is told she is
-    // watched, and what her terminal shows from then on reaches the watcher.
+    // watched, and the watcher sees her last lines, then what her terminal shows
+    // from then on, once each.
     let mut watcher = watch(alices["id"].as_str().unwrap()).spawn().unwrap();
     let mut told = watcher.stderr.take().unwrap();
     let header = read_until(&mut told, "read-only; Ctrl-C stops").await;
     assert!(header.contains("watching alice's session"), "{header}");
     let mut followed = watcher.stdout.take().unwrap();
+    read_until(&mut followed, "ready-6").await;
     typed.write_all(b"echo watched-$((6*7))\n").await.unwrap();
     let seen = read_until(&mut followed, "watched-42").await;
     assert!(
         !seen.contains("ready-6"),
-        "output from before the watch: {seen}"
+        "output from before the watch came twice: {seen}"
     );
     // Her byte counts reach the list.
     until(&lab, "alice's bytes counted", |s| {
