@@ -36,6 +36,8 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Output chunks a watcher may fall behind by before it skips some.
 const WATCH_BACKLOG: usize = 1024;
+/// How long a line to a watched student waits for room in their window.
+const TELL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The output a watcher coming in gets from before (a screenful or so).
 const RECENT: usize = 8 * 1024;
 /// Frames queued towards the controller's Feed; the backlog is the broadcast's.
@@ -390,7 +392,9 @@ impl Notice {
             .filter(|_| self.session.strong_count() > 0)
         {
             let line = format!("\r\nlabssh: {what}\r\n");
-            let _ = handle.extended_data(*channel, 1, Bytes::from(line)).await;
+            // A client that never opens its window must not hold the feed up.
+            let told = handle.extended_data(*channel, 1, Bytes::from(line));
+            let _ = tokio::time::timeout(TELL_TIMEOUT, told).await;
         }
     }
 }
