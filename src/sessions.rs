@@ -256,6 +256,9 @@ mod tests {
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
+    /// One JSON object instead of the tables.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     controller: ControllerArgs,
 }
@@ -281,8 +284,82 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         .await
         .map_err(words)?
         .into_inner();
-    print!("{}", status_text(&agents, &sessions, &environments));
+    if args.json {
+        println!("{}", status_json(&agents, &sessions, &environments));
+    } else {
+        print!("{}", status_text(&agents, &sessions, &environments));
+    }
     Ok(())
+}
+
+/// An agent's word for its state: draining, live or down.
+fn agent_state(agent: &pb::AgentInfo) -> &'static str {
+    if agent.draining {
+        "drain"
+    } else if agent.live {
+        "live"
+    } else {
+        "down"
+    }
+}
+
+/// `labssh status --json`: what the tables say, as one object.
+fn status_json(
+    agents: &pb::ListAgentsReply,
+    sessions: &pb::ListSessionsReply,
+    environments: &pb::ListEnvironmentsReply,
+) -> serde_json::Value {
+    use pb::ContainerState as S;
+    let agents: Vec<serde_json::Value> = agents
+        .agents
+        .iter()
+        .map(|agent| {
+            let status = agent.status.clone().unwrap_or_default();
+            let count = |state: S| {
+                status
+                    .inventory
+                    .iter()
+                    .filter(|c| c.state() == state)
+                    .count()
+            };
+            serde_json::json!({
+                "name": agent.name,
+                "endpoint": agent.endpoint,
+                "state": agent_state(agent),
+                "capacity": status.capacity,
+                "containers": status.containers,
+                "running": count(S::Running),
+                "paused": count(S::Paused),
+                "stopped": count(S::Stopped),
+                "gpus": status.gpus,
+                "last_seen_ms": agent.last_seen_ms,
+            })
+        })
+        .collect();
+    let proxies: Vec<serde_json::Value> = sessions
+        .proxies
+        .iter()
+        .map(|proxy| {
+            let n = sessions
+                .sessions
+                .iter()
+                .filter(|s| &s.proxy == proxy)
+                .count();
+            serde_json::json!({"name": proxy, "sessions": n})
+        })
+        .collect();
+    let names: Vec<&str> = environments
+        .environments
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    serde_json::json!({
+        "agents": agents,
+        "proxies": proxies,
+        "sessions": sessions.sessions.len(),
+        "environments": names,
+        "default_environment": environments.default_environment,
+    })
 }
 
 fn status_text(
@@ -304,13 +381,7 @@ fn status_text(
                 .filter(|c| c.state() == state)
                 .count()
         };
-        let state = if agent.draining {
-            "drain"
-        } else if agent.live {
-            "live"
-        } else {
-            "down"
-        };
+        let state = agent_state(agent);
         text += &format!(
             "{:<20} {:<6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>5}\n",
             agent.name,
@@ -410,5 +481,24 @@ mod status_tests {
         assert!(text.ends_with(
             "1 agent(s), 2 proxy replica(s), 1 session(s); environments: default (default), gpu\n"
         ), "{text}");
+        // The same figures as JSON.
+        let json = status_json(&agents, &sessions, &environments);
+        let agent = &json["agents"][0];
+        assert_eq!(
+            (&agent["name"], &agent["state"], &agent["capacity"]),
+            (&"node-1".into(), &"live".into(), &100.into())
+        );
+        assert_eq!(
+            (&agent["running"], &agent["stopped"]),
+            (&1.into(), &1.into())
+        );
+        assert_eq!(
+            json["proxies"][0],
+            serde_json::json!({"name": "p1:22", "sessions": 1})
+        );
+        assert_eq!(json["proxies"][1]["sessions"], 0);
+        assert_eq!(json["sessions"], 1);
+        assert_eq!(json["environments"], serde_json::json!(["default", "gpu"]));
+        assert_eq!(json["default_environment"], "default");
     }
 }

@@ -152,6 +152,13 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
         status.contains("1 agent(s), 2 proxy replica(s), 2 session(s)"),
         "{status}"
     );
+    let (status, ok) = labssh(&lab, &["status", "--json"]).await;
+    assert!(ok, "{status}");
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["sessions"], 2, "{status}");
+    assert_eq!(status["proxies"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["agents"][0]["name"], "agent0", "{status}");
+    assert_eq!(status["agents"][0]["state"], "live", "{status}");
 
     // Kick alice: her client is told and exits; bob goes on.
     let (said, ok) = labssh(&lab, &["kick", "alice"]).await;
