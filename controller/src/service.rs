@@ -386,7 +386,16 @@ impl pb::controller_server::Controller for ControllerService {
                 return Ok(Response::new(pb::FeedReply {}));
             }
             next = tokio::select! {
-                message = inbound.message() => message?,
+                message = inbound.message() => match message {
+                    Ok(message) => message,
+                    Err(status) => {
+                        // The proxy went away: the operator is told, not cut off.
+                        let why = format!("the proxy holding the session went away: {}", status.message());
+                        let ended = pb::watch_frame::Frame::Ended(why);
+                        let _ = watcher.send(Ok(pb::WatchFrame { frame: Some(ended) })).await;
+                        return Err(status);
+                    }
+                },
                 () = watcher.closed() => return Ok(Response::new(pb::FeedReply {})),
             };
         }
