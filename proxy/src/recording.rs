@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,6 +59,9 @@ enum Msg {
         id: u64,
         path: PathBuf,
         header: String,
+        /// Set by the writer when the file cannot be written: the session stops
+        /// sending it events.
+        failed: Arc<AtomicBool>,
     },
     Event {
         id: u64,
@@ -142,6 +145,7 @@ impl Recorder {
             "env": {"TERM": meta.term},
         })
         .to_string();
+        let failed = Arc::new(AtomicBool::new(false));
         let mut recording = Recording {
             inner: inner.clone(),
             id,
@@ -149,10 +153,16 @@ impl Recorder {
             mode,
             started: Instant::now(),
             on: true,
+            failed: failed.clone(),
             output_tail: Vec::new(),
             input_tail: Vec::new(),
         };
-        recording.send(Msg::Open { id, path, header });
+        recording.send(Msg::Open {
+            id,
+            path,
+            header,
+            failed,
+        });
         Some(recording)
     }
 }
@@ -166,6 +176,8 @@ pub struct Recording {
     started: Instant,
     /// Still recording (a full queue stops it).
     on: bool,
+    /// The writer could not write the file (a full disk): nothing more is sent.
+    failed: Arc<AtomicBool>,
     /// The start of a UTF-8 character split across output chunks.
     output_tail: Vec<u8>,
     /// Likewise for input.
@@ -199,6 +211,11 @@ impl Recording {
 
     fn event(&mut self, code: &str, text: &str) {
         if text.is_empty() || !self.on {
+            return;
+        }
+        if self.failed.load(Ordering::Relaxed) {
+            // The writer closed the file already.
+            self.on = false;
             return;
         }
         let t = self.started.elapsed().as_secs_f64();
@@ -277,25 +294,34 @@ fn whole_chars(tail: &mut Vec<u8>, data: &[u8]) -> String {
 
 /// The writer thread: files by recording, a write error ending that recording.
 fn write_all(queued: Receiver<Msg>) {
-    let mut files: HashMap<u64, (PathBuf, File)> = HashMap::new();
+    let mut files: HashMap<u64, (PathBuf, File, Arc<AtomicBool>)> = HashMap::new();
     for msg in queued {
         match msg {
-            Msg::Open { id, path, header } => match create(&path, &header) {
+            Msg::Open {
+                id,
+                path,
+                header,
+                failed: stop,
+            } => match create(&path, &header) {
                 Ok(file) => {
-                    files.insert(id, (path, file));
+                    files.insert(id, (path, file, stop));
                 }
-                Err(e) => failed(&path, &e),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failed(&path, &e);
+                }
             },
             Msg::Event { id, line } => {
-                if let Some((path, file)) = files.get_mut(&id) {
+                if let Some((path, file, stop)) = files.get_mut(&id) {
                     if let Err(e) = writeln!(file, "{line}") {
+                        stop.store(true, Ordering::Relaxed);
                         failed(path, &e);
                         files.remove(&id);
                     }
                 }
             }
             Msg::Close { id } => {
-                if let Some((path, mut file)) = files.remove(&id) {
+                if let Some((path, mut file, _)) = files.remove(&id) {
                     if let Err(e) = file.flush() {
                         failed(&path, &e);
                     }
@@ -400,5 +426,34 @@ mod tests {
         assert_eq!(lines[2][2], "100x30");
         assert_eq!(lines[3][2], "world\r\n");
         assert!(path.starts_with(dir.path().join("alice")));
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_written_stops_the_session_sending_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Recorder::open(&RecordingConfig {
+            dir: dir.path().to_owned(),
+        })
+        .unwrap();
+        // alice's directory cannot be made: a file is in its place.
+        std::fs::write(dir.path().join("alice"), b"in the way").unwrap();
+        let meta = Meta {
+            user: "alice",
+            environment: "default",
+            conn: 8,
+            channel: 0,
+            cols: 80,
+            rows: 24,
+            term: "xterm",
+        };
+        let mut rec = recorder.start(Mode::InputAndOutput, meta).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !rec.failed.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the writer never said it failed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(rec.on);
+        rec.output(b"after the failure");
+        assert!(!rec.on, "events are no longer made once the file failed");
     }
 }
