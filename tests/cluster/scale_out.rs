@@ -265,18 +265,18 @@ async fn held(ssh: &Ssh, user: &str) -> tokio::process::Child {
     child
 }
 
-/// Users whose sessions are held open across the faults below.
-const HELD: [&str; 4] = ["user03", "user04", "user06", "user08"];
+/// How many sessions may be held open across the faults below.
+const HELD: usize = 4;
 
-/// Every held session that is open is listed, and they are on two replicas.
-fn on_both_replicas(sessions: &[(String, String)], open: usize) -> bool {
-    let held: Vec<&(String, String)> = sessions
+/// Every one of the `held` users' sessions is listed, and they are on two replicas.
+fn on_both_replicas(sessions: &[(String, String)], held: &[String]) -> bool {
+    let listed: Vec<&(String, String)> = sessions
         .iter()
-        .filter(|(user, _)| HELD[..open].contains(&user.as_str()))
+        .filter(|(user, _)| held.contains(user))
         .collect();
     let proxies: std::collections::HashSet<&str> =
-        held.iter().map(|(_, proxy)| proxy.as_str()).collect();
-    held.len() == open && proxies.len() == 2
+        listed.iter().map(|(_, proxy)| proxy.as_str()).collect();
+    listed.len() == held.len() && proxies.len() == 2
 }
 
 /// Logs in until it works or `within` runs out; returns how long it took.
@@ -364,24 +364,31 @@ async fn replicas_behind_haproxy_survive_faults() {
     // One registry of sessions: sessions held through both replicas are listed by
     // the controller, which names the replica of each. HAProxy's round robin sends
     // two logins in a row to different replicas, unless a health check just failed:
-    // then one more login is held.
+    // then one more login is held. They are students whose containers are not on
+    // a0, the agent killed below, so they last until a proxy is.
+    let candidates: Vec<String> = (3..=USERS)
+        .map(|i| format!("user{i:02}"))
+        .filter(|user| placement.get(user).map(String::as_str) != Some("a0"))
+        .take(HELD)
+        .collect();
     let mut held_sessions = Vec::new();
-    let both = loop {
-        held_sessions.push(held(&ssh, HELD[held_sessions.len()]).await);
-        let open = held_sessions.len();
+    let (both, held_users) = loop {
+        held_sessions.push(held(&ssh, &candidates[held_sessions.len()]).await);
+        let open = candidates[..held_sessions.len()].to_vec();
         let (took, sessions) = listed_until(&fleet, "held sessions listed", |s| {
-            s.iter()
-                .filter(|(user, _)| HELD[..open].contains(&user.as_str()))
-                .count()
-                == open
+            s.iter().filter(|(user, _)| open.contains(user)).count() == open.len()
         })
         .await;
-        if on_both_replicas(&sessions, open) {
+        if on_both_replicas(&sessions, &open) {
             eprintln!("sessions of both replicas listed {took:?} after the last opened");
-            break move |s: &[(String, String)]| on_both_replicas(s, open);
+            let users = open.clone();
+            break (
+                move |s: &[(String, String)]| on_both_replicas(s, &open),
+                users,
+            );
         }
         assert!(
-            open < HELD.len(),
+            open.len() < candidates.len(),
             "every held session on one replica: {sessions:?}"
         );
     };
@@ -415,7 +422,7 @@ async fn replicas_behind_haproxy_survive_faults() {
     fleet.controller.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     fleet.controller = Fleet::start_controller(fleet.dir.path(), fleet.controller_port);
-    let (relisted, _) = listed_until(&fleet, "sessions listed again", both).await;
+    let (relisted, _) = listed_until(&fleet, "sessions listed again", &both).await;
     eprintln!("the sessions were listed again {relisted:?} after the controller restart");
     assert!(
         relisted < Duration::from_secs(5),
@@ -539,7 +546,7 @@ async fn replicas_behind_haproxy_survive_faults() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (_, before) = listed_until(&fleet, "held sessions before the kill", both).await;
+    let (_, before) = listed_until(&fleet, "held sessions before the kill", &both).await;
     fleet.proxies[0].kill();
     let mut survived = 0;
     for run in runs {
@@ -567,7 +574,7 @@ async fn replicas_behind_haproxy_survive_faults() {
     eprintln!("the killed replica's sessions left the list within {gone:?} of the check");
     let survivor = before
         .iter()
-        .find(|(user, proxy)| HELD.contains(&user.as_str()) && !proxy.ends_with(&killed))
+        .find(|(user, proxy)| held_users.contains(user) && !proxy.ends_with(&killed))
         .expect("a held session on the surviving replica");
     assert!(after.contains(survivor), "{after:?} lacks {survivor:?}");
     drop(held_sessions);
