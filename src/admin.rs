@@ -17,7 +17,16 @@ pub enum AgentAction {
     Resume(DrainArgs),
     /// Every agent with its containers by state, and how many are on an old version
     /// of their environment (recreated at their next login with no open session).
-    List(ControllerArgs),
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// One JSON object per agent instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    controller: ControllerArgs,
 }
 
 #[derive(clap::Args)]
@@ -88,7 +97,7 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
     let (args, drain) = match action {
         AgentAction::Drain(a) => (a, true),
         AgentAction::Resume(a) => (a, false),
-        AgentAction::List(c) => return list(&c).await,
+        AgentAction::List(l) => return list(&l).await,
     };
     let channel = connect(&args.controller).await?;
     let reply = pb::controller_client::ControllerClient::new(channel)
@@ -111,15 +120,53 @@ pub async fn run(action: AgentAction) -> anyhow::Result<()> {
 }
 
 /// `labssh agent list`.
-async fn list(args: &ControllerArgs) -> anyhow::Result<()> {
-    let channel = connect(args).await?;
+async fn list(args: &ListArgs) -> anyhow::Result<()> {
+    let channel = connect(&args.controller).await?;
     let reply = pb::controller_client::ControllerClient::new(channel)
         .list_agents(pb::ListAgentsRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-    print!("{}", agents_table(&reply.agents));
+    if args.json {
+        for agent in &reply.agents {
+            println!("{}", agent_json(agent));
+        }
+    } else {
+        print!("{}", agents_table(&reply.agents));
+    }
     Ok(())
+}
+
+/// An agent's word for whether it takes placements: drain, yes or no.
+fn live_word(agent: &pb::AgentInfo) -> &'static str {
+    if agent.draining {
+        "drain"
+    } else if agent.live {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// `labssh agent list --json`: what a table row says, as an object.
+fn agent_json(agent: &pb::AgentInfo) -> serde_json::Value {
+    use pb::ContainerState as S;
+    let inventory = agent
+        .status
+        .as_ref()
+        .map(|s| s.inventory.as_slice())
+        .unwrap_or_default();
+    let count = |state: S| inventory.iter().filter(|c| c.state() == state).count();
+    serde_json::json!({
+        "name": agent.name,
+        "endpoint": agent.endpoint,
+        "live": agent.live,
+        "draining": agent.draining,
+        "running": count(S::Running),
+        "paused": count(S::Paused),
+        "stopped": count(S::Stopped),
+        "outdated": inventory.iter().filter(|c| c.outdated).count(),
+    })
 }
 
 /// One line per agent, then the outdated total.
@@ -139,13 +186,7 @@ fn agents_table(agents: &[pb::AgentInfo]) -> String {
         let count = |state: S| inventory.iter().filter(|c| c.state() == state).count();
         let outdated = inventory.iter().filter(|c| c.outdated).count();
         outdated_total += outdated;
-        let live = if agent.draining {
-            "drain"
-        } else if agent.live {
-            "yes"
-        } else {
-            "no"
-        };
+        let live = live_word(agent);
         text += &format!(
             "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
             agent.name,
@@ -207,6 +248,20 @@ mod tests {
         let table = agents_table(&agents);
         let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(row, ["node1", "yes", "1", "1", "1", "2"]);
+        let json = agent_json(&agents[0]);
+        assert_eq!(
+            (&json["name"], &json["live"], &json["draining"]),
+            (&"node1".into(), &true.into(), &false.into())
+        );
+        assert_eq!(
+            (
+                &json["running"],
+                &json["paused"],
+                &json["stopped"],
+                &json["outdated"]
+            ),
+            (&1.into(), &1.into(), &1.into(), &2.into())
+        );
         assert!(
             table.contains("2 container(s) on an old version"),
             "{table}"
