@@ -77,14 +77,6 @@ fn parse_state(text: &str) -> Result<pb::ContainerState, String> {
     }
 }
 
-/// A state as the table shows it.
-fn state_name(state: pb::ContainerState) -> String {
-    state
-        .as_str_name()
-        .trim_start_matches("CONTAINER_STATE_")
-        .to_ascii_lowercase()
-}
-
 /// `labssh containers`.
 pub async fn list(args: ContainersArgs) -> anyhow::Result<()> {
     let channel = connect(&args.controller).await?;
@@ -112,7 +104,7 @@ fn json(placed: &pb::PlacedContainer) -> serde_json::Value {
     serde_json::json!({
         "user": c.user,
         "environment": c.environment,
-        "state": state_name(c.state()),
+        "state": c.state().word(),
         "agent": placed.agent,
         "agent_live": placed.live,
         "outdated": c.outdated,
@@ -142,7 +134,7 @@ fn table(reply: &pb::ListContainersReply) -> String {
             "{:<16} {:<12} {:<9} {:<16} {}\n",
             c.user,
             c.environment,
-            state_name(c.state()),
+            c.state().word(),
             placed.agent,
             notes.join("; ")
         );
@@ -215,7 +207,6 @@ mod tests {
         assert!(parse_state("gone")
             .unwrap_err()
             .contains("running, stopped"));
-        assert_eq!(state_name(pb::ContainerState::Paused), "paused");
     }
 
     #[test]

@@ -451,7 +451,7 @@ impl pb::controller_server::Controller for ControllerService {
                 "by": by,
                 "user": request.user,
                 "environment": request.environment,
-                "action": verb.as_str_name().trim_start_matches("CONTAINER_VERB_").to_ascii_lowercase(),
+                "action": verb.word(),
                 "remove_home": request.remove_home,
                 "agent": reply.as_ref().ok().map(|r| r.agent.clone()),
                 "sessions_ended": reply.as_ref().ok().map(|r| r.sessions_ended),

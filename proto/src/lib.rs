@@ -9,6 +9,35 @@ pub mod pb {
     tonic::include_proto!("labssh.v1");
 }
 
+/// Operators' and students' words for container states and actions: `running`,
+/// `reset`, the proto names without their prefix, lower case.
+impl pb::ContainerState {
+    pub fn word(self) -> String {
+        word(self.as_str_name(), "CONTAINER_STATE_")
+    }
+}
+
+impl pb::ContainerVerb {
+    pub fn word(self) -> String {
+        word(self.as_str_name(), "CONTAINER_VERB_")
+    }
+}
+
+fn word(name: &str, prefix: &str) -> String {
+    name.trim_start_matches(prefix).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pb;
+
+    #[test]
+    fn states_and_verbs_have_plain_words() {
+        assert_eq!(pb::ContainerState::Paused.word(), "paused");
+        assert_eq!(pb::ContainerVerb::Reset.word(), "reset");
+    }
+}
+
 pub mod config;
 pub mod duration;
 pub mod egress;

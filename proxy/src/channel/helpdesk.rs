@@ -155,11 +155,7 @@ async fn listing(session: &Session) -> Result<String, String> {
         }
         let state = match container {
             None => "none".to_owned(),
-            Some(c) => c
-                .state()
-                .as_str_name()
-                .trim_start_matches("CONTAINER_STATE_")
-                .to_ascii_lowercase(),
+            Some(c) => c.state().word(),
         };
         let name = match env.name == environments.default_environment {
             true => format!("{} (default)", env.name),
@@ -203,7 +199,7 @@ async fn act(session: &Session, verb: Verb, environment: String) -> Result<Strin
             "environment": environment,
             "container": reply.container,
             "agent": reply.agent,
-            "action": verb.as_str_name().trim_start_matches("CONTAINER_VERB_").to_ascii_lowercase(),
+            "action": verb.word(),
             "by": "student",
         }),
     );
