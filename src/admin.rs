@@ -148,53 +148,66 @@ fn live_word(agent: &pb::AgentInfo) -> &'static str {
     }
 }
 
-/// `labssh agent list --json`: what a table row says, as an object.
-fn agent_json(agent: &pb::AgentInfo) -> serde_json::Value {
-    use pb::ContainerState as S;
-    let inventory = agent
-        .status
-        .as_ref()
-        .map(|s| s.inventory.as_slice())
-        .unwrap_or_default();
-    let count = |state: S| inventory.iter().filter(|c| c.state() == state).count();
-    serde_json::json!({
-        "name": agent.name,
-        "endpoint": agent.endpoint,
-        "live": agent.live,
-        "draining": agent.draining,
-        "running": count(S::Running),
-        "paused": count(S::Paused),
-        "stopped": count(S::Stopped),
-        "outdated": inventory.iter().filter(|c| c.outdated).count(),
-    })
+/// An agent's containers by state, and how many are on an old version of their
+/// environment: what `agent list` and `status` show of its inventory.
+pub(crate) struct Counts {
+    pub running: usize,
+    pub paused: usize,
+    pub stopped: usize,
+    pub outdated: usize,
 }
 
-/// One line per agent, then the outdated total.
-fn agents_table(agents: &[pb::AgentInfo]) -> String {
-    use pb::ContainerState as S;
-    let mut text = format!(
-        "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
-        "AGENT", "LIVE", "RUNNING", "PAUSED", "STOPPED", "OUTDATED"
-    );
-    let mut outdated_total = 0;
-    for agent in agents {
+impl Counts {
+    pub(crate) fn of(agent: &pb::AgentInfo) -> Counts {
+        use pb::ContainerState as S;
         let inventory = agent
             .status
             .as_ref()
             .map(|s| s.inventory.as_slice())
             .unwrap_or_default();
         let count = |state: S| inventory.iter().filter(|c| c.state() == state).count();
-        let outdated = inventory.iter().filter(|c| c.outdated).count();
-        outdated_total += outdated;
-        let live = live_word(agent);
+        Counts {
+            running: count(S::Running),
+            paused: count(S::Paused),
+            stopped: count(S::Stopped),
+            outdated: inventory.iter().filter(|c| c.outdated).count(),
+        }
+    }
+}
+
+/// `labssh agent list --json`: what a table row says, as an object.
+fn agent_json(agent: &pb::AgentInfo) -> serde_json::Value {
+    let counts = Counts::of(agent);
+    serde_json::json!({
+        "name": agent.name,
+        "endpoint": agent.endpoint,
+        "live": agent.live,
+        "draining": agent.draining,
+        "running": counts.running,
+        "paused": counts.paused,
+        "stopped": counts.stopped,
+        "outdated": counts.outdated,
+    })
+}
+
+/// One line per agent, then the outdated total.
+fn agents_table(agents: &[pb::AgentInfo]) -> String {
+    let mut text = format!(
+        "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
+        "AGENT", "LIVE", "RUNNING", "PAUSED", "STOPPED", "OUTDATED"
+    );
+    let mut outdated_total = 0;
+    for agent in agents {
+        let counts = Counts::of(agent);
+        outdated_total += counts.outdated;
         text += &format!(
             "{:<20} {:<5} {:>8} {:>7} {:>7} {:>8}\n",
             agent.name,
-            live,
-            count(S::Running),
-            count(S::Paused),
-            count(S::Stopped),
-            outdated
+            live_word(agent),
+            counts.running,
+            counts.paused,
+            counts.stopped,
+            counts.outdated
         );
     }
     text += &format!(

@@ -6,7 +6,7 @@
 
 use labssh_proto::pb;
 
-use crate::admin::{connect, ControllerArgs};
+use crate::admin::{connect, ControllerArgs, Counts};
 
 #[derive(clap::Args)]
 pub struct SessionsArgs {
@@ -303,34 +303,37 @@ fn agent_state(agent: &pb::AgentInfo) -> &'static str {
     }
 }
 
+/// How many of the listed sessions `proxy` holds.
+fn sessions_on(sessions: &pb::ListSessionsReply, proxy: &str) -> usize {
+    sessions
+        .sessions
+        .iter()
+        .filter(|s| s.proxy == proxy)
+        .count()
+}
+
 /// `labssh status --json`: what the tables say, as one object.
 fn status_json(
     agents: &pb::ListAgentsReply,
     sessions: &pb::ListSessionsReply,
     environments: &pb::ListEnvironmentsReply,
 ) -> serde_json::Value {
-    use pb::ContainerState as S;
+    let none = pb::AgentStatus::default();
     let agents: Vec<serde_json::Value> = agents
         .agents
         .iter()
         .map(|agent| {
-            let status = agent.status.clone().unwrap_or_default();
-            let count = |state: S| {
-                status
-                    .inventory
-                    .iter()
-                    .filter(|c| c.state() == state)
-                    .count()
-            };
+            let status = agent.status.as_ref().unwrap_or(&none);
+            let counts = Counts::of(agent);
             serde_json::json!({
                 "name": agent.name,
                 "endpoint": agent.endpoint,
                 "state": agent_state(agent),
                 "capacity": status.capacity,
                 "containers": status.containers,
-                "running": count(S::Running),
-                "paused": count(S::Paused),
-                "stopped": count(S::Stopped),
+                "running": counts.running,
+                "paused": counts.paused,
+                "stopped": counts.stopped,
                 "gpus": status.gpus,
                 "last_seen_ms": agent.last_seen_ms,
             })
@@ -339,14 +342,7 @@ fn status_json(
     let proxies: Vec<serde_json::Value> = sessions
         .proxies
         .iter()
-        .map(|proxy| {
-            let n = sessions
-                .sessions
-                .iter()
-                .filter(|s| &s.proxy == proxy)
-                .count();
-            serde_json::json!({"name": proxy, "sessions": n})
-        })
+        .map(|proxy| serde_json::json!({"name": proxy, "sessions": sessions_on(sessions, proxy)}))
         .collect();
     let names: Vec<&str> = environments
         .environments
@@ -367,41 +363,29 @@ fn status_text(
     sessions: &pb::ListSessionsReply,
     environments: &pb::ListEnvironmentsReply,
 ) -> String {
-    use pb::ContainerState as S;
     let mut text = format!(
         "{:<20} {:<6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>5}\n",
         "AGENT", "STATE", "CAPACITY", "CONTAINERS", "RUNNING", "PAUSED", "STOPPED", "GPUS"
     );
+    let none = pb::AgentStatus::default();
     for agent in &agents.agents {
-        let status = agent.status.clone().unwrap_or_default();
-        let count = |state: S| {
-            status
-                .inventory
-                .iter()
-                .filter(|c| c.state() == state)
-                .count()
-        };
-        let state = agent_state(agent);
+        let status = agent.status.as_ref().unwrap_or(&none);
+        let counts = Counts::of(agent);
         text += &format!(
             "{:<20} {:<6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>5}\n",
             agent.name,
-            state,
+            agent_state(agent),
             status.capacity,
             status.containers,
-            count(S::Running),
-            count(S::Paused),
-            count(S::Stopped),
+            counts.running,
+            counts.paused,
+            counts.stopped,
             status.gpus.len()
         );
     }
     text += &format!("\n{:<24} {:>8}\n", "PROXY", "SESSIONS");
     for proxy in &sessions.proxies {
-        let n = sessions
-            .sessions
-            .iter()
-            .filter(|s| &s.proxy == proxy)
-            .count();
-        text += &format!("{proxy:<24} {n:>8}\n");
+        text += &format!("{proxy:<24} {:>8}\n", sessions_on(sessions, proxy));
     }
     let names: Vec<String> = environments
         .environments
