@@ -24,6 +24,52 @@ fn audit_path(users_file: &std::path::Path) -> std::path::PathBuf {
     users_file.with_file_name("audit.log")
 }
 
+/// For [`LabOptions::proxy`]: the lab's proxy writes its audit log beside the users
+/// file, where [`wait_for`] reads it.
+pub(crate) fn audit_beside_users(c: &mut labssh_proxy::Config) {
+    c.audit.path = audit_path(&c.users_file).display().to_string();
+}
+
+/// The controller's audit log, in a directory of its own for one test.
+pub(crate) struct ControllerAudit {
+    dir: tempfile::TempDir,
+}
+
+impl ControllerAudit {
+    pub(crate) fn new() -> ControllerAudit {
+        ControllerAudit {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("controller-audit.log")
+    }
+
+    /// The `[audit]` table for [`LabOptions::catalogue`].
+    pub(crate) fn catalogue(&self) -> String {
+        format!("[audit]\npath = \"{}\"\n", self.path().display())
+    }
+
+    /// Waits until at least `count` lines of `event` are written; the whole log
+    /// and those lines, in order.
+    pub(crate) async fn until(&self, event: &str, count: usize) -> (String, Vec<Value>) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let text = std::fs::read_to_string(self.path()).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|e| e["event"] == event)
+                .collect();
+            if lines.len() >= count || Instant::now() > deadline {
+                return (text, lines);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// The events logged so far.
 fn events(lab: &Lab) -> Vec<Value> {
     std::fs::read_to_string(audit_path(&lab.users_file))
@@ -34,7 +80,7 @@ fn events(lab: &Lab) -> Vec<Value> {
 }
 
 /// Waits for an event named `event` matching `which`; returns it.
-async fn wait_for(lab: &Lab, event: &str, which: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(lab: &Lab, event: &str, which: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + STEP;
     loop {
         if let Some(found) = events(lab)
@@ -55,7 +101,7 @@ async fn wait_for(lab: &Lab, event: &str, which: impl Fn(&Value) -> bool) -> Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logins_sessions_and_forwards_are_audited_without_secrets() {
     let lab = Lab::start(LabOptions {
-        proxy: Some(|c| c.audit.path = audit_path(&c.users_file).display().to_string()),
+        proxy: Some(audit_beside_users),
         ..Default::default()
     })
     .await;

@@ -143,10 +143,9 @@ async fn assert_still_answers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_sessions() {
     // The controller's audit log: every operator action, done or refused.
-    let audit_dir = tempfile::tempdir().unwrap();
-    let audit = audit_dir.path().join("controller-audit.log");
+    let audit = crate::audit::ControllerAudit::new();
     let lab = Lab::start(LabOptions {
-        catalogue: format!("[audit]\npath = \"{}\"\n", audit.display()),
+        catalogue: audit.catalogue(),
         ..Default::default()
     })
     .await;
@@ -242,19 +241,7 @@ async fn reset_gives_a_fresh_root_keeps_the_home_and_ends_only_that_students_ses
 
     // One line per action, in order, each saying who, what, on whom and how it went.
     // (The refused `--home` without `--yes` never left the command line.)
-    let deadline = std::time::Instant::now() + STEP;
-    let (text, actions) = loop {
-        let text = std::fs::read_to_string(&audit).unwrap_or_default();
-        let actions: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|e| e["event"] == "container_action")
-            .collect();
-        if actions.len() >= 7 || std::time::Instant::now() > deadline {
-            break (text, actions);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (text, actions) = audit.until("container_action", 7).await;
     lab.stop().await;
     let summary: Vec<(String, String, String, bool, bool)> = actions
         .iter()

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+use crate::audit::{audit_beside_users, wait_for, ControllerAudit};
 use crate::lab::{read_until, Lab, LabOptions};
 
 const STEP: Duration = Duration::from_secs(30);
@@ -85,13 +86,7 @@ const SCRIPT: &str = "echo up; read line; echo still";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students() {
     let lab = Lab::start(LabOptions {
-        proxy: Some(|c| {
-            c.audit.path = c
-                .users_file
-                .with_file_name("audit.log")
-                .display()
-                .to_string()
-        }),
+        proxy: Some(audit_beside_users),
         ..Default::default()
     })
     .await;
@@ -176,23 +171,7 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
     );
     drop(alice.stdin);
     // The kick is in the replica's audit log, with who asked.
-    let audit = lab.users_file.with_file_name("audit.log");
-    let deadline = Instant::now() + STEP;
-    let kick = loop {
-        let text = std::fs::read_to_string(&audit).unwrap_or_default();
-        let found = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .find(|e| e["event"] == "kick");
-        if let Some(kick) = found {
-            break kick;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no kick in the audit log: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let kick = wait_for(&lab, "kick", |_| true).await;
     assert_eq!(kick["user"], "alice");
     assert!(kick["by"].as_str().unwrap().contains("operator"), "{kick}");
     bob.stdin.write_all(b"\n").await.unwrap();
@@ -222,17 +201,10 @@ async fn sessions_of_every_replica_are_listed_and_a_kick_ends_only_the_students(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_forwards() {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let controller_audit = audit_dir.path().join("controller-audit.log");
+    let controller_audit = ControllerAudit::new();
     let lab = Lab::start(LabOptions {
-        catalogue: format!("[audit]\npath = \"{}\"\n", controller_audit.display()),
-        proxy: Some(|c| {
-            c.audit.path = c
-                .users_file
-                .with_file_name("audit.log")
-                .display()
-                .to_string()
-        }),
+        catalogue: controller_audit.catalogue(),
+        proxy: Some(audit_beside_users),
         ..Default::default()
     })
     .await;
@@ -356,12 +328,7 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
         "a watch that ended with the session is not announced: {stderr}"
     );
     // The watch is audited with who watched.
-    let audit = std::fs::read_to_string(lab.users_file.with_file_name("audit.log")).unwrap();
-    let watched = audit
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|e| e["event"] == "watch")
-        .unwrap_or_else(|| panic!("no watch in the audit log: {audit}"));
+    let watched = wait_for(&lab, "watch", |_| true).await;
     assert_eq!(watched["user"], "alice");
     assert_eq!(watched["session"], alices["id"]);
     assert!(
@@ -369,25 +336,16 @@ async fn an_operator_watches_a_terminal_session_read_only_and_sees_bytes_and_for
         "{watched}"
     );
     // The controller's audit log has each watch asked for, and why one was refused.
-    let deadline = Instant::now() + STEP;
-    let (text, asked) = loop {
-        let text = std::fs::read_to_string(&controller_audit).unwrap_or_default();
-        let asked: Vec<(String, Value)> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|e| e["event"] == "watch")
-            .map(|e| {
-                (
-                    e["session"].as_str().unwrap().to_owned(),
-                    e["error"].clone(),
-                )
-            })
-            .collect();
-        if asked.len() >= 4 || Instant::now() > deadline {
-            break (text, asked);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (text, watches) = controller_audit.until("watch", 4).await;
+    let asked: Vec<(String, Value)> = watches
+        .iter()
+        .map(|e| {
+            (
+                e["session"].as_str().unwrap().to_owned(),
+                e["error"].clone(),
+            )
+        })
+        .collect();
     assert_eq!(asked.len(), 4, "{text}");
     assert_eq!(asked[0].0, bobs["id"].as_str().unwrap());
     assert!(
