@@ -164,13 +164,17 @@ impl Sessions {
                 session.kind
             )));
         }
-        let watch = loop {
-            let n: u64 = rand::random();
-            if n != 0 && !self.watching().contains_key(&n) {
-                break n;
-            }
+        let watch = {
+            let mut watching = self.watching();
+            let n = loop {
+                let n: u64 = rand::random();
+                if n != 0 && !watching.contains_key(&n) {
+                    break n;
+                }
+            };
+            watching.insert(n, watcher);
+            n
         };
-        self.watching().insert(watch, watcher);
         let command = pb::ProxyCommand {
             watch_session: id.to_owned(),
             watch,
