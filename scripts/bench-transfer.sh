@@ -15,12 +15,16 @@
 # deployed (MTLS=0 turns it off). The container is Debian, so scp uses the same
 # OpenSSH sftp-server binary sshd uses; BUILTIN=1 also measures labssh's built-in
 # SFTP server (busybox image). The same client key, cipher and file for both.
+# RELAY=1 also measures scp with labssh-init relaying the bytes (`helper_pipes =
+# false`, the way before it handed the process's pipes to the agent): the agent is
+# restarted with that setting for those transfers and back again, in every round.
 #
 # Settings (environment):
 #   SIZE_MB    megabytes per transfer                 (1024)
 #   ROUNDS     repetitions, interleaved labssh/sshd   (3)
 #   MTLS       1: mTLS between proxy, controller, agent (1)
 #   BUILTIN    1: also labssh's built-in SFTP server   (0)
+#   RELAY      1: also scp relayed through labssh-init (0)
 #   CIPHER     ssh cipher for every client            (the client's default)
 #   PORT_BASE  first of the ports used                (42300)
 #   PROFILE    cargo profile                          (release)
@@ -33,6 +37,7 @@ SIZE_MB="${SIZE_MB:-1024}"
 ROUNDS="${ROUNDS:-3}"
 MTLS="${MTLS:-1}"
 BUILTIN="${BUILTIN:-0}"
+RELAY="${RELAY:-0}"
 CIPHER="${CIPHER:-}"
 PORT_BASE="${PORT_BASE:-42300}"
 PROFILE="${PROFILE:-release}"
@@ -123,6 +128,7 @@ container_prefix = "$PREFIX"
 firewall = false
 $(tls agent-xfer)
 TOML
+{ cat "$WORK/agent.toml"; echo 'helper_pipes = false'; } > "$WORK/agent-relay.toml"
 "$BIN/labssh" user add student --key "$WORK/id.pub" --users "$WORK/users.toml" >/dev/null
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:$P_PROXY"
@@ -165,7 +171,7 @@ start sshd "$P_SSHD" "$SSHD" -D -e -f "$WORK/sshd_config"
 
 # --- clients ----------------------------------------------------------------------
 cat > "$WORK/ssh_config" <<EOF
-Host labssh labssh-builtin sshd
+Host labssh labssh-relay labssh-builtin sshd
   HostName 127.0.0.1
   IdentityFile $WORK/id
   IdentitiesOnly yes
@@ -173,7 +179,7 @@ Host labssh labssh-builtin sshd
   UserKnownHostsFile /dev/null
   LogLevel ERROR
   BatchMode yes
-Host labssh
+Host labssh labssh-relay
   Port $P_PROXY
   User student
 Host labssh-builtin
@@ -229,12 +235,28 @@ head -c "$((SIZE_MB << 20))" /dev/urandom > "$WORK/payload"
 ssh_ labssh true   # creates the container
 ssh_ labssh "cat > /tmp/discard.py" < "$WORK/discard.py"
 [ "$BUILTIN" = 1 ] && ssh_ labssh-builtin true
-# Servers live as long as these sessions.
-ssh_ labssh "exec python3 /tmp/discard.py $P_DISCARD" >/dev/null 2>&1 &
-pids+=($!)
+# The discard servers live as long as these sessions (the container's ends with an
+# agent restart).
+start_discard() {
+  ssh_ labssh "exec python3 /tmp/discard.py $P_DISCARD" >/dev/null 2>&1 &
+  pids+=($!)
+  sleep 1
+}
+start_discard
 python3 "$WORK/discard.py" "$P_DISCARD" >/dev/null 2>&1 &
 pids+=($!)
-sleep 1
+# restart_agent CONFIG: the agent again with CONFIG, once logins reach it.
+restart_agent() {
+  kill "$AGENT_PID" 2>/dev/null || true
+  wait "$AGENT_PID" 2>/dev/null || true
+  start agent "$P_AGENT" "$BIN/labssh" agent --config "$1"
+  AGENT_PID=$STARTED_PID
+  for _ in $(seq 1 150); do
+    ssh_ labssh true 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "the restarted agent took no login within 30 s"
+}
 
 # Peak RSS (kB) of a process since the last reset; resetting needs Linux 4.0+.
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -268,9 +290,11 @@ record() {  # target test seconds (after mark)
 
 targets=(labssh sshd)
 [ "$BUILTIN" = 1 ] && targets+=(labssh-builtin)
+[ "$RELAY" = 1 ] && targets+=(labssh-relay)
 for round in $(seq 1 "$ROUNDS"); do
   say "round $round of $ROUNDS"
   for t in "${targets[@]}"; do
+    [ "$t" = labssh-relay ] && restart_agent "$WORK/agent-relay.toml"
     mark; s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
     record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
     mark; s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
@@ -278,6 +302,11 @@ for round in $(seq 1 "$ROUNDS"); do
     cmp -s "$WORK/payload" "$WORK/download" || die "$t: downloaded file differs"
     rm -f "$WORK/download"
     ssh_ "$t" rm -f payload
+    if [ "$t" = labssh-relay ]; then
+      restart_agent "$WORK/agent.toml"
+      start_discard
+      continue   # a tunnel's socket is handed over either way
+    fi
     [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
     mark
     # Not through ssh_: $! must be ssh itself, so the kill below ends the forward.
@@ -301,12 +330,13 @@ by = {}
 for target, test, secs, mbps, p, a, cpu, gw in rows:
     by.setdefault((target, test), []).append((float(mbps), p, a, float(cpu), gw))
 tests = ["scp up", "scp down", "ssh -L"]
-print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | machine CPU s/GB, sshd | machine CPU s/GB, labssh | of which proxy+agent | labssh built-in SFTP MB/s | proxy peak RSS | agent peak RSS |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| transfer | sshd MB/s | labssh MB/s | labssh ÷ sshd | machine CPU s/GB, sshd | machine CPU s/GB, labssh | of which proxy+agent | labssh built-in SFTP MB/s | relayed through init MB/s | labssh ÷ relayed | relayed machine CPU s/GB | proxy peak RSS | agent peak RSS |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for test in tests:
     s = by.get(("sshd", test))
     l = by.get(("labssh", test))
     b = by.get(("labssh-builtin", test))
+    r = by.get(("labssh-relay", test))
     if not s or not l:
         continue
     sm = statistics.median(x[0] for x in s)
@@ -314,8 +344,12 @@ for test in tests:
     sc = statistics.median(x[3] for x in s)
     lc = statistics.median(x[3] for x in l)
     bm = "%.1f" % statistics.median(x[0] for x in b) if b else "-"
-    peak_p = max(int(x[1]) for x in l + (b or []))
-    peak_a = max(int(x[2]) for x in l + (b or []))
+    rm = statistics.median(x[0] for x in r) if r else None
+    rs = "%.1f" % rm if r else "-"
+    rr = "%.2f" % (lm / rm) if r else "-"
+    rc = "%.2f" % statistics.median(x[3] for x in r) if r else "-"
+    peak_p = max(int(x[1]) for x in l + (b or []) + (r or []))
+    peak_a = max(int(x[2]) for x in l + (b or []) + (r or []))
     lg = statistics.median(float(x[4]) for x in l)
-    print("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, sc, lc, lg, bm, peak_p / 1024, peak_a / 1024))
+    print("| %s | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s | %s | %s | %s | %.1f MB | %.1f MB |" % (test, sm, lm, lm / sm, sc, lc, lg, bm, rs, rr, rc, peak_p / 1024, peak_a / 1024))
 PY

@@ -89,6 +89,11 @@ pub struct Config {
     /// Host directory holding the copies of labssh-init and labssh-sftp that containers
     /// mount (the helper's socket is on a tmpfs inside each container).
     pub helper_dir: String,
+    /// Sessions without a terminal (commands, SFTP, scp, rsync) take their process's
+    /// stdin, stdout and stderr pipes from labssh-init (SCM_RIGHTS), so their bytes
+    /// skip the relay through it; `false` relays them through labssh-init as older
+    /// agents did. A container whose labssh-init predates this is relayed anyway.
+    pub helper_pipes: bool,
     /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
     /// and `/readyz` (used by the binary); empty means none.
     pub http: String,
@@ -164,6 +169,7 @@ impl Default for Config {
             init_binary: String::new(),
             sftp_binary: String::new(),
             helper_dir: DEFAULT_HELPER_DIR.to_owned(),
+            helper_pipes: true,
             http: String::new(),
             tls: Default::default(),
             firewall: true,
@@ -402,6 +408,7 @@ mod tests {
             init_binary = "/usr/local/lib/labssh/labssh-init"
             sftp_binary = "/usr/local/lib/labssh/labssh-sftp"
             helper_dir = "/run/lab"
+            helper_pipes = false
             cluster_networks = ["10.0.0.0/24", "fd00:1::/64", "192.0.2.7"]
             max_sessions_per_user = 10
             max_forwards_per_user = 20
@@ -420,6 +427,7 @@ mod tests {
         assert_eq!(c.init_binary, "/usr/local/lib/labssh/labssh-init");
         assert_eq!(c.sftp_binary, "/usr/local/lib/labssh/labssh-sftp");
         assert_eq!(c.helper_dir, "/run/lab");
+        assert!(!c.helper_pipes && Config::default().helper_pipes);
         assert_eq!(
             (
                 c.max_sessions_per_user,

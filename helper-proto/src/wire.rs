@@ -11,6 +11,10 @@
 //! ```text
 //! agent → helper: SPAWN, then STDIN* / EOF / RESIZE / SIGNAL in any order
 //! helper → agent: STARTED | ERROR, then STDOUT* / STDERR* / WINDOW*, then EXIT
+//! agent → helper: SPAWN_PIPES (no terminal), then SIGNAL*
+//! helper → agent: STARTED (with the process's stdin, stdout and stderr pipes as
+//!                 SCM_RIGHTS: the agent writes and reads them itself) | ERROR,
+//!                 then EXIT as soon as the process is reaped
 //! agent → helper: CONNECT
 //! helper → agent: CONNECTED (with the socket as SCM_RIGHTS) | ERROR
 //! agent → helper: LOOKUP
@@ -34,8 +38,9 @@
 //! upgraded, so requests carry [`VERSION`] and the helper refuses versions it does not
 //! speak; the agent then restores the helper (a restart mounts the current
 //! labssh-init). Request kinds added later (LOOKUP, LISTEN, CONNECT_UNIX,
-//! LISTEN_UNIX) keep the version: a helper that predates one answers ERROR starting
-//! with [`UNEXPECTED_KIND`], which the agent recognises.
+//! LISTEN_UNIX, SPAWN_PIPES) keep the version: a helper that predates one answers
+//! ERROR starting with [`UNEXPECTED_KIND`], which the agent recognises (and for
+//! SPAWN_PIPES asks again with SPAWN, the relayed way).
 
 /// Protocol version in every request.
 pub const VERSION: u16 = 1;
@@ -83,8 +88,13 @@ pub mod kind {
     pub const CONNECT_UNIX: u8 = 0x09;
     /// Listen on a unix socket inside the container: [`super::UnixSocket`].
     pub const LISTEN_UNIX: u8 = 0x0a;
+    /// Start a process without a terminal and hand its pipes over:
+    /// [`super::Spawn`] with `pipes`.
+    pub const SPAWN_PIPES: u8 = 0x0b;
 
-    /// The process runs: its pid in the container, `u32`.
+    /// The process runs: its pid in the container, `u32`. After SPAWN_PIPES it carries
+    /// three descriptors, in this order: the write end of the process's stdin, the read
+    /// ends of its stdout and of its stderr.
     pub const STARTED: u8 = 0x81;
     /// Bytes from stdout (or the terminal).
     pub const STDOUT: u8 = 0x82;
@@ -205,6 +215,7 @@ mod tests {
             uid: 1000,
             gid: 100,
             pty: Some((80, 24)),
+            pipes: false,
         }));
         round_trip(Request::Spawn(Spawn {
             argv: vec!["true".into()],
@@ -213,7 +224,39 @@ mod tests {
             uid: 0,
             gid: 0,
             pty: None,
+            pipes: false,
         }));
+        let handed = Spawn {
+            argv: vec!["/usr/lib/openssh/sftp-server".into()],
+            env: vec!["HOME=/home/a".into()],
+            cwd: "/home/a".into(),
+            uid: 1000,
+            gid: 100,
+            pty: None,
+            pipes: true,
+        };
+        round_trip(Request::Spawn(handed.clone()));
+        // Only the kind tells the two ways apart: the payload is SPAWN's, so an older
+        // helper refuses the kind rather than misreading it.
+        let relayed = Request::Spawn(Spawn {
+            pipes: false,
+            ..handed.clone()
+        })
+        .encode();
+        let pipes = Request::Spawn(handed.clone()).encode();
+        assert_eq!(split_frame(&pipes).unwrap().unwrap().0, kind::SPAWN_PIPES);
+        assert_eq!(&relayed[5..], &pipes[5..]);
+        // A terminal's master stays with the helper.
+        let (_, payload, _) = split_frame(&relayed).unwrap().unwrap();
+        let with_pty = Request::Spawn(Spawn {
+            pty: Some((80, 24)),
+            ..handed
+        })
+        .encode();
+        let (_, pty_payload, _) = split_frame(&with_pty).unwrap().unwrap();
+        assert!(Request::decode(kind::SPAWN, payload).is_ok());
+        let err = Request::decode(kind::SPAWN_PIPES, pty_payload).unwrap_err();
+        assert!(err.contains("terminal"), "{err}");
         round_trip(Request::Connect(Connect {
             host: "localhost".into(),
             port: 3389,

@@ -83,6 +83,9 @@ pub struct Session {
     err: Option<OwnedFd>,
     /// The process has a terminal (`out` is its master side).
     pty: bool,
+    /// Its pipes go to the agent with STARTED (SPAWN_PIPES): the helper then holds
+    /// none of them and relays nothing, only signals and the exit.
+    hand_over: bool,
     /// How the process ended, once reaped.
     pub status: Option<Exit>,
     /// The agent went away: output is discarded and the process has been hung up.
@@ -99,7 +102,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a forked child; STARTED (or ERROR) follows its exec.
+    /// A session for a forked child; STARTED (or ERROR) follows its exec, with the
+    /// process's pipes when `hand_over` (which needs `err`: no terminal).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: OwnedFd,
         inbuf: Vec<u8>,
@@ -108,6 +113,7 @@ impl Session {
         stdin: OwnedFd,
         out: OwnedFd,
         err: Option<OwnedFd>,
+        hand_over: bool,
     ) -> io::Result<Session> {
         for fd in [Some(&stdin), Some(&out), err.as_ref()]
             .into_iter()
@@ -122,6 +128,7 @@ impl Session {
             pid: started.pid,
             starting: Some((started, program)),
             pty: err.is_none(),
+            hand_over: hand_over && err.is_some(),
             stdin: Some(stdin),
             stdin_buf: Buffer::default(),
             stdin_eof: false,
@@ -200,6 +207,10 @@ impl Session {
         };
         match started.outcome(program) {
             None => {}
+            Some(Ok(())) if self.hand_over => {
+                self.starting = None;
+                self.hand_pipes_over();
+            }
             Some(Ok(())) => {
                 self.starting = None;
                 let pid = (self.pid as u32).to_be_bytes();
@@ -213,6 +224,27 @@ impl Session {
                 self.out = None;
                 self.err = None;
             }
+        }
+    }
+
+    /// STARTED with the process's stdin, stdout and stderr pipes attached, then the
+    /// helper lets go of its own copies: from now on the agent writes and reads them
+    /// itself, and end of file on each is the process's (and its children's) doing.
+    /// Nothing else was queued before STARTED (stdin frames are not taken in this
+    /// mode), so the frame is the first the agent reads.
+    fn hand_pipes_over(&mut self) {
+        debug_assert!(self.outbuf.is_empty());
+        let (Some(stdin), Some(out), Some(err)) =
+            (self.stdin.take(), self.out.take(), self.err.take())
+        else {
+            return self.hang_up();
+        };
+        let mut frame = Vec::with_capacity(wire::HEADER_LEN + 4);
+        wire::put_frame(&mut frame, kind::STARTED, &(self.pid as u32).to_be_bytes());
+        let fds = [stdin.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
+        // Blocking for these few bytes on a fresh connection, whose buffer is empty.
+        if sys::send_with_fds(&self.conn, &frame, &fds).is_err() {
+            self.hang_up();
         }
     }
 

@@ -107,16 +107,28 @@ fn send_or_write(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// Sends one frame with a descriptor attached (SCM_RIGHTS).
 pub fn send_with_fd(sock: &impl AsRawFd, frame: &[u8], fd: RawFd) -> io::Result<()> {
+    send_with_fds(sock, frame, &[fd])
+}
+
+/// Most descriptors one frame carries.
+const MAX_FDS: usize = 4;
+
+/// Sends one frame with up to [`MAX_FDS`] descriptors attached (SCM_RIGHTS), in order.
+pub fn send_with_fds(sock: &impl AsRawFd, frame: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(!fds.is_empty() && fds.len() <= MAX_FDS && !frame.is_empty());
     let mut iov = libc::iovec {
         iov_base: frame.as_ptr() as *mut libc::c_void,
         iov_len: frame.len(),
     };
-    // u64 keeps the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 4];
+    let fds_len = std::mem::size_of_val(fds) as u32;
+    // u64 keeps the control buffer aligned for cmsghdr; 48 bytes hold one cmsghdr
+    // (16) with MAX_FDS ints, rounded up.
+    let mut control = [0u64; 6];
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(fds_len) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&control));
     // SAFETY: msghdr is plain data; every pointer set below outlives the call, and the
-    // control buffer (32 bytes) holds one cmsghdr with one int.
+    // control buffer holds one cmsghdr with `fds.len()` ints (checked above).
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
@@ -126,10 +138,13 @@ pub fn send_with_fd(sock: &impl AsRawFd, frame: &[u8], fd: RawFd) -> io::Result<
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_len) as _;
+        let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), *fd);
+        }
         let sent = retry(|| cvt_size(libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)))?;
-        // The descriptor went with the first byte; finish the frame plainly.
+        // The descriptors went with the first byte; finish the frame plainly.
         write_all(sock, &frame[sent..])
     }
 }

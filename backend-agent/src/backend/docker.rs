@@ -52,6 +52,7 @@ pub use container_spec::{
 pub use network::{BRIDGE_PREFIX, LABEL_EGRESS};
 pub use routes::SpawnPath;
 
+use super::helper::Pipes;
 use super::init_binary::{self, HelperSetup};
 use super::netns;
 use super::{
@@ -88,6 +89,9 @@ pub struct DockerBackend {
     sftp: Option<std::path::PathBuf>,
     /// How processes start in each known container.
     routes: Routes,
+    /// Whether labssh-init hands the pipes of processes without a terminal to the
+    /// agent (`helper_pipes`).
+    pipes: Pipes,
     /// What Docker said of each container and image, while its events say nothing
     /// changed: a login into a running container asks Docker nothing.
     known: Arc<Known>,
@@ -140,6 +144,7 @@ impl DockerBackend {
             helper,
             sftp,
             routes: Routes::default(),
+            pipes: Pipes::configured(config),
             known,
             _events: tokio_util::task::AbortOnDropHandle::new(events),
             guard: OnceLock::new(),
@@ -175,7 +180,7 @@ impl DockerBackend {
                     BackendError::SpawnFailed(format!("container {container} has no helper"))
                 })?;
                 socket
-                    .spawn(&spec, route.ready_by)
+                    .spawn(&spec, route.ready_by, self.pipes)
                     .await
                     .map_err(|e| BackendError::SpawnFailed(e.to_string()))
             }
@@ -325,7 +330,7 @@ impl Backend for DockerBackend {
         if spec.argv.is_empty() {
             return Err(BackendError::SpawnFailed("empty command".to_owned()));
         }
-        let process = self.inside(container, Spawn(spec)).await?;
+        let process = self.inside(container, Spawn(spec, self.pipes)).await?;
         tracing::info!(container, spawn = process.path.name(), "process started");
         Ok(process)
     }

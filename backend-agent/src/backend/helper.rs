@@ -15,12 +15,15 @@
 //! One connection per request; the protocol is `labssh_helper_proto::wire`.
 
 mod frames;
+#[cfg(test)]
+mod handover_tests;
 mod process;
 mod socket;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +35,7 @@ use labssh_helper_proto::wire;
 
 use super::netns;
 use super::{Process, RunAs, SpawnSpec};
-use frames::{read_frame, read_frame_with_fd};
+use frames::{read_frame, read_frame_with_fd, read_frame_with_fds};
 use socket::ConnectError;
 
 pub use wire::SOCKET_NAME;
@@ -82,6 +85,30 @@ pub struct HelperSocket {
     pid: u32,
     /// The socket's absolute path inside the container: [`SOCKET_PATH`], but for tests.
     path: Arc<str>,
+    /// This helper predates SPAWN_PIPES (it said so once): its processes' bytes are
+    /// relayed through it without asking again.
+    relays_only: Arc<AtomicBool>,
+}
+
+/// How a process without a terminal gets its stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipes {
+    /// The helper hands its pipes to the agent, which reads and writes them itself;
+    /// an older helper that cannot relays them instead.
+    Handed,
+    /// The helper relays every byte over its socket.
+    Relayed,
+}
+
+impl Pipes {
+    /// What the agent's `helper_pipes` asks for.
+    pub fn configured(config: &crate::config::Config) -> Pipes {
+        if config.helper_pipes {
+            Pipes::Handed
+        } else {
+            Pipes::Relayed
+        }
+    }
 }
 
 impl PartialEq for HelperSocket {
@@ -101,6 +128,7 @@ impl HelperSocket {
             proc_dir: Arc::new(netns::open_process(pid, container_id)?),
             pid,
             path: Arc::from(SOCKET_PATH),
+            relays_only: Arc::default(),
         })
     }
 
@@ -119,6 +147,7 @@ impl HelperSocket {
             proc_dir: Arc::new(proc_dir),
             pid,
             path: Arc::from(dir.join(SOCKET_NAME).to_str().unwrap()),
+            relays_only: Arc::default(),
         }
     }
 
@@ -128,25 +157,44 @@ impl HelperSocket {
     }
 
     /// Starts `spec` through the helper. Keeps trying to connect until `ready_by`
-    /// while the helper may still be starting.
+    /// while the helper may still be starting. Without a terminal, `pipes` says
+    /// whether the process's pipes are handed to the agent (the helper falling back to
+    /// relaying when it predates that).
     pub async fn spawn(
         &self,
         spec: &SpawnSpec,
         ready_by: tokio::time::Instant,
+        pipes: Pipes,
     ) -> Result<Process, HelperError> {
         let (uid, gid) = match spec.run_as {
             RunAs::Root => (0, 0),
             RunAs::Ids { uid, gid } => (uid, gid),
         };
-        let request = wire::Request::Spawn(wire::Spawn {
+        let hand_over = pipes == Pipes::Handed
+            && spec.pty.is_none()
+            && !self.relays_only.load(Ordering::Relaxed);
+        let mut request = wire::Spawn {
             argv: spec.argv.clone(),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd: spec.workdir.clone().unwrap_or_default(),
             uid,
             gid,
             pty: spec.pty.as_ref().map(|p| (p.cols, p.rows)),
-        });
-        let mut stream = self.request(&request, ready_by).await?;
+            pipes: hand_over,
+        };
+        if hand_over {
+            match self.spawn_handed(&request, ready_by).await {
+                Err(HelperError::Unavailable(m)) if m.contains(wire::UNEXPECTED_KIND) => {
+                    tracing::debug!(pid = self.pid, "an older labssh-init: relaying");
+                    self.relays_only.store(true, Ordering::Relaxed);
+                    request.pipes = false;
+                }
+                handed => return handed,
+            }
+        }
+        let mut stream = self
+            .request(&wire::Request::Spawn(request), ready_by)
+            .await?;
         let mut buf = BytesMut::with_capacity(4096);
         let reply = tokio::time::timeout(REPLY_TIMEOUT, read_frame(&mut stream, &mut buf)).await;
         let (kind, payload) = match reply {
@@ -158,6 +206,40 @@ impl HelperSocket {
             wire::kind::STARTED => {
                 let pid = wire::Reader(&payload).u32().unwrap_or(0);
                 Ok(process::start(stream, buf, pid, spec.pty.is_some()))
+            }
+            wire::kind::ERROR => Err(refusal(&payload)),
+            other => Err(HelperError::Failed(format!(
+                "unexpected answer {other:#x} from the helper"
+            ))),
+        }
+    }
+
+    /// SPAWN_PIPES: STARTED comes with the process's stdin, stdout and stderr pipes,
+    /// which must be pipes, open the right way round; anything else is refused (and
+    /// dropping the connection hangs the process up).
+    async fn spawn_handed(
+        &self,
+        request: &wire::Spawn,
+        ready_by: tokio::time::Instant,
+    ) -> Result<Process, HelperError> {
+        let stream = self
+            .request(&wire::Request::Spawn(request.clone()), ready_by)
+            .await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let reply =
+            tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fds(&stream, &mut buf)).await;
+        let (kind, payload, fds) = match reply {
+            Err(_) => return Err(HelperError::Failed("the helper did not answer".to_owned())),
+            Ok(Err(e)) => return Err(unavailable("reading the helper's answer", &e)),
+            Ok(Ok(frame)) => frame,
+        };
+        match kind {
+            wire::kind::STARTED => {
+                let pid = wire::Reader(&payload).u32().unwrap_or(0);
+                let pipes = handed_pipes(fds).map_err(|e| {
+                    HelperError::Failed(format!("the helper handed over no usable pipes: {e}"))
+                })?;
+                Ok(process::start_with_pipes(stream, buf, pid, pipes))
             }
             wire::kind::ERROR => Err(refusal(&payload)),
             other => Err(HelperError::Failed(format!(
@@ -378,6 +460,20 @@ fn unix_socket(path: &str, run_as: RunAs) -> wire::UnixSocket {
         gid,
         path: path.to_owned(),
     }
+}
+
+/// The three descriptors STARTED carries after SPAWN_PIPES, as tokio pipes: tokio
+/// checks each is a FIFO opened for the direction it is used in, and makes it
+/// non-blocking.
+fn handed_pipes(fds: Vec<OwnedFd>) -> io::Result<process::Pipes> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
+        io::Error::other(format!("{} descriptors instead of 3", fds.len()))
+    })?;
+    Ok(process::Pipes {
+        stdin: tokio::net::unix::pipe::Sender::from_owned_fd(stdin)?,
+        stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(stdout)?,
+        stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(stderr)?,
+    })
 }
 
 /// A socket the helper passed, made non-blocking for tokio.

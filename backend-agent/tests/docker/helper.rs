@@ -589,3 +589,99 @@ async fn a_vanished_agent_gets_its_processes_hung_up() {
     }
     panic!("sleep outlived its connection");
 }
+
+/// The pipe inodes (`pipe:[N]`) among a process's open descriptors, from /proc.
+fn pipes_held_by(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .filter(|link| link.starts_with("pipe:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn without_a_terminal_the_agent_holds_the_process_pipes_and_init_none() {
+    // With `helper_pipes` (the default) labssh-init hands the process's stdin, stdout
+    // and stderr to the agent and keeps no copy: the bytes skip its relay. Relayed,
+    // init holds them and the agent none.
+    let scratch = Scratch::new();
+    let script = "for f in 0 1 2; do readlink /proc/$$/fd/$f; done; read line; echo \"got $line\"";
+    for handed in [true, false] {
+        let config = Config {
+            helper_pipes: handed,
+            ..scratch.config()
+        };
+        let backend = DockerBackend::connect(&config).await.unwrap();
+        let c = ensure_on(&backend, "pip", "helper").await;
+        let init = docker_cli(&["inspect", "-f", "{{.State.Pid}}", &c.container_id]);
+        let argv = vec!["/bin/sh".into(), "-c".into(), script.into()];
+        let spec = SpawnSpec::for_user("pip", &environment(), argv, Vec::new(), None);
+        let Process {
+            mut stdin,
+            mut output,
+            control,
+            path,
+        } = backend.spawn(&c.container_id, spec).await.unwrap();
+        assert_eq!(path, SpawnPath::Helper);
+        // The three descriptors, while the shell waits on its stdin.
+        let mut out = String::new();
+        while out.lines().count() < 3 {
+            match tokio::time::timeout(STEP, output.next()).await.unwrap() {
+                Some(Output::Stdout(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+                other => panic!("{other:?} before the descriptors ({out:?})"),
+            }
+        }
+        let fds: Vec<String> = out.lines().map(str::to_owned).collect();
+        assert!(fds.iter().all(|f| f.starts_with("pipe:")), "{fds:?}");
+        assert_eq!(
+            fds.iter().collect::<std::collections::HashSet<_>>().len(),
+            3,
+            "{fds:?}"
+        );
+        let agent = pipes_held_by("self");
+        let helper = pipes_held_by(init.trim());
+        for fd in &fds {
+            assert_eq!(agent.contains(fd), handed, "agent, {fd}, handed {handed}");
+            assert_eq!(helper.contains(fd), !handed, "init, {fd}, handed {handed}");
+        }
+        stdin.write_all(b"hello\n").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let rest: Vec<Output> = tokio::time::timeout(STEP, output.collect()).await.unwrap();
+        assert_eq!(rest, vec![Output::Stdout("got hello\n".into())]);
+        assert_eq!(control.wait().await.unwrap(), ExitStatus::Code(0));
+    }
+}
+
+#[tokio::test]
+async fn handed_pipes_keep_stderr_apart_signals_and_exit_statuses() {
+    let scratch = Scratch::new();
+    let backend = scratch.backend().await;
+    let c = ensure_on(&backend, "sig", "helper").await;
+    let (out, err, status) = run_script(
+        &*backend,
+        &c.container_id,
+        "sig",
+        "echo out; echo err >&2; exit 42",
+    )
+    .await;
+    assert_eq!(
+        (out.as_str(), err.as_str(), status),
+        ("out\n", "err\n", ExitStatus::Code(42))
+    );
+    // A signal goes through the helper's connection; the status says which.
+    let argv = vec!["sleep".into(), "600".into()];
+    let spec = SpawnSpec::for_user("sig", &environment(), argv, Vec::new(), None);
+    let process = backend.spawn(&c.container_id, spec).await.unwrap();
+    process.control.signal("TERM").await.unwrap();
+    let (_, _, status) = collect(process).await;
+    assert_eq!(status, ExitStatus::Signal("TERM".into()));
+    // A program that does not exist is refused as before, nothing handed over.
+    let argv = vec!["/no/such/program".into()];
+    let spec = SpawnSpec::for_user("sig", &environment(), argv, Vec::new(), None);
+    match backend.spawn(&c.container_id, spec).await {
+        Err(BackendError::SpawnFailed(m)) => assert!(m.contains("/no/such/program"), "{m}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a missing program started"),
+    }
+}

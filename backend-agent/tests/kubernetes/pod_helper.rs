@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use labssh_agent::backend::helper::{HelperError, HelperSocket};
+use labssh_agent::backend::helper::{HelperError, HelperSocket, Pipes};
 use labssh_agent::backend::kubernetes::locate;
 use labssh_agent::backend::{ExitStatus, Output, Process, PtySpec, RunAs, SpawnSpec};
 use rand::Rng;
@@ -238,7 +238,7 @@ async fn sh_on(
         mut output,
         control,
         ..
-    } = helper.spawn(&spec, ready_by).await?;
+    } = helper.spawn(&spec, ready_by, Pipes::Handed).await?;
     drop(stdin);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     tokio::time::timeout(STEP, async {

@@ -17,6 +17,11 @@ pub struct Spawn {
     pub gid: u32,
     /// A terminal of this size (cols, rows), or pipes.
     pub pty: Option<(u16, u16)>,
+    /// Without a terminal: the helper hands the agent its ends of the process's stdin,
+    /// stdout and stderr pipes with STARTED ([`kind::SPAWN_PIPES`]), so their bytes skip
+    /// the relay through the helper; the connection then carries only control frames
+    /// and EXIT.
+    pub pipes: bool,
 }
 
 /// A TCP connection to open inside the container's network namespace.
@@ -95,7 +100,11 @@ impl Request {
                 put_str(&mut p, &s.cwd);
                 put_list(&mut p, &s.argv);
                 put_list(&mut p, &s.env);
-                kind::SPAWN
+                if s.pipes {
+                    kind::SPAWN_PIPES
+                } else {
+                    kind::SPAWN
+                }
             }
             Request::Connect(c) => {
                 p.extend_from_slice(&c.port.to_be_bytes());
@@ -136,7 +145,7 @@ impl Request {
             ));
         }
         let request = match kind {
-            kind::SPAWN => {
+            kind::SPAWN | kind::SPAWN_PIPES => {
                 let uid = r.u32()?;
                 let gid = r.u32()?;
                 let flag = r.u8()?;
@@ -148,13 +157,19 @@ impl Request {
                 if argv.is_empty() {
                     return Err("empty command".to_owned());
                 }
+                let pty = (flag & 1 == 1).then_some((cols, rows));
+                let pipes = kind == kind::SPAWN_PIPES;
+                if pipes && pty.is_some() {
+                    return Err("a terminal's process has no pipes to hand over".to_owned());
+                }
                 Request::Spawn(Spawn {
                     argv,
                     env,
                     cwd,
                     uid,
                     gid,
-                    pty: (flag & 1 == 1).then_some((cols, rows)),
+                    pty,
+                    pipes,
                 })
             }
             kind::CONNECT => {

@@ -95,7 +95,8 @@ impl Server {
         match self.start_process(&request) {
             Ok((started, program, stdin, out, err)) => {
                 let pid = started.pid;
-                match Session::new(conn, inbuf, started, program, stdin, out, err) {
+                let hand_over = request.pipes;
+                match Session::new(conn, inbuf, started, program, stdin, out, err, hand_over) {
                     Ok(session) => self.sessions.push(session),
                     Err(e) => {
                         // The connection is closed without a reply; the agent reports it.

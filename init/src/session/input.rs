@@ -40,6 +40,8 @@ impl Session {
     pub(super) fn apply(&mut self, frame_kind: u8, payload: &[u8]) {
         let mut r = wire::Reader(payload);
         match frame_kind {
+            // The agent holds the pipe itself; nothing it sends here is stdin.
+            kind::STDIN if self.hand_over => {}
             kind::STDIN if self.stdin.is_some() && !self.stdin_eof => {
                 // Straight to the process when nothing waits before it; only what the
                 // pipe does not take now is kept.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::exec;
 use super::routes::SpawnPath;
 use super::DockerBackend;
-use crate::backend::helper::{HelperError, HelperSocket, SocketListener};
+use crate::backend::helper::{HelperError, HelperSocket, Pipes, SocketListener};
 use crate::backend::{BackendError, Process, RunAs, SpawnSpec};
 
 /// One kind of work done inside a container.
@@ -39,8 +39,8 @@ pub(super) trait Inside {
     fn failed(&self, message: String) -> BackendError;
 }
 
-/// Start a process.
-pub(super) struct Spawn(pub SpawnSpec);
+/// Start a process; without a terminal, its pipes handed to the agent or relayed.
+pub(super) struct Spawn(pub SpawnSpec, pub Pipes);
 
 /// Open a TCP connection to `host:port`.
 pub(super) struct Connect<'a> {
@@ -138,7 +138,7 @@ impl Inside for Spawn {
         socket: &HelperSocket,
         ready_by: Instant,
     ) -> Result<Process, HelperError> {
-        socket.spawn(&self.0, ready_by).await
+        socket.spawn(&self.0, ready_by, self.1).await
     }
 
     async fn without_helper(

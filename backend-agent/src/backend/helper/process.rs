@@ -1,14 +1,19 @@
-//! A process the helper started, as a [`Process`]: output and exit come from a reader
-//! task, stdin is written straight to the connection within the helper's credit.
+//! A process the helper started, as a [`Process`]. Relayed (a terminal, or an older
+//! helper): output and exit come from a reader task, stdin is written straight to the
+//! connection within the helper's credit. Handed over (SPAWN_PIPES): the agent writes
+//! the process's stdin pipe and reads its stdout and stderr pipes itself, and the
+//! connection carries only signals one way and the exit the other.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::{pipe, OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,8 +46,7 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
     tokio::spawn(read_frames(
         read,
         buf,
-        output_tx,
-        credit.clone(),
+        Some((output_tx, credit.clone())),
         outcome_tx,
     ));
     let stdin = HelperStdin {
@@ -57,6 +61,41 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
             pid,
             tty,
             write,
+            outcome: outcome_rx,
+        }),
+        path: SpawnPath::Helper,
+    }
+}
+
+/// The process's own pipes, as the helper handed them over with STARTED.
+pub struct Pipes {
+    /// The write end of its stdin.
+    pub stdin: pipe::Sender,
+    /// The read end of its stdout.
+    pub stdout: pipe::Receiver,
+    /// The read end of its stderr.
+    pub stderr: pipe::Receiver,
+}
+
+/// Wraps a connection on which the helper answered STARTED with the process's pipes:
+/// `buf` holds bytes read past that answer (an EXIT already, perhaps).
+pub fn start_with_pipes(stream: UnixStream, buf: BytesMut, pid: u32, pipes: Pipes) -> Process {
+    let (read, write) = stream.into_split();
+    let (outcome_tx, outcome_rx) = watch::channel(None);
+    tokio::spawn(read_frames(read, buf, None, outcome_tx));
+    Process {
+        stdin: Stdin::new(PipeStdin(Some(pipes.stdin))),
+        output: PipeOutput {
+            stdout: Some(pipes.stdout),
+            stderr: Some(pipes.stderr),
+            buf: BytesMut::new(),
+            stderr_first: false,
+        }
+        .boxed(),
+        control: Arc::new(HelperProcess {
+            pid,
+            tty: false,
+            write: Arc::new(Mutex::new(write)),
             outcome: outcome_rx,
         }),
         path: SpawnPath::Helper,
@@ -133,13 +172,13 @@ impl ProcessControl for HelperProcess {
     }
 }
 
-/// Reads the helper's frames until EXIT or the end of the connection: output to the
-/// session (dropped if the session stopped listening), credit to the stdin writer.
+/// Reads the helper's frames until EXIT or the end of the connection: when relayed
+/// (`relay`), output to the session (dropped if the session stopped listening) and
+/// credit to the stdin writer.
 async fn read_frames(
     mut read: OwnedReadHalf,
     mut buf: BytesMut,
-    output: mpsc::Sender<Output>,
-    credit: Arc<Semaphore>,
+    relay: Option<(mpsc::Sender<Output>, Arc<Semaphore>)>,
     outcome: watch::Sender<Outcome>,
 ) {
     let gone = |message: String| {
@@ -167,25 +206,29 @@ async fn read_frames(
             }
             Err(e) => break gone(format!("bad frame from the helper: {e}")),
         };
-        match frame {
-            (kind::STDOUT, data) => {
+        match (frame, &relay) {
+            ((kind::STDOUT, data), Some((output, _))) => {
                 let _ = output.send(Output::Stdout(data)).await;
             }
-            (kind::STDERR, data) => {
+            ((kind::STDERR, data), Some((output, _))) => {
                 let _ = output.send(Output::Stderr(data)).await;
             }
-            (kind::WINDOW, data) => {
+            ((kind::WINDOW, data), Some((_, credit))) => {
                 let n = wire::Reader(&data).u32().unwrap_or(0) as usize;
                 credit.add_permits(n.min(Semaphore::MAX_PERMITS - credit.available_permits()));
             }
-            (kind::EXIT, data) => break decode_exit(&data),
-            (kind::ERROR, data) => break gone(String::from_utf8_lossy(&data).into_owned()),
-            (other, _) => tracing::debug!(kind = other, "ignoring a frame from the helper"),
+            (frame, _) => match frame {
+                (kind::EXIT, data) => break decode_exit(&data),
+                (kind::ERROR, data) => break gone(String::from_utf8_lossy(&data).into_owned()),
+                (other, _) => tracing::debug!(kind = other, "ignoring a frame from the helper"),
+            },
         }
     };
-    // Output ends before the exit is known, as with Docker exec.
-    drop(output);
-    credit.close(); // the writer stops waiting for credit that will never come
+    if let Some((output, credit)) = relay {
+        // Output ends before the exit is known, as with Docker exec.
+        drop(output);
+        credit.close(); // the writer stops waiting for credit that will never come
+    }
     let _ = outcome.send(Some(result));
 }
 
@@ -279,6 +322,106 @@ impl Drop for HelperStdin {
                 let frame = wire::frame_header(kind::EOF, 0);
                 let _ = write.lock().await.write_all(&frame).await;
             });
+        }
+    }
+}
+
+/// A handed-over process's stdin: what the session writes goes to the pipe; shutdown
+/// (or drop) closes the agent's end, the only one left, which is the process's EOF.
+struct PipeStdin(Option<pipe::Sender>);
+
+#[async_trait]
+impl StdinSink for PipeStdin {
+    async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        match &mut self.0 {
+            Some(pipe) => pipe.write_all(&data).await,
+            None => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stdin was closed",
+            )),
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.0 = None;
+        Ok(())
+    }
+}
+
+/// A handed-over process's stdout and stderr, read as they become readable until both
+/// end. A read buffer is taken only when a pipe has bytes, and what one read got is
+/// split off it as it lies; a quiet session holds no buffer beyond what is left of
+/// the last one.
+struct PipeOutput {
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    buf: BytesMut,
+    /// Which pipe is looked at first next time, so a chatty one cannot starve the
+    /// other.
+    stderr_first: bool,
+}
+
+impl futures::Stream for PipeOutput {
+    type Item = Output;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Output>> {
+        let this = &mut *self;
+        this.stderr_first = !this.stderr_first;
+        for is_err in [this.stderr_first, !this.stderr_first] {
+            let slot = if is_err {
+                &mut this.stderr
+            } else {
+                &mut this.stdout
+            };
+            if let Some(data) = poll_pipe(slot, &mut this.buf, cx) {
+                return Poll::Ready(Some(if is_err {
+                    Output::Stderr(data)
+                } else {
+                    Output::Stdout(data)
+                }));
+            }
+        }
+        if this.stdout.is_none() && this.stderr.is_none() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Bytes read from the pipe in `slot` if it has some now; at its end (or an error)
+/// the slot is emptied. `None` also registers for the pipe's next readiness.
+fn poll_pipe(
+    slot: &mut Option<pipe::Receiver>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Option<Bytes> {
+    loop {
+        let pipe = slot.as_mut()?;
+        match pipe.poll_read_ready(cx) {
+            Poll::Pending => return None,
+            Poll::Ready(Err(_)) => {
+                *slot = None;
+                return None;
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        if buf.capacity() < READ_CHUNK / 4 {
+            *buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        match pipe.try_read_buf(buf) {
+            Ok(0) => {
+                *slot = None;
+                return None;
+            }
+            Ok(n) => return Some(buf.split_to(n).freeze()),
+            // Readiness was stale: poll again, which registers the waker.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                *slot = None;
+                return None;
+            }
         }
     }
 }

@@ -30,6 +30,7 @@ use super::exec::{KubeExec, PodExec};
 use super::inside::{Inside, PodRef};
 use super::objects::{self, PodPlan, CONTAINER};
 use crate::backend::docker::LABEL_SPAWN;
+use crate::backend::helper::Pipes;
 use crate::backend::lifecycle_ops::read_keepalive;
 use crate::backend::{
     settings_hash, Backend, BackendError, ContainerInfo, ContainerState, Duplex, EnsureOptions,
@@ -143,7 +144,7 @@ impl KubeBackend {
             keepalive_cmd: config.keepalive_cmd.clone(),
             config: kube,
             locks: KeyedLock::default(),
-            inside: Inside::new(exec),
+            inside: Inside::new(exec, Pipes::configured(config)),
             reflector,
         }
     }

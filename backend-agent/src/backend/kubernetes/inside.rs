@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::exec::PodExec;
 use super::locate;
 use super::objects::CONTAINER;
-use crate::backend::helper::{HelperError, HelperSocket, SocketListener};
+use crate::backend::helper::{HelperError, HelperSocket, Pipes, SocketListener};
 use crate::backend::netns;
 use crate::backend::{BackendError, Duplex, Process, RunAs, SpawnSpec};
 
@@ -49,13 +49,16 @@ pub struct Inside {
     /// Helpers found, by pod name: the container id they were found for, and the
     /// socket.
     helpers: Mutex<HashMap<String, (String, HelperSocket)>>,
+    /// Whether helpers hand the pipes of processes without a terminal to the agent.
+    pipes: Pipes,
 }
 
 impl Inside {
     /// Through helpers, with `exec` for pods made without one.
-    pub fn new(exec: Arc<dyn PodExec>) -> Inside {
+    pub fn new(exec: Arc<dyn PodExec>, pipes: Pipes) -> Inside {
         Inside {
             exec,
+            pipes,
             helpers: Mutex::new(HashMap::new()),
         }
     }
@@ -68,9 +71,10 @@ impl Inside {
                 .exec(&pod.namespace, &pod.name, CONTAINER, spec)
                 .await;
         }
+        let pipes = self.pipes;
         self.through_helper(pod, |socket, ready_by| {
             let spec = spec.clone();
-            async move { socket.spawn(&spec, ready_by).await }
+            async move { socket.spawn(&spec, ready_by, pipes).await }
         })
         .await
         .map_err(BackendError::SpawnFailed)
