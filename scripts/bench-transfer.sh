@@ -128,7 +128,9 @@ container_prefix = "$PREFIX"
 firewall = false
 $(tls agent-xfer)
 TOML
-{ cat "$WORK/agent.toml"; echo 'helper_pipes = false'; } > "$WORK/agent-relay.toml"
+# (Before any [table]: the key is the agent's own.)
+sed 's/^firewall = false$/&\nhelper_pipes = false/' "$WORK/agent.toml" > "$WORK/agent-relay.toml"
+grep -q '^helper_pipes = false$' "$WORK/agent-relay.toml" || die "agent-relay.toml lacks helper_pipes"
 "$BIN/labssh" user add student --key "$WORK/id.pub" --users "$WORK/users.toml" >/dev/null
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:$P_PROXY"
