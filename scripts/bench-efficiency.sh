@@ -19,6 +19,8 @@
 #   PROFILE    cargo profile of the binaries                     (release)
 #   IMAGE      the containers' image                             (labssh/busybox:latest)
 #   PORT       labssh's SSH port; PORT+1 its /metrics            (42200)
+#   BASELINE   another labssh binary measured the same way first, in the same run
+#              (e.g. a copy built from an earlier commit); the ratios follow
 #
 # Needs root (to read other processes' /proc) and Docker. Nothing here is a test:
 # the figures are printed, never judged.
@@ -31,6 +33,7 @@ USERS="${USERS:-20}"
 PROFILE="${PROFILE:-release}"
 IMAGE="${IMAGE:-labssh/busybox:latest}"
 PORT="${PORT:-42200}"
+BASELINE="${BASELINE:-}"
 PREFIX=lbeff
 
 say() { echo "bench-efficiency: $*" >&2; }
@@ -56,6 +59,10 @@ max_sessions=$(echo "$SESSIONS" | tr ',' '\n' | sort -n | tail -n 1)
 per_user=$(( (max_sessions + USERS - 1) / USERS + 2 ))
 [ "$per_user" -lt 8 ] && per_user=8
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
+# measure LABSSH NAME: one labssh binary's figures, printed, and kept in $WORK/NAME.tsv.
+measure() {
+local LABSSH=$1 NAME=$2
+rm -rf "$WORK/labssh"
 mkdir -p "$WORK/labssh"
 cat > "$WORK/labssh/agent.toml" <<EOF
 name = "local"
@@ -72,10 +79,10 @@ max_unauthenticated_per_address = 100000
 max_startups = "100000:30:100000"
 EOF
 for i in $(seq 1 "$USERS"); do
-  "$BIN/labssh" user add "$(printf "student%03d" "$i")" --key "$WORK/id.pub" \
+  "$LABSSH" user add "$(printf "student%03d" "$i")" --key "$WORK/id.pub" \
     --users "$WORK/labssh/users.toml" >/dev/null
 done
-START_TIMEOUT=120 start labssh "$PORT" "$BIN/labssh" up --dir "$WORK/labssh" \
+START_TIMEOUT=120 start labssh "$PORT" "$LABSSH" up --dir "$WORK/labssh" \
   --listen "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" --image "$IMAGE"
 UP_PID=$STARTED_PID
 TARGET="labssh=127.0.0.1:$PORT,users=student:$USERS,key=$WORK/id"
@@ -107,6 +114,8 @@ up0=$(cpu_ticks "$UP_PID"); h0=$(helpers_ticks); d0=$( [ -n "$DOCKERD" ] && cpu_
 up1=$(cpu_ticks "$UP_PID"); h1=$(helpers_ticks); d1=$( [ -n "$DOCKERD" ] && cpu_ticks "$DOCKERD" || echo 0)
 failed=$(grep -ciE "failed|error" "$WORK/sweep.log" || true)
 
+echo
+echo "== $NAME: $LABSSH"
 echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?'), profile $PROFILE, $(nproc) cores, kernel $(uname -r)"
 echo
 echo "CPU per warm login ($LOGINS in parallel, \`true\`, $USERS students)"
@@ -117,6 +126,9 @@ if [ -n "$DOCKERD" ]; then
   echo "  dockerd                                  $(per_login "$d0" "$d1")"
 fi
 echo "  total                                    $(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")"
+: > "$WORK/$NAME.tsv"
+printf 'cpu_up\t%s\ncpu_total\t%s\n' "$(per_login "$up0" "$up1")" \
+  "$(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")" | tr -d ' ms' >> "$WORK/$NAME.tsv"
 [ "$failed" = 0 ] || echo "  (the sweep's output mentions failures: see a rerun with KEEP of $WORK/sweep.log)"
 
 echo
@@ -149,4 +161,21 @@ for n in $(echo "$SESSIONS" | tr ',' ' '); do
   printf "  %8d %14d %14d %16.1f %16.1f   (%s open when measured)\n" "$n" "$up" "$h" \
     "$(awk -v a="$up" -v b="$base_up" -v n="$n" 'BEGIN {print (a - b) / n}')" \
     "$(awk -v a="$h" -v b="$base_h" -v n="$n" 'BEGIN {print (a - b) / n}')" "${open%.*}"
+  printf 'up_per_session_%s\t%s\n' "$n" "$(awk -v a="$up" -v b="$base_up" -v n="$n" 'BEGIN {print (a - b) / n}')" >> "$WORK/$NAME.tsv"
 done
+kill "$UP_PID" 2>/dev/null || true
+wait "$UP_PID" 2>/dev/null || true
+remove_lab "$PREFIX"
+}
+
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+  measure "$BASELINE" baseline
+fi
+measure "$BIN/labssh" current
+if [ -n "$BASELINE" ]; then
+  echo
+  echo "current ÷ baseline (same run)"
+  join -t "$(printf '\t')" <(sort "$WORK/baseline.tsv") <(sort "$WORK/current.tsv") |
+    awk -F '\t' '{ printf "  %-24s %10s %10s %8.2f\n", $1, $2, $3, ($2 == 0 ? 0 : $3 / $2) }'
+fi

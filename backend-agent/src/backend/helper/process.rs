@@ -29,8 +29,11 @@ use labssh_helper_proto::wire::{self, kind};
 const OUTPUT_BUFFER: usize = 8;
 /// Largest stdin frame.
 const STDIN_CHUNK: usize = 64 * 1024;
-/// One read from the socket.
+/// One read from the socket (or a handed-over pipe).
 const READ_CHUNK: usize = 64 * 1024;
+/// A pipe read this small is copied out of its buffer rather than keeping 64 KiB
+/// alive for a few bytes (a keystroke's echo, a line of output).
+const SMALL_READ: usize = 4 * 1024;
 
 /// How the process ended, as far as the agent knows: `None` while it runs.
 type Outcome = Option<Result<ExitStatus, BackendError>>;
@@ -88,7 +91,6 @@ pub fn start_with_pipes(stream: UnixStream, buf: BytesMut, pid: u32, pipes: Pipe
         output: PipeOutput {
             stdout: Some(pipes.stdout),
             stderr: Some(pipes.stderr),
-            buf: BytesMut::new(),
             stderr_first: false,
         }
         .boxed(),
@@ -195,6 +197,14 @@ async fn read_frames(
                 (k, frame.slice(wire::HEADER_LEN..))
             }
             Ok(None) => {
+                if buf.is_empty() {
+                    // Between frames: an idle session holds no buffer while it waits
+                    // (what was split off lives on in the frames handed on).
+                    buf = BytesMut::new();
+                    if let Err(e) = read.readable().await {
+                        break gone(format!("reading from the helper: {e}"));
+                    }
+                }
                 buf.reserve(READ_CHUNK);
                 match read.read_buf(&mut buf).await {
                     Ok(0) => {
@@ -349,13 +359,11 @@ impl StdinSink for PipeStdin {
 }
 
 /// A handed-over process's stdout and stderr, read as they become readable until both
-/// end. A read buffer is taken only when a pipe has bytes, and what one read got is
-/// split off it as it lies; a quiet session holds no buffer beyond what is left of
-/// the last one.
+/// end. A read buffer is taken only when a pipe has bytes; a full read is handed on as
+/// it lies, a small one copied out so the buffer goes: a quiet session holds none.
 struct PipeOutput {
     stdout: Option<pipe::Receiver>,
     stderr: Option<pipe::Receiver>,
-    buf: BytesMut,
     /// Which pipe is looked at first next time, so a chatty one cannot starve the
     /// other.
     stderr_first: bool,
@@ -373,7 +381,7 @@ impl futures::Stream for PipeOutput {
             } else {
                 &mut this.stdout
             };
-            if let Some(data) = poll_pipe(slot, &mut this.buf, cx) {
+            if let Some(data) = poll_pipe(slot, cx) {
                 return Poll::Ready(Some(if is_err {
                     Output::Stderr(data)
                 } else {
@@ -391,11 +399,7 @@ impl futures::Stream for PipeOutput {
 
 /// Bytes read from the pipe in `slot` if it has some now; at its end (or an error)
 /// the slot is emptied. `None` also registers for the pipe's next readiness.
-fn poll_pipe(
-    slot: &mut Option<pipe::Receiver>,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Option<Bytes> {
+fn poll_pipe(slot: &mut Option<pipe::Receiver>, cx: &mut Context<'_>) -> Option<Bytes> {
     loop {
         let pipe = slot.as_mut()?;
         match pipe.poll_read_ready(cx) {
@@ -406,15 +410,14 @@ fn poll_pipe(
             }
             Poll::Ready(Ok(())) => {}
         }
-        if buf.capacity() < READ_CHUNK / 4 {
-            *buf = BytesMut::with_capacity(READ_CHUNK);
-        }
-        match pipe.try_read_buf(buf) {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match pipe.try_read_buf(&mut buf) {
             Ok(0) => {
                 *slot = None;
                 return None;
             }
-            Ok(n) => return Some(buf.split_to(n).freeze()),
+            Ok(n) if n < SMALL_READ => return Some(Bytes::copy_from_slice(&buf)),
+            Ok(_) => return Some(buf.freeze()),
             // Readiness was stale: poll again, which registers the waker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
