@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,7 +66,9 @@ pub struct Tap {
 }
 
 struct Screen {
-    frames: broadcast::Sender<Frame>,
+    /// Made for the first watcher: a broadcast channel holds its whole backlog's slots
+    /// from the start (tens of kB), which an unwatched session has no use for.
+    frames: OnceLock<broadcast::Sender<Frame>>,
     /// Whose, and the terminal's size now, for a watcher that comes in later.
     start: Mutex<pb::WatchStart>,
     /// The last output (at most [`RECENT`] bytes, kept under twice that), so a
@@ -76,6 +78,21 @@ struct Screen {
 }
 
 impl Screen {
+    /// The watchers' channel, while anyone watches.
+    fn watched(&self) -> Option<&broadcast::Sender<Frame>> {
+        self.frames
+            .get()
+            .filter(|frames| frames.receiver_count() > 0)
+    }
+
+    /// A new watcher's receiver, the channel made if this is the first. Called under
+    /// the `recent` lock, as output is sent.
+    fn subscribe(&self) -> broadcast::Receiver<Frame> {
+        self.frames
+            .get_or_init(|| broadcast::channel(WATCH_BACKLOG).0)
+            .subscribe()
+    }
+
     /// The recent output, from the first whole line when it was cut.
     fn recent(recent: &[u8]) -> Bytes {
         let from = recent.len().saturating_sub(RECENT);
@@ -91,7 +108,7 @@ impl Screen {
 impl Tap {
     fn new(info: &pb::SessionInfo, pty: Option<&pb::PtyRequest>) -> Tap {
         let screen = pty.map(|pty| Screen {
-            frames: broadcast::channel(WATCH_BACKLOG).0,
+            frames: OnceLock::new(),
             start: Mutex::new(pb::WatchStart {
                 user: info.user.clone(),
                 environment: info.environment.clone(),
@@ -124,8 +141,8 @@ impl Tap {
                 let cut = recent.len() - RECENT;
                 recent.drain(..cut);
             }
-            if screen.frames.receiver_count() > 0 {
-                let _ = screen.frames.send(Frame::Output(data.clone()));
+            if let Some(frames) = screen.watched() {
+                let _ = frames.send(Frame::Output(data.clone()));
             }
         }
     }
@@ -136,8 +153,8 @@ impl Tap {
             let mut start = screen.start.lock().unwrap_or_else(|e| e.into_inner());
             (start.cols, start.rows) = (size.cols, size.rows);
             drop(start);
-            if screen.frames.receiver_count() > 0 {
-                let _ = screen.frames.send(Frame::Resize(*size));
+            if let Some(frames) = screen.watched() {
+                let _ = frames.send(Frame::Resize(*size));
             }
         }
     }
@@ -356,7 +373,7 @@ impl Live {
         };
         let (frames, recent) = {
             let recent = screen.recent.lock().unwrap_or_else(|e| e.into_inner());
-            (screen.frames.subscribe(), Screen::recent(&recent))
+            (screen.subscribe(), Screen::recent(&recent))
         };
         let start = screen
             .start
@@ -588,7 +605,7 @@ mod tests {
         );
         // Not a watched byte counted twice or lost: what comes after the copy
         // arrives through the subscription.
-        let mut frames = screen.frames.subscribe();
+        let mut frames = screen.subscribe();
         tap.output(&Bytes::from_static(b"after\n"));
         match frames.try_recv() {
             Ok(Frame::Output(b)) => assert_eq!(&b[..], b"after\n"),

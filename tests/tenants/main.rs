@@ -60,6 +60,7 @@ mod lifecycle;
 mod names;
 mod network;
 mod passwd;
+mod pipes;
 mod prestart;
 mod self_service;
 mod start_queue;
