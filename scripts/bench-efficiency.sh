@@ -19,8 +19,9 @@
 #   PROFILE    cargo profile of the binaries                     (release)
 #   IMAGE      the containers' image                             (labssh/busybox:latest)
 #   PORT       labssh's SSH port; PORT+1 its /metrics            (42200)
-#   BASELINE   another labssh binary measured the same way first, in the same run
-#              (e.g. a copy built from an earlier commit); the ratios follow
+#   BASELINE   another labssh binary measured the same way in the same run (e.g. a
+#              copy built from an earlier commit), in the order baseline, current,
+#              current, baseline; the ratios of the means follow
 #
 # Needs root (to read other processes' /proc) and Docker. Nothing here is a test:
 # the figures are printed, never judged.
@@ -127,7 +128,8 @@ if [ -n "$DOCKERD" ]; then
 fi
 echo "  total                                    $(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")"
 : > "$WORK/$NAME.tsv"
-printf 'cpu_up\t%s\ncpu_total\t%s\n' "$(per_login "$up0" "$up1")" \
+printf 'cpu_up\t%s\ncpu_helpers\t%s\ncpu_total\t%s\n' "$(per_login "$up0" "$up1")" \
+  "$(per_login "$h0" "$h1")" \
   "$(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")" | tr -d ' ms' >> "$WORK/$NAME.tsv"
 [ "$failed" = 0 ] || echo "  (the sweep's output mentions failures: see a rerun with KEEP of $WORK/sweep.log)"
 
@@ -168,14 +170,20 @@ wait "$UP_PID" 2>/dev/null || true
 remove_lab "$PREFIX"
 }
 
-if [ -n "$BASELINE" ]; then
-  [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
-  measure "$BASELINE" baseline
+if [ -z "$BASELINE" ]; then
+  measure "$BIN/labssh" current
+  exit 0
 fi
-measure "$BIN/labssh" current
-if [ -n "$BASELINE" ]; then
-  echo
-  echo "current ÷ baseline (same run)"
-  join -t "$(printf '\t')" <(sort "$WORK/baseline.tsv") <(sort "$WORK/current.tsv") |
-    awk -F '\t' '{ printf "  %-24s %10s %10s %8.2f\n", $1, $2, $3, ($2 == 0 ? 0 : $3 / $2) }'
-fi
+[ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+# Baseline, current, current, baseline: whichever goes second in a pair pays for its
+# place (the machine's state after the first), so each side gets both places.
+measure "$BASELINE" baseline-1
+measure "$BIN/labssh" current-1
+measure "$BIN/labssh" current-2
+measure "$BASELINE" baseline-2
+echo
+echo "current ÷ baseline (same run; each side the mean of its two measurements)"
+mean() { join -t "$(printf '\t')" <(sort "$WORK/$1-1.tsv") <(sort "$WORK/$1-2.tsv") |
+  awk -F '\t' '{ printf "%s\t%.3f\n", $1, ($2 + $3) / 2 }'; }
+join -t "$(printf '\t')" <(mean baseline) <(mean current) |
+  awk -F '\t' '{ printf "  %-24s %10s %10s %8.2f\n", $1, $2, $3, ($2 == 0 ? 0 : $3 / $2) }'
