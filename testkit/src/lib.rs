@@ -64,3 +64,14 @@ pub fn raise_nofile_limit() -> u64 {
     let soft = limit.rlim_cur as u64;
     soft
 }
+
+/// The pipes (`pipe:[INODE]`) among the open descriptors of process `pid` of this
+/// host (`"self"` for the test itself), from `/proc/PID/fd`.
+pub fn pipes_held_by(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .filter(|link| link.starts_with("pipe:"))
+        .collect()
+}

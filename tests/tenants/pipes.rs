@@ -7,16 +7,6 @@ use labssh_testkit::ssh::{stderr, stdout};
 
 use crate::lab::{read_until, Lab, LabOptions};
 
-/// The `pipe:[N]` descriptors the process `pid` (of this host) holds.
-fn pipes_held_by(pid: &str) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .map(|link| link.to_string_lossy().into_owned())
-        .filter(|link| link.starts_with("pipe:"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bobs_handed_pipes_are_nowhere_alice_can_look() {
     let lab = Lab::start(LabOptions::default()).await;
@@ -41,7 +31,7 @@ async fn bobs_handed_pipes_are_nowhere_alice_can_look() {
         .collect();
     assert_eq!(bobs.len(), 3, "{listed:?}");
     // They were handed over: the agent (in this test's process) holds them.
-    let agent = pipes_held_by("self");
+    let agent = labssh_testkit::pipes_held_by("self");
     for pipe in &bobs {
         assert!(agent.contains(pipe), "the agent does not hold bob's {pipe}");
     }

@@ -35,7 +35,7 @@ use labssh_helper_proto::wire;
 
 use super::netns;
 use super::{Process, RunAs, SpawnSpec};
-use frames::{read_frame, read_frame_with_fd, read_frame_with_fds};
+use frames::{read_frame_with_fd, read_frame_with_fds};
 use socket::ConnectError;
 
 pub use wire::SOCKET_NAME;
@@ -183,7 +183,7 @@ impl HelperSocket {
             pipes: hand_over,
         };
         if hand_over {
-            match self.spawn_handed(&request, ready_by).await {
+            match self.spawn_as(request.clone(), ready_by, false).await {
                 Err(HelperError::Unavailable(m)) if m.contains(wire::UNEXPECTED_KIND) => {
                     tracing::debug!(pid = self.pid, "an older labssh-init: relaying");
                     self.relays_only.store(true, Ordering::Relaxed);
@@ -192,38 +192,22 @@ impl HelperSocket {
                 handed => return handed,
             }
         }
-        let mut stream = self
-            .request(&wire::Request::Spawn(request), ready_by)
-            .await?;
-        let mut buf = BytesMut::with_capacity(4096);
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, read_frame(&mut stream, &mut buf)).await;
-        let (kind, payload) = match reply {
-            Err(_) => return Err(HelperError::Failed("the helper did not answer".to_owned())),
-            Ok(Err(e)) => return Err(unavailable("reading the helper's answer", &e)),
-            Ok(Ok(frame)) => frame,
-        };
-        match kind {
-            wire::kind::STARTED => {
-                let pid = wire::Reader(&payload).u32().unwrap_or(0);
-                Ok(process::start(stream, buf, pid, spec.pty.is_some()))
-            }
-            wire::kind::ERROR => Err(refusal(&payload)),
-            other => Err(HelperError::Failed(format!(
-                "unexpected answer {other:#x} from the helper"
-            ))),
-        }
+        self.spawn_as(request, ready_by, spec.pty.is_some()).await
     }
 
-    /// SPAWN_PIPES: STARTED comes with the process's stdin, stdout and stderr pipes,
-    /// which must be pipes, open the right way round; anything else is refused (and
-    /// dropping the connection hangs the process up).
-    async fn spawn_handed(
+    /// Sends one SPAWN or SPAWN_PIPES and takes its STARTED. After SPAWN_PIPES the
+    /// answer comes with the process's stdin, stdout and stderr pipes, which must be
+    /// pipes, open the right way round; anything else is refused (and dropping the
+    /// connection hangs the process up).
+    async fn spawn_as(
         &self,
-        request: &wire::Spawn,
+        request: wire::Spawn,
         ready_by: tokio::time::Instant,
+        tty: bool,
     ) -> Result<Process, HelperError> {
+        let handed = request.pipes;
         let stream = self
-            .request(&wire::Request::Spawn(request.clone()), ready_by)
+            .request(&wire::Request::Spawn(request), ready_by)
             .await?;
         let mut buf = BytesMut::with_capacity(4096);
         let reply =
@@ -236,6 +220,9 @@ impl HelperSocket {
         match kind {
             wire::kind::STARTED => {
                 let pid = wire::Reader(&payload).u32().unwrap_or(0);
+                if !handed {
+                    return Ok(process::start(stream, buf, pid, tty));
+                }
                 let pipes = handed_pipes(fds).map_err(|e| {
                     HelperError::Failed(format!("the helper handed over no usable pipes: {e}"))
                 })?;
@@ -511,8 +498,28 @@ fn unexpected(kind: u8) -> HelperError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
     use std::path::Path;
+    use tokio::io::AsyncReadExt;
     use tokio::net::UnixListener;
+
+    /// Reads one frame, keeping bytes past it in `buf`.
+    async fn read_frame(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<(u8, Vec<u8>)> {
+        loop {
+            let split = wire::split_frame(buf).map_err(io::Error::other)?;
+            if let Some((kind, payload, used)) = split {
+                let frame = (kind, payload.to_vec());
+                buf.advance(used);
+                return Ok(frame);
+            }
+            if stream.read_buf(buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the helper closed the connection",
+                ));
+            }
+        }
+    }
 
     /// A fake helper that reads one request and answers with `frames` (or just hangs
     /// up when there are none); returns the request it got.

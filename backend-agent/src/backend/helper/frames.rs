@@ -7,29 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use bytes::{Buf, BytesMut};
 use labssh_helper_proto::wire;
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::Interest;
 use tokio::net::UnixStream;
-
-/// Reads one frame, keeping bytes past it in `buf`.
-pub(crate) async fn read_frame(
-    stream: &mut UnixStream,
-    buf: &mut BytesMut,
-) -> io::Result<(u8, Vec<u8>)> {
-    loop {
-        let split = wire::split_frame(buf).map_err(io::Error::other)?;
-        if let Some((kind, payload, used)) = split {
-            let frame = (kind, payload.to_vec());
-            buf.advance(used);
-            return Ok(frame);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the helper closed the connection",
-            ));
-        }
-    }
-}
 
 /// Reads the single frame of a CONNECT answer and the descriptor sent with it (any
 /// more are closed).
