@@ -128,9 +128,9 @@ if [ -n "$DOCKERD" ]; then
 fi
 echo "  total                                    $(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")"
 : > "$WORK/$NAME.tsv"
-printf 'cpu_up\t%s\ncpu_helpers\t%s\ncpu_total\t%s\n' "$(per_login "$up0" "$up1")" \
-  "$(per_login "$h0" "$h1")" \
-  "$(per_login "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")" | tr -d ' ms' >> "$WORK/$NAME.tsv"
+ms() { per_login "$1" "$2" | tr -d ' ms'; }
+printf 'cpu_up\t%s\ncpu_helpers\t%s\ncpu_total\t%s\n' "$(ms "$up0" "$up1")" "$(ms "$h0" "$h1")" \
+  "$(ms "$((up0 + h0 + d0))" "$((up1 + h1 + d1))")" >> "$WORK/$NAME.tsv"
 [ "$failed" = 0 ] || echo "  (the sweep's output mentions failures: see a rerun with KEEP of $WORK/sweep.log)"
 
 echo
