@@ -242,7 +242,8 @@ impl Session {
         let mut frame = Vec::with_capacity(wire::HEADER_LEN + 4);
         wire::put_frame(&mut frame, kind::STARTED, &(self.pid as u32).to_be_bytes());
         let fds = [stdin.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
-        // Blocking for these few bytes on a fresh connection, whose buffer is empty.
+        // The connection's first bytes, into its empty buffer: they go at once. If they
+        // cannot, the agent is treated as gone.
         if sys::send_with_fds(&self.conn, &frame, &fds).is_err() {
             self.hang_up();
         }
