@@ -602,13 +602,13 @@ mod tests {
     }
 
     /// One frame of `kind` carrying `payload`, as the helper writes it.
-    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut frames = Vec::new();
         wire::put_frame(&mut frames, kind, payload);
         frames
     }
 
-    fn soon() -> tokio::time::Instant {
+    pub(super) fn soon() -> tokio::time::Instant {
         tokio::time::Instant::now() + Duration::from_secs(5)
     }
 

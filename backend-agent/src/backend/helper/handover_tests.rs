@@ -2,18 +2,15 @@
 //! process's bytes, an older helper is asked again the relayed way (once), and
 //! descriptors that are not the pipes asked for are refused.
 
+use super::tests::{frame, soon};
 use super::*;
 use crate::backend::ExitStatus;
 use crate::backend::Output;
 use futures::StreamExt;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
 use std::path::Path;
 use tokio::net::UnixListener;
-
-fn soon() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(5)
-}
 
 fn spec(pty: bool) -> SpawnSpec {
     let env = labssh_proto::pb::Environment {
@@ -57,14 +54,6 @@ fn send_with_fds(conn: &std::os::unix::net::UnixStream, frame: &[u8], fds: &[Bor
     )
     .unwrap();
     assert_eq!(sent, frame.len());
-}
-
-use std::os::fd::BorrowedFd;
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    wire::put_frame(&mut out, kind, payload);
-    out
 }
 
 /// Reads the request frame off a blocking connection.

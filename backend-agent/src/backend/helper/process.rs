@@ -227,11 +227,9 @@ async fn read_frames(
                 let n = wire::Reader(&data).u32().unwrap_or(0) as usize;
                 credit.add_permits(n.min(Semaphore::MAX_PERMITS - credit.available_permits()));
             }
-            (frame, _) => match frame {
-                (kind::EXIT, data) => break decode_exit(&data),
-                (kind::ERROR, data) => break gone(String::from_utf8_lossy(&data).into_owned()),
-                (other, _) => tracing::debug!(kind = other, "ignoring a frame from the helper"),
-            },
+            ((kind::EXIT, data), _) => break decode_exit(&data),
+            ((kind::ERROR, data), _) => break gone(String::from_utf8_lossy(&data).into_owned()),
+            ((other, _), _) => tracing::debug!(kind = other, "ignoring a frame from the helper"),
         }
     };
     if let Some((output, credit)) = relay {
