@@ -22,6 +22,10 @@
 #   BASELINE   another labssh binary measured the same way in the same run (e.g. a
 #              copy built from an earlier commit), in the order baseline, current,
 #              current, baseline; the ratios of the means follow
+#   KEEP       set: keep the work directory (the logs of labssh and the load) at the end
+#   PERF       a file: `perf record` labssh up during the measured sweep (the current
+#              binary, its first measurement) into it, and print the hottest symbols;
+#              the CPU figures of that measurement then carry perf's own cost
 #
 # Needs root (to read other processes' /proc) and Docker. Nothing here is a test:
 # the figures are printed, never judged.
@@ -35,6 +39,8 @@ PROFILE="${PROFILE:-release}"
 IMAGE="${IMAGE:-labssh/busybox:latest}"
 PORT="${PORT:-42200}"
 BASELINE="${BASELINE:-}"
+PERF="${PERF:-}"
+PERF_PID=
 PREFIX=lbeff
 
 say() { echo "bench-efficiency: $*" >&2; }
@@ -49,14 +55,17 @@ build_labssh_and_loadtest "$PROFILE"
 WORK="$(mktemp -d /tmp/labssh-efficiency.XXXXXX)"
 pids=()
 cleanup() {
+  [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
   stop_started
   remove_lab "$PREFIX"
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-max_sessions=$(echo "$SESSIONS" | tr ',' '\n' | sort -n | tail -n 1)
+# Each student's share of the most sessions open at once: the largest of SESSIONS, or
+# the parallel logins, whichever is more.
+max_sessions=$( (echo "$SESSIONS" | tr ',' '\n'; echo "$LOGINS") | sort -n | tail -n 1)
 per_user=$(( (max_sessions + USERS - 1) / USERS + 2 ))
 [ "$per_user" -lt 8 ] && per_user=8
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
@@ -109,11 +118,24 @@ sleep 2
 HELPERS=$(helper_pids)
 [ "$(echo "$HELPERS" | wc -w)" -ge "$USERS" ] || die "only $(echo "$HELPERS" | wc -w) containers after the warm-up"
 
+if [ -n "$PERF" ] && { [ "$NAME" = current ] || [ "$NAME" = current-1 ]; }; then
+  command -v perf >/dev/null || die "PERF needs perf: apt-get install linux-perf"
+  perf record -q -F 999 --call-graph dwarf,16384 -p "$UP_PID" -o "$PERF" 2>/dev/null &
+  PERF_PID=$!
+  sleep 0.5   # perf attaches before the sweep starts
+fi
 up0=$(cpu_ticks "$UP_PID"); h0=$(helpers_ticks); d0=$( [ -n "$DOCKERD" ] && cpu_ticks "$DOCKERD" || echo 0)
 "$BIN/labssh-loadtest" sweep --target "$TARGET" --levels "$LOGINS" --command true \
   --phase-timeout 120 >"$WORK/sweep.log" 2>&1 || { tail -n 20 "$WORK/sweep.log" >&2; die "the sweep failed"; }
 up1=$(cpu_ticks "$UP_PID"); h1=$(helpers_ticks); d1=$( [ -n "$DOCKERD" ] && cpu_ticks "$DOCKERD" || echo 0)
 failed=$(grep -ciE "failed|error" "$WORK/sweep.log" || true)
+if [ -n "$PERF_PID" ]; then
+  kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=
+  say "profile of labssh up during the sweep: $PERF (hottest symbols, self time)"
+  perf report -i "$PERF" --no-children --sort dso,sym --stdio -q -g none 2>/dev/null \
+    | grep '%' | head -30 >&2 || true
+fi
 
 echo
 echo "== $NAME: $LABSSH"

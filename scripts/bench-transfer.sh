@@ -28,6 +28,10 @@
 #   CIPHER     ssh cipher for every client            (the client's default)
 #   PORT_BASE  first of the ports used                (42300)
 #   PROFILE    cargo profile                          (release)
+#   PERF       a directory: `perf record` the proxy and the agent during each labssh
+#              transfer of the first round, one file per transfer, and print the
+#              hottest symbols of each (the figures of that round then carry
+#              perf's own cost; compare them with nothing)
 #
 # Needs root (a system user for sshd), Docker and openssh-server.
 set -euo pipefail
@@ -41,6 +45,8 @@ RELAY="${RELAY:-0}"
 CIPHER="${CIPHER:-}"
 PORT_BASE="${PORT_BASE:-42300}"
 PROFILE="${PROFILE:-release}"
+PERF="${PERF:-}"
+PERF_PID=
 SSHD=/usr/sbin/sshd
 IMAGE=labssh/debian:bookworm
 PREFIX=lbxfer
@@ -78,6 +84,7 @@ WORK="$(mktemp -d /var/tmp/labssh-xfer.XXXXXX)"
 chmod 755 "$WORK"
 pids=()
 cleanup() {
+  [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
   stop_started
   remove_lab "$PREFIX"
   userdel -r "$SSHD_USER" >/dev/null 2>&1 || true
@@ -271,6 +278,25 @@ busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 gateway() { awk '{t += $14 + $15} END {print t}' "/proc/$PROXY_PID/stat" "/proc/$AGENT_PID/stat"; }
 # Starts measuring a transfer: peak RSS reset, CPU counters noted.
 mark() { reset_hwm "$PROXY_PID"; reset_hwm "$AGENT_PID"; C0=$(busy); G0=$(gateway); }
+# With PERF, profiles the proxy and the agent from here until perf_stop (labssh
+# targets, first round only).
+perf_start() {  # target test round
+  [ -n "$PERF" ] && [ "$1" != sshd ] && [ "$3" = 1 ] || return 0
+  command -v perf >/dev/null || die "PERF needs perf: apt-get install linux-perf"
+  mkdir -p "$PERF"
+  PERF_OUT="$PERF/$1-${2// /-}.data"
+  perf record -q -F 999 --call-graph dwarf,16384 -p "$PROXY_PID,$AGENT_PID" -o "$PERF_OUT" 2>/dev/null &
+  PERF_PID=$!
+  sleep 0.5   # perf attaches before the transfer starts
+}
+perf_stop() {
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=
+  say "profile: $PERF_OUT (hottest symbols, proxy and agent by pid)"
+  perf report -i "$PERF_OUT" --no-children --sort pid,sym --stdio -q 2>/dev/null \
+    | grep -v '^$' | grep '%' | head -25 >&2 || true
+}
 
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
@@ -297,10 +323,14 @@ for round in $(seq 1 "$ROUNDS"); do
   say "round $round of $ROUNDS"
   for t in "${targets[@]}"; do
     [ "$t" = labssh-relay ] && restart_agent "$WORK/agent-relay.toml"
+    perf_start "$t" "scp up" "$round"
     mark; s=$(now); scp -F "$WORK/ssh_config" -q "$WORK/payload" "$t:payload"; e=$(now)
     record "$t" "scp up" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    perf_stop
+    perf_start "$t" "scp down" "$round"
     mark; s=$(now); scp -F "$WORK/ssh_config" -q "$t:payload" "$WORK/download"; e=$(now)
     record "$t" "scp down" "$(awk -v a="$s" -v b="$e" 'BEGIN{printf "%.3f", b-a}')"
+    perf_stop
     cmp -s "$WORK/payload" "$WORK/download" || die "$t: downloaded file differs"
     rm -f "$WORK/download"
     ssh_ "$t" rm -f payload
@@ -310,6 +340,7 @@ for round in $(seq 1 "$ROUNDS"); do
       continue   # a tunnel's socket is handed over either way
     fi
     [ "$t" = labssh-builtin ] && continue   # the tunnel is the same path as labssh's
+    perf_start "$t" "ssh -L" "$round"
     mark
     # Not through ssh_: $! must be ssh itself, so the kill below ends the forward.
     ssh -F "$WORK/ssh_config" -N -o ExitOnForwardFailure=yes -L "$P_LOCAL:127.0.0.1:$P_DISCARD" "$t" &
@@ -320,6 +351,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
     secs=$(python3 "$WORK/push.py" "$P_LOCAL" "$((SIZE_MB << 20))")
     record "$t" "ssh -L" "$secs"
+    perf_stop
     kill "$fwd" 2>/dev/null || true; wait "$fwd" 2>/dev/null || true
   done
 done
