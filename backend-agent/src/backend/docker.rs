@@ -199,13 +199,16 @@ impl DockerBackend {
     }
 
     /// Docker's description of a container (id or name): as known, else asked.
-    async fn inspect(&self, container: &str) -> Result<ContainerInspectResponse, BackendError> {
+    async fn inspect(
+        &self,
+        container: &str,
+    ) -> Result<Arc<ContainerInspectResponse>, BackendError> {
         self.look_up(container).await.map_err(lookup_failed)
     }
 
     /// [`DockerBackend::inspect`] with Docker's own error (its status tells a
     /// container that does not exist).
-    async fn look_up(&self, container: &str) -> Result<ContainerInspectResponse, DockerError> {
+    async fn look_up(&self, container: &str) -> Result<Arc<ContainerInspectResponse>, DockerError> {
         match self.known_container(container) {
             Some(known) => Ok(known),
             None => self.ask(container).await,
@@ -215,7 +218,7 @@ impl DockerBackend {
     /// What is known of a container, if it may be believed ([`known::believable`]: it
     /// runs, its first process still there); else it is forgotten, the container having
     /// perhaps been stopped or removed from outside before Docker's event came.
-    fn known_container(&self, container: &str) -> Option<ContainerInspectResponse> {
+    fn known_container(&self, container: &str) -> Option<Arc<ContainerInspectResponse>> {
         let known = self.known.container(container)?;
         if known::believable(&known) {
             return Some(known);
@@ -229,15 +232,15 @@ impl DockerBackend {
     async fn inspect_fresh(
         &self,
         container: &str,
-    ) -> Result<ContainerInspectResponse, BackendError> {
+    ) -> Result<Arc<ContainerInspectResponse>, BackendError> {
         self.ask(container).await.map_err(lookup_failed)
     }
 
     /// Docker's answer to an inspect, kept unless something changed the container
     /// meanwhile.
-    async fn ask(&self, container: &str) -> Result<ContainerInspectResponse, DockerError> {
+    async fn ask(&self, container: &str) -> Result<Arc<ContainerInspectResponse>, DockerError> {
         let ticket = self.known.ticket();
-        let inspect = self.docker.inspect_container(container, None).await?;
+        let inspect = Arc::new(self.docker.inspect_container(container, None).await?);
         self.known.store(ticket, &inspect);
         Ok(inspect)
     }
@@ -362,7 +365,9 @@ impl Backend for DockerBackend {
         let inspect = self.inspect(container).await?;
         let networks = inspect
             .network_settings
-            .and_then(|n| n.networks)
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .cloned()
             .unwrap_or_default();
         Ok(netns::usable_addresses(networks.values().flat_map(|net| {
             [&net.ip_address, &net.global_ipv6_address]
@@ -437,9 +442,10 @@ impl Backend for DockerBackend {
         let inspect = self.inspect(container).await?;
         let running = inspect
             .state
+            .as_ref()
             .filter(|s| s.running == Some(true) && s.paused != Some(true));
         Ok(running
-            .and_then(|s| s.started_at)
+            .and_then(|s| s.started_at.as_deref())
             .and_then(|at| humantime::parse_rfc3339(&at).ok()))
     }
 

@@ -34,6 +34,7 @@ pub struct ContainerCgroup {
 }
 
 /// The counters at one moment.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Processes (tasks) now.
@@ -87,24 +88,58 @@ impl ContainerCgroup {
         })
     }
 
-    /// The counters now; what cannot be read counts as zero (or unlimited).
+    /// Every counter now. Each is read on its own below, only when asked: a session
+    /// reads two files when it starts and none when it ends well.
+    #[cfg(test)]
     pub fn counters(&self) -> Counters {
-        let mut c = Counters::default();
-        if let Some(dir) = &self.pids {
-            c.pids_current = read_number(&dir.join("pids.current")).unwrap_or(0);
-            c.pids_max = read_number(&dir.join("pids.max"));
-            c.pids_refused = read_keyed(&dir.join("pids.events"), "max").unwrap_or(0);
+        Counters {
+            pids_current: self.pids_current(),
+            pids_max: self.pids_max(),
+            pids_refused: self.pids_refused(),
+            oom_kills: self.oom_kills(),
+            memory_max: self.memory_max(),
         }
-        if let Some(dir) = &self.memory {
-            let (events, limit) = if self.unified {
-                ("memory.events", "memory.max")
-            } else {
-                ("memory.oom_control", "memory.limit_in_bytes")
-            };
-            c.oom_kills = read_keyed(&dir.join(events), "oom_kill").unwrap_or(0);
-            c.memory_max = read_number(&dir.join(limit)).filter(|m| *m < UNLIMITED);
-        }
-        c
+    }
+
+    /// Processes (tasks) now; 0 when unknown.
+    pub fn pids_current(&self) -> u64 {
+        let dir = self.pids.as_ref();
+        dir.and_then(|d| read_number(&d.join("pids.current")))
+            .unwrap_or(0)
+    }
+
+    /// The process limit; `None` when unlimited or unknown.
+    pub fn pids_max(&self) -> Option<u64> {
+        read_number(&self.pids.as_ref()?.join("pids.max"))
+    }
+
+    /// Forks refused at the limit so far; 0 when unknown.
+    pub fn pids_refused(&self) -> u64 {
+        let dir = self.pids.as_ref();
+        dir.and_then(|d| read_keyed(&d.join("pids.events"), "max"))
+            .unwrap_or(0)
+    }
+
+    /// Processes the OOM killer killed so far; 0 when unknown.
+    pub fn oom_kills(&self) -> u64 {
+        let events = if self.unified {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        let dir = self.memory.as_ref();
+        dir.and_then(|d| read_keyed(&d.join(events), "oom_kill"))
+            .unwrap_or(0)
+    }
+
+    /// The memory limit in bytes; `None` when unlimited or unknown.
+    pub fn memory_max(&self) -> Option<u64> {
+        let limit = if self.unified {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        read_number(&self.memory.as_ref()?.join(limit)).filter(|m| *m < UNLIMITED)
     }
 }
 
@@ -130,31 +165,39 @@ pub fn process_limit_message(max: Option<u64>) -> String {
     }
 }
 
-/// One session's view of its container's limits: the counters when it started, to
-/// tell what happened during it.
+/// One session's view of its container's limits: the two event counters when it
+/// started, to tell what happened during it.
 #[derive(Debug, Clone)]
 pub struct LimitWatch {
     /// The container's cgroup.
     cgroup: ContainerCgroup,
-    /// The counters at the session's start.
-    start: Counters,
+    /// Forks refused at the limit before the session.
+    pids_refused: u64,
+    /// OOM kills before the session.
+    oom_kills: u64,
 }
 
 impl LimitWatch {
     /// Starts watching container `id`; `None` when its cgroup cannot be read.
     pub fn start(id: &str) -> Option<LimitWatch> {
-        let cgroup = ContainerCgroup::find(id)?;
-        let start = cgroup.counters();
-        Some(LimitWatch { cgroup, start })
+        ContainerCgroup::find(id).map(LimitWatch::of)
+    }
+
+    /// Starts watching `cgroup`.
+    fn of(cgroup: ContainerCgroup) -> LimitWatch {
+        LimitWatch {
+            pids_refused: cgroup.pids_refused(),
+            oom_kills: cgroup.oom_kills(),
+            cgroup,
+        }
     }
 
     /// Why a process could not start, when it is the process limit: the container
     /// holds as many processes as it may (or refused a fork since the start).
     pub fn spawn_refusal(&self) -> Option<String> {
-        let now = self.cgroup.counters();
-        let full = now.pids_max.is_some_and(|max| now.pids_current >= max);
-        (full || now.pids_refused > self.start.pids_refused)
-            .then(|| process_limit_message(now.pids_max))
+        let max = self.cgroup.pids_max();
+        let full = max.is_some_and(|max| self.cgroup.pids_current() >= max);
+        (full || self.cgroup.pids_refused() > self.pids_refused).then(|| process_limit_message(max))
     }
 
     /// What to tell the student when the session's process ended with `status`: that
@@ -162,15 +205,15 @@ impl LimitWatch {
     /// container's OOM kills grew),
     /// or, when it failed, that forks were refused at the process limit meanwhile (a
     /// session that succeeded is not told of another one's refused forks).
+    /// Reads nothing for a process that exited 0.
     pub fn at_exit(&self, status: &ExitStatus) -> Option<String> {
-        let now = self.cgroup.counters();
         // Docker exec reports a process killed by KILL as exit code 137 (128 + 9).
         let killed = match status {
             ExitStatus::Signal(s) => s == "KILL",
             ExitStatus::Code(code) => *code == KILLED_CODE,
         };
-        if killed && now.oom_kills > self.start.oom_kills {
-            return Some(match now.memory_max {
+        if killed && self.cgroup.oom_kills() > self.oom_kills {
+            return Some(match self.cgroup.memory_max() {
                 Some(max) => format!(
                     "your container ran out of memory (its limit is {} MiB); the kernel killed your process",
                     max.div_ceil(MIB)
@@ -179,8 +222,8 @@ impl LimitWatch {
             });
         }
         let failed = *status != ExitStatus::Code(0);
-        (failed && now.pids_refused > self.start.pids_refused)
-            .then(|| process_limit_message(now.pids_max))
+        (failed && self.cgroup.pids_refused() > self.pids_refused)
+            .then(|| process_limit_message(self.cgroup.pids_max()))
     }
 }
 
@@ -214,12 +257,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         v1(dir.path(), 3, 0, 0);
         let cgroup = ContainerCgroup::find_in(dir.path(), ID).unwrap();
-        let watch = LimitWatch {
-            start: cgroup.counters(),
-            cgroup,
-        };
-        assert_eq!(watch.start.pids_max, Some(256));
-        assert_eq!(watch.start.memory_max, Some(64 << 20));
+        assert_eq!(cgroup.pids_max(), Some(256));
+        assert_eq!(cgroup.memory_max(), Some(64 << 20));
+        let watch = LimitWatch::of(cgroup);
         assert_eq!(watch.spawn_refusal(), None);
         assert_eq!(watch.at_exit(&ExitStatus::Signal("KILL".into())), None);
         // A fork bomb filled the table.

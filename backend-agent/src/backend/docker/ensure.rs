@@ -4,6 +4,8 @@
 //! student is told); a new one is made in [`create`], with the home volume, the home
 //! directory and the passwd entry.
 
+use std::sync::Arc;
+
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use labssh_proto::pb;
@@ -182,7 +184,7 @@ impl DockerBackend {
             Err(e) if status_of(&e) == Some(404) => return Ok(()),
             Err(e) => return Err(super::lookup_failed(e)),
         };
-        let id = existing.id.unwrap_or_else(|| name.to_owned());
+        let id = existing.id.clone().unwrap_or_else(|| name.to_owned());
         self.remove(&id).await?;
         tracing::info!(container = %name, "removed a container; the home volume is kept");
         Ok(())
@@ -253,7 +255,7 @@ impl DockerBackend {
         name: &str,
         user: &str,
         env: &pb::Environment,
-    ) -> Result<Option<ContainerInspectResponse>, BackendError> {
+    ) -> Result<Option<Arc<ContainerInspectResponse>>, BackendError> {
         let legacy = legacy_container_name(&self.prefix, user, &env.name);
         for candidate in [name, legacy.as_str()] {
             let existing = match self.look_up(candidate).await {

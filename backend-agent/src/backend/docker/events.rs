@@ -142,10 +142,10 @@ mod tests {
     fn changes_make_knowledge_stale_and_execs_do_not() {
         let known = Known::default();
         known.set_connected(true);
-        let c1 = ContainerInspectResponse {
+        let c1 = std::sync::Arc::new(ContainerInspectResponse {
             id: Some("c1".into()),
             ..Default::default()
-        };
+        });
         known.store(known.ticket(), &c1);
         let now = SystemTime::now() + Duration::from_millis(1);
         apply(

@@ -52,7 +52,7 @@ pub(super) fn check(
 impl DockerBackend {
     /// [`crate::backend::Backend::recorded_ids`] on Docker: the label.
     pub(super) async fn ids_of(&self, container: &str) -> Result<Option<(u32, u32)>, BackendError> {
-        Ok(recorded(&self.inspect(container).await?))
+        Ok(recorded(&*self.inspect(container).await?))
     }
 }
 

@@ -17,7 +17,7 @@
 //! container whose first process is still there ([`believable`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bollard::models::ContainerInspectResponse;
@@ -62,8 +62,9 @@ pub struct Ticket {
 
 /// A container as an inspect saw it.
 struct Entry {
-    /// Docker's answer.
-    inspect: ContainerInspectResponse,
+    /// Docker's answer, shared with those it is handed to (a login asks for it, and
+    /// a copy of the whole answer would cost more than the rest of the lookup).
+    inspect: Arc<ContainerInspectResponse>,
     /// When that inspect was sent.
     asked: SystemTime,
 }
@@ -137,18 +138,18 @@ impl Known {
     }
 
     /// What is known of a container, by id or name.
-    pub fn container(&self, container: &str) -> Option<ContainerInspectResponse> {
+    pub fn container(&self, container: &str) -> Option<Arc<ContainerInspectResponse>> {
         let inner = self.lock();
         let id = inner
             .names
             .get(container.trim_start_matches('/'))
             .map_or(container, String::as_str);
-        inner.containers.get(id).map(|e| e.inspect.clone())
+        inner.containers.get(id).map(|e| Arc::clone(&e.inspect))
     }
 
     /// Keeps Docker's answer to an inspect sent under `ticket`, unless something
     /// changed the container since.
-    pub fn store(&self, ticket: Ticket, inspect: &ContainerInspectResponse) {
+    pub fn store(&self, ticket: Ticket, inspect: &Arc<ContainerInspectResponse>) {
         let Some(id) = inspect.id.clone() else {
             return;
         };
@@ -162,7 +163,7 @@ impl Known {
             inner.names.insert(name, id.clone());
         }
         let entry = Entry {
-            inspect: inspect.clone(),
+            inspect: Arc::clone(inspect),
             asked: ticket.asked,
         };
         inner.containers.insert(id, entry);
@@ -273,12 +274,12 @@ impl Inner {
 mod tests {
     use super::*;
 
-    fn container(id: &str, name: &str) -> ContainerInspectResponse {
-        ContainerInspectResponse {
+    fn container(id: &str, name: &str) -> Arc<ContainerInspectResponse> {
+        Arc::new(ContainerInspectResponse {
             id: Some(id.into()),
             name: Some(format!("/{name}")),
             ..Default::default()
-        }
+        })
     }
 
     fn connected() -> Known {

@@ -83,6 +83,7 @@ impl DockerBackend {
         match self.inspect(container).await {
             Ok(i) => i
                 .name
+                .as_deref()
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .unwrap_or_else(|| container.to_owned()),
             Err(_) => container.to_owned(),
