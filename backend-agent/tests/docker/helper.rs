@@ -258,23 +258,32 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
     assert_eq!(out, "0\n");
 }
 
-/// Compiles tests/docker/peer_probe.c into a static binary (once).
+/// Compiles tests/docker/peer_probe.c into a static binary, once per test process,
+/// under cargo's scratch directory for tests (never /tmp, where each run left one).
 fn build_peer_probe() -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("labssh-peer-probe-{}", std::process::id()));
-    if !out.exists() {
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/docker/peer_probe.c");
-        let status = std::process::Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&out)
-            .arg(source)
-            .status()
-            .expect("run gcc");
-        assert!(
-            status.success(),
-            "gcc -static failed (libc6-dev installed?)"
-        );
-    }
-    out
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let out = dir.join("labssh-peer-probe");
+            // Built beside it and renamed over it: another test process may be running
+            // the one there.
+            let fresh = dir.join(format!("labssh-peer-probe.{}", std::process::id()));
+            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/docker/peer_probe.c");
+            let status = std::process::Command::new("gcc")
+                .args(["-static", "-O2", "-o"])
+                .arg(&fresh)
+                .arg(source)
+                .status()
+                .expect("run gcc");
+            assert!(
+                status.success(),
+                "gcc -static failed (libc6-dev installed?)"
+            );
+            std::fs::rename(&fresh, &out).expect("rename the probe into place");
+            out
+        })
+        .clone()
 }
 
 #[tokio::test]
