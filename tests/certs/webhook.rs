@@ -51,10 +51,11 @@ fn script(request: &Request) -> Reply {
     }
 }
 
-async fn lab_with_hook(limits: Option<RateLimitConfig>) -> (Lab, WebhookServer) {
+/// The lab, its webhook, and the directory of the webhook's CA file (kept as long).
+async fn lab_with_hook(limits: Option<RateLimitConfig>) -> (Lab, WebhookServer, tempfile::TempDir) {
     let hook = WebhookServer::scripted("/auth", Arc::new(script), true).await;
-    let dir = tempfile::tempdir().unwrap().keep();
-    let ca_file = dir.join("hook-ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("hook-ca.pem");
     std::fs::write(&ca_file, hook.ca_pem.as_deref().unwrap()).unwrap();
     let auth = AuthConfig {
         chain: Some(vec![
@@ -75,7 +76,7 @@ async fn lab_with_hook(limits: Option<RateLimitConfig>) -> (Lab, WebhookServer) 
         ..Default::default()
     })
     .await;
-    (lab, hook)
+    (lab, hook, dir)
 }
 
 fn password(p: &str) -> Auth {
@@ -84,7 +85,7 @@ fn password(p: &str) -> Auth {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_webhook_allows_denies_and_overrides() {
-    let (lab, mut hook) = lab_with_hook(None).await;
+    let (lab, mut hook, _dir) = lab_with_hook(None).await;
 
     let out = lab
         .ssh
@@ -176,7 +177,7 @@ async fn the_webhook_allows_denies_and_overrides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_webhook_that_hangs_or_fails_is_unavailable() {
-    let (lab, _hook) = lab_with_hook(None).await;
+    let (lab, _hook, _dir) = lab_with_hook(None).await;
     for user in ["slow", "broken", "garbled"] {
         let started = std::time::Instant::now();
         // LogLevel INFO (the client's default) shows keyboard-interactive's text.
@@ -212,7 +213,7 @@ async fn the_cache_and_the_limits_stand_in_front_of_the_webhook() {
         window_secs: 600,
         exempt_addresses: Vec::new(),
     };
-    let (lab, mut hook) = lab_with_hook(Some(limits)).await;
+    let (lab, mut hook, _dir) = lab_with_hook(Some(limits)).await;
 
     // A validated password is cached: the second login does not call the webhook.
     for round in 0..2 {

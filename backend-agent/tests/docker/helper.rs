@@ -220,7 +220,7 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
     };
     let c = backend.ensure("mallory", &root_env).await.unwrap();
     assert_path(&backend, &c.container_id, SpawnPath::Helper).await;
-    let probe = build_peer_probe();
+    let (_probe_dir, probe) = build_peer_probe();
     docker_cli(&[
         "cp",
         probe.to_str().unwrap(),
@@ -258,32 +258,19 @@ async fn processes_inside_the_container_get_nothing_from_the_socket() {
     assert_eq!(out, "0\n");
 }
 
-/// Compiles tests/docker/peer_probe.c into a static binary, once per test process,
-/// under cargo's scratch directory for tests (never /tmp, where each run left one).
-fn build_peer_probe() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let out = dir.join("labssh-peer-probe");
-            // Built beside it and renamed over it: another test process may be running
-            // the one there.
-            let fresh = dir.join(format!("labssh-peer-probe.{}", std::process::id()));
-            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/docker/peer_probe.c");
-            let status = std::process::Command::new("gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(&fresh)
-                .arg(source)
-                .status()
-                .expect("run gcc");
-            assert!(
-                status.success(),
-                "gcc -static failed (libc6-dev installed?)"
-            );
-            std::fs::rename(&fresh, &out).expect("rename the probe into place");
-            out
-        })
-        .clone()
+/// tests/docker/peer_probe.c compiled static, in a directory of its own that goes
+/// when the returned guard does.
+fn build_peer_probe() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let binary = labssh_testkit::process::static_c_binary(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/docker/peer_probe.c"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("probe");
+    std::fs::write(&path, binary).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, path)
 }
 
 #[tokio::test]
