@@ -459,15 +459,52 @@ async fn replicas_behind_haproxy_survive_faults() {
         .find(|(_, a)| *a != victim)
         .map(|(u, _)| u.clone())
         .unwrap();
-    let (victim_session, other_session) = tokio::join!(long(on_victim.clone()), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        fleet.agents[0].kill();
-        long(elsewhere.clone()).await
-    });
+    // The victim's session is relaying (it printed) when its agent is killed.
+    let mut victim = ssh.command(
+        &on_victim,
+        &pw(),
+        &["echo started; sleep 30; echo survived"],
+    );
+    victim
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut victim = victim.spawn().unwrap();
+    let mut victim_out = victim.stdout.take().unwrap();
+    let mut started = [0u8; 8];
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_exact(&mut victim_out, &mut started),
+    )
+    .await
+    .expect("the victim's session printed within 60 s")
+    .unwrap();
+    assert_eq!(&started, b"started\n");
+    let (victim_session, other_session) = tokio::join!(
+        async {
+            fleet.agents[0].kill();
+            victim.stdout = Some(victim_out);
+            tokio::time::timeout(Duration::from_secs(60), victim.wait_with_output())
+                .await
+                .expect("the victim's ssh ended within 60 s of its agent")
+                .unwrap()
+        },
+        long(elsewhere.clone())
+    );
     assert_ne!(
         stdout(&victim_session),
         "survived\n",
         "the dead agent's session cannot survive"
+    );
+    // One clear line and the gateway's status, nothing of HTTP/2 or TLS.
+    let told = stderr(&victim_session);
+    assert_eq!(victim_session.status.code(), Some(255), "{told}");
+    assert!(
+        told.contains("labssh: lost the connection to node 'a0', where your container runs"),
+        "{told}"
+    );
+    assert!(
+        !told.contains("h2") && !told.contains("transport"),
+        "{told}"
     );
     assert_eq!(
         stdout(&other_session),

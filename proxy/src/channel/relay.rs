@@ -104,6 +104,7 @@ pub(crate) async fn run(
     let (tx, outputs) = (started.tx, started.outputs);
     let ending = splice(
         session,
+        &placement.agent,
         inputs,
         tx,
         outputs,
@@ -180,10 +181,20 @@ impl Counter<'_> {
     }
 }
 
+/// What the student reads when the agent's stream breaks, or ends without the
+/// process's exit: the node by name (as when it is down at login), nothing internal.
+fn lost_node(agent: &str) -> String {
+    format!(
+        "lost the connection to node '{agent}', where your container runs; this session has ended"
+    )
+}
+
 /// Both directions, until the agent's stream ends, or the client's side ends
 /// and the exit report has had [`CLOSE_GRACE`] to arrive.
+#[allow(clippy::too_many_arguments)]
 async fn splice(
     session: &Session,
+    agent: &str,
     inputs: &mut mpsc::Receiver<Input>,
     tx: mpsc::Sender<pb::SessionInput>,
     mut outputs: tonic::Streaming<pb::SessionOutput>,
@@ -246,10 +257,16 @@ async fn splice(
                 Ok(pb::SessionOutput { msg: Some(msg) }) => msg,
                 Ok(pb::SessionOutput { msg: None }) => continue,
                 Err(status) => {
-                    return Ending::Failed(format!(
-                        "lost the connection to your container: {}",
+                    // What broke is the operator's to read (an HTTP/2 or TLS error
+                    // says nothing to a student).
+                    tracing::warn!(
+                        conn = ctx.conn,
+                        agent,
+                        code = ?status.code(),
+                        "the agent's stream broke: {}",
                         status.message()
-                    ))
+                    );
+                    return Ending::Failed(lost_node(agent));
                 }
             };
             let written = match msg {
@@ -272,7 +289,12 @@ async fn splice(
                 return Ending::ClientGone;
             }
         }
-        Ending::Failed("lost the connection to your container".into())
+        tracing::warn!(
+            conn = ctx.conn,
+            agent,
+            "the agent's stream ended without an exit"
+        );
+        Ending::Failed(lost_node(agent))
     };
     tokio::pin!(upstream);
     tokio::pin!(downstream);
