@@ -446,7 +446,7 @@ impl Backend for DockerBackend {
             .filter(|s| s.running == Some(true) && s.paused != Some(true));
         Ok(running
             .and_then(|s| s.started_at.as_deref())
-            .and_then(|at| humantime::parse_rfc3339(&at).ok()))
+            .and_then(|at| humantime::parse_rfc3339(at).ok()))
     }
 
     async fn guard_networks(&self, guard: Arc<dyn NetworkGuard>) {
