@@ -47,6 +47,9 @@ pub struct Cluster {
     tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
     /// Certificate used for admin calls to the controller (an admin's).
     admin_tls: labssh_proto::tls::TlsFiles,
+    /// The SSH listener and the proxy's configuration, until [`Cluster::wait_ready`]
+    /// starts the proxy on it.
+    proxy_pending: Option<(TcpListener, labssh_proxy::Config)>,
 }
 
 fn shutdown_future(
@@ -65,7 +68,10 @@ async fn loopback() -> anyhow::Result<TcpListener> {
 }
 
 impl Cluster {
-    /// Starts controller, agents and proxy; the proxy serves `ssh_listener`.
+    /// Starts controller and agents; the proxy serves `ssh_listener` from
+    /// [`Cluster::wait_ready`] on. The port is bound meanwhile, so a student who
+    /// connects while the agents register waits in its backlog rather than being
+    /// told that no agent is available.
     pub async fn start(
         config: ClusterConfig,
         ssh_listener: TcpListener,
@@ -122,14 +128,6 @@ impl Cluster {
         proxy.controller = controller_url;
         proxy.listen = ssh_addr.to_string();
         let proxy_config = proxy.clone();
-        tasks.push((
-            "proxy".to_string(),
-            tokio::spawn(labssh_proxy::run(
-                ssh_listener,
-                proxy,
-                shutdown_future(&shutdown),
-            )),
-        ));
 
         Ok(Cluster {
             ssh_addr,
@@ -139,12 +137,23 @@ impl Cluster {
             shutdown,
             tasks,
             admin_tls,
+            proxy_pending: Some((ssh_listener, proxy)),
         })
     }
 
     /// Waits until `agents` agents are registered and live, or fails after
-    /// `timeout` (naming any role that already stopped).
+    /// `timeout` (naming any role that already stopped); then starts the proxy.
     pub async fn wait_ready(&mut self, agents: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_agents(agents, timeout).await?;
+        if let Some((listener, proxy)) = self.proxy_pending.take() {
+            let stop = shutdown_future(&self.shutdown);
+            let task = tokio::spawn(labssh_proxy::run(listener, proxy, stop));
+            self.tasks.push(("proxy".to_string(), task));
+        }
+        Ok(())
+    }
+
+    async fn wait_agents(&mut self, agents: usize, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         let client = self.controller_client()?;
         loop {

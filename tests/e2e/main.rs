@@ -53,5 +53,6 @@ mod prestart;
 mod recording;
 mod sessions;
 mod start_queue;
+mod startup;
 mod streamlocal;
 mod x11;
