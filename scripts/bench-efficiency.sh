@@ -24,8 +24,10 @@
 #              current, baseline; the ratios of the means follow
 #   KEEP       set: keep the work directory (the logs of labssh and the load) at the end
 #   PERF       a file: `perf record` labssh up during the measured sweep (the current
-#              binary, its first measurement) into it, and print the hottest symbols;
-#              the CPU figures of that measurement then carry perf's own cost
+#              binary, its first measurement) into it, with call graphs, and the
+#              whole machine flat into FILE.all; print the hottest symbols of labssh up,
+#              the CPU by command, and the hottest symbols of labssh-init; the CPU
+#              figures of that measurement then carry perf's own cost
 #
 # Needs root (to read other processes' /proc) and Docker. Nothing here is a test:
 # the figures are printed, never judged.
@@ -41,6 +43,7 @@ PORT="${PORT:-42200}"
 BASELINE="${BASELINE:-}"
 PERF="${PERF:-}"
 PERF_PID=
+PERF_ALL_PID=
 PREFIX=lbeff
 
 say() { echo "bench-efficiency: $*" >&2; }
@@ -56,6 +59,7 @@ WORK="$(mktemp -d /tmp/labssh-efficiency.XXXXXX)"
 pids=()
 cleanup() {
   [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
+  [ -n "$PERF_ALL_PID" ] && kill -INT "$PERF_ALL_PID" 2>/dev/null
   stop_started
   remove_lab "$PREFIX"
   if [ -n "${KEEP:-}" ]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
@@ -130,6 +134,8 @@ if [ -n "$PERF" ] && { [ "$NAME" = current ] || [ "$NAME" = current-1 ]; }; then
   command -v perf >/dev/null || die "PERF needs perf: apt-get install linux-perf"
   perf record -q -F 999 --call-graph dwarf,16384 -p "$UP_PID" -o "$PERF" 2>/dev/null &
   PERF_PID=$!
+  perf record -q -F 999 -a -o "$PERF.all" 2>/dev/null &
+  PERF_ALL_PID=$!
   sleep 0.5   # perf attaches before the sweep starts
 fi
 up0=$(cpu_ticks "$UP_PID"); h0=$(helpers_ticks); d0=$( [ -n "$DOCKERD" ] && cpu_ticks "$DOCKERD" || echo 0)
@@ -138,11 +144,16 @@ up0=$(cpu_ticks "$UP_PID"); h0=$(helpers_ticks); d0=$( [ -n "$DOCKERD" ] && cpu_
 up1=$(cpu_ticks "$UP_PID"); h1=$(helpers_ticks); d1=$( [ -n "$DOCKERD" ] && cpu_ticks "$DOCKERD" || echo 0)
 failed=$(grep -ciE "failed|error" "$WORK/sweep.log" || true)
 if [ -n "$PERF_PID" ]; then
-  kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
-  PERF_PID=
+  kill -INT "$PERF_PID" "$PERF_ALL_PID"; wait "$PERF_PID" "$PERF_ALL_PID" 2>/dev/null || true
+  PERF_PID=; PERF_ALL_PID=
   say "profile of labssh up during the sweep: $PERF (hottest symbols, self time)"
   perf report -i "$PERF" --no-children --sort dso,sym --stdio -q -g none 2>/dev/null \
     | grep '%' | head -30 >&2 || true
+  say "the whole machine during the sweep: $PERF.all (CPU by command)"
+  perf report -i "$PERF.all" --sort comm --stdio -q 2>/dev/null | grep '%' | head -12 >&2 || true
+  say "labssh-init's hottest symbols (its command name in containers is init; it is stripped, so mostly kernel ones)"
+  perf report -i "$PERF.all" --comms init --sort dso,sym --stdio -q 2>/dev/null \
+    | grep '%' | head -20 >&2 || true
 fi
 
 echo
