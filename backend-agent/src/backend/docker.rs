@@ -366,15 +366,18 @@ impl Backend for DockerBackend {
         let networks = inspect
             .network_settings
             .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .cloned()
-            .unwrap_or_default();
-        Ok(netns::usable_addresses(networks.values().flat_map(|net| {
-            [&net.ip_address, &net.global_ipv6_address]
+            .and_then(|n| n.networks.as_ref());
+        Ok(netns::usable_addresses(
+            networks
                 .into_iter()
-                .flatten()
-                .map(String::as_str)
-        })))
+                .flat_map(|m| m.values())
+                .flat_map(|net| {
+                    [&net.ip_address, &net.global_ipv6_address]
+                        .into_iter()
+                        .flatten()
+                        .map(String::as_str)
+                }),
+        ))
     }
 
     async fn listen_tcp(
