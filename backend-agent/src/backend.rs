@@ -121,6 +121,22 @@ pub trait Backend: Send + Sync + 'static {
     /// Starts a process in a running container (`container` is an id or name).
     async fn spawn(&self, container: &str, spec: SpawnSpec) -> Result<Process, BackendError>;
 
+    /// Takes over the session `id` that labssh-init in `container` kept when an
+    /// earlier agent's connection to it broke ([`SpawnSpec::keep`]): the process,
+    /// its output from `output_offset` on first, and what the helper said of it.
+    /// Errors are student-readable.
+    async fn reattach(
+        &self,
+        container: &str,
+        id: &str,
+        output_offset: u64,
+    ) -> Result<(Process, labssh_helper_proto::wire::Attached), BackendError> {
+        let _ = (container, id, output_offset);
+        Err(BackendError::SpawnFailed(
+            "this container runtime cannot resume sessions".to_owned(),
+        ))
+    }
+
     /// The uid and gid a container of an environment that takes them from the
     /// login's identity was made with (its record, e.g. Docker's `labssh.ids`
     /// label); `None` when none was recorded.

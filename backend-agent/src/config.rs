@@ -12,6 +12,10 @@ mod start_queue;
 
 pub use kubernetes::{BackendKind, KubernetesConfig};
 
+/// How long labssh-init keeps a session whose agent went away, by default (s).
+const DEFAULT_REATTACH_GRACE: u32 = 60;
+/// The longest `reattach_grace` (s).
+const MAX_REATTACH_GRACE: u32 = 3600;
 /// Agents are usually named after their node; this default is only good for one-node trials.
 const DEFAULT_NAME: &str = "agent-1";
 /// Loopback, so a forgotten config never exposes the agent to the network.
@@ -94,6 +98,12 @@ pub struct Config {
     /// skip the relay through it; `false` relays them through labssh-init as older
     /// agents did. A container whose labssh-init predates this is relayed anyway.
     pub helper_pipes: bool,
+    /// Seconds labssh-init keeps a session's process (with its terminal, its
+    /// children and up to 256 KiB of its output) after this agent's side of it goes
+    /// away, so that the agent, restarted, re-attaches it and the student's SSH
+    /// session goes on; 0 ends sessions with the agent, as before. Containers made
+    /// for Docker exec, and those whose labssh-init predates this, end them anyway.
+    pub reattach_grace: u32,
     /// Listen address of the HTTP listener serving `/metrics`, `/healthz`
     /// and `/readyz` (used by the binary); empty means none.
     pub http: String,
@@ -170,6 +180,7 @@ impl Default for Config {
             sftp_binary: String::new(),
             helper_dir: DEFAULT_HELPER_DIR.to_owned(),
             helper_pipes: true,
+            reattach_grace: DEFAULT_REATTACH_GRACE,
             http: String::new(),
             tls: Default::default(),
             firewall: true,
@@ -254,6 +265,12 @@ impl Config {
     fn check_runtime(&self, problems: &mut Vec<String>) {
         if self.capacity == 0 {
             problems.push("capacity: must be greater than 0".to_owned());
+        }
+        if self.reattach_grace > MAX_REATTACH_GRACE {
+            problems.push(format!(
+                "reattach_grace: {} s is more than {MAX_REATTACH_GRACE} s (an hour); processes nobody can reach would hold the container that long",
+                self.reattach_grace
+            ));
         }
         if !self.docker_socket.is_empty()
             && !self
@@ -409,6 +426,7 @@ mod tests {
             sftp_binary = "/usr/local/lib/labssh/labssh-sftp"
             helper_dir = "/run/lab"
             helper_pipes = false
+            reattach_grace = 5
             cluster_networks = ["10.0.0.0/24", "fd00:1::/64", "192.0.2.7"]
             max_sessions_per_user = 10
             max_forwards_per_user = 20
@@ -428,6 +446,12 @@ mod tests {
         assert_eq!(c.sftp_binary, "/usr/local/lib/labssh/labssh-sftp");
         assert_eq!(c.helper_dir, "/run/lab");
         assert!(!c.helper_pipes && Config::default().helper_pipes);
+        assert_eq!(
+            (c.reattach_grace, Config::default().reattach_grace),
+            (5, 60)
+        );
+        let err = Config::from_toml_str("reattach_grace = 7200").unwrap_err();
+        assert!(err.to_string().contains("reattach_grace"), "{err}");
         assert_eq!(
             (
                 c.max_sessions_per_user,

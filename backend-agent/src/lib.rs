@@ -240,6 +240,7 @@ fn start(
         guard: forward::host_watch::HostGuard::watch(&forward_deny),
         pending: Default::default(),
         agent_peers: Default::default(),
+        reattach_grace: config.reattach_grace,
     })
 }
 

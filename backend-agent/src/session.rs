@@ -5,6 +5,7 @@
 mod command;
 mod refusal;
 mod relay;
+mod resume;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,7 @@ use tonic::Status;
 use tracing::field::Empty;
 use tracing::Instrument;
 
-use crate::backend::{Ensured, Process, SpawnSpec};
+use crate::backend::{BackendError, Ensured, Process, SpawnSpec};
 use crate::forward::agent_peers::Registration;
 use crate::hooks::{Event, Target};
 use crate::limits::caps::{Held, Kind};
@@ -27,6 +28,7 @@ use crate::limits::cgroup::LimitWatch;
 use crate::start_queue::{Caller, Class, Place};
 use crate::state::Shared;
 use crate::stream;
+use labssh_helper_proto::wire;
 pub use refusal::SessionError;
 pub use relay::OutputSender;
 
@@ -45,6 +47,8 @@ struct Started {
     watch: Option<LimitWatch>,
     /// Its process may use its connection's agent socket, while it runs.
     _agent_peer: Option<Registration>,
+    /// The id labssh-init keeps the session by, when it does.
+    session_id: Option<String>,
 }
 
 /// Runs a session to its end.
@@ -56,8 +60,10 @@ where
     let Some(first) = stream::first_message(&shared.shutdown, &mut inbound, &tx).await else {
         return;
     };
-    let Some(In::Start(start)) = first.msg else {
-        return refuse(&tx, SessionError::NotStart).await;
+    let start = match first.msg {
+        Some(In::Start(start)) => start,
+        Some(In::Resume(resume)) => return resume::run(shared, resume, inbound, tx).await,
+        _ => return refuse(&tx, SessionError::NotStart).await,
     };
     tracing::debug!(user = %start.user, env = %start.environment, "session start");
     // Held until the session ends, whichever way.
@@ -76,6 +82,11 @@ where
         container: started.ensured.name.clone(),
         container_started: started.ensured.created || started.ensured.started,
         notice: started.ensured.notice.clone(),
+        session_id: started.session_id.clone().unwrap_or_default(),
+        reattach_grace_secs: match started.session_id {
+            Some(_) => shared.reattach_grace,
+            None => 0,
+        },
     });
     let logout = Target {
         user: start.user.clone(),
@@ -126,6 +137,19 @@ fn admit(shared: &Shared, start: &pb::Start) -> Result<Held, SessionError> {
     Ok(held)
 }
 
+/// The proxy's word (it drops a client's own SSH_AUTH_SOCK): the connection's agent
+/// socket, which this process and its descendants may use.
+fn agent_peer(
+    shared: &Shared,
+    start: &pb::Start,
+    container_id: &str,
+    process: &Process,
+) -> Option<Registration> {
+    let path = start.env.get(AUTH_SOCK)?;
+    let pid = process.control.pid_in_container()?;
+    Some(shared.agent_peers.register(container_id, path, pid))
+}
+
 /// Ensures the container and starts the process in it; `None` when the agent shuts
 /// down meanwhile.
 async fn start_process(
@@ -150,7 +174,12 @@ async fn start_process(
             .run_required(Event::Login, &login)
             .await
             .map_err(SessionError::Hook)?;
-        let spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
+        let mut spec = command::spec(&shared.backend, &ensured.container_id, start, &env).await?;
+        spec.keep = (shared.reattach_grace > 0).then(|| wire::Keep {
+            id: resume::new_session_id(),
+            grace_secs: shared.reattach_grace,
+        });
+        let keep = spec.keep.clone();
         let watch = LimitWatch::start(&ensured.container_id);
         let process = spawn(shared, &ensured.container_id, spec, start)
             .await
@@ -163,22 +192,15 @@ async fn start_process(
                     None => e,
                 },
             )?;
-        // The proxy's word (it drops a client's own SSH_AUTH_SOCK): the connection's
-        // agent socket, which this process and its descendants may use.
-        let agent_peer = start.env.get(AUTH_SOCK).and_then(|path| {
-            let pid = process.control.pid_in_container()?;
-            Some(
-                shared
-                    .agent_peers
-                    .register(&ensured.container_id, path, pid),
-            )
-        });
+        let agent_peer = agent_peer(shared, start, &ensured.container_id, &process);
+        let session_id = keep.filter(|_| process.control.kept()).map(|k| k.id);
         Ok(Started {
             process,
             env,
             ensured,
             watch,
             _agent_peer: agent_peer,
+            session_id,
         })
     };
     Some(started.await)

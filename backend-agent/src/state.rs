@@ -48,6 +48,9 @@ pub struct Shared {
     pub starts: Arc<StartQueue>,
     /// The session processes of each agent socket (`ssh -A`), who alone may use it.
     pub agent_peers: Arc<crate::forward::agent_peers::AgentPeers>,
+    /// Seconds labssh-init keeps a session whose agent went away (`reattach_grace`);
+    /// 0: sessions end with the agent.
+    pub reattach_grace: u32,
 }
 
 /// Why a student's container could not be ensured; the message is for the student.

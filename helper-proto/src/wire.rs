@@ -27,7 +27,22 @@
 //! helper → agent: LISTENING (with the listening socket as SCM_RIGHTS) | ERROR,
 //!                 then nothing: the agent keeps the connection while it listens,
 //!                 and its end tells the helper to remove the socket file
+//! agent → helper: SPAWN_KEPT (SPAWN or SPAWN_PIPES with a session id and a grace),
+//!                 then as after those, and RELEASE once the session is over
+//! agent → helper: REATTACH (the id, and how much output the student has)
+//! helper → agent: ATTACHED | ERROR, then the output held since that offset, then
+//!                 as after SPAWN (a handed-over session is relayed from now on)
 //! ```
+//!
+//! A kept session (SPAWN_KEPT) outlives its connection: when the connection breaks
+//! before RELEASE, labssh-init keeps the process, its terminal and its children for
+//! the grace period, goes on reading its output into a bounded history
+//! ([`KEPT_OUTPUT`], the oldest dropped) and holds its input, until a REATTACH with
+//! the session's id takes it over, or the grace runs out and it is hung up. Output is
+//! counted in payload bytes from the session's start, so the agent names what the
+//! student already has and nothing is shown twice; bytes beyond the history are
+//! reported as lost in ATTACHED. Only the agent can connect (the peer check), and
+//! only with the random id it issued.
 //!
 //! Stdin is credit-based: the agent sends at most [`STDIN_WINDOW`] bytes more than the
 //! helper has granted back with WINDOW, so the helper can always read control frames
@@ -59,12 +74,18 @@ pub const UNEXPECTED_KIND: &str = "unexpected request kind";
 pub const MAX_SOCKET_PATH: usize = 107;
 /// Most addresses in one ADDRESSES frame.
 pub const MAX_ADDRESSES: usize = 64;
+/// Output a kept session holds for a re-attach: what was sent last (it may not have
+/// reached the student) and what came while nobody was attached.
+pub const KEPT_OUTPUT: usize = 256 * 1024;
 
 mod answer;
 mod request;
 
+pub use answer::Attached;
 pub use answer::{decode_addresses, encode_addresses, Exit};
-pub use request::{Connect, Listen, Lookup, Request, Spawn, UnixSocket};
+pub use request::{
+    valid_session_id, Connect, Keep, Listen, Lookup, Reattach, Request, Spawn, UnixSocket,
+};
 
 /// Frame kinds. Below 0x80 the agent sends, from 0x80 the helper does.
 pub mod kind {
@@ -91,6 +112,13 @@ pub mod kind {
     /// Start a process without a terminal and hand its pipes over:
     /// [`super::Spawn`] with `pipes`.
     pub const SPAWN_PIPES: u8 = 0x0b;
+    /// Start a process that survives its connection: [`super::Spawn`] with `keep`.
+    pub const SPAWN_KEPT: u8 = 0x0c;
+    /// Take a kept session over: [`super::Reattach`].
+    pub const REATTACH: u8 = 0x0d;
+    /// The kept session is over for the agent: when the connection ends, hang the
+    /// process up instead of keeping it. No payload.
+    pub const RELEASE: u8 = 0x0e;
 
     /// The process runs: its pid in the container, `u32`. After SPAWN_PIPES it carries
     /// three descriptors, in this order: the write end of the process's stdin, the read
@@ -112,6 +140,8 @@ pub mod kind {
     pub const ADDRESSES: u8 = 0x88;
     /// The socket listens; it travels with this frame.
     pub const LISTENING: u8 = 0x89;
+    /// A REATTACH took the session over: [`super::Attached`].
+    pub const ATTACHED: u8 = 0x8a;
 }
 
 /// The header of a frame of `kind` with `payload_len` bytes of payload.
@@ -174,6 +204,12 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// A big-endian `u64`.
+    pub fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("eight bytes")))
+    }
+
     fn string(&mut self) -> Result<String, String> {
         let len = self.u32()? as usize;
         let bytes = self.take(len)?;
@@ -216,6 +252,7 @@ mod tests {
             gid: 100,
             pty: Some((80, 24)),
             pipes: false,
+            keep: None,
         }));
         round_trip(Request::Spawn(Spawn {
             argv: vec!["true".into()],
@@ -225,6 +262,7 @@ mod tests {
             gid: 0,
             pty: None,
             pipes: false,
+            keep: None,
         }));
         let handed = Spawn {
             argv: vec!["/usr/lib/openssh/sftp-server".into()],
@@ -234,6 +272,7 @@ mod tests {
             gid: 100,
             pty: None,
             pipes: true,
+            keep: None,
         };
         round_trip(Request::Spawn(handed.clone()));
         // Only the kind tells the two ways apart: the payload is SPAWN's, so an older
@@ -292,6 +331,55 @@ mod tests {
         );
         assert_eq!(split_frame(&listen).unwrap().unwrap().0, kind::LISTEN_UNIX);
         assert_eq!(&connect[5..], &listen[5..]);
+    }
+
+    #[test]
+    fn kept_sessions_and_reattaches_round_trip() {
+        let keep = Keep {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            grace_secs: 60,
+        };
+        for (pty, pipes) in [(Some((80, 24)), false), (None, true), (None, false)] {
+            let spawn = Spawn {
+                argv: vec!["/bin/sh".into()],
+                env: vec!["TERM=xterm".into()],
+                cwd: "/home/a".into(),
+                uid: 1000,
+                gid: 100,
+                pty,
+                pipes,
+                keep: Some(keep.clone()),
+            };
+            let frame = Request::Spawn(spawn.clone()).encode();
+            // A kind of its own: a helper that predates it refuses it recognisably
+            // rather than starting a process it would not keep.
+            assert_eq!(split_frame(&frame).unwrap().unwrap().0, kind::SPAWN_KEPT);
+            round_trip(Request::Spawn(spawn));
+        }
+        round_trip(Request::Reattach(Reattach {
+            id: keep.id.clone(),
+            output_offset: u64::MAX - 3,
+        }));
+        // Ids are the agent's random ones: no path, no NUL, no empty one.
+        for bad in ["", "short", "../../etc/passwd/aaaaaaaa", &"a".repeat(65)] {
+            assert!(!valid_session_id(bad), "{bad}");
+            let frame = Request::Reattach(Reattach {
+                id: bad.to_owned(),
+                output_offset: 0,
+            })
+            .encode();
+            let (k, payload, _) = split_frame(&frame).unwrap().unwrap();
+            assert!(Request::decode(k, payload).is_err(), "{bad}");
+        }
+        let attached = Attached {
+            pid: 42,
+            pty: true,
+            counted: true,
+            lost: 7,
+            input_offset: 1 << 40,
+        };
+        assert_eq!(Attached::decode(&attached.encode()).unwrap(), attached);
+        assert!(Attached::decode(&attached.encode()[..20]).is_err());
     }
 
     #[test]

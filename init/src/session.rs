@@ -15,6 +15,9 @@ use crate::sys;
 use labssh_helper_proto::wire::{self, kind, Exit};
 
 mod input;
+mod kept;
+
+use kept::Kept;
 
 /// Output waiting for the agent beyond which the process's output is not read.
 const OUT_HIGH: usize = 64 * 1024;
@@ -58,8 +61,9 @@ pub enum Source {
 
 /// A running (or just exited) process and its agent connection.
 pub struct Session {
-    /// The agent's connection; lives as long as the session.
-    conn: OwnedFd,
+    /// The agent's connection; lives as long as the session, but for a kept one
+    /// while nobody is attached.
+    conn: Option<OwnedFd>,
     /// Bytes from the agent not yet parsed into frames.
     inbuf: Buffer,
     /// Frames for the agent not yet written.
@@ -99,6 +103,9 @@ pub struct Session {
     /// When the session last did anything; `None` once its buffers were trimmed
     /// since.
     active_at: Option<Instant>,
+    /// A session started with SPAWN_KEPT, until RELEASE (or the end of its grace):
+    /// what a re-attach needs.
+    keep: Option<Kept>,
 }
 
 impl Session {
@@ -114,6 +121,7 @@ impl Session {
         out: OwnedFd,
         err: Option<OwnedFd>,
         hand_over: bool,
+        keep: Option<wire::Keep>,
     ) -> io::Result<Session> {
         for fd in [Some(&stdin), Some(&out), err.as_ref()]
             .into_iter()
@@ -122,7 +130,7 @@ impl Session {
             sys::set_nonblocking(fd, true)?;
         }
         let mut session = Session {
-            conn,
+            conn: Some(conn),
             inbuf: Buffer::from(inbuf),
             outbuf: Buffer::default(),
             pid: started.pid,
@@ -141,6 +149,7 @@ impl Session {
             kill_at: None,
             drain_until: None,
             active_at: Some(Instant::now()),
+            keep: keep.map(Kept::new),
         };
         session.parse_frames();
         Ok(session)
@@ -153,7 +162,7 @@ impl Session {
             fds.push((started.report.as_raw_fd(), libc::POLLIN, Source::Report));
             return Interest { fds };
         }
-        if !self.agent_gone {
+        if let (Some(conn), false) = (&self.conn, self.agent_gone) {
             let mut events = 0;
             if self.stdin_buf.len() <= wire::STDIN_WINDOW as usize + STDIN_SLACK {
                 events |= libc::POLLIN;
@@ -161,14 +170,15 @@ impl Session {
             if !self.outbuf.is_empty() {
                 events |= libc::POLLOUT;
             }
-            fds.push((self.conn.as_raw_fd(), events, Source::Conn));
+            fds.push((conn.as_raw_fd(), events, Source::Conn));
         }
         if let Some(stdin) = &self.stdin {
             if !self.stdin_buf.is_empty() {
                 fds.push((stdin.as_raw_fd(), libc::POLLOUT, Source::Stdin));
             }
         }
-        let room = self.agent_gone || self.outbuf.len() < OUT_HIGH;
+        // Detached, output goes on into the kept history, the oldest dropped.
+        let room = self.agent_gone || self.detached() || self.outbuf.len() < OUT_HIGH;
         if room {
             if let Some(out) = &self.out {
                 fds.push((out.as_raw_fd(), libc::POLLIN, Source::Stdout));
@@ -194,7 +204,9 @@ impl Session {
             }
             Source::Report => self.check_start(),
             Source::Stdin => self.write_stdin(),
-            Source::Stdout | Source::Stderr => self.read_output(source),
+            Source::Stdout | Source::Stderr => {
+                self.read_output(source);
+            }
         }
         self.queue_exit();
         self.flush();
@@ -239,41 +251,64 @@ impl Session {
         else {
             return self.hang_up();
         };
+        // A kept session holds copies: if the agent goes, labssh-init reads and
+        // writes the pipes itself until a re-attach.
+        if let Some(keep) = &mut self.keep {
+            match (stdin.try_clone(), out.try_clone(), err.try_clone()) {
+                (Ok(i), Ok(o), Ok(e)) => keep.spare = Some((Some(i), o, e)),
+                _ => crate::log!(
+                    "session {}: cannot keep its pipes; it ends with its agent",
+                    self.pid
+                ),
+            }
+        }
         let mut frame = Vec::with_capacity(wire::HEADER_LEN + 4);
         wire::put_frame(&mut frame, kind::STARTED, &(self.pid as u32).to_be_bytes());
         let fds = [stdin.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()];
         // The connection's first bytes, into its empty buffer: they go at once. If they
         // cannot, the agent is treated as gone.
-        if sys::send_with_fds(&self.conn, &frame, &fds).is_err() {
-            self.hang_up();
+        let sent = match &self.conn {
+            Some(conn) => sys::send_with_fds(conn, &frame, &fds).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.lost_agent();
         }
     }
 
-    fn read_output(&mut self, source: Source) {
+    /// Reads what one output descriptor has; true when it gave bytes.
+    fn read_output(&mut self, source: Source) -> bool {
         let fd = match source {
             Source::Stdout => &self.out,
             _ => &self.err,
         };
-        let Some(fd) = fd else { return };
+        let Some(fd) = fd else { return false };
         // Read in place, behind room for the frame header; a departed agent's output
         // is read the same way and not kept.
         let spare = self.outbuf.spare(wire::HEADER_LEN + READ_CHUNK);
         let (header, body) = spare.split_at_mut(wire::HEADER_LEN);
         match sys::retry(|| sys::read(fd, &mut body[..READ_CHUNK])) {
             Ok(n) if n > 0 => {
-                if !self.agent_gone {
-                    let k = if source == Source::Stdout {
-                        kind::STDOUT
-                    } else {
-                        kind::STDERR
-                    };
+                let k = if source == Source::Stdout {
+                    kind::STDOUT
+                } else {
+                    kind::STDERR
+                };
+                if let Some(keep) = &mut self.keep {
+                    keep.record(k, &body[..n]);
+                }
+                if !self.agent_gone && self.conn.is_some() {
                     header.copy_from_slice(&wire::frame_header(k, n));
                     self.outbuf.commit(wire::HEADER_LEN + n);
                 }
+                true
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             // End of file, or EIO from a terminal nobody holds any more.
-            _ => self.close_output(source),
+            _ => {
+                self.close_output(source);
+                false
+            }
         }
     }
 
@@ -290,14 +325,25 @@ impl Session {
     /// Writes queued frames until the socket is full.
     pub fn flush(&mut self) {
         while !self.outbuf.is_empty() && !self.agent_gone {
-            match sys::send(&self.conn, self.outbuf.as_slice()) {
+            let Some(conn) = &self.conn else { return };
+            match sys::send(conn, self.outbuf.as_slice()) {
                 Ok(n) => {
                     self.outbuf.consume(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => self.hang_up(),
+                Err(_) => self.lost_agent(),
             }
+        }
+    }
+
+    /// The agent's connection ended: a kept session waits for a re-attach, any other
+    /// is hung up.
+    fn lost_agent(&mut self) {
+        if self.keep.is_some() && !self.agent_gone {
+            self.detach();
+        } else {
+            self.hang_up();
         }
     }
 
@@ -308,6 +354,8 @@ impl Session {
             return;
         }
         self.agent_gone = true;
+        self.keep = None;
+        self.conn = None;
         self.outbuf = Buffer::default();
         self.stdin = None;
         self.stdin_buf = Buffer::default();
@@ -334,6 +382,7 @@ impl Session {
         self.kill_at = None;
         if self.agent_gone {
             // Nobody will read the rest; do not wait for processes it left behind.
+            // (Detached, a kept session reads on: a re-attach will want it.)
             self.out = None;
             self.err = None;
         } else if self.pty && self.out.is_some() {
@@ -366,14 +415,24 @@ impl Session {
             self.kill_at = None;
             self.signal_group(libc::SIGKILL);
         }
+        if self.keep.as_ref().is_some_and(|k| k.expired(now)) {
+            crate::log!(
+                "session {}: nobody re-attached within its grace; hanging it up",
+                self.pid
+            );
+            self.hang_up();
+        }
         // (Output waits for STARTED, which waits for the exec report.)
         if self.starting.is_none() && self.drain_until.is_some_and(|t| t <= now) {
             self.drain_until = None;
-            // Drain what is already there, then let go of the terminal.
-            while self.out.is_some() && !self.agent_gone && self.outbuf.len() < OUT_HIGH {
-                let before = self.outbuf.len();
-                self.read_output(Source::Stdout);
-                if self.outbuf.len() == before {
+            // Drain what is already there (boundedly: a child left behind may go on
+            // writing), then let go of the terminal.
+            for _ in 0..64 {
+                let room = self.detached() || self.outbuf.len() < OUT_HIGH;
+                if self.out.is_none() || self.agent_gone || !room {
+                    break;
+                }
+                if !self.read_output(Source::Stdout) {
                     break;
                 }
             }
@@ -386,14 +445,15 @@ impl Session {
     /// The next deadline, for the poll timeout.
     pub fn deadline(&self) -> Option<Instant> {
         let trim = self.active_at.map(|at| at + IDLE_TRIM);
-        [self.kill_at, self.drain_until, trim]
+        let expiry = self.keep.as_ref().and_then(|k| k.expire_at);
+        [self.kill_at, self.drain_until, trim, expiry]
             .into_iter()
             .flatten()
             .min()
     }
 
     fn queue_exit(&mut self) {
-        if self.exit_queued || self.out.is_some() || self.err.is_some() {
+        if self.exit_queued || self.out.is_some() || self.err.is_some() || self.detached() {
             return;
         }
         let Some(status) = self.status else { return };
@@ -403,11 +463,13 @@ impl Session {
         }
     }
 
-    /// Everything is said: the session can be dropped, closing the connection.
+    /// Everything is said: the session can be dropped, closing the connection. A
+    /// kept one waits for RELEASE (the agent passed the exit on) or its grace.
     pub fn done(&self) -> bool {
         self.status.is_some()
             && self.out.is_none()
             && self.err.is_none()
-            && (self.agent_gone || (self.exit_queued && self.outbuf.is_empty()))
+            && (self.agent_gone
+                || (self.exit_queued && self.outbuf.is_empty() && self.keep.is_none()))
     }
 }

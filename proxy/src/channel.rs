@@ -35,6 +35,7 @@ mod gather;
 mod helpdesk;
 mod queue;
 mod relay;
+mod resume;
 mod session;
 mod set_env;
 pub(crate) mod signal;

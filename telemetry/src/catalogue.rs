@@ -89,7 +89,7 @@ pub const FAMILIES: &[Family] = &[
     },
     Family {
         name: SETUP_SECONDS,
-        help: "Session setup time per phase as the proxy sees it: accept (TCP accept to first auth request), auth, place, start (agent stream to process started), first_byte.",
+        help: "Session setup time per phase as the proxy sees it: accept (TCP accept to first auth request), auth, place, start (agent stream to process started), first_byte; and resume (a session's agent stream broke to the session re-attached after the agent restarted).",
         kind: Kind::Histogram,
         labels: &["phase"],
     },

@@ -8,6 +8,8 @@
 //! - `mtls`: the whole path over mutual TLS, and what is refused;
 //! - `deploy_configs`: the example configurations load;
 //! - `brute_force`: a thousand wrong passwords from one address, while others log in;
+//! - `reattach`: sessions survive a killed and restarted agent (counter, exit status,
+//!   fifty at once, a grace that runs out);
 //! - `preauth`: limits before login (idle floods, unauthenticated caps, failed attempts
 //!   per connection, keepalives).
 
@@ -20,4 +22,5 @@ mod isolation;
 mod mtls;
 mod network;
 mod preauth;
+mod reattach;
 mod scale_out;

@@ -15,6 +15,8 @@ const PW: &str = "class-of-2026";
 const AGENTS: usize = 3;
 const USERS: usize = 20;
 const STARTUP: Duration = Duration::from_secs(30);
+/// How long a killed agent's sessions wait for it (it does not come back here).
+const REATTACH_GRACE: u64 = 3;
 
 fn labssh(role: &str, config: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_labssh"));
@@ -134,7 +136,8 @@ async fn start_fleet() -> (Fleet, Vec<Cleanup>) {
             &cfg,
             format!(
                 "name = \"a{i}\"\nlisten = \"127.0.0.1:{port}\"\nadvertise = \"http://127.0.0.1:{port}\"\n\
-                 controller = \"http://127.0.0.1:{controller_port}\"\ncapacity = 100\ncontainer_prefix = \"{prefix}\"\nfirewall = false\n"
+                 controller = \"http://127.0.0.1:{controller_port}\"\ncapacity = 100\ncontainer_prefix = \"{prefix}\"\nfirewall = false\n\
+                 reattach_grace = {REATTACH_GRACE}\n"
             ),
         )
         .unwrap();
@@ -498,8 +501,14 @@ async fn replicas_behind_haproxy_survive_faults() {
     // One clear line and the gateway's status, nothing of HTTP/2 or TLS.
     let told = stderr(&victim_session);
     assert_eq!(victim_session.status.code(), Some(255), "{told}");
+    // It waited for the node as long as its container's labssh-init kept the
+    // session, then gave up.
     assert!(
-        told.contains("labssh: lost the connection to node 'a0', where your container runs"),
+        told.contains("labssh: reconnecting to your container"),
+        "{told}"
+    );
+    assert!(
+        told.contains(&format!("labssh: lost the connection to node 'a0', where your container runs, and it did not come back within {REATTACH_GRACE} s; this session has ended")),
         "{told}"
     );
     assert!(

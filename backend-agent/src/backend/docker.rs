@@ -338,6 +338,33 @@ impl Backend for DockerBackend {
         Ok(process)
     }
 
+    async fn reattach(
+        &self,
+        container: &str,
+        id: &str,
+        output_offset: u64,
+    ) -> Result<(Process, labssh_helper_proto::wire::Attached), BackendError> {
+        // No restoring here: a restored helper holds no sessions.
+        let route = self.route(container).await?;
+        let socket = route.helper.ok_or_else(|| {
+            BackendError::SpawnFailed(
+                "this container was made for docker exec, whose sessions end with the agent"
+                    .to_owned(),
+            )
+        })?;
+        let (process, attached) = socket
+            .reattach(id, output_offset, route.ready_by)
+            .await
+            .map_err(|e| BackendError::SpawnFailed(e.to_string()))?;
+        tracing::info!(
+            container,
+            pid = attached.pid,
+            lost = attached.lost,
+            "session re-attached"
+        );
+        Ok((process, attached))
+    }
+
     async fn connect_tcp(
         &self,
         container: &str,

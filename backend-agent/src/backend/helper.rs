@@ -88,6 +88,9 @@ pub struct HelperSocket {
     /// This helper predates SPAWN_PIPES (it said so once): its processes' bytes are
     /// relayed through it without asking again.
     relays_only: Arc<AtomicBool>,
+    /// This helper predates SPAWN_KEPT (it said so once): its sessions end with the
+    /// agent, as before.
+    keeps_nothing: Arc<AtomicBool>,
 }
 
 /// How a process without a terminal gets its stdin, stdout and stderr.
@@ -129,6 +132,7 @@ impl HelperSocket {
             pid,
             path: Arc::from(SOCKET_PATH),
             relays_only: Arc::default(),
+            keeps_nothing: Arc::default(),
         })
     }
 
@@ -148,6 +152,7 @@ impl HelperSocket {
             pid,
             path: Arc::from(dir.join(SOCKET_NAME).to_str().unwrap()),
             relays_only: Arc::default(),
+            keeps_nothing: Arc::default(),
         }
     }
 
@@ -181,7 +186,27 @@ impl HelperSocket {
             gid,
             pty: spec.pty.as_ref().map(|p| (p.cols, p.rows)),
             pipes: hand_over,
+            keep: spec
+                .keep
+                .clone()
+                .filter(|_| !self.keeps_nothing.load(Ordering::Relaxed)),
         };
+        if request.keep.is_some() {
+            match self
+                .spawn_as(request.clone(), ready_by, spec.pty.is_some())
+                .await
+            {
+                Err(HelperError::Unavailable(m)) if m.contains(wire::UNEXPECTED_KIND) => {
+                    tracing::debug!(
+                        pid = self.pid,
+                        "an older labssh-init: sessions end with the agent"
+                    );
+                    self.keeps_nothing.store(true, Ordering::Relaxed);
+                    request.keep = None;
+                }
+                kept => return kept,
+            }
+        }
         if hand_over {
             match self.spawn_as(request.clone(), ready_by, false).await {
                 Err(HelperError::Unavailable(m)) if m.contains(wire::UNEXPECTED_KIND) => {
@@ -206,6 +231,7 @@ impl HelperSocket {
         tty: bool,
     ) -> Result<Process, HelperError> {
         let handed = request.pipes;
+        let kept = request.keep.is_some();
         let stream = self
             .request(&wire::Request::Spawn(request), ready_by)
             .await?;
@@ -221,17 +247,51 @@ impl HelperSocket {
             wire::kind::STARTED => {
                 let pid = wire::Reader(&payload).u32().unwrap_or(0);
                 if !handed {
-                    return Ok(process::start(stream, buf, pid, tty));
+                    return Ok(process::start(stream, buf, pid, tty, kept));
                 }
                 let pipes = handed_pipes(fds).map_err(|e| {
                     HelperError::Failed(format!("the helper handed over no usable pipes: {e}"))
                 })?;
-                Ok(process::start_with_pipes(stream, buf, pid, pipes))
+                Ok(process::start_with_pipes(stream, buf, pid, pipes, kept))
             }
             wire::kind::ERROR => Err(refusal(&payload)),
             other => Err(HelperError::Failed(format!(
                 "unexpected answer {other:#x} from the helper"
             ))),
+        }
+    }
+
+    /// Takes over the kept session `id` (its agent went away): its output from
+    /// `output_offset` on comes first, then it goes on as a relayed session. What
+    /// ATTACHED said comes with it.
+    pub async fn reattach(
+        &self,
+        id: &str,
+        output_offset: u64,
+        ready_by: tokio::time::Instant,
+    ) -> Result<(Process, wire::Attached), HelperError> {
+        let request = wire::Request::Reattach(wire::Reattach {
+            id: id.to_owned(),
+            output_offset,
+        });
+        let stream = self.request(&request, ready_by).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let reply =
+            tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fds(&stream, &mut buf)).await;
+        let (kind, payload, _) = match reply {
+            Err(_) => return Err(HelperError::Failed("the helper did not answer".to_owned())),
+            Ok(Err(e)) => return Err(unavailable("reading the helper's answer", &e)),
+            Ok(Ok(frame)) => frame,
+        };
+        match kind {
+            wire::kind::ATTACHED => {
+                let attached = wire::Attached::decode(&payload)
+                    .map_err(|e| HelperError::Failed(format!("bad answer from the helper: {e}")))?;
+                let process = process::start(stream, buf, attached.pid, attached.pty, true);
+                Ok((process, attached))
+            }
+            wire::kind::ERROR => Err(refusal(&payload)),
+            other => Err(unexpected(other)),
         }
     }
 

@@ -142,4 +142,12 @@ pub trait ProcessControl: Send + Sync {
     fn pid_in_container(&self) -> Option<u32> {
         None
     }
+    /// It outlives the agent: labssh-init keeps it for a re-attach when this agent's
+    /// connection to it breaks (it was started with a `keep`, or re-attached).
+    fn kept(&self) -> bool {
+        false
+    }
+    /// The session is over for the agent: a kept process is then hung up, not kept,
+    /// when the connection closes. Nothing for one not kept.
+    async fn release(&self) {}
 }

@@ -16,6 +16,9 @@ pub struct SpawnSpec {
     pub run_as: RunAs,
     /// Working directory; `None` keeps the image's.
     pub workdir: Option<String>,
+    /// Keep the process for a re-attach if the agent goes away (labssh-init only):
+    /// the session's id and grace.
+    pub keep: Option<labssh_helper_proto::wire::Keep>,
 }
 
 /// Terminal type and initial size.
@@ -120,6 +123,7 @@ impl SpawnSpec {
             pty,
             run_as: RunAs::student(user, env),
             workdir: Some(home),
+            keep: None,
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum SessionError {
     /// it may; says so, with the limit.
     #[error("{0}")]
     ProcessLimit(String),
+    /// A session could not be re-attached: why, for the student.
+    #[error("{0}")]
+    Resume(String),
 }
 
 impl SessionError {
@@ -59,6 +62,7 @@ impl SessionError {
             SessionError::Ensure(_) => Some("ensure_failed"),
             SessionError::Spawn(_) => Some("spawn_failed"),
             SessionError::ProcessLimit(_) => Some("process_limit"),
+            SessionError::Resume(_) => Some("resume_failed"),
             SessionError::NotStart
             | SessionError::OverQuota(_)
             | SessionError::UnknownSubsystem(_)

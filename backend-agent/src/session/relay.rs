@@ -107,8 +107,16 @@ pub async fn relay<S>(
 
     if let Ended::OutputClosed = ended {
         if report_exit(&control, &tx, shutdown, &gone, limits.as_ref()).await {
+            control.release().await;
             return;
         }
+    }
+    let shutting_down = matches!(ended, Ended::Shutdown) || shutdown.is_cancelled();
+    if shutting_down && control.kept() {
+        // labssh-init keeps the process for the agent that comes next; the proxy,
+        // its stream ended, asks that one to re-attach it.
+        tracing::debug!("agent shutting down: leaving the session to labssh-init");
+        return;
     }
     let reason = match &ended {
         Ended::Shutdown => "shutdown",
@@ -164,8 +172,10 @@ async fn report_exit(
     true
 }
 
-/// Sends HUP, and KILL if the process outlives the grace period.
+/// Sends HUP, and KILL if the process outlives the grace period; a kept process is
+/// released first, so nothing keeps it once this agent lets go.
 pub async fn hang_up(control: Arc<dyn ProcessControl>) {
+    control.release().await;
     if let Err(e) = control.signal("HUP").await {
         tracing::debug!(error = %e, "cannot send HUP");
     }
@@ -221,7 +231,7 @@ async fn read_input<S>(
                     tracing::debug!(error = %e, "signal failed");
                 }
             }
-            Some(In::Start(_)) => tracing::debug!("ignoring a second start"),
+            Some(In::Start(_) | In::Resume(_)) => tracing::debug!("ignoring a second start"),
             Some(In::Resize(_)) | None => {}
         }
     }

@@ -14,6 +14,8 @@
 //! - `hooks`: lifecycle hooks through the whole agent (commands, webhooks, timers);
 //! - `lifecycle`: pausing, stopping and waking containers, their CPU time, the
 //!   keep-alive file, recreating old and outdated ones;
+//! - `reattach`: kept sessions outlive their connection and resume exactly, by their
+//!   id in their container only, until their grace runs out;
 //! - `warm_login`: a login into a running container asks Docker nothing (counted by
 //!   `counting_proxy`), and the agent's knowledge follows Docker's events.
 
@@ -30,5 +32,6 @@ mod isolation;
 mod lifecycle;
 mod netops;
 mod network;
+mod reattach;
 mod sftp;
 mod warm_login;

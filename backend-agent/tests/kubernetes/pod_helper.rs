@@ -231,6 +231,7 @@ async fn sh_on(
         pty,
         run_as,
         workdir: None,
+        keep: None,
     };
     let ready_by = tokio::time::Instant::now() + STEP;
     let Process {

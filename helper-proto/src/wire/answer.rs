@@ -47,6 +47,56 @@ impl Exit {
     }
 }
 
+/// What ATTACHED says of the session taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The process's pid in the container.
+    pub pid: u32,
+    /// It has a terminal.
+    pub pty: bool,
+    /// Its output and input were counted from its start (it was relayed, not handed
+    /// over): `lost` and `input_offset` are exact. Otherwise the replay is what came
+    /// while nobody was attached, `lost` what of that was dropped, and
+    /// `input_offset` 0.
+    pub counted: bool,
+    /// Output bytes past the agent's offset that the history no longer held; the
+    /// replay starts after them.
+    pub lost: u64,
+    /// Stdin payload bytes the helper has taken in all, so the agent's side can send
+    /// again what never arrived.
+    pub input_offset: u64,
+}
+
+impl Attached {
+    /// The payload of an ATTACHED frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(21);
+        p.extend_from_slice(&self.pid.to_be_bytes());
+        p.push(self.pty as u8 | (self.counted as u8) << 1);
+        p.extend_from_slice(&self.lost.to_be_bytes());
+        p.extend_from_slice(&self.input_offset.to_be_bytes());
+        p
+    }
+
+    /// Decodes an ATTACHED frame's payload.
+    pub fn decode(payload: &[u8]) -> Result<Attached, String> {
+        let mut r = Reader(payload);
+        let pid = r.u32()?;
+        let flags = r.u8()?;
+        let attached = Attached {
+            pid,
+            pty: flags & 1 == 1,
+            counted: flags & 2 == 2,
+            lost: r.u64()?,
+            input_offset: r.u64()?,
+        };
+        if !r.0.is_empty() {
+            return Err("trailing bytes after ATTACHED".to_owned());
+        }
+        Ok(attached)
+    }
+}
+
 /// The payload of an ADDRESSES frame: a `u32` count, then per address a family byte
 /// (4 or 6), the address's bytes, the port (`u16`) and, for IPv6, the scope id
 /// (`u32`). At most [`MAX_ADDRESSES`] are kept.

@@ -22,6 +22,37 @@ pub struct Spawn {
     /// the relay through the helper; the connection then carries only control frames
     /// and EXIT.
     pub pipes: bool,
+    /// Keep the process for a re-attach when the agent's connection breaks
+    /// ([`kind::SPAWN_KEPT`]); `None` hangs it up then, as helpers always did.
+    pub keep: Option<Keep>,
+}
+
+/// How a session outlives its agent: the id the agent gave it, and how long
+/// labssh-init keeps it while nobody is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keep {
+    /// The session's id, [`valid_session_id`]; only a re-attach naming it reaches the
+    /// session again.
+    pub id: String,
+    /// Seconds the process is kept after the connection breaks; then it is hung up.
+    pub grace_secs: u32,
+}
+
+/// Whether `id` may name a session: 16 to 64 ASCII letters and digits (the agent's
+/// are 32 hex digits of randomness).
+pub fn valid_session_id(id: &str) -> bool {
+    (16..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Re-attach to a kept session whose agent went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reattach {
+    /// The id the session was started with.
+    pub id: String,
+    /// How much of the session's output (stdout and stderr payload bytes, counted
+    /// together from its start) already reached the student; what the helper still
+    /// holds beyond it is sent again.
+    pub output_offset: u64,
 }
 
 /// A TCP connection to open inside the container's network namespace.
@@ -79,6 +110,8 @@ pub enum Request {
     ConnectUnix(UnixSocket),
     /// Listen on a unix socket; the socket file is removed when this connection ends.
     ListenUnix(UnixSocket),
+    /// Take a kept session over.
+    Reattach(Reattach),
 }
 
 impl Request {
@@ -100,11 +133,21 @@ impl Request {
                 put_str(&mut p, &s.cwd);
                 put_list(&mut p, &s.argv);
                 put_list(&mut p, &s.env);
-                if s.pipes {
-                    kind::SPAWN_PIPES
-                } else {
-                    kind::SPAWN
+                match &s.keep {
+                    Some(keep) => {
+                        p.push(s.pipes as u8);
+                        put_str(&mut p, &keep.id);
+                        p.extend_from_slice(&keep.grace_secs.to_be_bytes());
+                        kind::SPAWN_KEPT
+                    }
+                    None if s.pipes => kind::SPAWN_PIPES,
+                    None => kind::SPAWN,
                 }
+            }
+            Request::Reattach(r) => {
+                put_str(&mut p, &r.id);
+                p.extend_from_slice(&r.output_offset.to_be_bytes());
+                kind::REATTACH
             }
             Request::Connect(c) => {
                 p.extend_from_slice(&c.port.to_be_bytes());
@@ -145,7 +188,7 @@ impl Request {
             ));
         }
         let request = match kind {
-            kind::SPAWN | kind::SPAWN_PIPES => {
+            kind::SPAWN | kind::SPAWN_PIPES | kind::SPAWN_KEPT => {
                 let uid = r.u32()?;
                 let gid = r.u32()?;
                 let flag = r.u8()?;
@@ -158,7 +201,18 @@ impl Request {
                     return Err("empty command".to_owned());
                 }
                 let pty = (flag & 1 == 1).then_some((cols, rows));
-                let pipes = kind == kind::SPAWN_PIPES;
+                let (pipes, keep) = match kind {
+                    kind::SPAWN_KEPT => {
+                        let pipes = r.u8()? & 1 == 1;
+                        let id = r.string()?;
+                        let grace_secs = r.u32()?;
+                        if !valid_session_id(&id) {
+                            return Err("bad session id".to_owned());
+                        }
+                        (pipes, Some(Keep { id, grace_secs }))
+                    }
+                    _ => (kind == kind::SPAWN_PIPES, None),
+                };
                 if pipes && pty.is_some() {
                     return Err("a terminal's process has no pipes to hand over".to_owned());
                 }
@@ -170,7 +224,16 @@ impl Request {
                     gid,
                     pty,
                     pipes,
+                    keep,
                 })
+            }
+            kind::REATTACH => {
+                let id = r.string()?;
+                let output_offset = r.u64()?;
+                if !valid_session_id(&id) {
+                    return Err("bad session id".to_owned());
+                }
+                Request::Reattach(Reattach { id, output_offset })
             }
             kind::CONNECT => {
                 let port = r.u16()?;

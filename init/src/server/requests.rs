@@ -84,6 +84,7 @@ impl Server {
                 crate::unix::connect(conn, request, &self.authority)
             }
             Ok(Request::ListenUnix(request)) => crate::unix::listen(conn, request, &self.authority),
+            Ok(Request::Reattach(request)) => self.reattach(conn, inbuf, request),
             Err(message) => connect::reply_error(&conn, &message),
         }
     }
@@ -96,7 +97,11 @@ impl Server {
             Ok((started, program, stdin, out, err)) => {
                 let pid = started.pid;
                 let hand_over = request.pipes;
-                match Session::new(conn, inbuf, started, program, stdin, out, err, hand_over) {
+                let keep = request.keep;
+                let session = Session::new(
+                    conn, inbuf, started, program, stdin, out, err, hand_over, keep,
+                );
+                match session {
                     Ok(session) => self.sessions.push(session),
                     Err(e) => {
                         // The connection is closed without a reply; the agent reports it.
@@ -106,6 +111,24 @@ impl Server {
                 }
             }
             Err(e) => connect::reply_error(&conn, &e.to_string()),
+        }
+    }
+
+    /// Hands a kept session to the connection that names its id.
+    pub(super) fn reattach(&mut self, conn: OwnedFd, inbuf: Vec<u8>, request: wire::Reattach) {
+        let session = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.kept_id() == Some(request.id.as_str()));
+        let Some(session) = session else {
+            return connect::reply_error(
+                &conn,
+                "no such session here (it ended, or its grace ran out)",
+            );
+        };
+        if let Err((conn, e)) = session.reattach(conn, inbuf, request.output_offset) {
+            crate::log!("session {}: cannot re-attach: {e}", session.pid);
+            connect::reply_error(&conn, &e);
         }
     }
 

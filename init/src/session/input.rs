@@ -6,15 +6,16 @@ use super::*;
 
 impl Session {
     pub(super) fn read_conn(&mut self) {
+        let Some(conn) = &self.conn else { return };
         let spare = &mut self.inbuf.spare(READ_CHUNK)[..READ_CHUNK];
-        match sys::retry(|| sys::read(&self.conn, spare)) {
-            Ok(0) => self.hang_up(),
+        match sys::retry(|| sys::read(conn, spare)) {
+            Ok(0) => self.lost_agent(),
             Ok(n) => {
                 self.inbuf.commit(n);
                 self.parse_frames();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.hang_up(),
+            Err(_) => self.lost_agent(),
         }
     }
 
@@ -39,6 +40,9 @@ impl Session {
 
     pub(super) fn apply(&mut self, frame_kind: u8, payload: &[u8]) {
         let mut r = wire::Reader(payload);
+        if let (kind::STDIN, Some(keep)) = (frame_kind, &mut self.keep) {
+            keep.input_total += payload.len() as u64;
+        }
         match frame_kind {
             // The agent holds the pipe itself; nothing it sends here is stdin.
             kind::STDIN if self.hand_over => {}
@@ -61,6 +65,11 @@ impl Session {
             }
             kind::STDIN => self.grant(payload.len() as u32), // nobody reads it any more
             kind::EOF => {
+                // A kept handed-over session's stdin has a second writer, the copy
+                // kept here: only this frame ends it.
+                if let Some(spare) = self.keep.as_mut().and_then(|k| k.spare.as_mut()) {
+                    spare.0 = None;
+                }
                 // With a terminal EOF is ignored, as sshd does: there is no half-close.
                 if !self.pty {
                     self.stdin_eof = true;
@@ -82,13 +91,19 @@ impl Session {
                     }
                 }
             }
+            // The agent is done with the session (its exit passed on, or it hung the
+            // session up): no re-attach, and a broken connection hangs it up.
+            kind::RELEASE => self.keep = None,
             other => crate::log!("session {}: ignoring frame kind {other:#x}", self.pid),
         }
     }
 
     /// Returns stdin credit to the agent.
     pub(super) fn grant(&mut self, n: u32) {
-        self.window_owed = self.window_owed.saturating_add(n);
+        // Stdin held across a re-attach was granted to the agent before: the new one
+        // starts with a whole window.
+        let forgiven = self.keep.as_mut().map_or(0, |k| k.forgive(n));
+        self.window_owed = self.window_owed.saturating_add(n - forgiven);
         if self.window_owed >= WINDOW_BATCH || (self.stdin_buf.is_empty() && self.window_owed > 0) {
             if !self.agent_gone {
                 self.outbuf

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::close::{Closing, Ended, Ending};
 use super::queue::Input;
+use super::resume::{reconnect, Resumable, SentInput};
 use super::session::Session;
 use super::start::Started;
 use crate::live::Tap;
@@ -104,7 +105,9 @@ pub(crate) async fn run(
     let (tx, outputs) = (started.tx, started.outputs);
     let ending = splice(
         session,
-        &placement.agent,
+        &placement,
+        started.resumable.as_ref(),
+        started.newline,
         inputs,
         tx,
         outputs,
@@ -189,19 +192,110 @@ fn lost_node(agent: &str) -> String {
     )
 }
 
+/// How one stream to the agent ended.
+enum Leg {
+    /// The session ended: report it.
+    Ended(Ending),
+    /// The stream broke (or ended without the process's exit): a kept session is
+    /// resumed on a new one.
+    Broken,
+}
+
+/// The client → agent half of one leg: the reason it stopped.
+enum Upstream {
+    /// The client's side of the channel is gone.
+    ClientDone,
+    /// The agent's stream no longer takes input.
+    AgentGone,
+}
+
 /// Both directions, until the agent's stream ends, or the client's side ends
-/// and the exit report has had [`CLOSE_GRACE`] to arrive.
+/// and the exit report has had [`CLOSE_GRACE`] to arrive. When the stream breaks
+/// and the session is kept, it is resumed on a new stream to the same agent, and
+/// relaying goes on.
 #[allow(clippy::too_many_arguments)]
 async fn splice(
     session: &Session,
-    agent: &str,
+    placement: &Placement,
+    resumable: Option<&Resumable>,
+    newline: &str,
     inputs: &mut mpsc::Receiver<Input>,
-    tx: mpsc::Sender<pb::SessionInput>,
+    mut tx: mpsc::Sender<pb::SessionInput>,
     mut outputs: tonic::Streaming<pb::SessionOutput>,
     counter: &Counter<'_>,
     recording: Option<&Mutex<Recording>>,
     mut tap: Option<(crate::audit::sftp::Tap, String)>,
 ) -> Ending {
+    let ctx = &session.ctx;
+    let agent = placement.agent.as_str();
+    let mut sent = SentInput::default();
+    let mut received = 0u64;
+    loop {
+        let leg = relay_leg(
+            session,
+            agent,
+            inputs,
+            tx,
+            &mut outputs,
+            counter,
+            recording,
+            &mut tap,
+            &mut sent,
+            &mut received,
+        );
+        let client_done = match leg.await {
+            (Leg::Ended(ending), _) => return ending,
+            (Leg::Broken, client_done) => client_done,
+        };
+        let Some(resumable) = resumable.filter(|_| !client_done) else {
+            return match client_done {
+                true => Ending::ClientGone,
+                false => Ending::Failed(lost_node(agent)),
+            };
+        };
+        let broke = Instant::now();
+        session
+            .tell("reconnecting to your container…", newline)
+            .await;
+        let (new_tx, new_outputs, resumed) =
+            match reconnect(ctx, placement, resumable, received, broke).await {
+                Ok(reattached) => reattached,
+                Err(message) => return Ending::Failed(message),
+            };
+        telemetry::setup_phase(Phase::Resume, broke.elapsed());
+        if resumed.lost_bytes > 0 {
+            let lost = format!(
+                "{} bytes of output were lost while your session was reconnecting",
+                resumed.lost_bytes
+            );
+            session.tell(&lost, newline).await;
+        }
+        let (again, gone) = sent.replay(resumed.input_counted.then_some(resumed.input_offset));
+        if gone > 0 {
+            tracing::warn!(conn = ctx.conn, gone, "input lost across the re-attach");
+        }
+        for msg in again {
+            let _ = new_tx.send(pb::SessionInput { msg: Some(msg) }).await;
+        }
+        (tx, outputs) = (new_tx, new_outputs);
+    }
+}
+
+/// One stream's worth of [`splice`]: both directions until that stream ends or
+/// breaks; true with it when the client's side is gone.
+#[allow(clippy::too_many_arguments)]
+async fn relay_leg(
+    session: &Session,
+    agent: &str,
+    inputs: &mut mpsc::Receiver<Input>,
+    tx: mpsc::Sender<pb::SessionInput>,
+    outputs: &mut tonic::Streaming<pb::SessionOutput>,
+    counter: &Counter<'_>,
+    recording: Option<&Mutex<Recording>>,
+    tap: &mut Option<(crate::audit::sftp::Tap, String)>,
+    sent: &mut SentInput,
+    received: &mut u64,
+) -> (Leg, bool) {
     let ctx = &session.ctx;
     let recorded = |f: &dyn Fn(&mut Recording)| {
         // Sessions not recorded take no lock per chunk.
@@ -209,15 +303,24 @@ async fn splice(
             f(&mut r.lock().unwrap_or_else(|e| e.into_inner()));
         }
     };
-    // Client → agent.
+    // Client → agent. Room is taken before an input is, so a leg that ends while
+    // this waits loses nothing: the input stays queued for the next.
     let upstream = async move {
-        while let Some(input) = inputs.recv().await {
+        loop {
+            let Ok(permit) = tx.reserve().await else {
+                return Upstream::AgentGone;
+            };
+            let Some(input) = inputs.recv().await else {
+                // Dropping `tx` ends the agent's input stream: it hangs up the
+                // process.
+                return Upstream::ClientDone;
+            };
             match &input {
                 Input::Data(data) => {
                     counter.tap.input(data.len());
                     telemetry::forwarded_bytes(Direction::ToContainer, data.len());
                     recorded(&|r| r.input(data));
-                    if let Some((tap, environment)) = &mut tap {
+                    if let Some((tap, environment)) = tap {
                         for change in tap.feed(data) {
                             ctx.shared.audit.record(
                                 "sftp",
@@ -240,14 +343,11 @@ async fn splice(
                 }
                 _ => {}
             }
-            let input = pb::SessionInput {
+            sent.record(&input);
+            permit.send(pb::SessionInput {
                 msg: Some(to_agent(input)),
-            };
-            if tx.send(input).await.is_err() {
-                break;
-            }
+            });
         }
-        // Dropping `tx` ends the agent's input stream: it hangs up the process.
     };
     // Agent → client, honouring the client's SSH window.
     let write = &session.write;
@@ -266,27 +366,29 @@ async fn splice(
                         "the agent's stream broke: {}",
                         status.message()
                     );
-                    return Ending::Failed(lost_node(agent));
+                    return Leg::Broken;
                 }
             };
             let written = match msg {
                 Out::Stdout(b) => {
+                    *received += b.len() as u64;
                     counter.sent(&b);
                     recorded(&|r| r.output(&b));
                     write.data_bytes(b).await
                 }
                 Out::Stderr(b) => {
+                    *received += b.len() as u64;
                     counter.sent(&b);
                     recorded(&|r| r.output(&b));
                     write.extended_data_bytes(1, b).await
                 }
-                Out::Exit(status) => return Ending::Exited(status),
-                Out::Error(e) => return Ending::Failed(e.message),
+                Out::Exit(status) => return Leg::Ended(Ending::Exited(status)),
+                Out::Error(e) => return Leg::Ended(Ending::Failed(e.message)),
                 // Progress comes before Started only; a late one is not the output's.
-                Out::Started(_) | Out::Progress(_) => Ok(()),
+                Out::Started(_) | Out::Progress(_) | Out::Resumed(_) => Ok(()),
             };
             if written.is_err() {
-                return Ending::ClientGone;
+                return Leg::Ended(Ending::ClientGone);
             }
         }
         tracing::warn!(
@@ -294,16 +396,21 @@ async fn splice(
             agent,
             "the agent's stream ended without an exit"
         );
-        Ending::Failed(lost_node(agent))
+        Leg::Broken
     };
     tokio::pin!(upstream);
     tokio::pin!(downstream);
     tokio::select! {
-        ending = &mut downstream => ending,
-        _ = &mut upstream => {
-            tokio::time::timeout(CLOSE_GRACE, &mut downstream)
-                .await
-                .unwrap_or(Ending::ClientGone)
+        leg = &mut downstream => (leg, false),
+        why = &mut upstream => {
+            let client_done = matches!(why, Upstream::ClientDone);
+            let leg = tokio::time::timeout(CLOSE_GRACE, &mut downstream).await;
+            match (leg, client_done) {
+                (Ok(leg), _) => (leg, client_done),
+                (Err(_), true) => (Leg::Ended(Ending::ClientGone), true),
+                // The agent took no more input and said nothing: as broken.
+                (Err(_), false) => (Leg::Broken, false),
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::state::Context;
 use crate::upstream::{first_answer_with, wire_identity, with_first, Placement, UpstreamError};
 
 /// Inputs queued towards the agent; beyond this the client is back-pressured.
-const AGENT_QUEUE: usize = 32;
+pub(crate) const AGENT_QUEUE: usize = 32;
 /// How many times a session start is tried: once more after the agent could
 /// not be reached, on a fresh placement (the cached one may name an agent that
 /// just died). Anything else the agent says is its answer.
@@ -48,6 +48,8 @@ pub(crate) struct Started {
     pub kind: &'static str,
     /// Its terminal as asked for, if any.
     pub pty: Option<pb::PtyRequest>,
+    /// How to resume it if the agent's stream breaks, when the agent kept it.
+    pub resumable: Option<super::resume::Resumable>,
 }
 
 /// Runs the phase: the process started, or what to tell the student.
@@ -83,7 +85,7 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
     while let Ok(line) = lines.try_recv() {
         session.tell(&line, newline).await;
     }
-    let (tx, outputs, started, placement) = match opened {
+    let (tx, outputs, started, placement, start) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             return Err(Closing::NotStarted {
@@ -97,7 +99,9 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Result<Started
             session.tell(notice, newline).await;
         }
     }
+    let resumable = super::resume::Resumable::of(start, &started);
     Ok(Started {
+        resumable,
         tx,
         outputs,
         started,
@@ -157,6 +161,7 @@ type Opened = (
     tonic::Streaming<pb::SessionOutput>,
     pb::Started,
     Placement,
+    pb::Start,
 );
 
 /// Places the user and starts the process, trying again as [`retry_after`]
@@ -177,7 +182,7 @@ async fn open(
         start.environment = placement.environment.clone();
         let once = start_once(ctx, &mut agent, &placement, &start, attempt, &progress);
         let error = match once.await {
-            Ok((tx, outputs, started)) => return Ok((tx, outputs, started, placement)),
+            Ok((tx, outputs, started)) => return Ok((tx, outputs, started, placement, start)),
             Err(error) => error,
         };
         upstream.forget_placement(user, requested_env);

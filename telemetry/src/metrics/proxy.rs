@@ -22,6 +22,9 @@ pub enum Phase {
     Start,
     /// Process started to its first byte of output.
     FirstByte,
+    /// A kept session's agent stream broke to the session resumed on a new one
+    /// (the agent restarted).
+    Resume,
 }
 
 impl Phase {
@@ -33,6 +36,7 @@ impl Phase {
             Phase::Place => "place",
             Phase::Start => "start",
             Phase::FirstByte => "first_byte",
+            Phase::Resume => "resume",
         }
     }
 }

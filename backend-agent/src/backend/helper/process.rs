@@ -38,9 +38,10 @@ const SMALL_READ: usize = 4 * 1024;
 /// How the process ended, as far as the agent knows: `None` while it runs.
 type Outcome = Option<Result<ExitStatus, BackendError>>;
 
-/// Wraps a connection on which the helper answered STARTED. `buf` holds bytes read
-/// past that answer.
-pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process {
+/// Wraps a connection on which the helper answered STARTED (or ATTACHED). `buf`
+/// holds bytes read past that answer; `kept` says the helper keeps the process when
+/// the connection breaks.
+pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool, kept: bool) -> Process {
     let (read, write) = stream.into_split();
     let write = Arc::new(Mutex::new(write));
     let credit = Arc::new(Semaphore::new(wire::STDIN_WINDOW as usize));
@@ -56,6 +57,7 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
         write: write.clone(),
         credit,
         ended: false,
+        kept,
     };
     Process {
         stdin: Stdin::new(stdin),
@@ -63,6 +65,7 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool) -> Process 
         control: Arc::new(HelperProcess {
             pid,
             tty,
+            kept,
             write,
             outcome: outcome_rx,
         }),
@@ -81,13 +84,24 @@ pub struct Pipes {
 }
 
 /// Wraps a connection on which the helper answered STARTED with the process's pipes:
-/// `buf` holds bytes read past that answer (an EXIT already, perhaps).
-pub fn start_with_pipes(stream: UnixStream, buf: BytesMut, pid: u32, pipes: Pipes) -> Process {
+/// `buf` holds bytes read past that answer (an EXIT already, perhaps). A kept
+/// process's helper holds copies of the pipes, so its stdin ends with an EOF frame.
+pub fn start_with_pipes(
+    stream: UnixStream,
+    buf: BytesMut,
+    pid: u32,
+    pipes: Pipes,
+    kept: bool,
+) -> Process {
     let (read, write) = stream.into_split();
+    let write = Arc::new(Mutex::new(write));
     let (outcome_tx, outcome_rx) = watch::channel(None);
     tokio::spawn(read_frames(read, buf, None, outcome_tx));
     Process {
-        stdin: Stdin::new(PipeStdin(Some(pipes.stdin))),
+        stdin: Stdin::new(PipeStdin {
+            pipe: Some(pipes.stdin),
+            eof_frame: kept.then(|| write.clone()),
+        }),
         output: PipeOutput {
             stdout: Some(pipes.stdout),
             stderr: Some(pipes.stderr),
@@ -97,7 +111,8 @@ pub fn start_with_pipes(stream: UnixStream, buf: BytesMut, pid: u32, pipes: Pipe
         control: Arc::new(HelperProcess {
             pid,
             tty: false,
-            write: Arc::new(Mutex::new(write)),
+            kept,
+            write,
             outcome: outcome_rx,
         }),
         path: SpawnPath::Helper,
@@ -110,6 +125,8 @@ struct HelperProcess {
     pid: u32,
     /// It has a terminal (resizes matter).
     tty: bool,
+    /// The helper keeps it for a re-attach until RELEASE.
+    kept: bool,
     /// The connection's write half, shared with the stdin writer; frames are written
     /// whole under the lock.
     write: Arc<Mutex<OwnedWriteHalf>>,
@@ -171,6 +188,17 @@ impl ProcessControl for HelperProcess {
 
     fn pid_in_container(&self) -> Option<u32> {
         Some(self.pid)
+    }
+
+    fn kept(&self) -> bool {
+        self.kept
+    }
+
+    async fn release(&self) {
+        if self.kept {
+            // Gone already, the helper hangs up anyway (or the grace does).
+            let _ = self.send(kind::RELEASE, &[]).await;
+        }
     }
 }
 
@@ -265,6 +293,9 @@ struct HelperStdin {
     credit: Arc<Semaphore>,
     /// EOF was sent.
     ended: bool,
+    /// The helper keeps the process for the next agent: dropping this (the agent
+    /// shutting down) is no EOF.
+    kept: bool,
 }
 
 #[async_trait]
@@ -320,7 +351,7 @@ async fn send_frame(
 
 impl Drop for HelperStdin {
     fn drop(&mut self) {
-        if self.ended {
+        if self.ended || self.kept {
             return;
         }
         // EOF on drop, as a pipe's writer closing; the write half may be busy.
@@ -336,12 +367,18 @@ impl Drop for HelperStdin {
 
 /// A handed-over process's stdin: what the session writes goes to the pipe; shutdown
 /// (or drop) closes the agent's end, the only one left, which is the process's EOF.
-struct PipeStdin(Option<pipe::Sender>);
+/// For a kept process the helper holds a second write end: an EOF frame closes it on
+/// shutdown; a drop (the agent shutting down) leaves it, for the next agent.
+struct PipeStdin {
+    pipe: Option<pipe::Sender>,
+    /// A kept process's connection, for the EOF frame.
+    eof_frame: Option<Arc<Mutex<OwnedWriteHalf>>>,
+}
 
 #[async_trait]
 impl StdinSink for PipeStdin {
     async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        match &mut self.0 {
+        match &mut self.pipe {
             Some(pipe) => pipe.write_all(&data).await,
             None => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -351,8 +388,11 @@ impl StdinSink for PipeStdin {
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        self.0 = None;
-        Ok(())
+        self.pipe = None;
+        match self.eof_frame.take() {
+            Some(write) => send_frame(&write, kind::EOF, Bytes::new()).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -578,6 +578,16 @@ impl Backend for KubeBackend {
         self.inside.spawn(&pod, spec).await
     }
 
+    async fn reattach(
+        &self,
+        container: &str,
+        id: &str,
+        output_offset: u64,
+    ) -> Result<(Process, labssh_helper_proto::wire::Attached), BackendError> {
+        let pod = self.running(container).map_err(BackendError::SpawnFailed)?;
+        self.inside.reattach(&pod, id, output_offset).await
+    }
+
     async fn recorded_ids(&self, container: &str) -> Result<Option<(u32, u32)>, BackendError> {
         Ok(self
             .cached(container)

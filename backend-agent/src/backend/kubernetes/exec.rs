@@ -217,6 +217,7 @@ mod tests {
                 gid: 1000,
             },
             workdir: workdir.map(str::to_owned),
+            keep: None,
         }
     }
 

@@ -22,6 +22,7 @@ use super::objects::CONTAINER;
 use crate::backend::helper::{HelperError, HelperSocket, Pipes, SocketListener};
 use crate::backend::netns;
 use crate::backend::{BackendError, Duplex, Process, RunAs, SpawnSpec};
+use labssh_helper_proto::wire;
 
 /// How long work waits for a helper that may still be binding its socket (a pod
 /// whose student container just (re)started).
@@ -75,6 +76,25 @@ impl Inside {
         self.through_helper(pod, |socket, ready_by| {
             let spec = spec.clone();
             async move { socket.spawn(&spec, ready_by, pipes).await }
+        })
+        .await
+        .map_err(BackendError::SpawnFailed)
+    }
+
+    /// Takes over the kept session `id` of the pod's helper.
+    pub async fn reattach(
+        &self,
+        pod: &PodRef,
+        id: &str,
+        output_offset: u64,
+    ) -> Result<(Process, wire::Attached), BackendError> {
+        if !pod.helper {
+            return Err(BackendError::SpawnFailed(
+                "this pod runs without labssh-init, whose sessions end with the agent".to_owned(),
+            ));
+        }
+        self.through_helper(pod, |socket, ready_by| async move {
+            socket.reattach(id, output_offset, ready_by).await
         })
         .await
         .map_err(BackendError::SpawnFailed)

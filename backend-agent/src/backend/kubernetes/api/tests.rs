@@ -552,6 +552,7 @@ async fn exec_pods_run_processes_through_pods_exec_and_helper_pods_never_do() {
             gid: 1000,
         },
         workdir: None,
+        keep: None,
     };
     let process = backend.spawn("lab-lee.plain", spec.clone()).await.unwrap();
     assert_eq!(process.control.wait().await.unwrap(), ExitStatus::Code(3));
