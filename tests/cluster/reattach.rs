@@ -411,7 +411,38 @@ async fn sessions_survive_an_agent_restart() {
         at(0.99)
     );
 
-    // 4. The agent stays down longer than the grace: one clear line and status
+    // 4. An `ssh -R` listener is there again after a restart, on the same port.
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_port = local.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = local.accept().await {
+            let _ = conn.write_all(b"hello from the client side\n").await;
+        }
+    });
+    let spec = format!("9000:127.0.0.1:{local_port}");
+    let mut forward = fleet
+        .ssh
+        .command_with(
+            "counter",
+            &pw(),
+            &["-N", "-o", "ExitOnForwardFailure=yes", "-R", &spec],
+            &[],
+        )
+        .spawn()
+        .unwrap();
+    remote_forward_answers(&fleet).await;
+    fleet.kill_agent();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    restarts += 1;
+    fleet.start_agent(restarts);
+    remote_forward_answers(&fleet).await;
+    assert!(
+        forward.try_wait().unwrap().is_none(),
+        "the client's ssh -R connection stayed up"
+    );
+    let _ = forward.kill().await;
+
+    // 5. The agent stays down longer than the grace: one clear line and status
     //    255, and labssh-init hangs the process up.
     let mut cmd = fleet
         .ssh
@@ -453,6 +484,26 @@ async fn sessions_survive_an_agent_restart() {
         .await
         .unwrap();
     assert_eq!(stdout(&out), "again\n", "{}", stderr(&out));
+}
+
+/// Waits until the container's port 9000 (an `ssh -R` to the test) answers.
+async fn remote_forward_answers(fleet: &Fleet) {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let cmd = fleet
+            .ssh
+            .command("counter", &pw(), &["nc 127.0.0.1 9000 </dev/null"]);
+        let out = labssh_testkit::ssh::output(cmd).await.unwrap();
+        if stdout(&out) == "hello from the client side\n" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the -R listener answers: {}",
+            stderr(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Whether `sleep 600` runs in the container.

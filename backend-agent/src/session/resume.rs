@@ -12,6 +12,9 @@ use rand::RngCore;
 
 use super::*;
 
+/// How long a resume waits for the controller's catalogue after the agent started.
+const CATALOGUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A fresh session id: 128 random bits in hex.
 pub fn new_session_id() -> String {
     let mut bytes = [0u8; 16];
@@ -41,6 +44,13 @@ where
         Ok(held) => held,
         Err(e) => return refuse(&tx, e.into()).await,
     };
+    // A restarted agent hears from the proxies before the controller's Welcome: the
+    // catalogue is waited for, boundedly (the proxy asks again after an error only
+    // when it could not reach the agent).
+    tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        _ = tokio::time::timeout(CATALOGUE_WAIT, shared.catalogue.received()) => {}
+    }
     let active = shared.lifecycle.hold(&start.user, &start.environment);
     let ensure = shared.ensure(&start.user, &start.environment, start.identity.as_ref());
     let ensured = tokio::select! {

@@ -29,6 +29,13 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
 /// this long is not going to, and the connection accepted in the container would
 /// hold an agent stream and socket for ever.
 const CLIENT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a listener whose agent stream broke (the agent restarted) is asked for
+/// again: the agent's default `reattach_grace`, as long as sessions wait for it.
+const RELISTEN_FOR: Duration = Duration::from_secs(60);
+/// First pause between those attempts; doubles up to [`RELISTEN_MAX_PAUSE`].
+const RELISTEN_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between them.
+const RELISTEN_MAX_PAUSE: Duration = Duration::from_millis(500);
 
 /// What an `ssh -R` listens on, as the client names it (and cancels it by).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -197,7 +204,7 @@ pub(crate) async fn remote_forward(
         agent: matches!(bind, Bind::Agent(_)),
         x11: matches!(bind, Bind::X11 { .. }),
     };
-    let call = agent.listen(labssh_telemetry::grpc::request(request));
+    let call = agent.listen(labssh_telemetry::grpc::request(request.clone()));
     let (events, listening) = first_answer(LISTEN_TIMEOUT, call).await?;
     let bound = listening.port;
     let token = CancellationToken::new();
@@ -212,11 +219,17 @@ pub(crate) async fn remote_forward(
     };
     forwards.insert(key.clone(), token.clone());
     tracing::info!(conn = ctx.conn, user = %ctx.login.user, listen = %key, port = bound, "remote forward listening");
+    // Asked for again after an agent restart, as the port the client knows.
+    let again = pb::ListenRequest {
+        port: bound,
+        ..request
+    };
     let listener = Listener {
         ctx,
         agent,
         environment: placement.environment,
         key,
+        request: again,
     };
     tokio::spawn(listener.announce(events, token));
     Ok(bound)
@@ -243,13 +256,17 @@ struct Listener {
     environment: String,
     /// What the client knows the listener by (the port bound, where it asked for 0).
     key: Bind,
+    /// How to ask for the same listener again.
+    request: pb::ListenRequest,
 }
 
 impl Listener {
     /// Announces each accepted connection until the listener is cancelled or
-    /// the agent ends it.
+    /// the agent ends it. When the agent's stream breaks (the agent restarted), the
+    /// same listener is asked for again for up to [`RELISTEN_FOR`]; connections
+    /// accepted meanwhile are the dead agent's and are lost.
     async fn announce(
-        self,
+        mut self,
         mut events: tonic::Streaming<pb::ListenEvent>,
         token: CancellationToken,
     ) {
@@ -274,8 +291,21 @@ impl Listener {
                     break;
                 }
                 _ => {
-                    tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node");
-                    break;
+                    // An X11 display is the agent's choice, named in the session's
+                    // DISPLAY: it cannot be asked for again as it was.
+                    if matches!(key, Bind::X11 { .. }) {
+                        tracing::info!(conn = ctx.conn, listen = %key, "remote forward ended by the container's node");
+                        break;
+                    }
+                    tracing::warn!(conn = ctx.conn, listen = %key, "the container's node dropped the remote forward; asking for it again");
+                    match relisten(&self.ctx, &mut self.agent, &self.request, &token).await {
+                        Some(again) => {
+                            tracing::info!(conn = ctx.conn, listen = %key, "remote forward listening again");
+                            events = again;
+                            continue;
+                        }
+                        None => break,
+                    }
                 }
             };
             accepted += 1;
@@ -305,6 +335,45 @@ impl Listener {
             }
         }
         tracing::debug!(accepted, "remote forward stopped");
+    }
+}
+
+/// Asks for `request`'s listener again, with backoff, until it listens, the agent
+/// refuses it, [`RELISTEN_FOR`] has passed or `token` is cancelled.
+async fn relisten(
+    ctx: &Context,
+    agent: &mut AgentClient<GrpcChannel>,
+    request: &pb::ListenRequest,
+    token: &CancellationToken,
+) -> Option<tonic::Streaming<pb::ListenEvent>> {
+    let deadline = tokio::time::Instant::now() + RELISTEN_FOR;
+    let mut pause = RELISTEN_PAUSE;
+    loop {
+        let call = agent.listen(labssh_telemetry::grpc::request(request.clone()));
+        let answer = tokio::select! {
+            _ = token.cancelled() => return None,
+            answer = first_answer(LISTEN_TIMEOUT, call) => answer,
+        };
+        match answer {
+            Ok((events, _)) => return Some(events),
+            Err(e) if e.agent_unreachable() => {}
+            Err(e) => {
+                tracing::warn!(conn = ctx.conn, "remote forward not listening again: {e}");
+                return None;
+            }
+        }
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!(
+                conn = ctx.conn,
+                "remote forward given up: its node did not come back"
+            );
+            return None;
+        }
+        tokio::select! {
+            _ = token.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RELISTEN_MAX_PAUSE);
     }
 }
 
