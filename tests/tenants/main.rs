@@ -28,6 +28,8 @@
 //! - `isolation`: shared course data alice cannot write for bob, devices not listed;
 //! - `lifecycle`: alice's keep-alive and sessions keep only her container awake; her
 //!   keep-alive is never read through a symlink;
+//! - `reattach`: bob's session id named under alice's login resumes nothing and
+//!   leaves bob's kept session running and attached;
 //! - `prestart`: prestarting alice's class leaves bob alone; no student can prestart;
 //! - `passwd`: each new container's passwd and group files are its own student's,
 //!   bound read-only; neither sees the other's entry;
@@ -62,6 +64,7 @@ mod network;
 mod passwd;
 mod pipes;
 mod prestart;
+mod reattach;
 mod self_service;
 mod start_queue;
 mod watch;
