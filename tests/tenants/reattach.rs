@@ -69,7 +69,11 @@ async fn bobs_session_id_resumes_nothing_for_alice() {
             .connect_lazy(),
     );
     // Alice's container exists too: her resume finds a real helper to ask.
-    let out = lab.ssh.run("alice", &Lab::alice(), &["true"]).await.unwrap();
+    let out = lab
+        .ssh
+        .run("alice", &Lab::alice(), &["true"])
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
 
     let (bob_tx, rx) = mpsc::channel(8);

@@ -457,3 +457,63 @@ async fn tenants_pods_share_no_home_socket_or_process() {
     .await;
     assert_eq!((out.as_str(), status), ("", ExitStatus::Code(1)));
 }
+
+#[tokio::test]
+async fn a_kept_session_resumes_through_the_pods_helper_by_its_id_only() {
+    let (client, fake) = Fake::start();
+    let _kubelet = Kubelet::start(&fake);
+    let backend = backend(client, "baseline");
+    let (dana, erin) = tokio::join!(ensure(&backend, "dana"), ensure(&backend, "erin"));
+    let id = "0123456789abcdef0123456789abcd07";
+    let mut spec = as_student("dana", "echo k1; read l; echo \"got $l\"; exit 4");
+    spec.pty = Some(labssh_agent::backend::PtySpec {
+        term: "xterm".into(),
+        cols: 80,
+        rows: 24,
+    });
+    spec.keep = Some(labssh_helper_proto::wire::Keep {
+        id: id.into(),
+        grace_secs: 30,
+    });
+    let mut process = backend.spawn(&dana, spec).await.expect("spawned");
+    assert!(process.control.kept());
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("k1\r\n") {
+        match tokio::time::timeout(STEP, process.output.next())
+            .await
+            .unwrap()
+        {
+            Some(Output::Stdout(b)) => seen.extend_from_slice(&b),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The agent goes; its successor takes the session over, in dana's pod only.
+    drop(process);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = backend.reattach(&erin, id, 0).await.err().expect("refused");
+    assert!(err.to_string().contains("no such session"), "{err}");
+    let (mut process, attached) = backend
+        .reattach(&dana, id, seen.len() as u64)
+        .await
+        .expect("re-attached");
+    assert!(attached.pty && attached.counted && attached.lost == 0);
+    process.stdin.write_all(b"z\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP, async {
+        while let Some(chunk) = process.output.next().await {
+            if let Output::Stdout(b) = chunk {
+                rest.extend_from_slice(&b);
+            }
+        }
+    })
+    .await
+    .expect("output ends in time");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("k1"), "nothing twice: {rest:?}");
+    assert!(rest.contains("got z"), "{rest:?}");
+    let status = tokio::time::timeout(STEP, process.control.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, ExitStatus::Code(4));
+}

@@ -244,6 +244,44 @@ async fn an_older_helper_is_asked_again_relayed_and_then_straight_away() {
 }
 
 #[tokio::test]
+async fn a_helper_older_than_kept_sessions_is_asked_again_without_and_then_straight_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, served) = fake_helper(dir.path(), 3, |i, request, mut conn| {
+        if i == 0 {
+            // What a labssh-init before SPAWN_KEPT answers to it.
+            let refusal = format!("{} {:#x}", wire::UNEXPECTED_KIND, wire::kind::SPAWN_KEPT);
+            conn.write_all(&frame(wire::kind::ERROR, refusal.as_bytes()))
+                .unwrap();
+            return;
+        }
+        assert!(matches!(request, wire::Request::Spawn(ref s) if s.keep.is_none()));
+        let mut frames = frame(wire::kind::STARTED, &9u32.to_be_bytes());
+        wire::put_frame(&mut frames, wire::kind::STDOUT, b"not kept\n");
+        wire::put_frame(&mut frames, wire::kind::EXIT, &wire::Exit::Code(0).encode());
+        conn.write_all(&frames).unwrap();
+    });
+    let mut kept = spec(true);
+    kept.keep = Some(wire::Keep {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        grace_secs: 60,
+    });
+    for _ in 0..2 {
+        let process = socket.spawn(&kept, soon(), Pipes::Handed).await.unwrap();
+        // Not kept: the session ends with the agent, as with that helper before.
+        assert!(!process.control.kept());
+        let (out, _, status) = drain(process, Vec::new()).await;
+        assert_eq!((out.as_str(), status), ("not kept\n", ExitStatus::Code(0)));
+    }
+    let asked: Vec<bool> = served
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| matches!(r, wire::Request::Spawn(s) if s.keep.is_some()))
+        .collect();
+    assert_eq!(asked, vec![true, false, false], "asked once, remembered");
+}
+
+#[tokio::test]
 async fn descriptors_that_are_not_the_pipes_asked_for_are_refused() {
     // A socket in stdin's place, the pipes the wrong way round, and too few.
     for case in 0..3 {
