@@ -484,6 +484,32 @@ async fn sessions_survive_an_agent_restart() {
         .await
         .unwrap();
     assert_eq!(stdout(&out), "again\n", "{}", stderr(&out));
+
+    // 6. The container is gone when the agent is back: one clear line, 255.
+    let mut cmd = fleet
+        .ssh
+        .command("expiry", &pw(), &["echo up; exec sleep 600"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut gone = cmd.spawn().unwrap();
+    let lines = Lines::default();
+    lines.follow(gone.stdout.take().unwrap());
+    let told = Lines::default();
+    told.follow(gone.stderr.take().unwrap());
+    lines.wait_for("up", STARTUP, |l| l == "up").await;
+    let container = fleet.container_of("expiry");
+    fleet.kill_agent();
+    docker(&["rm", "-f", &container]).unwrap();
+    restarts += 1;
+    fleet.start_agent(restarts);
+    let status = tokio::time::timeout(STARTUP, gone.wait())
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert_eq!(status.code(), Some(255), "{:?}", told.all());
+    told.wait_for("the line", STARTUP, |l| {
+        l.contains("labssh: your container stopped while its node was away; this session has ended")
+    })
+    .await;
 }
 
 /// Waits until the container's port 9000 (an `ssh -R` to the test) answers.
