@@ -49,6 +49,8 @@ struct Started {
     _agent_peer: Option<Registration>,
     /// The id labssh-init keeps the session by, when it does.
     session_id: Option<String>,
+    /// labssh-init counts its stdin.
+    input_counted: bool,
 }
 
 /// Runs a session to its end.
@@ -87,6 +89,7 @@ where
             Some(_) => shared.reattach_grace,
             None => 0,
         },
+        input_counted: started.input_counted,
     });
     let logout = Target {
         user: start.user.clone(),
@@ -194,7 +197,9 @@ async fn start_process(
             )?;
         let agent_peer = agent_peer(shared, start, &ensured.container_id, &process);
         let session_id = keep.filter(|_| process.control.kept()).map(|k| k.id);
+        let input_counted = session_id.is_some() && process.control.counts_input();
         Ok(Started {
+            input_counted,
             process,
             env,
             ensured,

@@ -150,4 +150,9 @@ pub trait ProcessControl: Send + Sync {
     /// The session is over for the agent: a kept process is then hung up, not kept,
     /// when the connection closes. Nothing for one not kept.
     async fn release(&self) {}
+    /// Its stdin goes through labssh-init, which counts it (a re-attach then says
+    /// how much arrived); false when the agent writes the process's pipe itself.
+    fn counts_input(&self) -> bool {
+        false
+    }
 }

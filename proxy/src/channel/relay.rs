@@ -228,7 +228,7 @@ async fn splice(
 ) -> Ending {
     let ctx = &session.ctx;
     let agent = placement.agent.as_str();
-    let mut sent = SentInput::default();
+    let mut sent = SentInput::new(resumable.is_some_and(|r| r.input_counted));
     let mut received = 0u64;
     loop {
         let leg = relay_leg(

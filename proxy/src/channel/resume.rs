@@ -38,6 +38,8 @@ pub(crate) struct Resumable {
     id: String,
     /// How long labssh-init keeps it.
     grace: Duration,
+    /// The container's side counts its stdin, so recent stdin is worth keeping.
+    pub input_counted: bool,
 }
 
 impl Resumable {
@@ -47,14 +49,19 @@ impl Resumable {
             start,
             id: started.session_id.clone(),
             grace: Duration::from_secs(started.reattach_grace_secs.into()),
+            input_counted: started.input_counted,
         })
     }
 }
 
 /// What went to the agent, for sending again after a re-attach: the last
-/// [`KEPT_INPUT`] bytes of stdin, whether stdin ended, the last window size.
+/// [`KEPT_INPUT`] bytes of stdin (when the container's side counts it: a command
+/// whose pipes the agent holds, an upload say, keeps none), whether stdin ended, the
+/// last window size.
 #[derive(Default)]
 pub(crate) struct SentInput {
+    /// Stdin is kept.
+    keeps_stdin: bool,
     /// Stdin most recently sent, oldest first.
     kept: VecDeque<Bytes>,
     /// Bytes in `kept`.
@@ -68,9 +75,18 @@ pub(crate) struct SentInput {
 }
 
 impl SentInput {
+    /// For a session whose stdin the container's side counts (`keeps_stdin`), or not.
+    pub fn new(keeps_stdin: bool) -> SentInput {
+        SentInput {
+            keeps_stdin,
+            ..SentInput::default()
+        }
+    }
+
     /// Notes an input about to go to the agent.
     pub fn record(&mut self, input: &Input) {
         match input {
+            Input::Data(_) if !self.keeps_stdin => {}
             Input::Data(data) => {
                 self.total += data.len() as u64;
                 self.kept_len += data.len();
@@ -223,7 +239,7 @@ mod tests {
 
     #[test]
     fn input_is_sent_again_from_what_the_container_took() {
-        let mut sent = SentInput::default();
+        let mut sent = SentInput::new(true);
         sent.record(&data("ls\n"));
         sent.record(&data("pwd\n"));
         let size = pb::WindowSize {
@@ -252,7 +268,7 @@ mod tests {
 
     #[test]
     fn kept_input_is_bounded() {
-        let mut sent = SentInput::default();
+        let mut sent = SentInput::new(true);
         let chunk = Bytes::from(vec![b'x'; 100 * 1024]);
         for _ in 0..4 {
             sent.record(&Input::Data(chunk.clone()));
@@ -268,6 +284,11 @@ mod tests {
             })
             .sum();
         assert_eq!(resent, KEPT_INPUT);
+        // Not counted there, nothing is kept (and nothing could be sent again).
+        let mut uncounted = SentInput::new(false);
+        uncounted.record(&Input::Data(chunk));
+        assert_eq!((uncounted.kept_len, uncounted.kept.len()), (0, 0));
+        assert!(uncounted.replay(Some(0)).0.is_empty());
     }
 
     #[test]

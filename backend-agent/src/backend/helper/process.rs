@@ -66,6 +66,7 @@ pub fn start(stream: UnixStream, buf: BytesMut, pid: u32, tty: bool, kept: bool)
             pid,
             tty,
             kept,
+            relayed: true,
             write,
             outcome: outcome_rx,
         }),
@@ -112,6 +113,7 @@ pub fn start_with_pipes(
             pid,
             tty: false,
             kept,
+            relayed: false,
             write,
             outcome: outcome_rx,
         }),
@@ -127,6 +129,8 @@ struct HelperProcess {
     tty: bool,
     /// The helper keeps it for a re-attach until RELEASE.
     kept: bool,
+    /// Its bytes go through the helper (not handed over).
+    relayed: bool,
     /// The connection's write half, shared with the stdin writer; frames are written
     /// whole under the lock.
     write: Arc<Mutex<OwnedWriteHalf>>,
@@ -192,6 +196,10 @@ impl ProcessControl for HelperProcess {
 
     fn kept(&self) -> bool {
         self.kept
+    }
+
+    fn counts_input(&self) -> bool {
+        self.relayed
     }
 
     async fn release(&self) {
