@@ -41,7 +41,8 @@
 //! the session's id takes it over, or the grace runs out and it is hung up. Output is
 //! counted in payload bytes from the session's start, so the agent names what the
 //! student already has and nothing is shown twice; bytes beyond the history are
-//! reported as lost in ATTACHED. Only the agent can connect (the peer check), and
+//! reported as lost in ATTACHED. A session quiet for a second with everything sent
+//! keeps only its last screenful of history, so idle sessions hold little. Only the agent can connect (the peer check), and
 //! only with the random id it issued.
 //!
 //! Stdin is credit-based: the agent sends at most [`STDIN_WINDOW`] bytes more than the

@@ -398,10 +398,18 @@ impl Session {
         match self.active_at {
             Some(at) if now.duration_since(at) >= IDLE_TRIM => {
                 self.active_at = None;
+                // Attached with nothing left to send, the agent has had the history
+                // for a second: a quiet session keeps only its last screenful.
+                let settled = self.conn.is_some() && self.outbuf.is_empty();
+                let history = match &mut self.keep {
+                    Some(keep) if settled => keep.trim_idle(),
+                    _ => false,
+                };
                 let freed = [
                     self.inbuf.release_if_empty(),
                     self.outbuf.release_if_empty(),
                     self.stdin_buf.release_if_empty(),
+                    history,
                 ];
                 freed.contains(&true)
             }

@@ -207,3 +207,36 @@ async fn a_kept_session_nobody_resumes_is_hung_up_after_its_grace() {
     assert!(gone, "sleep outlived its grace");
     assert!(backend.reattach(&c.container_id, id, 0).await.is_err());
 }
+
+#[tokio::test]
+async fn a_quiet_session_keeps_only_its_last_screenful() {
+    let scratch = Scratch::new();
+    let backend = scratch.backend().await;
+    let c = ensure_on(&backend, "kip", "helper").await;
+    let id = "0123456789abcdef0123456789abcd08";
+    let script = "head -c 102400 /dev/zero | tr '\\0' x; exec sleep 613";
+    let mut process = backend
+        .spawn(&c.container_id, kept("kip", script, true, 30, id))
+        .await
+        .unwrap();
+    let mut seen = 0usize;
+    while seen < 102_400 {
+        match tokio::time::timeout(STEP, process.output.next())
+            .await
+            .unwrap()
+        {
+            Some(Output::Stdout(b)) => seen += b.len(),
+            other => panic!("{other:?} after {seen} bytes"),
+        }
+    }
+    // Quiet for longer than labssh-init's idle trim, everything sent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(process);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A student who had nothing would be told what is gone: all but 16 KiB.
+    let (process, attached) = backend.reattach(&c.container_id, id, 0).await.unwrap();
+    assert_eq!(attached.lost, 102_400 - 16 * 1024);
+    process.control.signal("KILL").await.unwrap();
+    let (out, _, _) = collect(process).await;
+    assert_eq!(out, "x".repeat(16 * 1024));
+}

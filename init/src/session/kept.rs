@@ -6,6 +6,9 @@ use std::collections::VecDeque;
 
 use super::*;
 
+/// What a quiet session's history keeps: about a screenful.
+const KEPT_IDLE: usize = 16 * 1024;
+
 /// What a kept session holds for a re-attach.
 pub struct Kept {
     /// The id the agent gave it.
@@ -35,6 +38,8 @@ pub struct Kept {
     /// A handed-over session's pipes, as copies: stdin (until EOF), stdout and
     /// stderr, taken up if the agent goes away.
     pub spare: Option<(Option<OwnedFd>, OwnedFd, OwnedFd)>,
+    /// The history was cut to its idle size and nothing was recorded since.
+    trimmed: bool,
 }
 
 impl Kept {
@@ -51,11 +56,13 @@ impl Kept {
             counted: true,
             forgiven: 0,
             spare: None,
+            trimmed: false,
         }
     }
 
     /// Keeps a copy of output just read, dropping the oldest beyond the bound.
     pub fn record(&mut self, frame_kind: u8, data: &[u8]) {
+        self.trimmed = false;
         self.output_total += data.len() as u64;
         // Consecutive small reads of one stream share an entry.
         match self.history.back_mut() {
@@ -80,6 +87,30 @@ impl Kept {
                 self.dropped_detached += cut as u64;
             }
         }
+    }
+
+    /// A quiet, attached session's history cut to its last [`KEPT_IDLE`] bytes, the
+    /// storage given back; true when anything was. Output the student may not have
+    /// had yet is then still counted: a re-attach reports it lost rather than
+    /// silently missing.
+    pub fn trim_idle(&mut self) -> bool {
+        if std::mem::replace(&mut self.trimmed, true) || self.history.is_empty() {
+            return false;
+        }
+        let mut tail: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut room = KEPT_IDLE;
+        for (k, data) in self.history.iter().rev() {
+            if room == 0 {
+                break;
+            }
+            let take = data.len().min(room);
+            tail.push((*k, data[data.len() - take..].to_vec()));
+            room -= take;
+        }
+        tail.reverse();
+        self.history_len = KEPT_IDLE - room;
+        self.history = tail.into();
+        true
     }
 
     /// The output offset of the history's first byte.
@@ -291,6 +322,36 @@ mod tests {
         assert_eq!(replayed, wire::KEPT_OUTPUT);
         // Every frame fits what the agent reads.
         assert!(frames(&replay).iter().all(|(_, d)| d.len() <= READ_CHUNK));
+    }
+
+    #[test]
+    fn a_quiet_sessions_history_shrinks_to_its_last_screenful() {
+        let mut k = kept();
+        for i in 0..6u8 {
+            k.record(kind::STDOUT, &vec![b'a' + i; 40 * 1024]);
+        }
+        k.record(kind::STDERR, b"last words");
+        let total = k.output_total;
+        assert!(k.trim_idle());
+        assert_eq!(k.history_len, KEPT_IDLE);
+        assert!(!k.trim_idle(), "nothing more to give back");
+        // The tail is what it was, and older output counts as lost.
+        let (attached, replay) = k.replay(0, 1, false);
+        assert_eq!(attached.lost, total - KEPT_IDLE as u64);
+        let replay = frames(&replay);
+        assert_eq!(
+            replay.last().unwrap(),
+            &(kind::STDERR, b"last words".to_vec())
+        );
+        let bytes: usize = replay.iter().map(|(_, d)| d.len()).sum();
+        assert_eq!(bytes, KEPT_IDLE);
+        assert!(replay[0].1.iter().all(|&b| b == b'f'));
+        // What came since the student's offset is still exact.
+        let (attached, replay) = k.replay(total - 4, 1, false);
+        assert_eq!(
+            (attached.lost, frames(&replay)),
+            (0, vec![(kind::STDERR, b"ords".to_vec())])
+        );
     }
 
     #[test]
