@@ -22,6 +22,9 @@
 #   BASELINE   another labssh binary measured the same way in the same run (e.g. a
 #              copy built from an earlier commit), in the order baseline, current,
 #              current, baseline; the ratios of the means follow
+#   BASELINE_GRACE  instead of BASELINE: this same binary with the agent's
+#              `reattach_grace` at this value (0: sessions end with the agent, none
+#              kept) as the baseline, e.g. what keeping sessions for a re-attach costs
 #   KEEP       set: keep the work directory (the logs of labssh and the load) at the end
 #   PERF       a file: `perf record` labssh up during the measured sweep (the current
 #              binary, its first measurement) into it, with call graphs, and the
@@ -41,6 +44,7 @@ PROFILE="${PROFILE:-release}"
 IMAGE="${IMAGE:-labssh/busybox:latest}"
 PORT="${PORT:-42200}"
 BASELINE="${BASELINE:-}"
+BASELINE_GRACE="${BASELINE_GRACE:-}"
 PERF="${PERF:-}"
 PERF_PID=
 PERF_ALL_PID=
@@ -73,9 +77,10 @@ max_sessions=$( (echo "$SESSIONS" | tr ',' '\n'; echo "$LOGINS") | sort -n | tai
 per_user=$(( (max_sessions + USERS - 1) / USERS + 2 ))
 [ "$per_user" -lt 8 ] && per_user=8
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
-# measure LABSSH NAME: one labssh binary's figures, printed, and kept in $WORK/NAME.tsv.
+# measure LABSSH NAME [GRACE]: one labssh binary's figures (its agent's reattach_grace
+# GRACE, else the default), printed, and kept in $WORK/NAME.tsv.
 measure() {
-local LABSSH=$1 NAME=$2
+local LABSSH=$1 NAME=$2 GRACE=${3:-}
 rm -rf "$WORK/labssh"
 mkdir -p "$WORK/labssh"
 cat > "$WORK/labssh/agent.toml" <<EOF
@@ -84,6 +89,7 @@ capacity = $(( USERS > 300 ? USERS : 300 ))
 container_prefix = "$PREFIX"
 max_sessions_per_user = $per_user
 EOF
+[ -z "$GRACE" ] || echo "reattach_grace = $GRACE" >> "$WORK/labssh/agent.toml"
 # One source address for every load connection: no pre-login cap may throttle it.
 cat > "$WORK/labssh/proxy.toml" <<EOF
 host_keys = ["$WORK/labssh/host_ed25519_key"]
@@ -149,7 +155,7 @@ if [ -n "$PERF_PID" ]; then
 fi
 
 echo
-echo "== $NAME: $LABSSH"
+echo "== $NAME: $LABSSH${GRACE:+ (reattach_grace = $GRACE)}"
 echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?'), profile $PROFILE, $(nproc) cores, kernel $(uname -r)"
 echo
 echo "CPU per warm login ($LOGINS in parallel, \`true\`, $USERS students)"
@@ -203,17 +209,21 @@ wait "$UP_PID" 2>/dev/null || true
 remove_lab "$PREFIX"
 }
 
-if [ -z "$BASELINE" ]; then
+if [ -z "$BASELINE" ] && [ -z "$BASELINE_GRACE" ]; then
   measure "$BIN/labssh" current
   exit 0
 fi
-[ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || die "BASELINE=$BASELINE is not an executable"
+else
+  BASELINE="$BIN/labssh"
+fi
 # Baseline, current, current, baseline: whichever goes second in a pair pays for its
 # place (the machine's state after the first), so each side gets both places.
-measure "$BASELINE" baseline-1
+measure "$BASELINE" baseline-1 "$BASELINE_GRACE"
 measure "$BIN/labssh" current-1
 measure "$BIN/labssh" current-2
-measure "$BASELINE" baseline-2
+measure "$BASELINE" baseline-2 "$BASELINE_GRACE"
 echo
 echo "current ÷ baseline (same run; each side the mean of its two measurements)"
 mean() { join -t "$(printf '\t')" <(sort "$WORK/$1-1.tsv") <(sort "$WORK/$1-2.tsv") |
