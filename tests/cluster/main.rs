@@ -24,3 +24,11 @@ mod network;
 mod preauth;
 mod reattach;
 mod scale_out;
+
+/// `labssh ROLE --config CONFIG`, logging at info: one role of the fleet.
+fn labssh(role: &str, config: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_labssh"));
+    cmd.arg(role).arg("--config").arg(config);
+    cmd.env("RUST_LOG", "info");
+    cmd
+}

@@ -3,8 +3,8 @@
 //! SSH sessions go on where they were, with the stock `ssh` client: labssh-init in
 //! each container kept the processes, the proxy kept the channels.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use labssh_testkit::redis_server::RedisServer;
 use labssh_testkit::ssh::{stderr, stdout, Auth, Ssh};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
+use crate::labssh;
+
 const PW: &str = "keep-it-running";
 const STARTUP: Duration = Duration::from_secs(30);
 /// Short, so the test of its end is: still several restarts long.
@@ -21,13 +23,6 @@ const GRACE_SECS: u64 = 8;
 /// Students with many sessions each, for the fifty.
 const MANY_USERS: usize = 5;
 const MANY: usize = 50;
-
-fn labssh(role: &str, config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labssh"));
-    cmd.arg(role).arg("--config").arg(config);
-    cmd.env("RUST_LOG", "info");
-    cmd
-}
 
 /// A controller, one agent (the one restarted), one proxy and Redis, each its own
 /// process on loopback.

@@ -11,19 +11,14 @@ use labssh_testkit::process::{free_port, Proc};
 use labssh_testkit::redis_server::RedisServer;
 use labssh_testkit::ssh::{stderr, stdout, Auth, Ssh};
 
+use crate::labssh;
+
 const PW: &str = "class-of-2026";
 const AGENTS: usize = 3;
 const USERS: usize = 20;
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long a killed agent's sessions wait for it (it does not come back here).
 const REATTACH_GRACE: u64 = 3;
-
-fn labssh(role: &str, config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labssh"));
-    cmd.arg(role).arg("--config").arg(config);
-    cmd.env("RUST_LOG", "info");
-    cmd
-}
 
 struct Fleet {
     dir: tempfile::TempDir,

@@ -236,13 +236,7 @@ impl HelperSocket {
             .request(&wire::Request::Spawn(request), ready_by)
             .await?;
         let mut buf = BytesMut::with_capacity(4096);
-        let reply =
-            tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fds(&stream, &mut buf)).await;
-        let (kind, payload, fds) = match reply {
-            Err(_) => return Err(HelperError::Failed("the helper did not answer".to_owned())),
-            Ok(Err(e)) => return Err(unavailable("reading the helper's answer", &e)),
-            Ok(Ok(frame)) => frame,
-        };
+        let (kind, payload, fds) = first_answer(&stream, &mut buf).await?;
         match kind {
             wire::kind::STARTED => {
                 let pid = wire::Reader(&payload).u32().unwrap_or(0);
@@ -276,13 +270,7 @@ impl HelperSocket {
         });
         let stream = self.request(&request, ready_by).await?;
         let mut buf = BytesMut::with_capacity(4096);
-        let reply =
-            tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fds(&stream, &mut buf)).await;
-        let (kind, payload, _) = match reply {
-            Err(_) => return Err(HelperError::Failed("the helper did not answer".to_owned())),
-            Ok(Err(e)) => return Err(unavailable("reading the helper's answer", &e)),
-            Ok(Ok(frame)) => frame,
-        };
+        let (kind, payload, _) = first_answer(&stream, &mut buf).await?;
         match kind {
             wire::kind::ATTACHED => {
                 let attached = wire::Attached::decode(&payload)
@@ -524,6 +512,19 @@ fn handed_pipes(fds: Vec<OwnedFd>) -> io::Result<process::Pipes> {
 }
 
 /// A socket the helper passed, made non-blocking for tokio.
+/// The helper's answer to a process request (STARTED, ATTACHED or ERROR), with the
+/// descriptors that came with it; bytes read past it stay in `buf`.
+async fn first_answer(
+    stream: &UnixStream,
+    buf: &mut BytesMut,
+) -> Result<(u8, Vec<u8>, Vec<OwnedFd>), HelperError> {
+    match tokio::time::timeout(REPLY_TIMEOUT, read_frame_with_fds(stream, buf)).await {
+        Err(_) => Err(HelperError::Failed("the helper did not answer".to_owned())),
+        Ok(Err(e)) => Err(unavailable("reading the helper's answer", &e)),
+        Ok(Ok(frame)) => Ok(frame),
+    }
+}
+
 fn nonblocking(fd: OwnedFd) -> io::Result<OwnedFd> {
     rustix::io::ioctl_fionbio(&fd, true)?;
     Ok(fd)
