@@ -239,6 +239,7 @@ mod tests {
     #[test]
     fn the_listing_counts_outdated_containers() {
         let container = |state: pb::ContainerState, outdated| pb::ContainerInfo {
+            listening: Vec::new(),
             user: "alice".into(),
             environment: "default".into(),
             state: state as i32,

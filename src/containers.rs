@@ -215,6 +215,7 @@ mod tests {
             agent: "node1".into(),
             live,
             container: Some(pb::ContainerInfo {
+                listening: Vec::new(),
                 user: user.into(),
                 environment: "default".into(),
                 state: pb::ContainerState::Running.into(),

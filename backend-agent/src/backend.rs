@@ -193,6 +193,15 @@ pub trait Backend: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The TCP sockets listening inside the running container (its services), read
+    /// from the container's own socket tables, never from anything a process in it
+    /// reports. Cheap: polled for every running container every few seconds. Never
+    /// restores or restarts anything.
+    async fn listeners(&self, container: &str) -> Result<Vec<SocketAddr>, BackendError> {
+        let _ = container;
+        Ok(Vec::new())
+    }
+
     /// Listens on `addr` inside the running container's network namespace, for
     /// `ssh -R`. Port 0 picks a free port; the listener's `local_addr` tells which.
     async fn listen_tcp(
@@ -275,6 +284,38 @@ pub trait Backend: Send + Sync + 'static {
     async fn guard_networks(&self, guard: Arc<dyn NetworkGuard>) {
         let _ = guard;
     }
+}
+
+/// How long a container's labssh-init gets to list its listening sockets.
+const LISTENERS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A container's listening sockets ([`Backend::listeners`]): asked of its labssh-init
+/// when it has one, else read by the agent from inside the container's network
+/// (`enter`), as also when that labssh-init predates the question or fails to answer.
+/// Either way from the kernel's tables, never from a student's process.
+async fn read_listeners(
+    helper: Option<helper::HelperSocket>,
+    enter: impl std::future::Future<Output = Result<netns::Container, String>>,
+) -> Result<Vec<SocketAddr>, BackendError> {
+    if let Some(socket) = helper {
+        match socket.listeners(LISTENERS_TIMEOUT).await {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(pid = socket.pid(), error = %e, "labssh-init did not list its sockets; reading them from outside")
+            }
+        }
+    }
+    let failed = |message| BackendError::Runtime {
+        action: "reading its listening sockets",
+        message,
+    };
+    enter
+        .await
+        .map_err(failed)?
+        .listening()
+        .await
+        .map_err(failed)
 }
 
 /// This runtime cannot do `what` to containers.
@@ -375,6 +416,8 @@ impl From<&ContainerInfo> for pb::ContainerInfo {
             state: state as i32,
             gpus: c.gpus.clone(),
             outdated: false,
+            // Discovery's, filled in by the inventory.
+            listening: Vec::new(),
         }
     }
 }

@@ -14,6 +14,10 @@ pub use kubernetes::{BackendKind, KubernetesConfig};
 
 /// How long labssh-init keeps a session whose agent went away, by default (s).
 const DEFAULT_REATTACH_GRACE: u32 = 60;
+/// How often the listening ports of containers are read (ms), by default.
+pub const DEFAULT_SERVICES_INTERVAL_MS: u64 = 2_000;
+/// The shortest `services_interval_ms` other than 0 (off).
+const MIN_SERVICES_INTERVAL_MS: u64 = 100;
 /// The longest `reattach_grace` (s).
 const MAX_REATTACH_GRACE: u32 = 3600;
 /// Agents are usually named after their node; this default is only good for one-node trials.
@@ -150,6 +154,11 @@ pub struct Config {
     /// How often the disk usage of homes and container layers under a quota
     /// (`home_quota_mb`, `layer_quota_mb` in the catalogue) is measured.
     pub disk_check_interval_secs: u64,
+    /// How often, in milliseconds, the TCP ports listening in each running container
+    /// (its services: `labssh services`, the web front door) are read from the
+    /// container's socket tables and reported; a service that stops listening is gone
+    /// from the registry within about this long plus a heartbeat. 0 turns discovery off.
+    pub services_interval_ms: u64,
     /// This node's GPUs (device ids, e.g. `["0", "1"]`); absent means those
     /// `nvidia-smi -L` lists, if it is installed, else none. `[]` offers none.
     pub gpus: Option<Vec<String>>,
@@ -194,6 +203,7 @@ impl Default for Config {
             max_pending_remote_per_user: DEFAULT_MAX_PENDING_REMOTE_PER_USER,
             nofile: DEFAULT_NOFILE,
             disk_check_interval_secs: DEFAULT_DISK_CHECK_INTERVAL_SECS,
+            services_interval_ms: DEFAULT_SERVICES_INTERVAL_MS,
             gpus: None,
             start_concurrency: DEFAULT_START_CONCURRENCY,
             start_queue_limit: DEFAULT_START_QUEUE_LIMIT,
@@ -350,6 +360,12 @@ impl Config {
                 self.nofile
             ));
         }
+        if (1..MIN_SERVICES_INTERVAL_MS).contains(&self.services_interval_ms) {
+            problems.push(format!(
+                "services_interval_ms: {} ms is too often; 0 (off) or at least {MIN_SERVICES_INTERVAL_MS}",
+                self.services_interval_ms
+            ));
+        }
         if self.disk_check_interval_secs == 0 {
             problems.push("disk_check_interval_secs: must be greater than 0".to_owned());
         }
@@ -503,6 +519,7 @@ mod tests {
             max_listeners_per_user = 0
             nofile = 64
             disk_check_interval_secs = 0
+            services_interval_ms = 10
             "#,
         )
         .unwrap_err()
@@ -520,6 +537,7 @@ mod tests {
             "max_listeners_per_user: must be greater than 0",
             "nofile: 64 is below",
             "disk_check_interval_secs:",
+            "services_interval_ms: 10 ms is too often",
         ] {
             assert!(e.contains(key), "{key} missing from {e}");
         }

@@ -1,6 +1,6 @@
 //! What the agent reports in heartbeats: its containers and open sessions.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,9 @@ struct Containers {
     outdated: HashSet<String>,
     /// Names of containers a prestart created or started and no student used since.
     prestarted: HashSet<String>,
+    /// The TCP ports listening in running containers, by name, as discovery last
+    /// read them.
+    listening: HashMap<String, Vec<pb::ListeningPort>>,
 }
 
 impl Inventory {
@@ -73,6 +76,14 @@ impl Inventory {
                 .iter()
                 .map(|c| pb::ContainerInfo {
                     outdated: containers.outdated.contains(&c.name),
+                    listening: match c.state {
+                        ContainerState::Running => containers
+                            .listening
+                            .get(&c.name)
+                            .cloned()
+                            .unwrap_or_default(),
+                        _ => Vec::new(),
+                    },
                     ..c.into()
                 })
                 .collect(),
@@ -185,6 +196,18 @@ impl Inventory {
     /// The containers as last known.
     pub fn list(&self) -> Vec<ContainerInfo> {
         self.containers().list.clone()
+    }
+
+    /// Replaces what listens in the running containers (discovery's latest reading);
+    /// a heartbeat follows at once when it changed, so a service that appeared or went
+    /// is in the registry without waiting for the next tick.
+    pub fn set_listening(&self, listening: HashMap<String, Vec<pb::ListeningPort>>) {
+        let mut containers = self.containers();
+        if containers.listening != listening {
+            containers.listening = listening;
+            drop(containers);
+            self.changed.notify_one();
+        }
     }
 
     /// Replaces the set of outdated containers; a heartbeat follows when it changed.

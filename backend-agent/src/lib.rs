@@ -7,6 +7,7 @@ pub mod backend;
 mod catalogue;
 pub mod config;
 mod controller_link;
+mod discovery;
 mod firewall;
 mod forward;
 pub mod gpus;
@@ -189,6 +190,14 @@ fn start(
         Duration::from_secs(config.inventory_refresh_secs),
         stop.clone(),
     ));
+    if config.services_interval_ms > 0 {
+        tasks.spawn(discovery::discovery_loop(
+            inventory.clone(),
+            backend.clone(),
+            Duration::from_millis(config.services_interval_ms),
+            stop.clone(),
+        ));
+    }
     let link = controller_link::ControllerLink {
         name: config.name.clone(),
         endpoint,

@@ -130,6 +130,7 @@ fn user_name(i: usize) -> String {
 /// One container of `user` in an inventory.
 fn container(user: &str) -> pb::ContainerInfo {
     pb::ContainerInfo {
+        listening: Vec::new(),
         user: user.to_string(),
         environment: ENV.to_string(),
         state: pb::ContainerState::Running.into(),

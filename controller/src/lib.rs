@@ -14,6 +14,7 @@ pub mod prestart;
 pub mod registry;
 pub mod schedule;
 pub mod service;
+pub mod services;
 pub mod sessions;
 
 use std::future::Future;

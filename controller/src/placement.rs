@@ -1070,6 +1070,7 @@ mod tests {
         fn hold(&mut self, agent: &str, user: &str, env: &str) {
             let a = self.agents.get_mut(agent).unwrap();
             a.2.push(pb::ContainerInfo {
+                listening: Vec::new(),
                 user: user.to_string(),
                 environment: env.to_string(),
                 state: pb::ContainerState::Running.into(),
@@ -1575,6 +1576,7 @@ mod tests {
         let inventory: Vec<pb::ContainerInfo> = held
             .iter()
             .map(|user| pb::ContainerInfo {
+                listening: Vec::new(),
                 user: user.to_string(),
                 environment: "default".to_string(),
                 state: pb::ContainerState::Running.into(),

@@ -393,6 +393,7 @@ mod tests {
             inventory: inventory
                 .iter()
                 .map(|(user, env)| pb::ContainerInfo {
+                    listening: Vec::new(),
                     user: user.to_string(),
                     environment: env.to_string(),
                     state: pb::ContainerState::Running.into(),

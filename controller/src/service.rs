@@ -427,6 +427,28 @@ impl pb::controller_server::Controller for ControllerService {
         )))
     }
 
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesReply>, Status> {
+        let proxy = request
+            .extensions()
+            .get::<Peer>()
+            .is_some_and(|p| p.role == labssh_proto::roles::Role::Proxy);
+        let request = request.into_inner();
+        if proxy && request.user.is_empty() {
+            return Err(Status::permission_denied(
+                "a proxy lists one student's services only",
+            ));
+        }
+        Ok(Response::new(crate::services::list(
+            &self.registry,
+            &self.catalogue,
+            &request,
+            Instant::now(),
+        )))
+    }
+
     async fn container_action(
         &self,
         request: Request<pb::ContainerActionRequest>,

@@ -81,6 +81,7 @@ fn status(capacity: u32, inventory: &[(&str, &str)]) -> pb::AgentStatus {
         inventory: inventory
             .iter()
             .map(|(user, environment)| pb::ContainerInfo {
+                listening: Vec::new(),
                 user: user.to_string(),
                 environment: environment.to_string(),
                 state: pb::ContainerState::Running.into(),

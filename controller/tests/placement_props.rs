@@ -15,6 +15,7 @@ const EPSILON: f64 = 0.25;
 /// A container of `user` in environment "default".
 fn container(user: &str) -> pb::ContainerInfo {
     pb::ContainerInfo {
+        listening: Vec::new(),
         user: user.to_string(),
         environment: "default".to_string(),
         state: pb::ContainerState::Running.into(),

@@ -19,6 +19,8 @@
 //! helper → agent: CONNECTED (with the socket as SCM_RIGHTS) | ERROR
 //! agent → helper: LOOKUP
 //! helper → agent: ADDRESSES | ERROR
+//! agent → helper: LISTENERS
+//! helper → agent: ADDRESSES (the listening TCP sockets) | ERROR
 //! agent → helper: LISTEN
 //! helper → agent: LISTENING (with the listening socket as SCM_RIGHTS) | ERROR
 //! agent → helper: CONNECT_UNIX
@@ -54,7 +56,7 @@
 //! upgraded, so requests carry [`VERSION`] and the helper refuses versions it does not
 //! speak; the agent then restores the helper (a restart mounts the current
 //! labssh-init). Request kinds added later (LOOKUP, LISTEN, CONNECT_UNIX,
-//! LISTEN_UNIX, SPAWN_PIPES) keep the version: a helper that predates one answers
+//! LISTEN_UNIX, SPAWN_PIPES, SPAWN_KEPT, REATTACH, LISTENERS) keep the version: a helper that predates one answers
 //! ERROR starting with [`UNEXPECTED_KIND`], which the agent recognises (and for
 //! SPAWN_PIPES asks again with SPAWN, the relayed way).
 
@@ -120,6 +122,10 @@ pub mod kind {
     /// The kept session is over for the agent: when the connection ends, hang the
     /// process up instead of keeping it. No payload.
     pub const RELEASE: u8 = 0x0e;
+    /// Which TCP sockets listen in the container's network namespace, read from its
+    /// own socket tables (`/proc/net/tcp`, `tcp6`); answered with ADDRESSES, one per
+    /// listening socket, the wildcard and loopback ones included. No payload.
+    pub const LISTENERS: u8 = 0x0f;
 
     /// The process runs: its pid in the container, `u32`. After SPAWN_PIPES it carries
     /// three descriptors, in this order: the write end of the process's stdin, the read
@@ -309,6 +315,7 @@ mod tests {
             host: String::new(),
             port: 0,
         }));
+        round_trip(Request::Listeners);
         round_trip(Request::Listen(Listen {
             host: "127.0.0.1".into(),
             port: 0,

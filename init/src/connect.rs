@@ -1,6 +1,7 @@
-//! CONNECT and LOOKUP: a TCP connection opened inside the container's network
-//! namespace and handed to the agent as a descriptor, so the bytes never pass through
-//! the helper; and a name resolved as the container would.
+//! CONNECT, LOOKUP and LISTENERS: a TCP connection opened inside the container's
+//! network namespace and handed to the agent as a descriptor, so the bytes never pass
+//! through the helper; a name resolved as the container would; and the sockets that
+//! listen in it.
 //!
 //! Resolving and connecting can block for seconds, so each request runs in a forked
 //! copy of the helper (the helper has no threads, which keeps `fork` safe for spawns).
@@ -36,6 +37,21 @@ pub fn lookup(conn: OwnedFd, request: Lookup) {
             Err(message) => reply_error(conn, &message),
         }
     });
+}
+
+/// Answers a LISTENERS at once: the container's listening TCP sockets, from its own
+/// socket tables (this process's network namespace is the container's). Reading them
+/// does not block, and the answer is a few hundred bytes on a fresh connection, so no
+/// worker is forked for it.
+pub fn listeners(conn: &OwnedFd) {
+    match labssh_helper_proto::sockets::read_listening("/proc/net") {
+        Ok(addrs) => {
+            let mut frame = Vec::new();
+            wire::put_frame(&mut frame, kind::ADDRESSES, &wire::encode_addresses(&addrs));
+            let _ = sys::write_all(conn, &frame);
+        }
+        Err(e) => reply_error(conn, &format!("cannot read the socket tables: {e}")),
+    }
 }
 
 /// Runs `work` on `conn` (made blocking) in a forked copy of the helper, which then

@@ -47,4 +47,5 @@ pub mod names;
 pub mod net;
 pub mod place;
 pub mod roles;
+pub mod services;
 pub mod tls;

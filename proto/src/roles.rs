@@ -212,7 +212,7 @@ pub fn required(path: &str) -> Option<&'static [Role]> {
             }
             "Report" | "Feed" => &[Role::Proxy],
             // A proxy asks for its student's own (self-service logins).
-            "ListContainers" | "ContainerAction" => &[Role::Admin, Role::Proxy],
+            "ListContainers" | "ContainerAction" | "ListServices" => &[Role::Admin, Role::Proxy],
             _ => return None,
         },
         (pb::agent_server::SERVICE_NAME, "Session" | "Forward" | "Listen") => &[Role::Proxy],
@@ -490,6 +490,7 @@ mod tests {
         for path in [
             "/labssh.v1.Controller/ListContainers",
             "/labssh.v1.Controller/ContainerAction",
+            "/labssh.v1.Controller/ListServices",
         ] {
             assert!(allowed(path, "admin") && allowed(path, "proxy"), "{path}");
             assert!(!allowed(path, "agent"), "{path}");

@@ -97,6 +97,8 @@ cpus = 1.0
 pids_limit = 128
 uid = 1000
 gid = 1000
+# tests/e2e/services.rs: alice's port 8080 is also `web-alice`.
+services = {{ web = 8080 }}
 
 [environments.admin]
 image = "{TEST_IMAGE}"

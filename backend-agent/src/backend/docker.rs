@@ -277,6 +277,10 @@ impl DockerBackend {
     }
 }
 
+/// The address of Docker's embedded DNS server inside containers on user-defined
+/// networks.
+const DOCKER_DNS: [u8; 4] = [127, 0, 0, 11];
+
 /// A failed inspect, as the agent reports it.
 pub(super) fn lookup_failed(e: DockerError) -> BackendError {
     BackendError::Runtime {
@@ -386,6 +390,16 @@ impl Backend for DockerBackend {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         self.inside(container, Lookup { host, port }).await
+    }
+
+    async fn listeners(&self, container: &str) -> Result<Vec<SocketAddr>, BackendError> {
+        let route = self.route(container).await?;
+        let helper = route.helper.filter(|_| route.path == SpawnPath::Helper);
+        let mut found = super::read_listeners(helper, self.enter(container)).await?;
+        // Docker's embedded DNS server on a user-defined network listens (TCP, a random
+        // port) on 127.0.0.11 in every container: the engine's, not a service.
+        found.retain(|a| a.ip() != IpAddr::from(DOCKER_DNS));
+        Ok(found)
     }
 
     async fn container_addresses(&self, container: &str) -> Result<Vec<IpAddr>, BackendError> {

@@ -329,6 +329,32 @@ impl HelperSocket {
         }
     }
 
+    /// The TCP sockets listening in the container, as labssh-init reads them from the
+    /// container's socket tables; `Ok(None)` from a labssh-init that predates the
+    /// request (the caller reads the tables itself).
+    pub async fn listeners(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<Vec<SocketAddr>>, HelperError> {
+        let ready_by = tokio::time::Instant::now();
+        let answer = self
+            .ask(
+                &wire::Request::Listeners,
+                ready_by,
+                timeout,
+                "listing the listening sockets timed out",
+            )
+            .await;
+        match answer {
+            Ok((wire::kind::ADDRESSES, payload, _)) => wire::decode_addresses(&payload)
+                .map(Some)
+                .map_err(|e| HelperError::Failed(format!("bad answer from the helper: {e}"))),
+            Ok((kind, _, _)) => Err(unexpected(kind)),
+            Err(HelperError::Unavailable(m)) if m.contains(wire::UNEXPECTED_KIND) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A socket listening on `addr` inside the container's network namespace; the
     /// agent accepts on it directly. Port 0 lets the kernel pick; `local_addr` tells.
     pub async fn listen_tcp(

@@ -129,6 +129,14 @@ impl Container {
         .map_err(|e| format!("cannot look names up in the container: {}", os_text(&e)))?
     }
 
+    /// The TCP sockets listening in the container's network, read from its socket
+    /// tables by a thread inside it.
+    pub async fn listening(&self) -> Result<Vec<SocketAddr>, String> {
+        self.in_netns(|| labssh_helper_proto::sockets::read_listening("/proc/thread-self/net"))
+            .await
+            .map_err(|e| format!("cannot read the container's socket tables: {}", os_text(&e)))
+    }
+
     /// A TCP connection from inside the container to the first of `addrs` that
     /// accepts within [`CONNECT_TIMEOUT`]; `target` is what the student asked for.
     pub async fn connect(&self, addrs: &[SocketAddr], target: &str) -> Result<TcpStream, String> {

@@ -152,6 +152,13 @@ impl Controller for FakeController {
     ) -> Result<Response<pb::ContainerActionReply>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn list_services(
+        &self,
+        _: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesReply>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// A running fake controller.

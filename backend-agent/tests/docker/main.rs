@@ -30,6 +30,7 @@ mod helper;
 mod hooks;
 mod isolation;
 mod lifecycle;
+mod listeners;
 mod netops;
 mod network;
 mod reattach;

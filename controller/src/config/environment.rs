@@ -137,6 +137,9 @@ pub struct EnvironmentConfig {
     pub max_age: Option<ConfigDuration>,
     /// The longest a student may postpone idling from inside (`~/.labssh-keepalive`).
     pub max_keepalive: Option<ConfigDuration>,
+    /// Friendly names of ports its containers serve, `jupyter = 8888`: listed with
+    /// the services (`labssh services`), and `jupyter-alice` names alice's port 8888.
+    pub services: BTreeMap<String, u32>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -205,6 +208,7 @@ impl Default for EnvironmentConfig {
             idle_stop_after: None,
             max_age: None,
             max_keepalive: None,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -248,6 +252,7 @@ impl EnvironmentConfig {
             hooks: self.hooks.iter().map(HookConfig::to_proto).collect(),
             isolation: self.isolation_to_proto(),
             gpus: self.gpus.as_ref().map(GpusConfig::to_proto),
+            service_names: self.services.clone().into_iter().collect(),
         }
     }
 
@@ -307,6 +312,26 @@ impl EnvironmentConfig {
             gpus.check(&key("gpus"), problems);
         }
         self.lifecycle().check(&key, problems);
+        self.check_services(&key, problems);
+    }
+
+    /// The friendly names of ports: each a valid label for one real port.
+    fn check_services(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
+        use labssh_proto::services::{valid_label, LABEL_RULE};
+        for (label, port) in &self.services {
+            if !valid_label(label) {
+                problems.push(format!(
+                    "{}: {label:?} is not a service name ({LABEL_RULE})",
+                    key("services")
+                ));
+            }
+            if !(1..=65535).contains(port) {
+                problems.push(format!(
+                    "{}.{label}: {port} is not a TCP port (1-65535)",
+                    key("services")
+                ));
+            }
+        }
     }
 
     /// The image, CPU and memory limits.
@@ -482,6 +507,32 @@ mod tests {
         assert_eq!(
             problems,
             vec!["environments.exam.record: \"everything\" is not one of off, output, input-and-output"]
+        );
+    }
+
+    #[test]
+    fn services_get_friendly_names_that_are_checked() {
+        let env: EnvironmentConfig =
+            toml::from_str("image = \"busybox\"\nservices = { jupyter = 8888, web = 3000 }")
+                .unwrap();
+        let mut problems = Vec::new();
+        env.check("jupyter", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names = env.to_proto("jupyter").service_names;
+        assert_eq!(names.get("jupyter"), Some(&8888));
+        assert_eq!(names.get("web"), Some(&3000));
+        let bad: EnvironmentConfig =
+            toml::from_str("image = \"busybox\"\n[services]\nmy-app = 8080\nweb = 70000").unwrap();
+        let mut problems = Vec::new();
+        bad.check("exam", &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("environments.exam.services: \"my-app\" is not a service name"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[1],
+            "environments.exam.services.web: 70000 is not a TCP port (1-65535)"
         );
     }
 

@@ -19,6 +19,7 @@ fn agent(name: &'static str, gpus: &[&str], holding: &[(&str, &str, &[&str])]) -
     let containers: Vec<pb::ContainerInfo> = holding
         .iter()
         .map(|(user, env, gpus)| pb::ContainerInfo {
+            listening: Vec::new(),
             user: (*user).to_owned(),
             environment: (*env).to_owned(),
             state: pb::ContainerState::Running.into(),
@@ -112,6 +113,7 @@ fn gpus_held_by_containers_are_not_free_and_sticky_containers_stay() {
 fn a_stopped_container_gives_its_gpus_back() {
     let containers = [
         pb::ContainerInfo {
+            listening: Vec::new(),
             user: "alice".to_owned(),
             environment: "gpu".to_owned(),
             state: pb::ContainerState::Stopped.into(),
@@ -119,6 +121,7 @@ fn a_stopped_container_gives_its_gpus_back() {
             outdated: false,
         },
         pb::ContainerInfo {
+            listening: Vec::new(),
             user: "bob".to_owned(),
             environment: "gpu".to_owned(),
             state: pb::ContainerState::Paused.into(),

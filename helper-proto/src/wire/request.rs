@@ -112,6 +112,8 @@ pub enum Request {
     ListenUnix(UnixSocket),
     /// Take a kept session over.
     Reattach(Reattach),
+    /// The TCP sockets listening in the container's network namespace.
+    Listeners,
 }
 
 impl Request {
@@ -154,6 +156,7 @@ impl Request {
                 put_str(&mut p, &c.host);
                 kind::CONNECT
             }
+            Request::Listeners => kind::LISTENERS,
             Request::Lookup(l) => {
                 p.extend_from_slice(&l.port.to_be_bytes());
                 put_str(&mut p, &l.host);
@@ -251,6 +254,7 @@ impl Request {
                 Request::Listen(Listen { host, port })
             }
             kind::CONNECT_UNIX => Request::ConnectUnix(r.unix()?),
+            kind::LISTENERS => Request::Listeners,
             kind::LISTEN_UNIX => Request::ListenUnix(r.unix()?),
             other => return Err(format!("{UNEXPECTED_KIND} {other:#x}")),
         };

@@ -85,6 +85,7 @@ impl Server {
             }
             Ok(Request::ListenUnix(request)) => crate::unix::listen(conn, request, &self.authority),
             Ok(Request::Reattach(request)) => self.reattach(conn, inbuf, request),
+            Ok(Request::Listeners) => connect::listeners(&conn),
             Err(message) => connect::reply_error(&conn, &message),
         }
     }

@@ -645,6 +645,16 @@ impl Backend for KubeBackend {
         self.inside.resolve(&pod, host, port).await
     }
 
+    async fn listeners(&self, container: &str) -> Result<Vec<SocketAddr>, BackendError> {
+        let pod = self
+            .running(container)
+            .map_err(|message| BackendError::Runtime {
+                action: "reading its listening sockets",
+                message,
+            })?;
+        self.inside.listeners(&pod).await
+    }
+
     async fn container_addresses(&self, container: &str) -> Result<Vec<IpAddr>, BackendError> {
         Ok(self
             .cached(container)

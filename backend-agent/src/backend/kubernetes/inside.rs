@@ -153,6 +153,16 @@ impl Inside {
             .map_err(failed)
     }
 
+    /// The TCP sockets listening in the pod's student container.
+    pub async fn listeners(&self, pod: &PodRef) -> Result<Vec<SocketAddr>, BackendError> {
+        let helper = if pod.helper {
+            self.helper(pod).ok()
+        } else {
+            None
+        };
+        crate::backend::read_listeners(helper, async { enter(pod) }).await
+    }
+
     /// A listener on `addr` in the pod's network namespace.
     pub async fn listen_tcp(
         &self,
