@@ -7,6 +7,7 @@
 //! labssh replay FILE                 play a session recording
 //! labssh sessions [--user U]         every proxy's open sessions; labssh kick USER
 //! labssh containers [--user U]       every agent's containers; labssh container reset USER
+//! labssh services [--user U]         the services listening in students' containers, by name
 //! labssh proxy|controller|agent --config FILE
 //! ```
 
@@ -14,6 +15,7 @@ mod admin;
 mod containers;
 mod prestart;
 mod roles;
+mod services;
 mod sessions;
 mod signals;
 mod up;
@@ -60,6 +62,9 @@ enum Command {
     Containers(containers::ContainersArgs),
     /// Stop, start, reset (a fresh root, the home kept) or remove a student's container.
     Container(containers::ContainerArgs),
+    /// The services listening in students' running containers, by name
+    /// (PORT-USER[-ENV]), as their agents read them (operators).
+    Services(services::ServicesArgs),
     /// Run an SSH proxy replica.
     Proxy {
         /// Proxy configuration (TOML).
@@ -98,7 +103,8 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
         | Command::Kick(_)
         | Command::Status(_)
         | Command::Containers(_)
-        | Command::Container(_) => ("labssh", None),
+        | Command::Container(_)
+        | Command::Services(_) => ("labssh", None),
     };
     let mut options = labssh_telemetry::Options::new(name);
     options.otlp_endpoint = otlp;
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
                         Command::Status(args) => sessions::status(args).await,
                         Command::Containers(args) => containers::list(args).await,
                         Command::Container(args) => containers::act(args).await,
+                        Command::Services(args) => services::list(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {

@@ -25,6 +25,8 @@
 //!   old ones recreated at a login with no other session;
 //! - `operators`: `labssh sessions` across two proxy replicas, `labssh kick`;
 //! - `prestart`: containers made ahead of a class by users file, group and schedule;
+//! - `services`: a server in the container listed by name (`labssh services`,
+//!   `ssh alice+@lab services`) while it listens, and only then;
 //! - `streamlocal`: `ssh -L PORT:/PATH` and `ssh -R /PATH:...` to unix sockets in the
 //!   container, as the student, under the forwarding policy;
 //! - `start_queue`: bounded container starts, places on stderr, a full queue, a
@@ -51,6 +53,7 @@ mod lifecycle;
 mod operators;
 mod prestart;
 mod recording;
+mod services;
 mod sessions;
 mod start_queue;
 mod startup;

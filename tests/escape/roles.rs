@@ -572,6 +572,26 @@ async fn container_actions_are_for_operators_and_students_through_the_controller
         "a proxy listing everyone's containers",
     );
     assert!(status.message().contains("one student's"), "{status:?}");
+    // Nor everyone's services: a proxy asks for its own student's only.
+    let status = denied(
+        proxy
+            .list_services(pb::ListServicesRequest::default())
+            .await,
+        "a proxy listing everyone's services",
+    );
+    assert!(status.message().contains("one student's"), "{status:?}");
+    let status = denied(
+        agent
+            .list_services(pb::ListServicesRequest::default())
+            .await,
+        "an agent listing services",
+    );
+    assert!(
+        status
+            .message()
+            .contains("requires the role admin or proxy"),
+        "{status:?}"
+    );
     let status = denied(
         proxy
             .container_action(action(pb::ContainerVerb::Remove))

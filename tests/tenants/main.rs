@@ -35,6 +35,7 @@
 //!   bound read-only; neither sees the other's entry;
 //! - `self_service`: alice's `ssh alice+@lab reset|stop|start` acts on her own
 //!   containers only, by any argument or login name, and lists nothing of bob's;
+//! - `services`: bob's server is in the registry but in none of alice's listings;
 //! - `start_queue`: alice's parallel logins take one place per container; bob's place
 //!   counts only containers ahead of him and names nobody;
 //! - `watch`: an operator watching alice's terminal sees nothing of bob's, and bob
@@ -66,6 +67,7 @@ mod pipes;
 mod prestart;
 mod reattach;
 mod self_service;
+mod services;
 mod start_queue;
 mod watch;
 mod x11;

@@ -7,6 +7,7 @@
 //! ssh alice+@lab stop [ENV]    stop her container (files kept; the next login starts it)
 //! ssh alice+@lab start [ENV]   start it now
 //! ssh alice+@lab reset [ENV]   make it anew from its image: a fresh root, the home kept
+//! ssh alice+@lab services      the services listening in her running containers
 //! ```
 //!
 //! The actions go to the controller under the proxy's role, which it allows for the
@@ -36,6 +37,8 @@ enum Command {
     Status,
     /// An action on one environment's container (empty: the default one).
     Act(Verb, String),
+    /// The services listening in the student's containers.
+    Services,
     /// Something else: say what is possible.
     Unknown(String),
 }
@@ -45,6 +48,7 @@ fn parse(command: &str) -> Command {
     let words: Vec<&str> = command.split_whitespace().collect();
     let verb = match words.first().copied() {
         None | Some("status" | "list" | "help" | "--help") => return Command::Status,
+        Some("services") if words.len() == 1 => return Command::Services,
         Some("stop") => Verb::Stop,
         Some("start") => Verb::Start,
         Some("reset") => Verb::Reset,
@@ -62,7 +66,7 @@ fn parse(command: &str) -> Command {
 /// The help text, with the student's login name.
 fn help(user: &str) -> String {
     format!(
-        "commands (ENV: an environment above; the default one if none):\n  ssh {user}+@HOST stop [ENV]    stop your container (your files are kept; your next login starts it)\n  ssh {user}+@HOST start [ENV]   start it now\n  ssh {user}+@HOST reset [ENV]   make it anew from its image: files outside your home are lost, your home is kept\n"
+        "commands (ENV: an environment above; the default one if none):\n  ssh {user}+@HOST services      the services listening in your running containers, and how to reach them\n  ssh {user}+@HOST stop [ENV]    stop your container (your files are kept; your next login starts it)\n  ssh {user}+@HOST start [ENV]   start it now\n  ssh {user}+@HOST reset [ENV]   make it anew from its image: files outside your home are lost, your home is kept\n"
     )
 }
 
@@ -84,6 +88,10 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Closing {
     }
     let (text, status) = match parse(&gathered.command) {
         Command::Status => match listing(session).await {
+            Ok(text) => (text, 0),
+            Err(message) => return refuse(&message, newline),
+        },
+        Command::Services => match services(session).await {
             Ok(text) => (text, 0),
             Err(message) => return refuse(&message, newline),
         },
@@ -165,6 +173,61 @@ async fn listing(session: &Session) -> Result<String, String> {
     }
     text += &help(&user);
     Ok(text)
+}
+
+/// The services listening in the student's running containers, each with the
+/// `ssh -L` that reaches it.
+async fn services(session: &Session) -> Result<String, String> {
+    let ctx = &session.ctx;
+    let user = &ctx.login.user;
+    let request = pb::ListServicesRequest {
+        user: user.clone(),
+        ..Default::default()
+    };
+    let mut controller = ctx.shared.upstream.controller();
+    let timeout = Duration::from_secs(ctx.shared.config.controller_timeout_secs);
+    let services = match tokio::time::timeout(timeout, controller.list_services(request)).await {
+        Ok(Ok(reply)) => reply.into_inner().services,
+        Ok(Err(status)) => return Err(unavailable(&status)),
+        Err(_) => return Err("the controller did not answer; try again in a minute".into()),
+    };
+    Ok(services_text(user, &services))
+}
+
+/// The student's services as a table, with the forward reaching each.
+fn services_text(user: &str, services: &[pb::ServiceInfo]) -> String {
+    if services.is_empty() {
+        return "nothing listens in your running containers (a server you start, e.g. `python3 -m http.server 8000`, shows here within a few seconds)\n".to_owned();
+    }
+    let mut text = format!(
+        "{:<28} {:<12} {:<6} {:<10} {}\n",
+        "SERVICE", "ENVIRONMENT", "PORT", "NAME", "REACH IT WITH"
+    );
+    for s in services {
+        // A service of the default environment is named without it.
+        let login = match s.name == format!("{}-{user}", s.port) {
+            true => user.to_owned(),
+            false => format!("{user}+{}", s.environment),
+        };
+        let host = match s.local {
+            true => "localhost".to_owned(),
+            false => s.addresses.first().cloned().unwrap_or_default(),
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        text += &format!(
+            "{:<28} {:<12} {:<6} {:<10} ssh -L {port}:{host}:{port} {login}@HOST\n",
+            s.name,
+            s.environment,
+            s.port,
+            s.label,
+            port = s.port,
+        );
+    }
+    text
 }
 
 /// Asks the controller to act on the student's container of `environment`.
@@ -254,5 +317,42 @@ mod tests {
             Command::Unknown("reset ../bob".into())
         );
         assert_eq!(parse("stop a b"), Command::Unknown("stop a b".into()));
+        assert_eq!(parse("services"), Command::Services);
+        assert_eq!(
+            parse("services bob"),
+            Command::Unknown("services bob".into())
+        );
+    }
+
+    #[test]
+    fn services_say_how_to_reach_them() {
+        let service =
+            |name: &str, env: &str, port: u32, addresses: &[&str], local: bool| pb::ServiceInfo {
+                name: name.into(),
+                user: "alice".into(),
+                environment: env.into(),
+                port,
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+                local,
+                ..Default::default()
+            };
+        let text = services_text(
+            "alice",
+            &[
+                service("8888-alice", "default", 8888, &["0.0.0.0"], true),
+                service("3000-alice-web", "web", 3000, &["172.17.0.5"], false),
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[1].ends_with("ssh -L 8888:localhost:8888 alice@HOST"),
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with("ssh -L 3000:172.17.0.5:3000 alice+web@HOST"),
+            "{text}"
+        );
+        assert!(services_text("alice", &[]).starts_with("nothing listens"));
     }
 }
