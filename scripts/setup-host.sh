@@ -28,6 +28,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)  # tests/telemetry.r
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.rs balances with it
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # tests/e2e/web.rs, tests/tenants/web.rs: the front door's browser
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
 command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)             # tests/e2e/x11.rs: the client's X server

@@ -9,6 +9,7 @@
 //! labssh containers [--user U]       every agent's containers; labssh container reset USER
 //! labssh services [--user U]         the services listening in students' containers, by name
 //! labssh proxy|controller|agent --config FILE
+//! labssh web --config FILE          the HTTPS front door to services in containers
 //! ```
 
 mod admin;
@@ -71,6 +72,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the HTTPS front door: students' services by name in the browser
+    /// (a proxy config with a `[web]` section).
+    Web {
+        /// Proxy configuration (TOML) with `[web]`.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the controller.
     Controller {
         /// Controller configuration (TOML).
@@ -93,6 +101,7 @@ fn telemetry_options(command: &Command) -> labssh_telemetry::Options {
     let (name, otlp) = match command {
         Command::Up(args) => ("labssh", args.otlp.clone()),
         Command::Proxy { .. } => ("labssh-proxy", None),
+        Command::Web { .. } => ("labssh-web", None),
         Command::Controller { .. } => ("labssh-controller", None),
         Command::Agent { .. } => ("labssh-agent", None),
         Command::User { .. }
@@ -147,6 +156,7 @@ fn main() -> ExitCode {
                         Command::Container(args) => containers::act(args).await,
                         Command::Services(args) => services::list(args).await,
                         Command::Proxy { config } => roles::proxy(&config).await,
+                        Command::Web { config } => roles::web(&config).await,
                         Command::Controller { config } => roles::controller(&config).await,
                         Command::Agent {
                             action: Some(action),

@@ -40,6 +40,15 @@ pub async fn proxy(path: &Path) -> anyhow::Result<()> {
     labssh_proxy::run(listener, config, shutdown_signal()).await
 }
 
+/// `labssh web`: the HTTPS front door of a proxy config's `[web]`, with its
+/// authenticators, limits and controller; no SSH.
+pub async fn web(path: &Path) -> anyhow::Result<()> {
+    let config = labssh_proxy::Config::load(path)?;
+    let listener = bind(&config.web.listen, "web.listen").await?;
+    http(&config.http).await?;
+    labssh_proxy::web::run(listener, config, shutdown_signal()).await
+}
+
 pub async fn controller(path: &Path) -> anyhow::Result<()> {
     let config = labssh_controller::Config::load(path)?;
     let listener = bind(&config.listen.to_string(), "listen").await?;

@@ -7,6 +7,7 @@ use labssh_proto::config::ConfigRole;
 use serde::{Deserialize, Serialize};
 
 pub mod auth;
+pub mod web;
 
 /// Default SSH listen address: a non-privileged port for a first run.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2222";
@@ -142,6 +143,8 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Session recording (`[recording]`), for environments with `record` set.
     pub recording: crate::recording::RecordingConfig,
+    /// The HTTPS front door (`[web]`), run by `labssh web` with this file.
+    pub web: web::WebConfig,
 }
 
 impl Default for Config {
@@ -179,6 +182,7 @@ impl Default for Config {
             http: String::new(),
             audit: Default::default(),
             recording: Default::default(),
+            web: Default::default(),
         }
     }
 }
@@ -252,6 +256,7 @@ impl Config {
             }
         }
         problems.extend(self.auth.problems());
+        problems.extend(self.web.problems());
         problems.extend(self.rate_limit.problems());
         problems.extend(self.tls.problems("tls"));
         if self.max_connections == 0 {

@@ -12,7 +12,7 @@
 //! not the one channel.)
 
 mod direct;
-mod open;
+pub(crate) mod open;
 mod remote;
 mod splice;
 

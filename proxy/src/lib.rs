@@ -28,6 +28,7 @@ mod server;
 mod state;
 pub mod upstream;
 pub mod users;
+pub mod web;
 
 pub use config::{Config, ConfigError};
 

@@ -115,7 +115,7 @@ fn roll() -> u32 {
 }
 
 /// The replica's shared state: accounts, credential cache, limits, clients.
-fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
+pub(crate) fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
     let users = Users::open(&config.users_file)?;
     let auth = crate::auth::chain::Chain::new(&config.auth)?;
     let trust = crate::auth::certificate::Trust::new(&config.auth)?;
@@ -165,7 +165,7 @@ fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
 
 /// How operators and audit lines name this replica: the host's name and the SSH
 /// port it listens on.
-fn replica_name(port: u16) -> String {
+pub(crate) fn replica_name(port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());

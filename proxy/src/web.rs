@@ -1,0 +1,140 @@
+//! The HTTPS front door (`labssh web --config FILE`): the services listening in
+//! students' containers, served to browsers by name, at
+//! `https://8888-alice.DOMAIN/` (wildcard DNS and certificate) or
+//! `https://DOMAIN/s/8888-alice/`, behind a login with the same authenticators,
+//! credential cache and brute-force limits as SSH (the same config file's `[auth]`,
+//! `redis_url` and `[rate_limit]`), and a small portal at `https://DOMAIN/`.
+//!
+//! Stateless like the SSH replicas: a browser's session is a cookie signed with the
+//! key every replica shares (`web.cookie_key_file`, [`session`]). The bytes go
+//! through the agent's `Forward` stream, the same path and policy as `ssh -L`
+//! ([`relay`]): HTTP/1.1 and HTTP/2 from browsers, HTTP/1.1 into the container,
+//! WebSocket upgrades passed through, responses streamed. A student reaches only
+//! their own services; labssh's cookies never reach a container, and a container
+//! cannot set them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::state::Shared;
+
+mod handle;
+mod pages;
+mod relay;
+pub(crate) mod session;
+
+/// How long a client gets to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request of the front door shares.
+pub(crate) struct Web {
+    /// The replica's state: authenticators, limits, controller and agent clients.
+    pub shared: Arc<Shared>,
+    /// Signs and checks browser sessions.
+    pub sealer: session::Sealer,
+    /// `web.domain`.
+    pub domain: String,
+    /// How long a login lasts, in seconds.
+    pub session_secs: u64,
+    /// The audit log: browser logins and logouts, beside the SSH side's lines.
+    pub audit: crate::audit::Audit,
+}
+
+/// Serves HTTPS on an already-bound listener until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let acceptor = acceptor(&config)?;
+    let key = crate::credential_cache::load_or_create_key(&config.web.cookie_key_file)
+        .map_err(|e| anyhow::anyhow!("web.cookie_key_file: {e}"))?;
+    let local = listener.local_addr()?;
+    let name = format!("{}-web", crate::server::replica_name(local.port()));
+    let domain = config.web.domain.clone();
+    let session_secs = config.web.session_hours * 3600;
+    let shared = Arc::new(crate::server::replica(config, &name)?);
+    let web = Arc::new(Web {
+        audit: shared.audit.clone(),
+        shared,
+        sealer: session::Sealer::new(key),
+        domain,
+        session_secs,
+    });
+    tracing::info!(listen = %local, domain = %web.domain, "web front door listening for HTTPS");
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "web accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let (web, acceptor) = (web.clone(), acceptor.clone());
+        connections.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            serve(web, peer, tls).await;
+        });
+    }
+    tracing::info!(listen = %local, "web front door shutting down");
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// One connection: HTTP/1.1 or HTTP/2 as ALPN chose, upgrades allowed.
+async fn serve(
+    web: Arc<Web>,
+    peer: SocketAddr,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+) {
+    let service = hyper::service::service_fn(move |request| {
+        let web = web.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle::handle(&web, peer, request).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "web connection ended");
+    }
+}
+
+/// The TLS configuration: `web.tls_cert` and `web.tls_key`, ALPN h2 and http/1.1.
+fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let web = &config.web;
+    let certs = CertificateDer::pem_file_iter(&web.tls_cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("web.tls_cert {}: {e}", web.tls_cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&web.tls_key)
+        .map_err(|e| anyhow::anyhow!("web.tls_key {}: {e}", web.tls_key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("web.tls_cert and web.tls_key: {e}"))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
