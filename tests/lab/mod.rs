@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod leaks;
 pub mod queue;
 
@@ -39,6 +40,9 @@ pub async fn read_until(from: &mut (impl tokio::io::AsyncRead + Unpin), marker: 
 
 pub const ALICE_PW: &str = "alice-correct-horse";
 pub const BOB_PW: &str = "bob-battery-staple";
+/// The web front door's site in tests: `https://lab.test:PORT/`, services at
+/// `https://8080-alice.lab.test:PORT/` (curl's `--resolve` points them at loopback).
+pub const WEB_DOMAIN: &str = "lab.test";
 
 /// Options for [`Lab::start`].
 #[derive(Default)]
@@ -442,6 +446,41 @@ impl Lab {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// `n` web front doors (`labssh web`) on this lab's proxy configuration, sharing
+    /// one cookie key and a self-signed certificate for `lab.test` and `*.lab.test`
+    /// (in the lab's directory as `web.crt`); their ports. They stop with the test's
+    /// runtime.
+    pub async fn start_web(&self, n: usize) -> Vec<u16> {
+        let cluster = self.cluster.as_ref().expect("a lab with a cluster");
+        let dir = self.dir.path();
+        let names = vec![WEB_DOMAIN.to_owned(), format!("*.{WEB_DOMAIN}")];
+        let certified = rcgen::generate_simple_self_signed(names).expect("a certificate");
+        std::fs::write(dir.join("web.crt"), certified.cert.pem()).unwrap();
+        std::fs::write(dir.join("web.key"), certified.signing_key.serialize_pem()).unwrap();
+        // Made here, once, so no replica reads it half-written by another.
+        labssh_proxy::credential_cache::load_or_create_key(&dir.join("web-cookie.key")).unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            let mut config = cluster.proxy_config.clone();
+            config.web = labssh_proxy::config::web::WebConfig {
+                listen: "127.0.0.1:0".into(),
+                domain: WEB_DOMAIN.into(),
+                tls_cert: dir.join("web.crt"),
+                tls_key: dir.join("web.key"),
+                cookie_key_file: dir.join("web-cookie.key"),
+                session_hours: 1,
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ports.push(listener.local_addr().unwrap().port());
+            tokio::spawn(labssh_proxy::web::run(
+                listener,
+                config,
+                std::future::pending(),
+            ));
+        }
+        ports
     }
 
     pub async fn stop(mut self) {

@@ -38,6 +38,8 @@
 //! - `services`: bob's server is in the registry but in none of alice's listings;
 //! - `start_queue`: alice's parallel logins take one place per container; bob's place
 //!   counts only containers ahead of him and names nobody;
+//! - `web`: alice's browser, logged in, reaches none of bob's services through the
+//!   HTTPS front door by path, host or friendly name, nor with a cookie naming him;
 //! - `watch`: an operator watching alice's terminal sees nothing of bob's, and bob
 //!   is neither told nor shown anything of hers.
 //!
@@ -70,6 +72,7 @@ mod self_service;
 mod services;
 mod start_queue;
 mod watch;
+mod web;
 mod x11;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,147 @@
+//! A browser for the web front door's tests: the real curl, one cookie jar per
+//! browser, the front door's certificate trusted and its names pointed at loopback.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{Lab, WEB_DOMAIN};
+
+/// One browser: its own cookie jar.
+pub struct Browser {
+    jar: PathBuf,
+    cacert: PathBuf,
+}
+
+/// One answer: status, headers (lowercase names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Browser {
+    /// A browser with an empty jar named `name` in the lab's directory.
+    pub fn new(lab: &Lab, name: &str) -> Browser {
+        let dir = lab.dir.path();
+        Browser {
+            jar: dir.join(format!("{name}.cookies")),
+            cacert: dir.join("web.crt"),
+        }
+    }
+
+    /// `curl` to `https://HOST:PORT/PATH` (HOST `lab.test` or a service's
+    /// `NAME.lab.test`) with the jar, and `args` (`-d`, `-H`, …); redirects not
+    /// followed.
+    pub async fn get(&self, host: &str, port: u16, path: &str, args: &[&str]) -> Answer {
+        let url = format!("https://{host}:{port}{path}");
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "60", "--cacert"])
+            .arg(&self.cacert)
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("-b")
+            .arg(&self.jar)
+            .arg("-c")
+            .arg(&self.jar)
+            .args(args)
+            .arg(&url)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("curl runs (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {url} failed: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line from {url}: {text}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// Logs in on the front door at `port` as `user` with `password`: the form, its
+    /// token, the post. The answer to the post.
+    pub async fn log_in(&self, port: u16, user: &str, password: &str) -> Answer {
+        let form = self.get(WEB_DOMAIN, port, "/login", &[]).await;
+        assert_eq!(form.status, 200, "{form:?}");
+        let token = form
+            .body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no csrf field in {}", form.body))
+            .to_owned();
+        let fields = [
+            format!("user={user}"),
+            format!("password={password}"),
+            format!("csrf={token}"),
+            "next=/".to_owned(),
+        ];
+        let mut args = Vec::new();
+        for f in &fields {
+            args.extend(["--data-urlencode", f.as_str()]);
+        }
+        self.get(WEB_DOMAIN, port, "/login", &args).await
+    }
+}
+
+/// Serves `page` and a CGI printing its environment from `user`'s container on
+/// 8080, and waits until the registry lists `8080-USER`.
+pub async fn serve_page(lab: &Lab, user: &str, page: &str) {
+    let auth = if user == "alice" {
+        Lab::alice()
+    } else {
+        Lab::bob()
+    };
+    let script = format!(
+        "mkdir -p ~/www/cgi-bin && echo {page} > ~/www/index.html && \
+         printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > ~/www/cgi-bin/env && \
+         chmod +x ~/www/cgi-bin/env && httpd -p 8080 -h ~/www"
+    );
+    let out = lab.ssh.run(user, &auth, &[&script]).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let name = format!("8080-{user}");
+    loop {
+        let listed = controller
+            .list_services(labssh_proto::pb::ListServicesRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !listed.services.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
