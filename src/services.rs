@@ -31,6 +31,7 @@ pub async fn list(args: ServicesArgs) -> anyhow::Result<()> {
             user: args.user.unwrap_or_default(),
             agent: args.agent.unwrap_or_default(),
             name: args.name.unwrap_or_default(),
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
@@ -97,6 +98,7 @@ mod tests {
             live: true,
             addresses: vec!["0.0.0.0".into(), "::".into()],
             local: true,
+            ..Default::default()
         };
         let text = table(&[service]);
         let lines: Vec<&str> = text.lines().collect();

@@ -436,9 +436,9 @@ impl pb::controller_server::Controller for ControllerService {
             .get::<Peer>()
             .is_some_and(|p| p.role == labssh_proto::roles::Role::Proxy);
         let request = request.into_inner();
-        if proxy && request.user.is_empty() {
+        if proxy && request.user.is_empty() && request.viewer.is_empty() {
             return Err(Status::permission_denied(
-                "a proxy lists one student's services only",
+                "a proxy lists one student's services only, or what one login may open",
             ));
         }
         Ok(Response::new(crate::services::list(

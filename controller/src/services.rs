@@ -35,7 +35,12 @@ pub fn list(
             {
                 continue;
             }
-            let labels = labels(catalogue.environment(&container.environment));
+            let environment = catalogue.environment(&container.environment);
+            let read_only = match viewing(request, &container.user, environment) {
+                Some(read_only) => read_only,
+                None => continue,
+            };
+            let labels = labels(environment);
             for port in &container.listening {
                 let label = labels.get(&port.port).copied().unwrap_or_default();
                 let service = pb::ServiceInfo {
@@ -50,9 +55,11 @@ pub fn list(
                     port: port.port,
                     label: label.to_owned(),
                     agent: agent.name.clone(),
+                    agent_endpoint: agent.endpoint.clone(),
                     live: agent.live,
                     addresses: port.addresses.clone(),
                     local: port.addresses.iter().any(|a| reachable_as_localhost(a)),
+                    read_only,
                 };
                 let labelled = (!label.is_empty())
                     .then(|| name(label, &container.user, &container.environment, default));
@@ -74,6 +81,28 @@ pub fn list(
         ))
     });
     pb::ListServicesReply { services }
+}
+
+/// Whether the request's viewer may open `owner`'s services in `environment`:
+/// `Some(false)` for their own (or when no viewer is named), `Some(true)` for a
+/// reader's (one of their groups is among its `service_readers`), `None` otherwise.
+fn viewing(
+    request: &pb::ListServicesRequest,
+    owner: &str,
+    environment: Option<&pb::Environment>,
+) -> Option<bool> {
+    if request.viewer.is_empty() || request.viewer == owner {
+        return Some(false);
+    }
+    let groups = request
+        .viewer_identity
+        .as_ref()
+        .map(|i| i.groups.as_slice())
+        .unwrap_or_default();
+    let readers = environment
+        .map(|e| e.service_readers.as_slice())
+        .unwrap_or_default();
+    readers.iter().any(|r| groups.contains(r)).then_some(true)
 }
 
 /// The environment's friendly names by port; of two names for one port, the first
@@ -131,6 +160,7 @@ mod tests {
             ..EnvironmentConfig::default()
         };
         web.services.insert("app".into(), 3000);
+        web.service_readers = vec!["tas".into()];
         config.environments.insert("web".into(), web);
         let registry = Registry::new(&config);
         let now = Instant::now();
@@ -187,6 +217,7 @@ mod tests {
             user: user.into(),
             agent: agent.into(),
             name: name.into(),
+            ..Default::default()
         };
         let alice = list(&registry, &catalogue, &request("alice", "", ""), now);
         assert_eq!(names(&alice), ["22-alice", "8888-alice", "3000-alice-web"]);
@@ -201,6 +232,31 @@ mod tests {
             let none = list(&registry, &catalogue, &request("", "", name), now);
             assert!(none.services.is_empty(), "{name}: {none:?}");
         }
+    }
+
+    #[test]
+    fn a_viewer_sees_their_own_and_what_their_groups_may_read() {
+        let (registry, catalogue, now) = lab();
+        let viewer = |name: &str, groups: &[&str]| pb::ListServicesRequest {
+            viewer: name.into(),
+            viewer_identity: Some(pb::Identity {
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let bob = list(&registry, &catalogue, &viewer("bob", &[]), now);
+        assert_eq!(names(&bob), ["8888-bob"]);
+        assert!(!bob.services[0].read_only);
+        // Bob a TA of the web environment: alice's web service too, read only.
+        let ta = list(&registry, &catalogue, &viewer("bob", &["tas"]), now);
+        assert_eq!(names(&ta), ["3000-alice-web", "8888-bob"]);
+        assert_eq!(
+            (ta.services[0].read_only, ta.services[1].read_only),
+            (true, false)
+        );
+        let other = list(&registry, &catalogue, &viewer("carol", &["cs101"]), now);
+        assert!(other.services.is_empty(), "{other:?}");
     }
 
     #[test]

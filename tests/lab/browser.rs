@@ -111,9 +111,13 @@ impl Browser {
     }
 }
 
-/// Serves `page` and a CGI printing its environment from `user`'s container on
-/// 8080, and waits until the registry lists `8080-USER`.
-pub async fn serve_page(lab: &Lab, user: &str, page: &str) {
+/// Serves `page` and a CGI printing its environment on 8080 from the container
+/// `login` (`bob`, `bob+course`) logs into, and waits until the registry lists
+/// `8080-USER[-ENV]`.
+pub async fn serve_page(lab: &Lab, login: &str, page: &str) {
+    let (user, env) = login
+        .split_once('+')
+        .map_or((login, None), |(u, e)| (u, Some(e)));
     let auth = if user == "alice" {
         Lab::alice()
     } else {
@@ -124,11 +128,14 @@ pub async fn serve_page(lab: &Lab, user: &str, page: &str) {
          printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > ~/www/cgi-bin/env && \
          chmod +x ~/www/cgi-bin/env && httpd -p 8080 -h ~/www"
     );
-    let out = lab.ssh.run(user, &auth, &[&script]).await.unwrap();
+    let out = lab.ssh.run(login, &auth, &[&script]).await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let name = format!("8080-{user}");
+    let name = match env {
+        Some(env) => format!("8080-{user}-{env}"),
+        None => format!("8080-{user}"),
+    };
     loop {
         let listed = controller
             .list_services(labssh_proto::pb::ListServicesRequest {

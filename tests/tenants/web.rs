@@ -1,6 +1,9 @@
 //! The web front door: alice, logged in, reaches none of bob's services by path, by
 //! host, by his friendly name or by a name of her own form pointing at his
-//! environment; a cookie naming bob with alice's signature opens nothing.
+//! environment; a cookie naming bob with alice's signature opens nothing. A TA of a
+//! course (`service_readers`) reads its students' services, GET and HEAD only, and
+//! nothing of environments that do not name her group; a page of another site may
+//! not post to a student's service.
 
 use crate::lab::browser::{serve_page, Browser};
 use crate::lab::{Lab, LabOptions, ALICE_PW, BOB_PW, WEB_DOMAIN};
@@ -89,4 +92,115 @@ async fn alices_browser_never_reaches_bobs_services() {
         "a forged cookie opened bob's: {answer:?}"
     );
     assert!(!answer.body.contains("bob-page"));
+}
+
+/// The password of carol, a TA of the `course` environment (group `tas`).
+const CAROL_PW: &str = "carol-reads-only";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ta_reads_a_courses_services_and_changes_nothing() {
+    let lab = Lab::start(LabOptions {
+        catalogue: crate::lab::environment_toml("course", "service_readers = [\"tas\"]"),
+        ..Default::default()
+    })
+    .await;
+    labssh_proxy::users::add_user_in_groups(
+        &lab.users_file,
+        "carol",
+        Some(CAROL_PW),
+        None,
+        &["tas".to_owned()],
+    )
+    .unwrap();
+    serve_page(&lab, "bob+course", "bob-page").await;
+    serve_page(&lab, "bob", "bob-page").await;
+    let port = lab.start_web(1).await[0];
+    let carol = Browser::new(&lab, "carol");
+    assert_eq!(carol.log_in(port, "carol", CAROL_PW).await.status, 303);
+
+    // The course's service, by path and by host: read.
+    let page = carol
+        .get(WEB_DOMAIN, port, "/s/8080-bob-course/", &[])
+        .await;
+    assert_eq!(
+        (page.status, page.body.trim()),
+        (200, "bob-page"),
+        "{page:?}"
+    );
+    // Under /s/ her view is sandboxed: its scripts cannot act as her.
+    assert!(
+        page.headers
+            .iter()
+            .any(|(k, v)| k == "content-security-policy" && v.starts_with("sandbox")),
+        "{page:?}"
+    );
+    let host = format!("8080-bob-course.{WEB_DOMAIN}");
+    let page = carol.get(&host, port, "/", &[]).await;
+    assert_eq!(
+        (page.status, page.body.trim()),
+        (200, "bob-page"),
+        "{page:?}"
+    );
+    // Not changed: no POST, no WebSocket.
+    let post = carol.get(&host, port, "/", &["-d", "x=1"]).await;
+    assert_eq!(post.status, 403, "{post:?}");
+    assert!(post.body.contains("not change it"), "{}", post.body);
+    let upgrade = carol
+        .get(
+            &host,
+            port,
+            "/",
+            &[
+                // A browser's WebSocket: HTTP/1.1 (the front door offers no
+                // WebSocket over HTTP/2).
+                "--http1.1",
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ],
+        )
+        .await;
+    assert_eq!(upgrade.status, 403, "{upgrade:?}");
+    // Bob's default environment lets no group read: refused, as for anyone.
+    for path in ["/s/8080-bob/", "/s/web-bob/"] {
+        let answer = carol.get(WEB_DOMAIN, port, path, &[]).await;
+        assert_eq!(answer.status, 403, "{path}: {answer:?}");
+        assert!(!answer.body.contains("bob-page"));
+    }
+    // Her portal lists the course's service as one she may read, and only that.
+    let portal = carol.get(WEB_DOMAIN, port, "/", &[]).await;
+    assert!(portal.body.contains("you may read"), "{}", portal.body);
+    assert!(portal.body.contains("8080-bob-course"), "{}", portal.body);
+    assert!(
+        !portal.body.contains("8080-bob<") && !portal.body.contains("8080-bob."),
+        "{}",
+        portal.body
+    );
+
+    // Alice, in no group, reads nothing of the course; a page of another site may
+    // not post to her own service either.
+    let alice = Browser::new(&lab, "alice");
+    assert_eq!(alice.log_in(port, "alice", ALICE_PW).await.status, 303);
+    let answer = alice
+        .get(WEB_DOMAIN, port, "/s/8080-bob-course/", &[])
+        .await;
+    assert_eq!(answer.status, 403, "{answer:?}");
+    assert!(!answer.body.contains("bob-page"));
+    serve_page(&lab, "alice", "alice-page").await;
+    let own = format!("8080-alice.{WEB_DOMAIN}");
+    let cross = alice
+        .get(
+            &own,
+            port,
+            "/",
+            &["-d", "x=1", "-H", &format!("Origin: https://{host}:{port}")],
+        )
+        .await;
+    assert_eq!(cross.status, 403, "{cross:?}");
+    assert!(cross.body.contains("another site"), "{}", cross.body);
 }

@@ -123,7 +123,7 @@ pub const KEEPALIVE_MAX_BYTES: u64 = 64;
 
 /// A hash of what in `env` a container is made of: the whole environment but what
 /// applies without a new container (forwarding, description, hooks, lifecycle, home
-/// quota, the services' friendly names) and the network, which has its own migration. New fields count by
+/// quota, the services' friendly names and readers) and the network, which has its own migration. New fields count by
 /// themselves. Ids taken from the login's identity count as the catalogue sends
 /// them (0), so a container made with a student's own ids is not outdated for them;
 /// that they stay the student's is checked against the container's
@@ -139,6 +139,7 @@ pub fn settings_hash(env: &labssh_proto::pb::Environment) -> String {
     made_of.home_quota_mb = 0;
     made_of.network = None;
     made_of.service_names.clear();
+    made_of.service_readers.clear();
     if made_of.uid_from_identity {
         made_of.uid = 0;
     }

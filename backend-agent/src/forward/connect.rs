@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::pending::Accepted;
 use super::policy::{Policy, Refused};
 use super::refusal::ForwardError;
-use crate::backend::{Duplex, Ensured, RunAs, SharedBackend};
+use crate::backend::{ContainerState, Duplex, Ensured, RunAs, SharedBackend};
 use crate::lifecycle::activity::Active;
 use crate::limits::caps::{Held, Kind};
 use crate::start_queue::{Caller, Class};
@@ -47,18 +47,25 @@ pub async fn open(
 ) -> Result<Opened, ForwardError> {
     let counted = shared.limits.caps.acquire(&open.user, Kind::Forward)?;
     let active = shared.lifecycle.hold(&open.user, &open.environment);
-    let caller = Caller {
-        left: Some(left),
-        ..Caller::quiet(Class::Student)
+    let (env, ensured) = if open.reader {
+        running(shared, &open)?
+    } else {
+        let caller = Caller {
+            left: Some(left),
+            ..Caller::quiet(Class::Student)
+        };
+        shared
+            .ensure_with(
+                (&open.user, open.identity.as_ref()),
+                &open.environment,
+                None,
+                caller,
+            )
+            .await?
     };
-    let (env, ensured) = shared
-        .ensure_with(
-            (&open.user, open.identity.as_ref()),
-            &open.environment,
-            None,
-            caller,
-        )
-        .await?;
+    if open.reader && !open.socket_path.is_empty() {
+        return Err(Refused("a reader's forward goes to TCP services only".to_owned()).into());
+    }
     let policy = Policy::of(&env);
     if !open.socket_path.is_empty() {
         let held = (counted, active);
@@ -107,6 +114,37 @@ pub async fn open(
         (None, Some(r)) => r.into(),
         (None, None) => ForwardError::NoAddress(format!("{host}:{port}")),
     })
+}
+
+/// A reader's forward: `user`'s running container of the environment as the
+/// inventory knows it, nothing made or started, the reader's identity not applied.
+fn running(
+    shared: &Shared,
+    open: &pb::ForwardOpen,
+) -> Result<(pb::Environment, Ensured), ForwardError> {
+    let env = shared
+        .catalogue
+        .get(&open.environment)
+        .map_err(crate::state::EnsureError::Environment)?;
+    let container = shared
+        .inventory
+        .list()
+        .into_iter()
+        .find(|c| {
+            c.user == open.user && c.environment == env.name && c.state == ContainerState::Running
+        })
+        .ok_or_else(|| ForwardError::NotRunning(open.user.clone(), env.name.clone()))?;
+    tracing::debug!(user = %open.user, container = %container.name, "a reader's forward");
+    Ok((
+        env,
+        Ensured {
+            container_id: container.name.clone(),
+            name: container.name,
+            created: false,
+            started: false,
+            notice: String::new(),
+        },
+    ))
 }
 
 /// `ssh -L PORT:/PATH`: connects to the unix socket at the path inside the container,

@@ -55,6 +55,10 @@ pub enum ForwardError {
     /// An accepted `ssh -R` connection of another student or environment.
     #[error("that connection belongs to another session")]
     NotTheirs,
+    /// A reader's forward to a container that does not run (nothing is started for
+    /// a reader).
+    #[error("{0}'s container for {1} is not running")]
+    NotRunning(String, String),
 }
 
 impl ForwardError {

@@ -140,6 +140,9 @@ pub struct EnvironmentConfig {
     /// Friendly names of ports its containers serve, `jupyter = 8888`: listed with
     /// the services (`labssh services`), and `jupyter-alice` names alice's port 8888.
     pub services: BTreeMap<String, u32>,
+    /// Groups whose members (a course's TAs, staff) may read this environment's
+    /// students' services in the browser: GET and HEAD, no WebSocket.
+    pub service_readers: Vec<String>,
 }
 
 /// What port forwarding an environment allows. The default: `ssh -L`, `-D` and `-R`
@@ -209,6 +212,7 @@ impl Default for EnvironmentConfig {
             max_age: None,
             max_keepalive: None,
             services: BTreeMap::new(),
+            service_readers: Vec::new(),
         }
     }
 }
@@ -253,6 +257,7 @@ impl EnvironmentConfig {
             isolation: self.isolation_to_proto(),
             gpus: self.gpus.as_ref().map(GpusConfig::to_proto),
             service_names: self.services.clone().into_iter().collect(),
+            service_readers: self.service_readers.clone(),
         }
     }
 
@@ -315,9 +320,19 @@ impl EnvironmentConfig {
         self.check_services(&key, problems);
     }
 
-    /// The friendly names of ports: each a valid label for one real port.
+    /// The friendly names of ports: each a valid label for one real port; the
+    /// readers' groups, valid group names.
     fn check_services(&self, key: &dyn Fn(&str) -> String, problems: &mut Vec<String>) {
         use labssh_proto::services::{valid_label, LABEL_RULE};
+        for group in &self.service_readers {
+            if !labssh_proto::names::valid_group(group) {
+                problems.push(format!(
+                    "{}: {group:?} is not a group name ({})",
+                    key("service_readers"),
+                    labssh_proto::names::GROUP_RULE
+                ));
+            }
+        }
         for (label, port) in &self.services {
             if !valid_label(label) {
                 problems.push(format!(

@@ -49,6 +49,7 @@ impl Destination {
             originator,
             identity: None,
             socket_path,
+            reader: false,
         }
     }
 }

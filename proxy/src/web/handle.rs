@@ -212,24 +212,21 @@ async fn service(
         }
         return refuse(StatusCode::UNAUTHORIZED, "log in first");
     };
-    if !could_be_theirs(name, &session.user) {
-        tracing::info!(user = %session.user, service = %name, "web: refused another's service");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            &format!("{name} is not one of your services"),
-        );
-    }
     let mut controller = web.shared.upstream.controller();
-    let request_services = pb::ListServicesRequest {
-        user: session.user.clone(),
+    let lookup = pb::ListServicesRequest {
+        viewer: session.user.clone(),
+        viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
         name: name.to_owned(),
         ..Default::default()
     };
     let timeout = web.shared.config.controller_timeout();
-    let found = match tokio::time::timeout(timeout, controller.list_services(request_services))
-        .await
-    {
-        Ok(Ok(reply)) => reply.into_inner().services.into_iter().next(),
+    let found = match tokio::time::timeout(timeout, controller.list_services(lookup)).await {
+        // The viewer's own first, should a name be both theirs and one they read.
+        Ok(Ok(reply)) => {
+            let mut services = reply.into_inner().services;
+            services.sort_by_key(|s| s.read_only);
+            services.into_iter().next()
+        }
         Ok(Err(status)) => {
             tracing::warn!(error = %status.message(), "web: the controller refused a service lookup");
             return refuse(
@@ -245,12 +242,61 @@ async fn service(
         }
     };
     let Some(service) = found else {
+        // Whether another's service exists is not told: only the viewer's own
+        // names answer "nothing listens".
+        if could_be_theirs(name, &session.user) {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                &format!("nothing of yours listens as {name} (a server you start shows within a few seconds)"),
+            );
+        }
+        tracing::info!(user = %session.user, service = %name, "web: refused another's service");
         return refuse(
-            StatusCode::NOT_FOUND,
-            &format!("nothing of yours listens as {name} (a server you start shows within a few seconds)"),
+            StatusCode::FORBIDDEN,
+            &format!("{name} is not one of your services"),
         );
     };
-    relay::relay(web, peer, &session, &service, host, prefix, request).await
+    let upgrade = relay::wants_upgrade(&request);
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD) && !upgrade;
+    if service.read_only && !safe {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "you may read {name} (its environment {} lets your group look), not change it: GET and HEAD only, no WebSocket",
+                service.environment
+            ),
+        );
+    }
+    // A page of another site (another student's service among them: same site,
+    // so cookies go along) may not post to this one or open its WebSocket.
+    if !safe {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        let own = format!("https://{host}{port}");
+        if origin.is_some_and(|o| o != own) {
+            tracing::info!(user = %session.user, service = %name, origin = ?origin, "web: refused a cross-origin request");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                &format!("a page of another site may not send this to {name}"),
+            );
+        }
+    }
+    let mut response =
+        relay::relay(web, peer, &session, &service, host, prefix.clone(), request).await;
+    if service.read_only && prefix.is_some() {
+        // Under /s/ every service shares the front door's origin: a page a reader
+        // opens runs sandboxed, in an origin of its own, so its scripts cannot act
+        // as the reader on the portal or on other services.
+        response.headers_mut().append(
+            "content-security-policy",
+            HeaderValue::from_static(
+                "sandbox allow-scripts allow-forms allow-popups allow-downloads",
+            ),
+        );
+    }
+    response
 }
 
 /// The login form, for `next`'s sake (a `next` query parameter).
@@ -485,7 +531,8 @@ async fn portal(web: &Web, session: &WebSession, value: &str, port: &str) -> Res
     let services = tokio::time::timeout(
         timeout,
         controller.list_services(pb::ListServicesRequest {
-            user: user.clone(),
+            viewer: user.clone(),
+            viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
             ..Default::default()
         }),
     );

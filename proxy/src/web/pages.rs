@@ -82,27 +82,17 @@ pub fn portal(
          <button type=\"submit\" id=\"logout\">Log out</button></form>",
         esc(user)
     );
+    let (own, readable): (Vec<&pb::ServiceInfo>, Vec<&pb::ServiceInfo>) =
+        services.iter().partition(|s| !s.read_only);
     body += "<h2>Services</h2>";
-    if services.is_empty() {
+    if own.is_empty() {
         body += "<p id=\"no-services\">Nothing listens in your running containers. A server you start (<code>python3 -m http.server 8000</code>) shows here within a few seconds.</p>";
     } else {
-        body += "<table id=\"services\"><tr><th>Service</th><th>Environment</th><th>Port</th><th>Open</th></tr>";
-        for s in services {
-            let name = esc(&s.name);
-            let label = if s.label.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", esc(&s.label))
-            };
-            body += &format!(
-                "<tr><td>{name}{label}</td><td>{}</td><td>{}</td>\
-                 <td><a class=\"service\" href=\"https://{name}.{site}/\">{name}.{site}</a> · <a href=\"/s/{name}/\">/s/{name}/</a></td></tr>",
-                esc(&s.environment),
-                s.port,
-                site = esc(site),
-            );
-        }
-        body += "</table>";
+        body += &service_table("services", &own, site);
+    }
+    if !readable.is_empty() {
+        body += "<h2>Students' services you may read</h2>";
+        body += &service_table("readable", &readable, site);
     }
     body += "<h2>Containers</h2>";
     if containers.is_empty() {
@@ -129,6 +119,30 @@ pub fn portal(
         body += "</table>";
     }
     frame(&format!("{user} — labssh"), &body)
+}
+
+/// A table of services with both links.
+fn service_table(id: &str, services: &[&pb::ServiceInfo], site: &str) -> String {
+    let mut table = format!(
+        "<table id=\"{id}\"><tr><th>Service</th><th>Student</th><th>Environment</th><th>Port</th><th>Open</th></tr>"
+    );
+    for s in services {
+        let name = esc(&s.name);
+        let label = if s.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", esc(&s.label))
+        };
+        table += &format!(
+            "<tr><td>{name}{label}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td><a class=\"service\" href=\"https://{name}.{site}/\">{name}.{site}</a> · <a href=\"/s/{name}/\">/s/{name}/</a></td></tr>",
+            esc(&s.user),
+            esc(&s.environment),
+            s.port,
+            site = esc(site),
+        );
+    }
+    table + "</table>"
 }
 
 #[cfg(test)]

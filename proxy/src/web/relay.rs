@@ -46,13 +46,25 @@ pub(crate) async fn relay(
 ) -> Response<Body> {
     let shared = &web.shared;
     let identity = &session.identity;
-    let placement = match shared
-        .upstream
-        .place(&service.user, &service.environment, identity)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
+    // The owner is placed as at an SSH login (the container made or started if need
+    // be); a reader goes to the running container the registry listed, nothing made.
+    let placement = if service.read_only {
+        crate::upstream::Placement {
+            agent: service.agent.clone(),
+            endpoint: service.agent_endpoint.clone(),
+            environment: service.environment.clone(),
+            notice: String::new(),
+            record: String::new(),
+        }
+    } else {
+        match shared
+            .upstream
+            .place(&service.user, &service.environment, identity)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
+        }
     };
     let mut agent = match shared.upstream.agent(&placement) {
         Ok(a) => a,
@@ -71,6 +83,7 @@ pub(crate) async fn relay(
         originator: peer.to_string(),
         identity: Some(crate::upstream::wire_identity(identity)),
         socket_path: String::new(),
+        reader: service.read_only,
     };
     let timeout = shared.config.session_start_timeout();
     let (stream, _) = match open_stream(&mut agent, In::Open(open), timeout).await {
@@ -127,7 +140,7 @@ pub(crate) async fn relay(
 }
 
 /// Whether the request asks to switch protocols (a WebSocket).
-fn wants_upgrade(request: &Request<Incoming>) -> bool {
+pub(crate) fn wants_upgrade(request: &Request<Incoming>) -> bool {
     request.headers().contains_key(header::UPGRADE)
         && request
             .headers()
