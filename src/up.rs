@@ -42,7 +42,16 @@ pub struct UpArgs {
     /// ("" for none).
     #[arg(long, default_value = DEFAULT_HTTP)]
     http: String,
+    /// The HTTPS front door (students' services in the browser) on this address,
+    /// for `https://lab.localhost:PORT/` with a self-signed certificate made in
+    /// DIR ("" for none).
+    #[arg(long, default_value = DEFAULT_WEB)]
+    web: String,
 }
+
+/// Where `labssh up` serves the front door: `*.localhost` names loopback in
+/// browsers, so `https://8888-alice.lab.localhost:8443/` needs no DNS.
+const DEFAULT_WEB: &str = "127.0.0.1:8443";
 
 const CONTROLLER_TOML: &str = r#"# labssh controller configuration (written by `labssh up`; edit freely).
 default_environment = "default"
@@ -166,6 +175,59 @@ fn print_welcome(
     println!("Press Ctrl-C to stop.");
 }
 
+/// The front door on `--web`, with the proxy's configuration as it runs; its own
+/// self-signed certificate for `DOMAIN` and `*.DOMAIN` made in `dir` on first run.
+async fn start_web(
+    args: &UpArgs,
+    dir: &Path,
+    cluster: &Cluster,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<Option<(std::net::SocketAddr, String)>> {
+    if args.web.is_empty() {
+        return Ok(None);
+    }
+    let mut config = cluster.proxy_config.clone();
+    config.web.listen = args.web.clone();
+    config.web.tls_cert = dir.join("web.crt");
+    config.web.tls_key = dir.join("web.key");
+    config.web.cookie_key_file = dir.join("web-cookie.key");
+    let domain = config.web.domain.clone();
+    if !config.web.tls_cert.exists() || !config.web.tls_key.exists() {
+        let names = vec![domain.clone(), format!("*.{domain}")];
+        let made = rcgen::generate_simple_self_signed(names)?;
+        std::fs::write(&config.web.tls_cert, made.cert.pem())?;
+        write_private(&config.web.tls_key, &made.signing_key.serialize_pem())?;
+    }
+    let listener = TcpListener::bind(&args.web)
+        .await
+        .with_context(|| format!("--web: cannot listen on {}", args.web))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.await;
+        };
+        if let Err(e) = labssh_proxy::web::run(listener, config, stopped).await {
+            tracing::error!(error = %e, "the web front door stopped");
+        }
+    });
+    Ok(Some((addr, domain)))
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir {}", args.dir.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
@@ -194,6 +256,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     )
     .await?;
     cluster.wait_ready(1, READY_TIMEOUT).await?;
+    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
+    let web = start_web(&args, &dir, &cluster, web_stopped).await?;
     health.set_ready(true);
     print_welcome(
         &cluster,
@@ -203,6 +267,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         http_addr,
         !args.no_tls,
     );
+    if let Some((addr, domain)) = &web {
+        println!(
+            "  browser:        https://{domain}:{}/   (services at https://PORT-USER.{domain}:{}/; certificate {}/web.crt)",
+            addr.port(),
+            addr.port(),
+            dir.display()
+        );
+    }
 
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -214,6 +286,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     health.set_ready(false);
+    let _ = web_stop.send(());
     cluster.shutdown().await?;
     let _ = http_stop.send(());
     println!("labssh stopped");
