@@ -16,7 +16,7 @@ use crate::lab::{Lab, LabOptions};
 const STEP: Duration = Duration::from_secs(60);
 
 /// `labssh ARGS --controller URL`: stdout, stderr and whether it succeeded.
-async fn labssh(lab: &Lab, args: &[&str]) -> (String, String, bool) {
+pub(crate) async fn labssh(lab: &Lab, args: &[&str]) -> (String, String, bool) {
     let url = format!("http://{}", lab.cluster.as_ref().unwrap().controller_addr);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
         .args(args)

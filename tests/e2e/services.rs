@@ -5,7 +5,6 @@
 //! seconds of no longer listening. Nothing in the container reports it: the agent
 //! reads the container's socket tables.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use labssh_testkit::ssh::{stderr, stdout};
@@ -18,23 +17,10 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// `labssh services --json ARGS` against the lab's controller.
 async fn services(lab: &Lab, args: &[&str]) -> Vec<Value> {
-    let url = format!("http://{}", lab.cluster.as_ref().unwrap().controller_addr);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_labssh"))
-        .arg("services")
-        .arg("--json")
-        .args(args)
-        .args(["--controller", &url])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "labssh services failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let args: Vec<&str> = ["services", "--json"].iter().chain(args).copied().collect();
+    let (text, err, ok) = crate::containers::labssh(lab, &args).await;
+    assert!(ok, "labssh services failed: {err}");
+    text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

@@ -344,7 +344,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
 
 /// Where to go after a login: a page of this site or one of its services, never
 /// elsewhere.
-fn safe_next(web: &Web, next: &str) -> String {
+fn safe_next(domain: &str, next: &str) -> String {
     let same_site = next.starts_with('/') && !next.starts_with("//");
     let service = next
         .strip_prefix("https://")
@@ -357,8 +357,11 @@ fn safe_next(web: &Web, next: &str) -> String {
                 .rsplit_once(':')
                 .map_or(authority, |(host, _)| host)
         })
-        .is_some_and(|host| host == web.domain || host.ends_with(&format!(".{}", web.domain)));
-    if same_site || service {
+        .is_some_and(|host| host == domain || host.ends_with(&format!(".{domain}")));
+    // A browser reads `\` as `/` and `@` as the end of a user name: either could make
+    // a name of ours end elsewhere.
+    let plain = !next.contains(['\\', '@']) && !next.chars().any(char::is_control);
+    if (same_site || service) && plain {
         next.to_owned()
     } else {
         "/".to_owned()
@@ -383,7 +386,7 @@ async fn login(web: &Web, peer: SocketAddr, request: Request<Incoming>) -> Respo
     }
     let user = field(&fields, "user").trim().to_owned();
     let password = field(&fields, "password").to_owned();
-    let next = safe_next(web, field(&fields, "next"));
+    let next = safe_next(&web.domain, field(&fields, "next"));
     let retry = |problem: &str| login_form(web, &next, Some(problem));
     if !labssh_proto::names::valid_user(&user) {
         return retry("that is not a login name");
@@ -601,5 +604,32 @@ mod tests {
             could_be_theirs("8888-ann-lee", "ann"),
             "ann's environment lee"
         );
+    }
+
+    #[test]
+    fn a_login_goes_on_to_this_site_only() {
+        for ok in [
+            "/",
+            "/s/8080-alice/?q=1",
+            "https://lab.test/",
+            "https://8080-alice.lab.test:8443/x",
+        ] {
+            assert_eq!(safe_next("lab.test", ok), ok);
+        }
+        for elsewhere in [
+            "//evil.example/",
+            "https://evil.example/",
+            "https://lab.test.evil.example/",
+            "https://evillab.test/",
+            "javascript:alert(1)",
+            "http://lab.test/",
+            "https://evil.example\\.lab.test/",
+            "/\\evil.example/",
+            "https://evil.example@x.lab.test/",
+            "/\nx",
+            "",
+        ] {
+            assert_eq!(safe_next("lab.test", elsewhere), "/", "{elsewhere}");
+        }
     }
 }
