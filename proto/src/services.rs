@@ -32,6 +32,23 @@ pub fn name(first: &str, user: &str, environment: &str, default_environment: &st
     }
 }
 
+/// Whether the service `name` can be `user`'s: `FIRST-USER` or `FIRST-USER-ENV`,
+/// FIRST a port or a friendly name. A name of any other form is someone else's (or
+/// nobody's).
+pub fn could_be_of(name: &str, user: &str) -> bool {
+    let Some((first, rest)) = name.split_once('-') else {
+        return false;
+    };
+    let first_ok =
+        (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit())) || valid_label(first);
+    first_ok
+        && (rest == user
+            || rest
+                .strip_prefix(user)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|env| !env.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

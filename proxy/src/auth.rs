@@ -436,6 +436,7 @@ mod tests {
             users: Users::open(&users_file).unwrap(),
             cache: CredentialCache::memory(vec![7; 32], ttl),
             limiter: RateLimiter::new(config.rate_limit.clone(), None),
+            redis: None,
             upstream: Upstream::new("http://127.0.0.1:1", TlsFiles::default(), ttl, ttl).unwrap(),
             next_id: AtomicU64::new(1),
             gate: crate::preauth::Gate::new(&config),

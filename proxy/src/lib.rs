@@ -25,6 +25,7 @@ pub mod rate_limit;
 pub mod recording;
 mod redis_link;
 mod server;
+mod shares;
 mod state;
 pub mod upstream;
 pub mod users;

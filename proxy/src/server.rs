@@ -131,7 +131,7 @@ pub(crate) fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
         None => CredentialCache::memory(cache_key, config.auth_cache_ttl()),
         Some(link) => CredentialCache::redis(link.clone(), cache_key, config.auth_cache_ttl()),
     };
-    let limiter = RateLimiter::new(config.rate_limit.clone(), redis);
+    let limiter = RateLimiter::new(config.rate_limit.clone(), redis.clone());
     let upstream = Upstream::new(
         &config.controller,
         config.tls.clone(),
@@ -158,6 +158,7 @@ pub(crate) fn replica(config: Config, name: &str) -> anyhow::Result<Shared> {
         trust,
         cache,
         limiter,
+        redis,
         upstream,
         next_id: AtomicU64::new(1),
     })

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub cache: CredentialCache,
     /// Brute-force limits.
     pub limiter: RateLimiter,
+    /// Redis, when `redis_url` is set: also where shared services are kept.
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
     /// Controller and agent clients.
     pub upstream: Upstream,
     /// Source of connection ids for logs.

@@ -3,7 +3,10 @@
 //! environment; a cookie naming bob with alice's signature opens nothing. A TA of a
 //! course (`service_readers`) reads its students' services, GET and HEAD only, and
 //! nothing of environments that do not name her group; a page of another site may
-//! not post to a student's service.
+//! not post to a student's service. A service alice shares opens to anyone (bob's
+//! cookies kept from it) until she unshares it, and only she can share it.
+
+use labssh_testkit::ssh::{stderr, stdout};
 
 use crate::lab::browser::{serve_page, Browser};
 use crate::lab::{Lab, LabOptions, ALICE_PW, BOB_PW, WEB_DOMAIN};
@@ -203,4 +206,85 @@ async fn a_ta_reads_a_courses_services_and_changes_nothing() {
         .await;
     assert_eq!(cross.status, 403, "{cross:?}");
     assert!(cross.body.contains("another site"), "{}", cross.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_service_opens_to_anyone_until_unshared_and_only_its_owner_shares_it() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        ..Default::default()
+    })
+    .await;
+    serve_page(&lab, "alice", "alice-page").await;
+    let port = lab.start_web(1).await[0];
+    let host = format!("8080-alice.{WEB_DOMAIN}");
+    let stranger = Browser::new(&lab, "stranger");
+    assert_eq!(
+        stranger.get(&host, port, "/", &[]).await.status,
+        303,
+        "private at first"
+    );
+    let helpdesk = |login: &'static str, command: &'static str| {
+        let lab = &lab;
+        async move {
+            let auth = if login == "alice+" {
+                Lab::alice()
+            } else {
+                Lab::bob()
+            };
+            let out = lab.ssh.run(login, &auth, &[command]).await.unwrap();
+            (out.status.code(), stdout(&out), stderr(&out))
+        }
+    };
+    // Bob cannot share hers, by any name of it.
+    for command in ["share 8080-alice", "share web-alice", "unshare 8080-alice"] {
+        let (code, _, err) = helpdesk("bob+", command).await;
+        assert_ne!(code, Some(0), "bob+ {command}: {err}");
+        assert!(err.contains("not a name of your services"), "{err}");
+    }
+    assert_eq!(stranger.get(&host, port, "/", &[]).await.status, 303);
+
+    let (code, out, err) = helpdesk("alice+", "share 8080-alice").await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("8080-alice is public"), "{out}");
+    let page = stranger.get(&host, port, "/", &[]).await;
+    assert_eq!(
+        (page.status, page.body.trim()),
+        (200, "alice-page"),
+        "{page:?}"
+    );
+    // Under /s/ a stranger's view is sandboxed.
+    let page = stranger.get(WEB_DOMAIN, port, "/s/8080-alice/", &[]).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.headers
+            .iter()
+            .any(|(k, v)| k == "content-security-policy" && v.starts_with("sandbox")),
+        "{page:?}"
+    );
+    // Bob, logged in, opens it as a stranger: none of his cookies reach her server.
+    let bob = Browser::new(&lab, "bob");
+    assert_eq!(bob.log_in(port, "bob", BOB_PW).await.status, 303);
+    let env = bob.get(&host, port, "/cgi-bin/env", &[]).await;
+    assert_eq!(env.status, 200, "{env:?}");
+    assert!(
+        !env.body.contains("labssh_"),
+        "bob's cookie reached alice: {}",
+        env.body
+    );
+    let (_, listing, _) = helpdesk("alice+", "services").await;
+    assert!(
+        listing.contains("public (anyone may open them in the browser): 8080-alice"),
+        "{listing}"
+    );
+
+    let (code, out, _) = helpdesk("alice+", "unshare 8080-alice").await;
+    assert_eq!((code, out.trim()), (Some(0), "8080-alice is private again"));
+    assert_eq!(
+        stranger.get(&host, port, "/", &[]).await.status,
+        303,
+        "still public"
+    );
+    let answer = bob.get(&host, port, "/", &[]).await;
+    assert_eq!(answer.status, 403, "{answer:?}");
 }

@@ -8,6 +8,8 @@
 //! ssh alice+@lab start [ENV]   start it now
 //! ssh alice+@lab reset [ENV]   make it anew from its image: a fresh root, the home kept
 //! ssh alice+@lab services      the services listening in her running containers
+//! ssh alice+@lab share NAME    open one of them to anyone through the web front door
+//! ssh alice+@lab unshare NAME  and close it again
 //! ```
 //!
 //! The actions go to the controller under the proxy's role, which it allows for the
@@ -39,6 +41,8 @@ enum Command {
     Act(Verb, String),
     /// The services listening in the student's containers.
     Services,
+    /// Make one of the student's services public (true) or private again.
+    Share(String, bool),
     /// Something else: say what is possible.
     Unknown(String),
 }
@@ -49,6 +53,12 @@ fn parse(command: &str) -> Command {
     let verb = match words.first().copied() {
         None | Some("status" | "list" | "help" | "--help") => return Command::Status,
         Some("services") if words.len() == 1 => return Command::Services,
+        Some(verb @ ("share" | "unshare")) => {
+            return match words.as_slice() {
+                [_, name] => Command::Share((*name).to_owned(), verb == "share"),
+                _ => Command::Unknown(command.trim().to_owned()),
+            }
+        }
         Some("stop") => Verb::Stop,
         Some("start") => Verb::Start,
         Some("reset") => Verb::Reset,
@@ -66,7 +76,7 @@ fn parse(command: &str) -> Command {
 /// The help text, with the student's login name.
 fn help(user: &str) -> String {
     format!(
-        "commands (ENV: an environment above; the default one if none):\n  ssh {user}+@HOST services      the services listening in your running containers, and how to reach them\n  ssh {user}+@HOST stop [ENV]    stop your container (your files are kept; your next login starts it)\n  ssh {user}+@HOST start [ENV]   start it now\n  ssh {user}+@HOST reset [ENV]   make it anew from its image: files outside your home are lost, your home is kept\n"
+        "commands (ENV: an environment above; the default one if none):\n  ssh {user}+@HOST services      the services listening in your running containers, and how to reach them\n  ssh {user}+@HOST share NAME    let anyone open your service NAME (e.g. 8080-{user}) in the browser; unshare NAME ends it\n  ssh {user}+@HOST stop [ENV]    stop your container (your files are kept; your next login starts it)\n  ssh {user}+@HOST start [ENV]   start it now\n  ssh {user}+@HOST reset [ENV]   make it anew from its image: files outside your home are lost, your home is kept\n"
     )
 }
 
@@ -93,6 +103,10 @@ pub(crate) async fn run(session: &Session, gathered: Gathered) -> Closing {
         },
         Command::Services => match services(session).await {
             Ok(text) => (text, 0),
+            Err(message) => return refuse(&message, newline),
+        },
+        Command::Share(name, public) => match share(session, &name, public).await {
+            Ok(line) => (format!("{line}\n"), 0),
             Err(message) => return refuse(&message, newline),
         },
         Command::Act(verb, env) => match act(session, verb, env).await {
@@ -175,6 +189,36 @@ async fn listing(session: &Session) -> Result<String, String> {
     Ok(text)
 }
 
+/// Shares or unshares one of the student's services.
+async fn share(session: &Session, name: &str, public: bool) -> Result<String, String> {
+    let ctx = &session.ctx;
+    let user = &ctx.login.user;
+    if !labssh_proto::services::could_be_of(name, user) {
+        return Err(format!(
+            "{name:?} is not a name of your services: PORT-{user} or PORT-{user}-ENV (ssh {user}+@HOST services lists them)"
+        ));
+    }
+    let redis = ctx.shared.redis.as_deref();
+    let domain = &ctx.shared.config.web.domain;
+    let line = if public {
+        crate::shares::share(redis, user, name).await?;
+        format!("{name} is public: anyone may open https://{name}.{domain}/ (ssh {user}+@HOST unshare {name} ends it)")
+    } else if crate::shares::unshare(redis, user, name).await? {
+        format!("{name} is private again")
+    } else {
+        format!("{name} was not shared")
+    };
+    ctx.shared.audit.record(
+        if public {
+            "service_share"
+        } else {
+            "service_unshare"
+        },
+        serde_json::json!({"conn": ctx.conn, "client": ctx.peer, "user": user, "service": name}),
+    );
+    Ok(line)
+}
+
 /// The services listening in the student's running containers, each with the
 /// `ssh -L` that reaches it.
 async fn services(session: &Session) -> Result<String, String> {
@@ -191,7 +235,16 @@ async fn services(session: &Session) -> Result<String, String> {
         Ok(Err(status)) => return Err(unavailable(&status)),
         Err(_) => return Err("the controller did not answer; try again in a minute".into()),
     };
-    Ok(services_text(user, &services))
+    let mut text = services_text(user, &services);
+    if let Ok(shared) = crate::shares::shared_by(ctx.shared.redis.as_deref(), user).await {
+        if !shared.is_empty() {
+            text += &format!(
+                "public (anyone may open them in the browser): {}\n",
+                shared.join(", ")
+            );
+        }
+    }
+    Ok(text)
 }
 
 /// The student's services as a table, with the forward reaching each.
@@ -322,6 +375,15 @@ mod tests {
             parse("services bob"),
             Command::Unknown("services bob".into())
         );
+        assert_eq!(
+            parse("share 8080-alice"),
+            Command::Share("8080-alice".into(), true)
+        );
+        assert_eq!(
+            parse("unshare 8080-alice"),
+            Command::Share("8080-alice".into(), false)
+        );
+        assert_eq!(parse("share"), Command::Unknown("share".into()));
     }
 
     #[test]

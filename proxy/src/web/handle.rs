@@ -172,24 +172,90 @@ pub(crate) async fn handle(
     }
 }
 
-/// Whether the service `name` can be `user`'s: `FIRST-USER` or `FIRST-USER-ENV`,
-/// FIRST a port or a friendly name. Any other name is someone else's (or nobody's):
-/// refused without asking whether it exists.
+/// Whether the service `name` can be `user`'s ([`labssh_proto::services::could_be_of`]).
 fn could_be_theirs(name: &str, user: &str) -> bool {
-    let Some((first, rest)) = name.split_once('-') else {
-        return false;
-    };
-    let first_ok = (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
-        || labssh_proto::services::valid_label(first);
-    first_ok
-        && (rest == user
-            || rest
-                .strip_prefix(user)
-                .and_then(|r| r.strip_prefix('-'))
-                .is_some_and(|env| !env.is_empty()))
+    labssh_proto::services::could_be_of(name, user)
 }
 
-/// A service by name: the owner's session relays to it, anyone else is refused.
+/// How a request may have a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The student's own.
+    Owner,
+    /// A reader's (a TA of its environment): GET and HEAD only.
+    Reader,
+    /// Its owner shared it publicly: anyone, logged in or not, as a stranger.
+    Public,
+}
+
+/// Asks the controller for the services named `name` that `request` may see.
+async fn lookup(
+    web: &Web,
+    request: pb::ListServicesRequest,
+) -> Result<Vec<pb::ServiceInfo>, Response<Body>> {
+    let mut controller = web.shared.upstream.controller();
+    let timeout = web.shared.config.controller_timeout();
+    match tokio::time::timeout(timeout, controller.list_services(request)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().services),
+        Ok(Err(status)) => {
+            tracing::warn!(error = %status.message(), "web: the controller refused a service lookup");
+            Err(refuse(
+                StatusCode::BAD_GATEWAY,
+                "the controller cannot be asked; try again in a minute",
+            ))
+        }
+        Err(_) => Err(refuse(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the controller did not answer; try again in a minute",
+        )),
+    }
+}
+
+/// The service `name` as `session` may have it: their own or one they read (their
+/// own first, should a name be both), else one its owner shares publicly.
+async fn find(
+    web: &Web,
+    session: Option<&WebSession>,
+    name: &str,
+) -> Result<Option<(pb::ServiceInfo, Access)>, Response<Body>> {
+    if let Some(session) = session {
+        let mut services = lookup(
+            web,
+            pb::ListServicesRequest {
+                viewer: session.user.clone(),
+                viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
+                name: name.to_owned(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        services.sort_by_key(|s| s.read_only);
+        if let Some(service) = services.into_iter().next() {
+            let access = if service.read_only {
+                Access::Reader
+            } else {
+                Access::Owner
+            };
+            return Ok(Some((service, access)));
+        }
+    }
+    let Some(owner) = crate::shares::owner(web.shared.redis.as_deref(), name).await else {
+        return Ok(None);
+    };
+    let services = lookup(
+        web,
+        pb::ListServicesRequest {
+            user: owner,
+            name: name.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(services.into_iter().next().map(|s| (s, Access::Public)))
+}
+
+/// A service by name: its owner's session relays to it, a reader's reads it, anyone
+/// opens a public one; everyone else is refused.
 #[allow(clippy::too_many_arguments)]
 async fn service(
     web: &Web,
@@ -201,47 +267,23 @@ async fn service(
     prefix: Option<String>,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let Some((session, _)) = session else {
-        if request.method() == Method::GET {
-            let here = format!(
-                "https://{host}{port}{}",
-                request.uri().path_and_query().map_or("/", |p| p.as_str())
-            );
-            let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
-            return see_other(&format!("https://{}{port}/login?next={next}", web.domain));
-        }
-        return refuse(StatusCode::UNAUTHORIZED, "log in first");
+    let session = session.map(|(session, _)| session);
+    let found = match find(web, session.as_ref(), name).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let mut controller = web.shared.upstream.controller();
-    let lookup = pb::ListServicesRequest {
-        viewer: session.user.clone(),
-        viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
-        name: name.to_owned(),
-        ..Default::default()
-    };
-    let timeout = web.shared.config.controller_timeout();
-    let found = match tokio::time::timeout(timeout, controller.list_services(lookup)).await {
-        // The viewer's own first, should a name be both theirs and one they read.
-        Ok(Ok(reply)) => {
-            let mut services = reply.into_inner().services;
-            services.sort_by_key(|s| s.read_only);
-            services.into_iter().next()
-        }
-        Ok(Err(status)) => {
-            tracing::warn!(error = %status.message(), "web: the controller refused a service lookup");
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "the controller cannot be asked; try again in a minute",
-            );
-        }
-        Err(_) => {
-            return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the controller did not answer; try again in a minute",
-            )
-        }
-    };
-    let Some(service) = found else {
+    let Some((service, access)) = found else {
+        let Some(session) = session else {
+            if request.method() == Method::GET {
+                let here = format!(
+                    "https://{host}{port}{}",
+                    request.uri().path_and_query().map_or("/", |p| p.as_str())
+                );
+                let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
+                return see_other(&format!("https://{}{port}/login?next={next}", web.domain));
+            }
+            return refuse(StatusCode::UNAUTHORIZED, "log in first");
+        };
         // Whether another's service exists is not told: only the viewer's own
         // names answer "nothing listens".
         if could_be_theirs(name, &session.user) {
@@ -256,9 +298,10 @@ async fn service(
             &format!("{name} is not one of your services"),
         );
     };
+    let viewer = session.as_ref().map_or("anyone", |s| s.user.as_str());
     let upgrade = relay::wants_upgrade(&request);
     let safe = matches!(*request.method(), Method::GET | Method::HEAD) && !upgrade;
-    if service.read_only && !safe {
+    if access == Access::Reader && !safe {
         return refuse(
             StatusCode::FORBIDDEN,
             &format!(
@@ -276,19 +319,35 @@ async fn service(
             .and_then(|o| o.to_str().ok());
         let own = format!("https://{host}{port}");
         if origin.is_some_and(|o| o != own) {
-            tracing::info!(user = %session.user, service = %name, origin = ?origin, "web: refused a cross-origin request");
+            tracing::info!(%viewer, service = %name, origin = ?origin, "web: refused a cross-origin request");
             return refuse(
                 StatusCode::FORBIDDEN,
                 &format!("a page of another site may not send this to {name}"),
             );
         }
     }
-    let mut response =
-        relay::relay(web, peer, &session, &service, host, prefix.clone(), request).await;
-    if service.read_only && prefix.is_some() {
+    // The owner's identity goes with the owner's requests only; a reader or a
+    // stranger reaches the running container and makes nothing.
+    let identity = match access {
+        Access::Owner => session.as_ref().map(|s| &s.identity),
+        Access::Reader | Access::Public => None,
+    };
+    let reader = access != Access::Owner;
+    let mut response = relay::relay(
+        web,
+        peer,
+        identity,
+        reader,
+        &service,
+        host,
+        prefix.clone(),
+        request,
+    )
+    .await;
+    if reader && prefix.is_some() {
         // Under /s/ every service shares the front door's origin: a page a reader
-        // opens runs sandboxed, in an origin of its own, so its scripts cannot act
-        // as the reader on the portal or on other services.
+        // or a stranger opens runs sandboxed, in an origin of its own, so its
+        // scripts cannot act as them on the portal or on other services.
         response.headers_mut().append(
             "content-security-policy",
             HeaderValue::from_static(

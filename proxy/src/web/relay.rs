@@ -17,8 +17,9 @@ use pb::forward_output::Msg as Out;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::handle::{refuse, Body};
-use super::session::{self, WebSession};
+use super::session;
 use super::Web;
+use crate::auth::identity::Identity;
 use crate::forward::open::{open_stream, Stream};
 
 /// Bytes in flight between the HTTP client and the agent stream, each way.
@@ -34,29 +35,25 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
-/// Relays `request` to `service`, which `session`'s student owns.
+/// Relays `request` to `service`: as its owner (`identity`, placed as at a login),
+/// or as a `reader` (a TA, or anyone for a shared one) to the running container the
+/// registry listed, nothing made.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
     web: &Web,
     peer: SocketAddr,
-    session: &WebSession,
+    identity: Option<&Identity>,
+    reader: bool,
     service: &pb::ServiceInfo,
     host: &str,
     prefix: Option<String>,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &web.shared;
-    let identity = &session.identity;
+    let owner = identity.filter(|_| !reader);
     // The owner is placed as at an SSH login (the container made or started if need
     // be); a reader goes to the running container the registry listed, nothing made.
-    let placement = if service.read_only {
-        crate::upstream::Placement {
-            agent: service.agent.clone(),
-            endpoint: service.agent_endpoint.clone(),
-            environment: service.environment.clone(),
-            notice: String::new(),
-            record: String::new(),
-        }
-    } else {
+    let placement = if let Some(identity) = owner {
         match shared
             .upstream
             .place(&service.user, &service.environment, identity)
@@ -64,6 +61,14 @@ pub(crate) async fn relay(
         {
             Ok(p) => p,
             Err(e) => return refuse(StatusCode::BAD_GATEWAY, &e.to_string()),
+        }
+    } else {
+        crate::upstream::Placement {
+            agent: service.agent.clone(),
+            endpoint: service.agent_endpoint.clone(),
+            environment: service.environment.clone(),
+            notice: String::new(),
+            record: String::new(),
         }
     };
     let mut agent = match shared.upstream.agent(&placement) {
@@ -81,9 +86,9 @@ pub(crate) async fn relay(
         host: target,
         port: service.port,
         originator: peer.to_string(),
-        identity: Some(crate::upstream::wire_identity(identity)),
+        identity: owner.map(crate::upstream::wire_identity),
         socket_path: String::new(),
-        reader: service.read_only,
+        reader: owner.is_none(),
     };
     let timeout = shared.config.session_start_timeout();
     let (stream, _) = match open_stream(&mut agent, In::Open(open), timeout).await {
