@@ -373,3 +373,32 @@ async fn a_browser_logs_in_opens_alices_server_and_its_websocket_echoes() {
     println!("web: screenshots in {}", artifact("").display());
     browser.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_passwords_in_the_browser_count_against_ssh_too() {
+    let lab = Lab::start(LabOptions {
+        redis: true,
+        rate_limit: Some(labssh_proxy::rate_limit::RateLimitConfig {
+            max_failures_per_user: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let port = lab.start_web(1).await[0];
+    let browser = Browser::new(&lab, "guesser");
+    for _ in 0..3 {
+        let wrong = browser.log_in(port, "bob", "a-guess").await;
+        assert_eq!(wrong.status, 401, "{wrong:?}");
+    }
+    // Bob's right password from that address, by SSH: the same limiter said no.
+    let out = lab.ssh.run("bob", &Lab::bob(), &["true"]).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "bob logged in by SSH after three browser guesses from his address"
+    );
+    // And in the browser.
+    let right = browser.log_in(port, "bob", crate::lab::BOB_PW).await;
+    assert_eq!(right.status, 401, "{right:?}");
+}
