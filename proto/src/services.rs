@@ -80,4 +80,32 @@ mod tests {
             assert!(!valid_label(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn only_names_of_the_users_own_form_can_be_theirs() {
+        for ok in [
+            "8888-alice",
+            "3000-alice-web",
+            "jupyter-alice",
+            "jupyter-alice-gpu-2",
+        ] {
+            assert!(could_be_of(ok, "alice"), "{ok}");
+        }
+        for other in [
+            "8888-bob",
+            "8888-alicex",
+            "8888-alice-",
+            "8888",
+            "alice",
+            "-alice",
+            "Jupyter-alice",
+            "8888-bob-alice",
+            "x_y-alice",
+        ] {
+            assert!(!could_be_of(other, "alice"), "{other}");
+        }
+        // A user whose name is another's prefix.
+        assert!(!could_be_of("8888-ann-lee", "ann-lee-x"));
+        assert!(could_be_of("8888-ann-lee", "ann"), "ann's environment lee");
+    }
 }

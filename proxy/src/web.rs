@@ -42,8 +42,6 @@ pub(crate) struct Web {
     pub domain: String,
     /// How long a login lasts, in seconds.
     pub session_secs: u64,
-    /// The audit log: browser logins and logouts, beside the SSH side's lines.
-    pub audit: crate::audit::Audit,
 }
 
 /// Serves HTTPS on an already-bound listener until `shutdown` resolves.
@@ -62,7 +60,6 @@ pub async fn run(
     let session_secs = config.web.session_hours * 3600;
     let shared = Arc::new(crate::server::replica(config, &name)?);
     let web = Arc::new(Web {
-        audit: shared.audit.clone(),
         shared,
         sealer: session::Sealer::new(key),
         domain,

@@ -4,7 +4,7 @@
 //! replicas with one cookie; what the service is sent (no labssh cookie, our
 //! `X-Forwarded-*`); the portal listing it; logout. Bob's side: tests/tenants/web.rs.
 
-use crate::lab::browser::{serve_page, Browser};
+use crate::lab::browser::{serve_page, wait_listed, Browser};
 use crate::lab::{Lab, LabOptions, ALICE_PW, WEB_DOMAIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -255,27 +255,12 @@ async fn a_browser_logs_in_opens_alices_server_and_its_websocket_echoes() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let listed = controller
-            .list_services(labssh_proto::pb::ListServicesRequest {
-                user: "alice".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let names: Vec<&str> = listed.services.iter().map(|s| s.name.as_str()).collect();
-        if names.contains(&"8000-alice-debian") && names.contains(&"8765-alice-debian") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never listed: {names:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_listed(
+        &lab,
+        &["8000-alice-debian", "8765-alice-debian"],
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let port = lab.start_web(1).await[0];
     let (_driver, driver_port) = chromedriver().await;
     let mut capabilities = serde_json::Map::new();

@@ -130,25 +130,31 @@ pub async fn serve_page(lab: &Lab, login: &str, page: &str) {
     );
     let out = lab.ssh.run(login, &auth, &[&script]).await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
     let name = match env {
         Some(env) => format!("8080-{user}-{env}"),
         None => format!("8080-{user}"),
     };
+    wait_listed(lab, &[&name], Duration::from_secs(30)).await;
+}
+
+/// Waits until the registry lists every service of `names`, for at most `within`.
+pub async fn wait_listed(lab: &Lab, names: &[&str], within: Duration) {
+    let mut controller = lab.cluster.as_ref().unwrap().controller_client().unwrap();
+    let deadline = Instant::now() + within;
     loop {
         let listed = controller
-            .list_services(labssh_proto::pb::ListServicesRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
+            .list_services(labssh_proto::pb::ListServicesRequest::default())
             .await
             .unwrap()
             .into_inner();
-        if !listed.services.is_empty() {
+        let found: Vec<&str> = listed.services.iter().map(|s| s.name.as_str()).collect();
+        if names.iter().all(|n| found.contains(n)) {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} never listed");
+        assert!(
+            Instant::now() < deadline,
+            "{names:?} never listed: {found:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use labssh_proto::pb;
+use labssh_proto::services::could_be_of;
 
 use super::session::{self, WebSession, COOKIE, CSRF_COOKIE};
 use super::{pages, relay, Web};
@@ -63,6 +64,13 @@ fn see_other(location: &str) -> Response<Body> {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+/// Adds a `Set-Cookie` of `cookie` (always header-safe: built of our own tokens).
+fn set_cookie(response: &mut Response<Body>, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
 }
 
 /// The request's host, lowercase, without a port.
@@ -172,11 +180,6 @@ pub(crate) async fn handle(
     }
 }
 
-/// Whether the service `name` can be `user`'s ([`labssh_proto::services::could_be_of`]).
-fn could_be_theirs(name: &str, user: &str) -> bool {
-    labssh_proto::services::could_be_of(name, user)
-}
-
 /// How a request may have a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
@@ -211,6 +214,17 @@ async fn lookup(
     }
 }
 
+/// What `session`'s login may open (their own, and what their groups read), only
+/// the service `name` unless it is empty.
+fn viewing(session: &WebSession, name: &str) -> pb::ListServicesRequest {
+    pb::ListServicesRequest {
+        viewer: session.user.clone(),
+        viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
+        name: name.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// The service `name` as `session` may have it: their own or one they read (their
 /// own first, should a name be both), else one its owner shares publicly.
 async fn find(
@@ -219,16 +233,7 @@ async fn find(
     name: &str,
 ) -> Result<Option<(pb::ServiceInfo, Access)>, Response<Body>> {
     if let Some(session) = session {
-        let mut services = lookup(
-            web,
-            pb::ListServicesRequest {
-                viewer: session.user.clone(),
-                viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
-                name: name.to_owned(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let mut services = lookup(web, viewing(session, name)).await?;
         services.sort_by_key(|s| s.read_only);
         if let Some(service) = services.into_iter().next() {
             let access = if service.read_only {
@@ -286,7 +291,7 @@ async fn service(
         };
         // Whether another's service exists is not told: only the viewer's own
         // names answer "nothing listens".
-        if could_be_theirs(name, &session.user) {
+        if could_be_of(name, &session.user) {
             return refuse(
                 StatusCode::NOT_FOUND,
                 &format!("nothing of yours listens as {name} (a server you start shows within a few seconds)"),
@@ -381,9 +386,7 @@ fn login_form(web: &Web, next: &str, problem: Option<&str>) -> Response<Body> {
     let cookie = format!(
         "{CSRF_COOKIE}={token}; Path=/login; HttpOnly; Secure; SameSite=Strict; Max-Age=3600"
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    set_cookie(&mut response, &cookie);
     response
 }
 
@@ -456,7 +459,7 @@ async fn login(web: &Web, peer: SocketAddr, request: Request<Incoming>) -> Respo
         ip: Some(peer.ip()),
         span: tracing::info_span!("web_login", client = %peer),
         unavailable: AtomicBool::new(false),
-        audit: web.audit.clone(),
+        audit: web.shared.audit.clone(),
     };
     let attempt = Attempt {
         user: user.clone(),
@@ -475,7 +478,7 @@ async fn login(web: &Web, peer: SocketAddr, request: Request<Incoming>) -> Respo
         expires: session::now() + web.session_secs,
     };
     let value = web.sealer.seal(&session);
-    web.audit.record(
+    web.shared.audit.record(
         "web_login",
         serde_json::json!({"user": user, "client": peer.to_string()}),
     );
@@ -485,9 +488,7 @@ async fn login(web: &Web, peer: SocketAddr, request: Request<Incoming>) -> Respo
         "{COOKIE}={value}; Domain={}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
         web.domain, web.session_secs
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    set_cookie(&mut response, &cookie);
     response
 }
 
@@ -525,16 +526,15 @@ async fn logout(
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    web.audit
+    web.shared
+        .audit
         .record("web_logout", serde_json::json!({"user": session.user}));
     let mut response = see_other("/login");
     let cookie = format!(
         "{COOKIE}=; Domain={}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0",
         web.domain
     );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
+    set_cookie(&mut response, &cookie);
     response
 }
 
@@ -587,26 +587,13 @@ async fn action(
 
 /// The portal: the student's environments and containers, their services with links.
 async fn portal(web: &Web, session: &WebSession, value: &str, port: &str) -> Response<Body> {
+    let services = match lookup(web, viewing(session, "")).await {
+        Ok(services) => services,
+        Err(response) => return response,
+    };
     let mut controller = web.shared.upstream.controller();
     let timeout = web.shared.config.controller_timeout();
     let user = session.user.clone();
-    let services = tokio::time::timeout(
-        timeout,
-        controller.list_services(pb::ListServicesRequest {
-            viewer: user.clone(),
-            viewer_identity: Some(crate::upstream::wire_identity(&session.identity)),
-            ..Default::default()
-        }),
-    );
-    let services = match services.await {
-        Ok(Ok(reply)) => reply.into_inner().services,
-        _ => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "the controller cannot be asked; try again in a minute",
-            )
-        }
-    };
     let containers = tokio::time::timeout(
         timeout,
         controller.list_containers(pb::ListContainersRequest {
@@ -633,37 +620,6 @@ async fn portal(web: &Web, session: &WebSession, value: &str, port: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_names_of_the_users_own_form_can_be_theirs() {
-        for ok in [
-            "8888-alice",
-            "3000-alice-web",
-            "jupyter-alice",
-            "jupyter-alice-gpu-2",
-        ] {
-            assert!(could_be_theirs(ok, "alice"), "{ok}");
-        }
-        for other in [
-            "8888-bob",
-            "8888-alicex",
-            "8888-alice-",
-            "8888",
-            "alice",
-            "-alice",
-            "Jupyter-alice",
-            "8888-bob-alice",
-            "x_y-alice",
-        ] {
-            assert!(!could_be_theirs(other, "alice"), "{other}");
-        }
-        // A user whose name is another's prefix.
-        assert!(!could_be_theirs("8888-ann-lee", "ann-lee-x"));
-        assert!(
-            could_be_theirs("8888-ann-lee", "ann"),
-            "ann's environment lee"
-        );
-    }
 
     #[test]
     fn a_login_goes_on_to_this_site_only() {

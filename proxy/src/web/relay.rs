@@ -230,7 +230,11 @@ fn strip_our_cookies(headers: &mut hyper::HeaderMap) {
         .iter()
         .filter(|v| {
             v.to_str()
-                .map(|v| !v.trim_start().to_ascii_lowercase().starts_with("labssh_"))
+                .map(|v| {
+                    !v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with(session::OURS)
+                })
                 .unwrap_or(false)
         })
         .cloned()

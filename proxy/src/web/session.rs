@@ -9,6 +9,9 @@ use sha2::Sha256;
 
 use crate::auth::identity::Identity;
 
+/// What every labssh cookie's name starts with: none is passed into a container,
+/// and no container may set one.
+pub const OURS: &str = "labssh_";
 /// The session cookie's name. Never passed into a container.
 pub const COOKIE: &str = "labssh_session";
 /// The login form's anti-forgery cookie (double submit).
@@ -36,12 +39,17 @@ impl Sealer {
         Sealer { key }
     }
 
-    fn mac(&self, purpose: &str, payload: &[u8]) -> Vec<u8> {
+    /// The MAC of `payload` for `purpose`, before it is finalized or checked.
+    fn hmac(&self, purpose: &str, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
         mac.update(purpose.as_bytes());
         mac.update(b"\0");
         mac.update(payload);
-        mac.finalize().into_bytes().to_vec()
+        mac
+    }
+
+    fn mac(&self, purpose: &str, payload: &[u8]) -> Vec<u8> {
+        self.hmac(purpose, payload).finalize().into_bytes().to_vec()
     }
 
     /// The cookie's value: the payload and its MAC, both hex.
@@ -60,10 +68,7 @@ impl Sealer {
         let (payload, mac) = value.split_once('.')?;
         let payload = hex::decode(payload).ok()?;
         let mac = hex::decode(mac).ok()?;
-        let mut check = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
-        check.update(b"session\0");
-        check.update(&payload);
-        check.verify_slice(&mac).ok()?;
+        self.hmac("session", &payload).verify_slice(&mac).ok()?;
         let session: WebSession = serde_json::from_slice(&payload).ok()?;
         (session.expires > now && labssh_proto::names::valid_user(&session.user)).then_some(session)
     }
@@ -97,7 +102,7 @@ pub fn without_ours(header: &str) -> Option<String> {
     let kept: Vec<&str> = header
         .split(';')
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !pair.starts_with("labssh_"))
+        .filter(|pair| !pair.is_empty() && !pair.starts_with(OURS))
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
