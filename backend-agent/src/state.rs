@@ -19,6 +19,9 @@ use crate::limits::Limits;
 use crate::names;
 use crate::start_queue::{self, Caller, Class, StartQueue};
 
+/// How long a call arriving before the controller's catalogue waits for it.
+pub const CATALOGUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// State shared by all rpcs; lives as long as the agent.
 pub struct Shared {
     /// This agent's name, the `agent` label of its metrics.
@@ -106,6 +109,10 @@ impl Shared {
         if !names::is_valid_user(user) {
             return Err(EnsureError::InvalidUser(user.to_owned()));
         }
+        // A restarted agent hears from the proxies (a resumed session, an `ssh -R`
+        // asked for again) before the controller's Welcome: the catalogue is waited
+        // for, boundedly, rather than the environment called unknown.
+        let _ = tokio::time::timeout(CATALOGUE_WAIT, self.catalogue.received()).await;
         let env = identity::apply(self.catalogue.get(environment)?, identity).inspect_err(|e| {
             tracing::info!(user, environment, "refused by the login's identity: {e}")
         })?;

@@ -12,9 +12,6 @@ use rand::RngCore;
 
 use super::*;
 
-/// How long a resume waits for the controller's catalogue after the agent started.
-const CATALOGUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A fresh session id: 128 random bits in hex.
 pub fn new_session_id() -> String {
     let mut bytes = [0u8; 16];
@@ -49,7 +46,7 @@ where
     // when it could not reach the agent).
     tokio::select! {
         _ = shared.shutdown.cancelled() => return,
-        _ = tokio::time::timeout(CATALOGUE_WAIT, shared.catalogue.received()) => {}
+        _ = tokio::time::timeout(crate::state::CATALOGUE_WAIT, shared.catalogue.received()) => {}
     }
     let active = shared.lifecycle.hold(&start.user, &start.environment);
     let ensure = shared.ensure(&start.user, &start.environment, start.identity.as_ref());
