@@ -127,23 +127,36 @@ async fn orphans_are_reaped() {
     let scratch = Scratch::new();
     let backend = scratch.backend().await;
     let c = ensure_on(&backend, "olga", "helper").await;
-    // Each subshell exits at once, leaving its `sleep` to PID 1.
+    // Each subshell exits at once, leaving its `sleep` to PID 1. They sleep
+    // until killed below: how soon the last one is exec'd (it is listed as
+    // `sh` until then) does not matter.
     let (_, _, status) = run_script(
         &*backend,
         &c.container_id,
         "olga",
-        "for i in 1 2 3 4 5 6 7 8; do (sleep 1 >/dev/null 2>&1 &); done",
+        "for i in 1 2 3 4 5 6 7 8; do (sleep 600 >/dev/null 2>&1 &); done",
     )
     .await;
     assert_eq!(status, ExitStatus::Code(0));
     // Name, state and parent of every process.
     let states = "cat /proc/[0-9]*/stat | cut -d' ' -f2-4";
-    let (seen, _, _) = run_script(&*backend, &c.container_id, "olga", states).await;
+    let mut seen = String::new();
+    for _ in 0..100 {
+        (seen, _, _) = run_script(&*backend, &c.container_id, "olga", states).await;
+        if seen.matches("(sleep) S 1\n").count() == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         seen.matches("(sleep) S 1\n").count(),
         8,
         "the orphans run as children of PID 1: {seen}"
     );
+    // Killed, each is a zombie of PID 1 until PID 1 reaps it.
+    let (_, _, status) =
+        run_script(&*backend, &c.container_id, "olga", "kill $(pidof sleep)").await;
+    assert_eq!(status, ExitStatus::Code(0));
     let mut last = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
