@@ -16,11 +16,11 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 /// Serves `/metrics`, `/healthz` and `/readyz` on the config's `http`
 /// address, if any, until the process exits; ready once the role's own
 /// listener is bound.
-async fn http(addr: &str) -> anyhow::Result<()> {
+async fn http(addr: &str, key: &str) -> anyhow::Result<()> {
     if addr.is_empty() {
         return Ok(());
     }
-    let listener = bind(addr, "http").await?;
+    let listener = bind(addr, key).await?;
     let health = labssh_telemetry::Health::new();
     health.set_ready(true);
     tokio::spawn(async move {
@@ -36,7 +36,7 @@ async fn http(addr: &str) -> anyhow::Result<()> {
 pub async fn proxy(path: &Path) -> anyhow::Result<()> {
     let config = labssh_proxy::Config::load(path)?;
     let listener = bind(&config.listen, "listen").await?;
-    http(&config.http).await?;
+    http(&config.http, "http").await?;
     labssh_proxy::run(listener, config, shutdown_signal()).await
 }
 
@@ -45,20 +45,20 @@ pub async fn proxy(path: &Path) -> anyhow::Result<()> {
 pub async fn web(path: &Path) -> anyhow::Result<()> {
     let config = labssh_proxy::Config::load(path)?;
     let listener = bind(&config.web.listen, "web.listen").await?;
-    http(&config.http).await?;
+    http(&config.web.http, "web.http").await?;
     labssh_proxy::web::run(listener, config, shutdown_signal()).await
 }
 
 pub async fn controller(path: &Path) -> anyhow::Result<()> {
     let config = labssh_controller::Config::load(path)?;
     let listener = bind(&config.listen.to_string(), "listen").await?;
-    http(&config.http).await?;
+    http(&config.http, "http").await?;
     Ok(labssh_controller::run(listener, config, shutdown_signal()).await?)
 }
 
 pub async fn agent(path: &Path) -> anyhow::Result<()> {
     let config = labssh_agent::Config::load(path)?;
     let listener = bind(&config.listen, "listen").await?;
-    http(&config.http).await?;
+    http(&config.http, "http").await?;
     Ok(labssh_agent::run(listener, config, shutdown_signal()).await?)
 }

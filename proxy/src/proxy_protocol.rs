@@ -58,6 +58,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy `[proxy_protocol]` sets, for the SSH listener and the web front
+    /// door alike (they sit behind the same balancers).
+    pub fn of(config: &crate::config::ProxyProtocolConfig) -> anyhow::Result<Policy> {
+        Ok(Policy {
+            trusted: parse_trusted(&config.trusted).map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+            required: config.required,
+        })
+    }
+
     /// Whether `peer` is a balancer that may send a header.
     pub fn trusts(&self, peer: &SocketAddr) -> bool {
         let ip = peer.ip().to_canonical();
@@ -65,7 +74,7 @@ impl Policy {
     }
 
     /// Reads the header from a trusted peer, leaving the stream positioned
-    /// at the first SSH byte. Untrusted peers are not read from at all.
+    /// at the first SSH (or TLS) byte. Untrusted peers are not read from at all.
     pub async fn accept(
         &self,
         stream: &mut TcpStream,

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::connection;
 use crate::credential_cache::{self, CredentialCache};
 use crate::preauth::{self, Gate, Reason, Refusals};
-use crate::proxy_protocol::{self, Policy};
+use crate::proxy_protocol::Policy;
 use crate::rate_limit::RateLimiter;
 use crate::redis_link::RedisLink;
 use crate::state::Shared;
@@ -48,11 +48,7 @@ pub async fn run(
     config.validate()?;
     let keys = crate::host_key::load_host_keys(&config.host_keys)?;
     let ssh_config = Arc::new(ssh_config(&config, keys));
-    let policy = Policy {
-        trusted: proxy_protocol::parse_trusted(&config.proxy_protocol.trusted)
-            .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
-        required: config.proxy_protocol.required,
-    };
+    let policy = Policy::of(&config.proxy_protocol)?;
     let name = replica_name(listener.local_addr()?.port());
     let shared = Arc::new(replica(config, &name)?);
     let config = &shared.config;

@@ -11,7 +11,8 @@
 //! ([`relay`]): HTTP/1.1 and HTTP/2 from browsers, HTTP/1.1 into the container,
 //! WebSocket upgrades passed through, responses streamed. A student reaches only
 //! their own services; labssh's cookies never reach a container, and a container
-//! cannot set them.
+//! cannot set them. Behind HAProxy, the `[proxy_protocol]` of the same file
+//! names the balancers whose PROXY v2 header gives each browser's address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::proxy_protocol::{Peer, Policy};
 use crate::state::Shared;
 
 mod handle;
@@ -52,6 +54,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let acceptor = acceptor(&config)?;
+    let policy = Policy::of(&config.proxy_protocol)?;
     let key = crate::credential_cache::load_or_create_key(&config.web.cookie_key_file)
         .map_err(|e| anyhow::anyhow!("web.cookie_key_file: {e}"))?;
     let local = listener.local_addr()?;
@@ -69,7 +72,7 @@ pub async fn run(
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, socket_peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -81,9 +84,15 @@ pub async fn run(
             },
         };
         while connections.try_join_next().is_some() {}
-        let (web, acceptor) = (web.clone(), acceptor.clone());
+        let (web, acceptor, policy) = (web.clone(), acceptor.clone(), policy.clone());
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
+            // Behind a balancer, the browser's own address: what logins are
+            // limited by, logged under and sent on as X-Forwarded-For.
+            let peer = match policy.accept(&mut tcp, socket_peer).await {
+                Ok(Peer::Client(peer)) => peer,
+                Err(e) => return tracing::warn!("web connection refused: {e}"),
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -387,3 +387,86 @@ async fn wrong_passwords_in_the_browser_count_against_ssh_too() {
     let right = browser.log_in(port, "bob", crate::lab::BOB_PW).await;
     assert_eq!(right.status, 401, "{right:?}");
 }
+
+/// Two front doors behind the real HAProxy (`send-proxy-v2`), as
+/// deploy/haproxy/haproxy.cfg puts them: each learns the browser's own address
+/// (127.0.0.2 here, where HAProxy connects from 127.0.0.1), sends it on as
+/// X-Forwarded-For on both, and a connection straight to a replica without the
+/// balancer's header is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn behind_haproxy_the_front_door_sees_the_browsers_own_address() {
+    use labssh_testkit::process::{free_port, Proc};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let lab = Lab::start(LabOptions {
+        proxy: Some(crate::audit::audit_beside_users),
+        ..LabOptions::default()
+    })
+    .await;
+    serve_page(&lab, "alice", "alice-page").await;
+    let behind = labssh_proxy::config::ProxyProtocolConfig {
+        trusted: vec!["127.0.0.1/32".into()],
+        required: true,
+    };
+    let replicas = lab.start_web_behind(2, behind).await;
+    let port = free_port();
+    let dir = lab.dir.path();
+    let cfg = dir.join("haproxy-web.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend web\n  bind 127.0.0.1:{port}\n  default_backend doors\n\
+             backend doors\n  balance roundrobin\n\
+             \x20 server w0 127.0.0.1:{} send-proxy-v2\n  server w1 127.0.0.1:{} send-proxy-v2\n",
+            replicas[0], replicas[1]
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let mut haproxy =
+        Proc::start("haproxy-web", cmd, dir).expect("haproxy (apt-get install haproxy)");
+    haproxy
+        .wait_port(port, std::time::Duration::from_secs(10))
+        .unwrap();
+
+    let browser = Browser::new(&lab, "alice").from_address("127.0.0.2");
+    let answer = browser.log_in(port, "alice", ALICE_PW).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    // Round robin: these four requests reach both replicas.
+    for _ in 0..4 {
+        let env = browser
+            .get(WEB_DOMAIN, port, "/s/8080-alice/cgi-bin/env", &[])
+            .await;
+        assert_eq!(env.status, 200, "{env:?}");
+        assert!(
+            env.body
+                .lines()
+                .any(|l| l == "HTTP_X_FORWARDED_FOR=127.0.0.2"),
+            "not the browser's address: {}",
+            env.body
+        );
+    }
+    // The login is logged under the browser's address, not HAProxy's.
+    let login = crate::audit::wait_for(&lab, "web_login", |e| e["user"] == "alice").await;
+    assert!(
+        login["client"].as_str().unwrap().starts_with("127.0.0.2:"),
+        "{login}"
+    );
+
+    // Straight to a replica, without a header: a TLS hello is answered by a close.
+    let mut direct = tokio::net::TcpStream::connect(("127.0.0.1", replicas[0]))
+        .await
+        .unwrap();
+    direct
+        .write_all(b"\x16\x03\x01\x00\x05hello")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), direct.read(&mut buf))
+        .await
+        .expect("the replica closes at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(haproxy);
+}

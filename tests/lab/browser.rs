@@ -11,6 +11,8 @@ use super::{Lab, WEB_DOMAIN};
 pub struct Browser {
     jar: PathBuf,
     cacert: PathBuf,
+    /// The loopback address it connects from (`curl --interface`), if not 127.0.0.1.
+    from: Option<String>,
 }
 
 /// One answer: status, headers (lowercase names) and body.
@@ -38,7 +40,15 @@ impl Browser {
         Browser {
             jar: dir.join(format!("{name}.cookies")),
             cacert: dir.join("web.crt"),
+            from: None,
         }
+    }
+
+    /// The same browser connecting from another loopback address (`127.0.0.2`), as
+    /// a student's machine is not the balancer's.
+    pub fn from_address(mut self, address: &str) -> Browser {
+        self.from = Some(address.to_owned());
+        self
     }
 
     /// `curl` to `https://HOST:PORT/PATH` (HOST `lab.test` or a service's
@@ -46,7 +56,11 @@ impl Browser {
     /// followed.
     pub async fn get(&self, host: &str, port: u16, path: &str, args: &[&str]) -> Answer {
         let url = format!("https://{host}:{port}{path}");
-        let out = tokio::process::Command::new("curl")
+        let mut curl = tokio::process::Command::new("curl");
+        if let Some(from) = &self.from {
+            curl.args(["--interface", from]);
+        }
+        let out = curl
             .args(["-s", "-i", "--max-time", "60", "--cacert"])
             .arg(&self.cacert)
             .arg("--resolve")

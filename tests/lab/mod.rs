@@ -453,6 +453,15 @@ impl Lab {
     /// (in the lab's directory as `web.crt`); their ports. They stop with the test's
     /// runtime.
     pub async fn start_web(&self, n: usize) -> Vec<u16> {
+        self.start_web_behind(n, Default::default()).await
+    }
+
+    /// [`Lab::start_web`] with `[proxy_protocol]`: replicas behind a balancer.
+    pub async fn start_web_behind(
+        &self,
+        n: usize,
+        proxy_protocol: labssh_proxy::config::ProxyProtocolConfig,
+    ) -> Vec<u16> {
         let cluster = self.cluster.as_ref().expect("a lab with a cluster");
         let dir = self.dir.path();
         let names = vec![WEB_DOMAIN.to_owned(), format!("*.{WEB_DOMAIN}")];
@@ -464,6 +473,7 @@ impl Lab {
         let mut ports = Vec::new();
         for _ in 0..n {
             let mut config = cluster.proxy_config.clone();
+            config.proxy_protocol = proxy_protocol.clone();
             config.web = labssh_proxy::config::web::WebConfig {
                 listen: "127.0.0.1:0".into(),
                 domain: WEB_DOMAIN.into(),
@@ -471,6 +481,7 @@ impl Lab {
                 tls_key: dir.join("web.key"),
                 cookie_key_file: dir.join("web-cookie.key"),
                 session_hours: 1,
+                http: String::new(),
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             ports.push(listener.local_addr().unwrap().port());

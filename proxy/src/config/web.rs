@@ -28,6 +28,10 @@ pub struct WebConfig {
     pub cookie_key_file: PathBuf,
     /// How long a browser login lasts.
     pub session_hours: u64,
+    /// Where `labssh web` serves `/metrics`, `/healthz` and `/readyz`; empty means
+    /// nowhere. Its own key, not the proxy's `http`: both roles run from one file,
+    /// often on one host.
+    pub http: String,
 }
 
 impl Default for WebConfig {
@@ -39,6 +43,7 @@ impl Default for WebConfig {
             tls_key: PathBuf::from("web.key"),
             cookie_key_file: PathBuf::from("web-cookie.key"),
             session_hours: DEFAULT_SESSION_HOURS,
+            http: String::new(),
         }
     }
 }
@@ -73,6 +78,12 @@ impl WebConfig {
             if path.as_os_str().is_empty() {
                 problems.push(format!("{key}: must not be empty"));
             }
+        }
+        if !self.http.is_empty() && self.http.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "web.http: {:?} is not an address like 127.0.0.1:9102",
+                self.http
+            ));
         }
         if self.session_hours == 0 {
             problems.push("web.session_hours: must be greater than 0".into());
