@@ -621,3 +621,86 @@ async fn labssh_up_serves_metrics_and_health_and_exports_over_otlp() {
     }
     up.kill();
 }
+
+/// The web front door's figures: requests by route and status class with their
+/// times, the bytes relayed, connections closed again, and named lookups answered
+/// from the replica's short cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_front_door_counts_requests_bytes_and_lookups() {
+    use lab::browser::{serve_page, Browser};
+    use lab::{ALICE_PW, WEB_DOMAIN};
+
+    telemetry();
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(LabOptions::default()).await;
+    serve_page(&lab, "alice", "alice-page").await;
+    let port = lab.start_web(1).await[0];
+    let (addr, _stop_http) = metrics_listener().await;
+    let before = scrape(addr).await.unwrap();
+
+    let browser = Browser::new(&lab, "alice");
+    let answer = browser.log_in(port, "alice", ALICE_PW).await;
+    assert_eq!(answer.status, 303, "{answer:?}");
+    const PAGES: f64 = 3.0;
+    let first = Instant::now();
+    for _ in 0..PAGES as usize {
+        let page = browser.get(WEB_DOMAIN, port, "/s/8080-alice/", &[]).await;
+        assert_eq!((page.status, page.body.trim()), (200, "alice-page"));
+    }
+    let within_ttl = first.elapsed() < Duration::from_secs(2);
+    let missing = browser.get(WEB_DOMAIN, port, "/s/9999-alice/", &[]).await;
+    assert_eq!(missing.status, 404, "{missing:?}");
+
+    // Each curl's connection is counted closed once its task ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = scrape(addr).await.unwrap();
+        let open = delta(&before, &after, "labssh_web_connections_active", &[]);
+        if open == 0.0 || Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels);
+    assert_eq!(d("labssh_web_connections_active", &[]), 0.0);
+    let requests = |route, status| {
+        d(
+            "labssh_web_requests_total",
+            &[("route", route), ("status", status)],
+        )
+    };
+    // The login form, then the post.
+    assert_eq!(requests("login", "2xx"), 1.0);
+    assert_eq!(requests("login", "3xx"), 1.0);
+    assert_eq!(requests("service", "2xx"), PAGES);
+    assert_eq!(requests("service", "4xx"), 1.0);
+    assert_eq!(
+        d("labssh_web_request_seconds_count", &[("route", "service")]),
+        PAGES + 1.0
+    );
+    let down = d(
+        "labssh_web_relayed_bytes_total",
+        &[("direction", "to_browser")],
+    );
+    assert!(
+        down >= PAGES * "alice-page\n".len() as f64,
+        "to_browser: {down}"
+    );
+    assert!(
+        d(
+            "labssh_web_relayed_bytes_total",
+            &[("direction", "to_service")]
+        ) > 0.0
+    );
+    assert_eq!(d("labssh_web_websockets_active", &[]), 0.0);
+    // Every named lookup is counted once; 9999-alice found nothing, so it was
+    // asked for and not kept, and alice's pages within the TTL came from the cache.
+    let hits = d("labssh_web_service_lookups_total", &[("result", "hit")]);
+    let misses = d("labssh_web_service_lookups_total", &[("result", "miss")]);
+    assert_eq!(hits + misses, PAGES + 1.0);
+    assert!(misses >= 2.0, "misses: {misses}");
+    if within_ttl {
+        assert_eq!(hits, PAGES - 1.0, "the pages came within the cache's TTL");
+    }
+    lab.stop().await;
+}

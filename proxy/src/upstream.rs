@@ -158,12 +158,12 @@ impl Upstream {
         Ok(placement)
     }
 
-    /// Drops a cached placement, e.g. after its agent failed.
     /// The controller client, for streams of the replica's own (session reports).
     pub fn controller(&self) -> ControllerClient<Channel> {
         self.controller.clone()
     }
 
+    /// Drops a cached placement, e.g. after its agent failed.
     pub fn forget_placement(&self, user: &str, environment: &str) {
         self.placements
             .lock()

@@ -27,6 +27,7 @@ use crate::proxy_protocol::{Peer, Policy};
 use crate::state::Shared;
 
 mod handle;
+mod lookups;
 mod pages;
 mod relay;
 pub(crate) mod session;
@@ -44,6 +45,8 @@ pub(crate) struct Web {
     pub domain: String,
     /// How long a login lasts, in seconds.
     pub session_secs: u64,
+    /// Service lookups by name, answered again for a moment.
+    pub lookups: lookups::Lookups,
 }
 
 /// Serves HTTPS on an already-bound listener until `shutdown` resolves.
@@ -67,6 +70,7 @@ pub async fn run(
         sealer: session::Sealer::new(key),
         domain,
         session_secs,
+        lookups: Default::default(),
     });
     tracing::info!(listen = %local, domain = %web.domain, "web front door listening for HTTPS");
     let mut connections = tokio::task::JoinSet::new();
@@ -86,6 +90,7 @@ pub async fn run(
         while connections.try_join_next().is_some() {}
         let (web, acceptor, policy) = (web.clone(), acceptor.clone(), policy.clone());
         connections.spawn(async move {
+            let _open = labssh_telemetry::metrics::web_connection();
             let _ = tcp.set_nodelay(true);
             // Behind a balancer, the browser's own address: what logins are
             // limited by, logged under and sent on as X-Forwarded-For.

@@ -117,6 +117,43 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         labels: &["component", "kind"],
     },
+    // Web front door (`labssh web`).
+    Family {
+        name: "labssh_web_requests_total",
+        help: "Requests the web front door answered, by route (service, portal, login, logout, action, other) and status class (2xx, 3xx, 4xx, 5xx).",
+        kind: Kind::Counter,
+        labels: &["route", "status"],
+    },
+    Family {
+        name: "labssh_web_request_seconds",
+        help: "Time from a request to its response head on the web front door, by route (a service's includes placing and reaching the container).",
+        kind: Kind::Histogram,
+        labels: &["route"],
+    },
+    Family {
+        name: "labssh_web_connections_active",
+        help: "Browser connections (TLS) open on the web front door.",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_web_websockets_active",
+        help: "WebSockets (and other upgrades) the web front door is relaying to containers.",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "labssh_web_relayed_bytes_total",
+        help: "Bytes the web front door relayed through agents' Forward streams, by direction (to_service, to_browser).",
+        kind: Kind::Counter,
+        labels: &["direction"],
+    },
+    Family {
+        name: "labssh_web_service_lookups_total",
+        help: "Services the web front door looked up by name, by result (hit: from its short cache; miss: asked the controller).",
+        kind: Kind::Counter,
+        labels: &["result"],
+    },
     // Controller.
     Family {
         name: "labssh_placements_total",

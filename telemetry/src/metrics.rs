@@ -19,6 +19,7 @@ mod errors;
 mod instruments;
 mod proxy;
 mod registry;
+mod web;
 
 pub use crate::catalogue::{family, Family, Kind, FAMILIES, LOGIN_SECONDS, SETUP_SECONDS};
 pub use agent::*;
@@ -28,3 +29,4 @@ pub use instruments::Metrics;
 pub use proxy::*;
 pub use registry::{collect, metrics, render, Active};
 pub(crate) use registry::{force_flush, install};
+pub use web::*;

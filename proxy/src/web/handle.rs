@@ -11,6 +11,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use labssh_proto::pb;
 use labssh_proto::services::could_be_of;
+use labssh_telemetry::metrics::{self as telemetry, WebRoute};
 
 use super::session::{self, WebSession, COOKIE, CSRF_COOKIE};
 use super::{pages, relay, Web};
@@ -124,27 +125,44 @@ fn session_of(web: &Web, request: &Request<Incoming>) -> Option<(WebSession, Str
     Some((session, value.to_owned()))
 }
 
-/// Answers one request.
+/// Answers one request, counted by route and status class.
 pub(crate) async fn handle(
     web: &Web,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let (route, response) = answer(web, peer, request).await;
+    telemetry::web_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The answer to one request, and what it was for.
+async fn answer(
+    web: &Web,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> (WebRoute, Response<Body>) {
     let host = host_of(&request);
     let port = port_suffix(&request);
     let session = session_of(web, &request);
     if let Some(name) = host.strip_suffix(&format!(".{}", web.domain)) {
         if name.contains('.') {
-            return refuse(StatusCode::NOT_FOUND, "no such site here");
+            return (
+                WebRoute::Other,
+                refuse(StatusCode::NOT_FOUND, "no such site here"),
+            );
         }
         let name = name.to_owned();
-        return service(web, peer, session, &host, &port, &name, None, request).await;
+        let response = service(web, peer, session, &host, &port, &name, None, request).await;
+        return (WebRoute::Service, response);
     }
     if host != web.domain {
-        return refuse(
+        let response = refuse(
             StatusCode::MISDIRECTED_REQUEST,
             &format!("this is the front door of {}", web.domain),
         );
+        return (WebRoute::Other, response);
     }
     let path = request.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/s/") {
@@ -152,10 +170,10 @@ pub(crate) async fn handle(
         let name = name.to_owned();
         if !rest.contains('/') {
             // Relative links resolve under the service only below its slash.
-            return see_other(&format!("/s/{name}/"));
+            return (WebRoute::Service, see_other(&format!("/s/{name}/")));
         }
         let prefix = format!("/s/{name}");
-        return service(
+        let response = service(
             web,
             peer,
             session,
@@ -166,17 +184,24 @@ pub(crate) async fn handle(
             request,
         )
         .await;
+        return (WebRoute::Service, response);
     }
     match (request.method().clone(), path.as_str()) {
-        (Method::GET, "/login") => login_page(web, &request),
-        (Method::POST, "/login") => login(web, peer, request).await,
-        (Method::POST, "/logout") => logout(web, session, request).await,
-        (Method::POST, "/action") => action(web, session, request).await,
-        (Method::GET, "/") => match session {
-            Some((session, value)) => portal(web, &session, &value, &port).await,
-            None => see_other("/login"),
-        },
-        _ => refuse(StatusCode::NOT_FOUND, "nothing here"),
+        (Method::GET, "/login") => (WebRoute::Login, login_page(web, &request)),
+        (Method::POST, "/login") => (WebRoute::Login, login(web, peer, request).await),
+        (Method::POST, "/logout") => (WebRoute::Logout, logout(web, session, request).await),
+        (Method::POST, "/action") => (WebRoute::Action, action(web, session, request).await),
+        (Method::GET, "/") => {
+            let response = match session {
+                Some((session, value)) => portal(web, &session, &value, &port).await,
+                None => see_other("/login"),
+            };
+            (WebRoute::Portal, response)
+        }
+        _ => (
+            WebRoute::Other,
+            refuse(StatusCode::NOT_FOUND, "nothing here"),
+        ),
     }
 }
 
@@ -191,15 +216,30 @@ enum Access {
     Public,
 }
 
-/// Asks the controller for the services named `name` that `request` may see.
+/// Asks the controller for the services that `request` may see; one by name is
+/// answered again from the replica's short memory ([`super::lookups`]).
 async fn lookup(
     web: &Web,
     request: pb::ListServicesRequest,
 ) -> Result<Vec<pb::ServiceInfo>, Response<Body>> {
+    let named = !request.name.is_empty();
+    if named {
+        let kept = web.lookups.get(&request);
+        telemetry::web_service_lookup(kept.is_some());
+        if let Some(services) = kept {
+            return Ok(services);
+        }
+    }
     let mut controller = web.shared.upstream.controller();
     let timeout = web.shared.config.controller_timeout();
-    match tokio::time::timeout(timeout, controller.list_services(request)).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner().services),
+    match tokio::time::timeout(timeout, controller.list_services(request.clone())).await {
+        Ok(Ok(reply)) => {
+            let services = reply.into_inner().services;
+            if named {
+                web.lookups.put(&request, &services);
+            }
+            Ok(services)
+        }
         Ok(Err(status)) => {
             tracing::warn!(error = %status.message(), "web: the controller refused a service lookup");
             Err(refuse(

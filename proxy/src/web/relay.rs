@@ -12,6 +12,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use labssh_proto::pb;
+use labssh_telemetry::metrics as telemetry;
 use pb::forward_input::Msg as In;
 use pb::forward_output::Msg as Out;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -134,6 +135,7 @@ pub(crate) async fn relay(
             let backend = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
                 if let (Ok(client), Ok(backend)) = tokio::join!(client, backend) {
+                    let _open = telemetry::web_websocket();
                     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
                 }
@@ -255,7 +257,10 @@ async fn pump(pipe: DuplexStream, stream: Stream) {
         loop {
             let msg = match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => In::Eof(pb::Eof {}),
-                Ok(n) => In::Data(bytes::Bytes::copy_from_slice(&buf[..n])),
+                Ok(n) => {
+                    telemetry::web_relayed(true, n);
+                    In::Data(bytes::Bytes::copy_from_slice(&buf[..n]))
+                }
             };
             let end = matches!(msg, In::Eof(_));
             if tx.send(pb::ForwardInput { msg: Some(msg) }).await.is_err() || end {
@@ -266,7 +271,10 @@ async fn pump(pipe: DuplexStream, stream: Stream) {
     let down = async move {
         while let Some(Ok(output)) = outputs.next().await {
             let written = match output.msg {
-                Some(Out::Data(data)) => to_client.write_all(&data).await.is_ok(),
+                Some(Out::Data(data)) => {
+                    telemetry::web_relayed(false, data.len());
+                    to_client.write_all(&data).await.is_ok()
+                }
                 Some(Out::Eof(_)) | Some(Out::Error(_)) => false,
                 _ => true,
             };

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub(crate) forwarded_connections: Counter<u64>,
     pub(crate) forwarded_bytes: Counter<u64>,
     pub(crate) errors: Counter<u64>,
+    pub(crate) web_requests: Counter<u64>,
+    pub(crate) web_request_seconds: Histogram<f64>,
+    pub(crate) web_connections_active: UpDownCounter<i64>,
+    pub(crate) web_websockets_active: UpDownCounter<i64>,
+    pub(crate) web_relayed_bytes: Counter<u64>,
+    pub(crate) web_service_lookups: Counter<u64>,
     pub(crate) placements: Counter<u64>,
     pub(crate) prestart_results: Counter<u64>,
     pub(crate) controller_agents: Gauge<u64>,
@@ -85,6 +91,16 @@ impl Metrics {
                 .with_unit("By")
                 .build(),
             errors: counter("labssh_errors_total"),
+            web_requests: counter("labssh_web_requests_total"),
+            web_request_seconds: seconds("labssh_web_request_seconds"),
+            web_connections_active: up_down("labssh_web_connections_active"),
+            web_websockets_active: up_down("labssh_web_websockets_active"),
+            web_relayed_bytes: meter
+                .u64_counter("labssh_web_relayed_bytes_total")
+                .with_description(help("labssh_web_relayed_bytes_total"))
+                .with_unit("By")
+                .build(),
+            web_service_lookups: counter("labssh_web_service_lookups_total"),
             placements: counter("labssh_placements_total"),
             prestart_results: counter("labssh_prestart_results_total"),
             controller_agents: gauge("labssh_controller_agents"),
