@@ -458,6 +458,58 @@ async fn tenants_pods_share_no_home_socket_or_process() {
     assert_eq!((out.as_str(), status), ("", ExitStatus::Code(1)));
 }
 
+/// Polls the listeners of `pod` until `done` holds of them; the last reading.
+async fn listeners_until(
+    backend: &KubeBackend,
+    pod: &str,
+    done: impl Fn(&[std::net::SocketAddr]) -> bool,
+) -> Vec<std::net::SocketAddr> {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let found = backend.listeners(pod).await.expect("listeners read");
+        if done(&found) {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {found:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Discovery in a pod: the ports its processes listen on, read from the pod's own
+/// socket tables by its labssh-init, appear while they listen, are gone once they
+/// stop, and are that pod's alone.
+#[tokio::test]
+async fn the_ports_listening_in_a_pod_are_read_through_its_helper_and_are_its_own() {
+    let (client, fake) = Fake::start();
+    let _kubelet = Kubelet::start(&fake);
+    let backend = backend(client, "baseline");
+    let (alice, bob) = tokio::join!(ensure(&backend, "alice"), ensure(&backend, "bob"));
+    assert_eq!(backend.listeners(&alice).await.unwrap(), Vec::new());
+    // busybox httpd goes to the background itself and outlives the session.
+    let (_, status) = run(
+        &backend,
+        &alice,
+        as_student(
+            "alice",
+            "httpd -p 8080 -h /tmp && httpd -p 127.0.0.1:9090 -h /tmp",
+        ),
+    )
+    .await;
+    assert_eq!(status, ExitStatus::Code(0));
+    let found = listeners_until(&backend, &alice, |f| f.len() >= 2).await;
+    let ports: Vec<(u16, bool)> = found
+        .iter()
+        .map(|a| (a.port(), a.ip().is_loopback()))
+        .collect();
+    assert_eq!(ports, [(8080, false), (9090, true)], "{found:?}");
+    assert!(found[0].ip().is_unspecified(), "{found:?}");
+    // Bob's pod, its own network: none of alice's.
+    assert_eq!(backend.listeners(&bob).await.unwrap(), Vec::new());
+    let (_, status) = run(&backend, &alice, as_student("alice", "killall httpd")).await;
+    assert_eq!(status, ExitStatus::Code(0));
+    listeners_until(&backend, &alice, <[std::net::SocketAddr]>::is_empty).await;
+}
+
 #[tokio::test]
 async fn a_kept_session_resumes_through_the_pods_helper_by_its_id_only() {
     let (client, fake) = Fake::start();

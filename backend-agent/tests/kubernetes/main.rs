@@ -7,7 +7,7 @@
 //!   container id;
 //! - `kubelet`: `KubeBackend` end to end: the pods it asks the fake API server for,
 //!   run by Docker from their spec as a kubelet would, then sessions, listeners,
-//!   homes and tenants through their helpers.
+//!   homes, listening ports and tenants through their helpers.
 
 mod kubelet;
 mod pod_helper;
