@@ -99,6 +99,28 @@ impl Browser {
         }
     }
 
+    /// `curl -N` to `https://HOST:PORT/PATH` with the jar, left running: its body
+    /// on stdout as it comes. Killed when dropped.
+    pub fn open(&self, host: &str, port: u16, path: &str) -> tokio::process::Child {
+        let mut curl = tokio::process::Command::new("curl");
+        if let Some(from) = &self.from {
+            curl.args(["--interface", from]);
+        }
+        curl.args(["-s", "-N", "--max-time", "120", "--cacert"])
+            .arg(&self.cacert)
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("-b")
+            .arg(&self.jar)
+            .arg(format!("https://{host}:{port}{path}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl runs (apt-get install curl)")
+    }
+
     /// Logs in on the front door at `port` as `user` with `password`: the form, its
     /// token, the post. The answer to the post.
     pub async fn log_in(&self, port: u16, user: &str, password: &str) -> Answer {

@@ -4,9 +4,13 @@
 //! course (`service_readers`) reads its students' services, GET and HEAD only, and
 //! nothing of environments that do not name her group; a page of another site may
 //! not post to a student's service. A service alice shares opens to anyone (bob's
-//! cookies kept from it) until she unshares it, and only she can share it.
+//! cookies kept from it) until she unshares it, which also cuts a stranger's open
+//! stream, and only she can share it.
+
+use std::time::Duration;
 
 use labssh_testkit::ssh::{stderr, stdout};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::lab::browser::{serve_page, Browser};
 use crate::lab::{Lab, LabOptions, ALICE_PW, BOB_PW, WEB_DOMAIN};
@@ -278,8 +282,39 @@ async fn a_shared_service_opens_to_anyone_until_unshared_and_only_its_owner_shar
         "{listing}"
     );
 
+    // A stranger's open stream (an endless CGI here; a WebSocket alike, both go
+    // over one agent stream) is cut once she unshares.
+    let ticks = "printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\n\
+                 while true; do echo tick; sleep 1; done\\n' > ~/www/cgi-bin/ticks && \
+                 chmod +x ~/www/cgi-bin/ticks";
+    let out = lab.ssh.run("alice", &Lab::alice(), &[ticks]).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut streaming = stranger.open(&host, port, "/cgi-bin/ticks");
+    let mut ticking = BufReader::new(streaming.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), ticking.next_line()).await;
+        assert_eq!(
+            line.expect("a tick in time").unwrap().as_deref(),
+            Some("tick")
+        );
+    }
+    assert!(
+        streaming.try_wait().unwrap().is_none(),
+        "the stream goes on"
+    );
+
     let (code, out, _) = helpdesk("alice+", "unshare 8080-alice").await;
     assert_eq!((code, out.trim()), (Some(0), "8080-alice is private again"));
+    let unshared = std::time::Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = ticking.next_line().await {}
+    })
+    .await;
+    assert!(cut.is_ok(), "the stranger's stream outlived the share");
+    eprintln!(
+        "a stranger's stream was cut {:?} after unshare",
+        unshared.elapsed()
+    );
     assert_eq!(
         stranger.get(&host, port, "/", &[]).await.status,
         303,

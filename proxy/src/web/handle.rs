@@ -373,22 +373,14 @@ async fn service(
     }
     // The owner's identity goes with the owner's requests only; a reader or a
     // stranger reaches the running container and makes nothing.
-    let identity = match access {
-        Access::Owner => session.as_ref().map(|s| &s.identity),
-        Access::Reader | Access::Public => None,
+    let grant = match (access, session.as_ref()) {
+        (Access::Owner, Some(session)) => relay::Grant::Owner(&session.identity),
+        (Access::Reader, _) => relay::Grant::Reader,
+        _ => relay::Grant::Stranger { shared_as: name },
     };
     let reader = access != Access::Owner;
-    let mut response = relay::relay(
-        web,
-        peer,
-        identity,
-        reader,
-        &service,
-        host,
-        prefix.clone(),
-        request,
-    )
-    .await;
+    let mut response =
+        relay::relay(web, peer, grant, &service, host, prefix.clone(), request).await;
     if reader && prefix.is_some() {
         // Under /s/ every service shares the front door's origin: a page a reader
         // or a stranger opens runs sandboxed, in an origin of its own, so its

@@ -36,22 +36,37 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
-/// Relays `request` to `service`: as its owner (`identity`, placed as at a login),
-/// or as a `reader` (a TA, or anyone for a shared one) to the running container the
-/// registry listed, nothing made.
-#[allow(clippy::too_many_arguments)]
+/// On whose behalf a request reaches a service.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Grant<'a> {
+    /// Its owner, placed as at a login (the container made or started if need be).
+    Owner(&'a Identity),
+    /// A reader (a TA of its environment): the running container, nothing made.
+    Reader,
+    /// Anyone, while its owner shares it as `shared_as`: the running container,
+    /// nothing made, and cut off within [`SHARE_CHECK`] of an `unshare`.
+    Stranger { shared_as: &'a str },
+}
+
+/// How often a stranger's open request (a WebSocket, a stream) checks that the
+/// service is still shared.
+pub(crate) const SHARE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Relays `request` to `service` as `grant` allows.
 pub(crate) async fn relay(
     web: &Web,
     peer: SocketAddr,
-    identity: Option<&Identity>,
-    reader: bool,
+    grant: Grant<'_>,
     service: &pb::ServiceInfo,
     host: &str,
     prefix: Option<String>,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &web.shared;
-    let owner = identity.filter(|_| !reader);
+    let owner = match grant {
+        Grant::Owner(identity) => Some(identity),
+        Grant::Reader | Grant::Stranger { .. } => None,
+    };
     // The owner is placed as at an SSH login (the container made or started if need
     // be); a reader goes to the running container the registry listed, nothing made.
     let placement = if let Some(identity) = owner {
@@ -102,7 +117,16 @@ pub(crate) async fn relay(
         }
     };
     let (ours, theirs) = tokio::io::duplex(PIPE);
-    tokio::spawn(pump(theirs, stream));
+    match grant {
+        Grant::Stranger { shared_as } => {
+            let (redis, name) = (shared.redis.clone(), shared_as.to_owned());
+            let owner = service.user.clone();
+            tokio::spawn(while_shared(redis, name, owner, pump(theirs, stream)));
+        }
+        Grant::Owner(_) | Grant::Reader => {
+            tokio::spawn(pump(theirs, stream));
+        }
+    }
     let (mut sender, connection) =
         match hyper::client::conn::http1::handshake(TokioIo::new(ours)).await {
             Ok(pair) => pair,
@@ -244,6 +268,33 @@ fn strip_our_cookies(headers: &mut hyper::HeaderMap) {
     headers.remove(header::SET_COOKIE);
     for value in kept {
         headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// Runs `pumping` while `owner` still shares `name` (asked every [`SHARE_CHECK`]; a
+/// Redis that does not answer shares nothing): an `unshare` ends a stranger's open
+/// WebSocket or stream, as the agent's stream and the pipe go with it.
+async fn while_shared(
+    redis: Option<std::sync::Arc<crate::redis_link::RedisLink>>,
+    name: String,
+    owner: String,
+    pumping: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(pumping);
+    let mut every = tokio::time::interval(SHARE_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut pumping => return,
+            _ = every.tick() => {
+                let now = crate::shares::owner(redis.as_deref(), &name).await;
+                if now.as_deref() != Some(owner.as_str()) {
+                    tracing::info!(service = %name, "web: no longer shared; a stranger's open connection is closed");
+                    return;
+                }
+            }
+        }
     }
 }
 
