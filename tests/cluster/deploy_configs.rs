@@ -64,6 +64,10 @@ fn example_configs_load() {
     assert!(proxy.redis_url.starts_with("redis://"));
     assert!(proxy.tls.enabled(), "mTLS on in the proxy example");
     assert!(proxy.controller.starts_with("https://"));
+    // `labssh web` runs from the same file: its [web] is valid, with an /metrics
+    // address of its own beside the proxy's.
+    assert!(proxy.web.problems().is_empty());
+    assert_ne!(proxy.web.http, proxy.http, "web.http and http on one host");
 }
 
 /// `deploy/kubernetes/{relative}` as the pod reads it: each `/etc/labssh/tls` Secret
@@ -131,5 +135,97 @@ fn kubernetes_configs_load() {
         let proxy = labssh_proxy::Config::load(&proxy).unwrap();
         assert!(proxy.tls.enabled(), "{relative}");
         assert!(proxy.controller.starts_with("https://"), "{relative}");
+        // The web front door's [web] (web.yaml runs `labssh web` from this file):
+        // a port above 1024 (no capability in the pod) for the Service's 443, and
+        // web.http a port of its own.
+        assert!(proxy.web.problems().is_empty(), "{relative}");
+        let port = |addr: &str| addr.parse::<std::net::SocketAddr>().unwrap().port();
+        assert!(port(&proxy.web.listen) >= 1024, "{relative}");
+        assert_ne!(port(&proxy.web.http), port(&proxy.http), "{relative}");
+        assert_ne!(port(&proxy.web.listen), port(&proxy.listen), "{relative}");
+        assert!(
+            proxy.web.cookie_key_file.starts_with("/etc/labssh/users")
+                && proxy.web.tls_cert.starts_with("/etc/labssh/web-tls"),
+            "{relative}: the Secrets' mounts"
+        );
     }
+}
+
+/// Every unit in deploy/systemd runs `labssh ROLE --config /etc/labssh/FILE` with a
+/// FILE of deploy/config that loads for that role (the web front door: the proxy's,
+/// with its `[web]`), as labssh but the agent, with the capability to bind a port below 1024 if
+/// its config listens on one, and `/etc/labssh` writable where it makes keys.
+#[test]
+fn systemd_units_match_configs() {
+    let units = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut roles = Vec::new();
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        let unit = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let value = |key: &str| -> Vec<&str> {
+            unit.lines()
+                .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .collect()
+        };
+        let exec: Vec<&str> = value("ExecStart")[0].split_whitespace().collect();
+        let [bin, role, "--config", config] = exec[..] else {
+            panic!("{name}: ExecStart {exec:?}");
+        };
+        assert_eq!(bin, "/usr/local/bin/labssh", "{name}");
+        assert_eq!(name, format!("labssh-{role}.service"));
+        let file = config.strip_prefix("/etc/labssh/").unwrap();
+        if role != "agent" {
+            // The agent runs as root (it drives Docker); every other role as labssh.
+            assert_eq!(value("User"), ["labssh"], "{name}");
+        }
+        let writable = value("ReadWritePaths");
+        let can_write = |p: &Path| writable.iter().any(|w| p.starts_with(w));
+        let low_port = |addr: &str| addr.parse::<std::net::SocketAddr>().unwrap().port() < 1024;
+        let (listen, keys): (String, Vec<PathBuf>) = match role {
+            "proxy" | "web" => {
+                assert_eq!(
+                    file, "proxy.toml",
+                    "{name}: the web front door runs from proxy.toml"
+                );
+                let proxy = labssh_proxy::Config::load(&with_certs(file, dir.path())).unwrap();
+                assert!(proxy.web.problems().is_empty(), "{name}");
+                if role == "web" {
+                    assert_ne!(proxy.web.http, proxy.http, "{name}: web.http is its own");
+                    // Only the certificates moved (with_certs): the keys' paths
+                    // are the example's.
+                    (proxy.web.listen, vec![proxy.web.cookie_key_file])
+                } else {
+                    (proxy.listen, vec![proxy.cache_key_file])
+                }
+            }
+            "controller" => {
+                let c = labssh_controller::Config::load(with_certs(file, dir.path())).unwrap();
+                (c.listen.to_string(), Vec::new())
+            }
+            "agent" => {
+                let a = labssh_agent::Config::load(with_certs(file, dir.path())).unwrap();
+                (a.listen, Vec::new())
+            }
+            other => panic!("{name}: unknown role {other}"),
+        };
+        if low_port(&listen) {
+            assert_eq!(
+                value("AmbientCapabilities"),
+                ["CAP_NET_BIND_SERVICE"],
+                "{name}: listens on {listen}"
+            );
+        }
+        for key in keys {
+            assert!(
+                can_write(&key),
+                "{name}: {} is made on first start, outside ReadWritePaths {writable:?}",
+                key.display()
+            );
+        }
+        roles.push(role.to_owned());
+    }
+    roles.sort();
+    assert_eq!(roles, ["agent", "controller", "proxy", "web"]);
 }

@@ -6,7 +6,9 @@
 //! - `network`: containers on networks of their own: not each other, not link-local,
 //!   egress policies, moving old containers, the rules kept and removed;
 //! - `mtls`: the whole path over mutual TLS, and what is refused;
-//! - `deploy_configs`: the example configurations load;
+//! - `deploy_configs`: the example configurations and systemd units load;
+//! - `deploy_web`: the web front door's Kubernetes objects, Secrets and compose
+//!   replicas against its config, and `labssh web` started from them;
 //! - `brute_force`: a thousand wrong passwords from one address, while others log in;
 //! - `reattach`: sessions survive a killed and restarted agent (counter, exit status,
 //!   fifty at once, a grace that runs out);
@@ -18,6 +20,7 @@ mod lab;
 
 mod brute_force;
 mod deploy_configs;
+mod deploy_web;
 mod isolation;
 mod mtls;
 mod network;
