@@ -142,8 +142,8 @@ labssh="${LABSSH:-$(built --bin labssh)}"
 bash deploy/kubernetes/make-secrets.sh --dir "$work/secrets" --labssh "$labssh" \
   --node node-a --node ip-10-0-1-5.ec2.internal >"$work/secrets.yaml" 2>/dev/null ||
   die "make-secrets.sh failed"
-[ "$(grep -c '^kind: Secret' "$work/secrets.yaml")" -eq 5 ] ||
-  die "make-secrets.sh wrote $(grep -c '^kind: Secret' "$work/secrets.yaml") Secrets, not 5"
+[ "$(grep -c '^kind: Secret' "$work/secrets.yaml")" -eq 6 ] ||
+  die "make-secrets.sh wrote $(grep -c '^kind: Secret' "$work/secrets.yaml") Secrets, not 6 (the web front door's TLS among them)"
 check "$work/secrets.yaml"
 
 # The agent's own objects, from its builders.
