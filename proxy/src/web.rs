@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::proxy_protocol::{Peer, Policy};
 use crate::state::Shared;
 
+mod admission;
 mod handle;
 mod lookups;
 mod pages;
@@ -34,6 +35,10 @@ pub(crate) mod session;
 
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1.1 client gets to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle HTTP/2 connection is pinged (closed if the ping goes unanswered).
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// What every request of the front door shares.
 pub(crate) struct Web {
@@ -58,6 +63,17 @@ pub async fn run(
     config.validate()?;
     let acceptor = acceptor(&config)?;
     let policy = Policy::of(&config.proxy_protocol)?;
+    let exempt = config
+        .rate_limit
+        .exempt_addresses
+        .iter()
+        .filter_map(|e| labssh_proto::net::parse_net(e).ok())
+        .collect();
+    let admission = admission::Admission::new(
+        config.web.max_connections,
+        config.web.max_connections_per_address,
+        exempt,
+    );
     let key = crate::credential_cache::load_or_create_key(&config.web.cookie_key_file)
         .map_err(|e| anyhow::anyhow!("web.cookie_key_file: {e}"))?;
     let local = listener.local_addr()?;
@@ -89,8 +105,8 @@ pub async fn run(
         };
         while connections.try_join_next().is_some() {}
         let (web, acceptor, policy) = (web.clone(), acceptor.clone(), policy.clone());
+        let admission = admission.clone();
         connections.spawn(async move {
-            let _open = labssh_telemetry::metrics::web_connection();
             let _ = tcp.set_nodelay(true);
             // Behind a balancer, the browser's own address: what logins are
             // limited by, logged under and sent on as X-Forwarded-For.
@@ -98,6 +114,16 @@ pub async fn run(
                 Ok(Peer::Client(peer)) => peer,
                 Err(e) => return tracing::warn!("web connection refused: {e}"),
             };
+            // A balancer's own connection (no header) stands for clients unknown.
+            let capped = Some(peer.ip()).filter(|_| !policy.trusts(&peer));
+            let _admitted = match admission.admit(capped) {
+                Ok(admitted) => admitted,
+                Err(full) => {
+                    labssh_telemetry::metrics::web_refused(full.key());
+                    return tracing::debug!(%peer, limit = full.key(), "web connection refused: web.{} is full", full.key());
+                }
+            };
+            let _open = labssh_telemetry::metrics::web_connection();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -121,7 +147,17 @@ async fn serve(
         let web = web.clone();
         async move { Ok::<_, std::convert::Infallible>(handle::handle(&web, peer, request).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A connection that trickles its request head is closed, and a dead HTTP/2
+    // peer is noticed, so neither holds its place for ever.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(HTTP2_KEEPALIVE));
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(tls), service)
         .await

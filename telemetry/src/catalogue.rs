@@ -137,6 +137,12 @@ pub const FAMILIES: &[Family] = &[
         labels: &[],
     },
     Family {
+        name: "labssh_web_refused_total",
+        help: "Browser connections the web front door closed at once, by the limit that was full (max_connections, max_connections_per_address).",
+        kind: Kind::Counter,
+        labels: &["reason"],
+    },
+    Family {
         name: "labssh_web_websockets_active",
         help: "WebSockets (and other upgrades) the web front door is relaying to containers.",
         kind: Kind::Gauge,

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod docker_gate;
 pub mod kube_api;
+pub mod netns;
 pub mod process;
 pub mod pty;
 pub mod redis_server;

@@ -6,6 +6,7 @@
 
 use crate::lab::browser::{serve_page, wait_listed, Browser};
 use crate::lab::{Lab, LabOptions, ALICE_PW, WEB_DOMAIN};
+use labssh_testkit::netns::Island;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alice_reaches_her_server_through_the_front_door_on_either_replica() {
@@ -179,32 +180,41 @@ fn artifact(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
-/// Debian's chromedriver on a free loopback port, until dropped.
-async fn chromedriver() -> (tokio::process::Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new("chromedriver")
-        .arg(format!("--port={port}"))
+/// Debian's chromedriver, and the chromium it starts, in a network namespace of
+/// their own ([`Island`]: chromium drops requests in flight, `ERR_NETWORK_CHANGED`,
+/// whenever Docker adds an address on the host for another test's container),
+/// reaching the front door at `front`; until dropped. The port WebDriver is reached
+/// at from here.
+async fn chromedriver(front: u16) -> (tokio::process::Child, u16) {
+    const DRIVER: u16 = 9515;
+    let island = Island::new().expect("a network namespace for chromium (run as root)");
+    island.reach(front).unwrap();
+    let child = island
+        .command("chromedriver")
+        .arg(format!("--port={DRIVER}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("chromedriver runs (apt-get install chromium-driver)");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    loop {
+        let probe = island.clone();
+        let up = tokio::task::spawn_blocking(move || {
+            probe.within(|| std::net::TcpStream::connect(("127.0.0.1", DRIVER)))
+        })
         .await
-        .is_err()
-    {
+        .unwrap();
+        if up.is_ok() {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "chromedriver never listened"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    (child, port)
+    (child, island.expose(DRIVER).await.unwrap())
 }
 
 /// Waits until `script` (a JavaScript expression) is true in the page.
@@ -218,8 +228,17 @@ async fn until_true(browser: &fantoccini::Client, script: &str, what: &str) {
         if value == serde_json::Value::Bool(true) {
             return;
         }
-        let source = browser.source().await.unwrap_or_default();
-        assert!(std::time::Instant::now() < deadline, "{what}: {source}");
+        if std::time::Instant::now() >= deadline {
+            let url = browser.current_url().await.map(|u| u.to_string());
+            let text = browser
+                .execute(
+                    "return document.body ? document.body.innerText : '';",
+                    Vec::new(),
+                )
+                .await
+                .unwrap_or_default();
+            panic!("{what}: at {url:?}, the page says {text}");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
@@ -262,7 +281,7 @@ async fn a_browser_logs_in_opens_alices_server_and_its_websocket_echoes() {
     )
     .await;
     let port = lab.start_web(1).await[0];
-    let (_driver, driver_port) = chromedriver().await;
+    let (_driver, driver_port) = chromedriver(port).await;
     let mut capabilities = serde_json::Map::new();
     capabilities.insert("acceptInsecureCerts".into(), true.into());
     capabilities.insert(
@@ -404,11 +423,12 @@ async fn behind_haproxy_the_front_door_sees_the_browsers_own_address() {
     })
     .await;
     serve_page(&lab, "alice", "alice-page").await;
-    let behind = labssh_proxy::config::ProxyProtocolConfig {
-        trusted: vec!["127.0.0.1/32".into()],
-        required: true,
-    };
-    let replicas = lab.start_web_behind(2, behind).await;
+    let replicas = lab
+        .start_web_with(2, |c| {
+            c.proxy_protocol.trusted = vec!["127.0.0.1/32".into()];
+            c.proxy_protocol.required = true;
+        })
+        .await;
     let port = free_port();
     let dir = lab.dir.path();
     let cfg = dir.join("haproxy-web.cfg");
@@ -431,7 +451,7 @@ async fn behind_haproxy_the_front_door_sees_the_browsers_own_address() {
         .wait_port(port, std::time::Duration::from_secs(10))
         .unwrap();
 
-    let browser = Browser::new(&lab, "alice").from_address("127.0.0.2");
+    let browser = Browser::new(&lab, "alice").connecting_from("127.0.0.2");
     let answer = browser.log_in(port, "alice", ALICE_PW).await;
     assert_eq!(answer.status, 303, "{answer:?}");
     // Round robin: these four requests reach both replicas.

@@ -46,7 +46,7 @@ impl Browser {
 
     /// The same browser connecting from another loopback address (`127.0.0.2`), as
     /// a student's machine is not the balancer's.
-    pub fn from_address(mut self, address: &str) -> Browser {
+    pub fn connecting_from(mut self, address: &str) -> Browser {
         self.from = Some(address.to_owned());
         self
     }
@@ -55,6 +55,19 @@ impl Browser {
     /// `NAME.lab.test`) with the jar, and `args` (`-d`, `-H`, …); redirects not
     /// followed.
     pub async fn get(&self, host: &str, port: u16, path: &str, args: &[&str]) -> Answer {
+        self.try_get(host, port, path, args)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Browser::get`], or why curl got no answer (the connection closed).
+    pub async fn try_get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        args: &[&str],
+    ) -> Result<Answer, String> {
         let url = format!("https://{host}:{port}{path}");
         let mut curl = tokio::process::Command::new("curl");
         if let Some(from) = &self.from {
@@ -76,11 +89,12 @@ impl Browser {
             .await
             .expect("curl runs (apt-get install curl)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "curl {url} failed: {}{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "curl {url} failed: {}{text}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let mut lines = head.lines();
         let status = lines
@@ -92,11 +106,11 @@ impl Browser {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        Answer {
+        Ok(Answer {
             status,
             headers,
             body: body.to_owned(),
-        }
+        })
     }
 
     /// `curl -N` to `https://HOST:PORT/PATH` with the jar, left running: its body

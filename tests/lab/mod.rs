@@ -453,14 +453,15 @@ impl Lab {
     /// (in the lab's directory as `web.crt`); their ports. They stop with the test's
     /// runtime.
     pub async fn start_web(&self, n: usize) -> Vec<u16> {
-        self.start_web_behind(n, Default::default()).await
+        self.start_web_with(n, |_| {}).await
     }
 
-    /// [`Lab::start_web`] with `[proxy_protocol]`: replicas behind a balancer.
-    pub async fn start_web_behind(
+    /// [`Lab::start_web`] with `change` made to each replica's configuration
+    /// (`[proxy_protocol]` behind a balancer, `[web]` limits).
+    pub async fn start_web_with(
         &self,
         n: usize,
-        proxy_protocol: labssh_proxy::config::ProxyProtocolConfig,
+        change: impl Fn(&mut labssh_proxy::Config),
     ) -> Vec<u16> {
         let cluster = self.cluster.as_ref().expect("a lab with a cluster");
         let dir = self.dir.path();
@@ -473,7 +474,6 @@ impl Lab {
         let mut ports = Vec::new();
         for _ in 0..n {
             let mut config = cluster.proxy_config.clone();
-            config.proxy_protocol = proxy_protocol.clone();
             config.web = labssh_proxy::config::web::WebConfig {
                 listen: "127.0.0.1:0".into(),
                 domain: WEB_DOMAIN.into(),
@@ -482,7 +482,9 @@ impl Lab {
                 cookie_key_file: dir.join("web-cookie.key"),
                 session_hours: 1,
                 http: String::new(),
+                ..Default::default()
             };
+            change(&mut config);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             ports.push(listener.local_addr().unwrap().port());
             tokio::spawn(labssh_proxy::web::run(

@@ -5,7 +5,8 @@
 //! nothing of environments that do not name her group; a page of another site may
 //! not post to a student's service. A service alice shares opens to anyone (bob's
 //! cookies kept from it) until she unshares it, which also cuts a stranger's open
-//! stream, and only she can share it.
+//! stream, and only she can share it. One address's flood of connections leaves the
+//! front door to everyone else.
 
 use std::time::Duration;
 
@@ -322,4 +323,63 @@ async fn a_shared_service_opens_to_anyone_until_unshared_and_only_its_owner_shar
     );
     let answer = bob.get(&host, port, "/", &[]).await;
     assert_eq!(answer.status, 403, "{answer:?}");
+}
+
+/// One address holding `web.max_connections_per_address` connections (a browser's
+/// or a flood's, here ones that never finish TLS) gets no more, each closed at once;
+/// alice, from another address, logs in and opens her service all along; once they
+/// close, the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_address_flooding_connections_leaves_the_front_door_to_the_others() {
+    use tokio::io::AsyncReadExt;
+
+    let lab = Lab::start(LabOptions::default()).await;
+    serve_page(&lab, "alice", "alice-page").await;
+    let port = lab
+        .start_web_with(1, |c| c.web.max_connections_per_address = 4)
+        .await[0];
+    let from_flood = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(from_flood().await);
+    }
+    // Each one more from that address is closed before TLS, at once.
+    for _ in 0..3 {
+        let mut refused = from_flood().await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf))
+            .await
+            .expect("closed at once, not left waiting");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let alice = Browser::new(&lab, "alice");
+    assert_eq!(alice.log_in(port, "alice", ALICE_PW).await.status, 303);
+    let page = alice.get(WEB_DOMAIN, port, "/s/8080-alice/", &[]).await;
+    assert_eq!((page.status, page.body.trim()), (200, "alice-page"));
+    let flood = Browser::new(&lab, "flood").connecting_from("127.0.0.2");
+    assert!(
+        flood
+            .try_get(WEB_DOMAIN, port, "/login", &[])
+            .await
+            .is_err(),
+        "a fifth connection from the full address was served"
+    );
+
+    // Closed, they give their places back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match flood.try_get(WEB_DOMAIN, port, "/login", &[]).await {
+            Ok(form) => {
+                assert_eq!(form.status, 200, "{form:?}");
+                break;
+            }
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

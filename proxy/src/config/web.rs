@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 /// How long a browser login lasts by default.
 pub const DEFAULT_SESSION_HOURS: u64 = 12;
+/// Browser connections one front door holds by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// From one client address by default: a TA's browser opening thirty students'
+/// services by host holds a few connections to each.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 /// The front door's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +37,11 @@ pub struct WebConfig {
     /// nowhere. Its own key, not the proxy's `http`: both roles run from one file,
     /// often on one host.
     pub http: String,
+    /// Browser connections it holds at most; one more is closed at once.
+    pub max_connections: usize,
+    /// From one client address at most (`rate_limit.exempt_addresses`, a campus
+    /// NAT for one, and a trusted balancer's own connections are not capped).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for WebConfig {
@@ -44,6 +54,8 @@ impl Default for WebConfig {
             cookie_key_file: PathBuf::from("web-cookie.key"),
             session_hours: DEFAULT_SESSION_HOURS,
             http: String::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -84,6 +96,17 @@ impl WebConfig {
                 "web.http: {:?} is not an address like 127.0.0.1:9102",
                 self.http
             ));
+        }
+        for (key, value) in [
+            ("web.max_connections", self.max_connections),
+            (
+                "web.max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}: must be greater than 0"));
+            }
         }
         if self.session_hours == 0 {
             problems.push("web.session_hours: must be greater than 0".into());

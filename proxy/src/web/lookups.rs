@@ -18,11 +18,14 @@ pub const TTL: Duration = Duration::from_secs(2);
 /// At most this many answers are kept (a few hundred bytes each).
 pub const MAX: usize = 10_000;
 
+/// An answer and when it was given, by its request's bytes.
+type Kept = HashMap<Vec<u8>, (Instant, Vec<pb::ServiceInfo>)>;
+
 /// Answers by their request's bytes.
 pub struct Lookups {
     ttl: Duration,
     max: usize,
-    kept: Mutex<HashMap<Vec<u8>, (Instant, Vec<pb::ServiceInfo>)>>,
+    kept: Mutex<Kept>,
 }
 
 impl Default for Lookups {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub(crate) web_requests: Counter<u64>,
     pub(crate) web_request_seconds: Histogram<f64>,
     pub(crate) web_connections_active: UpDownCounter<i64>,
+    pub(crate) web_refused: Counter<u64>,
     pub(crate) web_websockets_active: UpDownCounter<i64>,
     pub(crate) web_relayed_bytes: Counter<u64>,
     pub(crate) web_service_lookups: Counter<u64>,
@@ -94,6 +95,7 @@ impl Metrics {
             web_requests: counter("labssh_web_requests_total"),
             web_request_seconds: seconds("labssh_web_request_seconds"),
             web_connections_active: up_down("labssh_web_connections_active"),
+            web_refused: counter("labssh_web_refused_total"),
             web_websockets_active: up_down("labssh_web_websockets_active"),
             web_relayed_bytes: meter
                 .u64_counter("labssh_web_relayed_bytes_total")

@@ -64,6 +64,13 @@ pub fn web_connection() -> Active {
     Active(&m.web_connections_active)
 }
 
+/// A browser's connection was closed at once: the limit `reason` was full.
+pub fn web_refused(reason: &'static str) {
+    metrics()
+        .web_refused
+        .add(1, &[KeyValue::new("reason", reason)]);
+}
+
 /// An upgraded connection (a WebSocket) is relayed until the guard drops.
 pub fn web_websocket() -> Active {
     let m = metrics();
