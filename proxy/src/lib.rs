@@ -9,6 +9,7 @@
 //! server → connection → channel, forward → upstream, with [`state`] below
 //! them all.
 
+mod address_counts;
 pub mod audit;
 mod auth;
 mod channel;

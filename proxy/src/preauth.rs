@@ -15,12 +15,12 @@
 //! `max_auth_tries` failed attempts; both are enforced by the server and the
 //! connection. Every refusal is counted and logged sparingly ([`Refusals`]).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use labssh_telemetry::metrics as telemetry;
 
+use crate::address_counts::AddressCounts;
 use crate::config::Config;
 
 mod refusal;
@@ -45,28 +45,14 @@ struct GateInner {
     startups: MaxStartups,
     /// Addresses not capped per address.
     exempt: Vec<ipnet::IpNet>,
-    /// The counts.
-    counts: Mutex<Counts>,
-}
-
-/// Unauthenticated connections now.
-#[derive(Default)]
-struct Counts {
-    /// All of them.
-    total: usize,
-    /// Per non-exempt client address; an address goes when its count is 0.
-    by_address: HashMap<IpAddr, usize>,
+    /// Unauthenticated connections now.
+    counts: Mutex<AddressCounts>,
 }
 
 impl Gate {
     /// The gate for `config` (validated).
     pub(crate) fn new(config: &Config) -> Gate {
-        let exempt = config
-            .rate_limit
-            .exempt_addresses
-            .iter()
-            .filter_map(|e| labssh_proto::net::parse_net(e).ok())
-            .collect();
+        let exempt = config.rate_limit.exempt_nets();
         Gate {
             inner: Arc::new(GateInner {
                 per_address: config.max_unauthenticated_per_address,
@@ -88,17 +74,13 @@ impl Gate {
             .map(|ip| ip.to_canonical())
             .filter(|ip| !inner.exempt.iter().any(|net| net.contains(ip)));
         let mut counts = inner.counts.lock().expect("preauth lock");
-        let from = |ip| counts.by_address.get(ip).copied().unwrap_or(0);
-        if ip.as_ref().is_some_and(|ip| from(ip) >= inner.per_address) {
+        if ip.is_some_and(|ip| counts.from(ip) >= inner.per_address) {
             return Err(Reason::PerAddress);
         }
-        if inner.startups.refuses(counts.total, roll) {
+        if inner.startups.refuses(counts.total(), roll) {
             return Err(Reason::MaxStartups);
         }
-        counts.total += 1;
-        if let Some(ip) = ip {
-            *counts.by_address.entry(ip).or_default() += 1;
-        }
+        counts.add(ip);
         let counted = Counted {
             gate: self.inner.clone(),
             capped: ip,
@@ -111,8 +93,7 @@ impl Gate {
     #[cfg(test)]
     pub(crate) fn count(&self, ip: IpAddr) -> (usize, usize) {
         let counts = self.inner.counts.lock().expect("preauth lock");
-        let from = counts.by_address.get(&ip.to_canonical()).copied();
-        (counts.total, from.unwrap_or(0))
+        (counts.total(), counts.from(ip.to_canonical()))
     }
 
     /// The value of the limit `reason` names, for logs.
@@ -153,15 +134,7 @@ struct Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         let mut counts = self.gate.counts.lock().expect("preauth lock");
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(ip) = self.capped {
-            if let Some(n) = counts.by_address.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts.by_address.remove(&ip);
-                }
-            }
-        }
+        counts.remove(self.capped);
     }
 }
 
@@ -239,7 +212,7 @@ mod tests {
         assert_eq!(g.count(ip("203.0.113.9")), (11, 0));
         drop((other, nat, again, copy));
         assert_eq!(g.count(ip("203.0.113.9")), (0, 0));
-        assert!(g.inner.counts.lock().unwrap().by_address.is_empty());
+        assert!(g.inner.counts.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -80,6 +80,14 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// `exempt_addresses`, parsed (a validated config has no bad entry).
+    pub(crate) fn exempt_nets(&self) -> Vec<ipnet::IpNet> {
+        self.exempt_addresses
+            .iter()
+            .filter_map(|e| parse_net(e))
+            .collect()
+    }
+
     pub(crate) fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         if self.window_secs == 0 {
@@ -160,11 +168,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig, redis: Option<Arc<RedisLink>>) -> Self {
-        let exempt = config
-            .exempt_addresses
-            .iter()
-            .filter_map(|e| parse_net(e))
-            .collect();
+        let exempt = config.exempt_nets();
         RateLimiter {
             exempt,
             config,

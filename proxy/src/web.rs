@@ -63,16 +63,10 @@ pub async fn run(
     config.validate()?;
     let acceptor = acceptor(&config)?;
     let policy = Policy::of(&config.proxy_protocol)?;
-    let exempt = config
-        .rate_limit
-        .exempt_addresses
-        .iter()
-        .filter_map(|e| labssh_proto::net::parse_net(e).ok())
-        .collect();
     let admission = admission::Admission::new(
         config.web.max_connections,
         config.web.max_connections_per_address,
-        exempt,
+        config.rate_limit.exempt_nets(),
     );
     let key = crate::credential_cache::load_or_create_key(&config.web.cookie_key_file)
         .map_err(|e| anyhow::anyhow!("web.cookie_key_file: {e}"))?;

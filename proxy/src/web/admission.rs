@@ -5,9 +5,10 @@
 //! either is closed at once, before TLS, so one client's flood of connections
 //! cannot take the front door from everyone else.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use crate::address_counts::AddressCounts;
 
 /// Why a connection was not taken: the `reason` of `labssh_web_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,13 +39,7 @@ struct Inner {
     total: usize,
     per_address: usize,
     exempt: Vec<ipnet::IpNet>,
-    counts: Mutex<Counts>,
-}
-
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    by_address: HashMap<IpAddr, usize>,
+    counts: Mutex<AddressCounts>,
 }
 
 /// One admitted connection, counted until dropped.
@@ -75,17 +70,13 @@ impl Admission {
             .map(|ip| ip.to_canonical())
             .filter(|ip| !inner.exempt.iter().any(|net| net.contains(ip)));
         let mut counts = inner.counts.lock().expect("admission lock");
-        if counts.total >= inner.total {
+        if counts.total() >= inner.total {
             return Err(Full::Total);
         }
-        if let Some(ip) = ip {
-            let from = counts.by_address.entry(ip).or_default();
-            if *from >= inner.per_address {
-                return Err(Full::PerAddress);
-            }
-            *from += 1;
+        if ip.is_some_and(|ip| counts.from(ip) >= inner.per_address) {
+            return Err(Full::PerAddress);
         }
-        counts.total += 1;
+        counts.add(ip);
         Ok(Admitted {
             inner: inner.clone(),
             capped: ip,
@@ -96,15 +87,7 @@ impl Admission {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut counts = self.inner.counts.lock().expect("admission lock");
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(ip) = self.capped {
-            if let Some(n) = counts.by_address.get_mut(&ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts.by_address.remove(&ip);
-                }
-            }
-        }
+        counts.remove(self.capped);
     }
 }
 
