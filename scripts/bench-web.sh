@@ -6,7 +6,11 @@
 #   web      curl https://8080-bench.lab.localhost:PORT/big through `labssh web`
 #            (HTTP/2 from curl, the login's cookie)
 # and the peak RSS (VmHWM) of `labssh up`, which runs both the SSH proxy and the front
-# door, before and after, so an unbounded buffer would show.
+# door, before and after, so an unbounded buffer would show. Then REQUESTS small
+# requests each way, one curl each (its connection reused where the server lets it:
+# busybox httpd closes each, so through ssh -L each is a new SSH channel and Forward;
+# through the front door each is a new Forward on one HTTP/2 connection): what one
+# request costs, beside what a download does.
 #
 #   bash scripts/bench-web.sh
 #   SIZE_MB=256 ROUNDS=1 PROFILE=dev bash scripts/bench-web.sh
@@ -14,6 +18,7 @@
 # Settings (environment):
 #   SIZE_MB   megabytes per download              (512)
 #   ROUNDS    repetitions of each                 (3)
+#   REQUESTS  small requests per round and way    (200; 0 for none)
 #   PORT      SSH port; PORT+1 the front door; PORT+2 the local end of ssh -L (42400)
 #   PROFILE   cargo profile of labssh             (release)
 #
@@ -24,6 +29,7 @@ cd "$(dirname "$0")/.."
 
 SIZE_MB="${SIZE_MB:-512}"
 ROUNDS="${ROUNDS:-3}"
+REQUESTS="${REQUESTS:-200}"
 PORT="${PORT:-42400}"
 PROFILE="${PROFILE:-release}"
 WEB=$((PORT + 1))
@@ -65,7 +71,7 @@ wait_port "$PORT" "$UP_PID" "$WORK/up.log"
 SSH=(ssh -p "$PORT" -i "$WORK/id" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
 say "serving $SIZE_MB MB from bench's container"
-"${SSH[@]}" bench@127.0.0.1 "mkdir -p ~/www && head -c $((SIZE_MB * 1048576)) /dev/urandom > ~/www/big && httpd -p 8080 -h ~/www"
+"${SSH[@]}" bench@127.0.0.1 "mkdir -p ~/www && head -c $((SIZE_MB * 1048576)) /dev/urandom > ~/www/big && echo small > ~/www/small && httpd -p 8080 -h ~/www"
 controller=$(sed -n 's/^ *controller: *\(http[^ ]*\).*/\1/p' "$WORK/up.log" | head -1)
 for _ in $(seq 1 300); do
   "$BIN/labssh" services --user bench --controller "$controller" 2>/dev/null | grep -q '^8080-bench ' && break
@@ -100,11 +106,37 @@ for round in $(seq 1 "$ROUNDS"); do
   say "round $round: ssh -L $t s, web $u s"
 done
 say "labssh up peak RSS after: $(hwm) kB"
-mean() { awk '{s+=$1} END {printf "%.3f", s/NR}' "$1"; }
+mean() { awk '{s+=$1} END {printf "%.6f", s/NR}' "$1"; }
 ssh_s=$(mean "$WORK/ssh.txt"); web_s=$(mean "$WORK/web.txt")
 awk -v mb="$SIZE_MB" -v a="$ssh_s" -v b="$web_s" 'BEGIN {
   printf "download of %d MB, mean of the rounds:\n", mb
   printf "  ssh -L  %7.3f s  %7.1f MB/s\n", a, mb / a
   printf "  web     %7.3f s  %7.1f MB/s\n", b, mb / b
   printf "  web / ssh -L throughput: %.2f\n", a / b
+}'
+
+[ "$REQUESTS" -gt 0 ] || exit 0
+# seconds per request: REQUESTS of URL through one curl (a config file of them).
+many() {
+  local url=$1; shift
+  local cfg="$WORK/many.cfg" start end
+  : > "$cfg"
+  for _ in $(seq 1 "$REQUESTS"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url" >> "$cfg"; done
+  start=$(date +%s.%N)
+  "$@" --fail -K "$cfg" || die "a small request failed: $url"
+  end=$(date +%s.%N)
+  awk -v a="$start" -v b="$end" -v n="$REQUESTS" 'BEGIN {printf "%.6f", (b - a) / n}'
+}
+: > "$WORK/ssh-small.txt"; : > "$WORK/web-small.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  t=$(many "http://127.0.0.1:$LOCAL/small" curl -s); echo "$t" >> "$WORK/ssh-small.txt"
+  u=$(many "https://8080-bench.$DOMAIN:$WEB/small" "${CURL[@]}"); echo "$u" >> "$WORK/web-small.txt"
+  say "round $round: $REQUESTS small requests, ssh -L $t s each, web $u s each"
+done
+ssh_r=$(mean "$WORK/ssh-small.txt"); web_r=$(mean "$WORK/web-small.txt")
+awk -v n="$REQUESTS" -v a="$ssh_r" -v b="$web_r" 'BEGIN {
+  printf "%d small requests, mean per request over the rounds:\n", n
+  printf "  ssh -L  %7.2f ms  %7.0f requests/s\n", a * 1000, 1 / a
+  printf "  web     %7.2f ms  %7.0f requests/s\n", b * 1000, 1 / b
+  printf "  web / ssh -L requests per second: %.2f\n", a / b
 }'
