@@ -30,6 +30,7 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)        # tests/scale_out.r
 command -v gcc >/dev/null 2>&1 || need+=(gcc)                # the helper tests' peer probe
 command -v rsync >/dev/null 2>&1 || need+=(rsync)            # tests/file_transfer.rs: rsync -e ssh
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # tests/e2e/web.rs, tests/tenants/web.rs: the front door's browser
+command -v openssl >/dev/null 2>&1 || need+=(openssl)          # deploy/kubernetes/make-secrets.sh: a self-signed web certificate (tests/cluster/deploy_web.rs)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)        # tests/e2e/web.rs: the front door in a real browser
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver) # … driven over WebDriver
 [ -x /usr/sbin/slapd ] || need+=(slapd)                       # tests/ldap: a real directory on loopback
@@ -69,6 +70,11 @@ fi
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "setup-host: installing kubernetes-validate into $venv"
   $SUDO "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==1.37.0"
+fi
+# tests/cluster/deploy_web.rs reads rendered YAML with it (kubernetes-validate needs
+# it too; named here so the tests do not rest on that).
+if ! "$venv/bin/python" -c 'import yaml' >/dev/null 2>&1; then
+  $SUDO "$venv/bin/pip" install -q --disable-pip-version-check PyYAML
 fi
 kustomize_v5() { "$1" version --client 2>/dev/null | grep -Eq '^Kustomize Version: v[5-9]'; }
 if ! { command -v kubectl >/dev/null 2>&1 && kustomize_v5 kubectl; } &&
