@@ -118,22 +118,10 @@ fn secret_file(secrets: &[Value], name: &str, key: &str) -> Vec<u8> {
     assert!(data.get(key).is_some(), "Secret {name} has no {key}");
     // An empty file is an empty value, which YAML reads as null.
     let data = data[key].as_str().unwrap_or("");
-    let mut child = Command::new("base64")
-        .arg("-d")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(data.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap_or_else(|e| panic!("Secret {name} {key} is not base64: {e}"))
 }
 
 /// Whether `selector` (a LabelSelector) selects a pod labelled `labels`.
