@@ -69,18 +69,9 @@ impl Browser {
         args: &[&str],
     ) -> Result<Answer, String> {
         let url = format!("https://{host}:{port}{path}");
-        let mut curl = tokio::process::Command::new("curl");
-        if let Some(from) = &self.from {
-            curl.args(["--interface", from]);
-        }
-        let out = curl
-            .args(["-s", "-i", "--max-time", "60", "--cacert"])
-            .arg(&self.cacert)
-            .arg("--resolve")
-            .arg(format!("{host}:{port}:127.0.0.1"))
-            .arg("-b")
-            .arg(&self.jar)
-            .arg("-c")
+        let out = self
+            .curl(host, port)
+            .args(["-i", "--max-time", "60", "-c"])
             .arg(&self.jar)
             .args(args)
             .arg(&url)
@@ -116,16 +107,8 @@ impl Browser {
     /// `curl -N` to `https://HOST:PORT/PATH` with the jar, left running: its body
     /// on stdout as it comes. Killed when dropped.
     pub fn open(&self, host: &str, port: u16, path: &str) -> tokio::process::Child {
-        let mut curl = tokio::process::Command::new("curl");
-        if let Some(from) = &self.from {
-            curl.args(["--interface", from]);
-        }
-        curl.args(["-s", "-N", "--max-time", "120", "--cacert"])
-            .arg(&self.cacert)
-            .arg("--resolve")
-            .arg(format!("{host}:{port}:127.0.0.1"))
-            .arg("-b")
-            .arg(&self.jar)
+        self.curl(host, port)
+            .args(["-N", "--max-time", "120"])
             .arg(format!("https://{host}:{port}{path}"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -133,6 +116,23 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
             .expect("curl runs (apt-get install curl)")
+    }
+
+    /// Quiet curl from this browser's address, trusting the front door's certificate,
+    /// `HOST` pointed at loopback, sending the jar's cookies.
+    fn curl(&self, host: &str, port: u16) -> tokio::process::Command {
+        let mut curl = tokio::process::Command::new("curl");
+        if let Some(from) = &self.from {
+            curl.args(["--interface", from]);
+        }
+        curl.arg("-s")
+            .arg("--cacert")
+            .arg(&self.cacert)
+            .arg("--resolve")
+            .arg(format!("{host}:{port}:127.0.0.1"))
+            .arg("-b")
+            .arg(&self.jar);
+        curl
     }
 
     /// Logs in on the front door at `port` as `user` with `password`: the form, its
