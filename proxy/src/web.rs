@@ -98,6 +98,16 @@ pub async fn run(
             },
         };
         while connections.try_join_next().is_some() {}
+        // A browser straight from the network takes its place here, in the order
+        // connections came; one behind a balancer once its header names it.
+        let admitted = if policy.trusts(&socket_peer) {
+            None
+        } else {
+            match admit(&admission, socket_peer, Some(socket_peer.ip())) {
+                Some(admitted) => Some(admitted),
+                None => continue,
+            }
+        };
         let (web, acceptor, policy) = (web.clone(), acceptor.clone(), policy.clone());
         let admission = admission.clone();
         connections.spawn(async move {
@@ -108,14 +118,17 @@ pub async fn run(
                 Ok(Peer::Client(peer)) => peer,
                 Err(e) => return tracing::warn!("web connection refused: {e}"),
             };
-            // A balancer's own connection (no header) stands for clients unknown.
-            let capped = Some(peer.ip()).filter(|_| !policy.trusts(&peer));
-            let _admitted = match admission.admit(capped) {
-                Ok(admitted) => admitted,
-                Err(full) => {
-                    labssh_telemetry::metrics::web_refused(full.key());
-                    return tracing::debug!(%peer, limit = full.key(), "web connection refused: web.{} is full", full.key());
-                }
+            let _admitted = match admitted {
+                Some(admitted) => admitted,
+                // A balancer's own connection (no header) stands for clients unknown.
+                None => match admit(
+                    &admission,
+                    peer,
+                    Some(peer.ip()).filter(|_| !policy.trusts(&peer)),
+                ) {
+                    Some(admitted) => admitted,
+                    None => return,
+                },
             };
             let _open = labssh_telemetry::metrics::web_connection();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -129,6 +142,23 @@ pub async fn run(
     tracing::info!(listen = %local, "web front door shutting down");
     connections.shutdown().await;
     Ok(())
+}
+
+/// A place for `peer`'s connection, capped by `capped`'s count; none (counted and
+/// logged) when a limit is full, and the connection is to be closed.
+fn admit(
+    admission: &admission::Admission,
+    peer: SocketAddr,
+    capped: Option<std::net::IpAddr>,
+) -> Option<admission::Admitted> {
+    match admission.admit(capped) {
+        Ok(admitted) => Some(admitted),
+        Err(full) => {
+            labssh_telemetry::metrics::web_refused(full.key());
+            tracing::debug!(%peer, limit = full.key(), "web connection refused: web.{} is full", full.key());
+            None
+        }
+    }
 }
 
 /// One connection: HTTP/1.1 or HTTP/2 as ALPN chose, upgrades allowed.
